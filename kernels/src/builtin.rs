@@ -1,0 +1,278 @@
+//! The built-in kernels.
+//!
+//! - Synthetic, for benchmarks and graph replays: [`noop`], [`spin`] (busy-waits its first
+//!   parameter in seconds), [`sleep`] (sleeps it). They accept any operands, so a replayed
+//!   workflow can still declare the files each task reads and writes.
+//! - Numeric over `f32` slices: [`fill`], [`scale`], [`axpy`], [`add`], [`sum`].
+//! - [`mix`]: writes a hash of everything it reads into everything it writes (`u64`). Any
+//!   reordering of dependent tasks changes the final values, which makes it the kernel of
+//!   choice for checking that a schedule respected every dependency.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::context::CpuContext;
+use crate::kernel::{Kernel, KernelError, Signature};
+use crate::types::{Access, ElemType};
+
+macro_rules! builtin {
+    ($(#[$doc:meta])* $fn_name:ident, $make:expr) => {
+        $(#[$doc])*
+        pub fn $fn_name() -> Arc<Kernel> {
+            static CELL: OnceLock<Arc<Kernel>> = OnceLock::new();
+            CELL.get_or_init(|| Arc::new($make)).clone()
+        }
+    };
+}
+
+fn duration_param(ctx: &CpuContext<'_>) -> Result<Duration, KernelError> {
+    let secs = ctx.param(0)?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| KernelError::msg(format!("duration must be a finite, non-negative number of seconds, got {secs}")))
+}
+
+builtin!(
+    /// Does nothing: the unit of per-task overhead.
+    noop,
+    Kernel::cpu("noop", Signature::any(0, usize::MAX), |_| Ok(()))
+);
+
+builtin!(
+    /// Busy-waits `params[0]` seconds on the core it runs on.
+    spin,
+    Kernel::cpu("spin", Signature::any(1, 1), |ctx| {
+        let d = duration_param(ctx)?;
+        let start = Instant::now();
+        while start.elapsed() < d {
+            std::hint::spin_loop();
+        }
+        Ok(())
+    })
+);
+
+builtin!(
+    /// Sleeps `params[0]` seconds (the core is free for the OS meanwhile, not for hexec).
+    sleep,
+    Kernel::cpu("sleep", Signature::any(1, 1), |ctx| {
+        std::thread::sleep(duration_param(ctx)?);
+        Ok(())
+    })
+);
+
+builtin!(
+    /// `x[i] = value` for every element of its one `f32` operand (write).
+    fill,
+    Kernel::cpu("fill", Signature::exact(&[(Access::Write, ElemType::F32)], 1), |ctx| {
+        let v = ctx.param(0)? as f32;
+        ctx.write::<f32>(0)?.fill(v);
+        Ok(())
+    })
+);
+
+builtin!(
+    /// `x[i] *= alpha` (read-write `f32`).
+    scale,
+    Kernel::cpu("scale", Signature::exact(&[(Access::ReadWrite, ElemType::F32)], 1), |ctx| {
+        let a = ctx.param(0)? as f32;
+        ctx.write::<f32>(0)?.iter_mut().for_each(|x| *x *= a);
+        Ok(())
+    })
+);
+
+builtin!(
+    /// `y[i] += alpha * x[i]`: reads `x`, read-writes `y`; both `f32` of equal length.
+    axpy,
+    Kernel::cpu(
+        "axpy",
+        Signature::exact(&[(Access::Read, ElemType::F32), (Access::ReadWrite, ElemType::F32)], 1),
+        |ctx| {
+            let a = ctx.param(0)? as f32;
+            let x = ctx.read::<f32>(0)?;
+            let y = ctx.write::<f32>(1)?;
+            if x.len() != y.len() {
+                return Err(KernelError::msg(format!("x has {} elements, y has {}", x.len(), y.len())));
+            }
+            y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+            Ok(())
+        }
+    )
+);
+
+builtin!(
+    /// `z[i] = x[i] + y[i]`: reads `x` and `y`, writes `z`; all `f32` of equal length.
+    add,
+    Kernel::cpu(
+        "add",
+        Signature::exact(
+            &[(Access::Read, ElemType::F32), (Access::Read, ElemType::F32), (Access::Write, ElemType::F32)],
+            0
+        ),
+        |ctx| {
+            let (x, y, z) = (ctx.read::<f32>(0)?, ctx.read::<f32>(1)?, ctx.write::<f32>(2)?);
+            if x.len() != y.len() || x.len() != z.len() {
+                return Err(KernelError::msg(format!(
+                    "lengths differ: x {}, y {}, z {}",
+                    x.len(),
+                    y.len(),
+                    z.len()
+                )));
+            }
+            for ((z, x), y) in z.iter_mut().zip(x).zip(y) {
+                *z = x + y;
+            }
+            Ok(())
+        }
+    )
+);
+
+builtin!(
+    /// `s[0] = sum(x)`: reads `x` (`f32`), writes `s` (`f32`, at least one element). Sums in
+    /// `f64` so that the result does not depend on the slice length's rounding drift.
+    sum,
+    Kernel::cpu(
+        "sum",
+        Signature::exact(&[(Access::Read, ElemType::F32), (Access::Write, ElemType::F32)], 0),
+        |ctx| {
+            let x = ctx.read::<f32>(0)?;
+            let s = ctx.write::<f32>(1)?;
+            let Some(out) = s.first_mut() else {
+                return Err(KernelError::msg("the output of sum needs at least one element"));
+            };
+            *out = x.iter().map(|&v| f64::from(v)).sum::<f64>() as f32;
+            Ok(())
+        }
+    )
+);
+
+/// SplitMix64's finaliser: a cheap, well-mixing bijection on `u64`.
+pub fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+builtin!(
+    /// Folds `params[0]` (a seed) and the contents of every readable `u64` operand, in operand
+    /// order, into one hash; then fills every writable operand with values derived from it.
+    mix,
+    Kernel::cpu("mix", Signature::any(1, 1), |ctx| {
+        let mut acc = mix64(ctx.param(0)?.to_bits());
+        let mut outputs: Vec<&mut [u64]> = Vec::new();
+        for i in 0..ctx.num_operands() {
+            match ctx.operand(i)?.access() {
+                Access::Read => {
+                    for &w in ctx.read::<u64>(i)? {
+                        acc = mix64(acc ^ w);
+                    }
+                }
+                Access::ReadWrite => {
+                    let s = ctx.write::<u64>(i)?;
+                    for &w in s.iter() {
+                        acc = mix64(acc ^ w);
+                    }
+                    outputs.push(s);
+                }
+                Access::Write => outputs.push(ctx.write::<u64>(i)?),
+            }
+        }
+        for (k, out) in outputs.into_iter().enumerate() {
+            let base = mix64(acc ^ k as u64);
+            for (j, w) in out.iter_mut().enumerate() {
+                *w = mix64(base.wrapping_add(j as u64));
+            }
+        }
+        Ok(())
+    })
+);
+
+/// Every built-in kernel.
+pub fn all() -> Vec<Arc<Kernel>> {
+    vec![noop(), spin(), sleep(), fill(), scale(), axpy(), add(), sum(), mix()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::RawOperand;
+
+    fn op<T: bytemuck::Pod>(v: &mut [T], elem: ElemType, access: Access) -> RawOperand<'_> {
+        // SAFETY: `v` is a live, exclusively borrowed slice for the operand's lifetime; Vec<f32>
+        // and Vec<u64> storage is aligned to at least 4, and the kernels below only view it as
+        // the same element type.
+        unsafe { RawOperand::new(v.as_mut_ptr().cast(), std::mem::size_of_val(v), elem, access) }
+    }
+
+    #[test]
+    fn axpy_computes_and_checks_lengths() {
+        let mut x = vec![1.0f32, 2.0, 3.0];
+        let mut y = vec![10.0f32, 20.0, 30.0];
+        let ops = [op(&mut x, ElemType::F32, Access::Read), op(&mut y, ElemType::F32, Access::ReadWrite)];
+        let ctx = CpuContext::new(&ops, &[2.0], 1).unwrap();
+        (axpy().cpu_impl().unwrap())(&ctx).unwrap();
+        assert_eq!(y, vec![12.0, 24.0, 36.0]);
+
+        let mut short = vec![0.0f32; 2];
+        let mut y = vec![0.0f32; 3];
+        let ops = [op(&mut short, ElemType::F32, Access::Read), op(&mut y, ElemType::F32, Access::ReadWrite)];
+        let ctx = CpuContext::new(&ops, &[1.0], 1).unwrap();
+        assert!((axpy().cpu_impl().unwrap())(&ctx).is_err());
+    }
+
+    #[test]
+    fn context_refuses_conflicting_borrows_and_wrong_types() {
+        let mut y = vec![0.0f32; 4];
+        let ops = [op(&mut y, ElemType::F32, Access::ReadWrite)];
+        let ctx = CpuContext::new(&ops, &[], 1).unwrap();
+        let _w = ctx.write::<f32>(0).unwrap();
+        assert!(matches!(ctx.read::<f32>(0), Err(KernelError::AlreadyBorrowed { index: 0 })));
+        assert!(matches!(ctx.write::<f32>(0), Err(KernelError::AlreadyBorrowed { index: 0 })));
+        assert!(matches!(ctx.read::<u32>(0), Err(KernelError::TypeMismatch { .. })));
+        assert!(matches!(ctx.read::<f32>(1), Err(KernelError::MissingOperand { index: 1, count: 1 })));
+        let mut x = vec![0.0f32; 4];
+        let ops = [op(&mut x, ElemType::F32, Access::Read)];
+        let ctx = CpuContext::new(&ops, &[], 1).unwrap();
+        assert!(matches!(ctx.write::<f32>(0), Err(KernelError::AccessMismatch { .. })));
+    }
+
+    #[test]
+    fn mix_depends_on_inputs_and_seed() {
+        let run = |seed: f64, input: u64| {
+            let mut a = vec![input; 3];
+            let mut out = vec![0u64; 2];
+            let ops = [op(&mut a, ElemType::U64, Access::Read), op(&mut out, ElemType::U64, Access::Write)];
+            let params = [seed];
+            let ctx = CpuContext::new(&ops, &params, 1).unwrap();
+            (mix().cpu_impl().unwrap())(&ctx).unwrap();
+            out
+        };
+        assert_eq!(run(1.0, 5), run(1.0, 5));
+        assert_ne!(run(1.0, 5), run(2.0, 5));
+        assert_ne!(run(1.0, 5), run(1.0, 6));
+    }
+
+    #[test]
+    fn spin_rejects_bad_durations_and_sum_sums() {
+        let ctx = CpuContext::new(&[], &[-1.0], 1).unwrap();
+        assert!((spin().cpu_impl().unwrap())(&ctx).is_err());
+        let ctx = CpuContext::new(&[], &[f64::NAN], 1).unwrap();
+        assert!((sleep().cpu_impl().unwrap())(&ctx).is_err());
+        let mut x = vec![0.5f32; 10];
+        let mut s = vec![0.0f32; 1];
+        let ops = [op(&mut x, ElemType::F32, Access::Read), op(&mut s, ElemType::F32, Access::Write)];
+        let ctx = CpuContext::new(&ops, &[], 1).unwrap();
+        (sum().cpu_impl().unwrap())(&ctx).unwrap();
+        assert_eq!(s[0], 5.0);
+    }
+
+    #[test]
+    fn signatures_are_checked() {
+        let sig = axpy().signature().clone();
+        assert!(sig.check(&[(Access::Read, Some(ElemType::F32)), (Access::ReadWrite, Some(ElemType::F32))], 1).is_ok());
+        assert!(sig.check(&[(Access::Read, Some(ElemType::F32))], 1).unwrap_err().contains("2 operand"));
+        assert!(sig.check(&[(Access::Write, Some(ElemType::F32)), (Access::ReadWrite, Some(ElemType::F32))], 1).is_err());
+        assert!(sig.check(&[(Access::Read, Some(ElemType::F64)), (Access::ReadWrite, Some(ElemType::F32))], 1).is_err());
+        assert!(sig.check(&[(Access::Read, None), (Access::ReadWrite, Some(ElemType::F32))], 1).is_err());
+        assert!(sig.check(&[(Access::Read, Some(ElemType::F32)), (Access::ReadWrite, Some(ElemType::F32))], 0).is_err());
+    }
+}

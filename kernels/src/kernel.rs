@@ -1,0 +1,159 @@
+//! The kernel type: a name, a signature and implementations.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::context::CpuContext;
+use crate::types::{Access, ElemType};
+
+/// A CPU implementation. Returning `Err` (or panicking) fails the task.
+pub type CpuFn = Arc<dyn Fn(&CpuContext<'_>) -> Result<(), KernelError> + Send + Sync>;
+
+/// What a kernel expects of one operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OperandSpec {
+    /// Required access mode.
+    pub access: Access,
+    /// Required element type; `None` accepts any.
+    pub elem: Option<ElemType>,
+}
+
+/// Operands and parameters a kernel accepts. Checked when a graph is submitted, so that a
+/// mismatch is an error naming the task instead of a failure deep inside a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Signature {
+    /// `None`: any number of operands of any type and mode (synthetic kernels).
+    pub operands: Option<Vec<OperandSpec>>,
+    /// Fewest scalar parameters accepted.
+    pub min_params: usize,
+    /// Most scalar parameters accepted.
+    pub max_params: usize,
+}
+
+impl Signature {
+    /// Any operands, `min..=max` parameters.
+    pub fn any(min_params: usize, max_params: usize) -> Self {
+        Signature { operands: None, min_params, max_params }
+    }
+
+    /// Exactly these operands, exactly `params` parameters.
+    pub fn exact(operands: &[(Access, ElemType)], params: usize) -> Self {
+        Signature {
+            operands: Some(operands.iter().map(|&(access, elem)| OperandSpec { access, elem: Some(elem) }).collect()),
+            min_params: params,
+            max_params: params,
+        }
+    }
+
+    /// Checks operand modes/types and the parameter count; the message says what differs.
+    pub fn check(&self, operands: &[(Access, Option<ElemType>)], params: usize) -> Result<(), String> {
+        if params < self.min_params || params > self.max_params {
+            let want = if self.min_params == self.max_params {
+                format!("{}", self.min_params)
+            } else {
+                format!("{} to {}", self.min_params, self.max_params)
+            };
+            return Err(format!("takes {want} parameter(s), {params} given"));
+        }
+        let Some(specs) = &self.operands else { return Ok(()) };
+        if specs.len() != operands.len() {
+            return Err(format!("takes {} operand(s), {} given", specs.len(), operands.len()));
+        }
+        for (i, (spec, &(access, elem))) in specs.iter().zip(operands).enumerate() {
+            if spec.access != access {
+                return Err(format!("operand {i} must be accessed as '{}', not '{access}'", spec.access));
+            }
+            match (spec.elem, elem) {
+                (Some(want), Some(got)) if want != got => {
+                    return Err(format!("operand {i} must hold {want}, not {got}"));
+                }
+                (Some(want), None) => {
+                    return Err(format!("operand {i} must hold {want} data, but the datum has no storage (size only)"));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A named kernel with its implementations.
+#[derive(Clone)]
+pub struct Kernel {
+    name: String,
+    signature: Signature,
+    cpu: Option<CpuFn>,
+}
+
+impl Kernel {
+    /// A kernel with a CPU implementation.
+    pub fn cpu<F>(name: impl Into<String>, signature: Signature, f: F) -> Self
+    where
+        F: Fn(&CpuContext<'_>) -> Result<(), KernelError> + Send + Sync + 'static,
+    {
+        Kernel { name: name.into(), signature, cpu: Some(Arc::new(f)) }
+    }
+
+    /// A kernel with no implementation yet; add them with the `with_*` methods. A kernel with
+    /// no implementation at all can run nowhere and is refused at submit.
+    pub fn declare(name: impl Into<String>, signature: Signature) -> Self {
+        Kernel { name: name.into(), signature, cpu: None }
+    }
+
+    /// Its name, unique within a registry.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What it accepts.
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// The CPU implementation, if any.
+    pub fn cpu_impl(&self) -> Option<&CpuFn> {
+        self.cpu.as_ref()
+    }
+
+    /// Whether it can run on a CPU core.
+    pub fn has_cpu(&self) -> bool {
+        self.cpu.is_some()
+    }
+}
+
+impl fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kernel")
+            .field("name", &self.name)
+            .field("signature", &self.signature)
+            .field("cpu", &self.cpu.is_some())
+            .finish()
+    }
+}
+
+/// Why a kernel failed. The runtime adds the task, kernel and worker names.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KernelError {
+    #[error("operand {index} requested but the task has {count}")]
+    MissingOperand { index: usize, count: usize },
+    #[error("parameter {index} requested but the task has {count}")]
+    MissingParam { index: usize, count: usize },
+    #[error("operand {index} holds {actual}, the kernel asked for {expected}")]
+    TypeMismatch { index: usize, expected: ElemType, actual: ElemType },
+    #[error("operand {index} is declared '{declared}' but the kernel asked to {wanted:?} it")]
+    AccessMismatch { index: usize, wanted: Access, declared: Access },
+    #[error("operand {index} is already borrowed in a conflicting way")]
+    AlreadyBorrowed { index: usize },
+    #[error("operand {index} has no storage (a size-only datum)")]
+    VirtualOperand { index: usize },
+    #[error("{0}")]
+    Message(String),
+}
+
+impl KernelError {
+    /// A free-form error.
+    pub fn msg(m: impl Into<String>) -> Self {
+        KernelError::Message(m.into())
+    }
+}

@@ -1,0 +1,28 @@
+//! hexec's kernel library.
+//!
+//! A [`Kernel`] is a named unit of work with a [`Signature`] (its operands, each with an
+//! element type and an [`Access`] mode, and its scalar parameters) and one or more
+//! implementations. This crate holds the CPU implementations, which run over typed slices
+//! handed out by a [`CpuContext`]; GPU implementations (WGSL) join them later.
+//!
+//! The crate knows nothing about scheduling: the executor (`hexec`) builds a
+//! [`CpuContext`] for each task from its data store and calls the kernel.
+//!
+//! ```
+//! use hexec_kernels::{builtin, KernelRegistry};
+//! let registry = KernelRegistry::with_builtins();
+//! assert!(registry.get("axpy").is_some());
+//! assert_eq!(builtin::noop().name(), "noop");
+//! ```
+
+mod context;
+mod kernel;
+mod registry;
+mod types;
+
+pub mod builtin;
+
+pub use context::{CpuContext, RawOperand};
+pub use kernel::{CpuFn, Kernel, KernelError, OperandSpec, Signature};
+pub use registry::{KernelRegistry, RegistryError};
+pub use types::{Access, ElemType, Element};

@@ -1,0 +1,1 @@
+//! Overhead benchmark (filled in below).

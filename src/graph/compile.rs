@@ -1,0 +1,403 @@
+//! Submit-time validation of a [`Graph`] against a [`Machine`], producing the flat form the
+//! runtime executes: successor lists (CSR), dependency counts, roots, and the scheduling
+//! [`Plan`].
+//!
+//! Every rejection names the task (and the datum, kernel or worker concerned): an impossible
+//! graph is an error before anything runs, never a hang.
+
+use std::collections::HashMap;
+
+use hexec_kernels::{Access, ElemType, Kernel};
+
+use super::{Graph, Restriction};
+use crate::sched::{EligibleSet, Plan, WorkerMask, MAX_BANDS};
+use crate::topology::{DeviceKind, Machine, WorkerId};
+
+/// What compile needs to know about each datum of the graph (resolved by the runtime).
+#[derive(Clone, Debug)]
+pub struct DatumInfo {
+    /// Display name for errors.
+    pub label: String,
+    /// `None` for a size-only datum.
+    pub elem: Option<ElemType>,
+    pub bytes: u64,
+    pub read_only: bool,
+}
+
+/// Why a graph was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    #[error("task '{task}': {message}")]
+    InvalidTask { task: String, message: String },
+    #[error("task '{task}' uses datum {datum}, which this runtime does not know ({detail})")]
+    UnknownData { task: String, datum: String, detail: String },
+    #[error("task '{task}' accesses datum {datum} twice, and at least once to write it: a kernel would see one buffer as two")]
+    DuplicateAccess { task: String, datum: String },
+    #[error("task '{task}' writes datum {datum}, which is read-only")]
+    ReadOnlyWrite { task: String, datum: String },
+    #[error("task '{task}': kernel '{kernel}' {reason}")]
+    Signature { task: String, kernel: String, reason: String },
+    #[error("task '{task}' can run on no worker of this machine: {reason}")]
+    Unsatisfiable { task: String, reason: String },
+    #[error("datum {datum} is in use by another run")]
+    DataBusy { datum: String },
+    #[error("the graph has {tasks} tasks; at most {max} are supported")]
+    TooLarge { tasks: usize, max: usize },
+}
+
+/// A graph ready to execute on one machine.
+#[derive(Debug)]
+pub struct CompiledGraph {
+    /// `succ[succ_off[t]..succ_off[t+1]]` are the tasks that wait for `t` (with repeats if an
+    /// edge was declared twice; the counts below match).
+    pub succ_off: Vec<u32>,
+    pub succ: Vec<u32>,
+    /// Number of predecessor edges per task.
+    pub indegree: Vec<u32>,
+    /// Tasks with no predecessor, highest priority first, then insertion order.
+    pub roots: Vec<u32>,
+    pub plan: Plan,
+}
+
+impl CompiledGraph {
+    /// Successors of a task.
+    #[inline]
+    pub fn successors(&self, t: u32) -> &[u32] {
+        &self.succ[self.succ_off[t as usize] as usize..self.succ_off[t as usize + 1] as usize]
+    }
+}
+
+/// The most tasks a graph may have (task indices are `u32`).
+pub const MAX_TASKS: usize = u32::MAX as usize - 1;
+
+/// Validates `graph` for `machine` and builds its executable form.
+pub fn compile(graph: &Graph, machine: &Machine, data: &[DatumInfo]) -> Result<CompiledGraph, SubmitError> {
+    let n = graph.len();
+    if n > MAX_TASKS {
+        return Err(SubmitError::TooLarge { tasks: n, max: MAX_TASKS });
+    }
+    if let Some(d) = graph.deferred.first() {
+        return Err(SubmitError::InvalidTask { task: graph.task_name(d.task as usize), message: d.message.clone() });
+    }
+    debug_assert_eq!(data.len(), graph.data.len());
+
+    let mut eligibility = Eligibility::new(machine);
+    let mut task_set = Vec::with_capacity(n);
+    let mut operand_scratch: Vec<(Access, Option<ElemType>)> = Vec::new();
+    let mut dup_scratch: Vec<(u32, Access)> = Vec::new();
+    for (t, rec) in graph.tasks.iter().enumerate() {
+        let kernel = &graph.kernels[rec.kernel as usize];
+        let accesses = &graph.accesses[rec.accesses.range()];
+        check_accesses(graph, t, accesses, data, &mut dup_scratch)?;
+        operand_scratch.clear();
+        operand_scratch.extend(accesses.iter().map(|&(d, a)| (a, data[d as usize].elem)));
+        if let Err(reason) = kernel.signature().check(&operand_scratch, rec.params.len as usize) {
+            return Err(SubmitError::Signature { task: graph.task_name(t), kernel: kernel.name().to_string(), reason });
+        }
+        let set = eligibility
+            .set_for(rec.kernel, kernel, &graph.restrictions[rec.restriction as usize], rec.restriction, rec.cores)
+            .map_err(|reason| SubmitError::Unsatisfiable { task: graph.task_name(t), reason })?;
+        task_set.push(set);
+    }
+
+    let (task_band, num_bands) = priority_bands(graph);
+
+    let mut succ_off = vec![0u32; n + 1];
+    let mut indegree = vec![0u32; n];
+    for &(from, to) in &graph.edges {
+        debug_assert!(from < to, "graph edges always point forward");
+        succ_off[from as usize + 1] += 1;
+        indegree[to as usize] += 1;
+    }
+    for i in 0..n {
+        succ_off[i + 1] += succ_off[i];
+    }
+    let mut fill = succ_off.clone();
+    let mut succ = vec![0u32; graph.edges.len()];
+    for &(from, to) in &graph.edges {
+        succ[fill[from as usize] as usize] = to;
+        fill[from as usize] += 1;
+    }
+    let mut roots: Vec<u32> = (0..n as u32).filter(|&t| indegree[t as usize] == 0).collect();
+    roots.sort_by_key(|&t| std::cmp::Reverse(graph.tasks[t as usize].priority));
+
+    let plan = Plan::new(task_set, task_band, num_bands, eligibility.sets, machine.victims.clone());
+    Ok(CompiledGraph { succ_off, succ, indegree, roots, plan })
+}
+
+fn check_accesses(
+    graph: &Graph,
+    t: usize,
+    accesses: &[(u32, Access)],
+    data: &[DatumInfo],
+    scratch: &mut Vec<(u32, Access)>,
+) -> Result<(), SubmitError> {
+    for &(d, a) in accesses {
+        if a.writes() && data[d as usize].read_only {
+            return Err(SubmitError::ReadOnlyWrite { task: graph.task_name(t), datum: data[d as usize].label.clone() });
+        }
+    }
+    let duplicate = |d: u32| SubmitError::DuplicateAccess { task: graph.task_name(t), datum: data[d as usize].label.clone() };
+    if accesses.len() <= 16 {
+        for (i, &(d, a)) in accesses.iter().enumerate() {
+            for &(d2, a2) in &accesses[i + 1..] {
+                if d == d2 && (a.writes() || a2.writes()) {
+                    return Err(duplicate(d));
+                }
+            }
+        }
+    } else {
+        scratch.clear();
+        scratch.extend_from_slice(accesses);
+        scratch.sort_unstable_by_key(|&(d, _)| d);
+        for w in scratch.windows(2) {
+            if w[0].0 == w[1].0 && (w[0].1.writes() || w[1].1.writes()) {
+                return Err(duplicate(w[0].0));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Maps priorities to bands: each distinct priority its own band when there are at most
+/// [`MAX_BANDS`], else folded by rank. Band 0 is the highest priority.
+fn priority_bands(graph: &Graph) -> (Vec<u8>, u8) {
+    let first = graph.tasks.first().map_or(0, |t| t.priority);
+    if graph.tasks.iter().all(|t| t.priority == first) {
+        return (vec![0; graph.len()], 1);
+    }
+    let mut distinct: Vec<i32> = graph.tasks.iter().map(|t| t.priority).collect();
+    distinct.sort_unstable_by(|a, b| b.cmp(a));
+    distinct.dedup();
+    let k = distinct.len();
+    let bands = k.min(MAX_BANDS as usize);
+    let band_of = |p: i32| {
+        let rank = distinct.binary_search_by(|x| p.cmp(x)).unwrap_or(0);
+        (rank * bands / k) as u8
+    };
+    (graph.tasks.iter().map(|t| band_of(t.priority)).collect(), bands as u8)
+}
+
+/// Computes and deduplicates eligibility sets.
+struct Eligibility<'m> {
+    machine: &'m Machine,
+    sets: Vec<EligibleSet>,
+    by_mask: HashMap<WorkerMask, u16>,
+    by_key: HashMap<(u32, u32, u32), u16>,
+}
+
+impl<'m> Eligibility<'m> {
+    fn new(machine: &'m Machine) -> Self {
+        Eligibility { machine, sets: Vec::new(), by_mask: HashMap::new(), by_key: HashMap::new() }
+    }
+
+    fn set_for(
+        &mut self,
+        kernel_slot: u32,
+        kernel: &Kernel,
+        r: &Restriction,
+        restriction_slot: u32,
+        cores: u32,
+    ) -> Result<u16, String> {
+        let key = (kernel_slot, restriction_slot, cores);
+        if let Some(&s) = self.by_key.get(&key) {
+            return Ok(s);
+        }
+        let mask = self.mask_for(kernel, r, cores)?;
+        let s = match self.by_mask.get(&mask) {
+            Some(&s) => s,
+            None => {
+                if self.sets.len() >= u16::MAX as usize {
+                    return Err("too many distinct restriction combinations in one graph".into());
+                }
+                let s = self.sets.len() as u16;
+                let workers = self.machine.workers.iter().map(|w| w.id).filter(|&w| mask.contains(w)).collect();
+                self.sets.push(EligibleSet { workers, mask: mask.clone() });
+                self.by_mask.insert(mask, s);
+                s
+            }
+        };
+        self.by_key.insert(key, s);
+        Ok(s)
+    }
+
+    /// Filters workers step by step so that an empty result says which step emptied it.
+    fn mask_for(&self, kernel: &Kernel, r: &Restriction, cores: u32) -> Result<WorkerMask, String> {
+        let m = self.machine;
+        let has_impl = |kind: DeviceKind| match kind {
+            DeviceKind::Cpu => kernel.has_cpu(),
+            DeviceKind::Gpu => false,
+        };
+        let mut cand: Vec<WorkerId> = m.workers.iter().filter(|w| has_impl(w.kind)).map(|w| w.id).collect();
+        if cand.is_empty() {
+            let kinds = if kernel.has_cpu() { "cpu" } else { "none" };
+            return Err(format!(
+                "kernel '{}' has implementations for [{kinds}], and this machine has {} cpu and {} gpu worker(s)",
+                kernel.name(),
+                m.count(DeviceKind::Cpu),
+                m.count(DeviceKind::Gpu)
+            ));
+        }
+        if let Some(kind) = r.device {
+            cand.retain(|&w| m.workers[w.index()].kind == kind);
+            if cand.is_empty() {
+                return Err(format!(
+                    "it is restricted to {kind} workers; this machine has {} {kind} worker(s) able to run kernel '{}'",
+                    m.count(kind),
+                    kernel.name()
+                ));
+            }
+        }
+        if let Some(name) = &r.worker {
+            let Some(named) = m.worker_by_name(name) else {
+                let names: Vec<&str> = m.workers.iter().map(|w| w.name.as_str()).collect();
+                return Err(format!("it is restricted to worker '{name}', which does not exist (workers: {})", names.join(", ")));
+            };
+            if !cand.contains(&named.id) {
+                return Err(format!(
+                    "it is restricted to worker '{name}', which cannot run kernel '{}' under its other restrictions",
+                    kernel.name()
+                ));
+            }
+            cand = vec![named.id];
+        }
+        if !r.features.is_empty() {
+            cand.retain(|&w| r.features.iter().all(|f| m.workers[w.index()].features.contains(f)));
+            if cand.is_empty() {
+                let have = m.workers.first().map(|w| w.features.join(", ")).unwrap_or_default();
+                return Err(format!("it requires feature(s) [{}]; no allowed worker has all of them (cpu0 has: {have})", r.features.join(", ")));
+            }
+        }
+        if cores == 0 {
+            return Err("it requests 0 cores; a task needs at least 1".into());
+        }
+        if cores > 1 {
+            let fits = |w: WorkerId| {
+                let class = m.workers[w.index()].class;
+                m.workers[w.index()].kind == DeviceKind::Cpu && m.classes[class.0 as usize].workers.len() >= cores as usize
+            };
+            cand.retain(|&w| fits(w));
+            if cand.is_empty() {
+                return Err(format!("it requests {cores} cores; this machine has {} CPU core(s)", m.count(DeviceKind::Cpu)));
+            }
+        }
+        let mut mask = WorkerMask::empty(m.num_workers());
+        for w in cand {
+            mask.insert(w);
+        }
+        Ok(mask)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hexec_kernels::{builtin, Signature};
+    use std::sync::Arc;
+
+    fn infos(g: &Graph) -> Vec<DatumInfo> {
+        g.data
+            .iter()
+            .map(|d| match d {
+                super::super::GraphDatum::Virtual { name, bytes } => {
+                    DatumInfo { label: name.clone(), elem: None, bytes: *bytes, read_only: false }
+                }
+                super::super::GraphDatum::Stored { id, .. } => {
+                    DatumInfo { label: format!("d{id}"), elem: Some(ElemType::F32), bytes: 16, read_only: *id == 99 }
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn builds_csr_and_roots_by_priority() {
+        let mut g = Graph::new();
+        let a = g.task(&builtin::noop()).add();
+        let _b = g.task(&builtin::noop()).priority(5).add();
+        let _c = g.task(&builtin::noop()).after(a).add();
+        let c = compile(&g, &Machine::synthetic_cpus(2), &infos(&g)).unwrap();
+        assert_eq!(c.roots, vec![1, 0]);
+        assert_eq!(c.successors(0), &[2]);
+        assert_eq!(c.indegree, vec![0, 0, 1]);
+        assert_eq!(c.plan.num_bands(), 2);
+        assert_eq!(c.plan.band(1), 0);
+        assert_eq!(c.plan.band(0), 1);
+    }
+
+    #[test]
+    fn rejections_name_the_task() {
+        let m = Machine::synthetic_cpus(2);
+        let check = |g: &Graph, needle: &str| {
+            let e = compile(g, &m, &infos(g)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e:?} should contain {needle:?}");
+            assert!(e.contains("'t'"), "{e:?} should name the task");
+        };
+        let mut g = Graph::new();
+        g.task(&builtin::noop()).name("t").on(DeviceKind::Gpu).add();
+        check(&g, "restricted to gpu");
+        let mut g = Graph::new();
+        g.task(&builtin::noop()).name("t").on_worker("cpu7").add();
+        check(&g, "does not exist (workers: cpu0, cpu1)");
+        let mut g = Graph::new();
+        g.task(&builtin::noop()).name("t").require_feature("quantum").add();
+        check(&g, "quantum");
+        let mut g = Graph::new();
+        g.task(&builtin::noop()).name("t").cores(3).add();
+        check(&g, "requests 3 cores");
+        let mut g = Graph::new();
+        g.task(&builtin::spin()).name("t").add();
+        check(&g, "takes 1 parameter(s), 0 given");
+        let mut g = Graph::new();
+        let v = g.virtual_data("f", 4);
+        g.task(&builtin::noop()).name("t").read(v).write(v).add();
+        check(&g, "twice");
+        let mut g = Graph::new();
+        g.task(&builtin::noop()).name("t").read(crate::graph::Data::<f32>::new(0, 99)).write(crate::graph::Data::<f32>::new(0, 1)).add();
+        // read-only datum 99 is only read: fine; now write it.
+        assert!(compile(&g, &m, &infos(&g)).is_ok());
+        let mut g = Graph::new();
+        g.task(&builtin::noop()).name("t").write(crate::graph::Data::<f32>::new(0, 99)).add();
+        check(&g, "read-only");
+        let gpu_only = Arc::new(hexec_kernels::Kernel::declare("gpu_thing", Signature::any(0, 0)));
+        let mut g = Graph::new();
+        g.task(&gpu_only).name("t").add();
+        check(&g, "kernel 'gpu_thing' has implementations for [none]");
+    }
+
+    #[test]
+    fn large_duplicate_checks_and_shared_sets() {
+        let mut g = Graph::new();
+        let vs: Vec<_> = (0..40).map(|i| g.virtual_data(format!("v{i}"), 1)).collect();
+        let mut b = g.task(&builtin::noop()).name("t");
+        for v in &vs {
+            b = b.read(*v);
+        }
+        b.read(vs[3]).add();
+        let m = Machine::synthetic_cpus(3);
+        let c = compile(&g, &m, &infos(&g)).unwrap();
+        assert_eq!(c.plan.sets().len(), 1);
+        let mut b = g.task(&builtin::noop()).name("t");
+        for v in &vs {
+            b = b.read(*v);
+        }
+        b.write(vs[7]).add();
+        assert!(matches!(compile(&g, &m, &infos(&g)), Err(SubmitError::DuplicateAccess { .. })));
+    }
+
+    #[test]
+    fn many_priorities_fold_into_bands() {
+        let mut g = Graph::new();
+        for p in 0..100 {
+            g.task(&builtin::noop()).priority(p).add();
+        }
+        let c = compile(&g, &Machine::synthetic_cpus(1), &infos(&g)).unwrap();
+        assert_eq!(c.plan.num_bands(), MAX_BANDS);
+        assert_eq!(c.plan.band(99), 0);
+        assert_eq!(c.plan.band(0), MAX_BANDS - 1);
+        // monotone: higher priority never in a lower band
+        for t in 1..100u32 {
+            assert!(c.plan.band(t) <= c.plan.band(t - 1));
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! hexec: a GPU-aware heterogeneous task executor.
+//!
+//! hexec runs graphs of tasks on every compute unit of a machine. Each task names a kernel
+//! and the data it reads and writes; dependencies follow from the order of those accesses.
+//! A scheduling policy places each ready task on a worker it may run on (its *restrictions*)
+//! and idle workers steal only from workers of their own class.
+//!
+//! Module map (see ARCHITECTURE.md for the invariants that span modules):
+//! - [`graph`]: tasks, data handles, dependency inference, validation, file formats;
+//! - [`topology`]: the machine (hwloc discovery, workers, classes, victim order);
+//! - [`sched`]: the policies, pure and deterministic;
+//! - [`runtime`]: the real driver (threads, lock-free queues, data store);
+//! - [`trace`]: run summaries and Chrome/Perfetto traces;
+//! - [`bench`]: the overhead benchmark shared by the CLI and criterion.
+
+pub mod bench;
+pub mod graph;
+pub mod runtime;
+pub mod sched;
+pub mod topology;
+pub mod trace;
+
+pub use hexec_kernels as kernels;
+
+pub use graph::compile::SubmitError;
+pub use graph::{Data, DataRef, Graph, Restriction, TaskId, VirtualData};
+pub use runtime::{BuildError, DataError, RunError, RunOptions, Runtime, RuntimeBuilder};
+pub use sched::PolicyKind;
+pub use topology::{DeviceKind, Machine};
+pub use trace::RunReport;

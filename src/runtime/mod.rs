@@ -1,0 +1,403 @@
+//! The real driver: a [`Runtime`] owns a machine description, a data store and a kernel
+//! registry, and runs graphs on one pinned worker thread per CPU core.
+//!
+//! A run: resolve the graph's data, validate and compile the graph for this machine (any
+//! error names the task), mark the data in use, place the roots, start the workers (scoped
+//! threads, so nothing outlives the run), and gather their statistics into a [`RunReport`].
+//! No global state: runtimes can be created, used and dropped many times in one process.
+
+mod data;
+mod queues;
+mod sleep;
+mod worker;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crossbeam_utils::CachePadded;
+use hexec_kernels::{ElemType, Element, KernelRegistry};
+
+use crate::graph::compile::{compile, DatumInfo, SubmitError};
+use crate::graph::{Data, Graph, GraphDatum};
+use crate::sched::{Eager, Policy, PolicyKind, WorkStealing};
+use crate::topology::{discover, HwTopology, Machine, TopologyError, WorkerId};
+use crate::trace::{RunReport, TraceLog, WorkerReport};
+
+pub use data::DataError;
+use data::{AcquiredData, DataStore};
+use queues::{LocalQueues, SharedQueues};
+use worker::{run_worker, BoundDatum, RunState, WorkerStats};
+
+static NEXT_RUNTIME_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Why a run did not succeed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The graph was refused before anything ran.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    /// Some tasks failed; the report says which, and what else ran.
+    #[error("{}", describe_failures(report))]
+    TaskFailed { report: Box<RunReport> },
+    /// A worker thread could not be started.
+    #[error("could not start worker thread '{worker}': {message}")]
+    Spawn { worker: String, message: String },
+}
+
+fn describe_failures(r: &RunReport) -> String {
+    let mut s = match r.failures.first() {
+        Some(f) => format!("task '{}' (kernel '{}') failed on {}: {}", f.task, f.kernel, f.worker, f.message),
+        None => "a task failed".to_string(),
+    };
+    if r.failures.len() > 1 {
+        s.push_str(&format!("; {} more task(s) failed", r.failures.len() - 1));
+    }
+    if r.skipped > 0 {
+        s.push_str(&format!("; {} dependent task(s) were skipped", r.skipped));
+    }
+    s
+}
+
+impl RunError {
+    /// The report of a run that started, if this error comes from one.
+    pub fn report(&self) -> Option<&RunReport> {
+        match self {
+            RunError::TaskFailed { report } => Some(report),
+            _ => None,
+        }
+    }
+}
+
+/// Errors building a runtime.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error("the machine description has no worker")]
+    NoWorkers,
+}
+
+/// Options of one run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Record every task's start and end for [`crate::trace::write_chrome_trace`].
+    pub record_trace: bool,
+}
+
+/// Configures a [`Runtime`].
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeBuilder {
+    policy: PolicyKind,
+    cpus: Option<usize>,
+    no_pin: bool,
+    machine: Option<Machine>,
+}
+
+impl RuntimeBuilder {
+    /// The scheduling policy (default `ws`).
+    pub fn policy(mut self, p: PolicyKind) -> Self {
+        self.policy = p;
+        self
+    }
+
+    /// Use only the first `n` cores.
+    pub fn cpus(mut self, n: usize) -> Self {
+        self.cpus = Some(n);
+        self
+    }
+
+    /// Do not pin worker threads to their cores.
+    pub fn no_pinning(mut self) -> Self {
+        self.no_pin = true;
+        self
+    }
+
+    /// Run on a described machine instead of discovering this one: one unpinned thread per
+    /// worker. For tests and experiments.
+    pub fn machine(mut self, m: Machine) -> Self {
+        self.machine = Some(m);
+        self
+    }
+
+    /// Discovers the machine (unless one was given) and builds the runtime.
+    pub fn build(self) -> Result<Runtime, BuildError> {
+        let (machine, hw) = match self.machine {
+            Some(m) => (m, None),
+            None => {
+                let (m, hw) = discover(self.cpus)?;
+                (m, if self.no_pin { None } else { Some(hw) })
+            }
+        };
+        if machine.num_workers() == 0 {
+            return Err(BuildError::NoWorkers);
+        }
+        let id = NEXT_RUNTIME_ID.fetch_add(1, Ordering::Relaxed);
+        Ok(Runtime {
+            id,
+            machine,
+            hw,
+            policy: self.policy,
+            store: DataStore::new(id),
+            registry: KernelRegistry::with_builtins(),
+        })
+    }
+}
+
+/// Runs task graphs on this machine's cores.
+///
+/// ```
+/// use hexec::{Runtime, kernels::builtin};
+/// let rt = Runtime::builder().cpus(1).build()?;
+/// let x = rt.data(vec![1.0f32; 4]);
+/// let y = rt.data(vec![0.5f32; 4]);
+/// let mut g = rt.graph();
+/// g.task(&builtin::axpy()).read(x).read_write(y).param(2.0).add();
+/// g.task(&builtin::scale()).read_write(y).param(10.0).add();
+/// let report = rt.run(&g)?;
+/// assert_eq!(report.completed, 2);
+/// assert_eq!(rt.read(y)?, vec![25.0; 4]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Runtime {
+    id: u64,
+    machine: Machine,
+    hw: Option<HwTopology>,
+    policy: PolicyKind,
+    store: DataStore,
+    registry: KernelRegistry,
+}
+
+impl Runtime {
+    /// A builder with defaults: all cores, pinned, policy `ws`.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    /// The machine this runtime runs on.
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// The policy in use.
+    pub fn policy(&self) -> PolicyKind {
+        self.policy
+    }
+
+    /// The kernels graph files may name.
+    pub fn registry(&self) -> &KernelRegistry {
+        &self.registry
+    }
+
+    /// Adds kernels graph files may name.
+    pub fn registry_mut(&mut self) -> &mut KernelRegistry {
+        &mut self.registry
+    }
+
+    /// A new, empty graph.
+    pub fn graph(&self) -> Graph {
+        Graph::new()
+    }
+
+    /// Stores a host buffer; the handle goes into tasks.
+    pub fn data<T: Element>(&self, values: Vec<T>) -> Data<T> {
+        self.store.insert(None, &values, false)
+    }
+
+    /// Stores a named host buffer (the name appears in errors).
+    pub fn data_named<T: Element>(&self, name: impl Into<String>, values: Vec<T>) -> Data<T> {
+        self.store.insert(Some(name.into()), &values, false)
+    }
+
+    /// Stores a buffer that no task may write.
+    pub fn data_read_only<T: Element>(&self, name: impl Into<String>, values: Vec<T>) -> Data<T> {
+        self.store.insert(Some(name.into()), &values, true)
+    }
+
+    /// Stores `len` zeroed elements of a type known only at run time (graph files).
+    pub(crate) fn data_zeroed(&self, name: String, elem: ElemType, len: usize) -> Result<u32, DataError> {
+        self.store.insert_zeroed(Some(name), elem, len)
+    }
+
+    /// A handle for a datum created by [`Runtime::data_zeroed`].
+    pub(crate) fn handle<T>(&self, id: u32) -> Data<T> {
+        Data::new(self.id, id)
+    }
+
+    /// Copies a datum out.
+    pub fn read<T: Element>(&self, h: Data<T>) -> Result<Vec<T>, DataError> {
+        self.store.read(h)
+    }
+
+    /// Overwrites a datum (same length).
+    pub fn write<T: Element>(&self, h: Data<T>, values: &[T]) -> Result<(), DataError> {
+        self.store.write(h, values)
+    }
+
+    /// Runs a graph to completion and blocks until it is done.
+    pub fn run(&self, graph: &Graph) -> Result<RunReport, RunError> {
+        self.run_with(graph, RunOptions::default())
+    }
+
+    /// Runs a graph with options.
+    pub fn run_with(&self, graph: &Graph, opts: RunOptions) -> Result<RunReport, RunError> {
+        let (infos, cells) = self.resolve(graph)?;
+        let compiled = compile(graph, &self.machine, &infos)?;
+        let bound: Vec<BoundDatum> = graph
+            .data
+            .iter()
+            .zip(&infos)
+            .map(|(d, info)| match d {
+                GraphDatum::Stored { id, .. } => {
+                    let at = cells.binary_search_by_key(id, |c| c.0).expect("every stored datum was resolved above");
+                    let cell = &cells[at].1;
+                    BoundDatum { ptr: cell.as_mut_ptr(), bytes: cell.bytes(), elem: info.elem }
+                }
+                GraphDatum::Virtual { bytes, .. } => {
+                    BoundDatum { ptr: std::ptr::null_mut(), bytes: *bytes as usize, elem: None }
+                }
+            })
+            .collect();
+        let _held = AcquiredData::acquire(cells.into_iter().map(|(_, c)| c).collect())?;
+        match self.policy {
+            PolicyKind::Eager => self.execute(&Eager, graph, &compiled, &bound, opts),
+            PolicyKind::Ws => self.execute(&WorkStealing, graph, &compiled, &bound, opts),
+        }
+    }
+
+    /// Resolves the graph's data against the store.
+    #[allow(clippy::type_complexity)]
+    fn resolve(&self, graph: &Graph) -> Result<(Vec<DatumInfo>, Vec<(u32, Arc<data::DataCell>)>), SubmitError> {
+        let mut infos = Vec::with_capacity(graph.data.len());
+        let mut cells = Vec::new();
+        for (local, d) in graph.data.iter().enumerate() {
+            match d {
+                GraphDatum::Virtual { name, bytes } => {
+                    infos.push(DatumInfo { label: format!("'{name}'"), elem: None, bytes: *bytes, read_only: false })
+                }
+                GraphDatum::Stored { rt, id } => {
+                    let Some(cell) = self.store.cell(*rt, *id) else {
+                        let task = graph
+                            .tasks
+                            .iter()
+                            .position(|t| graph.accesses[t.accesses.range()].iter().any(|&(x, _)| x as usize == local))
+                            .map(|t| graph.task_name(t))
+                            .unwrap_or_default();
+                        let detail = if *rt != self.id { "it was made by another runtime" } else { "no such datum" };
+                        return Err(SubmitError::UnknownData { task, datum: graph.datum_label(local as u32), detail: detail.into() });
+                    };
+                    infos.push(DatumInfo {
+                        label: format!("'{}'", cell.name),
+                        elem: Some(cell.elem),
+                        bytes: cell.bytes() as u64,
+                        read_only: cell.read_only,
+                    });
+                    cells.push((*id, cell));
+                }
+            }
+        }
+        cells.sort_by_key(|c| c.0);
+        Ok((infos, cells))
+    }
+
+    fn execute<P: Policy>(
+        &self,
+        policy: &P,
+        graph: &Graph,
+        compiled: &crate::graph::compile::CompiledGraph,
+        bound: &[BoundDatum],
+        opts: RunOptions,
+    ) -> Result<RunReport, RunError> {
+        let n = graph.len();
+        let plan = &compiled.plan;
+        let (shared, deques) = SharedQueues::new(plan);
+        let names: Vec<String> = self.machine.workers.iter().map(|w| w.name.clone()).collect();
+        let run = RunState {
+            graph,
+            compiled,
+            bound,
+            queues: &shared,
+            worker_names: &names,
+            deps: compiled.indegree.iter().map(|&d| AtomicU32::new(d)).collect(),
+            poisoned: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            remaining: CachePadded::new(AtomicUsize::new(n)),
+            done: AtomicBool::new(n == 0),
+            failures: Mutex::new(Vec::new()),
+            start: Instant::now(),
+            record_trace: opts.record_trace,
+        };
+        let mut locals: Vec<LocalQueues<'_>> = deques
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| LocalQueues::new(WorkerId(i as u32), d, &shared, plan))
+            .collect();
+        for &r in &compiled.roots {
+            policy.place(plan, &mut locals[0], r, None);
+        }
+        let started = Instant::now();
+        let stats: Vec<WorkerStats> = std::thread::scope(|s| {
+            let mut handles = Vec::with_capacity(locals.len());
+            for (i, q) in locals.into_iter().enumerate() {
+                let me = WorkerId(i as u32);
+                let run = &run;
+                let pus = self.machine.workers[i].pus.clone();
+                let hw = self.hw.clone();
+                let spawned = std::thread::Builder::new().name(format!("hexec-{}", names[i])).spawn_scoped(s, move || {
+                    if let Some(hw) = hw {
+                        if let Err(e) = hw.pin_current_thread(&pus) {
+                            tracing::debug!(worker = i, error = %e, "could not pin worker thread");
+                        }
+                    }
+                    run_worker(policy, run, q, me)
+                });
+                match spawned {
+                    Ok(h) => handles.push(h),
+                    Err(e) => {
+                        // Without this worker the run could wait forever for tasks only it
+                        // may run: stop the others and report.
+                        run.done.store(true, Ordering::SeqCst);
+                        shared.sleep.wake_all();
+                        return Err(RunError::Spawn { worker: names[i].clone(), message: e.to_string() });
+                    }
+                }
+            }
+            Ok(handles.into_iter().map(|h| h.join().unwrap_or_default()).collect())
+        })?;
+        let makespan = started.elapsed();
+        let failures = run.failures.into_inner().unwrap_or_else(|e| e.into_inner());
+        let sum = |f: fn(&WorkerStats) -> u64| stats.iter().map(f).sum::<u64>();
+        let workers = stats
+            .iter()
+            .enumerate()
+            .map(|(i, st)| {
+                let w = &self.machine.workers[i];
+                WorkerReport {
+                    name: w.name.clone(),
+                    class: self.machine.classes[w.class.0 as usize].name.clone(),
+                    tasks: st.tasks,
+                    busy_s: st.wall.saturating_sub(st.idle).as_secs_f64(),
+                    steals: st.steals,
+                }
+            })
+            .collect();
+        let trace = opts.record_trace.then(|| TraceLog { per_worker: stats.iter().map(|s| s.events.clone()).collect() });
+        let report = RunReport {
+            policy: policy.name().to_string(),
+            tasks: n,
+            completed: sum(|s| s.completed) as usize,
+            failed: sum(|s| s.failed) as usize,
+            skipped: sum(|s| s.skipped) as usize,
+            makespan_s: makespan.as_secs_f64(),
+            steals: sum(|s| s.steals),
+            workers,
+            failures,
+            trace,
+        };
+        if report.failed > 0 {
+            return Err(RunError::TaskFailed { report: Box::new(report) });
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,114 @@
+//! The lock-free [`ReadyQueues`] the real runtime gives the policies: a crossbeam deque per
+//! worker (owner LIFO, thieves FIFO), and crossbeam injectors for mailboxes and shared
+//! queues. Every push wakes a sleeping worker that could take the task.
+
+use crossbeam_deque::{Injector, Steal, Stealer, Worker};
+
+use super::sleep::Sleep;
+use crate::sched::{Plan, ReadyQueues};
+use crate::topology::WorkerId;
+
+/// Queues shared by all workers of a run.
+pub(crate) struct SharedQueues {
+    stealers: Vec<Stealer<u32>>,
+    /// `[worker][band]`
+    mailbox: Vec<Vec<Injector<u32>>>,
+    /// `[set][band]`
+    shared: Vec<Vec<Injector<u32>>>,
+    pub sleep: Sleep,
+}
+
+/// One worker's view: its own deque plus the shared queues.
+pub(crate) struct LocalQueues<'a> {
+    me: WorkerId,
+    deque: Worker<u32>,
+    shared: &'a SharedQueues,
+    plan: &'a Plan,
+}
+
+impl SharedQueues {
+    /// Builds the shared queues and the per-worker deques (to be moved into their threads).
+    pub fn new(plan: &Plan) -> (SharedQueues, Vec<Worker<u32>>) {
+        let n = plan.num_workers();
+        let bands = plan.num_bands() as usize;
+        let deques: Vec<Worker<u32>> = (0..n).map(|_| Worker::new_lifo()).collect();
+        let shared = SharedQueues {
+            stealers: deques.iter().map(Worker::stealer).collect(),
+            mailbox: (0..n).map(|_| (0..bands).map(|_| Injector::new()).collect()).collect(),
+            shared: (0..plan.sets().len()).map(|_| (0..bands).map(|_| Injector::new()).collect()).collect(),
+            sleep: Sleep::new(n),
+        };
+        (shared, deques)
+    }
+}
+
+impl<'a> LocalQueues<'a> {
+    pub fn new(me: WorkerId, deque: Worker<u32>, shared: &'a SharedQueues, plan: &'a Plan) -> Self {
+        LocalQueues { me, deque, shared, plan }
+    }
+}
+
+fn retry<T>(mut f: impl FnMut() -> Steal<T>) -> Option<T> {
+    loop {
+        match f() {
+            Steal::Success(t) => return Some(t),
+            Steal::Empty => return None,
+            Steal::Retry => std::hint::spin_loop(),
+        }
+    }
+}
+
+impl ReadyQueues for LocalQueues<'_> {
+    #[inline]
+    fn push_local(&mut self, worker: WorkerId, task: u32) {
+        debug_assert_eq!(worker, self.me, "only the owner pushes onto its deque");
+        self.deque.push(task);
+        self.shared.sleep.wake_one(self.plan.victims(self.me));
+    }
+
+    fn push_mailbox(&mut self, worker: WorkerId, band: u8, task: u32) {
+        self.shared.mailbox[worker.index()][band as usize].push(task);
+        self.shared.sleep.wake_one(std::slice::from_ref(&worker));
+    }
+
+    fn push_shared(&mut self, set: u16, band: u8, task: u32) {
+        self.shared.shared[set as usize][band as usize].push(task);
+        self.shared.sleep.wake_one(&self.plan.set(set).workers);
+    }
+
+    #[inline]
+    fn pop_local(&mut self, worker: WorkerId) -> Option<u32> {
+        debug_assert_eq!(worker, self.me);
+        self.deque.pop()
+    }
+
+    fn pop_mailbox(&mut self, worker: WorkerId, band: u8) -> Option<u32> {
+        let q = &self.shared.mailbox[worker.index()][band as usize];
+        if q.is_empty() {
+            return None;
+        }
+        retry(|| q.steal())
+    }
+
+    fn pop_shared(&mut self, worker: WorkerId, set: u16, band: u8, batch: bool) -> Option<u32> {
+        debug_assert_eq!(worker, self.me);
+        let q = &self.shared.shared[set as usize][band as usize];
+        if q.is_empty() {
+            return None;
+        }
+        if batch {
+            let got = retry(|| q.steal_batch_and_pop(&self.deque));
+            if got.is_some() && !self.deque.is_empty() {
+                // The batch is stealable now: let a sleeping thief know.
+                self.shared.sleep.wake_one(self.plan.victims(self.me));
+            }
+            got
+        } else {
+            retry(|| q.steal())
+        }
+    }
+
+    fn steal(&mut self, _thief: WorkerId, victim: WorkerId) -> Option<u32> {
+        retry(|| self.shared.stealers[victim.index()].steal())
+    }
+}

@@ -1,0 +1,125 @@
+//! The scheduling core: policies as pure code, with no threads, clocks or I/O.
+//!
+//! A policy decides *where* a ready task goes ([`Policy::place`]) and *what* an idle worker
+//! takes next ([`Policy::next`]). It does so through a [`ReadyQueues`] implementation: the
+//! real runtime supplies lock-free deques and injectors (`runtime::queues`), a simulator
+//! supplies plain `VecDeque`s ([`SimQueues`]). Given the same sequence of calls, a policy
+//! makes the same decisions on both.
+//!
+//! Invariants every policy keeps:
+//! - a task is only returned by `next(w)` if `plan.eligible(task, w)`; a task taken from a
+//!   victim that the thief may not run is placed again, never run;
+//! - a thief only looks at `plan.victims(w)`, which holds workers of its own class;
+//! - every task given to `place` is returned by exactly one later `next` (none is lost or
+//!   duplicated), provided some eligible worker keeps calling `next`.
+
+mod eager;
+mod plan;
+mod queues;
+mod ws;
+
+use std::fmt;
+
+pub use eager::Eager;
+pub use plan::{EligibleSet, Plan, WorkerMask, MAX_BANDS};
+pub use queues::{ReadyQueues, SimQueues};
+pub use ws::WorkStealing;
+
+use crate::topology::WorkerId;
+
+/// What `next` hands a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pick {
+    pub task: u32,
+    /// The victim, when the task was stolen.
+    pub stolen_from: Option<WorkerId>,
+}
+
+/// A scheduling policy.
+pub trait Policy: Send + Sync {
+    /// The name used on the command line and in summaries.
+    fn name(&self) -> &'static str;
+
+    /// Puts a ready task somewhere. `releasing` is the worker whose completed task made it
+    /// ready (`None` for the graph's roots).
+    fn place<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, task: u32, releasing: Option<WorkerId>);
+
+    /// The next task for `worker`, or `None` when it finds nothing it may run.
+    fn next<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, worker: WorkerId) -> Option<Pick>;
+}
+
+/// The policies hexec ships, by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyKind {
+    /// Shared ready queues; a worker takes the first task it may run.
+    Eager,
+    /// Per-worker deques and compatibility-aware stealing, victims by locality.
+    #[default]
+    Ws,
+}
+
+impl PolicyKind {
+    /// Every policy, for help texts and benches.
+    pub const ALL: [PolicyKind; 2] = [PolicyKind::Eager, PolicyKind::Ws];
+
+    /// Parses a policy name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "eager" => Some(PolicyKind::Eager),
+            "ws" => Some(PolicyKind::Ws),
+            _ => None,
+        }
+    }
+
+    /// The name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Eager => "eager",
+            PolicyKind::Ws => "ws",
+        }
+    }
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for PolicyKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        PolicyKind::parse(s).ok_or_else(|| format!("unknown policy '{s}' (known: eager, ws)"))
+    }
+}
+
+/// Puts a task in the queue its eligibility calls for when no worker is preferred: the one
+/// worker's mailbox when only one may run it, else the shared queue of its eligibility set.
+fn place_unpreferred<Q: ReadyQueues>(plan: &Plan, q: &mut Q, task: u32) {
+    let set = plan.task_set(task);
+    let band = plan.band(task);
+    match plan.set(set).workers.as_slice() {
+        [only] => q.push_mailbox(*only, band, task),
+        _ => q.push_shared(set, band, task),
+    }
+}
+
+/// Looks in `worker`'s mailbox and the shared queues of its eligibility sets, band by band
+/// (highest priority first).
+fn take_queued<Q: ReadyQueues>(plan: &Plan, q: &mut Q, worker: WorkerId, batch: bool) -> Option<u32> {
+    for band in 0..plan.num_bands() {
+        if let Some(t) = q.pop_mailbox(worker, band) {
+            return Some(t);
+        }
+        for &set in plan.sets_of(worker) {
+            if let Some(t) = q.pop_shared(worker, set, band, batch) {
+                return Some(t);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

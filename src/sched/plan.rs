@@ -1,0 +1,129 @@
+//! The static facts a policy needs about a compiled graph on a machine: which workers may
+//! run each task (eligibility sets), each task's priority band, and victim orders.
+//!
+//! Invariants: every task's set is non-empty (compile rejects the graph otherwise);
+//! `sets_of(w)` lists exactly the sets whose mask contains `w`; bands are `0..num_bands`,
+//! 0 being the highest priority.
+
+use crate::topology::WorkerId;
+
+/// At most this many priority bands; more distinct priorities are folded by rank.
+pub const MAX_BANDS: u8 = 8;
+
+/// A set of workers as a bitmask.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WorkerMask(Vec<u64>);
+
+impl WorkerMask {
+    /// An empty set sized for `n` workers.
+    pub fn empty(n: usize) -> Self {
+        WorkerMask(vec![0; n.div_ceil(64).max(1)])
+    }
+
+    /// Adds a worker.
+    pub fn insert(&mut self, w: WorkerId) {
+        self.0[w.index() / 64] |= 1 << (w.index() % 64);
+    }
+
+    /// Whether it holds `w`.
+    #[inline]
+    pub fn contains(&self, w: WorkerId) -> bool {
+        self.0.get(w.index() / 64).is_some_and(|word| word >> (w.index() % 64) & 1 == 1)
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|&w| w == 0)
+    }
+}
+
+/// The workers that may run a group of tasks.
+#[derive(Clone, Debug)]
+pub struct EligibleSet {
+    pub workers: Vec<WorkerId>,
+    pub mask: WorkerMask,
+}
+
+/// Per-task eligibility and priority band, and per-worker victims.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    task_set: Vec<u16>,
+    task_band: Vec<u8>,
+    num_bands: u8,
+    sets: Vec<EligibleSet>,
+    worker_sets: Vec<Vec<u16>>,
+    victims: Vec<Vec<WorkerId>>,
+}
+
+impl Plan {
+    /// Builds a plan. `task_set[t]` indexes `sets`; `task_band[t] < num_bands`.
+    pub fn new(
+        task_set: Vec<u16>,
+        task_band: Vec<u8>,
+        num_bands: u8,
+        sets: Vec<EligibleSet>,
+        victims: Vec<Vec<WorkerId>>,
+    ) -> Self {
+        let n = victims.len();
+        let worker_sets = (0..n)
+            .map(|w| {
+                (0..sets.len() as u16).filter(|&s| sets[s as usize].mask.contains(WorkerId(w as u32))).collect()
+            })
+            .collect();
+        debug_assert!(task_band.iter().all(|&b| b < num_bands.max(1)));
+        Plan { task_set, task_band, num_bands: num_bands.max(1), sets, worker_sets, victims }
+    }
+
+    /// Number of tasks.
+    pub fn num_tasks(&self) -> usize {
+        self.task_set.len()
+    }
+
+    /// Number of workers.
+    pub fn num_workers(&self) -> usize {
+        self.victims.len()
+    }
+
+    /// The eligibility set of a task.
+    #[inline]
+    pub fn task_set(&self, task: u32) -> u16 {
+        self.task_set[task as usize]
+    }
+
+    /// The priority band of a task (0 is the highest).
+    #[inline]
+    pub fn band(&self, task: u32) -> u8 {
+        self.task_band[task as usize]
+    }
+
+    /// Number of bands.
+    pub fn num_bands(&self) -> u8 {
+        self.num_bands
+    }
+
+    /// An eligibility set.
+    pub fn set(&self, set: u16) -> &EligibleSet {
+        &self.sets[set as usize]
+    }
+
+    /// Every eligibility set.
+    pub fn sets(&self) -> &[EligibleSet] {
+        &self.sets
+    }
+
+    /// The sets a worker belongs to.
+    pub fn sets_of(&self, w: WorkerId) -> &[u16] {
+        &self.worker_sets[w.index()]
+    }
+
+    /// Whether `w` may run `task`.
+    #[inline]
+    pub fn eligible(&self, task: u32, w: WorkerId) -> bool {
+        self.sets[self.task_set(task) as usize].mask.contains(w)
+    }
+
+    /// Workers `w` may steal from, closest first (all of its own class).
+    pub fn victims(&self, w: WorkerId) -> &[WorkerId] {
+        &self.victims[w.index()]
+    }
+}

@@ -1,0 +1,102 @@
+//! The queue operations a policy is written against, and a deterministic implementation of
+//! them for tests and the simulator.
+//!
+//! Queue kinds: a *local* deque per worker (the owner pushes and pops at one end, thieves
+//! take from the other), a *mailbox* per (worker, band) for tasks placed on that worker by
+//! someone else, and a *shared* queue per (eligibility set, band).
+
+use std::collections::VecDeque;
+
+use crate::topology::WorkerId;
+
+/// Ready-task queues as a policy sees them.
+pub trait ReadyQueues {
+    /// Pushes onto `worker`'s own deque (called by that worker).
+    fn push_local(&mut self, worker: WorkerId, task: u32);
+    /// Pushes into a worker's mailbox.
+    fn push_mailbox(&mut self, worker: WorkerId, band: u8, task: u32);
+    /// Pushes into the shared queue of an eligibility set.
+    fn push_shared(&mut self, set: u16, band: u8, task: u32);
+    /// Pops the most recently pushed task of `worker`'s deque.
+    fn pop_local(&mut self, worker: WorkerId) -> Option<u32>;
+    /// Pops the oldest task of a worker's mailbox band.
+    fn pop_mailbox(&mut self, worker: WorkerId, band: u8) -> Option<u32>;
+    /// Pops the oldest task of a shared queue. With `batch`, may also move a batch of
+    /// following tasks into `worker`'s deque (they are all eligible for it).
+    fn pop_shared(&mut self, worker: WorkerId, set: u16, band: u8, batch: bool) -> Option<u32>;
+    /// Takes the oldest task of `victim`'s deque for `thief`.
+    fn steal(&mut self, thief: WorkerId, victim: WorkerId) -> Option<u32>;
+}
+
+/// Plain queues: deterministic, single-threaded.
+#[derive(Clone, Debug)]
+pub struct SimQueues {
+    local: Vec<VecDeque<u32>>,
+    mailbox: Vec<Vec<VecDeque<u32>>>,
+    shared: Vec<Vec<VecDeque<u32>>>,
+}
+
+/// Most tasks a batched shared pop moves at once (as crossbeam's injector does).
+const MAX_BATCH: usize = 32;
+
+impl SimQueues {
+    /// Queues for `workers` workers, `sets` eligibility sets and `bands` bands.
+    pub fn new(workers: usize, sets: usize, bands: u8) -> Self {
+        let bands = bands.max(1) as usize;
+        SimQueues {
+            local: vec![VecDeque::new(); workers],
+            mailbox: vec![vec![VecDeque::new(); bands]; workers],
+            shared: vec![vec![VecDeque::new(); bands]; sets],
+        }
+    }
+
+    /// Tasks queued anywhere.
+    pub fn len(&self) -> usize {
+        self.local.iter().map(VecDeque::len).sum::<usize>()
+            + self.mailbox.iter().flatten().map(VecDeque::len).sum::<usize>()
+            + self.shared.iter().flatten().map(VecDeque::len).sum::<usize>()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Tasks in a worker's deque, oldest first.
+    pub fn local(&self, w: WorkerId) -> &VecDeque<u32> {
+        &self.local[w.index()]
+    }
+}
+
+impl ReadyQueues for SimQueues {
+    fn push_local(&mut self, worker: WorkerId, task: u32) {
+        self.local[worker.index()].push_back(task);
+    }
+    fn push_mailbox(&mut self, worker: WorkerId, band: u8, task: u32) {
+        self.mailbox[worker.index()][band as usize].push_back(task);
+    }
+    fn push_shared(&mut self, set: u16, band: u8, task: u32) {
+        self.shared[set as usize][band as usize].push_back(task);
+    }
+    fn pop_local(&mut self, worker: WorkerId) -> Option<u32> {
+        self.local[worker.index()].pop_back()
+    }
+    fn pop_mailbox(&mut self, worker: WorkerId, band: u8) -> Option<u32> {
+        self.mailbox[worker.index()][band as usize].pop_front()
+    }
+    fn pop_shared(&mut self, worker: WorkerId, set: u16, band: u8, batch: bool) -> Option<u32> {
+        let q = &mut self.shared[set as usize][band as usize];
+        let first = q.pop_front()?;
+        if batch {
+            let n = q.len().div_ceil(2).min(MAX_BATCH);
+            // Moved in queue order; the owner pops its deque from the back, so reverse to
+            // keep the oldest task next.
+            let moved: Vec<u32> = q.drain(..n).collect();
+            self.local[worker.index()].extend(moved.into_iter().rev());
+        }
+        Some(first)
+    }
+    fn steal(&mut self, _thief: WorkerId, victim: WorkerId) -> Option<u32> {
+        self.local[victim.index()].pop_front()
+    }
+}

@@ -1,0 +1,132 @@
+//! Discovery through hwloc (the `hwlocality` bindings), and thread pinning.
+//!
+//! This is the one module that names hwlocality: swapping bindings changes only this file.
+
+use std::sync::Arc;
+
+use hwlocality::cpu::binding::CpuBindingFlags;
+use hwlocality::cpu::cpuset::CpuSet;
+use hwlocality::object::types::ObjectType;
+use hwlocality::Topology;
+
+use super::{features, CoreDesc, Machine};
+
+/// Errors from topology discovery.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopologyError {
+    #[error("hwloc could not load this machine's topology: {0}")]
+    Load(String),
+    #[error("hwloc found no CPU cores")]
+    NoCores,
+    #[error("--cpus {asked} asks for more cores than this machine has ({available})")]
+    TooManyCpus { asked: usize, available: usize },
+    #[error("--cpus 0: a run needs at least one CPU worker")]
+    ZeroCpus,
+}
+
+/// The loaded hwloc topology, kept to pin worker threads.
+#[derive(Clone)]
+pub struct HwTopology {
+    topo: Arc<Topology>,
+}
+
+impl HwTopology {
+    /// Pins the calling thread to the given processing units. Failure (for example inside a
+    /// container that forbids binding) is reported, not fatal: the caller logs it.
+    pub fn pin_current_thread(&self, pus: &[u32]) -> Result<(), String> {
+        if pus.is_empty() {
+            return Ok(());
+        }
+        let mut set = CpuSet::new();
+        for &pu in pus {
+            set.set(pu as usize);
+        }
+        self.topo.bind_cpu(&set, CpuBindingFlags::THREAD).map_err(|e| e.to_string())
+    }
+}
+
+/// Discovers cores and NUMA nodes; `cpus` keeps only the first N cores in hwloc's logical
+/// order (which fills one NUMA node before the next, keeping a small run compact).
+pub fn discover(cpus: Option<usize>) -> Result<(Machine, HwTopology), TopologyError> {
+    let topo = Topology::new().map_err(|e| TopologyError::Load(e.to_string()))?;
+    let numa_objs: Vec<_> = topo.objects_with_type(ObjectType::NUMANode).collect();
+    let mut numa: Vec<(u32, u64)> = numa_objs
+        .iter()
+        .map(|n| (n.os_index().unwrap_or(0) as u32, n.total_memory()))
+        .collect();
+    if numa.is_empty() {
+        numa.push((0, topo.root_object().total_memory()));
+    }
+    let cores: Vec<_> = topo.objects_with_type(ObjectType::Core).collect();
+    // Some virtual machines report PUs without Core objects: fall back to PUs.
+    let cores = if cores.is_empty() { topo.objects_with_type(ObjectType::PU).collect() } else { cores };
+    if cores.is_empty() {
+        return Err(TopologyError::NoCores);
+    }
+    let keep = match cpus {
+        Some(0) => return Err(TopologyError::ZeroCpus),
+        Some(n) if n > cores.len() => {
+            return Err(TopologyError::TooManyCpus { asked: n, available: cores.len() })
+        }
+        Some(n) => n,
+        None => cores.len(),
+    };
+    let cores = &cores[..keep];
+    let depth_of = |o: &hwlocality::object::TopologyObject| o.ancestors().count();
+    let descs = cores
+        .iter()
+        .enumerate()
+        .map(|(i, core)| {
+            let pus = core
+                .cpuset()
+                .map(|s| s.iter_set().map(|ix| usize::from(ix) as u32).collect())
+                .unwrap_or_default();
+            let numa_index = core
+                .nodeset()
+                .and_then(|ns| ns.first_set())
+                .map(usize::from)
+                .and_then(|os| numa.iter().position(|&(n, _)| n as usize == os))
+                .unwrap_or(0);
+            let closeness = cores
+                .iter()
+                .map(|other| core.first_common_ancestor(other).map_or(0, depth_of))
+                .collect();
+            CoreDesc { numa: numa_index, pus, closeness, index: i }
+        })
+        .collect();
+    let machine = Machine::from_cores("hwloc", descs, numa, features::detect());
+    Ok((machine, HwTopology { topo: Arc::new(topo) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovers_this_machine() {
+        let (m, hw) = discover(None).expect("hwloc discovery");
+        assert!(m.num_workers() >= 1);
+        assert!(!m.numa_nodes.is_empty());
+        assert!(m.numa_nodes.iter().map(|n| n.workers.len()).sum::<usize>() == m.num_workers());
+        assert!(m.workers.iter().all(|w| !w.pus.is_empty()));
+        // Pinning to our first core works on this machine (or reports why not).
+        let r = std::thread::scope(|s| s.spawn(|| hw.pin_current_thread(&m.workers[0].pus)).join().unwrap());
+        if let Err(e) = r {
+            eprintln!("pinning is not permitted here: {e}");
+        }
+    }
+
+    #[test]
+    fn cpu_limit_is_checked() {
+        let (all, _) = discover(None).unwrap();
+        let (one, _) = discover(Some(1)).unwrap();
+        assert_eq!(one.num_workers(), 1);
+        assert!(one.victims[0].is_empty());
+        assert!(matches!(discover(Some(0)), Err(TopologyError::ZeroCpus)));
+        assert!(matches!(
+            discover(Some(all.num_workers() + 1)),
+            Err(TopologyError::TooManyCpus { .. })
+        ));
+    }
+}

@@ -1,0 +1,232 @@
+//! The machine hexec runs on: workers, their compatibility classes, memory nodes and the
+//! order in which an idle worker looks at victims.
+//!
+//! [`Machine`] is plain data, so that the scheduler core and (later) the simulator can use
+//! machines that do not exist here. [`discover`] builds one from hwloc ([`hwloc`] is the only
+//! module that touches the hwloc bindings).
+//!
+//! Invariants of a [`Machine`]:
+//! - `workers[i].id == WorkerId(i)`, names are unique;
+//! - each worker is in exactly one class, `classes[c].workers` lists them in id order;
+//! - `victims[w]` lists every *other* worker of `w`'s class, closest first, and nothing else.
+
+mod features;
+mod hwloc;
+
+use std::fmt;
+
+use serde::Serialize;
+
+pub use hwloc::{discover, HwTopology, TopologyError};
+
+/// Index of a worker in its [`Machine`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct WorkerId(pub u32);
+
+impl WorkerId {
+    /// As an index.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Index of a compatibility class in its [`Machine`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct ClassId(pub u16);
+
+/// What kind of compute unit a worker drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    Gpu,
+}
+
+impl DeviceKind {
+    /// Parses `cpu` or `gpu`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "cpu" => Some(DeviceKind::Cpu),
+            "gpu" => Some(DeviceKind::Gpu),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Gpu => "gpu",
+        })
+    }
+}
+
+/// One worker: a CPU core (one thread pinned to it) or, later, a GPU.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkerInfo {
+    pub id: WorkerId,
+    /// Unique name such as `cpu0`; tasks can be restricted to it.
+    pub name: String,
+    pub kind: DeviceKind,
+    pub class: ClassId,
+    /// Index into [`Machine::numa_nodes`].
+    pub numa: usize,
+    /// OS indices of the processing units the worker's thread is pinned to (empty: not pinned).
+    pub pus: Vec<u32>,
+    /// Features a task may require (`avx2`, `fma`, ...).
+    pub features: Vec<String>,
+}
+
+/// A set of interchangeable-in-kind workers. A thief only steals within its class.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClassInfo {
+    pub id: ClassId,
+    pub name: String,
+    pub kind: DeviceKind,
+    pub workers: Vec<WorkerId>,
+}
+
+/// A host memory node.
+#[derive(Clone, Debug, Serialize)]
+pub struct NumaNode {
+    pub os_index: u32,
+    pub memory_bytes: u64,
+    pub workers: Vec<WorkerId>,
+}
+
+/// Workers, classes and memory nodes of a machine.
+#[derive(Clone, Debug, Serialize)]
+pub struct Machine {
+    /// Where this description came from (`hwloc`, `synthetic`).
+    pub source: String,
+    pub workers: Vec<WorkerInfo>,
+    pub classes: Vec<ClassInfo>,
+    pub numa_nodes: Vec<NumaNode>,
+    /// Per worker: the other workers of its class, closest first.
+    pub victims: Vec<Vec<WorkerId>>,
+}
+
+impl Machine {
+    /// A machine of `cpus` CPU workers on one memory node, not pinned; victims by index
+    /// distance. For tests and models of machines that are not this one.
+    pub fn synthetic_cpus(cpus: usize) -> Machine {
+        let cores: Vec<CoreDesc> = (0..cpus)
+            .map(|i| CoreDesc { numa: 0, pus: Vec::new(), closeness: vec![0; cpus], index: i })
+            .collect();
+        Machine::from_cores("synthetic", cores, vec![(0, 0)], Vec::new())
+    }
+
+    /// Builds the CPU part of a machine from a list of cores; `closeness[j]` says how close
+    /// core `j` is (higher is closer; hwloc's common-ancestor depth).
+    fn from_cores(
+        source: &str,
+        cores: Vec<CoreDesc>,
+        numa: Vec<(u32, u64)>,
+        features: Vec<String>,
+    ) -> Machine {
+        let class = ClassId(0);
+        let workers: Vec<WorkerInfo> = cores
+            .iter()
+            .enumerate()
+            .map(|(i, c)| WorkerInfo {
+                id: WorkerId(i as u32),
+                name: format!("cpu{i}"),
+                kind: DeviceKind::Cpu,
+                class,
+                numa: c.numa,
+                pus: c.pus.clone(),
+                features: features.clone(),
+            })
+            .collect();
+        let victims = cores
+            .iter()
+            .enumerate()
+            .map(|(i, me)| {
+                let mut others: Vec<usize> = (0..cores.len()).filter(|&j| j != i).collect();
+                // Closest first: deeper common ancestor, then same NUMA node, then nearest index.
+                others.sort_by_key(|&j| {
+                    (
+                        std::cmp::Reverse(me.closeness[j]),
+                        cores[j].numa != me.numa,
+                        me.index.abs_diff(cores[j].index),
+                    )
+                });
+                others.into_iter().map(|j| WorkerId(j as u32)).collect()
+            })
+            .collect();
+        let numa_nodes = numa
+            .iter()
+            .enumerate()
+            .map(|(n, &(os_index, memory_bytes))| NumaNode {
+                os_index,
+                memory_bytes,
+                workers: workers.iter().filter(|w| w.numa == n).map(|w| w.id).collect(),
+            })
+            .collect();
+        let classes = vec![ClassInfo {
+            id: class,
+            name: "cpu".into(),
+            kind: DeviceKind::Cpu,
+            workers: workers.iter().map(|w| w.id).collect(),
+        }];
+        Machine { source: source.into(), workers, classes, numa_nodes, victims }
+    }
+
+    /// Number of workers.
+    pub fn num_workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The worker with this name.
+    pub fn worker_by_name(&self, name: &str) -> Option<&WorkerInfo> {
+        self.workers.iter().find(|w| w.name == name)
+    }
+
+    /// Number of workers of a kind.
+    pub fn count(&self, kind: DeviceKind) -> usize {
+        self.workers.iter().filter(|w| w.kind == kind).count()
+    }
+}
+
+/// A core as discovery sees it, before it becomes a worker.
+struct CoreDesc {
+    numa: usize,
+    pus: Vec<u32>,
+    closeness: Vec<usize>,
+    index: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synthetic_machine_invariants() {
+        let m = Machine::synthetic_cpus(5);
+        assert_eq!(m.num_workers(), 5);
+        for (i, w) in m.workers.iter().enumerate() {
+            assert_eq!(w.id.index(), i);
+            let v = &m.victims[i];
+            assert_eq!(v.len(), 4);
+            assert!(!v.contains(&w.id));
+            // nearest index first when all are equally close
+            assert_eq!(v[0].index().abs_diff(i), 1);
+        }
+        assert_eq!(m.classes[0].workers.len(), 5);
+        assert_eq!(m.worker_by_name("cpu3").unwrap().id, WorkerId(3));
+    }
+
+    #[test]
+    fn victims_prefer_closer_cores() {
+        // Cores 0,1 share a cache (closeness 3), 2,3 share another; all four share depth 1.
+        let close = |a: usize, b: usize| if a / 2 == b / 2 { 3 } else { 1 };
+        let cores = (0..4)
+            .map(|i| CoreDesc { numa: i / 2, pus: vec![i as u32], closeness: (0..4).map(|j| close(i, j)).collect(), index: i })
+            .collect();
+        let m = Machine::from_cores("test", cores, vec![(0, 1), (1, 1)], vec![]);
+        assert_eq!(m.victims[0][0], WorkerId(1));
+        assert_eq!(m.victims[3][0], WorkerId(2));
+        assert_eq!(m.numa_nodes[1].workers, vec![WorkerId(2), WorkerId(3)]);
+    }
+}
