@@ -1,1 +1,3 @@
-//! Overhead benchmark (filled in below).
+//! Benchmarks shared by `hexec bench` and the criterion benches in `benches/`.
+
+pub mod overhead;

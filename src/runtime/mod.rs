@@ -176,6 +176,11 @@ impl Runtime {
         RuntimeBuilder::default()
     }
 
+    /// This runtime's identity (data handles carry it).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     /// The machine this runtime runs on.
     pub fn machine(&self) -> &Machine {
         &self.machine

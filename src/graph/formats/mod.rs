@@ -1,1 +1,480 @@
-//! Graph file formats.
+//! Graph files: the native hexec JSON format ([`GraphSpec`], documented in
+//! `docs/graph-format.md`), WfCommons workflow instances (schema 1.5), STG task graphs and
+//! the Dask graph dumps in `shared/workloads/dask`.
+//!
+//! Every loader produces a [`GraphSpec`] (pure parsing, no runtime needed); [`GraphSpec::build`]
+//! turns it into a [`Graph`] against a runtime (creating stored data, resolving kernel
+//! names). Every error names the file, the position (line and column for syntax errors, a
+//! path such as `tasks[12] ('mProject_3')` for content errors) and the reason.
+//!
+//! Replayed tasks run the `spin` kernel for their recorded duration times the time scale.
+
+mod dask;
+mod stg;
+mod wfcommons;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+
+use hexec_kernels::{Access, ElemType};
+use serde::{Deserialize, Serialize};
+
+use super::{Graph, TaskId};
+use crate::runtime::Runtime;
+use crate::topology::DeviceKind;
+
+/// The native format's `format` field.
+pub const NATIVE_FORMAT: &str = "hexec-graph";
+/// The native format's current version.
+pub const NATIVE_VERSION: u32 = 1;
+/// Largest file a loader reads (after decompression).
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
+/// A graph file that could not be loaded.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{file}: {position}: {reason}")]
+pub struct LoadError {
+    pub file: String,
+    /// `line 3, column 7`, `tasks[2] ('b')`, or `file` for whole-file problems.
+    pub position: String,
+    pub reason: String,
+}
+
+impl LoadError {
+    pub(crate) fn new(file: &str, position: impl fmt::Display, reason: impl fmt::Display) -> Self {
+        LoadError { file: file.to_string(), position: position.to_string(), reason: reason.to_string() }
+    }
+
+    fn json(file: &str, e: &serde_json::Error) -> Self {
+        // serde_json's message ends with " at line L column C"; keep the position apart.
+        let msg = e.to_string();
+        let reason = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+        if e.line() > 0 {
+            LoadError::new(file, format!("line {}, column {}", e.line(), e.column()), reason)
+        } else {
+            LoadError::new(file, "file", reason)
+        }
+    }
+}
+
+/// Supported graph file formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Native,
+    WfCommons,
+    Stg,
+    Dask,
+}
+
+impl Format {
+    /// Parses `native`, `wfcommons`, `stg`, `dask`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "native" | "hexec" => Format::Native,
+            "wfcommons" | "wfformat" => Format::WfCommons,
+            "stg" => Format::Stg,
+            "dask" => Format::Dask,
+            _ => return None,
+        })
+    }
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Format::parse(s).ok_or_else(|| format!("unknown graph format '{s}' (known: native, wfcommons, stg, dask)"))
+    }
+}
+
+/// A graph as a file describes it: the native format.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GraphSpec {
+    /// Always `"hexec-graph"`.
+    pub format: String,
+    /// Always 1 for now.
+    pub version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data: Vec<DataSpec>,
+    pub tasks: Vec<TaskSpec>,
+    /// The file it was loaded from (not part of the format; names the file in errors).
+    #[serde(skip)]
+    pub source: Option<String>,
+}
+
+/// A datum: typed and stored (`type` and `len`), or size-only (`bytes`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    pub name: String,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub elem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub len: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<Init>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+}
+
+/// Initial contents of a stored datum (default: zeros).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Init {
+    /// `{"fill": 1.5}`
+    Fill { fill: f64 },
+    /// `[1, 2, 3]`, one value per element.
+    Values(Vec<f64>),
+}
+
+/// A task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    pub name: String,
+    pub kernel: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<f64>,
+    /// `[["x", "r"], ["y", "rw"]]`: datum names and modes (`r`, `w`, `rw`), in operand order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access: Vec<(String, String)>,
+    /// Names of tasks this one runs after.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores: Option<u32>,
+    /// `cpu` or `gpu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+}
+
+fn is_zero(p: &i32) -> bool {
+    *p == 0
+}
+
+impl TaskSpec {
+    /// A replayed task: `spin` for `seconds`.
+    pub(crate) fn replay(name: String, seconds: f64) -> Self {
+        TaskSpec {
+            name,
+            kernel: "spin".into(),
+            params: vec![seconds],
+            access: Vec::new(),
+            after: Vec::new(),
+            priority: 0,
+            cores: None,
+            device: None,
+            worker: None,
+            features: Vec::new(),
+        }
+    }
+}
+
+/// How to turn a spec into a graph.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// Multiplies the duration parameter of `spin` and `sleep` tasks.
+    pub time_scale: f64,
+    /// Replace every kernel by `noop` and drop parameters (overhead measurements).
+    pub empty_tasks: bool,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions { time_scale: 1.0, empty_tasks: false }
+    }
+}
+
+/// Reads a file whole (decompressing gzip), refusing files over [`MAX_FILE_BYTES`].
+fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
+    let file = path.display().to_string();
+    let f = std::fs::File::open(path).map_err(|e| LoadError::new(&file, "file", format!("cannot open: {e}")))?;
+    let mut raw = Vec::new();
+    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut raw).map_err(|e| LoadError::new(&file, "file", format!("cannot read: {e}")))?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| LoadError::new(&file, "file", format!("invalid gzip data: {e}")))?;
+        raw = out;
+    }
+    if raw.len() as u64 > MAX_FILE_BYTES {
+        return Err(LoadError::new(&file, "file", format!("larger than the {MAX_FILE_BYTES}-byte limit")));
+    }
+    Ok(raw)
+}
+
+/// Loads a graph file; `format` overrides detection (by content: gzip and JSON keys, or an
+/// STG header line).
+pub fn load(path: &Path, format: Option<Format>) -> Result<GraphSpec, LoadError> {
+    let bytes = read_file(path)?;
+    let file = path.display().to_string();
+    let mut spec = parse(&file, &bytes, format)?;
+    spec.source = Some(file);
+    Ok(spec)
+}
+
+/// Parses graph file contents; `file` names it in errors.
+pub fn parse(file: &str, bytes: &[u8], format: Option<Format>) -> Result<GraphSpec, LoadError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        LoadError::new(file, format!("byte {}", e.valid_up_to()), "the file is not UTF-8 text")
+    })?;
+    let format = match format {
+        Some(f) => f,
+        None => detect(file, text)?,
+    };
+    match format {
+        Format::Stg => stg::parse(file, text),
+        Format::Native => {
+            let spec: GraphSpec = serde_json::from_str(text).map_err(|e| LoadError::json(file, &e))?;
+            if spec.format != NATIVE_FORMAT {
+                return Err(LoadError::new(file, "format", format!("expected \"{NATIVE_FORMAT}\", found {:?}", spec.format)));
+            }
+            if spec.version != NATIVE_VERSION {
+                return Err(LoadError::new(file, "version", format!("version {} is not supported (this hexec reads {NATIVE_VERSION})", spec.version)));
+            }
+            Ok(spec)
+        }
+        Format::WfCommons => wfcommons::parse(file, text),
+        Format::Dask => dask::parse(file, text),
+    }
+}
+
+fn detect(file: &str, text: &str) -> Result<Format, LoadError> {
+    let trimmed = text.trim_start();
+    if !trimmed.starts_with('{') {
+        let first = trimmed.lines().next().unwrap_or("").trim();
+        if first.parse::<u64>().is_ok() {
+            return Ok(Format::Stg);
+        }
+        return Err(LoadError::new(file, "line 1", "not a JSON object nor an STG file (whose first line is the task count)"));
+    }
+    // Look at the top-level keys only, without building the document twice.
+    #[derive(Deserialize)]
+    struct Keys {
+        format: Option<serde::de::IgnoredAny>,
+        workflow: Option<serde::de::IgnoredAny>,
+        meta: Option<serde::de::IgnoredAny>,
+    }
+    let keys: Keys = serde_json::from_str(text).map_err(|e| LoadError::json(file, &e))?;
+    Ok(if keys.format.is_some() {
+        Format::Native
+    } else if keys.workflow.is_some() {
+        Format::WfCommons
+    } else if keys.meta.is_some() {
+        Format::Dask
+    } else {
+        return Err(LoadError::new(
+            file,
+            "file",
+            "unrecognised JSON graph: expected a \"format\" key (native), \"workflow\" (WfCommons) or \"meta\" (Dask); use --format",
+        ));
+    })
+}
+
+impl GraphSpec {
+    /// An empty native spec.
+    pub fn new(name: Option<String>) -> Self {
+        GraphSpec {
+            format: NATIVE_FORMAT.into(),
+            version: NATIVE_VERSION,
+            name,
+            data: Vec::new(),
+            tasks: Vec::new(),
+            source: None,
+        }
+    }
+
+    /// Builds the graph on `rt`: stored data are created in its store (zeroed or
+    /// initialised), kernels are looked up in its registry. Tasks are added in a stable
+    /// topological order of `after` (file order where free), and data accesses infer
+    /// dependencies in that order.
+    pub fn build(&self, rt: &Runtime, opts: &BuildOptions) -> Result<Graph, LoadError> {
+        let file = self.source.clone().or_else(|| self.name.clone()).unwrap_or_else(|| "graph".into());
+        let err = |pos: String, reason: String| LoadError::new(&file, pos, reason);
+        let task_pos = |i: usize| format!("tasks[{i}] ('{}')", self.tasks[i].name);
+        if !(opts.time_scale.is_finite() && opts.time_scale >= 0.0) {
+            return Err(err("options".into(), format!("time scale must be finite and non-negative, got {}", opts.time_scale)));
+        }
+
+        let mut g = Graph::new();
+        let mut data: HashMap<&str, crate::graph::DataRef> = HashMap::with_capacity(self.data.len());
+        for (i, d) in self.data.iter().enumerate() {
+            let pos = format!("data[{i}] ('{}')", d.name);
+            let r = self.make_datum(rt, &mut g, d).map_err(|reason| err(pos.clone(), reason))?;
+            if data.insert(d.name.as_str(), r).is_some() {
+                return Err(err(pos, "a datum with this name is already declared".into()));
+            }
+        }
+
+        let mut index: HashMap<&str, usize> = HashMap::with_capacity(self.tasks.len());
+        for (i, t) in self.tasks.iter().enumerate() {
+            if index.insert(t.name.as_str(), i).is_some() {
+                return Err(err(task_pos(i), "a task with this name is already declared".into()));
+            }
+        }
+        let mut preds: Vec<Vec<usize>> = Vec::with_capacity(self.tasks.len());
+        for (i, t) in self.tasks.iter().enumerate() {
+            let mut p = Vec::with_capacity(t.after.len());
+            for a in &t.after {
+                match index.get(a.as_str()) {
+                    Some(&j) => p.push(j),
+                    None => return Err(err(task_pos(i), format!("runs after '{a}', which is not a task of this graph"))),
+                }
+            }
+            preds.push(p);
+        }
+        let order = topological_order(&preds).map_err(|cycle| {
+            let names: Vec<&str> = cycle.iter().map(|&i| self.tasks[i].name.as_str()).collect();
+            err(task_pos(cycle[0]), format!("dependency cycle: {}", names.join(" -> ")))
+        })?;
+
+        let noop = hexec_kernels::builtin::noop();
+        let mut ids: Vec<Option<TaskId>> = vec![None; self.tasks.len()];
+        for &i in &order {
+            let t = &self.tasks[i];
+            let kernel = if opts.empty_tasks {
+                &noop
+            } else {
+                rt.registry().get(&t.kernel).ok_or_else(|| {
+                    err(task_pos(i), format!("unknown kernel '{}' (known: {})", t.kernel, rt.registry().names().join(", ")))
+                })?
+            };
+            let mut b = g.task(kernel).name(t.name.clone()).priority(t.priority).cores(t.cores.unwrap_or(1));
+            if !opts.empty_tasks {
+                let scaled = matches!(t.kernel.as_str(), "spin" | "sleep");
+                for (k, &p) in t.params.iter().enumerate() {
+                    b = b.param(if scaled && k == 0 { p * opts.time_scale } else { p });
+                }
+            }
+            for (name, mode) in &t.access {
+                let d = *data.get(name.as_str()).ok_or_else(|| err(task_pos(i), format!("accesses '{name}', which is not a declared datum")))?;
+                let m = Access::parse(mode).ok_or_else(|| err(task_pos(i), format!("access mode '{mode}' for '{name}' is not r, w or rw")))?;
+                b = b.access(d, m);
+            }
+            for &p in &preds[i] {
+                b = b.after(ids[p].expect("predecessors are added first"));
+            }
+            if let Some(dev) = &t.device {
+                b = b.on(DeviceKind::parse(dev).ok_or_else(|| err(task_pos(i), format!("device '{dev}' is not cpu or gpu")))?);
+            }
+            if let Some(w) = &t.worker {
+                b = b.on_worker(w.clone());
+            }
+            for f in &t.features {
+                b = b.require_feature(f.clone());
+            }
+            ids[i] = Some(b.add());
+        }
+        Ok(g)
+    }
+
+    fn make_datum(&self, rt: &Runtime, g: &mut Graph, d: &DataSpec) -> Result<crate::graph::DataRef, String> {
+        match (&d.elem, d.len, d.bytes) {
+            (None, None, Some(bytes)) => {
+                if d.init.is_some() {
+                    return Err("a size-only datum (\"bytes\") cannot have \"init\"".into());
+                }
+                Ok(g.virtual_data(d.name.clone(), bytes).into())
+            }
+            (Some(ty), Some(len), None) => {
+                let elem = ElemType::parse(ty).ok_or_else(|| format!("unknown element type '{ty}' (known: u8, u32, i32, u64, i64, f32, f64)"))?;
+                let len = usize::try_from(len).map_err(|_| format!("len {len} is too large for this platform"))?;
+                let id = rt.data_zeroed(d.name.clone(), elem, len).map_err(|e| e.to_string())?;
+                if let Some(init) = &d.init {
+                    init_datum(rt, id, elem, len, init)?;
+                }
+                Ok(crate::graph::DataRef::Stored { rt: rt.id(), id })
+            }
+            _ => Err("declare either \"type\" and \"len\" (stored data) or \"bytes\" (size only)".into()),
+        }
+    }
+}
+
+fn init_datum(rt: &Runtime, id: u32, elem: ElemType, len: usize, init: &Init) -> Result<(), String> {
+    let values: Vec<f64> = match init {
+        Init::Fill { fill } => vec![*fill; len],
+        Init::Values(v) if v.len() == len => v.clone(),
+        Init::Values(v) => return Err(format!("init has {} values for {len} elements", v.len())),
+    };
+    fn ints<T: hexec_kernels::Element + TryFrom<i128>>(v: &[f64]) -> Result<Vec<T>, String> {
+        v.iter()
+            .map(|&x| {
+                if x.fract() != 0.0 || !x.is_finite() {
+                    return Err(format!("{x} is not an integer"));
+                }
+                T::try_from(x as i128).map_err(|_| format!("{x} is out of range"))
+            })
+            .collect()
+    }
+    let r = match elem {
+        ElemType::F32 => rt.write(rt.handle::<f32>(id), &values.iter().map(|&x| x as f32).collect::<Vec<_>>()),
+        ElemType::F64 => rt.write(rt.handle::<f64>(id), &values),
+        ElemType::U8 => rt.write(rt.handle::<u8>(id), &ints(&values)?),
+        ElemType::U32 => rt.write(rt.handle::<u32>(id), &ints(&values)?),
+        ElemType::I32 => rt.write(rt.handle::<i32>(id), &ints(&values)?),
+        ElemType::U64 => rt.write(rt.handle::<u64>(id), &ints(&values)?),
+        ElemType::I64 => rt.write(rt.handle::<i64>(id), &ints(&values)?),
+        _ => return Err(format!("element type {elem} cannot be initialised from a file")),
+    };
+    r.map_err(|e| e.to_string())
+}
+
+/// A stable topological order (lowest index first among ready tasks), or a cycle.
+pub(crate) fn topological_order(preds: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let n = preds.len();
+    let mut succs: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut indeg = vec![0usize; n];
+    for (i, ps) in preds.iter().enumerate() {
+        for &p in ps {
+            succs[p].push(i);
+            indeg[i] += 1;
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
+    let mut order = Vec::with_capacity(n);
+    while let Some(Reverse(i)) = ready.pop() {
+        order.push(i);
+        for &s in &succs[i] {
+            indeg[s] -= 1;
+            if indeg[s] == 0 {
+                ready.push(Reverse(s));
+            }
+        }
+    }
+    if order.len() == n {
+        return Ok(order);
+    }
+    // Walk predecessors among the unsorted tasks until one repeats: that is a cycle.
+    let start = (0..n).find(|&i| indeg[i] > 0).expect("some task is unsorted");
+    let mut seen = vec![usize::MAX; n];
+    let mut path = Vec::new();
+    let mut cur = start;
+    while seen[cur] == usize::MAX {
+        seen[cur] = path.len();
+        path.push(cur);
+        cur = *preds[cur].iter().find(|&&p| indeg[p] > 0).expect("an unsorted task has an unsorted predecessor");
+    }
+    let mut cycle = path[seen[cur]..].to_vec();
+    cycle.reverse();
+    cycle.push(cycle[0]);
+    Err(cycle)
+}
+
+#[cfg(test)]
+mod tests;

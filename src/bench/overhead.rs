@@ -1,0 +1,294 @@
+//! Per-task overhead: empty tasks in standard shapes, on hexec and, as the floor for
+//! fork-join overhead on this machine, on rayon.
+//!
+//! hexec's figure is the wall time of `Runtime::run` (validation, compilation, thread start,
+//! execution, report) divided by the number of tasks: everything a user pays per task once
+//! the graph is built. Graph building is reported separately.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::graph::formats::{self, BuildOptions};
+use crate::graph::Graph;
+use crate::kernels::builtin;
+use crate::runtime::{BuildError, Runtime};
+use crate::sched::PolicyKind;
+
+/// A benchmark graph shape.
+#[derive(Clone, Debug)]
+pub enum Shape {
+    /// `n` tasks with no dependencies.
+    Independent(usize),
+    /// `n` tasks, each after the previous.
+    Chain(usize),
+    /// A fan-out binary tree of `2^depth - 1` tasks: each node after its parent.
+    BinaryTree(u32),
+    /// A graph loaded from a file (the Dask graphs), run with empty tasks.
+    File { label: String, path: std::path::PathBuf },
+}
+
+impl Shape {
+    /// The shapes the issue asks for; `dask_dir` holds `tree-15.json.gz` and
+    /// `merge-10000.json.gz` (skipped when absent).
+    pub fn standard(dask_dir: Option<&std::path::Path>) -> Vec<Shape> {
+        let mut v = vec![Shape::Independent(100_000), Shape::Chain(100_000), Shape::BinaryTree(15)];
+        if let Some(dir) = dask_dir {
+            for name in ["tree-15", "merge-10000"] {
+                let path = dir.join(format!("{name}.json.gz"));
+                if path.exists() {
+                    v.push(Shape::File { label: format!("dask {name}"), path });
+                }
+            }
+        }
+        v
+    }
+
+    /// A short label.
+    pub fn label(&self) -> String {
+        match self {
+            Shape::Independent(n) => format!("independent {n}"),
+            Shape::Chain(n) => format!("chain {n}"),
+            Shape::BinaryTree(d) => format!("binary tree {}", (1usize << d) - 1),
+            Shape::File { label, .. } => label.clone(),
+        }
+    }
+
+    /// Builds the graph of empty tasks.
+    pub fn build(&self, rt: &Runtime) -> Result<Graph, String> {
+        let noop = builtin::noop();
+        Ok(match *self {
+            Shape::Independent(n) => {
+                let mut g = Graph::new();
+                for _ in 0..n {
+                    g.task(&noop).add();
+                }
+                g
+            }
+            Shape::Chain(n) => {
+                let mut g = Graph::new();
+                let mut prev = None;
+                for _ in 0..n {
+                    let b = g.task(&noop);
+                    prev = Some(match prev {
+                        Some(p) => b.after(p).add(),
+                        None => b.add(),
+                    });
+                }
+                g
+            }
+            Shape::BinaryTree(depth) => {
+                let mut g = Graph::new();
+                let n = (1usize << depth) - 1;
+                let mut ids = Vec::with_capacity(n);
+                for i in 0..n {
+                    let b = g.task(&noop);
+                    ids.push(if i == 0 { b.add() } else { b.after(ids[(i - 1) / 2]).add() });
+                }
+                g
+            }
+            Shape::File { ref path, .. } => {
+                let spec = formats::load(path, None).map_err(|e| e.to_string())?;
+                spec.build(rt, &BuildOptions { time_scale: 0.0, empty_tasks: true }).map_err(|e| e.to_string())?
+            }
+        })
+    }
+}
+
+/// One row of the overhead table.
+#[derive(Clone, Debug, Serialize)]
+pub struct OverheadRow {
+    pub shape: String,
+    pub tasks: usize,
+    pub edges: usize,
+    /// Graph construction, ns per task.
+    pub build_ns_per_task: f64,
+    /// `Runtime::run` per policy, ns per task (median of the repetitions).
+    pub hexec_ns_per_task: Vec<(String, f64)>,
+    /// The same shape on rayon, ns per task (median), and how it was expressed.
+    pub rayon_ns_per_task: f64,
+    pub rayon_method: String,
+}
+
+/// Settings of an overhead run.
+#[derive(Clone, Debug)]
+pub struct OverheadConfig {
+    pub cpus: Option<usize>,
+    pub reps: usize,
+    pub policies: Vec<PolicyKind>,
+}
+
+/// Measures every shape.
+pub fn measure(shapes: &[Shape], cfg: &OverheadConfig) -> Result<Vec<OverheadRow>, String> {
+    let make_rt = |p: PolicyKind| -> Result<Runtime, BuildError> {
+        let b = Runtime::builder().policy(p);
+        match cfg.cpus {
+            Some(n) => b.cpus(n).build(),
+            None => b.build(),
+        }
+    };
+    let runtimes: Vec<Runtime> = cfg.policies.iter().map(|&p| make_rt(p)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let threads = runtimes.first().map_or(1, |r| r.machine().num_workers());
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?;
+    let mut rows = Vec::new();
+    for shape in shapes {
+        let t = Instant::now();
+        let g = shape.build(&runtimes[0])?;
+        let build = t.elapsed();
+        let n = g.len().max(1);
+        let per_task = |d: Duration| d.as_nanos() as f64 / n as f64;
+        let mut hexec = Vec::new();
+        for rt in &runtimes {
+            rt.run(&g).map_err(|e| e.to_string())?; // warm-up
+            let times: Vec<Duration> = (0..cfg.reps)
+                .map(|_| {
+                    let t = Instant::now();
+                    rt.run(&g).map(|_| t.elapsed())
+                })
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?;
+            hexec.push((rt.policy().name().to_string(), per_task(median(times))));
+        }
+        let (method, rayon_time) = rayon_baseline(&pool, shape, &g, cfg.reps);
+        rows.push(OverheadRow {
+            shape: shape.label(),
+            tasks: g.len(),
+            edges: g.num_edges(),
+            build_ns_per_task: per_task(build),
+            hexec_ns_per_task: hexec,
+            rayon_ns_per_task: per_task(rayon_time),
+            rayon_method: method.to_string(),
+        });
+    }
+    Ok(rows)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// Runs the shape on rayon the way a rayon user would write it.
+fn rayon_baseline(pool: &rayon::ThreadPool, shape: &Shape, g: &Graph, reps: usize) -> (&'static str, Duration) {
+    let time = |f: &dyn Fn()| {
+        f();
+        median(
+            (0..reps.max(1))
+                .map(|_| {
+                    let t = Instant::now();
+                    f();
+                    t.elapsed()
+                })
+                .collect(),
+        )
+    };
+    match *shape {
+        Shape::Independent(n) => (
+            "scope + spawn per task",
+            time(&|| {
+                pool.scope(|s| {
+                    for i in 0..n {
+                        s.spawn(move |_| {
+                            std::hint::black_box(i);
+                        });
+                    }
+                })
+            }),
+        ),
+        Shape::Chain(n) => ("each task spawns the next", time(&|| pool.scope(|s| chain_step(s, n)))),
+        Shape::BinaryTree(depth) => ("recursive join", time(&|| pool.install(|| tree(depth)))),
+        Shape::File { .. } => {
+            let dag = Csr::of(g);
+            ("DAG on scope + atomic counters", time(&|| dag.run_on(pool)))
+        }
+    }
+}
+
+fn chain_step<'s>(s: &rayon::Scope<'s>, left: usize) {
+    if left > 0 {
+        s.spawn(move |s| {
+            std::hint::black_box(left);
+            chain_step(s, left - 1);
+        });
+    }
+}
+
+fn tree(depth: u32) {
+    std::hint::black_box(depth);
+    if depth > 1 {
+        rayon::join(|| tree(depth - 1), || tree(depth - 1));
+    }
+}
+
+/// A DAG in compressed form, for the rayon baseline.
+struct Csr {
+    off: Vec<u32>,
+    succ: Vec<u32>,
+    indegree: Vec<u32>,
+}
+
+impl Csr {
+    fn of(g: &Graph) -> Csr {
+        let n = g.len();
+        let mut off = vec![0u32; n + 1];
+        let mut indegree = vec![0u32; n];
+        for &(a, b) in &g.edges {
+            off[a as usize + 1] += 1;
+            indegree[b as usize] += 1;
+        }
+        for i in 0..n {
+            off[i + 1] += off[i];
+        }
+        let mut fill = off.clone();
+        let mut succ = vec![0u32; g.edges.len()];
+        for &(a, b) in &g.edges {
+            succ[fill[a as usize] as usize] = b;
+            fill[a as usize] += 1;
+        }
+        Csr { off, succ, indegree }
+    }
+
+    fn run_on(&self, pool: &rayon::ThreadPool) {
+        let deps: Vec<AtomicU32> = self.indegree.iter().map(|&d| AtomicU32::new(d)).collect();
+        pool.scope(|s| {
+            for t in 0..self.indegree.len() as u32 {
+                if self.indegree[t as usize] == 0 {
+                    let deps = &deps;
+                    s.spawn(move |s| self.task(s, deps, t));
+                }
+            }
+        });
+    }
+
+    fn task<'s>(&'s self, s: &rayon::Scope<'s>, deps: &'s [AtomicU32], t: u32) {
+        std::hint::black_box(t);
+        for &c in &self.succ[self.off[t as usize] as usize..self.off[t as usize + 1] as usize] {
+            if deps[c as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
+                s.spawn(move |s| self.task(s, deps, c));
+            }
+        }
+    }
+}
+
+/// Formats rows as a Markdown table.
+pub fn markdown(rows: &[OverheadRow]) -> String {
+    let policies: Vec<&str> = rows.first().map(|r| r.hexec_ns_per_task.iter().map(|(p, _)| p.as_str()).collect()).unwrap_or_default();
+    let mut s = String::from("| shape | tasks | edges |");
+    for p in &policies {
+        s.push_str(&format!(" hexec {p} µs/task |"));
+    }
+    s.push_str(" rayon µs/task | rayon as | build µs/task |\n|---|---:|---:|");
+    for _ in &policies {
+        s.push_str("---:|");
+    }
+    s.push_str("---:|---|---:|\n");
+    for r in rows {
+        s.push_str(&format!("| {} | {} | {} |", r.shape, r.tasks, r.edges));
+        for (_, ns) in &r.hexec_ns_per_task {
+            s.push_str(&format!(" {:.3} |", ns / 1e3));
+        }
+        s.push_str(&format!(" {:.3} | {} | {:.3} |\n", r.rayon_ns_per_task / 1e3, r.rayon_method, r.build_ns_per_task / 1e3));
+    }
+    s
+}

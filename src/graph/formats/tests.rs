@@ -1,0 +1,221 @@
+//! Loader tests on small fixtures written here, and on malformed input.
+
+use super::*;
+use crate::{Machine, Runtime};
+
+fn rt() -> Runtime {
+    Runtime::builder().machine(Machine::synthetic_cpus(2)).build().unwrap()
+}
+
+fn err_of(text: &str, format: Option<Format>) -> LoadError {
+    parse("fixture", text.as_bytes(), format).unwrap_err()
+}
+
+const NATIVE: &str = r#"{
+  "format": "hexec-graph", "version": 1, "name": "axpy-demo",
+  "data": [
+    {"name": "x", "type": "f32", "len": 4, "init": {"fill": 1.0}},
+    {"name": "y", "type": "f32", "len": 4, "init": [1, 2, 3, 4]},
+    {"name": "s", "type": "f32", "len": 1},
+    {"name": "blob", "bytes": 4096}
+  ],
+  "tasks": [
+    {"name": "sum", "kernel": "sum", "access": [["y", "r"], ["s", "w"]], "after": ["touch"]},
+    {"name": "axpy", "kernel": "axpy", "params": [2.0], "access": [["x", "r"], ["y", "rw"]]},
+    {"name": "touch", "kernel": "noop", "access": [["blob", "w"]], "after": ["axpy"], "priority": 3}
+  ]
+}"#;
+
+#[test]
+fn native_round_trip_and_run() {
+    let spec = parse("fixture", NATIVE.as_bytes(), None).unwrap();
+    assert_eq!(spec.tasks.len(), 3);
+    let text = serde_json::to_string(&spec).unwrap();
+    assert_eq!(parse("again", text.as_bytes(), None).unwrap(), spec);
+    let rt = rt();
+    let g = spec.build(&rt, &BuildOptions::default()).unwrap();
+    assert_eq!(g.len(), 3);
+    // "sum" is listed first but runs after "touch" (and so after "axpy"): topological order.
+    assert_eq!(g.task_name(0), "axpy");
+    assert_eq!(g.task_name(2), "sum");
+    let report = rt.run(&g).unwrap();
+    assert_eq!(report.completed, 3);
+    // y = [3, 4, 5, 6] → s = 18
+    let s = g.data.iter().find_map(|d| match d {
+        crate::graph::GraphDatum::Stored { id, .. } if *id == 2 => Some(*id),
+        _ => None,
+    });
+    assert_eq!(rt.read(rt.handle::<f32>(s.unwrap())).unwrap(), vec![18.0]);
+}
+
+#[test]
+fn native_errors_name_position_and_reason() {
+    let e = err_of("{\"format\": \"hexec-graph\", \"version\": 1, \"tasks\": [ {\"name\": }]}", None);
+    assert!(e.position.starts_with("line 1, column"), "{e}");
+    let e = err_of(r#"{"format": "hexec-graph", "version": 2, "tasks": []}"#, None);
+    assert_eq!(e.position, "version");
+    let e = err_of(r#"{"format": "hexec-graph", "version": 1, "tasks": [], "extra": 1}"#, None);
+    assert!(e.reason.contains("unknown field"), "{e}");
+
+    let rt = rt();
+    let build = |tasks: &str, data: &str| {
+        let text = format!(r#"{{"format": "hexec-graph", "version": 1, "data": [{data}], "tasks": [{tasks}]}}"#);
+        parse("f", text.as_bytes(), None).unwrap().build(&rt, &BuildOptions::default()).unwrap_err()
+    };
+    let e = build(r#"{"name": "a", "kernel": "nope"}"#, "");
+    assert!(e.reason.contains("unknown kernel 'nope'") && e.position.contains("'a'"), "{e}");
+    let e = build(r#"{"name": "a", "kernel": "noop", "access": [["zz", "r"]]}"#, "");
+    assert!(e.reason.contains("'zz'"), "{e}");
+    let e = build(r#"{"name": "a", "kernel": "noop", "access": [["v", "x"]]}"#, r#"{"name": "v", "bytes": 1}"#);
+    assert!(e.reason.contains("not r, w or rw"), "{e}");
+    let e = build(
+        r#"{"name": "a", "kernel": "noop", "after": ["c"]}, {"name": "b", "kernel": "noop", "after": ["a"]}, {"name": "c", "kernel": "noop", "after": ["b"]}"#,
+        "",
+    );
+    assert!(e.reason.contains("dependency cycle"), "{e}");
+    let cycle = e.reason.split(": ").nth(1).unwrap();
+    let names: Vec<&str> = cycle.split(" -> ").collect();
+    assert_eq!(names.len(), 4, "{e}");
+    assert_eq!(names[0], names[3]);
+    for n in ["a", "b", "c"] {
+        assert!(names.contains(&n), "{e}");
+    }
+    let e = build(r#"{"name": "a", "kernel": "noop"}, {"name": "a", "kernel": "noop"}"#, "");
+    assert!(e.reason.contains("already declared"), "{e}");
+    let e = build(r#"{"name": "a", "kernel": "noop", "after": ["ghost"]}"#, "");
+    assert!(e.reason.contains("'ghost'"), "{e}");
+    let e = build(r#"{"name": "a", "kernel": "noop"}"#, r#"{"name": "v", "type": "f32", "len": 2, "init": [1]}"#);
+    assert!(e.reason.contains("1 values for 2 elements"), "{e}");
+    let e = build(r#"{"name": "a", "kernel": "noop"}"#, r#"{"name": "v", "type": "u8", "len": 1, "init": [300]}"#);
+    assert!(e.reason.contains("out of range"), "{e}");
+    let e = build(r#"{"name": "a", "kernel": "noop"}"#, r#"{"name": "v", "type": "f32", "bytes": 3}"#);
+    assert!(e.reason.contains("either"), "{e}");
+    let e = build(r#"{"name": "a", "kernel": "noop", "device": "tpu"}"#, "");
+    assert!(e.reason.contains("'tpu'"), "{e}");
+}
+
+const WF: &str = r#"{
+  "name": "mini", "schemaVersion": "1.5",
+  "workflow": {
+    "specification": {
+      "tasks": [
+        {"name": "a", "id": "a_1", "parents": [], "children": ["b_1"], "inputFiles": ["in.txt"], "outputFiles": ["mid.dat"]},
+        {"name": "b", "id": "b_1", "parents": ["a_1"], "children": [], "inputFiles": ["mid.dat"], "outputFiles": ["out.dat"]},
+        {"name": "c", "id": "c_1", "parents": [], "children": [], "inputFiles": ["in.txt"], "outputFiles": []}
+      ],
+      "files": [{"id": "in.txt", "sizeInBytes": 10}, {"id": "mid.dat", "sizeInBytes": 2000}, {"id": "out.dat", "sizeInBytes": 5}]
+    },
+    "execution": {
+      "makespanInSeconds": 3.0,
+      "tasks": [{"id": "a_1", "runtimeInSeconds": 1.5}, {"id": "b_1", "runtimeInSeconds": 0.5}, {"id": "c_1", "runtimeInSeconds": 0.0}],
+      "machines": []
+    }
+  }
+}"#;
+
+#[test]
+fn wfcommons_tasks_files_and_runtimes() {
+    let spec = parse("wf", WF.as_bytes(), None).unwrap();
+    assert_eq!(spec.tasks.len(), 3);
+    assert_eq!(spec.tasks[0].params, vec![1.5]);
+    assert_eq!(spec.tasks[1].after, vec!["a_1".to_string()]);
+    assert_eq!(spec.data.iter().find(|d| d.name == "mid.dat").unwrap().bytes, Some(2000));
+    let rt = rt();
+    let g = spec.build(&rt, &BuildOptions { time_scale: 0.001, empty_tasks: false }).unwrap();
+    let b = crate::graph::TaskId { graph: g.id, index: 1 };
+    assert_eq!(g.dependencies(b).len(), 1);
+    assert_eq!(&g.params[g.tasks[0].params.range()], &[0.0015]);
+    assert_eq!(rt.run(&g).unwrap().completed, 3);
+
+    let missing_file = WF.replace(r#"{"id": "out.dat", "sizeInBytes": 5}"#, r#"{"id": "other", "sizeInBytes": 5}"#);
+    let e = err_of(&missing_file, None);
+    assert!(e.reason.contains("'out.dat'") && e.position.contains("tasks[1] ('b_1')"), "{e}");
+    let missing_rt = WF.replace(r#"{"id": "c_1", "runtimeInSeconds": 0.0}"#, r#"{"id": "zzz", "runtimeInSeconds": 0.0}"#);
+    let e = err_of(&missing_rt, None);
+    assert!(e.reason.contains("runtimeInSeconds") && e.position.contains("c_1"), "{e}");
+    let e = err_of(&WF.replace("\"parents\": []", "\"parents\": 7"), None);
+    assert!(e.position.starts_with("line "), "{e}");
+}
+
+const STG: &str = "3
+  0  0  0
+  1  4  1  0
+  2  2  1  0
+  3  3  2  1  2
+  4  0  1  3
+# CP Length : 7
+";
+
+#[test]
+fn stg_parses_and_checks_its_critical_path() {
+    let spec = parse("s.stg", STG.as_bytes(), None).unwrap();
+    assert_eq!(spec.tasks.len(), 5);
+    assert_eq!(spec.tasks[3].after, vec!["t1".to_string(), "t2".to_string()]);
+    assert_eq!(spec.tasks[1].params, vec![4.0 * stg::STG_UNIT_S]);
+    let rt = rt();
+    let g = spec.build(&rt, &BuildOptions { time_scale: 0.01, empty_tasks: false }).unwrap();
+    assert_eq!(rt.run(&g).unwrap().completed, 5);
+
+    let e = err_of(&STG.replace("CP Length : 7", "CP Length : 9"), None);
+    assert!(e.reason.contains("critical path") && e.reason.contains('7'), "{e}");
+    let e = err_of(&STG.replace("  2  2  1  0", "  5  2  1  0"), None);
+    assert_eq!(e.position, "line 4");
+    let e = err_of(&STG.replace("  3  3  2  1  2", "  3  3  2  1  x"), None);
+    assert!(e.reason.contains("'x'"), "{e}");
+    let e = err_of(&STG.replace("  3  3  2  1  2", "  3  3  3  1  2"), None);
+    assert!(e.reason.contains("announces 3"), "{e}");
+    let e = err_of(&STG.replace("  4  0  1  3\n", ""), None);
+    assert_eq!(e.position, "end of file");
+    let e = err_of(&STG.replace("  2  2  1  0", "  2  2  1  2"), None);
+    assert!(e.reason.contains("does not come before"), "{e}");
+    let e = err_of("99999999999999\n", None);
+    assert_eq!(e.position, "end of file");
+}
+
+const DASK: &str = r#"{"meta": {"name": "mini-dask"}, "tasks": [
+  {"id": 0, "key": "sum", "func": "add", "deps": [1, 2], "duration_s": 0.0001, "output_bytes": 8},
+  {"id": 1, "key": "a", "func": "f", "deps": [], "duration_s": 0.0, "output_bytes": 100},
+  {"id": 2, "key": "b", "func": "f", "deps": [], "duration_s": 0.0, "output_bytes": 100}
+]}"#;
+
+#[test]
+fn dask_plain_and_gzipped() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mini.json.gz");
+    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
+    enc.write_all(DASK.as_bytes()).unwrap();
+    enc.finish().unwrap();
+    let spec = load(&path, None).unwrap();
+    let plain = parse("x", DASK.as_bytes(), None).unwrap();
+    assert_eq!(spec.tasks, plain.tasks);
+    assert_eq!(spec.data, plain.data);
+    assert_eq!(spec.source.as_deref(), Some(path.to_str().unwrap()));
+    let rt = rt();
+    let g = spec.build(&rt, &BuildOptions::default()).unwrap();
+    // "sum" waits for both inputs.
+    let sum = (0..g.len()).find(|&i| g.task_name(i) == "sum").unwrap();
+    assert_eq!(g.dependencies(crate::graph::TaskId { graph: g.id, index: sum as u32 }).len(), 2);
+    assert_eq!(rt.run(&g).unwrap().completed, 3);
+
+    let e = err_of(&DASK.replace("[1, 2]", "[1, 7]"), None);
+    assert!(e.reason.contains("task id 7") && e.position.contains("'sum'"), "{e}");
+    let e = err_of(&DASK.replace("\"id\": 2,", "\"id\": 1,"), None);
+    assert!(e.reason.contains("appears twice"), "{e}");
+    let e = err_of(&DASK.replace("[1, 2]", "[0]"), None);
+    assert!(e.reason.contains("itself"), "{e}");
+    std::fs::write(dir.path().join("bad.gz"), [0x1f, 0x8b, 1, 2, 3]).unwrap();
+    let e = load(&dir.path().join("bad.gz"), None).unwrap_err();
+    assert!(e.reason.contains("gzip"), "{e}");
+    let e = load(&dir.path().join("absent.json"), None).unwrap_err();
+    assert!(e.reason.contains("cannot open"), "{e}");
+}
+
+#[test]
+fn detection_and_garbage() {
+    assert!(err_of("hello", None).reason.contains("not a JSON object"));
+    assert!(err_of("{\"tasks\": []}", None).reason.contains("unrecognised"));
+    assert!(parse("x", &[0xff, 0xfe], None).unwrap_err().reason.contains("UTF-8"));
+    assert_eq!("stg".parse::<Format>().unwrap(), Format::Stg);
+    assert!("xml".parse::<Format>().is_err());
+}
