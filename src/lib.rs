@@ -14,6 +14,7 @@
 //! - [`bench`]: the overhead benchmark shared by the CLI and criterion.
 
 pub mod bench;
+pub mod demo;
 pub mod graph;
 pub mod runtime;
 pub mod sched;

@@ -27,8 +27,11 @@ macro_rules! builtin {
 
 fn duration_param(ctx: &CpuContext<'_>) -> Result<Duration, KernelError> {
     let secs = ctx.param(0)?;
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| KernelError::msg(format!("duration must be a finite, non-negative number of seconds, got {secs}")))
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        KernelError::msg(format!(
+            "duration must be a finite, non-negative number of seconds, got {secs}"
+        ))
+    })
 }
 
 builtin!(
@@ -188,7 +191,17 @@ builtin!(
 
 /// Every built-in kernel.
 pub fn all() -> Vec<Arc<Kernel>> {
-    vec![noop(), spin(), sleep(), fill(), scale(), axpy(), add(), sum(), mix()]
+    vec![
+        noop(),
+        spin(),
+        sleep(),
+        fill(),
+        scale(),
+        axpy(),
+        add(),
+        sum(),
+        mix(),
+    ]
 }
 
 #[cfg(test)]
@@ -200,21 +213,34 @@ mod tests {
         // SAFETY: `v` is a live, exclusively borrowed slice for the operand's lifetime; Vec<f32>
         // and Vec<u64> storage is aligned to at least 4, and the kernels below only view it as
         // the same element type.
-        unsafe { RawOperand::new(v.as_mut_ptr().cast(), std::mem::size_of_val(v), elem, access) }
+        unsafe {
+            RawOperand::new(
+                v.as_mut_ptr().cast(),
+                std::mem::size_of_val(v),
+                elem,
+                access,
+            )
+        }
     }
 
     #[test]
     fn axpy_computes_and_checks_lengths() {
         let mut x = vec![1.0f32, 2.0, 3.0];
         let mut y = vec![10.0f32, 20.0, 30.0];
-        let ops = [op(&mut x, ElemType::F32, Access::Read), op(&mut y, ElemType::F32, Access::ReadWrite)];
+        let ops = [
+            op(&mut x, ElemType::F32, Access::Read),
+            op(&mut y, ElemType::F32, Access::ReadWrite),
+        ];
         let ctx = CpuContext::new(&ops, &[2.0], 1).unwrap();
         (axpy().cpu_impl().unwrap())(&ctx).unwrap();
         assert_eq!(y, vec![12.0, 24.0, 36.0]);
 
         let mut short = vec![0.0f32; 2];
         let mut y = vec![0.0f32; 3];
-        let ops = [op(&mut short, ElemType::F32, Access::Read), op(&mut y, ElemType::F32, Access::ReadWrite)];
+        let ops = [
+            op(&mut short, ElemType::F32, Access::Read),
+            op(&mut y, ElemType::F32, Access::ReadWrite),
+        ];
         let ctx = CpuContext::new(&ops, &[1.0], 1).unwrap();
         assert!((axpy().cpu_impl().unwrap())(&ctx).is_err());
     }
@@ -225,14 +251,29 @@ mod tests {
         let ops = [op(&mut y, ElemType::F32, Access::ReadWrite)];
         let ctx = CpuContext::new(&ops, &[], 1).unwrap();
         let _w = ctx.write::<f32>(0).unwrap();
-        assert!(matches!(ctx.read::<f32>(0), Err(KernelError::AlreadyBorrowed { index: 0 })));
-        assert!(matches!(ctx.write::<f32>(0), Err(KernelError::AlreadyBorrowed { index: 0 })));
-        assert!(matches!(ctx.read::<u32>(0), Err(KernelError::TypeMismatch { .. })));
-        assert!(matches!(ctx.read::<f32>(1), Err(KernelError::MissingOperand { index: 1, count: 1 })));
+        assert!(matches!(
+            ctx.read::<f32>(0),
+            Err(KernelError::AlreadyBorrowed { index: 0 })
+        ));
+        assert!(matches!(
+            ctx.write::<f32>(0),
+            Err(KernelError::AlreadyBorrowed { index: 0 })
+        ));
+        assert!(matches!(
+            ctx.read::<u32>(0),
+            Err(KernelError::TypeMismatch { .. })
+        ));
+        assert!(matches!(
+            ctx.read::<f32>(1),
+            Err(KernelError::MissingOperand { index: 1, count: 1 })
+        ));
         let mut x = vec![0.0f32; 4];
         let ops = [op(&mut x, ElemType::F32, Access::Read)];
         let ctx = CpuContext::new(&ops, &[], 1).unwrap();
-        assert!(matches!(ctx.write::<f32>(0), Err(KernelError::AccessMismatch { .. })));
+        assert!(matches!(
+            ctx.write::<f32>(0),
+            Err(KernelError::AccessMismatch { .. })
+        ));
     }
 
     #[test]
@@ -240,7 +281,10 @@ mod tests {
         let run = |seed: f64, input: u64| {
             let mut a = vec![input; 3];
             let mut out = vec![0u64; 2];
-            let ops = [op(&mut a, ElemType::U64, Access::Read), op(&mut out, ElemType::U64, Access::Write)];
+            let ops = [
+                op(&mut a, ElemType::U64, Access::Read),
+                op(&mut out, ElemType::U64, Access::Write),
+            ];
             let params = [seed];
             let ctx = CpuContext::new(&ops, &params, 1).unwrap();
             (mix().cpu_impl().unwrap())(&ctx).unwrap();
@@ -259,7 +303,10 @@ mod tests {
         assert!((sleep().cpu_impl().unwrap())(&ctx).is_err());
         let mut x = vec![0.5f32; 10];
         let mut s = vec![0.0f32; 1];
-        let ops = [op(&mut x, ElemType::F32, Access::Read), op(&mut s, ElemType::F32, Access::Write)];
+        let ops = [
+            op(&mut x, ElemType::F32, Access::Read),
+            op(&mut s, ElemType::F32, Access::Write),
+        ];
         let ctx = CpuContext::new(&ops, &[], 1).unwrap();
         (sum().cpu_impl().unwrap())(&ctx).unwrap();
         assert_eq!(s[0], 5.0);
@@ -268,11 +315,54 @@ mod tests {
     #[test]
     fn signatures_are_checked() {
         let sig = axpy().signature().clone();
-        assert!(sig.check(&[(Access::Read, Some(ElemType::F32)), (Access::ReadWrite, Some(ElemType::F32))], 1).is_ok());
-        assert!(sig.check(&[(Access::Read, Some(ElemType::F32))], 1).unwrap_err().contains("2 operand"));
-        assert!(sig.check(&[(Access::Write, Some(ElemType::F32)), (Access::ReadWrite, Some(ElemType::F32))], 1).is_err());
-        assert!(sig.check(&[(Access::Read, Some(ElemType::F64)), (Access::ReadWrite, Some(ElemType::F32))], 1).is_err());
-        assert!(sig.check(&[(Access::Read, None), (Access::ReadWrite, Some(ElemType::F32))], 1).is_err());
-        assert!(sig.check(&[(Access::Read, Some(ElemType::F32)), (Access::ReadWrite, Some(ElemType::F32))], 0).is_err());
+        assert!(sig
+            .check(
+                &[
+                    (Access::Read, Some(ElemType::F32)),
+                    (Access::ReadWrite, Some(ElemType::F32))
+                ],
+                1
+            )
+            .is_ok());
+        assert!(sig
+            .check(&[(Access::Read, Some(ElemType::F32))], 1)
+            .unwrap_err()
+            .contains("2 operand"));
+        assert!(sig
+            .check(
+                &[
+                    (Access::Write, Some(ElemType::F32)),
+                    (Access::ReadWrite, Some(ElemType::F32))
+                ],
+                1
+            )
+            .is_err());
+        assert!(sig
+            .check(
+                &[
+                    (Access::Read, Some(ElemType::F64)),
+                    (Access::ReadWrite, Some(ElemType::F32))
+                ],
+                1
+            )
+            .is_err());
+        assert!(sig
+            .check(
+                &[
+                    (Access::Read, None),
+                    (Access::ReadWrite, Some(ElemType::F32))
+                ],
+                1
+            )
+            .is_err());
+        assert!(sig
+            .check(
+                &[
+                    (Access::Read, Some(ElemType::F32)),
+                    (Access::ReadWrite, Some(ElemType::F32))
+                ],
+                0
+            )
+            .is_err());
     }
 }

@@ -35,7 +35,13 @@ impl<'a> RawOperand<'a> {
     /// bytes for `'a`, aligned to 8 bytes, and for `'a` no one else may write it, nor read it
     /// when `access.writes()`.
     pub unsafe fn new(ptr: *mut u8, len_bytes: usize, elem: ElemType, access: Access) -> Self {
-        RawOperand { ptr, len_bytes, elem, access, _life: PhantomData }
+        RawOperand {
+            ptr,
+            len_bytes,
+            elem,
+            access,
+            _life: PhantomData,
+        }
     }
 
     /// An operand with a size but no storage: kernels that touch its contents get an error.
@@ -73,7 +79,10 @@ impl<'a> RawOperand<'a> {
 /// Which operands are borrowed, and how.
 enum Borrows {
     /// Up to 64 operands, the common case: two bit sets, no allocation.
-    Small { shared: Cell<u64>, exclusive: Cell<u64> },
+    Small {
+        shared: Cell<u64>,
+        exclusive: Cell<u64>,
+    },
     /// More operands (a merge of thousands of inputs): one state per operand.
     Large(Box<[Cell<u8>]>),
 }
@@ -101,7 +110,11 @@ impl Borrows {
     fn mark(&self, i: usize, state: u8) {
         match self {
             Borrows::Small { shared, exclusive } => {
-                let cell = if state == EXCLUSIVE { exclusive } else { shared };
+                let cell = if state == EXCLUSIVE {
+                    exclusive
+                } else {
+                    shared
+                };
                 cell.set(cell.get() | 1 << i);
             }
             Borrows::Large(v) => v[i].set(state),
@@ -119,13 +132,25 @@ pub struct CpuContext<'a> {
 
 impl<'a> CpuContext<'a> {
     /// Builds a context over the task's operands and parameters.
-    pub fn new(operands: &'a [RawOperand<'a>], params: &'a [f64], cores: u32) -> Result<Self, KernelError> {
+    pub fn new(
+        operands: &'a [RawOperand<'a>],
+        params: &'a [f64],
+        cores: u32,
+    ) -> Result<Self, KernelError> {
         let borrows = if operands.len() <= 64 {
-            Borrows::Small { shared: Cell::new(0), exclusive: Cell::new(0) }
+            Borrows::Small {
+                shared: Cell::new(0),
+                exclusive: Cell::new(0),
+            }
         } else {
             Borrows::Large((0..operands.len()).map(|_| Cell::new(FREE)).collect())
         };
-        Ok(CpuContext { operands, params, cores, borrows })
+        Ok(CpuContext {
+            operands,
+            params,
+            cores,
+            borrows,
+        })
     }
 
     /// Number of operands.
@@ -135,7 +160,10 @@ impl<'a> CpuContext<'a> {
 
     /// The raw description of operand `i`.
     pub fn operand(&self, i: usize) -> Result<&RawOperand<'a>, KernelError> {
-        self.operands.get(i).ok_or(KernelError::MissingOperand { index: i, count: self.operands.len() })
+        self.operands.get(i).ok_or(KernelError::MissingOperand {
+            index: i,
+            count: self.operands.len(),
+        })
     }
 
     /// Scalar parameters, in the order the task gave them.
@@ -145,7 +173,13 @@ impl<'a> CpuContext<'a> {
 
     /// Parameter `i`, or an error naming the missing index.
     pub fn param(&self, i: usize) -> Result<f64, KernelError> {
-        self.params.get(i).copied().ok_or(KernelError::MissingParam { index: i, count: self.params.len() })
+        self.params
+            .get(i)
+            .copied()
+            .ok_or(KernelError::MissingParam {
+                index: i,
+                count: self.params.len(),
+            })
     }
 
     /// Cores granted to this task (its resource request).
@@ -159,7 +193,11 @@ impl<'a> CpuContext<'a> {
             return Err(KernelError::VirtualOperand { index: i });
         }
         if op.elem != T::ELEM {
-            return Err(KernelError::TypeMismatch { index: i, expected: T::ELEM, actual: op.elem });
+            return Err(KernelError::TypeMismatch {
+                index: i,
+                expected: T::ELEM,
+                actual: op.elem,
+            });
         }
         Ok(op)
     }
@@ -169,7 +207,11 @@ impl<'a> CpuContext<'a> {
     pub fn read<T: Element>(&self, i: usize) -> Result<&'a [T], KernelError> {
         let op = self.checked::<T>(i)?;
         if !op.access.reads() {
-            return Err(KernelError::AccessMismatch { index: i, wanted: Access::Read, declared: op.access });
+            return Err(KernelError::AccessMismatch {
+                index: i,
+                wanted: Access::Read,
+                declared: op.access,
+            });
         }
         if self.borrows.state(i) == EXCLUSIVE {
             return Err(KernelError::AlreadyBorrowed { index: i });
@@ -180,7 +222,9 @@ impl<'a> CpuContext<'a> {
         // operand is live from this context. `T::ELEM == op.elem` and every element type's
         // size divides the length (the runtime allocates whole elements), and `T: Pod`
         // accepts any bit pattern.
-        Ok(unsafe { std::slice::from_raw_parts(op.ptr as *const T, op.len_bytes / std::mem::size_of::<T>()) })
+        Ok(unsafe {
+            std::slice::from_raw_parts(op.ptr as *const T, op.len_bytes / std::mem::size_of::<T>())
+        })
     }
 
     /// Operand `i` as a mutable slice. The operand must be writable (`w` or `rw`) and not
@@ -189,7 +233,11 @@ impl<'a> CpuContext<'a> {
     pub fn write<T: Element>(&self, i: usize) -> Result<&'a mut [T], KernelError> {
         let op = self.checked::<T>(i)?;
         if !op.access.writes() {
-            return Err(KernelError::AccessMismatch { index: i, wanted: Access::Write, declared: op.access });
+            return Err(KernelError::AccessMismatch {
+                index: i,
+                wanted: Access::Write,
+                declared: op.access,
+            });
         }
         if self.borrows.state(i) != FREE {
             return Err(KernelError::AlreadyBorrowed { index: i });
@@ -199,6 +247,11 @@ impl<'a> CpuContext<'a> {
         // and writer for a writing access, and the bit checks make this the only borrow of
         // operand i from this context. Distinct operands never alias when one is written
         // (the graph rejects a task that names one datum twice with a write).
-        Ok(unsafe { std::slice::from_raw_parts_mut(op.ptr as *mut T, op.len_bytes / std::mem::size_of::<T>()) })
+        Ok(unsafe {
+            std::slice::from_raw_parts_mut(
+                op.ptr as *mut T,
+                op.len_bytes / std::mem::size_of::<T>(),
+            )
+        })
     }
 }

@@ -33,20 +33,36 @@ pub struct Signature {
 impl Signature {
     /// Any operands, `min..=max` parameters.
     pub fn any(min_params: usize, max_params: usize) -> Self {
-        Signature { operands: None, min_params, max_params }
+        Signature {
+            operands: None,
+            min_params,
+            max_params,
+        }
     }
 
     /// Exactly these operands, exactly `params` parameters.
     pub fn exact(operands: &[(Access, ElemType)], params: usize) -> Self {
         Signature {
-            operands: Some(operands.iter().map(|&(access, elem)| OperandSpec { access, elem: Some(elem) }).collect()),
+            operands: Some(
+                operands
+                    .iter()
+                    .map(|&(access, elem)| OperandSpec {
+                        access,
+                        elem: Some(elem),
+                    })
+                    .collect(),
+            ),
             min_params: params,
             max_params: params,
         }
     }
 
     /// Checks operand modes/types and the parameter count; the message says what differs.
-    pub fn check(&self, operands: &[(Access, Option<ElemType>)], params: usize) -> Result<(), String> {
+    pub fn check(
+        &self,
+        operands: &[(Access, Option<ElemType>)],
+        params: usize,
+    ) -> Result<(), String> {
         if params < self.min_params || params > self.max_params {
             let want = if self.min_params == self.max_params {
                 format!("{}", self.min_params)
@@ -55,13 +71,22 @@ impl Signature {
             };
             return Err(format!("takes {want} parameter(s), {params} given"));
         }
-        let Some(specs) = &self.operands else { return Ok(()) };
+        let Some(specs) = &self.operands else {
+            return Ok(());
+        };
         if specs.len() != operands.len() {
-            return Err(format!("takes {} operand(s), {} given", specs.len(), operands.len()));
+            return Err(format!(
+                "takes {} operand(s), {} given",
+                specs.len(),
+                operands.len()
+            ));
         }
         for (i, (spec, &(access, elem))) in specs.iter().zip(operands).enumerate() {
             if spec.access != access {
-                return Err(format!("operand {i} must be accessed as '{}', not '{access}'", spec.access));
+                return Err(format!(
+                    "operand {i} must be accessed as '{}', not '{access}'",
+                    spec.access
+                ));
             }
             match (spec.elem, elem) {
                 (Some(want), Some(got)) if want != got => {
@@ -91,13 +116,21 @@ impl Kernel {
     where
         F: Fn(&CpuContext<'_>) -> Result<(), KernelError> + Send + Sync + 'static,
     {
-        Kernel { name: name.into(), signature, cpu: Some(Arc::new(f)) }
+        Kernel {
+            name: name.into(),
+            signature,
+            cpu: Some(Arc::new(f)),
+        }
     }
 
     /// A kernel with no implementation yet; add them with the `with_*` methods. A kernel with
     /// no implementation at all can run nowhere and is refused at submit.
     pub fn declare(name: impl Into<String>, signature: Signature) -> Self {
-        Kernel { name: name.into(), signature, cpu: None }
+        Kernel {
+            name: name.into(),
+            signature,
+            cpu: None,
+        }
     }
 
     /// Its name, unique within a registry.
@@ -140,9 +173,17 @@ pub enum KernelError {
     #[error("parameter {index} requested but the task has {count}")]
     MissingParam { index: usize, count: usize },
     #[error("operand {index} holds {actual}, the kernel asked for {expected}")]
-    TypeMismatch { index: usize, expected: ElemType, actual: ElemType },
+    TypeMismatch {
+        index: usize,
+        expected: ElemType,
+        actual: ElemType,
+    },
     #[error("operand {index} is declared '{declared}' but the kernel asked to {wanted:?} it")]
-    AccessMismatch { index: usize, wanted: Access, declared: Access },
+    AccessMismatch {
+        index: usize,
+        wanted: Access,
+        declared: Access,
+    },
     #[error("operand {index} is already borrowed in a conflicting way")]
     AlreadyBorrowed { index: usize },
     #[error("operand {index} has no storage (a size-only datum)")]

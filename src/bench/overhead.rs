@@ -26,19 +26,29 @@ pub enum Shape {
     /// A fan-out binary tree of `2^depth - 1` tasks: each node after its parent.
     BinaryTree(u32),
     /// A graph loaded from a file (the Dask graphs), run with empty tasks.
-    File { label: String, path: std::path::PathBuf },
+    File {
+        label: String,
+        path: std::path::PathBuf,
+    },
 }
 
 impl Shape {
     /// The shapes the issue asks for; `dask_dir` holds `tree-15.json.gz` and
     /// `merge-10000.json.gz` (skipped when absent).
     pub fn standard(dask_dir: Option<&std::path::Path>) -> Vec<Shape> {
-        let mut v = vec![Shape::Independent(100_000), Shape::Chain(100_000), Shape::BinaryTree(15)];
+        let mut v = vec![
+            Shape::Independent(100_000),
+            Shape::Chain(100_000),
+            Shape::BinaryTree(15),
+        ];
         if let Some(dir) = dask_dir {
             for name in ["tree-15", "merge-10000"] {
                 let path = dir.join(format!("{name}.json.gz"));
                 if path.exists() {
-                    v.push(Shape::File { label: format!("dask {name}"), path });
+                    v.push(Shape::File {
+                        label: format!("dask {name}"),
+                        path,
+                    });
                 }
             }
         }
@@ -84,13 +94,24 @@ impl Shape {
                 let mut ids = Vec::with_capacity(n);
                 for i in 0..n {
                     let b = g.task(&noop);
-                    ids.push(if i == 0 { b.add() } else { b.after(ids[(i - 1) / 2]).add() });
+                    ids.push(if i == 0 {
+                        b.add()
+                    } else {
+                        b.after(ids[(i - 1) / 2]).add()
+                    });
                 }
                 g
             }
             Shape::File { ref path, .. } => {
                 let spec = formats::load(path, None).map_err(|e| e.to_string())?;
-                spec.build(rt, &BuildOptions { time_scale: 0.0, empty_tasks: true }).map_err(|e| e.to_string())?
+                spec.build(
+                    rt,
+                    &BuildOptions {
+                        time_scale: 0.0,
+                        empty_tasks: true,
+                    },
+                )
+                .map_err(|e| e.to_string())?
             }
         })
     }
@@ -128,9 +149,17 @@ pub fn measure(shapes: &[Shape], cfg: &OverheadConfig) -> Result<Vec<OverheadRow
             None => b.build(),
         }
     };
-    let runtimes: Vec<Runtime> = cfg.policies.iter().map(|&p| make_rt(p)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let runtimes: Vec<Runtime> = cfg
+        .policies
+        .iter()
+        .map(|&p| make_rt(p))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
     let threads = runtimes.first().map_or(1, |r| r.machine().num_workers());
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
     for shape in shapes {
         let t = Instant::now();
@@ -170,7 +199,12 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// Runs the shape on rayon the way a rayon user would write it.
-fn rayon_baseline(pool: &rayon::ThreadPool, shape: &Shape, g: &Graph, reps: usize) -> (&'static str, Duration) {
+fn rayon_baseline(
+    pool: &rayon::ThreadPool,
+    shape: &Shape,
+    g: &Graph,
+    reps: usize,
+) -> (&'static str, Duration) {
     let time = |f: &dyn Fn()| {
         f();
         median(
@@ -196,7 +230,10 @@ fn rayon_baseline(pool: &rayon::ThreadPool, shape: &Shape, g: &Graph, reps: usiz
                 })
             }),
         ),
-        Shape::Chain(n) => ("each task spawns the next", time(&|| pool.scope(|s| chain_step(s, n)))),
+        Shape::Chain(n) => (
+            "each task spawns the next",
+            time(&|| pool.scope(|s| chain_step(s, n))),
+        ),
         Shape::BinaryTree(depth) => ("recursive join", time(&|| pool.install(|| tree(depth)))),
         Shape::File { .. } => {
             let dag = Csr::of(g);
@@ -246,7 +283,11 @@ impl Csr {
             succ[fill[a as usize] as usize] = b;
             fill[a as usize] += 1;
         }
-        Csr { off, succ, indegree }
+        Csr {
+            off,
+            succ,
+            indegree,
+        }
     }
 
     fn run_on(&self, pool: &rayon::ThreadPool) {
@@ -273,7 +314,15 @@ impl Csr {
 
 /// Formats rows as a Markdown table.
 pub fn markdown(rows: &[OverheadRow]) -> String {
-    let policies: Vec<&str> = rows.first().map(|r| r.hexec_ns_per_task.iter().map(|(p, _)| p.as_str()).collect()).unwrap_or_default();
+    let policies: Vec<&str> = rows
+        .first()
+        .map(|r| {
+            r.hexec_ns_per_task
+                .iter()
+                .map(|(p, _)| p.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
     let mut s = String::from("| shape | tasks | edges |");
     for p in &policies {
         s.push_str(&format!(" hexec {p} µs/task |"));
@@ -288,7 +337,12 @@ pub fn markdown(rows: &[OverheadRow]) -> String {
         for (_, ns) in &r.hexec_ns_per_task {
             s.push_str(&format!(" {:.3} |", ns / 1e3));
         }
-        s.push_str(&format!(" {:.3} | {} | {:.3} |\n", r.rayon_ns_per_task / 1e3, r.rayon_method, r.build_ns_per_task / 1e3));
+        s.push_str(&format!(
+            " {:.3} | {} | {:.3} |\n",
+            r.rayon_ns_per_task / 1e3,
+            r.rayon_method,
+            r.build_ns_per_task / 1e3
+        ));
     }
     s
 }

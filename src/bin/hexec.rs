@@ -1,1 +1,377 @@
-fn main() {}
+//! The hexec command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use hexec::bench::overhead::{self, OverheadConfig, Shape};
+use hexec::graph::formats::{self, BuildOptions, Format};
+use hexec::trace::write_chrome_trace;
+use hexec::{PolicyKind, RunError, RunOptions, Runtime, RuntimeBuilder};
+
+#[derive(Parser)]
+#[command(
+    name = "hexec",
+    version,
+    about = "Run task graphs on every CPU core (and, soon, GPU) of this machine"
+)]
+struct Cli {
+    /// More log output (-v: info, -vv: debug, -vvv: trace, including a span per task).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the machine's topology: NUMA nodes, cores, workers and their victim order.
+    Info {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        machine: MachineArgs,
+    },
+    /// Run a graph file (native JSON, WfCommons JSON, STG, Dask JSON[.gz]).
+    Run {
+        graph: PathBuf,
+        /// Force the file format instead of detecting it: native, wfcommons, stg, dask.
+        #[arg(long)]
+        format: Option<Format>,
+        /// Multiply recorded task durations (spin/sleep) by this factor.
+        #[arg(long, default_value_t = 1.0)]
+        time_scale: f64,
+        /// Write a Chrome/Perfetto trace (open it in ui.perfetto.dev).
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        machine: MachineArgs,
+    },
+    /// Run the demo job: a blockwise array computation on every core, checked.
+    Demo {
+        #[arg(long, default_value_t = 64)]
+        tiles: usize,
+        #[arg(long, default_value_t = 1 << 16)]
+        tile_len: usize,
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        machine: MachineArgs,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Cost per empty task in standard shapes, hexec against rayon.
+    Overhead {
+        #[arg(long)]
+        json: bool,
+        /// Use only the first N cores.
+        #[arg(long)]
+        cpus: Option<usize>,
+        /// Timed repetitions per shape (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Where the Dask graphs are (tree-15.json.gz, merge-10000.json.gz).
+        #[arg(long, default_value = "../shared/workloads/dask")]
+        dask_dir: PathBuf,
+        /// Smaller shapes (10,000 tasks), for a quick look.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct MachineArgs {
+    /// Scheduling policy: eager or ws.
+    #[arg(long, default_value = "ws")]
+    policy: PolicyKind,
+    /// Use only the first N cores.
+    #[arg(long)]
+    cpus: Option<usize>,
+    /// Do not pin worker threads to cores.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+impl MachineArgs {
+    fn builder(&self) -> RuntimeBuilder {
+        let mut b = Runtime::builder().policy(self.policy);
+        if let Some(n) = self.cpus {
+            b = b.cpus(n);
+        }
+        if self.no_pin {
+            b = b.no_pinning();
+        }
+        b
+    }
+}
+
+/// A failure of the command, with its exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            code: 2,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        2 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("hexec: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn dispatch(cmd: Command) -> Result<(), Failure> {
+    match cmd {
+        Command::Info { json, machine } => info(json, &machine),
+        Command::Run {
+            graph,
+            format,
+            time_scale,
+            trace,
+            json,
+            machine,
+        } => {
+            let rt = machine.builder().build()?;
+            let spec = formats::load(&graph, format)?;
+            let g = spec.build(
+                &rt,
+                &BuildOptions {
+                    time_scale,
+                    empty_tasks: false,
+                },
+            )?;
+            run_and_report(&rt, &g, trace, json, None)
+        }
+        Command::Demo {
+            tiles,
+            tile_len,
+            trace,
+            json,
+            machine,
+        } => {
+            let rt = machine.builder().build()?;
+            if !json {
+                print_machine(&rt);
+            }
+            let demo = hexec::demo::blockwise(&rt, tiles, tile_len);
+            run_and_report(&rt, &demo.graph, trace, json, Some(&demo))
+        }
+        Command::Bench {
+            which:
+                BenchCommand::Overhead {
+                    json,
+                    cpus,
+                    reps,
+                    dask_dir,
+                    quick,
+                },
+        } => {
+            let shapes = if quick {
+                vec![
+                    Shape::Independent(10_000),
+                    Shape::Chain(10_000),
+                    Shape::BinaryTree(13),
+                ]
+            } else {
+                if !dask_dir.join("tree-15.json.gz").exists() {
+                    eprintln!(
+                        "note: {} has no Dask graphs; measuring the generated shapes only",
+                        dask_dir.display()
+                    );
+                }
+                Shape::standard(Some(&dask_dir))
+            };
+            let cfg = OverheadConfig {
+                cpus,
+                reps: reps.max(1),
+                policies: PolicyKind::ALL.to_vec(),
+            };
+            let rows = overhead::measure(&shapes, &cfg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let rt = Runtime::builder()
+                    .cpus(cpus.unwrap_or(usize::MAX).min(num_cores()?))
+                    .build()?;
+                println!(
+                    "hexec per-task overhead on {} core(s), median of {} runs\n",
+                    rt.machine().num_workers(),
+                    cfg.reps
+                );
+                print!("{}", overhead::markdown(&rows));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn num_cores() -> Result<usize, Failure> {
+    Ok(Runtime::builder().build()?.machine().num_workers())
+}
+
+fn info(json: bool, m: &MachineArgs) -> Result<(), Failure> {
+    let rt = m.builder().build()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(rt.machine())?);
+    } else {
+        print_machine(&rt);
+        let mach = rt.machine();
+        for w in &mach.workers {
+            let victims: Vec<&str> = mach.victims[w.id.index()]
+                .iter()
+                .map(|v| mach.workers[v.index()].name.as_str())
+                .collect();
+            println!(
+                "  {:<6} class {:<4} numa {}  pus {:?}  victims [{}]",
+                w.name,
+                mach.classes[w.class.0 as usize].name,
+                w.numa,
+                w.pus,
+                victims.join(", ")
+            );
+        }
+        if let Some(w) = mach.workers.first() {
+            println!("  features: {}", w.features.join(" "));
+        }
+        println!("  gpus: none (GPU workers arrive with the wgpu device layer)");
+    }
+    Ok(())
+}
+
+fn print_machine(rt: &Runtime) {
+    let m = rt.machine();
+    println!(
+        "machine: {} cpu worker(s) on {} NUMA node(s), policy {}",
+        m.num_workers(),
+        m.numa_nodes.len(),
+        rt.policy()
+    );
+    for (i, n) in m.numa_nodes.iter().enumerate() {
+        println!(
+            "  numa{i} (os {}): {:.1} GiB, {} core(s)",
+            n.os_index,
+            n.memory_bytes as f64 / (1u64 << 30) as f64,
+            n.workers.len()
+        );
+    }
+}
+
+fn run_and_report(
+    rt: &Runtime,
+    g: &hexec::Graph,
+    trace: Option<PathBuf>,
+    json: bool,
+    demo: Option<&hexec::demo::Demo>,
+) -> Result<(), Failure> {
+    let result = rt.run_with(
+        g,
+        RunOptions {
+            record_trace: trace.is_some(),
+        },
+    );
+    let (report, failure) = match result {
+        Ok(r) => (r, None),
+        Err(RunError::TaskFailed { report }) => {
+            let msg = RunError::TaskFailed {
+                report: report.clone(),
+            }
+            .to_string();
+            (*report, Some(msg))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(path) = &trace {
+        let f = std::fs::File::create(path)
+            .map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
+        write_chrome_trace(f, g, &report)
+            .map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
+    }
+    let check = demo
+        .map(|d| d.check(rt).map(|(got, ok)| (got, d.expected, ok)))
+        .transpose()?;
+    if json {
+        let mut v = serde_json::to_value(&report)?;
+        if let (Some((got, expected, ok)), Some(obj)) = (check, v.as_object_mut()) {
+            obj.insert(
+                "check".into(),
+                serde_json::json!({"result": got, "expected": expected, "ok": ok}),
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "{} tasks: {} completed, {} failed, {} skipped in {:.3} s (policy {}, {} steals)",
+            report.tasks,
+            report.completed,
+            report.failed,
+            report.skipped,
+            report.makespan_s,
+            report.policy,
+            report.steals
+        );
+        for w in &report.workers {
+            println!(
+                "  {:<6} {:>8} tasks  busy {:.3} s  steals {}",
+                w.name, w.tasks, w.busy_s, w.steals
+            );
+        }
+        if let Some((got, expected, ok)) = check {
+            println!(
+                "result {got} (expected {expected}): {}",
+                if ok { "OK" } else { "WRONG" }
+            );
+        }
+        if let Some(path) = &trace {
+            println!(
+                "trace written to {} (open in ui.perfetto.dev)",
+                path.display()
+            );
+        }
+    }
+    if let Some(msg) = failure {
+        return Err(Failure {
+            code: 1,
+            message: msg,
+        });
+    }
+    if let Some((got, expected, false)) = check {
+        return Err(Failure {
+            code: 1,
+            message: format!("demo result {got} differs from {expected}"),
+        });
+    }
+    Ok(())
+}

@@ -31,13 +31,21 @@ pub enum SubmitError {
     #[error("task '{task}': {message}")]
     InvalidTask { task: String, message: String },
     #[error("task '{task}' uses datum {datum}, which this runtime does not know ({detail})")]
-    UnknownData { task: String, datum: String, detail: String },
+    UnknownData {
+        task: String,
+        datum: String,
+        detail: String,
+    },
     #[error("task '{task}' accesses datum {datum} twice, and at least once to write it: a kernel would see one buffer as two")]
     DuplicateAccess { task: String, datum: String },
     #[error("task '{task}' writes datum {datum}, which is read-only")]
     ReadOnlyWrite { task: String, datum: String },
     #[error("task '{task}': kernel '{kernel}' {reason}")]
-    Signature { task: String, kernel: String, reason: String },
+    Signature {
+        task: String,
+        kernel: String,
+        reason: String,
+    },
     #[error("task '{task}' can run on no worker of this machine: {reason}")]
     Unsatisfiable { task: String, reason: String },
     #[error("datum {datum} is in use by another run")]
@@ -49,8 +57,7 @@ pub enum SubmitError {
 /// A graph ready to execute on one machine.
 #[derive(Debug)]
 pub struct CompiledGraph {
-    /// `succ[succ_off[t]..succ_off[t+1]]` are the tasks that wait for `t` (with repeats if an
-    /// edge was declared twice; the counts below match).
+    /// `succ[succ_off[t]..succ_off[t+1]]` are the tasks that wait for `t`.
     pub succ_off: Vec<u32>,
     pub succ: Vec<u32>,
     /// Number of predecessor edges per task.
@@ -72,13 +79,23 @@ impl CompiledGraph {
 pub const MAX_TASKS: usize = u32::MAX as usize - 1;
 
 /// Validates `graph` for `machine` and builds its executable form.
-pub fn compile(graph: &Graph, machine: &Machine, data: &[DatumInfo]) -> Result<CompiledGraph, SubmitError> {
+pub fn compile(
+    graph: &Graph,
+    machine: &Machine,
+    data: &[DatumInfo],
+) -> Result<CompiledGraph, SubmitError> {
     let n = graph.len();
     if n > MAX_TASKS {
-        return Err(SubmitError::TooLarge { tasks: n, max: MAX_TASKS });
+        return Err(SubmitError::TooLarge {
+            tasks: n,
+            max: MAX_TASKS,
+        });
     }
     if let Some(d) = graph.deferred.first() {
-        return Err(SubmitError::InvalidTask { task: graph.task_name(d.task as usize), message: d.message.clone() });
+        return Err(SubmitError::InvalidTask {
+            task: graph.task_name(d.task as usize),
+            message: d.message.clone(),
+        });
     }
     debug_assert_eq!(data.len(), graph.data.len());
 
@@ -92,12 +109,28 @@ pub fn compile(graph: &Graph, machine: &Machine, data: &[DatumInfo]) -> Result<C
         check_accesses(graph, t, accesses, data, &mut dup_scratch)?;
         operand_scratch.clear();
         operand_scratch.extend(accesses.iter().map(|&(d, a)| (a, data[d as usize].elem)));
-        if let Err(reason) = kernel.signature().check(&operand_scratch, rec.params.len as usize) {
-            return Err(SubmitError::Signature { task: graph.task_name(t), kernel: kernel.name().to_string(), reason });
+        if let Err(reason) = kernel
+            .signature()
+            .check(&operand_scratch, rec.params.len as usize)
+        {
+            return Err(SubmitError::Signature {
+                task: graph.task_name(t),
+                kernel: kernel.name().to_string(),
+                reason,
+            });
         }
         let set = eligibility
-            .set_for(rec.kernel, kernel, &graph.restrictions[rec.restriction as usize], rec.restriction, rec.cores)
-            .map_err(|reason| SubmitError::Unsatisfiable { task: graph.task_name(t), reason })?;
+            .set_for(
+                rec.kernel,
+                kernel,
+                &graph.restrictions[rec.restriction as usize],
+                rec.restriction,
+                rec.cores,
+            )
+            .map_err(|reason| SubmitError::Unsatisfiable {
+                task: graph.task_name(t),
+                reason,
+            })?;
         task_set.push(set);
     }
 
@@ -119,11 +152,25 @@ pub fn compile(graph: &Graph, machine: &Machine, data: &[DatumInfo]) -> Result<C
         succ[fill[from as usize] as usize] = to;
         fill[from as usize] += 1;
     }
-    let mut roots: Vec<u32> = (0..n as u32).filter(|&t| indegree[t as usize] == 0).collect();
+    let mut roots: Vec<u32> = (0..n as u32)
+        .filter(|&t| indegree[t as usize] == 0)
+        .collect();
     roots.sort_by_key(|&t| std::cmp::Reverse(graph.tasks[t as usize].priority));
 
-    let plan = Plan::new(task_set, task_band, num_bands, eligibility.sets, machine.victims.clone());
-    Ok(CompiledGraph { succ_off, succ, indegree, roots, plan })
+    let plan = Plan::new(
+        task_set,
+        task_band,
+        num_bands,
+        eligibility.sets,
+        machine.victims.clone(),
+    );
+    Ok(CompiledGraph {
+        succ_off,
+        succ,
+        indegree,
+        roots,
+        plan,
+    })
 }
 
 fn check_accesses(
@@ -135,10 +182,16 @@ fn check_accesses(
 ) -> Result<(), SubmitError> {
     for &(d, a) in accesses {
         if a.writes() && data[d as usize].read_only {
-            return Err(SubmitError::ReadOnlyWrite { task: graph.task_name(t), datum: data[d as usize].label.clone() });
+            return Err(SubmitError::ReadOnlyWrite {
+                task: graph.task_name(t),
+                datum: data[d as usize].label.clone(),
+            });
         }
     }
-    let duplicate = |d: u32| SubmitError::DuplicateAccess { task: graph.task_name(t), datum: data[d as usize].label.clone() };
+    let duplicate = |d: u32| SubmitError::DuplicateAccess {
+        task: graph.task_name(t),
+        datum: data[d as usize].label.clone(),
+    };
     if accesses.len() <= 16 {
         for (i, &(d, a)) in accesses.iter().enumerate() {
             for &(d2, a2) in &accesses[i + 1..] {
@@ -176,7 +229,10 @@ fn priority_bands(graph: &Graph) -> (Vec<u8>, u8) {
         let rank = distinct.binary_search_by(|x| p.cmp(x)).unwrap_or(0);
         (rank * bands / k) as u8
     };
-    (graph.tasks.iter().map(|t| band_of(t.priority)).collect(), bands as u8)
+    (
+        graph.tasks.iter().map(|t| band_of(t.priority)).collect(),
+        bands as u8,
+    )
 }
 
 /// Computes and deduplicates eligibility sets.
@@ -189,7 +245,12 @@ struct Eligibility<'m> {
 
 impl<'m> Eligibility<'m> {
     fn new(machine: &'m Machine) -> Self {
-        Eligibility { machine, sets: Vec::new(), by_mask: HashMap::new(), by_key: HashMap::new() }
+        Eligibility {
+            machine,
+            sets: Vec::new(),
+            by_mask: HashMap::new(),
+            by_key: HashMap::new(),
+        }
     }
 
     fn set_for(
@@ -212,8 +273,17 @@ impl<'m> Eligibility<'m> {
                     return Err("too many distinct restriction combinations in one graph".into());
                 }
                 let s = self.sets.len() as u16;
-                let workers = self.machine.workers.iter().map(|w| w.id).filter(|&w| mask.contains(w)).collect();
-                self.sets.push(EligibleSet { workers, mask: mask.clone() });
+                let workers = self
+                    .machine
+                    .workers
+                    .iter()
+                    .map(|w| w.id)
+                    .filter(|&w| mask.contains(w))
+                    .collect();
+                self.sets.push(EligibleSet {
+                    workers,
+                    mask: mask.clone(),
+                });
                 self.by_mask.insert(mask, s);
                 s
             }
@@ -229,7 +299,12 @@ impl<'m> Eligibility<'m> {
             DeviceKind::Cpu => kernel.has_cpu(),
             DeviceKind::Gpu => false,
         };
-        let mut cand: Vec<WorkerId> = m.workers.iter().filter(|w| has_impl(w.kind)).map(|w| w.id).collect();
+        let mut cand: Vec<WorkerId> = m
+            .workers
+            .iter()
+            .filter(|w| has_impl(w.kind))
+            .map(|w| w.id)
+            .collect();
         if cand.is_empty() {
             let kinds = if kernel.has_cpu() { "cpu" } else { "none" };
             return Err(format!(
@@ -252,7 +327,10 @@ impl<'m> Eligibility<'m> {
         if let Some(name) = &r.worker {
             let Some(named) = m.worker_by_name(name) else {
                 let names: Vec<&str> = m.workers.iter().map(|w| w.name.as_str()).collect();
-                return Err(format!("it is restricted to worker '{name}', which does not exist (workers: {})", names.join(", ")));
+                return Err(format!(
+                    "it is restricted to worker '{name}', which does not exist (workers: {})",
+                    names.join(", ")
+                ));
             };
             if !cand.contains(&named.id) {
                 return Err(format!(
@@ -263,9 +341,17 @@ impl<'m> Eligibility<'m> {
             cand = vec![named.id];
         }
         if !r.features.is_empty() {
-            cand.retain(|&w| r.features.iter().all(|f| m.workers[w.index()].features.contains(f)));
+            cand.retain(|&w| {
+                r.features
+                    .iter()
+                    .all(|f| m.workers[w.index()].features.contains(f))
+            });
             if cand.is_empty() {
-                let have = m.workers.first().map(|w| w.features.join(", ")).unwrap_or_default();
+                let have = m
+                    .workers
+                    .first()
+                    .map(|w| w.features.join(", "))
+                    .unwrap_or_default();
                 return Err(format!("it requires feature(s) [{}]; no allowed worker has all of them (cpu0 has: {have})", r.features.join(", ")));
             }
         }
@@ -275,11 +361,15 @@ impl<'m> Eligibility<'m> {
         if cores > 1 {
             let fits = |w: WorkerId| {
                 let class = m.workers[w.index()].class;
-                m.workers[w.index()].kind == DeviceKind::Cpu && m.classes[class.0 as usize].workers.len() >= cores as usize
+                m.workers[w.index()].kind == DeviceKind::Cpu
+                    && m.classes[class.0 as usize].workers.len() >= cores as usize
             };
             cand.retain(|&w| fits(w));
             if cand.is_empty() {
-                return Err(format!("it requests {cores} cores; this machine has {} CPU core(s)", m.count(DeviceKind::Cpu)));
+                return Err(format!(
+                    "it requests {cores} cores; this machine has {} CPU core(s)",
+                    m.count(DeviceKind::Cpu)
+                ));
             }
         }
         let mut mask = WorkerMask::empty(m.num_workers());
@@ -300,12 +390,18 @@ mod tests {
         g.data
             .iter()
             .map(|d| match d {
-                super::super::GraphDatum::Virtual { name, bytes } => {
-                    DatumInfo { label: name.clone(), elem: None, bytes: *bytes, read_only: false }
-                }
-                super::super::GraphDatum::Stored { id, .. } => {
-                    DatumInfo { label: format!("d{id}"), elem: Some(ElemType::F32), bytes: 16, read_only: *id == 99 }
-                }
+                super::super::GraphDatum::Virtual { name, bytes } => DatumInfo {
+                    label: name.clone(),
+                    elem: None,
+                    bytes: *bytes,
+                    read_only: false,
+                },
+                super::super::GraphDatum::Stored { id, .. } => DatumInfo {
+                    label: format!("d{id}"),
+                    elem: Some(ElemType::F32),
+                    bytes: 16,
+                    read_only: *id == 99,
+                },
             })
             .collect()
     }
@@ -340,7 +436,10 @@ mod tests {
         g.task(&builtin::noop()).name("t").on_worker("cpu7").add();
         check(&g, "does not exist (workers: cpu0, cpu1)");
         let mut g = Graph::new();
-        g.task(&builtin::noop()).name("t").require_feature("quantum").add();
+        g.task(&builtin::noop())
+            .name("t")
+            .require_feature("quantum")
+            .add();
         check(&g, "quantum");
         let mut g = Graph::new();
         g.task(&builtin::noop()).name("t").cores(3).add();
@@ -353,13 +452,23 @@ mod tests {
         g.task(&builtin::noop()).name("t").read(v).write(v).add();
         check(&g, "twice");
         let mut g = Graph::new();
-        g.task(&builtin::noop()).name("t").read(crate::graph::Data::<f32>::new(0, 99)).write(crate::graph::Data::<f32>::new(0, 1)).add();
+        g.task(&builtin::noop())
+            .name("t")
+            .read(crate::graph::Data::<f32>::new(0, 99))
+            .write(crate::graph::Data::<f32>::new(0, 1))
+            .add();
         // read-only datum 99 is only read: fine; now write it.
         assert!(compile(&g, &m, &infos(&g)).is_ok());
         let mut g = Graph::new();
-        g.task(&builtin::noop()).name("t").write(crate::graph::Data::<f32>::new(0, 99)).add();
+        g.task(&builtin::noop())
+            .name("t")
+            .write(crate::graph::Data::<f32>::new(0, 99))
+            .add();
         check(&g, "read-only");
-        let gpu_only = Arc::new(hexec_kernels::Kernel::declare("gpu_thing", Signature::any(0, 0)));
+        let gpu_only = Arc::new(hexec_kernels::Kernel::declare(
+            "gpu_thing",
+            Signature::any(0, 0),
+        ));
         let mut g = Graph::new();
         g.task(&gpu_only).name("t").add();
         check(&g, "kernel 'gpu_thing' has implementations for [none]");
@@ -368,7 +477,9 @@ mod tests {
     #[test]
     fn large_duplicate_checks_and_shared_sets() {
         let mut g = Graph::new();
-        let vs: Vec<_> = (0..40).map(|i| g.virtual_data(format!("v{i}"), 1)).collect();
+        let vs: Vec<_> = (0..40)
+            .map(|i| g.virtual_data(format!("v{i}"), 1))
+            .collect();
         let mut b = g.task(&builtin::noop()).name("t");
         for v in &vs {
             b = b.read(*v);
@@ -382,7 +493,10 @@ mod tests {
             b = b.read(*v);
         }
         b.write(vs[7]).add();
-        assert!(matches!(compile(&g, &m, &infos(&g)), Err(SubmitError::DuplicateAccess { .. })));
+        assert!(matches!(
+            compile(&g, &m, &infos(&g)),
+            Err(SubmitError::DuplicateAccess { .. })
+        ));
     }
 
     #[test]

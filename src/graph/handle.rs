@@ -12,7 +12,11 @@ pub struct Data<T> {
 
 impl<T> Data<T> {
     pub(crate) fn new(rt: u64, id: u32) -> Self {
-        Data { rt, id, _t: PhantomData }
+        Data {
+            rt,
+            id,
+            _t: PhantomData,
+        }
     }
 }
 

@@ -163,7 +163,7 @@ impl Graph {
         self.tasks.is_empty()
     }
 
-    /// Number of dependency edges (explicit and inferred; a pair may appear twice).
+    /// Number of dependency edges (explicit and inferred, each pair once).
     pub fn num_edges(&self) -> usize {
         self.edges.len()
     }
@@ -172,7 +172,10 @@ impl Graph {
     pub fn virtual_data(&mut self, name: impl Into<String>, bytes: u64) -> VirtualData {
         let id = self.data.len() as u32;
         let v = VirtualData { graph: self.id, id };
-        self.data.push(GraphDatum::Virtual { name: name.into(), bytes });
+        self.data.push(GraphDatum::Virtual {
+            name: name.into(),
+            bytes,
+        });
         self.trackers.push(AccessTracker::default());
         self.data_index.insert(DataRef::Virtual(v), id);
         v
@@ -213,7 +216,10 @@ impl Graph {
             .edges
             .iter()
             .filter(|&&(_, to)| to == task.index)
-            .map(|&(from, _)| TaskId { graph: self.id, index: from })
+            .map(|&(from, _)| TaskId {
+                graph: self.id,
+                index: from,
+            })
             .collect();
         v.sort_unstable();
         v.dedup();
@@ -370,9 +376,19 @@ impl TaskBuilder<'_> {
 
     /// Adds the task, inferring its dependencies from its accesses.
     pub fn add(self) -> TaskId {
-        let TaskBuilder { graph: g, kernel, name, accesses, params_start, after, priority, cores, restriction } =
-            self;
+        let TaskBuilder {
+            graph: g,
+            kernel,
+            name,
+            accesses,
+            params_start,
+            after,
+            priority,
+            cores,
+            restriction,
+        } = self;
         let index = g.tasks.len() as u32;
+        let edges_start = g.edges.len();
         let kernel = g.kernel_slot(&kernel);
         let restriction = g.restriction_slot(restriction);
         let acc_start = g.accesses.len() as u32;
@@ -398,7 +414,10 @@ impl TaskBuilder<'_> {
                         tr.readers.push(index);
                     }
                 }
-                Err(message) => g.deferred.push(DeferredError { task: index, message }),
+                Err(message) => g.deferred.push(DeferredError {
+                    task: index,
+                    message,
+                }),
             }
         }
         for t in after {
@@ -411,14 +430,24 @@ impl TaskBuilder<'_> {
                 g.edges.push((t.index, index));
             }
         }
+        dedup_tail(&mut g.edges, edges_start);
         let params = match params_start {
-            Some(s) => Span { start: s as u32, len: (g.params.len() - s) as u32 },
-            None => Span { start: g.params.len() as u32, len: 0 },
+            Some(s) => Span {
+                start: s as u32,
+                len: (g.params.len() - s) as u32,
+            },
+            None => Span {
+                start: g.params.len() as u32,
+                len: 0,
+            },
         };
         g.tasks.push(TaskRecord {
             kernel,
             name,
-            accesses: Span { start: acc_start, len: g.accesses.len() as u32 - acc_start },
+            accesses: Span {
+                start: acc_start,
+                len: g.accesses.len() as u32 - acc_start,
+            },
             params,
             priority,
             cores,
@@ -426,6 +455,24 @@ impl TaskBuilder<'_> {
         });
         TaskId { graph: g.id, index }
     }
+}
+
+/// Removes repeated edges among `edges[start..]` (one task's incoming edges: an explicit
+/// dependency that inference also found, or two data written by the same task).
+fn dedup_tail(edges: &mut Vec<(u32, u32)>, start: usize) {
+    let tail = &mut edges[start..];
+    if tail.len() < 2 {
+        return;
+    }
+    tail.sort_unstable();
+    let mut kept = 1;
+    for i in 1..tail.len() {
+        if tail[i] != tail[kept - 1] {
+            tail[kept] = tail[i];
+            kept += 1;
+        }
+    }
+    edges.truncate(start + kept);
 }
 
 #[cfg(test)]
@@ -448,6 +495,12 @@ mod tests {
         assert_eq!(g.dependencies(w2), vec![w1, r1, r2]);
         assert_eq!(g.dependencies(r3), vec![w2]);
         assert!(g.edges.iter().all(|&(a, b)| a < b));
+        // An explicit dependency that inference also finds is stored once.
+        let y = g.virtual_data("y", 8);
+        let p = g.task(&builtin::noop()).write(x).write(y).add();
+        let before = g.num_edges();
+        g.task(&builtin::noop()).read(x).read(y).after(p).add();
+        assert_eq!(g.num_edges(), before + 1);
     }
 
     #[test]

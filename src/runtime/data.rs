@@ -24,11 +24,19 @@ pub enum DataError {
     #[error("datum {0:?} belongs to another runtime")]
     ForeignHandle(String),
     #[error("datum '{name}' holds {actual}, not {requested}")]
-    TypeMismatch { name: String, actual: ElemType, requested: ElemType },
+    TypeMismatch {
+        name: String,
+        actual: ElemType,
+        requested: ElemType,
+    },
     #[error("datum '{0}' is in use by a running graph")]
     Busy(String),
     #[error("datum '{name}' has {len} elements; {given} were given")]
-    LengthMismatch { name: String, len: usize, given: usize },
+    LengthMismatch {
+        name: String,
+        len: usize,
+        given: usize,
+    },
     #[error("datum '{0}' is read-only")]
     ReadOnly(String),
     #[error("datum '{name}' would need {bytes} bytes, more than this platform can address")]
@@ -59,8 +67,17 @@ impl DataCell {
         let words = bytes.len().div_ceil(8);
         let mut buf = vec![0u64; words].into_boxed_slice();
         bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..bytes.len()].copy_from_slice(bytes);
-        let ptr = NonNull::new(Box::into_raw(buf) as *mut u64).expect("Box pointers are never null");
-        DataCell { name, elem, len, read_only, ptr, words, in_use: AtomicBool::new(false) }
+        let ptr =
+            NonNull::new(Box::into_raw(buf) as *mut u64).expect("Box pointers are never null");
+        DataCell {
+            name,
+            elem,
+            len,
+            read_only,
+            ptr,
+            words,
+            in_use: AtomicBool::new(false),
+        }
     }
 
     /// Size in bytes.
@@ -88,7 +105,12 @@ impl Drop for DataCell {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`words` come from `Box::into_raw` of a `Box<[u64]>` of that length in
         // `new`, and are freed exactly once, here.
-        unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(self.ptr.as_ptr(), self.words))) }
+        unsafe {
+            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                self.ptr.as_ptr(),
+                self.words,
+            )))
+        }
     }
 }
 
@@ -100,18 +122,36 @@ pub(crate) struct DataStore {
 
 impl DataStore {
     pub fn new(rt: u64) -> Self {
-        DataStore { rt, cells: RwLock::new(Vec::new()) }
+        DataStore {
+            rt,
+            cells: RwLock::new(Vec::new()),
+        }
     }
 
-    pub fn insert<T: Element>(&self, name: Option<String>, values: &[T], read_only: bool) -> Data<T> {
+    pub fn insert<T: Element>(
+        &self,
+        name: Option<String>,
+        values: &[T],
+        read_only: bool,
+    ) -> Data<T> {
         let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
         let id = cells.len() as u32;
         let name = name.unwrap_or_else(|| format!("data#{id}"));
-        cells.push(Arc::new(DataCell::new(name, T::ELEM, bytemuck::cast_slice(values), read_only)));
+        cells.push(Arc::new(DataCell::new(
+            name,
+            T::ELEM,
+            bytemuck::cast_slice(values),
+            read_only,
+        )));
         Data::new(self.rt, id)
     }
 
-    pub fn insert_zeroed(&self, name: Option<String>, elem: ElemType, len: usize) -> Result<u32, DataError> {
+    pub fn insert_zeroed(
+        &self,
+        name: Option<String>,
+        elem: ElemType,
+        len: usize,
+    ) -> Result<u32, DataError> {
         let bytes = (len as u128) * elem.size() as u128;
         let label = name.clone().unwrap_or_else(|| "unnamed".into());
         if bytes > isize::MAX as u128 {
@@ -120,7 +160,12 @@ impl DataStore {
         let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
         let id = cells.len() as u32;
         let name = name.unwrap_or_else(|| format!("data#{id}"));
-        cells.push(Arc::new(DataCell::new(name, elem, &vec![0u8; bytes as usize], false)));
+        cells.push(Arc::new(DataCell::new(
+            name,
+            elem,
+            &vec![0u8; bytes as usize],
+            false,
+        )));
         Ok(id)
     }
 
@@ -128,13 +173,23 @@ impl DataStore {
         if rt != self.rt {
             return None;
         }
-        self.cells.read().unwrap_or_else(|e| e.into_inner()).get(id as usize).cloned()
+        self.cells
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id as usize)
+            .cloned()
     }
 
     fn typed_cell<T: Element>(&self, h: Data<T>) -> Result<Arc<DataCell>, DataError> {
-        let cell = self.cell(h.rt, h.id).ok_or_else(|| DataError::ForeignHandle(format!("{h:?}")))?;
+        let cell = self
+            .cell(h.rt, h.id)
+            .ok_or_else(|| DataError::ForeignHandle(format!("{h:?}")))?;
         if cell.elem != T::ELEM {
-            return Err(DataError::TypeMismatch { name: cell.name.clone(), actual: cell.elem, requested: T::ELEM });
+            return Err(DataError::TypeMismatch {
+                name: cell.name.clone(),
+                actual: cell.elem,
+                requested: T::ELEM,
+            });
         }
         Ok(cell)
     }
@@ -147,7 +202,8 @@ impl DataStore {
         }
         // SAFETY: `in_use` is ours, so no kernel touches the bytes; ptr/len describe the live
         // buffer of `len` elements of type T (type checked above), 8-byte aligned.
-        let out = unsafe { std::slice::from_raw_parts(cell.as_mut_ptr() as *const T, cell.len) }.to_vec();
+        let out =
+            unsafe { std::slice::from_raw_parts(cell.as_mut_ptr() as *const T, cell.len) }.to_vec();
         cell.release();
         Ok(out)
     }
@@ -158,13 +214,18 @@ impl DataStore {
             return Err(DataError::ReadOnly(cell.name.clone()));
         }
         if values.len() != cell.len {
-            return Err(DataError::LengthMismatch { name: cell.name.clone(), len: cell.len, given: values.len() });
+            return Err(DataError::LengthMismatch {
+                name: cell.name.clone(),
+                len: cell.len,
+                given: values.len(),
+            });
         }
         if !cell.acquire() {
             return Err(DataError::Busy(cell.name.clone()));
         }
         // SAFETY: as in `read`: we hold `in_use`, the types and lengths match.
-        unsafe { std::slice::from_raw_parts_mut(cell.as_mut_ptr() as *mut T, cell.len) }.copy_from_slice(values);
+        unsafe { std::slice::from_raw_parts_mut(cell.as_mut_ptr() as *mut T, cell.len) }
+            .copy_from_slice(values);
         cell.release();
         Ok(())
     }
@@ -179,10 +240,14 @@ impl AcquiredData {
     /// Acquires every cell, or none if one is busy. `cells` holds no cell twice (a graph's
     /// data table is deduplicated).
     pub fn acquire(cells: Vec<Arc<DataCell>>) -> Result<Self, SubmitError> {
-        let mut held = AcquiredData { cells: Vec::with_capacity(cells.len()) };
+        let mut held = AcquiredData {
+            cells: Vec::with_capacity(cells.len()),
+        };
         for c in cells {
             if !c.acquire() {
-                return Err(SubmitError::DataBusy { datum: format!("'{}'", c.name) });
+                return Err(SubmitError::DataBusy {
+                    datum: format!("'{}'", c.name),
+                });
             }
             held.cells.push(c);
         }

@@ -48,7 +48,10 @@ pub enum RunError {
 
 fn describe_failures(r: &RunReport) -> String {
     let mut s = match r.failures.first() {
-        Some(f) => format!("task '{}' (kernel '{}') failed on {}: {}", f.task, f.kernel, f.worker, f.message),
+        Some(f) => format!(
+            "task '{}' (kernel '{}') failed on {}: {}",
+            f.task, f.kernel, f.worker, f.message
+        ),
         None => "a task failed".to_string(),
     };
     if r.failures.len() > 1 {
@@ -222,7 +225,12 @@ impl Runtime {
     }
 
     /// Stores `len` zeroed elements of a type known only at run time (graph files).
-    pub(crate) fn data_zeroed(&self, name: String, elem: ElemType, len: usize) -> Result<u32, DataError> {
+    pub(crate) fn data_zeroed(
+        &self,
+        name: String,
+        elem: ElemType,
+        len: usize,
+    ) -> Result<u32, DataError> {
         self.store.insert_zeroed(Some(name), elem, len)
     }
 
@@ -256,13 +264,21 @@ impl Runtime {
             .zip(&infos)
             .map(|(d, info)| match d {
                 GraphDatum::Stored { id, .. } => {
-                    let at = cells.binary_search_by_key(id, |c| c.0).expect("every stored datum was resolved above");
+                    let at = cells
+                        .binary_search_by_key(id, |c| c.0)
+                        .expect("every stored datum was resolved above");
                     let cell = &cells[at].1;
-                    BoundDatum { ptr: cell.as_mut_ptr(), bytes: cell.bytes(), elem: info.elem }
+                    BoundDatum {
+                        ptr: cell.as_mut_ptr(),
+                        bytes: cell.bytes(),
+                        elem: info.elem,
+                    }
                 }
-                GraphDatum::Virtual { bytes, .. } => {
-                    BoundDatum { ptr: std::ptr::null_mut(), bytes: *bytes as usize, elem: None }
-                }
+                GraphDatum::Virtual { bytes, .. } => BoundDatum {
+                    ptr: std::ptr::null_mut(),
+                    bytes: *bytes as usize,
+                    elem: None,
+                },
             })
             .collect();
         let _held = AcquiredData::acquire(cells.into_iter().map(|(_, c)| c).collect())?;
@@ -274,24 +290,42 @@ impl Runtime {
 
     /// Resolves the graph's data against the store.
     #[allow(clippy::type_complexity)]
-    fn resolve(&self, graph: &Graph) -> Result<(Vec<DatumInfo>, Vec<(u32, Arc<data::DataCell>)>), SubmitError> {
+    fn resolve(
+        &self,
+        graph: &Graph,
+    ) -> Result<(Vec<DatumInfo>, Vec<(u32, Arc<data::DataCell>)>), SubmitError> {
         let mut infos = Vec::with_capacity(graph.data.len());
         let mut cells = Vec::new();
         for (local, d) in graph.data.iter().enumerate() {
             match d {
-                GraphDatum::Virtual { name, bytes } => {
-                    infos.push(DatumInfo { label: format!("'{name}'"), elem: None, bytes: *bytes, read_only: false })
-                }
+                GraphDatum::Virtual { name, bytes } => infos.push(DatumInfo {
+                    label: format!("'{name}'"),
+                    elem: None,
+                    bytes: *bytes,
+                    read_only: false,
+                }),
                 GraphDatum::Stored { rt, id } => {
                     let Some(cell) = self.store.cell(*rt, *id) else {
                         let task = graph
                             .tasks
                             .iter()
-                            .position(|t| graph.accesses[t.accesses.range()].iter().any(|&(x, _)| x as usize == local))
+                            .position(|t| {
+                                graph.accesses[t.accesses.range()]
+                                    .iter()
+                                    .any(|&(x, _)| x as usize == local)
+                            })
                             .map(|t| graph.task_name(t))
                             .unwrap_or_default();
-                        let detail = if *rt != self.id { "it was made by another runtime" } else { "no such datum" };
-                        return Err(SubmitError::UnknownData { task, datum: graph.datum_label(local as u32), detail: detail.into() });
+                        let detail = if *rt != self.id {
+                            "it was made by another runtime"
+                        } else {
+                            "no such datum"
+                        };
+                        return Err(SubmitError::UnknownData {
+                            task,
+                            datum: graph.datum_label(local as u32),
+                            detail: detail.into(),
+                        });
                     };
                     infos.push(DatumInfo {
                         label: format!("'{}'", cell.name),
@@ -318,14 +352,23 @@ impl Runtime {
         let n = graph.len();
         let plan = &compiled.plan;
         let (shared, deques) = SharedQueues::new(plan);
-        let names: Vec<String> = self.machine.workers.iter().map(|w| w.name.clone()).collect();
+        let names: Vec<String> = self
+            .machine
+            .workers
+            .iter()
+            .map(|w| w.name.clone())
+            .collect();
         let run = RunState {
             graph,
             compiled,
             bound,
             queues: &shared,
             worker_names: &names,
-            deps: compiled.indegree.iter().map(|&d| AtomicU32::new(d)).collect(),
+            deps: compiled
+                .indegree
+                .iter()
+                .map(|&d| AtomicU32::new(d))
+                .collect(),
             poisoned: (0..n).map(|_| AtomicBool::new(false)).collect(),
             remaining: CachePadded::new(AtomicUsize::new(n)),
             done: AtomicBool::new(n == 0),
@@ -364,11 +407,17 @@ impl Runtime {
                         // may run: stop the others and report.
                         run.done.store(true, Ordering::SeqCst);
                         shared.sleep.wake_all();
-                        return Err(RunError::Spawn { worker: names[i].clone(), message: e.to_string() });
+                        return Err(RunError::Spawn {
+                            worker: names[i].clone(),
+                            message: e.to_string(),
+                        });
                     }
                 }
             }
-            Ok(handles.into_iter().map(|h| h.join().unwrap_or_default()).collect())
+            Ok(handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect())
         })?;
         let makespan = started.elapsed();
         let failures = run.failures.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -387,7 +436,9 @@ impl Runtime {
                 }
             })
             .collect();
-        let trace = opts.record_trace.then(|| TraceLog { per_worker: stats.iter().map(|s| s.events.clone()).collect() });
+        let trace = opts.record_trace.then(|| TraceLog {
+            per_worker: stats.iter().map(|s| s.events.clone()).collect(),
+        });
         let report = RunReport {
             policy: policy.name().to_string(),
             tasks: n,
@@ -401,7 +452,9 @@ impl Runtime {
             trace,
         };
         if report.failed > 0 {
-            return Err(RunError::TaskFailed { report: Box::new(report) });
+            return Err(RunError::TaskFailed {
+                report: Box::new(report),
+            });
         }
         Ok(report)
     }

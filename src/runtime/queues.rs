@@ -34,8 +34,12 @@ impl SharedQueues {
         let deques: Vec<Worker<u32>> = (0..n).map(|_| Worker::new_lifo()).collect();
         let shared = SharedQueues {
             stealers: deques.iter().map(Worker::stealer).collect(),
-            mailbox: (0..n).map(|_| (0..bands).map(|_| Injector::new()).collect()).collect(),
-            shared: (0..plan.sets().len()).map(|_| (0..bands).map(|_| Injector::new()).collect()).collect(),
+            mailbox: (0..n)
+                .map(|_| (0..bands).map(|_| Injector::new()).collect())
+                .collect(),
+            shared: (0..plan.sets().len())
+                .map(|_| (0..bands).map(|_| Injector::new()).collect())
+                .collect(),
             sleep: Sleep::new(n),
         };
         (shared, deques)
@@ -44,7 +48,12 @@ impl SharedQueues {
 
 impl<'a> LocalQueues<'a> {
     pub fn new(me: WorkerId, deque: Worker<u32>, shared: &'a SharedQueues, plan: &'a Plan) -> Self {
-        LocalQueues { me, deque, shared, plan }
+        LocalQueues {
+            me,
+            deque,
+            shared,
+            plan,
+        }
     }
 }
 

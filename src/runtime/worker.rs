@@ -71,7 +71,12 @@ impl std::fmt::Display for TaskLabel<'_> {
 }
 
 /// Runs tasks until the graph is done.
-pub(crate) fn run_worker<P: Policy>(policy: &P, run: &RunState<'_>, mut q: LocalQueues<'_>, me: WorkerId) -> WorkerStats {
+pub(crate) fn run_worker<P: Policy>(
+    policy: &P,
+    run: &RunState<'_>,
+    mut q: LocalQueues<'_>,
+    me: WorkerId,
+) -> WorkerStats {
     let plan = &run.compiled.plan;
     run.queues.sleep.register(me);
     let mut stats = WorkerStats::default();
@@ -81,7 +86,10 @@ pub(crate) fn run_worker<P: Policy>(policy: &P, run: &RunState<'_>, mut q: Local
     loop {
         let task = match slot.take() {
             Some(t) => t,
-            None => match policy.next(plan, &mut q, me).or_else(|| wait_for_work(policy, run, &mut q, me, &mut stats)) {
+            None => match policy
+                .next(plan, &mut q, me)
+                .or_else(|| wait_for_work(policy, run, &mut q, me, &mut stats))
+            {
                 Some(Pick { task, stolen_from }) => {
                     stats.steals += u64::from(stolen_from.is_some());
                     task
@@ -106,7 +114,8 @@ pub(crate) fn run_worker<P: Policy>(policy: &P, run: &RunState<'_>, mut q: Local
             for (i, &s) in ready.iter().enumerate() {
                 if plan.eligible(s, me)
                     && best.is_none_or(|b| {
-                        run.graph.tasks[s as usize].priority > run.graph.tasks[ready[b] as usize].priority
+                        run.graph.tasks[s as usize].priority
+                            > run.graph.tasks[ready[b] as usize].priority
                     })
                 {
                     best = Some(i);
@@ -198,7 +207,10 @@ fn execute<'a>(
     let params = &graph.params[rec.params.range()];
     let started = run.record_trace.then(|| run.start.elapsed());
     let outcome = match kernel.cpu_impl() {
-        None => Err(format!("kernel '{}' has no CPU implementation", kernel.name())),
+        None => Err(format!(
+            "kernel '{}' has no CPU implementation",
+            kernel.name()
+        )),
         Some(f) => match CpuContext::new(operands, params, rec.cores) {
             Err(e) => Err(e.to_string()),
             Ok(ctx) => match catch_unwind(AssertUnwindSafe(|| f(&ctx))) {
@@ -211,7 +223,11 @@ fn execute<'a>(
     operands.clear();
     if let Some(s) = started {
         let end = run.start.elapsed();
-        stats.events.push(TraceEvent { task, start_ns: s.as_nanos() as u64, end_ns: end.as_nanos() as u64 });
+        stats.events.push(TraceEvent {
+            task,
+            start_ns: s.as_nanos() as u64,
+            end_ns: end.as_nanos() as u64,
+        });
     }
     match outcome {
         Ok(()) => {
@@ -227,7 +243,10 @@ fn execute<'a>(
                 worker: run.worker_names[me.index()].clone(),
                 message,
             };
-            run.failures.lock().unwrap_or_else(|e| e.into_inner()).push(failure);
+            run.failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(failure);
             false
         }
     }

@@ -14,11 +14,20 @@ impl Policy for Eager {
         "eager"
     }
 
-    fn place<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, task: u32, _releasing: Option<WorkerId>) {
+    fn place<Q: ReadyQueues>(
+        &self,
+        plan: &Plan,
+        q: &mut Q,
+        task: u32,
+        _releasing: Option<WorkerId>,
+    ) {
         place_unpreferred(plan, q, task);
     }
 
     fn next<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, worker: WorkerId) -> Option<Pick> {
-        take_queued(plan, q, worker, false).map(|task| Pick { task, stolen_from: None })
+        take_queued(plan, q, worker, false).map(|task| Pick {
+            task,
+            stolen_from: None,
+        })
     }
 }

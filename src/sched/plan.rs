@@ -28,7 +28,9 @@ impl WorkerMask {
     /// Whether it holds `w`.
     #[inline]
     pub fn contains(&self, w: WorkerId) -> bool {
-        self.0.get(w.index() / 64).is_some_and(|word| word >> (w.index() % 64) & 1 == 1)
+        self.0
+            .get(w.index() / 64)
+            .is_some_and(|word| word >> (w.index() % 64) & 1 == 1)
     }
 
     /// Whether it is empty.
@@ -67,11 +69,20 @@ impl Plan {
         let n = victims.len();
         let worker_sets = (0..n)
             .map(|w| {
-                (0..sets.len() as u16).filter(|&s| sets[s as usize].mask.contains(WorkerId(w as u32))).collect()
+                (0..sets.len() as u16)
+                    .filter(|&s| sets[s as usize].mask.contains(WorkerId(w as u32)))
+                    .collect()
             })
             .collect();
         debug_assert!(task_band.iter().all(|&b| b < num_bands.max(1)));
-        Plan { task_set, task_band, num_bands: num_bands.max(1), sets, worker_sets, victims }
+        Plan {
+            task_set,
+            task_band,
+            num_bands: num_bands.max(1),
+            sets,
+            worker_sets,
+            victims,
+        }
     }
 
     /// Number of tasks.

@@ -7,7 +7,10 @@ fn mask(n: usize, ws: &[u32]) -> EligibleSet {
     for &w in ws {
         m.insert(WorkerId(w));
     }
-    EligibleSet { workers: ws.iter().map(|&w| WorkerId(w)).collect(), mask: m }
+    EligibleSet {
+        workers: ws.iter().map(|&w| WorkerId(w)).collect(),
+        mask: m,
+    }
 }
 
 /// 3 workers in one class; set 0 = all, set 1 = only worker 2.
@@ -17,7 +20,13 @@ fn plan(task_set: Vec<u16>, task_band: Vec<u8>, bands: u8) -> Plan {
         vec![WorkerId(0), WorkerId(2)],
         vec![WorkerId(1), WorkerId(0)],
     ];
-    Plan::new(task_set, task_band, bands, vec![mask(3, &[0, 1, 2]), mask(3, &[2])], victims)
+    Plan::new(
+        task_set,
+        task_band,
+        bands,
+        vec![mask(3, &[0, 1, 2]), mask(3, &[2])],
+        victims,
+    )
 }
 
 #[test]
@@ -45,8 +54,20 @@ fn ws_keeps_released_tasks_local_and_steals_oldest() {
     }
     assert_eq!(q.local(WorkerId(0)).len(), 4);
     // Owner pops newest; thief takes oldest.
-    assert_eq!(WorkStealing.next(&p, &mut q, WorkerId(0)).unwrap(), Pick { task: 3, stolen_from: None });
-    assert_eq!(WorkStealing.next(&p, &mut q, WorkerId(1)).unwrap(), Pick { task: 0, stolen_from: Some(WorkerId(0)) });
+    assert_eq!(
+        WorkStealing.next(&p, &mut q, WorkerId(0)).unwrap(),
+        Pick {
+            task: 3,
+            stolen_from: None
+        }
+    );
+    assert_eq!(
+        WorkStealing.next(&p, &mut q, WorkerId(1)).unwrap(),
+        Pick {
+            task: 0,
+            stolen_from: Some(WorkerId(0))
+        }
+    );
 }
 
 #[test]
@@ -58,7 +79,13 @@ fn ws_thief_never_runs_what_it_may_not_and_requeues_it() {
     q.push_local(WorkerId(0), 0);
     q.push_local(WorkerId(0), 1);
     let pick = WorkStealing.next(&p, &mut q, WorkerId(1)).unwrap();
-    assert_eq!(pick, Pick { task: 1, stolen_from: Some(WorkerId(0)) });
+    assert_eq!(
+        pick,
+        Pick {
+            task: 1,
+            stolen_from: Some(WorkerId(0))
+        }
+    );
     // Task 0 went to worker 2's mailbox, and only worker 2 gets it.
     assert_eq!(WorkStealing.next(&p, &mut q, WorkerId(0)), None);
     assert_eq!(WorkStealing.next(&p, &mut q, WorkerId(2)).unwrap().task, 0);
@@ -90,5 +117,8 @@ fn policy_names_parse() {
     for k in PolicyKind::ALL {
         assert_eq!(PolicyKind::parse(k.name()), Some(k));
     }
-    assert!("heft?".parse::<PolicyKind>().unwrap_err().contains("eager, ws"));
+    assert!("heft?"
+        .parse::<PolicyKind>()
+        .unwrap_err()
+        .contains("eager, ws"));
 }

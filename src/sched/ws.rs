@@ -19,7 +19,13 @@ impl Policy for WorkStealing {
         "ws"
     }
 
-    fn place<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, task: u32, releasing: Option<WorkerId>) {
+    fn place<Q: ReadyQueues>(
+        &self,
+        plan: &Plan,
+        q: &mut Q,
+        task: u32,
+        releasing: Option<WorkerId>,
+    ) {
         match releasing {
             Some(w) if plan.eligible(task, w) => q.push_local(w, task),
             _ => place_unpreferred(plan, q, task),
@@ -28,15 +34,24 @@ impl Policy for WorkStealing {
 
     fn next<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, worker: WorkerId) -> Option<Pick> {
         if let Some(task) = q.pop_local(worker) {
-            return Some(Pick { task, stolen_from: None });
+            return Some(Pick {
+                task,
+                stolen_from: None,
+            });
         }
         if let Some(task) = take_queued(plan, q, worker, true) {
-            return Some(Pick { task, stolen_from: None });
+            return Some(Pick {
+                task,
+                stolen_from: None,
+            });
         }
         for &victim in plan.victims(worker) {
             while let Some(task) = q.steal(worker, victim) {
                 if plan.eligible(task, worker) {
-                    return Some(Pick { task, stolen_from: Some(victim) });
+                    return Some(Pick {
+                        task,
+                        stolen_from: Some(victim),
+                    });
                 }
                 place_unpreferred(plan, q, task);
             }

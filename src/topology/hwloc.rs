@@ -42,7 +42,9 @@ impl HwTopology {
         for &pu in pus {
             set.set(pu as usize);
         }
-        self.topo.bind_cpu(&set, CpuBindingFlags::THREAD).map_err(|e| e.to_string())
+        self.topo
+            .bind_cpu(&set, CpuBindingFlags::THREAD)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -60,14 +62,21 @@ pub fn discover(cpus: Option<usize>) -> Result<(Machine, HwTopology), TopologyEr
     }
     let cores: Vec<_> = topo.objects_with_type(ObjectType::Core).collect();
     // Some virtual machines report PUs without Core objects: fall back to PUs.
-    let cores = if cores.is_empty() { topo.objects_with_type(ObjectType::PU).collect() } else { cores };
+    let cores = if cores.is_empty() {
+        topo.objects_with_type(ObjectType::PU).collect()
+    } else {
+        cores
+    };
     if cores.is_empty() {
         return Err(TopologyError::NoCores);
     }
     let keep = match cpus {
         Some(0) => return Err(TopologyError::ZeroCpus),
         Some(n) if n > cores.len() => {
-            return Err(TopologyError::TooManyCpus { asked: n, available: cores.len() })
+            return Err(TopologyError::TooManyCpus {
+                asked: n,
+                available: cores.len(),
+            })
         }
         Some(n) => n,
         None => cores.len(),
@@ -92,11 +101,21 @@ pub fn discover(cpus: Option<usize>) -> Result<(Machine, HwTopology), TopologyEr
                 .iter()
                 .map(|other| core.first_common_ancestor(other).map_or(0, depth_of))
                 .collect();
-            CoreDesc { numa: numa_index, pus, closeness, index: i }
+            CoreDesc {
+                numa: numa_index,
+                pus,
+                closeness,
+                index: i,
+            }
         })
         .collect();
     let machine = Machine::from_cores("hwloc", descs, numa, features::detect());
-    Ok((machine, HwTopology { topo: Arc::new(topo) }))
+    Ok((
+        machine,
+        HwTopology {
+            topo: Arc::new(topo),
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -111,7 +130,11 @@ mod tests {
         assert!(m.numa_nodes.iter().map(|n| n.workers.len()).sum::<usize>() == m.num_workers());
         assert!(m.workers.iter().all(|w| !w.pus.is_empty()));
         // Pinning to our first core works on this machine (or reports why not).
-        let r = std::thread::scope(|s| s.spawn(|| hw.pin_current_thread(&m.workers[0].pus)).join().unwrap());
+        let r = std::thread::scope(|s| {
+            s.spawn(|| hw.pin_current_thread(&m.workers[0].pus))
+                .join()
+                .unwrap()
+        });
         if let Err(e) = r {
             eprintln!("pinning is not permitted here: {e}");
         }

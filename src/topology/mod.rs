@@ -112,7 +112,12 @@ impl Machine {
     /// distance. For tests and models of machines that are not this one.
     pub fn synthetic_cpus(cpus: usize) -> Machine {
         let cores: Vec<CoreDesc> = (0..cpus)
-            .map(|i| CoreDesc { numa: 0, pus: Vec::new(), closeness: vec![0; cpus], index: i })
+            .map(|i| CoreDesc {
+                numa: 0,
+                pus: Vec::new(),
+                closeness: vec![0; cpus],
+                index: i,
+            })
             .collect();
         Machine::from_cores("synthetic", cores, vec![(0, 0)], Vec::new())
     }
@@ -161,7 +166,11 @@ impl Machine {
             .map(|(n, &(os_index, memory_bytes))| NumaNode {
                 os_index,
                 memory_bytes,
-                workers: workers.iter().filter(|w| w.numa == n).map(|w| w.id).collect(),
+                workers: workers
+                    .iter()
+                    .filter(|w| w.numa == n)
+                    .map(|w| w.id)
+                    .collect(),
             })
             .collect();
         let classes = vec![ClassInfo {
@@ -170,7 +179,13 @@ impl Machine {
             kind: DeviceKind::Cpu,
             workers: workers.iter().map(|w| w.id).collect(),
         }];
-        Machine { source: source.into(), workers, classes, numa_nodes, victims }
+        Machine {
+            source: source.into(),
+            workers,
+            classes,
+            numa_nodes,
+            victims,
+        }
     }
 
     /// Number of workers.
@@ -222,7 +237,12 @@ mod tests {
         // Cores 0,1 share a cache (closeness 3), 2,3 share another; all four share depth 1.
         let close = |a: usize, b: usize| if a / 2 == b / 2 { 3 } else { 1 };
         let cores = (0..4)
-            .map(|i| CoreDesc { numa: i / 2, pus: vec![i as u32], closeness: (0..4).map(|j| close(i, j)).collect(), index: i })
+            .map(|i| CoreDesc {
+                numa: i / 2,
+                pus: vec![i as u32],
+                closeness: (0..4).map(|j| close(i, j)).collect(),
+                index: i,
+            })
             .collect();
         let m = Machine::from_cores("test", cores, vec![(0, 1), (1, 1)], vec![]);
         assert_eq!(m.victims[0][0], WorkerId(1));

@@ -77,7 +77,10 @@ impl RunReport {
 /// Writes a Chrome trace-event JSON document for a traced run of `graph`.
 pub fn write_chrome_trace(out: impl Write, graph: &Graph, report: &RunReport) -> io::Result<()> {
     let mut out = io::BufWriter::new(out);
-    let log = report.trace.as_ref().ok_or_else(|| io::Error::other("this run was not traced"))?;
+    let log = report
+        .trace
+        .as_ref()
+        .ok_or_else(|| io::Error::other("this run was not traced"))?;
     writeln!(out, "{{\"displayTimeUnit\":\"ns\",\"traceEvents\":[")?;
     let mut first = true;
     let mut sep = |out: &mut io::BufWriter<_>| -> io::Result<()> {
@@ -94,8 +97,10 @@ pub fn write_chrome_trace(out: impl Write, graph: &Graph, report: &RunReport) ->
     for (tid, events) in log.per_worker.iter().enumerate() {
         for e in events {
             sep(&mut out)?;
-            let name = serde_json::to_string(&graph.task_name(e.task as usize)).map_err(io::Error::other)?;
-            let cat = serde_json::to_string(graph.task_kernel(e.task as usize)).map_err(io::Error::other)?;
+            let name = serde_json::to_string(&graph.task_name(e.task as usize))
+                .map_err(io::Error::other)?;
+            let cat = serde_json::to_string(graph.task_kernel(e.task as usize))
+                .map_err(io::Error::other)?;
             write!(
                 out,
                 "{{\"name\":{name},\"cat\":{cat},\"ph\":\"X\",\"pid\":1,\"tid\":{tid},\"ts\":{:.3},\"dur\":{:.3},\"args\":{{\"task\":{}}}}}",

@@ -40,7 +40,11 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
     for (i, t) in doc.tasks.iter().enumerate() {
         let name = t.key.clone().unwrap_or_else(|| format!("task-{}", t.id));
         if names.insert(t.id, name).is_some() {
-            return Err(LoadError::new(file, format!("tasks[{i}]"), format!("task id {} appears twice", t.id)));
+            return Err(LoadError::new(
+                file,
+                format!("tasks[{i}]"),
+                format!("task id {} appears twice", t.id),
+            ));
         }
     }
     let out_name = |id: u64| format!("out:{id}");
@@ -48,7 +52,11 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
     for (i, t) in doc.tasks.iter().enumerate() {
         let pos = || format!("tasks[{i}] ('{}')", names[&t.id]);
         if !(t.duration_s.is_finite() && t.duration_s >= 0.0) {
-            return Err(LoadError::new(file, pos(), format!("duration_s {} is not a non-negative number", t.duration_s)));
+            return Err(LoadError::new(
+                file,
+                pos(),
+                format!("duration_s {} is not a non-negative number", t.duration_s),
+            ));
         }
         spec.data.push(DataSpec {
             name: out_name(t.id),
@@ -60,7 +68,13 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
         });
         let mut task = TaskSpec::replay(names[&t.id].clone(), t.duration_s);
         for &d in &t.deps {
-            let dep = names.get(&d).ok_or_else(|| LoadError::new(file, pos(), format!("depends on task id {d}, which does not exist")))?;
+            let dep = names.get(&d).ok_or_else(|| {
+                LoadError::new(
+                    file,
+                    pos(),
+                    format!("depends on task id {d}, which does not exist"),
+                )
+            })?;
             if d == t.id {
                 return Err(LoadError::new(file, pos(), "depends on itself"));
             }

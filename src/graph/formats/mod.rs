@@ -44,7 +44,11 @@ pub struct LoadError {
 
 impl LoadError {
     pub(crate) fn new(file: &str, position: impl fmt::Display, reason: impl fmt::Display) -> Self {
-        LoadError { file: file.to_string(), position: position.to_string(), reason: reason.to_string() }
+        LoadError {
+            file: file.to_string(),
+            position: position.to_string(),
+            reason: reason.to_string(),
+        }
     }
 
     fn json(file: &str, e: &serde_json::Error) -> Self {
@@ -52,7 +56,11 @@ impl LoadError {
         let msg = e.to_string();
         let reason = msg.split(" at line ").next().unwrap_or(&msg).to_string();
         if e.line() > 0 {
-            LoadError::new(file, format!("line {}, column {}", e.line(), e.column()), reason)
+            LoadError::new(
+                file,
+                format!("line {}, column {}", e.line(), e.column()),
+                reason,
+            )
         } else {
             LoadError::new(file, "file", reason)
         }
@@ -84,7 +92,9 @@ impl Format {
 impl std::str::FromStr for Format {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Format::parse(s).ok_or_else(|| format!("unknown graph format '{s}' (known: native, wfcommons, stg, dask)"))
+        Format::parse(s).ok_or_else(|| {
+            format!("unknown graph format '{s}' (known: native, wfcommons, stg, dask)")
+        })
     }
 }
 
@@ -193,16 +203,22 @@ pub struct BuildOptions {
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { time_scale: 1.0, empty_tasks: false }
+        BuildOptions {
+            time_scale: 1.0,
+            empty_tasks: false,
+        }
     }
 }
 
 /// Reads a file whole (decompressing gzip), refusing files over [`MAX_FILE_BYTES`].
 fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
     let file = path.display().to_string();
-    let f = std::fs::File::open(path).map_err(|e| LoadError::new(&file, "file", format!("cannot open: {e}")))?;
+    let f = std::fs::File::open(path)
+        .map_err(|e| LoadError::new(&file, "file", format!("cannot open: {e}")))?;
     let mut raw = Vec::new();
-    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut raw).map_err(|e| LoadError::new(&file, "file", format!("cannot read: {e}")))?;
+    f.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| LoadError::new(&file, "file", format!("cannot read: {e}")))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
@@ -212,7 +228,11 @@ fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
         raw = out;
     }
     if raw.len() as u64 > MAX_FILE_BYTES {
-        return Err(LoadError::new(&file, "file", format!("larger than the {MAX_FILE_BYTES}-byte limit")));
+        return Err(LoadError::new(
+            &file,
+            "file",
+            format!("larger than the {MAX_FILE_BYTES}-byte limit"),
+        ));
     }
     Ok(raw)
 }
@@ -230,7 +250,11 @@ pub fn load(path: &Path, format: Option<Format>) -> Result<GraphSpec, LoadError>
 /// Parses graph file contents; `file` names it in errors.
 pub fn parse(file: &str, bytes: &[u8], format: Option<Format>) -> Result<GraphSpec, LoadError> {
     let text = std::str::from_utf8(bytes).map_err(|e| {
-        LoadError::new(file, format!("byte {}", e.valid_up_to()), "the file is not UTF-8 text")
+        LoadError::new(
+            file,
+            format!("byte {}", e.valid_up_to()),
+            "the file is not UTF-8 text",
+        )
     })?;
     let format = match format {
         Some(f) => f,
@@ -239,12 +263,24 @@ pub fn parse(file: &str, bytes: &[u8], format: Option<Format>) -> Result<GraphSp
     match format {
         Format::Stg => stg::parse(file, text),
         Format::Native => {
-            let spec: GraphSpec = serde_json::from_str(text).map_err(|e| LoadError::json(file, &e))?;
+            let spec: GraphSpec =
+                serde_json::from_str(text).map_err(|e| LoadError::json(file, &e))?;
             if spec.format != NATIVE_FORMAT {
-                return Err(LoadError::new(file, "format", format!("expected \"{NATIVE_FORMAT}\", found {:?}", spec.format)));
+                return Err(LoadError::new(
+                    file,
+                    "format",
+                    format!("expected \"{NATIVE_FORMAT}\", found {:?}", spec.format),
+                ));
             }
             if spec.version != NATIVE_VERSION {
-                return Err(LoadError::new(file, "version", format!("version {} is not supported (this hexec reads {NATIVE_VERSION})", spec.version)));
+                return Err(LoadError::new(
+                    file,
+                    "version",
+                    format!(
+                        "version {} is not supported (this hexec reads {NATIVE_VERSION})",
+                        spec.version
+                    ),
+                ));
             }
             Ok(spec)
         }
@@ -260,7 +296,11 @@ fn detect(file: &str, text: &str) -> Result<Format, LoadError> {
         if first.parse::<u64>().is_ok() {
             return Ok(Format::Stg);
         }
-        return Err(LoadError::new(file, "line 1", "not a JSON object nor an STG file (whose first line is the task count)"));
+        return Err(LoadError::new(
+            file,
+            "line 1",
+            "not a JSON object nor an STG file (whose first line is the task count)",
+        ));
     }
     // Look at the top-level keys only, without building the document twice.
     #[derive(Deserialize)]
@@ -303,27 +343,46 @@ impl GraphSpec {
     /// topological order of `after` (file order where free), and data accesses infer
     /// dependencies in that order.
     pub fn build(&self, rt: &Runtime, opts: &BuildOptions) -> Result<Graph, LoadError> {
-        let file = self.source.clone().or_else(|| self.name.clone()).unwrap_or_else(|| "graph".into());
+        let file = self
+            .source
+            .clone()
+            .or_else(|| self.name.clone())
+            .unwrap_or_else(|| "graph".into());
         let err = |pos: String, reason: String| LoadError::new(&file, pos, reason);
         let task_pos = |i: usize| format!("tasks[{i}] ('{}')", self.tasks[i].name);
         if !(opts.time_scale.is_finite() && opts.time_scale >= 0.0) {
-            return Err(err("options".into(), format!("time scale must be finite and non-negative, got {}", opts.time_scale)));
+            return Err(err(
+                "options".into(),
+                format!(
+                    "time scale must be finite and non-negative, got {}",
+                    opts.time_scale
+                ),
+            ));
         }
 
         let mut g = Graph::new();
-        let mut data: HashMap<&str, crate::graph::DataRef> = HashMap::with_capacity(self.data.len());
+        let mut data: HashMap<&str, crate::graph::DataRef> =
+            HashMap::with_capacity(self.data.len());
         for (i, d) in self.data.iter().enumerate() {
             let pos = format!("data[{i}] ('{}')", d.name);
-            let r = self.make_datum(rt, &mut g, d).map_err(|reason| err(pos.clone(), reason))?;
+            let r = self
+                .make_datum(rt, &mut g, d)
+                .map_err(|reason| err(pos.clone(), reason))?;
             if data.insert(d.name.as_str(), r).is_some() {
-                return Err(err(pos, "a datum with this name is already declared".into()));
+                return Err(err(
+                    pos,
+                    "a datum with this name is already declared".into(),
+                ));
             }
         }
 
         let mut index: HashMap<&str, usize> = HashMap::with_capacity(self.tasks.len());
         for (i, t) in self.tasks.iter().enumerate() {
             if index.insert(t.name.as_str(), i).is_some() {
-                return Err(err(task_pos(i), "a task with this name is already declared".into()));
+                return Err(err(
+                    task_pos(i),
+                    "a task with this name is already declared".into(),
+                ));
             }
         }
         let mut preds: Vec<Vec<usize>> = Vec::with_capacity(self.tasks.len());
@@ -332,14 +391,22 @@ impl GraphSpec {
             for a in &t.after {
                 match index.get(a.as_str()) {
                     Some(&j) => p.push(j),
-                    None => return Err(err(task_pos(i), format!("runs after '{a}', which is not a task of this graph"))),
+                    None => {
+                        return Err(err(
+                            task_pos(i),
+                            format!("runs after '{a}', which is not a task of this graph"),
+                        ))
+                    }
                 }
             }
             preds.push(p);
         }
         let order = topological_order(&preds).map_err(|cycle| {
             let names: Vec<&str> = cycle.iter().map(|&i| self.tasks[i].name.as_str()).collect();
-            err(task_pos(cycle[0]), format!("dependency cycle: {}", names.join(" -> ")))
+            err(
+                task_pos(cycle[0]),
+                format!("dependency cycle: {}", names.join(" -> ")),
+            )
         })?;
 
         let noop = hexec_kernels::builtin::noop();
@@ -350,26 +417,53 @@ impl GraphSpec {
                 &noop
             } else {
                 rt.registry().get(&t.kernel).ok_or_else(|| {
-                    err(task_pos(i), format!("unknown kernel '{}' (known: {})", t.kernel, rt.registry().names().join(", ")))
+                    err(
+                        task_pos(i),
+                        format!(
+                            "unknown kernel '{}' (known: {})",
+                            t.kernel,
+                            rt.registry().names().join(", ")
+                        ),
+                    )
                 })?
             };
-            let mut b = g.task(kernel).name(t.name.clone()).priority(t.priority).cores(t.cores.unwrap_or(1));
+            let mut b = g
+                .task(kernel)
+                .name(t.name.clone())
+                .priority(t.priority)
+                .cores(t.cores.unwrap_or(1));
             if !opts.empty_tasks {
                 let scaled = matches!(t.kernel.as_str(), "spin" | "sleep");
                 for (k, &p) in t.params.iter().enumerate() {
-                    b = b.param(if scaled && k == 0 { p * opts.time_scale } else { p });
+                    b = b.param(if scaled && k == 0 {
+                        p * opts.time_scale
+                    } else {
+                        p
+                    });
                 }
             }
             for (name, mode) in &t.access {
-                let d = *data.get(name.as_str()).ok_or_else(|| err(task_pos(i), format!("accesses '{name}', which is not a declared datum")))?;
-                let m = Access::parse(mode).ok_or_else(|| err(task_pos(i), format!("access mode '{mode}' for '{name}' is not r, w or rw")))?;
+                let d = *data.get(name.as_str()).ok_or_else(|| {
+                    err(
+                        task_pos(i),
+                        format!("accesses '{name}', which is not a declared datum"),
+                    )
+                })?;
+                let m = Access::parse(mode).ok_or_else(|| {
+                    err(
+                        task_pos(i),
+                        format!("access mode '{mode}' for '{name}' is not r, w or rw"),
+                    )
+                })?;
                 b = b.access(d, m);
             }
             for &p in &preds[i] {
                 b = b.after(ids[p].expect("predecessors are added first"));
             }
             if let Some(dev) = &t.device {
-                b = b.on(DeviceKind::parse(dev).ok_or_else(|| err(task_pos(i), format!("device '{dev}' is not cpu or gpu")))?);
+                b = b.on(DeviceKind::parse(dev).ok_or_else(|| {
+                    err(task_pos(i), format!("device '{dev}' is not cpu or gpu"))
+                })?);
             }
             if let Some(w) = &t.worker {
                 b = b.on_worker(w.clone());
@@ -382,7 +476,12 @@ impl GraphSpec {
         Ok(g)
     }
 
-    fn make_datum(&self, rt: &Runtime, g: &mut Graph, d: &DataSpec) -> Result<crate::graph::DataRef, String> {
+    fn make_datum(
+        &self,
+        rt: &Runtime,
+        g: &mut Graph,
+        d: &DataSpec,
+    ) -> Result<crate::graph::DataRef, String> {
         match (&d.elem, d.len, d.bytes) {
             (None, None, Some(bytes)) => {
                 if d.init.is_some() {
@@ -391,20 +490,33 @@ impl GraphSpec {
                 Ok(g.virtual_data(d.name.clone(), bytes).into())
             }
             (Some(ty), Some(len), None) => {
-                let elem = ElemType::parse(ty).ok_or_else(|| format!("unknown element type '{ty}' (known: u8, u32, i32, u64, i64, f32, f64)"))?;
-                let len = usize::try_from(len).map_err(|_| format!("len {len} is too large for this platform"))?;
-                let id = rt.data_zeroed(d.name.clone(), elem, len).map_err(|e| e.to_string())?;
+                let elem = ElemType::parse(ty).ok_or_else(|| {
+                    format!("unknown element type '{ty}' (known: u8, u32, i32, u64, i64, f32, f64)")
+                })?;
+                let len = usize::try_from(len)
+                    .map_err(|_| format!("len {len} is too large for this platform"))?;
+                let id = rt
+                    .data_zeroed(d.name.clone(), elem, len)
+                    .map_err(|e| e.to_string())?;
                 if let Some(init) = &d.init {
                     init_datum(rt, id, elem, len, init)?;
                 }
                 Ok(crate::graph::DataRef::Stored { rt: rt.id(), id })
             }
-            _ => Err("declare either \"type\" and \"len\" (stored data) or \"bytes\" (size only)".into()),
+            _ => Err(
+                "declare either \"type\" and \"len\" (stored data) or \"bytes\" (size only)".into(),
+            ),
         }
     }
 }
 
-fn init_datum(rt: &Runtime, id: u32, elem: ElemType, len: usize, init: &Init) -> Result<(), String> {
+fn init_datum(
+    rt: &Runtime,
+    id: u32,
+    elem: ElemType,
+    len: usize,
+    init: &Init,
+) -> Result<(), String> {
     let values: Vec<f64> = match init {
         Init::Fill { fill } => vec![*fill; len],
         Init::Values(v) if v.len() == len => v.clone(),
@@ -421,14 +533,21 @@ fn init_datum(rt: &Runtime, id: u32, elem: ElemType, len: usize, init: &Init) ->
             .collect()
     }
     let r = match elem {
-        ElemType::F32 => rt.write(rt.handle::<f32>(id), &values.iter().map(|&x| x as f32).collect::<Vec<_>>()),
+        ElemType::F32 => rt.write(
+            rt.handle::<f32>(id),
+            &values.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+        ),
         ElemType::F64 => rt.write(rt.handle::<f64>(id), &values),
         ElemType::U8 => rt.write(rt.handle::<u8>(id), &ints(&values)?),
         ElemType::U32 => rt.write(rt.handle::<u32>(id), &ints(&values)?),
         ElemType::I32 => rt.write(rt.handle::<i32>(id), &ints(&values)?),
         ElemType::U64 => rt.write(rt.handle::<u64>(id), &ints(&values)?),
         ElemType::I64 => rt.write(rt.handle::<i64>(id), &ints(&values)?),
-        _ => return Err(format!("element type {elem} cannot be initialised from a file")),
+        _ => {
+            return Err(format!(
+                "element type {elem} cannot be initialised from a file"
+            ))
+        }
     };
     r.map_err(|e| e.to_string())
 }
@@ -446,7 +565,8 @@ pub(crate) fn topological_order(preds: &[Vec<usize>]) -> Result<Vec<usize>, Vec<
             indeg[i] += 1;
         }
     }
-    let mut ready: BinaryHeap<Reverse<usize>> = (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
     let mut order = Vec::with_capacity(n);
     while let Some(Reverse(i)) = ready.pop() {
         order.push(i);
@@ -461,14 +581,19 @@ pub(crate) fn topological_order(preds: &[Vec<usize>]) -> Result<Vec<usize>, Vec<
         return Ok(order);
     }
     // Walk predecessors among the unsorted tasks until one repeats: that is a cycle.
-    let start = (0..n).find(|&i| indeg[i] > 0).expect("some task is unsorted");
+    let start = (0..n)
+        .find(|&i| indeg[i] > 0)
+        .expect("some task is unsorted");
     let mut seen = vec![usize::MAX; n];
     let mut path = Vec::new();
     let mut cur = start;
     while seen[cur] == usize::MAX {
         seen[cur] = path.len();
         path.push(cur);
-        cur = *preds[cur].iter().find(|&&p| indeg[p] > 0).expect("an unsorted task has an unsorted predecessor");
+        cur = *preds[cur]
+            .iter()
+            .find(|&&p| indeg[p] > 0)
+            .expect("an unsorted task has an unsorted predecessor");
     }
     let mut cycle = path[seen[cur]..].to_vec();
     cycle.reverse();

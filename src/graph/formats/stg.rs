@@ -11,39 +11,76 @@ use super::{GraphSpec, LoadError, TaskSpec};
 pub const STG_UNIT_S: f64 = 1e-3;
 
 pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
-    let (hl, header) = lines.next().ok_or_else(|| LoadError::new(file, "line 1", "empty file"))?;
-    let n: usize = header
-        .trim()
-        .parse()
-        .map_err(|_| LoadError::new(file, format!("line {}", hl + 1), format!("expected the task count, found '{}'", header.trim())))?;
-    let total = n.checked_add(2).ok_or_else(|| LoadError::new(file, "line 1", "task count too large"))?;
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'));
+    let (hl, header) = lines
+        .next()
+        .ok_or_else(|| LoadError::new(file, "line 1", "empty file"))?;
+    let n: usize = header.trim().parse().map_err(|_| {
+        LoadError::new(
+            file,
+            format!("line {}", hl + 1),
+            format!("expected the task count, found '{}'", header.trim()),
+        )
+    })?;
+    let total = n
+        .checked_add(2)
+        .ok_or_else(|| LoadError::new(file, "line 1", "task count too large"))?;
     // Never trust the header for an allocation: bound it by the file's size.
     let mut costs: Vec<u64> = Vec::with_capacity(total.min(text.len() / 4 + 1));
     let mut preds: Vec<Vec<usize>> = Vec::with_capacity(costs.capacity());
     for (ln, line) in lines.by_ref() {
         if costs.len() == total {
-            return Err(LoadError::new(file, format!("line {}", ln + 1), format!("more task lines than the {n} + 2 the header announces")));
+            return Err(LoadError::new(
+                file,
+                format!("line {}", ln + 1),
+                format!("more task lines than the {n} + 2 the header announces"),
+            ));
         }
         let pos = || format!("line {}", ln + 1);
         let nums: Vec<u64> = line
             .split_whitespace()
-            .map(|t| t.parse::<u64>().map_err(|_| LoadError::new(file, pos(), format!("'{t}' is not a non-negative integer"))))
+            .map(|t| {
+                t.parse::<u64>().map_err(|_| {
+                    LoadError::new(file, pos(), format!("'{t}' is not a non-negative integer"))
+                })
+            })
             .collect::<Result<_, _>>()?;
         let [id, cost, np, rest @ ..] = nums.as_slice() else {
-            return Err(LoadError::new(file, pos(), "a task line needs: id cost n_predecessors [predecessors...]"));
+            return Err(LoadError::new(
+                file,
+                pos(),
+                "a task line needs: id cost n_predecessors [predecessors...]",
+            ));
         };
         let id = *id as usize;
         if id != costs.len() {
-            return Err(LoadError::new(file, pos(), format!("task id {id} out of order (expected {})", costs.len())));
+            return Err(LoadError::new(
+                file,
+                pos(),
+                format!("task id {id} out of order (expected {})", costs.len()),
+            ));
         }
         if rest.len() as u64 != *np {
-            return Err(LoadError::new(file, pos(), format!("task {id} announces {np} predecessors but lists {}", rest.len())));
+            return Err(LoadError::new(
+                file,
+                pos(),
+                format!(
+                    "task {id} announces {np} predecessors but lists {}",
+                    rest.len()
+                ),
+            ));
         }
         let mut p = Vec::with_capacity(rest.len());
         for &q in rest {
             if q as usize >= id {
-                return Err(LoadError::new(file, pos(), format!("task {id} names predecessor {q}, which does not come before it")));
+                return Err(LoadError::new(
+                    file,
+                    pos(),
+                    format!("task {id} names predecessor {q}, which does not come before it"),
+                ));
             }
             p.push(q as usize);
         }
@@ -51,10 +88,17 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
         preds.push(p);
     }
     if costs.len() != total {
-        return Err(LoadError::new(file, "end of file", format!("{} task lines, the header announces {n} + 2", costs.len())));
+        return Err(LoadError::new(
+            file,
+            "end of file",
+            format!("{} task lines, the header announces {n} + 2", costs.len()),
+        ));
     }
     // Check the critical path against the footer, when it has one.
-    if let Some(cp) = text.lines().find_map(|l| l.trim_start().strip_prefix('#').and_then(cp_length)) {
+    if let Some(cp) = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix('#').and_then(cp_length))
+    {
         let mut finish = vec![0u64; total];
         for t in 0..total {
             finish[t] = costs[t] + preds[t].iter().map(|&p| finish[p]).max().unwrap_or(0);
@@ -74,7 +118,10 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
             format!("t{t}")
         };
         let mut task = TaskSpec::replay(name, costs[t] as f64 * STG_UNIT_S);
-        task.after = preds[t].iter().map(|&p| spec.tasks[p].name.clone()).collect();
+        task.after = preds[t]
+            .iter()
+            .map(|&p| spec.tasks[p].name.clone())
+            .collect();
         spec.tasks.push(task);
     }
     Ok(spec)
@@ -82,5 +129,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
 
 fn cp_length(comment: &str) -> Option<u64> {
     let (key, value) = comment.split_once(':')?;
-    (key.trim() == "CP Length").then(|| value.trim().parse().ok()).flatten()
+    (key.trim() == "CP Length")
+        .then(|| value.trim().parse().ok())
+        .flatten()
 }

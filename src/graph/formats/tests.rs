@@ -4,7 +4,10 @@ use super::*;
 use crate::{Machine, Runtime};
 
 fn rt() -> Runtime {
-    Runtime::builder().machine(Machine::synthetic_cpus(2)).build().unwrap()
+    Runtime::builder()
+        .machine(Machine::synthetic_cpus(2))
+        .build()
+        .unwrap()
 }
 
 fn err_of(text: &str, format: Option<Format>) -> LoadError {
@@ -50,23 +53,46 @@ fn native_round_trip_and_run() {
 
 #[test]
 fn native_errors_name_position_and_reason() {
-    let e = err_of("{\"format\": \"hexec-graph\", \"version\": 1, \"tasks\": [ {\"name\": }]}", None);
+    let e = err_of(
+        "{\"format\": \"hexec-graph\", \"version\": 1, \"tasks\": [ {\"name\": }]}",
+        None,
+    );
     assert!(e.position.starts_with("line 1, column"), "{e}");
-    let e = err_of(r#"{"format": "hexec-graph", "version": 2, "tasks": []}"#, None);
+    let e = err_of(
+        r#"{"format": "hexec-graph", "version": 2, "tasks": []}"#,
+        None,
+    );
     assert_eq!(e.position, "version");
-    let e = err_of(r#"{"format": "hexec-graph", "version": 1, "tasks": [], "extra": 1}"#, None);
+    let e = err_of(
+        r#"{"format": "hexec-graph", "version": 1, "tasks": [], "extra": 1}"#,
+        None,
+    );
     assert!(e.reason.contains("unknown field"), "{e}");
 
     let rt = rt();
     let build = |tasks: &str, data: &str| {
-        let text = format!(r#"{{"format": "hexec-graph", "version": 1, "data": [{data}], "tasks": [{tasks}]}}"#);
-        parse("f", text.as_bytes(), None).unwrap().build(&rt, &BuildOptions::default()).unwrap_err()
+        let text = format!(
+            r#"{{"format": "hexec-graph", "version": 1, "data": [{data}], "tasks": [{tasks}]}}"#
+        );
+        parse("f", text.as_bytes(), None)
+            .unwrap()
+            .build(&rt, &BuildOptions::default())
+            .unwrap_err()
     };
     let e = build(r#"{"name": "a", "kernel": "nope"}"#, "");
-    assert!(e.reason.contains("unknown kernel 'nope'") && e.position.contains("'a'"), "{e}");
-    let e = build(r#"{"name": "a", "kernel": "noop", "access": [["zz", "r"]]}"#, "");
+    assert!(
+        e.reason.contains("unknown kernel 'nope'") && e.position.contains("'a'"),
+        "{e}"
+    );
+    let e = build(
+        r#"{"name": "a", "kernel": "noop", "access": [["zz", "r"]]}"#,
+        "",
+    );
     assert!(e.reason.contains("'zz'"), "{e}");
-    let e = build(r#"{"name": "a", "kernel": "noop", "access": [["v", "x"]]}"#, r#"{"name": "v", "bytes": 1}"#);
+    let e = build(
+        r#"{"name": "a", "kernel": "noop", "access": [["v", "x"]]}"#,
+        r#"{"name": "v", "bytes": 1}"#,
+    );
     assert!(e.reason.contains("not r, w or rw"), "{e}");
     let e = build(
         r#"{"name": "a", "kernel": "noop", "after": ["c"]}, {"name": "b", "kernel": "noop", "after": ["a"]}, {"name": "c", "kernel": "noop", "after": ["b"]}"#,
@@ -80,15 +106,27 @@ fn native_errors_name_position_and_reason() {
     for n in ["a", "b", "c"] {
         assert!(names.contains(&n), "{e}");
     }
-    let e = build(r#"{"name": "a", "kernel": "noop"}, {"name": "a", "kernel": "noop"}"#, "");
+    let e = build(
+        r#"{"name": "a", "kernel": "noop"}, {"name": "a", "kernel": "noop"}"#,
+        "",
+    );
     assert!(e.reason.contains("already declared"), "{e}");
     let e = build(r#"{"name": "a", "kernel": "noop", "after": ["ghost"]}"#, "");
     assert!(e.reason.contains("'ghost'"), "{e}");
-    let e = build(r#"{"name": "a", "kernel": "noop"}"#, r#"{"name": "v", "type": "f32", "len": 2, "init": [1]}"#);
+    let e = build(
+        r#"{"name": "a", "kernel": "noop"}"#,
+        r#"{"name": "v", "type": "f32", "len": 2, "init": [1]}"#,
+    );
     assert!(e.reason.contains("1 values for 2 elements"), "{e}");
-    let e = build(r#"{"name": "a", "kernel": "noop"}"#, r#"{"name": "v", "type": "u8", "len": 1, "init": [300]}"#);
+    let e = build(
+        r#"{"name": "a", "kernel": "noop"}"#,
+        r#"{"name": "v", "type": "u8", "len": 1, "init": [300]}"#,
+    );
     assert!(e.reason.contains("out of range"), "{e}");
-    let e = build(r#"{"name": "a", "kernel": "noop"}"#, r#"{"name": "v", "type": "f32", "bytes": 3}"#);
+    let e = build(
+        r#"{"name": "a", "kernel": "noop"}"#,
+        r#"{"name": "v", "type": "f32", "bytes": 3}"#,
+    );
     assert!(e.reason.contains("either"), "{e}");
     let e = build(r#"{"name": "a", "kernel": "noop", "device": "tpu"}"#, "");
     assert!(e.reason.contains("'tpu'"), "{e}");
@@ -119,20 +157,50 @@ fn wfcommons_tasks_files_and_runtimes() {
     assert_eq!(spec.tasks.len(), 3);
     assert_eq!(spec.tasks[0].params, vec![1.5]);
     assert_eq!(spec.tasks[1].after, vec!["a_1".to_string()]);
-    assert_eq!(spec.data.iter().find(|d| d.name == "mid.dat").unwrap().bytes, Some(2000));
+    assert_eq!(
+        spec.data
+            .iter()
+            .find(|d| d.name == "mid.dat")
+            .unwrap()
+            .bytes,
+        Some(2000)
+    );
     let rt = rt();
-    let g = spec.build(&rt, &BuildOptions { time_scale: 0.001, empty_tasks: false }).unwrap();
-    let b = crate::graph::TaskId { graph: g.id, index: 1 };
+    let g = spec
+        .build(
+            &rt,
+            &BuildOptions {
+                time_scale: 0.001,
+                empty_tasks: false,
+            },
+        )
+        .unwrap();
+    let b = crate::graph::TaskId {
+        graph: g.id,
+        index: 1,
+    };
     assert_eq!(g.dependencies(b).len(), 1);
     assert_eq!(&g.params[g.tasks[0].params.range()], &[0.0015]);
     assert_eq!(rt.run(&g).unwrap().completed, 3);
 
-    let missing_file = WF.replace(r#"{"id": "out.dat", "sizeInBytes": 5}"#, r#"{"id": "other", "sizeInBytes": 5}"#);
+    let missing_file = WF.replace(
+        r#"{"id": "out.dat", "sizeInBytes": 5}"#,
+        r#"{"id": "other", "sizeInBytes": 5}"#,
+    );
     let e = err_of(&missing_file, None);
-    assert!(e.reason.contains("'out.dat'") && e.position.contains("tasks[1] ('b_1')"), "{e}");
-    let missing_rt = WF.replace(r#"{"id": "c_1", "runtimeInSeconds": 0.0}"#, r#"{"id": "zzz", "runtimeInSeconds": 0.0}"#);
+    assert!(
+        e.reason.contains("'out.dat'") && e.position.contains("tasks[1] ('b_1')"),
+        "{e}"
+    );
+    let missing_rt = WF.replace(
+        r#"{"id": "c_1", "runtimeInSeconds": 0.0}"#,
+        r#"{"id": "zzz", "runtimeInSeconds": 0.0}"#,
+    );
     let e = err_of(&missing_rt, None);
-    assert!(e.reason.contains("runtimeInSeconds") && e.position.contains("c_1"), "{e}");
+    assert!(
+        e.reason.contains("runtimeInSeconds") && e.position.contains("c_1"),
+        "{e}"
+    );
     let e = err_of(&WF.replace("\"parents\": []", "\"parents\": 7"), None);
     assert!(e.position.starts_with("line "), "{e}");
 }
@@ -150,14 +218,28 @@ const STG: &str = "3
 fn stg_parses_and_checks_its_critical_path() {
     let spec = parse("s.stg", STG.as_bytes(), None).unwrap();
     assert_eq!(spec.tasks.len(), 5);
-    assert_eq!(spec.tasks[3].after, vec!["t1".to_string(), "t2".to_string()]);
+    assert_eq!(
+        spec.tasks[3].after,
+        vec!["t1".to_string(), "t2".to_string()]
+    );
     assert_eq!(spec.tasks[1].params, vec![4.0 * stg::STG_UNIT_S]);
     let rt = rt();
-    let g = spec.build(&rt, &BuildOptions { time_scale: 0.01, empty_tasks: false }).unwrap();
+    let g = spec
+        .build(
+            &rt,
+            &BuildOptions {
+                time_scale: 0.01,
+                empty_tasks: false,
+            },
+        )
+        .unwrap();
     assert_eq!(rt.run(&g).unwrap().completed, 5);
 
     let e = err_of(&STG.replace("CP Length : 7", "CP Length : 9"), None);
-    assert!(e.reason.contains("critical path") && e.reason.contains('7'), "{e}");
+    assert!(
+        e.reason.contains("critical path") && e.reason.contains('7'),
+        "{e}"
+    );
     let e = err_of(&STG.replace("  2  2  1  0", "  5  2  1  0"), None);
     assert_eq!(e.position, "line 4");
     let e = err_of(&STG.replace("  3  3  2  1  2", "  3  3  2  1  x"), None);
@@ -183,7 +265,10 @@ fn dask_plain_and_gzipped() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mini.json.gz");
-    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&path).unwrap(),
+        flate2::Compression::fast(),
+    );
     enc.write_all(DASK.as_bytes()).unwrap();
     enc.finish().unwrap();
     let spec = load(&path, None).unwrap();
@@ -195,11 +280,21 @@ fn dask_plain_and_gzipped() {
     let g = spec.build(&rt, &BuildOptions::default()).unwrap();
     // "sum" waits for both inputs.
     let sum = (0..g.len()).find(|&i| g.task_name(i) == "sum").unwrap();
-    assert_eq!(g.dependencies(crate::graph::TaskId { graph: g.id, index: sum as u32 }).len(), 2);
+    assert_eq!(
+        g.dependencies(crate::graph::TaskId {
+            graph: g.id,
+            index: sum as u32
+        })
+        .len(),
+        2
+    );
     assert_eq!(rt.run(&g).unwrap().completed, 3);
 
     let e = err_of(&DASK.replace("[1, 2]", "[1, 7]"), None);
-    assert!(e.reason.contains("task id 7") && e.position.contains("'sum'"), "{e}");
+    assert!(
+        e.reason.contains("task id 7") && e.position.contains("'sum'"),
+        "{e}"
+    );
     let e = err_of(&DASK.replace("\"id\": 2,", "\"id\": 1,"), None);
     assert!(e.reason.contains("appears twice"), "{e}");
     let e = err_of(&DASK.replace("[1, 2]", "[0]"), None);
@@ -214,8 +309,13 @@ fn dask_plain_and_gzipped() {
 #[test]
 fn detection_and_garbage() {
     assert!(err_of("hello", None).reason.contains("not a JSON object"));
-    assert!(err_of("{\"tasks\": []}", None).reason.contains("unrecognised"));
-    assert!(parse("x", &[0xff, 0xfe], None).unwrap_err().reason.contains("UTF-8"));
+    assert!(err_of("{\"tasks\": []}", None)
+        .reason
+        .contains("unrecognised"));
+    assert!(parse("x", &[0xff, 0xfe], None)
+        .unwrap_err()
+        .reason
+        .contains("UTF-8"));
     assert_eq!("stg".parse::<Format>().unwrap(), Format::Stg);
     assert!("xml".parse::<Format>().is_err());
 }

@@ -69,14 +69,22 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
     let doc: Doc = serde_json::from_str(text).map_err(|e| LoadError::json(file, &e))?;
     if let Some(v) = &doc.schema_version {
         if !v.starts_with("1.") {
-            return Err(LoadError::new(file, "schemaVersion", format!("schema {v} is not supported (1.x is)")));
+            return Err(LoadError::new(
+                file,
+                "schemaVersion",
+                format!("schema {v} is not supported (1.x is)"),
+            ));
         }
     }
     let spec = doc.workflow.specification;
     let mut sizes: HashMap<&str, u64> = HashMap::with_capacity(spec.files.len());
     for (i, f) in spec.files.iter().enumerate() {
         if sizes.insert(f.id.as_str(), f.size_in_bytes).is_some() {
-            return Err(LoadError::new(file, format!("workflow.specification.files[{i}] ('{}')", f.id), "file declared twice"));
+            return Err(LoadError::new(
+                file,
+                format!("workflow.specification.files[{i}] ('{}')", f.id),
+                "file declared twice",
+            ));
         }
     }
     let mut runtimes: HashMap<&str, f64> = HashMap::new();
@@ -86,7 +94,10 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
                 return Err(LoadError::new(
                     file,
                     format!("workflow.execution.tasks[{i}] ('{}')", t.id),
-                    format!("runtimeInSeconds {} is not a non-negative number", t.runtime_in_seconds),
+                    format!(
+                        "runtimeInSeconds {} is not a non-negative number",
+                        t.runtime_in_seconds
+                    ),
                 ));
             }
             runtimes.insert(t.id.as_str(), t.runtime_in_seconds);
@@ -97,17 +108,32 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
     for (i, t) in spec.tasks.iter().enumerate() {
         let pos = || format!("workflow.specification.tasks[{i}] ('{}')", t.id);
         let seconds = *runtimes.get(t.id.as_str()).ok_or_else(|| {
-            LoadError::new(file, pos(), "no runtimeInSeconds for this task in workflow.execution.tasks")
+            LoadError::new(
+                file,
+                pos(),
+                "no runtimeInSeconds for this task in workflow.execution.tasks",
+            )
         })?;
         let mut task = TaskSpec::replay(t.id.clone(), seconds);
         task.after = t.parents.clone();
         for (names, mode) in [(&t.input_files, "r"), (&t.output_files, "w")] {
             for f in names {
                 let bytes = *sizes.get(f.as_str()).ok_or_else(|| {
-                    LoadError::new(file, pos(), format!("file '{f}' is not listed in workflow.specification.files"))
+                    LoadError::new(
+                        file,
+                        pos(),
+                        format!("file '{f}' is not listed in workflow.specification.files"),
+                    )
                 })?;
                 if declared.insert(f.as_str(), ()).is_none() {
-                    out.data.push(DataSpec { name: f.clone(), elem: None, len: None, bytes: Some(bytes), init: None, read_only: false });
+                    out.data.push(DataSpec {
+                        name: f.clone(),
+                        elem: None,
+                        len: None,
+                        bytes: Some(bytes),
+                        init: None,
+                        read_only: false,
+                    });
                 }
                 // A file listed twice in one task (as input and output) is read-write.
                 if let Some(existing) = task.access.iter_mut().find(|(n, _)| n == f) {

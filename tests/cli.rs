@@ -1,0 +1,124 @@
+//! The command line, as a user runs it.
+
+use std::process::Command;
+
+fn hexec() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hexec"))
+}
+
+const GRAPH: &str = r#"{
+  "format": "hexec-graph", "version": 1,
+  "data": [{"name": "x", "type": "f32", "len": 8, "init": {"fill": 2.0}}, {"name": "s", "type": "f32", "len": 1}],
+  "tasks": [
+    {"name": "scale", "kernel": "scale", "params": [3.0], "access": [["x", "rw"]]},
+    {"name": "sum", "kernel": "sum", "access": [["x", "r"], ["s", "w"]]},
+    {"name": "pause", "kernel": "spin", "params": [0.001]}
+  ]
+}"#;
+
+#[test]
+fn run_prints_the_summary_json_and_writes_a_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("g.json");
+    std::fs::write(&graph, GRAPH).unwrap();
+    let trace = dir.path().join("t.json");
+    let out = hexec()
+        .args(["run", "--json", "--cpus", "1", "--trace"])
+        .arg(&trace)
+        .arg(&graph)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "tasks",
+        "failed",
+        "makespan_s",
+        "policy",
+        "steals",
+        "workers",
+    ] {
+        assert!(v.get(key).is_some(), "summary lacks {key}: {v}");
+    }
+    assert_eq!(v["tasks"], 3);
+    assert_eq!(v["failed"], 0);
+    assert_eq!(v["policy"], "ws");
+    let w = &v["workers"][0];
+    for key in ["name", "class", "tasks", "busy_s"] {
+        assert!(w.get(key).is_some(), "worker lacks {key}: {w}");
+    }
+    let t: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    assert_eq!(
+        t["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["ph"] == "X")
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn a_failing_task_exits_1_with_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("g.json");
+    std::fs::write(&graph, GRAPH.replace("[0.001]", "[-1]")).unwrap();
+    let out = hexec()
+        .args(["run", "--json", "--policy", "eager"])
+        .arg(&graph)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["failed"], 1);
+    assert_eq!(v["policy"], "eager");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("'pause'") && err.contains("spin"), "{err}");
+}
+
+#[test]
+fn malformed_files_exit_2_naming_file_and_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("broken.stg");
+    std::fs::write(&graph, "2\n0 0 0\n1 5 1 0\n2 x 1 1\n3 0 1 2\n").unwrap();
+    let out = hexec().arg("run").arg(&graph).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broken.stg") && err.contains("line 4") && err.contains("'x'"),
+        "{err}"
+    );
+    let out = hexec()
+        .args(["run", "--cpus", "100000"])
+        .arg(&graph)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cpus 100000"));
+}
+
+#[test]
+fn info_and_demo() {
+    let out = hexec().args(["info", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!v["workers"].as_array().unwrap().is_empty());
+    assert_eq!(v["workers"][0]["class"], 0);
+    let out = hexec()
+        .args(["demo", "--tiles", "9", "--tile-len", "100", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["check"]["ok"], true);
+    assert_eq!(v["tasks"], 9 * 3 + 8);
+}

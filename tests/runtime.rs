@@ -1,0 +1,273 @@
+//! Behaviour of the runtime through its public API: failures, bad input, stealing,
+//! priorities, traces, repeated use.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hexec::kernels::{builtin, Kernel, KernelError, Signature};
+use hexec::{DataError, Machine, PolicyKind, RunError, RunOptions, Runtime, SubmitError};
+
+fn rt(workers: usize, policy: PolicyKind) -> Runtime {
+    Runtime::builder()
+        .machine(Machine::synthetic_cpus(workers))
+        .policy(policy)
+        .build()
+        .unwrap()
+}
+
+fn failing_kernel() -> Arc<Kernel> {
+    Arc::new(Kernel::cpu("fragile", Signature::any(1, 1), |ctx| {
+        match ctx.param(0)? as i64 {
+            1 => panic!("deliberate panic in a kernel"),
+            2 => Err(KernelError::msg("deliberate error")),
+            _ => Ok(()),
+        }
+    }))
+}
+
+#[test]
+fn a_panicking_kernel_fails_its_task_and_skips_only_its_dependents() {
+    for policy in PolicyKind::ALL {
+        let rt = rt(2, policy);
+        let x = rt.data(vec![0u64; 1]);
+        let mut g = rt.graph();
+        g.task(&failing_kernel())
+            .name("boom")
+            .param(1.0)
+            .write(x)
+            .add();
+        g.task(&builtin::noop()).name("reader").read(x).add(); // depends on boom: skipped
+        g.task(&builtin::noop()).name("reader2").read(x).add(); // likewise
+        for i in 0..20 {
+            g.task(&builtin::noop()).name(format!("free{i}")).add();
+        }
+        let err = rt.run(&g).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("'boom'") && msg.contains("fragile") && msg.contains("deliberate panic"),
+            "{msg}"
+        );
+        assert!(msg.contains("2 dependent task(s) were skipped"), "{msg}");
+        let report = err.report().unwrap();
+        assert_eq!(
+            (report.completed, report.failed, report.skipped),
+            (20, 1, 2)
+        );
+        assert!(report.failures[0].worker.starts_with("cpu"));
+        // The runtime is still usable, and the data is not left busy.
+        assert_eq!(rt.read(x).unwrap(), vec![0]);
+        assert_eq!(rt.run(&rt.graph()).unwrap().tasks, 0);
+    }
+}
+
+#[test]
+fn a_kernel_error_is_reported_with_the_task_name() {
+    let rt = rt(1, PolicyKind::Ws);
+    let mut g = rt.graph();
+    g.task(&failing_kernel()).name("careful").param(2.0).add();
+    g.task(&failing_kernel()).name("fine").param(0.0).add();
+    match rt.run(&g) {
+        Err(RunError::TaskFailed { report }) => {
+            assert_eq!(report.failures.len(), 1);
+            assert_eq!(report.failures[0].task, "careful");
+            assert_eq!(report.failures[0].message, "deliberate error");
+            assert_eq!(report.completed, 1);
+        }
+        other => panic!("expected a task failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_submissions_are_errors_naming_the_task() {
+    let rt = rt(2, PolicyKind::Ws);
+    let other = Runtime::builder()
+        .machine(Machine::synthetic_cpus(1))
+        .build()
+        .unwrap();
+    let foreign = other.data(vec![1.0f32; 4]);
+    let mut g = rt.graph();
+    g.task(&builtin::scale())
+        .name("uses-foreign")
+        .read_write(foreign)
+        .param(1.0)
+        .add();
+    match rt.run(&g) {
+        Err(RunError::Submit(SubmitError::UnknownData { task, detail, .. })) => {
+            assert_eq!(task, "uses-foreign");
+            assert!(detail.contains("another runtime"));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let ro = rt.data_read_only("constants", vec![1.0f32; 4]);
+    let mut g = rt.graph();
+    g.task(&builtin::scale())
+        .name("writes-constants")
+        .read_write(ro)
+        .param(2.0)
+        .add();
+    let e = rt.run(&g).unwrap_err().to_string();
+    assert!(
+        e.contains("'writes-constants'") && e.contains("'constants'") && e.contains("read-only"),
+        "{e}"
+    );
+
+    let y = rt.data(vec![0.0f64; 4]);
+    let mut g = rt.graph();
+    g.task(&builtin::scale())
+        .name("wrong-type")
+        .read_write(y)
+        .param(2.0)
+        .add();
+    let e = rt.run(&g).unwrap_err().to_string();
+    assert!(
+        e.contains("'wrong-type'") && e.contains("must hold f32, not f64"),
+        "{e}"
+    );
+
+    let mut g = rt.graph();
+    g.task(&builtin::noop())
+        .name("needs-gpu")
+        .on(hexec::DeviceKind::Gpu)
+        .add();
+    let e = rt.run(&g).unwrap_err().to_string();
+    assert!(e.contains("'needs-gpu'") && e.contains("gpu"), "{e}");
+    assert!(matches!(rt.read(ro), Ok(v) if v == vec![1.0; 4]));
+}
+
+#[test]
+fn data_in_use_cannot_be_read_from_outside_the_run() {
+    let rt = Arc::new(rt(2, PolicyKind::Ws));
+    let x = rt.data(vec![7u32; 3]);
+    let seen: Arc<Mutex<Option<Result<Vec<u32>, DataError>>>> = Arc::default();
+    let (rt2, seen2) = (Arc::downgrade(&rt), seen.clone());
+    let peek = Arc::new(Kernel::cpu("peek", Signature::any(0, 0), move |_| {
+        let rt = rt2.upgrade().expect("runtime alive during its run");
+        *seen2.lock().unwrap() = Some(rt.read(x));
+        Ok(())
+    }));
+    let mut g = rt.graph();
+    g.task(&peek).read(x).add();
+    rt.run(&g).unwrap();
+    assert!(matches!(
+        seen.lock().unwrap().take(),
+        Some(Err(DataError::Busy(_)))
+    ));
+    assert_eq!(rt.read(x).unwrap(), vec![7; 3]);
+    assert!(matches!(rt.read(rt.data(vec![1.0f32])), Ok(_)));
+    assert!(matches!(
+        rt.write(x, &[1, 2]),
+        Err(DataError::LengthMismatch { .. })
+    ));
+}
+
+/// Each task waits (bounded) until two tasks run at once; all are released by one worker
+/// onto its own deque, so the second worker can only get one by stealing.
+#[test]
+fn ws_steals_and_eager_shares() {
+    for policy in PolicyKind::ALL {
+        let rt = rt(2, policy);
+        let running = Arc::new(AtomicUsize::new(0));
+        let r = running.clone();
+        let rendezvous = Arc::new(Kernel::cpu("rendezvous", Signature::any(0, 0), move |_| {
+            r.fetch_add(1, Ordering::SeqCst);
+            let t = Instant::now();
+            while r.load(Ordering::SeqCst) < 2 && t.elapsed() < Duration::from_secs(5) {
+                std::hint::spin_loop();
+            }
+            Ok(())
+        }));
+        let mut g = rt.graph();
+        let root = g.task(&builtin::noop()).name("root").add();
+        for i in 0..8 {
+            g.task(&rendezvous)
+                .name(format!("leaf{i}"))
+                .after(root)
+                .add();
+        }
+        let report = rt.run(&g).unwrap();
+        assert_eq!(report.completed, 9);
+        assert!(
+            report.workers.iter().all(|w| w.tasks > 0),
+            "{policy}: both workers ran tasks: {:?}",
+            report.tasks_per_worker()
+        );
+        match policy {
+            PolicyKind::Ws => assert!(report.steals >= 1, "ws must have stolen"),
+            PolicyKind::Eager => assert_eq!(report.steals, 0),
+        }
+    }
+}
+
+#[test]
+fn eager_runs_ready_tasks_by_priority() {
+    let rt = rt(1, PolicyKind::Eager);
+    let mut g = rt.graph();
+    let prios = [3, -1, 7, 0, 7, 2, -5, 1];
+    for (i, p) in prios.iter().enumerate() {
+        g.task(&builtin::noop())
+            .name(format!("p{i}"))
+            .priority(*p)
+            .add();
+    }
+    let report = rt.run_with(&g, RunOptions { record_trace: true }).unwrap();
+    let mut events = report.trace.unwrap().per_worker.concat();
+    events.sort_by_key(|e| e.start_ns);
+    let order: Vec<i32> = events.iter().map(|e| prios[e.task as usize]).collect();
+    let mut sorted = order.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(order, sorted);
+}
+
+#[test]
+fn runtimes_come_and_go_and_runs_repeat() {
+    for _ in 0..20 {
+        let rt = rt(2, PolicyKind::Ws);
+        let y = rt.data(vec![1.0f32; 8]);
+        let mut g = rt.graph();
+        for _ in 0..10 {
+            g.task(&builtin::scale()).read_write(y).param(2.0).add();
+        }
+        for k in 1..=3 {
+            rt.run(&g).unwrap();
+            assert_eq!(rt.read(y).unwrap(), vec![1024f32.powi(k); 8]);
+        }
+    }
+}
+
+#[test]
+fn the_trace_is_valid_chrome_json() {
+    let rt = rt(2, PolicyKind::Ws);
+    let mut g = rt.graph();
+    let a = g.task(&builtin::noop()).name("first \"quoted\"").add();
+    g.task(&builtin::noop()).after(a).add();
+    let report = rt.run_with(&g, RunOptions { record_trace: true }).unwrap();
+    let mut buf = Vec::new();
+    hexec::trace::write_chrome_trace(&mut buf, &g, &report).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+    let events = v["traceEvents"].as_array().unwrap();
+    let tasks: Vec<&serde_json::Value> = events.iter().filter(|e| e["ph"] == "X").collect();
+    assert_eq!(tasks.len(), 2);
+    assert!(tasks.iter().any(|e| e["name"] == "first \"quoted\""));
+    assert_eq!(events.iter().filter(|e| e["ph"] == "M").count(), 2);
+    let untraced = rt.run(&g).unwrap();
+    assert!(hexec::trace::write_chrome_trace(Vec::new(), &g, &untraced).is_err());
+}
+
+#[test]
+fn real_topology_runs_pinned() {
+    let rt = Runtime::builder().build().unwrap();
+    let n = rt.machine().num_workers();
+    let mut g = rt.graph();
+    for _ in 0..1000 {
+        g.task(&builtin::noop()).add();
+    }
+    let report = rt.run(&g).unwrap();
+    assert_eq!(report.completed, 1000);
+    assert_eq!(report.workers.len(), n);
+    assert!(matches!(
+        Runtime::builder().cpus(n + 1).build(),
+        Err(hexec::BuildError::Topology(_))
+    ));
+}
