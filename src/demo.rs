@@ -36,11 +36,7 @@ pub fn blockwise(rt: &Runtime, tiles: usize, tile_len: usize) -> Demo {
             .read_write(y)
             .param(0.5)
             .add();
-        g.task(&builtin::sum())
-            .name(format!("sum{i}"))
-            .read(y)
-            .write(s)
-            .add();
+        g.task(&builtin::sum()).name(format!("sum{i}")).read(y).write(s).add();
         partial.push(s);
     }
     let mut level = 0;
@@ -77,9 +73,6 @@ impl Demo {
     /// Reads the result and compares it with the closed form (relative tolerance 1e-6).
     pub fn check(&self, rt: &Runtime) -> Result<(f64, bool), DataError> {
         let got = f64::from(rt.read(self.total)?[0]);
-        Ok((
-            got,
-            (got - self.expected).abs() <= 1e-6 * self.expected.abs().max(1.0),
-        ))
+        Ok((got, (got - self.expected).abs() <= 1e-6 * self.expected.abs().max(1.0)))
     }
 }

@@ -28,20 +28,9 @@ fn run_prints_the_summary_json_and_writes_a_trace() {
         .arg(&graph)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    for key in [
-        "tasks",
-        "failed",
-        "makespan_s",
-        "policy",
-        "steals",
-        "workers",
-    ] {
+    for key in ["tasks", "failed", "makespan_s", "policy", "steals", "workers"] {
         assert!(v.get(key).is_some(), "summary lacks {key}: {v}");
     }
     assert_eq!(v["tasks"], 3);
@@ -93,11 +82,7 @@ fn malformed_files_exit_2_naming_file_and_position() {
         err.contains("broken.stg") && err.contains("line 4") && err.contains("'x'"),
         "{err}"
     );
-    let out = hexec()
-        .args(["run", "--cpus", "100000"])
-        .arg(&graph)
-        .output()
-        .unwrap();
+    let out = hexec().args(["run", "--cpus", "100000"]).arg(&graph).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cpus 100000"));
 }
@@ -113,11 +98,7 @@ fn info_and_demo() {
         .args(["demo", "--tiles", "9", "--tile-len", "100", "--json"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["check"]["ok"], true);
     assert_eq!(v["tasks"], 9 * 3 + 8);

@@ -32,11 +32,7 @@ struct Case {
 }
 
 fn access() -> impl Strategy<Value = Access> {
-    prop_oneof![
-        Just(Access::Read),
-        Just(Access::Write),
-        Just(Access::ReadWrite)
-    ]
+    prop_oneof![Just(Access::Read), Just(Access::Write), Just(Access::ReadWrite)]
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -80,12 +76,7 @@ fn sequential(case: &Case) -> Vec<Vec<u64>> {
 
 /// Runs the tasks' `mix` kernels one after another in `order`, each with its own seed.
 fn apply(case: &Case, order: &[usize]) -> Vec<Vec<u64>> {
-    let mut data: Vec<Vec<u64>> = case
-        .data_lens
-        .iter()
-        .enumerate()
-        .map(|(d, &l)| initial(l, d))
-        .collect();
+    let mut data: Vec<Vec<u64>> = case.data_lens.iter().enumerate().map(|(d, &l)| initial(l, d)).collect();
     let mix = builtin::mix();
     for &i in order {
         let t = &case.tasks[i];
@@ -94,9 +85,7 @@ fn apply(case: &Case, order: &[usize]) -> Vec<Vec<u64>> {
             .iter_mut()
             .zip(&t.accesses)
             // SAFETY: each operand is a distinct, exclusively owned Vec<u64> that outlives `ops`.
-            .map(|(b, &(_, a))| unsafe {
-                RawOperand::new(b.as_mut_ptr().cast(), b.len() * 8, ElemType::U64, a)
-            })
+            .map(|(b, &(_, a))| unsafe { RawOperand::new(b.as_mut_ptr().cast(), b.len() * 8, ElemType::U64, a) })
             .collect();
         let params = [i as f64];
         let ctx = CpuContext::new(&ops, &params, 1).unwrap();
@@ -112,11 +101,7 @@ fn apply(case: &Case, order: &[usize]) -> Vec<Vec<u64>> {
 }
 
 fn check(case: &Case, policy: PolicyKind) -> Result<(), TestCaseError> {
-    let rt = Runtime::builder()
-        .machine(machine())
-        .policy(policy)
-        .build()
-        .unwrap();
+    let rt = Runtime::builder().machine(machine()).policy(policy).build().unwrap();
     let handles: Vec<Data<u64>> = case
         .data_lens
         .iter()
@@ -162,12 +147,7 @@ fn check(case: &Case, policy: PolicyKind) -> Result<(), TestCaseError> {
                 Restrict::Worker(r) => r == w,
                 Restrict::Feature => w == 1,
             };
-            prop_assert!(
-                allowed,
-                "task {} ran on cpu{} against its restriction",
-                e.task,
-                w
-            );
+            prop_assert!(allowed, "task {} ran on cpu{} against its restriction", e.task, w);
         }
     }
     prop_assert_eq!(seen.len(), case.tasks.len());
@@ -217,10 +197,7 @@ fn the_sequential_reference_detects_reordering() {
     };
     let case = Case {
         data_lens: vec![2],
-        tasks: vec![
-            t(vec![(0, Access::ReadWrite)]),
-            t(vec![(0, Access::ReadWrite)]),
-        ],
+        tasks: vec![t(vec![(0, Access::ReadWrite)]), t(vec![(0, Access::ReadWrite)])],
     };
     assert_ne!(apply(&case, &[0, 1]), apply(&case, &[1, 0]));
 }

@@ -32,11 +32,7 @@ fn a_panicking_kernel_fails_its_task_and_skips_only_its_dependents() {
         let rt = rt(2, policy);
         let x = rt.data(vec![0u64; 1]);
         let mut g = rt.graph();
-        g.task(&failing_kernel())
-            .name("boom")
-            .param(1.0)
-            .write(x)
-            .add();
+        g.task(&failing_kernel()).name("boom").param(1.0).write(x).add();
         g.task(&builtin::noop()).name("reader").read(x).add(); // depends on boom: skipped
         g.task(&builtin::noop()).name("reader2").read(x).add(); // likewise
         for i in 0..20 {
@@ -50,10 +46,7 @@ fn a_panicking_kernel_fails_its_task_and_skips_only_its_dependents() {
         );
         assert!(msg.contains("2 dependent task(s) were skipped"), "{msg}");
         let report = err.report().unwrap();
-        assert_eq!(
-            (report.completed, report.failed, report.skipped),
-            (20, 1, 2)
-        );
+        assert_eq!((report.completed, report.failed, report.skipped), (20, 1, 2));
         assert!(report.failures[0].worker.starts_with("cpu"));
         // The runtime is still usable, and the data is not left busy.
         assert_eq!(rt.read(x).unwrap(), vec![0]);
@@ -81,10 +74,7 @@ fn a_kernel_error_is_reported_with_the_task_name() {
 #[test]
 fn bad_submissions_are_errors_naming_the_task() {
     let rt = rt(2, PolicyKind::Ws);
-    let other = Runtime::builder()
-        .machine(Machine::synthetic_cpus(1))
-        .build()
-        .unwrap();
+    let other = Runtime::builder().machine(Machine::synthetic_cpus(1)).build().unwrap();
     let foreign = other.data(vec![1.0f32; 4]);
     let mut g = rt.graph();
     g.task(&builtin::scale())
@@ -150,16 +140,10 @@ fn data_in_use_cannot_be_read_from_outside_the_run() {
     let mut g = rt.graph();
     g.task(&peek).read(x).add();
     rt.run(&g).unwrap();
-    assert!(matches!(
-        seen.lock().unwrap().take(),
-        Some(Err(DataError::Busy(_)))
-    ));
+    assert!(matches!(seen.lock().unwrap().take(), Some(Err(DataError::Busy(_)))));
     assert_eq!(rt.read(x).unwrap(), vec![7; 3]);
     assert!(matches!(rt.read(rt.data(vec![1.0f32])), Ok(_)));
-    assert!(matches!(
-        rt.write(x, &[1, 2]),
-        Err(DataError::LengthMismatch { .. })
-    ));
+    assert!(matches!(rt.write(x, &[1, 2]), Err(DataError::LengthMismatch { .. })));
 }
 
 /// Each task waits (bounded) until two tasks run at once; all are released by one worker
@@ -181,10 +165,7 @@ fn ws_steals_and_eager_shares() {
         let mut g = rt.graph();
         let root = g.task(&builtin::noop()).name("root").add();
         for i in 0..8 {
-            g.task(&rendezvous)
-                .name(format!("leaf{i}"))
-                .after(root)
-                .add();
+            g.task(&rendezvous).name(format!("leaf{i}")).after(root).add();
         }
         let report = rt.run(&g).unwrap();
         assert_eq!(report.completed, 9);
@@ -206,10 +187,7 @@ fn eager_runs_ready_tasks_by_priority() {
     let mut g = rt.graph();
     let prios = [3, -1, 7, 0, 7, 2, -5, 1];
     for (i, p) in prios.iter().enumerate() {
-        g.task(&builtin::noop())
-            .name(format!("p{i}"))
-            .priority(*p)
-            .add();
+        g.task(&builtin::noop()).name(format!("p{i}")).priority(*p).add();
     }
     let report = rt.run_with(&g, RunOptions { record_trace: true }).unwrap();
     let mut events = report.trace.unwrap().per_worker.concat();

@@ -191,17 +191,7 @@ builtin!(
 
 /// Every built-in kernel.
 pub fn all() -> Vec<Arc<Kernel>> {
-    vec![
-        noop(),
-        spin(),
-        sleep(),
-        fill(),
-        scale(),
-        axpy(),
-        add(),
-        sum(),
-        mix(),
-    ]
+    vec![noop(), spin(), sleep(), fill(), scale(), axpy(), add(), sum(), mix()]
 }
 
 #[cfg(test)]
@@ -213,14 +203,7 @@ mod tests {
         // SAFETY: `v` is a live, exclusively borrowed slice for the operand's lifetime; Vec<f32>
         // and Vec<u64> storage is aligned to at least 4, and the kernels below only view it as
         // the same element type.
-        unsafe {
-            RawOperand::new(
-                v.as_mut_ptr().cast(),
-                std::mem::size_of_val(v),
-                elem,
-                access,
-            )
-        }
+        unsafe { RawOperand::new(v.as_mut_ptr().cast(), std::mem::size_of_val(v), elem, access) }
     }
 
     #[test]
@@ -259,10 +242,7 @@ mod tests {
             ctx.write::<f32>(0),
             Err(KernelError::AlreadyBorrowed { index: 0 })
         ));
-        assert!(matches!(
-            ctx.read::<u32>(0),
-            Err(KernelError::TypeMismatch { .. })
-        ));
+        assert!(matches!(ctx.read::<u32>(0), Err(KernelError::TypeMismatch { .. })));
         assert!(matches!(
             ctx.read::<f32>(1),
             Err(KernelError::MissingOperand { index: 1, count: 1 })
@@ -270,10 +250,7 @@ mod tests {
         let mut x = vec![0.0f32; 4];
         let ops = [op(&mut x, ElemType::F32, Access::Read)];
         let ctx = CpuContext::new(&ops, &[], 1).unwrap();
-        assert!(matches!(
-            ctx.write::<f32>(0),
-            Err(KernelError::AccessMismatch { .. })
-        ));
+        assert!(matches!(ctx.write::<f32>(0), Err(KernelError::AccessMismatch { .. })));
     }
 
     #[test]
@@ -347,13 +324,7 @@ mod tests {
             )
             .is_err());
         assert!(sig
-            .check(
-                &[
-                    (Access::Read, None),
-                    (Access::ReadWrite, Some(ElemType::F32))
-                ],
-                1
-            )
+            .check(&[(Access::Read, None), (Access::ReadWrite, Some(ElemType::F32))], 1)
             .is_err());
         assert!(sig
             .check(

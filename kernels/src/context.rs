@@ -79,10 +79,7 @@ impl<'a> RawOperand<'a> {
 /// Which operands are borrowed, and how.
 enum Borrows {
     /// Up to 64 operands, the common case: two bit sets, no allocation.
-    Small {
-        shared: Cell<u64>,
-        exclusive: Cell<u64>,
-    },
+    Small { shared: Cell<u64>, exclusive: Cell<u64> },
     /// More operands (a merge of thousands of inputs): one state per operand.
     Large(Box<[Cell<u8>]>),
 }
@@ -110,11 +107,7 @@ impl Borrows {
     fn mark(&self, i: usize, state: u8) {
         match self {
             Borrows::Small { shared, exclusive } => {
-                let cell = if state == EXCLUSIVE {
-                    exclusive
-                } else {
-                    shared
-                };
+                let cell = if state == EXCLUSIVE { exclusive } else { shared };
                 cell.set(cell.get() | 1 << i);
             }
             Borrows::Large(v) => v[i].set(state),
@@ -132,11 +125,7 @@ pub struct CpuContext<'a> {
 
 impl<'a> CpuContext<'a> {
     /// Builds a context over the task's operands and parameters.
-    pub fn new(
-        operands: &'a [RawOperand<'a>],
-        params: &'a [f64],
-        cores: u32,
-    ) -> Result<Self, KernelError> {
+    pub fn new(operands: &'a [RawOperand<'a>], params: &'a [f64], cores: u32) -> Result<Self, KernelError> {
         let borrows = if operands.len() <= 64 {
             Borrows::Small {
                 shared: Cell::new(0),
@@ -173,13 +162,10 @@ impl<'a> CpuContext<'a> {
 
     /// Parameter `i`, or an error naming the missing index.
     pub fn param(&self, i: usize) -> Result<f64, KernelError> {
-        self.params
-            .get(i)
-            .copied()
-            .ok_or(KernelError::MissingParam {
-                index: i,
-                count: self.params.len(),
-            })
+        self.params.get(i).copied().ok_or(KernelError::MissingParam {
+            index: i,
+            count: self.params.len(),
+        })
     }
 
     /// Cores granted to this task (its resource request).
@@ -222,9 +208,7 @@ impl<'a> CpuContext<'a> {
         // operand is live from this context. `T::ELEM == op.elem` and every element type's
         // size divides the length (the runtime allocates whole elements), and `T: Pod`
         // accepts any bit pattern.
-        Ok(unsafe {
-            std::slice::from_raw_parts(op.ptr as *const T, op.len_bytes / std::mem::size_of::<T>())
-        })
+        Ok(unsafe { std::slice::from_raw_parts(op.ptr as *const T, op.len_bytes / std::mem::size_of::<T>()) })
     }
 
     /// Operand `i` as a mutable slice. The operand must be writable (`w` or `rw`) and not
@@ -247,11 +231,6 @@ impl<'a> CpuContext<'a> {
         // and writer for a writing access, and the bit checks make this the only borrow of
         // operand i from this context. Distinct operands never alias when one is written
         // (the graph rejects a task that names one datum twice with a write).
-        Ok(unsafe {
-            std::slice::from_raw_parts_mut(
-                op.ptr as *mut T,
-                op.len_bytes / std::mem::size_of::<T>(),
-            )
-        })
+        Ok(unsafe { std::slice::from_raw_parts_mut(op.ptr as *mut T, op.len_bytes / std::mem::size_of::<T>()) })
     }
 }

@@ -58,11 +58,7 @@ impl Signature {
     }
 
     /// Checks operand modes/types and the parameter count; the message says what differs.
-    pub fn check(
-        &self,
-        operands: &[(Access, Option<ElemType>)],
-        params: usize,
-    ) -> Result<(), String> {
+    pub fn check(&self, operands: &[(Access, Option<ElemType>)], params: usize) -> Result<(), String> {
         if params < self.min_params || params > self.max_params {
             let want = if self.min_params == self.max_params {
                 format!("{}", self.min_params)
@@ -75,11 +71,7 @@ impl Signature {
             return Ok(());
         };
         if specs.len() != operands.len() {
-            return Err(format!(
-                "takes {} operand(s), {} given",
-                specs.len(),
-                operands.len()
-            ));
+            return Err(format!("takes {} operand(s), {} given", specs.len(), operands.len()));
         }
         for (i, (spec, &(access, elem))) in specs.iter().zip(operands).enumerate() {
             if spec.access != access {
@@ -93,7 +85,9 @@ impl Signature {
                     return Err(format!("operand {i} must hold {want}, not {got}"));
                 }
                 (Some(want), None) => {
-                    return Err(format!("operand {i} must hold {want} data, but the datum has no storage (size only)"));
+                    return Err(format!(
+                        "operand {i} must hold {want} data, but the datum has no storage (size only)"
+                    ));
                 }
                 _ => {}
             }

@@ -26,10 +26,7 @@ pub enum Shape {
     /// A fan-out binary tree of `2^depth - 1` tasks: each node after its parent.
     BinaryTree(u32),
     /// A graph loaded from a file (the Dask graphs), run with empty tasks.
-    File {
-        label: String,
-        path: std::path::PathBuf,
-    },
+    File { label: String, path: std::path::PathBuf },
 }
 
 impl Shape {
@@ -198,48 +195,44 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// Runs the shape on rayon the way a rayon user would write it.
-fn rayon_baseline(
-    pool: &rayon::ThreadPool,
-    shape: &Shape,
-    g: &Graph,
-    reps: usize,
-) -> (&'static str, Duration) {
-    let time = |f: &dyn Fn()| {
-        f();
-        median(
-            (0..reps.max(1))
-                .map(|_| {
-                    let t = Instant::now();
-                    f();
-                    t.elapsed()
-                })
-                .collect(),
-        )
-    };
-    match *shape {
-        Shape::Independent(n) => (
-            "scope + spawn per task",
-            time(&|| {
-                pool.scope(|s| {
-                    for i in 0..n {
-                        s.spawn(move |_| {
-                            std::hint::black_box(i);
-                        });
-                    }
-                })
-            }),
-        ),
-        Shape::Chain(n) => (
-            "each task spawns the next",
-            time(&|| pool.scope(|s| chain_step(s, n))),
-        ),
-        Shape::BinaryTree(depth) => ("recursive join", time(&|| pool.install(|| tree(depth)))),
-        Shape::File { .. } => {
-            let dag = Csr::of(g);
-            ("DAG on scope + atomic counters", time(&|| dag.run_on(pool)))
-        }
+/// How [`run_on_rayon`] expresses a shape.
+pub fn rayon_method(shape: &Shape) -> &'static str {
+    match shape {
+        Shape::Independent(_) => "scope + spawn per task",
+        Shape::Chain(_) => "each task spawns the next",
+        Shape::BinaryTree(_) => "recursive join",
+        Shape::File { .. } => "DAG on scope + atomic counters",
     }
+}
+
+/// Runs the shape once on rayon, the way a rayon user would write it (`g` is the shape's
+/// graph, used for the general DAG case).
+pub fn run_on_rayon(pool: &rayon::ThreadPool, shape: &Shape, g: &Graph) {
+    match *shape {
+        Shape::Independent(n) => pool.scope(|s| {
+            for i in 0..n {
+                s.spawn(move |_| {
+                    std::hint::black_box(i);
+                });
+            }
+        }),
+        Shape::Chain(n) => pool.scope(|s| chain_step(s, n)),
+        Shape::BinaryTree(depth) => pool.install(|| tree(depth)),
+        Shape::File { .. } => Csr::of(g).run_on(pool),
+    }
+}
+
+/// Median time of `reps` rayon runs after a warm-up.
+fn rayon_baseline(pool: &rayon::ThreadPool, shape: &Shape, g: &Graph, reps: usize) -> (&'static str, Duration) {
+    run_on_rayon(pool, shape, g);
+    let times = (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            run_on_rayon(pool, shape, g);
+            t.elapsed()
+        })
+        .collect();
+    (rayon_method(shape), median(times))
 }
 
 fn chain_step<'s>(s: &rayon::Scope<'s>, left: usize) {
@@ -283,11 +276,7 @@ impl Csr {
             succ[fill[a as usize] as usize] = b;
             fill[a as usize] += 1;
         }
-        Csr {
-            off,
-            succ,
-            indegree,
-        }
+        Csr { off, succ, indegree }
     }
 
     fn run_on(&self, pool: &rayon::ThreadPool) {
@@ -316,12 +305,7 @@ impl Csr {
 pub fn markdown(rows: &[OverheadRow]) -> String {
     let policies: Vec<&str> = rows
         .first()
-        .map(|r| {
-            r.hexec_ns_per_task
-                .iter()
-                .map(|(p, _)| p.as_str())
-                .collect()
-        })
+        .map(|r| r.hexec_ns_per_task.iter().map(|(p, _)| p.as_str()).collect())
         .unwrap_or_default();
     let mut s = String::from("| shape | tasks | edges |");
     for p in &policies {

@@ -200,11 +200,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 },
         } => {
             let shapes = if quick {
-                vec![
-                    Shape::Independent(10_000),
-                    Shape::Chain(10_000),
-                    Shape::BinaryTree(13),
-                ]
+                vec![Shape::Independent(10_000), Shape::Chain(10_000), Shape::BinaryTree(13)]
             } else {
                 if !dask_dir.join("tree-15.json.gz").exists() {
                     eprintln!(
@@ -305,19 +301,14 @@ fn run_and_report(
     let (report, failure) = match result {
         Ok(r) => (r, None),
         Err(RunError::TaskFailed { report }) => {
-            let msg = RunError::TaskFailed {
-                report: report.clone(),
-            }
-            .to_string();
+            let msg = RunError::TaskFailed { report: report.clone() }.to_string();
             (*report, Some(msg))
         }
         Err(e) => return Err(e.into()),
     };
     if let Some(path) = &trace {
-        let f = std::fs::File::create(path)
-            .map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
-        write_chrome_trace(f, g, &report)
-            .map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
+        let f = std::fs::File::create(path).map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
+        write_chrome_trace(f, g, &report).map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
     }
     let check = demo
         .map(|d| d.check(rt).map(|(got, ok)| (got, d.expected, ok)))
@@ -355,17 +346,11 @@ fn run_and_report(
             );
         }
         if let Some(path) = &trace {
-            println!(
-                "trace written to {} (open in ui.perfetto.dev)",
-                path.display()
-            );
+            println!("trace written to {} (open in ui.perfetto.dev)", path.display());
         }
     }
     if let Some(msg) = failure {
-        return Err(Failure {
-            code: 1,
-            message: msg,
-        });
+        return Err(Failure { code: 1, message: msg });
     }
     if let Some((got, expected, false)) = check {
         return Err(Failure {

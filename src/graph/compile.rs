@@ -79,11 +79,7 @@ impl CompiledGraph {
 pub const MAX_TASKS: usize = u32::MAX as usize - 1;
 
 /// Validates `graph` for `machine` and builds its executable form.
-pub fn compile(
-    graph: &Graph,
-    machine: &Machine,
-    data: &[DatumInfo],
-) -> Result<CompiledGraph, SubmitError> {
+pub fn compile(graph: &Graph, machine: &Machine, data: &[DatumInfo]) -> Result<CompiledGraph, SubmitError> {
     let n = graph.len();
     if n > MAX_TASKS {
         return Err(SubmitError::TooLarge {
@@ -109,10 +105,7 @@ pub fn compile(
         check_accesses(graph, t, accesses, data, &mut dup_scratch)?;
         operand_scratch.clear();
         operand_scratch.extend(accesses.iter().map(|&(d, a)| (a, data[d as usize].elem)));
-        if let Err(reason) = kernel
-            .signature()
-            .check(&operand_scratch, rec.params.len as usize)
-        {
+        if let Err(reason) = kernel.signature().check(&operand_scratch, rec.params.len as usize) {
             return Err(SubmitError::Signature {
                 task: graph.task_name(t),
                 kernel: kernel.name().to_string(),
@@ -152,9 +145,7 @@ pub fn compile(
         succ[fill[from as usize] as usize] = to;
         fill[from as usize] += 1;
     }
-    let mut roots: Vec<u32> = (0..n as u32)
-        .filter(|&t| indegree[t as usize] == 0)
-        .collect();
+    let mut roots: Vec<u32> = (0..n as u32).filter(|&t| indegree[t as usize] == 0).collect();
     roots.sort_by_key(|&t| std::cmp::Reverse(graph.tasks[t as usize].priority));
 
     let plan = Plan::new(
@@ -229,10 +220,7 @@ fn priority_bands(graph: &Graph) -> (Vec<u8>, u8) {
         let rank = distinct.binary_search_by(|x| p.cmp(x)).unwrap_or(0);
         (rank * bands / k) as u8
     };
-    (
-        graph.tasks.iter().map(|t| band_of(t.priority)).collect(),
-        bands as u8,
-    )
+    (graph.tasks.iter().map(|t| band_of(t.priority)).collect(), bands as u8)
 }
 
 /// Computes and deduplicates eligibility sets.
@@ -299,12 +287,7 @@ impl<'m> Eligibility<'m> {
             DeviceKind::Cpu => kernel.has_cpu(),
             DeviceKind::Gpu => false,
         };
-        let mut cand: Vec<WorkerId> = m
-            .workers
-            .iter()
-            .filter(|w| has_impl(w.kind))
-            .map(|w| w.id)
-            .collect();
+        let mut cand: Vec<WorkerId> = m.workers.iter().filter(|w| has_impl(w.kind)).map(|w| w.id).collect();
         if cand.is_empty() {
             let kinds = if kernel.has_cpu() { "cpu" } else { "none" };
             return Err(format!(
@@ -341,18 +324,13 @@ impl<'m> Eligibility<'m> {
             cand = vec![named.id];
         }
         if !r.features.is_empty() {
-            cand.retain(|&w| {
-                r.features
-                    .iter()
-                    .all(|f| m.workers[w.index()].features.contains(f))
-            });
+            cand.retain(|&w| r.features.iter().all(|f| m.workers[w.index()].features.contains(f)));
             if cand.is_empty() {
-                let have = m
-                    .workers
-                    .first()
-                    .map(|w| w.features.join(", "))
-                    .unwrap_or_default();
-                return Err(format!("it requires feature(s) [{}]; no allowed worker has all of them (cpu0 has: {have})", r.features.join(", ")));
+                let have = m.workers.first().map(|w| w.features.join(", ")).unwrap_or_default();
+                return Err(format!(
+                    "it requires feature(s) [{}]; no allowed worker has all of them (cpu0 has: {have})",
+                    r.features.join(", ")
+                ));
             }
         }
         if cores == 0 {
@@ -436,10 +414,7 @@ mod tests {
         g.task(&builtin::noop()).name("t").on_worker("cpu7").add();
         check(&g, "does not exist (workers: cpu0, cpu1)");
         let mut g = Graph::new();
-        g.task(&builtin::noop())
-            .name("t")
-            .require_feature("quantum")
-            .add();
+        g.task(&builtin::noop()).name("t").require_feature("quantum").add();
         check(&g, "quantum");
         let mut g = Graph::new();
         g.task(&builtin::noop()).name("t").cores(3).add();
@@ -465,10 +440,7 @@ mod tests {
             .write(crate::graph::Data::<f32>::new(0, 99))
             .add();
         check(&g, "read-only");
-        let gpu_only = Arc::new(hexec_kernels::Kernel::declare(
-            "gpu_thing",
-            Signature::any(0, 0),
-        ));
+        let gpu_only = Arc::new(hexec_kernels::Kernel::declare("gpu_thing", Signature::any(0, 0)));
         let mut g = Graph::new();
         g.task(&gpu_only).name("t").add();
         check(&g, "kernel 'gpu_thing' has implementations for [none]");
@@ -477,9 +449,7 @@ mod tests {
     #[test]
     fn large_duplicate_checks_and_shared_sets() {
         let mut g = Graph::new();
-        let vs: Vec<_> = (0..40)
-            .map(|i| g.virtual_data(format!("v{i}"), 1))
-            .collect();
+        let vs: Vec<_> = (0..40).map(|i| g.virtual_data(format!("v{i}"), 1)).collect();
         let mut b = g.task(&builtin::noop()).name("t");
         for v in &vs {
             b = b.read(*v);

@@ -414,10 +414,7 @@ impl TaskBuilder<'_> {
                         tr.readers.push(index);
                     }
                 }
-                Err(message) => g.deferred.push(DeferredError {
-                    task: index,
-                    message,
-                }),
+                Err(message) => g.deferred.push(DeferredError { task: index, message }),
             }
         }
         for t in after {

@@ -32,11 +32,7 @@ pub enum DataError {
     #[error("datum '{0}' is in use by a running graph")]
     Busy(String),
     #[error("datum '{name}' has {len} elements; {given} were given")]
-    LengthMismatch {
-        name: String,
-        len: usize,
-        given: usize,
-    },
+    LengthMismatch { name: String, len: usize, given: usize },
     #[error("datum '{0}' is read-only")]
     ReadOnly(String),
     #[error("datum '{name}' would need {bytes} bytes, more than this platform can address")]
@@ -67,8 +63,7 @@ impl DataCell {
         let words = bytes.len().div_ceil(8);
         let mut buf = vec![0u64; words].into_boxed_slice();
         bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..bytes.len()].copy_from_slice(bytes);
-        let ptr =
-            NonNull::new(Box::into_raw(buf) as *mut u64).expect("Box pointers are never null");
+        let ptr = NonNull::new(Box::into_raw(buf) as *mut u64).expect("Box pointers are never null");
         DataCell {
             name,
             elem,
@@ -128,12 +123,7 @@ impl DataStore {
         }
     }
 
-    pub fn insert<T: Element>(
-        &self,
-        name: Option<String>,
-        values: &[T],
-        read_only: bool,
-    ) -> Data<T> {
+    pub fn insert<T: Element>(&self, name: Option<String>, values: &[T], read_only: bool) -> Data<T> {
         let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
         let id = cells.len() as u32;
         let name = name.unwrap_or_else(|| format!("data#{id}"));
@@ -146,12 +136,7 @@ impl DataStore {
         Data::new(self.rt, id)
     }
 
-    pub fn insert_zeroed(
-        &self,
-        name: Option<String>,
-        elem: ElemType,
-        len: usize,
-    ) -> Result<u32, DataError> {
+    pub fn insert_zeroed(&self, name: Option<String>, elem: ElemType, len: usize) -> Result<u32, DataError> {
         let bytes = (len as u128) * elem.size() as u128;
         let label = name.clone().unwrap_or_else(|| "unnamed".into());
         if bytes > isize::MAX as u128 {
@@ -160,12 +145,7 @@ impl DataStore {
         let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
         let id = cells.len() as u32;
         let name = name.unwrap_or_else(|| format!("data#{id}"));
-        cells.push(Arc::new(DataCell::new(
-            name,
-            elem,
-            &vec![0u8; bytes as usize],
-            false,
-        )));
+        cells.push(Arc::new(DataCell::new(name, elem, &vec![0u8; bytes as usize], false)));
         Ok(id)
     }
 
@@ -202,8 +182,7 @@ impl DataStore {
         }
         // SAFETY: `in_use` is ours, so no kernel touches the bytes; ptr/len describe the live
         // buffer of `len` elements of type T (type checked above), 8-byte aligned.
-        let out =
-            unsafe { std::slice::from_raw_parts(cell.as_mut_ptr() as *const T, cell.len) }.to_vec();
+        let out = unsafe { std::slice::from_raw_parts(cell.as_mut_ptr() as *const T, cell.len) }.to_vec();
         cell.release();
         Ok(out)
     }
@@ -224,8 +203,7 @@ impl DataStore {
             return Err(DataError::Busy(cell.name.clone()));
         }
         // SAFETY: as in `read`: we hold `in_use`, the types and lengths match.
-        unsafe { std::slice::from_raw_parts_mut(cell.as_mut_ptr() as *mut T, cell.len) }
-            .copy_from_slice(values);
+        unsafe { std::slice::from_raw_parts_mut(cell.as_mut_ptr() as *mut T, cell.len) }.copy_from_slice(values);
         cell.release();
         Ok(())
     }

@@ -225,12 +225,7 @@ impl Runtime {
     }
 
     /// Stores `len` zeroed elements of a type known only at run time (graph files).
-    pub(crate) fn data_zeroed(
-        &self,
-        name: String,
-        elem: ElemType,
-        len: usize,
-    ) -> Result<u32, DataError> {
+    pub(crate) fn data_zeroed(&self, name: String, elem: ElemType, len: usize) -> Result<u32, DataError> {
         self.store.insert_zeroed(Some(name), elem, len)
     }
 
@@ -290,10 +285,7 @@ impl Runtime {
 
     /// Resolves the graph's data against the store.
     #[allow(clippy::type_complexity)]
-    fn resolve(
-        &self,
-        graph: &Graph,
-    ) -> Result<(Vec<DatumInfo>, Vec<(u32, Arc<data::DataCell>)>), SubmitError> {
+    fn resolve(&self, graph: &Graph) -> Result<(Vec<DatumInfo>, Vec<(u32, Arc<data::DataCell>)>), SubmitError> {
         let mut infos = Vec::with_capacity(graph.data.len());
         let mut cells = Vec::new();
         for (local, d) in graph.data.iter().enumerate() {
@@ -352,23 +344,14 @@ impl Runtime {
         let n = graph.len();
         let plan = &compiled.plan;
         let (shared, deques) = SharedQueues::new(plan);
-        let names: Vec<String> = self
-            .machine
-            .workers
-            .iter()
-            .map(|w| w.name.clone())
-            .collect();
+        let names: Vec<String> = self.machine.workers.iter().map(|w| w.name.clone()).collect();
         let run = RunState {
             graph,
             compiled,
             bound,
             queues: &shared,
             worker_names: &names,
-            deps: compiled
-                .indegree
-                .iter()
-                .map(|&d| AtomicU32::new(d))
-                .collect(),
+            deps: compiled.indegree.iter().map(|&d| AtomicU32::new(d)).collect(),
             poisoned: (0..n).map(|_| AtomicBool::new(false)).collect(),
             remaining: CachePadded::new(AtomicUsize::new(n)),
             done: AtomicBool::new(n == 0),
@@ -392,14 +375,16 @@ impl Runtime {
                 let run = &run;
                 let pus = self.machine.workers[i].pus.clone();
                 let hw = self.hw.clone();
-                let spawned = std::thread::Builder::new().name(format!("hexec-{}", names[i])).spawn_scoped(s, move || {
-                    if let Some(hw) = hw {
-                        if let Err(e) = hw.pin_current_thread(&pus) {
-                            tracing::debug!(worker = i, error = %e, "could not pin worker thread");
+                let spawned = std::thread::Builder::new()
+                    .name(format!("hexec-{}", names[i]))
+                    .spawn_scoped(s, move || {
+                        if let Some(hw) = hw {
+                            if let Err(e) = hw.pin_current_thread(&pus) {
+                                tracing::debug!(worker = i, error = %e, "could not pin worker thread");
+                            }
                         }
-                    }
-                    run_worker(policy, run, q, me)
-                });
+                        run_worker(policy, run, q, me)
+                    });
                 match spawned {
                     Ok(h) => handles.push(h),
                     Err(e) => {
@@ -414,10 +399,7 @@ impl Runtime {
                     }
                 }
             }
-            Ok(handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_default())
-                .collect())
+            Ok(handles.into_iter().map(|h| h.join().unwrap_or_default()).collect())
         })?;
         let makespan = started.elapsed();
         let failures = run.failures.into_inner().unwrap_or_else(|e| e.into_inner());

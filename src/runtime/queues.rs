@@ -34,9 +34,7 @@ impl SharedQueues {
         let deques: Vec<Worker<u32>> = (0..n).map(|_| Worker::new_lifo()).collect();
         let shared = SharedQueues {
             stealers: deques.iter().map(Worker::stealer).collect(),
-            mailbox: (0..n)
-                .map(|_| (0..bands).map(|_| Injector::new()).collect())
-                .collect(),
+            mailbox: (0..n).map(|_| (0..bands).map(|_| Injector::new()).collect()).collect(),
             shared: (0..plan.sets().len())
                 .map(|_| (0..bands).map(|_| Injector::new()).collect())
                 .collect(),

@@ -30,9 +30,7 @@ pub(crate) struct Sleep {
 impl Sleep {
     pub fn new(workers: usize) -> Self {
         Sleep {
-            sleeping: (0..workers)
-                .map(|_| CachePadded::new(AtomicBool::new(false)))
-                .collect(),
+            sleeping: (0..workers).map(|_| CachePadded::new(AtomicBool::new(false))).collect(),
             threads: (0..workers).map(|_| OnceLock::new()).collect(),
             num_sleeping: CachePadded::new(AtomicUsize::new(0)),
         }

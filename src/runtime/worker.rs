@@ -114,8 +114,7 @@ pub(crate) fn run_worker<P: Policy>(
             for (i, &s) in ready.iter().enumerate() {
                 if plan.eligible(s, me)
                     && best.is_none_or(|b| {
-                        run.graph.tasks[s as usize].priority
-                            > run.graph.tasks[ready[b] as usize].priority
+                        run.graph.tasks[s as usize].priority > run.graph.tasks[ready[b] as usize].priority
                     })
                 {
                     best = Some(i);
@@ -191,7 +190,8 @@ fn execute<'a>(
     let graph = run.graph;
     let rec = &graph.tasks[task as usize];
     let kernel = &graph.kernels[rec.kernel as usize];
-    let _span = tracing::trace_span!("task", id = task, name = %TaskLabel(graph, task), kernel = kernel.name()).entered();
+    let _span =
+        tracing::trace_span!("task", id = task, name = %TaskLabel(graph, task), kernel = kernel.name()).entered();
     operands.clear();
     for &(d, access) in &graph.accesses[rec.accesses.range()] {
         let b = run.bound[d as usize];
@@ -207,10 +207,7 @@ fn execute<'a>(
     let params = &graph.params[rec.params.range()];
     let started = run.record_trace.then(|| run.start.elapsed());
     let outcome = match kernel.cpu_impl() {
-        None => Err(format!(
-            "kernel '{}' has no CPU implementation",
-            kernel.name()
-        )),
+        None => Err(format!("kernel '{}' has no CPU implementation", kernel.name())),
         Some(f) => match CpuContext::new(operands, params, rec.cores) {
             Err(e) => Err(e.to_string()),
             Ok(ctx) => match catch_unwind(AssertUnwindSafe(|| f(&ctx))) {
@@ -243,10 +240,7 @@ fn execute<'a>(
                 worker: run.worker_names[me.index()].clone(),
                 message,
             };
-            run.failures
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(failure);
+            run.failures.lock().unwrap_or_else(|e| e.into_inner()).push(failure);
             false
         }
     }

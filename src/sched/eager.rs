@@ -14,13 +14,7 @@ impl Policy for Eager {
         "eager"
     }
 
-    fn place<Q: ReadyQueues>(
-        &self,
-        plan: &Plan,
-        q: &mut Q,
-        task: u32,
-        _releasing: Option<WorkerId>,
-    ) {
+    fn place<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, task: u32, _releasing: Option<WorkerId>) {
         place_unpreferred(plan, q, task);
     }
 

@@ -107,12 +107,7 @@ fn place_unpreferred<Q: ReadyQueues>(plan: &Plan, q: &mut Q, task: u32) {
 
 /// Looks in `worker`'s mailbox and the shared queues of its eligibility sets, band by band
 /// (highest priority first).
-fn take_queued<Q: ReadyQueues>(
-    plan: &Plan,
-    q: &mut Q,
-    worker: WorkerId,
-    batch: bool,
-) -> Option<u32> {
+fn take_queued<Q: ReadyQueues>(plan: &Plan, q: &mut Q, worker: WorkerId, batch: bool) -> Option<u32> {
     for band in 0..plan.num_bands() {
         if let Some(t) = q.pop_mailbox(worker, band) {
             return Some(t);

@@ -53,18 +53,8 @@ impl SimQueues {
     /// Tasks queued anywhere.
     pub fn len(&self) -> usize {
         self.local.iter().map(VecDeque::len).sum::<usize>()
-            + self
-                .mailbox
-                .iter()
-                .flatten()
-                .map(VecDeque::len)
-                .sum::<usize>()
-            + self
-                .shared
-                .iter()
-                .flatten()
-                .map(VecDeque::len)
-                .sum::<usize>()
+            + self.mailbox.iter().flatten().map(VecDeque::len).sum::<usize>()
+            + self.shared.iter().flatten().map(VecDeque::len).sum::<usize>()
     }
 
     /// Whether nothing is queued.

@@ -117,8 +117,5 @@ fn policy_names_parse() {
     for k in PolicyKind::ALL {
         assert_eq!(PolicyKind::parse(k.name()), Some(k));
     }
-    assert!("heft?"
-        .parse::<PolicyKind>()
-        .unwrap_err()
-        .contains("eager, ws"));
+    assert!("heft?".parse::<PolicyKind>().unwrap_err().contains("eager, ws"));
 }

@@ -19,13 +19,7 @@ impl Policy for WorkStealing {
         "ws"
     }
 
-    fn place<Q: ReadyQueues>(
-        &self,
-        plan: &Plan,
-        q: &mut Q,
-        task: u32,
-        releasing: Option<WorkerId>,
-    ) {
+    fn place<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, task: u32, releasing: Option<WorkerId>) {
         match releasing {
             Some(w) if plan.eligible(task, w) => q.push_local(w, task),
             _ => place_unpreferred(plan, q, task),

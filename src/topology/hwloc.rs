@@ -110,12 +110,7 @@ pub fn discover(cpus: Option<usize>) -> Result<(Machine, HwTopology), TopologyEr
         })
         .collect();
     let machine = Machine::from_cores("hwloc", descs, numa, features::detect());
-    Ok((
-        machine,
-        HwTopology {
-            topo: Arc::new(topo),
-        },
-    ))
+    Ok((machine, HwTopology { topo: Arc::new(topo) }))
 }
 
 #[cfg(test)]
@@ -130,11 +125,7 @@ mod tests {
         assert!(m.numa_nodes.iter().map(|n| n.workers.len()).sum::<usize>() == m.num_workers());
         assert!(m.workers.iter().all(|w| !w.pus.is_empty()));
         // Pinning to our first core works on this machine (or reports why not).
-        let r = std::thread::scope(|s| {
-            s.spawn(|| hw.pin_current_thread(&m.workers[0].pus))
-                .join()
-                .unwrap()
-        });
+        let r = std::thread::scope(|s| s.spawn(|| hw.pin_current_thread(&m.workers[0].pus)).join().unwrap());
         if let Err(e) = r {
             eprintln!("pinning is not permitted here: {e}");
         }

@@ -124,12 +124,7 @@ impl Machine {
 
     /// Builds the CPU part of a machine from a list of cores; `closeness[j]` says how close
     /// core `j` is (higher is closer; hwloc's common-ancestor depth).
-    fn from_cores(
-        source: &str,
-        cores: Vec<CoreDesc>,
-        numa: Vec<(u32, u64)>,
-        features: Vec<String>,
-    ) -> Machine {
+    fn from_cores(source: &str, cores: Vec<CoreDesc>, numa: Vec<(u32, u64)>, features: Vec<String>) -> Machine {
         let class = ClassId(0);
         let workers: Vec<WorkerInfo> = cores
             .iter()
@@ -166,11 +161,7 @@ impl Machine {
             .map(|(n, &(os_index, memory_bytes))| NumaNode {
                 os_index,
                 memory_bytes,
-                workers: workers
-                    .iter()
-                    .filter(|w| w.numa == n)
-                    .map(|w| w.id)
-                    .collect(),
+                workers: workers.iter().filter(|w| w.numa == n).map(|w| w.id).collect(),
             })
             .collect();
         let classes = vec![ClassInfo {

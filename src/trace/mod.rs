@@ -92,15 +92,16 @@ pub fn write_chrome_trace(out: impl Write, graph: &Graph, report: &RunReport) ->
     for (tid, w) in report.workers.iter().enumerate() {
         sep(&mut out)?;
         let name = serde_json::to_string(&w.name).map_err(io::Error::other)?;
-        write!(out, "{{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":{tid},\"args\":{{\"name\":{name}}}}}")?;
+        write!(
+            out,
+            "{{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":1,\"tid\":{tid},\"args\":{{\"name\":{name}}}}}"
+        )?;
     }
     for (tid, events) in log.per_worker.iter().enumerate() {
         for e in events {
             sep(&mut out)?;
-            let name = serde_json::to_string(&graph.task_name(e.task as usize))
-                .map_err(io::Error::other)?;
-            let cat = serde_json::to_string(graph.task_kernel(e.task as usize))
-                .map_err(io::Error::other)?;
+            let name = serde_json::to_string(&graph.task_name(e.task as usize)).map_err(io::Error::other)?;
+            let cat = serde_json::to_string(graph.task_kernel(e.task as usize)).map_err(io::Error::other)?;
             write!(
                 out,
                 "{{\"name\":{name},\"cat\":{cat},\"ph\":\"X\",\"pid\":1,\"tid\":{tid},\"ts\":{:.3},\"dur\":{:.3},\"args\":{{\"task\":{}}}}}",

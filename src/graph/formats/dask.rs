@@ -68,13 +68,9 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
         });
         let mut task = TaskSpec::replay(names[&t.id].clone(), t.duration_s);
         for &d in &t.deps {
-            let dep = names.get(&d).ok_or_else(|| {
-                LoadError::new(
-                    file,
-                    pos(),
-                    format!("depends on task id {d}, which does not exist"),
-                )
-            })?;
+            let dep = names
+                .get(&d)
+                .ok_or_else(|| LoadError::new(file, pos(), format!("depends on task id {d}, which does not exist")))?;
             if d == t.id {
                 return Err(LoadError::new(file, pos(), "depends on itself"));
             }

@@ -56,11 +56,7 @@ impl LoadError {
         let msg = e.to_string();
         let reason = msg.split(" at line ").next().unwrap_or(&msg).to_string();
         if e.line() > 0 {
-            LoadError::new(
-                file,
-                format!("line {}, column {}", e.line(), e.column()),
-                reason,
-            )
+            LoadError::new(file, format!("line {}, column {}", e.line(), e.column()), reason)
         } else {
             LoadError::new(file, "file", reason)
         }
@@ -92,9 +88,7 @@ impl Format {
 impl std::str::FromStr for Format {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Format::parse(s).ok_or_else(|| {
-            format!("unknown graph format '{s}' (known: native, wfcommons, stg, dask)")
-        })
+        Format::parse(s).ok_or_else(|| format!("unknown graph format '{s}' (known: native, wfcommons, stg, dask)"))
     }
 }
 
@@ -213,8 +207,7 @@ impl Default for BuildOptions {
 /// Reads a file whole (decompressing gzip), refusing files over [`MAX_FILE_BYTES`].
 fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
     let file = path.display().to_string();
-    let f = std::fs::File::open(path)
-        .map_err(|e| LoadError::new(&file, "file", format!("cannot open: {e}")))?;
+    let f = std::fs::File::open(path).map_err(|e| LoadError::new(&file, "file", format!("cannot open: {e}")))?;
     let mut raw = Vec::new();
     f.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut raw)
@@ -249,13 +242,8 @@ pub fn load(path: &Path, format: Option<Format>) -> Result<GraphSpec, LoadError>
 
 /// Parses graph file contents; `file` names it in errors.
 pub fn parse(file: &str, bytes: &[u8], format: Option<Format>) -> Result<GraphSpec, LoadError> {
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        LoadError::new(
-            file,
-            format!("byte {}", e.valid_up_to()),
-            "the file is not UTF-8 text",
-        )
-    })?;
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| LoadError::new(file, format!("byte {}", e.valid_up_to()), "the file is not UTF-8 text"))?;
     let format = match format {
         Some(f) => f,
         None => detect(file, text)?,
@@ -263,8 +251,7 @@ pub fn parse(file: &str, bytes: &[u8], format: Option<Format>) -> Result<GraphSp
     match format {
         Format::Stg => stg::parse(file, text),
         Format::Native => {
-            let spec: GraphSpec =
-                serde_json::from_str(text).map_err(|e| LoadError::json(file, &e))?;
+            let spec: GraphSpec = serde_json::from_str(text).map_err(|e| LoadError::json(file, &e))?;
             if spec.format != NATIVE_FORMAT {
                 return Err(LoadError::new(
                     file,
@@ -353,36 +340,26 @@ impl GraphSpec {
         if !(opts.time_scale.is_finite() && opts.time_scale >= 0.0) {
             return Err(err(
                 "options".into(),
-                format!(
-                    "time scale must be finite and non-negative, got {}",
-                    opts.time_scale
-                ),
+                format!("time scale must be finite and non-negative, got {}", opts.time_scale),
             ));
         }
 
         let mut g = Graph::new();
-        let mut data: HashMap<&str, crate::graph::DataRef> =
-            HashMap::with_capacity(self.data.len());
+        let mut data: HashMap<&str, crate::graph::DataRef> = HashMap::with_capacity(self.data.len());
         for (i, d) in self.data.iter().enumerate() {
             let pos = format!("data[{i}] ('{}')", d.name);
             let r = self
                 .make_datum(rt, &mut g, d)
                 .map_err(|reason| err(pos.clone(), reason))?;
             if data.insert(d.name.as_str(), r).is_some() {
-                return Err(err(
-                    pos,
-                    "a datum with this name is already declared".into(),
-                ));
+                return Err(err(pos, "a datum with this name is already declared".into()));
             }
         }
 
         let mut index: HashMap<&str, usize> = HashMap::with_capacity(self.tasks.len());
         for (i, t) in self.tasks.iter().enumerate() {
             if index.insert(t.name.as_str(), i).is_some() {
-                return Err(err(
-                    task_pos(i),
-                    "a task with this name is already declared".into(),
-                ));
+                return Err(err(task_pos(i), "a task with this name is already declared".into()));
             }
         }
         let mut preds: Vec<Vec<usize>> = Vec::with_capacity(self.tasks.len());
@@ -403,10 +380,7 @@ impl GraphSpec {
         }
         let order = topological_order(&preds).map_err(|cycle| {
             let names: Vec<&str> = cycle.iter().map(|&i| self.tasks[i].name.as_str()).collect();
-            err(
-                task_pos(cycle[0]),
-                format!("dependency cycle: {}", names.join(" -> ")),
-            )
+            err(task_pos(cycle[0]), format!("dependency cycle: {}", names.join(" -> ")))
         })?;
 
         let noop = hexec_kernels::builtin::noop();
@@ -435,20 +409,13 @@ impl GraphSpec {
             if !opts.empty_tasks {
                 let scaled = matches!(t.kernel.as_str(), "spin" | "sleep");
                 for (k, &p) in t.params.iter().enumerate() {
-                    b = b.param(if scaled && k == 0 {
-                        p * opts.time_scale
-                    } else {
-                        p
-                    });
+                    b = b.param(if scaled && k == 0 { p * opts.time_scale } else { p });
                 }
             }
             for (name, mode) in &t.access {
-                let d = *data.get(name.as_str()).ok_or_else(|| {
-                    err(
-                        task_pos(i),
-                        format!("accesses '{name}', which is not a declared datum"),
-                    )
-                })?;
+                let d = *data
+                    .get(name.as_str())
+                    .ok_or_else(|| err(task_pos(i), format!("accesses '{name}', which is not a declared datum")))?;
                 let m = Access::parse(mode).ok_or_else(|| {
                     err(
                         task_pos(i),
@@ -461,9 +428,8 @@ impl GraphSpec {
                 b = b.after(ids[p].expect("predecessors are added first"));
             }
             if let Some(dev) = &t.device {
-                b = b.on(DeviceKind::parse(dev).ok_or_else(|| {
-                    err(task_pos(i), format!("device '{dev}' is not cpu or gpu"))
-                })?);
+                b = b.on(DeviceKind::parse(dev)
+                    .ok_or_else(|| err(task_pos(i), format!("device '{dev}' is not cpu or gpu")))?);
             }
             if let Some(w) = &t.worker {
                 b = b.on_worker(w.clone());
@@ -476,12 +442,7 @@ impl GraphSpec {
         Ok(g)
     }
 
-    fn make_datum(
-        &self,
-        rt: &Runtime,
-        g: &mut Graph,
-        d: &DataSpec,
-    ) -> Result<crate::graph::DataRef, String> {
+    fn make_datum(&self, rt: &Runtime, g: &mut Graph, d: &DataSpec) -> Result<crate::graph::DataRef, String> {
         match (&d.elem, d.len, d.bytes) {
             (None, None, Some(bytes)) => {
                 if d.init.is_some() {
@@ -490,33 +451,21 @@ impl GraphSpec {
                 Ok(g.virtual_data(d.name.clone(), bytes).into())
             }
             (Some(ty), Some(len), None) => {
-                let elem = ElemType::parse(ty).ok_or_else(|| {
-                    format!("unknown element type '{ty}' (known: u8, u32, i32, u64, i64, f32, f64)")
-                })?;
-                let len = usize::try_from(len)
-                    .map_err(|_| format!("len {len} is too large for this platform"))?;
-                let id = rt
-                    .data_zeroed(d.name.clone(), elem, len)
-                    .map_err(|e| e.to_string())?;
+                let elem = ElemType::parse(ty)
+                    .ok_or_else(|| format!("unknown element type '{ty}' (known: u8, u32, i32, u64, i64, f32, f64)"))?;
+                let len = usize::try_from(len).map_err(|_| format!("len {len} is too large for this platform"))?;
+                let id = rt.data_zeroed(d.name.clone(), elem, len).map_err(|e| e.to_string())?;
                 if let Some(init) = &d.init {
                     init_datum(rt, id, elem, len, init)?;
                 }
                 Ok(crate::graph::DataRef::Stored { rt: rt.id(), id })
             }
-            _ => Err(
-                "declare either \"type\" and \"len\" (stored data) or \"bytes\" (size only)".into(),
-            ),
+            _ => Err("declare either \"type\" and \"len\" (stored data) or \"bytes\" (size only)".into()),
         }
     }
 }
 
-fn init_datum(
-    rt: &Runtime,
-    id: u32,
-    elem: ElemType,
-    len: usize,
-    init: &Init,
-) -> Result<(), String> {
+fn init_datum(rt: &Runtime, id: u32, elem: ElemType, len: usize, init: &Init) -> Result<(), String> {
     let values: Vec<f64> = match init {
         Init::Fill { fill } => vec![*fill; len],
         Init::Values(v) if v.len() == len => v.clone(),
@@ -543,11 +492,7 @@ fn init_datum(
         ElemType::I32 => rt.write(rt.handle::<i32>(id), &ints(&values)?),
         ElemType::U64 => rt.write(rt.handle::<u64>(id), &ints(&values)?),
         ElemType::I64 => rt.write(rt.handle::<i64>(id), &ints(&values)?),
-        _ => {
-            return Err(format!(
-                "element type {elem} cannot be initialised from a file"
-            ))
-        }
+        _ => return Err(format!("element type {elem} cannot be initialised from a file")),
     };
     r.map_err(|e| e.to_string())
 }
@@ -565,8 +510,7 @@ pub(crate) fn topological_order(preds: &[Vec<usize>]) -> Result<Vec<usize>, Vec<
             indeg[i] += 1;
         }
     }
-    let mut ready: BinaryHeap<Reverse<usize>> =
-        (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
     let mut order = Vec::with_capacity(n);
     while let Some(Reverse(i)) = ready.pop() {
         order.push(i);
@@ -581,9 +525,7 @@ pub(crate) fn topological_order(preds: &[Vec<usize>]) -> Result<Vec<usize>, Vec<
         return Ok(order);
     }
     // Walk predecessors among the unsorted tasks until one repeats: that is a cycle.
-    let start = (0..n)
-        .find(|&i| indeg[i] > 0)
-        .expect("some task is unsorted");
+    let start = (0..n).find(|&i| indeg[i] > 0).expect("some task is unsorted");
     let mut seen = vec![usize::MAX; n];
     let mut path = Vec::new();
     let mut cur = start;

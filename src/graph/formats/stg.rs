@@ -43,9 +43,8 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
         let nums: Vec<u64> = line
             .split_whitespace()
             .map(|t| {
-                t.parse::<u64>().map_err(|_| {
-                    LoadError::new(file, pos(), format!("'{t}' is not a non-negative integer"))
-                })
+                t.parse::<u64>()
+                    .map_err(|_| LoadError::new(file, pos(), format!("'{t}' is not a non-negative integer")))
             })
             .collect::<Result<_, _>>()?;
         let [id, cost, np, rest @ ..] = nums.as_slice() else {
@@ -67,10 +66,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
             return Err(LoadError::new(
                 file,
                 pos(),
-                format!(
-                    "task {id} announces {np} predecessors but lists {}",
-                    rest.len()
-                ),
+                format!("task {id} announces {np} predecessors but lists {}", rest.len()),
             ));
         }
         let mut p = Vec::with_capacity(rest.len());
@@ -105,7 +101,11 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
         }
         let computed = finish.iter().copied().max().unwrap_or(0);
         if computed != cp {
-            return Err(LoadError::new(file, "footer", format!("the critical path of the listed tasks is {computed}, the footer says CP Length {cp}")));
+            return Err(LoadError::new(
+                file,
+                "footer",
+                format!("the critical path of the listed tasks is {computed}, the footer says CP Length {cp}"),
+            ));
         }
     }
     let mut spec = GraphSpec::new(Some(file.to_string()));
@@ -118,10 +118,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
             format!("t{t}")
         };
         let mut task = TaskSpec::replay(name, costs[t] as f64 * STG_UNIT_S);
-        task.after = preds[t]
-            .iter()
-            .map(|&p| spec.tasks[p].name.clone())
-            .collect();
+        task.after = preds[t].iter().map(|&p| spec.tasks[p].name.clone()).collect();
         spec.tasks.push(task);
     }
     Ok(spec)
@@ -129,7 +126,5 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
 
 fn cp_length(comment: &str) -> Option<u64> {
     let (key, value) = comment.split_once(':')?;
-    (key.trim() == "CP Length")
-        .then(|| value.trim().parse().ok())
-        .flatten()
+    (key.trim() == "CP Length").then(|| value.trim().parse().ok()).flatten()
 }

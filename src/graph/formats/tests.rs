@@ -4,10 +4,7 @@ use super::*;
 use crate::{Machine, Runtime};
 
 fn rt() -> Runtime {
-    Runtime::builder()
-        .machine(Machine::synthetic_cpus(2))
-        .build()
-        .unwrap()
+    Runtime::builder().machine(Machine::synthetic_cpus(2)).build().unwrap()
 }
 
 fn err_of(text: &str, format: Option<Format>) -> LoadError {
@@ -58,10 +55,7 @@ fn native_errors_name_position_and_reason() {
         None,
     );
     assert!(e.position.starts_with("line 1, column"), "{e}");
-    let e = err_of(
-        r#"{"format": "hexec-graph", "version": 2, "tasks": []}"#,
-        None,
-    );
+    let e = err_of(r#"{"format": "hexec-graph", "version": 2, "tasks": []}"#, None);
     assert_eq!(e.position, "version");
     let e = err_of(
         r#"{"format": "hexec-graph", "version": 1, "tasks": [], "extra": 1}"#,
@@ -71,9 +65,7 @@ fn native_errors_name_position_and_reason() {
 
     let rt = rt();
     let build = |tasks: &str, data: &str| {
-        let text = format!(
-            r#"{{"format": "hexec-graph", "version": 1, "data": [{data}], "tasks": [{tasks}]}}"#
-        );
+        let text = format!(r#"{{"format": "hexec-graph", "version": 1, "data": [{data}], "tasks": [{tasks}]}}"#);
         parse("f", text.as_bytes(), None)
             .unwrap()
             .build(&rt, &BuildOptions::default())
@@ -84,10 +76,7 @@ fn native_errors_name_position_and_reason() {
         e.reason.contains("unknown kernel 'nope'") && e.position.contains("'a'"),
         "{e}"
     );
-    let e = build(
-        r#"{"name": "a", "kernel": "noop", "access": [["zz", "r"]]}"#,
-        "",
-    );
+    let e = build(r#"{"name": "a", "kernel": "noop", "access": [["zz", "r"]]}"#, "");
     assert!(e.reason.contains("'zz'"), "{e}");
     let e = build(
         r#"{"name": "a", "kernel": "noop", "access": [["v", "x"]]}"#,
@@ -158,11 +147,7 @@ fn wfcommons_tasks_files_and_runtimes() {
     assert_eq!(spec.tasks[0].params, vec![1.5]);
     assert_eq!(spec.tasks[1].after, vec!["a_1".to_string()]);
     assert_eq!(
-        spec.data
-            .iter()
-            .find(|d| d.name == "mid.dat")
-            .unwrap()
-            .bytes,
+        spec.data.iter().find(|d| d.name == "mid.dat").unwrap().bytes,
         Some(2000)
     );
     let rt = rt();
@@ -175,10 +160,7 @@ fn wfcommons_tasks_files_and_runtimes() {
             },
         )
         .unwrap();
-    let b = crate::graph::TaskId {
-        graph: g.id,
-        index: 1,
-    };
+    let b = crate::graph::TaskId { graph: g.id, index: 1 };
     assert_eq!(g.dependencies(b).len(), 1);
     assert_eq!(&g.params[g.tasks[0].params.range()], &[0.0015]);
     assert_eq!(rt.run(&g).unwrap().completed, 3);
@@ -218,10 +200,7 @@ const STG: &str = "3
 fn stg_parses_and_checks_its_critical_path() {
     let spec = parse("s.stg", STG.as_bytes(), None).unwrap();
     assert_eq!(spec.tasks.len(), 5);
-    assert_eq!(
-        spec.tasks[3].after,
-        vec!["t1".to_string(), "t2".to_string()]
-    );
+    assert_eq!(spec.tasks[3].after, vec!["t1".to_string(), "t2".to_string()]);
     assert_eq!(spec.tasks[1].params, vec![4.0 * stg::STG_UNIT_S]);
     let rt = rt();
     let g = spec
@@ -236,10 +215,7 @@ fn stg_parses_and_checks_its_critical_path() {
     assert_eq!(rt.run(&g).unwrap().completed, 5);
 
     let e = err_of(&STG.replace("CP Length : 7", "CP Length : 9"), None);
-    assert!(
-        e.reason.contains("critical path") && e.reason.contains('7'),
-        "{e}"
-    );
+    assert!(e.reason.contains("critical path") && e.reason.contains('7'), "{e}");
     let e = err_of(&STG.replace("  2  2  1  0", "  5  2  1  0"), None);
     assert_eq!(e.position, "line 4");
     let e = err_of(&STG.replace("  3  3  2  1  2", "  3  3  2  1  x"), None);
@@ -265,10 +241,7 @@ fn dask_plain_and_gzipped() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("mini.json.gz");
-    let mut enc = flate2::write::GzEncoder::new(
-        std::fs::File::create(&path).unwrap(),
-        flate2::Compression::fast(),
-    );
+    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
     enc.write_all(DASK.as_bytes()).unwrap();
     enc.finish().unwrap();
     let spec = load(&path, None).unwrap();
@@ -291,10 +264,7 @@ fn dask_plain_and_gzipped() {
     assert_eq!(rt.run(&g).unwrap().completed, 3);
 
     let e = err_of(&DASK.replace("[1, 2]", "[1, 7]"), None);
-    assert!(
-        e.reason.contains("task id 7") && e.position.contains("'sum'"),
-        "{e}"
-    );
+    assert!(e.reason.contains("task id 7") && e.position.contains("'sum'"), "{e}");
     let e = err_of(&DASK.replace("\"id\": 2,", "\"id\": 1,"), None);
     assert!(e.reason.contains("appears twice"), "{e}");
     let e = err_of(&DASK.replace("[1, 2]", "[0]"), None);
@@ -309,13 +279,8 @@ fn dask_plain_and_gzipped() {
 #[test]
 fn detection_and_garbage() {
     assert!(err_of("hello", None).reason.contains("not a JSON object"));
-    assert!(err_of("{\"tasks\": []}", None)
-        .reason
-        .contains("unrecognised"));
-    assert!(parse("x", &[0xff, 0xfe], None)
-        .unwrap_err()
-        .reason
-        .contains("UTF-8"));
+    assert!(err_of("{\"tasks\": []}", None).reason.contains("unrecognised"));
+    assert!(parse("x", &[0xff, 0xfe], None).unwrap_err().reason.contains("UTF-8"));
     assert_eq!("stg".parse::<Format>().unwrap(), Format::Stg);
     assert!("xml".parse::<Format>().is_err());
 }

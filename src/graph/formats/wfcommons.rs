@@ -94,10 +94,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
                 return Err(LoadError::new(
                     file,
                     format!("workflow.execution.tasks[{i}] ('{}')", t.id),
-                    format!(
-                        "runtimeInSeconds {} is not a non-negative number",
-                        t.runtime_in_seconds
-                    ),
+                    format!("runtimeInSeconds {} is not a non-negative number", t.runtime_in_seconds),
                 ));
             }
             runtimes.insert(t.id.as_str(), t.runtime_in_seconds);
