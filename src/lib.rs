@@ -11,7 +11,7 @@
 //! - [`sched`]: the policies, pure and deterministic;
 //! - [`runtime`]: the real driver (threads, lock-free queues, data store);
 //! - [`trace`]: run summaries and Chrome/Perfetto traces;
-//! - [`bench`]: the overhead benchmark shared by the CLI and criterion.
+//! - [`mod@bench`]: the overhead benchmark shared by the CLI and criterion.
 
 pub mod bench;
 pub mod demo;

@@ -130,7 +130,8 @@ fn bad_submissions_are_errors_naming_the_task() {
 fn data_in_use_cannot_be_read_from_outside_the_run() {
     let rt = Arc::new(rt(2, PolicyKind::Ws));
     let x = rt.data(vec![7u32; 3]);
-    let seen: Arc<Mutex<Option<Result<Vec<u32>, DataError>>>> = Arc::default();
+    type Peeked = Option<Result<Vec<u32>, DataError>>;
+    let seen: Arc<Mutex<Peeked>> = Arc::default();
     let (rt2, seen2) = (Arc::downgrade(&rt), seen.clone());
     let peek = Arc::new(Kernel::cpu("peek", Signature::any(0, 0), move |_| {
         let rt = rt2.upgrade().expect("runtime alive during its run");
@@ -142,7 +143,7 @@ fn data_in_use_cannot_be_read_from_outside_the_run() {
     rt.run(&g).unwrap();
     assert!(matches!(seen.lock().unwrap().take(), Some(Err(DataError::Busy(_)))));
     assert_eq!(rt.read(x).unwrap(), vec![7; 3]);
-    assert!(matches!(rt.read(rt.data(vec![1.0f32])), Ok(_)));
+    assert!(rt.read(rt.data(vec![1.0f32])).is_ok());
     assert!(matches!(rt.write(x, &[1, 2]), Err(DataError::LengthMismatch { .. })));
 }
 

@@ -15,9 +15,9 @@ use crate::topology::{DeviceKind, Machine, WorkerId};
 
 /// What compile needs to know about each datum of the graph (resolved by the runtime).
 #[derive(Clone, Debug)]
-pub struct DatumInfo {
-    /// Display name for errors.
-    pub label: String,
+pub struct DatumInfo<'a> {
+    /// Name for errors (quoted when shown).
+    pub name: &'a str,
     /// `None` for a size-only datum.
     pub elem: Option<ElemType>,
     pub bytes: u64,
@@ -79,7 +79,7 @@ impl CompiledGraph {
 pub const MAX_TASKS: usize = u32::MAX as usize - 1;
 
 /// Validates `graph` for `machine` and builds its executable form.
-pub fn compile(graph: &Graph, machine: &Machine, data: &[DatumInfo]) -> Result<CompiledGraph, SubmitError> {
+pub fn compile(graph: &Graph, machine: &Machine, data: &[DatumInfo<'_>]) -> Result<CompiledGraph, SubmitError> {
     let n = graph.len();
     if n > MAX_TASKS {
         return Err(SubmitError::TooLarge {
@@ -168,20 +168,20 @@ fn check_accesses(
     graph: &Graph,
     t: usize,
     accesses: &[(u32, Access)],
-    data: &[DatumInfo],
+    data: &[DatumInfo<'_>],
     scratch: &mut Vec<(u32, Access)>,
 ) -> Result<(), SubmitError> {
     for &(d, a) in accesses {
         if a.writes() && data[d as usize].read_only {
             return Err(SubmitError::ReadOnlyWrite {
                 task: graph.task_name(t),
-                datum: data[d as usize].label.clone(),
+                datum: format!("'{}'", data[d as usize].name),
             });
         }
     }
     let duplicate = |d: u32| SubmitError::DuplicateAccess {
         task: graph.task_name(t),
-        datum: data[d as usize].label.clone(),
+        datum: format!("'{}'", data[d as usize].name),
     };
     if accesses.len() <= 16 {
         for (i, &(d, a)) in accesses.iter().enumerate() {
@@ -229,6 +229,8 @@ struct Eligibility<'m> {
     sets: Vec<EligibleSet>,
     by_mask: HashMap<WorkerMask, u16>,
     by_key: HashMap<(u32, u32, u32), u16>,
+    /// The last key and its set: consecutive tasks usually share both.
+    last: Option<((u32, u32, u32), u16)>,
 }
 
 impl<'m> Eligibility<'m> {
@@ -238,6 +240,7 @@ impl<'m> Eligibility<'m> {
             sets: Vec::new(),
             by_mask: HashMap::new(),
             by_key: HashMap::new(),
+            last: None,
         }
     }
 
@@ -250,7 +253,13 @@ impl<'m> Eligibility<'m> {
         cores: u32,
     ) -> Result<u16, String> {
         let key = (kernel_slot, restriction_slot, cores);
+        if let Some((k, s)) = self.last {
+            if k == key {
+                return Ok(s);
+            }
+        }
         if let Some(&s) = self.by_key.get(&key) {
+            self.last = Some((key, s));
             return Ok(s);
         }
         let mask = self.mask_for(kernel, r, cores)?;
@@ -277,6 +286,7 @@ impl<'m> Eligibility<'m> {
             }
         };
         self.by_key.insert(key, s);
+        self.last = Some((key, s));
         Ok(s)
     }
 
@@ -364,18 +374,18 @@ mod tests {
     use hexec_kernels::{builtin, Signature};
     use std::sync::Arc;
 
-    fn infos(g: &Graph) -> Vec<DatumInfo> {
+    fn infos(g: &Graph) -> Vec<DatumInfo<'_>> {
         g.data
             .iter()
             .map(|d| match d {
                 super::super::GraphDatum::Virtual { name, bytes } => DatumInfo {
-                    label: name.clone(),
+                    name: name.as_str(),
                     elem: None,
                     bytes: *bytes,
                     read_only: false,
                 },
                 super::super::GraphDatum::Stored { id, .. } => DatumInfo {
-                    label: format!("d{id}"),
+                    name: if *id == 99 { "d99" } else { "d" },
                     elem: Some(ElemType::F32),
                     bytes: 16,
                     read_only: *id == 99,

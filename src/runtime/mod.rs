@@ -251,86 +251,83 @@ impl Runtime {
 
     /// Runs a graph with options.
     pub fn run_with(&self, graph: &Graph, opts: RunOptions) -> Result<RunReport, RunError> {
-        let (infos, cells) = self.resolve(graph)?;
-        let compiled = compile(graph, &self.machine, &infos)?;
-        let bound: Vec<BoundDatum> = graph
+        let cells = self.resolve(graph)?;
+        let infos: Vec<DatumInfo<'_>> = graph
             .data
             .iter()
+            .zip(&cells)
+            .map(|(d, cell)| match (d, cell) {
+                (_, Some(c)) => DatumInfo {
+                    name: &c.name,
+                    elem: Some(c.elem),
+                    bytes: c.bytes() as u64,
+                    read_only: c.read_only,
+                },
+                (GraphDatum::Virtual { name, bytes }, None) => DatumInfo {
+                    name,
+                    elem: None,
+                    bytes: *bytes,
+                    read_only: false,
+                },
+                (GraphDatum::Stored { .. }, None) => unreachable!("resolve binds every stored datum"),
+            })
+            .collect();
+        let compiled = compile(graph, &self.machine, &infos)?;
+        let bound: Vec<BoundDatum> = cells
+            .iter()
             .zip(&infos)
-            .map(|(d, info)| match d {
-                GraphDatum::Stored { id, .. } => {
-                    let at = cells
-                        .binary_search_by_key(id, |c| c.0)
-                        .expect("every stored datum was resolved above");
-                    let cell = &cells[at].1;
-                    BoundDatum {
-                        ptr: cell.as_mut_ptr(),
-                        bytes: cell.bytes(),
-                        elem: info.elem,
-                    }
-                }
-                GraphDatum::Virtual { bytes, .. } => BoundDatum {
+            .map(|(cell, info)| match cell {
+                Some(c) => BoundDatum {
+                    ptr: c.as_mut_ptr(),
+                    bytes: c.bytes(),
+                    elem: info.elem,
+                },
+                None => BoundDatum {
                     ptr: std::ptr::null_mut(),
-                    bytes: *bytes as usize,
+                    bytes: info.bytes as usize,
                     elem: None,
                 },
             })
             .collect();
-        let _held = AcquiredData::acquire(cells.into_iter().map(|(_, c)| c).collect())?;
+        let _held = AcquiredData::acquire(cells.iter().flatten().cloned().collect())?;
         match self.policy {
             PolicyKind::Eager => self.execute(&Eager, graph, &compiled, &bound, opts),
             PolicyKind::Ws => self.execute(&WorkStealing, graph, &compiled, &bound, opts),
         }
     }
 
-    /// Resolves the graph's data against the store.
-    #[allow(clippy::type_complexity)]
-    fn resolve(&self, graph: &Graph) -> Result<(Vec<DatumInfo>, Vec<(u32, Arc<data::DataCell>)>), SubmitError> {
-        let mut infos = Vec::with_capacity(graph.data.len());
-        let mut cells = Vec::new();
-        for (local, d) in graph.data.iter().enumerate() {
-            match d {
-                GraphDatum::Virtual { name, bytes } => infos.push(DatumInfo {
-                    label: format!("'{name}'"),
-                    elem: None,
-                    bytes: *bytes,
-                    read_only: false,
-                }),
-                GraphDatum::Stored { rt, id } => {
-                    let Some(cell) = self.store.cell(*rt, *id) else {
-                        let task = graph
-                            .tasks
-                            .iter()
-                            .position(|t| {
-                                graph.accesses[t.accesses.range()]
-                                    .iter()
-                                    .any(|&(x, _)| x as usize == local)
-                            })
-                            .map(|t| graph.task_name(t))
-                            .unwrap_or_default();
-                        let detail = if *rt != self.id {
-                            "it was made by another runtime"
-                        } else {
-                            "no such datum"
-                        };
-                        return Err(SubmitError::UnknownData {
-                            task,
-                            datum: graph.datum_label(local as u32),
-                            detail: detail.into(),
-                        });
+    /// Finds the store cell of each of the graph's data (`None` for size-only data).
+    fn resolve(&self, graph: &Graph) -> Result<Vec<Option<Arc<data::DataCell>>>, SubmitError> {
+        graph
+            .data
+            .iter()
+            .enumerate()
+            .map(|(local, d)| match d {
+                GraphDatum::Virtual { .. } => Ok(None),
+                GraphDatum::Stored { rt, id } => self.store.cell(*rt, *id).map(Some).ok_or_else(|| {
+                    let task = graph
+                        .tasks
+                        .iter()
+                        .position(|t| {
+                            graph.accesses[t.accesses.range()]
+                                .iter()
+                                .any(|&(x, _)| x as usize == local)
+                        })
+                        .map(|t| graph.task_name(t))
+                        .unwrap_or_default();
+                    let detail = if *rt != self.id {
+                        "it was made by another runtime"
+                    } else {
+                        "no such datum"
                     };
-                    infos.push(DatumInfo {
-                        label: format!("'{}'", cell.name),
-                        elem: Some(cell.elem),
-                        bytes: cell.bytes() as u64,
-                        read_only: cell.read_only,
-                    });
-                    cells.push((*id, cell));
-                }
-            }
-        }
-        cells.sort_by_key(|c| c.0);
-        Ok((infos, cells))
+                    SubmitError::UnknownData {
+                        task,
+                        datum: graph.datum_label(local as u32),
+                        detail: detail.into(),
+                    }
+                }),
+            })
+            .collect()
     }
 
     fn execute<P: Policy>(

@@ -2,7 +2,7 @@
 //! order in which an idle worker looks at victims.
 //!
 //! [`Machine`] is plain data, so that the scheduler core and (later) the simulator can use
-//! machines that do not exist here. [`discover`] builds one from hwloc ([`hwloc`] is the only
+//! machines that do not exist here. [`discover`] builds one from hwloc (the `hwloc` submodule is the only
 //! module that touches the hwloc bindings).
 //!
 //! Invariants of a [`Machine`]:
