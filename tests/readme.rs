@@ -1,0 +1,39 @@
+//! The README's Rust examples, kept compiling and true.
+
+use hexec::kernels::{builtin, Access, ElemType, Kernel, Signature};
+use hexec::{PolicyKind, Runtime};
+
+#[test]
+fn readme_api_example() -> Result<(), Box<dyn std::error::Error>> {
+    let rt = Runtime::builder().policy(PolicyKind::Ws).build()?;
+    let x = rt.data(vec![1.0f32; 1 << 20]);
+    let y = rt.data(vec![0.0f32; 1 << 20]);
+    let s = rt.data(vec![0.0f32; 1]);
+    let mut g = rt.graph();
+    g.task(&builtin::axpy()).read(x).read_write(y).param(2.0).add();
+    g.task(&builtin::sum()).read(y).write(s).priority(1).add();
+    g.task(&builtin::noop()).on_worker("cpu0").add();
+    let report = rt.run(&g)?;
+    assert_eq!(report.completed, 3);
+    assert_eq!(rt.read(s)?[0], 2.0 * (1 << 20) as f32);
+    Ok(())
+}
+
+#[test]
+fn readme_kernel_example() -> Result<(), Box<dyn std::error::Error>> {
+    let square = std::sync::Arc::new(Kernel::cpu(
+        "square",
+        Signature::exact(&[(Access::ReadWrite, ElemType::F64)], 0),
+        |ctx| {
+            ctx.write::<f64>(0)?.iter_mut().for_each(|v| *v *= *v);
+            Ok(())
+        },
+    ));
+    let rt = Runtime::builder().cpus(1).build()?;
+    let v = rt.data(vec![3.0f64, -2.0]);
+    let mut g = rt.graph();
+    g.task(&square).read_write(v).add();
+    rt.run(&g)?;
+    assert_eq!(rt.read(v)?, vec![9.0, 4.0]);
+    Ok(())
+}
