@@ -250,3 +250,50 @@ fn real_topology_runs_pinned() {
         Err(hexec::BuildError::Topology(_))
     ));
 }
+
+/// A task that requests every core runs alone: no other task starts while it runs.
+#[test]
+fn a_multi_core_task_runs_alone() {
+    for policy in PolicyKind::ALL {
+        let rt = rt(3, policy);
+        let running = Arc::new(AtomicUsize::new(0));
+        let overlap = Arc::new(AtomicUsize::new(0));
+        let (r1, o1) = (running.clone(), overlap.clone());
+        let wide = Arc::new(Kernel::cpu("wide", Signature::any(0, 0), move |ctx| {
+            assert_eq!(ctx.cores(), 3);
+            r1.fetch_add(1, Ordering::SeqCst);
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_millis(30) {
+                if r1.load(Ordering::SeqCst) != 1 {
+                    o1.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            r1.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }));
+        let r2 = running.clone();
+        let narrow = Arc::new(Kernel::cpu("narrow", Signature::any(0, 0), move |_| {
+            r2.fetch_add(1, Ordering::SeqCst);
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_micros(200) {
+                std::hint::spin_loop();
+            }
+            r2.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }));
+        let mut g = rt.graph();
+        for i in 0..60 {
+            g.task(&narrow).name(format!("n{i}")).add();
+            if i % 20 == 10 {
+                g.task(&wide).name(format!("w{i}")).cores(3).add();
+            }
+        }
+        let report = rt.run(&g).unwrap();
+        assert_eq!(report.completed, 63);
+        assert_eq!(
+            overlap.load(Ordering::SeqCst),
+            0,
+            "{policy}: another task ran beside a 3-core task"
+        );
+    }
+}

@@ -65,6 +65,8 @@ pub struct CompiledGraph {
     /// Tasks with no predecessor, highest priority first, then insertion order.
     pub roots: Vec<u32>,
     pub plan: Plan,
+    /// The largest `cores` request of any task (1 for most graphs).
+    pub max_cores: u32,
 }
 
 impl CompiledGraph {
@@ -155,7 +157,9 @@ pub fn compile(graph: &Graph, machine: &Machine, data: &[DatumInfo<'_>]) -> Resu
         eligibility.sets,
         machine.victims.clone(),
     );
+    let max_cores = graph.tasks.iter().map(|t| t.cores).max().unwrap_or(1);
     Ok(CompiledGraph {
+        max_cores,
         succ_off,
         succ,
         indegree,

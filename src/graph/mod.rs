@@ -344,7 +344,8 @@ impl TaskBuilder<'_> {
         self
     }
 
-    /// Cores the task needs (default 1); passed to the kernel as `ctx.cores()`.
+    /// Cores the task needs (default 1). While it runs, `n - 1` other CPU workers start
+    /// nothing; the kernel sees `ctx.cores()` and may run that many threads.
     pub fn cores(mut self, n: u32) -> Self {
         self.cores = n;
         self

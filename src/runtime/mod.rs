@@ -6,6 +6,7 @@
 //! threads, so nothing outlives the run), and gather their statistics into a [`RunReport`].
 //! No global state: runtimes can be created, used and dropped many times in one process.
 
+mod cores;
 mod data;
 mod queues;
 mod sleep;
@@ -347,6 +348,8 @@ impl Runtime {
             compiled,
             bound,
             queues: &shared,
+            core_gate: (compiled.max_cores > 1)
+                .then(|| cores::CoreGate::new(self.machine.count(crate::DeviceKind::Cpu))),
             worker_names: &names,
             deps: compiled.indegree.iter().map(|&d| AtomicU32::new(d)).collect(),
             poisoned: (0..n).map(|_| AtomicBool::new(false)).collect(),

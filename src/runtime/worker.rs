@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::{Backoff, CachePadded};
 use hexec_kernels::{CpuContext, ElemType, RawOperand};
 
+use super::cores::CoreGate;
 use super::queues::{LocalQueues, SharedQueues};
 use crate::graph::compile::CompiledGraph;
 use crate::graph::Graph;
@@ -35,6 +36,8 @@ pub(crate) struct RunState<'a> {
     pub compiled: &'a CompiledGraph,
     pub bound: &'a [BoundDatum],
     pub queues: &'a SharedQueues,
+    /// Present when some task requests more than one core.
+    pub core_gate: Option<CoreGate>,
     pub worker_names: &'a [String],
     pub deps: Vec<AtomicU32>,
     pub poisoned: Vec<AtomicBool>,
@@ -97,7 +100,14 @@ pub(crate) fn run_worker<P: Policy>(
                 None => break,
             },
         };
+        let cores = run.graph.tasks[task as usize].cores as usize;
+        if let Some(gate) = &run.core_gate {
+            gate.acquire(cores);
+        }
         let ok = execute(run, task, me, &mut operands, &mut stats);
+        if let Some(gate) = &run.core_gate {
+            gate.release(cores);
+        }
 
         ready.clear();
         for &s in run.compiled.successors(task) {
