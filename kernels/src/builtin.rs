@@ -214,7 +214,7 @@ mod tests {
             op(&mut x, ElemType::F32, Access::Read),
             op(&mut y, ElemType::F32, Access::ReadWrite),
         ];
-        let ctx = CpuContext::new(&ops, &[2.0], 1).unwrap();
+        let ctx = CpuContext::new(&ops, &[2.0], 1);
         (axpy().cpu_impl().unwrap())(&ctx).unwrap();
         assert_eq!(y, vec![12.0, 24.0, 36.0]);
 
@@ -224,7 +224,7 @@ mod tests {
             op(&mut short, ElemType::F32, Access::Read),
             op(&mut y, ElemType::F32, Access::ReadWrite),
         ];
-        let ctx = CpuContext::new(&ops, &[1.0], 1).unwrap();
+        let ctx = CpuContext::new(&ops, &[1.0], 1);
         assert!((axpy().cpu_impl().unwrap())(&ctx).is_err());
     }
 
@@ -232,7 +232,7 @@ mod tests {
     fn context_refuses_conflicting_borrows_and_wrong_types() {
         let mut y = vec![0.0f32; 4];
         let ops = [op(&mut y, ElemType::F32, Access::ReadWrite)];
-        let ctx = CpuContext::new(&ops, &[], 1).unwrap();
+        let ctx = CpuContext::new(&ops, &[], 1);
         let _w = ctx.write::<f32>(0).unwrap();
         assert!(matches!(
             ctx.read::<f32>(0),
@@ -249,8 +249,32 @@ mod tests {
         ));
         let mut x = vec![0.0f32; 4];
         let ops = [op(&mut x, ElemType::F32, Access::Read)];
-        let ctx = CpuContext::new(&ops, &[], 1).unwrap();
+        let ctx = CpuContext::new(&ops, &[], 1);
         assert!(matches!(ctx.write::<f32>(0), Err(KernelError::AccessMismatch { .. })));
+    }
+
+    #[test]
+    fn contexts_with_many_operands_track_borrows() {
+        let mut bufs: Vec<Vec<u64>> = (0..70).map(|i| vec![i; 2]).collect();
+        let ops: Vec<RawOperand<'_>> = bufs
+            .iter_mut()
+            .map(|b| op(b, ElemType::U64, Access::ReadWrite))
+            .collect();
+        let ctx = CpuContext::new(&ops, &[], 1);
+        let last = ctx.write::<u64>(69).unwrap();
+        assert!(matches!(
+            ctx.read::<u64>(69),
+            Err(KernelError::AlreadyBorrowed { index: 69 })
+        ));
+        assert_eq!(ctx.read::<u64>(65).unwrap(), &[65, 65]);
+        assert!(matches!(
+            ctx.write::<u64>(65),
+            Err(KernelError::AlreadyBorrowed { index: 65 })
+        ));
+        last[0] = 7;
+        drop(ctx);
+        drop(ops);
+        assert_eq!(bufs[69], vec![7, 69]);
     }
 
     #[test]
@@ -263,7 +287,7 @@ mod tests {
                 op(&mut out, ElemType::U64, Access::Write),
             ];
             let params = [seed];
-            let ctx = CpuContext::new(&ops, &params, 1).unwrap();
+            let ctx = CpuContext::new(&ops, &params, 1);
             (mix().cpu_impl().unwrap())(&ctx).unwrap();
             out
         };
@@ -274,9 +298,9 @@ mod tests {
 
     #[test]
     fn spin_rejects_bad_durations_and_sum_sums() {
-        let ctx = CpuContext::new(&[], &[-1.0], 1).unwrap();
+        let ctx = CpuContext::new(&[], &[-1.0], 1);
         assert!((spin().cpu_impl().unwrap())(&ctx).is_err());
-        let ctx = CpuContext::new(&[], &[f64::NAN], 1).unwrap();
+        let ctx = CpuContext::new(&[], &[f64::NAN], 1);
         assert!((sleep().cpu_impl().unwrap())(&ctx).is_err());
         let mut x = vec![0.5f32; 10];
         let mut s = vec![0.0f32; 1];
@@ -284,7 +308,7 @@ mod tests {
             op(&mut x, ElemType::F32, Access::Read),
             op(&mut s, ElemType::F32, Access::Write),
         ];
-        let ctx = CpuContext::new(&ops, &[], 1).unwrap();
+        let ctx = CpuContext::new(&ops, &[], 1);
         (sum().cpu_impl().unwrap())(&ctx).unwrap();
         assert_eq!(s[0], 5.0);
     }

@@ -125,7 +125,7 @@ pub struct CpuContext<'a> {
 
 impl<'a> CpuContext<'a> {
     /// Builds a context over the task's operands and parameters.
-    pub fn new(operands: &'a [RawOperand<'a>], params: &'a [f64], cores: u32) -> Result<Self, KernelError> {
+    pub fn new(operands: &'a [RawOperand<'a>], params: &'a [f64], cores: u32) -> Self {
         let borrows = if operands.len() <= 64 {
             Borrows::Small {
                 shared: Cell::new(0),
@@ -134,12 +134,12 @@ impl<'a> CpuContext<'a> {
         } else {
             Borrows::Large((0..operands.len()).map(|_| Cell::new(FREE)).collect())
         };
-        Ok(CpuContext {
+        CpuContext {
             operands,
             params,
             cores,
             borrows,
-        })
+        }
     }
 
     /// Number of operands.

@@ -59,10 +59,18 @@ unsafe impl Sync for DataCell {}
 
 impl DataCell {
     fn new(name: String, elem: ElemType, bytes: &[u8], read_only: bool) -> Self {
-        let len = bytes.len() / elem.size();
-        let words = bytes.len().div_ceil(8);
-        let mut buf = vec![0u64; words].into_boxed_slice();
+        let mut buf = vec![0u64; bytes.len().div_ceil(8)].into_boxed_slice();
         bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..bytes.len()].copy_from_slice(bytes);
+        Self::from_words(name, elem, bytes.len() / elem.size(), buf, read_only)
+    }
+
+    fn zeroed(name: String, elem: ElemType, len: usize) -> Self {
+        let buf = vec![0u64; (len * elem.size()).div_ceil(8)].into_boxed_slice();
+        Self::from_words(name, elem, len, buf, false)
+    }
+
+    fn from_words(name: String, elem: ElemType, len: usize, buf: Box<[u64]>, read_only: bool) -> Self {
+        let words = buf.len();
         let ptr = NonNull::new(Box::into_raw(buf) as *mut u64).expect("Box pointers are never null");
         DataCell {
             name,
@@ -145,7 +153,7 @@ impl DataStore {
         let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
         let id = cells.len() as u32;
         let name = name.unwrap_or_else(|| format!("data#{id}"));
-        cells.push(Arc::new(DataCell::new(name, elem, &vec![0u8; bytes as usize], false)));
+        cells.push(Arc::new(DataCell::zeroed(name, elem, len)));
         Ok(id)
     }
 

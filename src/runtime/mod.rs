@@ -42,6 +42,9 @@ pub enum RunError {
     /// Some tasks failed; the report says which, and what else ran.
     #[error("{}", describe_failures(report))]
     TaskFailed { report: Box<RunReport> },
+    /// A worker stopped on an internal error (a bug in hexec, not in a kernel).
+    #[error("worker '{worker}' stopped on an internal error: {message}")]
+    Internal { worker: String, message: String },
     /// A worker thread could not be started.
     #[error("could not start worker thread '{worker}': {message}")]
     Spawn { worker: String, message: String },
@@ -383,7 +386,14 @@ impl Runtime {
                                 tracing::debug!(worker = i, error = %e, "could not pin worker thread");
                             }
                         }
-                        run_worker(policy, run, q, me)
+                        // Kernel panics are caught per task; a panic here is a bug in hexec.
+                        // Stop the run rather than leave the other workers waiting forever.
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_worker(policy, run, q, me)))
+                            .map_err(|p| {
+                                run.done.store(true, Ordering::SeqCst);
+                                run.queues.sleep.wake_all();
+                                worker::panic_message(&p)
+                            })
                     });
                 match spawned {
                     Ok(h) => handles.push(h),
@@ -399,7 +409,26 @@ impl Runtime {
                     }
                 }
             }
-            Ok(handles.into_iter().map(|h| h.join().unwrap_or_default()).collect())
+            let mut stats = Vec::with_capacity(handles.len());
+            for (i, h) in handles.into_iter().enumerate() {
+                match h.join() {
+                    Ok(Ok(st)) => stats.push(st),
+                    Ok(Err(message)) => {
+                        return Err(RunError::Internal {
+                            worker: names[i].clone(),
+                            message,
+                        })
+                    }
+                    Err(p) => {
+                        let message = worker::panic_message(&p);
+                        return Err(RunError::Internal {
+                            worker: names[i].clone(),
+                            message,
+                        });
+                    }
+                }
+            }
+            Ok(stats)
         })?;
         let makespan = started.elapsed();
         let failures = run.failures.into_inner().unwrap_or_else(|e| e.into_inner());

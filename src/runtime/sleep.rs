@@ -85,7 +85,9 @@ impl Sleep {
     pub fn wake_all(&self) {
         fence(SeqCst);
         for (i, t) in self.threads.iter().enumerate() {
-            self.sleeping[i].store(false, SeqCst);
+            if self.sleeping[i].swap(false, SeqCst) {
+                self.num_sleeping.fetch_sub(1, SeqCst);
+            }
             if let Some(t) = t.get() {
                 t.unpark();
             }

@@ -218,14 +218,14 @@ fn execute<'a>(
     let started = run.record_trace.then(|| run.start.elapsed());
     let outcome = match kernel.cpu_impl() {
         None => Err(format!("kernel '{}' has no CPU implementation", kernel.name())),
-        Some(f) => match CpuContext::new(operands, params, rec.cores) {
-            Err(e) => Err(e.to_string()),
-            Ok(ctx) => match catch_unwind(AssertUnwindSafe(|| f(&ctx))) {
+        Some(f) => {
+            let ctx = CpuContext::new(operands, params, rec.cores);
+            match catch_unwind(AssertUnwindSafe(|| f(&ctx))) {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(panic) => Err(format!("panicked: {}", panic_message(&panic))),
-            },
-        },
+            }
+        }
     };
     operands.clear();
     if let Some(s) = started {
@@ -256,7 +256,7 @@ fn execute<'a>(
     }
 }
 
-fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = p.downcast_ref::<String>() {
