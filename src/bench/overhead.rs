@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::graph::compile::Successors;
 use crate::graph::formats::{self, BuildOptions};
 use crate::graph::Graph;
 use crate::kernels::builtin;
@@ -251,39 +252,19 @@ fn tree(depth: u32) {
     }
 }
 
-/// A DAG in compressed form, for the rayon baseline.
-struct Csr {
-    off: Vec<u32>,
-    succ: Vec<u32>,
-    indegree: Vec<u32>,
-}
+/// The rayon baseline for a general DAG: atomic counters over hexec's successor lists.
+struct Csr(Successors);
 
 impl Csr {
     fn of(g: &Graph) -> Csr {
-        let n = g.len();
-        let mut off = vec![0u32; n + 1];
-        let mut indegree = vec![0u32; n];
-        for &(a, b) in &g.edges {
-            off[a as usize + 1] += 1;
-            indegree[b as usize] += 1;
-        }
-        for i in 0..n {
-            off[i + 1] += off[i];
-        }
-        let mut fill = off.clone();
-        let mut succ = vec![0u32; g.edges.len()];
-        for &(a, b) in &g.edges {
-            succ[fill[a as usize] as usize] = b;
-            fill[a as usize] += 1;
-        }
-        Csr { off, succ, indegree }
+        Csr(Successors::of(g))
     }
 
     fn run_on(&self, pool: &rayon::ThreadPool) {
-        let deps: Vec<AtomicU32> = self.indegree.iter().map(|&d| AtomicU32::new(d)).collect();
+        let deps: Vec<AtomicU32> = self.0.indegree.iter().map(|&d| AtomicU32::new(d)).collect();
         pool.scope(|s| {
-            for t in 0..self.indegree.len() as u32 {
-                if self.indegree[t as usize] == 0 {
+            for t in 0..self.0.indegree.len() as u32 {
+                if self.0.indegree[t as usize] == 0 {
                     let deps = &deps;
                     s.spawn(move |s| self.task(s, deps, t));
                 }
@@ -293,7 +274,7 @@ impl Csr {
 
     fn task<'s>(&'s self, s: &rayon::Scope<'s>, deps: &'s [AtomicU32], t: u32) {
         std::hint::black_box(t);
-        for &c in &self.succ[self.off[t as usize] as usize..self.off[t as usize + 1] as usize] {
+        for &c in self.0.of_task(t) {
             if deps[c as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
                 s.spawn(move |s| self.task(s, deps, c));
             }

@@ -54,14 +54,50 @@ pub enum SubmitError {
     TooLarge { tasks: usize, max: usize },
 }
 
+/// A graph's edges in compressed form: who waits for whom.
+#[derive(Debug, Clone)]
+pub struct Successors {
+    /// `succ[off[t]..off[t+1]]` are the tasks that wait for `t`.
+    pub off: Vec<u32>,
+    pub succ: Vec<u32>,
+    /// Number of predecessors per task.
+    pub indegree: Vec<u32>,
+}
+
+impl Successors {
+    /// Builds the successor lists of a graph (counting sort on the source task).
+    pub fn of(graph: &Graph) -> Self {
+        let n = graph.len();
+        let mut off = vec![0u32; n + 1];
+        let mut indegree = vec![0u32; n];
+        for &(from, to) in &graph.edges {
+            debug_assert!(from < to, "graph edges always point forward");
+            off[from as usize + 1] += 1;
+            indegree[to as usize] += 1;
+        }
+        for i in 0..n {
+            off[i + 1] += off[i];
+        }
+        let mut fill = off.clone();
+        let mut succ = vec![0u32; graph.edges.len()];
+        for &(from, to) in &graph.edges {
+            succ[fill[from as usize] as usize] = to;
+            fill[from as usize] += 1;
+        }
+        Successors { off, succ, indegree }
+    }
+
+    /// The tasks that wait for `t`.
+    #[inline]
+    pub fn of_task(&self, t: u32) -> &[u32] {
+        &self.succ[self.off[t as usize] as usize..self.off[t as usize + 1] as usize]
+    }
+}
+
 /// A graph ready to execute on one machine.
 #[derive(Debug)]
 pub struct CompiledGraph {
-    /// `succ[succ_off[t]..succ_off[t+1]]` are the tasks that wait for `t`.
-    pub succ_off: Vec<u32>,
-    pub succ: Vec<u32>,
-    /// Number of predecessor edges per task.
-    pub indegree: Vec<u32>,
+    pub edges: Successors,
     /// Tasks with no predecessor, highest priority first, then insertion order.
     pub roots: Vec<u32>,
     pub plan: Plan,
@@ -73,7 +109,7 @@ impl CompiledGraph {
     /// Successors of a task.
     #[inline]
     pub fn successors(&self, t: u32) -> &[u32] {
-        &self.succ[self.succ_off[t as usize] as usize..self.succ_off[t as usize + 1] as usize]
+        self.edges.of_task(t)
     }
 }
 
@@ -131,23 +167,8 @@ pub fn compile(graph: &Graph, machine: &Machine, data: &[DatumInfo<'_>]) -> Resu
 
     let (task_band, num_bands) = priority_bands(graph);
 
-    let mut succ_off = vec![0u32; n + 1];
-    let mut indegree = vec![0u32; n];
-    for &(from, to) in &graph.edges {
-        debug_assert!(from < to, "graph edges always point forward");
-        succ_off[from as usize + 1] += 1;
-        indegree[to as usize] += 1;
-    }
-    for i in 0..n {
-        succ_off[i + 1] += succ_off[i];
-    }
-    let mut fill = succ_off.clone();
-    let mut succ = vec![0u32; graph.edges.len()];
-    for &(from, to) in &graph.edges {
-        succ[fill[from as usize] as usize] = to;
-        fill[from as usize] += 1;
-    }
-    let mut roots: Vec<u32> = (0..n as u32).filter(|&t| indegree[t as usize] == 0).collect();
+    let edges = Successors::of(graph);
+    let mut roots: Vec<u32> = (0..n as u32).filter(|&t| edges.indegree[t as usize] == 0).collect();
     roots.sort_by_key(|&t| std::cmp::Reverse(graph.tasks[t as usize].priority));
 
     let plan = Plan::new(
@@ -160,9 +181,7 @@ pub fn compile(graph: &Graph, machine: &Machine, data: &[DatumInfo<'_>]) -> Resu
     let max_cores = graph.tasks.iter().map(|t| t.cores).max().unwrap_or(1);
     Ok(CompiledGraph {
         max_cores,
-        succ_off,
-        succ,
-        indegree,
+        edges,
         roots,
         plan,
     })
@@ -407,7 +426,7 @@ mod tests {
         let c = compile(&g, &Machine::synthetic_cpus(2), &infos(&g)).unwrap();
         assert_eq!(c.roots, vec![1, 0]);
         assert_eq!(c.successors(0), &[2]);
-        assert_eq!(c.indegree, vec![0, 0, 1]);
+        assert_eq!(c.edges.indegree, vec![0, 0, 1]);
         assert_eq!(c.plan.num_bands(), 2);
         assert_eq!(c.plan.band(1), 0);
         assert_eq!(c.plan.band(0), 1);

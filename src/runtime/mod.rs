@@ -354,7 +354,7 @@ impl Runtime {
             core_gate: (compiled.max_cores > 1)
                 .then(|| cores::CoreGate::new(self.machine.count(crate::DeviceKind::Cpu))),
             worker_names: &names,
-            deps: compiled.indegree.iter().map(|&d| AtomicU32::new(d)).collect(),
+            deps: compiled.edges.indegree.iter().map(|&d| AtomicU32::new(d)).collect(),
             poisoned: (0..n).map(|_| AtomicBool::new(false)).collect(),
             remaining: CachePadded::new(AtomicUsize::new(n)),
             done: AtomicBool::new(n == 0),
