@@ -9,13 +9,17 @@
 //! - [`graph`]: tasks, data handles, dependency inference, validation, file formats;
 //! - [`topology`]: the machine (hwloc discovery, workers, classes, victim order);
 //! - [`sched`]: the policies, pure and deterministic;
+//! - [`gpu`]: GPUs through wgpu (discovery, devices, transfers, kernels);
+//! - [`memory`]: coherence of data copies across memory nodes, transfer accounting;
 //! - [`runtime`]: the real driver (threads, lock-free queues, data store);
 //! - [`trace`]: run summaries and Chrome/Perfetto traces;
 //! - [`mod@bench`]: the overhead benchmark shared by the CLI and criterion.
 
 pub mod bench;
 pub mod demo;
+pub mod gpu;
 pub mod graph;
+pub mod memory;
 pub mod runtime;
 pub mod sched;
 pub mod topology;

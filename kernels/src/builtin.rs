@@ -3,7 +3,9 @@
 //! - Synthetic, for benchmarks and graph replays: [`noop`], [`spin`] (busy-waits its first
 //!   parameter in seconds), [`sleep`] (sleeps it). They accept any operands, so a replayed
 //!   workflow can still declare the files each task reads and writes.
-//! - Numeric over `f32` slices: [`fill`], [`scale`], [`axpy`], [`add`], [`sum`].
+//! - Numeric over `f32` slices, each with a CPU and a GPU (WGSL) implementation: [`fill`],
+//!   [`scale`], [`axpy`], [`add`], [`multiply`], the reductions [`sum`], [`min`], [`max`],
+//!   and [`gemm`].
 //! - [`mix`]: writes a hash of everything it reads into everything it writes (`u64`). Any
 //!   reordering of dependent tasks changes the final values, which makes it the kernel of
 //!   choice for checking that a schedule respected every dependency.
@@ -12,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::context::CpuContext;
+use crate::gpu;
 use crate::kernel::{Kernel, KernelError, Signature};
 use crate::types::{Access, ElemType};
 
@@ -70,6 +73,7 @@ builtin!(
         ctx.write::<f32>(0)?.fill(v);
         Ok(())
     })
+    .with_gpu(gpu::elementwise(include_str!("../../shaders/fill.wgsl"), 1, 0))
 );
 
 builtin!(
@@ -80,6 +84,7 @@ builtin!(
         ctx.write::<f32>(0)?.iter_mut().for_each(|x| *x *= a);
         Ok(())
     })
+    .with_gpu(gpu::elementwise(include_str!("../../shaders/scale.wgsl"), 1, 0))
 );
 
 builtin!(
@@ -99,6 +104,7 @@ builtin!(
             Ok(())
         }
     )
+    .with_gpu(gpu::elementwise(include_str!("../../shaders/axpy.wgsl"), 2, 1))
 );
 
 builtin!(
@@ -126,6 +132,7 @@ builtin!(
             Ok(())
         }
     )
+    .with_gpu(gpu::map2("x + y"))
 );
 
 builtin!(
@@ -145,6 +152,7 @@ builtin!(
             Ok(())
         }
     )
+    .with_gpu(gpu::reduction("sum"))
 );
 
 /// SplitMix64's finaliser: a cheap, well-mixing bijection on `u64`.
@@ -189,9 +197,99 @@ builtin!(
     })
 );
 
+builtin!(
+    /// `z[i] = x[i] * y[i]`: reads `x` and `y`, writes `z`; all `f32` of equal length.
+    multiply,
+    Kernel::map2("multiply", "x * y", |x, y| x * y)
+);
+
+fn fold_kernel(name: &'static str, init: f32, f: fn(f32, f32) -> f32) -> Kernel {
+    Kernel::cpu(
+        name,
+        Signature::exact(&[(Access::Read, ElemType::F32), (Access::Write, ElemType::F32)], 0),
+        move |ctx| {
+            let x = ctx.read::<f32>(0)?;
+            let out = ctx.write::<f32>(1)?;
+            let Some(out) = out.first_mut() else {
+                return Err(KernelError::msg(format!("the output of {name} needs at least one element")));
+            };
+            *out = x.iter().copied().fold(init, f);
+            Ok(())
+        },
+    )
+    .with_gpu(gpu::reduction(name))
+}
+
+builtin!(
+    /// `s[0] = min(x)` (`f32::MAX` for an empty `x`).
+    min,
+    fold_kernel("min", f32::MAX, f32::min)
+);
+
+builtin!(
+    /// `s[0] = max(x)` (`f32::MIN` for an empty `x`).
+    max,
+    fold_kernel("max", f32::MIN, f32::max)
+);
+
+/// Checks GEMM operands against params `[m, n, k, alpha, beta]` and operand lengths; returns
+/// `(m, n, k)`.
+pub fn gemm_dims(params: &[f64], lens: &[u64]) -> Result<(usize, usize, usize), String> {
+    let dim = |i: usize, what: &str| -> Result<usize, String> {
+        let v = params.get(i).copied().ok_or_else(|| format!("missing parameter {what}"))?;
+        if v.fract() != 0.0 || !(0.0..=f64::from(u32::MAX)).contains(&v) {
+            return Err(format!("{what} = {v} is not a size"));
+        }
+        Ok(v as usize)
+    };
+    let (m, n, k) = (dim(0, "m")?, dim(1, "n")?, dim(2, "k")?);
+    let want = [(m * k, "A (m×k)"), (k * n, "B (k×n)"), (m * n, "C (m×n)")];
+    for (i, (len, what)) in want.iter().enumerate() {
+        let got = lens.get(i).copied().unwrap_or(0);
+        if got < *len as u64 {
+            return Err(format!("{what} needs {len} elements, operand {i} has {got}"));
+        }
+    }
+    Ok((m, n, k))
+}
+
+builtin!(
+    /// `C = alpha·A·B + beta·C`, row-major f32: reads A (m×k) and B (k×n), read-writes C
+    /// (m×n); params `[m, n, k, alpha, beta]`.
+    gemm,
+    Kernel::cpu(
+        "gemm",
+        Signature::exact(
+            &[(Access::Read, ElemType::F32), (Access::Read, ElemType::F32), (Access::ReadWrite, ElemType::F32)],
+            5
+        ),
+        |ctx| {
+            let (a, b, c) = (ctx.read::<f32>(0)?, ctx.read::<f32>(1)?, ctx.write::<f32>(2)?);
+            let lens = [a.len() as u64, b.len() as u64, c.len() as u64];
+            let (m, n, k) = gemm_dims(ctx.params(), &lens).map_err(KernelError::msg)?;
+            let (alpha, beta) = (ctx.param(3)? as f32, ctx.param(4)? as f32);
+            let mut row = vec![0.0f32; n];
+            for i in 0..m {
+                row.iter_mut().for_each(|v| *v = 0.0);
+                for p in 0..k {
+                    let aip = a[i * k + p];
+                    for (r, &bv) in row.iter_mut().zip(&b[p * n..p * n + n]) {
+                        *r = aip.mul_add(bv, *r);
+                    }
+                }
+                for (cv, &r) in c[i * n..i * n + n].iter_mut().zip(&row) {
+                    *cv = if beta == 0.0 { alpha * r } else { alpha * r + beta * *cv };
+                }
+            }
+            Ok(())
+        }
+    )
+    .with_gpu(gpu::gemm())
+);
+
 /// Every built-in kernel.
 pub fn all() -> Vec<Arc<Kernel>> {
-    vec![noop(), spin(), sleep(), fill(), scale(), axpy(), add(), sum(), mix()]
+    vec![noop(), spin(), sleep(), fill(), scale(), axpy(), add(), multiply(), sum(), min(), max(), gemm(), mix()]
 }
 
 #[cfg(test)]

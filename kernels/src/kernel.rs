@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::context::CpuContext;
+use crate::gpu::GpuImpl;
 use crate::types::{Access, ElemType};
 
 /// A CPU implementation. Returning `Err` (or panicking) fails the task.
@@ -102,6 +103,7 @@ pub struct Kernel {
     name: String,
     signature: Signature,
     cpu: Option<CpuFn>,
+    gpu: Option<Arc<GpuImpl>>,
 }
 
 impl Kernel {
@@ -110,21 +112,47 @@ impl Kernel {
     where
         F: Fn(&CpuContext<'_>) -> Result<(), KernelError> + Send + Sync + 'static,
     {
-        Kernel {
-            name: name.into(),
-            signature,
-            cpu: Some(Arc::new(f)),
-        }
+        Kernel { name: name.into(), signature, cpu: Some(Arc::new(f)), gpu: None }
+    }
+
+    /// Adds (or replaces) the GPU implementation.
+    pub fn with_gpu(mut self, gpu: GpuImpl) -> Self {
+        self.gpu = Some(Arc::new(gpu));
+        self
+    }
+
+    /// Adds (or replaces) the CPU implementation.
+    pub fn with_cpu<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&CpuContext<'_>) -> Result<(), KernelError> + Send + Sync + 'static,
+    {
+        self.cpu = Some(Arc::new(f));
+        self
+    }
+
+    /// A binary elementwise map over f32, `z[i] = f(x[i], y[i])`, given as a WGSL expression
+    /// in `x` and `y` for GPUs and as a Rust function for CPUs (operands: read x, read y,
+    /// write z, all of one length).
+    pub fn map2(name: impl Into<String>, wgsl_expr: &str, cpu: fn(f32, f32) -> f32) -> Self {
+        use crate::types::ElemType::F32;
+        let sig = Signature::exact(&[(Access::Read, F32), (Access::Read, F32), (Access::Write, F32)], 0);
+        Kernel::cpu(name, sig, move |ctx| {
+            let (x, y, z) = (ctx.read::<f32>(0)?, ctx.read::<f32>(1)?, ctx.write::<f32>(2)?);
+            if x.len() != z.len() || y.len() != z.len() {
+                return Err(KernelError::msg(format!("lengths differ: x {}, y {}, z {}", x.len(), y.len(), z.len())));
+            }
+            for ((z, &x), &y) in z.iter_mut().zip(x).zip(y) {
+                *z = cpu(x, y);
+            }
+            Ok(())
+        })
+        .with_gpu(crate::gpu::map2(wgsl_expr))
     }
 
     /// A kernel with no implementation yet; add them with the `with_*` methods. A kernel with
     /// no implementation at all can run nowhere and is refused at submit.
     pub fn declare(name: impl Into<String>, signature: Signature) -> Self {
-        Kernel {
-            name: name.into(),
-            signature,
-            cpu: None,
-        }
+        Kernel { name: name.into(), signature, cpu: None, gpu: None }
     }
 
     /// Its name, unique within a registry.
@@ -146,6 +174,17 @@ impl Kernel {
     pub fn has_cpu(&self) -> bool {
         self.cpu.is_some()
     }
+
+    /// The GPU implementation, if any.
+    pub fn gpu_impl(&self) -> Option<&Arc<GpuImpl>> {
+        self.gpu.as_ref()
+    }
+
+    /// Whether it can run on a GPU.
+    pub fn has_gpu(&self) -> bool {
+        self.gpu.is_some()
+    }
+
 }
 
 impl fmt::Debug for Kernel {
@@ -154,6 +193,7 @@ impl fmt::Debug for Kernel {
             .field("name", &self.name)
             .field("signature", &self.signature)
             .field("cpu", &self.cpu.is_some())
+            .field("gpu", &self.gpu.is_some())
             .finish()
     }
 }

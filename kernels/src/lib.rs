@@ -16,6 +16,7 @@
 //! ```
 
 mod context;
+pub mod gpu;
 mod kernel;
 mod registry;
 mod types;
@@ -23,6 +24,7 @@ mod types;
 pub mod builtin;
 
 pub use context::{CpuContext, RawOperand};
+pub use gpu::{Binding, GpuDims, GpuImpl, GpuPass};
 pub use kernel::{CpuFn, Kernel, KernelError, OperandSpec, Signature};
 pub use registry::{KernelRegistry, RegistryError};
 pub use types::{Access, ElemType, Element};

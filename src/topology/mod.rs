@@ -95,6 +95,30 @@ pub struct NumaNode {
     pub workers: Vec<WorkerId>,
 }
 
+/// A GPU as the machine model knows it (plain data; the opened device lives in the
+/// runtime's `gpu` module).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct GpuDesc {
+    pub name: String,
+    /// `vulkan`, `metal`, `dx12`, ...
+    pub backend: String,
+    /// `DiscreteGpu`, `IntegratedGpu`, `Cpu` (a software rasteriser such as lavapipe), ...
+    pub device_type: String,
+    pub pci_bus_id: String,
+    pub driver: String,
+    /// Which physical adapter (after deduplication) this device was opened on.
+    pub adapter_index: usize,
+    /// Features tasks may require: `f16`, `subgroups`, `timestamp`.
+    pub features: Vec<String>,
+    pub max_buffer_size: u64,
+    pub max_storage_binding: u64,
+    pub max_workgroup_invocations: u32,
+    /// Device memory when known (host memory for CPU-type adapters).
+    pub memory_bytes: Option<u64>,
+    /// Nanoseconds per timestamp-query tick.
+    pub timestamp_period_ns: f32,
+}
+
 /// Workers, classes and memory nodes of a machine.
 #[derive(Clone, Debug, Serialize)]
 pub struct Machine {
@@ -105,6 +129,8 @@ pub struct Machine {
     pub numa_nodes: Vec<NumaNode>,
     /// Per worker: the other workers of its class, closest first.
     pub victims: Vec<Vec<WorkerId>>,
+    /// Per GPU worker, in worker order after the CPU workers: its description.
+    pub gpus: Vec<GpuDesc>,
 }
 
 impl Machine {
@@ -170,13 +196,56 @@ impl Machine {
             kind: DeviceKind::Cpu,
             workers: workers.iter().map(|w| w.id).collect(),
         }];
-        Machine {
-            source: source.into(),
-            workers,
-            classes,
-            numa_nodes,
-            victims,
+        Machine { source: source.into(), workers, classes, numa_nodes, victims, gpus: Vec::new() }
+    }
+
+    /// Adds one GPU worker per description (named `gpu0`, `gpu1`, ...). GPUs with the same
+    /// adapter name, backend and features form one class; a GPU's victims are the other GPUs
+    /// of its class. GPU workers sit on NUMA node 0 until PCI locality is read from hwloc.
+    pub fn add_gpus(&mut self, gpus: Vec<GpuDesc>) {
+        for (i, g) in gpus.into_iter().enumerate() {
+            let class_name = format!("gpu:{} ({}; {})", g.name, g.backend, g.features.join(","));
+            let class = match self.classes.iter().position(|c| c.name == class_name) {
+                Some(c) => ClassId(c as u16),
+                None => {
+                    self.classes.push(ClassInfo {
+                        id: ClassId(self.classes.len() as u16),
+                        name: class_name,
+                        kind: DeviceKind::Gpu,
+                        workers: Vec::new(),
+                    });
+                    ClassId(self.classes.len() as u16 - 1)
+                }
+            };
+            let id = WorkerId(self.workers.len() as u32);
+            self.classes[class.0 as usize].workers.push(id);
+            self.workers.push(WorkerInfo {
+                id,
+                name: format!("gpu{i}"),
+                kind: DeviceKind::Gpu,
+                class,
+                numa: 0,
+                pus: Vec::new(),
+                features: g.features.clone(),
+            });
+            self.gpus.push(g);
         }
+        self.victims.resize(self.workers.len(), Vec::new());
+        for w in &self.workers {
+            if w.kind == DeviceKind::Gpu {
+                let class = &self.classes[w.class.0 as usize];
+                self.victims[w.id.index()] = class.workers.iter().copied().filter(|&v| v != w.id).collect();
+            }
+        }
+        if let Some(n) = self.numa_nodes.first_mut() {
+            n.workers.extend(self.workers.iter().filter(|w| w.kind == DeviceKind::Gpu).map(|w| w.id));
+        }
+    }
+
+    /// The description of a GPU worker.
+    pub fn gpu(&self, w: WorkerId) -> Option<&GpuDesc> {
+        let first_gpu = self.workers.iter().position(|w| w.kind == DeviceKind::Gpu)?;
+        self.gpus.get(w.index().checked_sub(first_gpu)?)
     }
 
     /// Number of workers.

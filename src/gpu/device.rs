@@ -1,0 +1,246 @@
+//! Adapter discovery and device opening.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::exec::Pipelines;
+use super::poll::Poller;
+use super::pool::BufferPool;
+use crate::topology::GpuDesc;
+
+/// Which GPUs a runtime opens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GpuRequest {
+    /// Every GPU adapter found (deduplicated).
+    #[default]
+    All,
+    /// None: CPU only.
+    None,
+    /// Exactly this many devices. More than there are adapters opens several devices on the
+    /// same adapters, round-robin: on a machine with one lavapipe adapter, `Count(2)` gives two
+    /// independent devices, so that multi-GPU paths run for real in tests.
+    Count(usize),
+}
+
+impl std::str::FromStr for GpuRequest {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(GpuRequest::All),
+            "none" | "0" => Ok(GpuRequest::None),
+            n => n
+                .parse::<usize>()
+                .map(GpuRequest::Count)
+                .map_err(|_| format!("--gpus takes a number, 'all' or 'none', not '{n}'")),
+        }
+    }
+}
+
+/// GPU errors.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum GpuError {
+    #[error("{asked} GPU(s) requested but this machine has none that wgpu can use for compute")]
+    NoAdapter { asked: usize },
+    #[error("could not open GPU '{device}': {message}")]
+    RequestDevice { device: String, message: String },
+}
+
+/// Device health, shared with wgpu's callbacks.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    lost: AtomicBool,
+    reason: Mutex<Option<String>>,
+}
+
+impl Health {
+    pub fn mark_lost(&self, reason: String) {
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        self.lost.store(true, Ordering::SeqCst);
+    }
+
+    pub fn lost(&self) -> Option<String> {
+        if self.lost.load(Ordering::SeqCst) {
+            Some(self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default())
+        } else {
+            None
+        }
+    }
+}
+
+/// An opened GPU.
+pub struct GpuDevice {
+    pub desc: GpuDesc,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub(crate) health: Arc<Health>,
+    pub(crate) poller: Poller,
+    pub(crate) pool: BufferPool,
+    pub(crate) pipelines: Pipelines,
+}
+
+impl std::fmt::Debug for GpuDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuDevice").field("desc", &self.desc).finish_non_exhaustive()
+    }
+}
+
+impl GpuDevice {
+    /// Why the device is lost, if it is.
+    pub fn lost(&self) -> Option<String> {
+        self.health.lost()
+    }
+
+    /// Destroys the device: every later use fails with a device-lost error. For tests of
+    /// device loss and for retiring a device.
+    pub fn destroy(&self) {
+        self.device.destroy();
+    }
+
+    /// Pipelines compiled so far (they are kept for later tasks and runs).
+    pub fn cached_pipelines(&self) -> usize {
+        self.pipelines.len()
+    }
+
+    /// Pooled buffers waiting for reuse.
+    pub fn pooled_buffers(&self) -> usize {
+        self.pool.idle()
+    }
+}
+
+/// Features hexec asks for when the adapter has them, with the names tasks use.
+const WANTED: [(wgpu::Features, &str); 3] = [
+    (wgpu::Features::SHADER_F16, "f16"),
+    (wgpu::Features::SUBGROUP, "subgroups"),
+    (wgpu::Features::TIMESTAMP_QUERY, "timestamp"),
+];
+
+/// Finds compute-capable adapters, deduplicated by PCI bus id (or by name and device id when
+/// the bus id is unknown), and opens the requested devices. `host_memory` is used as the
+/// memory of CPU-type adapters (lavapipe), which allocate from host memory.
+pub fn discover(request: GpuRequest, host_memory: u64) -> Result<Vec<GpuDevice>, GpuError> {
+    if request == GpuRequest::None {
+        return Ok(Vec::new());
+    }
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let mut unique: Vec<wgpu::Adapter> = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for a in adapters {
+        let info = a.get_info();
+        if !a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
+            tracing::debug!(adapter = %info.name, "skipping adapter without compute shaders");
+            continue;
+        }
+        let key = if info.device_pci_bus_id.is_empty() {
+            format!("{}:{:x}:{:x}", info.name, info.vendor, info.device)
+        } else {
+            info.device_pci_bus_id.clone()
+        };
+        match seen.get(&key) {
+            // Prefer Vulkan, Metal or DX12 over GL for the same physical device.
+            Some(&i) if rank(info.backend) < rank(unique[i].get_info().backend) => unique[i] = a,
+            Some(_) => {}
+            None => {
+                seen.insert(key, unique.len());
+                unique.push(a);
+            }
+        }
+    }
+    let count = match request {
+        GpuRequest::All => unique.len(),
+        GpuRequest::Count(n) => n,
+        GpuRequest::None => 0,
+    };
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    if unique.is_empty() {
+        return Err(GpuError::NoAdapter { asked: count });
+    }
+    // Extra devices on the same adapter need their own `Adapter` values: enumerate again.
+    let mut pool: Vec<Vec<wgpu::Adapter>> = unique.into_iter().map(|a| vec![a]).collect();
+    let keys: Vec<String> = pool.iter().map(|v| adapter_key(&v[0])).collect();
+    let mut devices = Vec::with_capacity(count);
+    for i in 0..count {
+        let slot = i % pool.len();
+        let adapter = match pool[slot].pop() {
+            Some(a) => a,
+            None => pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+                .into_iter()
+                .find(|a| adapter_key(a) == keys[slot])
+                .ok_or_else(|| GpuError::RequestDevice {
+                    device: keys[slot].clone(),
+                    message: "the adapter disappeared while opening a second device on it".into(),
+                })?,
+        };
+        devices.push(open(&adapter, i, slot, host_memory)?);
+    }
+    Ok(devices)
+}
+
+fn adapter_key(a: &wgpu::Adapter) -> String {
+    let i = a.get_info();
+    format!("{}:{:x}:{:x}:{}:{:?}", i.name, i.vendor, i.device, i.device_pci_bus_id, i.backend)
+}
+
+fn rank(b: wgpu::Backend) -> u8 {
+    match b {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        wgpu::Backend::Gl => 2,
+        _ => 1,
+    }
+}
+
+fn open(adapter: &wgpu::Adapter, index: usize, adapter_index: usize, host_memory: u64) -> Result<GpuDevice, GpuError> {
+    let info = adapter.get_info();
+    let available = adapter.features();
+    let mut features = wgpu::Features::empty();
+    let mut names = Vec::new();
+    for (f, name) in WANTED {
+        if available.contains(f) {
+            features |= f;
+            names.push(name.to_string());
+        }
+    }
+    let limits = adapter.limits();
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some(&format!("hexec gpu{index}")),
+        required_features: features,
+        required_limits: limits.clone(),
+        ..Default::default()
+    }))
+    .map_err(|e| GpuError::RequestDevice { device: info.name.clone(), message: e.to_string() })?;
+    let health = Arc::new(Health::default());
+    let h = health.clone();
+    device.set_device_lost_callback(move |reason, message| {
+        h.mark_lost(format!("device lost ({reason:?}): {message}"));
+    });
+    let h = health.clone();
+    device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+        // Errors are captured by scopes around each submission; anything escaping them is
+        // logged, never a panic (wgpu's default handler panics).
+        tracing::error!(error = %e, "uncaptured GPU error");
+        if matches!(e, wgpu::Error::OutOfMemory { .. }) {
+            h.mark_lost(format!("out of memory outside any task: {e}"));
+        }
+    }));
+    let memory_bytes = (info.device_type == wgpu::DeviceType::Cpu).then_some(host_memory);
+    let desc = GpuDesc {
+        name: info.name.clone(),
+        backend: format!("{:?}", info.backend).to_lowercase(),
+        device_type: format!("{:?}", info.device_type),
+        pci_bus_id: info.device_pci_bus_id.clone(),
+        driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        adapter_index,
+        features: names,
+        max_buffer_size: limits.max_buffer_size,
+        max_storage_binding: limits.max_storage_buffer_binding_size,
+        max_workgroup_invocations: limits.max_compute_invocations_per_workgroup,
+        memory_bytes,
+        timestamp_period_ns: queue.get_timestamp_period(),
+    };
+    let poller = Poller::start(device.clone(), format!("gpu{index}"));
+    Ok(GpuDevice { desc, device, queue, health, poller, pool: BufferPool::default(), pipelines: Pipelines::default() })
+}

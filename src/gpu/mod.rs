@@ -1,0 +1,19 @@
+//! GPUs through wgpu: discovery, opened devices with their poll threads, buffer pools,
+//! pipeline caches, transfers and kernel execution.
+//!
+//! Invariants:
+//! - one [`GpuDevice`] per GPU worker; its `wgpu::Device` is only polled by its own poll
+//!   thread (a blocking `device.poll` on a worker thread would stall `queue.submit` from
+//!   other threads);
+//! - every error wgpu can report (validation, out-of-memory, device loss) is caught through
+//!   error scopes and the device-lost callback and returned as a value naming the kernel and
+//!   the device; nothing here panics on a GPU error.
+
+mod device;
+mod exec;
+mod poll;
+mod pool;
+
+pub(crate) use device::Health;
+pub use device::{discover, GpuDevice, GpuError, GpuRequest};
+pub(crate) use exec::GpuOperand;

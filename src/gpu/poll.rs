@@ -1,0 +1,102 @@
+//! The dedicated poll thread of a device, and waiting for submitted work.
+//!
+//! A blocking `device.poll` on a worker thread would stall `queue.submit` from other threads,
+//! so each device has one thread that polls it while someone waits for it, and sleeps
+//! otherwise. Waiters register, submit a callback (`on_submitted_work_done`, `map_async`) and
+//! wait on a channel with a timeout that also checks the device's health, so a lost device
+//! ends the wait with an error instead of a hang.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::device::Health;
+
+struct State {
+    waiting: Mutex<usize>,
+    wake: Condvar,
+    stop: AtomicBool,
+}
+
+pub(crate) struct Poller {
+    state: Arc<State>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Poller {
+    pub fn start(device: wgpu::Device, name: String) -> Poller {
+        let state = Arc::new(State { waiting: Mutex::new(0), wake: Condvar::new(), stop: AtomicBool::new(false) });
+        let s = state.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("hexec-poll-{name}"))
+            .spawn(move || loop {
+                {
+                    let mut w = s.waiting.lock().unwrap_or_else(|e| e.into_inner());
+                    while *w == 0 && !s.stop.load(Ordering::SeqCst) {
+                        w = s.wake.wait(w).unwrap_or_else(|e| e.into_inner());
+                    }
+                }
+                if s.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let r = device.poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(Duration::from_millis(20)) });
+                if let Err(e) = r {
+                    // Timeouts are routine; a lost device shows in `Health` via its callback.
+                    tracing::trace!(error = %e, "poll");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+            .ok();
+        Poller { state, thread }
+    }
+
+    fn register(&self) {
+        *self.state.waiting.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.state.wake.notify_one();
+    }
+
+    fn unregister(&self) {
+        let mut w = self.state.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        *w = w.saturating_sub(1);
+    }
+
+    /// Waits for `rx` (fed by a wgpu callback) while the poll thread polls; fails if the device
+    /// is lost or nothing arrives within `limit`.
+    pub fn wait<T>(&self, rx: mpsc::Receiver<T>, health: &Health, limit: Duration) -> Result<T, String> {
+        if self.thread.is_none() {
+            return Err("the device's poll thread could not be started".into());
+        }
+        self.register();
+        let step = Duration::from_millis(10);
+        let mut waited = Duration::ZERO;
+        let out = loop {
+            match rx.recv_timeout(step) {
+                Ok(v) => break Ok(v),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break Err("the GPU callback was dropped".to_string()),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some(reason) = health.lost() {
+                        break Err(reason);
+                    }
+                    waited += step;
+                    if waited >= limit {
+                        break Err(format!("no completion after {limit:?}"));
+                    }
+                }
+            }
+        };
+        self.unregister();
+        out
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        self.state.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
