@@ -11,7 +11,13 @@ fn overhead(c: &mut Criterion) {
     let shapes = Shape::standard(Some(&dask));
     let runtimes: Vec<Runtime> = PolicyKind::ALL
         .iter()
-        .map(|&p| Runtime::builder().policy(p).build().expect("runtime"))
+        .map(|&p| {
+            Runtime::builder()
+                .policy(p)
+                .gpus(hexec::gpu::GpuRequest::None)
+                .build()
+                .expect("runtime")
+        })
         .collect();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(runtimes[0].machine().num_workers())

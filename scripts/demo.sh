@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
 cargo build --release --locked
+export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
+if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+  export XDG_RUNTIME_DIR="$(mktemp -d)"
+fi
 ./target/release/hexec info
 echo
 ./target/release/hexec demo "$@"

@@ -3,7 +3,9 @@
 # Safe to run repeatedly: it does nothing when everything is present.
 set -euo pipefail
 
-packages=(pkg-config libhwloc-dev libudev-dev)
+# hwloc for the topology; Mesa's lavapipe (a conformant Vulkan device running on the CPU)
+# and the Vulkan loader so that GPU paths run on machines without a GPU.
+packages=(pkg-config libhwloc-dev libudev-dev mesa-vulkan-drivers libvulkan1)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -211,7 +211,9 @@ fn fold_kernel(name: &'static str, init: f32, f: fn(f32, f32) -> f32) -> Kernel 
             let x = ctx.read::<f32>(0)?;
             let out = ctx.write::<f32>(1)?;
             let Some(out) = out.first_mut() else {
-                return Err(KernelError::msg(format!("the output of {name} needs at least one element")));
+                return Err(KernelError::msg(format!(
+                    "the output of {name} needs at least one element"
+                )));
             };
             *out = x.iter().copied().fold(init, f);
             Ok(())
@@ -236,7 +238,10 @@ builtin!(
 /// `(m, n, k)`.
 pub fn gemm_dims(params: &[f64], lens: &[u64]) -> Result<(usize, usize, usize), String> {
     let dim = |i: usize, what: &str| -> Result<usize, String> {
-        let v = params.get(i).copied().ok_or_else(|| format!("missing parameter {what}"))?;
+        let v = params
+            .get(i)
+            .copied()
+            .ok_or_else(|| format!("missing parameter {what}"))?;
         if v.fract() != 0.0 || !(0.0..=f64::from(u32::MAX)).contains(&v) {
             return Err(format!("{what} = {v} is not a size"));
         }
@@ -289,7 +294,21 @@ builtin!(
 
 /// Every built-in kernel.
 pub fn all() -> Vec<Arc<Kernel>> {
-    vec![noop(), spin(), sleep(), fill(), scale(), axpy(), add(), multiply(), sum(), min(), max(), gemm(), mix()]
+    vec![
+        noop(),
+        spin(),
+        sleep(),
+        fill(),
+        scale(),
+        axpy(),
+        add(),
+        multiply(),
+        sum(),
+        min(),
+        max(),
+        gemm(),
+        mix(),
+    ]
 }
 
 #[cfg(test)]

@@ -34,6 +34,10 @@ pub struct GpuDims<'a> {
 
 /// Computes a workgroup grid.
 pub type GridFn = Arc<dyn Fn(&GpuDims<'_>) -> [u32; 3] + Send + Sync>;
+/// Computes the scratch buffer sizes, in bytes.
+pub type ScratchFn = Arc<dyn Fn(&GpuDims<'_>) -> Vec<u64> + Send + Sync>;
+/// Checks operand sizes and parameters before a dispatch.
+pub type CheckFn = Arc<dyn Fn(&GpuDims<'_>) -> Result<(), String> + Send + Sync>;
 
 /// One dispatch.
 #[derive(Clone)]
@@ -51,15 +55,17 @@ pub struct GpuImpl {
     pub source: Arc<str>,
     pub passes: Vec<GpuPass>,
     /// Sizes in bytes of scratch buffers the passes need.
-    pub scratch: Arc<dyn Fn(&GpuDims<'_>) -> Vec<u64> + Send + Sync>,
+    pub scratch: ScratchFn,
     /// Checks sizes before dispatch (for example, matching lengths); the message says why not.
-    pub check: Arc<dyn Fn(&GpuDims<'_>) -> Result<(), String> + Send + Sync>,
+    pub check: CheckFn,
 }
 
 impl std::fmt::Debug for GpuImpl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let entries: Vec<&str> = self.passes.iter().map(|p| p.entry.as_str()).collect();
-        f.debug_struct("GpuImpl").field("entries", &entries).finish_non_exhaustive()
+        f.debug_struct("GpuImpl")
+            .field("entries", &entries)
+            .finish_non_exhaustive()
     }
 }
 
@@ -71,7 +77,11 @@ impl GpuImpl {
         bindings.extend((0..operands).map(Binding::Operand));
         GpuImpl {
             source: format!("{COMMON_WGSL}\n{body}").into(),
-            passes: vec![GpuPass { entry: "main".into(), bindings, grid }],
+            passes: vec![GpuPass {
+                entry: "main".into(),
+                bindings,
+                grid,
+            }],
             scratch: Arc::new(|_| Vec::new()),
             check: Arc::new(|_| Ok(())),
         }
@@ -91,7 +101,11 @@ pub fn pack_params(dims: &GpuDims<'_>) -> [u8; 64] {
         words[i] = u32::try_from(l).unwrap_or(u32::MAX);
     }
     for (i, &p) in dims.params.iter().take(4).enumerate() {
-        words[4 + i] = if p.is_finite() && p >= 0.0 { p.min(u32::MAX as f64) as u32 } else { 0 };
+        words[4 + i] = if p.is_finite() && p >= 0.0 {
+            p.min(u32::MAX as f64) as u32
+        } else {
+            0
+        };
         words[8 + i] = (p as f32).to_bits();
     }
     for (i, &p) in dims.params.iter().skip(4).take(4).enumerate() {
@@ -121,14 +135,21 @@ pub fn reduce_partials(n: u64) -> u64 {
 
 /// An elementwise kernel over `operands` f32 arrays whose grid follows operand `sized_by`.
 pub fn elementwise(body: &str, operands: usize, sized_by: usize) -> GpuImpl {
-    GpuImpl::single(body, operands, Arc::new(move |d| grid_1d(d.lens.get(sized_by).copied().unwrap_or(0), ELEMENTWISE_WG)))
-        .with_check(move |d| {
-            let n = d.lens.get(sized_by).copied().unwrap_or(0);
-            match d.lens.iter().position(|&l| l != n) {
-                Some(i) => Err(format!("operand {i} has {} elements, operand {sized_by} has {n}", d.lens[i])),
-                None => Ok(()),
-            }
-        })
+    GpuImpl::single(
+        body,
+        operands,
+        Arc::new(move |d| grid_1d(d.lens.get(sized_by).copied().unwrap_or(0), ELEMENTWISE_WG)),
+    )
+    .with_check(move |d| {
+        let n = d.lens.get(sized_by).copied().unwrap_or(0);
+        match d.lens.iter().position(|&l| l != n) {
+            Some(i) => Err(format!(
+                "operand {i} has {} elements, operand {sized_by} has {n}",
+                d.lens[i]
+            )),
+            None => Ok(()),
+        }
+    })
 }
 
 /// A binary map `z = expr(x, y)` over f32, `expr` a WGSL expression in `x` and `y`.
@@ -152,7 +173,12 @@ pub fn reduction(op: &str) -> GpuImpl {
                 entry: format!("{op}_final"),
                 // Bindings are indexed by position: keep binding 1 (the input) unused here
                 // by binding the scratch buffer at 2 and the output at 3.
-                bindings: vec![Binding::Params, Binding::Operand(0), Binding::Scratch(0), Binding::Operand(1)],
+                bindings: vec![
+                    Binding::Params,
+                    Binding::Operand(0),
+                    Binding::Scratch(0),
+                    Binding::Operand(1),
+                ],
                 grid: grid_final,
             },
         ],
@@ -175,7 +201,12 @@ pub fn gemm() -> GpuImpl {
         source: format!("{COMMON_WGSL}\n{}", include_str!("../../shaders/gemm.wgsl")).into(),
         passes: vec![GpuPass {
             entry: "gemm".into(),
-            bindings: vec![Binding::Params, Binding::Operand(0), Binding::Operand(1), Binding::Operand(2)],
+            bindings: vec![
+                Binding::Params,
+                Binding::Operand(0),
+                Binding::Operand(1),
+                Binding::Operand(2),
+            ],
             grid: Arc::new(|d| {
                 let (m, n) = (d.params[0] as u64, d.params[1] as u64);
                 [n.div_ceil(64).max(1) as u32, m.div_ceil(64).max(1) as u32, 1]

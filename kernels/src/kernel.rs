@@ -112,7 +112,12 @@ impl Kernel {
     where
         F: Fn(&CpuContext<'_>) -> Result<(), KernelError> + Send + Sync + 'static,
     {
-        Kernel { name: name.into(), signature, cpu: Some(Arc::new(f)), gpu: None }
+        Kernel {
+            name: name.into(),
+            signature,
+            cpu: Some(Arc::new(f)),
+            gpu: None,
+        }
     }
 
     /// Adds (or replaces) the GPU implementation.
@@ -139,7 +144,12 @@ impl Kernel {
         Kernel::cpu(name, sig, move |ctx| {
             let (x, y, z) = (ctx.read::<f32>(0)?, ctx.read::<f32>(1)?, ctx.write::<f32>(2)?);
             if x.len() != z.len() || y.len() != z.len() {
-                return Err(KernelError::msg(format!("lengths differ: x {}, y {}, z {}", x.len(), y.len(), z.len())));
+                return Err(KernelError::msg(format!(
+                    "lengths differ: x {}, y {}, z {}",
+                    x.len(),
+                    y.len(),
+                    z.len()
+                )));
             }
             for ((z, &x), &y) in z.iter_mut().zip(x).zip(y) {
                 *z = cpu(x, y);
@@ -152,7 +162,12 @@ impl Kernel {
     /// A kernel with no implementation yet; add them with the `with_*` methods. A kernel with
     /// no implementation at all can run nowhere and is refused at submit.
     pub fn declare(name: impl Into<String>, signature: Signature) -> Self {
-        Kernel { name: name.into(), signature, cpu: None, gpu: None }
+        Kernel {
+            name: name.into(),
+            signature,
+            cpu: None,
+            gpu: None,
+        }
     }
 
     /// Its name, unique within a registry.
@@ -184,7 +199,6 @@ impl Kernel {
     pub fn has_gpu(&self) -> bool {
         self.gpu.is_some()
     }
-
 }
 
 impl fmt::Debug for Kernel {

@@ -141,7 +141,8 @@ pub struct OverheadConfig {
 /// Measures every shape.
 pub fn measure(shapes: &[Shape], cfg: &OverheadConfig) -> Result<Vec<OverheadRow>, String> {
     let make_rt = |p: PolicyKind| -> Result<Runtime, BuildError> {
-        let b = Runtime::builder().policy(p);
+        // Empty tasks on all cores: GPU workers would only idle beside them.
+        let b = Runtime::builder().policy(p).gpus(crate::gpu::GpuRequest::None);
         match cfg.cpus {
             Some(n) => b.cpus(n).build(),
             None => b.build(),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use hexec::bench::overhead::{self, OverheadConfig, Shape};
+use hexec::gpu::GpuRequest;
 use hexec::graph::formats::{self, BuildOptions, Format};
 use hexec::trace::write_chrome_trace;
 use hexec::{PolicyKind, RunError, RunOptions, Runtime, RuntimeBuilder};
@@ -102,11 +103,15 @@ struct MachineArgs {
     /// Do not pin worker threads to cores.
     #[arg(long)]
     no_pin: bool,
+    /// GPUs to use: all, none, or a count (a count above the number of adapters opens
+    /// several devices per adapter).
+    #[arg(long, default_value = "all")]
+    gpus: GpuRequest,
 }
 
 impl MachineArgs {
     fn builder(&self) -> RuntimeBuilder {
-        let mut b = Runtime::builder().policy(self.policy);
+        let mut b = Runtime::builder().policy(self.policy).gpus(self.gpus);
         if let Some(n) = self.cpus {
             b = b.cpus(n);
         }
@@ -262,7 +267,29 @@ fn info(json: bool, m: &MachineArgs) -> Result<(), Failure> {
         if let Some(w) = mach.workers.first() {
             println!("  features: {}", w.features.join(" "));
         }
-        println!("  gpus: none (GPU workers arrive with the wgpu device layer)");
+        if mach.gpus.is_empty() {
+            println!("  gpus: none found (on a machine without a GPU, install mesa-vulkan-drivers for lavapipe)");
+        }
+        for (w, g) in mach
+            .workers
+            .iter()
+            .filter(|w| w.kind == hexec::DeviceKind::Gpu)
+            .zip(&mach.gpus)
+        {
+            let mem = g.memory_bytes.map_or("unknown".to_string(), |b| {
+                format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+            });
+            println!(
+                "  {:<6} {} [{} {}] driver {}  memory {mem}  max buffer {} MiB  features [{}]",
+                w.name,
+                g.name,
+                g.backend,
+                g.device_type,
+                g.driver,
+                g.max_buffer_size >> 20,
+                g.features.join(", ")
+            );
+        }
     }
     Ok(())
 }
@@ -270,14 +297,15 @@ fn info(json: bool, m: &MachineArgs) -> Result<(), Failure> {
 fn print_machine(rt: &Runtime) {
     let m = rt.machine();
     println!(
-        "machine: {} cpu worker(s) on {} NUMA node(s), policy {}",
-        m.num_workers(),
+        "machine: {} cpu and {} gpu worker(s) on {} NUMA node(s), policy {}",
+        m.count(hexec::DeviceKind::Cpu),
+        m.count(hexec::DeviceKind::Gpu),
         m.numa_nodes.len(),
         rt.policy()
     );
     for (i, n) in m.numa_nodes.iter().enumerate() {
         println!(
-            "  numa{i} (os {}): {:.1} GiB, {} core(s)",
+            "  numa{i} (os {}): {:.1} GiB, {} worker(s)",
             n.os_index,
             n.memory_bytes as f64 / (1u64 << 30) as f64,
             n.workers.len()
@@ -324,15 +352,22 @@ fn run_and_report(
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         println!(
-            "{} tasks: {} completed, {} failed, {} skipped in {:.3} s (policy {}, {} steals)",
+            "{} tasks: {} completed, {} failed, {} skipped in {:.3} s (policy {}, {} steals, {} bytes transferred)",
             report.tasks,
             report.completed,
             report.failed,
             report.skipped,
             report.makespan_s,
             report.policy,
-            report.steals
+            report.steals,
+            report.bytes_transferred
         );
+        for l in &report.transfers {
+            println!(
+                "  {:>5} -> {:<5} {:>12} bytes in {:>5} transfer(s), {:.3} s",
+                l.from, l.to, l.bytes, l.transfers, l.seconds
+            );
+        }
         for w in &report.workers {
             println!(
                 "  {:<6} {:>8} tasks  busy {:.3} s  steals {}",

@@ -62,7 +62,13 @@ impl Health {
 
     pub fn lost(&self) -> Option<String> {
         if self.lost.load(Ordering::SeqCst) {
-            Some(self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default())
+            Some(
+                self.reason
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .unwrap_or_default(),
+            )
         } else {
             None
         }
@@ -82,7 +88,9 @@ pub struct GpuDevice {
 
 impl std::fmt::Debug for GpuDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuDevice").field("desc", &self.desc).finish_non_exhaustive()
+        f.debug_struct("GpuDevice")
+            .field("desc", &self.desc)
+            .finish_non_exhaustive()
     }
 }
 
@@ -95,6 +103,10 @@ impl GpuDevice {
     /// Destroys the device: every later use fails with a device-lost error. For tests of
     /// device loss and for retiring a device.
     pub fn destroy(&self) {
+        // Mark first: wgpu reports the loss through its callback only on a later poll, and
+        // work submitted meanwhile must not count as done.
+        self.health
+            .mark_lost("device lost (Destroyed): destroyed by hexec".into());
         self.device.destroy();
     }
 
@@ -129,7 +141,11 @@ pub fn discover(request: GpuRequest, host_memory: u64) -> Result<Vec<GpuDevice>,
     let mut seen: HashMap<String, usize> = HashMap::new();
     for a in adapters {
         let info = a.get_info();
-        if !a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
+        if !a
+            .get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        {
             tracing::debug!(adapter = %info.name, "skipping adapter without compute shaders");
             continue;
         }
@@ -182,7 +198,10 @@ pub fn discover(request: GpuRequest, host_memory: u64) -> Result<Vec<GpuDevice>,
 
 fn adapter_key(a: &wgpu::Adapter) -> String {
     let i = a.get_info();
-    format!("{}:{:x}:{:x}:{}:{:?}", i.name, i.vendor, i.device, i.device_pci_bus_id, i.backend)
+    format!(
+        "{}:{:x}:{:x}:{}:{:?}",
+        i.name, i.vendor, i.device, i.device_pci_bus_id, i.backend
+    )
 }
 
 fn rank(b: wgpu::Backend) -> u8 {
@@ -211,7 +230,10 @@ fn open(adapter: &wgpu::Adapter, index: usize, adapter_index: usize, host_memory
         required_limits: limits.clone(),
         ..Default::default()
     }))
-    .map_err(|e| GpuError::RequestDevice { device: info.name.clone(), message: e.to_string() })?;
+    .map_err(|e| GpuError::RequestDevice {
+        device: info.name.clone(),
+        message: e.to_string(),
+    })?;
     let health = Arc::new(Health::default());
     let h = health.clone();
     device.set_device_lost_callback(move |reason, message| {
@@ -242,5 +264,13 @@ fn open(adapter: &wgpu::Adapter, index: usize, adapter_index: usize, host_memory
         timestamp_period_ns: queue.get_timestamp_period(),
     };
     let poller = Poller::start(device.clone(), format!("gpu{index}"));
-    Ok(GpuDevice { desc, device, queue, health, poller, pool: BufferPool::default(), pipelines: Pipelines::default() })
+    Ok(GpuDevice {
+        desc,
+        device,
+        queue,
+        health,
+        poller,
+        pool: BufferPool::default(),
+        pipelines: Pipelines::default(),
+    })
 }

@@ -67,7 +67,13 @@ impl GpuDevice {
             })
             .collect();
         let key = (g.source.clone(), pass.entry.clone(), read_write.clone());
-        if let Some(p) = self.pipelines.pipelines.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        if let Some(p) = self
+            .pipelines
+            .pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
             return Ok(p.clone());
         }
         let module = {
@@ -81,7 +87,12 @@ impl GpuDevice {
                             source: wgpu::ShaderSource::Wgsl(g.source.to_string().into()),
                         })
                     })
-                    .map_err(|e| format!("shader of kernel '{kernel}' does not compile on {}: {e}", self.desc.name))?;
+                    .map_err(|e| {
+                        format!(
+                            "shader of kernel '{kernel}' does not compile on {}: {e}",
+                            self.desc.name
+                        )
+                    })?;
                     modules.insert(g.source.clone(), m.clone());
                     m
                 }
@@ -107,7 +118,10 @@ impl GpuDevice {
             })
             .collect();
         let built = scoped(&self.device, || {
-            let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(kernel), entries: &entries });
+            let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(kernel),
+                entries: &entries,
+            });
             let pipeline_layout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
                 label: Some(kernel),
                 bind_group_layouts: &[Some(&layout)],
@@ -123,29 +137,58 @@ impl GpuDevice {
             });
             (pipeline, layout)
         })
-        .map_err(|e| format!("pipeline '{}' of kernel '{kernel}' is invalid on {}: {e}", pass.entry, self.desc.name))?;
-        self.pipelines.pipelines.lock().unwrap_or_else(|e| e.into_inner()).insert(key, built.clone());
+        .map_err(|e| {
+            format!(
+                "pipeline '{}' of kernel '{kernel}' is invalid on {}: {e}",
+                pass.entry, self.desc.name
+            )
+        })?;
+        self.pipelines
+            .pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, built.clone());
         Ok(built)
     }
 
     /// Runs one kernel: binds operands (already valid on this device), dispatches every pass
     /// in one submission, and waits for it. Errors name the kernel and the device.
-    pub(crate) fn dispatch(&self, kernel: &str, g: &GpuImpl, ops: &[GpuOperand<'_>], params: &[f64]) -> Result<(), String> {
+    pub(crate) fn dispatch(
+        &self,
+        kernel: &str,
+        g: &GpuImpl,
+        ops: &[GpuOperand<'_>],
+        params: &[f64],
+    ) -> Result<(), String> {
         if let Some(reason) = self.lost() {
             return Err(format!("{} is lost: {reason}", self.desc.name));
         }
         let lens: Vec<u64> = ops.iter().map(|o| o.elements).collect();
         let dims = GpuDims { lens: &lens, params };
         (g.check)(&dims)?;
-        let pipelines = g.passes.iter().map(|p| self.pipeline(kernel, g, p, ops)).collect::<Result<Vec<_>, _>>()?;
-        let uniform = self.pool.take(&self.device, 64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST, "params");
+        let pipelines = g
+            .passes
+            .iter()
+            .map(|p| self.pipeline(kernel, g, p, ops))
+            .collect::<Result<Vec<_>, _>>()?;
+        let uniform = self.pool.take(
+            &self.device,
+            64,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            "params",
+        );
         self.queue.write_buffer(&uniform, 0, &pack_params(&dims));
         let scratch: Vec<wgpu::Buffer> = (g.scratch)(&dims)
             .into_iter()
-            .map(|bytes| self.pool.take(&self.device, bytes.max(4), wgpu::BufferUsages::STORAGE, "scratch"))
+            .map(|bytes| {
+                self.pool
+                    .take(&self.device, bytes.max(4), wgpu::BufferUsages::STORAGE, "scratch")
+            })
             .collect();
         let submitted = scoped(&self.device, || {
-            let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(kernel) });
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(kernel) });
             for (pass, (pipeline, layout)) in g.passes.iter().zip(&pipelines) {
                 let entries: Vec<wgpu::BindGroupEntry<'_>> = pass
                     .bindings
@@ -160,16 +203,28 @@ impl GpuDevice {
                         },
                     })
                     .collect();
-                let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(kernel), layout, entries: &entries });
+                let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(kernel),
+                    layout,
+                    entries: &entries,
+                });
                 let [x, y, z] = (pass.grid)(&dims);
-                let mut cpass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(kernel), timestamp_writes: None });
+                let mut cpass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(kernel),
+                    timestamp_writes: None,
+                });
                 cpass.set_pipeline(pipeline);
                 cpass.set_bind_group(0, &bind, &[]);
                 cpass.dispatch_workgroups(x, y, z);
             }
             self.queue.submit([encoder.finish()]);
         });
-        let waited = submitted.and_then(|()| self.wait_idle());
+        let waited = submitted
+            .and_then(|()| self.wait_idle())
+            .and_then(|()| match self.lost() {
+                Some(reason) => Err(reason),
+                None => Ok(()),
+            });
         self.pool.give(uniform);
         scratch.into_iter().for_each(|b| self.pool.give(b));
         waited.map_err(|e| format!("kernel '{kernel}' failed on {}: {e}", self.desc.name))
@@ -211,9 +266,16 @@ impl GpuDevice {
             return Err(format!("{} is lost: {reason}", self.desc.name));
         }
         let size = (dst.len() as u64).next_multiple_of(4);
-        let staging = self.pool.take(&self.device, size, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST, "staging");
+        let staging = self.pool.take(
+            &self.device,
+            size,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            "staging",
+        );
         let result = scoped(&self.device, || {
-            let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("download") });
+            let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("download"),
+            });
             encoder.copy_buffer_to_buffer(src, 0, &staging, 0, Some(size));
             self.queue.submit([encoder.finish()]);
         })
@@ -222,7 +284,9 @@ impl GpuDevice {
             staging.slice(..size).map_async(wgpu::MapMode::Read, move |r| {
                 let _ = tx.send(r);
             });
-            self.poller.wait(rx, &self.health, SUBMIT_LIMIT)?.map_err(|e| e.to_string())
+            self.poller
+                .wait(rx, &self.health, SUBMIT_LIMIT)?
+                .map_err(|e| e.to_string())
         })
         .and_then(|()| {
             let view = staging.slice(..size).get_mapped_range().map_err(|e| e.to_string())?;
@@ -238,7 +302,10 @@ impl GpuDevice {
     /// A device buffer able to hold `bytes` bytes of data (at least 4), for a datum's replica.
     pub(crate) fn create_replica(&self, bytes: u64, label: &str) -> Result<wgpu::Buffer, String> {
         if bytes > self.desc.max_buffer_size {
-            return Err(format!("{bytes} bytes exceed {}'s largest buffer ({} bytes)", self.desc.name, self.desc.max_buffer_size));
+            return Err(format!(
+                "{bytes} bytes exceed {}'s largest buffer ({} bytes)",
+                self.desc.name, self.desc.max_buffer_size
+            ));
         }
         scoped(&self.device, || {
             self.device.create_buffer(&wgpu::BufferDescriptor {

@@ -14,6 +14,5 @@ mod exec;
 mod poll;
 mod pool;
 
-pub(crate) use device::Health;
 pub use device::{discover, GpuDevice, GpuError, GpuRequest};
 pub(crate) use exec::GpuOperand;

@@ -27,7 +27,11 @@ pub(crate) struct Poller {
 
 impl Poller {
     pub fn start(device: wgpu::Device, name: String) -> Poller {
-        let state = Arc::new(State { waiting: Mutex::new(0), wake: Condvar::new(), stop: AtomicBool::new(false) });
+        let state = Arc::new(State {
+            waiting: Mutex::new(0),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
         let s = state.clone();
         let thread = std::thread::Builder::new()
             .name(format!("hexec-poll-{name}"))
@@ -41,7 +45,10 @@ impl Poller {
                 if s.stop.load(Ordering::SeqCst) {
                     return;
                 }
-                let r = device.poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(Duration::from_millis(20)) });
+                let r = device.poll(wgpu::PollType::Wait {
+                    submission_index: None,
+                    timeout: Some(Duration::from_millis(20)),
+                });
                 if let Err(e) = r {
                     // Timeouts are routine; a lost device shows in `Health` via its callback.
                     tracing::trace!(error = %e, "poll");

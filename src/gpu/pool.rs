@@ -19,20 +19,41 @@ impl BufferPool {
     /// A buffer of at least `size` bytes with `usage`.
     pub fn take(&self, device: &wgpu::Device, size: u64, usage: wgpu::BufferUsages, label: &str) -> wgpu::Buffer {
         let key = (class(size), usage.bits());
-        if let Some(b) = self.free.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&key).and_then(Vec::pop) {
+        if let Some(b) = self
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&key)
+            .and_then(Vec::pop)
+        {
             return b;
         }
-        device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: key.0, usage, mapped_at_creation: false })
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: key.0,
+            usage,
+            mapped_at_creation: false,
+        })
     }
 
     /// Returns a buffer taken from this pool.
     pub fn give(&self, b: wgpu::Buffer) {
         let key = (b.size(), b.usage().bits());
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().push(b);
+        self.free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .push(b);
     }
 
     /// Buffers waiting for reuse.
     pub fn idle(&self) -> usize {
-        self.free.lock().unwrap_or_else(|e| e.into_inner()).values().map(Vec::len).sum()
+        self.free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 }

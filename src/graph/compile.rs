@@ -150,6 +150,7 @@ pub fn compile(graph: &Graph, machine: &Machine, data: &[DatumInfo<'_>]) -> Resu
                 reason,
             });
         }
+        let gpu_fit = eligibility.gpu_fit(kernel, accesses, data);
         let set = eligibility
             .set_for(
                 rec.kernel,
@@ -157,6 +158,7 @@ pub fn compile(graph: &Graph, machine: &Machine, data: &[DatumInfo<'_>]) -> Resu
                 &graph.restrictions[rec.restriction as usize],
                 rec.restriction,
                 rec.cores,
+                gpu_fit,
             )
             .map_err(|reason| SubmitError::Unsatisfiable {
                 task: graph.task_name(t),
@@ -251,9 +253,9 @@ struct Eligibility<'m> {
     machine: &'m Machine,
     sets: Vec<EligibleSet>,
     by_mask: HashMap<WorkerMask, u16>,
-    by_key: HashMap<(u32, u32, u32), u16>,
+    by_key: HashMap<(u32, u32, u32, u64), u16>,
     /// The last key and its set: consecutive tasks usually share both.
-    last: Option<((u32, u32, u32), u16)>,
+    last: Option<((u32, u32, u32, u64), u16)>,
 }
 
 impl<'m> Eligibility<'m> {
@@ -274,8 +276,9 @@ impl<'m> Eligibility<'m> {
         r: &Restriction,
         restriction_slot: u32,
         cores: u32,
+        gpu_fit: u64,
     ) -> Result<u16, String> {
-        let key = (kernel_slot, restriction_slot, cores);
+        let key = (kernel_slot, restriction_slot, cores, gpu_fit);
         if let Some((k, s)) = self.last {
             if k == key {
                 return Ok(s);
@@ -285,7 +288,7 @@ impl<'m> Eligibility<'m> {
             self.last = Some((key, s));
             return Ok(s);
         }
-        let mask = self.mask_for(kernel, r, cores)?;
+        let mask = self.mask_for(kernel, r, cores, gpu_fit)?;
         let s = match self.by_mask.get(&mask) {
             Some(&s) => s,
             None => {
@@ -314,15 +317,47 @@ impl<'m> Eligibility<'m> {
     }
 
     /// Filters workers step by step so that an empty result says which step emptied it.
-    fn mask_for(&self, kernel: &Kernel, r: &Restriction, cores: u32) -> Result<WorkerMask, String> {
+    /// Bit `g` set: every operand of the task can be bound on GPU `g` (stored data within the
+    /// device's largest storage binding). Zero on machines without GPUs or for CPU-only
+    /// kernels, so CPU-only graphs pay nothing.
+    fn gpu_fit(&self, kernel: &Kernel, accesses: &[(u32, Access)], data: &[DatumInfo<'_>]) -> u64 {
+        if self.machine.gpus.is_empty() || !kernel.has_gpu() {
+            return 0;
+        }
+        let largest = accesses.iter().map(|&(d, _)| data[d as usize].bytes).max().unwrap_or(0);
+        if accesses.iter().any(|&(d, _)| data[d as usize].elem.is_none()) {
+            return 0;
+        }
+        self.machine
+            .gpus
+            .iter()
+            .enumerate()
+            .take(64)
+            .filter(|(_, g)| largest <= g.max_storage_binding)
+            .fold(0, |mask, (i, _)| mask | 1 << i)
+    }
+
+    fn mask_for(&self, kernel: &Kernel, r: &Restriction, cores: u32, gpu_fit: u64) -> Result<WorkerMask, String> {
         let m = self.machine;
-        let has_impl = |kind: DeviceKind| match kind {
+        let first_gpu = m.workers.iter().position(|w| w.kind == DeviceKind::Gpu).unwrap_or(0);
+        let has_impl = |w: &crate::topology::WorkerInfo| match w.kind {
             DeviceKind::Cpu => kernel.has_cpu(),
-            DeviceKind::Gpu => false,
+            DeviceKind::Gpu => kernel.has_gpu() && gpu_fit >> (w.id.index() - first_gpu) & 1 == 1,
         };
-        let mut cand: Vec<WorkerId> = m.workers.iter().filter(|w| has_impl(w.kind)).map(|w| w.id).collect();
+        let mut cand: Vec<WorkerId> = m.workers.iter().filter(|w| has_impl(w)).map(|w| w.id).collect();
         if cand.is_empty() {
-            let kinds = if kernel.has_cpu() { "cpu" } else { "none" };
+            let kinds = match (kernel.has_cpu(), kernel.has_gpu()) {
+                (true, true) => "cpu, gpu",
+                (true, false) => "cpu",
+                (false, true) => "gpu",
+                (false, false) => "none",
+            };
+            if kernel.has_gpu() && m.count(DeviceKind::Gpu) > 0 && !kernel.has_cpu() {
+                return Err(format!(
+                    "kernel '{}' runs only on GPUs, and no GPU can bind its operands (size-only data, or larger than the GPU's largest storage binding)",
+                    kernel.name()
+                ));
+            }
             return Err(format!(
                 "kernel '{}' has implementations for [{kinds}], and this machine has {} cpu and {} gpu worker(s)",
                 kernel.name(),
@@ -355,6 +390,17 @@ impl<'m> Eligibility<'m> {
                 ));
             }
             cand = vec![named.id];
+        }
+        if let Some(need) = r.gpu_memory {
+            cand.retain(|&w| match m.gpu(w) {
+                Some(g) => g.memory_bytes.unwrap_or(g.max_buffer_size) >= need,
+                None => false,
+            });
+            if cand.is_empty() {
+                return Err(format!(
+                    "it needs a GPU with {need} bytes of memory; no allowed GPU has that much"
+                ));
+            }
         }
         if !r.features.is_empty() {
             cand.retain(|&w| r.features.iter().all(|f| m.workers[w.index()].features.contains(f)));

@@ -41,11 +41,13 @@ pub struct Restriction {
     pub worker: Option<String>,
     /// Only on workers that have every one of these features.
     pub features: Vec<String>,
+    /// Only on GPUs with at least this much memory (bytes).
+    pub gpu_memory: Option<u64>,
 }
 
 impl Restriction {
     fn is_none(&self) -> bool {
-        self.device.is_none() && self.worker.is_none() && self.features.is_empty()
+        self.device.is_none() && self.worker.is_none() && self.features.is_empty() && self.gpu_memory.is_none()
     }
 }
 
@@ -366,6 +368,12 @@ impl TaskBuilder<'_> {
     /// Only on workers with this feature.
     pub fn require_feature(mut self, f: impl Into<String>) -> Self {
         self.restriction.features.push(f.into());
+        self
+    }
+
+    /// Only on a GPU with at least `bytes` of memory.
+    pub fn gpu_memory(mut self, bytes: u64) -> Self {
+        self.restriction.gpu_memory = Some(bytes);
         self
     }
 

@@ -44,6 +44,11 @@ impl fmt::Display for Node {
     }
 }
 
+/// Every copy of a datum is gone (the last one was on a lost device).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no valid copy is left")]
+pub struct NoValidCopy;
+
 /// The state of one copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CopyState {
@@ -79,7 +84,11 @@ impl Coherence {
 
     /// Nodes with a valid copy.
     pub fn valid_nodes(&self) -> impl Iterator<Item = Node> + '_ {
-        self.copies.iter().enumerate().filter(|(_, s)| **s != CopyState::Invalid).map(|(i, _)| Node::from_index(i))
+        self.copies
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s != CopyState::Invalid)
+            .map(|(i, _)| Node::from_index(i))
     }
 
     /// Whether any GPU holds a valid copy.
@@ -89,14 +98,14 @@ impl Coherence {
 
     /// Where to copy from to read on `node`: `None` if `node` is valid already; otherwise
     /// the host if it is valid, else the first valid GPU. `Err` when no copy is valid.
-    pub fn read_source(&self, node: Node) -> Result<Option<Node>, ()> {
+    pub fn read_source(&self, node: Node) -> Result<Option<Node>, NoValidCopy> {
         if self.is_valid(node) {
             return Ok(None);
         }
         if self.is_valid(Node::Host) {
             return Ok(Some(Node::Host));
         }
-        self.valid_nodes().next().map(Some).ok_or(())
+        self.valid_nodes().next().map(Some).ok_or(NoValidCopy)
     }
 
     /// `node` now holds a copy made for reading.
@@ -146,7 +155,12 @@ impl Transfers {
     pub fn new(gpus: usize) -> Self {
         let n = gpus + 1;
         let z = || (0..n * n).map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
-        Transfers { nodes: n, bytes: z(), count: z(), nanos: z() }
+        Transfers {
+            nodes: n,
+            bytes: z(),
+            count: z(),
+            nanos: z(),
+        }
     }
 
     /// Records one transfer.
@@ -162,7 +176,10 @@ impl Transfers {
 
     /// Total bytes moved.
     pub fn total_bytes(&self) -> u64 {
-        self.bytes.iter().map(|b| b.load(std::sync::atomic::Ordering::Relaxed)).sum()
+        self.bytes
+            .iter()
+            .map(|b| b.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
     }
 
     /// Links that carried anything.
@@ -215,7 +232,7 @@ mod tests {
         assert!(c.on_any_gpu());
         assert!(!c.drop_copy(Node::Gpu(1)));
         assert!(c.drop_copy(Node::Host));
-        assert_eq!(c.read_source(Node::Gpu(0)), Err(()));
+        assert_eq!(c.read_source(Node::Gpu(0)), Err(NoValidCopy));
     }
 
     #[test]
@@ -227,6 +244,8 @@ mod tests {
         assert_eq!(t.total_bytes(), 158);
         let links = t.links();
         assert_eq!(links.len(), 2);
-        assert!(links.iter().any(|l| l.from == "host" && l.to == "gpu1" && l.bytes == 150 && l.transfers == 2));
+        assert!(links
+            .iter()
+            .any(|l| l.from == "host" && l.to == "gpu1" && l.bytes == 150 && l.transfers == 2));
     }
 }

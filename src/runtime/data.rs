@@ -1,21 +1,29 @@
-//! The runtime's data store: host buffers behind typed handles.
+//! The runtime's data store: host buffers behind typed handles, and the replicas of each
+//! datum on GPUs with their coherence state.
 //!
 //! Invariants:
-//! - a [`DataCell`]'s buffer is allocated once, 8-byte aligned, and never moves or changes
-//!   size; it is freed when the last `Arc` to the cell goes;
+//! - a [`DataCell`]'s host buffer is allocated once, 8-byte aligned, and never moves or
+//!   changes size; it is freed when the last `Arc` to the cell goes;
 //! - during a run, every cell the graph uses is marked `in_use`; user-side reads and writes
 //!   ([`DataStore::read`], [`DataStore::write`]) refuse a cell in use, so the only accesses
 //!   to its bytes are the run's kernels, ordered by the graph's dependencies (readers share,
-//!   a writer is alone).
+//!   a writer is alone), and the copies made for them below;
+//! - `coherence` says which copies are valid; `host_valid` and `on_gpu` mirror it for the
+//!   lock-free fast path of CPU tasks and are only changed with `coherence` locked. Copies
+//!   into a node are made with `coherence` locked, and only into a node whose copy is invalid,
+//!   which no reader uses.
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use hexec_kernels::{ElemType, Element};
 
+use crate::gpu::GpuDevice;
 use crate::graph::compile::SubmitError;
 use crate::graph::Data;
+use crate::memory::{Coherence, Node, Transfers};
 
 /// Errors of user-side data access.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -37,6 +45,8 @@ pub enum DataError {
     ReadOnly(String),
     #[error("datum '{name}' would need {bytes} bytes, more than this platform can address")]
     TooLarge { name: String, bytes: u128 },
+    #[error("datum '{name}' could not be brought to the host: {reason}")]
+    Transfer { name: String, reason: String },
 }
 
 /// One stored datum.
@@ -48,28 +58,35 @@ pub(crate) struct DataCell {
     ptr: NonNull<u64>,
     words: usize,
     in_use: AtomicBool,
+    coherence: Mutex<Coherence>,
+    /// Replica buffers, one slot per GPU.
+    replicas: Mutex<Vec<Option<wgpu::Buffer>>>,
+    host_valid: AtomicBool,
+    on_gpu: AtomicBool,
 }
 
-// SAFETY: the cell owns its buffer (like a `Box<[u64]>`); all access to the bytes goes
-// through `DataStore::read`/`write` (which refuse cells in use) or through a run that holds
-// `in_use` and orders conflicting kernel accesses by graph dependencies (module invariant).
+// SAFETY: the cell owns its host buffer (like a `Box<[u64]>`); all access to the bytes goes
+// through `DataStore::read`/`write` (which refuse cells in use), through a run that holds
+// `in_use` and orders conflicting kernel accesses by graph dependencies, or through the
+// copies below, made under the `coherence` lock into an invalid copy (module invariants).
 unsafe impl Send for DataCell {}
-// SAFETY: as above; shared references only expose metadata and the raw pointer.
+// SAFETY: as above; shared references expose metadata, the raw pointer, and state behind
+// locks and atomics.
 unsafe impl Sync for DataCell {}
 
 impl DataCell {
-    fn new(name: String, elem: ElemType, bytes: &[u8], read_only: bool) -> Self {
+    fn new(name: String, elem: ElemType, bytes: &[u8], read_only: bool, gpus: usize) -> Self {
         let mut buf = vec![0u64; bytes.len().div_ceil(8)].into_boxed_slice();
         bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..bytes.len()].copy_from_slice(bytes);
-        Self::from_words(name, elem, bytes.len() / elem.size(), buf, read_only)
+        Self::from_words(name, elem, bytes.len() / elem.size(), buf, read_only, gpus)
     }
 
-    fn zeroed(name: String, elem: ElemType, len: usize) -> Self {
+    fn zeroed(name: String, elem: ElemType, len: usize, gpus: usize) -> Self {
         let buf = vec![0u64; (len * elem.size()).div_ceil(8)].into_boxed_slice();
-        Self::from_words(name, elem, len, buf, false)
+        Self::from_words(name, elem, len, buf, false, gpus)
     }
 
-    fn from_words(name: String, elem: ElemType, len: usize, buf: Box<[u64]>, read_only: bool) -> Self {
+    fn from_words(name: String, elem: ElemType, len: usize, buf: Box<[u64]>, read_only: bool, gpus: usize) -> Self {
         let words = buf.len();
         let ptr = NonNull::new(Box::into_raw(buf) as *mut u64).expect("Box pointers are never null");
         DataCell {
@@ -80,6 +97,10 @@ impl DataCell {
             ptr,
             words,
             in_use: AtomicBool::new(false),
+            coherence: Mutex::new(Coherence::host_only(gpus)),
+            replicas: Mutex::new((0..gpus).map(|_| None).collect()),
+            host_valid: AtomicBool::new(true),
+            on_gpu: AtomicBool::new(false),
         }
     }
 
@@ -88,7 +109,7 @@ impl DataCell {
         self.len * self.elem.size()
     }
 
-    /// Raw pointer to the bytes, for binding kernel operands.
+    /// Raw pointer to the host bytes, for binding kernel operands.
     pub fn as_mut_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr().cast()
     }
@@ -102,12 +123,104 @@ impl DataCell {
     pub fn release(&self) {
         self.in_use.store(false, Ordering::Release);
     }
+
+    /// Makes the host copy valid, downloading it from a GPU if needed.
+    pub fn ensure_host(&self, gpus: &[Arc<GpuDevice>], transfers: &Transfers) -> Result<(), String> {
+        if self.host_valid.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        self.fetch_to_host(&mut c, gpus, transfers)
+    }
+
+    fn fetch_to_host(&self, c: &mut Coherence, gpus: &[Arc<GpuDevice>], transfers: &Transfers) -> Result<(), String> {
+        let Node::Gpu(g) = (match c.read_source(Node::Host) {
+            Ok(None) => return Ok(()),
+            Ok(Some(src)) => src,
+            Err(e) => return Err(format!("datum '{}': {e}", self.name)),
+        }) else {
+            unreachable!("the host is never a source for the host");
+        };
+        let replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+        let (Some(dev), Some(Some(buf))) = (gpus.get(g as usize), replicas.get(g as usize)) else {
+            return Err(format!(
+                "datum '{}' is valid only on gpu{g}, which holds no buffer for it",
+                self.name
+            ));
+        };
+        let started = Instant::now();
+        // SAFETY: the host copy is invalid, so no kernel reads it (CPU readers wait for this
+        // lock), and no task writes the datum concurrently with a reader (dependencies);
+        // `ptr` covers `bytes()` bytes of the live host buffer.
+        let host = unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr(), self.bytes()) };
+        dev.download(buf, host)?;
+        transfers.record(Node::Gpu(g), Node::Host, self.bytes() as u64, started.elapsed());
+        c.record_read(Node::Host);
+        self.host_valid.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The host wrote the datum: GPU copies are stale.
+    pub fn host_written(&self) {
+        if self.on_gpu.load(Ordering::Acquire) {
+            let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+            c.record_write(Node::Host);
+            self.on_gpu.store(false, Ordering::Release);
+            self.host_valid.store(true, Ordering::Release);
+        }
+    }
+
+    /// The buffer of GPU `g`'s replica, made valid for reading when `read` (uploading from the
+    /// host, or through the host from another GPU).
+    pub fn ensure_gpu(
+        &self,
+        g: usize,
+        read: bool,
+        gpus: &[Arc<GpuDevice>],
+        transfers: &Transfers,
+    ) -> Result<wgpu::Buffer, String> {
+        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        let buffer = {
+            let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+            match &replicas[g] {
+                Some(b) => b.clone(),
+                None => {
+                    let b = gpus[g].create_replica(self.bytes() as u64, &self.name)?;
+                    replicas[g] = Some(b.clone());
+                    b
+                }
+            }
+        };
+        let node = Node::Gpu(g as u16);
+        if read && !c.is_valid(node) {
+            if !c.is_valid(Node::Host) {
+                self.fetch_to_host(&mut c, gpus, transfers)?;
+            }
+            let started = Instant::now();
+            // SAFETY: the host copy is valid and only read here; writers of the datum are
+            // ordered after this task's readers by the graph's dependencies.
+            let host = unsafe { std::slice::from_raw_parts(self.as_mut_ptr() as *const u8, self.bytes()) };
+            gpus[g].upload(&buffer, host)?;
+            transfers.record(Node::Host, node, self.bytes() as u64, started.elapsed());
+            c.record_read(node);
+            self.on_gpu.store(true, Ordering::Release);
+        }
+        Ok(buffer)
+    }
+
+    /// GPU `g` wrote the datum: its copy is the only valid one.
+    pub fn gpu_written(&self, g: usize) {
+        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        c.record_write(Node::Gpu(g as u16));
+        self.host_valid.store(false, Ordering::Release);
+        self.on_gpu.store(true, Ordering::Release);
+    }
 }
 
 impl Drop for DataCell {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`words` come from `Box::into_raw` of a `Box<[u64]>` of that length in
-        // `new`, and are freed exactly once, here.
+        // `from_words`, and are freed exactly once, here.
         unsafe {
             drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
                 self.ptr.as_ptr(),
@@ -120,13 +233,15 @@ impl Drop for DataCell {
 /// The data of one runtime.
 pub(crate) struct DataStore {
     rt: u64,
+    gpus: usize,
     cells: RwLock<Vec<Arc<DataCell>>>,
 }
 
 impl DataStore {
-    pub fn new(rt: u64) -> Self {
+    pub fn new(rt: u64, gpus: usize) -> Self {
         DataStore {
             rt,
+            gpus,
             cells: RwLock::new(Vec::new()),
         }
     }
@@ -140,6 +255,7 @@ impl DataStore {
             T::ELEM,
             bytemuck::cast_slice(values),
             read_only,
+            self.gpus,
         )));
         Data::new(self.rt, id)
     }
@@ -153,7 +269,7 @@ impl DataStore {
         let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
         let id = cells.len() as u32;
         let name = name.unwrap_or_else(|| format!("data#{id}"));
-        cells.push(Arc::new(DataCell::zeroed(name, elem, len)));
+        cells.push(Arc::new(DataCell::zeroed(name, elem, len, self.gpus)));
         Ok(id)
     }
 
@@ -168,7 +284,7 @@ impl DataStore {
             .cloned()
     }
 
-    fn typed_cell<T: Element>(&self, h: Data<T>) -> Result<Arc<DataCell>, DataError> {
+    pub fn typed_cell<T: Element>(&self, h: Data<T>) -> Result<Arc<DataCell>, DataError> {
         let cell = self
             .cell(h.rt, h.id)
             .ok_or_else(|| DataError::ForeignHandle(format!("{h:?}")))?;
@@ -182,19 +298,28 @@ impl DataStore {
         Ok(cell)
     }
 
-    pub fn read<T: Element>(&self, h: Data<T>) -> Result<Vec<T>, DataError> {
+    /// Copies a datum out, bringing the valid copy home from a GPU first if needed.
+    pub fn read<T: Element>(&self, h: Data<T>, gpus: &[Arc<GpuDevice>]) -> Result<Vec<T>, DataError> {
         let cell = self.typed_cell(h)?;
         // Hold `in_use` for the copy, so that no run starts on this datum meanwhile.
         if !cell.acquire() {
             return Err(DataError::Busy(cell.name.clone()));
         }
-        // SAFETY: `in_use` is ours, so no kernel touches the bytes; ptr/len describe the live
-        // buffer of `len` elements of type T (type checked above), 8-byte aligned.
-        let out = unsafe { std::slice::from_raw_parts(cell.as_mut_ptr() as *const T, cell.len) }.to_vec();
+        let fetched = cell.ensure_host(gpus, &Transfers::new(gpus.len()));
+        let out = fetched.map(|()| {
+            // SAFETY: `in_use` is ours, so no kernel touches the bytes, and the host copy is
+            // valid; ptr/len describe the live buffer of `len` elements of type T (type
+            // checked above), 8-byte aligned.
+            unsafe { std::slice::from_raw_parts(cell.as_mut_ptr() as *const T, cell.len) }.to_vec()
+        });
         cell.release();
-        Ok(out)
+        out.map_err(|reason| DataError::Transfer {
+            name: cell.name.clone(),
+            reason,
+        })
     }
 
+    /// Overwrites a datum (same length); GPU copies become stale.
     pub fn write<T: Element>(&self, h: Data<T>, values: &[T]) -> Result<(), DataError> {
         let cell = self.typed_cell(h)?;
         if cell.read_only {
@@ -210,8 +335,10 @@ impl DataStore {
         if !cell.acquire() {
             return Err(DataError::Busy(cell.name.clone()));
         }
-        // SAFETY: as in `read`: we hold `in_use`, the types and lengths match.
+        // SAFETY: as in `read`: we hold `in_use`, the types and lengths match; the whole host
+        // copy is overwritten, so it becomes the valid one whatever it was.
         unsafe { std::slice::from_raw_parts_mut(cell.as_mut_ptr() as *mut T, cell.len) }.copy_from_slice(values);
+        cell.host_written();
         cell.release();
         Ok(())
     }

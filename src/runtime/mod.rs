@@ -19,8 +19,10 @@ use std::time::Instant;
 use crossbeam_utils::CachePadded;
 use hexec_kernels::{ElemType, Element, KernelRegistry};
 
+use crate::gpu::{GpuDevice, GpuError, GpuRequest};
 use crate::graph::compile::{compile, DatumInfo, SubmitError};
 use crate::graph::{Data, Graph, GraphDatum};
+use crate::memory::Transfers;
 use crate::sched::{Eager, Policy, PolicyKind, WorkStealing};
 use crate::topology::{discover, HwTopology, Machine, TopologyError, WorkerId};
 use crate::trace::{RunReport, TraceLog, WorkerReport};
@@ -83,6 +85,8 @@ impl RunError {
 pub enum BuildError {
     #[error(transparent)]
     Topology(#[from] TopologyError),
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
     #[error("the machine description has no worker")]
     NoWorkers,
 }
@@ -101,6 +105,7 @@ pub struct RuntimeBuilder {
     cpus: Option<usize>,
     no_pin: bool,
     machine: Option<Machine>,
+    gpus: Option<GpuRequest>,
 }
 
 impl RuntimeBuilder {
@@ -122,6 +127,12 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Which GPUs to open (default: all of them; none with [`RuntimeBuilder::machine`]).
+    pub fn gpus(mut self, g: GpuRequest) -> Self {
+        self.gpus = Some(g);
+        self
+    }
+
     /// Run on a described machine instead of discovering this one: one unpinned thread per
     /// worker. For tests and experiments.
     pub fn machine(mut self, m: Machine) -> Self {
@@ -131,13 +142,24 @@ impl RuntimeBuilder {
 
     /// Discovers the machine (unless one was given) and builds the runtime.
     pub fn build(self) -> Result<Runtime, BuildError> {
-        let (machine, hw) = match self.machine {
+        let gpu_request = self.gpus.unwrap_or(if self.machine.is_some() {
+            GpuRequest::None
+        } else {
+            GpuRequest::All
+        });
+        let (mut machine, hw) = match self.machine {
             Some(m) => (m, None),
             None => {
                 let (m, hw) = discover(self.cpus)?;
                 (m, if self.no_pin { None } else { Some(hw) })
             }
         };
+        let host_memory = machine.numa_nodes.iter().map(|n| n.memory_bytes).sum();
+        let gpus: Vec<Arc<GpuDevice>> = crate::gpu::discover(gpu_request, host_memory)?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        machine.add_gpus(gpus.iter().map(|g| g.desc.clone()).collect());
         if machine.num_workers() == 0 {
             return Err(BuildError::NoWorkers);
         }
@@ -147,7 +169,8 @@ impl RuntimeBuilder {
             machine,
             hw,
             policy: self.policy,
-            store: DataStore::new(id),
+            store: DataStore::new(id, gpus.len()),
+            gpus,
             registry: KernelRegistry::with_builtins(),
         })
     }
@@ -175,6 +198,7 @@ pub struct Runtime {
     policy: PolicyKind,
     store: DataStore,
     registry: KernelRegistry,
+    gpus: Vec<Arc<GpuDevice>>,
 }
 
 impl Runtime {
@@ -191,6 +215,11 @@ impl Runtime {
     /// The machine this runtime runs on.
     pub fn machine(&self) -> &Machine {
         &self.machine
+    }
+
+    /// The opened GPUs, in worker order (`gpu0`, `gpu1`, ...).
+    pub fn gpus(&self) -> &[Arc<GpuDevice>] {
+        &self.gpus
     }
 
     /// The policy in use.
@@ -240,7 +269,7 @@ impl Runtime {
 
     /// Copies a datum out.
     pub fn read<T: Element>(&self, h: Data<T>) -> Result<Vec<T>, DataError> {
-        self.store.read(h)
+        self.store.read(h, &self.gpus)
     }
 
     /// Overwrites a datum (same length).
@@ -295,8 +324,8 @@ impl Runtime {
             .collect();
         let _held = AcquiredData::acquire(cells.iter().flatten().cloned().collect())?;
         match self.policy {
-            PolicyKind::Eager => self.execute(&Eager, graph, &compiled, &bound, opts),
-            PolicyKind::Ws => self.execute(&WorkStealing, graph, &compiled, &bound, opts),
+            PolicyKind::Eager => self.execute(&Eager, graph, &compiled, &bound, &cells, opts),
+            PolicyKind::Ws => self.execute(&WorkStealing, graph, &compiled, &bound, &cells, opts),
         }
     }
 
@@ -340,16 +369,29 @@ impl Runtime {
         graph: &Graph,
         compiled: &crate::graph::compile::CompiledGraph,
         bound: &[BoundDatum],
+        cells: &[Option<Arc<data::DataCell>>],
         opts: RunOptions,
     ) -> Result<RunReport, RunError> {
         let n = graph.len();
         let plan = &compiled.plan;
         let (shared, deques) = SharedQueues::new(plan);
         let names: Vec<String> = self.machine.workers.iter().map(|w| w.name.clone()).collect();
+        let first_gpu = self
+            .machine
+            .workers
+            .iter()
+            .position(|w| w.kind == crate::DeviceKind::Gpu);
+        let gpu_of_worker: Vec<Option<usize>> = (0..names.len())
+            .map(|i| first_gpu.and_then(|f| i.checked_sub(f)))
+            .collect();
         let run = RunState {
             graph,
             compiled,
             bound,
+            cells,
+            gpus: &self.gpus,
+            gpu_of_worker: &gpu_of_worker,
+            transfers: Transfers::new(self.gpus.len()),
             queues: &shared,
             core_gate: (compiled.max_cores > 1)
                 .then(|| cores::CoreGate::new(self.machine.count(crate::DeviceKind::Cpu))),
@@ -458,6 +500,8 @@ impl Runtime {
             skipped: sum(|s| s.skipped) as usize,
             makespan_s: makespan.as_secs_f64(),
             steals: sum(|s| s.steals),
+            bytes_transferred: run.transfers.total_bytes(),
+            transfers: run.transfers.links(),
             workers,
             failures,
             trace,

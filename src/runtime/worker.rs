@@ -15,9 +15,12 @@ use crossbeam_utils::{Backoff, CachePadded};
 use hexec_kernels::{CpuContext, ElemType, RawOperand};
 
 use super::cores::CoreGate;
+use super::data::DataCell;
 use super::queues::{LocalQueues, SharedQueues};
+use crate::gpu::{GpuDevice, GpuOperand};
 use crate::graph::compile::CompiledGraph;
 use crate::graph::Graph;
+use crate::memory::Transfers;
 use crate::sched::{Pick, Policy};
 use crate::topology::WorkerId;
 use crate::trace::{TaskFailure, TraceEvent};
@@ -35,6 +38,12 @@ pub(crate) struct RunState<'a> {
     pub graph: &'a Graph,
     pub compiled: &'a CompiledGraph,
     pub bound: &'a [BoundDatum],
+    /// Store cells of the graph's data (`None` for size-only data), by graph-local index.
+    pub cells: &'a [Option<std::sync::Arc<DataCell>>],
+    pub gpus: &'a [std::sync::Arc<GpuDevice>],
+    /// Per worker: the index of its GPU, for GPU workers.
+    pub gpu_of_worker: &'a [Option<usize>],
+    pub transfers: Transfers,
     pub queues: &'a SharedQueues,
     /// Present when some task requests more than one core.
     pub core_gate: Option<CoreGate>,
@@ -184,7 +193,7 @@ fn wait_for_work<P: Policy>(
     found
 }
 
-/// Runs one task's kernel; false if it failed or was skipped.
+/// Runs one task's kernel on this worker's device; false if it failed or was skipped.
 fn execute<'a>(
     run: &RunState<'a>,
     task: u32,
@@ -202,32 +211,11 @@ fn execute<'a>(
     let kernel = &graph.kernels[rec.kernel as usize];
     let _span =
         tracing::trace_span!("task", id = task, name = %TaskLabel(graph, task), kernel = kernel.name()).entered();
-    operands.clear();
-    for &(d, access) in &graph.accesses[rec.accesses.range()] {
-        let b = run.bound[d as usize];
-        operands.push(match b.elem {
-            // SAFETY: `b.ptr` points to a live, 8-aligned buffer of `b.bytes` bytes held
-            // `in_use` by this run; the graph's dependencies guarantee that while this task
-            // runs no other task writes this datum, nor reads it if this access writes, and
-            // compile rejected a task naming a datum twice with a write.
-            Some(elem) => unsafe { RawOperand::new(b.ptr, b.bytes, elem, access) },
-            None => RawOperand::virtual_(b.bytes, access),
-        });
-    }
-    let params = &graph.params[rec.params.range()];
     let started = run.record_trace.then(|| run.start.elapsed());
-    let outcome = match kernel.cpu_impl() {
-        None => Err(format!("kernel '{}' has no CPU implementation", kernel.name())),
-        Some(f) => {
-            let ctx = CpuContext::new(operands, params, rec.cores);
-            match catch_unwind(AssertUnwindSafe(|| f(&ctx))) {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(panic) => Err(format!("panicked: {}", panic_message(&panic))),
-            }
-        }
+    let outcome = match run.gpu_of_worker[me.index()] {
+        Some(g) => execute_gpu(run, task, g),
+        None => execute_cpu(run, task, operands),
     };
-    operands.clear();
     if let Some(s) = started {
         let end = run.start.elapsed();
         stats.events.push(TraceEvent {
@@ -254,6 +242,95 @@ fn execute<'a>(
             false
         }
     }
+}
+
+/// Runs a task's CPU implementation over host copies (fetched from a GPU when stale).
+fn execute_cpu<'a>(run: &RunState<'a>, task: u32, operands: &mut Vec<RawOperand<'a>>) -> Result<(), String> {
+    let graph = run.graph;
+    let rec = &graph.tasks[task as usize];
+    let kernel = &graph.kernels[rec.kernel as usize];
+    let accesses = &graph.accesses[rec.accesses.range()];
+    if !run.gpus.is_empty() {
+        for &(d, access) in accesses {
+            if let (true, Some(cell)) = (access.reads(), &run.cells[d as usize]) {
+                cell.ensure_host(run.gpus, &run.transfers)?;
+            }
+        }
+    }
+    operands.clear();
+    for &(d, access) in accesses {
+        let b = run.bound[d as usize];
+        operands.push(match b.elem {
+            // SAFETY: `b.ptr` points to a live, 8-aligned buffer of `b.bytes` bytes held
+            // `in_use` by this run, whose host copy is valid when read (ensured above); the
+            // graph's dependencies guarantee that while this task runs no other task writes
+            // this datum, nor reads it if this access writes, and compile rejected a task
+            // naming a datum twice with a write.
+            Some(elem) => unsafe { RawOperand::new(b.ptr, b.bytes, elem, access) },
+            None => RawOperand::virtual_(b.bytes, access),
+        });
+    }
+    let params = &graph.params[rec.params.range()];
+    let outcome = match kernel.cpu_impl() {
+        None => Err(format!("kernel '{}' has no CPU implementation", kernel.name())),
+        Some(f) => {
+            let ctx = CpuContext::new(operands, params, rec.cores);
+            match catch_unwind(AssertUnwindSafe(|| f(&ctx))) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(panic) => Err(format!("panicked: {}", panic_message(&panic))),
+            }
+        }
+    };
+    operands.clear();
+    if outcome.is_ok() && !run.gpus.is_empty() {
+        for &(d, access) in accesses {
+            if let (true, Some(cell)) = (access.writes(), &run.cells[d as usize]) {
+                cell.host_written();
+            }
+        }
+    }
+    outcome
+}
+
+/// Runs a task's GPU implementation on GPU `g`, making its inputs valid there first.
+fn execute_gpu(run: &RunState<'_>, task: u32, g: usize) -> Result<(), String> {
+    let graph = run.graph;
+    let rec = &graph.tasks[task as usize];
+    let kernel = &graph.kernels[rec.kernel as usize];
+    let Some(gpu_impl) = kernel.gpu_impl() else {
+        return Err(format!("kernel '{}' has no GPU implementation", kernel.name()));
+    };
+    let accesses = &graph.accesses[rec.accesses.range()];
+    let mut buffers = Vec::with_capacity(accesses.len());
+    for &(d, access) in accesses {
+        let Some(cell) = &run.cells[d as usize] else {
+            return Err(format!(
+                "operand {} has no storage (a size-only datum) and cannot go to a GPU",
+                graph.datum_label(d)
+            ));
+        };
+        buffers.push((
+            cell.ensure_gpu(g, access.reads(), run.gpus, &run.transfers)?,
+            cell.len as u64,
+            access,
+        ));
+    }
+    let ops: Vec<GpuOperand<'_>> = buffers
+        .iter()
+        .map(|(buffer, elements, access)| GpuOperand {
+            buffer,
+            elements: *elements,
+            access: *access,
+        })
+        .collect();
+    run.gpus[g].dispatch(kernel.name(), gpu_impl, &ops, &graph.params[rec.params.range()])?;
+    for &(d, access) in accesses {
+        if let (true, Some(cell)) = (access.writes(), &run.cells[d as usize]) {
+            cell.gpu_written(g);
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

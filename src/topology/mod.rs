@@ -196,7 +196,14 @@ impl Machine {
             kind: DeviceKind::Cpu,
             workers: workers.iter().map(|w| w.id).collect(),
         }];
-        Machine { source: source.into(), workers, classes, numa_nodes, victims, gpus: Vec::new() }
+        Machine {
+            source: source.into(),
+            workers,
+            classes,
+            numa_nodes,
+            victims,
+            gpus: Vec::new(),
+        }
     }
 
     /// Adds one GPU worker per description (named `gpu0`, `gpu1`, ...). GPUs with the same
@@ -238,7 +245,8 @@ impl Machine {
             }
         }
         if let Some(n) = self.numa_nodes.first_mut() {
-            n.workers.extend(self.workers.iter().filter(|w| w.kind == DeviceKind::Gpu).map(|w| w.id));
+            n.workers
+                .extend(self.workers.iter().filter(|w| w.kind == DeviceKind::Gpu).map(|w| w.id));
         }
     }
 

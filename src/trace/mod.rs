@@ -61,6 +61,10 @@ pub struct RunReport {
     pub skipped: usize,
     pub makespan_s: f64,
     pub steals: u64,
+    /// Bytes copied between memory nodes (host, GPUs).
+    pub bytes_transferred: u64,
+    /// Per directed link that carried data.
+    pub transfers: Vec<crate::memory::LinkReport>,
     pub workers: Vec<WorkerReport>,
     pub failures: Vec<TaskFailure>,
     #[serde(skip)]

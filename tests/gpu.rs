@@ -1,0 +1,339 @@
+//! GPU paths on whatever adapter wgpu finds (lavapipe in CI): kernels against their CPU
+//! versions at odd sizes, coherence across two devices and the host, placement of mixed
+//! graphs, and clean failures for broken shaders and lost devices. Each test says so and
+//! returns early when the machine has no GPU adapter at all.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hexec::gpu::GpuRequest;
+use hexec::kernels::{builtin, Access, ElemType, GpuImpl, Kernel, Signature};
+use hexec::{Data, DeviceKind, PolicyKind, RunError, RunOptions, Runtime};
+
+fn gpu_runtime(gpus: usize) -> Option<Runtime> {
+    match Runtime::builder()
+        .cpus(1)
+        .gpus(GpuRequest::Count(gpus))
+        .policy(PolicyKind::Ws)
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("SKIPPED: no usable GPU adapter ({e}); install mesa-vulkan-drivers for lavapipe");
+            None
+        }
+    }
+}
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    (0..n as u64)
+        .map(|i| (builtin::mix64(seed ^ i.wrapping_mul(0x9E37)) >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+        .collect()
+}
+
+fn close(gpu: &[f32], cpu: &[f32], tol: f32, what: &str) {
+    assert_eq!(gpu.len(), cpu.len(), "{what}: lengths");
+    for (i, (g, c)) in gpu.iter().zip(cpu).enumerate() {
+        assert!(
+            (g - c).abs() <= tol * (1.0 + c.abs()),
+            "{what}: element {i}: gpu {g} vs cpu {c}"
+        );
+    }
+}
+
+/// Runs the same one-task graph on the GPU and on the CPU and returns both outputs.
+fn both(
+    rt: &Runtime,
+    kernel: &Arc<Kernel>,
+    inputs: &[Vec<f32>],
+    modes: &[Access],
+    params: &[f64],
+    out: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut results = Vec::new();
+    for device in [DeviceKind::Gpu, DeviceKind::Cpu] {
+        let handles: Vec<Data<f32>> = inputs.iter().map(|v| rt.data(v.clone())).collect();
+        let mut g = rt.graph();
+        let mut b = g.task(kernel).on(device).params(params);
+        for (h, &m) in handles.iter().zip(modes) {
+            b = b.access(*h, m);
+        }
+        b.add();
+        let report = rt
+            .run_with(&g, RunOptions { record_trace: true })
+            .unwrap_or_else(|e| panic!("{}: {e}", kernel.name()));
+        let ran_on = report
+            .trace
+            .as_ref()
+            .unwrap()
+            .per_worker
+            .iter()
+            .position(|e| !e.is_empty())
+            .unwrap();
+        assert_eq!(
+            rt.machine().workers[ran_on].kind,
+            device,
+            "{} ran on the wrong device",
+            kernel.name()
+        );
+        results.push(rt.read(handles[out]).unwrap());
+    }
+    let cpu = results.pop().unwrap();
+    (results.pop().unwrap(), cpu)
+}
+
+#[test]
+fn gpu_kernels_match_cpu_kernels_at_odd_sizes() {
+    let Some(rt) = gpu_runtime(1) else { return };
+    use Access::*;
+    for n in [1usize, 3, 255, 257, 1000, 70_001] {
+        let (x, y) = (values(n, 1), values(n, 2));
+        let (g, c) = both(
+            &rt,
+            &builtin::axpy(),
+            &[x.clone(), y.clone()],
+            &[Read, ReadWrite],
+            &[1.5],
+            1,
+        );
+        close(&g, &c, 1e-6, &format!("axpy n={n}"));
+        let (g, c) = both(
+            &rt,
+            &builtin::scale(),
+            std::slice::from_ref(&x),
+            &[ReadWrite],
+            &[-0.25],
+            0,
+        );
+        close(&g, &c, 0.0, &format!("scale n={n}"));
+        let (g, c) = both(&rt, &builtin::fill(), std::slice::from_ref(&x), &[Write], &[7.5], 0);
+        close(&g, &c, 0.0, &format!("fill n={n}"));
+        let zero = vec![0.0; n];
+        let (g, c) = both(
+            &rt,
+            &builtin::add(),
+            &[x.clone(), y.clone(), zero.clone()],
+            &[Read, Read, Write],
+            &[],
+            2,
+        );
+        close(&g, &c, 0.0, &format!("add n={n}"));
+        let (g, c) = both(
+            &rt,
+            &builtin::multiply(),
+            &[x.clone(), y.clone(), zero],
+            &[Read, Read, Write],
+            &[],
+            2,
+        );
+        close(&g, &c, 0.0, &format!("multiply n={n}"));
+        for k in [builtin::sum(), builtin::min(), builtin::max()] {
+            let (g, c) = both(&rt, &k, &[x.clone(), vec![0.0; 1]], &[Read, Write], &[], 1);
+            // Summation order differs (f64 on the CPU, a tree in f32 on the GPU).
+            close(&g, &c, 1e-5 * (n as f32).sqrt(), &format!("{} n={n}", k.name()));
+        }
+    }
+    for (m, n, k) in [
+        (1usize, 1usize, 1usize),
+        (17, 33, 65),
+        (70, 3, 129),
+        (64, 64, 64),
+        (100, 90, 7),
+    ] {
+        let (a, b, c0) = (values(m * k, 3), values(k * n, 4), values(m * n, 5));
+        let params = [m as f64, n as f64, k as f64, 1.25, -0.5];
+        let (g, c) = both(&rt, &builtin::gemm(), &[a, b, c0], &[Read, Read, ReadWrite], &params, 2);
+        close(&g, &c, 1e-5 * (k as f32).sqrt(), &format!("gemm {m}x{n}x{k}"));
+    }
+    let gpu = &rt.gpus()[0];
+    assert!(gpu.cached_pipelines() >= 9, "pipelines are cached across runs");
+    assert!(
+        gpu.pooled_buffers() > 0,
+        "uniform and staging buffers return to the pool"
+    );
+}
+
+#[test]
+fn data_moves_between_two_gpus_and_the_host_coherently() {
+    let Some(rt) = gpu_runtime(2) else { return };
+    assert_eq!(rt.gpus().len(), 2);
+    let x = rt.data(vec![1.0f32; 1000]);
+    let y = rt.data(vec![0.0f32; 1000]);
+    let mut g = rt.graph();
+    g.task(&builtin::fill()).on_worker("gpu0").write(x).param(3.0).add(); // x = 3 on gpu0 only
+    g.task(&builtin::scale())
+        .on_worker("gpu1")
+        .read_write(x)
+        .param(2.0)
+        .add(); // gpu0 → host → gpu1: x = 6
+    g.task(&builtin::axpy())
+        .on_worker("cpu0")
+        .read(x)
+        .read_write(y)
+        .param(1.0)
+        .add(); // gpu1 → host: y = 6
+    g.task(&builtin::scale())
+        .on_worker("gpu0")
+        .read_write(y)
+        .param(0.5)
+        .add(); // host → gpu0: y = 3
+    let report = rt.run(&g).unwrap();
+    assert_eq!(report.completed, 4);
+    // x: gpu0→host and host→gpu1 (4000 bytes each), gpu1→host; y: host→gpu0.
+    assert!(report.bytes_transferred >= 4 * 4000, "{:?}", report.transfers);
+    assert!(report.transfers.iter().any(|l| l.from == "gpu0" && l.to == "host"));
+    assert!(report.transfers.iter().any(|l| l.from == "host" && l.to == "gpu1"));
+    assert_eq!(rt.read(x).unwrap(), vec![6.0; 1000]);
+    assert_eq!(
+        rt.read(y).unwrap(),
+        vec![3.0; 1000],
+        "reading brings the GPU's copy home"
+    );
+    // A user write makes the GPU copies stale: the next GPU read uploads the new values.
+    rt.write(y, &vec![10.0; 1000]).unwrap();
+    let mut g = rt.graph();
+    g.task(&builtin::scale())
+        .on_worker("gpu0")
+        .read_write(y)
+        .param(0.1)
+        .add();
+    rt.run(&g).unwrap();
+    assert_eq!(rt.read(y).unwrap(), vec![1.0; 1000]);
+}
+
+#[test]
+fn mixed_graphs_place_each_task_where_it_may_run() {
+    let Some(rt) = gpu_runtime(1) else { return };
+    let gpu_only = Arc::new(
+        Kernel::declare("double_gpu", Signature::exact(&[(Access::ReadWrite, ElemType::F32)], 0)).with_gpu(
+            hexec::kernels::gpu::elementwise(
+                "@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+                 @compute @workgroup_size(256)
+                 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+                     let i = element_index(gid, nwg);
+                     if (i < P.len.x) { x[i] = 2.0 * x[i]; }
+                 }",
+                1,
+                0,
+            ),
+        ),
+    );
+    let cpu_only = Arc::new(Kernel::cpu(
+        "inc_cpu",
+        Signature::exact(&[(Access::ReadWrite, ElemType::F32)], 0),
+        |ctx| {
+            ctx.write::<f32>(0)?.iter_mut().for_each(|v| *v += 1.0);
+            Ok(())
+        },
+    ));
+    let mut g = rt.graph();
+    let mut kinds = Vec::new();
+    let tiles: Vec<Data<f32>> = (0..12).map(|i| rt.data(vec![i as f32; 333])).collect();
+    for t in &tiles {
+        g.task(&gpu_only).read_write(*t).add();
+        kinds.push(Some(DeviceKind::Gpu));
+        g.task(&cpu_only).read_write(*t).add();
+        kinds.push(Some(DeviceKind::Cpu));
+        g.task(&builtin::scale()).read_write(*t).param(3.0).add(); // either side
+        kinds.push(None);
+    }
+    let report = rt.run_with(&g, RunOptions { record_trace: true }).unwrap();
+    for (w, events) in report.trace.as_ref().unwrap().per_worker.iter().enumerate() {
+        let kind = rt.machine().workers[w].kind;
+        for e in events {
+            if let Some(k) = kinds[e.task as usize] {
+                assert_eq!(
+                    k,
+                    kind,
+                    "task {} ({}) ran on {}",
+                    e.task,
+                    g.task_kernel(e.task as usize),
+                    report.workers[w].name
+                );
+            }
+        }
+    }
+    for (i, t) in tiles.iter().enumerate() {
+        assert_eq!(rt.read(*t).unwrap(), vec![(2.0 * i as f32 + 1.0) * 3.0; 333]);
+    }
+}
+
+#[test]
+fn a_broken_shader_fails_the_task_naming_kernel_and_device() {
+    let Some(rt) = gpu_runtime(1) else { return };
+    let broken = Arc::new(
+        Kernel::declare("broken", Signature::exact(&[(Access::ReadWrite, ElemType::F32)], 0)).with_gpu(
+            GpuImpl::single("fn main( { this is not WGSL", 1, Arc::new(|_| [1, 1, 1])),
+        ),
+    );
+    let x = rt.data(vec![1.0f32; 4]);
+    let mut g = rt.graph();
+    g.task(&broken).name("uses-broken").read_write(x).add();
+    let t = Instant::now();
+    let err = rt.run(&g).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(60));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("'uses-broken'") && msg.contains("broken") && msg.contains("gpu0"),
+        "{msg}"
+    );
+    assert!(msg.contains("does not compile"), "{msg}");
+    // The device still works for good kernels.
+    let mut g = rt.graph();
+    g.task(&builtin::scale())
+        .on(DeviceKind::Gpu)
+        .read_write(x)
+        .param(2.0)
+        .add();
+    rt.run(&g).unwrap();
+    assert_eq!(rt.read(x).unwrap(), vec![2.0; 4]);
+}
+
+#[test]
+fn a_lost_device_ends_the_run_with_a_clear_error() {
+    let Some(rt) = gpu_runtime(1) else { return };
+    let rt = Arc::new(rt);
+    let weak = Arc::downgrade(&rt);
+    let destroy = Arc::new(Kernel::cpu("destroy_gpu0", Signature::any(0, 0), move |_| {
+        if let Some(rt) = weak.upgrade() {
+            rt.gpus()[0].destroy();
+        }
+        Ok(())
+    }));
+    let x = rt.data(vec![1.0f32; 1024]);
+    let mut g = rt.graph();
+    let first = g
+        .task(&builtin::scale())
+        .on(DeviceKind::Gpu)
+        .read_write(x)
+        .param(2.0)
+        .add();
+    let boom = g.task(&destroy).on(DeviceKind::Cpu).after(first).add();
+    for _ in 0..5 {
+        g.task(&builtin::scale())
+            .on(DeviceKind::Gpu)
+            .read_write(x)
+            .param(2.0)
+            .after(boom)
+            .add();
+    }
+    let t = Instant::now();
+    let err = rt.run(&g).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(60), "no hang");
+    match &err {
+        RunError::TaskFailed { report } => {
+            assert_eq!(report.completed, 2);
+            assert_eq!(report.failed, 1);
+            assert_eq!(report.skipped, 4);
+            let m = &report.failures[0].message;
+            assert!(
+                m.contains("lost") || m.contains("Lost") || m.contains("destroyed"),
+                "{m}"
+            );
+            assert_eq!(report.failures[0].worker, "gpu0");
+        }
+        other => panic!("expected a task failure, got {other}"),
+    }
+    assert!(rt.gpus()[0].lost().is_some());
+}
