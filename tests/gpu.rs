@@ -337,3 +337,87 @@ fn a_lost_device_ends_the_run_with_a_clear_error() {
     }
     assert!(rt.gpus()[0].lost().is_some());
 }
+
+#[test]
+fn gpu_tasks_are_batched_timed_and_traced() {
+    let Some(rt) = gpu_runtime(1) else { return };
+    let tiles: Vec<Data<f32>> = (0..32).map(|i| rt.data(vec![i as f32; 4096])).collect();
+    let before = rt.gpus()[0].kernel_submits();
+    let mut g = rt.graph();
+    for t in &tiles {
+        g.task(&builtin::scale())
+            .on(DeviceKind::Gpu)
+            .read_write(*t)
+            .param(2.0)
+            .add();
+    }
+    let report = rt.run_with(&g, RunOptions { record_trace: true }).unwrap();
+    let submits = rt.gpus()[0].kernel_submits() - before;
+    assert!(submits < 32, "32 independent GPU tasks took {submits} submissions");
+    assert_eq!(report.bytes_transferred, 32 * 4096 * 4, "each tile goes up once");
+    let log = report.trace.as_ref().unwrap();
+    assert_eq!(log.transfers.len(), 32);
+    let gpu_worker = rt
+        .machine()
+        .workers
+        .iter()
+        .position(|w| w.kind == DeviceKind::Gpu)
+        .unwrap();
+    if rt.gpus()[0].desc.features.iter().any(|f| f == "timestamp") {
+        assert!(report.workers[gpu_worker].kernel_s.is_some_and(|s| s > 0.0));
+        assert!(log.per_worker[gpu_worker].iter().all(|e| e.gpu_ns.is_some()));
+    }
+    let mut buf = Vec::new();
+    hexec::trace::write_chrome_trace(&mut buf, &g, &report).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+    let events = v["traceEvents"].as_array().unwrap();
+    assert_eq!(events.iter().filter(|e| e["cat"] == "transfer").count(), 32);
+    for (i, t) in tiles.iter().enumerate() {
+        assert_eq!(rt.read(*t).unwrap()[4095], 2.0 * i as f32);
+    }
+}
+
+#[test]
+fn gpu_restrictions_mean_something() {
+    let Some(rt) = gpu_runtime(1) else { return };
+    let x = rt.data(vec![1.0f32; 16]);
+    let mut g = rt.graph();
+    g.task(&builtin::scale())
+        .name("huge")
+        .read_write(x)
+        .param(2.0)
+        .gpu_memory(u64::MAX)
+        .add();
+    let e = rt.run(&g).unwrap_err().to_string();
+    assert!(e.contains("'huge'") && e.contains("memory"), "{e}");
+    let has_f16 = rt.gpus()[0].desc.features.iter().any(|f| f == "f16");
+    let mut g = rt.graph();
+    g.task(&builtin::scale())
+        .name("half")
+        .read_write(x)
+        .param(2.0)
+        .require_feature("f16")
+        .add();
+    match rt.run_with(&g, RunOptions { record_trace: true }) {
+        Ok(report) => {
+            assert!(has_f16);
+            let ran = report
+                .trace
+                .unwrap()
+                .per_worker
+                .iter()
+                .position(|e| !e.is_empty())
+                .unwrap();
+            assert_eq!(rt.machine().workers[ran].kind, DeviceKind::Gpu, "only the GPU has f16");
+        }
+        Err(e) => assert!(!has_f16 && e.to_string().contains("f16"), "{e}"),
+    }
+    // A GPU-only kernel cannot take a size-only datum.
+    let gpu_only =
+        Arc::new(Kernel::declare("g", Signature::any(0, 0)).with_gpu(GpuImpl::single("", 0, Arc::new(|_| [1, 1, 1]))));
+    let mut g = rt.graph();
+    let v = g.virtual_data("file", 100);
+    g.task(&gpu_only).name("virt").read(v).add();
+    let e = rt.run(&g).unwrap_err().to_string();
+    assert!(e.contains("'virt'") && e.contains("runs only on GPUs"), "{e}");
+}

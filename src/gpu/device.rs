@@ -84,6 +84,9 @@ pub struct GpuDevice {
     pub(crate) poller: Poller,
     pub(crate) pool: BufferPool,
     pub(crate) pipelines: Pipelines,
+    pub(crate) query_sets: Mutex<Vec<wgpu::QuerySet>>,
+    /// Kernel submissions so far (one per batch).
+    pub(crate) submits: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for GpuDevice {
@@ -113,6 +116,11 @@ impl GpuDevice {
     /// Pipelines compiled so far (they are kept for later tasks and runs).
     pub fn cached_pipelines(&self) -> usize {
         self.pipelines.len()
+    }
+
+    /// Batches submitted so far (each batch is one `queue.submit`).
+    pub fn kernel_submits(&self) -> u64 {
+        self.submits.load(Ordering::Relaxed)
     }
 
     /// Pooled buffers waiting for reuse.
@@ -272,5 +280,7 @@ fn open(adapter: &wgpu::Adapter, index: usize, adapter_index: usize, host_memory
         poller,
         pool: BufferPool::default(),
         pipelines: Pipelines::default(),
+        query_sets: Mutex::default(),
+        submits: Default::default(),
     })
 }

@@ -5,17 +5,17 @@ use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use hexec_kernels::gpu::{pack_params, Binding, GpuDims, GpuImpl, GpuPass};
+use hexec_kernels::gpu::{Binding, GpuImpl, GpuPass};
 use hexec_kernels::Access;
 
 use super::device::GpuDevice;
 
 /// The longest hexec waits for one submission before calling it stuck.
-const SUBMIT_LIMIT: Duration = Duration::from_secs(600);
+pub(crate) const SUBMIT_LIMIT: Duration = Duration::from_secs(600);
 
 /// An operand as a dispatch binds it.
-pub(crate) struct GpuOperand<'a> {
-    pub buffer: &'a wgpu::Buffer,
+pub(crate) struct GpuOperand {
+    pub buffer: wgpu::Buffer,
     pub elements: u64,
     pub access: Access,
 }
@@ -36,7 +36,7 @@ impl Pipelines {
     }
 }
 
-fn scoped<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T, String> {
+pub(crate) fn scoped<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T, String> {
     let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let out = f();
@@ -50,12 +50,12 @@ fn scoped<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T, String> 
 }
 
 impl GpuDevice {
-    fn pipeline(
+    pub(crate) fn pipeline(
         &self,
         kernel: &str,
         g: &GpuImpl,
         pass: &GpuPass,
-        ops: &[GpuOperand<'_>],
+        ops: &[GpuOperand],
     ) -> Result<(wgpu::ComputePipeline, wgpu::BindGroupLayout), String> {
         let read_write: Vec<bool> = pass
             .bindings
@@ -151,85 +151,6 @@ impl GpuDevice {
         Ok(built)
     }
 
-    /// Runs one kernel: binds operands (already valid on this device), dispatches every pass
-    /// in one submission, and waits for it. Errors name the kernel and the device.
-    pub(crate) fn dispatch(
-        &self,
-        kernel: &str,
-        g: &GpuImpl,
-        ops: &[GpuOperand<'_>],
-        params: &[f64],
-    ) -> Result<(), String> {
-        if let Some(reason) = self.lost() {
-            return Err(format!("{} is lost: {reason}", self.desc.name));
-        }
-        let lens: Vec<u64> = ops.iter().map(|o| o.elements).collect();
-        let dims = GpuDims { lens: &lens, params };
-        (g.check)(&dims)?;
-        let pipelines = g
-            .passes
-            .iter()
-            .map(|p| self.pipeline(kernel, g, p, ops))
-            .collect::<Result<Vec<_>, _>>()?;
-        let uniform = self.pool.take(
-            &self.device,
-            64,
-            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            "params",
-        );
-        self.queue.write_buffer(&uniform, 0, &pack_params(&dims));
-        let scratch: Vec<wgpu::Buffer> = (g.scratch)(&dims)
-            .into_iter()
-            .map(|bytes| {
-                self.pool
-                    .take(&self.device, bytes.max(4), wgpu::BufferUsages::STORAGE, "scratch")
-            })
-            .collect();
-        let submitted = scoped(&self.device, || {
-            let mut encoder = self
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(kernel) });
-            for (pass, (pipeline, layout)) in g.passes.iter().zip(&pipelines) {
-                let entries: Vec<wgpu::BindGroupEntry<'_>> = pass
-                    .bindings
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| wgpu::BindGroupEntry {
-                        binding: i as u32,
-                        resource: match b {
-                            Binding::Params => uniform.as_entire_binding(),
-                            Binding::Operand(o) => ops[*o].buffer.as_entire_binding(),
-                            Binding::Scratch(s) => scratch[*s].as_entire_binding(),
-                        },
-                    })
-                    .collect();
-                let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(kernel),
-                    layout,
-                    entries: &entries,
-                });
-                let [x, y, z] = (pass.grid)(&dims);
-                let mut cpass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some(kernel),
-                    timestamp_writes: None,
-                });
-                cpass.set_pipeline(pipeline);
-                cpass.set_bind_group(0, &bind, &[]);
-                cpass.dispatch_workgroups(x, y, z);
-            }
-            self.queue.submit([encoder.finish()]);
-        });
-        let waited = submitted
-            .and_then(|()| self.wait_idle())
-            .and_then(|()| match self.lost() {
-                Some(reason) => Err(reason),
-                None => Ok(()),
-            });
-        self.pool.give(uniform);
-        scratch.into_iter().for_each(|b| self.pool.give(b));
-        waited.map_err(|e| format!("kernel '{kernel}' failed on {}: {e}", self.desc.name))
-    }
-
     /// Waits until everything submitted so far has finished.
     pub(crate) fn wait_idle(&self) -> Result<(), String> {
         let (tx, rx) = mpsc::channel();
@@ -239,11 +160,13 @@ impl GpuDevice {
         self.poller.wait(rx, &self.health, SUBMIT_LIMIT)
     }
 
-    /// Copies host bytes into a device buffer (padded to 4 bytes) and waits for it.
+    /// Copies host bytes into a device buffer (padded to 4 bytes), queued before the next submit.
     pub(crate) fn upload(&self, dst: &wgpu::Buffer, bytes: &[u8]) -> Result<(), String> {
         if bytes.is_empty() {
             return Ok(());
         }
+        // Queued, not waited for: the queue applies it before any later submission, which is
+        // every use of `dst` (kernels on this device, downloads from it).
         scoped(&self.device, || {
             if bytes.len() % 4 == 0 {
                 self.queue.write_buffer(dst, 0, bytes);
@@ -252,9 +175,7 @@ impl GpuDevice {
                 padded.resize(bytes.len().next_multiple_of(4), 0);
                 self.queue.write_buffer(dst, 0, &padded);
             }
-            self.queue.submit([]);
-        })?;
-        self.wait_idle()
+        })
     }
 
     /// Copies the first `dst.len()` bytes of a device buffer to the host.

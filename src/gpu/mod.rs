@@ -9,10 +9,12 @@
 //!   error scopes and the device-lost callback and returned as a value naming the kernel and
 //!   the device; nothing here panics on a GPU error.
 
+mod batch;
 mod device;
 mod exec;
 mod poll;
 mod pool;
 
+pub(crate) use batch::{BatchItem, InFlight, MAX_BATCH};
 pub use device::{discover, GpuDevice, GpuError, GpuRequest};
 pub(crate) use exec::GpuOperand;

@@ -134,10 +134,22 @@ impl Coherence {
 /// Bytes moved between nodes during a run, per directed link.
 #[derive(Debug)]
 pub struct Transfers {
+    /// When set, each transfer is also logged with times relative to this instant.
+    log: Option<(std::time::Instant, std::sync::Mutex<Vec<TransferEvent>>)>,
     nodes: usize,
     bytes: Vec<std::sync::atomic::AtomicU64>,
     count: Vec<std::sync::atomic::AtomicU64>,
     nanos: Vec<std::sync::atomic::AtomicU64>,
+}
+
+/// One logged transfer (for traces).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TransferEvent {
+    pub from: Node,
+    pub to: Node,
+    pub bytes: u64,
+    pub start_ns: u64,
+    pub end_ns: u64,
 }
 
 /// One link's totals.
@@ -156,11 +168,26 @@ impl Transfers {
         let n = gpus + 1;
         let z = || (0..n * n).map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
         Transfers {
+            log: None,
             nodes: n,
             bytes: z(),
             count: z(),
             nanos: z(),
         }
+    }
+
+    /// Also logs every transfer, timed from `since`.
+    pub fn logged(mut self, since: std::time::Instant) -> Self {
+        self.log = Some((since, std::sync::Mutex::new(Vec::new())));
+        self
+    }
+
+    /// The logged transfers.
+    pub fn take_log(&self) -> Vec<TransferEvent> {
+        self.log
+            .as_ref()
+            .map(|(_, l)| std::mem::take(&mut *l.lock().unwrap_or_else(|e| e.into_inner())))
+            .unwrap_or_default()
     }
 
     /// Records one transfer.
@@ -171,6 +198,17 @@ impl Transfers {
             b.fetch_add(bytes, Relaxed);
             c.fetch_add(1, Relaxed);
             t.fetch_add(took.as_nanos() as u64, Relaxed);
+        }
+        if let Some((since, log)) = &self.log {
+            let end = since.elapsed();
+            let start = end.saturating_sub(took);
+            log.lock().unwrap_or_else(|e| e.into_inner()).push(TransferEvent {
+                from,
+                to,
+                bytes,
+                start_ns: start.as_nanos() as u64,
+                end_ns: end.as_nanos() as u64,
+            });
         }
     }
 

@@ -384,6 +384,7 @@ impl Runtime {
         let gpu_of_worker: Vec<Option<usize>> = (0..names.len())
             .map(|i| first_gpu.and_then(|f| i.checked_sub(f)))
             .collect();
+        let run_start = Instant::now();
         let run = RunState {
             graph,
             compiled,
@@ -391,7 +392,11 @@ impl Runtime {
             cells,
             gpus: &self.gpus,
             gpu_of_worker: &gpu_of_worker,
-            transfers: Transfers::new(self.gpus.len()),
+            transfers: if opts.record_trace {
+                Transfers::new(self.gpus.len()).logged(run_start)
+            } else {
+                Transfers::new(self.gpus.len())
+            },
             queues: &shared,
             core_gate: (compiled.max_cores > 1)
                 .then(|| cores::CoreGate::new(self.machine.count(crate::DeviceKind::Cpu))),
@@ -401,7 +406,7 @@ impl Runtime {
             remaining: CachePadded::new(AtomicUsize::new(n)),
             done: AtomicBool::new(n == 0),
             failures: Mutex::new(Vec::new()),
-            start: Instant::now(),
+            start: run_start,
             record_trace: opts.record_trace,
         };
         let mut locals: Vec<LocalQueues<'_>> = deques
@@ -430,12 +435,15 @@ impl Runtime {
                         }
                         // Kernel panics are caught per task; a panic here is a bug in hexec.
                         // Stop the run rather than leave the other workers waiting forever.
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_worker(policy, run, q, me)))
-                            .map_err(|p| {
-                                run.done.store(true, Ordering::SeqCst);
-                                run.queues.sleep.wake_all();
-                                worker::panic_message(&p)
-                            })
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match run.gpu_of_worker[i] {
+                            Some(g) => worker::run_gpu_worker(policy, run, q, me, g),
+                            None => run_worker(policy, run, q, me),
+                        }))
+                        .map_err(|p| {
+                            run.done.store(true, Ordering::SeqCst);
+                            run.queues.sleep.wake_all();
+                            worker::panic_message(&p)
+                        })
                     });
                 match spawned {
                     Ok(h) => handles.push(h),
@@ -486,11 +494,13 @@ impl Runtime {
                     tasks: st.tasks,
                     busy_s: st.wall.saturating_sub(st.idle).as_secs_f64(),
                     steals: st.steals,
+                    kernel_s: (w.kind == crate::DeviceKind::Gpu && st.kernel_s > 0.0).then_some(st.kernel_s),
                 }
             })
             .collect();
         let trace = opts.record_trace.then(|| TraceLog {
             per_worker: stats.iter().map(|s| s.events.clone()).collect(),
+            transfers: run.transfers.take_log(),
         });
         let report = RunReport {
             policy: policy.name().to_string(),

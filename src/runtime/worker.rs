@@ -17,7 +17,7 @@ use hexec_kernels::{CpuContext, ElemType, RawOperand};
 use super::cores::CoreGate;
 use super::data::DataCell;
 use super::queues::{LocalQueues, SharedQueues};
-use crate::gpu::{GpuDevice, GpuOperand};
+use crate::gpu::{BatchItem, GpuDevice, GpuOperand, InFlight, MAX_BATCH};
 use crate::graph::compile::CompiledGraph;
 use crate::graph::Graph;
 use crate::memory::Transfers;
@@ -72,6 +72,8 @@ pub(crate) struct WorkerStats {
     pub steals: u64,
     pub idle: Duration,
     pub wall: Duration,
+    /// GPU kernel time from timestamp queries (GPU workers on devices that have them).
+    pub kernel_s: f64,
     pub events: Vec<TraceEvent>,
 }
 
@@ -118,18 +120,40 @@ pub(crate) fn run_worker<P: Policy>(
             gate.release(cores);
         }
 
-        ready.clear();
-        for &s in run.compiled.successors(task) {
-            if !ok {
-                // Published by the AcqRel decrement below, before `s` can become ready.
-                run.poisoned[s as usize].store(true, Ordering::Relaxed);
-            }
-            if run.deps[s as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
-                ready.push(s);
-            }
+        complete(policy, run, &mut q, me, task, ok, &mut ready, &mut slot);
+    }
+    stats.wall = run.start.elapsed();
+    stats
+}
+
+/// Releases the successors of a finished task: poisons them if it failed, keeps the
+/// highest-priority one this worker may run as its next task (`slot`), places the others,
+/// and ends the run when this was the last task.
+#[allow(clippy::too_many_arguments)]
+fn complete<P: Policy>(
+    policy: &P,
+    run: &RunState<'_>,
+    q: &mut LocalQueues<'_>,
+    me: WorkerId,
+    task: u32,
+    ok: bool,
+    ready: &mut Vec<u32>,
+    slot: &mut Option<u32>,
+) {
+    let plan = &run.compiled.plan;
+    ready.clear();
+    for &s in run.compiled.successors(task) {
+        if !ok {
+            // Published by the AcqRel decrement below, before `s` can become ready.
+            run.poisoned[s as usize].store(true, Ordering::Relaxed);
         }
-        if !ready.is_empty() {
-            let mut best: Option<usize> = None;
+        if run.deps[s as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
+            ready.push(s);
+        }
+    }
+    if !ready.is_empty() {
+        let mut best: Option<usize> = None;
+        if slot.is_none() {
             for (i, &s) in ready.iter().enumerate() {
                 if plan.eligible(s, me)
                     && best.is_none_or(|b| {
@@ -139,20 +163,213 @@ pub(crate) fn run_worker<P: Policy>(
                     best = Some(i);
                 }
             }
-            if let Some(b) = best {
-                slot = Some(ready.swap_remove(b));
-            }
-            for &s in &ready {
-                policy.place(plan, &mut q, s, Some(me));
+        }
+        if let Some(b) = best {
+            *slot = Some(ready.swap_remove(b));
+        }
+        for &s in ready.iter() {
+            policy.place(plan, q, s, Some(me));
+        }
+    }
+    if run.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        run.done.store(true, Ordering::SeqCst);
+        run.queues.sleep.wake_all();
+    }
+}
+
+/// A batch staged on a GPU: its tasks, what became of each so far, and the submission.
+struct StagedBatch {
+    tasks: Vec<(u32, Staging)>,
+    in_flight: InFlight,
+    started: Duration,
+}
+
+enum Staging {
+    /// Item `i` of the submitted batch.
+    Submitted(usize),
+    /// Not submitted: skipped (a dependency failed) or failed while staging.
+    Skipped,
+    Failed(String),
+}
+
+/// The loop of a GPU worker: take up to [`MAX_BATCH`] ready tasks, make their inputs valid on
+/// the device, submit them together, and stage the next batch while this one runs.
+pub(crate) fn run_gpu_worker<P: Policy>(
+    policy: &P,
+    run: &RunState<'_>,
+    mut q: LocalQueues<'_>,
+    me: WorkerId,
+    g: usize,
+) -> WorkerStats {
+    let plan = &run.compiled.plan;
+    run.queues.sleep.register(me);
+    let mut stats = WorkerStats::default();
+    let mut slot: Option<u32> = None;
+    let mut ready: Vec<u32> = Vec::new();
+    let mut in_flight: Option<StagedBatch> = None;
+    loop {
+        let mut batch: Vec<u32> = slot.take().into_iter().collect();
+        while batch.len() < MAX_BATCH {
+            match policy.next(plan, &mut q, me) {
+                Some(Pick { task, stolen_from }) => {
+                    stats.steals += u64::from(stolen_from.is_some());
+                    batch.push(task);
+                }
+                None => break,
             }
         }
-        if run.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            run.done.store(true, Ordering::SeqCst);
-            run.queues.sleep.wake_all();
+        if batch.is_empty() {
+            if let Some(done) = in_flight.take() {
+                finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
+                continue;
+            }
+            match wait_for_work(policy, run, &mut q, me, &mut stats) {
+                Some(Pick { task, stolen_from }) => {
+                    stats.steals += u64::from(stolen_from.is_some());
+                    batch.push(task);
+                }
+                None => break,
+            }
+        }
+        let staged = stage_gpu_batch(run, g, &batch, &mut stats);
+        if let Some(done) = in_flight.replace(staged) {
+            finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
         }
     }
     stats.wall = run.start.elapsed();
     stats
+}
+
+/// Makes the batch's inputs valid on GPU `g` and submits it.
+fn stage_gpu_batch(run: &RunState<'_>, g: usize, batch: &[u32], stats: &mut WorkerStats) -> StagedBatch {
+    let graph = run.graph;
+    let started = run.start.elapsed();
+    let mut items = Vec::with_capacity(batch.len());
+    let mut tasks = Vec::with_capacity(batch.len());
+    for &task in batch {
+        stats.tasks += 1;
+        if run.poisoned[task as usize].load(Ordering::Relaxed) {
+            tasks.push((task, Staging::Skipped));
+            continue;
+        }
+        let rec = &graph.tasks[task as usize];
+        let kernel = &graph.kernels[rec.kernel as usize];
+        let staged = (|| {
+            let gpu_impl = kernel
+                .gpu_impl()
+                .ok_or_else(|| format!("kernel '{}' has no GPU implementation", kernel.name()))?;
+            let mut ops = Vec::with_capacity(rec.accesses.len as usize);
+            for &(d, access) in &graph.accesses[rec.accesses.range()] {
+                let cell = run.cells[d as usize].as_ref().ok_or_else(|| {
+                    format!(
+                        "operand {} has no storage (a size-only datum) and cannot go to a GPU",
+                        graph.datum_label(d)
+                    )
+                })?;
+                let buffer = cell.ensure_gpu(g, access.reads(), run.gpus, &run.transfers)?;
+                ops.push(GpuOperand {
+                    buffer,
+                    elements: cell.len as u64,
+                    access,
+                });
+            }
+            Ok::<_, String>(BatchItem {
+                kernel: kernel.name(),
+                gpu_impl,
+                ops,
+                params: &graph.params[rec.params.range()],
+            })
+        })();
+        match staged {
+            Ok(item) => {
+                tasks.push((task, Staging::Submitted(items.len())));
+                items.push(item);
+            }
+            Err(e) => tasks.push((task, Staging::Failed(e))),
+        }
+    }
+    let in_flight = run.gpus[g].submit_batch(&items);
+    StagedBatch {
+        tasks,
+        in_flight,
+        started,
+    }
+}
+
+/// Waits for a staged batch, records its outcomes, and completes its tasks.
+#[allow(clippy::too_many_arguments)]
+fn finish_gpu_batch<P: Policy>(
+    policy: &P,
+    run: &RunState<'_>,
+    q: &mut LocalQueues<'_>,
+    me: WorkerId,
+    g: usize,
+    staged: StagedBatch,
+    stats: &mut WorkerStats,
+    ready: &mut Vec<u32>,
+    slot: &mut Option<u32>,
+) {
+    let graph = run.graph;
+    let mut results: Vec<Option<Result<Option<f64>, String>>> = run.gpus[g]
+        .finish_batch(staged.in_flight)
+        .into_iter()
+        .map(Some)
+        .collect();
+    let ended = run.start.elapsed();
+    for (task, staging) in staged.tasks {
+        let outcome = match staging {
+            Staging::Skipped => {
+                stats.skipped += 1;
+                complete(policy, run, q, me, task, false, ready, slot);
+                continue;
+            }
+            Staging::Failed(e) => Err(e),
+            Staging::Submitted(i) => results
+                .get_mut(i)
+                .and_then(Option::take)
+                .unwrap_or_else(|| Err("the batch lost a result".into())),
+        };
+        let ok = match outcome {
+            Ok(kernel_s) => {
+                let rec = &graph.tasks[task as usize];
+                for &(d, access) in &graph.accesses[rec.accesses.range()] {
+                    if let (true, Some(cell)) = (access.writes(), &run.cells[d as usize]) {
+                        cell.gpu_written(g);
+                    }
+                }
+                stats.completed += 1;
+                stats.kernel_s += kernel_s.unwrap_or(0.0);
+                if run.record_trace {
+                    stats.events.push(TraceEvent {
+                        task,
+                        start_ns: staged.started.as_nanos() as u64,
+                        end_ns: ended.as_nanos() as u64,
+                        gpu_ns: kernel_s.map(|s| (s * 1e9) as u64),
+                    });
+                }
+                true
+            }
+            Err(message) => {
+                record_failure(run, task, me, message, stats);
+                false
+            }
+        };
+        complete(policy, run, q, me, task, ok, ready, slot);
+    }
+}
+
+fn record_failure(run: &RunState<'_>, task: u32, me: WorkerId, message: String, stats: &mut WorkerStats) {
+    let graph = run.graph;
+    let kernel = graph.task_kernel(task as usize);
+    stats.failed += 1;
+    tracing::warn!(task = %TaskLabel(graph, task), kernel, %message, "task failed");
+    let failure = TaskFailure {
+        task: graph.task_name(task as usize),
+        kernel: kernel.to_string(),
+        worker: run.worker_names[me.index()].clone(),
+        message,
+    };
+    run.failures.lock().unwrap_or_else(|e| e.into_inner()).push(failure);
 }
 
 /// Spins, then parks, until a task turns up (`Some`) or the run is done (`None`).
@@ -193,7 +410,7 @@ fn wait_for_work<P: Policy>(
     found
 }
 
-/// Runs one task's kernel on this worker's device; false if it failed or was skipped.
+/// Runs one task's CPU kernel; false if it failed or was skipped.
 fn execute<'a>(
     run: &RunState<'a>,
     task: u32,
@@ -207,21 +424,18 @@ fn execute<'a>(
         return false;
     }
     let graph = run.graph;
-    let rec = &graph.tasks[task as usize];
-    let kernel = &graph.kernels[rec.kernel as usize];
     let _span =
-        tracing::trace_span!("task", id = task, name = %TaskLabel(graph, task), kernel = kernel.name()).entered();
+        tracing::trace_span!("task", id = task, name = %TaskLabel(graph, task), kernel = graph.task_kernel(task as usize))
+            .entered();
     let started = run.record_trace.then(|| run.start.elapsed());
-    let outcome = match run.gpu_of_worker[me.index()] {
-        Some(g) => execute_gpu(run, task, g),
-        None => execute_cpu(run, task, operands),
-    };
+    let outcome = execute_cpu(run, task, operands);
     if let Some(s) = started {
         let end = run.start.elapsed();
         stats.events.push(TraceEvent {
             task,
             start_ns: s.as_nanos() as u64,
             end_ns: end.as_nanos() as u64,
+            gpu_ns: None,
         });
     }
     match outcome {
@@ -230,15 +444,7 @@ fn execute<'a>(
             true
         }
         Err(message) => {
-            stats.failed += 1;
-            tracing::warn!(task = %TaskLabel(graph, task), kernel = kernel.name(), %message, "task failed");
-            let failure = TaskFailure {
-                task: graph.task_name(task as usize),
-                kernel: kernel.name().to_string(),
-                worker: run.worker_names[me.index()].clone(),
-                message,
-            };
-            run.failures.lock().unwrap_or_else(|e| e.into_inner()).push(failure);
+            record_failure(run, task, me, message, stats);
             false
         }
     }
@@ -291,46 +497,6 @@ fn execute_cpu<'a>(run: &RunState<'a>, task: u32, operands: &mut Vec<RawOperand<
         }
     }
     outcome
-}
-
-/// Runs a task's GPU implementation on GPU `g`, making its inputs valid there first.
-fn execute_gpu(run: &RunState<'_>, task: u32, g: usize) -> Result<(), String> {
-    let graph = run.graph;
-    let rec = &graph.tasks[task as usize];
-    let kernel = &graph.kernels[rec.kernel as usize];
-    let Some(gpu_impl) = kernel.gpu_impl() else {
-        return Err(format!("kernel '{}' has no GPU implementation", kernel.name()));
-    };
-    let accesses = &graph.accesses[rec.accesses.range()];
-    let mut buffers = Vec::with_capacity(accesses.len());
-    for &(d, access) in accesses {
-        let Some(cell) = &run.cells[d as usize] else {
-            return Err(format!(
-                "operand {} has no storage (a size-only datum) and cannot go to a GPU",
-                graph.datum_label(d)
-            ));
-        };
-        buffers.push((
-            cell.ensure_gpu(g, access.reads(), run.gpus, &run.transfers)?,
-            cell.len as u64,
-            access,
-        ));
-    }
-    let ops: Vec<GpuOperand<'_>> = buffers
-        .iter()
-        .map(|(buffer, elements, access)| GpuOperand {
-            buffer,
-            elements: *elements,
-            access: *access,
-        })
-        .collect();
-    run.gpus[g].dispatch(kernel.name(), gpu_impl, &ops, &graph.params[rec.params.range()])?;
-    for &(d, access) in accesses {
-        if let (true, Some(cell)) = (access.writes(), &run.cells[d as usize]) {
-            cell.gpu_written(g);
-        }
-    }
-    Ok(())
 }
 
 pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

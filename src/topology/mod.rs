@@ -300,6 +300,39 @@ mod tests {
         assert_eq!(m.worker_by_name("cpu3").unwrap().id, WorkerId(3));
     }
 
+    fn gpu(name: &str) -> GpuDesc {
+        GpuDesc {
+            name: name.into(),
+            backend: "vulkan".into(),
+            device_type: "DiscreteGpu".into(),
+            pci_bus_id: String::new(),
+            driver: String::new(),
+            adapter_index: 0,
+            features: vec!["f16".into()],
+            max_buffer_size: 1 << 30,
+            max_storage_binding: 1 << 27,
+            max_workgroup_invocations: 256,
+            memory_bytes: None,
+            timestamp_period_ns: 1.0,
+        }
+    }
+
+    #[test]
+    fn gpus_form_classes_and_steal_only_from_their_own() {
+        let mut m = Machine::synthetic_cpus(2);
+        m.add_gpus(vec![gpu("A"), gpu("B"), gpu("A")]);
+        assert_eq!(m.num_workers(), 5);
+        assert_eq!(m.classes.len(), 3);
+        let names: Vec<&str> = m.workers.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["cpu0", "cpu1", "gpu0", "gpu1", "gpu2"]);
+        // gpu0 and gpu2 share a class; gpu1 is alone; CPUs never see GPUs as victims.
+        assert_eq!(m.victims[2], vec![WorkerId(4)]);
+        assert!(m.victims[3].is_empty());
+        assert_eq!(m.victims[0], vec![WorkerId(1)]);
+        assert_eq!(m.gpu(WorkerId(3)).unwrap().name, "B");
+        assert!(m.gpu(WorkerId(1)).is_none());
+    }
+
     #[test]
     fn victims_prefer_closer_cores() {
         // Cores 0,1 share a cache (closeness 3), 2,3 share another; all four share depth 1.

@@ -22,6 +22,9 @@ pub struct WorkerReport {
     pub busy_s: f64,
     /// Tasks it took from another worker's deque.
     pub steals: u64,
+    /// GPU workers: kernel time measured by GPU timestamp queries, when the device has them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_s: Option<f64>,
 }
 
 /// One failed task.
@@ -39,12 +42,16 @@ pub struct TraceEvent {
     pub task: u32,
     pub start_ns: u64,
     pub end_ns: u64,
+    /// The kernel's own time on a GPU, from timestamp queries.
+    pub gpu_ns: Option<u64>,
 }
 
 /// Per-worker task events.
 #[derive(Clone, Debug, Default)]
 pub struct TraceLog {
     pub per_worker: Vec<Vec<TraceEvent>>,
+    /// Copies between memory nodes.
+    pub transfers: Vec<crate::memory::TransferEvent>,
 }
 
 /// The summary of a run.
@@ -106,14 +113,49 @@ pub fn write_chrome_trace(out: impl Write, graph: &Graph, report: &RunReport) ->
             sep(&mut out)?;
             let name = serde_json::to_string(&graph.task_name(e.task as usize)).map_err(io::Error::other)?;
             let cat = serde_json::to_string(graph.task_kernel(e.task as usize)).map_err(io::Error::other)?;
+            let gpu = e
+                .gpu_ns
+                .map(|ns| format!(",\"gpu_kernel_us\":{:.3}", ns as f64 / 1e3))
+                .unwrap_or_default();
             write!(
                 out,
-                "{{\"name\":{name},\"cat\":{cat},\"ph\":\"X\",\"pid\":1,\"tid\":{tid},\"ts\":{:.3},\"dur\":{:.3},\"args\":{{\"task\":{}}}}}",
+                "{{\"name\":{name},\"cat\":{cat},\"ph\":\"X\",\"pid\":1,\"tid\":{tid},\"ts\":{:.3},\"dur\":{:.3},\"args\":{{\"task\":{}{gpu}}}}}",
                 e.start_ns as f64 / 1e3,
                 (e.end_ns - e.start_ns) as f64 / 1e3,
                 e.task
             )?;
         }
+    }
+    // Transfers on a second process, one track per link.
+    let mut links: Vec<(crate::memory::Node, crate::memory::Node)> =
+        log.transfers.iter().map(|t| (t.from, t.to)).collect();
+    links.sort();
+    links.dedup();
+    for (i, (from, to)) in links.iter().enumerate() {
+        sep(&mut out)?;
+        write!(
+            out,
+            "{{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":2,\"tid\":{i},\"args\":{{\"name\":\"{from} -> {to}\"}}}}"
+        )?;
+    }
+    if !links.is_empty() {
+        sep(&mut out)?;
+        write!(
+            out,
+            "{{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":2,\"args\":{{\"name\":\"transfers\"}}}}"
+        )?;
+    }
+    for t in &log.transfers {
+        let tid = links.iter().position(|l| *l == (t.from, t.to)).unwrap_or(0);
+        sep(&mut out)?;
+        write!(
+            out,
+            "{{\"name\":\"{} bytes\",\"cat\":\"transfer\",\"ph\":\"X\",\"pid\":2,\"tid\":{tid},\"ts\":{:.3},\"dur\":{:.3},\"args\":{{\"bytes\":{}}}}}",
+            t.bytes,
+            t.start_ns as f64 / 1e3,
+            (t.end_ns.saturating_sub(t.start_ns)) as f64 / 1e3,
+            t.bytes
+        )?;
     }
     writeln!(out, "\n]}}")?;
     out.flush()
