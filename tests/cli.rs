@@ -46,7 +46,7 @@ fn run_prints_the_summary_json_and_writes_a_trace() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|e| e["ph"] == "X")
+            .filter(|e| e["ph"] == "X" && e["cat"] != "transfer")
             .count(),
         3
     );
@@ -102,4 +102,34 @@ fn info_and_demo() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["check"]["ok"], true);
     assert_eq!(v["tasks"], 9 * 3 + 8);
+}
+
+#[test]
+fn bench_gpu_reports_every_figure() {
+    let out = hexec()
+        .args(["bench", "gpu", "--quick", "--reps", "1", "--json"])
+        .output()
+        .unwrap();
+    if out.status.code() == Some(2) && String::from_utf8_lossy(&out.stderr).contains("no GPU") {
+        eprintln!("SKIPPED: no GPU adapter");
+        return;
+    }
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let metrics: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["metric"].as_str().unwrap())
+        .collect();
+    for m in [
+        "gemm f32",
+        "axpy (elementwise)",
+        "sum (reduction)",
+        "host→device bandwidth",
+        "device→host latency",
+    ] {
+        assert!(metrics.contains(&m), "missing {m}: {metrics:?}");
+    }
+    assert!(v.as_array().unwrap().iter().all(|f| f["value"].as_f64().unwrap() > 0.0));
 }

@@ -1,3 +1,4 @@
 //! Benchmarks shared by `hexec bench` and the criterion benches in `benches/`.
 
+pub mod gpu;
 pub mod overhead;

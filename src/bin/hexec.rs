@@ -73,6 +73,20 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Per-GPU figures: GEMM GFLOP/s, elementwise and reduction GB/s, transfer bandwidth and latency.
+    Gpu {
+        #[arg(long)]
+        json: bool,
+        /// Smaller problem sizes.
+        #[arg(long)]
+        quick: bool,
+        /// Timed repetitions per figure (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// GPUs to measure: all, or a count.
+        #[arg(long, default_value = "all")]
+        gpus: GpuRequest,
+    },
     /// Cost per empty task in standard shapes, hexec against rayon.
     Overhead {
         #[arg(long)]
@@ -193,6 +207,33 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             }
             let demo = hexec::demo::blockwise(&rt, tiles, tile_len);
             run_and_report(&rt, &demo.graph, trace, json, Some(&demo))
+        }
+        Command::Bench {
+            which:
+                BenchCommand::Gpu {
+                    json,
+                    quick,
+                    reps,
+                    gpus,
+                },
+        } => {
+            let rt = Runtime::builder().cpus(1).gpus(gpus).build()?;
+            if rt.gpus().is_empty() {
+                return Err(Failure {
+                    code: 2,
+                    message: "no GPU found: nothing to measure (install mesa-vulkan-drivers for lavapipe)".into(),
+                });
+            }
+            let mut figures = Vec::new();
+            for dev in rt.gpus() {
+                figures.extend(hexec::bench::gpu::measure(dev, quick, reps.max(1))?);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&figures)?);
+            } else {
+                print!("{}", hexec::bench::gpu::markdown(&figures));
+            }
+            Ok(())
         }
         Command::Bench {
             which:

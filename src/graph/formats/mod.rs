@@ -162,6 +162,9 @@ pub struct TaskSpec {
     pub worker: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
+    /// Only on GPUs with at least this many bytes of memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory: Option<u64>,
 }
 
 fn is_zero(p: &i32) -> bool {
@@ -182,6 +185,7 @@ impl TaskSpec {
             device: None,
             worker: None,
             features: Vec::new(),
+            gpu_memory: None,
         }
     }
 }
@@ -436,6 +440,9 @@ impl GraphSpec {
             }
             for f in &t.features {
                 b = b.require_feature(f.clone());
+            }
+            if let Some(bytes) = t.gpu_memory {
+                b = b.gpu_memory(bytes);
             }
             ids[i] = Some(b.add());
         }
