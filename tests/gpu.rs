@@ -355,6 +355,8 @@ fn gpu_tasks_are_batched_timed_and_traced() {
     let submits = rt.gpus()[0].kernel_submits() - before;
     assert!(submits < 32, "32 independent GPU tasks took {submits} submissions");
     assert_eq!(report.bytes_transferred, 32 * 4096 * 4, "each tile goes up once");
+    // Tasks restricted to the one GPU land in its mailbox; their inputs move at placement.
+    assert_eq!(report.prefetched_tasks, 32);
     let log = report.trace.as_ref().unwrap();
     assert_eq!(log.transfers.len(), 32);
     let gpu_worker = rt

@@ -407,12 +407,21 @@ impl Runtime {
             done: AtomicBool::new(n == 0),
             failures: Mutex::new(Vec::new()),
             start: run_start,
+            prefetched: AtomicU64::new(0),
             record_trace: opts.record_trace,
         };
+        // A task placed in a GPU's mailbox has its inputs copied there right away, while that
+        // GPU may still be busy with earlier work.
+        let prefetch = |task: u32, w: WorkerId| {
+            if let Some(g) = run.gpu_of_worker[w.index()] {
+                run.prefetch_inputs(task, g);
+            }
+        };
+        let prefetch: Option<queues::Prefetch<'_>> = if self.gpus.is_empty() { None } else { Some(&prefetch) };
         let mut locals: Vec<LocalQueues<'_>> = deques
             .into_iter()
             .enumerate()
-            .map(|(i, d)| LocalQueues::new(WorkerId(i as u32), d, &shared, plan))
+            .map(|(i, d)| LocalQueues::new(WorkerId(i as u32), d, &shared, plan, prefetch))
             .collect();
         for &r in &compiled.roots {
             policy.place(plan, &mut locals[0], r, None);
@@ -510,6 +519,7 @@ impl Runtime {
             skipped: sum(|s| s.skipped) as usize,
             makespan_s: makespan.as_secs_f64(),
             steals: sum(|s| s.steals),
+            prefetched_tasks: run.prefetched.load(Ordering::Relaxed),
             bytes_transferred: run.transfers.total_bytes(),
             transfers: run.transfers.links(),
             workers,

@@ -24,7 +24,12 @@ pub(crate) struct LocalQueues<'a> {
     deque: Worker<u32>,
     shared: &'a SharedQueues,
     plan: &'a Plan,
+    /// Called after a task is put in a worker's mailbox, to start copying its inputs there.
+    prefetch: Option<&'a (dyn Fn(u32, WorkerId) + Sync)>,
 }
+
+/// Starts the transfers of a task placed on a worker, before that worker takes it.
+pub(crate) type Prefetch<'a> = &'a (dyn Fn(u32, WorkerId) + Sync);
 
 impl SharedQueues {
     /// Builds the shared queues and the per-worker deques (to be moved into their threads).
@@ -45,11 +50,18 @@ impl SharedQueues {
 }
 
 impl<'a> LocalQueues<'a> {
-    pub fn new(me: WorkerId, deque: Worker<u32>, shared: &'a SharedQueues, plan: &'a Plan) -> Self {
+    pub fn new(
+        me: WorkerId,
+        deque: Worker<u32>,
+        shared: &'a SharedQueues,
+        plan: &'a Plan,
+        prefetch: Option<Prefetch<'a>>,
+    ) -> Self {
         LocalQueues {
             me,
             deque,
             shared,
+            prefetch,
             plan,
         }
     }
@@ -76,6 +88,9 @@ impl ReadyQueues for LocalQueues<'_> {
     fn push_mailbox(&mut self, worker: WorkerId, band: u8, task: u32) {
         self.shared.mailbox[worker.index()][band as usize].push(task);
         self.shared.sleep.wake_one(std::slice::from_ref(&worker));
+        if let Some(prefetch) = self.prefetch {
+            prefetch(task, worker);
+        }
     }
 
     fn push_shared(&mut self, set: u16, band: u8, task: u32) {

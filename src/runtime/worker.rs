@@ -55,6 +55,29 @@ pub(crate) struct RunState<'a> {
     pub failures: Mutex<Vec<TaskFailure>>,
     pub start: Instant,
     pub record_trace: bool,
+    /// Tasks whose inputs were copied to their GPU when they were placed.
+    pub prefetched: std::sync::atomic::AtomicU64,
+}
+
+impl RunState<'_> {
+    /// Copies the inputs of `task` to GPU `g` ahead of time. Failures are ignored here: the
+    /// task meets them again, and reports them, when it runs.
+    pub fn prefetch_inputs(&self, task: u32, g: usize) {
+        let rec = &self.graph.tasks[task as usize];
+        let kernel = &self.graph.kernels[rec.kernel as usize];
+        if !kernel.has_gpu() || self.poisoned[task as usize].load(Ordering::Relaxed) {
+            return;
+        }
+        for &(d, access) in &self.graph.accesses[rec.accesses.range()] {
+            if let (true, Some(cell)) = (access.reads(), &self.cells[d as usize]) {
+                if let Err(e) = cell.ensure_gpu(g, true, self.gpus, &self.transfers) {
+                    tracing::debug!(task, error = %e, "prefetch failed");
+                    return;
+                }
+            }
+        }
+        self.prefetched.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 // SAFETY: `BoundDatum` pointers refer to data cells the run holds `in_use` for its whole

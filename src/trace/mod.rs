@@ -68,6 +68,8 @@ pub struct RunReport {
     pub skipped: usize,
     pub makespan_s: f64,
     pub steals: u64,
+    /// Tasks whose inputs started moving to their GPU when they were placed (prefetch).
+    pub prefetched_tasks: u64,
     /// Bytes copied between memory nodes (host, GPUs).
     pub bytes_transferred: u64,
     /// Per directed link that carried data.
