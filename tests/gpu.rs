@@ -423,3 +423,33 @@ fn gpu_restrictions_mean_something() {
     let e = rt.run(&g).unwrap_err().to_string();
     assert!(e.contains("'virt'") && e.contains("runs only on GPUs"), "{e}");
 }
+
+/// The portable reductions (no subgroups) stay correct on devices that have subgroups too.
+#[test]
+fn portable_reductions_match() {
+    let Some(rt) = gpu_runtime(1) else { return };
+    for op in ["sum", "min", "max"] {
+        let mut portable = hexec::kernels::gpu::reduction(op);
+        portable.with_subgroups = None;
+        let k =
+            Arc::new(Kernel::declare(format!("{op}_portable"), builtin::sum().signature().clone()).with_gpu(portable));
+        for n in [1usize, 257, 70_001] {
+            let x = values(n, 9);
+            let expected = match op {
+                "sum" => x.iter().map(|&v| f64::from(v)).sum::<f64>() as f32,
+                "min" => x.iter().copied().fold(f32::MAX, f32::min),
+                _ => x.iter().copied().fold(f32::MIN, f32::max),
+            };
+            let (xh, out) = (rt.data(x), rt.data(vec![0.0f32; 1]));
+            let mut g = rt.graph();
+            g.task(&k).read(xh).write(out).add();
+            rt.run(&g).unwrap();
+            close(
+                &rt.read(out).unwrap(),
+                &[expected],
+                1e-5 * (n as f32).sqrt(),
+                &format!("portable {op} n={n}"),
+            );
+        }
+    }
+}

@@ -58,6 +58,8 @@ pub struct GpuImpl {
     pub scratch: ScratchFn,
     /// Checks sizes before dispatch (for example, matching lengths); the message says why not.
     pub check: CheckFn,
+    /// A version using subgroup operations, for devices with the `subgroups` feature.
+    pub with_subgroups: Option<Arc<GpuImpl>>,
 }
 
 impl std::fmt::Debug for GpuImpl {
@@ -84,6 +86,15 @@ impl GpuImpl {
             }],
             scratch: Arc::new(|_| Vec::new()),
             check: Arc::new(|_| Ok(())),
+            with_subgroups: None,
+        }
+    }
+
+    /// This implementation, or its subgroup version when the device has subgroups.
+    pub fn for_device(&self, subgroups: bool) -> &GpuImpl {
+        match (&self.with_subgroups, subgroups) {
+            (Some(s), true) => s,
+            _ => self,
         }
     }
 
@@ -157,12 +168,22 @@ pub fn map2(expr: &str) -> GpuImpl {
     elementwise(&include_str!("../../shaders/map2.wgsl").replace("EXPR", expr), 3, 2)
 }
 
-/// The two-pass reduction `op` (`sum`, `min`, `max`) of operand 0 into operand 1.
+/// The two-pass reduction `op` (`sum`, `min`, `max`) of operand 0 into operand 1, with a
+/// subgroup version.
 pub fn reduction(op: &str) -> GpuImpl {
+    let mut portable = reduction_from(op, include_str!("../../shaders/reduce.wgsl"));
+    portable.with_subgroups = Some(Arc::new(reduction_from(
+        op,
+        include_str!("../../shaders/reduce_subgroups.wgsl"),
+    )));
+    portable
+}
+
+fn reduction_from(op: &str, body: &str) -> GpuImpl {
     let grid_partial: GridFn = Arc::new(|d| [reduce_partials(d.lens.first().copied().unwrap_or(0)) as u32, 1, 1]);
     let grid_final: GridFn = Arc::new(|_| [1, 1, 1]);
     GpuImpl {
-        source: format!("{COMMON_WGSL}\n{}", include_str!("../../shaders/reduce.wgsl")).into(),
+        source: format!("{COMMON_WGSL}\n{body}").into(),
         passes: vec![
             GpuPass {
                 entry: format!("{op}_partial"),
@@ -192,6 +213,7 @@ pub fn reduction(op: &str) -> GpuImpl {
                 Ok(())
             }
         }),
+        with_subgroups: None,
     }
 }
 
@@ -214,5 +236,6 @@ pub fn gemm() -> GpuImpl {
         }],
         scratch: Arc::new(|_| Vec::new()),
         check: Arc::new(|d| crate::builtin::gemm_dims(d.params, d.lens).map(|_| ())),
+        with_subgroups: None,
     }
 }

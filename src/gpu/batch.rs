@@ -107,7 +107,9 @@ impl GpuDevice {
         qs: Option<&wgpu::QuerySet>,
         held: &mut Vec<wgpu::Buffer>,
     ) -> Result<wgpu::CommandBuffer, String> {
-        let g = item.gpu_impl;
+        let g = item
+            .gpu_impl
+            .for_device(self.device.features().contains(wgpu::Features::SUBGROUP));
         let lens: Vec<u64> = item.ops.iter().map(|o| o.elements).collect();
         let dims = GpuDims {
             lens: &lens,
