@@ -270,6 +270,7 @@ fn open(adapter: &wgpu::Adapter, index: usize, adapter_index: usize, host_memory
         max_workgroup_invocations: limits.max_compute_invocations_per_workgroup,
         memory_bytes,
         timestamp_period_ns: queue.get_timestamp_period(),
+        numa_os_index: None,
     };
     let poller = Poller::start(device.clone(), format!("gpu{index}"));
     Ok(GpuDevice {

@@ -147,11 +147,11 @@ impl RuntimeBuilder {
         } else {
             GpuRequest::All
         });
-        let (mut machine, hw) = match self.machine {
+        let (mut machine, topology) = match self.machine {
             Some(m) => (m, None),
             None => {
                 let (m, hw) = discover(self.cpus)?;
-                (m, if self.no_pin { None } else { Some(hw) })
+                (m, Some(hw))
             }
         };
         let host_memory = machine.numa_nodes.iter().map(|n| n.memory_bytes).sum();
@@ -159,7 +159,16 @@ impl RuntimeBuilder {
             .into_iter()
             .map(Arc::new)
             .collect();
-        machine.add_gpus(gpus.iter().map(|g| g.desc.clone()).collect());
+        let descs = gpus
+            .iter()
+            .map(|g| {
+                let mut d = g.desc.clone();
+                d.numa_os_index = topology.as_ref().and_then(|t| t.pci_numa(&d.pci_bus_id));
+                d
+            })
+            .collect();
+        machine.add_gpus(descs);
+        let hw = if self.no_pin { None } else { topology };
         if machine.num_workers() == 0 {
             return Err(BuildError::NoWorkers);
         }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use hwlocality::cpu::binding::CpuBindingFlags;
 use hwlocality::cpu::cpuset::CpuSet;
+use hwlocality::object::attributes::ObjectAttributes;
 use hwlocality::object::types::ObjectType;
+use hwlocality::topology::builder::TypeFilter;
 use hwlocality::Topology;
 
 use super::{features, CoreDesc, Machine};
@@ -46,12 +48,33 @@ impl HwTopology {
             .bind_cpu(&set, CpuBindingFlags::THREAD)
             .map_err(|e| e.to_string())
     }
+
+    /// The OS index of the NUMA node closest to a PCI device, given as `DDDD:BB:DD.F` (hex,
+    /// the form wgpu reports); `None` when hwloc does not list the device.
+    pub fn pci_numa(&self, bus_id: &str) -> Option<u32> {
+        let (domain, bus, dev, func) = parse_pci(bus_id)?;
+        self.topo.objects_with_type(ObjectType::PCIDevice).find_map(|o| {
+            let Some(ObjectAttributes::PCIDevice(p)) = o.attributes() else {
+                return None;
+            };
+            if (u32::from(p.domain()), p.bus_id(), p.bus_device(), p.function()) != (domain, bus, dev, func) {
+                return None;
+            }
+            let ancestor = o.first_non_io_ancestor()?;
+            ancestor.nodeset()?.first_set().map(|i| usize::from(i) as u32)
+        })
+    }
 }
 
 /// Discovers cores and NUMA nodes; `cpus` keeps only the first N cores in hwloc's logical
 /// order (which fills one NUMA node before the next, keeping a small run compact).
 pub fn discover(cpus: Option<usize>) -> Result<(Machine, HwTopology), TopologyError> {
-    let topo = Topology::new().map_err(|e| TopologyError::Load(e.to_string()))?;
+    // I/O objects are kept so that GPUs can be placed next to their NUMA node.
+    let topo = Topology::builder()
+        .with_io_type_filter(TypeFilter::KeepImportant)
+        .map_err(|e| TopologyError::Load(e.to_string()))?
+        .build()
+        .map_err(|e| TopologyError::Load(e.to_string()))?;
     let numa_objs: Vec<_> = topo.objects_with_type(ObjectType::NUMANode).collect();
     let mut numa: Vec<(u32, u64)> = numa_objs
         .iter()
@@ -113,9 +136,39 @@ pub fn discover(cpus: Option<usize>) -> Result<(Machine, HwTopology), TopologyEr
     Ok((machine, HwTopology { topo: Arc::new(topo) }))
 }
 
+/// Parses `DDDD:BB:DD.F` (hex; the domain may be omitted).
+fn parse_pci(s: &str) -> Option<(u32, u8, u8, u8)> {
+    let (head, func) = s.rsplit_once('.')?;
+    let parts: Vec<&str> = head.split(':').collect();
+    let (domain, bus, dev) = match parts.as_slice() {
+        [d, b, v] => (u32::from_str_radix(d, 16).ok()?, *b, *v),
+        [b, v] => (0, *b, *v),
+        _ => return None,
+    };
+    Some((
+        domain,
+        u8::from_str_radix(bus, 16).ok()?,
+        u8::from_str_radix(dev, 16).ok()?,
+        u8::from_str_radix(func, 16).ok()?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pci_bus_ids_parse() {
+        assert_eq!(parse_pci("0000:3b:00.0"), Some((0, 0x3b, 0, 0)));
+        assert_eq!(parse_pci("0001:c1:1f.7"), Some((1, 0xc1, 0x1f, 7)));
+        assert_eq!(parse_pci("3b:00.1"), Some((0, 0x3b, 0, 1)));
+        assert_eq!(parse_pci(""), None);
+        assert_eq!(parse_pci("zz:00.0"), None);
+        let (_, hw) = discover(Some(1)).unwrap();
+        assert_eq!(hw.pci_numa("ffff:ff:1f.7"), None);
+        // This VM's virtio disk controller is a PCI device hwloc lists on NUMA node 0.
+        assert!(hw.pci_numa("0000:00:02.0").is_none_or(|n| n == 0));
+    }
 
     #[test]
     fn discovers_this_machine() {

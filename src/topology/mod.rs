@@ -117,6 +117,8 @@ pub struct GpuDesc {
     pub memory_bytes: Option<u64>,
     /// Nanoseconds per timestamp-query tick.
     pub timestamp_period_ns: f32,
+    /// OS index of the NUMA node the device is attached to, when hwloc knows its PCI address.
+    pub numa_os_index: Option<u32>,
 }
 
 /// Workers, classes and memory nodes of a machine.
@@ -208,8 +210,9 @@ impl Machine {
 
     /// Adds one GPU worker per description (named `gpu0`, `gpu1`, ...). GPUs with the same
     /// adapter name, backend and features form one class; a GPU's victims are the other GPUs
-    /// of its class. GPU workers sit on NUMA node 0 until PCI locality is read from hwloc.
+    /// of its class. A GPU sits on the NUMA node of its PCI slot when known, else on node 0.
     pub fn add_gpus(&mut self, gpus: Vec<GpuDesc>) {
+        let first_new = self.workers.len();
         for (i, g) in gpus.into_iter().enumerate() {
             let class_name = format!("gpu:{} ({}; {})", g.name, g.backend, g.features.join(","));
             let class = match self.classes.iter().position(|c| c.name == class_name) {
@@ -231,7 +234,10 @@ impl Machine {
                 name: format!("gpu{i}"),
                 kind: DeviceKind::Gpu,
                 class,
-                numa: 0,
+                numa: g
+                    .numa_os_index
+                    .and_then(|os| self.numa_nodes.iter().position(|n| n.os_index == os))
+                    .unwrap_or(0),
                 pus: Vec::new(),
                 features: g.features.clone(),
             });
@@ -244,9 +250,10 @@ impl Machine {
                 self.victims[w.id.index()] = class.workers.iter().copied().filter(|&v| v != w.id).collect();
             }
         }
-        if let Some(n) = self.numa_nodes.first_mut() {
-            n.workers
-                .extend(self.workers.iter().filter(|w| w.kind == DeviceKind::Gpu).map(|w| w.id));
+        for w in &self.workers[first_new..] {
+            if let Some(n) = self.numa_nodes.get_mut(w.numa) {
+                n.workers.push(w.id);
+            }
         }
     }
 
@@ -314,6 +321,7 @@ mod tests {
             max_workgroup_invocations: 256,
             memory_bytes: None,
             timestamp_period_ns: 1.0,
+            numa_os_index: None,
         }
     }
 
