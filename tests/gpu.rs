@@ -184,6 +184,14 @@ fn data_moves_between_two_gpus_and_the_host_coherently() {
     assert!(report.bytes_transferred >= 4 * 4000, "{:?}", report.transfers);
     assert!(report.transfers.iter().any(|l| l.from == "gpu0" && l.to == "host"));
     assert!(report.transfers.iter().any(|l| l.from == "host" && l.to == "gpu1"));
+    // At the end x is valid on gpu1 and the host (shared), y only on gpu0.
+    let at = |node: &str| report.residency.iter().find(|r| r.node == node).unwrap().data;
+    assert_eq!(
+        (at("host"), at("gpu0"), at("gpu1")),
+        (1, 1, 1),
+        "{:?}",
+        report.residency
+    );
     assert_eq!(rt.read(x).unwrap(), vec![6.0; 1000]);
     assert_eq!(
         rt.read(y).unwrap(),

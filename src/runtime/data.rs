@@ -160,6 +160,15 @@ impl DataCell {
         Ok(())
     }
 
+    /// Nodes holding a valid copy.
+    pub fn valid_nodes(&self) -> Vec<Node> {
+        self.coherence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .valid_nodes()
+            .collect()
+    }
+
     /// The host wrote the datum: GPU copies are stale.
     pub fn host_written(&self) {
         if self.on_gpu.load(Ordering::Acquire) {

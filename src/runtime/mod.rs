@@ -530,6 +530,7 @@ impl Runtime {
             steals: sum(|s| s.steals),
             prefetched_tasks: run.prefetched.load(Ordering::Relaxed),
             bytes_transferred: run.transfers.total_bytes(),
+            residency: residency(cells, self.gpus.len()),
             transfers: run.transfers.links(),
             workers,
             failures,
@@ -542,4 +543,25 @@ impl Runtime {
         }
         Ok(report)
     }
+}
+
+/// Where the run's stored data have valid copies now: per memory node, the number of data and
+/// their bytes.
+fn residency(cells: &[Option<Arc<data::DataCell>>], gpus: usize) -> Vec<crate::trace::NodeResidency> {
+    let mut per_node: Vec<crate::trace::NodeResidency> = (0..=gpus)
+        .map(|i| crate::trace::NodeResidency {
+            node: crate::memory::Node::from_index(i).to_string(),
+            data: 0,
+            bytes: 0,
+        })
+        .collect();
+    for cell in cells.iter().flatten() {
+        for node in cell.valid_nodes() {
+            if let Some(r) = per_node.get_mut(node.index()) {
+                r.data += 1;
+                r.bytes += cell.bytes() as u64;
+            }
+        }
+    }
+    per_node
 }

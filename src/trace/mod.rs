@@ -36,6 +36,15 @@ pub struct TaskFailure {
     pub message: String,
 }
 
+/// Valid copies on one memory node at the end of a run.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct NodeResidency {
+    pub node: String,
+    /// Data of the run with a valid copy there.
+    pub data: u64,
+    pub bytes: u64,
+}
+
 /// Start and end of one task, in nanoseconds since the run began.
 #[derive(Clone, Copy, Debug)]
 pub struct TraceEvent {
@@ -74,6 +83,8 @@ pub struct RunReport {
     pub bytes_transferred: u64,
     /// Per directed link that carried data.
     pub transfers: Vec<crate::memory::LinkReport>,
+    /// Where the run's stored data have valid copies at its end, per memory node.
+    pub residency: Vec<NodeResidency>,
     pub workers: Vec<WorkerReport>,
     pub failures: Vec<TaskFailure>,
     #[serde(skip)]
