@@ -186,6 +186,27 @@ proptest! {
     }
 }
 
+proptest! {
+    // The planning policies run here without a performance model (as in a first run); the
+    // simulator's tests exercise their planning.
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_dags_run_correctly_under_locality(c in case()) {
+        check(&c, PolicyKind::Locality)?;
+    }
+
+    #[test]
+    fn random_dags_run_correctly_under_heft(c in case()) {
+        check(&c, PolicyKind::Heft)?;
+    }
+
+    #[test]
+    fn random_dags_run_correctly_under_random(c in case()) {
+        check(&c, PolicyKind::Random)?;
+    }
+}
+
 /// The reference must be sensitive to order, or the comparison above would prove nothing.
 #[test]
 fn the_sequential_reference_detects_reordering() {

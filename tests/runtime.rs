@@ -151,7 +151,12 @@ fn data_in_use_cannot_be_read_from_outside_the_run() {
 /// onto its own deque, so the second worker can only get one by stealing.
 #[test]
 fn ws_steals_and_eager_shares() {
-    for policy in PolicyKind::ALL {
+    for policy in [
+        PolicyKind::Eager,
+        PolicyKind::Ws,
+        PolicyKind::Locality,
+        PolicyKind::Heft,
+    ] {
         let rt = rt(2, policy);
         let running = Arc::new(AtomicUsize::new(0));
         let r = running.clone();
@@ -177,7 +182,8 @@ fn ws_steals_and_eager_shares() {
         );
         match policy {
             PolicyKind::Ws => assert!(report.steals >= 1, "ws must have stolen"),
-            PolicyKind::Eager => assert_eq!(report.steals, 0),
+            // eager, and locality and heft without a performance model (they share like eager).
+            _ => assert_eq!(report.steals, 0),
         }
     }
 }

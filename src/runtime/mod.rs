@@ -23,7 +23,7 @@ use crate::gpu::{GpuDevice, GpuError, GpuRequest};
 use crate::graph::compile::{compile, DatumInfo, SubmitError};
 use crate::graph::{Data, Graph, GraphDatum};
 use crate::memory::Transfers;
-use crate::sched::{Eager, Policy, PolicyKind, WorkStealing};
+use crate::sched::{Eager, Heft, Locality, Policy, PolicyKind, RandomPolicy, WorkStealing};
 use crate::topology::{discover, HwTopology, Machine, TopologyError, WorkerId};
 use crate::trace::{RunReport, TraceLog, WorkerReport};
 
@@ -335,6 +335,18 @@ impl Runtime {
         match self.policy {
             PolicyKind::Eager => self.execute(&Eager, graph, &compiled, &bound, &cells, opts),
             PolicyKind::Ws => self.execute(&WorkStealing, graph, &compiled, &bound, &cells, opts),
+            // The runtime does not calibrate performance models yet: without costs, locality
+            // and heft place tasks as eager does (documented in sched::locality/heft).
+            PolicyKind::Locality => self.execute(
+                &Locality::new(self.machine.num_workers()),
+                graph,
+                &compiled,
+                &bound,
+                &cells,
+                opts,
+            ),
+            PolicyKind::Heft => self.execute(&Heft::uncalibrated(), graph, &compiled, &bound, &cells, opts),
+            PolicyKind::Random => self.execute(&RandomPolicy::new(0x5eed), graph, &compiled, &bound, &cells, opts),
         }
     }
 

@@ -130,6 +130,14 @@ impl ReadyQueues for LocalQueues<'_> {
         }
     }
 
+    fn steal_mailbox(&mut self, _thief: WorkerId, victim: WorkerId, band: u8) -> Option<u32> {
+        let q = &self.shared.mailbox[victim.index()][band as usize];
+        if q.is_empty() {
+            return None;
+        }
+        retry(|| q.steal())
+    }
+
     fn steal(&mut self, _thief: WorkerId, victim: WorkerId) -> Option<u32> {
         retry(|| self.shared.stealers[victim.index()].steal())
     }

@@ -14,6 +14,8 @@
 //!   duplicated), provided some eligible worker keeps calling `next`.
 
 mod eager;
+mod heft;
+mod locality;
 mod plan;
 mod queues;
 mod ws;
@@ -21,6 +23,8 @@ mod ws;
 use std::fmt;
 
 pub use eager::Eager;
+pub use heft::{upward_ranks, Heft, RandomPolicy};
+pub use locality::Locality;
 pub use plan::{EligibleSet, Plan, WorkerMask, MAX_BANDS};
 pub use queues::{ReadyQueues, SimQueues};
 pub use ws::WorkStealing;
@@ -57,17 +61,32 @@ pub enum PolicyKind {
     /// Per-worker deques and compatibility-aware stealing, victims by locality.
     #[default]
     Ws,
+    /// Earliest expected finish, transfers included; steals only when it pays.
+    Locality,
+    /// Static list scheduling by upward rank.
+    Heft,
+    /// A uniformly random eligible worker: the floor.
+    Random,
 }
 
 impl PolicyKind {
     /// Every policy, for help texts and benches.
-    pub const ALL: [PolicyKind; 2] = [PolicyKind::Eager, PolicyKind::Ws];
+    pub const ALL: [PolicyKind; 5] = [
+        PolicyKind::Eager,
+        PolicyKind::Ws,
+        PolicyKind::Locality,
+        PolicyKind::Heft,
+        PolicyKind::Random,
+    ];
 
     /// Parses a policy name.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "eager" => Some(PolicyKind::Eager),
             "ws" => Some(PolicyKind::Ws),
+            "locality" => Some(PolicyKind::Locality),
+            "heft" => Some(PolicyKind::Heft),
+            "random" => Some(PolicyKind::Random),
             _ => None,
         }
     }
@@ -77,6 +96,9 @@ impl PolicyKind {
         match self {
             PolicyKind::Eager => "eager",
             PolicyKind::Ws => "ws",
+            PolicyKind::Locality => "locality",
+            PolicyKind::Heft => "heft",
+            PolicyKind::Random => "random",
         }
     }
 }
@@ -90,7 +112,7 @@ impl fmt::Display for PolicyKind {
 impl std::str::FromStr for PolicyKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        PolicyKind::parse(s).ok_or_else(|| format!("unknown policy '{s}' (known: eager, ws)"))
+        PolicyKind::parse(s).ok_or_else(|| format!("unknown policy '{s}' (known: eager, ws, locality, heft, random)"))
     }
 }
 

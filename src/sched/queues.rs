@@ -26,6 +26,25 @@ pub trait ReadyQueues {
     fn pop_shared(&mut self, worker: WorkerId, set: u16, band: u8, batch: bool) -> Option<u32>;
     /// Takes the oldest task of `victim`'s deque for `thief`.
     fn steal(&mut self, thief: WorkerId, victim: WorkerId) -> Option<u32>;
+    /// Takes the oldest task of `victim`'s mailbox band for `thief`.
+    fn steal_mailbox(&mut self, thief: WorkerId, victim: WorkerId, band: u8) -> Option<u32>;
+
+    // What the executor knows, for policies that plan in time (`locality`, `heft`). The
+    // defaults say "nothing known", under which those policies behave like `eager`.
+
+    /// Seconds since the run began.
+    fn now(&self) -> f64 {
+        0.0
+    }
+    /// Expected compute time of `task` on `worker`, when a performance model knows it.
+    fn compute_time(&self, _task: u32, _worker: WorkerId) -> Option<f64> {
+        None
+    }
+    /// Time to bring `task`'s inputs that are not yet in `worker`'s memory there, and the
+    /// bytes of its inputs already there.
+    fn transfer(&self, _task: u32, _worker: WorkerId) -> (f64, u64) {
+        (0.0, 0)
+    }
 }
 
 /// Plain queues: deterministic, single-threaded.
@@ -98,5 +117,8 @@ impl ReadyQueues for SimQueues {
     }
     fn steal(&mut self, _thief: WorkerId, victim: WorkerId) -> Option<u32> {
         self.local[victim.index()].pop_front()
+    }
+    fn steal_mailbox(&mut self, _thief: WorkerId, victim: WorkerId, band: u8) -> Option<u32> {
+        self.mailbox[victim.index()][band as usize].pop_front()
     }
 }

@@ -1,0 +1,243 @@
+//! `heft`: static list scheduling by upward rank (Topcuoglu et al.), the classic baseline for
+//! graphs known in advance, and `random`, the floor.
+//!
+//! HEFT assigns every task before the run: tasks in decreasing upward rank go to the worker
+//! with the earliest finish given its predecessors' finishes and the transfers their outputs
+//! need. At run time a task goes to its assigned worker's mailbox, which is served in rank
+//! order; nothing is stolen. Without costs for every task, HEFT behaves as `eager`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{place_unpreferred, take_queued, Pick, Plan, Policy, ReadyQueues};
+use crate::graph::compile::Successors;
+use crate::topology::WorkerId;
+
+/// Upward ranks: `rank(t) = cost(t) + max over successors s of (comm(t, s) + rank(s))`.
+pub fn upward_ranks(edges: &Successors, cost: impl Fn(u32) -> f64, comm: impl Fn(u32, u32) -> f64) -> Vec<f64> {
+    let n = edges.indegree.len();
+    let mut rank = vec![0.0f64; n];
+    // Edges point forward (task index order is topological), so a reverse sweep works.
+    for t in (0..n as u32).rev() {
+        let tail = edges
+            .of_task(t)
+            .iter()
+            .map(|&s| comm(t, s) + rank[s as usize])
+            .fold(0.0, f64::max);
+        rank[t as usize] = cost(t) + tail;
+    }
+    rank
+}
+
+/// The HEFT policy: a precomputed worker per task.
+#[derive(Clone, Debug)]
+pub struct Heft {
+    assignment: Option<Vec<WorkerId>>,
+}
+
+impl Heft {
+    /// No assignment: behaves as `eager`.
+    pub fn uncalibrated() -> Self {
+        Heft { assignment: None }
+    }
+
+    /// Plans the whole graph. `cost(t, w)` is the compute time of `t` on `w` (`None` if
+    /// unknown, which makes HEFT fall back to `eager`); `comm(p, t, from, to)` the time to move
+    /// `p`'s outputs that `t` reads from `from`'s memory to `to`'s; `rank` the upward ranks.
+    pub fn plan(
+        plan: &Plan,
+        edges: &Successors,
+        rank: &[f64],
+        cost: impl Fn(u32, WorkerId) -> Option<f64>,
+        comm: impl Fn(u32, u32, WorkerId, WorkerId) -> f64,
+    ) -> Self {
+        let n = edges.indegree.len();
+        let mut preds: Vec<Vec<u32>> = vec![Vec::new(); n];
+        for t in 0..n as u32 {
+            for &s in edges.of_task(t) {
+                preds[s as usize].push(t);
+            }
+        }
+        // Decreasing rank, ties by index; a predecessor always ranks at least as high, and by
+        // index comes first on ties, so this order is topological.
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_by(|&a, &b| rank[b as usize].total_cmp(&rank[a as usize]).then(a.cmp(&b)));
+        let mut avail = vec![0.0f64; plan.num_workers()];
+        let mut finish = vec![0.0f64; n];
+        let mut assignment = vec![WorkerId(0); n];
+        let mut done = vec![false; n];
+        for &t in &order {
+            if preds[t as usize].iter().any(|&p| !done[p as usize]) {
+                // Zero-cost chains can tie in rank out of order; plan by readiness instead.
+                return Self::plan_by_readiness(plan, edges, rank, &preds, cost, comm);
+            }
+            let mut best: Option<(f64, WorkerId)> = None;
+            for &w in &plan.set(plan.task_set(t)).workers {
+                let Some(c) = cost(t, w) else {
+                    return Heft::uncalibrated();
+                };
+                let ready = preds[t as usize]
+                    .iter()
+                    .map(|&p| {
+                        finish[p as usize]
+                            + if assignment[p as usize] == w {
+                                0.0
+                            } else {
+                                comm(p, t, assignment[p as usize], w)
+                            }
+                    })
+                    .fold(0.0, f64::max);
+                let eft = avail[w.index()].max(ready) + c;
+                if best.is_none_or(|(b, _)| eft < b) {
+                    best = Some((eft, w));
+                }
+            }
+            let Some((eft, w)) = best else {
+                return Heft::uncalibrated();
+            };
+            assignment[t as usize] = w;
+            finish[t as usize] = eft;
+            avail[w.index()] = eft;
+            done[t as usize] = true;
+        }
+        Heft {
+            assignment: Some(assignment),
+        }
+    }
+
+    fn plan_by_readiness(
+        plan: &Plan,
+        edges: &Successors,
+        rank: &[f64],
+        preds: &[Vec<u32>],
+        cost: impl Fn(u32, WorkerId) -> Option<f64>,
+        comm: impl Fn(u32, u32, WorkerId, WorkerId) -> f64,
+    ) -> Self {
+        let n = preds.len();
+        let mut remaining: Vec<usize> = preds.iter().map(Vec::len).collect();
+        let mut ready: Vec<u32> = (0..n as u32).filter(|&t| remaining[t as usize] == 0).collect();
+        let mut avail = vec![0.0f64; plan.num_workers()];
+        let mut finish = vec![0.0f64; n];
+        let mut assignment = vec![WorkerId(0); n];
+        while let Some(i) = (0..ready.len()).max_by(|&a, &b| {
+            rank[ready[a] as usize]
+                .total_cmp(&rank[ready[b] as usize])
+                .then(ready[b].cmp(&ready[a]))
+        }) {
+            let t = ready.swap_remove(i);
+            let mut best: Option<(f64, WorkerId)> = None;
+            for &w in &plan.set(plan.task_set(t)).workers {
+                let Some(c) = cost(t, w) else {
+                    return Heft::uncalibrated();
+                };
+                let r = preds[t as usize]
+                    .iter()
+                    .map(|&p| {
+                        finish[p as usize]
+                            + if assignment[p as usize] == w {
+                                0.0
+                            } else {
+                                comm(p, t, assignment[p as usize], w)
+                            }
+                    })
+                    .fold(0.0, f64::max);
+                let eft = avail[w.index()].max(r) + c;
+                if best.is_none_or(|(b, _)| eft < b) {
+                    best = Some((eft, w));
+                }
+            }
+            let Some((eft, w)) = best else {
+                return Heft::uncalibrated();
+            };
+            assignment[t as usize] = w;
+            finish[t as usize] = eft;
+            avail[w.index()] = eft;
+            for &s in edges.of_task(t) {
+                remaining[s as usize] -= 1;
+                if remaining[s as usize] == 0 {
+                    ready.push(s);
+                }
+            }
+        }
+        Heft {
+            assignment: Some(assignment),
+        }
+    }
+
+    /// The planned worker of a task.
+    pub fn assigned(&self, task: u32) -> Option<WorkerId> {
+        self.assignment.as_ref().map(|a| a[task as usize])
+    }
+}
+
+impl Policy for Heft {
+    fn name(&self) -> &'static str {
+        "heft"
+    }
+
+    fn place<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, task: u32, _releasing: Option<WorkerId>) {
+        match self.assigned(task) {
+            Some(w) => q.push_mailbox(w, plan.band(task), task),
+            None => place_unpreferred(plan, q, task),
+        }
+    }
+
+    fn next<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, worker: WorkerId) -> Option<Pick> {
+        take_queued(plan, q, worker, false).map(|task| Pick {
+            task,
+            stolen_from: None,
+        })
+    }
+}
+
+/// `random`: each ready task to a uniformly random eligible worker. The floor any policy
+/// must beat. Deterministic for a given seed and sequence of calls.
+#[derive(Debug)]
+pub struct RandomPolicy {
+    state: AtomicU64,
+}
+
+impl RandomPolicy {
+    /// A policy with this seed.
+    pub fn new(seed: u64) -> Self {
+        RandomPolicy {
+            state: AtomicU64::new(seed | 1),
+        }
+    }
+
+    fn next_u64(&self) -> u64 {
+        // xorshift64*, advanced atomically so that concurrent placers never share a draw.
+        let mut x = self.state.load(Ordering::Relaxed);
+        loop {
+            let mut y = x;
+            y ^= y >> 12;
+            y ^= y << 25;
+            y ^= y >> 27;
+            match self
+                .state
+                .compare_exchange_weak(x, y, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return y.wrapping_mul(0x2545_F491_4F6C_DD1D),
+                Err(cur) => x = cur,
+            }
+        }
+    }
+}
+
+impl Policy for RandomPolicy {
+    fn name(&self) -> &'static str {
+        "random"
+    }
+
+    fn place<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, task: u32, _releasing: Option<WorkerId>) {
+        let workers = &plan.set(plan.task_set(task)).workers;
+        let w = workers[(self.next_u64() % workers.len() as u64) as usize];
+        q.push_mailbox(w, plan.band(task), task);
+    }
+
+    fn next<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, worker: WorkerId) -> Option<Pick> {
+        take_queued(plan, q, worker, false).map(|task| Pick {
+            task,
+            stolen_from: None,
+        })
+    }
+}
