@@ -16,6 +16,7 @@
 mod eager;
 mod heft;
 mod locality;
+pub mod perfmodel;
 mod plan;
 mod queues;
 mod ws;

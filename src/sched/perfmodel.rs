@@ -1,0 +1,278 @@
+//! History-based performance models: per (kernel, device class, size bucket), the median and
+//! spread of measured times, with a regression fallback `a·size^b + c` for sizes never seen.
+//!
+//! Medians, not means: a few 100x spikes (a page fault storm, a preempted core) must not send
+//! all work to one device. Each bucket keeps its last [`MAX_SAMPLES`] samples. Models are
+//! saved to and loaded from JSON files between runs, and can be seeded from summaries (mean,
+//! deviation, count) such as StarPU's performance-model files.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+/// Samples kept per bucket.
+pub const MAX_SAMPLES: usize = 64;
+/// Samples a bucket needs before its median is trusted.
+pub const MIN_SAMPLES: usize = 3;
+
+/// Sizes within a quarter octave share a bucket.
+fn bucket(size: u64) -> i32 {
+    ((size.max(1) as f64).log2() * 4.0).round() as i32
+}
+
+/// One bucket's history.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+struct Bucket {
+    /// Recent samples in seconds (ring of `MAX_SAMPLES`).
+    samples: Vec<f64>,
+    next: usize,
+    /// Mean size of the samples, bytes.
+    size: f64,
+    count: u64,
+}
+
+impl Bucket {
+    fn add(&mut self, size: u64, seconds: f64) {
+        if self.samples.len() < MAX_SAMPLES {
+            self.samples.push(seconds);
+        } else {
+            self.samples[self.next] = seconds;
+        }
+        self.next = (self.next + 1) % MAX_SAMPLES;
+        self.count += 1;
+        self.size += (size as f64 - self.size) / self.count as f64;
+    }
+
+    fn median(&self) -> Option<f64> {
+        if self.samples.is_empty() {
+            return None;
+        }
+        let mut v = self.samples.clone();
+        v.sort_by(f64::total_cmp);
+        let m = v.len() / 2;
+        Some(if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 })
+    }
+
+    /// Median absolute deviation.
+    fn spread(&self) -> Option<f64> {
+        let m = self.median()?;
+        let mut d: Vec<f64> = self.samples.iter().map(|s| (s - m).abs()).collect();
+        d.sort_by(f64::total_cmp);
+        Some(d[d.len() / 2])
+    }
+}
+
+/// `a·size^b + c`, fitted on bucket medians.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Regression {
+    pub a: f64,
+    pub b: f64,
+    pub c: f64,
+}
+
+impl Regression {
+    /// Evaluates at `size` bytes.
+    pub fn at(&self, size: u64) -> f64 {
+        self.a * (size.max(1) as f64).powf(self.b) + self.c
+    }
+
+    /// Least squares in log space on `(size, seconds)` points, for a constant `c` chosen
+    /// among fractions of the smallest time by the best fit; one point gives a line through
+    /// the origin.
+    fn fit(points: &[(f64, f64)]) -> Option<Regression> {
+        let pts: Vec<(f64, f64)> = points.iter().copied().filter(|&(s, t)| s > 0.0 && t > 0.0).collect();
+        match pts.len() {
+            0 => None,
+            1 => Some(Regression { a: pts[0].1 / pts[0].0, b: 1.0, c: 0.0 }),
+            _ => {
+                let min_t = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+                [0.0, 0.25, 0.5, 0.75, 0.9]
+                    .iter()
+                    .filter_map(|f| Self::fit_with(&pts, f * min_t))
+                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                    .map(|(r, _)| r)
+            }
+        }
+    }
+
+    /// Fits `a` and `b` for a given `c`; returns the fit and its squared log error.
+    fn fit_with(pts: &[(f64, f64)], c: f64) -> Option<(Regression, f64)> {
+        let xs: Vec<f64> = pts.iter().map(|p| p.0.ln()).collect();
+        let ys: Vec<f64> = pts.iter().map(|p| (p.1 - c).ln()).collect();
+        let n = xs.len() as f64;
+        let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+        let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
+        let r = if sxx == 0.0 {
+            Regression { a: 0.0, b: 1.0, c: pts.iter().map(|p| p.1).sum::<f64>() / n }
+        } else {
+            let b = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum::<f64>() / sxx;
+            Regression { a: (my - b * mx).exp(), b, c }
+        };
+        let err: f64 = pts.iter().map(|&(s, t)| (r.at(s as u64).max(1e-300).ln() - t.ln()).powi(2)).sum();
+        err.is_finite().then_some((r, err))
+    }
+}
+
+/// History of one kernel on one device class.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+struct History {
+    buckets: BTreeMap<i32, Bucket>,
+}
+
+impl History {
+    fn regression(&self) -> Option<Regression> {
+        let pts: Vec<(f64, f64)> = self
+            .buckets
+            .values()
+            .filter(|b| b.samples.len() >= MIN_SAMPLES.min(b.count as usize).max(1))
+            .filter_map(|b| Some((b.size, b.median()?)))
+            .collect();
+        Regression::fit(&pts)
+    }
+}
+
+/// A performance model: kernel × device class × size → expected seconds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PerfModel {
+    /// Keyed by `kernel` then `class`.
+    histories: HashMap<String, HashMap<String, History>>,
+}
+
+/// Errors reading or writing a model file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelFileError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: not a hexec performance model: {source}")]
+    Format { path: String, source: serde_json::Error },
+}
+
+impl PerfModel {
+    /// An empty model.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records one measured run.
+    pub fn record(&mut self, kernel: &str, class: &str, size: u64, seconds: f64) {
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return;
+        }
+        self.histories
+            .entry(kernel.to_string())
+            .or_default()
+            .entry(class.to_string())
+            .or_default()
+            .buckets
+            .entry(bucket(size))
+            .or_default()
+            .add(size, seconds);
+    }
+
+    /// Seeds a bucket from a summary (mean and deviation over `n` runs): stores
+    /// `min(n, MAX_SAMPLES)` samples spread as mean ± deviation, so that median and spread
+    /// come out as the summary says.
+    pub fn add_summary(&mut self, kernel: &str, class: &str, size: u64, mean: f64, dev: f64, n: u64) {
+        let k = (n as usize).clamp(1, MAX_SAMPLES);
+        for i in 0..k {
+            let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
+            let offset = if i == 0 { 0.0 } else { sign * dev };
+            self.record(kernel, class, size, (mean + offset).max(0.0));
+        }
+    }
+
+    /// Whether anything is known of `kernel` on `class`.
+    pub fn knows(&self, kernel: &str, class: &str) -> bool {
+        self.histories.get(kernel).is_some_and(|h| h.contains_key(class))
+    }
+
+    /// Kernels the model knows.
+    pub fn kernels(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.histories.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The expected time of `kernel` on `class` for `size` bytes: the bucket's median when
+    /// it has enough samples, else the regression over the other buckets.
+    pub fn expected(&self, kernel: &str, class: &str, size: u64) -> Option<f64> {
+        let h = self.histories.get(kernel)?.get(class)?;
+        if let Some(b) = h.buckets.get(&bucket(size)) {
+            if b.samples.len() >= MIN_SAMPLES || b.count as usize == b.samples.len() && !b.samples.is_empty() {
+                return b.median();
+            }
+        }
+        h.regression().map(|r| r.at(size).max(0.0))
+    }
+
+    /// The spread (median absolute deviation) of the bucket of `size`, if it has samples.
+    pub fn spread(&self, kernel: &str, class: &str, size: u64) -> Option<f64> {
+        self.histories.get(kernel)?.get(class)?.buckets.get(&bucket(size))?.spread()
+    }
+
+    /// Writes the model as JSON.
+    pub fn save(&self, path: &std::path::Path) -> Result<(), ModelFileError> {
+        let p = path.display().to_string();
+        let text = serde_json::to_string(self).map_err(|source| ModelFileError::Format { path: p.clone(), source })?;
+        std::fs::write(path, text).map_err(|source| ModelFileError::Io { path: p, source })
+    }
+
+    /// Reads a model written by [`PerfModel::save`].
+    pub fn load(path: &std::path::Path) -> Result<Self, ModelFileError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ModelFileError::Io { path: p.clone(), source })?;
+        serde_json::from_str(&text).map_err(|source| ModelFileError::Format { path: p, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_ignore_outliers_and_rank_devices() {
+        let mut m = PerfModel::new();
+        for i in 0..40 {
+            // GPU is 10x faster, but 3 of its samples are 100x spikes.
+            m.record("gemm", "cpu", 1 << 20, 1e-2 + (i % 3) as f64 * 1e-4);
+            let spike = if i % 13 == 0 { 100.0 } else { 1.0 };
+            m.record("gemm", "gpu", 1 << 20, 1e-3 * spike);
+        }
+        let (cpu, gpu) = (m.expected("gemm", "cpu", 1 << 20).unwrap(), m.expected("gemm", "gpu", 1 << 20).unwrap());
+        assert!(gpu < cpu / 5.0, "cpu {cpu} gpu {gpu}");
+        assert!((gpu - 1e-3).abs() < 1e-9);
+        assert!(m.spread("gemm", "gpu", 1 << 20).unwrap() < 1e-4);
+    }
+
+    #[test]
+    fn regression_fills_unseen_sizes() {
+        let mut m = PerfModel::new();
+        for &n in &[64u64, 128, 256, 512] {
+            let size = n * n * 8;
+            let t = 1e-9 * (n as f64).powi(3);
+            for _ in 0..5 {
+                m.record("k", "cpu", size, t);
+            }
+        }
+        let n = 1024u64;
+        let got = m.expected("k", "cpu", n * n * 8).unwrap();
+        let want = 1e-9 * (n as f64).powi(3);
+        assert!((got / want - 1.0).abs() < 0.15, "got {got}, want {want}");
+        assert_eq!(m.expected("k", "gpu", 8), None);
+        assert_eq!(m.expected("other", "cpu", 8), None);
+    }
+
+    #[test]
+    fn summaries_and_files_round_trip() {
+        let mut m = PerfModel::new();
+        m.add_summary("potrf", "gpu", 409_600, 1e-4, 1e-5, 500);
+        assert!((m.expected("potrf", "gpu", 409_600).unwrap() - 1e-4).abs() < 2e-5);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("model.json");
+        m.save(&p).unwrap();
+        assert_eq!(PerfModel::load(&p).unwrap(), m);
+        std::fs::write(&p, "{").unwrap();
+        assert!(PerfModel::load(&p).unwrap_err().to_string().contains("model.json"));
+    }
+}
