@@ -9,6 +9,7 @@
 //!
 //! Replayed tasks run the `spin` kernel for their recorded duration times the time scale.
 
+pub mod cholesky;
 mod dask;
 mod stg;
 mod wfcommons;
@@ -17,6 +18,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
 use hexec_kernels::{Access, ElemType};
 use serde::{Deserialize, Serialize};
@@ -70,6 +72,8 @@ pub enum Format {
     WfCommons,
     Stg,
     Dask,
+    /// Tiled Cholesky DAG files.
+    Cholesky,
 }
 
 impl Format {
@@ -80,6 +84,7 @@ impl Format {
             "wfcommons" | "wfformat" => Format::WfCommons,
             "stg" => Format::Stg,
             "dask" => Format::Dask,
+            "cholesky" => Format::Cholesky,
             _ => return None,
         })
     }
@@ -88,7 +93,7 @@ impl Format {
 impl std::str::FromStr for Format {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Format::parse(s).ok_or_else(|| format!("unknown graph format '{s}' (known: native, wfcommons, stg, dask)"))
+        Format::parse(s).ok_or_else(|| format!("unknown graph format '{s}' (known: native, wfcommons, stg, dask, cholesky)"))
     }
 }
 
@@ -277,6 +282,7 @@ pub fn parse(file: &str, bytes: &[u8], format: Option<Format>) -> Result<GraphSp
         }
         Format::WfCommons => wfcommons::parse(file, text),
         Format::Dask => dask::parse(file, text),
+        Format::Cholesky => cholesky::parse(file, text),
     }
 }
 
@@ -299,6 +305,7 @@ fn detect(file: &str, text: &str) -> Result<Format, LoadError> {
         format: Option<serde::de::IgnoredAny>,
         workflow: Option<serde::de::IgnoredAny>,
         meta: Option<serde::de::IgnoredAny>,
+        generator: Option<serde::de::IgnoredAny>,
     }
     let keys: Keys = serde_json::from_str(text).map_err(|e| LoadError::json(file, &e))?;
     Ok(if keys.format.is_some() {
@@ -307,11 +314,13 @@ fn detect(file: &str, text: &str) -> Result<Format, LoadError> {
         Format::WfCommons
     } else if keys.meta.is_some() {
         Format::Dask
+    } else if keys.generator.is_some() {
+        Format::Cholesky
     } else {
         return Err(LoadError::new(
             file,
             "file",
-            "unrecognised JSON graph: expected a \"format\" key (native), \"workflow\" (WfCommons) or \"meta\" (Dask); use --format",
+            "unrecognised JSON graph: expected a \"format\" key (native), \"workflow\" (WfCommons), \"meta\" (Dask) or \"generator\" (Cholesky DAG); use --format",
         ));
     })
 }
@@ -334,6 +343,20 @@ impl GraphSpec {
     /// topological order of `after` (file order where free), and data accesses infer
     /// dependencies in that order.
     pub fn build(&self, rt: &Runtime, opts: &BuildOptions) -> Result<Graph, LoadError> {
+        self.build_with(&RuntimeTarget(rt), opts)
+    }
+
+    /// Builds the graph for a simulator: every datum becomes size-only (stored data keep
+    /// their size in bytes), kernels come from `kernel_of`.
+    pub fn build_virtual(
+        &self,
+        kernel_of: &dyn Fn(&str) -> Arc<hexec_kernels::Kernel>,
+        opts: &BuildOptions,
+    ) -> Result<Graph, LoadError> {
+        self.build_with(&VirtualTarget(kernel_of), opts)
+    }
+
+    fn build_with(&self, target: &dyn Target, opts: &BuildOptions) -> Result<Graph, LoadError> {
         let file = self
             .source
             .clone()
@@ -352,9 +375,7 @@ impl GraphSpec {
         let mut data: HashMap<&str, crate::graph::DataRef> = HashMap::with_capacity(self.data.len());
         for (i, d) in self.data.iter().enumerate() {
             let pos = format!("data[{i}] ('{}')", d.name);
-            let r = self
-                .make_datum(rt, &mut g, d)
-                .map_err(|reason| err(pos.clone(), reason))?;
+            let r = target.datum(&mut g, d).map_err(|reason| err(pos.clone(), reason))?;
             if data.insert(d.name.as_str(), r).is_some() {
                 return Err(err(pos, "a datum with this name is already declared".into()));
             }
@@ -391,19 +412,12 @@ impl GraphSpec {
         let mut ids: Vec<Option<TaskId>> = vec![None; self.tasks.len()];
         for &i in &order {
             let t = &self.tasks[i];
+            let resolved;
             let kernel = if opts.empty_tasks {
                 &noop
             } else {
-                rt.registry().get(&t.kernel).ok_or_else(|| {
-                    err(
-                        task_pos(i),
-                        format!(
-                            "unknown kernel '{}' (known: {})",
-                            t.kernel,
-                            rt.registry().names().join(", ")
-                        ),
-                    )
-                })?
+                resolved = target.kernel(&t.kernel).map_err(|reason| err(task_pos(i), reason))?;
+                &resolved
             };
             let mut b = g
                 .task(kernel)
@@ -449,7 +463,49 @@ impl GraphSpec {
         Ok(g)
     }
 
-    fn make_datum(&self, rt: &Runtime, g: &mut Graph, d: &DataSpec) -> Result<crate::graph::DataRef, String> {
+}
+
+/// Where a spec's kernels and data come from.
+trait Target {
+    fn kernel(&self, name: &str) -> Result<Arc<hexec_kernels::Kernel>, String>;
+    fn datum(&self, g: &mut Graph, d: &DataSpec) -> Result<crate::graph::DataRef, String>;
+}
+
+/// A real runtime: its registry and its data store.
+struct RuntimeTarget<'a>(&'a Runtime);
+
+/// A simulator: given kernels, size-only data.
+struct VirtualTarget<'a>(&'a dyn Fn(&str) -> Arc<hexec_kernels::Kernel>);
+
+impl Target for VirtualTarget<'_> {
+    fn kernel(&self, name: &str) -> Result<Arc<hexec_kernels::Kernel>, String> {
+        Ok((self.0)(name))
+    }
+
+    fn datum(&self, g: &mut Graph, d: &DataSpec) -> Result<crate::graph::DataRef, String> {
+        let bytes = match (&d.elem, d.len, d.bytes) {
+            (None, None, Some(bytes)) => bytes,
+            (Some(ty), Some(len), None) => {
+                let elem = ElemType::parse(ty).ok_or_else(|| format!("unknown element type '{ty}'"))?;
+                len.checked_mul(elem.size() as u64).ok_or_else(|| format!("len {len} is too large"))?
+            }
+            _ => return Err("declare either \"type\" and \"len\" (stored data) or \"bytes\" (size only)".into()),
+        };
+        Ok(g.virtual_data(d.name.clone(), bytes).into())
+    }
+}
+
+impl Target for RuntimeTarget<'_> {
+    fn kernel(&self, name: &str) -> Result<Arc<hexec_kernels::Kernel>, String> {
+        let rt = self.0;
+        rt.registry()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("unknown kernel '{name}' (known: {})", rt.registry().names().join(", ")))
+    }
+
+    fn datum(&self, g: &mut Graph, d: &DataSpec) -> Result<crate::graph::DataRef, String> {
+        let rt = self.0;
         match (&d.elem, d.len, d.bytes) {
             (None, None, Some(bytes)) => {
                 if d.init.is_some() {

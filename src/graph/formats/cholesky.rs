@@ -1,0 +1,141 @@
+//! Tiled Cholesky graphs: the generator behind `hexec gen cholesky`, and the loader of the
+//! tiled-Cholesky DAG files in `shared/workloads/heterogeneous/cholesky_skylake_v100/dags`.
+//!
+//! Right-looking factorisation of an N×N grid of B×B single-precision tiles (the precision of
+//! StarPU's Cholesky performance models): for each k, `potrf` on A[k][k], `trsm` on the
+//! tiles below it, then `syrk` on the diagonal and `gemm` on the rest of the trailing matrix.
+//! Tiles are size-only data; kernels are named `potrf`, `trsm`, `syrk`, `gemm`.
+
+use serde::Deserialize;
+
+use super::{DataSpec, GraphSpec, LoadError, TaskSpec};
+
+/// Tile side used for DAG files, which do not record one (StarPU's measured 960).
+pub const DEFAULT_TILE: usize = 960;
+
+fn tile(i: usize, j: usize) -> String {
+    format!("A[{i},{j}]")
+}
+
+fn task(name: String, kernel: &str, access: Vec<(String, String)>) -> TaskSpec {
+    let mut t = TaskSpec::replay(name, 0.0);
+    t.kernel = kernel.into();
+    t.params.clear();
+    t.access = access;
+    t
+}
+
+/// The tiled Cholesky of `tiles`×`tiles` tiles of `tile_size`² f32.
+pub fn generate(tiles: usize, tile_size: usize) -> GraphSpec {
+    let mut g = GraphSpec::new(Some(format!("cholesky-{tiles}x{tiles}-b{tile_size}")));
+    let bytes = (tile_size * tile_size * 4) as u64;
+    for i in 0..tiles {
+        for j in 0..=i {
+            g.data.push(DataSpec { name: tile(i, j), elem: None, len: None, bytes: Some(bytes), init: None, read_only: false });
+        }
+    }
+    let (r, rw) = (|s: String| (s, "r".to_string()), |s: String| (s, "rw".to_string()));
+    for k in 0..tiles {
+        g.tasks.push(task(format!("potrf({k})"), "potrf", vec![rw(tile(k, k))]));
+        for i in k + 1..tiles {
+            g.tasks.push(task(format!("trsm({i},{k})"), "trsm", vec![r(tile(k, k)), rw(tile(i, k))]));
+        }
+        for i in k + 1..tiles {
+            g.tasks.push(task(format!("syrk({i},{k})"), "syrk", vec![r(tile(i, k)), rw(tile(i, i))]));
+            for j in k + 1..i {
+                g.tasks.push(task(format!("gemm({i},{j},{k})"), "gemm", vec![r(tile(i, k)), r(tile(j, k)), rw(tile(i, j))]));
+            }
+        }
+    }
+    g
+}
+
+#[derive(Deserialize)]
+struct Doc {
+    #[serde(rename = "N")]
+    n: usize,
+    tasks: Vec<DagTask>,
+}
+
+#[derive(Deserialize)]
+struct DagTask {
+    id: u64,
+    kernel: String,
+    #[serde(default)]
+    deps: Vec<u64>,
+    writes: [usize; 2],
+    #[serde(default)]
+    reads: Vec<[usize; 2]>,
+}
+
+/// Loads a DAG file (`{"generator", "N", "tasks": [{"id", "kernel", "deps", "writes", "reads"}]}`).
+pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
+    let doc: Doc = serde_json::from_str(text).map_err(|e| LoadError::json(file, &e))?;
+    let mut g = GraphSpec::new(Some(file.to_string()));
+    let bytes = (DEFAULT_TILE * DEFAULT_TILE * 4) as u64;
+    for i in 0..doc.n {
+        for j in 0..=i {
+            g.data.push(DataSpec { name: tile(i, j), elem: None, len: None, bytes: Some(bytes), init: None, read_only: false });
+        }
+    }
+    let mut names = std::collections::HashMap::new();
+    for (idx, t) in doc.tasks.iter().enumerate() {
+        let pos = || format!("tasks[{idx}] (id {})", t.id);
+        let kernel = t.kernel.to_lowercase();
+        if !matches!(kernel.as_str(), "potrf" | "trsm" | "syrk" | "gemm") {
+            return Err(LoadError::new(file, pos(), format!("unknown Cholesky kernel '{}'", t.kernel)));
+        }
+        let in_range = |[i, j]: [usize; 2]| i < doc.n && j <= i;
+        if !in_range(t.writes) || !t.reads.iter().all(|&x| in_range(x)) {
+            return Err(LoadError::new(file, pos(), format!("a tile lies outside the lower triangle of {}x{} tiles", doc.n, doc.n)));
+        }
+        let name = format!("{kernel}#{}", t.id);
+        if names.insert(t.id, name.clone()).is_some() {
+            return Err(LoadError::new(file, pos(), "task id appears twice"));
+        }
+        let mut access: Vec<(String, String)> = t.reads.iter().map(|&[i, j]| (tile(i, j), "r".to_string())).collect();
+        access.push((tile(t.writes[0], t.writes[1]), "rw".into()));
+        let mut spec = task(name, &kernel, access);
+        spec.after = t
+            .deps
+            .iter()
+            .map(|d| names.get(d).cloned().ok_or_else(|| LoadError::new(file, pos(), format!("depends on task id {d}, which is not listed before it"))))
+            .collect::<Result<_, _>>()?;
+        g.tasks.push(spec);
+    }
+    Ok(g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_counts_and_shapes() {
+        for n in [1usize, 2, 5, 10] {
+            let g = generate(n, 64);
+            // n potrf, n(n-1)/2 trsm and syrk, n(n-1)(n-2)/6 gemm
+            let gemms = if n >= 2 { n * (n - 1) * (n - 2) / 6 } else { 0 };
+            assert_eq!(g.tasks.len(), n + n * (n - 1) + gemms);
+            assert_eq!(g.data.len(), n * (n + 1) / 2);
+        }
+        let g = generate(3, 64);
+        assert_eq!(g.tasks[0].name, "potrf(0)");
+        assert_eq!(g.tasks.iter().filter(|t| t.kernel == "gemm").count(), 1);
+    }
+
+    #[test]
+    fn dag_files_load_and_reject_bad_tiles() {
+        let text = r#"{"generator": "x", "N": 2, "n_tasks": 3, "tasks": [
+            {"id": 0, "kernel": "POTRF", "deps": [], "writes": [0, 0], "reads": []},
+            {"id": 1, "kernel": "TRSM", "deps": [0], "writes": [1, 0], "reads": [[0, 0]]},
+            {"id": 2, "kernel": "SYRK", "deps": [1], "writes": [1, 1], "reads": [[1, 0]]}]}"#;
+        let g = parse("c.json", text).unwrap();
+        assert_eq!(g.tasks.len(), 3);
+        assert_eq!(g.tasks[2].after, vec!["trsm#1".to_string()]);
+        let e = parse("c.json", &text.replace("[1, 1]", "[0, 1]")).unwrap_err();
+        assert!(e.reason.contains("lower triangle"), "{e}");
+        let e = parse("c.json", &text.replace("SYRK", "LU")).unwrap_err();
+        assert!(e.reason.contains("'LU'"), "{e}");
+    }
+}
