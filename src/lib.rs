@@ -12,6 +12,7 @@
 //! - [`gpu`]: GPUs through wgpu (discovery, devices, transfers, kernels);
 //! - [`memory`]: coherence of data copies across memory nodes, transfer accounting;
 //! - [`runtime`]: the real driver (threads, lock-free queues, data store);
+//! - [`sim`]: the simulated driver (discrete events over modelled machines);
 //! - [`trace`]: run summaries and Chrome/Perfetto traces;
 //! - [`mod@bench`]: the overhead benchmark shared by the CLI and criterion.
 
@@ -22,6 +23,7 @@ pub mod graph;
 pub mod memory;
 pub mod runtime;
 pub mod sched;
+pub mod sim;
 pub mod topology;
 pub mod trace;
 

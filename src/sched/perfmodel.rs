@@ -50,7 +50,11 @@ impl Bucket {
         let mut v = self.samples.clone();
         v.sort_by(f64::total_cmp);
         let m = v.len() / 2;
-        Some(if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 })
+        Some(if v.len() % 2 == 1 {
+            v[m]
+        } else {
+            (v[m - 1] + v[m]) / 2.0
+        })
     }
 
     /// Median absolute deviation.
@@ -83,7 +87,11 @@ impl Regression {
         let pts: Vec<(f64, f64)> = points.iter().copied().filter(|&(s, t)| s > 0.0 && t > 0.0).collect();
         match pts.len() {
             0 => None,
-            1 => Some(Regression { a: pts[0].1 / pts[0].0, b: 1.0, c: 0.0 }),
+            1 => Some(Regression {
+                a: pts[0].1 / pts[0].0,
+                b: 1.0,
+                c: 0.0,
+            }),
             _ => {
                 let min_t = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
                 [0.0, 0.25, 0.5, 0.75, 0.9]
@@ -103,12 +111,23 @@ impl Regression {
         let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
         let sxx: f64 = xs.iter().map(|x| (x - mx).powi(2)).sum();
         let r = if sxx == 0.0 {
-            Regression { a: 0.0, b: 1.0, c: pts.iter().map(|p| p.1).sum::<f64>() / n }
+            Regression {
+                a: 0.0,
+                b: 1.0,
+                c: pts.iter().map(|p| p.1).sum::<f64>() / n,
+            }
         } else {
             let b = xs.iter().zip(&ys).map(|(x, y)| (x - mx) * (y - my)).sum::<f64>() / sxx;
-            Regression { a: (my - b * mx).exp(), b, c }
+            Regression {
+                a: (my - b * mx).exp(),
+                b,
+                c,
+            }
         };
-        let err: f64 = pts.iter().map(|&(s, t)| (r.at(s as u64).max(1e-300).ln() - t.ln()).powi(2)).sum();
+        let err: f64 = pts
+            .iter()
+            .map(|&(s, t)| (r.at(s as u64).max(1e-300).ln() - t.ln()).powi(2))
+            .sum();
         err.is_finite().then_some((r, err))
     }
 }
@@ -208,20 +227,31 @@ impl PerfModel {
 
     /// The spread (median absolute deviation) of the bucket of `size`, if it has samples.
     pub fn spread(&self, kernel: &str, class: &str, size: u64) -> Option<f64> {
-        self.histories.get(kernel)?.get(class)?.buckets.get(&bucket(size))?.spread()
+        self.histories
+            .get(kernel)?
+            .get(class)?
+            .buckets
+            .get(&bucket(size))?
+            .spread()
     }
 
     /// Writes the model as JSON.
     pub fn save(&self, path: &std::path::Path) -> Result<(), ModelFileError> {
         let p = path.display().to_string();
-        let text = serde_json::to_string(self).map_err(|source| ModelFileError::Format { path: p.clone(), source })?;
+        let text = serde_json::to_string(self).map_err(|source| ModelFileError::Format {
+            path: p.clone(),
+            source,
+        })?;
         std::fs::write(path, text).map_err(|source| ModelFileError::Io { path: p, source })
     }
 
     /// Reads a model written by [`PerfModel::save`].
     pub fn load(path: &std::path::Path) -> Result<Self, ModelFileError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ModelFileError::Io { path: p.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ModelFileError::Io {
+            path: p.clone(),
+            source,
+        })?;
         serde_json::from_str(&text).map_err(|source| ModelFileError::Format { path: p, source })
     }
 }
@@ -239,7 +269,10 @@ mod tests {
             let spike = if i % 13 == 0 { 100.0 } else { 1.0 };
             m.record("gemm", "gpu", 1 << 20, 1e-3 * spike);
         }
-        let (cpu, gpu) = (m.expected("gemm", "cpu", 1 << 20).unwrap(), m.expected("gemm", "gpu", 1 << 20).unwrap());
+        let (cpu, gpu) = (
+            m.expected("gemm", "cpu", 1 << 20).unwrap(),
+            m.expected("gemm", "gpu", 1 << 20).unwrap(),
+        );
         assert!(gpu < cpu / 5.0, "cpu {cpu} gpu {gpu}");
         assert!((gpu - 1e-3).abs() < 1e-9);
         assert!(m.spread("gemm", "gpu", 1 << 20).unwrap() < 1e-4);

@@ -31,19 +31,38 @@ pub fn generate(tiles: usize, tile_size: usize) -> GraphSpec {
     let bytes = (tile_size * tile_size * 4) as u64;
     for i in 0..tiles {
         for j in 0..=i {
-            g.data.push(DataSpec { name: tile(i, j), elem: None, len: None, bytes: Some(bytes), init: None, read_only: false });
+            g.data.push(DataSpec {
+                name: tile(i, j),
+                elem: None,
+                len: None,
+                bytes: Some(bytes),
+                init: None,
+                read_only: false,
+            });
         }
     }
     let (r, rw) = (|s: String| (s, "r".to_string()), |s: String| (s, "rw".to_string()));
     for k in 0..tiles {
         g.tasks.push(task(format!("potrf({k})"), "potrf", vec![rw(tile(k, k))]));
         for i in k + 1..tiles {
-            g.tasks.push(task(format!("trsm({i},{k})"), "trsm", vec![r(tile(k, k)), rw(tile(i, k))]));
+            g.tasks.push(task(
+                format!("trsm({i},{k})"),
+                "trsm",
+                vec![r(tile(k, k)), rw(tile(i, k))],
+            ));
         }
         for i in k + 1..tiles {
-            g.tasks.push(task(format!("syrk({i},{k})"), "syrk", vec![r(tile(i, k)), rw(tile(i, i))]));
+            g.tasks.push(task(
+                format!("syrk({i},{k})"),
+                "syrk",
+                vec![r(tile(i, k)), rw(tile(i, i))],
+            ));
             for j in k + 1..i {
-                g.tasks.push(task(format!("gemm({i},{j},{k})"), "gemm", vec![r(tile(i, k)), r(tile(j, k)), rw(tile(i, j))]));
+                g.tasks.push(task(
+                    format!("gemm({i},{j},{k})"),
+                    "gemm",
+                    vec![r(tile(i, k)), r(tile(j, k)), rw(tile(i, j))],
+                ));
             }
         }
     }
@@ -75,7 +94,14 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
     let bytes = (DEFAULT_TILE * DEFAULT_TILE * 4) as u64;
     for i in 0..doc.n {
         for j in 0..=i {
-            g.data.push(DataSpec { name: tile(i, j), elem: None, len: None, bytes: Some(bytes), init: None, read_only: false });
+            g.data.push(DataSpec {
+                name: tile(i, j),
+                elem: None,
+                len: None,
+                bytes: Some(bytes),
+                init: None,
+                read_only: false,
+            });
         }
     }
     let mut names = std::collections::HashMap::new();
@@ -83,11 +109,19 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
         let pos = || format!("tasks[{idx}] (id {})", t.id);
         let kernel = t.kernel.to_lowercase();
         if !matches!(kernel.as_str(), "potrf" | "trsm" | "syrk" | "gemm") {
-            return Err(LoadError::new(file, pos(), format!("unknown Cholesky kernel '{}'", t.kernel)));
+            return Err(LoadError::new(
+                file,
+                pos(),
+                format!("unknown Cholesky kernel '{}'", t.kernel),
+            ));
         }
         let in_range = |[i, j]: [usize; 2]| i < doc.n && j <= i;
         if !in_range(t.writes) || !t.reads.iter().all(|&x| in_range(x)) {
-            return Err(LoadError::new(file, pos(), format!("a tile lies outside the lower triangle of {}x{} tiles", doc.n, doc.n)));
+            return Err(LoadError::new(
+                file,
+                pos(),
+                format!("a tile lies outside the lower triangle of {}x{} tiles", doc.n, doc.n),
+            ));
         }
         let name = format!("{kernel}#{}", t.id);
         if names.insert(t.id, name.clone()).is_some() {
@@ -99,7 +133,15 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
         spec.after = t
             .deps
             .iter()
-            .map(|d| names.get(d).cloned().ok_or_else(|| LoadError::new(file, pos(), format!("depends on task id {d}, which is not listed before it"))))
+            .map(|d| {
+                names.get(d).cloned().ok_or_else(|| {
+                    LoadError::new(
+                        file,
+                        pos(),
+                        format!("depends on task id {d}, which is not listed before it"),
+                    )
+                })
+            })
             .collect::<Result<_, _>>()?;
         g.tasks.push(spec);
     }

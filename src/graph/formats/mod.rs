@@ -93,7 +93,8 @@ impl Format {
 impl std::str::FromStr for Format {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Format::parse(s).ok_or_else(|| format!("unknown graph format '{s}' (known: native, wfcommons, stg, dask, cholesky)"))
+        Format::parse(s)
+            .ok_or_else(|| format!("unknown graph format '{s}' (known: native, wfcommons, stg, dask, cholesky)"))
     }
 }
 
@@ -178,7 +179,7 @@ fn is_zero(p: &i32) -> bool {
 
 impl TaskSpec {
     /// A replayed task: `spin` for `seconds`.
-    pub(crate) fn replay(name: String, seconds: f64) -> Self {
+    pub fn replay(name: String, seconds: f64) -> Self {
         TaskSpec {
             name,
             kernel: "spin".into(),
@@ -462,7 +463,6 @@ impl GraphSpec {
         }
         Ok(g)
     }
-
 }
 
 /// Where a spec's kernels and data come from.
@@ -487,7 +487,8 @@ impl Target for VirtualTarget<'_> {
             (None, None, Some(bytes)) => bytes,
             (Some(ty), Some(len), None) => {
                 let elem = ElemType::parse(ty).ok_or_else(|| format!("unknown element type '{ty}'"))?;
-                len.checked_mul(elem.size() as u64).ok_or_else(|| format!("len {len} is too large"))?
+                len.checked_mul(elem.size() as u64)
+                    .ok_or_else(|| format!("len {len} is too large"))?
             }
             _ => return Err("declare either \"type\" and \"len\" (stored data) or \"bytes\" (size only)".into()),
         };

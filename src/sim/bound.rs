@@ -1,0 +1,122 @@
+//! Lower bounds no schedule can beat: the critical path with every task on its fastest
+//! device class, and the area bound — the least time in which CPUs and GPUs together could
+//! do all the work if tasks could be split between them (the linear-programming bound, exact
+//! for two classes by a greedy fill in order of GPU advantage).
+
+use serde::Serialize;
+
+use crate::graph::compile::Successors;
+
+/// The bounds of one graph on one machine, in seconds.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct LowerBound {
+    pub critical_path_s: f64,
+    pub area_s: f64,
+    /// The larger of the two.
+    pub bound_s: f64,
+}
+
+/// `costs[t] = [cpu, gpu]`, `None` where the task cannot run.
+pub fn lower_bound(edges: &Successors, costs: &[[Option<f64>; 2]], cpus: usize, gpus: usize) -> LowerBound {
+    let fastest: Vec<f64> = costs
+        .iter()
+        .map(|c| c.iter().flatten().copied().fold(f64::INFINITY, f64::min))
+        .collect();
+    let mut start = vec![0.0f64; fastest.len()];
+    let mut cp = 0.0f64;
+    for t in 0..fastest.len() {
+        let finish = start[t] + fastest[t];
+        cp = cp.max(finish);
+        for &s in edges.of_task(t as u32) {
+            start[s as usize] = start[s as usize].max(finish);
+        }
+    }
+    let area = area_bound(costs, cpus, gpus);
+    LowerBound {
+        critical_path_s: cp,
+        area_s: area,
+        bound_s: cp.max(area),
+    }
+}
+
+fn area_bound(costs: &[[Option<f64>; 2]], cpus: usize, gpus: usize) -> f64 {
+    let (cpus, gpus) = (cpus as f64, gpus as f64);
+    let mut forced_cpu = 0.0;
+    let mut forced_gpu = 0.0;
+    let mut flexible: Vec<(f64, f64)> = Vec::new();
+    for c in costs {
+        match (c[0], c[1]) {
+            (Some(a), Some(b)) if gpus > 0.0 && cpus > 0.0 => flexible.push((a, b)),
+            (Some(a), _) if cpus > 0.0 => forced_cpu += a,
+            (_, Some(b)) if gpus > 0.0 => forced_gpu += b,
+            _ => {}
+        }
+    }
+    // Most GPU-favourable first.
+    flexible.sort_by(|x, y| (y.0 / y.1.max(1e-300)).total_cmp(&(x.0 / x.1.max(1e-300))));
+    let feasible = |t: f64| {
+        let mut gpu_room = gpus * t - forced_gpu;
+        if gpu_room < 0.0 {
+            return false;
+        }
+        let mut cpu_load = forced_cpu;
+        for &(a, b) in &flexible {
+            if gpu_room >= b {
+                gpu_room -= b;
+            } else {
+                let frac = if b > 0.0 { gpu_room / b } else { 1.0 };
+                gpu_room = 0.0;
+                cpu_load += (1.0 - frac) * a;
+            }
+        }
+        cpu_load <= cpus * t * (1.0 + 1e-12)
+    };
+    let mut hi = forced_cpu / cpus.max(1.0)
+        + forced_gpu / gpus.max(1.0)
+        + flexible.iter().map(|f| f.0.min(f.1)).sum::<f64>()
+        + 1e-12;
+    while !feasible(hi) {
+        hi *= 2.0;
+    }
+    let mut lo = 0.0;
+    for _ in 0..100 {
+        let mid = 0.5 * (lo + hi);
+        if feasible(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    hi
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Graph;
+    use crate::kernels::builtin;
+
+    #[test]
+    fn bounds_of_simple_cases() {
+        // 10 independent tasks, 1 s on CPU, 0.1 s on GPU; 2 CPUs + 1 GPU: capacity
+        // 2 + 10 = 12 task-seconds-of-CPU per second, so the area bound is 10 / 12 s.
+        let mut g = Graph::new();
+        for _ in 0..10 {
+            g.task(&builtin::noop()).add();
+        }
+        let e = Successors::of(&g);
+        let costs = vec![[Some(1.0), Some(0.1)]; 10];
+        let b = lower_bound(&e, &costs, 2, 1);
+        assert!((b.area_s - 10.0 / 12.0).abs() < 1e-9, "{b:?}");
+        assert!((b.critical_path_s - 0.1).abs() < 1e-12);
+        // A chain: the critical path dominates.
+        let mut g = Graph::new();
+        let mut prev = g.task(&builtin::noop()).add();
+        for _ in 0..4 {
+            prev = g.task(&builtin::noop()).after(prev).add();
+        }
+        let b = lower_bound(&Successors::of(&g), &[[Some(1.0), None]; 5], 4, 0);
+        assert_eq!(b.bound_s, 5.0);
+        assert!((b.area_s - 1.25).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,522 @@
+//! The discrete-event loop: idle workers ask the policy for work (in worker order, so runs
+//! are deterministic), tasks end as events in time order, and each completion releases
+//! successors through the policy exactly as the runtime's workers do (immediate successor
+//! first, the rest placed).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use serde::Serialize;
+
+use super::bound::{lower_bound, LowerBound};
+use super::SimMachine;
+use crate::graph::compile::{compile, DatumInfo, SubmitError, Successors};
+use crate::graph::{Graph, GraphDatum};
+use crate::kernels::ElemType;
+use crate::memory::{Coherence, Node, Transfers};
+use crate::sched::{
+    upward_ranks, Eager, Heft, Locality, Pick, Plan, Policy, PolicyKind, RandomPolicy, ReadyQueues, SimQueues,
+    WorkStealing,
+};
+use crate::topology::{DeviceKind, WorkerId};
+use crate::trace::{NodeResidency, RunReport, TraceEvent, TraceLog, WorkerReport};
+
+/// Options of a simulation.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SimOptions {
+    /// Record every task's simulated start and end.
+    pub record_trace: bool,
+}
+
+/// Why a simulation could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimError {
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    #[error("the simulation stalled at t = {time} s with {remaining} task(s) never started (a policy lost them)")]
+    Stalled { time: f64, remaining: usize },
+}
+
+/// The summary of a simulated run: the runtime's summary plus the lower bound.
+#[derive(Clone, Debug, Serialize)]
+pub struct SimReport {
+    #[serde(flatten)]
+    pub run: RunReport,
+    pub machine: String,
+    pub lower_bound_s: f64,
+    pub critical_path_s: f64,
+    pub area_bound_s: f64,
+    /// Makespan divided by the lower bound (1 is optimal).
+    pub makespan_over_bound: f64,
+    /// The worker each task ran on.
+    #[serde(skip)]
+    pub placement: Vec<WorkerId>,
+}
+
+const KINDS: [DeviceKind; 2] = [DeviceKind::Cpu, DeviceKind::Gpu];
+
+fn kind_index(k: DeviceKind) -> usize {
+    match k {
+        DeviceKind::Cpu => 0,
+        DeviceKind::Gpu => 1,
+    }
+}
+
+/// Simulates `graph` (built with [`SimMachine::kernel`] stand-ins) on `sm` under `policy`.
+pub fn simulate(graph: &Graph, sm: &SimMachine, policy: PolicyKind, opts: &SimOptions) -> Result<SimReport, SimError> {
+    let n = graph.len();
+    let data_bytes: Vec<u64> = graph
+        .data
+        .iter()
+        .map(|d| match d {
+            GraphDatum::Virtual { bytes, .. } => *bytes,
+            GraphDatum::Stored { .. } => 0,
+        })
+        .collect();
+    let edges = Successors::of(graph);
+    let infos: Vec<DatumInfo<'_>> = graph
+        .data
+        .iter()
+        .zip(&data_bytes)
+        .map(|(d, &bytes)| DatumInfo {
+            name: match d {
+                GraphDatum::Virtual { name, .. } => name,
+                GraphDatum::Stored { .. } => "stored",
+            },
+            // Every datum is plain bytes to the simulator, movable to any memory.
+            elem: Some(ElemType::U8),
+            bytes,
+            read_only: false,
+        })
+        .collect();
+    let costs = task_costs(graph, sm, &data_bytes);
+    let mut g = graph.clone();
+    if matches!(policy, PolicyKind::Locality | PolicyKind::Heft) && graph.tasks.iter().all(|t| t.priority == 0) {
+        // Priorities from the critical path: upward rank on average costs.
+        let rank = upward_ranks(&edges, |t| average(&costs[t as usize], sm), |_, _| 0.0);
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| rank[b].total_cmp(&rank[a]).then(a.cmp(&b)));
+        for (pos, &t) in order.iter().enumerate() {
+            g.tasks[t].priority = (n - pos) as i32;
+        }
+    }
+    let compiled = compile(&g, &sm.machine, &infos)?;
+    let plan = &compiled.plan;
+    // Costs where the task may run at all.
+    let allowed: Vec<[Option<f64>; 2]> = (0..n)
+        .map(|t| {
+            let set = plan.set(plan.task_set(t as u32));
+            let mut c = costs[t];
+            for (k, kind) in KINDS.iter().enumerate() {
+                if !set.workers.iter().any(|w| sm.machine.workers[w.index()].kind == *kind) {
+                    c[k] = None;
+                }
+            }
+            c
+        })
+        .collect();
+    let bound = lower_bound(
+        &edges,
+        &allowed,
+        sm.machine.count(DeviceKind::Cpu),
+        sm.machine.count(DeviceKind::Gpu),
+    );
+    let mut st = State::new(&g, sm, &data_bytes, allowed, opts);
+    let placed = match policy {
+        PolicyKind::Eager => st.run(&Eager, &compiled.edges, &compiled.roots, plan),
+        PolicyKind::Ws => st.run(&WorkStealing, &compiled.edges, &compiled.roots, plan),
+        PolicyKind::Locality => st.run(
+            &Locality::new(sm.machine.num_workers()),
+            &compiled.edges,
+            &compiled.roots,
+            plan,
+        ),
+        PolicyKind::Random => st.run(&RandomPolicy::new(0x5eed), &compiled.edges, &compiled.roots, plan),
+        PolicyKind::Heft => {
+            let rank = upward_ranks(
+                &compiled.edges,
+                |t| average(&st.costs[t as usize], sm),
+                |p, t| st.mean_comm(p, t),
+            );
+            let heft = Heft::plan(
+                plan,
+                &compiled.edges,
+                &rank,
+                |t, w| st.costs[t as usize][kind_index(st.kind_of[w.index()])],
+                |p, t, from, to| st.comm(p, t, st.node_of[from.index()], st.node_of[to.index()]),
+            );
+            st.run(&heft, &compiled.edges, &compiled.roots, plan)
+        }
+    };
+    placed?;
+    Ok(st.report(policy, sm, bound))
+}
+
+fn average(c: &[Option<f64>; 2], sm: &SimMachine) -> f64 {
+    let w = [
+        sm.machine.count(DeviceKind::Cpu) as f64,
+        sm.machine.count(DeviceKind::Gpu) as f64,
+    ];
+    let (mut sum, mut n) = (0.0, 0.0);
+    for k in 0..2 {
+        if let Some(v) = c[k] {
+            sum += v * w[k];
+            n += w[k];
+        }
+    }
+    if n > 0.0 {
+        sum / n
+    } else {
+        0.0
+    }
+}
+
+/// Per task: `[cpu, gpu]` cost from the machine's models.
+fn task_costs(graph: &Graph, sm: &SimMachine, data_bytes: &[u64]) -> Vec<[Option<f64>; 2]> {
+    (0..graph.len())
+        .map(|t| {
+            let rec = &graph.tasks[t];
+            let kernel = &graph.kernels[rec.kernel as usize];
+            let size: u64 = graph.accesses[rec.accesses.range()]
+                .iter()
+                .map(|&(d, _)| data_bytes[d as usize])
+                .sum();
+            let recorded = match kernel.name() {
+                "spin" | "sleep" => graph.params[rec.params.range()].first().copied(),
+                "noop" => Some(0.0),
+                _ => None,
+            };
+            let mut c = [None, None];
+            for (k, kind) in KINDS.iter().enumerate() {
+                let has = match kind {
+                    DeviceKind::Cpu => kernel.has_cpu(),
+                    DeviceKind::Gpu => kernel.has_gpu(),
+                };
+                if has {
+                    c[k] = sm.cost(kernel.name(), *kind, size, recorded);
+                }
+            }
+            c
+        })
+        .collect()
+}
+
+/// The simulated machine's state.
+struct State<'a> {
+    graph: &'a Graph,
+    sm: &'a SimMachine,
+    data_bytes: &'a [u64],
+    costs: Vec<[Option<f64>; 2]>,
+    kind_of: Vec<DeviceKind>,
+    node_of: Vec<Node>,
+    now: f64,
+    coherence: Vec<Coherence>,
+    transfers: Transfers,
+    busy: Vec<f64>,
+    tasks: Vec<u64>,
+    steals: Vec<u64>,
+    placement: Vec<WorkerId>,
+    events: Option<Vec<Vec<TraceEvent>>>,
+}
+
+/// The policy's window: the queues plus what the simulated machine knows.
+struct View<'q, 's, 'a> {
+    q: &'q mut SimQueues,
+    st: &'s State<'a>,
+}
+
+impl ReadyQueues for View<'_, '_, '_> {
+    fn push_local(&mut self, worker: WorkerId, task: u32) {
+        self.q.push_local(worker, task)
+    }
+    fn push_mailbox(&mut self, worker: WorkerId, band: u8, task: u32) {
+        self.q.push_mailbox(worker, band, task)
+    }
+    fn push_shared(&mut self, set: u16, band: u8, task: u32) {
+        self.q.push_shared(set, band, task)
+    }
+    fn pop_local(&mut self, worker: WorkerId) -> Option<u32> {
+        self.q.pop_local(worker)
+    }
+    fn pop_mailbox(&mut self, worker: WorkerId, band: u8) -> Option<u32> {
+        self.q.pop_mailbox(worker, band)
+    }
+    fn pop_shared(&mut self, worker: WorkerId, set: u16, band: u8, batch: bool) -> Option<u32> {
+        self.q.pop_shared(worker, set, band, batch)
+    }
+    fn steal(&mut self, thief: WorkerId, victim: WorkerId) -> Option<u32> {
+        self.q.steal(thief, victim)
+    }
+    fn steal_mailbox(&mut self, thief: WorkerId, victim: WorkerId, band: u8) -> Option<u32> {
+        self.q.steal_mailbox(thief, victim, band)
+    }
+    fn now(&self) -> f64 {
+        self.st.now
+    }
+    fn compute_time(&self, task: u32, worker: WorkerId) -> Option<f64> {
+        self.st.costs[task as usize][kind_index(self.st.kind_of[worker.index()])]
+    }
+    fn transfer(&self, task: u32, worker: WorkerId) -> (f64, u64) {
+        let (t, resident, _) = self.st.inputs(task, self.st.node_of[worker.index()]);
+        (t, resident)
+    }
+}
+
+impl<'a> State<'a> {
+    fn new(
+        graph: &'a Graph,
+        sm: &'a SimMachine,
+        data_bytes: &'a [u64],
+        costs: Vec<[Option<f64>; 2]>,
+        opts: &SimOptions,
+    ) -> Self {
+        let m = &sm.machine;
+        let first_gpu = m.workers.iter().position(|w| w.kind == DeviceKind::Gpu);
+        let node_of = (0..m.num_workers())
+            .map(|i| match first_gpu {
+                Some(f) if i >= f => Node::Gpu((i - f) as u16),
+                _ => Node::Host,
+            })
+            .collect();
+        let gpus = sm.nodes() - 1;
+        State {
+            graph,
+            sm,
+            data_bytes,
+            costs,
+            kind_of: m.workers.iter().map(|w| w.kind).collect(),
+            node_of,
+            now: 0.0,
+            coherence: (0..graph.data.len()).map(|_| Coherence::host_only(gpus)).collect(),
+            transfers: Transfers::new(gpus),
+            busy: vec![0.0; m.num_workers()],
+            tasks: vec![0; m.num_workers()],
+            steals: vec![0; m.num_workers()],
+            placement: vec![WorkerId(u32::MAX); graph.len()],
+            events: opts.record_trace.then(|| vec![Vec::new(); m.num_workers()]),
+        }
+    }
+
+    fn link(&self, from: Node, to: Node, bytes: u64) -> f64 {
+        if from == to || bytes == 0 {
+            return 0.0;
+        }
+        self.sm.latency[from.index()][to.index()] + bytes as f64 / self.sm.bandwidth[from.index()][to.index()]
+    }
+
+    /// Time to bring `task`'s missing inputs to `node`, input bytes already there, and the
+    /// copies to make (datum, source).
+    fn inputs(&self, task: u32, node: Node) -> (f64, u64, Vec<(u32, Node)>) {
+        let rec = &self.graph.tasks[task as usize];
+        let (mut time, mut resident, mut moves) = (0.0, 0u64, Vec::new());
+        for &(d, access) in &self.graph.accesses[rec.accesses.range()] {
+            if !access.reads() {
+                continue;
+            }
+            let bytes = self.data_bytes[d as usize];
+            let c = &self.coherence[d as usize];
+            if c.is_valid(node) {
+                resident += bytes;
+                continue;
+            }
+            if let Some(src) = c
+                .valid_nodes()
+                .min_by(|a, b| self.link(*a, node, bytes).total_cmp(&self.link(*b, node, bytes)))
+            {
+                time += self.link(src, node, bytes);
+                moves.push((d, src));
+            }
+        }
+        (time, resident, moves)
+    }
+
+    /// Bytes task `t` reads that `p` writes.
+    fn shared_bytes(&self, p: u32, t: u32) -> u64 {
+        let acc = |x: u32| &self.graph.accesses[self.graph.tasks[x as usize].accesses.range()];
+        acc(t)
+            .iter()
+            .filter(|(d, a)| a.reads() && acc(p).iter().any(|(e, b)| e == d && b.writes()))
+            .map(|&(d, _)| self.data_bytes[d as usize])
+            .sum()
+    }
+
+    fn comm(&self, p: u32, t: u32, from: Node, to: Node) -> f64 {
+        self.link(from, to, self.shared_bytes(p, t))
+    }
+
+    /// Mean host↔GPU cost of moving `p`'s outputs to `t` (for HEFT's ranks).
+    fn mean_comm(&self, p: u32, t: u32) -> f64 {
+        if self.sm.nodes() < 2 {
+            return 0.0;
+        }
+        self.comm(p, t, Node::Host, Node::Gpu(0))
+    }
+
+    fn run<P: Policy>(&mut self, policy: &P, edges: &Successors, roots: &[u32], plan: &Plan) -> Result<(), SimError> {
+        let nw = plan.num_workers();
+        let n = self.graph.len();
+        let mut q = SimQueues::new(nw, plan.sets().len(), plan.num_bands());
+        for &r in roots {
+            policy.place(plan, &mut View { q: &mut q, st: self }, r, None);
+        }
+        let mut deps = edges.indegree.clone();
+        let mut running: Vec<Option<(u32, f64)>> = vec![None; nw];
+        let mut slot: Vec<Option<u32>> = vec![None; nw];
+        let mut heap: BinaryHeap<Reverse<(u64, u64, u32)>> = BinaryHeap::new();
+        let mut seq = 0u64;
+        let mut done = 0usize;
+        let mut ready = Vec::new();
+        loop {
+            for w in 0..nw {
+                if running[w].is_some() {
+                    continue;
+                }
+                let me = WorkerId(w as u32);
+                let pick = match slot[w].take() {
+                    Some(task) => Some(Pick {
+                        task,
+                        stolen_from: None,
+                    }),
+                    None => policy.next(plan, &mut View { q: &mut q, st: self }, me),
+                };
+                let Some(Pick { task, stolen_from }) = pick else {
+                    continue;
+                };
+                self.steals[w] += u64::from(stolen_from.is_some());
+                let node = self.node_of[w];
+                let (xfer, _, moves) = self.inputs(task, node);
+                for (d, src) in moves {
+                    let bytes = self.data_bytes[d as usize];
+                    let took = std::time::Duration::from_secs_f64(self.link(src, node, bytes));
+                    self.transfers.record(src, node, bytes, took);
+                    self.coherence[d as usize].record_read(node);
+                }
+                let compute = self.costs[task as usize][kind_index(self.kind_of[w])].unwrap_or(0.0);
+                let end = self.now + xfer + compute;
+                self.busy[w] += xfer + compute;
+                self.tasks[w] += 1;
+                self.placement[task as usize] = me;
+                if let Some(ev) = &mut self.events {
+                    ev[w].push(TraceEvent {
+                        task,
+                        start_ns: (self.now * 1e9) as u64,
+                        end_ns: (end * 1e9) as u64,
+                        gpu_ns: None,
+                    });
+                }
+                running[w] = Some((task, end));
+                heap.push(Reverse((end.to_bits(), seq, w as u32)));
+                seq += 1;
+            }
+            let Some(Reverse((bits, _, w))) = heap.pop() else { break };
+            self.now = f64::from_bits(bits);
+            let w = w as usize;
+            let Some((task, _)) = running[w].take() else { continue };
+            let node = self.node_of[w];
+            let rec = &self.graph.tasks[task as usize];
+            for &(d, access) in &self.graph.accesses[rec.accesses.range()] {
+                if access.writes() {
+                    self.coherence[d as usize].record_write(node);
+                }
+            }
+            done += 1;
+            ready.clear();
+            for &s in edges.of_task(task) {
+                deps[s as usize] -= 1;
+                if deps[s as usize] == 0 {
+                    ready.push(s);
+                }
+            }
+            let me = WorkerId(w as u32);
+            let best = ready
+                .iter()
+                .enumerate()
+                .filter(|(_, &s)| plan.eligible(s, me))
+                .max_by(|(i, &a), (j, &b)| {
+                    let (pa, pb) = (
+                        self.graph.tasks[a as usize].priority,
+                        self.graph.tasks[b as usize].priority,
+                    );
+                    pa.cmp(&pb).then(j.cmp(i))
+                })
+                .map(|(i, _)| i);
+            if let Some(i) = best {
+                slot[w] = Some(ready.swap_remove(i));
+            }
+            for &s in &ready {
+                policy.place(plan, &mut View { q: &mut q, st: self }, s, Some(me));
+            }
+        }
+        if done < n {
+            return Err(SimError::Stalled {
+                time: self.now,
+                remaining: n - done,
+            });
+        }
+        Ok(())
+    }
+
+    fn report(self, policy: PolicyKind, sm: &SimMachine, bound: LowerBound) -> SimReport {
+        let m = &sm.machine;
+        let makespan = self.now;
+        let workers = m
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| WorkerReport {
+                name: w.name.clone(),
+                class: m.classes[w.class.0 as usize].name.clone(),
+                tasks: self.tasks[i],
+                busy_s: self.busy[i],
+                steals: self.steals[i],
+                kernel_s: None,
+            })
+            .collect();
+        let mut residency: Vec<NodeResidency> = (0..sm.nodes())
+            .map(|i| NodeResidency {
+                node: Node::from_index(i).to_string(),
+                data: 0,
+                bytes: 0,
+            })
+            .collect();
+        for (d, c) in self.coherence.iter().enumerate() {
+            for node in c.valid_nodes() {
+                residency[node.index()].data += 1;
+                residency[node.index()].bytes += self.data_bytes[d];
+            }
+        }
+        let run = RunReport {
+            policy: policy.name().to_string(),
+            tasks: self.graph.len(),
+            completed: self.graph.len(),
+            failed: 0,
+            skipped: 0,
+            makespan_s: makespan,
+            steals: self.steals.iter().sum(),
+            prefetched_tasks: 0,
+            bytes_transferred: self.transfers.total_bytes(),
+            transfers: self.transfers.links(),
+            residency,
+            workers,
+            failures: Vec::new(),
+            trace: self.events.map(|per_worker| TraceLog {
+                per_worker,
+                transfers: Vec::new(),
+            }),
+        };
+        SimReport {
+            run,
+            machine: sm.name.clone(),
+            lower_bound_s: bound.bound_s,
+            critical_path_s: bound.critical_path_s,
+            area_bound_s: bound.area_s,
+            makespan_over_bound: if bound.bound_s > 0.0 {
+                makespan / bound.bound_s
+            } else {
+                1.0
+            },
+            placement: self.placement,
+        }
+    }
+}

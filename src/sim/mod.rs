@@ -1,0 +1,276 @@
+//! The simulated driver: the same policies as the real runtime, run by a discrete-event
+//! simulation of a modelled machine (workers by class, memory nodes, links with bandwidth and
+//! latency, kernel costs), so that schedules can be measured on machines we do not have.
+//!
+//! Machines come from StarPU's performance-model directories (`starpu:DIR:NAME`, e.g. the
+//! 24-core, 4-GPU sirocco), from short specs (`cpus:64`, `cpus:16,gpus:4,gpu-speedup:20`),
+//! or from a TOML file with the same keys.
+//!
+//! Model of execution: a task starts on a worker when the policy hands it over; its inputs
+//! not valid in that worker's memory are copied first (latency + bytes / bandwidth from the
+//! cheapest valid copy; links are not contended), then it runs for its modelled cost. Every
+//! datum's copies follow the same MSI coherence as in the runtime. Memory is not limited.
+
+mod bound;
+mod engine;
+pub mod starpu;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::kernels::{GpuImpl, Kernel, Signature};
+use crate::sched::perfmodel::PerfModel;
+use crate::topology::{DeviceKind, GpuDesc, Machine};
+
+pub use bound::LowerBound;
+pub use engine::{simulate, SimError, SimOptions, SimReport};
+
+/// A modelled machine.
+#[derive(Debug)]
+pub struct SimMachine {
+    pub name: String,
+    pub machine: Machine,
+    /// Bytes per second, `[from][to]` over host (0) and GPUs (1..).
+    pub bandwidth: Vec<Vec<f64>>,
+    /// Seconds, same indexing.
+    pub latency: Vec<Vec<f64>>,
+    /// Kernel costs by class (`cpu`, `gpu`).
+    pub model: PerfModel,
+    /// For replayed tasks (recorded durations) and flop-counted kernels: how much faster a GPU
+    /// runs them. `None`: such tasks run on CPUs only.
+    pub gpu_speedup: Option<f64>,
+    /// CPU core speed for flop-counted kernels (Cholesky tiles) without a model.
+    pub cpu_gflops: f64,
+}
+
+/// A machine spec as a TOML file or a `key:value,...` string gives it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineSpec {
+    pub cpus: usize,
+    #[serde(default)]
+    pub gpus: usize,
+    pub gpu_speedup: Option<f64>,
+    /// Host↔GPU and GPU↔GPU bandwidth, GB/s (default 12).
+    pub bandwidth_gbs: Option<f64>,
+    /// Link latency, µs (default 10).
+    pub latency_us: Option<f64>,
+    /// Per-core speed for flop-counted kernels, GFLOP/s (default 10).
+    pub cpu_gflops: Option<f64>,
+}
+
+impl SimMachine {
+    /// Parses `starpu:DIR:NAME`, a path to a `.toml` file, or `cpus:N[,gpus:M][,gpu-speedup:S][,bw:GBPS][,lat:US][,gflops:G]`.
+    pub fn parse(spec: &str) -> Result<SimMachine, String> {
+        if let Some(rest) = spec.strip_prefix("starpu:") {
+            let (dir, name) = rest.rsplit_once(':').ok_or("a StarPU machine is starpu:DIR:NAME")?;
+            return SimMachine::from_starpu(Path::new(dir), name);
+        }
+        if spec.ends_with(".toml") {
+            let text = std::fs::read_to_string(spec).map_err(|e| format!("{spec}: {e}"))?;
+            let s: MachineSpec = toml::from_str(&text).map_err(|e| format!("{spec}: {e}"))?;
+            return SimMachine::from_spec(spec, &s);
+        }
+        let mut s = MachineSpec::default();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once(':')
+                .ok_or_else(|| format!("'{part}' is not key:value"))?;
+            let num = |v: &str| {
+                v.trim_end_matches("GB/s")
+                    .trim_end_matches("us")
+                    .parse::<f64>()
+                    .map_err(|_| format!("'{v}' is not a number (in '{part}')"))
+            };
+            match k {
+                "cpus" => s.cpus = num(v)? as usize,
+                "gpus" => s.gpus = num(v)? as usize,
+                "gpu-speedup" => s.gpu_speedup = Some(num(v)?),
+                "bw" => s.bandwidth_gbs = Some(num(v)?),
+                "lat" => s.latency_us = Some(num(v)?),
+                "gflops" => s.cpu_gflops = Some(num(v)?),
+                other => {
+                    return Err(format!(
+                        "unknown machine key '{other}' (known: cpus, gpus, gpu-speedup, bw, lat, gflops)"
+                    ))
+                }
+            }
+        }
+        SimMachine::from_spec(spec, &s)
+    }
+
+    /// A machine from a spec.
+    pub fn from_spec(name: &str, s: &MachineSpec) -> Result<SimMachine, String> {
+        if s.cpus == 0 && s.gpus == 0 {
+            return Err(format!("machine '{name}' has no worker (give cpus:N)"));
+        }
+        if s.gpus > 0 && s.gpu_speedup.is_none() {
+            return Err(format!(
+                "machine '{name}' has GPUs but no gpu-speedup (how much faster they run tasks)"
+            ));
+        }
+        let bw = s.bandwidth_gbs.unwrap_or(12.0) * 1e9;
+        let lat = s.latency_us.unwrap_or(10.0) * 1e-6;
+        let nodes = s.gpus + 1;
+        let bandwidth = (0..nodes)
+            .map(|i| (0..nodes).map(|j| if i == j { f64::INFINITY } else { bw }).collect())
+            .collect();
+        let latency = (0..nodes)
+            .map(|i| (0..nodes).map(|j| if i == j { 0.0 } else { lat }).collect())
+            .collect();
+        Ok(SimMachine {
+            name: name.into(),
+            machine: modelled_machine(s.cpus, s.gpus, "modelled GPU"),
+            bandwidth,
+            latency,
+            model: PerfModel::new(),
+            gpu_speedup: s.gpu_speedup,
+            cpu_gflops: s.cpu_gflops.unwrap_or(10.0),
+        })
+    }
+
+    /// A machine from StarPU's performance models. StarPU dedicates one CPU core to driving
+    /// each GPU, so the modelled machine has `cpus - gpus` CPU workers, as StarPU's would.
+    pub fn from_starpu(dir: &Path, name: &str) -> Result<SimMachine, String> {
+        let m = starpu::load(dir, name)?;
+        Ok(SimMachine {
+            name: format!("starpu:{name}"),
+            machine: modelled_machine(m.cpus.saturating_sub(m.gpus).max(1), m.gpus, &format!("{name} GPU")),
+            bandwidth: m.bandwidth,
+            latency: m.latency,
+            model: m.model,
+            gpu_speedup: None,
+            cpu_gflops: 10.0,
+        })
+    }
+
+    /// Number of memory nodes (host + GPUs).
+    pub fn nodes(&self) -> usize {
+        self.bandwidth.len()
+    }
+
+    /// The modelled cost of one task: a measured model first (under the kernel's name or
+    /// StarPU's `chol_model_` name), then the task's recorded duration, then a flop count.
+    pub fn cost(&self, kernel: &str, kind: DeviceKind, size: u64, recorded: Option<f64>) -> Option<f64> {
+        let class = kind.to_string();
+        for name in [kernel.to_string(), format!("chol_model_{kernel}")] {
+            if self.model.knows(&name, &class) {
+                return self.model.expected(&name, &class, size);
+            }
+        }
+        let speed = match kind {
+            DeviceKind::Cpu => 1.0,
+            DeviceKind::Gpu => self.gpu_speedup?,
+        };
+        if let Some(r) = recorded {
+            return Some(r / speed);
+        }
+        cholesky_flops(kernel, size).map(|f| f / (self.cpu_gflops * 1e9 * speed))
+    }
+
+    /// Whether tasks of `kernel` can run on `kind` here (some cost source applies).
+    pub fn can_run(&self, kernel: &str, kind: DeviceKind) -> bool {
+        if self.machine.count(kind) == 0 {
+            return false;
+        }
+        let class = kind.to_string();
+        let modelled = [kernel.to_string(), format!("chol_model_{kernel}")]
+            .iter()
+            .any(|n| self.model.knows(n, &class));
+        let replayed = matches!(kernel, "spin" | "sleep" | "noop") || cholesky_flops(kernel, 1).is_some();
+        modelled || (replayed && (kind == DeviceKind::Cpu || self.gpu_speedup.is_some()))
+    }
+
+    /// A stand-in kernel with implementations where [`SimMachine::can_run`] says so (the
+    /// simulator never calls them).
+    pub fn kernel(&self, name: &str) -> Arc<Kernel> {
+        let mut k = Kernel::declare(name, Signature::any(0, usize::MAX));
+        if self.can_run(name, DeviceKind::Cpu) {
+            k = k.with_cpu(|_| Ok(()));
+        }
+        if self.can_run(name, DeviceKind::Gpu) {
+            k = k.with_gpu(GpuImpl::single("", 0, Arc::new(|_| [1, 1, 1])));
+        }
+        Arc::new(k)
+    }
+}
+
+/// Flops of a Cholesky tile kernel, from its operands' total bytes (f32 tiles).
+fn cholesky_flops(kernel: &str, size: u64) -> Option<f64> {
+    let (tiles, flops_per_b3) = match kernel {
+        "potrf" => (1.0, 1.0 / 3.0),
+        "trsm" => (2.0, 1.0),
+        "syrk" => (2.0, 1.0),
+        "gemm" => (3.0, 2.0),
+        _ => return None,
+    };
+    let b = (size as f64 / (4.0 * tiles)).sqrt();
+    Some(flops_per_b3 * b.powi(3))
+}
+
+fn modelled_machine(cpus: usize, gpus: usize, gpu_name: &str) -> Machine {
+    let mut m = Machine::synthetic_cpus(cpus);
+    m.source = "model".into();
+    m.add_gpus(
+        (0..gpus)
+            .map(|i| GpuDesc {
+                name: gpu_name.into(),
+                backend: "model".into(),
+                device_type: "DiscreteGpu".into(),
+                pci_bus_id: String::new(),
+                driver: String::new(),
+                adapter_index: i,
+                features: Vec::new(),
+                max_buffer_size: u64::MAX,
+                max_storage_binding: u64::MAX,
+                max_workgroup_invocations: 1024,
+                memory_bytes: None,
+                timestamp_period_ns: 1.0,
+                numa_os_index: None,
+            })
+            .collect(),
+    );
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_explain_mistakes() {
+        let m = SimMachine::parse("cpus:16,gpus:4,gpu-speedup:20").unwrap();
+        assert_eq!(
+            (m.machine.count(DeviceKind::Cpu), m.machine.count(DeviceKind::Gpu)),
+            (16, 4)
+        );
+        assert_eq!(m.cost("spin", DeviceKind::Gpu, 0, Some(2.0)), Some(0.1));
+        assert_eq!(m.cost("spin", DeviceKind::Cpu, 0, Some(2.0)), Some(2.0));
+        assert!(m.can_run("gemm", DeviceKind::Gpu));
+        assert!(!m.can_run("mystery", DeviceKind::Cpu));
+        let c = SimMachine::parse("cpus:4").unwrap();
+        assert!(!c.can_run("spin", DeviceKind::Gpu));
+        assert!(SimMachine::parse("cpus:4,gpus:1").unwrap_err().contains("gpu-speedup"));
+        assert!(SimMachine::parse("cpus:4,tpus:1").unwrap_err().contains("'tpus'"));
+        assert!(SimMachine::parse("cpus:x").unwrap_err().contains("'x'"));
+        assert!(SimMachine::parse("starpu:/nonexistent:sirocco")
+            .unwrap_err()
+            .contains("sirocco.config"));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.toml");
+        std::fs::write(&p, "cpus = 8\ngpus = 2\ngpu_speedup = 5.0\n").unwrap();
+        let t = SimMachine::parse(p.to_str().unwrap()).unwrap();
+        assert_eq!(t.machine.num_workers(), 10);
+        std::fs::write(&p, "cpus = 8\nwarp = 2\n").unwrap();
+        assert!(SimMachine::parse(p.to_str().unwrap()).unwrap_err().contains("warp"));
+    }
+
+    #[test]
+    fn cholesky_flops_follow_tile_sizes() {
+        let b = 960.0f64;
+        let gemm = cholesky_flops("gemm", (3.0 * b * b * 4.0) as u64).unwrap();
+        assert!((gemm / (2.0 * b.powi(3)) - 1.0).abs() < 1e-9);
+    }
+}
