@@ -2,3 +2,4 @@
 
 pub mod gpu;
 pub mod overhead;
+pub mod schedule;

@@ -64,6 +64,30 @@ enum Command {
         #[command(flatten)]
         machine: MachineArgs,
     },
+    /// Simulate a graph on a modelled machine with the same policies as `run`.
+    Sim {
+        graph: PathBuf,
+        /// `starpu:DIR:NAME`, a `.toml` file, or `cpus:N[,gpus:M,gpu-speedup:S,bw:GBPS,lat:US,gflops:G]`.
+        #[arg(long)]
+        machine: String,
+        /// eager, ws, locality, heft or random.
+        #[arg(long, default_value = "locality")]
+        policy: PolicyKind,
+        #[arg(long)]
+        format: Option<Format>,
+        #[arg(long, default_value_t = 1.0)]
+        time_scale: f64,
+        /// Write a Chrome/Perfetto trace of the simulated schedule.
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate graphs.
+    Gen {
+        #[command(subcommand)]
+        which: GenCommand,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -72,7 +96,32 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum GenCommand {
+    /// A tiled Cholesky factorisation (potrf, trsm, syrk, gemm) in the native format.
+    Cholesky {
+        #[arg(long)]
+        tiles: usize,
+        #[arg(long, default_value_t = 960)]
+        tile_size: usize,
+        /// Output file (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum BenchCommand {
+    /// Schedule quality in the simulator: makespan / lower bound per policy.
+    Schedule {
+        #[arg(long)]
+        json: bool,
+        /// Smaller graphs, fewer of them.
+        #[arg(long)]
+        quick: bool,
+        /// The shared workloads directory.
+        #[arg(long, default_value = "../shared/workloads")]
+        workloads: PathBuf,
+    },
     /// Per-GPU figures: GEMM GFLOP/s, elementwise and reduction GB/s, transfer bandwidth and latency.
     Gpu {
         #[arg(long)]
@@ -207,6 +256,61 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             }
             let demo = hexec::demo::blockwise(&rt, tiles, tile_len);
             run_and_report(&rt, &demo.graph, trace, json, Some(&demo))
+        }
+        Command::Sim { graph, machine, policy, format, time_scale, trace, json } => {
+            let sm = hexec::sim::SimMachine::parse(&machine)?;
+            let spec = formats::load(&graph, format)?;
+            let g = spec.build_virtual(&|k| sm.kernel(k), &BuildOptions { time_scale, empty_tasks: false })?;
+            let t = std::time::Instant::now();
+            let r = hexec::sim::simulate(&g, &sm, policy, &hexec::sim::SimOptions { record_trace: trace.is_some() })?;
+            let took = t.elapsed();
+            if let Some(path) = &trace {
+                let f = std::fs::File::create(path).map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
+                write_chrome_trace(f, &g, &r.run).map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{} tasks on {} ({} cpu, {} gpu workers), policy {}: makespan {:.6} s, lower bound {:.6} s (critical path {:.6}, area {:.6}), ratio {:.3}; {} bytes transferred, {} steals; simulated in {:.3} s",
+                    r.run.tasks,
+                    r.machine,
+                    sm.machine.count(hexec::DeviceKind::Cpu),
+                    sm.machine.count(hexec::DeviceKind::Gpu),
+                    r.run.policy,
+                    r.run.makespan_s,
+                    r.lower_bound_s,
+                    r.critical_path_s,
+                    r.area_bound_s,
+                    r.makespan_over_bound,
+                    r.run.bytes_transferred,
+                    r.run.steals,
+                    took.as_secs_f64()
+                );
+            }
+            Ok(())
+        }
+        Command::Gen { which: GenCommand::Cholesky { tiles, tile_size, output } } => {
+            if tiles == 0 || tile_size == 0 {
+                return Err(Failure { code: 2, message: "--tiles and --tile-size must be positive".into() });
+            }
+            let spec = formats::cholesky::generate(tiles, tile_size);
+            let text = serde_json::to_string_pretty(&spec)?;
+            match output {
+                Some(p) => std::fs::write(&p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))?,
+                None => println!("{text}"),
+            }
+            Ok(())
+        }
+        Command::Bench { which: BenchCommand::Schedule { json, quick, workloads } } => {
+            let rows = hexec::bench::schedule::measure(&hexec::bench::schedule::Sources { workloads }, quick)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("makespan / lower bound in the simulator (1.000 is optimal)\n");
+                print!("{}", hexec::bench::schedule::markdown(&rows));
+            }
+            Ok(())
         }
         Command::Bench {
             which:

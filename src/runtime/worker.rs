@@ -176,7 +176,7 @@ fn complete<P: Policy>(
     }
     if !ready.is_empty() {
         let mut best: Option<usize> = None;
-        if slot.is_none() {
+        if slot.is_none() && policy.immediate_successor() {
             for (i, &s) in ready.iter().enumerate() {
                 if plan.eligible(s, me)
                     && best.is_none_or(|b| {

@@ -174,6 +174,10 @@ impl Policy for Heft {
         "heft"
     }
 
+    fn immediate_successor(&self) -> bool {
+        false
+    }
+
     fn place<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, task: u32, _releasing: Option<WorkerId>) {
         match self.assigned(task) {
             Some(w) => q.push_mailbox(w, plan.band(task), task),
@@ -226,6 +230,10 @@ impl RandomPolicy {
 impl Policy for RandomPolicy {
     fn name(&self) -> &'static str {
         "random"
+    }
+
+    fn immediate_successor(&self) -> bool {
+        false
     }
 
     fn place<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, task: u32, _releasing: Option<WorkerId>) {

@@ -52,6 +52,10 @@ impl Policy for Locality {
         "locality"
     }
 
+    fn immediate_successor(&self) -> bool {
+        false
+    }
+
     fn place<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, task: u32, releasing: Option<WorkerId>) {
         let now = q.now();
         let mut best: Option<(f64, u64, WorkerId)> = None;

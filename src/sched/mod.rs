@@ -51,6 +51,13 @@ pub trait Policy: Send + Sync {
 
     /// The next task for `worker`, or `None` when it finds nothing it may run.
     fn next<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, worker: WorkerId) -> Option<Pick>;
+
+    /// Whether a worker may run one task its completion made ready right away, without
+    /// placing it (the immediate-successor shortcut). Policies that plan where every task
+    /// goes (`locality`, `heft`, `random`) say no: the shortcut would overrule them.
+    fn immediate_successor(&self) -> bool {
+        true
+    }
 }
 
 /// The policies hexec ships, by name.

@@ -431,6 +431,7 @@ impl<'a> State<'a> {
             let me = WorkerId(w as u32);
             let best = ready
                 .iter()
+                .filter(|_| policy.immediate_successor())
                 .enumerate()
                 .filter(|(_, &s)| plan.eligible(s, me))
                 .max_by(|(i, &a), (j, &b)| {
