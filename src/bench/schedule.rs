@@ -36,7 +36,12 @@ impl Sources {
 
 fn files(dir: &Path, ext: &str, limit: usize) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with(ext)).collect())
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.to_string_lossy().ends_with(ext))
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v.truncate(limit);
@@ -44,21 +49,37 @@ fn files(dir: &Path, ext: &str, limit: usize) -> Vec<PathBuf> {
 }
 
 /// Measures one row: every policy on every graph, ratios averaged over graphs.
-pub fn row(workload: &str, sm: &SimMachine, specs: &[GraphSpec], policies: &[PolicyKind]) -> Result<QualityRow, String> {
+pub fn row(
+    workload: &str,
+    sm: &SimMachine,
+    specs: &[GraphSpec],
+    policies: &[PolicyKind],
+) -> Result<QualityRow, String> {
     let graphs: Vec<_> = specs
         .iter()
-        .map(|s| s.build_virtual(&|k| sm.kernel(k), &BuildOptions::default()).map_err(|e| e.to_string()))
+        .map(|s| {
+            s.build_virtual(&|k| sm.kernel(k), &BuildOptions::default())
+                .map_err(|e| e.to_string())
+        })
         .collect::<Result<_, _>>()?;
     let tasks = graphs.iter().map(|g| g.len()).sum();
     let mut ratio = Vec::new();
     for &p in policies {
         let mut sum = 0.0;
         for g in &graphs {
-            sum += simulate(g, sm, p, &SimOptions::default()).map_err(|e| e.to_string())?.makespan_over_bound;
+            sum += simulate(g, sm, p, &SimOptions::default())
+                .map_err(|e| e.to_string())?
+                .makespan_over_bound;
         }
         ratio.push((p.name().to_string(), sum / graphs.len().max(1) as f64));
     }
-    Ok(QualityRow { workload: workload.into(), machine: sm.name.clone(), graphs: graphs.len(), tasks, ratio })
+    Ok(QualityRow {
+        workload: workload.into(),
+        machine: sm.name.clone(),
+        graphs: graphs.len(),
+        tasks,
+        ratio,
+    })
 }
 
 /// The whole table (`quick`: smaller graphs and fewer of them).
@@ -68,14 +89,27 @@ pub fn measure(src: &Sources, quick: bool) -> Result<Vec<QualityRow>, String> {
     let starpu = src.starpu();
     let tiles: &[usize] = if quick { &[10] } else { &[10, 20, 40] };
     for machine in ["sirocco", "mirage", "attila"] {
-        let Ok(sm) = SimMachine::parse(&format!("starpu:{}:{machine}", starpu.display())) else { continue };
+        let Ok(sm) = SimMachine::parse(&format!("starpu:{}:{machine}", starpu.display())) else {
+            continue;
+        };
         for &n in tiles {
-            rows.push(row(&format!("cholesky {n}x{n} (b=960)"), &sm, &[cholesky::generate(n, 960)], &policies)?);
+            rows.push(row(
+                &format!("cholesky {n}x{n} (b=960)"),
+                &sm,
+                &[cholesky::generate(n, 960)],
+                &policies,
+            )?);
         }
     }
     let load = |p: &Path| formats::load(p, None).map_err(|e| e.to_string());
-    let stg100: Vec<GraphSpec> = files(&src.workloads.join("stg/rand100"), ".stg", if quick { 5 } else { 90 }).iter().map(|p| load(p)).collect::<Result<_, _>>()?;
-    let stg1000: Vec<GraphSpec> = files(&src.workloads.join("stg/rand1000"), ".stg", if quick { 1 } else { 5 }).iter().map(|p| load(p)).collect::<Result<_, _>>()?;
+    let stg100: Vec<GraphSpec> = files(&src.workloads.join("stg/rand100"), ".stg", if quick { 5 } else { 90 })
+        .iter()
+        .map(|p| load(p))
+        .collect::<Result<_, _>>()?;
+    let stg1000: Vec<GraphSpec> = files(&src.workloads.join("stg/rand1000"), ".stg", if quick { 1 } else { 5 })
+        .iter()
+        .map(|p| load(p))
+        .collect::<Result<_, _>>()?;
     for cpus in [4, 16] {
         let sm = SimMachine::parse(&format!("cpus:{cpus}"))?;
         if !stg100.is_empty() {
@@ -85,8 +119,10 @@ pub fn measure(src: &Sources, quick: bool) -> Result<Vec<QualityRow>, String> {
             rows.push(row("STG rand1000", &sm, &stg1000, &policies)?);
         }
     }
-    let wf: Vec<GraphSpec> =
-        files(&src.workloads.join("wfcommons"), "-001.json", if quick { 2 } else { 8 }).iter().map(|p| load(p)).collect::<Result<_, _>>()?;
+    let wf: Vec<GraphSpec> = files(&src.workloads.join("wfcommons"), "-001.json", if quick { 2 } else { 8 })
+        .iter()
+        .map(|p| load(p))
+        .collect::<Result<_, _>>()?;
     if !wf.is_empty() {
         for cpus in [16, 64] {
             let sm = SimMachine::parse(&format!("cpus:{cpus}"))?;
@@ -98,7 +134,10 @@ pub fn measure(src: &Sources, quick: bool) -> Result<Vec<QualityRow>, String> {
 
 /// The table in Markdown.
 pub fn markdown(rows: &[QualityRow]) -> String {
-    let policies: Vec<&str> = rows.first().map(|r| r.ratio.iter().map(|(p, _)| p.as_str()).collect()).unwrap_or_default();
+    let policies: Vec<&str> = rows
+        .first()
+        .map(|r| r.ratio.iter().map(|(p, _)| p.as_str()).collect())
+        .unwrap_or_default();
     let mut s = String::from("| workload | machine | graphs | tasks |");
     for p in &policies {
         s.push_str(&format!(" {p} |"));
@@ -109,7 +148,10 @@ pub fn markdown(rows: &[QualityRow]) -> String {
     }
     s.push('\n');
     for r in rows {
-        s.push_str(&format!("| {} | {} | {} | {} |", r.workload, r.machine, r.graphs, r.tasks));
+        s.push_str(&format!(
+            "| {} | {} | {} | {} |",
+            r.workload, r.machine, r.graphs, r.tasks
+        ));
         for (_, v) in &r.ratio {
             s.push_str(&format!(" {v:.3} |"));
         }

@@ -257,15 +257,37 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             let demo = hexec::demo::blockwise(&rt, tiles, tile_len);
             run_and_report(&rt, &demo.graph, trace, json, Some(&demo))
         }
-        Command::Sim { graph, machine, policy, format, time_scale, trace, json } => {
+        Command::Sim {
+            graph,
+            machine,
+            policy,
+            format,
+            time_scale,
+            trace,
+            json,
+        } => {
             let sm = hexec::sim::SimMachine::parse(&machine)?;
             let spec = formats::load(&graph, format)?;
-            let g = spec.build_virtual(&|k| sm.kernel(k), &BuildOptions { time_scale, empty_tasks: false })?;
+            let g = spec.build_virtual(
+                &|k| sm.kernel(k),
+                &BuildOptions {
+                    time_scale,
+                    empty_tasks: false,
+                },
+            )?;
             let t = std::time::Instant::now();
-            let r = hexec::sim::simulate(&g, &sm, policy, &hexec::sim::SimOptions { record_trace: trace.is_some() })?;
+            let r = hexec::sim::simulate(
+                &g,
+                &sm,
+                policy,
+                &hexec::sim::SimOptions {
+                    record_trace: trace.is_some(),
+                },
+            )?;
             let took = t.elapsed();
             if let Some(path) = &trace {
-                let f = std::fs::File::create(path).map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
+                let f =
+                    std::fs::File::create(path).map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
                 write_chrome_trace(f, &g, &r.run).map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
             }
             if json {
@@ -290,9 +312,19 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Gen { which: GenCommand::Cholesky { tiles, tile_size, output } } => {
+        Command::Gen {
+            which:
+                GenCommand::Cholesky {
+                    tiles,
+                    tile_size,
+                    output,
+                },
+        } => {
             if tiles == 0 || tile_size == 0 {
-                return Err(Failure { code: 2, message: "--tiles and --tile-size must be positive".into() });
+                return Err(Failure {
+                    code: 2,
+                    message: "--tiles and --tile-size must be positive".into(),
+                });
             }
             let spec = formats::cholesky::generate(tiles, tile_size);
             let text = serde_json::to_string_pretty(&spec)?;
@@ -302,7 +334,9 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Bench { which: BenchCommand::Schedule { json, quick, workloads } } => {
+        Command::Bench {
+            which: BenchCommand::Schedule { json, quick, workloads },
+        } => {
             let rows = hexec::bench::schedule::measure(&hexec::bench::schedule::Sources { workloads }, quick)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -12,12 +12,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{place_unpreferred, take_queued, Pick, Plan, Policy, ReadyQueues};
-use crate::topology::WorkerId;
+use crate::topology::{DeviceKind, WorkerId};
 
 /// The locality policy. Holds, per worker, the expected time its queued work ends.
 #[derive(Debug)]
 pub struct Locality {
     free_at: Vec<AtomicU64>,
+    /// With the device split of the area-optimal schedule: the CPU/GPU time ratio below
+    /// which a task goes to CPUs, and each worker's kind.
+    split: Option<(f64, Vec<DeviceKind>)>,
 }
 
 impl Locality {
@@ -25,6 +28,38 @@ impl Locality {
     pub fn new(workers: usize) -> Self {
         Locality {
             free_at: (0..workers).map(|_| AtomicU64::new(0f64.to_bits())).collect(),
+            split: None,
+        }
+    }
+
+    /// Adds the device split of the area-optimal schedule: tasks whose CPU/GPU time ratio is
+    /// below `threshold` run on CPUs. A greedy earliest-finish rule does not see this split
+    /// (while the fast device's queue is short it keeps everything there, and the slow
+    /// devices idle); the lower bound's linear program does.
+    pub fn with_split(mut self, threshold: f64, kinds: Vec<DeviceKind>) -> Self {
+        self.split = (threshold > 0.0).then_some((threshold, kinds));
+        self
+    }
+
+    /// Whether the split sends `task` to CPUs. Tasks in the highest priority band (those
+    /// on or near the critical path) stay free to take the fastest device.
+    fn cpu_preferred<Q: ReadyQueues>(&self, plan: &Plan, q: &Q, task: u32) -> bool {
+        let Some((threshold, kinds)) = &self.split else {
+            return false;
+        };
+        if plan.band(task) == 0 {
+            return false;
+        }
+        let workers = &plan.set(plan.task_set(task)).workers;
+        let cost_on = |k: DeviceKind| {
+            workers
+                .iter()
+                .find(|w| kinds[w.index()] == k)
+                .and_then(|&w| q.compute_time(task, w))
+        };
+        match (cost_on(DeviceKind::Cpu), cost_on(DeviceKind::Gpu)) {
+            (Some(c), Some(g)) if g > 0.0 => c / g < *threshold,
+            _ => false,
         }
     }
 
@@ -36,11 +71,12 @@ impl Locality {
         self.free_at[w.index()].store(t.to_bits(), Ordering::Relaxed);
     }
 
-    /// Expected finish of `task` on `w` if it starts after `w`'s queued work.
+    /// Expected finish of `task` on `w` if it starts after `w`'s queued work. Input copies
+    /// start when the task is placed (prefetch), so they overlap that queued work.
     fn finish_on<Q: ReadyQueues>(&self, q: &Q, task: u32, w: WorkerId, now: f64) -> Option<(f64, u64)> {
         let compute = q.compute_time(task, w)?;
         let (transfer, resident) = q.transfer(task, w);
-        Some((now.max(self.free_at(w)) + transfer + compute, resident))
+        Some((now.max(self.free_at(w)).max(now + transfer) + compute, resident))
     }
 }
 
@@ -59,7 +95,16 @@ impl Policy for Locality {
     fn place<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, task: u32, releasing: Option<WorkerId>) {
         let now = q.now();
         let mut best: Option<(f64, u64, WorkerId)> = None;
+        let cpu_only = self.cpu_preferred(plan, q, task);
         for &w in &plan.set(plan.task_set(task)).workers {
+            if cpu_only
+                && self
+                    .split
+                    .as_ref()
+                    .is_some_and(|(_, k)| k[w.index()] != DeviceKind::Cpu)
+            {
+                continue;
+            }
             let Some((finish, resident)) = self.finish_on(q, task, w, now) else {
                 // Not calibrated for this worker: share the task as eager would.
                 return place_unpreferred(plan, q, task);

@@ -39,6 +39,26 @@ pub fn lower_bound(edges: &Successors, costs: &[[Option<f64>; 2]], cpus: usize, 
     }
 }
 
+/// The CPU/GPU cost ratio at which the area-optimal split in time `t` changes device:
+/// tasks whose GPU advantage (cpu cost / gpu cost) is below it belong on CPUs. 0 when every
+/// flexible task fits on the GPUs.
+pub fn gpu_advantage_threshold(costs: &[[Option<f64>; 2]], cpus: usize, gpus: usize, t: f64) -> f64 {
+    if cpus == 0 || gpus == 0 {
+        return 0.0;
+    }
+    let forced_gpu: f64 = costs.iter().filter(|c| c[0].is_none()).filter_map(|c| c[1]).sum();
+    let mut flexible: Vec<(f64, f64)> = costs.iter().filter_map(|c| Some((c[0]?, c[1]?))).collect();
+    flexible.sort_by(|x, y| (y.0 / y.1.max(1e-300)).total_cmp(&(x.0 / x.1.max(1e-300))));
+    let mut room = gpus as f64 * t - forced_gpu;
+    for &(a, b) in &flexible {
+        if room < b {
+            return a / b.max(1e-300);
+        }
+        room -= b;
+    }
+    0.0
+}
+
 fn area_bound(costs: &[[Option<f64>; 2]], cpus: usize, gpus: usize) -> f64 {
     let (cpus, gpus) = (cpus as f64, gpus as f64);
     let mut forced_cpu = 0.0;

@@ -94,7 +94,7 @@ pub fn simulate(graph: &Graph, sm: &SimMachine, policy: PolicyKind, opts: &SimOp
     let mut g = graph.clone();
     if matches!(policy, PolicyKind::Locality | PolicyKind::Heft) && graph.tasks.iter().all(|t| t.priority == 0) {
         // Priorities from the critical path: upward rank on average costs.
-        let rank = upward_ranks(&edges, |t| average(&costs[t as usize], sm), |_, _| 0.0);
+        let rank = upward_ranks(&edges, |t| fastest(&costs[t as usize]), |_, _| 0.0);
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&a, &b| rank[b].total_cmp(&rank[a]).then(a.cmp(&b)));
         for (pos, &t) in order.iter().enumerate() {
@@ -126,12 +126,19 @@ pub fn simulate(graph: &Graph, sm: &SimMachine, policy: PolicyKind, opts: &SimOp
     let placed = match policy {
         PolicyKind::Eager => st.run(&Eager, &compiled.edges, &compiled.roots, plan),
         PolicyKind::Ws => st.run(&WorkStealing, &compiled.edges, &compiled.roots, plan),
-        PolicyKind::Locality => st.run(
-            &Locality::new(sm.machine.num_workers()),
-            &compiled.edges,
-            &compiled.roots,
-            plan,
-        ),
+        PolicyKind::Locality => {
+            let (cpus, gpus) = (sm.machine.count(DeviceKind::Cpu), sm.machine.count(DeviceKind::Gpu));
+            // The area-optimal device split only helps when the work, not the critical path,
+            // bounds the schedule; otherwise it would slow the critical path down.
+            let threshold = if bound.area_s > 2.0 * bound.critical_path_s {
+                super::bound::gpu_advantage_threshold(&st.costs, cpus, gpus, bound.bound_s)
+            } else {
+                0.0
+            };
+            let kinds = sm.machine.workers.iter().map(|w| w.kind).collect();
+            let policy = Locality::new(sm.machine.num_workers()).with_split(threshold, kinds);
+            st.run(&policy, &compiled.edges, &compiled.roots, plan)
+        }
         PolicyKind::Random => st.run(&RandomPolicy::new(0x5eed), &compiled.edges, &compiled.roots, plan),
         PolicyKind::Heft => {
             let rank = upward_ranks(
@@ -212,6 +219,10 @@ struct State<'a> {
     node_of: Vec<Node>,
     now: f64,
     coherence: Vec<Coherence>,
+    /// `[datum][node]`: when the copy there is (or will be) complete.
+    arrival: Vec<Vec<f64>>,
+    /// `[from][to]`: when the link is free again (one copy at a time per direction).
+    link_free: Vec<Vec<f64>>,
     transfers: Transfers,
     busy: Vec<f64>,
     tasks: Vec<u64>,
@@ -223,7 +234,7 @@ struct State<'a> {
 /// The policy's window: the queues plus what the simulated machine knows.
 struct View<'q, 's, 'a> {
     q: &'q mut SimQueues,
-    st: &'s State<'a>,
+    st: &'s mut State<'a>,
 }
 
 impl ReadyQueues for View<'_, '_, '_> {
@@ -231,7 +242,10 @@ impl ReadyQueues for View<'_, '_, '_> {
         self.q.push_local(worker, task)
     }
     fn push_mailbox(&mut self, worker: WorkerId, band: u8, task: u32) {
-        self.q.push_mailbox(worker, band, task)
+        self.q.push_mailbox(worker, band, task);
+        // As in the runtime: a task placed on one worker starts its input copies now.
+        let node = self.st.node_of[worker.index()];
+        self.st.fetch_inputs(task, node);
     }
     fn push_shared(&mut self, set: u16, band: u8, task: u32) {
         self.q.push_shared(set, band, task)
@@ -258,8 +272,8 @@ impl ReadyQueues for View<'_, '_, '_> {
         self.st.costs[task as usize][kind_index(self.st.kind_of[worker.index()])]
     }
     fn transfer(&self, task: u32, worker: WorkerId) -> (f64, u64) {
-        let (t, resident, _) = self.st.inputs(task, self.st.node_of[worker.index()]);
-        (t, resident)
+        let (ready, resident) = self.st.inputs_ready(task, self.st.node_of[worker.index()]);
+        ((ready - self.st.now).max(0.0), resident)
     }
 }
 
@@ -289,6 +303,8 @@ impl<'a> State<'a> {
             node_of,
             now: 0.0,
             coherence: (0..graph.data.len()).map(|_| Coherence::host_only(gpus)).collect(),
+            arrival: vec![vec![0.0; gpus + 1]; graph.data.len()],
+            link_free: vec![vec![0.0; gpus + 1]; gpus + 1],
             transfers: Transfers::new(gpus),
             busy: vec![0.0; m.num_workers()],
             tasks: vec![0; m.num_workers()],
@@ -305,30 +321,73 @@ impl<'a> State<'a> {
         self.sm.latency[from.index()][to.index()] + bytes as f64 / self.sm.bandwidth[from.index()][to.index()]
     }
 
-    /// Time to bring `task`'s missing inputs to `node`, input bytes already there, and the
-    /// copies to make (datum, source).
-    fn inputs(&self, task: u32, node: Node) -> (f64, u64, Vec<(u32, Node)>) {
+    /// The best copy of datum `d` to `dst`: (source, end time), given link occupancy.
+    fn plan_copy(&self, d: u32, dst: Node) -> Option<(Node, f64)> {
+        let bytes = self.data_bytes[d as usize];
+        self.coherence[d as usize]
+            .valid_nodes()
+            .map(|src| {
+                let start = self
+                    .now
+                    .max(self.arrival[d as usize][src.index()])
+                    .max(self.link_free[src.index()][dst.index()]);
+                (src, start + self.link(src, dst, bytes))
+            })
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// Starts copying datum `d` to `dst` (if it is not there or on its way); returns when it
+    /// will be there.
+    fn fetch(&mut self, d: u32, dst: Node) -> f64 {
+        if self.coherence[d as usize].is_valid(dst) {
+            return self.arrival[d as usize][dst.index()];
+        }
+        let Some((src, end)) = self.plan_copy(d, dst) else {
+            return self.now;
+        };
+        let bytes = self.data_bytes[d as usize];
+        let took = self.link(src, dst, bytes);
+        self.link_free[src.index()][dst.index()] = end;
+        self.arrival[d as usize][dst.index()] = end;
+        self.transfers
+            .record(src, dst, bytes, std::time::Duration::from_secs_f64(took));
+        self.coherence[d as usize].record_read(dst);
+        end
+    }
+
+    /// Starts the copies of `task`'s inputs to `node`; returns when all will be there.
+    fn fetch_inputs(&mut self, task: u32, node: Node) -> f64 {
+        let graph = self.graph;
+        let rec = &graph.tasks[task as usize];
+        let mut ready = self.now;
+        for &(d, access) in &graph.accesses[rec.accesses.range()] {
+            if access.reads() {
+                ready = ready.max(self.fetch(d, node));
+            }
+        }
+        ready
+    }
+
+    /// When `task`'s inputs could all be at `node` (copies in flight or planned now), and the
+    /// input bytes already there.
+    fn inputs_ready(&self, task: u32, node: Node) -> (f64, u64) {
         let rec = &self.graph.tasks[task as usize];
-        let (mut time, mut resident, mut moves) = (0.0, 0u64, Vec::new());
+        let (mut ready, mut resident) = (self.now, 0u64);
         for &(d, access) in &self.graph.accesses[rec.accesses.range()] {
             if !access.reads() {
                 continue;
             }
-            let bytes = self.data_bytes[d as usize];
-            let c = &self.coherence[d as usize];
-            if c.is_valid(node) {
-                resident += bytes;
-                continue;
-            }
-            if let Some(src) = c
-                .valid_nodes()
-                .min_by(|a, b| self.link(*a, node, bytes).total_cmp(&self.link(*b, node, bytes)))
-            {
-                time += self.link(src, node, bytes);
-                moves.push((d, src));
+            if self.coherence[d as usize].is_valid(node) {
+                let at = self.arrival[d as usize][node.index()];
+                if at <= self.now {
+                    resident += self.data_bytes[d as usize];
+                }
+                ready = ready.max(at);
+            } else if let Some((_, end)) = self.plan_copy(d, node) {
+                ready = ready.max(end);
             }
         }
-        (time, resident, moves)
+        (ready, resident)
     }
 
     /// Bytes task `t` reads that `p` writes.
@@ -385,16 +444,10 @@ impl<'a> State<'a> {
                 };
                 self.steals[w] += u64::from(stolen_from.is_some());
                 let node = self.node_of[w];
-                let (xfer, _, moves) = self.inputs(task, node);
-                for (d, src) in moves {
-                    let bytes = self.data_bytes[d as usize];
-                    let took = std::time::Duration::from_secs_f64(self.link(src, node, bytes));
-                    self.transfers.record(src, node, bytes, took);
-                    self.coherence[d as usize].record_read(node);
-                }
+                let start = self.fetch_inputs(task, node);
                 let compute = self.costs[task as usize][kind_index(self.kind_of[w])].unwrap_or(0.0);
-                let end = self.now + xfer + compute;
-                self.busy[w] += xfer + compute;
+                let end = start + compute;
+                self.busy[w] += compute;
                 self.tasks[w] += 1;
                 self.placement[task as usize] = me;
                 if let Some(ev) = &mut self.events {
@@ -418,6 +471,7 @@ impl<'a> State<'a> {
             for &(d, access) in &self.graph.accesses[rec.accesses.range()] {
                 if access.writes() {
                     self.coherence[d as usize].record_write(node);
+                    self.arrival[d as usize][node.index()] = self.now;
                 }
             }
             done += 1;
@@ -520,4 +574,9 @@ impl<'a> State<'a> {
             placement: self.placement,
         }
     }
+}
+
+/// The cost on the fastest class that can run the task.
+fn fastest(c: &[Option<f64>; 2]) -> f64 {
+    c.iter().flatten().copied().fold(f64::INFINITY, f64::min).min(f64::MAX)
 }

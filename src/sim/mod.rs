@@ -24,7 +24,7 @@ use crate::kernels::{GpuImpl, Kernel, Signature};
 use crate::sched::perfmodel::PerfModel;
 use crate::topology::{DeviceKind, GpuDesc, Machine};
 
-pub use bound::LowerBound;
+pub use bound::{gpu_advantage_threshold, LowerBound};
 pub use engine::{simulate, SimError, SimOptions, SimReport};
 
 /// A modelled machine.
