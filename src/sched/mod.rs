@@ -13,6 +13,7 @@
 //! - every task given to `place` is returned by exactly one later `next` (none is lost or
 //!   duplicated), provided some eligible worker keeps calling `next`.
 
+mod costs;
 mod eager;
 mod heft;
 mod locality;
@@ -23,6 +24,7 @@ mod ws;
 
 use std::fmt;
 
+pub use costs::{average, fastest, heft_plan, kind_index, rank_priorities, TaskCost};
 pub use eager::Eager;
 pub use heft::{upward_ranks, Heft, RandomPolicy};
 pub use locality::Locality;

@@ -15,8 +15,8 @@ use crate::graph::{Graph, GraphDatum};
 use crate::kernels::ElemType;
 use crate::memory::{Coherence, Node, Transfers};
 use crate::sched::{
-    upward_ranks, Eager, Heft, Locality, Pick, Plan, Policy, PolicyKind, RandomPolicy, ReadyQueues, SimQueues,
-    WorkStealing,
+    heft_plan, kind_index, rank_priorities, Eager, Locality, Pick, Plan, Policy, PolicyKind, RandomPolicy, ReadyQueues,
+    SimQueues, WorkStealing,
 };
 use crate::topology::{DeviceKind, WorkerId};
 use crate::trace::{NodeResidency, RunReport, TraceEvent, TraceLog, WorkerReport};
@@ -56,12 +56,6 @@ pub struct SimReport {
 
 const KINDS: [DeviceKind; 2] = [DeviceKind::Cpu, DeviceKind::Gpu];
 
-fn kind_index(k: DeviceKind) -> usize {
-    match k {
-        DeviceKind::Cpu => 0,
-        DeviceKind::Gpu => 1,
-    }
-}
 
 /// Simulates `graph` (built with [`SimMachine::kernel`] stand-ins) on `sm` under `policy`.
 pub fn simulate(graph: &Graph, sm: &SimMachine, policy: PolicyKind, opts: &SimOptions) -> Result<SimReport, SimError> {
@@ -93,12 +87,8 @@ pub fn simulate(graph: &Graph, sm: &SimMachine, policy: PolicyKind, opts: &SimOp
     let costs = task_costs(graph, sm, &data_bytes);
     let mut g = graph.clone();
     if matches!(policy, PolicyKind::Locality | PolicyKind::Heft) && graph.tasks.iter().all(|t| t.priority == 0) {
-        // Priorities from the critical path: upward rank on average costs.
-        let rank = upward_ranks(&edges, |t| fastest(&costs[t as usize]), |_, _| 0.0);
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&a, &b| rank[b].total_cmp(&rank[a]).then(a.cmp(&b)));
-        for (pos, &t) in order.iter().enumerate() {
-            g.tasks[t].priority = (n - pos) as i32;
+        for (t, p) in rank_priorities(&edges, &costs).into_iter().enumerate() {
+            g.tasks[t].priority = p;
         }
     }
     let compiled = compile(&g, &sm.machine, &infos)?;
@@ -141,17 +131,13 @@ pub fn simulate(graph: &Graph, sm: &SimMachine, policy: PolicyKind, opts: &SimOp
         }
         PolicyKind::Random => st.run(&RandomPolicy::new(0x5eed), &compiled.edges, &compiled.roots, plan),
         PolicyKind::Heft => {
-            let rank = upward_ranks(
-                &compiled.edges,
-                |t| average(&st.costs[t as usize], sm),
-                |p, t| st.mean_comm(p, t),
-            );
-            let heft = Heft::plan(
+            let heft = heft_plan(
                 plan,
                 &compiled.edges,
-                &rank,
-                |t, w| st.costs[t as usize][kind_index(st.kind_of[w.index()])],
+                &st.costs,
+                &st.kind_of,
                 |p, t, from, to| st.comm(p, t, st.node_of[from.index()], st.node_of[to.index()]),
+                |p, t| st.mean_comm(p, t),
             );
             st.run(&heft, &compiled.edges, &compiled.roots, plan)
         }
@@ -160,24 +146,6 @@ pub fn simulate(graph: &Graph, sm: &SimMachine, policy: PolicyKind, opts: &SimOp
     Ok(st.report(policy, sm, bound))
 }
 
-fn average(c: &[Option<f64>; 2], sm: &SimMachine) -> f64 {
-    let w = [
-        sm.machine.count(DeviceKind::Cpu) as f64,
-        sm.machine.count(DeviceKind::Gpu) as f64,
-    ];
-    let (mut sum, mut n) = (0.0, 0.0);
-    for k in 0..2 {
-        if let Some(v) = c[k] {
-            sum += v * w[k];
-            n += w[k];
-        }
-    }
-    if n > 0.0 {
-        sum / n
-    } else {
-        0.0
-    }
-}
 
 /// Per task: `[cpu, gpu]` cost from the machine's models.
 fn task_costs(graph: &Graph, sm: &SimMachine, data_bytes: &[u64]) -> Vec<[Option<f64>; 2]> {
@@ -576,7 +544,3 @@ impl<'a> State<'a> {
     }
 }
 
-/// The cost on the fastest class that can run the task.
-fn fastest(c: &[Option<f64>; 2]) -> f64 {
-    c.iter().flatten().copied().fold(f64::INFINITY, f64::min).min(f64::MAX)
-}

@@ -1,0 +1,76 @@
+//! Per-task costs as the planning policies and their drivers use them: expected compute time
+//! on each device kind, priorities from upward ranks, and HEFT's plan. Shared by the runtime
+//! and the simulator so that both plan the same way from the same costs.
+
+use super::heft::{upward_ranks, Heft};
+use super::Plan;
+use crate::graph::compile::Successors;
+use crate::topology::{DeviceKind, WorkerId};
+
+/// `[cpu, gpu]` expected seconds per task; `None` where unknown or impossible.
+pub type TaskCost = [Option<f64>; 2];
+
+/// The index of a kind in a [`TaskCost`].
+pub fn kind_index(k: DeviceKind) -> usize {
+    match k {
+        DeviceKind::Cpu => 0,
+        DeviceKind::Gpu => 1,
+    }
+}
+
+/// The cost on the fastest kind that can run the task (0 when none is known).
+pub fn fastest(c: &TaskCost) -> f64 {
+    let f = c.iter().flatten().copied().fold(f64::INFINITY, f64::min);
+    if f.is_finite() {
+        f
+    } else {
+        0.0
+    }
+}
+
+/// The cost averaged over the workers that can run the task.
+pub fn average(c: &TaskCost, cpus: usize, gpus: usize) -> f64 {
+    let w = [cpus as f64, gpus as f64];
+    let (mut sum, mut n) = (0.0, 0.0);
+    for k in 0..2 {
+        if let Some(v) = c[k] {
+            sum += v * w[k];
+            n += w[k];
+        }
+    }
+    if n > 0.0 {
+        sum / n
+    } else {
+        0.0
+    }
+}
+
+/// Priorities from the critical path: upward ranks on fastest-device costs, turned into
+/// ranks (the highest rank gets the highest priority).
+pub fn rank_priorities(edges: &Successors, costs: &[TaskCost]) -> Vec<i32> {
+    let n = costs.len();
+    let rank = upward_ranks(edges, |t| fastest(&costs[t as usize]), |_, _| 0.0);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| rank[b].total_cmp(&rank[a]).then(a.cmp(&b)));
+    let mut prio = vec![0i32; n];
+    for (pos, &t) in order.iter().enumerate() {
+        prio[t] = (n - pos) as i32;
+    }
+    prio
+}
+
+/// HEFT's plan from per-task costs: `kind_of[w]` gives each worker's kind, `comm(p, t, from,
+/// to)` the time to move `p`'s outputs read by `t` between two workers' memories.
+pub fn heft_plan(
+    plan: &Plan,
+    edges: &Successors,
+    costs: &[TaskCost],
+    kind_of: &[DeviceKind],
+    comm: impl Fn(u32, u32, WorkerId, WorkerId) -> f64,
+    mean_comm: impl Fn(u32, u32) -> f64,
+) -> Heft {
+    let cpus = kind_of.iter().filter(|k| **k == DeviceKind::Cpu).count();
+    let gpus = kind_of.len() - cpus;
+    let rank = upward_ranks(edges, |t| average(&costs[t as usize], cpus, gpus), mean_comm);
+    Heft::plan(plan, edges, &rank, |t, w| costs[t as usize][kind_index(kind_of[w.index()])], comm)
+}
