@@ -9,7 +9,7 @@ use hexec::{PolicyKind, Runtime};
 fn overhead(c: &mut Criterion) {
     let dask = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/workloads/dask");
     let shapes = Shape::standard(Some(&dask));
-    let runtimes: Vec<Runtime> = PolicyKind::ALL
+    let runtimes: Vec<Runtime> = [PolicyKind::Eager, PolicyKind::Ws, PolicyKind::Locality]
         .iter()
         .map(|&p| {
             Runtime::builder()

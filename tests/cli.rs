@@ -35,7 +35,7 @@ fn run_prints_the_summary_json_and_writes_a_trace() {
     }
     assert_eq!(v["tasks"], 3);
     assert_eq!(v["failed"], 0);
-    assert_eq!(v["policy"], "ws");
+    assert_eq!(v["policy"], "locality");
     let w = &v["workers"][0];
     for key in ["name", "class", "tasks", "busy_s"] {
         assert!(w.get(key).is_some(), "worker lacks {key}: {w}");

@@ -48,6 +48,10 @@ enum Command {
         /// Print the summary as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Performance-model file: read before the run when it exists, written after it
+        /// with what the run measured.
+        #[arg(long)]
+        model: Option<PathBuf>,
         #[command(flatten)]
         machine: MachineArgs,
     },
@@ -157,8 +161,8 @@ enum BenchCommand {
 
 #[derive(Args, Clone)]
 struct MachineArgs {
-    /// Scheduling policy: eager or ws.
-    #[arg(long, default_value = "ws")]
+    /// Scheduling policy: locality, ws, eager, heft or random.
+    #[arg(long, default_value = "locality")]
     policy: PolicyKind,
     /// Use only the first N cores.
     #[arg(long)]
@@ -230,9 +234,18 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             time_scale,
             trace,
             json,
+            model,
             machine,
         } => {
-            let rt = machine.builder().build()?;
+            let mut builder = machine.builder();
+            if let Some(path) = model.as_ref().filter(|p| p.exists()) {
+                builder = builder
+                    .perf_model(hexec::sched::perfmodel::PerfModel::load(path)?)
+                    .calibrate(true);
+            } else if model.is_some() {
+                builder = builder.calibrate(true);
+            }
+            let rt = builder.build()?;
             let spec = formats::load(&graph, format)?;
             let g = spec.build(
                 &rt,
@@ -241,7 +254,11 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                     empty_tasks: false,
                 },
             )?;
-            run_and_report(&rt, &g, trace, json, None)
+            let result = run_and_report(&rt, &g, trace, json, None);
+            if let Some(path) = &model {
+                rt.perf_model().save(path)?;
+            }
+            result
         }
         Command::Demo {
             tiles,
@@ -397,7 +414,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             let cfg = OverheadConfig {
                 cpus,
                 reps: reps.max(1),
-                policies: PolicyKind::ALL.to_vec(),
+                policies: vec![PolicyKind::Eager, PolicyKind::Ws, PolicyKind::Locality],
             };
             let rows = overhead::measure(&shapes, &cfg)?;
             if json {

@@ -118,6 +118,18 @@ pub const MAX_TASKS: usize = u32::MAX as usize - 1;
 
 /// Validates `graph` for `machine` and builds its executable form.
 pub fn compile(graph: &Graph, machine: &Machine, data: &[DatumInfo<'_>]) -> Result<CompiledGraph, SubmitError> {
+    compile_with_priorities(graph, machine, data, None)
+}
+
+/// [`compile`] with priorities that replace the tasks' own (planning policies derive them
+/// from the critical path).
+pub fn compile_with_priorities(
+    graph: &Graph,
+    machine: &Machine,
+    data: &[DatumInfo<'_>],
+    priorities: Option<&[i32]>,
+) -> Result<CompiledGraph, SubmitError> {
+    let priority_of = |t: usize| priorities.map_or(graph.tasks[t].priority, |p| p[t]);
     let n = graph.len();
     if n > MAX_TASKS {
         return Err(SubmitError::TooLarge {
@@ -167,11 +179,12 @@ pub fn compile(graph: &Graph, machine: &Machine, data: &[DatumInfo<'_>]) -> Resu
         task_set.push(set);
     }
 
-    let (task_band, num_bands) = priority_bands(graph);
+    let prios: Vec<i32> = (0..n).map(priority_of).collect();
+    let (task_band, num_bands) = priority_bands(&prios);
 
     let edges = Successors::of(graph);
     let mut roots: Vec<u32> = (0..n as u32).filter(|&t| edges.indegree[t as usize] == 0).collect();
-    roots.sort_by_key(|&t| std::cmp::Reverse(graph.tasks[t as usize].priority));
+    roots.sort_by_key(|&t| std::cmp::Reverse(prios[t as usize]));
 
     let plan = Plan::new(
         task_set,
@@ -231,12 +244,12 @@ fn check_accesses(
 
 /// Maps priorities to bands: each distinct priority its own band when there are at most
 /// [`MAX_BANDS`], else folded by rank. Band 0 is the highest priority.
-fn priority_bands(graph: &Graph) -> (Vec<u8>, u8) {
-    let first = graph.tasks.first().map_or(0, |t| t.priority);
-    if graph.tasks.iter().all(|t| t.priority == first) {
-        return (vec![0; graph.len()], 1);
+fn priority_bands(prios: &[i32]) -> (Vec<u8>, u8) {
+    let first = prios.first().copied().unwrap_or(0);
+    if prios.iter().all(|&p| p == first) {
+        return (vec![0; prios.len()], 1);
     }
-    let mut distinct: Vec<i32> = graph.tasks.iter().map(|t| t.priority).collect();
+    let mut distinct: Vec<i32> = prios.to_vec();
     distinct.sort_unstable_by(|a, b| b.cmp(a));
     distinct.dedup();
     let k = distinct.len();
@@ -245,7 +258,7 @@ fn priority_bands(graph: &Graph) -> (Vec<u8>, u8) {
         let rank = distinct.binary_search_by(|x| p.cmp(x)).unwrap_or(0);
         (rank * bands / k) as u8
     };
-    (graph.tasks.iter().map(|t| band_of(t.priority)).collect(), bands as u8)
+    (prios.iter().map(|&p| band_of(p)).collect(), bands as u8)
 }
 
 /// Computes and deduplicates eligibility sets.

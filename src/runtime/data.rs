@@ -160,6 +160,14 @@ impl DataCell {
         Ok(())
     }
 
+    /// Whether `node` holds a valid copy.
+    pub fn is_valid_on(&self, node: Node) -> bool {
+        match node {
+            Node::Host => self.host_valid.load(Ordering::Acquire),
+            _ => self.coherence.lock().unwrap_or_else(|e| e.into_inner()).is_valid(node),
+        }
+    }
+
     /// Nodes holding a valid copy.
     pub fn valid_nodes(&self) -> Vec<Node> {
         self.coherence

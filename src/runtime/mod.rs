@@ -7,6 +7,7 @@
 //! No global state: runtimes can be created, used and dropped many times in one process.
 
 mod cores;
+mod costs;
 mod data;
 mod queues;
 mod sleep;
@@ -20,10 +21,13 @@ use crossbeam_utils::CachePadded;
 use hexec_kernels::{ElemType, Element, KernelRegistry};
 
 use crate::gpu::{GpuDevice, GpuError, GpuRequest};
-use crate::graph::compile::{compile, DatumInfo, SubmitError};
+use crate::graph::compile::{compile_with_priorities, DatumInfo, SubmitError, Successors};
 use crate::graph::{Data, Graph, GraphDatum};
 use crate::memory::Transfers;
-use crate::sched::{Eager, Heft, Locality, Policy, PolicyKind, RandomPolicy, WorkStealing};
+use crate::sched::perfmodel::PerfModel;
+use crate::sched::{
+    heft_plan, rank_priorities, Eager, Locality, Policy, PolicyKind, RandomPolicy, TaskCost, WorkStealing,
+};
 use crate::topology::{discover, HwTopology, Machine, TopologyError, WorkerId};
 use crate::trace::{RunReport, TraceLog, WorkerReport};
 
@@ -91,6 +95,16 @@ pub enum BuildError {
     NoWorkers,
 }
 
+/// What a run works on, prepared by `run_with`.
+struct RunData<'a> {
+    compiled: &'a crate::graph::compile::CompiledGraph,
+    bound: &'a [BoundDatum],
+    cells: &'a [Option<Arc<data::DataCell>>],
+    data_bytes: &'a [u64],
+    /// Expected costs per task (planning policies only; empty otherwise).
+    costs: Vec<TaskCost>,
+}
+
 /// Options of one run.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunOptions {
@@ -106,10 +120,12 @@ pub struct RuntimeBuilder {
     no_pin: bool,
     machine: Option<Machine>,
     gpus: Option<GpuRequest>,
+    model: Option<PerfModel>,
+    calibrate: bool,
 }
 
 impl RuntimeBuilder {
-    /// The scheduling policy (default `ws`).
+    /// The scheduling policy (default `locality`).
     pub fn policy(mut self, p: PolicyKind) -> Self {
         self.policy = p;
         self
@@ -124,6 +140,19 @@ impl RuntimeBuilder {
     /// Do not pin worker threads to their cores.
     pub fn no_pinning(mut self) -> Self {
         self.no_pin = true;
+        self
+    }
+
+    /// Starts from this performance model (for example one saved by an earlier process).
+    pub fn perf_model(mut self, m: PerfModel) -> Self {
+        self.model = Some(m);
+        self
+    }
+
+    /// Measure every task's kernel time into the performance model, whatever the policy
+    /// (`locality` and `heft` always do).
+    pub fn calibrate(mut self, on: bool) -> Self {
+        self.calibrate = on;
         self
     }
 
@@ -180,6 +209,9 @@ impl RuntimeBuilder {
             policy: self.policy,
             store: DataStore::new(id, gpus.len()),
             gpus,
+            model: Mutex::new(self.model.unwrap_or_default()),
+            calibrate: self.calibrate,
+            links: Mutex::new((0.0, 0.0)),
             registry: KernelRegistry::with_builtins(),
         })
     }
@@ -208,6 +240,10 @@ pub struct Runtime {
     store: DataStore,
     registry: KernelRegistry,
     gpus: Vec<Arc<GpuDevice>>,
+    model: Mutex<PerfModel>,
+    calibrate: bool,
+    /// Bytes and seconds of host↔GPU copies measured so far.
+    links: Mutex<(f64, f64)>,
 }
 
 impl Runtime {
@@ -314,7 +350,19 @@ impl Runtime {
                 (GraphDatum::Stored { .. }, None) => unreachable!("resolve binds every stored datum"),
             })
             .collect();
-        let compiled = compile(graph, &self.machine, &infos)?;
+        let data_bytes: Vec<u64> = infos.iter().map(|i| i.bytes).collect();
+        let planning = matches!(self.policy, PolicyKind::Locality | PolicyKind::Heft);
+        // Planning policies get expected costs from the model, and priorities from the
+        // critical path unless the graph sets its own.
+        let task_costs = if planning {
+            let model = self.model.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            costs::model_costs(graph, &model, &costs::task_sizes(graph, &data_bytes))
+        } else {
+            Vec::new()
+        };
+        let priorities = (planning && graph.tasks.iter().all(|t| t.priority == 0))
+            .then(|| rank_priorities(&Successors::of(graph), &task_costs));
+        let compiled = compile_with_priorities(graph, &self.machine, &infos, priorities.as_deref())?;
         let bound: Vec<BoundDatum> = cells
             .iter()
             .zip(&infos)
@@ -332,21 +380,47 @@ impl Runtime {
             })
             .collect();
         let _held = AcquiredData::acquire(cells.iter().flatten().cloned().collect())?;
+        let data = RunData {
+            compiled: &compiled,
+            bound: &bound,
+            cells: &cells,
+            data_bytes: &data_bytes,
+            costs: task_costs,
+        };
         match self.policy {
-            PolicyKind::Eager => self.execute(&Eager, graph, &compiled, &bound, &cells, opts),
-            PolicyKind::Ws => self.execute(&WorkStealing, graph, &compiled, &bound, &cells, opts),
-            // The runtime does not calibrate performance models yet: without costs, locality
-            // and heft place tasks as eager does (documented in sched::locality/heft).
-            PolicyKind::Locality => self.execute(
-                &Locality::new(self.machine.num_workers()),
-                graph,
-                &compiled,
-                &bound,
-                &cells,
-                opts,
-            ),
-            PolicyKind::Heft => self.execute(&Heft::uncalibrated(), graph, &compiled, &bound, &cells, opts),
-            PolicyKind::Random => self.execute(&RandomPolicy::new(0x5eed), graph, &compiled, &bound, &cells, opts),
+            PolicyKind::Eager => self.execute(&Eager, graph, data, opts),
+            PolicyKind::Ws => self.execute(&WorkStealing, graph, data, opts),
+            // Without a model for a task, locality and heft place it as eager does.
+            PolicyKind::Locality => self.execute(&Locality::new(self.machine.num_workers()), graph, data, opts),
+            PolicyKind::Heft => {
+                let kinds: Vec<crate::DeviceKind> = self.machine.workers.iter().map(|w| w.kind).collect();
+                let nodes = costs::nodes_of(&self.machine);
+                let (bw, lat) = self.link_model();
+                let comm = |p: u32, t: u32| {
+                    let bytes = costs::shared_bytes(graph, &data_bytes, p, t);
+                    if bytes == 0 {
+                        0.0
+                    } else {
+                        lat + bytes as f64 / bw
+                    }
+                };
+                let heft = heft_plan(
+                    &compiled.plan,
+                    &compiled.edges,
+                    &data.costs,
+                    &kinds,
+                    |p, t, from, to| {
+                        if nodes[from.index()] == nodes[to.index()] {
+                            0.0
+                        } else {
+                            comm(p, t)
+                        }
+                    },
+                    |p, t| if self.gpus.is_empty() { 0.0 } else { comm(p, t) },
+                );
+                self.execute(&heft, graph, data, opts)
+            }
+            PolicyKind::Random => self.execute(&RandomPolicy::new(0x5eed), graph, data, opts),
         }
     }
 
@@ -384,15 +458,58 @@ impl Runtime {
             .collect()
     }
 
+    /// Bandwidth (bytes/s) and latency (s) of host↔GPU copies: measured over earlier runs once
+    /// a megabyte has moved, else the defaults.
+    fn link_model(&self) -> (f64, f64) {
+        let (bytes, secs) = *self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if bytes > 1e6 && secs > 0.0 {
+            (bytes / secs, costs::DEFAULT_LATENCY)
+        } else {
+            (costs::DEFAULT_BANDWIDTH, costs::DEFAULT_LATENCY)
+        }
+    }
+
+    /// Adds a run's measured kernel times to the model, and its transfers to the link model.
+    fn learn(&self, graph: &Graph, data_bytes: &[u64], stats: &[WorkerStats], transfers: &Transfers) {
+        let sizes = costs::task_sizes(graph, data_bytes);
+        let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+        for (w, st) in stats.iter().enumerate() {
+            let kind = self.machine.workers[w].kind.to_string();
+            for &(task, secs) in &st.samples {
+                model.record(graph.task_kernel(task as usize), &kind, sizes[task as usize], secs);
+            }
+        }
+        drop(model);
+        let (bytes, secs) = transfers
+            .links()
+            .iter()
+            .fold((0.0, 0.0), |(b, s), l| (b + l.bytes as f64, s + l.seconds));
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.0 += bytes;
+        links.1 += secs;
+    }
+
+    /// A copy of the performance model (what runs have measured, plus what the builder gave).
+    pub fn perf_model(&self) -> PerfModel {
+        self.model.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn execute<P: Policy>(
         &self,
         policy: &P,
         graph: &Graph,
-        compiled: &crate::graph::compile::CompiledGraph,
-        bound: &[BoundDatum],
-        cells: &[Option<Arc<data::DataCell>>],
+        data: RunData<'_>,
         opts: RunOptions,
     ) -> Result<RunReport, RunError> {
+        let RunData {
+            compiled,
+            bound,
+            cells,
+            data_bytes,
+            costs: task_costs,
+        } = data;
+        let planning = matches!(self.policy, PolicyKind::Locality | PolicyKind::Heft);
+        let calibrate = self.calibrate || planning;
         let n = graph.len();
         let plan = &compiled.plan;
         let (shared, deques) = SharedQueues::new(plan);
@@ -430,7 +547,20 @@ impl Runtime {
             start: run_start,
             prefetched: AtomicU64::new(0),
             record_trace: opts.record_trace,
+            calibrate,
         };
+        let (bandwidth, latency) = self.link_model();
+        let view = planning.then(|| costs::CostView {
+            start: run_start,
+            costs: task_costs,
+            kind_of: self.machine.workers.iter().map(|w| w.kind).collect(),
+            node_of: costs::nodes_of(&self.machine),
+            graph,
+            cells,
+            data_bytes,
+            bandwidth,
+            latency,
+        });
         // A task placed in a GPU's mailbox has its inputs copied there right away, while that
         // GPU may still be busy with earlier work.
         let prefetch = |task: u32, w: WorkerId| {
@@ -442,7 +572,7 @@ impl Runtime {
         let mut locals: Vec<LocalQueues<'_>> = deques
             .into_iter()
             .enumerate()
-            .map(|(i, d)| LocalQueues::new(WorkerId(i as u32), d, &shared, plan, prefetch))
+            .map(|(i, d)| LocalQueues::new(WorkerId(i as u32), d, &shared, plan, prefetch, view.as_ref()))
             .collect();
         for &r in &compiled.roots {
             policy.place(plan, &mut locals[0], r, None);
@@ -511,6 +641,9 @@ impl Runtime {
             Ok(stats)
         })?;
         let makespan = started.elapsed();
+        if calibrate {
+            self.learn(graph, data_bytes, &stats, &run.transfers);
+        }
         let failures = run.failures.into_inner().unwrap_or_else(|e| e.into_inner());
         let sum = |f: fn(&WorkerStats) -> u64| stats.iter().map(f).sum::<u64>();
         let workers = stats

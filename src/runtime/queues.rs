@@ -4,6 +4,7 @@
 
 use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 
+use super::costs::CostView;
 use super::sleep::Sleep;
 use crate::sched::{Plan, ReadyQueues};
 use crate::topology::WorkerId;
@@ -26,6 +27,8 @@ pub(crate) struct LocalQueues<'a> {
     plan: &'a Plan,
     /// Called after a task is put in a worker's mailbox, to start copying its inputs there.
     prefetch: Option<&'a (dyn Fn(u32, WorkerId) + Sync)>,
+    /// Costs for planning policies (none for `eager` and `ws`).
+    costs: Option<&'a CostView<'a>>,
 }
 
 /// Starts the transfers of a task placed on a worker, before that worker takes it.
@@ -56,12 +59,14 @@ impl<'a> LocalQueues<'a> {
         shared: &'a SharedQueues,
         plan: &'a Plan,
         prefetch: Option<Prefetch<'a>>,
+        costs: Option<&'a CostView<'a>>,
     ) -> Self {
         LocalQueues {
             me,
             deque,
             shared,
             prefetch,
+            costs,
             plan,
         }
     }
@@ -136,6 +141,18 @@ impl ReadyQueues for LocalQueues<'_> {
             return None;
         }
         retry(|| q.steal())
+    }
+
+    fn now(&self) -> f64 {
+        self.costs.map_or(0.0, CostView::now)
+    }
+
+    fn compute_time(&self, task: u32, worker: WorkerId) -> Option<f64> {
+        self.costs?.compute_time(task, worker)
+    }
+
+    fn transfer(&self, task: u32, worker: WorkerId) -> (f64, u64) {
+        self.costs.map_or((0.0, 0), |c| c.transfer(task, worker))
     }
 
     fn steal(&mut self, _thief: WorkerId, victim: WorkerId) -> Option<u32> {

@@ -57,6 +57,8 @@ pub(crate) struct RunState<'a> {
     pub record_trace: bool,
     /// Tasks whose inputs were copied to their GPU when they were placed.
     pub prefetched: std::sync::atomic::AtomicU64,
+    /// Time every kernel for the performance model.
+    pub calibrate: bool,
 }
 
 impl RunState<'_> {
@@ -97,6 +99,8 @@ pub(crate) struct WorkerStats {
     pub wall: Duration,
     /// GPU kernel time from timestamp queries (GPU workers on devices that have them).
     pub kernel_s: f64,
+    /// Measured (task, seconds) for the performance model, when calibrating.
+    pub samples: Vec<(u32, f64)>,
     pub events: Vec<TraceEvent>,
 }
 
@@ -339,6 +343,7 @@ fn finish_gpu_batch<P: Policy>(
         .map(Some)
         .collect();
     let ended = run.start.elapsed();
+    let batch_len = staged.tasks.len().max(1);
     for (task, staging) in staged.tasks {
         let outcome = match staging {
             Staging::Skipped => {
@@ -362,6 +367,11 @@ fn finish_gpu_batch<P: Policy>(
                 }
                 stats.completed += 1;
                 stats.kernel_s += kernel_s.unwrap_or(0.0);
+                if run.calibrate {
+                    // GPU time from timestamps, else this task's share of the batch.
+                    let share = (ended - staged.started).as_secs_f64() / batch_len as f64;
+                    stats.samples.push((task, kernel_s.unwrap_or(share)));
+                }
                 if run.record_trace {
                     stats.events.push(TraceEvent {
                         task,
@@ -450,9 +460,12 @@ fn execute<'a>(
     let _span =
         tracing::trace_span!("task", id = task, name = %TaskLabel(graph, task), kernel = graph.task_kernel(task as usize))
             .entered();
-    let started = run.record_trace.then(|| run.start.elapsed());
+    let started = (run.record_trace || run.calibrate).then(|| run.start.elapsed());
     let outcome = execute_cpu(run, task, operands);
-    if let Some(s) = started {
+    if let (true, Some(s), Ok(())) = (run.calibrate, started, &outcome) {
+        stats.samples.push((task, (run.start.elapsed() - s).as_secs_f64()));
+    }
+    if let (true, Some(s)) = (run.record_trace, started) {
         let end = run.start.elapsed();
         stats.events.push(TraceEvent {
             task,

@@ -72,5 +72,11 @@ pub fn heft_plan(
     let cpus = kind_of.iter().filter(|k| **k == DeviceKind::Cpu).count();
     let gpus = kind_of.len() - cpus;
     let rank = upward_ranks(edges, |t| average(&costs[t as usize], cpus, gpus), mean_comm);
-    Heft::plan(plan, edges, &rank, |t, w| costs[t as usize][kind_index(kind_of[w.index()])], comm)
+    Heft::plan(
+        plan,
+        edges,
+        &rank,
+        |t, w| costs[t as usize][kind_index(kind_of[w.index()])],
+        comm,
+    )
 }

@@ -69,9 +69,10 @@ pub enum PolicyKind {
     /// Shared ready queues; a worker takes the first task it may run.
     Eager,
     /// Per-worker deques and compatibility-aware stealing, victims by locality.
-    #[default]
     Ws,
-    /// Earliest expected finish, transfers included; steals only when it pays.
+    /// Earliest expected finish, transfers included; steals only when it pays. The default:
+    /// without a performance model it places like `eager`, and it measures one as it runs.
+    #[default]
     Locality,
     /// Static list scheduling by upward rank.
     Heft,

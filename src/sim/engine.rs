@@ -56,7 +56,6 @@ pub struct SimReport {
 
 const KINDS: [DeviceKind; 2] = [DeviceKind::Cpu, DeviceKind::Gpu];
 
-
 /// Simulates `graph` (built with [`SimMachine::kernel`] stand-ins) on `sm` under `policy`.
 pub fn simulate(graph: &Graph, sm: &SimMachine, policy: PolicyKind, opts: &SimOptions) -> Result<SimReport, SimError> {
     let n = graph.len();
@@ -145,7 +144,6 @@ pub fn simulate(graph: &Graph, sm: &SimMachine, policy: PolicyKind, opts: &SimOp
     placed?;
     Ok(st.report(policy, sm, bound))
 }
-
 
 /// Per task: `[cpu, gpu]` cost from the machine's models.
 fn task_costs(graph: &Graph, sm: &SimMachine, data_bytes: &[u64]) -> Vec<[Option<f64>; 2]> {
@@ -543,4 +541,3 @@ impl<'a> State<'a> {
         }
     }
 }
-

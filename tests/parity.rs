@@ -1,0 +1,107 @@
+//! One scheduling core, two drivers: given the same graph and the same performance model, a
+//! policy makes the same placement decisions in the real runtime and in the simulator.
+
+use hexec::graph::formats::{BuildOptions, DataSpec, GraphSpec, TaskSpec};
+use hexec::sched::perfmodel::PerfModel;
+use hexec::sim::{simulate, SimMachine, SimOptions};
+use hexec::{Machine, PolicyKind, RunOptions, Runtime};
+
+/// A small diamond-rich DAG whose tasks differ by the sizes of the data they touch, so that
+/// the model gives them different costs.
+fn graph() -> (GraphSpec, PerfModel) {
+    let mut spec = GraphSpec::new(Some("parity".into()));
+    let sizes = [1u64 << 10, 1 << 14, 1 << 18, 1 << 20, 1 << 22];
+    for (i, &b) in sizes.iter().enumerate() {
+        spec.data.push(DataSpec {
+            name: format!("d{i}"),
+            elem: None,
+            len: None,
+            bytes: Some(b),
+            init: None,
+            read_only: false,
+        });
+    }
+    let mut model = PerfModel::new();
+    let layout: [(&str, &[(usize, &str)]); 10] = [
+        ("a", &[(0, "w")]),
+        ("b", &[(1, "w")]),
+        ("c", &[(2, "w")]),
+        ("d", &[(0, "r"), (3, "w")]),
+        ("e", &[(1, "r"), (4, "w")]),
+        ("f", &[(2, "r"), (0, "rw")]),
+        ("g", &[(3, "r"), (1, "rw")]),
+        ("h", &[(4, "r"), (2, "rw")]),
+        ("i", &[(0, "r"), (1, "r"), (3, "rw")]),
+        ("j", &[(2, "r"), (3, "r"), (4, "rw")]),
+    ];
+    for (name, acc) in layout {
+        let mut t = TaskSpec::replay(name.into(), 0.0005);
+        t.access = acc.iter().map(|&(d, m)| (format!("d{d}"), m.to_string())).collect();
+        let size: u64 = acc.iter().map(|&(d, _)| sizes[d]).sum();
+        // Cost grows with size, well apart between tasks.
+        for _ in 0..5 {
+            model.record("spin", "cpu", size, 1e-4 * (size as f64).log2());
+        }
+        spec.tasks.push(t);
+    }
+    (spec, model)
+}
+
+#[test]
+fn heft_places_identically_in_the_runtime_and_the_simulator() {
+    let (spec, model) = graph();
+    let rt = Runtime::builder()
+        .machine(Machine::synthetic_cpus(3))
+        .policy(PolicyKind::Heft)
+        .perf_model(model.clone())
+        .build()
+        .unwrap();
+    let g = spec.build(&rt, &BuildOptions::default()).unwrap();
+    let report = rt.run_with(&g, RunOptions { record_trace: true }).unwrap();
+    let mut real = vec![usize::MAX; g.len()];
+    for (w, events) in report.trace.as_ref().unwrap().per_worker.iter().enumerate() {
+        for e in events {
+            real[e.task as usize] = w;
+        }
+    }
+
+    let mut sm = SimMachine::parse("cpus:3").unwrap();
+    sm.model = model;
+    let sg = spec.build_virtual(&|k| sm.kernel(k), &BuildOptions::default()).unwrap();
+    let sim = simulate(&sg, &sm, PolicyKind::Heft, &SimOptions::default()).unwrap();
+    let simulated: Vec<usize> = sim.placement.iter().map(|w| w.index()).collect();
+
+    assert_eq!(real, simulated, "runtime and simulator placed tasks differently");
+    // And the plan is not trivial: it uses more than one worker.
+    let mut used = simulated.clone();
+    used.sort_unstable();
+    used.dedup();
+    assert!(used.len() > 1, "{simulated:?}");
+}
+
+#[test]
+fn the_runtime_learns_a_model_that_locality_then_uses() {
+    let (spec, _) = graph();
+    let rt = Runtime::builder()
+        .machine(Machine::synthetic_cpus(2))
+        .policy(PolicyKind::Locality)
+        .build()
+        .unwrap();
+    let g = spec
+        .build(
+            &rt,
+            &BuildOptions {
+                time_scale: 0.2,
+                empty_tasks: false,
+            },
+        )
+        .unwrap();
+    assert!(!rt.perf_model().knows("spin", "cpu"));
+    rt.run(&g).unwrap();
+    let model = rt.perf_model();
+    assert!(model.knows("spin", "cpu"), "the first run calibrates the model");
+    let t = model.expected("spin", "cpu", 1 << 10).unwrap();
+    assert!((0.0001 * 0.9..0.05).contains(&t), "spin of 0.1 ms measured as {t}");
+    // The second run plans with it (and still completes correctly).
+    assert_eq!(rt.run(&g).unwrap().completed, g.len());
+}
