@@ -1,10 +1,11 @@
 //! `locality`: earliest expected finish, paying for data movement.
 //!
 //! A ready task goes to the eligible worker with the earliest expected finish: when that
-//! worker frees up (its queued work, as this policy placed it), plus the time to bring the
-//! inputs it does not hold, plus the expected compute time. Ties go to the worker holding the
-//! most input bytes. An idle worker steals from workers of its own class only when it would
-//! finish the stolen task sooner, transfer included, than its owner would.
+//! worker could start it (after its running task and the planned work queued in the same or
+//! higher priority bands), or when its inputs can be there if later (copies start at
+//! placement), plus the expected compute time. Ties go to the worker holding the most input
+//! bytes. An idle worker steals from workers of its own class only when it would finish the
+//! stolen task sooner, transfer included, than its owner could.
 //!
 //! Until the performance model knows a task's cost on every eligible worker, the task is
 //! placed as `eager` places it (a shared queue), so an uncalibrated run is sensible.
@@ -14,20 +15,42 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::{place_unpreferred, take_queued, Pick, Plan, Policy, ReadyQueues};
 use crate::topology::{DeviceKind, WorkerId};
 
-/// The locality policy. Holds, per worker, the expected time its queued work ends.
+/// The locality policy. Per worker, it keeps when the running task should end and how much
+/// planned work waits in each priority band: a task placed in band `b` starts after the work
+/// queued in bands up to `b` (higher bands are served first).
 #[derive(Debug)]
 pub struct Locality {
-    free_at: Vec<AtomicU64>,
+    running_end: Vec<AtomicU64>,
+    /// `[worker][band]`: expected seconds of work queued there.
+    queued: Vec<Vec<AtomicU64>>,
     /// With the device split of the area-optimal schedule: the CPU/GPU time ratio below
     /// which a task goes to CPUs, and each worker's kind.
     split: Option<(f64, Vec<DeviceKind>)>,
 }
 
+fn load(a: &AtomicU64) -> f64 {
+    f64::from_bits(a.load(Ordering::Relaxed))
+}
+
+fn store(a: &AtomicU64, v: f64) {
+    a.store(v.to_bits(), Ordering::Relaxed);
+}
+
+fn add(a: &AtomicU64, d: f64) {
+    let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| {
+        Some((f64::from_bits(x) + d).max(0.0).to_bits())
+    });
+}
+
 impl Locality {
     /// For a machine of `workers` workers.
     pub fn new(workers: usize) -> Self {
+        let zero = || AtomicU64::new(0f64.to_bits());
         Locality {
-            free_at: (0..workers).map(|_| AtomicU64::new(0f64.to_bits())).collect(),
+            running_end: (0..workers).map(|_| zero()).collect(),
+            queued: (0..workers)
+                .map(|_| (0..super::MAX_BANDS).map(|_| zero()).collect())
+                .collect(),
             split: None,
         }
     }
@@ -63,20 +86,43 @@ impl Locality {
         }
     }
 
-    fn free_at(&self, w: WorkerId) -> f64 {
-        f64::from_bits(self.free_at[w.index()].load(Ordering::Relaxed))
+    /// When `w` could start a task of band `band`: after its running task and the work
+    /// queued in bands up to `band`.
+    fn start_on(&self, w: WorkerId, band: u8, now: f64) -> f64 {
+        let ahead: f64 = self.queued[w.index()].iter().take(band as usize + 1).map(load).sum();
+        now.max(load(&self.running_end[w.index()])) + ahead
     }
 
-    fn set_free_at(&self, w: WorkerId, t: f64) {
-        self.free_at[w.index()].store(t.to_bits(), Ordering::Relaxed);
-    }
-
-    /// Expected finish of `task` on `w` if it starts after `w`'s queued work. Input copies
-    /// start when the task is placed (prefetch), so they overlap that queued work.
-    fn finish_on<Q: ReadyQueues>(&self, q: &Q, task: u32, w: WorkerId, now: f64) -> Option<(f64, u64)> {
+    /// Expected finish of `task` on `w`, with its input copies started now (prefetch), so
+    /// that they overlap the work ahead of it.
+    fn finish_on<Q: ReadyQueues>(&self, plan: &Plan, q: &Q, task: u32, w: WorkerId, now: f64) -> Option<(f64, u64)> {
         let compute = q.compute_time(task, w)?;
         let (transfer, resident) = q.transfer(task, w);
-        Some((now.max(self.free_at(w)).max(now + transfer) + compute, resident))
+        Some((
+            self.start_on(w, plan.band(task), now).max(now + transfer) + compute,
+            resident,
+        ))
+    }
+
+    /// `worker` starts `task`, which was planned on `owner`.
+    fn started<Q: ReadyQueues>(
+        &self,
+        plan: &Plan,
+        q: &Q,
+        task: u32,
+        worker: WorkerId,
+        owner: Option<WorkerId>,
+        now: f64,
+    ) {
+        if let Some(o) = owner {
+            if let Some(c) = q.compute_time(task, o) {
+                add(&self.queued[o.index()][plan.band(task) as usize], -c);
+            }
+        }
+        store(
+            &self.running_end[worker.index()],
+            now + q.compute_time(task, worker).unwrap_or(0.0),
+        );
     }
 }
 
@@ -105,25 +151,25 @@ impl Policy for Locality {
             {
                 continue;
             }
-            let Some((finish, resident)) = self.finish_on(q, task, w, now) else {
+            let Some((finish, resident)) = self.finish_on(plan, q, task, w, now) else {
                 // Not calibrated for this worker: share the task as eager would.
                 return place_unpreferred(plan, q, task);
             };
+            let tie = TIE * finish.abs().max(1e-12);
             let better = match best {
                 None => true,
-                Some((bf, br, _)) => {
-                    finish < bf - TIE * bf.abs().max(1e-12)
-                        || ((finish - bf).abs() <= TIE * bf.abs().max(1e-12) && resident > br)
-                }
+                Some((bf, br, _)) => finish < bf - tie || ((finish - bf).abs() <= tie && resident > br),
             };
             if better {
                 best = Some((finish, resident, w));
             }
         }
-        let Some((finish, _, w)) = best else {
+        let Some((_, _, w)) = best else {
             return place_unpreferred(plan, q, task);
         };
-        self.set_free_at(w, finish);
+        if let Some(c) = q.compute_time(task, w) {
+            add(&self.queued[w.index()][plan.band(task) as usize], c);
+        }
         if releasing == Some(w) {
             q.push_local(w, task);
         } else {
@@ -132,30 +178,45 @@ impl Policy for Locality {
     }
 
     fn next<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, worker: WorkerId) -> Option<Pick> {
-        if let Some(task) = q.pop_local(worker).or_else(|| take_queued(plan, q, worker, false)) {
+        let now = q.now();
+        // Planned work first (own deque, then mailbox by band), then shared (unplanned) work.
+        let planned = q
+            .pop_local(worker)
+            .or_else(|| (0..plan.num_bands()).find_map(|b| q.pop_mailbox(worker, b)));
+        if let Some(task) = planned {
+            self.started(plan, q, task, worker, Some(worker), now);
             return Some(Pick {
                 task,
                 stolen_from: None,
             });
         }
-        let now = q.now();
-        self.set_free_at(worker, now);
+        if let Some(task) = take_queued(plan, q, worker, false) {
+            self.started(plan, q, task, worker, None, now);
+            return Some(Pick {
+                task,
+                stolen_from: None,
+            });
+        }
+        // Idle: nothing is queued here any more.
+        store(&self.running_end[worker.index()], now);
+        self.queued[worker.index()].iter().for_each(|b| store(b, 0.0));
         for &victim in plan.victims(worker) {
             for band in 0..plan.num_bands() {
                 let stolen = q
                     .steal_mailbox(worker, victim, band)
-                    .map(|t| (t, true))
-                    .or_else(|| q.steal(worker, victim).map(|t| (t, false)));
-                let Some((task, from_mailbox)) = stolen else { continue };
+                    .or_else(|| q.steal(worker, victim));
+                let Some(task) = stolen else { continue };
                 if !plan.eligible(task, worker) {
                     place_unpreferred(plan, q, task);
                     continue;
                 }
-                let mine = self.finish_on(q, task, worker, now).map(|(f, _)| f);
-                let theirs = self.free_at(victim);
-                match mine {
-                    Some(f) if f < theirs => {
-                        self.set_free_at(worker, f);
+                let mine = self.finish_on(plan, q, task, worker, now).map(|(f, _)| f);
+                let theirs = q
+                    .compute_time(task, victim)
+                    .map(|c| self.start_on(victim, plan.band(task), now) + c);
+                match (mine, theirs) {
+                    (Some(m), Some(t)) if m < t => {
+                        self.started(plan, q, task, worker, Some(victim), now);
                         return Some(Pick {
                             task,
                             stolen_from: Some(victim),
@@ -163,11 +224,7 @@ impl Policy for Locality {
                     }
                     // Not worth moving: give it back to its owner.
                     _ => {
-                        if from_mailbox {
-                            q.push_mailbox(victim, band, task);
-                        } else {
-                            q.push_mailbox(victim, plan.band(task), task);
-                        }
+                        q.push_mailbox(victim, plan.band(task), task);
                         break;
                     }
                 }
