@@ -420,12 +420,13 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                let rt = Runtime::builder()
-                    .cpus(cpus.unwrap_or(usize::MAX).min(num_cores()?))
-                    .build()?;
+                let mut b = Runtime::builder().gpus(GpuRequest::None);
+                if let Some(n) = cpus {
+                    b = b.cpus(n);
+                }
+                let cores = b.build()?.machine().num_workers();
                 println!(
-                    "hexec per-task overhead on {} core(s), median of {} runs\n",
-                    rt.machine().num_workers(),
+                    "hexec per-task overhead on {cores} core(s), median of {} runs\n",
                     cfg.reps
                 );
                 print!("{}", overhead::markdown(&rows));
@@ -433,10 +434,6 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             Ok(())
         }
     }
-}
-
-fn num_cores() -> Result<usize, Failure> {
-    Ok(Runtime::builder().build()?.machine().num_workers())
 }
 
 fn info(json: bool, m: &MachineArgs) -> Result<(), Failure> {

@@ -93,21 +93,25 @@ pub(crate) fn shared_bytes(graph: &Graph, data_bytes: &[u64], p: u32, t: u32) ->
 }
 
 /// Expected costs of every task from the model, where the kernel can run.
+/// Lookups are memoised per (kernel, size): graphs repeat a few shapes many times.
 pub(crate) fn model_costs(graph: &Graph, model: &PerfModel, sizes: &[u64]) -> Vec<TaskCost> {
+    let mut memo: std::collections::HashMap<(u32, u64), TaskCost> = std::collections::HashMap::new();
     graph
         .tasks
         .iter()
         .zip(sizes)
         .map(|(t, &size)| {
-            let k = &graph.kernels[t.kernel as usize];
-            let on = |kind: DeviceKind, has: bool| {
-                if has {
-                    model.expected(k.name(), &kind.to_string(), size)
-                } else {
-                    None
-                }
-            };
-            [on(DeviceKind::Cpu, k.has_cpu()), on(DeviceKind::Gpu, k.has_gpu())]
+            *memo.entry((t.kernel, size)).or_insert_with(|| {
+                let k = &graph.kernels[t.kernel as usize];
+                let on = |kind: DeviceKind, has: bool| {
+                    if has {
+                        model.expected(k.name(), &kind.to_string(), size)
+                    } else {
+                        None
+                    }
+                };
+                [on(DeviceKind::Cpu, k.has_cpu()), on(DeviceKind::Gpu, k.has_gpu())]
+            })
         })
         .collect()
 }

@@ -24,7 +24,7 @@ use crate::gpu::{GpuDevice, GpuError, GpuRequest};
 use crate::graph::compile::{compile_with_priorities, DatumInfo, SubmitError, Successors};
 use crate::graph::{Data, Graph, GraphDatum};
 use crate::memory::Transfers;
-use crate::sched::perfmodel::PerfModel;
+use crate::sched::perfmodel::{PerfModel, MAX_SAMPLES};
 use crate::sched::{
     heft_plan, rank_priorities, Eager, Locality, Policy, PolicyKind, RandomPolicy, TaskCost, WorkStealing,
 };
@@ -472,11 +472,27 @@ impl Runtime {
     /// Adds a run's measured kernel times to the model, and its transfers to the link model.
     fn learn(&self, graph: &Graph, data_bytes: &[u64], stats: &[WorkerStats], transfers: &Transfers) {
         let sizes = costs::task_sizes(graph, data_bytes);
-        let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+        // A model keeps the last MAX_SAMPLES samples per (kernel, kind, size): group first, so
+        // that a run of a million tasks records a few hundred samples, not a million.
+        let mut groups: std::collections::HashMap<(u32, crate::DeviceKind, u64), std::collections::VecDeque<f64>> =
+            std::collections::HashMap::new();
         for (w, st) in stats.iter().enumerate() {
-            let kind = self.machine.workers[w].kind.to_string();
+            let kind = self.machine.workers[w].kind;
             for &(task, secs) in &st.samples {
-                model.record(graph.task_kernel(task as usize), &kind, sizes[task as usize], secs);
+                let g = groups
+                    .entry((graph.tasks[task as usize].kernel, kind, sizes[task as usize]))
+                    .or_default();
+                if g.len() == MAX_SAMPLES {
+                    g.pop_front();
+                }
+                g.push_back(secs);
+            }
+        }
+        let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+        for ((kernel, kind, size), samples) in groups {
+            let (name, class) = (graph.kernels[kernel as usize].name(), kind.to_string());
+            for secs in samples {
+                model.record(name, &class, size, secs);
             }
         }
         drop(model);
