@@ -165,6 +165,28 @@ pub fn measure(dev: &GpuDevice, quick: bool, reps: usize) -> Result<Vec<GpuFigur
     Ok(out)
 }
 
+/// The host↔GPU links the figures measured, as (from, to, bytes/s, latency s), slowest device
+/// first when several were measured.
+pub fn links(figures: &[GpuFigure]) -> Vec<(&'static str, &'static str, f64, f64)> {
+    let find = |metric: &str, pick: fn(f64, f64) -> f64| {
+        figures
+            .iter()
+            .filter(|f| f.metric == metric)
+            .map(|f| f.value)
+            .reduce(pick)
+    };
+    let mut out = Vec::new();
+    for (from, to, bw, lat) in [
+        ("host", "gpu", "host→device bandwidth", "host→device latency"),
+        ("gpu", "host", "device→host bandwidth", "device→host latency"),
+    ] {
+        if let (Some(b), Some(l)) = (find(bw, f64::min), find(lat, f64::max)) {
+            out.push((from, to, b * 1e9, l * 1e-6));
+        }
+    }
+    out
+}
+
 /// Formats figures as a Markdown table.
 pub fn markdown(figures: &[GpuFigure]) -> String {
     let mut s = String::from("| device | metric | size | value | timing |\n|---|---|---:|---:|---|\n");

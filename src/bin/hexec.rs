@@ -139,6 +139,10 @@ enum BenchCommand {
         /// GPUs to measure: all, or a count.
         #[arg(long, default_value = "all")]
         gpus: GpuRequest,
+        /// Store the measured host↔GPU links in this performance-model file (created or
+        /// updated), for `hexec run --model`.
+        #[arg(long)]
+        model: Option<PathBuf>,
     },
     /// Cost per empty task in standard shapes, hexec against rayon.
     Overhead {
@@ -370,6 +374,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                     quick,
                     reps,
                     gpus,
+                    model,
                 },
         } => {
             let rt = Runtime::builder().cpus(1).gpus(gpus).build()?;
@@ -387,6 +392,27 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 println!("{}", serde_json::to_string_pretty(&figures)?);
             } else {
                 print!("{}", hexec::bench::gpu::markdown(&figures));
+            }
+            if let Some(path) = model {
+                let mut m = if path.exists() {
+                    hexec::sched::perfmodel::PerfModel::load(&path)?
+                } else {
+                    hexec::sched::perfmodel::PerfModel::new()
+                };
+                for (from, to, bw, lat) in hexec::bench::gpu::links(&figures) {
+                    m.set_link(
+                        from,
+                        to,
+                        hexec::sched::perfmodel::LinkModel {
+                            bandwidth: bw,
+                            latency: lat,
+                        },
+                    );
+                }
+                m.save(&path)?;
+                if !json {
+                    println!("links written to {}", path.display());
+                }
             }
             Ok(())
         }

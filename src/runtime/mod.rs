@@ -458,9 +458,14 @@ impl Runtime {
             .collect()
     }
 
-    /// Bandwidth (bytes/s) and latency (s) of host↔GPU copies: measured over earlier runs once
-    /// a megabyte has moved, else the defaults.
+    /// Bandwidth (bytes/s) and latency (s) of host↔GPU copies: from the model's calibrated
+    /// link (`hexec bench gpu --model`), else measured over earlier runs once a megabyte has
+    /// moved, else the defaults.
     fn link_model(&self) -> (f64, f64) {
+        let calibrated = self.model.lock().unwrap_or_else(|e| e.into_inner()).link("host", "gpu");
+        if let Some(l) = calibrated.filter(|l| l.bandwidth > 0.0) {
+            return (l.bandwidth, l.latency);
+        }
         let (bytes, secs) = *self.links.lock().unwrap_or_else(|e| e.into_inner());
         if bytes > 1e6 && secs > 0.0 {
             (bytes / secs, costs::DEFAULT_LATENCY)

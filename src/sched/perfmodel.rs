@@ -150,11 +150,22 @@ impl History {
     }
 }
 
-/// A performance model: kernel × device class × size → expected seconds.
+/// A measured link: bytes per second and seconds of latency.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LinkModel {
+    pub bandwidth: f64,
+    pub latency: f64,
+}
+
+/// A performance model: kernel × device class × size → expected seconds, plus links.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct PerfModel {
     /// Keyed by `kernel` then `class`.
     histories: HashMap<String, HashMap<String, History>>,
+    /// Keyed by `from->to` (`host->gpu`, `gpu->host`), from a calibration run
+    /// (`hexec bench gpu --model FILE`).
+    #[serde(default)]
+    links: BTreeMap<String, LinkModel>,
 }
 
 /// Errors reading or writing a model file.
@@ -235,6 +246,16 @@ impl PerfModel {
             .spread()
     }
 
+    /// Sets a link's measured bandwidth and latency.
+    pub fn set_link(&mut self, from: &str, to: &str, link: LinkModel) {
+        self.links.insert(format!("{from}->{to}"), link);
+    }
+
+    /// A measured link.
+    pub fn link(&self, from: &str, to: &str) -> Option<LinkModel> {
+        self.links.get(&format!("{from}->{to}")).copied()
+    }
+
     /// Writes the model as JSON.
     pub fn save(&self, path: &std::path::Path) -> Result<(), ModelFileError> {
         let p = path.display().to_string();
@@ -305,6 +326,22 @@ mod tests {
         let p = dir.path().join("model.json");
         m.save(&p).unwrap();
         assert_eq!(PerfModel::load(&p).unwrap(), m);
+        m.set_link(
+            "host",
+            "gpu",
+            LinkModel {
+                bandwidth: 12e9,
+                latency: 1e-5,
+            },
+        );
+        m.save(&p).unwrap();
+        assert_eq!(
+            PerfModel::load(&p).unwrap().link("host", "gpu").unwrap().bandwidth,
+            12e9
+        );
+        // Files written before links existed still load.
+        std::fs::write(&p, r#"{"histories": {}}"#).unwrap();
+        assert!(PerfModel::load(&p).unwrap().link("host", "gpu").is_none());
         std::fs::write(&p, "{").unwrap();
         assert!(PerfModel::load(&p).unwrap_err().to_string().contains("model.json"));
     }
