@@ -1,33 +1,8 @@
-// Two-pass reductions (sum, min, max) over f32, portable (workgroup memory, no subgroups).
-// Pass 1 (`*_partial`): workgroup w folds elements w*CHUNK .. (w+1)*CHUNK with a grid-stride
-// loop and a tree in workgroup memory, writing partial[w]. Pass 2 (`*_final`): one workgroup
-// folds the partials into out[0]. CHUNK and the partial count follow the same formula as
-// the Rust side (`reduce_partials`).
+// The portable reduction: a tree in workgroup memory (see reduce_common.wgsl).
 
-@group(0) @binding(1) var<storage, read> input: array<f32>;
-@group(0) @binding(2) var<storage, read_write> partial: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-
-const WG: u32 = 256u;
-var<workgroup> acc: array<f32, 256>;
-
-fn combine(op: u32, a: f32, b: f32) -> f32 {
-    if (op == 0u) { return a + b; }
-    if (op == 1u) { return min(a, b); }
-    return max(a, b);
-}
-
-fn identity(op: u32) -> f32 {
-    if (op == 0u) { return 0.0; }
-    if (op == 1u) { return 3.40282347e38; }
-    return -3.40282347e38;
-}
-
-fn partials_of(n: u32) -> u32 {
-    return clamp((n + WG * 16u - 1u) / (WG * 16u), 1u, 1024u);
-}
-
-fn tree(op: u32, lid: u32) {
+// Folds every invocation's `v` into acc[0].
+fn fold(op: u32, lid: u32, v: f32) {
+    acc[lid] = v;
     var stride = WG / 2u;
     loop {
         if (stride == 0u) { break; }
@@ -36,38 +11,6 @@ fn tree(op: u32, lid: u32) {
         stride = stride / 2u;
     }
     workgroupBarrier();
-}
-
-fn partial_pass(op: u32, wid: u32, lid: u32) {
-    let n = P.len.x;
-    let parts = partials_of(n);
-    let chunk = (n + parts - 1u) / parts;
-    let start = wid * chunk;
-    let end = min(start + chunk, n);
-    var v = identity(op);
-    var i = start + lid;
-    loop {
-        if (i >= end) { break; }
-        v = combine(op, v, input[i]);
-        i = i + WG;
-    }
-    acc[lid] = v;
-    tree(op, lid);
-    if (lid == 0u) { partial[wid] = acc[0]; }
-}
-
-fn final_pass(op: u32, lid: u32) {
-    let parts = partials_of(P.len.x);
-    var v = identity(op);
-    var i = lid;
-    loop {
-        if (i >= parts) { break; }
-        v = combine(op, v, partial[i]);
-        i = i + WG;
-    }
-    acc[lid] = v;
-    tree(op, lid);
-    if (lid == 0u) { out[0] = acc[0]; }
 }
 
 @compute @workgroup_size(256)

@@ -171,11 +171,10 @@ pub fn map2(expr: &str) -> GpuImpl {
 /// The two-pass reduction `op` (`sum`, `min`, `max`) of operand 0 into operand 1, with a
 /// subgroup version.
 pub fn reduction(op: &str) -> GpuImpl {
-    let mut portable = reduction_from(op, include_str!("../../shaders/reduce.wgsl"));
-    portable.with_subgroups = Some(Arc::new(reduction_from(
-        op,
-        include_str!("../../shaders/reduce_subgroups.wgsl"),
-    )));
+    let common = include_str!("../../shaders/reduce_common.wgsl");
+    let with = |variant: &str| reduction_from(op, &format!("{common}\n{variant}"));
+    let mut portable = with(include_str!("../../shaders/reduce.wgsl"));
+    portable.with_subgroups = Some(Arc::new(with(include_str!("../../shaders/reduce_subgroups.wgsl"))));
     portable
 }
 

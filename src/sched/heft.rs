@@ -43,6 +43,11 @@ impl Heft {
     /// Plans the whole graph. `cost(t, w)` is the compute time of `t` on `w` (`None` if
     /// unknown, which makes HEFT fall back to `eager`); `comm(p, t, from, to)` the time to move
     /// `p`'s outputs that `t` reads from `from`'s memory to `to`'s; `rank` the upward ranks.
+    ///
+    /// Tasks are taken in decreasing rank among those whose predecessors are planned. With
+    /// positive costs that is exactly HEFT's decreasing-rank order (a predecessor always
+    /// outranks its successors); with zero-cost tasks, whose ranks can tie out of order, it
+    /// stays a valid topological order.
     pub fn plan(
         plan: &Plan,
         edges: &Successors,
@@ -57,79 +62,26 @@ impl Heft {
                 preds[s as usize].push(t);
             }
         }
-        // Decreasing rank, ties by index; a predecessor always ranks at least as high, and by
-        // index comes first on ties, so this order is topological.
-        let mut order: Vec<u32> = (0..n as u32).collect();
-        order.sort_by(|&a, &b| rank[b as usize].total_cmp(&rank[a as usize]).then(a.cmp(&b)));
-        let mut avail = vec![0.0f64; plan.num_workers()];
-        let mut finish = vec![0.0f64; n];
-        let mut assignment = vec![WorkerId(0); n];
-        let mut done = vec![false; n];
-        for &t in &order {
-            if preds[t as usize].iter().any(|&p| !done[p as usize]) {
-                // Zero-cost chains can tie in rank out of order; plan by readiness instead.
-                return Self::plan_by_readiness(plan, edges, rank, &preds, cost, comm);
-            }
-            let mut best: Option<(f64, WorkerId)> = None;
-            for &w in &plan.set(plan.task_set(t)).workers {
-                let Some(c) = cost(t, w) else {
-                    return Heft::uncalibrated();
-                };
-                let ready = preds[t as usize]
-                    .iter()
-                    .map(|&p| {
-                        finish[p as usize]
-                            + if assignment[p as usize] == w {
-                                0.0
-                            } else {
-                                comm(p, t, assignment[p as usize], w)
-                            }
-                    })
-                    .fold(0.0, f64::max);
-                let eft = avail[w.index()].max(ready) + c;
-                if best.is_none_or(|(b, _)| eft < b) {
-                    best = Some((eft, w));
-                }
-            }
-            let Some((eft, w)) = best else {
-                return Heft::uncalibrated();
-            };
-            assignment[t as usize] = w;
-            finish[t as usize] = eft;
-            avail[w.index()] = eft;
-            done[t as usize] = true;
-        }
-        Heft {
-            assignment: Some(assignment),
-        }
-    }
-
-    fn plan_by_readiness(
-        plan: &Plan,
-        edges: &Successors,
-        rank: &[f64],
-        preds: &[Vec<u32>],
-        cost: impl Fn(u32, WorkerId) -> Option<f64>,
-        comm: impl Fn(u32, u32, WorkerId, WorkerId) -> f64,
-    ) -> Self {
-        let n = preds.len();
         let mut remaining: Vec<usize> = preds.iter().map(Vec::len).collect();
         let mut ready: Vec<u32> = (0..n as u32).filter(|&t| remaining[t as usize] == 0).collect();
         let mut avail = vec![0.0f64; plan.num_workers()];
         let mut finish = vec![0.0f64; n];
         let mut assignment = vec![WorkerId(0); n];
-        while let Some(i) = (0..ready.len()).max_by(|&a, &b| {
-            rank[ready[a] as usize]
-                .total_cmp(&rank[ready[b] as usize])
-                .then(ready[b].cmp(&ready[a]))
-        }) {
+        let highest = |ready: &[u32]| {
+            (0..ready.len()).max_by(|&a, &b| {
+                rank[ready[a] as usize]
+                    .total_cmp(&rank[ready[b] as usize])
+                    .then(ready[b].cmp(&ready[a]))
+            })
+        };
+        while let Some(i) = highest(&ready) {
             let t = ready.swap_remove(i);
             let mut best: Option<(f64, WorkerId)> = None;
             for &w in &plan.set(plan.task_set(t)).workers {
                 let Some(c) = cost(t, w) else {
                     return Heft::uncalibrated();
                 };
-                let r = preds[t as usize]
+                let data_ready = preds[t as usize]
                     .iter()
                     .map(|&p| {
                         finish[p as usize]
@@ -140,7 +92,7 @@ impl Heft {
                             }
                     })
                     .fold(0.0, f64::max);
-                let eft = avail[w.index()].max(r) + c;
+                let eft = avail[w.index()].max(data_ready) + c;
                 if best.is_none_or(|(b, _)| eft < b) {
                     best = Some((eft, w));
                 }

@@ -17,19 +17,9 @@ fn tile(i: usize, j: usize) -> String {
     format!("A[{i},{j}]")
 }
 
-fn task(name: String, kernel: &str, access: Vec<(String, String)>) -> TaskSpec {
-    let mut t = TaskSpec::replay(name, 0.0);
-    t.kernel = kernel.into();
-    t.params.clear();
-    t.access = access;
-    t
-}
-
-/// The tiled Cholesky of `tiles`×`tiles` tiles of `tile_size`² f32.
-pub fn generate(tiles: usize, tile_size: usize) -> GraphSpec {
-    let mut g = GraphSpec::new(Some(format!("cholesky-{tiles}x{tiles}-b{tile_size}")));
-    let bytes = (tile_size * tile_size * 4) as u64;
-    for i in 0..tiles {
+/// The lower-triangle tiles of an `n`×`n` grid, `bytes` each.
+fn tiles(g: &mut GraphSpec, n: usize, bytes: u64) {
+    for i in 0..n {
         for j in 0..=i {
             g.data.push(DataSpec {
                 name: tile(i, j),
@@ -41,17 +31,32 @@ pub fn generate(tiles: usize, tile_size: usize) -> GraphSpec {
             });
         }
     }
+}
+
+fn task(name: String, kernel: &str, access: Vec<(String, String)>) -> TaskSpec {
+    let mut t = TaskSpec::replay(name, 0.0);
+    t.kernel = kernel.into();
+    t.params.clear();
+    t.access = access;
+    t
+}
+
+/// The tiled Cholesky of `n_tiles`×`n_tiles` tiles of `tile_size`² f32.
+pub fn generate(n_tiles: usize, tile_size: usize) -> GraphSpec {
+    let mut g = GraphSpec::new(Some(format!("cholesky-{n_tiles}x{n_tiles}-b{tile_size}")));
+    let bytes = (tile_size * tile_size * 4) as u64;
+    tiles(&mut g, n_tiles, bytes);
     let (r, rw) = (|s: String| (s, "r".to_string()), |s: String| (s, "rw".to_string()));
-    for k in 0..tiles {
+    for k in 0..n_tiles {
         g.tasks.push(task(format!("potrf({k})"), "potrf", vec![rw(tile(k, k))]));
-        for i in k + 1..tiles {
+        for i in k + 1..n_tiles {
             g.tasks.push(task(
                 format!("trsm({i},{k})"),
                 "trsm",
                 vec![r(tile(k, k)), rw(tile(i, k))],
             ));
         }
-        for i in k + 1..tiles {
+        for i in k + 1..n_tiles {
             g.tasks.push(task(
                 format!("syrk({i},{k})"),
                 "syrk",
@@ -92,18 +97,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
     let doc: Doc = serde_json::from_str(text).map_err(|e| LoadError::json(file, &e))?;
     let mut g = GraphSpec::new(Some(file.to_string()));
     let bytes = (DEFAULT_TILE * DEFAULT_TILE * 4) as u64;
-    for i in 0..doc.n {
-        for j in 0..=i {
-            g.data.push(DataSpec {
-                name: tile(i, j),
-                elem: None,
-                len: None,
-                bytes: Some(bytes),
-                init: None,
-                read_only: false,
-            });
-        }
-    }
+    tiles(&mut g, doc.n, bytes);
     let mut names = std::collections::HashMap::new();
     for (idx, t) in doc.tasks.iter().enumerate() {
         let pos = || format!("tasks[{idx}] (id {})", t.id);
