@@ -461,3 +461,74 @@ fn portable_reductions_match() {
         }
     }
 }
+
+/// A working set four times the GPU's memory limit completes, never exceeds the limit in the
+/// accounting, evicts (writing back what only the GPU held), and gives the same results as
+/// without a limit.
+#[test]
+fn gpu_memory_limits_evict_and_keep_results() {
+    let build = |limit: Option<u64>| {
+        let mut b = Runtime::builder()
+            .cpus(1)
+            .gpus(GpuRequest::Count(1))
+            .policy(PolicyKind::Eager);
+        if let Some(l) = limit {
+            b = b.memory_limits(hexec::MemoryLimits {
+                host: None,
+                gpu: Some(l),
+            });
+        }
+        b.build().ok()
+    };
+    let run = |rt: &Runtime| {
+        let tiles: Vec<Data<f32>> = (0..16).map(|i| rt.data(values(4096, i))).collect();
+        let mut g = rt.graph();
+        for round in 0..3 {
+            for t in &tiles {
+                g.task(&builtin::scale())
+                    .on(DeviceKind::Gpu)
+                    .read_write(*t)
+                    .param(1.0 + round as f64)
+                    .add();
+            }
+        }
+        let report = rt.run(&g).unwrap();
+        let out: Vec<Vec<f32>> = tiles.iter().map(|t| rt.read(*t).unwrap()).collect();
+        (report, out)
+    };
+    let Some(free) = build(None) else { return };
+    let (_, expected) = run(&free);
+    let limit = 4 * 4096 * 4; // four tiles of the sixteen
+    let limited = build(Some(limit)).unwrap();
+    let (report, got) = run(&limited);
+    assert_eq!(got, expected, "results differ under a memory limit");
+    let gpu = report.memory.iter().find(|m| m.node == "gpu0").unwrap();
+    assert_eq!(gpu.capacity_bytes, Some(limit));
+    assert!(
+        gpu.peak_bytes <= limit,
+        "peak {} over the limit {limit}",
+        gpu.peak_bytes
+    );
+    assert!(gpu.evictions >= 12, "{gpu:?}");
+    assert!(
+        gpu.written_back_bytes > 0,
+        "dirty copies are written back before eviction: {gpu:?}"
+    );
+
+    // A GPU-only task whose operands cannot fit is refused at submit, naming it.
+    let big = limited.data(vec![0.0f32; 3 * 4096]);
+    let big2 = limited.data(vec![0.0f32; 3 * 4096]);
+    let gpu_only = Arc::new(
+        Kernel::declare("gpu_axpy", builtin::axpy().signature().clone())
+            .with_gpu((**builtin::axpy().gpu_impl().unwrap()).clone()),
+    );
+    let mut g = limited.graph();
+    g.task(&gpu_only)
+        .name("too-big")
+        .read(big)
+        .read_write(big2)
+        .param(1.0)
+        .add();
+    let e = limited.run(&g).unwrap_err().to_string();
+    assert!(e.contains("'too-big'") && e.contains(&limit.to_string()), "{e}");
+}

@@ -178,11 +178,18 @@ struct MachineArgs {
     /// several devices per adapter).
     #[arg(long, default_value = "all")]
     gpus: GpuRequest,
+    /// Memory limits, e.g. `gpu=256MiB,host=2GiB`: past a GPU's limit, data copies are
+    /// evicted (written back when they are the only valid copy).
+    #[arg(long)]
+    mem: Option<hexec::MemoryLimits>,
 }
 
 impl MachineArgs {
     fn builder(&self) -> RuntimeBuilder {
         let mut b = Runtime::builder().policy(self.policy).gpus(self.gpus);
+        if let Some(limits) = self.mem {
+            b = b.memory_limits(limits);
+        }
         if let Some(n) = self.cpus {
             b = b.cpus(n);
         }

@@ -338,6 +338,7 @@ impl<'m> Eligibility<'m> {
             return 0;
         }
         let largest = accesses.iter().map(|&(d, _)| data[d as usize].bytes).max().unwrap_or(0);
+        let total: u64 = accesses.iter().map(|&(d, _)| data[d as usize].bytes).sum();
         if accesses.iter().any(|&(d, _)| data[d as usize].elem.is_none()) {
             return 0;
         }
@@ -346,7 +347,8 @@ impl<'m> Eligibility<'m> {
             .iter()
             .enumerate()
             .take(64)
-            .filter(|(_, g)| largest <= g.max_storage_binding)
+            // Every operand within the largest binding, and all of them within the memory.
+            .filter(|(_, g)| largest <= g.max_storage_binding && g.memory_bytes.is_none_or(|m| total <= m))
             .fold(0, |mask, (i, _)| mask | 1 << i)
     }
 
@@ -366,9 +368,11 @@ impl<'m> Eligibility<'m> {
                 (false, false) => "none",
             };
             if kernel.has_gpu() && m.count(DeviceKind::Gpu) > 0 && !kernel.has_cpu() {
+                let largest_memory = m.gpus.iter().filter_map(|g| g.memory_bytes).max();
                 return Err(format!(
-                    "kernel '{}' runs only on GPUs, and no GPU can bind its operands (size-only data, or larger than the GPU's largest storage binding)",
-                    kernel.name()
+                    "kernel '{}' runs only on GPUs, and no GPU can hold its operands (size-only data, an operand larger than the GPU's largest storage binding, or operands together larger than its memory{})",
+                    kernel.name(),
+                    largest_memory.map(|b| format!(" of {b} bytes")).unwrap_or_default()
                 ));
             }
             return Err(format!(

@@ -14,7 +14,9 @@
 //!   which no reader uses.
 
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use super::budget::Budgets;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -49,6 +51,23 @@ pub enum DataError {
     Transfer { name: String, reason: String },
 }
 
+/// Why a datum could not be made ready on a GPU.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum PrepError {
+    /// The GPU's memory is full of data in use: wait for tasks to finish, then retry.
+    NoRoom(String),
+    /// Anything else (a failed copy, a lost device).
+    Failed(String),
+}
+
+impl std::fmt::Display for PrepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrepError::NoRoom(m) | PrepError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
 /// One stored datum.
 pub(crate) struct DataCell {
     pub name: String,
@@ -63,7 +82,16 @@ pub(crate) struct DataCell {
     replicas: Mutex<Vec<Option<wgpu::Buffer>>>,
     host_valid: AtomicBool,
     on_gpu: AtomicBool,
+    /// The runtime's memory budgets (copies are accounted there).
+    budgets: Arc<Budgets>,
+    /// Per GPU: tasks in flight there that use this datum (its copy there stays).
+    pins: Vec<AtomicU32>,
+    /// Logical time of the last use on a GPU, for least-recently-used eviction.
+    last_use: AtomicU64,
 }
+
+/// The logical clock of GPU uses.
+static USE_CLOCK: AtomicU64 = AtomicU64::new(0);
 
 // SAFETY: the cell owns its host buffer (like a `Box<[u64]>`); all access to the bytes goes
 // through `DataStore::read`/`write` (which refuse cells in use), through a run that holds
@@ -75,19 +103,29 @@ unsafe impl Send for DataCell {}
 unsafe impl Sync for DataCell {}
 
 impl DataCell {
-    fn new(name: String, elem: ElemType, bytes: &[u8], read_only: bool, gpus: usize) -> Self {
+    fn new(name: String, elem: ElemType, bytes: &[u8], read_only: bool, gpus: usize, budgets: Arc<Budgets>) -> Self {
         let mut buf = vec![0u64; bytes.len().div_ceil(8)].into_boxed_slice();
         bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..bytes.len()].copy_from_slice(bytes);
-        Self::from_words(name, elem, bytes.len() / elem.size(), buf, read_only, gpus)
+        Self::from_words(name, elem, bytes.len() / elem.size(), buf, read_only, gpus, budgets)
     }
 
-    fn zeroed(name: String, elem: ElemType, len: usize, gpus: usize) -> Self {
+    fn zeroed(name: String, elem: ElemType, len: usize, gpus: usize, budgets: Arc<Budgets>) -> Self {
         let buf = vec![0u64; (len * elem.size()).div_ceil(8)].into_boxed_slice();
-        Self::from_words(name, elem, len, buf, false, gpus)
+        Self::from_words(name, elem, len, buf, false, gpus, budgets)
     }
 
-    fn from_words(name: String, elem: ElemType, len: usize, buf: Box<[u64]>, read_only: bool, gpus: usize) -> Self {
+    #[allow(clippy::too_many_arguments)]
+    fn from_words(
+        name: String,
+        elem: ElemType,
+        len: usize,
+        buf: Box<[u64]>,
+        read_only: bool,
+        gpus: usize,
+        budgets: Arc<Budgets>,
+    ) -> Self {
         let words = buf.len();
+        budgets.node(Node::Host).add((len * elem.size()) as u64);
         let ptr = NonNull::new(Box::into_raw(buf) as *mut u64).expect("Box pointers are never null");
         DataCell {
             name,
@@ -101,6 +139,9 @@ impl DataCell {
             replicas: Mutex::new((0..gpus).map(|_| None).collect()),
             host_valid: AtomicBool::new(true),
             on_gpu: AtomicBool::new(false),
+            budgets,
+            pins: (0..gpus).map(|_| AtomicU32::new(0)).collect(),
+            last_use: AtomicU64::new(0),
         }
     }
 
@@ -187,37 +228,110 @@ impl DataCell {
         }
     }
 
-    /// The buffer of GPU `g`'s replica, made valid for reading when `read` (uploading from the
-    /// host, or through the host from another GPU).
-    pub fn ensure_gpu(
+    /// Keeps the copy on GPU `g` from being evicted while a task in flight there uses it.
+    pub fn pin(&self, g: usize) {
+        self.pins[g].fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Ends a [`DataCell::pin`].
+    pub fn unpin(&self, g: usize) {
+        self.pins[g].fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Whether eviction may take the copy on GPU `g` now.
+    pub fn evictable(&self, g: usize) -> bool {
+        self.pins[g].load(Ordering::Acquire) == 0
+    }
+
+    /// Logical time of its last use on a GPU.
+    pub fn last_use(&self) -> u64 {
+        self.last_use.load(Ordering::Relaxed)
+    }
+
+    /// Drops the copy on GPU `g`, writing it back to the host first when it is the only valid
+    /// one. `Ok(None)`: the datum is in use right now (nothing done); `Ok(Some(bytes))`: done,
+    /// with the bytes written back.
+    pub fn evict_from_gpu(
         &self,
+        g: usize,
+        gpus: &[Arc<GpuDevice>],
+        transfers: &Transfers,
+    ) -> Result<Option<u64>, String> {
+        let Ok(mut c) = self.coherence.try_lock() else {
+            return Ok(None);
+        };
+        if !self.evictable(g) {
+            return Ok(None);
+        }
+        let node = Node::Gpu(g as u16);
+        let mut written_back = 0;
+        if c.is_valid(node) && c.valid_nodes().count() == 1 {
+            self.fetch_to_host(&mut c, gpus, transfers)?;
+            written_back = self.bytes() as u64;
+        }
+        let had = self.replicas.lock().unwrap_or_else(|e| e.into_inner())[g]
+            .take()
+            .is_some();
+        c.drop_copy(node);
+        if had {
+            self.budgets.node(node).release(self.bytes() as u64);
+        }
+        self.on_gpu.store(c.on_any_gpu(), Ordering::Release);
+        self.host_valid.store(c.is_valid(Node::Host), Ordering::Release);
+        Ok(Some(written_back))
+    }
+
+    /// The buffer of GPU `g`'s replica, made valid for reading when `read` (uploading from the
+    /// host, or through the host from another GPU). A new replica first gets room in the GPU's
+    /// budget, evicting other data if needed.
+    pub fn ensure_gpu(
+        self: &Arc<Self>,
         g: usize,
         read: bool,
         gpus: &[Arc<GpuDevice>],
         transfers: &Transfers,
-    ) -> Result<wgpu::Buffer, String> {
+    ) -> Result<wgpu::Buffer, PrepError> {
+        let node = Node::Gpu(g as u16);
+        let bytes = self.bytes() as u64;
+        let missing = self.replicas.lock().unwrap_or_else(|e| e.into_inner())[g].is_none();
+        if missing {
+            self.budgets.reserve_on_gpu(node, bytes, self, gpus, transfers)?;
+        }
         let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
         let buffer = {
             let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
             match &replicas[g] {
-                Some(b) => b.clone(),
-                None => {
-                    let b = gpus[g].create_replica(self.bytes() as u64, &self.name)?;
-                    replicas[g] = Some(b.clone());
-                    b
+                Some(b) => {
+                    if missing {
+                        // Another worker made the replica meanwhile: give our room back.
+                        self.budgets.node(node).release(bytes);
+                    }
+                    b.clone()
                 }
+                None => match gpus[g].create_replica(bytes, &self.name) {
+                    Ok(b) => {
+                        replicas[g] = Some(b.clone());
+                        self.budgets.register(node, self);
+                        b
+                    }
+                    Err(e) => {
+                        self.budgets.node(node).release(bytes);
+                        return Err(PrepError::Failed(e));
+                    }
+                },
             }
         };
-        let node = Node::Gpu(g as u16);
+        self.last_use
+            .store(USE_CLOCK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
         if read && !c.is_valid(node) {
             if !c.is_valid(Node::Host) {
-                self.fetch_to_host(&mut c, gpus, transfers)?;
+                self.fetch_to_host(&mut c, gpus, transfers).map_err(PrepError::Failed)?;
             }
             let started = Instant::now();
             // SAFETY: the host copy is valid and only read here; writers of the datum are
             // ordered after this task's readers by the graph's dependencies.
             let host = unsafe { std::slice::from_raw_parts(self.as_mut_ptr() as *const u8, self.bytes()) };
-            gpus[g].upload(&buffer, host)?;
+            gpus[g].upload(&buffer, host).map_err(PrepError::Failed)?;
             transfers.record(Node::Host, node, self.bytes() as u64, started.elapsed());
             c.record_read(node);
             self.on_gpu.store(true, Ordering::Release);
@@ -236,6 +350,14 @@ impl DataCell {
 
 impl Drop for DataCell {
     fn drop(&mut self) {
+        let bytes = self.bytes() as u64;
+        self.budgets.node(Node::Host).release(bytes);
+        let replicas = self.replicas.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (g, r) in replicas.iter().enumerate() {
+            if r.is_some() {
+                self.budgets.node(Node::Gpu(g as u16)).release(bytes);
+            }
+        }
         // SAFETY: `ptr`/`words` come from `Box::into_raw` of a `Box<[u64]>` of that length in
         // `from_words`, and are freed exactly once, here.
         unsafe {
@@ -251,14 +373,16 @@ impl Drop for DataCell {
 pub(crate) struct DataStore {
     rt: u64,
     gpus: usize,
+    budgets: Arc<Budgets>,
     cells: RwLock<Vec<Arc<DataCell>>>,
 }
 
 impl DataStore {
-    pub fn new(rt: u64, gpus: usize) -> Self {
+    pub fn new(rt: u64, gpus: usize, budgets: Arc<Budgets>) -> Self {
         DataStore {
             rt,
             gpus,
+            budgets,
             cells: RwLock::new(Vec::new()),
         }
     }
@@ -273,6 +397,7 @@ impl DataStore {
             bytemuck::cast_slice(values),
             read_only,
             self.gpus,
+            self.budgets.clone(),
         )));
         Data::new(self.rt, id)
     }
@@ -286,7 +411,13 @@ impl DataStore {
         let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
         let id = cells.len() as u32;
         let name = name.unwrap_or_else(|| format!("data#{id}"));
-        cells.push(Arc::new(DataCell::zeroed(name, elem, len, self.gpus)));
+        cells.push(Arc::new(DataCell::zeroed(
+            name,
+            elem,
+            len,
+            self.gpus,
+            self.budgets.clone(),
+        )));
         Ok(id)
     }
 

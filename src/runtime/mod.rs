@@ -6,6 +6,7 @@
 //! threads, so nothing outlives the run), and gather their statistics into a [`RunReport`].
 //! No global state: runtimes can be created, used and dropped many times in one process.
 
+mod budget;
 mod cores;
 mod costs;
 mod data;
@@ -31,6 +32,7 @@ use crate::sched::{
 use crate::topology::{discover, HwTopology, Machine, TopologyError, WorkerId};
 use crate::trace::{RunReport, TraceLog, WorkerReport};
 
+pub use budget::NodeMemory;
 pub use data::DataError;
 use data::{AcquiredData, DataStore};
 use queues::{LocalQueues, SharedQueues};
@@ -122,6 +124,58 @@ pub struct RuntimeBuilder {
     gpus: Option<GpuRequest>,
     model: Option<PerfModel>,
     calibrate: bool,
+    limits: MemoryLimits,
+}
+
+/// Memory capacities a runtime enforces (`None`: the device's own).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryLimits {
+    /// Host memory accounted for runs (reported; enforcement by spilling comes later).
+    pub host: Option<u64>,
+    /// Each GPU's memory for data copies: past it, copies are evicted.
+    pub gpu: Option<u64>,
+}
+
+impl std::str::FromStr for MemoryLimits {
+    type Err = String;
+    /// Parses `host=2GiB,gpu=256MiB` (units B, KiB, MiB, GiB, TiB, or none for bytes).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut l = MemoryLimits::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("'{part}' is not node=size (e.g. gpu=256MiB)"))?;
+            let bytes = parse_bytes(v).ok_or_else(|| format!("'{v}' is not a size (e.g. 512MiB, 2GiB)"))?;
+            match k {
+                "host" => l.host = Some(bytes),
+                "gpu" => l.gpu = Some(bytes),
+                other => return Err(format!("unknown memory node '{other}' (known: host, gpu)")),
+            }
+        }
+        Ok(l)
+    }
+}
+
+/// `123`, `4KiB`, `256MiB`, `2GiB`, `1TiB` (also KB/MB/GB as powers of 1000).
+fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "TiB" => 1024.0f64.powi(4),
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        _ => return None,
+    };
+    let v = n * mult;
+    (v.is_finite() && v >= 0.0 && v < u64::MAX as f64).then_some(v as u64)
 }
 
 impl RuntimeBuilder {
@@ -153,6 +207,12 @@ impl RuntimeBuilder {
     /// (`locality` and `heft` always do).
     pub fn calibrate(mut self, on: bool) -> Self {
         self.calibrate = on;
+        self
+    }
+
+    /// Memory capacities: each GPU evicts data copies past its limit.
+    pub fn memory_limits(mut self, limits: MemoryLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -188,14 +248,26 @@ impl RuntimeBuilder {
             .into_iter()
             .map(Arc::new)
             .collect();
-        let descs = gpus
+        let descs: Vec<_> = gpus
             .iter()
             .map(|g| {
                 let mut d = g.desc.clone();
                 d.numa_os_index = topology.as_ref().and_then(|t| t.pci_numa(&d.pci_bus_id));
+                if let Some(limit) = self.limits.gpu {
+                    d.memory_bytes = Some(d.memory_bytes.map_or(limit, |m| m.min(limit)));
+                }
                 d
             })
             .collect();
+        let mut capacities = vec![self.limits.host.unwrap_or(u64::MAX)];
+        capacities.extend(descs.iter().map(|d| {
+            if self.limits.gpu.is_some() {
+                d.memory_bytes.unwrap_or(u64::MAX)
+            } else {
+                u64::MAX
+            }
+        }));
+        let budgets = Arc::new(budget::Budgets::new(&capacities));
         machine.add_gpus(descs);
         let hw = if self.no_pin { None } else { topology };
         if machine.num_workers() == 0 {
@@ -207,7 +279,8 @@ impl RuntimeBuilder {
             machine,
             hw,
             policy: self.policy,
-            store: DataStore::new(id, gpus.len()),
+            store: DataStore::new(id, gpus.len(), budgets.clone()),
+            budgets,
             gpus,
             model: Mutex::new(self.model.unwrap_or_default()),
             calibrate: self.calibrate,
@@ -242,6 +315,7 @@ pub struct Runtime {
     gpus: Vec<Arc<GpuDevice>>,
     model: Mutex<PerfModel>,
     calibrate: bool,
+    budgets: Arc<budget::Budgets>,
     /// Bytes and seconds of host↔GPU copies measured so far.
     links: Mutex<(f64, f64)>,
 }
@@ -543,6 +617,7 @@ impl Runtime {
         let gpu_of_worker: Vec<Option<usize>> = (0..names.len())
             .map(|i| first_gpu.and_then(|f| i.checked_sub(f)))
             .collect();
+        self.budgets.reset_peaks();
         let run_start = Instant::now();
         let run = RunState {
             graph,
@@ -697,6 +772,7 @@ impl Runtime {
             prefetched_tasks: run.prefetched.load(Ordering::Relaxed),
             bytes_transferred: run.transfers.total_bytes(),
             residency: residency(cells, self.gpus.len()),
+            memory: self.budgets.report(),
             transfers: run.transfers.links(),
             workers,
             failures,

@@ -15,7 +15,7 @@ use crossbeam_utils::{Backoff, CachePadded};
 use hexec_kernels::{CpuContext, ElemType, RawOperand};
 
 use super::cores::CoreGate;
-use super::data::DataCell;
+use super::data::{DataCell, PrepError};
 use super::queues::{LocalQueues, SharedQueues};
 use crate::gpu::{BatchItem, GpuDevice, GpuOperand, InFlight, MAX_BATCH};
 use crate::graph::compile::CompiledGraph;
@@ -73,6 +73,7 @@ impl RunState<'_> {
         for &(d, access) in &self.graph.accesses[rec.accesses.range()] {
             if let (true, Some(cell)) = (access.reads(), &self.cells[d as usize]) {
                 if let Err(e) = cell.ensure_gpu(g, true, self.gpus, &self.transfers) {
+                    // Includes "no room": a prefetch never evicts data in use.
                     tracing::debug!(task, error = %e, "prefetch failed");
                     return;
                 }
@@ -207,6 +208,8 @@ fn complete<P: Policy>(
 /// A batch staged on a GPU: its tasks, what became of each so far, and the submission.
 struct StagedBatch {
     tasks: Vec<(u32, Staging)>,
+    /// Data used by the batch, kept from eviction until it completes.
+    pinned: Vec<std::sync::Arc<DataCell>>,
     in_flight: InFlight,
     started: Duration,
 }
@@ -234,8 +237,11 @@ pub(crate) fn run_gpu_worker<P: Policy>(
     let mut slot: Option<u32> = None;
     let mut ready: Vec<u32> = Vec::new();
     let mut in_flight: Option<StagedBatch> = None;
+    // Tasks taken but not yet staged, waiting for GPU memory in use to be released.
+    let mut carry: Vec<u32> = Vec::new();
     loop {
-        let mut batch: Vec<u32> = slot.take().into_iter().collect();
+        let mut batch: Vec<u32> = std::mem::take(&mut carry);
+        batch.extend(slot.take());
         while batch.len() < MAX_BATCH {
             match policy.next(plan, &mut q, me) {
                 Some(Pick { task, stolen_from }) => {
@@ -258,7 +264,8 @@ pub(crate) fn run_gpu_worker<P: Policy>(
                 None => break,
             }
         }
-        let staged = stage_gpu_batch(run, g, &batch, &mut stats);
+        let (staged, deferred) = stage_gpu_batch(run, g, &batch, in_flight.is_some(), &mut stats);
+        carry = deferred;
         if let Some(done) = in_flight.replace(staged) {
             finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
         }
@@ -267,15 +274,26 @@ pub(crate) fn run_gpu_worker<P: Policy>(
     stats
 }
 
-/// Makes the batch's inputs valid on GPU `g` and submits it.
-fn stage_gpu_batch(run: &RunState<'_>, g: usize, batch: &[u32], stats: &mut WorkerStats) -> StagedBatch {
+/// Makes the batch's inputs valid on GPU `g` and submits it. When the GPU's memory is full
+/// of data in use (this batch's, or the batch still running), the remaining tasks are
+/// returned, to be staged again once that data is released: memory backpressure rather than a
+/// failure. `can_wait` says whether a batch is still running (and so will release data).
+fn stage_gpu_batch(
+    run: &RunState<'_>,
+    g: usize,
+    batch: &[u32],
+    can_wait: bool,
+    stats: &mut WorkerStats,
+) -> (StagedBatch, Vec<u32>) {
     let graph = run.graph;
     let started = run.start.elapsed();
     let mut items = Vec::with_capacity(batch.len());
     let mut tasks = Vec::with_capacity(batch.len());
-    for &task in batch {
-        stats.tasks += 1;
+    let mut pinned = Vec::new();
+    let mut deferred = Vec::new();
+    for (i, &task) in batch.iter().enumerate() {
         if run.poisoned[task as usize].load(Ordering::Relaxed) {
+            stats.tasks += 1;
             tasks.push((task, Staging::Skipped));
             continue;
         }
@@ -284,15 +302,17 @@ fn stage_gpu_batch(run: &RunState<'_>, g: usize, batch: &[u32], stats: &mut Work
         let staged = (|| {
             let gpu_impl = kernel
                 .gpu_impl()
-                .ok_or_else(|| format!("kernel '{}' has no GPU implementation", kernel.name()))?;
+                .ok_or_else(|| PrepError::Failed(format!("kernel '{}' has no GPU implementation", kernel.name())))?;
             let mut ops = Vec::with_capacity(rec.accesses.len as usize);
             for &(d, access) in &graph.accesses[rec.accesses.range()] {
                 let cell = run.cells[d as usize].as_ref().ok_or_else(|| {
-                    format!(
+                    PrepError::Failed(format!(
                         "operand {} has no storage (a size-only datum) and cannot go to a GPU",
                         graph.datum_label(d)
-                    )
+                    ))
                 })?;
+                cell.pin(g);
+                pinned.push(cell.clone());
                 let buffer = cell.ensure_gpu(g, access.reads(), run.gpus, &run.transfers)?;
                 ops.push(GpuOperand {
                     buffer,
@@ -300,7 +320,7 @@ fn stage_gpu_batch(run: &RunState<'_>, g: usize, batch: &[u32], stats: &mut Work
                     access,
                 });
             }
-            Ok::<_, String>(BatchItem {
+            Ok(BatchItem {
                 kernel: kernel.name(),
                 gpu_impl,
                 ops,
@@ -309,18 +329,30 @@ fn stage_gpu_batch(run: &RunState<'_>, g: usize, batch: &[u32], stats: &mut Work
         })();
         match staged {
             Ok(item) => {
+                stats.tasks += 1;
                 tasks.push((task, Staging::Submitted(items.len())));
                 items.push(item);
             }
-            Err(e) => tasks.push((task, Staging::Failed(e))),
+            Err(PrepError::NoRoom(_)) if can_wait || !items.is_empty() => {
+                deferred.extend_from_slice(&batch[i..]);
+                break;
+            }
+            Err(e) => {
+                stats.tasks += 1;
+                tasks.push((task, Staging::Failed(e.to_string())));
+            }
         }
     }
     let in_flight = run.gpus[g].submit_batch(&items);
-    StagedBatch {
-        tasks,
-        in_flight,
-        started,
-    }
+    (
+        StagedBatch {
+            tasks,
+            pinned,
+            in_flight,
+            started,
+        },
+        deferred,
+    )
 }
 
 /// Waits for a staged batch, records its outcomes, and completes its tasks.
@@ -342,6 +374,7 @@ fn finish_gpu_batch<P: Policy>(
         .into_iter()
         .map(Some)
         .collect();
+    staged.pinned.iter().for_each(|c| c.unpin(g));
     let ended = run.start.elapsed();
     let batch_len = staged.tasks.len().max(1);
     for (task, staging) in staged.tasks {

@@ -519,6 +519,7 @@ impl<'a> State<'a> {
             bytes_transferred: self.transfers.total_bytes(),
             transfers: self.transfers.links(),
             residency,
+            memory: Vec::new(),
             workers,
             failures: Vec::new(),
             trace: self.events.map(|per_worker| TraceLog {

@@ -85,6 +85,8 @@ pub struct RunReport {
     pub transfers: Vec<crate::memory::LinkReport>,
     /// Where the run's stored data have valid copies at its end, per memory node.
     pub residency: Vec<NodeResidency>,
+    /// Per memory node: capacity, peak accounted use, evictions.
+    pub memory: Vec<crate::runtime::NodeMemory>,
     pub workers: Vec<WorkerReport>,
     pub failures: Vec<TaskFailure>,
     #[serde(skip)]

@@ -1,0 +1,203 @@
+//! Memory budgets: every memory node (the host, each GPU) has a capacity, and every copy of a
+//! datum placed there is accounted. Past a GPU's capacity, copies are evicted in
+//! least-recently-used order — clean ones dropped, the only valid copy written back to the
+//! host first — skipping data pinned by tasks in flight.
+//!
+//! Invariants:
+//! - `used` of a node is the sum of the sizes of the copies allocated there (replica buffers,
+//!   host buffers); a GPU copy is only allocated after `reserve` succeeded for it;
+//! - eviction never blocks on a datum's lock (it skips data being used), and is never done
+//!   while holding the lock of the datum that needs the room, so two workers making room for
+//!   each other cannot deadlock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use serde::Serialize;
+
+use super::data::{DataCell, PrepError};
+use crate::gpu::GpuDevice;
+use crate::memory::{Node, Transfers};
+
+/// One node's budget.
+#[derive(Debug, Default)]
+pub(crate) struct NodeBudget {
+    pub capacity: AtomicU64,
+    pub used: AtomicU64,
+    pub peak: AtomicU64,
+    pub evictions: AtomicU64,
+    pub written_back: AtomicU64,
+    /// Data with a copy here (GPUs only), for eviction.
+    resident: Mutex<Vec<Weak<DataCell>>>,
+}
+
+impl NodeBudget {
+    fn try_reserve(&self, bytes: u64) -> bool {
+        let cap = self.capacity.load(Ordering::Relaxed);
+        let mut cur = self.used.load(Ordering::Relaxed);
+        loop {
+            let next = cur.saturating_add(bytes);
+            if next > cap {
+                return false;
+            }
+            match self
+                .used
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    self.peak.fetch_max(next, Ordering::Relaxed);
+                    return true;
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Accounts bytes without a limit (host data the user creates).
+    pub fn add(&self, bytes: u64) {
+        let now = self.used.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+
+    pub fn release(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |u| Some(u.saturating_sub(bytes)));
+    }
+}
+
+fn gpu_index(node: Node) -> usize {
+    match node {
+        Node::Gpu(g) => g as usize,
+        Node::Host => usize::MAX,
+    }
+}
+
+/// What a run reports about one memory node.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct NodeMemory {
+    pub node: String,
+    /// `null` when unlimited.
+    pub capacity_bytes: Option<u64>,
+    pub peak_bytes: u64,
+    pub evictions: u64,
+    /// Bytes copied back to the host because the evicted copy was the only valid one.
+    pub written_back_bytes: u64,
+}
+
+/// The budgets of all nodes, indexed by [`Node::index`].
+#[derive(Debug, Default)]
+pub(crate) struct Budgets {
+    nodes: Vec<NodeBudget>,
+}
+
+impl Budgets {
+    /// Budgets for the host and `capacities.len() - 1` GPUs.
+    pub fn new(capacities: &[u64]) -> Self {
+        Budgets {
+            nodes: capacities
+                .iter()
+                .map(|&c| NodeBudget {
+                    capacity: AtomicU64::new(c),
+                    ..NodeBudget::default()
+                })
+                .collect(),
+        }
+    }
+
+    pub fn node(&self, n: Node) -> &NodeBudget {
+        &self.nodes[n.index()]
+    }
+
+    /// Starts a run's peak measurement at the current use.
+    pub fn reset_peaks(&self) {
+        for n in &self.nodes {
+            n.peak.store(n.used.load(Ordering::Relaxed), Ordering::Relaxed);
+            n.evictions.store(0, Ordering::Relaxed);
+            n.written_back.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The per-node report.
+    pub fn report(&self) -> Vec<NodeMemory> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let cap = n.capacity.load(Ordering::Relaxed);
+                NodeMemory {
+                    node: Node::from_index(i).to_string(),
+                    capacity_bytes: (cap != u64::MAX).then_some(cap),
+                    peak_bytes: n.peak.load(Ordering::Relaxed),
+                    evictions: n.evictions.load(Ordering::Relaxed),
+                    written_back_bytes: n.written_back.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// Reserves `bytes` on GPU node `node` for `requester`, evicting least-recently-used
+    /// unpinned copies as needed. Fails, naming the sizes, when pinned data leave no room.
+    pub fn reserve_on_gpu(
+        &self,
+        node: Node,
+        bytes: u64,
+        requester: &Arc<DataCell>,
+        gpus: &[Arc<GpuDevice>],
+        transfers: &Transfers,
+    ) -> Result<(), PrepError> {
+        let nb = self.node(node);
+        loop {
+            if nb.try_reserve(bytes) {
+                return Ok(());
+            }
+            let victim = {
+                let mut resident = nb.resident.lock().unwrap_or_else(|e| e.into_inner());
+                resident.retain(|w| w.strong_count() > 0);
+                resident
+                    .iter()
+                    .filter_map(Weak::upgrade)
+                    .filter(|c| !Arc::ptr_eq(c, requester) && c.evictable(gpu_index(node)))
+                    .min_by_key(|c| c.last_use())
+            };
+            let Some(victim) = victim else {
+                return Err(PrepError::NoRoom(format!(
+                    "{node} memory limit of {} bytes: no room for datum '{}' ({bytes} bytes) beside {} bytes of data in use",
+                    nb.capacity.load(Ordering::Relaxed),
+                    requester.name,
+                    nb.used.load(Ordering::Relaxed)
+                )));
+            };
+            let Node::Gpu(g) = node else {
+                unreachable!("only GPU nodes evict")
+            };
+            match victim.evict_from_gpu(g as usize, gpus, transfers) {
+                Ok(Some(written_back)) => {
+                    nb.evictions.fetch_add(1, Ordering::Relaxed);
+                    nb.written_back.fetch_add(written_back, Ordering::Relaxed);
+                    nb.resident
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .retain(|w| !std::ptr::eq(w.as_ptr(), Arc::as_ptr(&victim)));
+                }
+                // Busy right now: it will not be chosen again while pinned; try again.
+                Ok(None) => std::thread::yield_now(),
+                Err(e) => {
+                    return Err(PrepError::Failed(format!(
+                        "evicting datum '{}' from {node} failed: {e}",
+                        victim.name
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Records that `cell` now has a copy on GPU node `node`.
+    pub fn register(&self, node: Node, cell: &Arc<DataCell>) {
+        self.node(node)
+            .resident
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(cell));
+    }
+}
