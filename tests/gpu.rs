@@ -532,3 +532,118 @@ fn gpu_memory_limits_evict_and_keep_results() {
     let e = limited.run(&g).unwrap_err().to_string();
     assert!(e.contains("'too-big'") && e.contains(&limit.to_string()), "{e}");
 }
+
+/// Two large inputs that cannot fit together with others on a small GPU: every task reads two
+/// tiles and updates one of them, cycling over more tiles than fit. It completes (no
+/// eviction ping-pong livelock) with the same results as without a limit.
+#[test]
+fn tasks_cycling_over_more_data_than_fits_complete() {
+    let make = |limit: Option<u64>| {
+        let mut b = Runtime::builder()
+            .cpus(1)
+            .gpus(GpuRequest::Count(1))
+            .policy(PolicyKind::Locality);
+        if let Some(l) = limit {
+            b = b.memory_limits(hexec::MemoryLimits {
+                host: None,
+                gpu: Some(l),
+            });
+        }
+        b.build().ok()
+    };
+    let run = |rt: &Runtime| {
+        let tiles: Vec<Data<f32>> = (0..5).map(|i| rt.data(values(8192, 40 + i))).collect();
+        let mut g = rt.graph();
+        for step in 0..20usize {
+            let (a, b) = (tiles[step % 5], tiles[(step + 2) % 5]);
+            g.task(&builtin::axpy())
+                .on(DeviceKind::Gpu)
+                .read(a)
+                .read_write(b)
+                .param(0.5)
+                .add();
+        }
+        let report = rt.run(&g).unwrap();
+        (report, tiles.iter().map(|t| rt.read(*t).unwrap()).collect::<Vec<_>>())
+    };
+    let Some(free) = make(None) else { return };
+    let (_, expected) = run(&free);
+    let tile = 8192 * 4;
+    let limited = make(Some(tile * 5 / 2)).unwrap();
+    let t = std::time::Instant::now();
+    let (report, got) = run(&limited);
+    assert!(t.elapsed() < Duration::from_secs(60));
+    assert_eq!(got, expected);
+    assert!(report.evictions > 0);
+    let gpu = report.memory.iter().find(|m| m.node == "gpu0").unwrap();
+    assert!(gpu.peak_bytes <= tile * 5 / 2);
+}
+
+mod memory_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Scale(usize),
+        Axpy(usize, usize),
+        Add(usize, usize, usize),
+    }
+
+    fn op(tiles: usize) -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..tiles).prop_map(Op::Scale),
+            (0..tiles, 0..tiles)
+                .prop_filter("distinct", |(a, b)| a != b)
+                .prop_map(|(a, b)| Op::Axpy(a, b)),
+            (0..tiles, 0..tiles, 0..tiles)
+                .prop_filter("distinct", |(a, b, c)| a != b && b != c && a != c)
+                .prop_map(|(a, b, c)| Op::Add(a, b, c)),
+        ]
+    }
+
+    fn run(limit: Option<u64>, tiles: usize, ops: &[Op]) -> Option<Vec<Vec<f32>>> {
+        let mut b = Runtime::builder()
+            .cpus(1)
+            .gpus(GpuRequest::Count(1))
+            .policy(PolicyKind::Ws);
+        if let Some(l) = limit {
+            b = b.memory_limits(hexec::MemoryLimits {
+                host: None,
+                gpu: Some(l),
+            });
+        }
+        let rt = b.build().ok()?;
+        let data: Vec<Data<f32>> = (0..tiles).map(|i| rt.data(values(1024, 7 + i as u64))).collect();
+        let mut g = rt.graph();
+        for o in ops {
+            let t = match *o {
+                Op::Scale(a) => g.task(&builtin::scale()).read_write(data[a]).param(1.5),
+                Op::Axpy(a, b) => g.task(&builtin::axpy()).read(data[a]).read_write(data[b]).param(0.25),
+                Op::Add(a, b, c) => g.task(&builtin::add()).read(data[a]).read(data[b]).write(data[c]),
+            };
+            t.on(DeviceKind::Gpu).add();
+        }
+        let report = rt.run(&g).unwrap();
+        if let Some(l) = limit {
+            let gpu = report.memory.iter().find(|m| m.node == "gpu0").unwrap();
+            assert!(gpu.peak_bytes <= l, "peak {} over {l}", gpu.peak_bytes);
+        }
+        Some(data.iter().map(|d| rt.read(*d).unwrap()).collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+        /// Under any GPU limit that fits one task's operands, results equal the unlimited run.
+        #[test]
+        fn results_do_not_depend_on_the_gpu_memory_limit(
+            (tiles, ops) in (3usize..7).prop_flat_map(|t| (Just(t), prop::collection::vec(op(t), 1..30))),
+            room in 3u64..6,
+        ) {
+            let Some(free) = run(None, tiles, &ops) else { return Ok(()) };
+            let limited = run(Some(room * 1024 * 4), tiles, &ops).unwrap();
+            prop_assert_eq!(limited, free);
+        }
+    }
+}

@@ -761,6 +761,7 @@ impl Runtime {
             per_worker: stats.iter().map(|s| s.events.clone()).collect(),
             transfers: run.transfers.take_log(),
         });
+        let memory = self.budgets.report();
         let report = RunReport {
             policy: policy.name().to_string(),
             tasks: n,
@@ -772,7 +773,9 @@ impl Runtime {
             prefetched_tasks: run.prefetched.load(Ordering::Relaxed),
             bytes_transferred: run.transfers.total_bytes(),
             residency: residency(cells, self.gpus.len()),
-            memory: self.budgets.report(),
+            evictions: memory.iter().map(|m| m.evictions).sum(),
+            spilled_bytes: 0,
+            memory,
             transfers: run.transfers.links(),
             workers,
             failures,

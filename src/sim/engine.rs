@@ -520,6 +520,8 @@ impl<'a> State<'a> {
             transfers: self.transfers.links(),
             residency,
             memory: Vec::new(),
+            evictions: 0,
+            spilled_bytes: 0,
             workers,
             failures: Vec::new(),
             trace: self.events.map(|per_worker| TraceLog {

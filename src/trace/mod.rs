@@ -87,6 +87,10 @@ pub struct RunReport {
     pub residency: Vec<NodeResidency>,
     /// Per memory node: capacity, peak accounted use, evictions.
     pub memory: Vec<crate::runtime::NodeMemory>,
+    /// Copies evicted from any node.
+    pub evictions: u64,
+    /// Bytes written to spill files (0: host spilling is not implemented yet).
+    pub spilled_bytes: u64,
     pub workers: Vec<WorkerReport>,
     pub failures: Vec<TaskFailure>,
     #[serde(skip)]
