@@ -109,7 +109,16 @@ fn every_policy_finishes_every_graph_above_its_bound() {
     let sm = SimMachine::parse("cpus:3,gpus:1,gpu-speedup:4").unwrap();
     let g = build(&cholesky::generate(8, 512), &sm);
     for policy in PolicyKind::ALL {
-        let r = simulate(&g, &sm, policy, &SimOptions { record_trace: true }).unwrap();
+        let r = simulate(
+            &g,
+            &sm,
+            policy,
+            &SimOptions {
+                record_trace: true,
+                ..SimOptions::default()
+            },
+        )
+        .unwrap();
         assert_eq!(r.run.completed, g.len());
         assert!(
             r.run.makespan_s >= r.lower_bound_s * (1.0 - 1e-9),
@@ -123,4 +132,42 @@ fn every_policy_finishes_every_graph_above_its_bound() {
         let again = simulate(&g, &sm, policy, &SimOptions::default()).unwrap();
         assert_eq!(again.placement, r.placement, "{policy} is deterministic");
     }
+}
+
+#[test]
+fn gpu_memory_limits_hold_in_simulation() {
+    let sm = SimMachine::parse("cpus:2,gpus:2,gpu-speedup:20").unwrap();
+    let g = build(&cholesky::generate(12, 512), &sm);
+    let tile = 512 * 512 * 4u64;
+    let free = simulate(&g, &sm, PolicyKind::Locality, &SimOptions::default()).unwrap();
+    let limit = 8 * tile;
+    let opts = SimOptions {
+        gpu_memory: Some(limit),
+        ..SimOptions::default()
+    };
+    for policy in PolicyKind::ALL {
+        let r = simulate(&g, &sm, policy, &opts).unwrap();
+        assert_eq!(r.run.completed, g.len(), "{policy}");
+        for m in r.run.memory.iter().filter(|m| m.node != "host") {
+            assert!(m.peak_bytes <= limit, "{policy}: {m:?}");
+        }
+    }
+    let limited = simulate(&g, &sm, PolicyKind::Locality, &opts).unwrap();
+    let free_peak = free.run.memory.iter().map(|m| m.peak_bytes).max().unwrap();
+    assert!(
+        free_peak > limit,
+        "the working set ({free_peak} bytes) exceeds the limit"
+    );
+    assert!(limited.run.evictions > 0);
+    // A task whose operands exceed the limit is refused at submit.
+    let tiny = SimOptions {
+        gpu_memory: Some(tile),
+        ..SimOptions::default()
+    };
+    let only_gpu = SimMachine::parse("cpus:0,gpus:1,gpu-speedup:20").unwrap();
+    let g2 = build(&cholesky::generate(3, 512), &only_gpu);
+    let e = simulate(&g2, &only_gpu, PolicyKind::Eager, &tiny)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("memory"), "{e}");
 }

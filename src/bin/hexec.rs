@@ -86,6 +86,9 @@ enum Command {
         trace: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// Memory limits, e.g. `gpu=256MiB` (the simulator models GPU memory).
+        #[arg(long)]
+        mem: Option<hexec::MemoryLimits>,
     },
     /// Generate graphs.
     Gen {
@@ -293,6 +296,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             time_scale,
             trace,
             json,
+            mem,
         } => {
             let sm = hexec::sim::SimMachine::parse(&machine)?;
             let spec = formats::load(&graph, format)?;
@@ -310,6 +314,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 policy,
                 &hexec::sim::SimOptions {
                     record_trace: trace.is_some(),
+                    gpu_memory: mem.and_then(|m| m.gpu),
                 },
             )?;
             let took = t.elapsed();

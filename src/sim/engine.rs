@@ -26,6 +26,9 @@ use crate::trace::{NodeResidency, RunReport, TraceEvent, TraceLog, WorkerReport}
 pub struct SimOptions {
     /// Record every task's simulated start and end.
     pub record_trace: bool,
+    /// Each GPU's memory for data copies: past it, least-recently-used copies not used by
+    /// the running task are evicted (written back to the host when the only valid copy).
+    pub gpu_memory: Option<u64>,
 }
 
 /// Why a simulation could not run.
@@ -36,6 +39,8 @@ pub enum SimError {
     Submit(#[from] SubmitError),
     #[error("the simulation stalled at t = {time} s with {remaining} task(s) never started (a policy lost them)")]
     Stalled { time: f64, remaining: usize },
+    #[error("task '{task}' needs datum {datum} on {node}, whose memory is full of the task's own operands")]
+    NoRoom { task: String, datum: String, node: String },
 }
 
 /// The summary of a simulated run: the runtime's summary plus the lower bound.
@@ -90,7 +95,12 @@ pub fn simulate(graph: &Graph, sm: &SimMachine, policy: PolicyKind, opts: &SimOp
             g.tasks[t].priority = p;
         }
     }
-    let compiled = compile(&g, &sm.machine, &infos)?;
+    // A GPU memory limit also refuses, at submit, tasks whose operands cannot fit.
+    let mut machine = sm.machine.clone();
+    if let Some(limit) = opts.gpu_memory {
+        machine.gpus.iter_mut().for_each(|g| g.memory_bytes = Some(limit));
+    }
+    let compiled = compile(&g, &machine, &infos)?;
     let plan = &compiled.plan;
     // Costs where the task may run at all.
     let allowed: Vec<[Option<f64>; 2]> = (0..n)
@@ -189,6 +199,19 @@ struct State<'a> {
     arrival: Vec<Vec<f64>>,
     /// `[from][to]`: when the link is free again (one copy at a time per direction).
     link_free: Vec<Vec<f64>>,
+    /// GPU memory capacity for copies, if limited.
+    gpu_cap: Option<u64>,
+    /// `[datum][node]`: memory allocated there for the datum (GPU nodes).
+    alloc: Vec<Vec<bool>>,
+    /// `[datum][node]`: tasks running there that use the datum.
+    pins: Vec<Vec<u32>>,
+    /// `[datum][node]`: last use, for least-recently-used eviction.
+    last_use: Vec<Vec<f64>>,
+    /// Per node: bytes allocated, peak, evictions, bytes written back.
+    used: Vec<u64>,
+    peak: Vec<u64>,
+    evictions: Vec<u64>,
+    written_back: Vec<u64>,
     transfers: Transfers,
     busy: Vec<f64>,
     tasks: Vec<u64>,
@@ -271,6 +294,14 @@ impl<'a> State<'a> {
             coherence: (0..graph.data.len()).map(|_| Coherence::host_only(gpus)).collect(),
             arrival: vec![vec![0.0; gpus + 1]; graph.data.len()],
             link_free: vec![vec![0.0; gpus + 1]; gpus + 1],
+            gpu_cap: opts.gpu_memory,
+            alloc: vec![vec![false; gpus + 1]; graph.data.len()],
+            pins: vec![vec![0; gpus + 1]; graph.data.len()],
+            last_use: vec![vec![0.0; gpus + 1]; graph.data.len()],
+            used: vec![0; gpus + 1],
+            peak: vec![0; gpus + 1],
+            evictions: vec![0; gpus + 1],
+            written_back: vec![0; gpus + 1],
             transfers: Transfers::new(gpus),
             busy: vec![0.0; m.num_workers()],
             tasks: vec![0; m.num_workers()],
@@ -304,9 +335,57 @@ impl<'a> State<'a> {
 
     /// Starts copying datum `d` to `dst` (if it is not there or on its way); returns when it
     /// will be there.
+    /// Allocates room for datum `d` on GPU node `dst`, evicting least-recently-used copies
+    /// not in use there. False when the data in use leave no room.
+    fn allocate(&mut self, d: u32, dst: Node) -> bool {
+        let Node::Gpu(_) = dst else { return true };
+        let cap = self.gpu_cap.unwrap_or(u64::MAX);
+        let n = dst.index();
+        if self.alloc[d as usize][n] {
+            return true;
+        }
+        let bytes = self.data_bytes[d as usize];
+        while self.used[n] + bytes > cap {
+            let victim = (0..self.alloc.len())
+                .filter(|&v| v != d as usize && self.alloc[v][n] && self.pins[v][n] == 0)
+                .min_by(|&a, &b| self.last_use[a][n].total_cmp(&self.last_use[b][n]));
+            let Some(v) = victim else { return false };
+            let c = &self.coherence[v];
+            if c.is_valid(dst) && c.valid_nodes().count() == 1 {
+                // The only valid copy: write it back to the host first.
+                let vb = self.data_bytes[v];
+                let start = self.now.max(self.arrival[v][n]).max(self.link_free[n][0]);
+                let end = start + self.link(dst, Node::Host, vb);
+                self.link_free[n][0] = end;
+                self.arrival[v][0] = end;
+                self.transfers
+                    .record(dst, Node::Host, vb, std::time::Duration::from_secs_f64(end - start));
+                self.coherence[v].record_read(Node::Host);
+                self.written_back[n] += vb;
+            }
+            self.coherence[v].drop_copy(dst);
+            self.free(v, n);
+            self.evictions[n] += 1;
+        }
+        self.alloc[d as usize][n] = true;
+        self.used[n] += bytes;
+        self.peak[n] = self.peak[n].max(self.used[n]);
+        true
+    }
+
+    fn free(&mut self, d: usize, n: usize) {
+        if std::mem::take(&mut self.alloc[d][n]) {
+            self.used[n] -= self.data_bytes[d];
+        }
+    }
+
     fn fetch(&mut self, d: u32, dst: Node) -> f64 {
         if self.coherence[d as usize].is_valid(dst) {
             return self.arrival[d as usize][dst.index()];
+        }
+        if !self.allocate(d, dst) {
+            // No room beside the data in use: the task fetches it when it starts.
+            return self.now;
         }
         let Some((src, end)) = self.plan_copy(d, dst) else {
             return self.now;
@@ -319,6 +398,21 @@ impl<'a> State<'a> {
             .record(src, dst, bytes, std::time::Duration::from_secs_f64(took));
         self.coherence[d as usize].record_read(dst);
         end
+    }
+
+    /// Pins the task's operands on `node` and gives each room there (outputs too); returns a
+    /// datum that cannot fit.
+    fn pin_operands(&mut self, task: u32, node: Node) -> Option<u32> {
+        let graph = self.graph;
+        let rec = &graph.tasks[task as usize];
+        for &(d, _) in &graph.accesses[rec.accesses.range()] {
+            self.pins[d as usize][node.index()] += 1;
+            self.last_use[d as usize][node.index()] = self.now;
+        }
+        graph.accesses[rec.accesses.range()]
+            .iter()
+            .find(|&&(d, _)| !self.allocate(d, node))
+            .map(|&(d, _)| d)
     }
 
     /// Starts the copies of `task`'s inputs to `node`; returns when all will be there.
@@ -410,6 +504,13 @@ impl<'a> State<'a> {
                 };
                 self.steals[w] += u64::from(stolen_from.is_some());
                 let node = self.node_of[w];
+                if let Some(d) = self.pin_operands(task, node) {
+                    return Err(SimError::NoRoom {
+                        task: self.graph.task_name(task as usize),
+                        datum: self.graph.datum_label(d),
+                        node: node.to_string(),
+                    });
+                }
                 let start = self.fetch_inputs(task, node);
                 let compute = self.costs[task as usize][kind_index(self.kind_of[w])].unwrap_or(0.0);
                 let end = start + compute;
@@ -435,9 +536,17 @@ impl<'a> State<'a> {
             let node = self.node_of[w];
             let rec = &self.graph.tasks[task as usize];
             for &(d, access) in &self.graph.accesses[rec.accesses.range()] {
+                self.pins[d as usize][node.index()] -= 1;
                 if access.writes() {
+                    let stale: Vec<Node> = self.coherence[d as usize]
+                        .valid_nodes()
+                        .filter(|&m| m != node)
+                        .collect();
                     self.coherence[d as usize].record_write(node);
                     self.arrival[d as usize][node.index()] = self.now;
+                    for m in stale {
+                        self.free(d as usize, m.index());
+                    }
                 }
             }
             done += 1;
@@ -519,8 +628,16 @@ impl<'a> State<'a> {
             bytes_transferred: self.transfers.total_bytes(),
             transfers: self.transfers.links(),
             residency,
-            memory: Vec::new(),
-            evictions: 0,
+            memory: (0..sm.nodes())
+                .map(|i| crate::runtime::NodeMemory {
+                    node: Node::from_index(i).to_string(),
+                    capacity_bytes: if i > 0 { self.gpu_cap } else { None },
+                    peak_bytes: self.peak[i],
+                    evictions: self.evictions[i],
+                    written_back_bytes: self.written_back[i],
+                })
+                .collect(),
+            evictions: self.evictions.iter().sum(),
             spilled_bytes: 0,
             workers,
             failures: Vec::new(),
