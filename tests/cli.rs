@@ -133,3 +133,28 @@ fn bench_gpu_reports_every_figure() {
     }
     assert!(v.as_array().unwrap().iter().all(|f| f["value"].as_f64().unwrap() > 0.0));
 }
+
+#[test]
+fn bench_memory_stays_within_limits_and_matches_the_simulator() {
+    let out = hexec()
+        .args(["bench", "memory", "--tiles", "16", "--tile-len", "1024", "--json"])
+        .output()
+        .unwrap();
+    if out.status.code() == Some(2) && String::from_utf8_lossy(&out.stderr).contains("no GPU") {
+        eprintln!("SKIPPED: no GPU adapter");
+        return;
+    }
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for r in rows.as_array().unwrap() {
+        assert_eq!(r["results_match"], true, "{r}");
+        if let Some(limit) = r["limit_bytes"].as_u64() {
+            assert!(r["peak_gpu_bytes"].as_u64().unwrap() <= limit, "{r}");
+            let (real, sim) = (
+                r["peak_gpu_bytes"].as_f64().unwrap(),
+                r["simulated_peak_gpu_bytes"].as_f64().unwrap(),
+            );
+            assert!((real - sim).abs() <= 0.1 * real, "simulated peak within 10%: {r}");
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! Benchmarks shared by `hexec bench` and the criterion benches in `benches/`.
 
 pub mod gpu;
+pub mod memory;
 pub mod overhead;
 pub mod schedule;

@@ -118,6 +118,17 @@ enum GenCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// GPU memory limits: a blockwise workload at 4x and 16x the limit against no limit.
+    Memory {
+        #[arg(long)]
+        json: bool,
+        /// Number of tiles.
+        #[arg(long, default_value_t = 64)]
+        tiles: usize,
+        /// Elements (f32) per tile.
+        #[arg(long, default_value_t = 65536)]
+        tile_len: usize,
+    },
     /// Schedule quality in the simulator: makespan / lower bound per policy.
     Schedule {
         #[arg(long)]
@@ -376,6 +387,17 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             } else {
                 println!("makespan / lower bound in the simulator (1.000 is optimal)\n");
                 print!("{}", hexec::bench::schedule::markdown(&rows));
+            }
+            Ok(())
+        }
+        Command::Bench {
+            which: BenchCommand::Memory { json, tiles, tile_len },
+        } => {
+            let rows = hexec::bench::memory::measure(tiles.max(2), tile_len.max(1))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", hexec::bench::memory::markdown(&rows));
             }
             Ok(())
         }

@@ -1,0 +1,184 @@
+//! Memory-limit benchmark: a blockwise workload (produce many tiles on the GPU, then reduce
+//! them pairwise) whose working set is 4x and 16x the GPU's memory limit, against the same
+//! run without a limit; and the simulator's peak for the same limit, from the model the real
+//! runs measured.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::graph::{Data, Graph};
+use crate::kernels::builtin;
+use crate::memory::Node;
+use crate::runtime::{MemoryLimits, Runtime};
+use crate::sched::PolicyKind;
+use crate::sim::{simulate, SimMachine, SimOptions};
+use crate::topology::DeviceKind;
+
+/// One row of the table.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryRow {
+    /// Working set divided by the GPU limit (`None`: unlimited).
+    pub oversubscription: Option<u64>,
+    pub limit_bytes: Option<u64>,
+    pub working_set_bytes: u64,
+    pub makespan_s: f64,
+    /// Against the unlimited run.
+    pub overhead: f64,
+    pub peak_gpu_bytes: u64,
+    pub evictions: u64,
+    pub written_back_bytes: u64,
+    /// The simulator's GPU peak for the same graph and limit.
+    pub simulated_peak_gpu_bytes: u64,
+    pub results_match: bool,
+}
+
+fn build(rt: &Runtime, tiles: usize, len: usize) -> (Graph, Vec<Data<f32>>) {
+    let data: Vec<Data<f32>> = (0..tiles)
+        .map(|i| rt.data_named(format!("t{i}"), vec![0.0f32; len]))
+        .collect();
+    let mut g = rt.graph();
+    for (i, d) in data.iter().enumerate() {
+        g.task(&builtin::fill())
+            .name(format!("produce{i}"))
+            .on(DeviceKind::Gpu)
+            .write(*d)
+            .param(1.0 + i as f64)
+            .add();
+    }
+    let mut stride = 1;
+    while stride < tiles {
+        for i in (0..tiles).step_by(2 * stride) {
+            if i + stride < tiles {
+                g.task(&builtin::axpy())
+                    .name(format!("reduce{i}+{}", i + stride))
+                    .on(DeviceKind::Gpu)
+                    .read(data[i + stride])
+                    .read_write(data[i])
+                    .param(1.0)
+                    .add();
+            }
+        }
+        stride *= 2;
+    }
+    (g, data)
+}
+
+/// Runs the table: `tiles` tiles of `len` f32 each, unlimited then at 4x and 16x.
+pub fn measure(tiles: usize, len: usize) -> Result<Vec<MemoryRow>, String> {
+    let working_set = (tiles * len * 4) as u64;
+    let mut rows = Vec::new();
+    let mut baseline: Option<(f64, Vec<f32>)> = None;
+    for over in [None, Some(4u64), Some(16u64)] {
+        let limit = over.map(|o| working_set / o);
+        let rt = Runtime::builder()
+            .cpus(1)
+            .policy(PolicyKind::Eager)
+            .memory_limits(MemoryLimits { host: None, gpu: limit })
+            .calibrate(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        if rt.gpus().is_empty() {
+            return Err("no GPU found: nothing to measure (install mesa-vulkan-drivers for lavapipe)".into());
+        }
+        let (g, data) = build(&rt, tiles, len);
+        rt.run(&g).map_err(|e| e.to_string())?; // warm-up: pipelines, buffers, the model
+        let zeros = vec![0.0f32; len];
+        for d in &data {
+            rt.write(*d, &zeros).map_err(|e| e.to_string())?;
+        }
+        let t = Instant::now();
+        let report = rt.run(&g).map_err(|e| e.to_string())?;
+        let makespan = t.elapsed().as_secs_f64();
+        let result = rt.read(data[0]).map_err(|e| e.to_string())?;
+        let gpu = report
+            .memory
+            .iter()
+            .find(|m| m.node == Node::Gpu(0).to_string())
+            .cloned();
+        let (base_time, base_result) = baseline.get_or_insert((makespan, result.clone())).clone();
+        let mut sm = SimMachine::parse("cpus:1,gpus:1,gpu-speedup:1")?;
+        sm.model = rt.perf_model();
+        let sg = {
+            let k = |name: &str| sm.kernel(name);
+            let mut spec = crate::graph::formats::GraphSpec::new(None);
+            // The simulator sees the same graph shape over size-only tiles.
+            for i in 0..tiles {
+                spec.data.push(crate::graph::formats::DataSpec {
+                    name: format!("t{i}"),
+                    elem: None,
+                    len: None,
+                    bytes: Some((len * 4) as u64),
+                    init: None,
+                    read_only: false,
+                });
+            }
+            for i in 0..g.len() {
+                let name = g.task_name(i);
+                let mut t = crate::graph::formats::TaskSpec::replay(name, 0.0);
+                t.kernel = g.task_kernel(i).to_string();
+                t.params.clear();
+                t.device = Some("gpu".into());
+                t.access = g.accesses[g.tasks[i].accesses.range()]
+                    .iter()
+                    .map(|&(d, a)| (format!("t{}", d), a.short().to_string()))
+                    .collect();
+                spec.tasks.push(t);
+            }
+            spec.build_virtual(&k, &crate::graph::formats::BuildOptions::default())
+                .map_err(|e| e.to_string())?
+        };
+        let sim = simulate(
+            &sg,
+            &sm,
+            PolicyKind::Eager,
+            &SimOptions {
+                record_trace: false,
+                gpu_memory: limit,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let sim_peak = sim
+            .run
+            .memory
+            .iter()
+            .filter(|m| m.node != "host")
+            .map(|m| m.peak_bytes)
+            .max()
+            .unwrap_or(0);
+        rows.push(MemoryRow {
+            oversubscription: over,
+            limit_bytes: limit,
+            working_set_bytes: working_set,
+            makespan_s: makespan,
+            overhead: makespan / base_time - 1.0,
+            peak_gpu_bytes: gpu.as_ref().map_or(0, |m| m.peak_bytes),
+            evictions: gpu.as_ref().map_or(0, |m| m.evictions),
+            written_back_bytes: gpu.as_ref().map_or(0, |m| m.written_back_bytes),
+            simulated_peak_gpu_bytes: sim_peak,
+            results_match: result == base_result,
+        });
+    }
+    Ok(rows)
+}
+
+/// The table in Markdown.
+pub fn markdown(rows: &[MemoryRow]) -> String {
+    let mut s = String::from("| working set / GPU limit | limit | makespan | overhead | GPU peak | evictions | written back | simulated GPU peak | results |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for r in rows {
+        let kib = |b: u64| format!("{} KiB", b / 1024);
+        s.push_str(&format!(
+            "| {} | {} | {:.1} ms | {:+.0}% | {} | {} | {} | {} | {} |\n",
+            r.oversubscription.map_or("unlimited".to_string(), |o| format!("{o}x")),
+            r.limit_bytes.map_or("-".to_string(), kib),
+            r.makespan_s * 1e3,
+            r.overhead * 100.0,
+            kib(r.peak_gpu_bytes),
+            r.evictions,
+            kib(r.written_back_bytes),
+            kib(r.simulated_peak_gpu_bytes),
+            if r.results_match { "same" } else { "DIFFERENT" }
+        ));
+    }
+    s
+}
