@@ -385,6 +385,13 @@ impl<'m> Eligibility<'m> {
         if let Some(kind) = r.device {
             cand.retain(|&w| m.workers[w.index()].kind == kind);
             if cand.is_empty() {
+                if kind == DeviceKind::Gpu && kernel.has_gpu() && m.count(kind) > 0 && gpu_fit == 0 {
+                    let largest_memory = m.gpus.iter().filter_map(|g| g.memory_bytes).max();
+                    return Err(format!(
+                        "it is restricted to gpu workers, and no GPU can hold its operands (size-only data, an operand larger than the GPU's largest storage binding, or operands together larger than its memory{})",
+                        largest_memory.map(|b| format!(" of {b} bytes")).unwrap_or_default()
+                    ));
+                }
                 return Err(format!(
                     "it is restricted to {kind} workers; this machine has {} {kind} worker(s) able to run kernel '{}'",
                     m.count(kind),
