@@ -1,11 +1,11 @@
 //! The README's Rust examples, kept compiling and true.
 
 use hexec::kernels::{builtin, Access, ElemType, Kernel, Signature};
-use hexec::{PolicyKind, Runtime};
+use hexec::Runtime;
 
 #[test]
 fn readme_api_example() -> Result<(), Box<dyn std::error::Error>> {
-    let rt = Runtime::builder().policy(PolicyKind::Ws).build()?;
+    let rt = Runtime::builder().build()?;
     let x = rt.data(vec![1.0f32; 1 << 20]);
     let y = rt.data(vec![0.0f32; 1 << 20]);
     let s = rt.data(vec![0.0f32; 1]);
