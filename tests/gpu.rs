@@ -25,6 +25,18 @@ fn gpu_runtime(gpus: usize) -> Option<Runtime> {
     }
 }
 
+/// A runtime with one CPU core and one GPU under an optional GPU memory limit.
+fn gpu_rt_limited(limit: Option<u64>, policy: PolicyKind) -> Option<Runtime> {
+    let mut b = Runtime::builder().cpus(1).gpus(GpuRequest::Count(1)).policy(policy);
+    if let Some(l) = limit {
+        b = b.memory_limits(hexec::MemoryLimits {
+            host: None,
+            gpu: Some(l),
+        });
+    }
+    b.build().ok()
+}
+
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
     (0..n as u64)
@@ -467,19 +479,7 @@ fn portable_reductions_match() {
 /// without a limit.
 #[test]
 fn gpu_memory_limits_evict_and_keep_results() {
-    let build = |limit: Option<u64>| {
-        let mut b = Runtime::builder()
-            .cpus(1)
-            .gpus(GpuRequest::Count(1))
-            .policy(PolicyKind::Eager);
-        if let Some(l) = limit {
-            b = b.memory_limits(hexec::MemoryLimits {
-                host: None,
-                gpu: Some(l),
-            });
-        }
-        b.build().ok()
-    };
+    let build = |limit: Option<u64>| gpu_rt_limited(limit, PolicyKind::Eager);
     let run = |rt: &Runtime| {
         let tiles: Vec<Data<f32>> = (0..16).map(|i| rt.data(values(4096, i))).collect();
         let mut g = rt.graph();
@@ -538,19 +538,7 @@ fn gpu_memory_limits_evict_and_keep_results() {
 /// eviction ping-pong livelock) with the same results as without a limit.
 #[test]
 fn tasks_cycling_over_more_data_than_fits_complete() {
-    let make = |limit: Option<u64>| {
-        let mut b = Runtime::builder()
-            .cpus(1)
-            .gpus(GpuRequest::Count(1))
-            .policy(PolicyKind::Locality);
-        if let Some(l) = limit {
-            b = b.memory_limits(hexec::MemoryLimits {
-                host: None,
-                gpu: Some(l),
-            });
-        }
-        b.build().ok()
-    };
+    let make = |limit: Option<u64>| gpu_rt_limited(limit, PolicyKind::Locality);
     let run = |rt: &Runtime| {
         let tiles: Vec<Data<f32>> = (0..5).map(|i| rt.data(values(8192, 40 + i))).collect();
         let mut g = rt.graph();
@@ -603,17 +591,7 @@ mod memory_properties {
     }
 
     fn run(limit: Option<u64>, tiles: usize, ops: &[Op]) -> Option<Vec<Vec<f32>>> {
-        let mut b = Runtime::builder()
-            .cpus(1)
-            .gpus(GpuRequest::Count(1))
-            .policy(PolicyKind::Ws);
-        if let Some(l) = limit {
-            b = b.memory_limits(hexec::MemoryLimits {
-                host: None,
-                gpu: Some(l),
-            });
-        }
-        let rt = b.build().ok()?;
+        let rt = gpu_rt_limited(limit, PolicyKind::Ws)?;
         let data: Vec<Data<f32>> = (0..tiles).map(|i| rt.data(values(1024, 7 + i as u64))).collect();
         let mut g = rt.graph();
         for o in ops {
