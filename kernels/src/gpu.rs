@@ -2,7 +2,7 @@
 //!
 //! A [`GpuImpl`] is declarative: the executor (in `hexec`) compiles the module once per
 //! device, caches one pipeline per entry point, binds each pass's [`Binding`]s (the uniform
-//! [`Params`] block, task operands, scratch buffers) and dispatches the workgroup grid the
+//! `Params` block (WGSL, see `shaders/common.wgsl`), task operands, scratch buffers) and dispatches the workgroup grid the
 //! pass computes from the operand sizes and parameters. Every module starts with
 //! `shaders/common.wgsl`, which declares the uniform block at binding 0.
 
@@ -17,7 +17,7 @@ pub const ELEMENTWISE_WG: u32 = 256;
 /// What a pass binds at each binding index (in order: binding 0, 1, 2, ...).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Binding {
-    /// The uniform [`Params`] block.
+    /// The uniform `Params` block (WGSL, see `shaders/common.wgsl`).
     Params,
     /// Task operand `i`.
     Operand(usize),

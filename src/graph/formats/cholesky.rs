@@ -2,7 +2,7 @@
 //! tiled-Cholesky DAG files in `shared/workloads/heterogeneous/cholesky_skylake_v100/dags`.
 //!
 //! Right-looking factorisation of an N×N grid of B×B single-precision tiles (the precision of
-//! StarPU's Cholesky performance models): for each k, `potrf` on A[k][k], `trsm` on the
+//! StarPU's Cholesky performance models): for each k, `potrf` on `A[k][k]`, `trsm` on the
 //! tiles below it, then `syrk` on the diagonal and `gemm` on the rest of the trailing matrix.
 //! Tiles are size-only data; kernels are named `potrf`, `trsm`, `syrk`, `gemm`.
 
