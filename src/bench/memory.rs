@@ -20,6 +20,8 @@ use crate::topology::DeviceKind;
 pub struct MemoryRow {
     /// Working set divided by the GPU limit (`None`: unlimited).
     pub oversubscription: Option<u64>,
+    /// Whether GPU workers held back data producers when their memory was nearly full.
+    pub backpressure: bool,
     pub limit_bytes: Option<u64>,
     pub working_set_bytes: u64,
     pub makespan_s: f64,
@@ -69,15 +71,23 @@ pub fn measure(tiles: usize, len: usize) -> Result<Vec<MemoryRow>, String> {
     let working_set = (tiles * len * 4) as u64;
     let mut rows = Vec::new();
     let mut baseline: Option<(f64, Vec<f32>)> = None;
-    for over in [None, Some(4u64), Some(16u64)] {
+    for (over, backpressure) in [
+        (None, true),
+        (Some(4u64), true),
+        (Some(4), false),
+        (Some(16u64), true),
+        (Some(16), false),
+    ] {
         let limit = over.map(|o| working_set / o);
-        let rt = Runtime::builder()
+        let mut builder = Runtime::builder()
             .cpus(1)
             .policy(PolicyKind::Eager)
             .memory_limits(MemoryLimits { host: None, gpu: limit })
-            .calibrate(true)
-            .build()
-            .map_err(|e| e.to_string())?;
+            .calibrate(true);
+        if !backpressure {
+            builder = builder.no_backpressure();
+        }
+        let rt = builder.build().map_err(|e| e.to_string())?;
         if rt.gpus().is_empty() {
             return Err("no GPU found: nothing to measure (install mesa-vulkan-drivers for lavapipe)".into());
         }
@@ -148,6 +158,7 @@ pub fn measure(tiles: usize, len: usize) -> Result<Vec<MemoryRow>, String> {
             .unwrap_or(0);
         rows.push(MemoryRow {
             oversubscription: over,
+            backpressure,
             limit_bytes: limit,
             working_set_bytes: working_set,
             makespan_s: makespan,
@@ -164,12 +175,13 @@ pub fn measure(tiles: usize, len: usize) -> Result<Vec<MemoryRow>, String> {
 
 /// The table in Markdown.
 pub fn markdown(rows: &[MemoryRow]) -> String {
-    let mut s = String::from("| working set / GPU limit | limit | makespan | overhead | GPU peak | evictions | written back | simulated GPU peak | results |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    let mut s = String::from("| working set / GPU limit | backpressure | limit | makespan | overhead | GPU peak | evictions | written back | simulated GPU peak | results |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in rows {
         let kib = |b: u64| format!("{} KiB", b / 1024);
         s.push_str(&format!(
-            "| {} | {} | {:.1} ms | {:+.0}% | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.1} ms | {:+.0}% | {} | {} | {} | {} | {} |\n",
             r.oversubscription.map_or("unlimited".to_string(), |o| format!("{o}x")),
+            if r.backpressure { "on" } else { "off" },
             r.limit_bytes.map_or("-".to_string(), kib),
             r.makespan_s * 1e3,
             r.overhead * 100.0,

@@ -109,6 +109,13 @@ impl Budgets {
         &self.nodes[n.index()]
     }
 
+    /// Whether a limited node is above its high watermark (90% of its capacity).
+    pub fn nearly_full(&self, n: Node) -> bool {
+        let nb = self.node(n);
+        let cap = nb.capacity.load(Ordering::Relaxed);
+        cap != u64::MAX && nb.used.load(Ordering::Relaxed) as f64 > 0.9 * cap as f64
+    }
+
     /// Starts a run's peak measurement at the current use.
     pub fn reset_peaks(&self) {
         for n in &self.nodes {

@@ -125,6 +125,7 @@ pub struct RuntimeBuilder {
     model: Option<PerfModel>,
     calibrate: bool,
     limits: MemoryLimits,
+    no_backpressure: bool,
 }
 
 /// Memory capacities a runtime enforces (`None`: the device's own).
@@ -210,6 +211,13 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Turns memory backpressure off: GPU workers then take data-producing tasks even when
+    /// their memory is nearly full (to measure what backpressure saves).
+    pub fn no_backpressure(mut self) -> Self {
+        self.no_backpressure = true;
+        self
+    }
+
     /// Memory capacities: each GPU evicts data copies past its limit.
     pub fn memory_limits(mut self, limits: MemoryLimits) -> Self {
         self.limits = limits;
@@ -284,6 +292,7 @@ impl RuntimeBuilder {
             gpus,
             model: Mutex::new(self.model.unwrap_or_default()),
             calibrate: self.calibrate,
+            backpressure: !self.no_backpressure,
             links: Mutex::new((0.0, 0.0)),
             registry: KernelRegistry::with_builtins(),
         })
@@ -315,6 +324,7 @@ pub struct Runtime {
     gpus: Vec<Arc<GpuDevice>>,
     model: Mutex<PerfModel>,
     calibrate: bool,
+    backpressure: bool,
     budgets: Arc<budget::Budgets>,
     /// Bytes and seconds of host↔GPU copies measured so far.
     links: Mutex<(f64, f64)>,
@@ -644,6 +654,8 @@ impl Runtime {
             prefetched: AtomicU64::new(0),
             record_trace: opts.record_trace,
             calibrate,
+            budgets: &self.budgets,
+            backpressure: self.backpressure,
         };
         let (bandwidth, latency) = self.link_model();
         let view = planning.then(|| costs::CostView {

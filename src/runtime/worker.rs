@@ -20,7 +20,7 @@ use super::queues::{LocalQueues, SharedQueues};
 use crate::gpu::{BatchItem, GpuDevice, GpuOperand, InFlight, MAX_BATCH};
 use crate::graph::compile::CompiledGraph;
 use crate::graph::Graph;
-use crate::memory::Transfers;
+use crate::memory::{Node, Transfers};
 use crate::sched::{Pick, Policy};
 use crate::topology::WorkerId;
 use crate::trace::{TaskFailure, TraceEvent};
@@ -59,9 +59,19 @@ pub(crate) struct RunState<'a> {
     pub prefetched: std::sync::atomic::AtomicU64,
     /// Time every kernel for the performance model.
     pub calibrate: bool,
+    /// Memory budgets of the nodes.
+    pub budgets: &'a super::budget::Budgets,
+    /// Hold back data-producing tasks on GPUs whose memory is nearly full.
+    pub backpressure: bool,
 }
 
 impl RunState<'_> {
+    /// Whether a task only writes data (reads nothing): a producer.
+    pub fn only_produces(&self, task: u32) -> bool {
+        let acc = &self.graph.accesses[self.graph.tasks[task as usize].accesses.range()];
+        !acc.is_empty() && acc.iter().all(|(_, a)| !a.reads())
+    }
+
     /// Copies the inputs of `task` to GPU `g` ahead of time. Failures are ignored here: the
     /// task meets them again, and reports them, when it runs.
     pub fn prefetch_inputs(&self, task: u32, g: usize) {
@@ -241,8 +251,9 @@ pub(crate) fn run_gpu_worker<P: Policy>(
     let mut carry: Vec<u32> = Vec::new();
     loop {
         let mut batch: Vec<u32> = std::mem::take(&mut carry);
+        let carried = batch.len();
         batch.extend(slot.take());
-        while batch.len() < MAX_BATCH {
+        while batch.len() < carried + MAX_BATCH {
             match policy.next(plan, &mut q, me) {
                 Some(Pick { task, stolen_from }) => {
                     stats.steals += u64::from(stolen_from.is_some());
@@ -264,8 +275,20 @@ pub(crate) fn run_gpu_worker<P: Policy>(
                 None => break,
             }
         }
+        // Backpressure: with this GPU's memory nearly full, tasks that only produce data wait
+        // while tasks that consume data are ready, so that produced data are used before
+        // they have to be evicted.
+        let mut held = Vec::new();
+        if run.backpressure && run.budgets.nearly_full(Node::Gpu(g as u16)) {
+            let (producers, consumers): (Vec<u32>, Vec<u32>) = batch.iter().partition(|&&t| run.only_produces(t));
+            if !producers.is_empty() && !consumers.is_empty() {
+                held = producers;
+                batch = consumers;
+            }
+        }
         let (staged, deferred) = stage_gpu_batch(run, g, &batch, in_flight.is_some(), &mut stats);
         carry = deferred;
+        carry.extend(held);
         if let Some(done) = in_flight.replace(staged) {
             finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
         }
