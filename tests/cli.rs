@@ -158,3 +158,31 @@ fn bench_memory_stays_within_limits_and_matches_the_simulator() {
         }
     }
 }
+
+#[test]
+fn bench_memory_host_spills_within_the_limit() {
+    let out = hexec()
+        .args([
+            "bench",
+            "memory",
+            "--host",
+            "--tiles",
+            "32",
+            "--tile-len",
+            "256",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for r in rows {
+        assert_eq!(r["results_match"], true, "{r}");
+        if let Some(limit) = r["limit_bytes"].as_u64() {
+            assert!(r["peak_host_bytes"].as_u64().unwrap() <= limit, "{r}");
+            assert!(r["spilled_bytes"].as_u64().unwrap() > 0, "{r}");
+        }
+    }
+}

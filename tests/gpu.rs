@@ -625,3 +625,60 @@ mod memory_properties {
         }
     }
 }
+
+/// Host and GPU both limited to a quarter of the data: tiles move GPU → host → spill file and
+/// back, and the results equal an unlimited run's.
+#[test]
+fn host_and_gpu_limits_together_spill_and_keep_results() {
+    let build = |limits: Option<(u64, u64)>| {
+        let mut b = Runtime::builder()
+            .cpus(1)
+            .gpus(GpuRequest::Count(1))
+            .policy(PolicyKind::Locality);
+        if let Some((host, gpu)) = limits {
+            b = b.memory_limits(hexec::MemoryLimits {
+                host: Some(host),
+                gpu: Some(gpu),
+            });
+        }
+        b.build().ok()
+    };
+    let run = |rt: &Runtime| {
+        let tiles: Vec<Data<f32>> = (0..16).map(|i| rt.data(values(4096, 70 + i))).collect();
+        let mut g = rt.graph();
+        for t in &tiles {
+            g.task(&builtin::scale())
+                .on(DeviceKind::Gpu)
+                .read_write(*t)
+                .param(2.0)
+                .add();
+        }
+        for pair in tiles.chunks(2) {
+            g.task(&builtin::axpy())
+                .on(DeviceKind::Cpu)
+                .read(pair[1])
+                .read_write(pair[0])
+                .param(0.5)
+                .add();
+        }
+        for t in tiles.iter().step_by(2) {
+            g.task(&builtin::scale())
+                .on(DeviceKind::Gpu)
+                .read_write(*t)
+                .param(-1.0)
+                .add();
+        }
+        let report = rt.run(&g).unwrap();
+        (report, tiles.iter().map(|t| rt.read(*t).unwrap()).collect::<Vec<_>>())
+    };
+    let Some(free) = build(None) else { return };
+    let (_, expected) = run(&free);
+    let quarter = 4 * 4096 * 4;
+    let limited = build(Some((quarter, quarter))).unwrap();
+    let (report, got) = run(&limited);
+    assert_eq!(got, expected, "results differ under host and GPU limits");
+    for m in &report.memory {
+        assert!(m.peak_bytes <= quarter, "{m:?} over the limit {quarter}");
+    }
+    assert!(report.spilled_bytes > 0, "{:?}", report.memory);
+}

@@ -1,7 +1,8 @@
 //! Memory-limit benchmark: a blockwise workload (produce many tiles on the GPU, then reduce
 //! them pairwise) whose working set is 4x and 16x the GPU's memory limit, against the same
 //! run without a limit; and the simulator's peak for the same limit, from the model the real
-//! runs measured.
+//! runs measured. With `host`, the same workload on CPU workers against host limits, where
+//! host copies spill to files.
 
 use std::time::Instant;
 
@@ -35,7 +36,108 @@ pub struct MemoryRow {
     pub results_match: bool,
 }
 
+/// One row of the host table.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostMemoryRow {
+    /// Working set divided by the host limit (`None`: unlimited).
+    pub oversubscription: Option<u64>,
+    pub limit_bytes: Option<u64>,
+    pub working_set_bytes: u64,
+    pub makespan_s: f64,
+    /// Against the unlimited run.
+    pub overhead: f64,
+    pub peak_host_bytes: u64,
+    /// Host copies taken out of memory (written to a spill file or dropped when clean).
+    pub spills: u64,
+    pub spilled_bytes: u64,
+    pub results_match: bool,
+}
+
+/// The host table: the same workload on `cpus` CPU workers, unlimited then with the host
+/// limited to 1/4 and 1/16 of the working set.
+pub fn measure_host(tiles: usize, len: usize, cpus: usize, reps: usize) -> Result<Vec<HostMemoryRow>, String> {
+    let working_set = (tiles * len * 4) as u64;
+    let mut rows = Vec::new();
+    let mut baseline: Option<(f64, Vec<f32>)> = None;
+    for over in [None, Some(4u64), Some(16)] {
+        let limit = over.map(|o| working_set / o);
+        let rt = Runtime::builder()
+            .machine(crate::topology::Machine::synthetic_cpus(cpus.max(1)))
+            .policy(PolicyKind::Ws)
+            .memory_limits(MemoryLimits { host: limit, gpu: None })
+            .build()
+            .map_err(|e| e.to_string())?;
+        let (g, data) = build_on(&rt, tiles, len, DeviceKind::Cpu);
+        let (makespan, report, result) = timed_runs(&rt, &g, &data, len, reps)?;
+        let (base_time, base_result) = baseline.get_or_insert((makespan, result.clone())).clone();
+        let host = &report.memory[Node::Host.index()];
+        rows.push(HostMemoryRow {
+            oversubscription: over,
+            limit_bytes: limit,
+            working_set_bytes: working_set,
+            makespan_s: makespan,
+            overhead: makespan / base_time - 1.0,
+            peak_host_bytes: host.peak_bytes,
+            spills: host.evictions,
+            spilled_bytes: report.spilled_bytes,
+            results_match: result == base_result,
+        });
+    }
+    Ok(rows)
+}
+
+/// The host table in Markdown.
+pub fn host_markdown(rows: &[HostMemoryRow]) -> String {
+    let mut s = String::from("| working set / host limit | limit | makespan | overhead | host peak | spills | spilled | results |\n|---|---:|---:|---:|---:|---:|---:|---|\n");
+    for r in rows {
+        let kib = |b: u64| format!("{} KiB", b / 1024);
+        s.push_str(&format!(
+            "| {} | {} | {:.1} ms | {:+.0}% | {} | {} | {} | {} |\n",
+            r.oversubscription.map_or("unlimited".to_string(), |o| format!("{o}x")),
+            r.limit_bytes.map_or("-".to_string(), kib),
+            r.makespan_s * 1e3,
+            r.overhead * 100.0,
+            kib(r.peak_host_bytes),
+            r.spills,
+            kib(r.spilled_bytes),
+            if r.results_match { "same" } else { "DIFFERENT" }
+        ));
+    }
+    s
+}
+
+/// One warm-up run (pipelines, buffers, the model), then `reps` timed runs from zeroed tiles:
+/// the median time, the last run's report and its result (tile 0).
+fn timed_runs(
+    rt: &Runtime,
+    g: &Graph,
+    data: &[Data<f32>],
+    len: usize,
+    reps: usize,
+) -> Result<(f64, crate::trace::RunReport, Vec<f32>), String> {
+    rt.run(g).map_err(|e| e.to_string())?;
+    let zeros = vec![0.0f32; len];
+    let mut times = Vec::new();
+    let mut last = None;
+    for _ in 0..reps.max(1) {
+        for d in data {
+            rt.write(*d, &zeros).map_err(|e| e.to_string())?;
+        }
+        let t = Instant::now();
+        let report = rt.run(g).map_err(|e| e.to_string())?;
+        times.push(t.elapsed().as_secs_f64());
+        last = Some(report);
+    }
+    times.sort_by(f64::total_cmp);
+    let result = rt.read(data[0]).map_err(|e| e.to_string())?;
+    Ok((times[times.len() / 2], last.expect("at least one run"), result))
+}
+
 fn build(rt: &Runtime, tiles: usize, len: usize) -> (Graph, Vec<Data<f32>>) {
+    build_on(rt, tiles, len, DeviceKind::Gpu)
+}
+
+fn build_on(rt: &Runtime, tiles: usize, len: usize, device: DeviceKind) -> (Graph, Vec<Data<f32>>) {
     let data: Vec<Data<f32>> = (0..tiles)
         .map(|i| rt.data_named(format!("t{i}"), vec![0.0f32; len]))
         .collect();
@@ -43,7 +145,7 @@ fn build(rt: &Runtime, tiles: usize, len: usize) -> (Graph, Vec<Data<f32>>) {
     for (i, d) in data.iter().enumerate() {
         g.task(&builtin::fill())
             .name(format!("produce{i}"))
-            .on(DeviceKind::Gpu)
+            .on(device)
             .write(*d)
             .param(1.0 + i as f64)
             .add();
@@ -54,7 +156,7 @@ fn build(rt: &Runtime, tiles: usize, len: usize) -> (Graph, Vec<Data<f32>>) {
             if i + stride < tiles {
                 g.task(&builtin::axpy())
                     .name(format!("reduce{i}+{}", i + stride))
-                    .on(DeviceKind::Gpu)
+                    .on(device)
                     .read(data[i + stride])
                     .read_write(data[i])
                     .param(1.0)
@@ -66,8 +168,9 @@ fn build(rt: &Runtime, tiles: usize, len: usize) -> (Graph, Vec<Data<f32>>) {
     (g, data)
 }
 
-/// Runs the table: `tiles` tiles of `len` f32 each, unlimited then at 4x and 16x.
-pub fn measure(tiles: usize, len: usize) -> Result<Vec<MemoryRow>, String> {
+/// Runs the table: `tiles` tiles of `len` f32 each, unlimited then at 4x and 16x; each time the
+/// median of `reps` runs.
+pub fn measure(tiles: usize, len: usize, reps: usize) -> Result<Vec<MemoryRow>, String> {
     let working_set = (tiles * len * 4) as u64;
     let mut rows = Vec::new();
     let mut baseline: Option<(f64, Vec<f32>)> = None;
@@ -92,15 +195,7 @@ pub fn measure(tiles: usize, len: usize) -> Result<Vec<MemoryRow>, String> {
             return Err("no GPU found: nothing to measure (install mesa-vulkan-drivers for lavapipe)".into());
         }
         let (g, data) = build(&rt, tiles, len);
-        rt.run(&g).map_err(|e| e.to_string())?; // warm-up: pipelines, buffers, the model
-        let zeros = vec![0.0f32; len];
-        for d in &data {
-            rt.write(*d, &zeros).map_err(|e| e.to_string())?;
-        }
-        let t = Instant::now();
-        let report = rt.run(&g).map_err(|e| e.to_string())?;
-        let makespan = t.elapsed().as_secs_f64();
-        let result = rt.read(data[0]).map_err(|e| e.to_string())?;
+        let (makespan, report, result) = timed_runs(&rt, &g, &data, len, reps)?;
         let gpu = report
             .memory
             .iter()

@@ -118,10 +118,17 @@ enum GenCommand {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// GPU memory limits: a blockwise workload at 4x and 16x the limit against no limit.
+    /// Memory limits: a blockwise workload at 4x and 16x the GPU limit against no limit
+    /// (with --host: on CPU workers against the host limit, spilling to files).
     Memory {
         #[arg(long)]
         json: bool,
+        /// Limit host memory instead of the GPU's (no GPU needed).
+        #[arg(long)]
+        host: bool,
+        /// Timed runs per row (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
         /// Number of tiles.
         #[arg(long, default_value_t = 64)]
         tiles: usize,
@@ -391,9 +398,35 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Bench {
-            which: BenchCommand::Memory { json, tiles, tile_len },
+            which:
+                BenchCommand::Memory {
+                    json,
+                    host: true,
+                    tiles,
+                    tile_len,
+                    reps,
+                },
         } => {
-            let rows = hexec::bench::memory::measure(tiles.max(2), tile_len.max(1))?;
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let rows = hexec::bench::memory::measure_host(tiles.max(2), tile_len.max(1), cpus, reps)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", hexec::bench::memory::host_markdown(&rows));
+            }
+            Ok(())
+        }
+        Command::Bench {
+            which:
+                BenchCommand::Memory {
+                    json,
+                    tiles,
+                    tile_len,
+                    reps,
+                    ..
+                },
+        } => {
+            let rows = hexec::bench::memory::measure(tiles.max(2), tile_len.max(1), reps)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {

@@ -1,7 +1,9 @@
 //! Memory budgets: every memory node (the host, each GPU) has a capacity, and every copy of a
 //! datum placed there is accounted. Past a GPU's capacity, copies are evicted in
 //! least-recently-used order — clean ones dropped, the only valid copy written back to the
-//! host first — skipping data pinned by tasks in flight.
+//! host first — skipping data pinned by tasks in flight. Past the host's capacity, host
+//! copies are spilled the same way: written to a spill file when they are the only valid
+//! copy, dropped otherwise (see [`super::spill`]).
 //!
 //! Invariants:
 //! - `used` of a node is the sum of the sizes of the copies allocated there (replica buffers,
@@ -16,6 +18,7 @@ use std::sync::{Arc, Mutex, Weak};
 use serde::Serialize;
 
 use super::data::{DataCell, PrepError};
+use super::spill::SpillDir;
 use crate::gpu::GpuDevice;
 use crate::memory::{Node, Transfers};
 
@@ -27,7 +30,8 @@ pub(crate) struct NodeBudget {
     pub peak: AtomicU64,
     pub evictions: AtomicU64,
     pub written_back: AtomicU64,
-    /// Data with a copy here (GPUs only), for eviction.
+    /// Data with a copy here (on the host: every datum, when the host is limited), for
+    /// eviction.
     resident: Mutex<Vec<Weak<DataCell>>>,
 }
 
@@ -81,7 +85,8 @@ pub struct NodeMemory {
     pub capacity_bytes: Option<u64>,
     pub peak_bytes: u64,
     pub evictions: u64,
-    /// Bytes copied back to the host because the evicted copy was the only valid one.
+    /// Bytes copied back because the evicted copy was the only valid one: to the host from a
+    /// GPU, to spill files from the host.
     pub written_back_bytes: u64,
 }
 
@@ -89,11 +94,13 @@ pub struct NodeMemory {
 #[derive(Debug, Default)]
 pub(crate) struct Budgets {
     nodes: Vec<NodeBudget>,
+    /// Where host copies go past the host's capacity (set when the host is limited).
+    spill: Option<SpillDir>,
 }
 
 impl Budgets {
-    /// Budgets for the host and `capacities.len() - 1` GPUs.
-    pub fn new(capacities: &[u64]) -> Self {
+    /// Budgets for the host and `capacities.len() - 1` GPUs; a limited host spills to `spill`.
+    pub fn new(capacities: &[u64], spill: Option<SpillDir>) -> Self {
         Budgets {
             nodes: capacities
                 .iter()
@@ -102,6 +109,65 @@ impl Budgets {
                     ..NodeBudget::default()
                 })
                 .collect(),
+            spill: spill.filter(|_| capacities.first().is_some_and(|&c| c != u64::MAX)),
+        }
+    }
+
+    /// Whether host copies may be spilled (the host is limited).
+    pub fn spillable(&self) -> bool {
+        self.spill.is_some()
+    }
+
+    pub fn spill_dir(&self) -> Option<&SpillDir> {
+        self.spill.as_ref()
+    }
+
+    /// Accounts a new host buffer the user creates, spilling others to make room; when the
+    /// rest is pinned by a running graph, it is accounted over the limit rather than refused.
+    pub fn admit_host(&self, bytes: u64) {
+        if !self.spillable() || self.reserve_host(bytes, None).is_err() {
+            self.node(Node::Host).add(bytes);
+        }
+    }
+
+    /// Reserves `bytes` on the host for `requester`, spilling least-recently-used unpinned
+    /// host copies as needed. Fails, naming the sizes, when pinned data leave no room or a
+    /// spill file cannot be written.
+    pub fn reserve_host(&self, bytes: u64, requester: Option<&DataCell>) -> Result<(), PrepError> {
+        let nb = self.node(Node::Host);
+        let mut busy: Vec<*const DataCell> = Vec::new();
+        loop {
+            if nb.try_reserve(bytes) {
+                return Ok(());
+            }
+            let victim = {
+                let mut resident = nb.resident.lock().unwrap_or_else(|e| e.into_inner());
+                resident.retain(|w| w.strong_count() > 0);
+                resident
+                    .iter()
+                    .filter(|w| !busy.contains(&w.as_ptr()) && requester.is_none_or(|r| !std::ptr::eq(w.as_ptr(), r)))
+                    .filter_map(Weak::upgrade)
+                    // A datum larger than the limit could never come back: it stays.
+                    .filter(|c| c.host_in_memory() && c.bytes() as u64 <= nb.capacity.load(Ordering::Relaxed))
+                    .min_by_key(|c| c.last_host_use())
+            };
+            let Some(victim) = victim else {
+                return Err(PrepError::NoRoom(format!(
+                    "host memory limit of {} bytes: no room for {}{bytes} bytes beside {} bytes of data in use",
+                    nb.capacity.load(Ordering::Relaxed),
+                    requester.map_or(String::new(), |r| format!("datum '{}' ", r.name)),
+                    nb.used.load(Ordering::Relaxed)
+                )));
+            };
+            match victim.spill_host() {
+                Ok(Some(written)) => {
+                    nb.evictions.fetch_add(1, Ordering::Relaxed);
+                    nb.written_back.fetch_add(written, Ordering::Relaxed);
+                }
+                // Pinned or locked right now: try the others.
+                Ok(None) => busy.push(Arc::as_ptr(&victim)),
+                Err(e) => return Err(PrepError::Failed(e)),
+            }
         }
     }
 

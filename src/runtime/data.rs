@@ -2,8 +2,14 @@
 //! datum on GPUs with their coherence state.
 //!
 //! Invariants:
-//! - a [`DataCell`]'s host buffer is allocated once, 8-byte aligned, and never moves or
-//!   changes size; it is freed when the last `Arc` to the cell goes;
+//! - a [`DataCell`]'s host buffer is 8-byte aligned and `words` long. Without a host memory
+//!   limit it is allocated once and never moves; with one, it may be spilled (written to a
+//!   spill file when it is the only valid copy, else dropped) and allocated again later, both
+//!   with `coherence` locked and only while no task or user access holds a host pin on it, so
+//!   a pointer handed out by [`DataCell::pin_host`] stays valid until its `unpin_host`;
+//! - the host's coherence state covers the host buffer and the spill file together: a valid
+//!   host copy lives in exactly one of them; a spill file exists only while the host copy is
+//!   valid and not in memory;
 //! - during a run, every cell the graph uses is marked `in_use`; user-side reads and writes
 //!   ([`DataStore::read`], [`DataStore::write`]) refuse a cell in use, so the only accesses
 //!   to its bytes are the run's kernels, ordered by the graph's dependencies (readers share,
@@ -13,10 +19,10 @@
 //!   into a node are made with `coherence` locked, and only into a node whose copy is invalid,
 //!   which no reader uses.
 
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use super::budget::Budgets;
+use super::spill::SpillFile;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -49,6 +55,8 @@ pub enum DataError {
     TooLarge { name: String, bytes: u128 },
     #[error("datum '{name}' could not be brought to the host: {reason}")]
     Transfer { name: String, reason: String },
+    #[error("datum '{name}' could not be stored: {reason}")]
+    Store { name: String, reason: String },
 }
 
 /// Why a datum could not be made ready on a GPU.
@@ -56,6 +64,8 @@ pub enum DataError {
 pub(crate) enum PrepError {
     /// The GPU's memory is full of data in use: wait for tasks to finish, then retry.
     NoRoom(String),
+    /// The host's memory is full of data pinned by running CPU tasks or reads: retry soon.
+    HostBusy(String),
     /// Anything else (a failed copy, a lost device).
     Failed(String),
 }
@@ -63,7 +73,7 @@ pub(crate) enum PrepError {
 impl std::fmt::Display for PrepError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PrepError::NoRoom(m) | PrepError::Failed(m) => f.write_str(m),
+            PrepError::NoRoom(m) | PrepError::HostBusy(m) | PrepError::Failed(m) => f.write_str(m),
         }
     }
 }
@@ -74,8 +84,17 @@ pub(crate) struct DataCell {
     pub elem: ElemType,
     pub len: usize,
     pub read_only: bool,
-    ptr: NonNull<u64>,
+    /// The host buffer of `words` words; null while spilled or dropped (host limit only).
+    ptr: AtomicPtr<u64>,
     words: usize,
+    /// Whether the host buffer may leave memory (the runtime has a host limit).
+    spillable: bool,
+    /// Tasks and user accesses using the host buffer now (it stays in memory meanwhile).
+    host_pins: AtomicU32,
+    /// Logical time of the last host use, for least-recently-used spilling.
+    host_use: AtomicU64,
+    /// The spill file holding the valid host copy while the buffer is out of memory.
+    spilled: Mutex<Option<SpillFile>>,
     in_use: AtomicBool,
     coherence: Mutex<Coherence>,
     /// Replica buffers, one slot per GPU.
@@ -125,15 +144,19 @@ impl DataCell {
         budgets: Arc<Budgets>,
     ) -> Self {
         let words = buf.len();
-        budgets.node(Node::Host).add((len * elem.size()) as u64);
-        let ptr = NonNull::new(Box::into_raw(buf) as *mut u64).expect("Box pointers are never null");
+        budgets.admit_host((len * elem.size()) as u64);
+        let ptr = Box::into_raw(buf) as *mut u64;
         DataCell {
             name,
             elem,
             len,
             read_only,
-            ptr,
+            ptr: AtomicPtr::new(ptr),
             words,
+            spillable: budgets.spillable(),
+            host_pins: AtomicU32::new(0),
+            host_use: AtomicU64::new(0),
+            spilled: Mutex::new(None),
             in_use: AtomicBool::new(false),
             coherence: Mutex::new(Coherence::host_only(gpus)),
             replicas: Mutex::new((0..gpus).map(|_| None).collect()),
@@ -150,9 +173,185 @@ impl DataCell {
         self.len * self.elem.size()
     }
 
-    /// Raw pointer to the host bytes, for binding kernel operands.
-    pub fn as_mut_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr().cast()
+    /// Raw pointer to the host bytes; null while spilled. Callers hold `coherence` or a host
+    /// pin, or the cell is not spillable.
+    fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr.load(Ordering::Acquire).cast()
+    }
+
+    /// Brings the host buffer into memory (coherence locked): allocated after reserving room
+    /// in the host budget, and filled from the spill file when that holds the valid copy.
+    fn materialize(&self, _locked: &mut Coherence) -> Result<(), PrepError> {
+        if !self.as_mut_ptr().is_null() {
+            return Ok(());
+        }
+        let bytes = self.bytes() as u64;
+        let limit = self.budgets.node(Node::Host).capacity.load(Ordering::Relaxed);
+        if bytes > limit {
+            return Err(PrepError::Failed(format!(
+                "datum '{}' ({bytes} bytes) is larger than the host memory limit of {limit} bytes",
+                self.name
+            )));
+        }
+        self.budgets.reserve_host(bytes, Some(self)).map_err(|e| match e {
+            PrepError::NoRoom(m) => PrepError::HostBusy(m),
+            other => other,
+        })?;
+        let mut buf = vec![0u64; self.words].into_boxed_slice();
+        let mut spilled = self.spilled.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = spilled.as_ref() {
+            let out = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..self.bytes()];
+            if let Err(e) = file.read_into(&self.name, out) {
+                self.budgets.node(Node::Host).release(bytes);
+                return Err(PrepError::Failed(e));
+            }
+            if let Some(file) = spilled.take() {
+                file.remove();
+            }
+        }
+        self.ptr.store(Box::into_raw(buf) as *mut u64, Ordering::Release);
+        Ok(())
+    }
+
+    /// The host bytes, in memory and valid when `read`, kept there until
+    /// [`DataCell::unpin_host`]. Without a host limit this is only the fetch.
+    pub fn pin_host(&self, read: bool, gpus: &[Arc<GpuDevice>], transfers: &Transfers) -> Result<*mut u8, PrepError> {
+        if !self.spillable {
+            if read && !gpus.is_empty() {
+                self.ensure_host(gpus, transfers).map_err(PrepError::Failed)?;
+            }
+            return Ok(self.as_mut_ptr());
+        }
+        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        if read && !c.is_valid(Node::Host) {
+            self.fetch_to_host(&mut c, gpus, transfers)?;
+        } else {
+            if !read {
+                // A write-only access overwrites every byte: the spilled copy need not come back.
+                if let Some(file) = self.spilled.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    file.remove();
+                }
+            }
+            self.materialize(&mut c)?;
+        }
+        self.host_pins.fetch_add(1, Ordering::AcqRel);
+        self.host_use
+            .store(USE_CLOCK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        Ok(self.as_mut_ptr())
+    }
+
+    /// Ends a [`DataCell::pin_host`].
+    pub fn unpin_host(&self) {
+        if self.spillable {
+            self.host_pins.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Copies the valid bytes into `out` (user reads) without bringing a spilled datum back
+    /// into memory: from the host buffer, else from the spill file or a GPU directly. The
+    /// caller holds `in_use`.
+    pub fn copy_out(&self, out: &mut [u8], gpus: &[Arc<GpuDevice>], transfers: &Transfers) -> Result<(), String> {
+        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        let ptr = self.as_mut_ptr();
+        if !ptr.is_null() {
+            if !c.is_valid(Node::Host) {
+                self.fetch_to_host(&mut c, gpus, transfers).map_err(|e| e.to_string())?;
+            }
+            // SAFETY: the caller holds `in_use`, so no kernel touches the bytes; the buffer
+            // is in memory, valid, and cannot be spilled while we hold `coherence`.
+            out.copy_from_slice(unsafe { std::slice::from_raw_parts(ptr as *const u8, self.bytes()) });
+            return Ok(());
+        }
+        match c.read_source(Node::Host) {
+            Ok(None) => match self.spilled.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                Some(file) => file.read_into(&self.name, out),
+                None => Err(format!(
+                    "datum '{}' has neither a host buffer nor a spill file",
+                    self.name
+                )),
+            },
+            Ok(Some(Node::Gpu(g))) => {
+                let replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+                match (gpus.get(g as usize), replicas.get(g as usize)) {
+                    (Some(dev), Some(Some(buf))) => dev.download(buf, out),
+                    _ => Err(format!(
+                        "datum '{}' is valid only on gpu{g}, which holds no buffer for it",
+                        self.name
+                    )),
+                }
+            }
+            Ok(Some(Node::Host)) => unreachable!("the host is never a source for the host"),
+            Err(e) => Err(format!("datum '{}': {e}", self.name)),
+        }
+    }
+
+    /// Overwrites the whole datum with `bytes` (user writes): into the host buffer, or, while
+    /// it is spilled, into a new spill file. GPU copies become stale. The caller holds `in_use`.
+    pub fn copy_in(&self, bytes: &[u8]) -> Result<(), String> {
+        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        let ptr = self.as_mut_ptr();
+        if ptr.is_null() {
+            let dir = self.budgets.spill_dir().ok_or("the runtime has no spill directory")?;
+            let file = dir.write(&self.name, bytes)?;
+            if let Some(old) = self.spilled.lock().unwrap_or_else(|e| e.into_inner()).replace(file) {
+                old.remove();
+            }
+        } else {
+            // SAFETY: as in `copy_out`; the whole buffer is overwritten.
+            unsafe { std::slice::from_raw_parts_mut(ptr, self.bytes()) }.copy_from_slice(bytes);
+        }
+        c.record_write(Node::Host);
+        self.on_gpu.store(false, Ordering::Release);
+        self.host_valid.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the host buffer is in memory now.
+    pub fn host_in_memory(&self) -> bool {
+        !self.as_mut_ptr().is_null()
+    }
+
+    /// Logical time of its last host use.
+    pub fn last_host_use(&self) -> u64 {
+        self.host_use.load(Ordering::Relaxed)
+    }
+
+    /// Takes the host buffer out of memory: written to a spill file when it holds the only
+    /// valid copy, dropped otherwise. `Ok(None)`: pinned or locked right now (nothing done);
+    /// `Ok(Some(bytes))`: done, with the bytes written to disk.
+    pub fn spill_host(&self) -> Result<Option<u64>, String> {
+        let Ok(mut c) = self.coherence.try_lock() else {
+            return Ok(None);
+        };
+        let ptr = self.as_mut_ptr();
+        if self.host_pins.load(Ordering::Acquire) != 0 || ptr.is_null() {
+            return Ok(None);
+        }
+        let mut written = 0;
+        if c.is_valid(Node::Host) && c.valid_nodes().count() == 1 {
+            let dir = self.budgets.spill_dir().ok_or("the runtime has no spill directory")?;
+            // SAFETY: coherence is locked and no host pin is held, so nothing reads or writes
+            // the buffer, which is live and `bytes()` long.
+            let host = unsafe { std::slice::from_raw_parts(ptr as *const u8, self.bytes()) };
+            let file = dir.write(&self.name, host)?;
+            *self.spilled.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+            written = self.bytes() as u64;
+        } else if c.is_valid(Node::Host) {
+            // A GPU holds a valid copy: the host's is clean and simply goes.
+            c.drop_copy(Node::Host);
+            self.host_valid.store(false, Ordering::Release);
+        }
+        self.ptr.store(std::ptr::null_mut(), Ordering::Release);
+        // SAFETY: `ptr`/`words` come from `Box::into_raw` of a `Box<[u64]>` of that length;
+        // the pointer was just cleared under the lock, so it is freed exactly once.
+        unsafe {
+            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                ptr.cast::<u64>(),
+                self.words,
+            )))
+        };
+        self.budgets.node(Node::Host).release(self.bytes() as u64);
+        Ok(Some(written))
     }
 
     /// Marks the cell used by a run; false if it already was.
@@ -171,30 +370,36 @@ impl DataCell {
             return Ok(());
         }
         let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
-        self.fetch_to_host(&mut c, gpus, transfers)
+        self.fetch_to_host(&mut c, gpus, transfers).map_err(|e| e.to_string())
     }
 
-    fn fetch_to_host(&self, c: &mut Coherence, gpus: &[Arc<GpuDevice>], transfers: &Transfers) -> Result<(), String> {
+    fn fetch_to_host(
+        &self,
+        c: &mut Coherence,
+        gpus: &[Arc<GpuDevice>],
+        transfers: &Transfers,
+    ) -> Result<(), PrepError> {
         let Node::Gpu(g) = (match c.read_source(Node::Host) {
-            Ok(None) => return Ok(()),
+            Ok(None) => return self.materialize(c),
             Ok(Some(src)) => src,
-            Err(e) => return Err(format!("datum '{}': {e}", self.name)),
+            Err(e) => return Err(PrepError::Failed(format!("datum '{}': {e}", self.name))),
         }) else {
             unreachable!("the host is never a source for the host");
         };
         let replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
         let (Some(dev), Some(Some(buf))) = (gpus.get(g as usize), replicas.get(g as usize)) else {
-            return Err(format!(
+            return Err(PrepError::Failed(format!(
                 "datum '{}' is valid only on gpu{g}, which holds no buffer for it",
                 self.name
-            ));
+            )));
         };
+        self.materialize(c)?;
         let started = Instant::now();
         // SAFETY: the host copy is invalid, so no kernel reads it (CPU readers wait for this
         // lock), and no task writes the datum concurrently with a reader (dependencies);
         // `ptr` covers `bytes()` bytes of the live host buffer.
         let host = unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr(), self.bytes()) };
-        dev.download(buf, host)?;
+        dev.download(buf, host).map_err(PrepError::Failed)?;
         transfers.record(Node::Gpu(g), Node::Host, self.bytes() as u64, started.elapsed());
         c.record_read(Node::Host);
         self.host_valid.store(true, Ordering::Release);
@@ -266,7 +471,12 @@ impl DataCell {
         let node = Node::Gpu(g as u16);
         let mut written_back = 0;
         if c.is_valid(node) && c.valid_nodes().count() == 1 {
-            self.fetch_to_host(&mut c, gpus, transfers)?;
+            match self.fetch_to_host(&mut c, gpus, transfers) {
+                Ok(()) => {}
+                // No host room for the write-back right now: try another victim.
+                Err(PrepError::HostBusy(_)) => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            }
             written_back = self.bytes() as u64;
         }
         let had = self.replicas.lock().unwrap_or_else(|e| e.into_inner())[g]
@@ -324,8 +534,10 @@ impl DataCell {
         self.last_use
             .store(USE_CLOCK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
         if read && !c.is_valid(node) {
-            if !c.is_valid(Node::Host) {
-                self.fetch_to_host(&mut c, gpus, transfers).map_err(PrepError::Failed)?;
+            if c.is_valid(Node::Host) {
+                self.materialize(&mut c)?;
+            } else {
+                self.fetch_to_host(&mut c, gpus, transfers)?;
             }
             let started = Instant::now();
             // SAFETY: the host copy is valid and only read here; writers of the datum are
@@ -343,6 +555,9 @@ impl DataCell {
     pub fn gpu_written(&self, g: usize) {
         let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
         c.record_write(Node::Gpu(g as u16));
+        if let Some(stale) = self.spilled.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            stale.remove();
+        }
         self.host_valid.store(false, Ordering::Release);
         self.on_gpu.store(true, Ordering::Release);
     }
@@ -351,20 +566,24 @@ impl DataCell {
 impl Drop for DataCell {
     fn drop(&mut self) {
         let bytes = self.bytes() as u64;
-        self.budgets.node(Node::Host).release(bytes);
+        let ptr = *self.ptr.get_mut();
+        if !ptr.is_null() {
+            self.budgets.node(Node::Host).release(bytes);
+        }
+        if let Some(file) = self.spilled.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            file.remove();
+        }
         let replicas = self.replicas.get_mut().unwrap_or_else(|e| e.into_inner());
         for (g, r) in replicas.iter().enumerate() {
             if r.is_some() {
                 self.budgets.node(Node::Gpu(g as u16)).release(bytes);
             }
         }
-        // SAFETY: `ptr`/`words` come from `Box::into_raw` of a `Box<[u64]>` of that length in
-        // `from_words`, and are freed exactly once, here.
-        unsafe {
-            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
-                self.ptr.as_ptr(),
-                self.words,
-            )))
+        if !ptr.is_null() {
+            // SAFETY: a non-null `ptr` comes from `Box::into_raw` of a `Box<[u64]>` of `words`
+            // words (`from_words`, `materialize`) not freed yet (`spill_host` clears it when it
+            // frees); we are the last owner.
+            unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, self.words))) }
         }
     }
 }
@@ -391,15 +610,23 @@ impl DataStore {
         let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
         let id = cells.len() as u32;
         let name = name.unwrap_or_else(|| format!("data#{id}"));
-        cells.push(Arc::new(DataCell::new(
+        let cell = Arc::new(DataCell::new(
             name,
             T::ELEM,
             bytemuck::cast_slice(values),
             read_only,
             self.gpus,
             self.budgets.clone(),
-        )));
+        ));
+        self.push(&mut cells, cell);
         Data::new(self.rt, id)
+    }
+
+    fn push(&self, cells: &mut Vec<Arc<DataCell>>, cell: Arc<DataCell>) {
+        if self.budgets.spillable() {
+            self.budgets.register(Node::Host, &cell);
+        }
+        cells.push(cell);
     }
 
     pub fn insert_zeroed(&self, name: Option<String>, elem: ElemType, len: usize) -> Result<u32, DataError> {
@@ -411,13 +638,8 @@ impl DataStore {
         let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
         let id = cells.len() as u32;
         let name = name.unwrap_or_else(|| format!("data#{id}"));
-        cells.push(Arc::new(DataCell::zeroed(
-            name,
-            elem,
-            len,
-            self.gpus,
-            self.budgets.clone(),
-        )));
+        let cell = Arc::new(DataCell::zeroed(name, elem, len, self.gpus, self.budgets.clone()));
+        self.push(&mut cells, cell);
         Ok(id)
     }
 
@@ -453,15 +675,10 @@ impl DataStore {
         if !cell.acquire() {
             return Err(DataError::Busy(cell.name.clone()));
         }
-        let fetched = cell.ensure_host(gpus, &Transfers::new(gpus.len()));
-        let out = fetched.map(|()| {
-            // SAFETY: `in_use` is ours, so no kernel touches the bytes, and the host copy is
-            // valid; ptr/len describe the live buffer of `len` elements of type T (type
-            // checked above), 8-byte aligned.
-            unsafe { std::slice::from_raw_parts(cell.as_mut_ptr() as *const T, cell.len) }.to_vec()
-        });
+        let mut out = vec![T::zeroed(); cell.len];
+        let copied = cell.copy_out(bytemuck::cast_slice_mut(&mut out), gpus, &Transfers::new(gpus.len()));
         cell.release();
-        out.map_err(|reason| DataError::Transfer {
+        copied.map(|()| out).map_err(|reason| DataError::Transfer {
             name: cell.name.clone(),
             reason,
         })
@@ -483,12 +700,13 @@ impl DataStore {
         if !cell.acquire() {
             return Err(DataError::Busy(cell.name.clone()));
         }
-        // SAFETY: as in `read`: we hold `in_use`, the types and lengths match; the whole host
-        // copy is overwritten, so it becomes the valid one whatever it was.
-        unsafe { std::slice::from_raw_parts_mut(cell.as_mut_ptr() as *mut T, cell.len) }.copy_from_slice(values);
-        cell.host_written();
+        // Types and lengths were checked above; we hold `in_use`.
+        let copied = cell.copy_in(bytemuck::cast_slice(values));
         cell.release();
-        Ok(())
+        copied.map_err(|reason| DataError::Store {
+            name: cell.name.clone(),
+            reason,
+        })
     }
 }
 

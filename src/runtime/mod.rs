@@ -12,6 +12,7 @@ mod costs;
 mod data;
 mod queues;
 mod sleep;
+mod spill;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -126,12 +127,14 @@ pub struct RuntimeBuilder {
     calibrate: bool,
     limits: MemoryLimits,
     no_backpressure: bool,
+    spill_parent: Option<std::path::PathBuf>,
 }
 
 /// Memory capacities a runtime enforces (`None`: the device's own).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryLimits {
-    /// Host memory accounted for runs (reported; enforcement by spilling comes later).
+    /// Host memory for data: past it, host copies are spilled to files (see
+    /// [`RuntimeBuilder::spill_dir`]).
     pub host: Option<u64>,
     /// Each GPU's memory for data copies: past it, copies are evicted.
     pub gpu: Option<u64>,
@@ -211,6 +214,13 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The directory under which this runtime's spill directory is made (default: the
+    /// system's temporary directory). Used only with a host memory limit.
+    pub fn spill_dir(mut self, parent: impl Into<std::path::PathBuf>) -> Self {
+        self.spill_parent = Some(parent.into());
+        self
+    }
+
     /// Turns memory backpressure off: GPU workers then take data-producing tasks even when
     /// their memory is nearly full (to measure what backpressure saves).
     pub fn no_backpressure(mut self) -> Self {
@@ -218,7 +228,7 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Memory capacities: each GPU evicts data copies past its limit.
+    /// Memory capacities: each GPU evicts data copies past its limit, the host spills them.
     pub fn memory_limits(mut self, limits: MemoryLimits) -> Self {
         self.limits = limits;
         self
@@ -275,13 +285,17 @@ impl RuntimeBuilder {
                 u64::MAX
             }
         }));
-        let budgets = Arc::new(budget::Budgets::new(&capacities));
         machine.add_gpus(descs);
         let hw = if self.no_pin { None } else { topology };
         if machine.num_workers() == 0 {
             return Err(BuildError::NoWorkers);
         }
         let id = NEXT_RUNTIME_ID.fetch_add(1, Ordering::Relaxed);
+        let spill_parent = self.spill_parent.unwrap_or_else(std::env::temp_dir);
+        let budgets = Arc::new(budget::Budgets::new(
+            &capacities,
+            Some(spill::SpillDir::new(&spill_parent, id)),
+        ));
         Ok(Runtime {
             id,
             machine,
@@ -339,6 +353,12 @@ impl Runtime {
     /// This runtime's identity (data handles carry it).
     pub(crate) fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Where host copies are spilled past the host limit (`None` without one). The directory
+    /// exists from the first spill until the runtime is dropped.
+    pub fn spill_directory(&self) -> Option<&std::path::Path> {
+        self.budgets.spill_dir().map(|d| d.path())
     }
 
     /// The machine this runtime runs on.
@@ -406,6 +426,51 @@ impl Runtime {
         self.store.write(h, values)
     }
 
+    /// Refuses a task with an operand larger than the host memory limit (every datum passes
+    /// through host memory), or one that can run only on CPUs and whose operands together
+    /// exceed it (they must all be in memory at once).
+    fn check_host_room(&self, graph: &Graph, cells: &[Option<Arc<data::DataCell>>]) -> Result<(), SubmitError> {
+        let limit = self
+            .budgets
+            .node(crate::memory::Node::Host)
+            .capacity
+            .load(Ordering::Relaxed);
+        if limit == u64::MAX {
+            return Ok(());
+        }
+        for (t, rec) in graph.tasks.iter().enumerate() {
+            let kernel = &graph.kernels[rec.kernel as usize];
+            let operands = || {
+                graph.accesses[rec.accesses.range()]
+                    .iter()
+                    .filter_map(|&(d, _)| cells[d as usize].as_ref())
+            };
+            if let Some(c) = operands().find(|c| c.bytes() as u64 > limit) {
+                return Err(SubmitError::InvalidTask {
+                    task: graph.task_name(t),
+                    message: format!(
+                        "datum '{}' ({} bytes) is larger than the host memory limit of {limit} bytes",
+                        c.name,
+                        c.bytes()
+                    ),
+                });
+            }
+            if kernel.has_gpu() && !self.gpus.is_empty() {
+                continue;
+            }
+            let need: u64 = operands().map(|c| c.bytes() as u64).sum();
+            if need > limit {
+                return Err(SubmitError::InvalidTask {
+                    task: graph.task_name(t),
+                    message: format!(
+                        "its operands need {need} bytes in host memory at once, more than the host memory limit of {limit} bytes"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Runs a graph to completion and blocks until it is done.
     pub fn run(&self, graph: &Graph) -> Result<RunReport, RunError> {
         self.run_with(graph, RunOptions::default())
@@ -414,6 +479,7 @@ impl Runtime {
     /// Runs a graph with options.
     pub fn run_with(&self, graph: &Graph, opts: RunOptions) -> Result<RunReport, RunError> {
         let cells = self.resolve(graph)?;
+        self.check_host_room(graph, &cells)?;
         let infos: Vec<DatumInfo<'_>> = graph
             .data
             .iter()
@@ -452,12 +518,10 @@ impl Runtime {
             .zip(&infos)
             .map(|(cell, info)| match cell {
                 Some(c) => BoundDatum {
-                    ptr: c.as_mut_ptr(),
                     bytes: c.bytes(),
                     elem: info.elem,
                 },
                 None => BoundDatum {
-                    ptr: std::ptr::null_mut(),
                     bytes: info.bytes as usize,
                     elem: None,
                 },
@@ -786,7 +850,7 @@ impl Runtime {
             bytes_transferred: run.transfers.total_bytes(),
             residency: residency(cells, self.gpus.len()),
             evictions: memory.iter().map(|m| m.evictions).sum(),
-            spilled_bytes: 0,
+            spilled_bytes: memory.first().map_or(0, |host| host.written_back_bytes),
             memory,
             transfers: run.transfers.links(),
             workers,

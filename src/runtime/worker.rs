@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::{Backoff, CachePadded};
-use hexec_kernels::{CpuContext, ElemType, RawOperand};
+use hexec_kernels::{Access, CpuContext, ElemType, RawOperand};
 
 use super::cores::CoreGate;
 use super::data::{DataCell, PrepError};
@@ -25,10 +25,9 @@ use crate::sched::{Pick, Policy};
 use crate::topology::WorkerId;
 use crate::trace::{TaskFailure, TraceEvent};
 
-/// A datum bound for this run: where its bytes are (null for size-only data).
+/// A datum bound for this run: its size and type (`None` for size-only data).
 #[derive(Clone, Copy)]
 pub(crate) struct BoundDatum {
-    pub ptr: *mut u8,
     pub bytes: usize,
     pub elem: Option<ElemType>,
 }
@@ -360,6 +359,14 @@ fn stage_gpu_batch(
                 deferred.extend_from_slice(&batch[i..]);
                 break;
             }
+            // Host pins are held only by running CPU tasks and reads, which end: wait a little.
+            Err(PrepError::HostBusy(_)) => {
+                if items.is_empty() && !can_wait {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                deferred.extend_from_slice(&batch[i..]);
+                break;
+            }
             Err(e) => {
                 stats.tasks += 1;
                 tasks.push((task, Staging::Failed(e.to_string())));
@@ -548,26 +555,7 @@ fn execute_cpu<'a>(run: &RunState<'a>, task: u32, operands: &mut Vec<RawOperand<
     let rec = &graph.tasks[task as usize];
     let kernel = &graph.kernels[rec.kernel as usize];
     let accesses = &graph.accesses[rec.accesses.range()];
-    if !run.gpus.is_empty() {
-        for &(d, access) in accesses {
-            if let (true, Some(cell)) = (access.reads(), &run.cells[d as usize]) {
-                cell.ensure_host(run.gpus, &run.transfers)?;
-            }
-        }
-    }
-    operands.clear();
-    for &(d, access) in accesses {
-        let b = run.bound[d as usize];
-        operands.push(match b.elem {
-            // SAFETY: `b.ptr` points to a live, 8-aligned buffer of `b.bytes` bytes held
-            // `in_use` by this run, whose host copy is valid when read (ensured above); the
-            // graph's dependencies guarantee that while this task runs no other task writes
-            // this datum, nor reads it if this access writes, and compile rejected a task
-            // naming a datum twice with a write.
-            Some(elem) => unsafe { RawOperand::new(b.ptr, b.bytes, elem, access) },
-            None => RawOperand::virtual_(b.bytes, access),
-        });
-    }
+    pin_operands(run, accesses, operands)?;
     let params = &graph.params[rec.params.range()];
     let outcome = match kernel.cpu_impl() {
         None => Err(format!("kernel '{}' has no CPU implementation", kernel.name())),
@@ -588,7 +576,67 @@ fn execute_cpu<'a>(run: &RunState<'a>, task: u32, operands: &mut Vec<RawOperand<
             }
         }
     }
+    unpin_operands(run, accesses);
     outcome
+}
+
+/// How long a CPU task waits for host memory held by other tasks before it fails.
+const HOST_ROOM_WAIT: Duration = Duration::from_secs(30);
+
+/// Binds a CPU task's operands to host copies, pinned in memory (valid when read). When
+/// pinned data of other tasks leave no host room, gives back what it pinned and retries, so
+/// that two tasks each holding part of their operands cannot wait on each other forever.
+fn pin_operands<'a>(
+    run: &RunState<'a>,
+    accesses: &[(u32, Access)],
+    operands: &mut Vec<RawOperand<'a>>,
+) -> Result<(), String> {
+    // Read the clock only once room runs out: this is the hot path of every CPU task.
+    let mut deadline: Option<Instant> = None;
+    'retry: loop {
+        operands.clear();
+        for (i, &(d, access)) in accesses.iter().enumerate() {
+            let b = run.bound[d as usize];
+            let ptr = match &run.cells[d as usize] {
+                None => None,
+                Some(cell) => match cell.pin_host(access.reads(), run.gpus, &run.transfers) {
+                    Ok(ptr) => Some(ptr),
+                    Err(e) => {
+                        unpin_operands(run, &accesses[..i]);
+                        match e {
+                            PrepError::NoRoom(_) | PrepError::HostBusy(_)
+                                if Instant::now()
+                                    < *deadline.get_or_insert_with(|| Instant::now() + HOST_ROOM_WAIT) =>
+                            {
+                                std::thread::sleep(Duration::from_micros(50));
+                                continue 'retry;
+                            }
+                            e => return Err(e.to_string()),
+                        }
+                    }
+                },
+            };
+            operands.push(match (b.elem, ptr) {
+                // SAFETY: `ptr` points to the live, 8-aligned host buffer of `b.bytes` bytes of
+                // a datum held `in_use` by this run, pinned in memory until
+                // `unpin_operands`, and valid when read (`pin_host`); the graph's dependencies
+                // guarantee that while this task runs no other task writes this datum, nor
+                // reads it if this access writes, and compile rejected a task naming a datum
+                // twice with a write.
+                (Some(elem), Some(ptr)) => unsafe { RawOperand::new(ptr, b.bytes, elem, access) },
+                _ => RawOperand::virtual_(b.bytes, access),
+            });
+        }
+        return Ok(());
+    }
+}
+
+fn unpin_operands(run: &RunState<'_>, accesses: &[(u32, Access)]) {
+    for &(d, _) in accesses {
+        if let Some(cell) = &run.cells[d as usize] {
+            cell.unpin_host();
+        }
+    }
 }
 
 pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {

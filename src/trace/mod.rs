@@ -89,7 +89,7 @@ pub struct RunReport {
     pub memory: Vec<crate::runtime::NodeMemory>,
     /// Copies evicted from any node.
     pub evictions: u64,
-    /// Bytes written to spill files (0: host spilling is not implemented yet).
+    /// Bytes written to spill files (past the host memory limit).
     pub spilled_bytes: u64,
     pub workers: Vec<WorkerReport>,
     pub failures: Vec<TaskFailure>,

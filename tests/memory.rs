@@ -1,0 +1,184 @@
+//! Host memory limits: host copies past the limit are spilled to checksummed files in a
+//! per-runtime directory, read back on use, and removed with the runtime.
+
+use std::sync::Arc;
+
+use hexec::kernels::{builtin, Kernel, KernelError, Signature};
+use hexec::{Data, Machine, MemoryLimits, PolicyKind, Runtime};
+
+fn spill_parent(tag: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("hexec-memtest-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+fn rt(workers: usize, policy: PolicyKind, host: Option<u64>, parent: &std::path::Path) -> Runtime {
+    Runtime::builder()
+        .machine(Machine::synthetic_cpus(workers))
+        .policy(policy)
+        .memory_limits(MemoryLimits { host, gpu: None })
+        .spill_dir(parent)
+        .build()
+        .unwrap()
+}
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i as u32 * 31 + seed * 17) % 97) as f32 * 0.25)
+        .collect()
+}
+
+/// Every tile scaled twice, then reduced pairwise into tile 0 (axpy: two tiles at once).
+fn tiles_then_pairwise_sum(rt: &Runtime, tiles: usize, len: usize) -> (hexec::RunReport, Vec<Vec<f32>>) {
+    let data: Vec<Data<f32>> = (0..tiles).map(|i| rt.data(values(len, i as u32))).collect();
+    let mut g = rt.graph();
+    for round in 0..2 {
+        for d in &data {
+            g.task(&builtin::scale()).read_write(*d).param(1.5 + round as f64).add();
+        }
+    }
+    let mut stride = 1;
+    while stride < tiles {
+        for i in (0..tiles).step_by(2 * stride) {
+            if i + stride < tiles {
+                g.task(&builtin::axpy())
+                    .read(data[i + stride])
+                    .read_write(data[i])
+                    .param(1.0)
+                    .add();
+            }
+        }
+        stride *= 2;
+    }
+    let report = rt.run(&g).unwrap();
+    let out = data.iter().map(|d| rt.read(*d).unwrap()).collect();
+    (report, out)
+}
+
+#[test]
+fn working_sets_4x_and_16x_the_host_limit_complete_with_identical_results() {
+    let parent = spill_parent("ws");
+    let (tiles, len) = (32, 2048);
+    let tile = (len * 4) as u64;
+    let (_, expected) = tiles_then_pairwise_sum(&rt(2, PolicyKind::Ws, None, &parent), tiles, len);
+    for factor in [4, 16] {
+        for policy in [PolicyKind::Ws, PolicyKind::Locality] {
+            let limit = tiles as u64 * tile / factor;
+            let limited = rt(2, policy, Some(limit), &parent);
+            let (report, got) = tiles_then_pairwise_sum(&limited, tiles, len);
+            assert_eq!(
+                got, expected,
+                "{factor}x with {policy:?}: results differ under a host limit"
+            );
+            let host = &report.memory[0];
+            assert_eq!((host.node.as_str(), host.capacity_bytes), ("host", Some(limit)));
+            assert!(
+                host.peak_bytes <= limit,
+                "{factor}x: peak {} over {limit}",
+                host.peak_bytes
+            );
+            assert!(report.spilled_bytes > 0 && host.evictions > 0, "{factor}x: {host:?}");
+            let dir = limited.spill_directory().unwrap().to_path_buf();
+            assert!(dir.starts_with(&parent));
+            drop(limited);
+            assert!(!dir.exists(), "spill directory {} left behind", dir.display());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&parent);
+}
+
+#[test]
+fn a_spill_file_damaged_on_disk_is_detected() {
+    let parent = spill_parent("damage");
+    let rt = rt(1, PolicyKind::Ws, Some(4096), &parent);
+    let a = rt.data_named("a", vec![1.0f32; 1024]);
+    let b = rt.data_named("b", vec![2.0f32; 1024]); // makes room by spilling 'a'
+    let dir = rt.spill_directory().unwrap().to_path_buf();
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    bytes[100] ^= 0x40;
+    std::fs::write(&files[0], &bytes).unwrap();
+    let e = rt.read(a).unwrap_err().to_string();
+    assert!(e.contains("'a'") && e.contains("checksum"), "{e}");
+    // The other datum is unharmed, and the runtime still works.
+    assert_eq!(rt.read(b).unwrap(), vec![2.0; 1024]);
+    drop(rt);
+    assert!(!dir.exists());
+    let _ = std::fs::remove_dir_all(&parent);
+}
+
+#[test]
+fn the_spill_directory_goes_after_a_failed_run_and_the_data_survives_runs() {
+    let parent = spill_parent("fail");
+    let rt = rt(2, PolicyKind::Ws, Some(3 * 4096), &parent);
+    let data: Vec<Data<f32>> = (0..8).map(|i| rt.data(values(1024, i))).collect();
+    let fragile = Arc::new(Kernel::cpu("fragile", Signature::any(1, 1), |ctx| {
+        if ctx.param(0)? > 0.0 {
+            return Err(KernelError::msg("deliberate failure"));
+        }
+        Ok(())
+    }));
+    let mut g = rt.graph();
+    for (i, d) in data.iter().enumerate() {
+        g.task(&fragile)
+            .read_write(*d)
+            .param(if i == 5 { 1.0 } else { 0.0 })
+            .add();
+    }
+    assert!(rt.run(&g).unwrap_err().to_string().contains("deliberate failure"));
+    // Every datum, spilled or not, still reads back as written.
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(rt.read(*d).unwrap(), values(1024, i as u32), "datum {i}");
+    }
+    let dir = rt.spill_directory().unwrap().to_path_buf();
+    assert!(dir.exists());
+    drop(rt);
+    assert!(!dir.exists());
+    let _ = std::fs::remove_dir_all(&parent);
+}
+
+#[test]
+fn a_cpu_task_whose_operands_exceed_the_host_limit_is_refused_at_submit() {
+    let parent = spill_parent("refuse");
+    let rt = rt(1, PolicyKind::Ws, Some(8192), &parent);
+    let a = rt.data(vec![0.0f32; 1536]);
+    let b = rt.data(vec![0.0f32; 1536]);
+    let mut g = rt.graph();
+    g.task(&builtin::axpy())
+        .name("too-big")
+        .read(a)
+        .read_write(b)
+        .param(1.0)
+        .add();
+    let e = rt.run(&g).unwrap_err().to_string();
+    assert!(
+        e.contains("'too-big'") && e.contains("12288") && e.contains("8192"),
+        "{e}"
+    );
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&parent);
+}
+
+#[test]
+fn a_datum_larger_than_the_host_limit_is_refused_at_submit_and_stays_readable() {
+    let parent = spill_parent("huge");
+    let rt = rt(1, PolicyKind::Ws, Some(4096), &parent);
+    let huge = rt.data_named("huge", vec![3.0f32; 2048]); // 8 KiB, over the 4 KiB limit
+    let mut g = rt.graph();
+    g.task(&builtin::scale()).name("grow").read_write(huge).param(2.0).add();
+    let e = rt.run(&g).unwrap_err().to_string();
+    assert!(
+        e.contains("'grow'") && e.contains("'huge'") && e.contains("4096"),
+        "{e}"
+    );
+    // It was admitted over the limit, is never spilled (it could not come back), and is not
+    // lost when other data need room.
+    let small: Vec<_> = (0..4).map(|i| rt.data(vec![i as f32; 256])).collect();
+    assert_eq!(rt.read(huge).unwrap(), vec![3.0; 2048]);
+    for (i, s) in small.iter().enumerate() {
+        assert_eq!(rt.read(*s).unwrap(), vec![i as f32; 256]);
+    }
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&parent);
+}
