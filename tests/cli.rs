@@ -137,7 +137,17 @@ fn bench_gpu_reports_every_figure() {
 #[test]
 fn bench_memory_stays_within_limits_and_matches_the_simulator() {
     let out = hexec()
-        .args(["bench", "memory", "--tiles", "64", "--tile-len", "256", "--json"])
+        .args([
+            "bench",
+            "memory",
+            "--tiles",
+            "64",
+            "--tile-len",
+            "256",
+            "--reps",
+            "1",
+            "--json",
+        ])
         .output()
         .unwrap();
     if out.status.code() == Some(2) && String::from_utf8_lossy(&out.stderr).contains("no GPU") {
@@ -170,6 +180,8 @@ fn bench_memory_host_spills_within_the_limit() {
             "32",
             "--tile-len",
             "256",
+            "--reps",
+            "1",
             "--json",
         ])
         .output()

@@ -316,6 +316,14 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             json,
             mem,
         } => {
+            if mem.is_some_and(|m| m.host.is_some()) {
+                return Err(Failure {
+                    code: 2,
+                    message:
+                        "hexec sim models GPU memory limits only; host= is enforced by `hexec run`, not simulated yet"
+                            .into(),
+                });
+            }
             let sm = hexec::sim::SimMachine::parse(&machine)?;
             let spec = formats::load(&graph, format)?;
             let g = spec.build_virtual(
