@@ -195,6 +195,11 @@ fn bench_memory_host_spills_within_the_limit() {
         if let Some(limit) = r["limit_bytes"].as_u64() {
             assert!(r["peak_host_bytes"].as_u64().unwrap() <= limit, "{r}");
             assert!(r["spilled_bytes"].as_u64().unwrap() > 0, "{r}");
+            let (real, sim) = (
+                r["peak_host_bytes"].as_f64().unwrap(),
+                r["simulated_peak_host_bytes"].as_f64().unwrap(),
+            );
+            assert!((real - sim).abs() <= 0.1 * real, "simulated host peak within 10%: {r}");
         }
     }
 }

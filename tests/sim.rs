@@ -153,7 +153,14 @@ fn gpu_memory_limits_hold_in_simulation() {
         }
     }
     let limited = simulate(&g, &sm, PolicyKind::Locality, &opts).unwrap();
-    let free_peak = free.run.memory.iter().map(|m| m.peak_bytes).max().unwrap();
+    let free_peak = free
+        .run
+        .memory
+        .iter()
+        .filter(|m| m.node != "host")
+        .map(|m| m.peak_bytes)
+        .max()
+        .unwrap();
     assert!(
         free_peak > limit,
         "the working set ({free_peak} bytes) exceeds the limit"
@@ -170,4 +177,36 @@ fn gpu_memory_limits_hold_in_simulation() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("memory"), "{e}");
+}
+
+#[test]
+fn host_memory_limits_hold_in_simulation() {
+    let tile = 256 * 256 * 4u64;
+    for machine in ["cpus:3", "cpus:2,gpus:1,gpu-speedup:10"] {
+        let sm = SimMachine::parse(machine).unwrap();
+        let g = build(&cholesky::generate(8, 256), &sm);
+        let free = simulate(&g, &sm, PolicyKind::Locality, &SimOptions::default()).unwrap();
+        let total = 36 * tile; // the lower triangle of 8x8 tiles
+        assert_eq!(free.run.memory[0].peak_bytes, total, "every datum has a host buffer");
+        assert_eq!(free.run.spilled_bytes, 0);
+        let limit = total / 4;
+        for gpu_memory in [None, Some(6 * tile)] {
+            let opts = SimOptions {
+                host_memory: Some(limit),
+                gpu_memory,
+                ..SimOptions::default()
+            };
+            for policy in PolicyKind::ALL {
+                let r = simulate(&g, &sm, policy, &opts).unwrap();
+                assert_eq!(r.run.completed, g.len(), "{machine} {policy}");
+                let host = &r.run.memory[0];
+                assert_eq!(host.capacity_bytes, Some(limit));
+                assert!(host.peak_bytes <= limit, "{machine} {policy}: {host:?}");
+                assert!(
+                    r.run.spilled_bytes > 0 && host.evictions > 0,
+                    "{machine} {policy}: {host:?}"
+                );
+            }
+        }
+    }
 }

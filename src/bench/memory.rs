@@ -50,6 +50,9 @@ pub struct HostMemoryRow {
     /// Host copies taken out of memory (written to a spill file or dropped when clean).
     pub spills: u64,
     pub spilled_bytes: u64,
+    /// The simulator's host peak and spilled bytes for the same graph and limit.
+    pub simulated_peak_host_bytes: u64,
+    pub simulated_spilled_bytes: u64,
     pub results_match: bool,
 }
 
@@ -65,12 +68,26 @@ pub fn measure_host(tiles: usize, len: usize, cpus: usize, reps: usize) -> Resul
             .machine(crate::topology::Machine::synthetic_cpus(cpus.max(1)))
             .policy(PolicyKind::Ws)
             .memory_limits(MemoryLimits { host: limit, gpu: None })
+            .calibrate(true)
             .build()
             .map_err(|e| e.to_string())?;
         let (g, data) = build_on(&rt, tiles, len, DeviceKind::Cpu);
         let (makespan, report, result) = timed_runs(&rt, &g, &data, len, reps)?;
         let (base_time, base_result) = baseline.get_or_insert((makespan, result.clone())).clone();
         let host = &report.memory[Node::Host.index()];
+        let sim = simulated(
+            &rt,
+            &g,
+            tiles,
+            len,
+            &format!("cpus:{}", cpus.max(1)),
+            PolicyKind::Ws,
+            &SimOptions {
+                record_trace: false,
+                gpu_memory: None,
+                host_memory: limit,
+            },
+        )?;
         rows.push(HostMemoryRow {
             oversubscription: over,
             limit_bytes: limit,
@@ -80,6 +97,8 @@ pub fn measure_host(tiles: usize, len: usize, cpus: usize, reps: usize) -> Resul
             peak_host_bytes: host.peak_bytes,
             spills: host.evictions,
             spilled_bytes: report.spilled_bytes,
+            simulated_peak_host_bytes: sim.memory[Node::Host.index()].peak_bytes,
+            simulated_spilled_bytes: sim.spilled_bytes,
             results_match: result == base_result,
         });
     }
@@ -88,11 +107,11 @@ pub fn measure_host(tiles: usize, len: usize, cpus: usize, reps: usize) -> Resul
 
 /// The host table in Markdown.
 pub fn host_markdown(rows: &[HostMemoryRow]) -> String {
-    let mut s = String::from("| working set / host limit | limit | makespan | overhead | host peak | spills | spilled | results |\n|---|---:|---:|---:|---:|---:|---:|---|\n");
+    let mut s = String::from("| working set / host limit | limit | makespan | overhead | host peak | spills | spilled | simulated host peak | simulated spilled | results |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in rows {
         let kib = |b: u64| format!("{} KiB", b / 1024);
         s.push_str(&format!(
-            "| {} | {} | {:.1} ms | {:+.0}% | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.1} ms | {:+.0}% | {} | {} | {} | {} | {} | {} |\n",
             r.oversubscription.map_or("unlimited".to_string(), |o| format!("{o}x")),
             r.limit_bytes.map_or("-".to_string(), kib),
             r.makespan_s * 1e3,
@@ -100,10 +119,57 @@ pub fn host_markdown(rows: &[HostMemoryRow]) -> String {
             kib(r.peak_host_bytes),
             r.spills,
             kib(r.spilled_bytes),
+            kib(r.simulated_peak_host_bytes),
+            kib(r.simulated_spilled_bytes),
             if r.results_match { "same" } else { "DIFFERENT" }
         ));
     }
     s
+}
+
+/// Simulates graph `g` (built by [`build_on`] on `rt`) on `machine`, over size-only tiles,
+/// with the performance model `rt` measured.
+fn simulated(
+    rt: &Runtime,
+    g: &Graph,
+    tiles: usize,
+    len: usize,
+    machine: &str,
+    policy: PolicyKind,
+    opts: &SimOptions,
+) -> Result<crate::trace::RunReport, String> {
+    use crate::graph::formats::{BuildOptions, DataSpec, GraphSpec, TaskSpec};
+    let mut sm = SimMachine::parse(machine)?;
+    sm.model = rt.perf_model();
+    let k = |name: &str| sm.kernel(name);
+    let mut spec = GraphSpec::new(None);
+    for i in 0..tiles {
+        spec.data.push(DataSpec {
+            name: format!("t{i}"),
+            elem: None,
+            len: None,
+            bytes: Some((len * 4) as u64),
+            init: None,
+            read_only: false,
+        });
+    }
+    for i in 0..g.len() {
+        let mut t = TaskSpec::replay(g.task_name(i), 0.0);
+        t.kernel = g.task_kernel(i).to_string();
+        t.params.clear();
+        t.device = g.restrictions[g.tasks[i].restriction as usize]
+            .device
+            .map(|d| d.to_string());
+        t.access = g.accesses[g.tasks[i].accesses.range()]
+            .iter()
+            .map(|&(d, a)| (format!("t{d}"), a.short().to_string()))
+            .collect();
+        spec.tasks.push(t);
+    }
+    let sg = spec
+        .build_virtual(&k, &BuildOptions::default())
+        .map_err(|e| e.to_string())?;
+    Ok(simulate(&sg, &sm, policy, opts).map_err(|e| e.to_string())?.run)
 }
 
 /// One warm-up run (pipelines, buffers, the model), then `reps` timed runs from zeroed tiles:
@@ -202,49 +268,20 @@ pub fn measure(tiles: usize, len: usize, reps: usize) -> Result<Vec<MemoryRow>, 
             .find(|m| m.node == Node::Gpu(0).to_string())
             .cloned();
         let (base_time, base_result) = baseline.get_or_insert((makespan, result.clone())).clone();
-        let mut sm = SimMachine::parse("cpus:1,gpus:1,gpu-speedup:1")?;
-        sm.model = rt.perf_model();
-        let sg = {
-            let k = |name: &str| sm.kernel(name);
-            let mut spec = crate::graph::formats::GraphSpec::new(None);
-            // The simulator sees the same graph shape over size-only tiles.
-            for i in 0..tiles {
-                spec.data.push(crate::graph::formats::DataSpec {
-                    name: format!("t{i}"),
-                    elem: None,
-                    len: None,
-                    bytes: Some((len * 4) as u64),
-                    init: None,
-                    read_only: false,
-                });
-            }
-            for i in 0..g.len() {
-                let name = g.task_name(i);
-                let mut t = crate::graph::formats::TaskSpec::replay(name, 0.0);
-                t.kernel = g.task_kernel(i).to_string();
-                t.params.clear();
-                t.device = Some("gpu".into());
-                t.access = g.accesses[g.tasks[i].accesses.range()]
-                    .iter()
-                    .map(|&(d, a)| (format!("t{}", d), a.short().to_string()))
-                    .collect();
-                spec.tasks.push(t);
-            }
-            spec.build_virtual(&k, &crate::graph::formats::BuildOptions::default())
-                .map_err(|e| e.to_string())?
-        };
-        let sim = simulate(
-            &sg,
-            &sm,
+        let sim = simulated(
+            &rt,
+            &g,
+            tiles,
+            len,
+            "cpus:1,gpus:1,gpu-speedup:1",
             PolicyKind::Eager,
             &SimOptions {
                 record_trace: false,
                 gpu_memory: limit,
+                host_memory: None,
             },
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let sim_peak = sim
-            .run
             .memory
             .iter()
             .filter(|m| m.node != "host")

@@ -86,7 +86,7 @@ enum Command {
         trace: Option<PathBuf>,
         #[arg(long)]
         json: bool,
-        /// Memory limits, e.g. `gpu=256MiB` (the simulator models GPU memory).
+        /// Memory limits, e.g. `host=2GiB,gpu=256MiB` (GPUs evict, the host spills to disk).
         #[arg(long)]
         mem: Option<hexec::MemoryLimits>,
     },
@@ -316,14 +316,6 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             json,
             mem,
         } => {
-            if mem.is_some_and(|m| m.host.is_some()) {
-                return Err(Failure {
-                    code: 2,
-                    message:
-                        "hexec sim models GPU memory limits only; host= is enforced by `hexec run`, not simulated yet"
-                            .into(),
-                });
-            }
             let sm = hexec::sim::SimMachine::parse(&machine)?;
             let spec = formats::load(&graph, format)?;
             let g = spec.build_virtual(
@@ -341,6 +333,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 &hexec::sim::SimOptions {
                     record_trace: trace.is_some(),
                     gpu_memory: mem.and_then(|m| m.gpu),
+                    host_memory: mem.and_then(|m| m.host),
                 },
             )?;
             let took = t.elapsed();

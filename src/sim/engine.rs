@@ -29,7 +29,15 @@ pub struct SimOptions {
     /// Each GPU's memory for data copies: past it, least-recently-used copies not used by
     /// the running task are evicted (written back to the host when the only valid copy).
     pub gpu_memory: Option<u64>,
+    /// Host memory for data: past it, least-recently-used host copies not used by a running
+    /// task are spilled to disk (written when the only valid copy, at [`DISK_BYTES_PER_S`]),
+    /// as the runtime does.
+    pub host_memory: Option<u64>,
 }
+
+/// Spill disk bandwidth, both ways: the page-cache speed measured on the development VM
+/// (`hexec bench memory --host`), the place where spill files land first.
+pub const DISK_BYTES_PER_S: f64 = 2e9;
 
 /// Why a simulation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +130,7 @@ pub fn simulate(graph: &Graph, sm: &SimMachine, policy: PolicyKind, opts: &SimOp
         sm.machine.count(DeviceKind::Gpu),
     );
     let mut st = State::new(&g, sm, &data_bytes, allowed, opts);
+    st.admit_host_data();
     let placed = match policy {
         PolicyKind::Eager => st.run(&Eager, &compiled.edges, &compiled.roots, plan),
         PolicyKind::Ws => st.run(&WorkStealing, &compiled.edges, &compiled.roots, plan),
@@ -201,8 +210,16 @@ struct State<'a> {
     link_free: Vec<Vec<f64>>,
     /// GPU memory capacity for copies, if limited.
     gpu_cap: Option<u64>,
-    /// `[datum][node]`: memory allocated there for the datum (GPU nodes).
+    /// Host memory capacity, if limited.
+    host_cap: Option<u64>,
+    /// `[datum][node]`: memory allocated there for the datum. Every datum starts with a host
+    /// buffer (the program created it), which stays, stale or not, until it is spilled.
     alloc: Vec<Vec<bool>>,
+    /// `[datum]`: the valid host copy is in a spill file, not in memory.
+    on_disk: Vec<bool>,
+    /// When the spill disk is free again (one transfer at a time).
+    disk_free: f64,
+    spilled: u64,
     /// `[datum][node]`: tasks running there that use the datum.
     pins: Vec<Vec<u32>>,
     /// `[datum][node]`: last use, for least-recently-used eviction.
@@ -295,7 +312,11 @@ impl<'a> State<'a> {
             arrival: vec![vec![0.0; gpus + 1]; graph.data.len()],
             link_free: vec![vec![0.0; gpus + 1]; gpus + 1],
             gpu_cap: opts.gpu_memory,
+            host_cap: opts.host_memory,
             alloc: vec![vec![false; gpus + 1]; graph.data.len()],
+            on_disk: vec![false; graph.data.len()],
+            disk_free: 0.0,
+            spilled: 0,
             pins: vec![vec![0; gpus + 1]; graph.data.len()],
             last_use: vec![vec![0.0; gpus + 1]; graph.data.len()],
             used: vec![0; gpus + 1],
@@ -333,13 +354,37 @@ impl<'a> State<'a> {
             .min_by(|a, b| a.1.total_cmp(&b.1))
     }
 
-    /// Starts copying datum `d` to `dst` (if it is not there or on its way); returns when it
-    /// will be there.
-    /// Allocates room for datum `d` on GPU node `dst`, evicting least-recently-used copies
-    /// not in use there. False when the data in use leave no room.
+    /// Gives every datum its host buffer, in creation order, spilling earlier ones past the
+    /// host limit as the runtime does when a program creates data. A datum larger than the
+    /// limit is accounted over it (the runtime never spills those). Like the runtime, whose
+    /// counters start with the run, what happens here is not counted.
+    fn admit_host_data(&mut self) {
+        for d in 0..self.data_bytes.len() {
+            if !self.allocate(d as u32, Node::Host) {
+                self.alloc[d][0] = true;
+                self.used[0] += self.data_bytes[d];
+            }
+        }
+        self.peak[0] = self.used[0];
+        (self.evictions[0], self.written_back[0], self.spilled, self.disk_free) = (0, 0, 0, 0.0);
+    }
+
+    /// One disk transfer of `bytes` starting no earlier than `not_before`; returns its end.
+    fn disk(&mut self, bytes: u64, not_before: f64) -> f64 {
+        let start = self.now.max(self.disk_free).max(not_before);
+        self.disk_free = start + bytes as f64 / DISK_BYTES_PER_S;
+        self.disk_free
+    }
+
+    /// Allocates room for datum `d` on node `dst`, evicting least-recently-used copies not in
+    /// use there (GPU copies written back to the host, host copies spilled to disk, when they
+    /// are the only valid copy). False when the data in use leave no room.
     fn allocate(&mut self, d: u32, dst: Node) -> bool {
-        let Node::Gpu(_) = dst else { return true };
-        let cap = self.gpu_cap.unwrap_or(u64::MAX);
+        let cap = match dst {
+            Node::Host => self.host_cap,
+            Node::Gpu(_) => self.gpu_cap,
+        }
+        .unwrap_or(u64::MAX);
         let n = dst.index();
         if self.alloc[d as usize][n] {
             return true;
@@ -348,11 +393,33 @@ impl<'a> State<'a> {
         while self.used[n] + bytes > cap {
             let victim = (0..self.alloc.len())
                 .filter(|&v| v != d as usize && self.alloc[v][n] && self.pins[v][n] == 0)
+                .filter(|&v| dst != Node::Host || self.data_bytes[v] <= cap)
                 .min_by(|&a, &b| self.last_use[a][n].total_cmp(&self.last_use[b][n]));
             let Some(v) = victim else { return false };
             let c = &self.coherence[v];
+            if dst == Node::Host {
+                if c.is_valid(Node::Host) && !self.on_disk[v] {
+                    if c.valid_nodes().count() == 1 {
+                        let vb = self.data_bytes[v];
+                        self.disk(vb, self.arrival[v][0]);
+                        self.on_disk[v] = true;
+                        self.written_back[0] += vb;
+                        self.spilled += vb;
+                    } else {
+                        self.coherence[v].drop_copy(Node::Host);
+                    }
+                }
+                self.free(v, 0);
+                self.evictions[0] += 1;
+                continue;
+            }
             if c.is_valid(dst) && c.valid_nodes().count() == 1 {
-                // The only valid copy: write it back to the host first.
+                // The only valid copy: write it back to the host first, which needs room
+                // there.
+                if !self.allocate(v as u32, Node::Host) {
+                    return false;
+                }
+                self.on_disk[v] = false;
                 let vb = self.data_bytes[v];
                 let start = self.now.max(self.arrival[v][n]).max(self.link_free[n][0]);
                 let end = start + self.link(dst, Node::Host, vb);
@@ -379,17 +446,38 @@ impl<'a> State<'a> {
         }
     }
 
+    /// Reads a spilled host copy back into memory; returns when it is there.
+    fn unspill(&mut self, d: u32) -> f64 {
+        if !self.allocate(d, Node::Host) {
+            // No host room beside the data in use: read straight from the file.
+            return self.now.max(self.disk_free) + self.data_bytes[d as usize] as f64 / DISK_BYTES_PER_S;
+        }
+        let end = self.disk(self.data_bytes[d as usize], 0.0);
+        self.on_disk[d as usize] = false;
+        self.arrival[d as usize][0] = end;
+        end
+    }
+
+    /// Starts copying datum `d` to `dst` (if it is not there or on its way); returns when it
+    /// will be there.
     fn fetch(&mut self, d: u32, dst: Node) -> f64 {
         if self.coherence[d as usize].is_valid(dst) {
+            if dst == Node::Host && self.on_disk[d as usize] {
+                return self.unspill(d);
+            }
             return self.arrival[d as usize][dst.index()];
         }
         if !self.allocate(d, dst) {
             // No room beside the data in use: the task fetches it when it starts.
             return self.now;
         }
-        let Some((src, end)) = self.plan_copy(d, dst) else {
+        let Some((mut src, mut end)) = self.plan_copy(d, dst) else {
             return self.now;
         };
+        if src == Node::Host && self.on_disk[d as usize] {
+            self.unspill(d);
+            (src, end) = self.plan_copy(d, dst).expect("the host copy is valid");
+        }
         let bytes = self.data_bytes[d as usize];
         let took = self.link(src, dst, bytes);
         self.link_free[src.index()][dst.index()] = end;
@@ -413,6 +501,13 @@ impl<'a> State<'a> {
             .iter()
             .find(|&&(d, _)| !self.allocate(d, node))
             .map(|&(d, _)| d)
+    }
+
+    fn unpin_operands(&mut self, task: u32, node: Node) {
+        let rec = &self.graph.tasks[task as usize];
+        for &(d, _) in &self.graph.accesses[rec.accesses.range()] {
+            self.pins[d as usize][node.index()] -= 1;
+        }
     }
 
     /// Starts the copies of `task`'s inputs to `node`; returns when all will be there.
@@ -505,6 +600,13 @@ impl<'a> State<'a> {
                 self.steals[w] += u64::from(stolen_from.is_some());
                 let node = self.node_of[w];
                 if let Some(d) = self.pin_operands(task, node) {
+                    self.unpin_operands(task, node);
+                    if running.iter().any(Option::is_some) {
+                        // Room is held by running tasks: wait for the next completion, as
+                        // the runtime's workers do.
+                        slot[w] = Some(task);
+                        continue;
+                    }
                     return Err(SimError::NoRoom {
                         task: self.graph.task_name(task as usize),
                         datum: self.graph.datum_label(d),
@@ -544,7 +646,10 @@ impl<'a> State<'a> {
                         .collect();
                     self.coherence[d as usize].record_write(node);
                     self.arrival[d as usize][node.index()] = self.now;
-                    for m in stale {
+                    // A spilled copy is stale now; a stale host buffer stays allocated (the
+                    // runtime keeps it until it is spilled), stale GPU copies are dropped.
+                    self.on_disk[d as usize] = false;
+                    for m in stale.into_iter().filter(|&m| m != Node::Host) {
                         self.free(d as usize, m.index());
                     }
                 }
@@ -631,14 +736,14 @@ impl<'a> State<'a> {
             memory: (0..sm.nodes())
                 .map(|i| crate::runtime::NodeMemory {
                     node: Node::from_index(i).to_string(),
-                    capacity_bytes: if i > 0 { self.gpu_cap } else { None },
+                    capacity_bytes: if i > 0 { self.gpu_cap } else { self.host_cap },
                     peak_bytes: self.peak[i],
                     evictions: self.evictions[i],
                     written_back_bytes: self.written_back[i],
                 })
                 .collect(),
             evictions: self.evictions.iter().sum(),
-            spilled_bytes: 0,
+            spilled_bytes: self.spilled,
             workers,
             failures: Vec::new(),
             trace: self.events.map(|per_worker| TraceLog {
