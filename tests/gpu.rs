@@ -682,3 +682,44 @@ fn host_and_gpu_limits_together_spill_and_keep_results() {
     }
     assert!(report.spilled_bytes > 0, "{:?}", report.memory);
 }
+
+/// No ping-pong: with room for 4 of 32 tiles, each tile updated twice on the GPU, no copy is
+/// moved to the GPU and evicted before a task used it (prefetches take free room only), so
+/// each task uploads at most its one tile and evictions stay at most one per upload.
+#[test]
+fn no_copy_is_evicted_before_it_is_used() {
+    let tile = 4096 * 4;
+    for policy in PolicyKind::ALL {
+        let Some(rt) = gpu_rt_limited(Some(4 * tile), policy) else {
+            return;
+        };
+        let tiles: Vec<Data<f32>> = (0..32).map(|i| rt.data(values(4096, 90 + i))).collect();
+        let mut g = rt.graph();
+        for _round in 0..2 {
+            for t in &tiles {
+                g.task(&builtin::scale())
+                    .on(DeviceKind::Gpu)
+                    .read_write(*t)
+                    .param(2.0)
+                    .add();
+            }
+        }
+        let r = rt.run(&g).unwrap();
+        let uploaded: u64 = r
+            .transfers
+            .iter()
+            .filter(|l| l.from == "host" && l.to == "gpu0")
+            .map(|l| l.transfers)
+            .sum();
+        assert!(uploaded <= 64, "{policy}: {uploaded} uploads for 64 tasks");
+        assert!(
+            r.evictions <= uploaded,
+            "{policy}: {} evictions for {uploaded} uploads",
+            r.evictions
+        );
+        for (i, t) in tiles.iter().enumerate() {
+            let expected: Vec<f32> = values(4096, 90 + i as u64).iter().map(|v| v * 4.0).collect();
+            assert_eq!(rt.read(*t).unwrap(), expected, "{policy}: tile {i}");
+        }
+    }
+}

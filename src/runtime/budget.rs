@@ -36,7 +36,8 @@ pub(crate) struct NodeBudget {
 }
 
 impl NodeBudget {
-    fn try_reserve(&self, bytes: u64) -> bool {
+    /// Reserves `bytes` if they fit under the capacity now.
+    pub fn try_reserve(&self, bytes: u64) -> bool {
         let cap = self.capacity.load(Ordering::Relaxed);
         let mut cur = self.used.load(Ordering::Relaxed);
         loop {

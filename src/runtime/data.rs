@@ -493,11 +493,13 @@ impl DataCell {
 
     /// The buffer of GPU `g`'s replica, made valid for reading when `read` (uploading from the
     /// host, or through the host from another GPU). A new replica first gets room in the GPU's
-    /// budget, evicting other data if needed.
+    /// budget, evicting other data if `may_evict` (prefetches do not: evicting one prefetched
+    /// copy for another moves data back and forth before any task has used it).
     pub fn ensure_gpu(
         self: &Arc<Self>,
         g: usize,
         read: bool,
+        may_evict: bool,
         gpus: &[Arc<GpuDevice>],
         transfers: &Transfers,
     ) -> Result<wgpu::Buffer, PrepError> {
@@ -505,7 +507,14 @@ impl DataCell {
         let bytes = self.bytes() as u64;
         let missing = self.replicas.lock().unwrap_or_else(|e| e.into_inner())[g].is_none();
         if missing {
-            self.budgets.reserve_on_gpu(node, bytes, self, gpus, transfers)?;
+            if may_evict {
+                self.budgets.reserve_on_gpu(node, bytes, self, gpus, transfers)?;
+            } else if !self.budgets.node(node).try_reserve(bytes) {
+                return Err(PrepError::NoRoom(format!(
+                    "no free room on {node} for datum '{}' without evicting",
+                    self.name
+                )));
+            }
         }
         let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
         let buffer = {

@@ -81,8 +81,8 @@ impl RunState<'_> {
         }
         for &(d, access) in &self.graph.accesses[rec.accesses.range()] {
             if let (true, Some(cell)) = (access.reads(), &self.cells[d as usize]) {
-                if let Err(e) = cell.ensure_gpu(g, true, self.gpus, &self.transfers) {
-                    // Includes "no room": a prefetch never evicts data in use.
+                if let Err(e) = cell.ensure_gpu(g, true, false, self.gpus, &self.transfers) {
+                    // Includes "no room": a prefetch uses free room only, never evicts.
                     tracing::debug!(task, error = %e, "prefetch failed");
                     return;
                 }
@@ -91,11 +91,6 @@ impl RunState<'_> {
         self.prefetched.fetch_add(1, Ordering::Relaxed);
     }
 }
-
-// SAFETY: `BoundDatum` pointers refer to data cells the run holds `in_use` for its whole
-// duration; workers dereference them only through `RawOperand`s built for tasks whose
-// accesses the graph's dependencies order (see `runtime::data` and `graph` invariants).
-unsafe impl Sync for RunState<'_> {}
 
 /// What one worker did.
 #[derive(Default)]
@@ -335,7 +330,7 @@ fn stage_gpu_batch(
                 })?;
                 cell.pin(g);
                 pinned.push(cell.clone());
-                let buffer = cell.ensure_gpu(g, access.reads(), run.gpus, &run.transfers)?;
+                let buffer = cell.ensure_gpu(g, access.reads(), true, run.gpus, &run.transfers)?;
                 ops.push(GpuOperand {
                     buffer,
                     elements: cell.len as u64,
