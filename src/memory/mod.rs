@@ -9,6 +9,11 @@
 
 use std::fmt;
 
+/// Spill disk bandwidth assumed by planning and the simulator, both ways, bytes/s: the
+/// page-cache speed measured on the development VM (`hexec bench memory --host`), where
+/// spill files land first.
+pub const SPILL_BANDWIDTH: f64 = 2e9;
+
 /// A memory node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum Node {

@@ -1,13 +1,15 @@
 //! What the runtime tells planning policies: the time since the run began, expected compute
 //! times from the runtime's performance model, and the time to copy a task's missing inputs
-//! to a worker's memory (from the coherence state of each input and the link model).
+//! to a worker's memory (from the coherence state of each input and the link model), plus,
+//! on a memory node that is full, the time to make room (evicted copies written back).
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::budget::Budgets;
 use super::data::DataCell;
 use crate::graph::Graph;
-use crate::memory::Node;
+use crate::memory::{Node, SPILL_BANDWIDTH};
 use crate::sched::perfmodel::PerfModel;
 use crate::sched::{kind_index, TaskCost};
 use crate::topology::{DeviceKind, Machine, WorkerId};
@@ -28,6 +30,7 @@ pub(crate) struct CostView<'a> {
     pub data_bytes: &'a [u64],
     pub bandwidth: f64,
     pub latency: f64,
+    pub budgets: &'a Budgets,
 }
 
 impl CostView<'_> {
@@ -53,7 +56,30 @@ impl CostView<'_> {
                 _ => resident += bytes,
             }
         }
-        (time, resident)
+        (time + self.room_time(task, node), resident)
+    }
+
+    /// On a limited node without room for the task's new copies: the time to write back as
+    /// many bytes (the worst case, every evicted copy being the only valid one).
+    fn room_time(&self, task: u32, node: Node) -> f64 {
+        let nb = self.budgets.node(node);
+        let cap = nb.capacity.load(std::sync::atomic::Ordering::Relaxed);
+        if cap == u64::MAX {
+            return 0.0;
+        }
+        let rec = &self.graph.tasks[task as usize];
+        let new_bytes: u64 = self.graph.accesses[rec.accesses.range()]
+            .iter()
+            .filter_map(|&(d, _)| self.cells[d as usize].as_ref())
+            .filter(|c| !c.has_copy_on(node))
+            .map(|c| c.bytes() as u64)
+            .sum();
+        let overflow = (nb.used.load(std::sync::atomic::Ordering::Relaxed) + new_bytes).saturating_sub(cap);
+        match (overflow, node) {
+            (0, _) => 0.0,
+            (o, Node::Host) => o as f64 / SPILL_BANDWIDTH,
+            (o, Node::Gpu(_)) => self.latency + o as f64 / self.bandwidth,
+        }
     }
 }
 

@@ -306,6 +306,14 @@ impl DataCell {
         Ok(())
     }
 
+    /// Whether memory is allocated for the datum on `node` (valid or not).
+    pub fn has_copy_on(&self, node: Node) -> bool {
+        match node {
+            Node::Host => self.host_in_memory(),
+            Node::Gpu(g) => self.replicas.lock().unwrap_or_else(|e| e.into_inner())[g as usize].is_some(),
+        }
+    }
+
     /// Whether the host buffer is in memory now.
     pub fn host_in_memory(&self) -> bool {
         !self.as_mut_ptr().is_null()

@@ -732,6 +732,7 @@ impl Runtime {
             data_bytes,
             bandwidth,
             latency,
+            budgets: &self.budgets,
         });
         // A task placed in a GPU's mailbox has its inputs copied there right away, while that
         // GPU may still be busy with earlier work.

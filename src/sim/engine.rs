@@ -13,7 +13,7 @@ use super::SimMachine;
 use crate::graph::compile::{compile, DatumInfo, SubmitError, Successors};
 use crate::graph::{Graph, GraphDatum};
 use crate::kernels::ElemType;
-use crate::memory::{Coherence, Node, Transfers};
+use crate::memory::{Coherence, Node, Transfers, SPILL_BANDWIDTH as DISK_BYTES_PER_S};
 use crate::sched::{
     heft_plan, kind_index, rank_priorities, Eager, Locality, Pick, Plan, Policy, PolicyKind, RandomPolicy, ReadyQueues,
     SimQueues, WorkStealing,
@@ -30,14 +30,10 @@ pub struct SimOptions {
     /// the running task are evicted (written back to the host when the only valid copy).
     pub gpu_memory: Option<u64>,
     /// Host memory for data: past it, least-recently-used host copies not used by a running
-    /// task are spilled to disk (written when the only valid copy, at [`DISK_BYTES_PER_S`]),
-    /// as the runtime does.
+    /// task are spilled to disk (written when the only valid copy, at
+    /// [`crate::memory::SPILL_BANDWIDTH`]), as the runtime does.
     pub host_memory: Option<u64>,
 }
-
-/// Spill disk bandwidth, both ways: the page-cache speed measured on the development VM
-/// (`hexec bench memory --host`), the place where spill files land first.
-pub const DISK_BYTES_PER_S: f64 = 2e9;
 
 /// Why a simulation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -527,8 +523,11 @@ impl<'a> State<'a> {
     /// input bytes already there.
     fn inputs_ready(&self, task: u32, node: Node) -> (f64, u64) {
         let rec = &self.graph.tasks[task as usize];
-        let (mut ready, mut resident) = (self.now, 0u64);
+        let (mut ready, mut resident, mut new_bytes) = (self.now, 0u64, 0u64);
         for &(d, access) in &self.graph.accesses[rec.accesses.range()] {
+            if !self.alloc[d as usize][node.index()] {
+                new_bytes += self.data_bytes[d as usize];
+            }
             if !access.reads() {
                 continue;
             }
@@ -540,6 +539,21 @@ impl<'a> State<'a> {
                 ready = ready.max(at);
             } else if let Some((_, end)) = self.plan_copy(d, node) {
                 ready = ready.max(end);
+            }
+        }
+        // Room that must be made first: at worst, evicted copies are written back (the
+        // runtime's cost view makes the same estimate).
+        let cap = match node {
+            Node::Host => self.host_cap,
+            Node::Gpu(_) => self.gpu_cap,
+        };
+        if let Some(cap) = cap {
+            let overflow = (self.used[node.index()] + new_bytes).saturating_sub(cap);
+            if overflow > 0 {
+                ready += match node {
+                    Node::Host => overflow as f64 / DISK_BYTES_PER_S,
+                    Node::Gpu(_) => self.link(node, Node::Host, overflow),
+                };
             }
         }
         (ready, resident)
