@@ -182,3 +182,27 @@ fn a_datum_larger_than_the_host_limit_is_refused_at_submit_and_stays_readable() 
     drop(rt);
     let _ = std::fs::remove_dir_all(&parent);
 }
+
+#[test]
+fn past_the_high_watermark_the_background_spiller_makes_room() {
+    let parent = spill_parent("background");
+    let tile = 4096u64;
+    let rt = rt(1, PolicyKind::Ws, Some(10 * tile), &parent);
+    let data: Vec<_> = (0..10).map(|i| rt.data(vec![i as f32; 1024])).collect();
+    // At 100% of the limit; the spiller brings the host down to 80% without anyone asking.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        // An empty run reports the host's use at its start.
+        let used = rt.run(&rt.graph()).unwrap().memory[0].peak_bytes;
+        if used <= 8 * tile {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "host use stayed at {used} bytes");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(rt.read(*d).unwrap(), vec![i as f32; 1024]);
+    }
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&parent);
+}

@@ -3,7 +3,8 @@
 //! least-recently-used order — clean ones dropped, the only valid copy written back to the
 //! host first — skipping data pinned by tasks in flight. Past the host's capacity, host
 //! copies are spilled the same way: written to a spill file when they are the only valid
-//! copy, dropped otherwise (see [`super::spill`]).
+//! copy, dropped otherwise (see [`super::spill`]); past 90% of the host's capacity the
+//! background spiller ([`super::spiller`]) brings it down to 80%.
 //!
 //! Invariants:
 //! - `used` of a node is the sum of the sizes of the copies allocated there (replica buffers,
@@ -19,6 +20,7 @@ use serde::Serialize;
 
 use super::data::{DataCell, PrepError};
 use super::spill::SpillDir;
+use super::spiller::SpillSignal;
 use crate::gpu::GpuDevice;
 use crate::memory::{Node, Transfers};
 
@@ -97,6 +99,7 @@ pub(crate) struct Budgets {
     nodes: Vec<NodeBudget>,
     /// Where host copies go past the host's capacity (set when the host is limited).
     spill: Option<SpillDir>,
+    spill_signal: Arc<SpillSignal>,
 }
 
 impl Budgets {
@@ -111,6 +114,7 @@ impl Budgets {
                 })
                 .collect(),
             spill: spill.filter(|_| capacities.first().is_some_and(|&c| c != u64::MAX)),
+            spill_signal: Arc::default(),
         }
     }
 
@@ -139,8 +143,41 @@ impl Budgets {
         let mut busy: Vec<*const DataCell> = Vec::new();
         loop {
             if nb.try_reserve(bytes) {
+                if self.nearly_full(Node::Host) {
+                    self.spill_signal.wake();
+                }
                 return Ok(());
             }
+            if !self.spill_one(requester, &mut busy).map_err(PrepError::Failed)? {
+                return Err(PrepError::NoRoom(format!(
+                    "host memory limit of {} bytes: no room for {}{bytes} bytes beside {} bytes of data in use",
+                    nb.capacity.load(Ordering::Relaxed),
+                    requester.map_or(String::new(), |r| format!("datum '{}' ", r.name)),
+                    nb.used.load(Ordering::Relaxed)
+                )));
+            }
+        }
+    }
+
+    /// Spills host copies, least recently used first, until at most `target` bytes are used
+    /// or nothing more can go (the rest is pinned or busy). For the background spiller.
+    pub fn spill_host_to(&self, target: u64) -> Result<(), String> {
+        let nb = self.node(Node::Host);
+        let mut busy: Vec<*const DataCell> = Vec::new();
+        while nb.used.load(Ordering::Relaxed) > target {
+            if !self.spill_one(None, &mut busy)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Spills the least-recently-used host copy that is in memory, not `requester`, not in
+    /// `busy`, and not larger than the limit (it could never come back). False when there is
+    /// none; a copy pinned or locked right now is added to `busy` and the next one tried.
+    fn spill_one(&self, requester: Option<&DataCell>, busy: &mut Vec<*const DataCell>) -> Result<bool, String> {
+        let nb = self.node(Node::Host);
+        loop {
             let victim = {
                 let mut resident = nb.resident.lock().unwrap_or_else(|e| e.into_inner());
                 resident.retain(|w| w.strong_count() > 0);
@@ -148,28 +185,24 @@ impl Budgets {
                     .iter()
                     .filter(|w| !busy.contains(&w.as_ptr()) && requester.is_none_or(|r| !std::ptr::eq(w.as_ptr(), r)))
                     .filter_map(Weak::upgrade)
-                    // A datum larger than the limit could never come back: it stays.
                     .filter(|c| c.host_in_memory() && c.bytes() as u64 <= nb.capacity.load(Ordering::Relaxed))
                     .min_by_key(|c| c.last_host_use())
             };
-            let Some(victim) = victim else {
-                return Err(PrepError::NoRoom(format!(
-                    "host memory limit of {} bytes: no room for {}{bytes} bytes beside {} bytes of data in use",
-                    nb.capacity.load(Ordering::Relaxed),
-                    requester.map_or(String::new(), |r| format!("datum '{}' ", r.name)),
-                    nb.used.load(Ordering::Relaxed)
-                )));
-            };
-            match victim.spill_host() {
-                Ok(Some(written)) => {
+            let Some(victim) = victim else { return Ok(false) };
+            match victim.spill_host()? {
+                Some(written) => {
                     nb.evictions.fetch_add(1, Ordering::Relaxed);
                     nb.written_back.fetch_add(written, Ordering::Relaxed);
+                    return Ok(true);
                 }
-                // Pinned or locked right now: try the others.
-                Ok(None) => busy.push(Arc::as_ptr(&victim)),
-                Err(e) => return Err(PrepError::Failed(e)),
+                None => busy.push(Arc::as_ptr(&victim)),
             }
         }
+    }
+
+    /// Wakes the background spiller when the host passes its high watermark.
+    pub fn spill_signal(&self) -> &Arc<SpillSignal> {
+        &self.spill_signal
     }
 
     pub fn node(&self, n: Node) -> &NodeBudget {

@@ -13,6 +13,7 @@ mod data;
 mod queues;
 mod sleep;
 mod spill;
+mod spiller;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -302,6 +303,7 @@ impl RuntimeBuilder {
             hw,
             policy: self.policy,
             store: DataStore::new(id, gpus.len(), budgets.clone()),
+            _spiller: spiller::Spiller::start(&budgets),
             budgets,
             gpus,
             model: Mutex::new(self.model.unwrap_or_default()),
@@ -340,6 +342,8 @@ pub struct Runtime {
     calibrate: bool,
     backpressure: bool,
     budgets: Arc<budget::Budgets>,
+    /// Spills host copies in the background past the host's high watermark (host limit only).
+    _spiller: Option<spiller::Spiller>,
     /// Bytes and seconds of host↔GPU copies measured so far.
     links: Mutex<(f64, f64)>,
 }
