@@ -6,10 +6,27 @@ use std::sync::Arc;
 use hexec::kernels::{builtin, Kernel, KernelError, Signature};
 use hexec::{Data, Machine, MemoryLimits, PolicyKind, Runtime};
 
-fn spill_parent(tag: &str) -> std::path::PathBuf {
+/// The directory one test's runtimes make their spill directories in; removed, with anything
+/// left in it, when the test ends (also when it fails).
+struct SpillParent(std::path::PathBuf);
+
+fn spill_parent(tag: &str) -> SpillParent {
     let p = std::env::temp_dir().join(format!("hexec-memtest-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&p).unwrap();
-    p
+    SpillParent(p)
+}
+
+impl std::ops::Deref for SpillParent {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for SpillParent {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn rt(workers: usize, policy: PolicyKind, host: Option<u64>, parent: &std::path::Path) -> Runtime {
@@ -79,12 +96,11 @@ fn working_sets_4x_and_16x_the_host_limit_complete_with_identical_results() {
             );
             assert!(report.spilled_bytes > 0 && host.evictions > 0, "{factor}x: {host:?}");
             let dir = limited.spill_directory().unwrap().to_path_buf();
-            assert!(dir.starts_with(&parent));
+            assert!(dir.starts_with(&*parent));
             drop(limited);
             assert!(!dir.exists(), "spill directory {} left behind", dir.display());
         }
     }
-    let _ = std::fs::remove_dir_all(&parent);
 }
 
 #[test]
@@ -105,7 +121,6 @@ fn a_spill_file_damaged_on_disk_is_detected() {
     assert_eq!(rt.read(b).unwrap(), vec![2.0; 1024]);
     drop(rt);
     assert!(!dir.exists());
-    let _ = std::fs::remove_dir_all(&parent);
 }
 
 #[test]
@@ -135,7 +150,6 @@ fn the_spill_directory_goes_after_a_failed_run_and_the_data_survives_runs() {
     assert!(dir.exists());
     drop(rt);
     assert!(!dir.exists());
-    let _ = std::fs::remove_dir_all(&parent);
 }
 
 #[test]
@@ -157,7 +171,6 @@ fn a_cpu_task_whose_operands_exceed_the_host_limit_is_refused_at_submit() {
         "{e}"
     );
     drop(rt);
-    let _ = std::fs::remove_dir_all(&parent);
 }
 
 #[test]
@@ -180,7 +193,6 @@ fn a_datum_larger_than_the_host_limit_is_refused_at_submit_and_stays_readable() 
         assert_eq!(rt.read(*s).unwrap(), vec![i as f32; 256]);
     }
     drop(rt);
-    let _ = std::fs::remove_dir_all(&parent);
 }
 
 #[test]
@@ -204,5 +216,4 @@ fn past_the_high_watermark_the_background_spiller_makes_room() {
         assert_eq!(rt.read(*d).unwrap(), vec![i as f32; 1024]);
     }
     drop(rt);
-    let _ = std::fs::remove_dir_all(&parent);
 }

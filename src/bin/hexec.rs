@@ -35,19 +35,8 @@ enum Command {
     },
     /// Run a graph file (native JSON, WfCommons JSON, STG, Dask JSON[.gz]).
     Run {
-        graph: PathBuf,
-        /// Force the file format instead of detecting it: native, wfcommons, stg, dask.
-        #[arg(long)]
-        format: Option<Format>,
-        /// Multiply recorded task durations (spin/sleep) by this factor.
-        #[arg(long, default_value_t = 1.0)]
-        time_scale: f64,
-        /// Write a Chrome/Perfetto trace (open it in ui.perfetto.dev).
-        #[arg(long)]
-        trace: Option<PathBuf>,
-        /// Print the summary as one JSON object.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        io: GraphArgs,
         /// Performance-model file: read before the run when it exists, written after it
         /// with what the run measured.
         #[arg(long)]
@@ -70,22 +59,14 @@ enum Command {
     },
     /// Simulate a graph on a modelled machine with the same policies as `run`.
     Sim {
-        graph: PathBuf,
+        #[command(flatten)]
+        io: GraphArgs,
         /// `starpu:DIR:NAME`, a `.toml` file, or `cpus:N[,gpus:M,gpu-speedup:S,bw:GBPS,lat:US,gflops:G]`.
         #[arg(long)]
         machine: String,
         /// eager, ws, locality, heft or random.
         #[arg(long, default_value = "locality")]
         policy: PolicyKind,
-        #[arg(long)]
-        format: Option<Format>,
-        #[arg(long, default_value_t = 1.0)]
-        time_scale: f64,
-        /// Write a Chrome/Perfetto trace of the simulated schedule.
-        #[arg(long)]
-        trace: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
         /// Memory limits, e.g. `host=2GiB,gpu=256MiB` (GPUs evict, the host spills to disk).
         #[arg(long)]
         mem: Option<hexec::MemoryLimits>,
@@ -184,6 +165,25 @@ enum BenchCommand {
     },
 }
 
+/// The graph file `run` and `sim` read, and what they write.
+#[derive(Args, Clone)]
+struct GraphArgs {
+    graph: PathBuf,
+    /// Force the file format instead of detecting it: native, wfcommons, stg, dask.
+    #[arg(long)]
+    format: Option<Format>,
+    /// Multiply recorded task durations (spin/sleep) by this factor.
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
+    /// Write a Chrome/Perfetto trace of the (real or simulated) schedule; open it in
+    /// ui.perfetto.dev.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Args, Clone)]
 struct MachineArgs {
     /// Scheduling policy: locality, ws, eager, heft or random.
@@ -261,11 +261,14 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
     match cmd {
         Command::Info { json, machine } => info(json, &machine),
         Command::Run {
-            graph,
-            format,
-            time_scale,
-            trace,
-            json,
+            io:
+                GraphArgs {
+                    graph,
+                    format,
+                    time_scale,
+                    trace,
+                    json,
+                },
             model,
             machine,
         } => {
@@ -307,13 +310,16 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             run_and_report(&rt, &demo.graph, trace, json, Some(&demo))
         }
         Command::Sim {
-            graph,
+            io:
+                GraphArgs {
+                    graph,
+                    format,
+                    time_scale,
+                    trace,
+                    json,
+                },
             machine,
             policy,
-            format,
-            time_scale,
-            trace,
-            json,
             mem,
         } => {
             let sm = hexec::sim::SimMachine::parse(&machine)?;

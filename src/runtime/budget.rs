@@ -24,6 +24,12 @@ use super::spiller::SpillSignal;
 use crate::gpu::GpuDevice;
 use crate::memory::{Node, Transfers};
 
+/// Share of a limited node's capacity past which it is nearly full: GPU workers apply
+/// backpressure and the background spiller starts.
+pub(crate) const HIGH_WATERMARK: f64 = 0.9;
+/// Share down to which the background spiller empties the host.
+pub(crate) const LOW_WATERMARK: f64 = 0.8;
+
 /// One node's budget.
 #[derive(Debug, Default)]
 pub(crate) struct NodeBudget {
@@ -209,11 +215,11 @@ impl Budgets {
         &self.nodes[n.index()]
     }
 
-    /// Whether a limited node is above its high watermark (90% of its capacity).
+    /// Whether a limited node is above its high watermark ([`HIGH_WATERMARK`] of its capacity).
     pub fn nearly_full(&self, n: Node) -> bool {
         let nb = self.node(n);
         let cap = nb.capacity.load(Ordering::Relaxed);
-        cap != u64::MAX && nb.used.load(Ordering::Relaxed) as f64 > 0.9 * cap as f64
+        cap != u64::MAX && nb.used.load(Ordering::Relaxed) as f64 > HIGH_WATERMARK * cap as f64
     }
 
     /// Starts a run's peak measurement at the current use.

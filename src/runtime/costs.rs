@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::budget::Budgets;
 use super::data::DataCell;
 use crate::graph::Graph;
-use crate::memory::{Node, SPILL_BANDWIDTH};
+use crate::memory::{room_seconds, Node};
 use crate::sched::perfmodel::PerfModel;
 use crate::sched::{kind_index, TaskCost};
 use crate::topology::{DeviceKind, Machine, WorkerId};
@@ -74,12 +74,8 @@ impl CostView<'_> {
             .filter(|c| !c.has_copy_on(node))
             .map(|c| c.bytes() as u64)
             .sum();
-        let overflow = (nb.used.load(std::sync::atomic::Ordering::Relaxed) + new_bytes).saturating_sub(cap);
-        match (overflow, node) {
-            (0, _) => 0.0,
-            (o, Node::Host) => o as f64 / SPILL_BANDWIDTH,
-            (o, Node::Gpu(_)) => self.latency + o as f64 / self.bandwidth,
-        }
+        let used = nb.used.load(std::sync::atomic::Ordering::Relaxed);
+        room_seconds(node, used, new_bytes, cap, |b| self.latency + b as f64 / self.bandwidth)
     }
 }
 

@@ -350,14 +350,9 @@ impl DataCell {
             self.host_valid.store(false, Ordering::Release);
         }
         self.ptr.store(std::ptr::null_mut(), Ordering::Release);
-        // SAFETY: `ptr`/`words` come from `Box::into_raw` of a `Box<[u64]>` of that length;
-        // the pointer was just cleared under the lock, so it is freed exactly once.
-        unsafe {
-            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
-                ptr.cast::<u64>(),
-                self.words,
-            )))
-        };
+        // SAFETY: a non-null `ptr` is a live host buffer of `words` words; it was just cleared
+        // under the lock, so no one else frees it.
+        unsafe { free_words(ptr.cast(), self.words) };
         self.budgets.node(Node::Host).release(self.bytes() as u64);
         Ok(Some(written))
     }
@@ -597,12 +592,21 @@ impl Drop for DataCell {
             }
         }
         if !ptr.is_null() {
-            // SAFETY: a non-null `ptr` comes from `Box::into_raw` of a `Box<[u64]>` of `words`
-            // words (`from_words`, `materialize`) not freed yet (`spill_host` clears it when it
-            // frees); we are the last owner.
-            unsafe { drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, self.words))) }
+            // SAFETY: a non-null `ptr` is a live host buffer of `words` words (`spill_host`
+            // clears it when it frees); we are the last owner.
+            unsafe { free_words(ptr, self.words) }
         }
     }
+}
+
+/// Frees a host buffer.
+///
+/// # Safety
+/// `ptr` comes from `Box::into_raw` of a `Box<[u64]>` of `words` words (`from_words`,
+/// `materialize`) and is not used again.
+unsafe fn free_words(ptr: *mut u64, words: usize) {
+    // SAFETY: the caller's contract.
+    drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, words)) });
 }
 
 /// The data of one runtime.

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use super::budget::Budgets;
+use super::budget::{Budgets, LOW_WATERMARK};
 use crate::memory::Node;
 
 /// How the workers wake the spiller, and how the runtime stops it.
@@ -74,7 +74,7 @@ impl Spiller {
             .name("hexec-spill".into())
             .spawn(move || {
                 let cap = b.node(Node::Host).capacity.load(Ordering::Relaxed);
-                let low = cap / 10 * 8;
+                let low = (cap as f64 * LOW_WATERMARK) as u64;
                 while s.wait() {
                     if let Err(e) = b.spill_host_to(low) {
                         // The workers meet the same error, and report it, when they need room.

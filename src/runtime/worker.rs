@@ -627,6 +627,9 @@ fn pin_operands<'a>(
 }
 
 fn unpin_operands(run: &RunState<'_>, accesses: &[(u32, Access)]) {
+    if !run.budgets.spillable() {
+        return; // host pins are only counted under a host limit
+    }
     for &(d, _) in accesses {
         if let Some(cell) = &run.cells[d as usize] {
             cell.unpin_host();

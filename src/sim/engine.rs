@@ -13,7 +13,7 @@ use super::SimMachine;
 use crate::graph::compile::{compile, DatumInfo, SubmitError, Successors};
 use crate::graph::{Graph, GraphDatum};
 use crate::kernels::ElemType;
-use crate::memory::{Coherence, Node, Transfers, SPILL_BANDWIDTH as DISK_BYTES_PER_S};
+use crate::memory::{room_seconds, Coherence, Node, Transfers, SPILL_BANDWIDTH as DISK_BYTES_PER_S};
 use crate::sched::{
     heft_plan, kind_index, rank_priorities, Eager, Locality, Pick, Plan, Policy, PolicyKind, RandomPolicy, ReadyQueues,
     SimQueues, WorkStealing,
@@ -523,11 +523,8 @@ impl<'a> State<'a> {
     /// input bytes already there.
     fn inputs_ready(&self, task: u32, node: Node) -> (f64, u64) {
         let rec = &self.graph.tasks[task as usize];
-        let (mut ready, mut resident, mut new_bytes) = (self.now, 0u64, 0u64);
+        let (mut ready, mut resident) = (self.now, 0u64);
         for &(d, access) in &self.graph.accesses[rec.accesses.range()] {
-            if !self.alloc[d as usize][node.index()] {
-                new_bytes += self.data_bytes[d as usize];
-            }
             if !access.reads() {
                 continue;
             }
@@ -541,20 +538,20 @@ impl<'a> State<'a> {
                 ready = ready.max(end);
             }
         }
-        // Room that must be made first: at worst, evicted copies are written back (the
-        // runtime's cost view makes the same estimate).
+        // Room that must be made first.
         let cap = match node {
             Node::Host => self.host_cap,
             Node::Gpu(_) => self.gpu_cap,
         };
         if let Some(cap) = cap {
-            let overflow = (self.used[node.index()] + new_bytes).saturating_sub(cap);
-            if overflow > 0 {
-                ready += match node {
-                    Node::Host => overflow as f64 / DISK_BYTES_PER_S,
-                    Node::Gpu(_) => self.link(node, Node::Host, overflow),
-                };
-            }
+            let new_bytes = self.graph.accesses[rec.accesses.range()]
+                .iter()
+                .filter(|&&(d, _)| !self.alloc[d as usize][node.index()])
+                .map(|&(d, _)| self.data_bytes[d as usize])
+                .sum();
+            ready += room_seconds(node, self.used[node.index()], new_bytes, cap, |b| {
+                self.link(node, Node::Host, b)
+            });
         }
         (ready, resident)
     }
