@@ -184,6 +184,19 @@ struct GraphArgs {
     json: bool,
 }
 
+impl GraphArgs {
+    fn load(&self) -> Result<formats::GraphSpec, formats::LoadError> {
+        formats::load(&self.graph, self.format)
+    }
+
+    fn build_options(&self) -> BuildOptions {
+        BuildOptions {
+            time_scale: self.time_scale,
+            empty_tasks: false,
+        }
+    }
+}
+
 #[derive(Args, Clone)]
 struct MachineArgs {
     /// Scheduling policy: locality, ws, eager, heft or random.
@@ -260,18 +273,7 @@ fn main() -> ExitCode {
 fn dispatch(cmd: Command) -> Result<(), Failure> {
     match cmd {
         Command::Info { json, machine } => info(json, &machine),
-        Command::Run {
-            io:
-                GraphArgs {
-                    graph,
-                    format,
-                    time_scale,
-                    trace,
-                    json,
-                },
-            model,
-            machine,
-        } => {
+        Command::Run { io, model, machine } => {
             let mut builder = machine.builder();
             if let Some(path) = model.as_ref().filter(|p| p.exists()) {
                 builder = builder
@@ -281,15 +283,8 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 builder = builder.calibrate(true);
             }
             let rt = builder.build()?;
-            let spec = formats::load(&graph, format)?;
-            let g = spec.build(
-                &rt,
-                &BuildOptions {
-                    time_scale,
-                    empty_tasks: false,
-                },
-            )?;
-            let result = run_and_report(&rt, &g, trace, json, None);
+            let g = io.load()?.build(&rt, &io.build_options())?;
+            let result = run_and_report(&rt, &g, io.trace, io.json, None);
             if let Some(path) = &model {
                 rt.perf_model().save(path)?;
             }
@@ -310,45 +305,31 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             run_and_report(&rt, &demo.graph, trace, json, Some(&demo))
         }
         Command::Sim {
-            io:
-                GraphArgs {
-                    graph,
-                    format,
-                    time_scale,
-                    trace,
-                    json,
-                },
+            io,
             machine,
             policy,
             mem,
         } => {
             let sm = hexec::sim::SimMachine::parse(&machine)?;
-            let spec = formats::load(&graph, format)?;
-            let g = spec.build_virtual(
-                &|k| sm.kernel(k),
-                &BuildOptions {
-                    time_scale,
-                    empty_tasks: false,
-                },
-            )?;
+            let g = io.load()?.build_virtual(&|k| sm.kernel(k), &io.build_options())?;
             let t = std::time::Instant::now();
             let r = hexec::sim::simulate(
                 &g,
                 &sm,
                 policy,
                 &hexec::sim::SimOptions {
-                    record_trace: trace.is_some(),
+                    record_trace: io.trace.is_some(),
                     gpu_memory: mem.and_then(|m| m.gpu),
                     host_memory: mem.and_then(|m| m.host),
                 },
             )?;
             let took = t.elapsed();
-            if let Some(path) = &trace {
+            if let Some(path) = &io.trace {
                 let f =
                     std::fs::File::create(path).map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
                 write_chrome_trace(f, &g, &r.run).map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
             }
-            if json {
+            if io.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!(
