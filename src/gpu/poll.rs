@@ -100,7 +100,12 @@ impl Poller {
 
 impl Drop for Poller {
     fn drop(&mut self) {
-        self.state.stop.store(true, Ordering::SeqCst);
+        {
+            // Set under the lock the poll thread checks it under: set between its check and
+            // its wait, the notification would be lost and the join below would hang.
+            let _w = self.state.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            self.state.stop.store(true, Ordering::SeqCst);
+        }
         self.state.wake.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
