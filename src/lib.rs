@@ -30,7 +30,7 @@ pub mod trace;
 pub use hexec_kernels as kernels;
 
 pub use graph::compile::SubmitError;
-pub use graph::{Data, DataRef, Graph, Restriction, TaskId, VirtualData};
+pub use graph::{Data, DataRef, Graph, Restriction, TaskId, TempData, VirtualData};
 pub use runtime::{BuildError, DataError, MemoryLimits, RunError, RunOptions, Runtime, RuntimeBuilder};
 pub use sched::PolicyKind;
 pub use topology::{DeviceKind, Machine};

@@ -171,8 +171,8 @@ fn bench_memory_stays_within_limits_and_matches_the_simulator() {
 
 #[test]
 fn bench_memory_host_spills_within_the_limit() {
-    let out = hexec()
-        .args([
+    for temps in [false, true] {
+        let mut args = vec![
             "bench",
             "memory",
             "--host",
@@ -183,23 +183,36 @@ fn bench_memory_host_spills_within_the_limit() {
             "--reps",
             "1",
             "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), 3);
+        ];
+        if temps {
+            args.push("--temps");
+        }
+        let out = hexec().args(&args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rows = rows.as_array().unwrap();
+        assert_eq!(rows.len(), 5);
+        check_host_rows(rows, temps);
+    }
+}
+
+fn check_host_rows(rows: &[serde_json::Value], temps: bool) {
     for r in rows {
         assert_eq!(r["results_match"], true, "{r}");
+        assert_eq!(r["temps"], temps, "{r}");
         if let Some(limit) = r["limit_bytes"].as_u64() {
             assert!(r["peak_host_bytes"].as_u64().unwrap() <= limit, "{r}");
-            assert!(r["spilled_bytes"].as_u64().unwrap() > 0, "{r}");
-            let (real, sim) = (
-                r["peak_host_bytes"].as_f64().unwrap(),
-                r["simulated_peak_host_bytes"].as_f64().unwrap(),
-            );
-            assert!((real - sim).abs() <= 0.1 * real, "simulated host peak within 10%: {r}");
+            // Kept tiles exceed the limit, so some must spill; temporaries may all fit.
+            assert!(temps || r["spilled_bytes"].as_u64().unwrap() > 0, "{r}");
+            // Kept tiles fill the limit in both; the peak of temporaries below the limit
+            // depends on how two real threads interleave, which the simulator does not copy.
+            if !temps {
+                let (real, sim) = (
+                    r["peak_host_bytes"].as_f64().unwrap(),
+                    r["simulated_peak_host_bytes"].as_f64().unwrap(),
+                );
+                assert!((real - sim).abs() <= 0.1 * real, "simulated host peak within 10%: {r}");
+            }
         }
     }
 }

@@ -723,3 +723,39 @@ fn no_copy_is_evicted_before_it_is_used() {
         }
     }
 }
+
+/// Eviction ping-pong is detected: a batch of three tasks reading three tiles on a GPU with
+/// room for two. Staging the first evicts a tile the second reads, which comes straight back
+/// before any task completed; hexec counts it and runs that GPU one task at a time until one
+/// completes. The run finishes with the right sums.
+#[test]
+fn eviction_ping_pong_is_detected_and_the_run_completes() {
+    let len = 4096;
+    let tile = (len * 4) as u64;
+    let Some(rt) = gpu_rt_limited(Some(2 * tile + 16), PolicyKind::Eager) else {
+        return;
+    };
+    let (a, x, w) = (
+        rt.data(vec![1.0f32; len]),
+        rt.data(vec![2.0f32; len]),
+        rt.data(vec![3.0f32; len]),
+    );
+    // First run: x and w stay on the GPU.
+    let mut warm = rt.graph();
+    for d in [x, w] {
+        let out = rt.data(vec![0.0f32; 1]);
+        warm.task(&builtin::sum()).on(DeviceKind::Gpu).read(d).write(out).add();
+    }
+    let first = rt.run(&warm).unwrap();
+    assert_eq!(first.memory[1].ping_pongs, 0, "{:?}", first.memory);
+    let outs: Vec<Data<f32>> = (0..3).map(|_| rt.data(vec![0.0f32; 1])).collect();
+    let mut g = rt.graph();
+    for (d, out) in [a, x, w].into_iter().zip(&outs) {
+        g.task(&builtin::sum()).on(DeviceKind::Gpu).read(d).write(*out).add();
+    }
+    let r = rt.run(&g).unwrap();
+    assert!(r.memory[1].ping_pongs >= 1, "{:?}", r.memory);
+    assert!(r.memory[1].peak_bytes <= 2 * tile + 16);
+    let sums: Vec<f32> = outs.iter().map(|o| rt.read(*o).unwrap()[0]).collect();
+    assert_eq!(sums, vec![len as f32, 2.0 * len as f32, 3.0 * len as f32]);
+}

@@ -110,11 +110,17 @@ fn a_spill_file_damaged_on_disk_is_detected() {
     let a = rt.data_named("a", vec![1.0f32; 1024]);
     let b = rt.data_named("b", vec![2.0f32; 1024]); // makes room by spilling 'a'
     let dir = rt.spill_directory().unwrap().to_path_buf();
-    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    let mut bytes = std::fs::read(&files[0]).unwrap();
+    // 'a' is the first datum spilled (by 'b' or by the background spiller, which may still be
+    // writing it, and may go on to spill 'b' as well): wait for its whole file.
+    let first = dir.join("0.bin");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&first).map_or(true, |m| m.len() < 4096) {
+        assert!(std::time::Instant::now() < deadline, "'a' was never spilled");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let mut bytes = std::fs::read(&first).unwrap();
     bytes[100] ^= 0x40;
-    std::fs::write(&files[0], &bytes).unwrap();
+    std::fs::write(&first, &bytes).unwrap();
     let e = rt.read(a).unwrap_err().to_string();
     assert!(e.contains("'a'") && e.contains("checksum"), "{e}");
     // The other datum is unharmed, and the runtime still works.
@@ -216,4 +222,97 @@ fn past_the_high_watermark_the_background_spiller_makes_room() {
         assert_eq!(rt.read(*d).unwrap(), vec![i as f32; 1024]);
     }
     drop(rt);
+}
+
+/// `tiles` temporaries produced (filled with 1, 2, ...) and reduced pairwise into a stored
+/// result: what survives is the result, equal to the sum 1 + 2 + ... + tiles.
+fn temporaries_reduced(rt: &Runtime, tiles: usize, len: usize) -> (hexec::RunReport, Vec<f32>) {
+    let out = rt.data(vec![0.0f32; len]);
+    let mut g = rt.graph();
+    let temps: Vec<hexec::TempData<f32>> = (0..tiles).map(|i| g.temp(format!("t{i}"), len)).collect();
+    for (i, t) in temps.iter().enumerate() {
+        g.task(&builtin::fill()).write(*t).param(1.0 + i as f64).add();
+    }
+    let mut stride = 1;
+    while stride < tiles {
+        for i in (0..tiles).step_by(2 * stride) {
+            if i + stride < tiles {
+                g.task(&builtin::axpy())
+                    .read(temps[i + stride])
+                    .read_write(temps[i])
+                    .param(1.0)
+                    .add();
+            }
+        }
+        stride *= 2;
+    }
+    g.task(&builtin::axpy()).read(temps[0]).read_write(out).param(1.0).add();
+    let report = rt.run(&g).unwrap();
+    (report, rt.read(out).unwrap())
+}
+
+#[test]
+fn temporaries_are_freed_after_their_last_use_with_and_without_limits() {
+    let parent = spill_parent("temps");
+    let (tiles, len) = (32, 2048);
+    let tile = (len * 4) as u64;
+    let expected = vec![(tiles * (tiles + 1) / 2) as f32; len];
+    for policy in [PolicyKind::Ws, PolicyKind::Locality, PolicyKind::Eager] {
+        for (host, backpressure) in [(None, true), (Some(8 * tile), true), (Some(8 * tile), false)] {
+            let mut b = Runtime::builder()
+                .machine(Machine::synthetic_cpus(2))
+                .policy(policy)
+                .memory_limits(MemoryLimits { host, gpu: None })
+                .spill_dir(&*parent);
+            if !backpressure {
+                b = b.no_backpressure();
+            }
+            let rt = b.build().unwrap();
+            let (report, out) = temporaries_reduced(&rt, tiles, len);
+            let what = format!("{policy:?}, host {host:?}, backpressure {backpressure}");
+            assert_eq!(out, expected, "{what}");
+            let host_mem = &report.memory[0];
+            if let Some(limit) = host {
+                assert!(host_mem.peak_bytes <= limit, "{what}: peak {}", host_mem.peak_bytes);
+            }
+            // Only the stored result is left: temporaries are not residents after the run.
+            assert_eq!(report.residency[0].data, 1, "{what}");
+            assert_eq!(report.residency[0].bytes, tile, "{what}");
+            let dir = rt.spill_directory().map(std::path::Path::to_path_buf);
+            drop(rt);
+            if let Some(dir) = dir {
+                assert!(!dir.exists(), "{what}: spill dir left behind");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_temporary_reads_as_zeros_before_it_is_written_and_each_run_starts_afresh() {
+    let rt = Runtime::builder().machine(Machine::synthetic_cpus(1)).build().unwrap();
+    let out = rt.data(vec![5.0f32; 4]);
+    let mut g = rt.graph();
+    let t = g.temp::<f32>("scratch", 4);
+    g.task(&builtin::axpy()).read(t).read_write(out).param(1.0).add();
+    g.task(&builtin::fill()).write(t).param(3.0).add();
+    g.task(&builtin::axpy()).read(t).read_write(out).param(1.0).add();
+    rt.run(&g).unwrap();
+    assert_eq!(rt.read(out).unwrap(), vec![8.0; 4], "zeros, then 3");
+    rt.run(&g).unwrap();
+    assert_eq!(
+        rt.read(out).unwrap(),
+        vec![11.0; 4],
+        "the second run starts from zeros again"
+    );
+}
+
+#[test]
+fn a_temporary_of_another_graph_is_refused_with_its_name() {
+    let rt = Runtime::builder().machine(Machine::synthetic_cpus(1)).build().unwrap();
+    let mut other = rt.graph();
+    let t = other.temp::<f32>("elsewhere", 4);
+    let mut g = rt.graph();
+    g.task(&builtin::fill()).name("writer").write(t).param(1.0).add();
+    let e = rt.run(&g).unwrap_err().to_string();
+    assert!(e.contains("writer") && e.contains("another graph"), "{e}");
 }

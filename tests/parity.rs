@@ -19,6 +19,7 @@ fn graph() -> (GraphSpec, PerfModel) {
             bytes: Some(b),
             init: None,
             read_only: false,
+            temp: false,
         });
     }
     let mut model = PerfModel::new();

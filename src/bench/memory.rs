@@ -2,7 +2,9 @@
 //! them pairwise) whose working set is 4x and 16x the GPU's memory limit, against the same
 //! run without a limit; and the simulator's peak for the same limit, from the model the real
 //! runs measured. With `host`, the same workload on CPU workers against host limits, where
-//! host copies spill to files.
+//! host copies spill to files; with `temps`, the produced tiles are temporaries freed once
+//! reduced (the intermediates of a blockwise pipeline, as in Dask's root-task
+//! overproduction), which is where holding producers back saves memory.
 
 use std::time::Instant;
 
@@ -41,6 +43,10 @@ pub struct MemoryRow {
 pub struct HostMemoryRow {
     /// Working set divided by the host limit (`None`: unlimited).
     pub oversubscription: Option<u64>,
+    /// Whether data-producing roots were held back under the limit.
+    pub backpressure: bool,
+    /// Whether the produced tiles were temporaries (freed once reduced).
+    pub temps: bool,
     pub limit_bytes: Option<u64>,
     pub working_set_bytes: u64,
     pub makespan_s: f64,
@@ -57,21 +63,31 @@ pub struct HostMemoryRow {
 }
 
 /// The host table: the same workload on `cpus` CPU workers, unlimited then with the host
-/// limited to 1/4 and 1/16 of the working set.
-pub fn measure_host(tiles: usize, len: usize, cpus: usize, reps: usize) -> Result<Vec<HostMemoryRow>, String> {
+/// limited to 1/4 and 1/16 of the working set, with and without backpressure; `temps` makes
+/// the produced tiles temporaries.
+pub fn measure_host(
+    tiles: usize,
+    len: usize,
+    cpus: usize,
+    reps: usize,
+    temps: bool,
+    policy: PolicyKind,
+) -> Result<Vec<HostMemoryRow>, String> {
     let working_set = (tiles * len * 4) as u64;
     let mut rows = Vec::new();
     let mut baseline: Option<(f64, Vec<f32>)> = None;
-    for over in [None, Some(4u64), Some(16)] {
+    for (over, backpressure) in CONFIGS {
         let limit = over.map(|o| working_set / o);
-        let rt = Runtime::builder()
+        let mut builder = Runtime::builder()
             .machine(crate::topology::Machine::synthetic_cpus(cpus.max(1)))
-            .policy(PolicyKind::Ws)
+            .policy(policy)
             .memory_limits(MemoryLimits { host: limit, gpu: None })
-            .calibrate(true)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let (g, data) = build_on(&rt, tiles, len, DeviceKind::Cpu);
+            .calibrate(true);
+        if !backpressure {
+            builder = builder.no_backpressure();
+        }
+        let rt = builder.build().map_err(|e| e.to_string())?;
+        let (g, data) = build_on(&rt, tiles, len, DeviceKind::Cpu, temps);
         let (makespan, report, result) = timed_runs(&rt, &g, &data, len, reps)?;
         let (base_time, base_result) = baseline.get_or_insert((makespan, result.clone())).clone();
         let host = &report.memory[Node::Host.index()];
@@ -81,15 +97,18 @@ pub fn measure_host(tiles: usize, len: usize, cpus: usize, reps: usize) -> Resul
             tiles,
             len,
             &format!("cpus:{}", cpus.max(1)),
-            PolicyKind::Ws,
+            policy,
             &SimOptions {
                 record_trace: false,
                 gpu_memory: None,
                 host_memory: limit,
+                no_backpressure: !backpressure,
             },
         )?;
         rows.push(HostMemoryRow {
             oversubscription: over,
+            backpressure,
+            temps,
             limit_bytes: limit,
             working_set_bytes: working_set,
             makespan_s: makespan,
@@ -107,12 +126,19 @@ pub fn measure_host(tiles: usize, len: usize, cpus: usize, reps: usize) -> Resul
 
 /// The host table in Markdown.
 pub fn host_markdown(rows: &[HostMemoryRow]) -> String {
-    let mut s = String::from("| working set / host limit | limit | makespan | overhead | host peak | spills | spilled | simulated host peak | simulated spilled | results |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    let mut s = String::from("| working set / host limit | backpressure | limit | makespan | overhead | host peak | spills | spilled | simulated host peak | simulated spilled | results |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in rows {
         let kib = |b: u64| format!("{} KiB", b / 1024);
         s.push_str(&format!(
-            "| {} | {} | {:.1} ms | {:+.0}% | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.1} ms | {:+.0}% | {} | {} | {} | {} | {} | {} |\n",
             r.oversubscription.map_or("unlimited".to_string(), |o| format!("{o}x")),
+            if r.oversubscription.is_none() {
+                "-"
+            } else if r.backpressure {
+                "on"
+            } else {
+                "off"
+            },
             r.limit_bytes.map_or("-".to_string(), kib),
             r.makespan_s * 1e3,
             r.overhead * 100.0,
@@ -143,16 +169,18 @@ fn simulated(
     sm.model = rt.perf_model();
     let k = |name: &str| sm.kernel(name);
     let mut spec = GraphSpec::new(None);
-    for i in 0..tiles {
+    for d in &g.data {
         spec.data.push(DataSpec {
-            name: format!("t{i}"),
+            name: format!("t{}", spec.data.len()),
             elem: None,
             len: None,
             bytes: Some((len * 4) as u64),
             init: None,
             read_only: false,
+            temp: d.is_temp(),
         });
     }
+    debug_assert_eq!(spec.data.len(), tiles);
     for i in 0..g.len() {
         let mut t = TaskSpec::replay(g.task_name(i), 0.0);
         t.kernel = g.task_kernel(i).to_string();
@@ -199,15 +227,32 @@ fn timed_runs(
     Ok((times[times.len() / 2], last.expect("at least one run"), result))
 }
 
+/// Limits (working set over limit; `None`: unlimited) and backpressure of the table's rows.
+const CONFIGS: [(Option<u64>, bool); 5] = [
+    (None, true),
+    (Some(4), true),
+    (Some(4), false),
+    (Some(16), true),
+    (Some(16), false),
+];
+
 fn build(rt: &Runtime, tiles: usize, len: usize) -> (Graph, Vec<Data<f32>>) {
-    build_on(rt, tiles, len, DeviceKind::Gpu)
+    build_on(rt, tiles, len, DeviceKind::Gpu, false)
 }
 
-fn build_on(rt: &Runtime, tiles: usize, len: usize, device: DeviceKind) -> (Graph, Vec<Data<f32>>) {
-    let data: Vec<Data<f32>> = (0..tiles)
+/// `tiles` tiles produced on `device`, then reduced pairwise into tile 0. Returns the graph
+/// and its stored tiles (all of them, or only tile 0 when the others are `temps`).
+fn build_on(rt: &Runtime, tiles: usize, len: usize, device: DeviceKind, temps: bool) -> (Graph, Vec<Data<f32>>) {
+    let mut g = rt.graph();
+    let stored: Vec<Data<f32>> = (0..if temps { 1 } else { tiles })
         .map(|i| rt.data_named(format!("t{i}"), vec![0.0f32; len]))
         .collect();
-    let mut g = rt.graph();
+    let data: Vec<crate::graph::DataRef> = (0..tiles)
+        .map(|i| match stored.get(i) {
+            Some(d) => (*d).into(),
+            None => g.temp::<f32>(format!("t{i}"), len).into(),
+        })
+        .collect();
     for (i, d) in data.iter().enumerate() {
         g.task(&builtin::fill())
             .name(format!("produce{i}"))
@@ -231,7 +276,7 @@ fn build_on(rt: &Runtime, tiles: usize, len: usize, device: DeviceKind) -> (Grap
         }
         stride *= 2;
     }
-    (g, data)
+    (g, stored)
 }
 
 /// Runs the table: `tiles` tiles of `len` f32 each, unlimited then at 4x and 16x; each time the
@@ -240,13 +285,7 @@ pub fn measure(tiles: usize, len: usize, reps: usize) -> Result<Vec<MemoryRow>, 
     let working_set = (tiles * len * 4) as u64;
     let mut rows = Vec::new();
     let mut baseline: Option<(f64, Vec<f32>)> = None;
-    for (over, backpressure) in [
-        (None, true),
-        (Some(4u64), true),
-        (Some(4), false),
-        (Some(16u64), true),
-        (Some(16), false),
-    ] {
+    for (over, backpressure) in CONFIGS {
         let limit = over.map(|o| working_set / o);
         let mut builder = Runtime::builder()
             .cpus(1)
@@ -279,6 +318,7 @@ pub fn measure(tiles: usize, len: usize, reps: usize) -> Result<Vec<MemoryRow>, 
                 record_trace: false,
                 gpu_memory: limit,
                 host_memory: None,
+                no_backpressure: !backpressure,
             },
         )?;
         let sim_peak = sim

@@ -70,6 +70,9 @@ enum Command {
         /// Memory limits, e.g. `host=2GiB,gpu=256MiB` (GPUs evict, the host spills to disk).
         #[arg(long)]
         mem: Option<hexec::MemoryLimits>,
+        /// Under a limit, do not hold data-producing roots back (to measure what it saves).
+        #[arg(long)]
+        no_backpressure: bool,
     },
     /// Generate graphs.
     Gen {
@@ -107,6 +110,12 @@ enum BenchCommand {
         /// Limit host memory instead of the GPU's (no GPU needed).
         #[arg(long)]
         host: bool,
+        /// With --host: the produced tiles are temporaries, freed once reduced.
+        #[arg(long)]
+        temps: bool,
+        /// With --host: the scheduling policy.
+        #[arg(long, default_value = "ws")]
+        policy: PolicyKind,
         /// Timed runs per row (the median is reported).
         #[arg(long, default_value_t = 5)]
         reps: usize,
@@ -216,6 +225,10 @@ struct MachineArgs {
     /// evicted (written back when they are the only valid copy).
     #[arg(long)]
     mem: Option<hexec::MemoryLimits>,
+    /// Under a limit, do not hold data-producing roots back nor make GPUs prefer consumers
+    /// (to measure what backpressure saves).
+    #[arg(long)]
+    no_backpressure: bool,
 }
 
 impl MachineArgs {
@@ -229,6 +242,9 @@ impl MachineArgs {
         }
         if self.no_pin {
             b = b.no_pinning();
+        }
+        if self.no_backpressure {
+            b = b.no_backpressure();
         }
         b
     }
@@ -309,6 +325,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             machine,
             policy,
             mem,
+            no_backpressure,
         } => {
             let sm = hexec::sim::SimMachine::parse(&machine)?;
             let g = io.load()?.build_virtual(&|k| sm.kernel(k), &io.build_options())?;
@@ -321,6 +338,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                     record_trace: io.trace.is_some(),
                     gpu_memory: mem.and_then(|m| m.gpu),
                     host_memory: mem.and_then(|m| m.host),
+                    no_backpressure,
                 },
             )?;
             let took = t.elapsed();
@@ -390,13 +408,15 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 BenchCommand::Memory {
                     json,
                     host: true,
+                    temps,
+                    policy,
                     tiles,
                     tile_len,
                     reps,
                 },
         } => {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let rows = hexec::bench::memory::measure_host(tiles.max(2), tile_len.max(1), cpus, reps)?;
+            let rows = hexec::bench::memory::measure_host(tiles.max(2), tile_len.max(1), cpus, reps, temps, policy)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {

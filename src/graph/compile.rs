@@ -477,6 +477,12 @@ mod tests {
                     bytes: *bytes,
                     read_only: false,
                 },
+                super::super::GraphDatum::Temp { name, elem, len } => DatumInfo {
+                    name: name.as_str(),
+                    elem: Some(*elem),
+                    bytes: (*len * elem.size()) as u64,
+                    read_only: false,
+                },
                 super::super::GraphDatum::Stored { id, .. } => DatumInfo {
                     name: if *id == 99 { "d99" } else { "d" },
                     elem: Some(ElemType::F32),

@@ -42,7 +42,40 @@ pub struct VirtualData {
     pub(crate) id: u32,
 }
 
-/// Anything a task can access: a stored datum of any element type, or a virtual one.
+/// A typed temporary of one graph ([`Graph::temp`](super::Graph::temp)): zeroed at first
+/// use in a run, freed after its last use, never kept.
+pub struct TempData<T> {
+    pub(crate) inner: VirtualData,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> TempData<T> {
+    pub(crate) fn new(inner: VirtualData) -> Self {
+        TempData { inner, _t: PhantomData }
+    }
+}
+
+impl<T> Clone for TempData<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for TempData<T> {}
+
+impl<T> std::fmt::Debug for TempData<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TempData(graph{}:{})", self.inner.graph, self.inner.id)
+    }
+}
+
+impl<T> From<TempData<T>> for DataRef {
+    fn from(d: TempData<T>) -> Self {
+        DataRef::Virtual(d.inner)
+    }
+}
+
+/// Anything a task can access: a stored datum of any element type, or one local to a graph
+/// (size-only, or a temporary).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DataRef {
     Stored { rt: u64, id: u32 },

@@ -24,11 +24,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use hexec_kernels::{Access, Kernel};
+use hexec_kernels::{Access, ElemType, Element, Kernel};
 
 use crate::topology::DeviceKind;
 
-pub use handle::{Data, DataRef, TaskId, VirtualData};
+pub use handle::{Data, DataRef, TaskId, TempData, VirtualData};
 
 static NEXT_GRAPH_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -58,6 +58,15 @@ pub(crate) enum GraphDatum {
     Stored { rt: u64, id: u32 },
     /// Size only.
     Virtual { name: String, bytes: u64 },
+    /// A temporary of this graph: zeroed when first used in a run, freed after its last use.
+    Temp { name: String, elem: ElemType, len: usize },
+}
+
+impl GraphDatum {
+    /// Whether the datum is a temporary (freed after its last use in a run).
+    pub fn is_temp(&self) -> bool {
+        matches!(self, GraphDatum::Temp { .. })
+    }
 }
 
 /// Tracks the last writer and the readers since, for dependency inference.
@@ -183,6 +192,32 @@ impl Graph {
         v
     }
 
+    /// A temporary of `len` elements: intermediate data that exists only while a run of this
+    /// graph needs it. It reads as zeros until a task writes it, and all of its copies (host,
+    /// GPUs, spill file) are freed as soon as the last task that uses it has finished, so that
+    /// a graph whose intermediates are consumed as it goes needs memory only for the live
+    /// ones. Its contents are not kept after the run (use stored [`Data`] for results).
+    ///
+    /// ```
+    /// use hexec::{Graph, kernels::builtin};
+    /// let mut g = Graph::new();
+    /// let tile = g.temp::<f32>("tile", 1024);
+    /// g.task(&builtin::fill()).write(tile).param(1.0).add();
+    /// ```
+    pub fn temp<T: Element>(&mut self, name: impl Into<String>, len: usize) -> TempData<T> {
+        TempData::new(self.temp_of(name.into(), T::ELEM, len))
+    }
+
+    /// An untyped temporary (for loaders).
+    pub(crate) fn temp_of(&mut self, name: String, elem: ElemType, len: usize) -> VirtualData {
+        let id = self.data.len() as u32;
+        let v = VirtualData { graph: self.id, id };
+        self.data.push(GraphDatum::Temp { name, elem, len });
+        self.trackers.push(AccessTracker::default());
+        self.data_index.insert(DataRef::Virtual(v), id);
+        v
+    }
+
     /// Starts a task running `kernel`; finish it with [`TaskBuilder::add`].
     pub fn task(&mut self, kernel: &Arc<Kernel>) -> TaskBuilder<'_> {
         TaskBuilder {
@@ -228,11 +263,36 @@ impl Graph {
         v
     }
 
+    /// Whether a task only writes data (reads nothing): a producer.
+    pub(crate) fn only_produces(&self, task: u32) -> bool {
+        let acc = &self.accesses[self.tasks[task as usize].accesses.range()];
+        !acc.is_empty() && acc.iter().all(|(_, a)| !a.reads())
+    }
+
+    /// Per datum: the accesses naming it when it is a temporary (the runtime and the
+    /// simulator free it when they have all finished), `u32::MAX` otherwise. `None` when the
+    /// graph has no temporaries.
+    pub(crate) fn temp_uses(&self) -> Option<Vec<u32>> {
+        if !self.data.iter().any(GraphDatum::is_temp) {
+            return None;
+        }
+        let mut uses = vec![0u32; self.data.len()];
+        for &(d, _) in &self.accesses {
+            uses[d as usize] += 1;
+        }
+        for (u, d) in uses.iter_mut().zip(&self.data) {
+            if !d.is_temp() {
+                *u = u32::MAX;
+            }
+        }
+        Some(uses)
+    }
+
     /// The graph's display name for a datum.
     pub(crate) fn datum_label(&self, local: u32) -> String {
         match &self.data[local as usize] {
             GraphDatum::Stored { id, .. } => format!("data#{id}"),
-            GraphDatum::Virtual { name, .. } => format!("'{name}'"),
+            GraphDatum::Virtual { name, .. } | GraphDatum::Temp { name, .. } => format!("'{name}'"),
         }
     }
 
@@ -242,7 +302,7 @@ impl Graph {
         }
         match d {
             DataRef::Virtual(v) => Err(format!(
-                "uses virtual datum #{} of another graph (graph {} vs this graph {})",
+                "uses datum #{} of another graph (graph {} vs this graph {}): size-only data and temporaries belong to the graph that made them",
                 v.id, v.graph, self.id
             )),
             DataRef::Stored { rt, id } => {

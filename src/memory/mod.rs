@@ -15,6 +15,13 @@ use std::fmt;
 /// in about 8 ms). With it, the simulator's spilled bytes match the real runs within 10%.
 pub const SPILL_BANDWIDTH: f64 = 2e9;
 
+/// Share of a limited node's capacity past which it is nearly full: GPU workers prefer
+/// consumers, data-producing roots are let in one at a time, and the background spiller
+/// starts (runtime and simulator alike).
+pub const HIGH_WATERMARK: f64 = 0.9;
+/// Share down to which the background spiller empties the host.
+pub const LOW_WATERMARK: f64 = 0.8;
+
 /// Planning's estimate of the time to make room for `new_bytes` more on `node`, which holds
 /// `used` of `capacity`: at worst every evicted byte is the only valid copy and is written
 /// back — to the spill disk from the host, over `gpu_to_host` (bytes → seconds) from a GPU.

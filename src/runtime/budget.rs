@@ -24,11 +24,7 @@ use super::spiller::SpillSignal;
 use crate::gpu::GpuDevice;
 use crate::memory::{Node, Transfers};
 
-/// Share of a limited node's capacity past which it is nearly full: GPU workers apply
-/// backpressure and the background spiller starts.
-pub(crate) const HIGH_WATERMARK: f64 = 0.9;
-/// Share down to which the background spiller empties the host.
-pub(crate) const LOW_WATERMARK: f64 = 0.8;
+pub(crate) use crate::memory::{HIGH_WATERMARK, LOW_WATERMARK};
 
 /// One node's budget.
 #[derive(Debug, Default)]
@@ -38,6 +34,15 @@ pub(crate) struct NodeBudget {
     pub peak: AtomicU64,
     pub evictions: AtomicU64,
     pub written_back: AtomicU64,
+    /// Tasks completed on this node (GPUs): the epoch of ping-pong detection.
+    pub completions: AtomicU64,
+    /// Stagings of a batch on this node (GPUs): data marked wanted in the current one are
+    /// evicted last.
+    pub stage_epoch: AtomicU64,
+    /// Copies evicted and brought back before any task completed here.
+    pub ping_pongs: AtomicU64,
+    /// While `completions` is below this, the node's worker runs one task at a time.
+    pub serial_until: AtomicU64,
     /// Data with a copy here (on the host: every datum, when the host is limited), for
     /// eviction.
     resident: Mutex<Vec<Weak<DataCell>>>,
@@ -97,6 +102,9 @@ pub struct NodeMemory {
     /// Bytes copied back because the evicted copy was the only valid one: to the host from a
     /// GPU, to spill files from the host.
     pub written_back_bytes: u64,
+    /// Copies evicted and brought back before any task completed on the node (each one made
+    /// the node run one task at a time until the next completion).
+    pub ping_pongs: u64,
 }
 
 /// The budgets of all nodes, indexed by [`Node::index`].
@@ -222,13 +230,43 @@ impl Budgets {
         cap != u64::MAX && nb.used.load(Ordering::Relaxed) as f64 > HIGH_WATERMARK * cap as f64
     }
 
+    /// Whether some node has a limit.
+    pub fn any_limited(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| n.capacity.load(Ordering::Relaxed) != u64::MAX)
+    }
+
+    /// Whether some limited node is above its high watermark.
+    pub fn any_nearly_full(&self) -> bool {
+        (0..self.nodes.len()).any(|i| self.nearly_full(Node::from_index(i)))
+    }
+
     /// Starts a run's peak measurement at the current use.
     pub fn reset_peaks(&self) {
         for n in &self.nodes {
             n.peak.store(n.used.load(Ordering::Relaxed), Ordering::Relaxed);
             n.evictions.store(0, Ordering::Relaxed);
             n.written_back.store(0, Ordering::Relaxed);
+            n.ping_pongs.store(0, Ordering::Relaxed);
         }
+    }
+
+    /// Records that a copy evicted from `node` comes back before any task completed there:
+    /// the data of the tasks in flight do not fit together. The node's worker then runs one
+    /// task at a time until a task completes, so that each task keeps its data until done.
+    pub fn ping_pong(&self, node: Node) {
+        let nb = self.node(node);
+        nb.ping_pongs.fetch_add(1, Ordering::Relaxed);
+        let now = nb.completions.load(Ordering::Acquire);
+        nb.serial_until.fetch_max(now + 1, Ordering::AcqRel);
+        tracing::debug!(%node, "eviction ping-pong: running one task at a time until one completes");
+    }
+
+    /// Whether `node`'s worker must run one task at a time (after a ping-pong).
+    pub fn serial(&self, node: Node) -> bool {
+        let nb = self.node(node);
+        nb.completions.load(Ordering::Acquire) < nb.serial_until.load(Ordering::Acquire)
     }
 
     /// The per-node report.
@@ -244,6 +282,7 @@ impl Budgets {
                     peak_bytes: n.peak.load(Ordering::Relaxed),
                     evictions: n.evictions.load(Ordering::Relaxed),
                     written_back_bytes: n.written_back.load(Ordering::Relaxed),
+                    ping_pongs: n.ping_pongs.load(Ordering::Relaxed),
                 }
             })
             .collect()
@@ -264,6 +303,8 @@ impl Budgets {
             if nb.try_reserve(bytes) {
                 return Ok(());
             }
+            // Least recently used first, but data the batch being staged will read go last.
+            let epoch = nb.stage_epoch.load(Ordering::Relaxed);
             let victim = {
                 let mut resident = nb.resident.lock().unwrap_or_else(|e| e.into_inner());
                 resident.retain(|w| w.strong_count() > 0);
@@ -271,7 +312,7 @@ impl Budgets {
                     .iter()
                     .filter_map(Weak::upgrade)
                     .filter(|c| !Arc::ptr_eq(c, requester) && c.evictable(gpu_index(node)))
-                    .min_by_key(|c| c.last_use())
+                    .min_by_key(|c| (c.wanted_in(gpu_index(node), epoch), c.last_use()))
             };
             let Some(victim) = victim else {
                 return Err(PrepError::NoRoom(format!(
@@ -307,10 +348,12 @@ impl Budgets {
 
     /// Records that `cell` now has a copy on GPU node `node`.
     pub fn register(&self, node: Node, cell: &Arc<DataCell>) {
-        self.node(node)
-            .resident
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Arc::downgrade(cell));
+        let mut resident = self.node(node).resident.lock().unwrap_or_else(|e| e.into_inner());
+        // Temporaries die with their run: prune dead entries whenever the list doubles, so
+        // that it stays proportional to the live data without an eviction to prune it.
+        if resident.len() >= 64 && resident.len().is_power_of_two() {
+            resident.retain(|w| w.strong_count() > 0);
+        }
+        resident.push(Arc::downgrade(cell));
     }
 }

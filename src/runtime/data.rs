@@ -3,13 +3,15 @@
 //!
 //! Invariants:
 //! - a [`DataCell`]'s host buffer is 8-byte aligned and `words` long. Without a host memory
-//!   limit it is allocated once and never moves; with one, it may be spilled (written to a
+//!   limit, a stored datum's is allocated once and never moves; with one, or for a graph's
+//!   temporary, it may be spilled (written to a
 //!   spill file when it is the only valid copy, else dropped) and allocated again later, both
 //!   with `coherence` locked and only while no task or user access holds a host pin on it, so
 //!   a pointer handed out by [`DataCell::pin_host`] stays valid until its `unpin_host`;
 //! - the host's coherence state covers the host buffer and the spill file together: a valid
 //!   host copy lives in exactly one of them; a spill file exists only while the host copy is
-//!   valid and not in memory;
+//!   valid and not in memory. A valid host copy held in neither reads as zeros: a temporary
+//!   not yet written, or discarded after its last use ([`DataCell::discard`]);
 //! - during a run, every cell the graph uses is marked `in_use`; user-side reads and writes
 //!   ([`DataStore::read`], [`DataStore::write`]) refuse a cell in use, so the only accesses
 //!   to its bytes are the run's kernels, ordered by the graph's dependencies (readers share,
@@ -107,6 +109,11 @@ pub(crate) struct DataCell {
     pins: Vec<AtomicU32>,
     /// Logical time of the last use on a GPU, for least-recently-used eviction.
     last_use: AtomicU64,
+    /// Per GPU: its completion count when this datum's copy there was evicted (`u64::MAX`:
+    /// not evicted since last brought there), to detect ping-pong.
+    evicted_at: Vec<AtomicU64>,
+    /// Per GPU: the staging epoch of the last batch there that reads this datum.
+    wanted: Vec<AtomicU64>,
 }
 
 /// The logical clock of GPU uses.
@@ -131,6 +138,62 @@ impl DataCell {
     fn zeroed(name: String, elem: ElemType, len: usize, gpus: usize, budgets: Arc<Budgets>) -> Self {
         let buf = vec![0u64; (len * elem.size()).div_ceil(8)].into_boxed_slice();
         Self::from_words(name, elem, len, buf, false, gpus, budgets)
+    }
+
+    /// A graph's temporary: no memory until first used, then zeroed; its host buffer goes
+    /// through pins like a spillable one, so that [`DataCell::discard`] can free it.
+    pub fn temp(name: String, elem: ElemType, len: usize, gpus: usize, budgets: Arc<Budgets>) -> Self {
+        let words = (len * elem.size()).div_ceil(8);
+        DataCell {
+            name,
+            elem,
+            len,
+            read_only: false,
+            ptr: AtomicPtr::new(std::ptr::null_mut()),
+            words,
+            spillable: true,
+            host_pins: AtomicU32::new(0),
+            host_use: AtomicU64::new(0),
+            spilled: Mutex::new(None),
+            in_use: AtomicBool::new(false),
+            coherence: Mutex::new(Coherence::host_only(gpus)),
+            replicas: Mutex::new((0..gpus).map(|_| None).collect()),
+            host_valid: AtomicBool::new(true),
+            on_gpu: AtomicBool::new(false),
+            budgets,
+            pins: (0..gpus).map(|_| AtomicU32::new(0)).collect(),
+            last_use: AtomicU64::new(0),
+            evicted_at: (0..gpus).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            wanted: (0..gpus).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Frees every copy of a temporary after its last use: the host buffer, the spill file,
+    /// the GPU replicas (their room goes back to the budgets). It then reads as zeros.
+    /// Called when no task uses it any more, so no pin is held.
+    pub fn discard(&self) {
+        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        debug_assert_eq!(self.host_pins.load(Ordering::Acquire), 0, "discarding a pinned datum");
+        let ptr = self.as_mut_ptr();
+        if !ptr.is_null() {
+            self.ptr.store(std::ptr::null_mut(), Ordering::Release);
+            // SAFETY: a non-null `ptr` is a live host buffer of `words` words; it was just
+            // cleared under the lock, and no pin is held, so no one uses or frees it.
+            unsafe { free_words(ptr.cast(), self.words) };
+            self.budgets.node(Node::Host).release(self.bytes() as u64);
+        }
+        if let Some(file) = self.spilled.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            file.remove();
+        }
+        let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+        for (g, r) in replicas.iter_mut().enumerate() {
+            if r.take().is_some() {
+                self.budgets.node(Node::Gpu(g as u16)).release(self.bytes() as u64);
+            }
+        }
+        *c = Coherence::host_only(replicas.len());
+        self.host_valid.store(true, Ordering::Release);
+        self.on_gpu.store(false, Ordering::Release);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -165,6 +228,8 @@ impl DataCell {
             budgets,
             pins: (0..gpus).map(|_| AtomicU32::new(0)).collect(),
             last_use: AtomicU64::new(0),
+            evicted_at: (0..gpus).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            wanted: (0..gpus).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -451,6 +516,16 @@ impl DataCell {
         self.pins[g].load(Ordering::Acquire) == 0
     }
 
+    /// Marks the datum as read by the batch of staging `epoch` on GPU `g`.
+    pub fn want(&self, g: usize, epoch: u64) {
+        self.wanted[g].store(epoch, Ordering::Relaxed);
+    }
+
+    /// Whether the batch of staging `epoch` on GPU `g` reads the datum.
+    pub fn wanted_in(&self, g: usize, epoch: u64) -> bool {
+        self.wanted[g].load(Ordering::Relaxed) == epoch
+    }
+
     /// Logical time of its last use on a GPU.
     pub fn last_use(&self) -> u64 {
         self.last_use.load(Ordering::Relaxed)
@@ -487,7 +562,9 @@ impl DataCell {
             .is_some();
         c.drop_copy(node);
         if had {
-            self.budgets.node(node).release(self.bytes() as u64);
+            let nb = self.budgets.node(node);
+            nb.release(self.bytes() as u64);
+            self.evicted_at[g].store(nb.completions.load(Ordering::Acquire), Ordering::Relaxed);
         }
         self.on_gpu.store(c.on_any_gpu(), Ordering::Release);
         self.host_valid.store(c.is_valid(Node::Host), Ordering::Release);
@@ -533,6 +610,11 @@ impl DataCell {
                 None => match gpus[g].create_replica(bytes, &self.name) {
                     Ok(b) => {
                         replicas[g] = Some(b.clone());
+                        // Back before any task completed there since it was evicted?
+                        let evicted = self.evicted_at[g].swap(u64::MAX, Ordering::Relaxed);
+                        if evicted == self.budgets.node(node).completions.load(Ordering::Acquire) {
+                            self.budgets.ping_pong(node);
+                        }
                         self.budgets.register(node, self);
                         b
                     }

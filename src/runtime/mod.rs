@@ -29,7 +29,7 @@ use crate::graph::{Data, Graph, GraphDatum};
 use crate::memory::Transfers;
 use crate::sched::perfmodel::{PerfModel, MAX_SAMPLES};
 use crate::sched::{
-    heft_plan, rank_priorities, Eager, Locality, Policy, PolicyKind, RandomPolicy, TaskCost, WorkStealing,
+    heft_plan, rank_priorities, Eager, Locality, Policy, PolicyKind, RandomPolicy, RootGate, TaskCost, WorkStealing,
 };
 use crate::topology::{discover, HwTopology, Machine, TopologyError, WorkerId};
 use crate::trace::{RunReport, TraceLog, WorkerReport};
@@ -501,7 +501,9 @@ impl Runtime {
                     bytes: *bytes,
                     read_only: false,
                 },
-                (GraphDatum::Stored { .. }, None) => unreachable!("resolve binds every stored datum"),
+                (GraphDatum::Stored { .. } | GraphDatum::Temp { .. }, None) => {
+                    unreachable!("resolve binds every stored datum and temporary")
+                }
             })
             .collect();
         let data_bytes: Vec<u64> = infos.iter().map(|i| i.bytes).collect();
@@ -576,7 +578,8 @@ impl Runtime {
         }
     }
 
-    /// Finds the store cell of each of the graph's data (`None` for size-only data).
+    /// Finds the store cell of each of the graph's data (`None` for size-only data); makes
+    /// new cells, without memory yet, for its temporaries.
     fn resolve(&self, graph: &Graph) -> Result<Vec<Option<Arc<data::DataCell>>>, SubmitError> {
         graph
             .data
@@ -584,6 +587,19 @@ impl Runtime {
             .enumerate()
             .map(|(local, d)| match d {
                 GraphDatum::Virtual { .. } => Ok(None),
+                GraphDatum::Temp { name, elem, len } => {
+                    let cell = Arc::new(data::DataCell::temp(
+                        name.clone(),
+                        *elem,
+                        *len,
+                        self.gpus.len(),
+                        self.budgets.clone(),
+                    ));
+                    if self.budgets.spillable() {
+                        self.budgets.register(crate::memory::Node::Host, &cell);
+                    }
+                    Ok(Some(cell))
+                }
                 GraphDatum::Stored { rt, id } => self.store.cell(*rt, *id).map(Some).ok_or_else(|| {
                     let task = graph
                         .tasks
@@ -724,6 +740,19 @@ impl Runtime {
             calibrate,
             budgets: &self.budgets,
             backpressure: self.backpressure,
+            temp_uses: graph
+                .temp_uses()
+                .map_or_else(Vec::new, |u| u.into_iter().map(AtomicU32::new).collect()),
+            roots: (self.backpressure && self.budgets.any_limited()).then(|| {
+                let held: Vec<u32> = compiled
+                    .roots
+                    .iter()
+                    .copied()
+                    .filter(|&r| graph.only_produces(r))
+                    .collect();
+                RootGate::new(held, n, RootGate::slots(self.machine.num_workers(), self.gpus.len()))
+            }),
+            counted_pins: self.budgets.spillable() || graph.data.iter().any(GraphDatum::is_temp),
         };
         let (bandwidth, latency) = self.link_model();
         let view = planning.then(|| costs::CostView {
@@ -752,7 +781,14 @@ impl Runtime {
             .map(|(i, d)| LocalQueues::new(WorkerId(i as u32), d, &shared, plan, prefetch, view.as_ref()))
             .collect();
         for &r in &compiled.roots {
-            policy.place(plan, &mut locals[0], r, None);
+            if !run.roots.as_ref().is_some_and(|gate| gate.holds(r)) {
+                policy.place(plan, &mut locals[0], r, None);
+            }
+        }
+        if let Some(gate) = &run.roots {
+            gate.release(self.budgets.any_nearly_full(), |r| {
+                policy.place(plan, &mut locals[0], r, None)
+            });
         }
         let started = Instant::now();
         let stats: Vec<WorkerStats> = std::thread::scope(|s| {
@@ -853,7 +889,7 @@ impl Runtime {
             steals: sum(|s| s.steals),
             prefetched_tasks: run.prefetched.load(Ordering::Relaxed),
             bytes_transferred: run.transfers.total_bytes(),
-            residency: residency(cells, self.gpus.len()),
+            residency: residency(graph, cells, self.gpus.len()),
             evictions: memory.iter().map(|m| m.evictions).sum(),
             spilled_bytes: memory.first().map_or(0, |host| host.written_back_bytes),
             memory,
@@ -873,7 +909,7 @@ impl Runtime {
 
 /// Where the run's stored data have valid copies now: per memory node, the number of data and
 /// their bytes.
-fn residency(cells: &[Option<Arc<data::DataCell>>], gpus: usize) -> Vec<crate::trace::NodeResidency> {
+fn residency(graph: &Graph, cells: &[Option<Arc<data::DataCell>>], gpus: usize) -> Vec<crate::trace::NodeResidency> {
     let mut per_node: Vec<crate::trace::NodeResidency> = (0..=gpus)
         .map(|i| crate::trace::NodeResidency {
             node: crate::memory::Node::from_index(i).to_string(),
@@ -881,7 +917,9 @@ fn residency(cells: &[Option<Arc<data::DataCell>>], gpus: usize) -> Vec<crate::t
             bytes: 0,
         })
         .collect();
-    for cell in cells.iter().flatten() {
+    // Temporaries are gone after the run.
+    let kept = cells.iter().zip(&graph.data).filter(|(_, d)| !d.is_temp());
+    for cell in kept.filter_map(|(c, _)| c.as_ref()) {
         for node in cell.valid_nodes() {
             if let Some(r) = per_node.get_mut(node.index()) {
                 r.data += 1;

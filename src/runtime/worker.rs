@@ -62,13 +62,19 @@ pub(crate) struct RunState<'a> {
     pub budgets: &'a super::budget::Budgets,
     /// Hold back data-producing tasks on GPUs whose memory is nearly full.
     pub backpressure: bool,
+    /// Per datum: accesses by tasks not yet finished, for temporaries (empty when the graph
+    /// has none). The task that takes it to zero frees the temporary.
+    pub temp_uses: Vec<AtomicU32>,
+    /// Whether host pins are counted (a host limit, or temporaries): else unpinning is skipped.
+    pub counted_pins: bool,
+    /// Data-producing roots held back under memory limits (backpressure).
+    pub roots: Option<crate::sched::RootGate>,
 }
 
 impl RunState<'_> {
     /// Whether a task only writes data (reads nothing): a producer.
     pub fn only_produces(&self, task: u32) -> bool {
-        let acc = &self.graph.accesses[self.graph.tasks[task as usize].accesses.range()];
-        !acc.is_empty() && acc.iter().all(|(_, a)| !a.reads())
+        self.graph.only_produces(task)
     }
 
     /// Copies the inputs of `task` to GPU `g` ahead of time. Failures are ignored here: the
@@ -173,6 +179,9 @@ fn complete<P: Policy>(
     slot: &mut Option<u32>,
 ) {
     let plan = &run.compiled.plan;
+    if !run.temp_uses.is_empty() {
+        free_dead_temps(run, task);
+    }
     ready.clear();
     for &s in run.compiled.successors(task) {
         if !ok {
@@ -203,9 +212,29 @@ fn complete<P: Policy>(
             policy.place(plan, q, s, Some(me));
         }
     }
+    // After the successors, so that consumers are queued before the producers let in now.
+    if let Some(gate) = &run.roots {
+        gate.finished(task);
+        gate.release(run.budgets.any_nearly_full(), |r| policy.place(plan, q, r, None));
+    }
     if run.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
         run.done.store(true, Ordering::SeqCst);
         run.queues.sleep.wake_all();
+    }
+}
+
+/// Frees the temporaries whose last use was `task` (finished, failed or skipped: either way
+/// it will not touch them again). Its pins were released before it completed.
+fn free_dead_temps(run: &RunState<'_>, task: u32) {
+    let rec = &run.graph.tasks[task as usize];
+    for &(d, _) in &run.graph.accesses[rec.accesses.range()] {
+        let left = &run.temp_uses[d as usize];
+        // Non-temporaries start at u32::MAX and are never counted down.
+        if left.load(Ordering::Relaxed) != u32::MAX && left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(cell) = &run.cells[d as usize] {
+                cell.discard();
+            }
+        }
     }
 }
 
@@ -280,6 +309,13 @@ pub(crate) fn run_gpu_worker<P: Policy>(
                 batch = consumers;
             }
         }
+        // After a ping-pong, one task at a time, alone on the GPU, until one completes.
+        if run.budgets.serial(Node::Gpu(g as u16)) {
+            if let Some(done) = in_flight.take() {
+                finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
+            }
+            held.extend(batch.drain(1..));
+        }
         let (staged, deferred) = stage_gpu_batch(run, g, &batch, in_flight.is_some(), &mut stats);
         carry = deferred;
         carry.extend(held);
@@ -308,6 +344,18 @@ fn stage_gpu_batch(
     let mut tasks = Vec::with_capacity(batch.len());
     let mut pinned = Vec::new();
     let mut deferred = Vec::new();
+    // Mark what the batch reads, so that making room for one task does not evict the input of
+    // another before it is staged.
+    let nb = run.budgets.node(Node::Gpu(g as u16));
+    let epoch = nb.stage_epoch.fetch_add(1, Ordering::Relaxed) + 1;
+    for &task in batch {
+        let rec = &graph.tasks[task as usize];
+        for &(d, access) in &graph.accesses[rec.accesses.range()] {
+            if let (true, Some(cell)) = (access.reads(), &run.cells[d as usize]) {
+                cell.want(g, epoch);
+            }
+        }
+    }
     for (i, &task) in batch.iter().enumerate() {
         if run.poisoned[task as usize].load(Ordering::Relaxed) {
             stats.tasks += 1;
@@ -400,6 +448,9 @@ fn finish_gpu_batch<P: Policy>(
         .map(Some)
         .collect();
     staged.pinned.iter().for_each(|c| c.unpin(g));
+    // Progress on this GPU: copies evicted before now may come back without a ping-pong.
+    let completions = &run.budgets.node(Node::Gpu(g as u16)).completions;
+    completions.fetch_add(staged.tasks.len() as u64, Ordering::AcqRel);
     let ended = run.start.elapsed();
     let batch_len = staged.tasks.len().max(1);
     for (task, staging) in staged.tasks {
@@ -627,8 +678,8 @@ fn pin_operands<'a>(
 }
 
 fn unpin_operands(run: &RunState<'_>, accesses: &[(u32, Access)]) {
-    if !run.budgets.spillable() {
-        return; // host pins are only counted under a host limit
+    if !run.counted_pins {
+        return; // host pins are only counted under a host limit or for temporaries
     }
     for &(d, _) in accesses {
         if let Some(cell) = &run.cells[d as usize] {

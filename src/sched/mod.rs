@@ -20,6 +20,7 @@ mod locality;
 pub mod perfmodel;
 mod plan;
 mod queues;
+mod roots;
 mod ws;
 
 use std::fmt;
@@ -30,6 +31,7 @@ pub use heft::{upward_ranks, Heft, RandomPolicy};
 pub use locality::Locality;
 pub use plan::{EligibleSet, Plan, WorkerMask, MAX_BANDS};
 pub use queues::{ReadyQueues, SimQueues};
+pub(crate) use roots::RootGate;
 pub use ws::WorkStealing;
 
 use crate::topology::WorkerId;

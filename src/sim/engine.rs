@@ -16,7 +16,7 @@ use crate::kernels::ElemType;
 use crate::memory::{room_seconds, Coherence, Node, Transfers, SPILL_BANDWIDTH as DISK_BYTES_PER_S};
 use crate::sched::{
     heft_plan, kind_index, rank_priorities, Eager, Locality, Pick, Plan, Policy, PolicyKind, RandomPolicy, ReadyQueues,
-    SimQueues, WorkStealing,
+    RootGate, SimQueues, WorkStealing,
 };
 use crate::topology::{DeviceKind, WorkerId};
 use crate::trace::{NodeResidency, RunReport, TraceEvent, TraceLog, WorkerReport};
@@ -33,6 +33,9 @@ pub struct SimOptions {
     /// task are spilled to disk (written when the only valid copy, at
     /// [`crate::memory::SPILL_BANDWIDTH`]), as the runtime does.
     pub host_memory: Option<u64>,
+    /// Turns off memory backpressure (root tasks held back under a limit), as
+    /// `RuntimeBuilder::no_backpressure` does.
+    pub no_backpressure: bool,
 }
 
 /// Why a simulation could not run.
@@ -73,6 +76,7 @@ pub fn simulate(graph: &Graph, sm: &SimMachine, policy: PolicyKind, opts: &SimOp
         .iter()
         .map(|d| match d {
             GraphDatum::Virtual { bytes, .. } => *bytes,
+            GraphDatum::Temp { elem, len, .. } => (*len * elem.size()) as u64,
             GraphDatum::Stored { .. } => 0,
         })
         .collect();
@@ -83,7 +87,7 @@ pub fn simulate(graph: &Graph, sm: &SimMachine, policy: PolicyKind, opts: &SimOp
         .zip(&data_bytes)
         .map(|(d, &bytes)| DatumInfo {
             name: match d {
-                GraphDatum::Virtual { name, .. } => name,
+                GraphDatum::Virtual { name, .. } | GraphDatum::Temp { name, .. } => name,
                 GraphDatum::Stored { .. } => "stored",
             },
             // Every datum is plain bytes to the simulator, movable to any memory.
@@ -213,6 +217,10 @@ struct State<'a> {
     alloc: Vec<Vec<bool>>,
     /// `[datum]`: the valid host copy is in a spill file, not in memory.
     on_disk: Vec<bool>,
+    /// `[datum]`: accesses by tasks not yet finished, for temporaries (`u32::MAX` otherwise).
+    temp_uses: Vec<u32>,
+    /// Data-producing roots held back under a memory limit, as the runtime does.
+    backpressure: bool,
     /// When the spill disk is free again (one transfer at a time).
     disk_free: f64,
     spilled: u64,
@@ -311,6 +319,8 @@ impl<'a> State<'a> {
             host_cap: opts.host_memory,
             alloc: vec![vec![false; gpus + 1]; graph.data.len()],
             on_disk: vec![false; graph.data.len()],
+            temp_uses: graph.temp_uses().unwrap_or_else(|| vec![u32::MAX; graph.data.len()]),
+            backpressure: !opts.no_backpressure && (opts.gpu_memory.is_some() || opts.host_memory.is_some()),
             disk_free: 0.0,
             spilled: 0,
             pins: vec![vec![0; gpus + 1]; graph.data.len()],
@@ -356,6 +366,9 @@ impl<'a> State<'a> {
     /// counters start with the run, what happens here is not counted.
     fn admit_host_data(&mut self) {
         for d in 0..self.data_bytes.len() {
+            if self.temp_uses[d] != u32::MAX {
+                continue; // a temporary has no memory until a task uses it
+            }
             if !self.allocate(d as u32, Node::Host) {
                 self.alloc[d][0] = true;
                 self.used[0] += self.data_bytes[d];
@@ -434,6 +447,33 @@ impl<'a> State<'a> {
         self.used[n] += bytes;
         self.peak[n] = self.peak[n].max(self.used[n]);
         true
+    }
+
+    /// Whether some limited node is above the runtime's high watermark.
+    fn nearly_full(&self) -> bool {
+        self.used.iter().enumerate().any(|(n, &used)| {
+            let cap = if n == 0 { self.host_cap } else { self.gpu_cap };
+            cap.is_some_and(|cap| used as f64 > crate::memory::HIGH_WATERMARK * cap as f64)
+        })
+    }
+
+    /// Frees every copy of the temporaries whose last use was `task`, as the runtime does.
+    fn free_dead_temps(&mut self, task: u32) {
+        let rec = &self.graph.tasks[task as usize];
+        for &(d, _) in &self.graph.accesses[rec.accesses.range()] {
+            let d = d as usize;
+            if self.temp_uses[d] == u32::MAX {
+                continue;
+            }
+            self.temp_uses[d] -= 1;
+            if self.temp_uses[d] == 0 {
+                for n in 0..self.alloc[d].len() {
+                    self.free(d, n);
+                }
+                self.coherence[d] = Coherence::host_only(self.alloc[d].len() - 1);
+                self.on_disk[d] = false;
+            }
+        }
     }
 
     fn free(&mut self, d: usize, n: usize) {
@@ -582,8 +622,22 @@ impl<'a> State<'a> {
         let nw = plan.num_workers();
         let n = self.graph.len();
         let mut q = SimQueues::new(nw, plan.sets().len(), plan.num_bands());
+        let gate = self.backpressure.then(|| {
+            let held = roots.iter().copied().filter(|&r| self.graph.only_produces(r)).collect();
+            let gpus = self.kind_of.iter().filter(|&&k| k == DeviceKind::Gpu).count();
+            RootGate::new(held, n, RootGate::slots(nw, gpus))
+        });
         for &r in roots {
-            policy.place(plan, &mut View { q: &mut q, st: self }, r, None);
+            if !gate.as_ref().is_some_and(|g| g.holds(r)) {
+                policy.place(plan, &mut View { q: &mut q, st: self }, r, None);
+            }
+        }
+        if let Some(gate) = &gate {
+            let mut released = Vec::new();
+            gate.release(self.nearly_full(), |r| released.push(r));
+            for r in released {
+                policy.place(plan, &mut View { q: &mut q, st: self }, r, None);
+            }
         }
         let mut deps = edges.indegree.clone();
         let mut running: Vec<Option<(u32, f64)>> = vec![None; nw];
@@ -693,6 +747,15 @@ impl<'a> State<'a> {
             for &s in &ready {
                 policy.place(plan, &mut View { q: &mut q, st: self }, s, Some(me));
             }
+            self.free_dead_temps(task);
+            if let Some(gate) = &gate {
+                gate.finished(task);
+                let mut released = Vec::new();
+                gate.release(self.nearly_full(), |r| released.push(r));
+                for r in released {
+                    policy.place(plan, &mut View { q: &mut q, st: self }, r, None);
+                }
+            }
         }
         if done < n {
             return Err(SimError::Stalled {
@@ -726,7 +789,13 @@ impl<'a> State<'a> {
                 bytes: 0,
             })
             .collect();
-        for (d, c) in self.coherence.iter().enumerate() {
+        // Temporaries are gone after the run.
+        let kept = self
+            .coherence
+            .iter()
+            .enumerate()
+            .filter(|&(d, _)| self.temp_uses[d] == u32::MAX);
+        for (d, c) in kept {
             for node in c.valid_nodes() {
                 residency[node.index()].data += 1;
                 residency[node.index()].bytes += self.data_bytes[d];
@@ -751,6 +820,8 @@ impl<'a> State<'a> {
                     peak_bytes: self.peak[i],
                     evictions: self.evictions[i],
                     written_back_bytes: self.written_back[i],
+                    // Simulated workers run one task at a time and evict only for it.
+                    ping_pongs: 0,
                 })
                 .collect(),
             evictions: self.evictions.iter().sum(),

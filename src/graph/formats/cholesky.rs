@@ -28,6 +28,7 @@ fn tiles(g: &mut GraphSpec, n: usize, bytes: u64) {
                 bytes: Some(bytes),
                 init: None,
                 read_only: false,
+                temp: false,
             });
         }
     }

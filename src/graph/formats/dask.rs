@@ -65,6 +65,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
             bytes: Some(t.output_bytes),
             init: None,
             read_only: false,
+            temp: false,
         });
         let mut task = TaskSpec::replay(names[&t.id].clone(), t.duration_s);
         for &d in &t.deps {

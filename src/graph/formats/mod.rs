@@ -131,6 +131,9 @@ pub struct DataSpec {
     pub init: Option<Init>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
+    /// A temporary: zeroed at first use, freed after its last use in a run, not kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub temp: bool,
 }
 
 /// Initial contents of a stored datum (default: zeros).
@@ -492,6 +495,10 @@ impl Target for VirtualTarget<'_> {
             }
             _ => return Err("declare either \"type\" and \"len\" (stored data) or \"bytes\" (size only)".into()),
         };
+        if d.temp {
+            let len = usize::try_from(bytes).map_err(|_| format!("{bytes} bytes is too large for this platform"))?;
+            return Ok(g.temp_of(d.name.clone(), ElemType::U8, len).into());
+        }
         Ok(g.virtual_data(d.name.clone(), bytes).into())
     }
 }
@@ -507,6 +514,9 @@ impl Target for RuntimeTarget<'_> {
 
     fn datum(&self, g: &mut Graph, d: &DataSpec) -> Result<crate::graph::DataRef, String> {
         let rt = self.0;
+        if d.temp && (d.init.is_some() || d.read_only) {
+            return Err("a temporary (\"temp\") starts zeroed and is written by tasks: it cannot have \"init\" or \"read_only\"".into());
+        }
         match (&d.elem, d.len, d.bytes) {
             (None, None, Some(bytes)) => {
                 if d.init.is_some() {
@@ -518,6 +528,12 @@ impl Target for RuntimeTarget<'_> {
                 let elem = ElemType::parse(ty)
                     .ok_or_else(|| format!("unknown element type '{ty}' (known: u8, u32, i32, u64, i64, f32, f64)"))?;
                 let len = usize::try_from(len).map_err(|_| format!("len {len} is too large for this platform"))?;
+                if d.temp {
+                    if len.checked_mul(elem.size()).is_none_or(|b| b > isize::MAX as usize) {
+                        return Err(format!("len {len} is too large for this platform"));
+                    }
+                    return Ok(g.temp_of(d.name.clone(), elem, len).into());
+                }
                 let id = rt.data_zeroed(d.name.clone(), elem, len).map_err(|e| e.to_string())?;
                 if let Some(init) = &d.init {
                     init_datum(rt, id, elem, len, init)?;

@@ -130,6 +130,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
                         bytes: Some(bytes),
                         init: None,
                         read_only: false,
+                        temp: false,
                     });
                 }
                 // A file listed twice in one task (as input and output) is read-write.
