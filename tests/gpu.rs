@@ -30,8 +30,8 @@ fn gpu_rt_limited(limit: Option<u64>, policy: PolicyKind) -> Option<Runtime> {
     let mut b = Runtime::builder().cpus(1).gpus(GpuRequest::Count(1)).policy(policy);
     if let Some(l) = limit {
         b = b.memory_limits(hexec::MemoryLimits {
-            host: None,
             gpu: Some(l),
+            ..hexec::MemoryLimits::default()
         });
     }
     b.build().ok()
@@ -639,6 +639,7 @@ fn host_and_gpu_limits_together_spill_and_keep_results() {
             b = b.memory_limits(hexec::MemoryLimits {
                 host: Some(host),
                 gpu: Some(gpu),
+                ..hexec::MemoryLimits::default()
             });
         }
         b.build().ok()
@@ -677,7 +678,7 @@ fn host_and_gpu_limits_together_spill_and_keep_results() {
     let limited = build(Some((quarter, quarter))).unwrap();
     let (report, got) = run(&limited);
     assert_eq!(got, expected, "results differ under host and GPU limits");
-    for m in &report.memory {
+    for m in report.memory.iter().filter(|m| m.node != "disk") {
         assert!(m.peak_bytes <= quarter, "{m:?} over the limit {quarter}");
     }
     assert!(report.spilled_bytes > 0, "{:?}", report.memory);

@@ -33,7 +33,10 @@ fn rt(workers: usize, policy: PolicyKind, host: Option<u64>, parent: &std::path:
     Runtime::builder()
         .machine(Machine::synthetic_cpus(workers))
         .policy(policy)
-        .memory_limits(MemoryLimits { host, gpu: None })
+        .memory_limits(MemoryLimits {
+            host,
+            ..MemoryLimits::default()
+        })
         .spill_dir(parent)
         .build()
         .unwrap()
@@ -262,7 +265,10 @@ fn temporaries_are_freed_after_their_last_use_with_and_without_limits() {
             let mut b = Runtime::builder()
                 .machine(Machine::synthetic_cpus(2))
                 .policy(policy)
-                .memory_limits(MemoryLimits { host, gpu: None })
+                .memory_limits(MemoryLimits {
+                    host,
+                    ..MemoryLimits::default()
+                })
                 .spill_dir(&*parent);
             if !backpressure {
                 b = b.no_backpressure();
@@ -315,4 +321,42 @@ fn a_temporary_of_another_graph_is_refused_with_its_name() {
     g.task(&builtin::fill()).name("writer").write(t).param(1.0).add();
     let e = rt.run(&g).unwrap_err().to_string();
     assert!(e.contains("writer") && e.contains("another graph"), "{e}");
+}
+
+#[test]
+fn a_full_spill_disk_is_a_clear_error_and_loses_nothing() {
+    let parent = spill_parent("disk");
+    let len = 1024;
+    let tile = (len * 4) as u64;
+    let rt = Runtime::builder()
+        .machine(Machine::synthetic_cpus(1))
+        .memory_limits(MemoryLimits {
+            host: Some(2 * tile),
+            disk: Some(tile),
+            ..MemoryLimits::default()
+        })
+        .spill_dir(&*parent)
+        .build()
+        .unwrap();
+    let data: Vec<Data<f32>> = (0..4).map(|i| rt.data(values(len, i))).collect();
+    let mut g = rt.graph();
+    for d in &data {
+        g.task(&builtin::scale()).read_write(*d).param(2.0).add();
+    }
+    let e = rt.run(&g).unwrap_err();
+    let report = e.report().expect("a task failure carries the report");
+    let msg = e.to_string();
+    assert!(msg.contains("spill disk limit of 4096 bytes"), "{msg}");
+    let disk = report.memory.iter().find(|m| m.node == "disk").unwrap();
+    assert_eq!(disk.capacity_bytes, Some(tile));
+    assert!(disk.peak_bytes <= tile, "{disk:?}");
+    for (i, d) in data.iter().enumerate() {
+        let got = rt.read(*d).unwrap();
+        let before = values(len, i as u32);
+        let after: Vec<f32> = before.iter().map(|v| v * 2.0).collect();
+        assert!(
+            got == before || got == after,
+            "tile {i} is neither its old nor its new value"
+        );
+    }
 }

@@ -81,7 +81,10 @@ pub fn measure_host(
         let mut builder = Runtime::builder()
             .machine(crate::topology::Machine::synthetic_cpus(cpus.max(1)))
             .policy(policy)
-            .memory_limits(MemoryLimits { host: limit, gpu: None })
+            .memory_limits(MemoryLimits {
+                host: limit,
+                ..MemoryLimits::default()
+            })
             .calibrate(true);
         if !backpressure {
             builder = builder.no_backpressure();
@@ -290,7 +293,10 @@ pub fn measure(tiles: usize, len: usize, reps: usize) -> Result<Vec<MemoryRow>, 
         let mut builder = Runtime::builder()
             .cpus(1)
             .policy(PolicyKind::Eager)
-            .memory_limits(MemoryLimits { host: None, gpu: limit })
+            .memory_limits(MemoryLimits {
+                gpu: limit,
+                ..MemoryLimits::default()
+            })
             .calibrate(true);
         if !backpressure {
             builder = builder.no_backpressure();

@@ -221,8 +221,9 @@ struct MachineArgs {
     /// several devices per adapter).
     #[arg(long, default_value = "all")]
     gpus: GpuRequest,
-    /// Memory limits, e.g. `gpu=256MiB,host=2GiB`: past a GPU's limit, data copies are
-    /// evicted (written back when they are the only valid copy).
+    /// Memory limits, e.g. `gpu=256MiB,host=2GiB,disk=20GiB`: past a GPU's limit, data copies
+    /// are evicted (written back when they are the only valid copy); past the host's, spilled
+    /// to files; past the disk's, a spill is an error.
     #[arg(long)]
     mem: Option<hexec::MemoryLimits>,
     /// Under a limit, do not hold data-producing roots back nor make GPUs prefer consumers

@@ -250,6 +250,10 @@ impl Budgets {
             n.written_back.store(0, Ordering::Relaxed);
             n.ping_pongs.store(0, Ordering::Relaxed);
         }
+        if let Some(dir) = &self.spill {
+            let disk = dir.usage();
+            disk.peak.store(disk.used.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
     }
 
     /// Records that a copy evicted from `node` comes back before any task completed there:
@@ -269,8 +273,19 @@ impl Budgets {
         nb.completions.load(Ordering::Acquire) < nb.serial_until.load(Ordering::Acquire)
     }
 
-    /// The per-node report.
+    /// The per-node report: the host, each GPU, then the spill disk when the host is limited.
     pub fn report(&self) -> Vec<NodeMemory> {
+        let disk = self.spill.as_ref().map(|dir| {
+            let u = dir.usage();
+            NodeMemory {
+                node: "disk".into(),
+                capacity_bytes: (u.capacity != u64::MAX).then_some(u.capacity),
+                peak_bytes: u.peak.load(Ordering::Relaxed),
+                evictions: 0,
+                written_back_bytes: 0,
+                ping_pongs: 0,
+            }
+        });
         self.nodes
             .iter()
             .enumerate()
@@ -285,6 +300,7 @@ impl Budgets {
                     ping_pongs: n.ping_pongs.load(Ordering::Relaxed),
                 }
             })
+            .chain(disk)
             .collect()
     }
 

@@ -139,11 +139,14 @@ pub struct MemoryLimits {
     pub host: Option<u64>,
     /// Each GPU's memory for data copies: past it, copies are evicted.
     pub gpu: Option<u64>,
+    /// The spill directory's disk space: past it, a spill fails with an error naming the
+    /// datum and the limit, and the data stay in memory (default: what the disk holds).
+    pub disk: Option<u64>,
 }
 
 impl std::str::FromStr for MemoryLimits {
     type Err = String;
-    /// Parses `host=2GiB,gpu=256MiB` (units B, KiB, MiB, GiB, TiB, or none for bytes).
+    /// Parses `host=2GiB,gpu=256MiB,disk=10GiB` (units B, KiB, MiB, GiB, TiB, or none for bytes).
     fn from_str(s: &str) -> Result<Self, String> {
         let mut l = MemoryLimits::default();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -154,7 +157,8 @@ impl std::str::FromStr for MemoryLimits {
             match k {
                 "host" => l.host = Some(bytes),
                 "gpu" => l.gpu = Some(bytes),
-                other => return Err(format!("unknown memory node '{other}' (known: host, gpu)")),
+                "disk" => l.disk = Some(bytes),
+                other => return Err(format!("unknown memory node '{other}' (known: host, gpu, disk)")),
             }
         }
         Ok(l)
@@ -295,7 +299,11 @@ impl RuntimeBuilder {
         let spill_parent = self.spill_parent.unwrap_or_else(std::env::temp_dir);
         let budgets = Arc::new(budget::Budgets::new(
             &capacities,
-            Some(spill::SpillDir::new(&spill_parent, id)),
+            Some(spill::SpillDir::new(
+                &spill_parent,
+                id,
+                self.limits.disk.unwrap_or(u64::MAX),
+            )),
         ));
         Ok(Runtime {
             id,

@@ -5,13 +5,15 @@
 //!   removed, with whatever it still holds, when the runtime's budgets are dropped — after a
 //!   successful run, a failed one, or a panic that unwinds;
 //! - a file is read back only after its length and checksum match what was written, so a file
-//!   damaged on disk is reported, never silently used.
+//!   damaged on disk is reported, never silently used;
+//! - the bytes of the live files are accounted against the directory's capacity before they
+//!   are written, and given back when the file is dropped (which deletes it).
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// The spill directory of one runtime.
 #[derive(Debug)]
@@ -19,24 +21,44 @@ pub(crate) struct SpillDir {
     path: PathBuf,
     created: OnceLock<Result<(), String>>,
     next: AtomicU64,
+    usage: Arc<DiskUsage>,
 }
 
-/// One spilled host copy.
+/// Bytes in a spill directory's live files, against its capacity.
+#[derive(Debug, Default)]
+pub(crate) struct DiskUsage {
+    pub capacity: u64,
+    pub used: AtomicU64,
+    pub peak: AtomicU64,
+}
+
+/// One spilled host copy; dropping it deletes the file.
 #[derive(Debug)]
 pub(crate) struct SpillFile {
     pub path: PathBuf,
     len: usize,
     checksum: u64,
+    usage: Arc<DiskUsage>,
 }
 
 impl SpillDir {
-    /// A directory named for this process and runtime under `parent` (not created yet).
-    pub fn new(parent: &Path, runtime: u64) -> Self {
+    /// A directory named for this process and runtime under `parent` (not created yet), for
+    /// at most `capacity` bytes of files.
+    pub fn new(parent: &Path, runtime: u64, capacity: u64) -> Self {
         SpillDir {
             path: parent.join(format!("hexec-spill-{}-{runtime}", std::process::id())),
             created: OnceLock::new(),
             next: AtomicU64::new(0),
+            usage: Arc::new(DiskUsage {
+                capacity,
+                ..DiskUsage::default()
+            }),
         }
+    }
+
+    /// The directory's disk use.
+    pub fn usage(&self) -> &DiskUsage {
+        &self.usage
     }
 
     pub fn path(&self) -> &Path {
@@ -52,6 +74,21 @@ impl SpillDir {
                     .map_err(|e| format!("cannot create spill directory {}: {e}", self.path.display()))
             })
             .clone()?;
+        let len = bytes.len() as u64;
+        let u = &self.usage;
+        if u.used
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |x| {
+                x.checked_add(len).filter(|&n| n <= u.capacity)
+            })
+            .is_err()
+        {
+            return Err(format!(
+                "spilling datum '{datum}' ({len} bytes) would pass the spill disk limit of {} bytes ({} bytes in use)",
+                u.capacity,
+                u.used.load(Ordering::Relaxed)
+            ));
+        }
+        u.peak.fetch_max(u.used.load(Ordering::Relaxed), Ordering::Relaxed);
         let path = self
             .path
             .join(format!("{}.bin", self.next.fetch_add(1, Ordering::Relaxed)));
@@ -61,12 +98,14 @@ impl SpillDir {
         });
         if let Err(e) = written {
             let _ = std::fs::remove_file(&path);
+            u.used.fetch_sub(len, Ordering::AcqRel);
             return Err(format!("spilling datum '{datum}' to {} failed: {e}", path.display()));
         }
         Ok(SpillFile {
             path,
             len: bytes.len(),
             checksum: checksum(bytes),
+            usage: self.usage.clone(),
         })
     }
 }
@@ -98,9 +137,14 @@ impl SpillFile {
         Ok(())
     }
 
-    /// Deletes the file.
-    pub fn remove(self) {
+    /// Deletes the file (as dropping it does).
+    pub fn remove(self) {}
+}
+
+impl Drop for SpillFile {
+    fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+        self.usage.used.fetch_sub(self.len as u64, Ordering::AcqRel);
     }
 }
 
@@ -126,7 +170,7 @@ mod tests {
     #[test]
     fn round_trip_detects_damage_and_cleans_up() {
         let parent = std::env::temp_dir().join(format!("hexec-spill-test-{}", std::process::id()));
-        let dir = SpillDir::new(&parent, 7);
+        let dir = SpillDir::new(&parent, 7, 1500);
         let data: Vec<u8> = (0..1001u32).map(|i| (i * 7) as u8).collect();
         let f = dir.write("x", &data).unwrap();
         let mut back = vec![0u8; data.len()];
@@ -139,6 +183,12 @@ mod tests {
         assert!(err.contains("checksum") && err.contains("'x'"), "{err}");
         std::fs::write(&f.path, &bytes[..10]).unwrap();
         assert!(f.read_into("x", &mut back).unwrap_err().contains("10 bytes"));
+        let e = dir.write("y", &data).unwrap_err();
+        assert!(e.contains("'y'") && e.contains("spill disk limit of 1500 bytes"), "{e}");
+        assert_eq!(dir.usage().used.load(Ordering::Relaxed), 1001);
+        drop(f);
+        assert_eq!(dir.usage().used.load(Ordering::Relaxed), 0);
+        assert!(dir.write("y", &data).is_ok(), "room again once the first file is gone");
         let path = dir.path().to_path_buf();
         assert!(path.exists());
         drop(dir);

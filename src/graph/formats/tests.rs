@@ -284,3 +284,39 @@ fn detection_and_garbage() {
     assert_eq!("stg".parse::<Format>().unwrap(), Format::Stg);
     assert!("xml".parse::<Format>().is_err());
 }
+
+#[test]
+fn native_temporaries_run_and_are_checked() {
+    let text = r#"{
+      "format": "hexec-graph", "version": 1,
+      "data": [
+        {"name": "t", "type": "f32", "len": 4, "temp": true},
+        {"name": "out", "type": "f32", "len": 4}
+      ],
+      "tasks": [
+        {"name": "fill", "kernel": "fill", "params": [2.5], "access": [["t", "w"]]},
+        {"name": "add", "kernel": "axpy", "params": [2.0], "access": [["t", "r"], ["out", "rw"]]}
+      ]
+    }"#;
+    let spec = parse("fixture", text.as_bytes(), None).unwrap();
+    let rt = rt();
+    let g = spec.build(&rt, &BuildOptions::default()).unwrap();
+    assert!(g.data[0].is_temp());
+    let report = rt.run(&g).unwrap();
+    assert_eq!(report.residency[0].data, 1, "the temporary is gone");
+    let out = match g.data[1] {
+        crate::graph::GraphDatum::Stored { id, .. } => id,
+        _ => unreachable!(),
+    };
+    assert_eq!(rt.read(rt.handle::<f32>(out)).unwrap(), vec![5.0; 4]);
+    // The simulator sees the temporary too.
+    assert!(spec
+        .build_virtual(&|_| crate::kernels::builtin::noop(), &BuildOptions::default())
+        .unwrap()
+        .data[0]
+        .is_temp());
+    let bad = text.replace(r#""temp": true"#, r#""temp": true, "init": {"fill": 1.0}"#);
+    let spec = parse("fixture", bad.as_bytes(), None).unwrap();
+    let e = spec.build(&rt, &BuildOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("data[0] ('t')") && e.contains("temporary"), "{e}");
+}
