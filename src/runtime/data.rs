@@ -144,28 +144,7 @@ impl DataCell {
     /// through pins like a spillable one, so that [`DataCell::discard`] can free it.
     pub fn temp(name: String, elem: ElemType, len: usize, gpus: usize, budgets: Arc<Budgets>) -> Self {
         let words = (len * elem.size()).div_ceil(8);
-        DataCell {
-            name,
-            elem,
-            len,
-            read_only: false,
-            ptr: AtomicPtr::new(std::ptr::null_mut()),
-            words,
-            spillable: true,
-            host_pins: AtomicU32::new(0),
-            host_use: AtomicU64::new(0),
-            spilled: Mutex::new(None),
-            in_use: AtomicBool::new(false),
-            coherence: Mutex::new(Coherence::host_only(gpus)),
-            replicas: Mutex::new((0..gpus).map(|_| None).collect()),
-            host_valid: AtomicBool::new(true),
-            on_gpu: AtomicBool::new(false),
-            budgets,
-            pins: (0..gpus).map(|_| AtomicU32::new(0)).collect(),
-            last_use: AtomicU64::new(0),
-            evicted_at: (0..gpus).map(|_| AtomicU64::new(u64::MAX)).collect(),
-            wanted: (0..gpus).map(|_| AtomicU64::new(0)).collect(),
-        }
+        Self::with_buffer(name, elem, len, false, std::ptr::null_mut(), words, true, gpus, budgets)
     }
 
     /// Frees every copy of a temporary after its last use: the host buffer, the spill file,
@@ -209,6 +188,24 @@ impl DataCell {
         let words = buf.len();
         budgets.admit_host((len * elem.size()) as u64);
         let ptr = Box::into_raw(buf) as *mut u64;
+        let spillable = budgets.spillable();
+        Self::with_buffer(name, elem, len, read_only, ptr, words, spillable, gpus, budgets)
+    }
+
+    /// A cell owning the host buffer `ptr` of `words` words (null: not in memory, reads as
+    /// zeros), valid on the host only.
+    #[allow(clippy::too_many_arguments)]
+    fn with_buffer(
+        name: String,
+        elem: ElemType,
+        len: usize,
+        read_only: bool,
+        ptr: *mut u64,
+        words: usize,
+        spillable: bool,
+        gpus: usize,
+        budgets: Arc<Budgets>,
+    ) -> Self {
         DataCell {
             name,
             elem,
@@ -216,7 +213,7 @@ impl DataCell {
             read_only,
             ptr: AtomicPtr::new(ptr),
             words,
-            spillable: budgets.spillable(),
+            spillable,
             host_pins: AtomicU32::new(0),
             host_use: AtomicU64::new(0),
             spilled: Mutex::new(None),
