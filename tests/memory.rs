@@ -360,3 +360,55 @@ fn a_full_spill_disk_is_a_clear_error_and_loses_nothing() {
         );
     }
 }
+
+/// On a machine with two NUMA nodes, the host limit is shared between them: a buffer a
+/// worker brings into memory is charged to its node, and no node passes its share.
+#[test]
+fn each_numa_node_keeps_to_its_share_of_the_host_limit() {
+    let parent = spill_parent("numa");
+    let (tiles, len) = (16, 2048);
+    let tile = (len * 4) as u64;
+    let (_, expected) = tiles_then_pairwise_sum(&rt(2, PolicyKind::Ws, None, &parent), tiles, len);
+    let limit = 4 * tile;
+    for policy in [PolicyKind::Ws, PolicyKind::Locality] {
+        let rt = Runtime::builder()
+            .machine(Machine::synthetic_numa(2, 1))
+            .policy(policy)
+            .memory_limits(MemoryLimits {
+                host: Some(limit),
+                ..MemoryLimits::default()
+            })
+            .spill_dir(&*parent)
+            .build()
+            .unwrap();
+        let (report, got) = tiles_then_pairwise_sum(&rt, tiles, len);
+        assert_eq!(got, expected, "{policy}");
+        let node = |name: &str| report.memory.iter().find(|m| m.node == name).unwrap().clone();
+        assert!(node("host").peak_bytes <= limit, "{policy}: {:?}", report.memory);
+        for name in ["host/numa0", "host/numa1"] {
+            let m = node(name);
+            assert_eq!(m.capacity_bytes, Some(limit / 2), "{policy}: {m:?}");
+            assert!(m.peak_bytes <= limit / 2, "{policy}: {m:?}");
+            assert!(
+                m.peak_bytes > 0,
+                "{policy}: the worker on {name} brought data in: {m:?}"
+            );
+        }
+        assert!(report.spilled_bytes > 0);
+    }
+    // A datum larger than one node's share cannot live anywhere: refused at submit.
+    let rt = Runtime::builder()
+        .machine(Machine::synthetic_numa(2, 1))
+        .memory_limits(MemoryLimits {
+            host: Some(limit),
+            ..MemoryLimits::default()
+        })
+        .spill_dir(&*parent)
+        .build()
+        .unwrap();
+    let big = rt.data(vec![0.0f32; 3 * len]);
+    let mut g = rt.graph();
+    g.task(&builtin::scale()).name("big").read_write(big).param(1.0).add();
+    let e = rt.run(&g).unwrap_err().to_string();
+    assert!(e.contains("'big'") && e.contains("NUMA node's share"), "{e}");
+}

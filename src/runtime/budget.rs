@@ -84,6 +84,11 @@ impl NodeBudget {
     }
 }
 
+fn above_high_watermark(nb: &NodeBudget) -> bool {
+    let cap = nb.capacity.load(Ordering::Relaxed);
+    cap != u64::MAX && nb.used.load(Ordering::Relaxed) as f64 > HIGH_WATERMARK * cap as f64
+}
+
 fn gpu_index(node: Node) -> usize {
     match node {
         Node::Gpu(g) => g as usize,
@@ -111,22 +116,47 @@ pub struct NodeMemory {
 #[derive(Debug, Default)]
 pub(crate) struct Budgets {
     nodes: Vec<NodeBudget>,
+    /// The host's share on each NUMA node (the host budget is their sum): a host buffer is
+    /// charged to the node of the worker that brings it into memory (its pages are first
+    /// touched there), data the program creates to node 0.
+    numa: Vec<NodeBudget>,
+    /// Per GPU: the NUMA node of its PCI slot (copies it writes back land there).
+    gpu_numa: Vec<usize>,
     /// Where host copies go past the host's capacity (set when the host is limited).
     spill: Option<SpillDir>,
     spill_signal: Arc<SpillSignal>,
 }
 
 impl Budgets {
-    /// Budgets for the host and `capacities.len() - 1` GPUs; a limited host spills to `spill`.
-    pub fn new(capacities: &[u64], spill: Option<SpillDir>) -> Self {
-        Budgets {
-            nodes: capacities
-                .iter()
-                .map(|&c| NodeBudget {
-                    capacity: AtomicU64::new(c),
-                    ..NodeBudget::default()
+    /// Budgets for the host and `capacities.len() - 1` GPUs; the host's capacity is shared
+    /// among NUMA nodes in proportion to `numa_weights` (their memory; equal shares when
+    /// unknown); GPU `g` sits on NUMA node `gpu_numa[g]`. A limited host spills to `spill`.
+    pub fn new(capacities: &[u64], numa_weights: &[u64], gpu_numa: Vec<usize>, spill: Option<SpillDir>) -> Self {
+        let budget = |c: u64| NodeBudget {
+            capacity: AtomicU64::new(c),
+            ..NodeBudget::default()
+        };
+        let host = capacities.first().copied().unwrap_or(u64::MAX);
+        let weights: Vec<u64> = if numa_weights.is_empty() || numa_weights.contains(&0) {
+            vec![1; numa_weights.len().max(1)]
+        } else {
+            numa_weights.to_vec()
+        };
+        let total: u128 = weights.iter().map(|&w| w as u128).sum();
+        let numa = weights
+            .iter()
+            .map(|&w| {
+                budget(if host == u64::MAX {
+                    host
+                } else {
+                    (host as u128 * w as u128 / total) as u64
                 })
-                .collect(),
+            })
+            .collect();
+        Budgets {
+            nodes: capacities.iter().map(|&c| budget(c)).collect(),
+            numa,
+            gpu_numa,
             spill: spill.filter(|_| capacities.first().is_some_and(|&c| c != u64::MAX)),
             spill_signal: Arc::default(),
         }
@@ -141,55 +171,138 @@ impl Budgets {
         self.spill.as_ref()
     }
 
-    /// Accounts a new host buffer the user creates, spilling others to make room; when the
-    /// rest is pinned by a running graph, it is accounted over the limit rather than refused.
-    pub fn admit_host(&self, bytes: u64) {
-        if !self.spillable() || self.reserve_host(bytes, None).is_err() {
-            self.node(Node::Host).add(bytes);
+    /// Accounts a new host buffer the user creates (on NUMA node 0 if it has room), spilling
+    /// others to make room; when the rest is pinned by a running graph, it is accounted over
+    /// the limit rather than refused. Returns the NUMA node charged.
+    pub fn admit_host(&self, bytes: u64) -> usize {
+        if self.spillable() {
+            if let Ok(numa) = self.reserve_host(bytes, None, 0) {
+                return numa;
+            }
         }
+        self.node(Node::Host).add(bytes);
+        self.numa[0].add(bytes);
+        0
     }
 
-    /// Reserves `bytes` on the host for `requester`, spilling least-recently-used unpinned
-    /// host copies as needed. Fails, naming the sizes, when pinned data leave no room or a
-    /// spill file cannot be written.
-    pub fn reserve_host(&self, bytes: u64, requester: Option<&DataCell>) -> Result<(), PrepError> {
-        let nb = self.node(Node::Host);
+    /// The largest share of the host's capacity on one NUMA node: no host buffer can be
+    /// larger (its pages live on one node).
+    pub fn largest_host_share(&self) -> u64 {
+        self.numa
+            .iter()
+            .map(|n| n.capacity.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(u64::MAX)
+    }
+
+    /// The NUMA node of GPU `g`.
+    pub fn gpu_numa(&self, g: usize) -> usize {
+        self.gpu_numa.get(g).copied().unwrap_or(0)
+    }
+
+    /// Gives back a host buffer's bytes, charged to NUMA node `numa`.
+    pub fn release_host(&self, bytes: u64, numa: usize) {
+        self.node(Node::Host).release(bytes);
+        self.numa[numa].release(bytes);
+    }
+
+    /// Reserves `bytes` on the host for `requester`, on NUMA node `preferred` if room can be
+    /// made there, else on another (as the kernel falls back when a node is full), spilling
+    /// least-recently-used unpinned host copies as needed. Returns the NUMA node charged.
+    /// Fails, naming the sizes, when pinned data leave no room or a spill file cannot be
+    /// written.
+    pub fn reserve_host(&self, bytes: u64, requester: Option<&DataCell>, preferred: usize) -> Result<usize, PrepError> {
+        let preferred = preferred.min(self.numa.len() - 1);
+        let order = std::iter::once(preferred).chain((0..self.numa.len()).filter(|&n| n != preferred));
+        let mut last = None;
+        for numa in order {
+            match self.reserve_host_on(bytes, requester, numa) {
+                Ok(()) => return Ok(numa),
+                Err(PrepError::NoRoom(m)) => last = Some(m),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(PrepError::NoRoom(last.unwrap_or_default()))
+    }
+
+    fn reserve_host_on(&self, bytes: u64, requester: Option<&DataCell>, numa: usize) -> Result<(), PrepError> {
+        let (nb, share) = (self.node(Node::Host), &self.numa[numa]);
+        if bytes > share.capacity.load(Ordering::Relaxed) {
+            return Err(PrepError::NoRoom(format!(
+                "{bytes} bytes do not fit in the {} bytes of host memory limit on NUMA node {numa}",
+                share.capacity.load(Ordering::Relaxed)
+            )));
+        }
         let mut busy: Vec<*const DataCell> = Vec::new();
         loop {
-            if nb.try_reserve(bytes) {
-                if self.nearly_full(Node::Host) {
+            // The node's share first, then the whole host: spill on whichever is short.
+            let short_on = if !share.try_reserve(bytes) {
+                Some(numa)
+            } else if !nb.try_reserve(bytes) {
+                share.release(bytes);
+                None
+            } else {
+                if self.host_nearly_full() {
                     self.spill_signal.wake();
                 }
                 return Ok(());
-            }
-            if !self.spill_one(requester, &mut busy).map_err(PrepError::Failed)? {
+            };
+            if !self
+                .spill_one(requester, &mut busy, short_on)
+                .map_err(PrepError::Failed)?
+            {
+                let (what, b) = match short_on {
+                    Some(n) => (format!(" on NUMA node {n}"), share),
+                    None => (String::new(), nb),
+                };
                 return Err(PrepError::NoRoom(format!(
-                    "host memory limit of {} bytes: no room for {}{bytes} bytes beside {} bytes of data in use",
-                    nb.capacity.load(Ordering::Relaxed),
+                    "host memory limit of {} bytes{what}: no room for {}{bytes} bytes beside {} bytes of data in use",
+                    b.capacity.load(Ordering::Relaxed),
                     requester.map_or(String::new(), |r| format!("datum '{}' ", r.name)),
-                    nb.used.load(Ordering::Relaxed)
+                    b.used.load(Ordering::Relaxed)
                 )));
             }
         }
     }
 
-    /// Spills host copies, least recently used first, until at most `target` bytes are used
-    /// or nothing more can go (the rest is pinned or busy). For the background spiller.
-    pub fn spill_host_to(&self, target: u64) -> Result<(), String> {
+    /// Whether the host, or its share on some NUMA node, is above its high watermark.
+    pub fn host_nearly_full(&self) -> bool {
+        self.nearly_full(Node::Host) || self.numa.iter().any(above_high_watermark)
+    }
+
+    /// Spills host copies, least recently used first, until the host and each NUMA node's
+    /// share are at most at their low watermark, or nothing more can go (the rest is pinned
+    /// or busy). For the background spiller.
+    pub fn spill_to_low_watermark(&self) -> Result<(), String> {
+        let low = |b: &NodeBudget| (b.capacity.load(Ordering::Relaxed) as f64 * LOW_WATERMARK) as u64;
+        for (numa, share) in self.numa.iter().enumerate() {
+            let mut busy: Vec<*const DataCell> = Vec::new();
+            while share.used.load(Ordering::Relaxed) > low(share) {
+                if !self.spill_one(None, &mut busy, Some(numa))? {
+                    break;
+                }
+            }
+        }
         let nb = self.node(Node::Host);
         let mut busy: Vec<*const DataCell> = Vec::new();
-        while nb.used.load(Ordering::Relaxed) > target {
-            if !self.spill_one(None, &mut busy)? {
+        while nb.used.load(Ordering::Relaxed) > low(nb) {
+            if !self.spill_one(None, &mut busy, None)? {
                 break;
             }
         }
         Ok(())
     }
 
-    /// Spills the least-recently-used host copy that is in memory, not `requester`, not in
-    /// `busy`, and not larger than the limit (it could never come back). False when there is
-    /// none; a copy pinned or locked right now is added to `busy` and the next one tried.
-    fn spill_one(&self, requester: Option<&DataCell>, busy: &mut Vec<*const DataCell>) -> Result<bool, String> {
+    /// Spills the least-recently-used host copy that is in memory (on NUMA node `on`, if
+    /// given), not `requester`, not in `busy`, and not larger than the limit (it could never
+    /// come back). False when there is none; a copy pinned or locked right now is added to
+    /// `busy` and the next one tried.
+    fn spill_one(
+        &self,
+        requester: Option<&DataCell>,
+        busy: &mut Vec<*const DataCell>,
+        on: Option<usize>,
+    ) -> Result<bool, String> {
         let nb = self.node(Node::Host);
         loop {
             let victim = {
@@ -199,7 +312,8 @@ impl Budgets {
                     .iter()
                     .filter(|w| !busy.contains(&w.as_ptr()) && requester.is_none_or(|r| !std::ptr::eq(w.as_ptr(), r)))
                     .filter_map(Weak::upgrade)
-                    .filter(|c| c.host_in_memory() && c.bytes() as u64 <= nb.capacity.load(Ordering::Relaxed))
+                    .filter(|c| c.host_in_memory() && c.bytes() as u64 <= self.largest_host_share())
+                    .filter(|c| on.is_none_or(|n| c.host_numa() == n))
                     .min_by_key(|c| c.last_host_use())
             };
             let Some(victim) = victim else { return Ok(false) };
@@ -225,9 +339,7 @@ impl Budgets {
 
     /// Whether a limited node is above its high watermark ([`HIGH_WATERMARK`] of its capacity).
     pub fn nearly_full(&self, n: Node) -> bool {
-        let nb = self.node(n);
-        let cap = nb.capacity.load(Ordering::Relaxed);
-        cap != u64::MAX && nb.used.load(Ordering::Relaxed) as f64 > HIGH_WATERMARK * cap as f64
+        above_high_watermark(self.node(n))
     }
 
     /// Whether some node has a limit.
@@ -237,14 +349,14 @@ impl Budgets {
             .any(|n| n.capacity.load(Ordering::Relaxed) != u64::MAX)
     }
 
-    /// Whether some limited node is above its high watermark.
+    /// Whether some limited node (or NUMA share of the host) is above its high watermark.
     pub fn any_nearly_full(&self) -> bool {
-        (0..self.nodes.len()).any(|i| self.nearly_full(Node::from_index(i)))
+        self.host_nearly_full() || (1..self.nodes.len()).any(|i| self.nearly_full(Node::from_index(i)))
     }
 
     /// Starts a run's peak measurement at the current use.
     pub fn reset_peaks(&self) {
-        for n in &self.nodes {
+        for n in self.nodes.iter().chain(&self.numa) {
             n.peak.store(n.used.load(Ordering::Relaxed), Ordering::Relaxed);
             n.evictions.store(0, Ordering::Relaxed);
             n.written_back.store(0, Ordering::Relaxed);
@@ -273,7 +385,8 @@ impl Budgets {
         nb.completions.load(Ordering::Acquire) < nb.serial_until.load(Ordering::Acquire)
     }
 
-    /// The per-node report: the host, each GPU, then the spill disk when the host is limited.
+    /// The per-node report: the host, each GPU, the host's share on each NUMA node (when
+    /// there are several), then the spill disk when the host is limited.
     pub fn report(&self) -> Vec<NodeMemory> {
         let disk = self.spill.as_ref().map(|dir| {
             let u = dir.usage();
@@ -300,6 +413,23 @@ impl Budgets {
                     ping_pongs: n.ping_pongs.load(Ordering::Relaxed),
                 }
             })
+            .chain(
+                self.numa
+                    .iter()
+                    .enumerate()
+                    .filter(|_| self.numa.len() > 1)
+                    .map(|(i, n)| {
+                        let cap = n.capacity.load(Ordering::Relaxed);
+                        NodeMemory {
+                            node: format!("host/numa{i}"),
+                            capacity_bytes: (cap != u64::MAX).then_some(cap),
+                            peak_bytes: n.peak.load(Ordering::Relaxed),
+                            evictions: 0,
+                            written_back_bytes: 0,
+                            ping_pongs: 0,
+                        }
+                    }),
+            )
             .chain(disk)
             .collect()
     }

@@ -91,6 +91,8 @@ pub(crate) struct DataCell {
     words: usize,
     /// Whether the host buffer may leave memory (the runtime has a host limit).
     spillable: bool,
+    /// The NUMA node the host buffer's bytes are charged to (while it is in memory).
+    numa: AtomicU32,
     /// Tasks and user accesses using the host buffer now (it stays in memory meanwhile).
     host_pins: AtomicU32,
     /// Logical time of the last host use, for least-recently-used spilling.
@@ -159,7 +161,7 @@ impl DataCell {
             // SAFETY: a non-null `ptr` is a live host buffer of `words` words; it was just
             // cleared under the lock, and no pin is held, so no one uses or frees it.
             unsafe { free_words(ptr.cast(), self.words) };
-            self.budgets.node(Node::Host).release(self.bytes() as u64);
+            self.budgets.release_host(self.bytes() as u64, self.host_numa());
         }
         if let Some(file) = self.spilled.lock().unwrap_or_else(|e| e.into_inner()).take() {
             file.remove();
@@ -186,10 +188,12 @@ impl DataCell {
         budgets: Arc<Budgets>,
     ) -> Self {
         let words = buf.len();
-        budgets.admit_host((len * elem.size()) as u64);
+        let numa = budgets.admit_host((len * elem.size()) as u64);
         let ptr = Box::into_raw(buf) as *mut u64;
         let spillable = budgets.spillable();
-        Self::with_buffer(name, elem, len, read_only, ptr, words, spillable, gpus, budgets)
+        let cell = Self::with_buffer(name, elem, len, read_only, ptr, words, spillable, gpus, budgets);
+        cell.numa.store(numa as u32, Ordering::Relaxed);
+        cell
     }
 
     /// A cell owning the host buffer `ptr` of `words` words (null: not in memory, reads as
@@ -214,6 +218,7 @@ impl DataCell {
             ptr: AtomicPtr::new(ptr),
             words,
             spillable,
+            numa: AtomicU32::new(0),
             host_pins: AtomicU32::new(0),
             host_use: AtomicU64::new(0),
             spilled: Mutex::new(None),
@@ -242,29 +247,34 @@ impl DataCell {
     }
 
     /// Brings the host buffer into memory (coherence locked): allocated after reserving room
-    /// in the host budget, and filled from the spill file when that holds the valid copy.
-    fn materialize(&self, _locked: &mut Coherence) -> Result<(), PrepError> {
+    /// in the host budget (on NUMA node `numa`, the node of the thread that will touch it,
+    /// when it has room), and filled from the spill file when that holds the valid copy.
+    fn materialize(&self, _locked: &mut Coherence, numa: usize) -> Result<(), PrepError> {
         if !self.as_mut_ptr().is_null() {
             return Ok(());
         }
         let bytes = self.bytes() as u64;
-        let limit = self.budgets.node(Node::Host).capacity.load(Ordering::Relaxed);
+        let limit = self.budgets.largest_host_share();
         if bytes > limit {
             return Err(PrepError::Failed(format!(
-                "datum '{}' ({bytes} bytes) is larger than the host memory limit of {limit} bytes",
+                "datum '{}' ({bytes} bytes) is larger than the host memory limit of {limit} bytes (on one NUMA node)",
                 self.name
             )));
         }
-        self.budgets.reserve_host(bytes, Some(self)).map_err(|e| match e {
-            PrepError::NoRoom(m) => PrepError::HostBusy(m),
-            other => other,
-        })?;
+        let numa = self
+            .budgets
+            .reserve_host(bytes, Some(self), numa)
+            .map_err(|e| match e {
+                PrepError::NoRoom(m) => PrepError::HostBusy(m),
+                other => other,
+            })?;
+        self.numa.store(numa as u32, Ordering::Relaxed);
         let mut buf = vec![0u64; self.words].into_boxed_slice();
         let mut spilled = self.spilled.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(file) = spilled.as_ref() {
             let out = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..self.bytes()];
             if let Err(e) = file.read_into(&self.name, out) {
-                self.budgets.node(Node::Host).release(bytes);
+                self.budgets.release_host(bytes, numa);
                 return Err(PrepError::Failed(e));
             }
             if let Some(file) = spilled.take() {
@@ -276,8 +286,15 @@ impl DataCell {
     }
 
     /// The host bytes, in memory and valid when `read`, kept there until
-    /// [`DataCell::unpin_host`]. Without a host limit this is only the fetch.
-    pub fn pin_host(&self, read: bool, gpus: &[Arc<GpuDevice>], transfers: &Transfers) -> Result<*mut u8, PrepError> {
+    /// [`DataCell::unpin_host`]; a buffer brought into memory is charged to NUMA node `numa`
+    /// (the caller's). Without a host limit this is only the fetch.
+    pub fn pin_host(
+        &self,
+        read: bool,
+        numa: usize,
+        gpus: &[Arc<GpuDevice>],
+        transfers: &Transfers,
+    ) -> Result<*mut u8, PrepError> {
         if !self.spillable {
             if read && !gpus.is_empty() {
                 self.ensure_host(gpus, transfers).map_err(PrepError::Failed)?;
@@ -286,7 +303,7 @@ impl DataCell {
         }
         let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
         if read && !c.is_valid(Node::Host) {
-            self.fetch_to_host(&mut c, gpus, transfers)?;
+            self.fetch_to_host(&mut c, numa, gpus, transfers)?;
         } else {
             if !read {
                 // A write-only access overwrites every byte: the spilled copy need not come back.
@@ -294,7 +311,7 @@ impl DataCell {
                     file.remove();
                 }
             }
-            self.materialize(&mut c)?;
+            self.materialize(&mut c, numa)?;
         }
         self.host_pins.fetch_add(1, Ordering::AcqRel);
         self.host_use
@@ -317,7 +334,8 @@ impl DataCell {
         let ptr = self.as_mut_ptr();
         if !ptr.is_null() {
             if !c.is_valid(Node::Host) {
-                self.fetch_to_host(&mut c, gpus, transfers).map_err(|e| e.to_string())?;
+                self.fetch_to_host(&mut c, 0, gpus, transfers)
+                    .map_err(|e| e.to_string())?;
             }
             // SAFETY: the caller holds `in_use`, so no kernel touches the bytes; the buffer
             // is in memory, valid, and cannot be spilled while we hold `coherence`.
@@ -381,6 +399,11 @@ impl DataCell {
         !self.as_mut_ptr().is_null()
     }
 
+    /// The NUMA node its host buffer is charged to.
+    pub fn host_numa(&self) -> usize {
+        self.numa.load(Ordering::Relaxed) as usize
+    }
+
     /// Logical time of its last host use.
     pub fn last_host_use(&self) -> u64 {
         self.host_use.load(Ordering::Relaxed)
@@ -415,7 +438,7 @@ impl DataCell {
         // SAFETY: a non-null `ptr` is a live host buffer of `words` words; it was just cleared
         // under the lock, so no one else frees it.
         unsafe { free_words(ptr.cast(), self.words) };
-        self.budgets.node(Node::Host).release(self.bytes() as u64);
+        self.budgets.release_host(self.bytes() as u64, self.host_numa());
         Ok(Some(written))
     }
 
@@ -435,17 +458,21 @@ impl DataCell {
             return Ok(());
         }
         let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
-        self.fetch_to_host(&mut c, gpus, transfers).map_err(|e| e.to_string())
+        self.fetch_to_host(&mut c, 0, gpus, transfers)
+            .map_err(|e| e.to_string())
     }
 
+    /// Makes the host copy valid (coherence locked): from the spill file, or downloaded from
+    /// a GPU; a buffer brought into memory is charged to NUMA node `numa`.
     fn fetch_to_host(
         &self,
         c: &mut Coherence,
+        numa: usize,
         gpus: &[Arc<GpuDevice>],
         transfers: &Transfers,
     ) -> Result<(), PrepError> {
         let Node::Gpu(g) = (match c.read_source(Node::Host) {
-            Ok(None) => return self.materialize(c),
+            Ok(None) => return self.materialize(c, numa),
             Ok(Some(src)) => src,
             Err(e) => return Err(PrepError::Failed(format!("datum '{}': {e}", self.name))),
         }) else {
@@ -458,7 +485,7 @@ impl DataCell {
                 self.name
             )));
         };
-        self.materialize(c)?;
+        self.materialize(c, numa)?;
         let started = Instant::now();
         // SAFETY: the host copy is invalid, so no kernel reads it (CPU readers wait for this
         // lock), and no task writes the datum concurrently with a reader (dependencies);
@@ -546,7 +573,7 @@ impl DataCell {
         let node = Node::Gpu(g as u16);
         let mut written_back = 0;
         if c.is_valid(node) && c.valid_nodes().count() == 1 {
-            match self.fetch_to_host(&mut c, gpus, transfers) {
+            match self.fetch_to_host(&mut c, self.budgets.gpu_numa(g), gpus, transfers) {
                 Ok(()) => {}
                 // No host room for the write-back right now: try another victim.
                 Err(PrepError::HostBusy(_)) => return Ok(None),
@@ -625,10 +652,11 @@ impl DataCell {
         self.last_use
             .store(USE_CLOCK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
         if read && !c.is_valid(node) {
+            let numa = self.budgets.gpu_numa(g);
             if c.is_valid(Node::Host) {
-                self.materialize(&mut c)?;
+                self.materialize(&mut c, numa)?;
             } else {
-                self.fetch_to_host(&mut c, gpus, transfers)?;
+                self.fetch_to_host(&mut c, numa, gpus, transfers)?;
             }
             let started = Instant::now();
             // SAFETY: the host copy is valid and only read here; writers of the datum are
@@ -659,7 +687,7 @@ impl Drop for DataCell {
         let bytes = self.bytes() as u64;
         let ptr = *self.ptr.get_mut();
         if !ptr.is_null() {
-            self.budgets.node(Node::Host).release(bytes);
+            self.budgets.release_host(bytes, self.host_numa());
         }
         if let Some(file) = self.spilled.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
             file.remove();

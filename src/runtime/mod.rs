@@ -297,8 +297,17 @@ impl RuntimeBuilder {
         }
         let id = NEXT_RUNTIME_ID.fetch_add(1, Ordering::Relaxed);
         let spill_parent = self.spill_parent.unwrap_or_else(std::env::temp_dir);
+        let numa_weights: Vec<u64> = machine.numa_nodes.iter().map(|n| n.memory_bytes).collect();
+        let gpu_numa: Vec<usize> = machine
+            .workers
+            .iter()
+            .filter(|w| w.kind == crate::DeviceKind::Gpu)
+            .map(|w| w.numa)
+            .collect();
         let budgets = Arc::new(budget::Budgets::new(
             &capacities,
+            &numa_weights,
+            gpu_numa,
             Some(spill::SpillDir::new(
                 &spill_parent,
                 id,
@@ -439,8 +448,9 @@ impl Runtime {
     }
 
     /// Refuses a task with an operand larger than the host memory limit (every datum passes
-    /// through host memory), or one that can run only on CPUs and whose operands together
-    /// exceed it (they must all be in memory at once).
+    /// through host memory; on a machine with several NUMA nodes, than the largest node's
+    /// share of it), or one that can run only on CPUs and whose operands together exceed it
+    /// (they must all be in memory at once).
     fn check_host_room(&self, graph: &Graph, cells: &[Option<Arc<data::DataCell>>]) -> Result<(), SubmitError> {
         let limit = self
             .budgets
@@ -450,6 +460,12 @@ impl Runtime {
         if limit == u64::MAX {
             return Ok(());
         }
+        let share = self.budgets.largest_host_share();
+        let datum_limit = if share < limit {
+            format!("the largest NUMA node's share ({share} bytes) of the host memory limit of {limit} bytes")
+        } else {
+            format!("the host memory limit of {limit} bytes")
+        };
         for (t, rec) in graph.tasks.iter().enumerate() {
             let kernel = &graph.kernels[rec.kernel as usize];
             let operands = || {
@@ -457,14 +473,10 @@ impl Runtime {
                     .iter()
                     .filter_map(|&(d, _)| cells[d as usize].as_ref())
             };
-            if let Some(c) = operands().find(|c| c.bytes() as u64 > limit) {
+            if let Some(c) = operands().find(|c| c.bytes() as u64 > share) {
                 return Err(SubmitError::InvalidTask {
                     task: graph.task_name(t),
-                    message: format!(
-                        "datum '{}' ({} bytes) is larger than the host memory limit of {limit} bytes",
-                        c.name,
-                        c.bytes()
-                    ),
+                    message: format!("datum '{}' ({} bytes) is larger than {datum_limit}", c.name, c.bytes()),
                 });
             }
             if kernel.has_gpu() && !self.gpus.is_empty() {
@@ -737,6 +749,7 @@ impl Runtime {
             core_gate: (compiled.max_cores > 1)
                 .then(|| cores::CoreGate::new(self.machine.count(crate::DeviceKind::Cpu))),
             worker_names: &names,
+            worker_numa: self.machine.workers.iter().map(|w| w.numa).collect(),
             deps: compiled.edges.indegree.iter().map(|&d| AtomicU32::new(d)).collect(),
             poisoned: (0..n).map(|_| AtomicBool::new(false)).collect(),
             remaining: CachePadded::new(AtomicUsize::new(n)),

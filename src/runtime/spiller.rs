@@ -10,12 +10,10 @@
 //! - dropping the [`Spiller`] stops and joins the thread; what it spilled stays accounted
 //!   in the host budget's counters like any other spill.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use super::budget::{Budgets, LOW_WATERMARK};
-use crate::memory::Node;
+use super::budget::Budgets;
 
 /// How the workers wake the spiller, and how the runtime stops it.
 #[derive(Debug, Default)]
@@ -73,10 +71,8 @@ impl Spiller {
         let thread = std::thread::Builder::new()
             .name("hexec-spill".into())
             .spawn(move || {
-                let cap = b.node(Node::Host).capacity.load(Ordering::Relaxed);
-                let low = (cap as f64 * LOW_WATERMARK) as u64;
                 while s.wait() {
-                    if let Err(e) = b.spill_host_to(low) {
+                    if let Err(e) = b.spill_to_low_watermark() {
                         // The workers meet the same error, and report it, when they need room.
                         tracing::warn!(error = %e, "background spilling failed");
                     }

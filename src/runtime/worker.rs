@@ -47,6 +47,8 @@ pub(crate) struct RunState<'a> {
     /// Present when some task requests more than one core.
     pub core_gate: Option<CoreGate>,
     pub worker_names: &'a [String],
+    /// Per worker: its NUMA node.
+    pub worker_numa: Vec<usize>,
     pub deps: Vec<AtomicU32>,
     pub poisoned: Vec<AtomicBool>,
     pub remaining: CachePadded<AtomicUsize>,
@@ -570,7 +572,7 @@ fn execute<'a>(
         tracing::trace_span!("task", id = task, name = %TaskLabel(graph, task), kernel = graph.task_kernel(task as usize))
             .entered();
     let started = (run.record_trace || run.calibrate).then(|| run.start.elapsed());
-    let outcome = execute_cpu(run, task, operands);
+    let outcome = execute_cpu(run, task, run.worker_numa[me.index()], operands);
     if let (true, Some(s), Ok(())) = (run.calibrate, started, &outcome) {
         stats.samples.push((task, (run.start.elapsed() - s).as_secs_f64()));
     }
@@ -596,12 +598,18 @@ fn execute<'a>(
 }
 
 /// Runs a task's CPU implementation over host copies (fetched from a GPU when stale).
-fn execute_cpu<'a>(run: &RunState<'a>, task: u32, operands: &mut Vec<RawOperand<'a>>) -> Result<(), String> {
+/// `numa` is the worker's NUMA node (host buffers it brings into memory are charged there).
+fn execute_cpu<'a>(
+    run: &RunState<'a>,
+    task: u32,
+    numa: usize,
+    operands: &mut Vec<RawOperand<'a>>,
+) -> Result<(), String> {
     let graph = run.graph;
     let rec = &graph.tasks[task as usize];
     let kernel = &graph.kernels[rec.kernel as usize];
     let accesses = &graph.accesses[rec.accesses.range()];
-    pin_operands(run, accesses, operands)?;
+    pin_operands(run, numa, accesses, operands)?;
     let params = &graph.params[rec.params.range()];
     let outcome = match kernel.cpu_impl() {
         None => Err(format!("kernel '{}' has no CPU implementation", kernel.name())),
@@ -634,6 +642,7 @@ const HOST_ROOM_WAIT: Duration = Duration::from_secs(30);
 /// that two tasks each holding part of their operands cannot wait on each other forever.
 fn pin_operands<'a>(
     run: &RunState<'a>,
+    numa: usize,
     accesses: &[(u32, Access)],
     operands: &mut Vec<RawOperand<'a>>,
 ) -> Result<(), String> {
@@ -645,7 +654,7 @@ fn pin_operands<'a>(
             let b = run.bound[d as usize];
             let ptr = match &run.cells[d as usize] {
                 None => None,
-                Some(cell) => match cell.pin_host(access.reads(), run.gpus, &run.transfers) {
+                Some(cell) => match cell.pin_host(access.reads(), numa, run.gpus, &run.transfers) {
                     Ok(ptr) => Some(ptr),
                     Err(e) => {
                         unpin_operands(run, &accesses[..i]);

@@ -150,6 +150,24 @@ impl Machine {
         Machine::from_cores("synthetic", cores, vec![(0, 0)], Vec::new())
     }
 
+    /// A machine of `nodes` NUMA nodes with `cores_per_node` cores each and equal memory
+    /// (for tests and the simulator: no hwloc, no pinning). Cores on the same node are
+    /// closer to each other than to the others.
+    pub fn synthetic_numa(nodes: usize, cores_per_node: usize) -> Machine {
+        let (nodes, per) = (nodes.max(1), cores_per_node.max(1));
+        let cpus = nodes * per;
+        let cores: Vec<CoreDesc> = (0..cpus)
+            .map(|i| CoreDesc {
+                numa: i / per,
+                pus: Vec::new(),
+                closeness: (0..cpus).map(|j| if i / per == j / per { 2 } else { 1 }).collect(),
+                index: i,
+            })
+            .collect();
+        let numa = (0..nodes).map(|n| (n as u32, 1u64 << 30)).collect();
+        Machine::from_cores("synthetic", cores, numa, Vec::new())
+    }
+
     /// Builds the CPU part of a machine from a list of cores; `closeness[j]` says how close
     /// core `j` is (higher is closer; hwloc's common-ancestor depth).
     fn from_cores(source: &str, cores: Vec<CoreDesc>, numa: Vec<(u32, u64)>, features: Vec<String>) -> Machine {
