@@ -412,3 +412,57 @@ fn each_numa_node_keeps_to_its_share_of_the_host_limit() {
     let e = rt.run(&g).unwrap_err().to_string();
     assert!(e.contains("'big'") && e.contains("NUMA node's share"), "{e}");
 }
+
+/// Making room for one operand of a task does not spill another operand of the same task
+/// (it would come straight back: a ping-pong). Three tiles in memory, room for three and a
+/// half; the task reads a spilled tile and two resident ones.
+#[test]
+fn making_room_for_a_task_spares_its_other_operands() {
+    let parent = spill_parent("spare");
+    let len = 1024;
+    let tile = (len * 4) as u64;
+    let rt = rt(1, PolicyKind::Ws, Some(3 * tile + tile / 2), &parent);
+    let a = rt.data(vec![1.0f32; len]);
+    let b = rt.data(vec![2.0f32; len]);
+    let c = rt.data(vec![0.0f32; len]);
+    let _x = rt.data(vec![9.0f32; len]); // spills 'a', the least recently used
+    let mut g = rt.graph();
+    g.task(&builtin::add()).read(a).read(b).write(c).add();
+    let r = rt.run(&g).unwrap();
+    assert_eq!(rt.read(c).unwrap(), vec![3.0; len]);
+    let host = &r.memory[0];
+    // Bringing 'a' back spills one tile: 'x', the only one the task does not use.
+    assert_eq!(host.evictions, 1, "{host:?}");
+    assert_eq!(host.ping_pongs, 0, "{host:?}");
+}
+
+/// A host ping-pong is detected: while a long task pins two tiles, another task's operands
+/// can only be brought in by spilling each other, so one comes back before any task
+/// completed. hexec counts it, runs one CPU task at a time until a task completes, and the
+/// result is right.
+#[test]
+fn a_host_ping_pong_is_detected_and_the_run_completes() {
+    let parent = spill_parent("pingpong");
+    let len = 1024;
+    let tile = (len * 4) as u64;
+    let rt = rt(2, PolicyKind::Eager, Some(4 * tile + tile / 2), &parent);
+    let (x, y) = (rt.data(vec![5.0f32; len]), rt.data(vec![6.0f32; len]));
+    let a = rt.data(vec![1.0f32; len]);
+    let b = rt.data(vec![2.0f32; len]);
+    let c = rt.data(vec![0.0f32; len]); // creating 'c' spills 'x'; x and y come back below
+    let mut g = rt.graph();
+    // Holds x and y for 300 ms.
+    g.task(&builtin::sleep()).name("hold").read(x).read(y).param(0.3).add();
+    let start = g.task(&builtin::sleep()).name("wait").param(0.05).add();
+    g.task(&builtin::add())
+        .name("add")
+        .read(a)
+        .read(b)
+        .write(c)
+        .after(start)
+        .add();
+    let r = rt.run(&g).unwrap();
+    assert_eq!(rt.read(c).unwrap(), vec![3.0; len]);
+    assert!(r.memory[0].ping_pongs >= 1, "{:?}", r.memory[0]);
+    assert!(r.memory[0].peak_bytes <= 4 * tile + tile / 2);
+}

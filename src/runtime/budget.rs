@@ -34,7 +34,8 @@ pub(crate) struct NodeBudget {
     pub peak: AtomicU64,
     pub evictions: AtomicU64,
     pub written_back: AtomicU64,
-    /// Tasks completed on this node (GPUs): the epoch of ping-pong detection.
+    /// Tasks completed on this node (GPUs; for the host, any task, counted under a host
+    /// limit): the epoch of ping-pong detection.
     pub completions: AtomicU64,
     /// Stagings of a batch on this node (GPUs): data marked wanted in the current one are
     /// evicted last.
@@ -125,6 +126,8 @@ pub(crate) struct Budgets {
     /// Where host copies go past the host's capacity (set when the host is limited).
     spill: Option<SpillDir>,
     spill_signal: Arc<SpillSignal>,
+    /// Held by each CPU task while the host runs one task at a time (after a ping-pong).
+    pub host_serial: Mutex<()>,
 }
 
 impl Budgets {
@@ -159,6 +162,7 @@ impl Budgets {
             gpu_numa,
             spill: spill.filter(|_| capacities.first().is_some_and(|&c| c != u64::MAX)),
             spill_signal: Arc::default(),
+            host_serial: Mutex::new(()),
         }
     }
 
@@ -314,7 +318,7 @@ impl Budgets {
                     .filter_map(Weak::upgrade)
                     .filter(|c| c.host_in_memory() && c.bytes() as u64 <= self.largest_host_share())
                     .filter(|c| on.is_none_or(|n| c.host_numa() == n))
-                    .min_by_key(|c| c.last_host_use())
+                    .min_by_key(|c| (c.host_wanted(), c.last_host_use()))
             };
             let Some(victim) = victim else { return Ok(false) };
             match victim.spill_host()? {
@@ -369,7 +373,7 @@ impl Budgets {
     }
 
     /// Records that a copy evicted from `node` comes back before any task completed there:
-    /// the data of the tasks in flight do not fit together. The node's worker then runs one
+    /// the data of the tasks in flight do not fit together. The node's workers then run one
     /// task at a time until a task completes, so that each task keeps its data until done.
     pub fn ping_pong(&self, node: Node) {
         let nb = self.node(node);

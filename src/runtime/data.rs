@@ -97,6 +97,11 @@ pub(crate) struct DataCell {
     host_pins: AtomicU32,
     /// Logical time of the last host use, for least-recently-used spilling.
     host_use: AtomicU64,
+    /// CPU tasks pinning their operands now that include this datum: spilled last.
+    host_wanted: AtomicU32,
+    /// The host's completion count when this datum was last spilled to a file, to detect
+    /// ping-pong (`u64::MAX`: not spilled since last read back).
+    spilled_at: AtomicU64,
     /// The spill file holding the valid host copy while the buffer is out of memory.
     spilled: Mutex<Option<SpillFile>>,
     in_use: AtomicBool,
@@ -221,6 +226,8 @@ impl DataCell {
             numa: AtomicU32::new(0),
             host_pins: AtomicU32::new(0),
             host_use: AtomicU64::new(0),
+            host_wanted: AtomicU32::new(0),
+            spilled_at: AtomicU64::new(u64::MAX),
             spilled: Mutex::new(None),
             in_use: AtomicBool::new(false),
             coherence: Mutex::new(Coherence::host_only(gpus)),
@@ -279,6 +286,11 @@ impl DataCell {
             }
             if let Some(file) = spilled.take() {
                 file.remove();
+            }
+            // Back before any task completed since it was spilled?
+            let host = self.budgets.node(Node::Host);
+            if self.spilled_at.swap(u64::MAX, Ordering::Relaxed) == host.completions.load(Ordering::Acquire) {
+                self.budgets.ping_pong(Node::Host);
             }
         }
         self.ptr.store(Box::into_raw(buf) as *mut u64, Ordering::Release);
@@ -399,6 +411,21 @@ impl DataCell {
         !self.as_mut_ptr().is_null()
     }
 
+    /// A CPU task is about to pin this datum (`true`) or is done pinning (`false`): while
+    /// wanted, spilling takes it last.
+    pub fn want_host(&self, wanted: bool) {
+        if wanted {
+            self.host_wanted.fetch_add(1, Ordering::AcqRel);
+        } else {
+            self.host_wanted.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether a CPU task is pinning its operands, this datum among them.
+    pub fn host_wanted(&self) -> bool {
+        self.host_wanted.load(Ordering::Acquire) != 0
+    }
+
     /// The NUMA node its host buffer is charged to.
     pub fn host_numa(&self) -> usize {
         self.numa.load(Ordering::Relaxed) as usize
@@ -428,6 +455,14 @@ impl DataCell {
             let host = unsafe { std::slice::from_raw_parts(ptr as *const u8, self.bytes()) };
             let file = dir.write(&self.name, host)?;
             *self.spilled.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+            // Only a spill during a run can ping-pong (data spilled when the program created
+            // more than fits are simply read back when needed).
+            let at = if self.in_use.load(Ordering::Acquire) {
+                self.budgets.node(Node::Host).completions.load(Ordering::Acquire)
+            } else {
+                u64::MAX
+            };
+            self.spilled_at.store(at, Ordering::Relaxed);
             written = self.bytes() as u64;
         } else if c.is_valid(Node::Host) {
             // A GPU holds a valid copy: the host's is clean and simply goes.

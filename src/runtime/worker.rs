@@ -184,6 +184,10 @@ fn complete<P: Policy>(
     if !run.temp_uses.is_empty() {
         free_dead_temps(run, task);
     }
+    if run.budgets.spillable() {
+        // Progress: host copies spilled before now may come back without a ping-pong.
+        run.budgets.node(Node::Host).completions.fetch_add(1, Ordering::AcqRel);
+    }
     ready.clear();
     for &s in run.compiled.successors(task) {
         if !ok {
@@ -609,6 +613,9 @@ fn execute_cpu<'a>(
     let rec = &graph.tasks[task as usize];
     let kernel = &graph.kernels[rec.kernel as usize];
     let accesses = &graph.accesses[rec.accesses.range()];
+    // After a host ping-pong, one CPU task at a time until one completes.
+    let _serial = (run.counted_pins && run.budgets.serial(Node::Host))
+        .then(|| run.budgets.host_serial.lock().unwrap_or_else(|e| e.into_inner()));
     pin_operands(run, numa, accesses, operands)?;
     let params = &graph.params[rec.params.range()];
     let outcome = match kernel.cpu_impl() {
@@ -640,7 +647,25 @@ const HOST_ROOM_WAIT: Duration = Duration::from_secs(30);
 /// Binds a CPU task's operands to host copies, pinned in memory (valid when read). When
 /// pinned data of other tasks leave no host room, gives back what it pinned and retries, so
 /// that two tasks each holding part of their operands cannot wait on each other forever.
+/// Under a host limit the operands are marked wanted meanwhile, so that making room for one
+/// does not spill another before it is pinned.
 fn pin_operands<'a>(
+    run: &RunState<'a>,
+    numa: usize,
+    accesses: &[(u32, Access)],
+    operands: &mut Vec<RawOperand<'a>>,
+) -> Result<(), String> {
+    if !run.budgets.spillable() {
+        return pin_each(run, numa, accesses, operands);
+    }
+    let cells = || accesses.iter().filter_map(|&(d, _)| run.cells[d as usize].as_ref());
+    cells().for_each(|c| c.want_host(true));
+    let pinned = pin_each(run, numa, accesses, operands);
+    cells().for_each(|c| c.want_host(false));
+    pinned
+}
+
+fn pin_each<'a>(
     run: &RunState<'a>,
     numa: usize,
     accesses: &[(u32, Access)],
