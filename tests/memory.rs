@@ -466,3 +466,31 @@ fn a_host_ping_pong_is_detected_and_the_run_completes() {
     assert!(r.memory[0].ping_pongs >= 1, "{:?}", r.memory[0]);
     assert!(r.memory[0].peak_bytes <= 4 * tile + tile / 2);
 }
+
+/// A real tiled Cholesky (potrf, trsm, syrk, gemm_nt on CPU workers) factorises correctly,
+/// and gives the same factor, bit for bit, with its working set 4x and 16x the host limit.
+#[test]
+fn tiled_cholesky_under_host_limits_gives_the_same_factor() {
+    use hexec::linalg::TiledCholesky;
+    let parent = spill_parent("chol");
+    // 78 tiles: a gemm's three tiles still fit in a sixteenth.
+    let (n, b) = (12, 16);
+    let free = rt(2, PolicyKind::Locality, None, &parent);
+    let chol = TiledCholesky::new(&free, n, b);
+    free.run(&chol.graph).unwrap();
+    let residual = chol.residual(&free).unwrap();
+    assert!(residual < 1e-5, "residual {residual}");
+    let expected = chol.factor(&free).unwrap();
+    let working_set = chol.bytes();
+    for over in [4, 16] {
+        for policy in [PolicyKind::Locality, PolicyKind::Ws] {
+            let limit = working_set / over;
+            let rt = rt(2, policy, Some(limit), &parent);
+            let chol = TiledCholesky::new(&rt, n, b);
+            let r = rt.run(&chol.graph).unwrap();
+            assert!(r.memory[0].peak_bytes <= limit, "{policy} {over}x: {:?}", r.memory[0]);
+            assert!(r.spilled_bytes > 0, "{policy} {over}x");
+            assert_eq!(chol.factor(&rt).unwrap(), expected, "{policy} {over}x");
+        }
+    }
+}

@@ -22,6 +22,7 @@ mod registry;
 mod types;
 
 pub mod builtin;
+pub mod linalg;
 
 pub use context::{CpuContext, RawOperand};
 pub use gpu::{Binding, GpuDims, GpuImpl, GpuPass};

@@ -29,7 +29,7 @@ impl KernelRegistry {
     /// A registry holding every built-in kernel ([`builtin::all`]).
     pub fn with_builtins() -> Self {
         let mut r = Self::new();
-        for k in builtin::all() {
+        for k in builtin::all().into_iter().chain(crate::linalg::all()) {
             r.kernels.insert(k.name().to_string(), k);
         }
         r

@@ -372,3 +372,169 @@ pub fn markdown(rows: &[MemoryRow]) -> String {
     }
     s
 }
+
+/// One row of the Cholesky table.
+#[derive(Clone, Debug, Serialize)]
+pub struct CholeskyRow {
+    /// The limited node: `host` or `gpu0`.
+    pub node: String,
+    /// Working set divided by the limit (`None`: unlimited).
+    pub oversubscription: Option<u64>,
+    pub backpressure: bool,
+    pub limit_bytes: Option<u64>,
+    pub working_set_bytes: u64,
+    pub tasks: usize,
+    pub makespan_s: f64,
+    /// Against the unlimited run.
+    pub overhead: f64,
+    pub peak_bytes: u64,
+    pub evictions: u64,
+    /// GPU: bytes written back to the host; host: bytes spilled to files.
+    pub written_back_bytes: u64,
+    /// The simulator's peak on the same node for the same graph, limit and model.
+    pub simulated_peak_bytes: u64,
+    /// Largest |L·Lᵀ − A| relative to the largest entry of A.
+    pub residual: f64,
+    /// Whether the factor equals the unlimited run's, bit for bit.
+    pub factor_match: bool,
+}
+
+/// The tiled Cholesky of `n`×`n` tiles of side `b` (real kernels), unlimited then with the
+/// host (or, with `gpu`, the GPU) limited to 1/4 and 1/16 of the tiles, with and without
+/// backpressure, under `locality`; medians of `reps` runs.
+pub fn measure_cholesky(n: usize, b: usize, cpus: usize, reps: usize, gpu: bool) -> Result<Vec<CholeskyRow>, String> {
+    use crate::linalg::TiledCholesky;
+    let mut rows = Vec::new();
+    let mut baseline: Option<(f64, Vec<f32>)> = None;
+    let node = if gpu { Node::Gpu(0) } else { Node::Host };
+    for (over, backpressure) in CONFIGS {
+        let working_set = (n * (n + 1) / 2 * b * b * 4) as u64;
+        let limit = over.map(|o| working_set / o);
+        let limits = if gpu {
+            MemoryLimits {
+                gpu: limit,
+                ..MemoryLimits::default()
+            }
+        } else {
+            MemoryLimits {
+                host: limit,
+                ..MemoryLimits::default()
+            }
+        };
+        let mut builder = Runtime::builder()
+            .policy(PolicyKind::Locality)
+            .memory_limits(limits)
+            .calibrate(true);
+        builder = if gpu {
+            builder.cpus(1).gpus(crate::gpu::GpuRequest::Count(1))
+        } else {
+            builder.machine(crate::topology::Machine::synthetic_cpus(cpus.max(1)))
+        };
+        if !backpressure {
+            builder = builder.no_backpressure();
+        }
+        let rt = builder.build().map_err(|e| e.to_string())?;
+        if gpu && rt.gpus().is_empty() {
+            return Err("no GPU found: nothing to measure (install mesa-vulkan-drivers for lavapipe)".into());
+        }
+        // On a GPU run every update goes to the GPU, so that its limit is what is measured.
+        let chol = if gpu {
+            TiledCholesky::with_updates_on(&rt, n, b, DeviceKind::Gpu)
+        } else {
+            TiledCholesky::new(&rt, n, b)
+        };
+        rt.run(&chol.graph).map_err(|e| e.to_string())?; // warm-up: pipelines, the model
+        let mut times = Vec::new();
+        let mut last = None;
+        for _ in 0..reps.max(1) {
+            chol.reset(&rt).map_err(|e| e.to_string())?;
+            let t = Instant::now();
+            let report = rt.run(&chol.graph).map_err(|e| e.to_string())?;
+            times.push(t.elapsed().as_secs_f64());
+            last = Some(report);
+        }
+        times.sort_by(f64::total_cmp);
+        let makespan = times[times.len() / 2];
+        let report = last.expect("at least one run");
+        let factor = chol.factor(&rt).map_err(|e| e.to_string())?;
+        let residual = chol.residual(&rt).map_err(|e| e.to_string())?;
+        let (base_time, base_factor) = baseline.get_or_insert((makespan, factor.clone())).clone();
+        let mem = report
+            .memory
+            .iter()
+            .find(|m| m.node == node.to_string())
+            .cloned()
+            .ok_or("no such memory node in the report")?;
+        let machine = if gpu {
+            "cpus:1,gpus:1,gpu-speedup:1".to_string()
+        } else {
+            format!("cpus:{}", cpus.max(1))
+        };
+        let sim_opts = SimOptions {
+            record_trace: false,
+            gpu_memory: if gpu { limit } else { None },
+            host_memory: if gpu { None } else { limit },
+            no_backpressure: !backpressure,
+        };
+        let sim = simulated(
+            &rt,
+            &chol.graph,
+            chol.graph.data.len(),
+            b * b,
+            &machine,
+            PolicyKind::Locality,
+            &sim_opts,
+        )?;
+        rows.push(CholeskyRow {
+            node: node.to_string(),
+            oversubscription: over,
+            backpressure,
+            limit_bytes: limit,
+            working_set_bytes: working_set,
+            tasks: chol.graph.len(),
+            makespan_s: makespan,
+            overhead: makespan / base_time - 1.0,
+            peak_bytes: mem.peak_bytes,
+            evictions: mem.evictions,
+            written_back_bytes: mem.written_back_bytes,
+            simulated_peak_bytes: sim
+                .memory
+                .iter()
+                .find(|m| m.node == node.to_string())
+                .map_or(0, |m| m.peak_bytes),
+            residual,
+            factor_match: factor == base_factor,
+        });
+    }
+    Ok(rows)
+}
+
+/// The Cholesky table in Markdown.
+pub fn cholesky_markdown(rows: &[CholeskyRow]) -> String {
+    let mut s = String::from("| node | working set / limit | backpressure | limit | makespan | overhead | peak | evictions | written back | simulated peak | residual | factor |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for r in rows {
+        let kib = |b: u64| format!("{} KiB", b / 1024);
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {:.1} ms | {:+.0}% | {} | {} | {} | {} | {:.1e} | {} |\n",
+            r.node,
+            r.oversubscription.map_or("unlimited".to_string(), |o| format!("{o}x")),
+            if r.oversubscription.is_none() {
+                "-"
+            } else if r.backpressure {
+                "on"
+            } else {
+                "off"
+            },
+            r.limit_bytes.map_or("-".to_string(), kib),
+            r.makespan_s * 1e3,
+            r.overhead * 100.0,
+            kib(r.peak_bytes),
+            r.evictions,
+            kib(r.written_back_bytes),
+            kib(r.simulated_peak_bytes),
+            r.residual,
+            if r.factor_match { "same" } else { "differs" }
+        ));
+    }
+    s
+}

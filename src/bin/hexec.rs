@@ -116,6 +116,15 @@ enum BenchCommand {
         /// With --host: the scheduling policy.
         #[arg(long, default_value = "ws")]
         policy: PolicyKind,
+        /// A real tiled Cholesky instead (host limits with --host, else the GPU's).
+        #[arg(long)]
+        cholesky: bool,
+        /// With --cholesky: tiles per side of the matrix.
+        #[arg(long, default_value_t = 12)]
+        grid: usize,
+        /// With --cholesky: the side of a tile.
+        #[arg(long, default_value_t = 64)]
+        tile_side: usize,
         /// Timed runs per row (the median is reported).
         #[arg(long, default_value_t = 5)]
         reps: usize,
@@ -408,12 +417,34 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             which:
                 BenchCommand::Memory {
                     json,
+                    host,
+                    cholesky: true,
+                    grid,
+                    tile_side,
+                    reps,
+                    ..
+                },
+        } => {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let rows = hexec::bench::memory::measure_cholesky(grid.max(1), tile_side.max(1), cpus, reps, !host)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", hexec::bench::memory::cholesky_markdown(&rows));
+            }
+            Ok(())
+        }
+        Command::Bench {
+            which:
+                BenchCommand::Memory {
+                    json,
                     host: true,
                     temps,
                     policy,
                     tiles,
                     tile_len,
                     reps,
+                    ..
                 },
         } => {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -253,6 +253,13 @@ struct StagedBatch {
     started: Duration,
 }
 
+impl StagedBatch {
+    /// Whether any of its tasks reached the GPU.
+    fn submitted(&self) -> bool {
+        self.tasks.iter().any(|(_, s)| matches!(s, Staging::Submitted(_)))
+    }
+}
+
 enum Staging {
     /// Item `i` of the submitted batch.
     Submitted(usize),
@@ -315,11 +322,17 @@ pub(crate) fn run_gpu_worker<P: Policy>(
                 batch = consumers;
             }
         }
-        // After a ping-pong, one task at a time, alone on the GPU, until one completes.
-        if run.budgets.serial(Node::Gpu(g as u16)) {
+        // After a ping-pong, one task at a time, alone on the GPU, until one completes. And a
+        // batch in flight with nothing submitted (all deferred) releases nothing by running:
+        // close it first, so that waiting for the batch in flight always means waiting for
+        // work that frees memory.
+        let serial = run.budgets.serial(Node::Gpu(g as u16));
+        if serial || in_flight.as_ref().is_some_and(|b| !b.submitted()) {
             if let Some(done) = in_flight.take() {
                 finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
             }
+        }
+        if serial {
             held.extend(batch.drain(1..));
         }
         let (staged, deferred) = stage_gpu_batch(run, g, &batch, in_flight.is_some(), &mut stats);
@@ -370,6 +383,9 @@ fn stage_gpu_batch(
         }
         let rec = &graph.tasks[task as usize];
         let kernel = &graph.kernels[rec.kernel as usize];
+        // Pins taken for this task; given back at once if it is not submitted, so that a
+        // deferred task holds no memory while it waits.
+        let pinned_before = pinned.len();
         let staged = (|| {
             let gpu_impl = kernel
                 .gpu_impl()
@@ -398,6 +414,11 @@ fn stage_gpu_batch(
                 params: &graph.params[rec.params.range()],
             })
         })();
+        if staged.is_err() {
+            for cell in pinned.drain(pinned_before..) {
+                cell.unpin(g);
+            }
+        }
         match staged {
             Ok(item) => {
                 stats.tasks += 1;
