@@ -216,3 +216,48 @@ fn check_host_rows(rows: &[serde_json::Value], temps: bool) {
         }
     }
 }
+
+#[test]
+fn run_injects_faults_retries_them_and_refuses_a_bad_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("g.json");
+    std::fs::write(&graph, GRAPH).unwrap();
+    // Every first attempt fails (seeded draws), every second passes: all three tasks retry.
+    let out = hexec()
+        .args(["run", "--json", "--cpus", "2", "--gpus", "none", "--retries", "3"])
+        .args(["--inject", "panic:p=1,seed=1"])
+        .arg(&graph)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "p=1 fails every attempt");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Two independent tasks may both be failing when the run stops.
+    assert!(v["failed"].as_u64().unwrap() >= 1, "{v}");
+    for f in v["failures"].as_array().unwrap() {
+        assert_eq!(f["attempts"].as_array().unwrap().len(), 4, "{v}");
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("failed after 4 attempts") && err.contains("injected fault"),
+        "{err}"
+    );
+
+    let out = hexec()
+        .args(["run", "--json", "--cpus", "2", "--gpus", "none", "--retries", "20"])
+        .args(["--inject", "panic:p=0.5,seed=4"])
+        .arg(&graph)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["completed"], 3, "{v}");
+
+    let out = hexec()
+        .args(["run", "--inject", "meteor:p=1"])
+        .arg(&graph)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown fault 'meteor'"), "{err}");
+}

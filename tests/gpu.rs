@@ -73,7 +73,13 @@ fn both(
         }
         b.add();
         let report = rt
-            .run_with(&g, RunOptions { record_trace: true })
+            .run_with(
+                &g,
+                RunOptions {
+                    record_trace: true,
+                    ..RunOptions::default()
+                },
+            )
             .unwrap_or_else(|e| panic!("{}: {e}", kernel.name()));
         let ran_on = report
             .trace
@@ -258,7 +264,15 @@ fn mixed_graphs_place_each_task_where_it_may_run() {
         g.task(&builtin::scale()).read_write(*t).param(3.0).add(); // either side
         kinds.push(None);
     }
-    let report = rt.run_with(&g, RunOptions { record_trace: true }).unwrap();
+    let report = rt
+        .run_with(
+            &g,
+            RunOptions {
+                record_trace: true,
+                ..RunOptions::default()
+            },
+        )
+        .unwrap();
     for (w, events) in report.trace.as_ref().unwrap().per_worker.iter().enumerate() {
         let kind = rt.machine().workers[w].kind;
         for e in events {
@@ -339,7 +353,11 @@ fn a_lost_device_ends_the_run_with_a_clear_error() {
             .add();
     }
     let t = Instant::now();
-    let err = rt.run(&g).unwrap_err();
+    let keep_going = RunOptions {
+        keep_going: true,
+        ..RunOptions::default()
+    };
+    let err = rt.run_with(&g, keep_going).unwrap_err();
     assert!(t.elapsed() < Duration::from_secs(60), "no hang");
     match &err {
         RunError::TaskFailed { report } => {
@@ -371,7 +389,15 @@ fn gpu_tasks_are_batched_timed_and_traced() {
             .param(2.0)
             .add();
     }
-    let report = rt.run_with(&g, RunOptions { record_trace: true }).unwrap();
+    let report = rt
+        .run_with(
+            &g,
+            RunOptions {
+                record_trace: true,
+                ..RunOptions::default()
+            },
+        )
+        .unwrap();
     let submits = rt.gpus()[0].kernel_submits() - before;
     assert!(submits < 32, "32 independent GPU tasks took {submits} submissions");
     assert_eq!(report.bytes_transferred, 32 * 4096 * 4, "each tile goes up once");
@@ -420,7 +446,13 @@ fn gpu_restrictions_mean_something() {
         .param(2.0)
         .require_feature("f16")
         .add();
-    match rt.run_with(&g, RunOptions { record_trace: true }) {
+    match rt.run_with(
+        &g,
+        RunOptions {
+            record_trace: true,
+            ..RunOptions::default()
+        },
+    ) {
         Ok(report) => {
             assert!(has_f16);
             let ran = report
@@ -874,5 +906,53 @@ fn cholesky_updates_on_a_gpu_with_room_for_a_sixteenth_complete_run_after_run() 
         assert!(residual < 1e-5, "run {run}: residual {residual}");
         assert!(gpu.peak_bytes <= limit, "run {run}: {gpu:?}");
         assert!(gpu.evictions > 0, "run {run}: {gpu:?}");
+    }
+}
+
+/// Injected GPU errors on GPU-only tasks are retried on the GPU until they pass, and the
+/// result is the clean one; a GPU lost before the run sends its tasks to the CPUs.
+#[test]
+fn injected_gpu_errors_and_a_lost_device_are_recovered() {
+    let build = |plan: &str| {
+        Runtime::builder()
+            .cpus(1)
+            .gpus(GpuRequest::Count(1))
+            .policy(PolicyKind::Eager)
+            .retries(10)
+            .inject(plan.parse::<hexec::runtime::faults::FaultPlan>().unwrap())
+            .build()
+            .ok()
+            .filter(|rt| !rt.gpus().is_empty())
+    };
+    let run = |rt: &Runtime, only_gpu: bool| {
+        let tiles: Vec<Data<f32>> = (0..6).map(|i| rt.data(values(1000, 60 + i))).collect();
+        let mut g = rt.graph();
+        if !only_gpu {
+            // Keeps the CPU worker busy at first, so that the GPU takes the scale tasks.
+            g.task(&builtin::sleep()).priority(10).param(0.05).add();
+        }
+        for round in 0..3 {
+            for t in &tiles {
+                let b = g.task(&builtin::scale());
+                let b = if only_gpu { b.on(DeviceKind::Gpu) } else { b };
+                b.read_write(*t).param(1.0 + round as f64).add();
+            }
+        }
+        let r = rt.run(&g).unwrap();
+        (r, tiles.iter().map(|t| rt.read(*t).unwrap()).collect::<Vec<_>>())
+    };
+    let Some(clean) = build("") else { return };
+    let (_, expected) = run(&clean, true);
+    let flaky = build("gpu-error:p=0.3,seed=5").unwrap();
+    let (r, got) = run(&flaky, true);
+    assert!(r.retried > 0);
+    assert_eq!(got, expected, "GPU errors retried");
+    let lost = build("device-loss:gpu0").unwrap();
+    let (r, got) = run(&lost, false);
+    assert!(lost.gpus()[0].lost().is_some());
+    assert_eq!(r.completed, 19);
+    assert!(r.retried > 0, "the GPU took tasks before it was lost: {r:?}");
+    for (g, e) in got.iter().zip(&expected) {
+        close(g, e, 1e-6, "after the device loss");
     }
 }

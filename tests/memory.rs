@@ -368,7 +368,27 @@ fn each_numa_node_keeps_to_its_share_of_the_host_limit() {
     let parent = spill_parent("numa");
     let (tiles, len) = (16, 2048);
     let tile = (len * 4) as u64;
-    let (_, expected) = tiles_then_pairwise_sum(&rt(2, PolicyKind::Ws, None, &parent), tiles, len);
+    // Every tile scaled on the worker of each node in turn (so both nodes bring data in,
+    // whatever the timing), then reduced pairwise into tile 0.
+    let run = |rt: &Runtime| {
+        let data: Vec<Data<f32>> = (0..tiles).map(|i| rt.data(values(len, i as u32))).collect();
+        let mut g = rt.graph();
+        for worker in ["cpu0", "cpu1"] {
+            for d in &data {
+                g.task(&builtin::scale())
+                    .on_worker(worker)
+                    .read_write(*d)
+                    .param(1.5)
+                    .add();
+            }
+        }
+        for d in &data[1..] {
+            g.task(&builtin::axpy()).read(*d).read_write(data[0]).param(1.0).add();
+        }
+        let report = rt.run(&g).unwrap();
+        (report, rt.read(data[0]).unwrap())
+    };
+    let (_, expected) = run(&rt(2, PolicyKind::Ws, None, &parent));
     let limit = 4 * tile;
     for policy in [PolicyKind::Ws, PolicyKind::Locality] {
         let rt = Runtime::builder()
@@ -381,7 +401,7 @@ fn each_numa_node_keeps_to_its_share_of_the_host_limit() {
             .spill_dir(&*parent)
             .build()
             .unwrap();
-        let (report, got) = tiles_then_pairwise_sum(&rt, tiles, len);
+        let (report, got) = run(&rt);
         assert_eq!(got, expected, "{policy}");
         let node = |name: &str| report.memory.iter().find(|m| m.node == name).unwrap().clone();
         assert!(node("host").peak_bytes <= limit, "{policy}: {:?}", report.memory);

@@ -38,12 +38,18 @@ fn a_panicking_kernel_fails_its_task_and_skips_only_its_dependents() {
         for i in 0..20 {
             g.task(&builtin::noop()).name(format!("free{i}")).add();
         }
-        let err = rt.run(&g).unwrap_err();
+        let keep_going = RunOptions {
+            keep_going: true,
+            ..RunOptions::default()
+        };
+        let err = rt.run_with(&g, keep_going).unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains("'boom'") && msg.contains("fragile") && msg.contains("deliberate panic"),
             "{msg}"
         );
+        // Tried four times (three retries), alternating between the two workers.
+        assert!(msg.contains("after 4 attempts"), "{msg}");
         assert!(msg.contains("2 dependent task(s) were skipped"), "{msg}");
         let report = err.report().unwrap();
         assert_eq!((report.completed, report.failed, report.skipped), (20, 1, 2));
@@ -196,7 +202,15 @@ fn eager_runs_ready_tasks_by_priority() {
     for (i, p) in prios.iter().enumerate() {
         g.task(&builtin::noop()).name(format!("p{i}")).priority(*p).add();
     }
-    let report = rt.run_with(&g, RunOptions { record_trace: true }).unwrap();
+    let report = rt
+        .run_with(
+            &g,
+            RunOptions {
+                record_trace: true,
+                ..RunOptions::default()
+            },
+        )
+        .unwrap();
     let mut events = report.trace.unwrap().per_worker.concat();
     events.sort_by_key(|e| e.start_ns);
     let order: Vec<i32> = events.iter().map(|e| prios[e.task as usize]).collect();
@@ -227,7 +241,15 @@ fn the_trace_is_valid_chrome_json() {
     let mut g = rt.graph();
     let a = g.task(&builtin::noop()).name("first \"quoted\"").add();
     g.task(&builtin::noop()).after(a).add();
-    let report = rt.run_with(&g, RunOptions { record_trace: true }).unwrap();
+    let report = rt
+        .run_with(
+            &g,
+            RunOptions {
+                record_trace: true,
+                ..RunOptions::default()
+            },
+        )
+        .unwrap();
     let mut buf = Vec::new();
     hexec::trace::write_chrome_trace(&mut buf, &g, &report).unwrap();
     let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();

@@ -74,6 +74,13 @@ impl<'a> RawOperand<'a> {
     pub fn is_virtual(&self) -> bool {
         self.ptr.is_null()
     }
+
+    /// The operand's bytes, for an executor that saves and restores them around a kernel
+    /// (to retry a failed attempt from the same inputs); null when virtual. Reading or
+    /// writing through it is subject to the same contract as [`RawOperand::new`].
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
 }
 
 /// Which operands are borrowed, and how.

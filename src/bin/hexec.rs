@@ -239,6 +239,17 @@ struct MachineArgs {
     /// (to measure what backpressure saves).
     #[arg(long)]
     no_backpressure: bool,
+    /// How many times a failed task is tried again (on another worker when one may run it).
+    #[arg(long, default_value_t = hexec::runtime::DEFAULT_RETRIES)]
+    retries: u32,
+    /// Inject faults, e.g. `panic:kernel=gemm:p=0.05,device-loss:gpu1:after=2s,seed=7`
+    /// (kinds: panic, gpu-error, device-loss).
+    #[arg(long)]
+    inject: Option<hexec::runtime::faults::FaultPlan>,
+    /// After a task fails for good, go on with everything that does not depend on it and
+    /// report every failure at the end (default: stop at the first).
+    #[arg(long)]
+    keep_going: bool,
 }
 
 impl MachineArgs {
@@ -256,7 +267,10 @@ impl MachineArgs {
         if self.no_backpressure {
             b = b.no_backpressure();
         }
-        b
+        if let Some(plan) = &self.inject {
+            b = b.inject(plan.clone());
+        }
+        b.retries(self.retries)
     }
 }
 
@@ -310,7 +324,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             }
             let rt = builder.build()?;
             let g = io.load()?.build(&rt, &io.build_options())?;
-            let result = run_and_report(&rt, &g, io.trace, io.json, None);
+            let result = run_and_report(&rt, &g, io.trace, io.json, machine.keep_going, None);
             if let Some(path) = &model {
                 rt.perf_model().save(path)?;
             }
@@ -328,7 +342,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 print_machine(&rt);
             }
             let demo = hexec::demo::blockwise(&rt, tiles, tile_len);
-            run_and_report(&rt, &demo.graph, trace, json, Some(&demo))
+            run_and_report(&rt, &demo.graph, trace, json, machine.keep_going, Some(&demo))
         }
         Command::Sim {
             io,
@@ -644,12 +658,14 @@ fn run_and_report(
     g: &hexec::Graph,
     trace: Option<PathBuf>,
     json: bool,
+    keep_going: bool,
     demo: Option<&hexec::demo::Demo>,
 ) -> Result<(), Failure> {
     let result = rt.run_with(
         g,
         RunOptions {
             record_trace: trace.is_some(),
+            keep_going,
         },
     );
     let (report, failure) = match result {

@@ -10,6 +10,7 @@ mod budget;
 mod cores;
 mod costs;
 mod data;
+pub mod faults;
 mod queues;
 mod sleep;
 mod spill;
@@ -62,6 +63,21 @@ pub enum RunError {
 
 fn describe_failures(r: &RunReport) -> String {
     let mut s = match r.failures.first() {
+        Some(f) if f.attempts.len() > 1 => {
+            let each: Vec<String> = f
+                .attempts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| format!("attempt {} on {}: {}", i + 1, a.worker, a.message))
+                .collect();
+            format!(
+                "task '{}' (kernel '{}') failed after {} attempts: {}",
+                f.task,
+                f.kernel,
+                f.attempts.len(),
+                each.join("; ")
+            )
+        }
         Some(f) => format!(
             "task '{}' (kernel '{}') failed on {}: {}",
             f.task, f.kernel, f.worker, f.message
@@ -73,6 +89,12 @@ fn describe_failures(r: &RunReport) -> String {
     }
     if r.skipped > 0 {
         s.push_str(&format!("; {} dependent task(s) were skipped", r.skipped));
+    }
+    if r.cancelled > 0 {
+        s.push_str(&format!(
+            "; the run stopped there, {} task(s) were not run",
+            r.cancelled
+        ));
     }
     s
 }
@@ -114,7 +136,14 @@ struct RunData<'a> {
 pub struct RunOptions {
     /// Record every task's start and end for [`crate::trace::write_chrome_trace`].
     pub record_trace: bool,
+    /// After a task fails for good (its retries spent), go on with everything that does
+    /// not depend on it and report every failure at the end. Without it, the run stops
+    /// starting tasks at the first such failure (tasks already running finish).
+    pub keep_going: bool,
 }
+
+/// Retries of a failed task when the builder says nothing: up to four attempts in all.
+pub const DEFAULT_RETRIES: u32 = 3;
 
 /// Configures a [`Runtime`].
 #[derive(Clone, Debug, Default)]
@@ -129,6 +158,8 @@ pub struct RuntimeBuilder {
     limits: MemoryLimits,
     no_backpressure: bool,
     spill_parent: Option<std::path::PathBuf>,
+    retries: Option<u32>,
+    faults: faults::FaultPlan,
 }
 
 /// Memory capacities a runtime enforces (`None`: the device's own).
@@ -223,6 +254,21 @@ impl RuntimeBuilder {
     /// system's temporary directory). Used only with a host memory limit.
     pub fn spill_dir(mut self, parent: impl Into<std::path::PathBuf>) -> Self {
         self.spill_parent = Some(parent.into());
+        self
+    }
+
+    /// How many times a failed task is tried again, preferring another worker that may run
+    /// it (default [`DEFAULT_RETRIES`]; 0: a failure is final). Operands a CPU attempt reads
+    /// and writes are saved before it runs and restored if it fails, so every attempt starts
+    /// from the same inputs.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = Some(n);
+        self
+    }
+
+    /// Injects faults into every run (see [`faults`] for the plan's syntax).
+    pub fn inject(mut self, plan: faults::FaultPlan) -> Self {
+        self.faults = plan;
         self
     }
 
@@ -326,6 +372,8 @@ impl RuntimeBuilder {
             model: Mutex::new(self.model.unwrap_or_default()),
             calibrate: self.calibrate,
             backpressure: !self.no_backpressure,
+            retries: self.retries.unwrap_or(DEFAULT_RETRIES),
+            faults: self.faults,
             links: Mutex::new((0.0, 0.0)),
             registry: KernelRegistry::with_builtins(),
         })
@@ -358,6 +406,10 @@ pub struct Runtime {
     model: Mutex<PerfModel>,
     calibrate: bool,
     backpressure: bool,
+    /// Retries of a failed task.
+    retries: u32,
+    /// Faults injected into runs.
+    faults: faults::FaultPlan,
     budgets: Arc<budget::Budgets>,
     /// Spills host copies in the background past the host's high watermark (host limit only).
     _spiller: Option<spiller::Spiller>,
@@ -774,6 +826,22 @@ impl Runtime {
                 RootGate::new(held, n, RootGate::slots(self.machine.num_workers(), self.gpus.len()))
             }),
             counted_pins: self.budgets.spillable() || graph.data.iter().any(GraphDatum::is_temp),
+            retries: self.retries,
+            attempts: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            attempt_log: Mutex::new(Vec::new()),
+            retried: AtomicU64::new(0),
+            faults: (!self.faults.is_empty()).then_some(&self.faults),
+            device_losses: (0..self.gpus.len())
+                .map(|g| {
+                    self.faults
+                        .device_losses()
+                        .filter(|&(d, _)| d == g)
+                        .map(|(_, t)| t)
+                        .min()
+                })
+                .collect(),
+            keep_going: opts.keep_going,
+            cancelled: AtomicBool::new(false),
         };
         let (bandwidth, latency) = self.link_model();
         let view = planning.then(|| costs::CostView {
@@ -900,12 +968,19 @@ impl Runtime {
             transfers: run.transfers.take_log(),
         });
         let memory = self.budgets.report();
+        let (completed, failed, skipped) = (
+            sum(|s| s.completed) as usize,
+            sum(|s| s.failed) as usize,
+            sum(|s| s.skipped) as usize,
+        );
         let report = RunReport {
             policy: policy.name().to_string(),
             tasks: n,
-            completed: sum(|s| s.completed) as usize,
-            failed: sum(|s| s.failed) as usize,
-            skipped: sum(|s| s.skipped) as usize,
+            completed,
+            failed,
+            skipped,
+            cancelled: n.saturating_sub(completed + failed + skipped),
+            retried: run.retried.load(Ordering::Relaxed),
             makespan_s: makespan.as_secs_f64(),
             steals: sum(|s| s.steals),
             prefetched_tasks: run.prefetched.load(Ordering::Relaxed),

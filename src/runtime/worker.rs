@@ -16,12 +16,13 @@ use hexec_kernels::{Access, CpuContext, ElemType, RawOperand};
 
 use super::cores::CoreGate;
 use super::data::{DataCell, PrepError};
+use super::faults::Site;
 use super::queues::{LocalQueues, SharedQueues};
 use crate::gpu::{BatchItem, GpuDevice, GpuOperand, InFlight, MAX_BATCH};
 use crate::graph::compile::CompiledGraph;
 use crate::graph::Graph;
 use crate::memory::{Node, Transfers};
-use crate::sched::{Pick, Policy};
+use crate::sched::{Pick, Policy, ReadyQueues};
 use crate::topology::WorkerId;
 use crate::trace::{TaskFailure, TraceEvent};
 
@@ -71,6 +72,22 @@ pub(crate) struct RunState<'a> {
     pub counted_pins: bool,
     /// Data-producing roots held back under memory limits (backpressure).
     pub roots: Option<crate::sched::RootGate>,
+    /// Retries of a failed task.
+    pub retries: u32,
+    /// Per task: its failed attempts so far.
+    pub attempts: Vec<AtomicU32>,
+    /// Every failed attempt: (task, worker, error).
+    pub attempt_log: Mutex<Vec<(u32, String, String)>>,
+    /// Failed attempts that were tried again.
+    pub retried: std::sync::atomic::AtomicU64,
+    /// Faults to inject, if any.
+    pub faults: Option<&'a super::faults::FaultPlan>,
+    /// Per GPU: when to lose it (fault injection).
+    pub device_losses: Vec<Option<Duration>>,
+    /// Go on past a task's final failure (else stop starting tasks).
+    pub keep_going: bool,
+    /// The run stopped early: workers start nothing more.
+    pub cancelled: AtomicBool,
 }
 
 impl RunState<'_> {
@@ -138,6 +155,9 @@ pub(crate) fn run_worker<P: Policy>(
     let mut ready: Vec<u32> = Vec::new();
     let mut operands: Vec<RawOperand<'_>> = Vec::new();
     loop {
+        if run.cancelled.load(Ordering::Acquire) {
+            break;
+        }
         let task = match slot.take() {
             Some(t) => t,
             None => match policy
@@ -155,12 +175,17 @@ pub(crate) fn run_worker<P: Policy>(
         if let Some(gate) = &run.core_gate {
             gate.acquire(cores);
         }
-        let ok = execute(run, task, me, &mut operands, &mut stats);
+        let outcome = execute(run, task, me, &mut operands, &mut stats);
         if let Some(gate) = &run.core_gate {
             gate.release(cores);
         }
-
-        complete(policy, run, &mut q, me, task, ok, &mut ready, &mut slot);
+        match outcome {
+            Outcome::Completed => complete(policy, run, &mut q, me, task, true, &mut ready, &mut slot),
+            Outcome::Skipped => complete(policy, run, &mut q, me, task, false, &mut ready, &mut slot),
+            Outcome::Failed(message) => fail_attempt(
+                policy, run, &mut q, me, task, message, &mut stats, &mut ready, &mut slot,
+            ),
+        }
     }
     stats.wall = run.start.elapsed();
     stats
@@ -286,6 +311,18 @@ pub(crate) fn run_gpu_worker<P: Policy>(
     // Tasks taken but not yet staged, waiting for GPU memory in use to be released.
     let mut carry: Vec<u32> = Vec::new();
     loop {
+        if let Some(at) = run.device_losses[g] {
+            if run.start.elapsed() >= at && run.gpus[g].lost().is_none() {
+                tracing::warn!(gpu = g, "injected fault: losing the device");
+                run.gpus[g].destroy();
+            }
+        }
+        if run.cancelled.load(Ordering::Acquire) {
+            if let Some(done) = in_flight.take() {
+                finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
+            }
+            break;
+        }
         let mut batch: Vec<u32> = std::mem::take(&mut carry);
         let carried = batch.len();
         batch.extend(slot.take());
@@ -383,6 +420,15 @@ fn stage_gpu_batch(
         }
         let rec = &graph.tasks[task as usize];
         let kernel = &graph.kernels[rec.kernel as usize];
+        let attempt = run.attempts[task as usize].load(Ordering::Acquire);
+        if let Some(fault) = run
+            .faults
+            .and_then(|f| f.fails(Site::Gpu, task, attempt, kernel.name()))
+        {
+            stats.tasks += 1;
+            tasks.push((task, Staging::Failed(fault)));
+            continue;
+        }
         // Pins taken for this task; given back at once if it is not submitted, so that a
         // deferred task holds no memory while it waits.
         let pinned_before = pinned.len();
@@ -519,26 +565,99 @@ fn finish_gpu_batch<P: Policy>(
                 true
             }
             Err(message) => {
-                record_failure(run, task, me, message, stats);
-                false
+                fail_attempt(policy, run, q, me, task, message, stats, ready, slot);
+                continue;
             }
         };
         complete(policy, run, q, me, task, ok, ready, slot);
     }
 }
 
-fn record_failure(run: &RunState<'_>, task: u32, me: WorkerId, message: String, stats: &mut WorkerStats) {
+/// What became of one attempt of a task on a CPU worker.
+enum Outcome {
+    Completed,
+    /// Not run: a task it depends on failed.
+    Skipped,
+    Failed(String),
+}
+
+/// An attempt of `task` on `me` failed: tries it again on another worker that may run it,
+/// while retries remain; else the failure is final (recorded with every attempt, its
+/// dependents skipped) and, unless the run keeps going, the run stops starting tasks.
+#[allow(clippy::too_many_arguments)]
+fn fail_attempt<P: Policy>(
+    policy: &P,
+    run: &RunState<'_>,
+    q: &mut LocalQueues<'_>,
+    me: WorkerId,
+    task: u32,
+    message: String,
+    stats: &mut WorkerStats,
+    ready: &mut Vec<u32>,
+    slot: &mut Option<u32>,
+) {
     let graph = run.graph;
+    let failed = run.attempts[task as usize].fetch_add(1, Ordering::AcqRel) + 1;
+    let worker = run.worker_names[me.index()].clone();
+    run.attempt_log
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((task, worker.clone(), message.clone()));
+    if failed <= run.retries && !run.cancelled.load(Ordering::Acquire) {
+        if let Some(next) = retry_worker(run, task, me) {
+            run.retried.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(task = %TaskLabel(graph, task), %worker, %message, attempt = failed, "task attempt failed; retrying");
+            q.push_mailbox(next, run.compiled.plan.band(task), task);
+            return;
+        }
+    }
     let kernel = graph.task_kernel(task as usize);
     stats.failed += 1;
     tracing::warn!(task = %TaskLabel(graph, task), kernel, %message, "task failed");
+    let attempts = run
+        .attempt_log
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(t, _, _)| *t == task)
+        .map(|(_, worker, message)| crate::trace::AttemptReport {
+            worker: worker.clone(),
+            message: message.clone(),
+        })
+        .collect();
     let failure = TaskFailure {
         task: graph.task_name(task as usize),
         kernel: kernel.to_string(),
-        worker: run.worker_names[me.index()].clone(),
+        worker,
         message,
+        attempts,
     };
     run.failures.lock().unwrap_or_else(|e| e.into_inner()).push(failure);
+    complete(policy, run, q, me, task, false, ready, slot);
+    if !run.keep_going {
+        cancel(run);
+    }
+}
+
+/// The worker to retry a failed task on: the next one after `me` in its eligibility set that
+/// is still alive (another worker when it has several; the sets list CPUs before GPUs, so a
+/// GPU's failure goes to a CPU when one may run it). `None` when every worker that may run
+/// it is a lost GPU.
+fn retry_worker(run: &RunState<'_>, task: u32, me: WorkerId) -> Option<WorkerId> {
+    let plan = &run.compiled.plan;
+    let workers = &plan.set(plan.task_set(task)).workers;
+    let start = workers.iter().position(|&w| w == me).map_or(0, |i| i + 1);
+    let alive = |w: WorkerId| run.gpu_of_worker[w.index()].is_none_or(|g| run.gpus[g].lost().is_none());
+    (0..workers.len())
+        .map(|k| workers[(start + k) % workers.len()])
+        .find(|&w| alive(w))
+}
+
+/// Stops the run: workers start nothing more and leave once their current work is done.
+fn cancel(run: &RunState<'_>) {
+    run.cancelled.store(true, Ordering::Release);
+    run.done.store(true, Ordering::SeqCst);
+    run.queues.sleep.wake_all();
 }
 
 /// Spins, then parks, until a task turns up (`Some`) or the run is done (`None`).
@@ -586,18 +705,25 @@ fn execute<'a>(
     me: WorkerId,
     operands: &mut Vec<RawOperand<'a>>,
     stats: &mut WorkerStats,
-) -> bool {
+) -> Outcome {
     stats.tasks += 1;
     if run.poisoned[task as usize].load(Ordering::Relaxed) {
         stats.skipped += 1;
-        return false;
+        return Outcome::Skipped;
     }
     let graph = run.graph;
     let _span =
         tracing::trace_span!("task", id = task, name = %TaskLabel(graph, task), kernel = graph.task_kernel(task as usize))
             .entered();
     let started = (run.record_trace || run.calibrate).then(|| run.start.elapsed());
-    let outcome = execute_cpu(run, task, run.worker_numa[me.index()], operands);
+    let injected = run.faults.and_then(|f| {
+        let attempt = run.attempts[task as usize].load(Ordering::Acquire);
+        f.fails(Site::Cpu, task, attempt, graph.task_kernel(task as usize))
+    });
+    let outcome = match injected {
+        Some(fault) => Err(fault),
+        None => execute_cpu(run, task, run.worker_numa[me.index()], operands),
+    };
     if let (true, Some(s), Ok(())) = (run.calibrate, started, &outcome) {
         stats.samples.push((task, (run.start.elapsed() - s).as_secs_f64()));
     }
@@ -613,12 +739,9 @@ fn execute<'a>(
     match outcome {
         Ok(()) => {
             stats.completed += 1;
-            true
+            Outcome::Completed
         }
-        Err(message) => {
-            record_failure(run, task, me, message, stats);
-            false
-        }
+        Err(message) => Outcome::Failed(message),
     }
 }
 
@@ -638,6 +761,25 @@ fn execute_cpu<'a>(
     let _serial = (run.counted_pins && run.budgets.serial(Node::Host))
         .then(|| run.budgets.host_serial.lock().unwrap_or_else(|e| e.into_inner()));
     pin_operands(run, numa, accesses, operands)?;
+    // A failed attempt must leave its inputs as it found them, so that a retry computes the
+    // same thing: save what it may both read and overwrite.
+    let saved: Vec<(usize, Vec<u8>)> = if run.retries > 0 {
+        operands
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.access() == Access::ReadWrite && !o.is_virtual())
+            // SAFETY: the operand is pinned in memory for this task, `len_bytes` long, and no
+            // other task touches it while this one may write it (graph dependencies).
+            .map(|(i, o)| {
+                (
+                    i,
+                    unsafe { std::slice::from_raw_parts(o.as_ptr(), o.len_bytes()) }.to_vec(),
+                )
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let params = &graph.params[rec.params.range()];
     let outcome = match kernel.cpu_impl() {
         None => Err(format!("kernel '{}' has no CPU implementation", kernel.name())),
@@ -650,6 +792,14 @@ fn execute_cpu<'a>(
             }
         }
     };
+    if outcome.is_err() {
+        for (i, bytes) in &saved {
+            let o = &operands[*i];
+            // SAFETY: as above; the kernel has returned (or its panic was caught), so this is
+            // again the only view of the bytes.
+            unsafe { std::slice::from_raw_parts_mut(o.as_ptr(), o.len_bytes()) }.copy_from_slice(bytes);
+        }
+    }
     operands.clear();
     if outcome.is_ok() && !run.gpus.is_empty() {
         for &(d, access) in accesses {

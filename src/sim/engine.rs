@@ -807,6 +807,8 @@ impl<'a> State<'a> {
             completed: self.graph.len(),
             failed: 0,
             skipped: 0,
+            cancelled: 0,
+            retried: 0,
             makespan_s: makespan,
             steals: self.steals.iter().sum(),
             prefetched_tasks: 0,

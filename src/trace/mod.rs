@@ -27,11 +27,20 @@ pub struct WorkerReport {
     pub kernel_s: Option<f64>,
 }
 
-/// One failed task.
+/// One failed task: its last attempt's worker and error, and every attempt.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct TaskFailure {
     pub task: String,
     pub kernel: String,
+    pub worker: String,
+    pub message: String,
+    /// Every attempt, in order (the last one is `worker` and `message`).
+    pub attempts: Vec<AttemptReport>,
+}
+
+/// One failed attempt of a task.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct AttemptReport {
     pub worker: String,
     pub message: String,
 }
@@ -75,6 +84,10 @@ pub struct RunReport {
     pub failed: usize,
     /// Tasks not run because a task they depend on failed.
     pub skipped: usize,
+    /// Tasks not run because the run stopped at a failure (without `keep_going`).
+    pub cancelled: usize,
+    /// Failed attempts that were tried again (on another worker when one may run the task).
+    pub retried: u64,
     pub makespan_s: f64,
     pub steals: u64,
     /// Tasks whose inputs started moving to their GPU when they were placed (prefetch).

@@ -1,0 +1,207 @@
+//! Fault injection: deterministic failures for testing recovery, in hexec's tests and in the
+//! user's own pipelines (`hexec run --inject SPEC`, [`RuntimeBuilder::inject`]).
+//!
+//! A plan is a list of rules, written `kind[:key=value|:target]...` and joined by commas:
+//!
+//! - `panic[:kernel=NAME][:p=P]` — a CPU attempt of a task (of that kernel) fails as if its
+//!   kernel had panicked, with probability `P` (default 1);
+//! - `gpu-error[:kernel=NAME][:p=P]` — a GPU attempt fails as a GPU error would, before
+//!   anything is submitted;
+//! - `device-loss:gpuN[:after=DURATION]` — GPU `N` is lost (destroyed, as a driver reset
+//!   would) once the run has lasted `DURATION` (`2s`, `150ms`; default at once);
+//! - `seed=S` — the seed of the draws (default 0).
+//!
+//! Draws are a hash of (seed, task, attempt), so a plan fails the same attempts on every
+//! run, whatever the schedule: a test can count on them, and a retried attempt draws again.
+//!
+//! [`RuntimeBuilder::inject`]: super::RuntimeBuilder::inject
+
+use std::time::Duration;
+
+/// One kind of fault.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FaultRule {
+    /// CPU attempts of tasks (of `kernel`, if set) fail with probability `p`.
+    Panic { kernel: Option<String>, p: f64 },
+    /// GPU attempts of tasks (of `kernel`, if set) fail with probability `p`.
+    GpuError { kernel: Option<String>, p: f64 },
+    /// GPU `gpu` is lost once the run has lasted `after`.
+    DeviceLoss { gpu: usize, after: Duration },
+}
+
+/// Faults to inject into runs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FaultPlan {
+    pub seed: u64,
+    pub rules: Vec<FaultRule>,
+}
+
+/// Where an attempt runs, for [`FaultPlan::fails`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Site {
+    Cpu,
+    Gpu,
+}
+
+impl FaultPlan {
+    /// Whether attempt `attempt` (0 for the first) of `task` (running `kernel`) on `site`
+    /// fails, and why.
+    pub(crate) fn fails(&self, site: Site, task: u32, attempt: u32, kernel: &str) -> Option<String> {
+        self.rules.iter().find_map(|r| {
+            let (k, p, what) = match (r, site) {
+                (FaultRule::Panic { kernel, p }, Site::Cpu) => (kernel, *p, "panicked"),
+                (FaultRule::GpuError { kernel, p }, Site::Gpu) => (kernel, *p, "GPU error"),
+                _ => return None,
+            };
+            if k.as_deref().is_some_and(|k| k != kernel) {
+                return None;
+            }
+            (draw(self.seed, task, attempt) < p)
+                .then(|| format!("{what}: injected fault (task attempt {})", attempt + 1))
+        })
+    }
+
+    /// The GPUs to lose, and when.
+    pub(crate) fn device_losses(&self) -> impl Iterator<Item = (usize, Duration)> + '_ {
+        self.rules.iter().filter_map(|r| match r {
+            FaultRule::DeviceLoss { gpu, after } => Some((*gpu, *after)),
+            _ => None,
+        })
+    }
+
+    /// Whether the plan injects anything.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+/// A uniform draw in [0, 1) from (seed, task, attempt).
+fn draw(seed: u64, task: u32, attempt: u32) -> f64 {
+    let mut z = seed ^ (u64::from(task) << 20) ^ u64::from(attempt).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+impl std::str::FromStr for FaultPlan {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut plan = FaultPlan::default();
+        for rule in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            let mut parts = rule.split(':').map(str::trim);
+            let kind = parts.next().unwrap_or_default();
+            if let Some(seed) = kind.strip_prefix("seed=") {
+                plan.seed = seed.parse().map_err(|_| format!("'{rule}': seed must be an integer"))?;
+                continue;
+            }
+            let (mut kernel, mut p, mut gpu, mut after) = (None, 1.0, None, Duration::ZERO);
+            for part in parts {
+                match part.split_once('=') {
+                    Some(("kernel", k)) if !k.is_empty() => kernel = Some(k.to_string()),
+                    Some(("p", v)) => {
+                        p = v
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|p| (0.0..=1.0).contains(p))
+                            .ok_or_else(|| format!("'{rule}': p must be a probability in [0, 1], got '{v}'"))?;
+                    }
+                    Some(("after", v)) => {
+                        after = parse_duration(v)
+                            .ok_or_else(|| format!("'{rule}': '{v}' is not a duration (e.g. 2s, 150ms)"))?
+                    }
+                    None if part.starts_with("gpu") => {
+                        gpu = Some(
+                            part[3..]
+                                .parse::<usize>()
+                                .map_err(|_| format!("'{rule}': '{part}' is not gpuN"))?,
+                        );
+                    }
+                    _ => return Err(format!("'{rule}': unknown setting '{part}'")),
+                }
+            }
+            plan.rules.push(match kind {
+                "panic" => FaultRule::Panic { kernel, p },
+                "gpu-error" => FaultRule::GpuError { kernel, p },
+                "device-loss" => FaultRule::DeviceLoss {
+                    gpu: gpu.ok_or_else(|| format!("'{rule}': say which GPU (device-loss:gpu0)"))?,
+                    after,
+                },
+                other => {
+                    return Err(format!(
+                        "unknown fault '{other}' (known: panic, gpu-error, device-loss, seed=S)"
+                    ))
+                }
+            });
+        }
+        Ok(plan)
+    }
+}
+
+/// `2s`, `1.5s`, `150ms`, `20us`.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "ms" => n / 1e3,
+        "us" => n / 1e6,
+        "m" | "min" => n * 60.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(secs).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_forms_and_names_mistakes() {
+        let plan: FaultPlan = "panic:kernel=gemm:p=0.05,device-loss:gpu1:after=2s,seed=7,gpu-error"
+            .parse()
+            .unwrap();
+        assert_eq!(plan.seed, 7);
+        assert_eq!(
+            plan.rules,
+            vec![
+                FaultRule::Panic {
+                    kernel: Some("gemm".into()),
+                    p: 0.05
+                },
+                FaultRule::DeviceLoss {
+                    gpu: 1,
+                    after: Duration::from_secs(2)
+                },
+                FaultRule::GpuError { kernel: None, p: 1.0 },
+            ]
+        );
+        for (bad, says) in [
+            ("explode", "unknown fault 'explode'"),
+            ("panic:p=2", "probability"),
+            ("device-loss", "which GPU"),
+            ("device-loss:gpu0:after=soon", "not a duration"),
+            ("panic:colour=red", "unknown setting"),
+        ] {
+            let e = bad.parse::<FaultPlan>().unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn draws_are_deterministic_and_near_their_probability() {
+        let plan: FaultPlan = "panic:p=0.1,seed=3".parse().unwrap();
+        let hits = (0..100_000u32)
+            .filter(|&t| plan.fails(Site::Cpu, t, 0, "k").is_some())
+            .count();
+        assert!((9_000..11_000).contains(&hits), "{hits}");
+        assert_eq!(plan.fails(Site::Cpu, 5, 0, "k"), plan.fails(Site::Cpu, 5, 0, "k"));
+        assert!(plan.fails(Site::Gpu, 5, 0, "k").is_none(), "panic rules are for CPUs");
+        let gemm_only: FaultPlan = "panic:kernel=gemm".parse().unwrap();
+        assert!(gemm_only.fails(Site::Cpu, 1, 0, "axpy").is_none());
+        assert!(gemm_only.fails(Site::Cpu, 1, 0, "gemm").is_some());
+    }
+}

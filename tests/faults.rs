@@ -1,0 +1,181 @@
+//! Failures and recovery: retries on another worker, inputs restored between attempts, runs
+//! that stop at a final failure or keep going, and injected faults (`FaultPlan`).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use hexec::kernels::{builtin, Access, ElemType, Kernel, Signature};
+use hexec::runtime::faults::FaultPlan;
+use hexec::{Data, Machine, PolicyKind, RunError, RunOptions, Runtime};
+
+fn rt(workers: usize, retries: u32, inject: &str) -> Runtime {
+    Runtime::builder()
+        .machine(Machine::synthetic_cpus(workers))
+        .policy(PolicyKind::Ws)
+        .retries(retries)
+        .inject(inject.parse::<FaultPlan>().unwrap())
+        .build()
+        .unwrap()
+}
+
+fn keep_going() -> RunOptions {
+    RunOptions {
+        keep_going: true,
+        ..RunOptions::default()
+    }
+}
+
+/// Doubles its read-write operand in place, then fails every third call: a failed attempt
+/// has already overwritten its input, which the runtime must restore before retrying.
+fn flaky_double(calls: Arc<AtomicUsize>) -> Arc<Kernel> {
+    Arc::new(Kernel::cpu(
+        "flaky_double",
+        Signature::exact(&[(Access::ReadWrite, ElemType::F32)], 0),
+        move |ctx| {
+            ctx.write::<f32>(0)?.iter_mut().for_each(|v| *v *= 2.0);
+            if calls.fetch_add(1, Ordering::Relaxed) % 3 == 0 {
+                panic!("flaky: failed after writing");
+            }
+            Ok(())
+        },
+    ))
+}
+
+#[test]
+fn a_failed_attempt_leaves_its_inputs_as_they_were() {
+    let rt = rt(2, 3, "");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let k = flaky_double(calls.clone());
+    let tiles: Vec<Data<f32>> = (0..8).map(|i| rt.data(vec![1.0 + i as f32; 64])).collect();
+    let mut g = rt.graph();
+    for _ in 0..3 {
+        for t in &tiles {
+            g.task(&k).read_write(*t).add();
+        }
+    }
+    let r = rt.run(&g).unwrap();
+    assert!(r.retried > 0, "some attempts failed");
+    assert_eq!(calls.load(Ordering::Relaxed), 24 + r.retried as usize);
+    for (i, t) in tiles.iter().enumerate() {
+        assert_eq!(rt.read(*t).unwrap(), vec![(1.0 + i as f32) * 8.0; 64], "tile {i}");
+    }
+}
+
+#[test]
+fn a_task_failing_every_attempt_names_each_attempt_and_stops_the_run() {
+    // Eager takes a retried task (in a worker's mailbox, at its priority) before the other
+    // queued work, so the run stops early; under ws it would wait behind the worker's deque.
+    let rt = Runtime::builder()
+        .machine(Machine::synthetic_cpus(2))
+        .policy(PolicyKind::Eager)
+        .inject("panic:kernel=scale".parse::<FaultPlan>().unwrap())
+        .build()
+        .unwrap();
+    let x = rt.data(vec![1.0f32; 4]);
+    let mut g = rt.graph();
+    g.task(&builtin::scale())
+        .name("doomed")
+        .priority(10)
+        .read_write(x)
+        .param(2.0)
+        .add();
+    for i in 0..40 {
+        g.task(&builtin::sleep()).name(format!("slow{i}")).param(0.01).add();
+    }
+    let err = rt.run(&g).unwrap_err();
+    let msg = err.to_string();
+    let report = err.report().unwrap();
+    assert_eq!(report.failed, 1);
+    let f = &report.failures[0];
+    assert_eq!((f.task.as_str(), f.kernel.as_str()), ("doomed", "scale"));
+    assert_eq!(f.attempts.len(), 4, "{msg}");
+    // A retry goes to the other worker.
+    let workers: Vec<&str> = f.attempts.iter().map(|a| a.worker.as_str()).collect();
+    assert!(workers.windows(2).all(|w| w[0] != w[1]), "{workers:?}");
+    assert!(
+        msg.contains("failed after 4 attempts") && msg.contains("injected fault"),
+        "{msg}"
+    );
+    assert!(report.cancelled > 0, "the run stopped: {msg}");
+    assert_eq!(report.completed + report.failed + report.skipped + report.cancelled, 41);
+    assert!(msg.contains("were not run"), "{msg}");
+    // The datum is as it was, and the runtime still works.
+    assert_eq!(rt.read(x).unwrap(), vec![1.0; 4]);
+    assert_eq!(rt.run(&rt.graph()).unwrap().tasks, 0);
+}
+
+#[test]
+fn keep_going_runs_everything_that_does_not_depend_on_a_failure() {
+    let rt = rt(2, 1, "panic:kernel=scale");
+    let (x, y) = (rt.data(vec![1.0f32; 4]), rt.data(vec![1.0f32; 4]));
+    let mut g = rt.graph();
+    g.task(&builtin::scale()).name("doomed").read_write(x).param(2.0).add();
+    g.task(&builtin::axpy())
+        .name("after-doomed")
+        .read(x)
+        .read_write(y)
+        .param(1.0)
+        .add();
+    for i in 0..10 {
+        g.task(&builtin::sleep()).name(format!("free{i}")).param(0.001).add();
+    }
+    match rt.run_with(&g, keep_going()) {
+        Err(RunError::TaskFailed { report }) => {
+            assert_eq!(
+                (report.completed, report.failed, report.skipped, report.cancelled),
+                (10, 1, 1, 0)
+            );
+            assert_eq!(report.failures[0].attempts.len(), 2, "one retry");
+            assert_eq!(report.retried, 1);
+        }
+        other => panic!("expected a task failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn injected_panics_are_retried_and_the_results_match_a_clean_run() {
+    let build = |rt: &Runtime| {
+        let tiles: Vec<Data<f32>> = (0..16).map(|i| rt.data(vec![i as f32; 256])).collect();
+        let mut g = rt.graph();
+        for round in 0..4 {
+            for t in &tiles {
+                g.task(&builtin::scale())
+                    .read_write(*t)
+                    .param(1.0 + round as f64 * 0.5)
+                    .add();
+            }
+            for w in tiles.windows(2) {
+                g.task(&builtin::axpy()).read(w[1]).read_write(w[0]).param(0.25).add();
+            }
+        }
+        (g, tiles)
+    };
+    let clean = rt(2, 0, "");
+    let (g, tiles) = build(&clean);
+    clean.run(&g).unwrap();
+    let expected: Vec<Vec<f32>> = tiles.iter().map(|t| clean.read(*t).unwrap()).collect();
+    // A fifth of the attempts fail; ten retries make a final failure vanishingly rare
+    // (and the draws are deterministic, so this plan never has one).
+    let faulty = rt(2, 10, "panic:p=0.2,seed=11");
+    let (g, tiles) = build(&faulty);
+    let r = faulty.run(&g).unwrap();
+    assert!(
+        r.retried > 10,
+        "about a fifth of {} tasks failed once: {}",
+        g.len(),
+        r.retried
+    );
+    let got: Vec<Vec<f32>> = tiles.iter().map(|t| faulty.read(*t).unwrap()).collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn zero_retries_make_the_first_failure_final() {
+    let rt = rt(2, 0, "panic");
+    let mut g = rt.graph();
+    g.task(&builtin::noop()).name("only").add();
+    let err = rt.run(&g).unwrap_err();
+    let f = &err.report().unwrap().failures[0];
+    assert_eq!(f.attempts.len(), 1);
+    assert_eq!(err.report().unwrap().retried, 0);
+}
