@@ -261,3 +261,33 @@ fn run_injects_faults_retries_them_and_refuses_a_bad_plan() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown fault 'meteor'"), "{err}");
 }
+
+#[test]
+fn run_stops_a_stalled_run_with_what_each_task_waits_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("g.json");
+    std::fs::write(
+        &graph,
+        r#"{"format": "hexec-graph", "version": 1, "tasks": [
+            {"name": "long", "kernel": "spin", "params": [1.0]},
+            {"name": "next", "kernel": "noop", "after": ["long"]}]}"#,
+    )
+    .unwrap();
+    let out = hexec()
+        .args(["run", "--cpus", "1", "--gpus", "none", "--stall-timeout", "200ms"])
+        .arg(&graph)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stalled") && err.contains("'next' waits for 'long'"),
+        "{err}"
+    );
+    let bad = hexec()
+        .args(["run", "--stall-timeout", "soon"])
+        .arg(&graph)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -179,3 +179,45 @@ fn zero_retries_make_the_first_failure_final() {
     assert_eq!(f.attempts.len(), 1);
     assert_eq!(err.report().unwrap().retried, 0);
 }
+
+#[test]
+fn a_stalled_run_says_what_every_task_waits_for() {
+    let rt = rt(1, 0, "");
+    let x = rt.data(vec![1.0f32; 4]);
+    let mut g = rt.graph();
+    // One worker, busy for a second: nothing finishes for longer than the 200 ms timeout.
+    g.task(&builtin::sleep()).name("stuck").write(x).param(1.0).add();
+    g.task(&builtin::scale())
+        .name("after-stuck")
+        .read_write(x)
+        .param(2.0)
+        .add();
+    g.task(&builtin::noop()).name("free").add();
+    let opts = RunOptions {
+        stall_timeout: Some(std::time::Duration::from_millis(200)),
+        ..RunOptions::default()
+    };
+    let t = std::time::Instant::now();
+    let err = rt.run_with(&g, opts).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, RunError::Stalled { .. }), "{msg}");
+    assert!(msg.contains("'stuck' (kernel 'sleep') is running on cpu0"), "{msg}");
+    assert!(msg.contains("'after-stuck' waits for 'stuck'"), "{msg}");
+    assert!(
+        msg.contains("'free' is ready and waits for a worker among cpu0"),
+        "{msg}"
+    );
+    let report = err.report().unwrap();
+    assert_eq!(report.completed, 1, "the stuck task finished; nothing else started");
+    assert!(t.elapsed() < std::time::Duration::from_secs(10));
+    // A run that keeps finishing tasks is not a stall.
+    let mut g = rt.graph();
+    for i in 0..20 {
+        g.task(&builtin::sleep()).name(format!("steady{i}")).param(0.02).add();
+    }
+    let opts = RunOptions {
+        stall_timeout: Some(std::time::Duration::from_millis(100)),
+        ..RunOptions::default()
+    };
+    assert_eq!(rt.run_with(&g, opts).unwrap().completed, 20);
+}

@@ -250,6 +250,25 @@ struct MachineArgs {
     /// report every failure at the end (default: stop at the first).
     #[arg(long)]
     keep_going: bool,
+    /// Stop with an error saying what every unfinished task waits for when no task finishes
+    /// for this long (e.g. 30s); if a kernel never returns, exit (code 3) shortly after.
+    #[arg(long, value_parser = parse_stall_timeout)]
+    stall_timeout: Option<std::time::Duration>,
+}
+
+fn parse_stall_timeout(s: &str) -> Result<std::time::Duration, String> {
+    hexec::runtime::faults::parse_duration(s).ok_or_else(|| format!("'{s}' is not a duration (e.g. 30s, 500ms)"))
+}
+
+/// Called when a run stalls: gives the run a moment to stop by itself (its workers leave
+/// as soon as their kernels return); if a kernel never returns, reports and exits.
+fn exit_if_still_stalled(report: &str) {
+    let report = report.to_string();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        eprintln!("hexec: the run stalled and a kernel does not return: {report}");
+        std::process::exit(3);
+    });
 }
 
 impl MachineArgs {
@@ -324,7 +343,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             }
             let rt = builder.build()?;
             let g = io.load()?.build(&rt, &io.build_options())?;
-            let result = run_and_report(&rt, &g, io.trace, io.json, machine.keep_going, None);
+            let result = run_and_report(&rt, &g, io.trace, io.json, &machine, None);
             if let Some(path) = &model {
                 rt.perf_model().save(path)?;
             }
@@ -342,7 +361,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 print_machine(&rt);
             }
             let demo = hexec::demo::blockwise(&rt, tiles, tile_len);
-            run_and_report(&rt, &demo.graph, trace, json, machine.keep_going, Some(&demo))
+            run_and_report(&rt, &demo.graph, trace, json, &machine, Some(&demo))
         }
         Command::Sim {
             io,
@@ -658,21 +677,24 @@ fn run_and_report(
     g: &hexec::Graph,
     trace: Option<PathBuf>,
     json: bool,
-    keep_going: bool,
+    machine: &MachineArgs,
     demo: Option<&hexec::demo::Demo>,
 ) -> Result<(), Failure> {
     let result = rt.run_with(
         g,
         RunOptions {
             record_trace: trace.is_some(),
-            keep_going,
+            keep_going: machine.keep_going,
+            stall_timeout: machine.stall_timeout,
+            on_stall: Some(exit_if_still_stalled),
         },
     );
     let (report, failure) = match result {
         Ok(r) => (r, None),
-        Err(RunError::TaskFailed { report }) => {
-            let msg = RunError::TaskFailed { report: report.clone() }.to_string();
-            (*report, Some(msg))
+        Err(e @ (RunError::TaskFailed { .. } | RunError::Stalled { .. })) => {
+            let msg = e.to_string();
+            let report = e.report().cloned().expect("failures and stalls carry their report");
+            (report, Some(msg))
         }
         Err(e) => return Err(e.into()),
     };

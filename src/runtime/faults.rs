@@ -140,8 +140,8 @@ impl std::str::FromStr for FaultPlan {
     }
 }
 
-/// `2s`, `1.5s`, `150ms`, `20us`.
-fn parse_duration(s: &str) -> Option<Duration> {
+/// `2s`, `1.5s`, `150ms`, `20us`, `1m`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().ok()?;

@@ -15,6 +15,7 @@ mod queues;
 mod sleep;
 mod spill;
 mod spiller;
+mod watchdog;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -53,6 +54,10 @@ pub enum RunError {
     /// Some tasks failed; the report says which, and what else ran.
     #[error("{}", describe_failures(report))]
     TaskFailed { report: Box<RunReport> },
+    /// No task finished for the stall timeout while work remained; `waiting` says what every
+    /// unfinished task waited for. The run was stopped (tasks already running finished).
+    #[error("the run stalled: {waiting}")]
+    Stalled { waiting: String, report: Box<RunReport> },
     /// A worker stopped on an internal error (a bug in hexec, not in a kernel).
     #[error("worker '{worker}' stopped on an internal error: {message}")]
     Internal { worker: String, message: String },
@@ -103,7 +108,7 @@ impl RunError {
     /// The report of a run that started, if this error comes from one.
     pub fn report(&self) -> Option<&RunReport> {
         match self {
-            RunError::TaskFailed { report } => Some(report),
+            RunError::TaskFailed { report } | RunError::Stalled { report, .. } => Some(report),
             _ => None,
         }
     }
@@ -140,6 +145,13 @@ pub struct RunOptions {
     /// not depend on it and report every failure at the end. Without it, the run stops
     /// starting tasks at the first such failure (tasks already running finish).
     pub keep_going: bool,
+    /// Stop the run with [`RunError::Stalled`] when no task finishes (nor fails an attempt)
+    /// for this long while work remains (default: never). A kernel that never returns keeps
+    /// its worker, so the error comes when it does; `on_stall` is called at once.
+    pub stall_timeout: Option<std::time::Duration>,
+    /// Called with the stall report as soon as a stall is detected (the CLI prints it and
+    /// exits, since a kernel that never returns would keep the run from ending).
+    pub on_stall: Option<fn(&str)>,
 }
 
 /// Retries of a failed task when the builder says nothing: up to four attempts in all.
@@ -842,6 +854,8 @@ impl Runtime {
                 .collect(),
             keep_going: opts.keep_going,
             cancelled: AtomicBool::new(false),
+            phases: watchdog::Phases::new(n),
+            stalled: Mutex::new(None),
         };
         let (bandwidth, latency) = self.link_model();
         let view = planning.then(|| costs::CostView {
@@ -870,6 +884,7 @@ impl Runtime {
             .map(|(i, d)| LocalQueues::new(WorkerId(i as u32), d, &shared, plan, prefetch, view.as_ref()))
             .collect();
         for &r in &compiled.roots {
+            run.phases.set(r, watchdog::READY);
             if !run.roots.as_ref().is_some_and(|gate| gate.holds(r)) {
                 policy.place(plan, &mut locals[0], r, None);
             }
@@ -921,6 +936,20 @@ impl Runtime {
                     }
                 }
             }
+            // Stopped by the end of the run (`done`), or stops it when nothing progresses.
+            let watchdog = opts.stall_timeout.map(|timeout| {
+                let run = &run;
+                s.spawn(move || {
+                    if let Some(report) = watchdog::watch(run, timeout) {
+                        tracing::error!(%report, "run stalled");
+                        if let Some(hook) = opts.on_stall {
+                            hook(&report);
+                        }
+                        *run.stalled.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+                        worker::cancel(run);
+                    }
+                })
+            });
             let mut stats = Vec::with_capacity(handles.len());
             for (i, h) in handles.into_iter().enumerate() {
                 match h.join() {
@@ -939,6 +968,9 @@ impl Runtime {
                         });
                     }
                 }
+            }
+            if let Some(w) = watchdog {
+                let _ = w.join();
             }
             Ok(stats)
         })?;
@@ -994,6 +1026,12 @@ impl Runtime {
             failures,
             trace,
         };
+        if let Some(waiting) = run.stalled.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(RunError::Stalled {
+                waiting,
+                report: Box::new(report),
+            });
+        }
         if report.failed > 0 {
             return Err(RunError::TaskFailed {
                 report: Box::new(report),

@@ -18,6 +18,7 @@ use super::cores::CoreGate;
 use super::data::{DataCell, PrepError};
 use super::faults::Site;
 use super::queues::{LocalQueues, SharedQueues};
+use super::watchdog::{DONE, READY, RUNNING, WAITING_FOR_MEMORY};
 use crate::gpu::{BatchItem, GpuDevice, GpuOperand, InFlight, MAX_BATCH};
 use crate::graph::compile::CompiledGraph;
 use crate::graph::Graph;
@@ -88,6 +89,10 @@ pub(crate) struct RunState<'a> {
     pub keep_going: bool,
     /// The run stopped early: workers start nothing more.
     pub cancelled: AtomicBool,
+    /// Where each task is (for the stall report).
+    pub phases: super::watchdog::Phases,
+    /// The stall report, when the watchdog stopped the run.
+    pub stalled: Mutex<Option<String>>,
 }
 
 impl RunState<'_> {
@@ -171,6 +176,7 @@ pub(crate) fn run_worker<P: Policy>(
                 None => break,
             },
         };
+        run.phases.start(task, RUNNING, me.index());
         let cores = run.graph.tasks[task as usize].cores as usize;
         if let Some(gate) = &run.core_gate {
             gate.acquire(cores);
@@ -206,6 +212,7 @@ fn complete<P: Policy>(
     slot: &mut Option<u32>,
 ) {
     let plan = &run.compiled.plan;
+    run.phases.set(task, DONE);
     if !run.temp_uses.is_empty() {
         free_dead_temps(run, task);
     }
@@ -220,6 +227,7 @@ fn complete<P: Policy>(
             run.poisoned[s as usize].store(true, Ordering::Relaxed);
         }
         if run.deps[s as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
+            run.phases.set(s, READY);
             ready.push(s);
         }
     }
@@ -372,7 +380,10 @@ pub(crate) fn run_gpu_worker<P: Policy>(
         if serial {
             held.extend(batch.drain(1..));
         }
-        let (staged, deferred) = stage_gpu_batch(run, g, &batch, in_flight.is_some(), &mut stats);
+        let (staged, deferred) = stage_gpu_batch(run, me.index(), g, &batch, in_flight.is_some(), &mut stats);
+        for &t in &deferred {
+            run.phases.start(t, WAITING_FOR_MEMORY, me.index());
+        }
         carry = deferred;
         carry.extend(held);
         if let Some(done) = in_flight.replace(staged) {
@@ -389,6 +400,7 @@ pub(crate) fn run_gpu_worker<P: Policy>(
 /// failure. `can_wait` says whether a batch is still running (and so will release data).
 fn stage_gpu_batch(
     run: &RunState<'_>,
+    me: usize,
     g: usize,
     batch: &[u32],
     can_wait: bool,
@@ -468,6 +480,7 @@ fn stage_gpu_batch(
         match staged {
             Ok(item) => {
                 stats.tasks += 1;
+                run.phases.start(task, RUNNING, me);
                 tasks.push((task, Staging::Submitted(items.len())));
                 items.push(item);
             }
@@ -607,6 +620,7 @@ fn fail_attempt<P: Policy>(
         if let Some(next) = retry_worker(run, task, me) {
             run.retried.fetch_add(1, Ordering::Relaxed);
             tracing::info!(task = %TaskLabel(graph, task), %worker, %message, attempt = failed, "task attempt failed; retrying");
+            run.phases.set(task, READY);
             q.push_mailbox(next, run.compiled.plan.band(task), task);
             return;
         }
@@ -654,7 +668,7 @@ fn retry_worker(run: &RunState<'_>, task: u32, me: WorkerId) -> Option<WorkerId>
 }
 
 /// Stops the run: workers start nothing more and leave once their current work is done.
-fn cancel(run: &RunState<'_>) {
+pub(crate) fn cancel(run: &RunState<'_>) {
     run.cancelled.store(true, Ordering::Release);
     run.done.store(true, Ordering::SeqCst);
     run.queues.sleep.wake_all();
