@@ -55,6 +55,8 @@ pub enum DataError {
     ReadOnly(String),
     #[error("datum '{name}' would need {bytes} bytes, more than this platform can address")]
     TooLarge { name: String, bytes: u128 },
+    #[error("datum '{name}' would need {bytes} bytes, more than this machine's memory ({memory} bytes)")]
+    OverMemory { name: String, bytes: u128, memory: u64 },
     #[error("datum '{name}' could not be brought to the host: {reason}")]
     Transfer { name: String, reason: String },
     #[error("datum '{name}' could not be stored: {reason}")]

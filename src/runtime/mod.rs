@@ -492,7 +492,14 @@ impl Runtime {
     }
 
     /// Stores `len` zeroed elements of a type known only at run time (graph files).
+    /// A zeroed datum for a graph file: refused, before anything is allocated, when it would
+    /// not fit in this machine's memory (a file cannot make the process abort on allocation).
     pub(crate) fn data_zeroed(&self, name: String, elem: ElemType, len: usize) -> Result<u32, DataError> {
+        let bytes = len as u128 * elem.size() as u128;
+        let memory = self.machine.host_memory_bytes();
+        if bytes > u128::from(memory) {
+            return Err(DataError::OverMemory { name, bytes, memory });
+        }
         self.store.insert_zeroed(Some(name), elem, len)
     }
 

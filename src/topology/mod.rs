@@ -150,6 +150,23 @@ impl Machine {
         Machine::from_cores("synthetic", cores, vec![(0, 0)], Vec::new())
     }
 
+    /// The host's memory: the NUMA nodes' as hwloc reported it, else (synthetic machines)
+    /// the operating system's total (`/proc/meminfo`), else unknown (`u64::MAX`).
+    pub fn host_memory_bytes(&self) -> u64 {
+        let numa: u64 = self.numa_nodes.iter().map(|n| n.memory_bytes).sum();
+        if numa > 0 {
+            return numa;
+        }
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                kib.checked_mul(1024)
+            })
+            .unwrap_or(u64::MAX)
+    }
+
     /// A machine of `nodes` NUMA nodes with `cores_per_node` cores each and equal memory
     /// (for tests and the simulator: no hwloc, no pinning). Cores on the same node are
     /// closer to each other than to the others.

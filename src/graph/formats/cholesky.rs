@@ -10,6 +10,9 @@ use serde::Deserialize;
 
 use super::{DataSpec, GraphSpec, LoadError, TaskSpec};
 
+/// The largest grid a DAG file may declare (its lower triangle is 8.4 million tiles).
+pub const MAX_TILES_PER_SIDE: usize = 4096;
+
 /// Tile side used for DAG files, which do not record one (StarPU's measured 960).
 pub const DEFAULT_TILE: usize = 960;
 
@@ -96,6 +99,14 @@ struct DagTask {
 /// Loads a DAG file (`{"generator", "N", "tasks": [{"id", "kernel", "deps", "writes", "reads"}]}`).
 pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
     let doc: Doc = serde_json::from_str(text).map_err(|e| LoadError::json(file, &e))?;
+    // Every tile of the lower triangle is declared: bound the count before allocating.
+    if doc.n > MAX_TILES_PER_SIDE {
+        return Err(LoadError::new(
+            file,
+            "N",
+            format!("{} tiles per side is over the limit of {MAX_TILES_PER_SIDE}", doc.n),
+        ));
+    }
     let mut g = GraphSpec::new(Some(file.to_string()));
     let bytes = (DEFAULT_TILE * DEFAULT_TILE * 4) as u64;
     tiles(&mut g, doc.n, bytes);
