@@ -951,8 +951,76 @@ fn injected_gpu_errors_and_a_lost_device_are_recovered() {
     let (r, got) = run(&lost, false);
     assert!(lost.gpus()[0].lost().is_some());
     assert_eq!(r.completed, 19);
-    assert!(r.retried > 0, "the GPU took tasks before it was lost: {r:?}");
+    // The lost GPU's worker passed every task it was given on to the CPU (not as failed
+    // attempts: nothing ran on the lost device).
+    assert_eq!(r.retried, 0);
+    assert_eq!(r.workers[0].tasks, 19, "{r:?}");
     for (g, e) in got.iter().zip(&expected) {
         close(g, e, 1e-6, "after the device loss");
+    }
+}
+
+/// Replication: with a host replica of every GPU result, losing the GPU loses nothing and no
+/// task runs again; without it, a task reading a result lost with the GPU fails with an
+/// error naming the datum and the device, and so does reading it afterwards.
+#[test]
+fn a_host_replica_survives_a_device_loss() {
+    for replicate in [true, false] {
+        let Some(rt) = Runtime::builder()
+            .cpus(1)
+            .gpus(GpuRequest::Count(1))
+            .policy(PolicyKind::Eager)
+            .replicate_gpu_results(replicate)
+            .build()
+            .ok()
+            .filter(|rt| !rt.gpus().is_empty())
+        else {
+            return;
+        };
+        let rt = Arc::new(rt);
+        let weak = Arc::downgrade(&rt);
+        let destroy = Arc::new(Kernel::cpu("destroy_gpu0", Signature::any(0, 0), move |_| {
+            if let Some(rt) = weak.upgrade() {
+                rt.gpus()[0].destroy();
+            }
+            Ok(())
+        }));
+        let input = values(1000, 1);
+        let x = rt.data_named("x", input.clone());
+        let y = rt.data_named("y", vec![0.0f32; 1000]);
+        let mut g = rt.graph();
+        let on_gpu = g
+            .task(&builtin::scale())
+            .on(DeviceKind::Gpu)
+            .read_write(x)
+            .param(2.0)
+            .add();
+        let boom = g.task(&destroy).on(DeviceKind::Cpu).after(on_gpu).add();
+        g.task(&builtin::axpy())
+            .on(DeviceKind::Cpu)
+            .read(x)
+            .read_write(y)
+            .param(1.0)
+            .after(boom)
+            .add();
+        let doubled: Vec<f32> = input.iter().map(|v| v * 2.0).collect();
+        match rt.run(&g) {
+            Ok(r) if replicate => {
+                assert_eq!(r.retried, 0, "nothing had to run again");
+                assert_eq!(rt.read(y).unwrap(), doubled);
+                assert_eq!(rt.read(x).unwrap(), doubled);
+            }
+            Err(e) if !replicate => {
+                let msg = e.to_string();
+                assert!(msg.contains("datum 'x' was lost with gpu0"), "{msg}");
+                let read = rt.read(x).unwrap_err().to_string();
+                assert!(read.contains("'x' was lost with gpu0"), "{read}");
+                // Writing it again makes it whole.
+                rt.write(x, &input).unwrap();
+                assert_eq!(rt.read(x).unwrap(), input);
+            }
+            other => panic!("replicate {replicate}: unexpected {other:?}"),
+        }
+        assert!(rt.gpus()[0].lost().is_some());
     }
 }

@@ -123,6 +123,10 @@ pub(crate) struct DataCell {
     evicted_at: Vec<AtomicU64>,
     /// Per GPU: the staging epoch of the last batch there that reads this datum.
     wanted: Vec<AtomicU64>,
+    /// Valid copies to keep after a GPU writes it: 2 keeps a host copy too (replication).
+    replicas_wanted: std::sync::atomic::AtomicU8,
+    /// The GPU whose loss took the only valid copy (`u16::MAX`: none); cleared by a write.
+    lost_with: std::sync::atomic::AtomicU16,
 }
 
 /// The logical clock of GPU uses.
@@ -241,7 +245,56 @@ impl DataCell {
             last_use: AtomicU64::new(0),
             evicted_at: (0..gpus).map(|_| AtomicU64::new(u64::MAX)).collect(),
             wanted: (0..gpus).map(|_| AtomicU64::new(0)).collect(),
+            replicas_wanted: std::sync::atomic::AtomicU8::new(1),
+            lost_with: std::sync::atomic::AtomicU16::new(u16::MAX),
         }
+    }
+
+    /// Keeps `copies` valid copies on distinct memory nodes after a GPU writes the datum (2:
+    /// the GPU's and the host's), so that losing the GPU loses no result.
+    pub fn set_replicas(&self, copies: u8) {
+        self.replicas_wanted.store(copies.max(1), Ordering::Relaxed);
+    }
+
+    /// Valid copies to keep after a GPU writes the datum.
+    pub fn replicas_wanted(&self) -> u8 {
+        self.replicas_wanted.load(Ordering::Relaxed)
+    }
+
+    /// GPU `g` is lost: its copy goes (and its room in the budget). If it was the only valid
+    /// copy the datum is lost until written again, and reads say so. True when lost.
+    pub fn forget_gpu(&self, g: usize) -> bool {
+        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        self.forget_gpu_locked(&mut c, g)
+    }
+
+    fn forget_gpu_locked(&self, c: &mut Coherence, g: usize) -> bool {
+        let node = Node::Gpu(g as u16);
+        if self.replicas.lock().unwrap_or_else(|e| e.into_inner())[g]
+            .take()
+            .is_some()
+        {
+            self.budgets.node(node).release(self.bytes() as u64);
+        }
+        let was_valid = c.is_valid(node);
+        c.drop_copy(node);
+        self.on_gpu.store(c.on_any_gpu(), Ordering::Release);
+        let lost = was_valid && c.valid_nodes().next().is_none();
+        if lost {
+            self.lost_with.store(g as u16, Ordering::Release);
+        }
+        lost
+    }
+
+    /// Why the datum cannot be read, when a device loss took its only valid copy.
+    fn lost_error(&self) -> Option<String> {
+        let g = self.lost_with.load(Ordering::Acquire);
+        (g != u16::MAX).then(|| {
+            format!(
+                "datum '{}' was lost with gpu{g}: its only valid copy was there (keep a host replica with Runtime::replicate to survive a device loss)",
+                self.name
+            )
+        })
     }
 
     /// Size in bytes.
@@ -375,7 +428,9 @@ impl DataCell {
                 }
             }
             Ok(Some(Node::Host)) => unreachable!("the host is never a source for the host"),
-            Err(e) => Err(format!("datum '{}': {e}", self.name)),
+            Err(e) => Err(self
+                .lost_error()
+                .unwrap_or_else(|| format!("datum '{}': {e}", self.name))),
         }
     }
 
@@ -395,6 +450,7 @@ impl DataCell {
             unsafe { std::slice::from_raw_parts_mut(ptr, self.bytes()) }.copy_from_slice(bytes);
         }
         c.record_write(Node::Host);
+        self.lost_with.store(u16::MAX, Ordering::Release);
         self.on_gpu.store(false, Ordering::Release);
         self.host_valid.store(true, Ordering::Release);
         Ok(())
@@ -508,10 +564,24 @@ impl DataCell {
         gpus: &[Arc<GpuDevice>],
         transfers: &Transfers,
     ) -> Result<(), PrepError> {
-        let Node::Gpu(g) = (match c.read_source(Node::Host) {
+        let mut source = c.read_source(Node::Host);
+        // A copy on a lost GPU is gone: forget it and look again (or say the datum is lost).
+        while let Ok(Some(Node::Gpu(g))) = source {
+            if gpus.get(g as usize).is_none_or(|d| d.lost().is_none()) {
+                break;
+            }
+            self.forget_gpu_locked(c, g as usize);
+            source = c.read_source(Node::Host);
+        }
+        let Node::Gpu(g) = (match source {
             Ok(None) => return self.materialize(c, numa),
             Ok(Some(src)) => src,
-            Err(e) => return Err(PrepError::Failed(format!("datum '{}': {e}", self.name))),
+            Err(e) => {
+                let why = self
+                    .lost_error()
+                    .unwrap_or_else(|| format!("datum '{}': {e}", self.name));
+                return Err(PrepError::Failed(why));
+            }
         }) else {
             unreachable!("the host is never a source for the host");
         };
@@ -554,9 +624,10 @@ impl DataCell {
 
     /// The host wrote the datum: GPU copies are stale.
     pub fn host_written(&self) {
-        if self.on_gpu.load(Ordering::Acquire) {
+        if self.on_gpu.load(Ordering::Acquire) || self.lost_with.load(Ordering::Acquire) != u16::MAX {
             let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
             c.record_write(Node::Host);
+            self.lost_with.store(u16::MAX, Ordering::Release);
             self.on_gpu.store(false, Ordering::Release);
             self.host_valid.store(true, Ordering::Release);
         }
@@ -711,6 +782,7 @@ impl DataCell {
     pub fn gpu_written(&self, g: usize) {
         let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
         c.record_write(Node::Gpu(g as u16));
+        self.lost_with.store(u16::MAX, Ordering::Release);
         if let Some(stale) = self.spilled.lock().unwrap_or_else(|e| e.into_inner()).take() {
             stale.remove();
         }
@@ -757,6 +829,8 @@ unsafe fn free_words(ptr: *mut u64, words: usize) {
 pub(crate) struct DataStore {
     rt: u64,
     gpus: usize,
+    /// Valid copies new data keep after a GPU writes them (see `DataCell::set_replicas`).
+    pub default_replicas: std::sync::atomic::AtomicU8,
     budgets: Arc<Budgets>,
     cells: RwLock<Vec<Arc<DataCell>>>,
 }
@@ -766,6 +840,7 @@ impl DataStore {
         DataStore {
             rt,
             gpus,
+            default_replicas: std::sync::atomic::AtomicU8::new(1),
             budgets,
             cells: RwLock::new(Vec::new()),
         }
@@ -787,7 +862,13 @@ impl DataStore {
         Data::new(self.rt, id)
     }
 
+    /// Every datum of the store (to forget the copies of a lost GPU).
+    pub fn all(&self) -> Vec<Arc<DataCell>> {
+        self.cells.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     fn push(&self, cells: &mut Vec<Arc<DataCell>>, cell: Arc<DataCell>) {
+        cell.set_replicas(self.default_replicas.load(Ordering::Relaxed));
         if self.budgets.spillable() {
             self.budgets.register(Node::Host, &cell);
         }

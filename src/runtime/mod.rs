@@ -172,6 +172,7 @@ pub struct RuntimeBuilder {
     spill_parent: Option<std::path::PathBuf>,
     retries: Option<u32>,
     faults: faults::FaultPlan,
+    replicate_gpu_results: bool,
 }
 
 /// Memory capacities a runtime enforces (`None`: the device's own).
@@ -278,6 +279,13 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Keeps a host copy of every result a GPU writes (replication: a datum then survives the
+    /// loss of the GPU; each GPU write costs a download). Per datum: [`Runtime::replicate`].
+    pub fn replicate_gpu_results(mut self, on: bool) -> Self {
+        self.replicate_gpu_results = on;
+        self
+    }
+
     /// Injects faults into every run (see [`faults`] for the plan's syntax).
     pub fn inject(mut self, plan: faults::FaultPlan) -> Self {
         self.faults = plan;
@@ -377,7 +385,14 @@ impl RuntimeBuilder {
             machine,
             hw,
             policy: self.policy,
-            store: DataStore::new(id, gpus.len(), budgets.clone()),
+            store: {
+                let store = DataStore::new(id, gpus.len(), budgets.clone());
+                if self.replicate_gpu_results {
+                    store.default_replicas.store(2, Ordering::Relaxed);
+                }
+                store
+            },
+            forgotten_gpus: (0..gpus.len()).map(|_| AtomicBool::new(false)).collect(),
             _spiller: spiller::Spiller::start(&budgets),
             budgets,
             gpus,
@@ -420,6 +435,8 @@ pub struct Runtime {
     backpressure: bool,
     /// Retries of a failed task.
     retries: u32,
+    /// Per GPU: lost, and its copies already forgotten by every datum.
+    forgotten_gpus: Vec<AtomicBool>,
     /// Faults injected into runs.
     faults: faults::FaultPlan,
     budgets: Arc<budget::Budgets>,
@@ -510,7 +527,26 @@ impl Runtime {
 
     /// Copies a datum out.
     pub fn read<T: Element>(&self, h: Data<T>) -> Result<Vec<T>, DataError> {
+        self.forget_lost_gpus();
         self.store.read(h, &self.gpus)
+    }
+
+    /// Keeps `copies` valid copies of a datum on distinct memory nodes after a GPU writes it
+    /// (2: the GPU's and a host copy), so that losing the GPU loses no result.
+    pub fn replicate<T: Element>(&self, h: Data<T>, copies: u8) -> Result<(), DataError> {
+        self.store.typed_cell(h)?.set_replicas(copies);
+        Ok(())
+    }
+
+    /// Drops, from every datum, the copies held by GPUs lost since last time: data whose only
+    /// valid copy was there are marked lost (reads say so) until written again.
+    fn forget_lost_gpus(&self) {
+        for (g, dev) in self.gpus.iter().enumerate() {
+            if dev.lost().is_some() && !self.forgotten_gpus[g].swap(true, Ordering::AcqRel) {
+                let lost = self.store.all().iter().filter(|c| c.forget_gpu(g)).count();
+                tracing::warn!(gpu = g, lost, "device lost: its copies are forgotten");
+            }
+        }
     }
 
     /// Overwrites a datum (same length).
@@ -573,6 +609,7 @@ impl Runtime {
 
     /// Runs a graph with options.
     pub fn run_with(&self, graph: &Graph, opts: RunOptions) -> Result<RunReport, RunError> {
+        self.forget_lost_gpus();
         let cells = self.resolve(graph)?;
         self.check_host_room(graph, &cells)?;
         let infos: Vec<DatumInfo<'_>> = graph

@@ -318,6 +318,8 @@ pub(crate) fn run_gpu_worker<P: Policy>(
     let mut in_flight: Option<StagedBatch> = None;
     // Tasks taken but not yet staged, waiting for GPU memory in use to be released.
     let mut carry: Vec<u32> = Vec::new();
+    // Whether this GPU was lost and its copies forgotten.
+    let mut abandoned = false;
     loop {
         if let Some(at) = run.device_losses[g] {
             if run.start.elapsed() >= at && run.gpus[g].lost().is_none() {
@@ -330,6 +332,32 @@ pub(crate) fn run_gpu_worker<P: Policy>(
                 finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
             }
             break;
+        }
+        if !abandoned && run.gpus[g].lost().is_some() {
+            abandoned = true;
+            if let Some(done) = in_flight.take() {
+                finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
+            }
+            let lost = run.cells.iter().flatten().filter(|c| c.forget_gpu(g)).count();
+            tracing::warn!(gpu = g, lost, "device lost: its tasks go to other workers");
+        }
+        if abandoned {
+            // Whatever reaches a lost GPU goes to a live worker that may run it, without
+            // counting as a failed attempt; a task no live worker may run fails. One task per
+            // turn: completing one may hand this worker the next (`slot`).
+            let next = carry.pop().or_else(|| slot.take()).or_else(|| {
+                policy
+                    .next(plan, &mut q, me)
+                    .or_else(|| wait_for_work(policy, run, &mut q, me, &mut stats))
+                    .map(|p| p.task)
+            });
+            match next {
+                Some(task) => {
+                    forward_from_lost(policy, run, &mut q, me, task, &mut stats, &mut ready, &mut slot);
+                    continue;
+                }
+                None => break,
+            }
         }
         let mut batch: Vec<u32> = std::mem::take(&mut carry);
         let carried = batch.len();
@@ -558,6 +586,12 @@ fn finish_gpu_batch<P: Policy>(
                 for &(d, access) in &graph.accesses[rec.accesses.range()] {
                     if let (true, Some(cell)) = (access.writes(), &run.cells[d as usize]) {
                         cell.gpu_written(g);
+                        if cell.replicas_wanted() >= 2 {
+                            // Replication: a host copy too, so that losing the GPU loses nothing.
+                            if let Err(e) = cell.ensure_host(run.gpus, &run.transfers) {
+                                tracing::warn!(datum = %cell.name, error = %e, "could not replicate to the host");
+                            }
+                        }
                     }
                 }
                 stats.completed += 1;
@@ -665,6 +699,40 @@ fn retry_worker(run: &RunState<'_>, task: u32, me: WorkerId) -> Option<WorkerId>
     (0..workers.len())
         .map(|k| workers[(start + k) % workers.len()])
         .find(|&w| alive(w))
+}
+
+/// A task reached the worker of a lost GPU: sends it to a live worker that may run it, or
+/// fails it when there is none.
+#[allow(clippy::too_many_arguments)]
+fn forward_from_lost<P: Policy>(
+    policy: &P,
+    run: &RunState<'_>,
+    q: &mut LocalQueues<'_>,
+    me: WorkerId,
+    task: u32,
+    stats: &mut WorkerStats,
+    ready: &mut Vec<u32>,
+    slot: &mut Option<u32>,
+) {
+    if run.poisoned[task as usize].load(Ordering::Relaxed) {
+        stats.tasks += 1;
+        stats.skipped += 1;
+        complete(policy, run, q, me, task, false, ready, slot);
+        return;
+    }
+    match retry_worker(run, task, me) {
+        Some(next) => {
+            run.phases.set(task, READY);
+            q.push_mailbox(next, run.compiled.plan.band(task), task);
+        }
+        None => {
+            let g = run.gpu_of_worker[me.index()].unwrap_or(0);
+            let why = run.gpus[g].lost().unwrap_or_default();
+            let message = format!("gpu{g} was lost ({why}) and no other worker may run this task");
+            run.attempts[task as usize].store(run.retries, Ordering::Release);
+            fail_attempt(policy, run, q, me, task, message, stats, ready, slot);
+        }
+    }
 }
 
 /// Stops the run: workers start nothing more and leave once their current work is done.
