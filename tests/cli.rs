@@ -291,3 +291,27 @@ fn run_stops_a_stalled_run_with_what_each_task_waits_for() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn bench_soak_recovers_every_fault_with_identical_results() {
+    let out = hexec()
+        .args([
+            "bench",
+            "soak",
+            "--tasks",
+            "4000",
+            "--tiles",
+            "40",
+            "--fail-rate",
+            "0.05",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for r in rows.as_array().unwrap() {
+        assert_eq!(r["results_identical"], true, "{r}");
+        assert!(r["retried"].as_u64().unwrap() > 0, "{r}");
+    }
+}

@@ -4,3 +4,4 @@ pub mod gpu;
 pub mod memory;
 pub mod overhead;
 pub mod schedule;
+pub mod soak;

@@ -135,6 +135,23 @@ enum BenchCommand {
         #[arg(long, default_value_t = 65536)]
         tile_len: usize,
     },
+    /// Soak: a large graph clean, then with injected failures and a GPU lost part way;
+    /// results must match, resident memory is sampled.
+    Soak {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 1_000_000)]
+        tasks: usize,
+        /// Independent chains the tasks are spread over.
+        #[arg(long, default_value_t = 1000)]
+        tiles: usize,
+        /// Probability that an attempt fails.
+        #[arg(long, default_value_t = 0.01)]
+        fail_rate: f64,
+        /// When the first GPU is lost (if there is one).
+        #[arg(long, default_value = "200ms", value_parser = parse_stall_timeout)]
+        loss_after: std::time::Duration,
+    },
     /// Schedule quality in the simulator: makespan / lower bound per policy.
     Schedule {
         #[arg(long)]
@@ -431,6 +448,40 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             match output {
                 Some(p) => std::fs::write(&p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))?,
                 None => println!("{text}"),
+            }
+            Ok(())
+        }
+        Command::Bench {
+            which:
+                BenchCommand::Soak {
+                    json,
+                    tasks,
+                    tiles,
+                    fail_rate,
+                    loss_after,
+                },
+        } => {
+            let mut rows = vec![hexec::bench::soak::measure(
+                tasks.max(1),
+                tiles,
+                fail_rate,
+                loss_after,
+                false,
+            )?];
+            let with_gpus = hexec::bench::soak::measure(tasks.max(1), tiles, fail_rate, loss_after, true)?;
+            if with_gpus.with_gpus {
+                rows.push(with_gpus);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", hexec::bench::soak::markdown(&rows));
+            }
+            if rows.iter().any(|r| !r.results_identical) {
+                return Err(Failure {
+                    code: 1,
+                    message: "the faulty run's results differ from the clean run's".into(),
+                });
             }
             Ok(())
         }
