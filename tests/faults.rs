@@ -221,3 +221,30 @@ fn a_stalled_run_says_what_every_task_waits_for() {
     };
     assert_eq!(rt.run_with(&g, opts).unwrap().completed, 20);
 }
+
+#[test]
+fn a_lost_cpu_worker_leaves_its_work_to_the_others() {
+    let rt = rt(2, 3, "worker-loss:cpu1");
+    let tiles: Vec<Data<f32>> = (0..8).map(|i| rt.data(vec![i as f32; 32])).collect();
+    let mut g = rt.graph();
+    for round in 0..10 {
+        for t in &tiles {
+            g.task(&builtin::scale())
+                .read_write(*t)
+                .param(if round % 2 == 0 { 2.0 } else { 0.5 })
+                .add();
+        }
+    }
+    let r = rt.run(&g).unwrap();
+    assert_eq!(r.completed, 80);
+    let on = |name: &str| r.workers.iter().find(|w| w.name == name).unwrap().tasks;
+    assert_eq!((on("cpu0"), on("cpu1")), (80, 0), "{r:?}");
+    for (i, t) in tiles.iter().enumerate() {
+        assert_eq!(rt.read(*t).unwrap(), vec![i as f32; 32]);
+    }
+    // A task only the lost worker may run fails, naming it.
+    let mut g = rt.graph();
+    g.task(&builtin::noop()).name("pinned").on_worker("cpu1").add();
+    let e = rt.run(&g).unwrap_err().to_string();
+    assert!(e.contains("'pinned'") && e.contains("worker cpu1 was lost"), "{e}");
+}

@@ -260,7 +260,7 @@ struct MachineArgs {
     #[arg(long, default_value_t = hexec::runtime::DEFAULT_RETRIES)]
     retries: u32,
     /// Inject faults, e.g. `panic:kernel=gemm:p=0.05,device-loss:gpu1:after=2s,seed=7`
-    /// (kinds: panic, gpu-error, device-loss).
+    /// (kinds: panic, gpu-error, device-loss, worker-loss).
     #[arg(long)]
     inject: Option<hexec::runtime::faults::FaultPlan>,
     /// After a task fails for good, go on with everything that does not depend on it and

@@ -9,6 +9,8 @@
 //!   anything is submitted;
 //! - `device-loss:gpuN[:after=DURATION]` — GPU `N` is lost (destroyed, as a driver reset
 //!   would) once the run has lasted `DURATION` (`2s`, `150ms`; default at once);
+//! - `worker-loss:cpuN[:after=DURATION]` — CPU worker `N` is lost: it runs nothing more,
+//!   and the tasks that reach it go to the others (as its thread dying would leave them);
 //! - `seed=S` — the seed of the draws (default 0).
 //!
 //! Draws are a hash of (seed, task, attempt), so a plan fails the same attempts on every
@@ -27,6 +29,9 @@ pub enum FaultRule {
     GpuError { kernel: Option<String>, p: f64 },
     /// GPU `gpu` is lost once the run has lasted `after`.
     DeviceLoss { gpu: usize, after: Duration },
+    /// The worker named `worker` (`cpu1`) is lost once the run has lasted `after`: it runs
+    /// nothing more, and what reaches it goes to the others.
+    WorkerLoss { worker: String, after: Duration },
 }
 
 /// Faults to inject into runs.
@@ -59,6 +64,17 @@ impl FaultPlan {
             (draw(self.seed, task, attempt) < p)
                 .then(|| format!("{what}: injected fault (task attempt {})", attempt + 1))
         })
+    }
+
+    /// When to lose the worker named `name`, if ever.
+    pub(crate) fn worker_loss(&self, name: &str) -> Option<Duration> {
+        self.rules
+            .iter()
+            .filter_map(|r| match r {
+                FaultRule::WorkerLoss { worker, after } if worker == name => Some(*after),
+                _ => None,
+            })
+            .min()
     }
 
     /// The GPUs to lose, and when.
@@ -98,6 +114,7 @@ impl std::str::FromStr for FaultPlan {
                 continue;
             }
             let (mut kernel, mut p, mut gpu, mut after) = (None, 1.0, None, Duration::ZERO);
+            let mut worker = None;
             for part in parts {
                 match part.split_once('=') {
                     Some(("kernel", k)) if !k.is_empty() => kernel = Some(k.to_string()),
@@ -119,6 +136,9 @@ impl std::str::FromStr for FaultPlan {
                                 .map_err(|_| format!("'{rule}': '{part}' is not gpuN"))?,
                         );
                     }
+                    None if part.starts_with("cpu") && part[3..].parse::<usize>().is_ok() => {
+                        worker = Some(part.to_string());
+                    }
                     _ => return Err(format!("'{rule}': unknown setting '{part}'")),
                 }
             }
@@ -129,9 +149,13 @@ impl std::str::FromStr for FaultPlan {
                     gpu: gpu.ok_or_else(|| format!("'{rule}': say which GPU (device-loss:gpu0)"))?,
                     after,
                 },
+                "worker-loss" => FaultRule::WorkerLoss {
+                    worker: worker.ok_or_else(|| format!("'{rule}': say which worker (worker-loss:cpu1)"))?,
+                    after,
+                },
                 other => {
                     return Err(format!(
-                        "unknown fault '{other}' (known: panic, gpu-error, device-loss, seed=S)"
+                        "unknown fault '{other}' (known: panic, gpu-error, device-loss, worker-loss, seed=S)"
                     ))
                 }
             });
@@ -185,6 +209,7 @@ mod tests {
             ("device-loss", "which GPU"),
             ("device-loss:gpu0:after=soon", "not a duration"),
             ("panic:colour=red", "unknown setting"),
+            ("worker-loss", "which worker"),
         ] {
             let e = bad.parse::<FaultPlan>().unwrap_err();
             assert!(e.contains(says), "{bad}: {e}");

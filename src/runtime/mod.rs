@@ -899,6 +899,8 @@ impl Runtime {
             keep_going: opts.keep_going,
             cancelled: AtomicBool::new(false),
             phases: watchdog::Phases::new(n),
+            dead: (0..names.len()).map(|_| AtomicBool::new(false)).collect(),
+            worker_losses: names.iter().map(|w| self.faults.worker_loss(w)).collect(),
             stalled: Mutex::new(None),
         };
         let (bandwidth, latency) = self.link_model();

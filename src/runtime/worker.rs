@@ -91,6 +91,10 @@ pub(crate) struct RunState<'a> {
     pub cancelled: AtomicBool,
     /// Where each task is (for the stall report).
     pub phases: super::watchdog::Phases,
+    /// Per worker: lost (its GPU, or itself by injection); it runs nothing more.
+    pub dead: Vec<AtomicBool>,
+    /// Per worker: when to lose it (fault injection).
+    pub worker_losses: Vec<Option<Duration>>,
     /// The stall report, when the watchdog stopped the run.
     pub stalled: Mutex<Option<String>>,
 }
@@ -162,6 +166,24 @@ pub(crate) fn run_worker<P: Policy>(
     loop {
         if run.cancelled.load(Ordering::Acquire) {
             break;
+        }
+        if let Some(at) = run.worker_losses[me.index()] {
+            if run.start.elapsed() >= at {
+                // Injected loss: this worker runs nothing more; what reaches it goes on.
+                run.dead[me.index()].store(true, Ordering::Release);
+                tracing::warn!(worker = %run.worker_names[me.index()], "injected fault: losing the worker");
+                forward_until_done(
+                    policy,
+                    run,
+                    &mut q,
+                    me,
+                    &mut stats,
+                    &mut ready,
+                    &mut slot,
+                    &mut Vec::new(),
+                );
+                break;
+            }
         }
         let task = match slot.take() {
             Some(t) => t,
@@ -342,22 +364,9 @@ pub(crate) fn run_gpu_worker<P: Policy>(
             tracing::warn!(gpu = g, lost, "device lost: its tasks go to other workers");
         }
         if abandoned {
-            // Whatever reaches a lost GPU goes to a live worker that may run it, without
-            // counting as a failed attempt; a task no live worker may run fails. One task per
-            // turn: completing one may hand this worker the next (`slot`).
-            let next = carry.pop().or_else(|| slot.take()).or_else(|| {
-                policy
-                    .next(plan, &mut q, me)
-                    .or_else(|| wait_for_work(policy, run, &mut q, me, &mut stats))
-                    .map(|p| p.task)
-            });
-            match next {
-                Some(task) => {
-                    forward_from_lost(policy, run, &mut q, me, task, &mut stats, &mut ready, &mut slot);
-                    continue;
-                }
-                None => break,
-            }
+            run.dead[me.index()].store(true, Ordering::Release);
+            forward_until_done(policy, run, &mut q, me, &mut stats, &mut ready, &mut slot, &mut carry);
+            break;
         }
         let mut batch: Vec<u32> = std::mem::take(&mut carry);
         let carried = batch.len();
@@ -695,14 +704,46 @@ fn retry_worker(run: &RunState<'_>, task: u32, me: WorkerId) -> Option<WorkerId>
     let plan = &run.compiled.plan;
     let workers = &plan.set(plan.task_set(task)).workers;
     let start = workers.iter().position(|&w| w == me).map_or(0, |i| i + 1);
-    let alive = |w: WorkerId| run.gpu_of_worker[w.index()].is_none_or(|g| run.gpus[g].lost().is_none());
+    let alive = |w: WorkerId| {
+        !run.dead[w.index()].load(Ordering::Acquire)
+            && run.gpu_of_worker[w.index()].is_none_or(|g| run.gpus[g].lost().is_none())
+    };
     (0..workers.len())
         .map(|k| workers[(start + k) % workers.len()])
         .find(|&w| alive(w))
 }
 
-/// A task reached the worker of a lost GPU: sends it to a live worker that may run it, or
-/// fails it when there is none.
+/// The loop of a lost worker: whatever reaches it goes to a live worker that may run it,
+/// without counting as a failed attempt; a task no live worker may run fails. One task per
+/// turn: completing one may hand this worker the next (`slot`).
+#[allow(clippy::too_many_arguments)]
+fn forward_until_done<P: Policy>(
+    policy: &P,
+    run: &RunState<'_>,
+    q: &mut LocalQueues<'_>,
+    me: WorkerId,
+    stats: &mut WorkerStats,
+    ready: &mut Vec<u32>,
+    slot: &mut Option<u32>,
+    carry: &mut Vec<u32>,
+) {
+    let plan = &run.compiled.plan;
+    loop {
+        let next = carry.pop().or_else(|| slot.take()).or_else(|| {
+            policy
+                .next(plan, q, me)
+                .or_else(|| wait_for_work(policy, run, q, me, stats))
+                .map(|p| p.task)
+        });
+        match next {
+            Some(task) => forward_from_lost(policy, run, q, me, task, stats, ready, slot),
+            None => return,
+        }
+    }
+}
+
+/// A task reached a lost worker (its GPU lost, or the worker itself): sends it to a live
+/// worker that may run it, or fails it when there is none.
 #[allow(clippy::too_many_arguments)]
 fn forward_from_lost<P: Policy>(
     policy: &P,
@@ -726,9 +767,11 @@ fn forward_from_lost<P: Policy>(
             q.push_mailbox(next, run.compiled.plan.band(task), task);
         }
         None => {
-            let g = run.gpu_of_worker[me.index()].unwrap_or(0);
-            let why = run.gpus[g].lost().unwrap_or_default();
-            let message = format!("gpu{g} was lost ({why}) and no other worker may run this task");
+            let why = match run.gpu_of_worker[me.index()] {
+                Some(g) => format!("gpu{g} was lost ({})", run.gpus[g].lost().unwrap_or_default()),
+                None => format!("worker {} was lost", run.worker_names[me.index()]),
+            };
+            let message = format!("{why} and no other worker may run this task");
             run.attempts[task as usize].store(run.retries, Ordering::Release);
             fail_attempt(policy, run, q, me, task, message, stats, ready, slot);
         }
