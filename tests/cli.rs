@@ -315,3 +315,19 @@ fn bench_soak_recovers_every_fault_with_identical_results() {
         assert!(r["retried"].as_u64().unwrap() > 0, "{r}");
     }
 }
+
+#[test]
+fn run_reports_a_missed_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("g.json");
+    std::fs::write(&graph, GRAPH).unwrap();
+    let out = hexec()
+        .args(["run", "--json", "--cpus", "1", "--gpus", "none", "--deadline", "1us"])
+        .arg(&graph)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["deadline_met"], false, "{v}");
+    assert!(v["deadline_s"].as_f64().unwrap() > 0.0, "{v}");
+}

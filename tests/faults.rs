@@ -248,3 +248,29 @@ fn a_lost_cpu_worker_leaves_its_work_to_the_others() {
     let e = rt.run(&g).unwrap_err().to_string();
     assert!(e.contains("'pinned'") && e.contains("worker cpu1 was lost"), "{e}");
 }
+
+#[test]
+fn a_deadline_is_predicted_from_the_models_and_reported() {
+    let rt = Runtime::builder()
+        .machine(Machine::synthetic_cpus(2))
+        .policy(PolicyKind::Locality)
+        .build()
+        .unwrap();
+    let mut g = rt.graph();
+    for i in 0..20 {
+        g.task(&builtin::sleep()).name(format!("s{i}")).param(0.01).add();
+    }
+    // The first run has no model for `sleep` yet: no prediction, but the deadline is kept.
+    g.set_deadline(std::time::Duration::from_secs(10));
+    let first = rt.run(&g).unwrap();
+    assert_eq!(first.deadline_s, Some(10.0));
+    assert_eq!(first.predicted_s, None);
+    assert_eq!(first.deadline_met, Some(true));
+    // Now it has one: 20 × 10 ms on two workers is at least 100 ms, over a 30 ms deadline.
+    g.set_deadline(std::time::Duration::from_millis(30));
+    let second = rt.run(&g).unwrap();
+    let predicted = second.predicted_s.unwrap();
+    assert!((0.09..0.2).contains(&predicted), "{predicted}");
+    assert_eq!(second.deadline_met, Some(false), "{second:?}");
+    assert!(second.makespan_s >= 0.1);
+}

@@ -271,6 +271,10 @@ struct MachineArgs {
     /// for this long (e.g. 30s); if a kernel never returns, exit (code 3) shortly after.
     #[arg(long, value_parser = parse_stall_timeout)]
     stall_timeout: Option<std::time::Duration>,
+    /// The run should finish within this (e.g. 2s): hexec predicts its finish from the
+    /// models, warns when the prediction misses, and reports both (over the graph's own).
+    #[arg(long, value_parser = parse_stall_timeout)]
+    deadline: Option<std::time::Duration>,
 }
 
 fn parse_stall_timeout(s: &str) -> Result<std::time::Duration, String> {
@@ -738,6 +742,7 @@ fn run_and_report(
             keep_going: machine.keep_going,
             stall_timeout: machine.stall_timeout,
             on_stall: Some(exit_if_still_stalled),
+            deadline: machine.deadline,
         },
     );
     let (report, failure) = match result {

@@ -137,6 +137,8 @@ pub struct Graph {
     trackers: Vec<AccessTracker>,
     pub(crate) restrictions: Vec<Restriction>,
     pub(crate) deferred: Vec<DeferredError>,
+    /// When a run of the graph should be done (from its start).
+    pub(crate) deadline: Option<std::time::Duration>,
 }
 
 impl Default for Graph {
@@ -161,6 +163,7 @@ impl Graph {
             trackers: Vec::new(),
             restrictions: vec![Restriction::default()],
             deferred: Vec::new(),
+            deadline: None,
         }
     }
 
@@ -190,6 +193,18 @@ impl Graph {
         self.trackers.push(AccessTracker::default());
         self.data_index.insert(DataRef::Virtual(v), id);
         v
+    }
+
+    /// Asks runs of this graph to finish within `d` of their start: the run predicts its
+    /// finish from the performance models, warns at submit when the prediction misses, and
+    /// reports the prediction, the deadline and whether it was met.
+    pub fn set_deadline(&mut self, d: std::time::Duration) {
+        self.deadline = Some(d);
+    }
+
+    /// The graph's deadline, if it has one.
+    pub fn deadline(&self) -> Option<std::time::Duration> {
+        self.deadline
     }
 
     /// A temporary of `len` elements: intermediate data that exists only while a run of this

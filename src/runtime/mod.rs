@@ -134,6 +134,8 @@ struct RunData<'a> {
     data_bytes: &'a [u64],
     /// Expected costs per task (planning policies only; empty otherwise).
     costs: Vec<TaskCost>,
+    /// The run's deadline, and its predicted finish when every kernel has a model.
+    deadline: Option<(std::time::Duration, Option<f64>)>,
 }
 
 /// Options of one run.
@@ -152,6 +154,8 @@ pub struct RunOptions {
     /// Called with the stall report as soon as a stall is detected (the CLI prints it and
     /// exits, since a kernel that never returns would keep the run from ending).
     pub on_stall: Option<fn(&str)>,
+    /// A deadline for this run, over the graph's own ([`Graph::set_deadline`]).
+    pub deadline: Option<std::time::Duration>,
 }
 
 /// Retries of a failed task when the builder says nothing: up to four attempts in all.
@@ -662,12 +666,26 @@ impl Runtime {
             })
             .collect();
         let _held = AcquiredData::acquire(cells.iter().flatten().cloned().collect())?;
+        let deadline = opts.deadline.or(graph.deadline).map(|d| {
+            let predicted = self.predict(graph, &data_bytes);
+            match &predicted {
+                Ok(p) if *p > d.as_secs_f64() => tracing::warn!(
+                    predicted_s = p,
+                    deadline_s = d.as_secs_f64(),
+                    "the predicted finish misses the deadline"
+                ),
+                Ok(_) => {}
+                Err(why) => tracing::info!(%why, "no prediction for the deadline"),
+            }
+            (d, predicted.ok())
+        });
         let data = RunData {
             compiled: &compiled,
             bound: &bound,
             cells: &cells,
             data_bytes: &data_bytes,
             costs: task_costs,
+            deadline,
         };
         match self.policy {
             PolicyKind::Eager => self.execute(&Eager, graph, data, opts),
@@ -754,6 +772,27 @@ impl Runtime {
             .collect()
     }
 
+    /// The finish of `graph` predicted from the performance models, at best: the larger of
+    /// its critical path (each task on its fastest device) and its work shared by all
+    /// workers. An error names a kernel the model does not know yet.
+    fn predict(&self, graph: &Graph, data_bytes: &[u64]) -> Result<f64, String> {
+        let model = self.model.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let costs = costs::model_costs(graph, &model, &costs::task_sizes(graph, data_bytes));
+        if let Some(t) = costs.iter().position(|c| c.iter().all(Option::is_none)) {
+            return Err(format!(
+                "no performance model for kernel '{}' yet (a calibrated run measures one)",
+                graph.task_kernel(t)
+            ));
+        }
+        let bound = crate::sim::bound::lower_bound(
+            &Successors::of(graph),
+            &costs,
+            self.machine.count(crate::DeviceKind::Cpu),
+            self.machine.count(crate::DeviceKind::Gpu),
+        );
+        Ok(bound.bound_s)
+    }
+
     /// Bandwidth (bytes/s) and latency (s) of host↔GPU copies: from the model's calibrated
     /// link (`hexec bench gpu --model`), else measured over earlier runs once a megabyte has
     /// moved, else the defaults.
@@ -824,6 +863,7 @@ impl Runtime {
             cells,
             data_bytes,
             costs: task_costs,
+            deadline,
         } = data;
         let planning = matches!(self.policy, PolicyKind::Locality | PolicyKind::Heft);
         let calibrate = self.calibrate || planning;
@@ -1059,6 +1099,9 @@ impl Runtime {
             skipped,
             cancelled: n.saturating_sub(completed + failed + skipped),
             retried: run.retried.load(Ordering::Relaxed),
+            deadline_s: deadline.map(|(d, _)| d.as_secs_f64()),
+            predicted_s: deadline.and_then(|(_, p)| p),
+            deadline_met: deadline.map(|(d, _)| makespan <= d),
             makespan_s: makespan.as_secs_f64(),
             steals: sum(|s| s.steals),
             prefetched_tasks: run.prefetched.load(Ordering::Relaxed),

@@ -11,7 +11,7 @@
 //! cheapest valid copy; links are not contended), then it runs for its modelled cost. Every
 //! datum's copies follow the same MSI coherence as in the runtime. Memory is not limited.
 
-mod bound;
+pub(crate) mod bound;
 mod engine;
 pub mod starpu;
 

@@ -88,6 +88,16 @@ pub struct RunReport {
     pub cancelled: usize,
     /// Failed attempts that were tried again (on another worker when one may run the task).
     pub retried: u64,
+    /// The graph's deadline, when it has one (seconds from the run's start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_s: Option<f64>,
+    /// The finish predicted at submit from the performance models (at best: the larger of
+    /// the critical path and the work shared by all workers), when every kernel has a model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicted_s: Option<f64>,
+    /// Whether the run finished within its deadline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_met: Option<bool>,
     pub makespan_s: f64,
     pub steals: u64,
     /// Tasks whose inputs started moving to their GPU when they were placed (prefetch).

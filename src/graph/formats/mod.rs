@@ -111,6 +111,9 @@ pub struct GraphSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data: Vec<DataSpec>,
     pub tasks: Vec<TaskSpec>,
+    /// Seconds within which a run should finish (see `Graph::set_deadline`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_s: Option<f64>,
     /// The file it was loaded from (not part of the format; names the file in errors).
     #[serde(skip)]
     pub source: Option<String>,
@@ -338,6 +341,7 @@ impl GraphSpec {
             name,
             data: Vec::new(),
             tasks: Vec::new(),
+            deadline_s: None,
             source: None,
         }
     }
@@ -376,6 +380,11 @@ impl GraphSpec {
         }
 
         let mut g = Graph::new();
+        if let Some(d) = self.deadline_s {
+            let d = std::time::Duration::try_from_secs_f64(d)
+                .map_err(|_| err("deadline_s".into(), format!("{d} is not a duration in seconds")))?;
+            g.set_deadline(d);
+        }
         let mut data: HashMap<&str, crate::graph::DataRef> = HashMap::with_capacity(self.data.len());
         for (i, d) in self.data.iter().enumerate() {
             let pos = format!("data[{i}] ('{}')", d.name);
