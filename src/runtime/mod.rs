@@ -938,7 +938,7 @@ impl Runtime {
                 .collect(),
             keep_going: opts.keep_going,
             cancelled: AtomicBool::new(false),
-            phases: watchdog::Phases::new(n),
+            phases: watchdog::Phases::new(n, opts.stall_timeout.is_some()),
             dead: (0..names.len()).map(|_| AtomicBool::new(false)).collect(),
             worker_losses: names.iter().map(|w| self.faults.worker_loss(w)).collect(),
             stalled: Mutex::new(None),

@@ -2,8 +2,8 @@
 //! timeout while work remains is stopped, with a report of what every unfinished task waits
 //! for — a kernel still running, room in memory, a worker, or the tasks it depends on.
 //!
-//! Workers record each task's phase (one relaxed store per change); the watchdog thread only
-//! reads them, so the hot path pays a few stores per task and no lock.
+//! Workers record each task's phase (one relaxed store per change) when the run has a stall
+//! timeout; the watchdog thread only reads them. Without one, recording is a single branch.
 
 use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -28,21 +28,27 @@ pub(crate) struct Phases {
 }
 
 impl Phases {
-    pub fn new(tasks: usize) -> Self {
+    /// Phases of `tasks` tasks, recorded only when `enabled` (a stall timeout is set).
+    pub fn new(tasks: usize, enabled: bool) -> Self {
+        let n = if enabled { tasks } else { 0 };
         Phases {
-            phase: (0..tasks).map(|_| AtomicU8::new(PENDING)).collect(),
-            runner: (0..tasks).map(|_| AtomicU16::new(u16::MAX)).collect(),
+            phase: (0..n).map(|_| AtomicU8::new(PENDING)).collect(),
+            runner: (0..n).map(|_| AtomicU16::new(u16::MAX)).collect(),
         }
     }
 
     pub fn set(&self, task: u32, phase: u8) {
-        self.phase[task as usize].store(phase, Ordering::Relaxed);
+        if let Some(p) = self.phase.get(task as usize) {
+            p.store(phase, Ordering::Relaxed);
+        }
     }
 
     /// `task` is taken by `worker`, in `phase` (RUNNING or WAITING_FOR_MEMORY).
     pub fn start(&self, task: u32, phase: u8, worker: usize) {
-        self.runner[task as usize].store(worker as u16, Ordering::Relaxed);
-        self.set(task, phase);
+        if let Some(r) = self.runner.get(task as usize) {
+            r.store(worker as u16, Ordering::Relaxed);
+            self.set(task, phase);
+        }
     }
 }
 
