@@ -127,6 +127,20 @@ pub fn measure_host(
     Ok(rows)
 }
 
+/// "4x", or "unlimited".
+fn ratio(oversubscription: Option<u64>) -> String {
+    oversubscription.map_or("unlimited".to_string(), |o| format!("{o}x"))
+}
+
+/// "on"/"off" under a limit, "-" without one (backpressure needs a limit).
+fn backpressure_cell(oversubscription: Option<u64>, backpressure: bool) -> &'static str {
+    match (oversubscription, backpressure) {
+        (None, _) => "-",
+        (Some(_), true) => "on",
+        (Some(_), false) => "off",
+    }
+}
+
 /// The host table in Markdown.
 pub fn host_markdown(rows: &[HostMemoryRow]) -> String {
     let mut s = String::from("| working set / host limit | backpressure | limit | makespan | overhead | host peak | spills | spilled | simulated host peak | simulated spilled | results |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
@@ -134,14 +148,8 @@ pub fn host_markdown(rows: &[HostMemoryRow]) -> String {
         let kib = |b: u64| format!("{} KiB", b / 1024);
         s.push_str(&format!(
             "| {} | {} | {} | {:.1} ms | {:+.0}% | {} | {} | {} | {} | {} | {} |\n",
-            r.oversubscription.map_or("unlimited".to_string(), |o| format!("{o}x")),
-            if r.oversubscription.is_none() {
-                "-"
-            } else if r.backpressure {
-                "on"
-            } else {
-                "off"
-            },
+            ratio(r.oversubscription),
+            backpressure_cell(r.oversubscription, r.backpressure),
             r.limit_bytes.map_or("-".to_string(), kib),
             r.makespan_s * 1e3,
             r.overhead * 100.0,
@@ -358,7 +366,7 @@ pub fn markdown(rows: &[MemoryRow]) -> String {
         let kib = |b: u64| format!("{} KiB", b / 1024);
         s.push_str(&format!(
             "| {} | {} | {} | {:.1} ms | {:+.0}% | {} | {} | {} | {} | {} |\n",
-            r.oversubscription.map_or("unlimited".to_string(), |o| format!("{o}x")),
+            ratio(r.oversubscription),
             if r.backpressure { "on" } else { "off" },
             r.limit_bytes.map_or("-".to_string(), kib),
             r.makespan_s * 1e3,
@@ -517,14 +525,8 @@ pub fn cholesky_markdown(rows: &[CholeskyRow]) -> String {
         s.push_str(&format!(
             "| {} | {} | {} | {} | {:.1} ms | {:+.0}% | {} | {} | {} | {} | {:.1e} | {} |\n",
             r.node,
-            r.oversubscription.map_or("unlimited".to_string(), |o| format!("{o}x")),
-            if r.oversubscription.is_none() {
-                "-"
-            } else if r.backpressure {
-                "on"
-            } else {
-                "off"
-            },
+            ratio(r.oversubscription),
+            backpressure_cell(r.oversubscription, r.backpressure),
             r.limit_bytes.map_or("-".to_string(), kib),
             r.makespan_s * 1e3,
             r.overhead * 100.0,
