@@ -274,3 +274,31 @@ fn a_deadline_is_predicted_from_the_models_and_reported() {
     assert_eq!(second.deadline_met, Some(false), "{second:?}");
     assert!(second.makespan_s >= 0.1);
 }
+
+/// Under a host limit the saved copies of a task's read-write operands take room like any
+/// other; when there is none, the attempt runs unsaved and its failure is final (a retry
+/// would start from half-written inputs), saying why.
+#[test]
+fn without_room_to_save_its_operands_a_failure_is_final() {
+    let parent = std::env::temp_dir().join(format!("hexec-faults-{}", std::process::id()));
+    let len = 1024;
+    let rt = Runtime::builder()
+        .machine(Machine::synthetic_cpus(1))
+        .memory_limits(hexec::MemoryLimits {
+            host: Some((len * 4 + 64) as u64),
+            ..hexec::MemoryLimits::default()
+        })
+        .spill_dir(&parent)
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let x = rt.data(vec![1.0f32; len]);
+    let mut g = rt.graph();
+    g.task(&flaky_double(calls.clone())).name("tight").read_write(x).add();
+    let e = rt.run(&g).unwrap_err();
+    let f = &e.report().unwrap().failures[0];
+    assert_eq!(f.attempts.len(), 1, "{e}");
+    assert!(f.message.contains("not retried: no host room"), "{e}");
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&parent);
+}

@@ -189,6 +189,11 @@ impl Budgets {
         0
     }
 
+    /// The NUMA nodes the host's budget is shared among.
+    pub fn numa_count(&self) -> usize {
+        self.numa.len()
+    }
+
     /// The largest share of the host's capacity on one NUMA node: no host buffer can be
     /// larger (its pages live on one node).
     pub fn largest_host_share(&self) -> u64 {

@@ -888,23 +888,7 @@ fn execute_cpu<'a>(
     pin_operands(run, numa, accesses, operands)?;
     // A failed attempt must leave its inputs as it found them, so that a retry computes the
     // same thing: save what it may both read and overwrite.
-    let saved: Vec<(usize, Vec<u8>)> = if run.retries > 0 {
-        operands
-            .iter()
-            .enumerate()
-            .filter(|(_, o)| o.access() == Access::ReadWrite && !o.is_virtual())
-            // SAFETY: the operand is pinned in memory for this task, `len_bytes` long, and no
-            // other task touches it while this one may write it (graph dependencies).
-            .map(|(i, o)| {
-                (
-                    i,
-                    unsafe { std::slice::from_raw_parts(o.as_ptr(), o.len_bytes()) }.to_vec(),
-                )
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let (saved, restorable, charged) = save_read_write_operands(run, numa, operands);
     let params = &graph.params[rec.params.range()];
     let outcome = match kernel.cpu_impl() {
         None => Err(format!("kernel '{}' has no CPU implementation", kernel.name())),
@@ -920,10 +904,23 @@ fn execute_cpu<'a>(
     if outcome.is_err() {
         for (i, bytes) in &saved {
             let o = &operands[*i];
-            // SAFETY: as above; the kernel has returned (or its panic was caught), so this is
-            // again the only view of the bytes.
+            // SAFETY: the operand is pinned for this task, `len_bytes` long, and the kernel
+            // has returned (or its panic was caught), so this is again the only view of it.
             unsafe { std::slice::from_raw_parts_mut(o.as_ptr(), o.len_bytes()) }.copy_from_slice(bytes);
         }
+    }
+    let outcome = match outcome {
+        Err(m) if !restorable => {
+            // Its inputs may be half-overwritten: another attempt would compute garbage.
+            run.attempts[task as usize].store(run.retries, Ordering::Release);
+            Err(format!(
+                "{m} (not retried: no host room to save its read-write operands first)"
+            ))
+        }
+        other => other,
+    };
+    if let Some((bytes, node)) = charged {
+        run.budgets.release_host(bytes, node);
     }
     operands.clear();
     if outcome.is_ok() && !run.gpus.is_empty() {
@@ -935,6 +932,50 @@ fn execute_cpu<'a>(
     }
     unpin_operands(run, accesses);
     outcome
+}
+
+/// Copies of a CPU attempt's read-write operands (operand index, bytes), to restore them if
+/// it fails, so that a retry starts from the same inputs. Under a host limit the copies take
+/// room in the budget like any host copy (charged to `numa`); when there is none, nothing is
+/// saved and `false` says a failure of this attempt must be final. The last item is what to
+/// give back to the budget afterwards: (bytes, NUMA node).
+#[allow(clippy::type_complexity)]
+fn save_read_write_operands(
+    run: &RunState<'_>,
+    numa: usize,
+    operands: &[RawOperand<'_>],
+) -> (Vec<(usize, Vec<u8>)>, bool, Option<(u64, usize)>) {
+    if run.retries == 0 {
+        return (Vec::new(), true, None);
+    }
+    let rw = || {
+        operands
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.access() == Access::ReadWrite && !o.is_virtual())
+    };
+    let mut charged = None;
+    if run.budgets.spillable() {
+        let bytes = rw().map(|(_, o)| o.len_bytes() as u64).sum::<u64>();
+        if bytes > 0 {
+            let preferred = numa.min(run.budgets.numa_count().saturating_sub(1));
+            match run.budgets.reserve_host(bytes, None, preferred) {
+                Ok(node) => charged = Some((bytes, node)),
+                Err(_) => return (Vec::new(), false, None),
+            }
+        }
+    }
+    let saved = rw()
+        // SAFETY: the operand is pinned in memory for this task, `len_bytes` long, and no
+        // other task touches it while this one may write it (graph dependencies).
+        .map(|(i, o)| {
+            (
+                i,
+                unsafe { std::slice::from_raw_parts(o.as_ptr(), o.len_bytes()) }.to_vec(),
+            )
+        })
+        .collect();
+    (saved, true, charged)
 }
 
 /// How long a CPU task waits for host memory held by other tasks before it fails.
