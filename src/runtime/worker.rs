@@ -340,8 +340,6 @@ pub(crate) fn run_gpu_worker<P: Policy>(
     let mut in_flight: Option<StagedBatch> = None;
     // Tasks taken but not yet staged, waiting for GPU memory in use to be released.
     let mut carry: Vec<u32> = Vec::new();
-    // Whether this GPU was lost and its copies forgotten.
-    let mut abandoned = false;
     loop {
         if let Some(at) = run.device_losses[g] {
             if run.start.elapsed() >= at && run.gpus[g].lost().is_none() {
@@ -355,15 +353,14 @@ pub(crate) fn run_gpu_worker<P: Policy>(
             }
             break;
         }
-        if !abandoned && run.gpus[g].lost().is_some() {
-            abandoned = true;
+        if run.gpus[g].lost().is_some() {
+            // The batch in flight fails (its tasks are retried elsewhere), the device's copies
+            // are forgotten, and from now on this worker only passes tasks on.
             if let Some(done) = in_flight.take() {
                 finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
             }
             let lost = run.cells.iter().flatten().filter(|c| c.forget_gpu(g)).count();
             tracing::warn!(gpu = g, lost, "device lost: its tasks go to other workers");
-        }
-        if abandoned {
             run.dead[me.index()].store(true, Ordering::Release);
             forward_until_done(policy, run, &mut q, me, &mut stats, &mut ready, &mut slot, &mut carry);
             break;
