@@ -33,6 +33,25 @@ const NATIVE: &str = r#"{
   ]
 }"#;
 
+/// Small valid files of the replayed formats (their tasks spin for recorded times, so the
+/// fuzzers build them but do not run them).
+const WFCOMMONS: &str = r#"{"name": "mini", "schemaVersion": "1.5", "workflow": {
+  "specification": {
+    "tasks": [
+      {"name": "a", "id": "a_1", "parents": [], "children": ["b_1"], "inputFiles": ["in.txt"], "outputFiles": ["mid.dat"]},
+      {"name": "b", "id": "b_1", "parents": ["a_1"], "children": [], "inputFiles": ["mid.dat"], "outputFiles": []}
+    ],
+    "files": [{"id": "in.txt", "sizeInBytes": 10}, {"id": "mid.dat", "sizeInBytes": 2000}]
+  },
+  "execution": {"makespanInSeconds": 3.0, "tasks": [{"id": "a_1", "runtimeInSeconds": 1.5}, {"id": "b_1", "runtimeInSeconds": 0.5}], "machines": []}
+}}"#;
+const STG: &str = "3\n  0  0  0\n  1  4  1  0\n  2  2  1  0\n  3  3  2  1  2\n  4  0  1  3\n# CP Length : 7\n";
+const DASK: &str = r#"{"meta": {"name": "mini-dask"}, "tasks": [
+  {"id": 0, "key": "sum", "func": "add", "deps": [1, 2], "duration_s": 0.0001, "output_bytes": 8},
+  {"id": 1, "key": "a", "func": "f", "deps": [], "duration_s": 0.0, "output_bytes": 100},
+  {"id": 2, "key": "b", "func": "f", "deps": [], "duration_s": 0.0, "output_bytes": 100}
+]}"#;
+
 fn rt() -> Runtime {
     Runtime::builder()
         .machine(Machine::synthetic_cpus(1))
@@ -71,12 +90,13 @@ proptest! {
     }
 
     #[test]
-    fn mangled_native_files_never_panic(
-        edits in proptest::collection::vec((0usize..NATIVE.len(), any::<u8>(), 0u8..3), 1..6)
+    fn mangled_files_of_every_format_never_panic(
+        which in 0usize..4,
+        edits in proptest::collection::vec((0usize..4096, any::<u8>(), 0u8..3), 1..6)
     ) {
-        let mut bytes = NATIVE.as_bytes().to_vec();
+        let mut bytes = [NATIVE, WFCOMMONS, STG, DASK][which].as_bytes().to_vec();
         for (at, b, op) in edits {
-            let at = at.min(bytes.len().saturating_sub(1));
+            let at = at % bytes.len().max(1);
             match op {
                 0 => bytes[at] = b,
                 1 => bytes.insert(at, b),
