@@ -1024,3 +1024,55 @@ fn a_host_replica_survives_a_device_loss() {
         assert!(rt.gpus()[0].lost().is_some());
     }
 }
+
+/// Lineage: data produced whole on a GPU that is then lost are recomputed on the CPU from
+/// their producers (inputs first), without a replica; the run completes with the right
+/// values and counts the tasks it re-ran.
+#[test]
+fn data_lost_with_a_device_are_recomputed_from_lineage() {
+    let Some(rt) = Runtime::builder()
+        .cpus(1)
+        .gpus(GpuRequest::Count(1))
+        .policy(PolicyKind::Eager)
+        .build()
+        .ok()
+        .filter(|rt| !rt.gpus().is_empty())
+    else {
+        return;
+    };
+    let rt = Arc::new(rt);
+    let weak = Arc::downgrade(&rt);
+    let destroy = Arc::new(Kernel::cpu("destroy_gpu0", Signature::any(0, 0), move |_| {
+        if let Some(rt) = weak.upgrade() {
+            rt.gpus()[0].destroy();
+        }
+        Ok(())
+    }));
+    let n = 1000;
+    let x = rt.data_named("x", vec![0.0f32; n]);
+    let y = rt.data_named("y", vec![0.0f32; n]);
+    let out = rt.data_named("out", vec![1.0f32; n]);
+    let mut g = rt.graph();
+    // x = 3 and y = x + x, both written whole on the GPU: only copies there.
+    g.task(&builtin::fill()).on(DeviceKind::Gpu).write(x).param(3.0).add();
+    let made = g
+        .task(&builtin::add())
+        .on(DeviceKind::Gpu)
+        .read(x)
+        .read(x)
+        .write(y)
+        .add();
+    let boom = g.task(&destroy).on(DeviceKind::Cpu).after(made).add();
+    g.task(&builtin::axpy())
+        .on(DeviceKind::Cpu)
+        .read(y)
+        .read_write(out)
+        .param(1.0)
+        .after(boom)
+        .add();
+    let r = rt.run(&g).unwrap();
+    assert!(rt.gpus()[0].lost().is_some());
+    assert_eq!(r.recomputed, 2, "fill, then add: {r:?}");
+    assert_eq!(rt.read(out).unwrap(), vec![7.0; n]);
+    assert_eq!(rt.read(y).unwrap(), vec![6.0; n]);
+}

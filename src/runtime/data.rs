@@ -127,6 +127,8 @@ pub(crate) struct DataCell {
     replicas_wanted: std::sync::atomic::AtomicU8,
     /// The GPU whose loss took the only valid copy (`u16::MAX`: none); cleared by a write.
     lost_with: std::sync::atomic::AtomicU16,
+    /// Being recomputed from its lineage after a device loss: readers wait.
+    pub recovering: AtomicBool,
 }
 
 /// The logical clock of GPU uses.
@@ -247,6 +249,7 @@ impl DataCell {
             wanted: (0..gpus).map(|_| AtomicU64::new(0)).collect(),
             replicas_wanted: std::sync::atomic::AtomicU8::new(1),
             lost_with: std::sync::atomic::AtomicU16::new(u16::MAX),
+            recovering: AtomicBool::new(false),
         }
     }
 
@@ -284,6 +287,21 @@ impl DataCell {
             self.lost_with.store(g as u16, Ordering::Release);
         }
         lost
+    }
+
+    /// Whether a device loss took its only valid copy (and nothing wrote it since).
+    pub fn is_lost(&self) -> bool {
+        self.lost_with.load(Ordering::Acquire) != u16::MAX
+    }
+
+    /// Whether some node holds a valid copy.
+    pub fn has_valid_copy(&self) -> bool {
+        self.coherence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .valid_nodes()
+            .next()
+            .is_some()
     }
 
     /// Why the datum cannot be read, when a device loss took its only valid copy.
@@ -576,6 +594,13 @@ impl DataCell {
         let Node::Gpu(g) = (match source {
             Ok(None) => return self.materialize(c, numa),
             Ok(Some(src)) => src,
+            Err(_) if self.recovering.load(Ordering::Acquire) => {
+                // Recomputed right now from its lineage: wait for it like for room.
+                return Err(PrepError::HostBusy(format!(
+                    "datum '{}' is being recomputed after a device loss",
+                    self.name
+                )));
+            }
             Err(e) => {
                 let why = self
                     .lost_error()

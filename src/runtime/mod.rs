@@ -11,6 +11,7 @@ mod cores;
 mod costs;
 mod data;
 pub mod faults;
+mod lineage;
 mod queues;
 mod sleep;
 mod spill;
@@ -940,6 +941,8 @@ impl Runtime {
             cancelled: AtomicBool::new(false),
             phases: watchdog::Phases::new(n, opts.stall_timeout.is_some()),
             dead: (0..names.len()).map(|_| AtomicBool::new(false)).collect(),
+            lineage: lineage::Lineage::new(graph.data.len(), !self.gpus.is_empty()),
+            recovered: (0..self.gpus.len()).map(|_| AtomicBool::new(false)).collect(),
             worker_losses: names.iter().map(|w| self.faults.worker_loss(w)).collect(),
             stalled: Mutex::new(None),
         };
@@ -1099,6 +1102,7 @@ impl Runtime {
             skipped,
             cancelled: n.saturating_sub(completed + failed + skipped),
             retried: run.retried.load(Ordering::Relaxed),
+            recomputed: run.lineage.recomputed.load(Ordering::Relaxed),
             deadline_s: deadline.map(|(d, _)| d.as_secs_f64()),
             predicted_s: deadline.and_then(|(_, p)| p),
             deadline_met: deadline.map(|(d, _)| makespan <= d),

@@ -95,6 +95,10 @@ pub(crate) struct RunState<'a> {
     pub dead: Vec<AtomicBool>,
     /// Per worker: when to lose it (fault injection).
     pub worker_losses: Vec<Option<Duration>>,
+    /// What produced the data written on GPUs, to recompute them after a device loss.
+    pub lineage: super::lineage::Lineage,
+    /// Per GPU: its loss was handled in this run (copies forgotten, data recomputed).
+    pub recovered: Vec<AtomicBool>,
     /// The stall report, when the watchdog stopped the run.
     pub stalled: Mutex<Option<String>>,
 }
@@ -359,8 +363,7 @@ pub(crate) fn run_gpu_worker<P: Policy>(
             if let Some(done) = in_flight.take() {
                 finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
             }
-            let lost = run.cells.iter().flatten().filter(|c| c.forget_gpu(g)).count();
-            tracing::warn!(gpu = g, lost, "device lost: its tasks go to other workers");
+            recover_from_lost_gpu(run, g, run.worker_numa[me.index()]);
             run.dead[me.index()].store(true, Ordering::Release);
             forward_until_done(policy, run, &mut q, me, &mut stats, &mut ready, &mut slot, &mut carry);
             break;
@@ -600,6 +603,7 @@ fn finish_gpu_batch<P: Policy>(
                         }
                     }
                 }
+                run.lineage.gpu_task_done(graph, task);
                 stats.completed += 1;
                 stats.kernel_s += kernel_s.unwrap_or(0.0);
                 if run.calibrate {
@@ -650,6 +654,12 @@ fn fail_attempt<P: Policy>(
     slot: &mut Option<u32>,
 ) {
     let graph = run.graph;
+    // An attempt may have failed on data a lost GPU took: recover it before retrying.
+    for (g, dev) in run.gpus.iter().enumerate() {
+        if dev.lost().is_some() {
+            recover_from_lost_gpu(run, g, run.worker_numa[me.index()]);
+        }
+    }
     let failed = run.attempts[task as usize].fetch_add(1, Ordering::AcqRel) + 1;
     let worker = run.worker_names[me.index()].clone();
     run.attempt_log
@@ -708,6 +718,101 @@ fn retry_worker(run: &RunState<'_>, task: u32, me: WorkerId) -> Option<WorkerId>
     (0..workers.len())
         .map(|k| workers[(start + k) % workers.len()])
         .find(|&w| alive(w))
+}
+
+/// Forgets the copies of lost GPU `g` and recomputes, on this thread's CPU, the data whose only
+/// valid copy was there and whose lineage allows (`lineage`); tasks that need them meanwhile
+/// wait, as for memory. What cannot be recomputed stays lost, and its readers say so.
+/// Done once per run and GPU, by whichever worker notices the loss first (the GPU's own, or
+/// one whose attempt failed on it).
+fn recover_from_lost_gpu(run: &RunState<'_>, g: usize, numa: usize) {
+    if run.recovered[g].swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let candidates: Vec<u32> = (0..run.cells.len() as u32)
+        .filter(|&d| run.lineage.producer_of(d).is_some())
+        .collect();
+    for &d in &candidates {
+        if let Some(cell) = &run.cells[d as usize] {
+            cell.recovering.store(true, Ordering::Release);
+        }
+    }
+    // A reader may have forgotten some copies already; what has no valid copy now is lost.
+    run.cells.iter().flatten().for_each(|c| {
+        c.forget_gpu(g);
+    });
+    let lost: Vec<u32> = (0..run.cells.len() as u32)
+        .filter(|&d| run.cells[d as usize].as_ref().is_some_and(|c| c.is_lost()))
+        .collect();
+    let mut operands = Vec::new();
+    let mut recomputed = 0;
+    for &d in &lost {
+        match recompute(run, d, numa, &mut operands, 0) {
+            Ok(()) => recomputed += 1,
+            Err(why) => tracing::warn!(datum = %run.graph.datum_label(d), %why, "lost with the device"),
+        }
+    }
+    for &d in &candidates {
+        if let Some(cell) = &run.cells[d as usize] {
+            cell.recovering.store(false, Ordering::Release);
+        }
+    }
+    tracing::warn!(
+        gpu = g,
+        lost = lost.len(),
+        recomputed,
+        "device lost: its tasks go to other workers"
+    );
+}
+
+/// Makes datum `d` valid again by re-running its producer on the CPU, its lost inputs first.
+fn recompute<'a>(
+    run: &RunState<'a>,
+    d: u32,
+    numa: usize,
+    operands: &mut Vec<RawOperand<'a>>,
+    depth: usize,
+) -> Result<(), String> {
+    let Some(cell) = &run.cells[d as usize] else {
+        return Err("a size-only datum".into());
+    };
+    if cell.has_valid_copy() {
+        return Ok(());
+    }
+    if depth > 64 {
+        return Err("its lineage is too deep".into());
+    }
+    let p = run
+        .lineage
+        .producer_of(d)
+        .ok_or("its last writer updated it in place, or its inputs changed since")?;
+    for &(e, _) in &p.inputs {
+        recompute(run, e, numa, operands, depth + 1)?;
+    }
+    if !run.graph.kernels[run.graph.tasks[p.task as usize].kernel as usize].has_cpu() {
+        return Err(format!(
+            "its producer '{}' has no CPU implementation",
+            run.graph.task_name(p.task as usize)
+        ));
+    }
+    let outputs: Vec<(u32, u32)> = run.graph.accesses[run.graph.tasks[p.task as usize].accesses.range()]
+        .iter()
+        .filter(|(_, a)| a.writes())
+        .map(|&(o, _)| (o, run.lineage.version(o)))
+        .collect();
+    if outputs.len() != 1 {
+        // Re-running it would also overwrite its other outputs, which may have moved on.
+        return Err(format!(
+            "its producer '{}' also wrote other data",
+            run.graph.task_name(p.task as usize)
+        ));
+    }
+    execute_cpu(run, p.task, numa, operands)?;
+    for (o, version) in outputs {
+        run.lineage.restore(o, version);
+    }
+    run.lineage.recomputed.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 /// The loop of a lost worker: whatever reaches it goes to a live worker that may run it,
@@ -926,6 +1031,7 @@ fn execute_cpu<'a>(
                 cell.host_written();
             }
         }
+        run.lineage.cpu_task_done(graph, task);
     }
     unpin_operands(run, accesses);
     outcome

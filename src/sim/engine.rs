@@ -809,6 +809,7 @@ impl<'a> State<'a> {
             skipped: 0,
             cancelled: 0,
             retried: 0,
+            recomputed: 0,
             deadline_s: None,
             predicted_s: None,
             deadline_met: None,

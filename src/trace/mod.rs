@@ -88,6 +88,8 @@ pub struct RunReport {
     pub cancelled: usize,
     /// Failed attempts that were tried again (on another worker when one may run the task).
     pub retried: u64,
+    /// Tasks run again to recompute data a device loss took (lineage).
+    pub recomputed: u64,
     /// The graph's deadline, when it has one (seconds from the run's start).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_s: Option<f64>,
