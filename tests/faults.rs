@@ -18,13 +18,6 @@ fn rt(workers: usize, retries: u32, inject: &str) -> Runtime {
         .unwrap()
 }
 
-fn keep_going() -> RunOptions {
-    RunOptions {
-        keep_going: true,
-        ..RunOptions::default()
-    }
-}
-
 /// Doubles its read-write operand in place, then fails every third call: a failed attempt
 /// has already overwritten its input, which the runtime must restore before retrying.
 fn flaky_double(calls: Arc<AtomicUsize>) -> Arc<Kernel> {
@@ -119,7 +112,7 @@ fn keep_going_runs_everything_that_does_not_depend_on_a_failure() {
     for i in 0..10 {
         g.task(&builtin::sleep()).name(format!("free{i}")).param(0.001).add();
     }
-    match rt.run_with(&g, keep_going()) {
+    match rt.run_with(&g, RunOptions::keep_going()) {
         Err(RunError::TaskFailed { report }) => {
             assert_eq!(
                 (report.completed, report.failed, report.skipped, report.cancelled),

@@ -37,6 +37,26 @@ fn gpu_rt_limited(limit: Option<u64>, policy: PolicyKind) -> Option<Runtime> {
     b.build().ok()
 }
 
+/// The runtime `b` builds with one CPU core and one GPU, if this machine has a GPU.
+fn with_one_gpu(b: hexec::RuntimeBuilder) -> Option<Runtime> {
+    b.cpus(1)
+        .gpus(GpuRequest::Count(1))
+        .build()
+        .ok()
+        .filter(|rt| !rt.gpus().is_empty())
+}
+
+/// A CPU kernel that loses `rt`'s first GPU (as a driver reset would) when it runs.
+fn destroy_gpu0(rt: &Arc<Runtime>) -> Arc<Kernel> {
+    let weak = Arc::downgrade(rt);
+    Arc::new(Kernel::cpu("destroy_gpu0", Signature::any(0, 0), move |_| {
+        if let Some(rt) = weak.upgrade() {
+            rt.gpus()[0].destroy();
+        }
+        Ok(())
+    }))
+}
+
 /// Deterministic pseudo-random values in [-1, 1).
 fn values(n: usize, seed: u64) -> Vec<f32> {
     (0..n as u64)
@@ -73,13 +93,7 @@ fn both(
         }
         b.add();
         let report = rt
-            .run_with(
-                &g,
-                RunOptions {
-                    record_trace: true,
-                    ..RunOptions::default()
-                },
-            )
+            .run_with(&g, RunOptions::traced())
             .unwrap_or_else(|e| panic!("{}: {e}", kernel.name()));
         let ran_on = report
             .trace
@@ -264,15 +278,7 @@ fn mixed_graphs_place_each_task_where_it_may_run() {
         g.task(&builtin::scale()).read_write(*t).param(3.0).add(); // either side
         kinds.push(None);
     }
-    let report = rt
-        .run_with(
-            &g,
-            RunOptions {
-                record_trace: true,
-                ..RunOptions::default()
-            },
-        )
-        .unwrap();
+    let report = rt.run_with(&g, RunOptions::traced()).unwrap();
     for (w, events) in report.trace.as_ref().unwrap().per_worker.iter().enumerate() {
         let kind = rt.machine().workers[w].kind;
         for e in events {
@@ -328,13 +334,7 @@ fn a_broken_shader_fails_the_task_naming_kernel_and_device() {
 fn a_lost_device_ends_the_run_with_a_clear_error() {
     let Some(rt) = gpu_runtime(1) else { return };
     let rt = Arc::new(rt);
-    let weak = Arc::downgrade(&rt);
-    let destroy = Arc::new(Kernel::cpu("destroy_gpu0", Signature::any(0, 0), move |_| {
-        if let Some(rt) = weak.upgrade() {
-            rt.gpus()[0].destroy();
-        }
-        Ok(())
-    }));
+    let destroy = destroy_gpu0(&rt);
     let x = rt.data(vec![1.0f32; 1024]);
     let mut g = rt.graph();
     let first = g
@@ -353,10 +353,7 @@ fn a_lost_device_ends_the_run_with_a_clear_error() {
             .add();
     }
     let t = Instant::now();
-    let keep_going = RunOptions {
-        keep_going: true,
-        ..RunOptions::default()
-    };
+    let keep_going = RunOptions::keep_going();
     let err = rt.run_with(&g, keep_going).unwrap_err();
     assert!(t.elapsed() < Duration::from_secs(60), "no hang");
     match &err {
@@ -389,15 +386,7 @@ fn gpu_tasks_are_batched_timed_and_traced() {
             .param(2.0)
             .add();
     }
-    let report = rt
-        .run_with(
-            &g,
-            RunOptions {
-                record_trace: true,
-                ..RunOptions::default()
-            },
-        )
-        .unwrap();
+    let report = rt.run_with(&g, RunOptions::traced()).unwrap();
     let submits = rt.gpus()[0].kernel_submits() - before;
     assert!(submits < 32, "32 independent GPU tasks took {submits} submissions");
     assert_eq!(report.bytes_transferred, 32 * 4096 * 4, "each tile goes up once");
@@ -446,13 +435,7 @@ fn gpu_restrictions_mean_something() {
         .param(2.0)
         .require_feature("f16")
         .add();
-    match rt.run_with(
-        &g,
-        RunOptions {
-            record_trace: true,
-            ..RunOptions::default()
-        },
-    ) {
+    match rt.run_with(&g, RunOptions::traced()) {
         Ok(report) => {
             assert!(has_f16);
             let ran = report
@@ -914,15 +897,12 @@ fn cholesky_updates_on_a_gpu_with_room_for_a_sixteenth_complete_run_after_run() 
 #[test]
 fn injected_gpu_errors_and_a_lost_device_are_recovered() {
     let build = |plan: &str| {
-        Runtime::builder()
-            .cpus(1)
-            .gpus(GpuRequest::Count(1))
-            .policy(PolicyKind::Eager)
-            .retries(10)
-            .inject(plan.parse::<hexec::runtime::faults::FaultPlan>().unwrap())
-            .build()
-            .ok()
-            .filter(|rt| !rt.gpus().is_empty())
+        with_one_gpu(
+            Runtime::builder()
+                .policy(PolicyKind::Eager)
+                .retries(10)
+                .inject(plan.parse::<hexec::runtime::faults::FaultPlan>().unwrap()),
+        )
     };
     let run = |rt: &Runtime, only_gpu: bool| {
         let tiles: Vec<Data<f32>> = (0..6).map(|i| rt.data(values(1000, 60 + i))).collect();
@@ -966,25 +946,15 @@ fn injected_gpu_errors_and_a_lost_device_are_recovered() {
 #[test]
 fn a_host_replica_survives_a_device_loss() {
     for replicate in [true, false] {
-        let Some(rt) = Runtime::builder()
-            .cpus(1)
-            .gpus(GpuRequest::Count(1))
-            .policy(PolicyKind::Eager)
-            .replicate_gpu_results(replicate)
-            .build()
-            .ok()
-            .filter(|rt| !rt.gpus().is_empty())
-        else {
+        let Some(rt) = with_one_gpu(
+            Runtime::builder()
+                .policy(PolicyKind::Eager)
+                .replicate_gpu_results(replicate),
+        ) else {
             return;
         };
         let rt = Arc::new(rt);
-        let weak = Arc::downgrade(&rt);
-        let destroy = Arc::new(Kernel::cpu("destroy_gpu0", Signature::any(0, 0), move |_| {
-            if let Some(rt) = weak.upgrade() {
-                rt.gpus()[0].destroy();
-            }
-            Ok(())
-        }));
+        let destroy = destroy_gpu0(&rt);
         let input = values(1000, 1);
         let x = rt.data_named("x", input.clone());
         let y = rt.data_named("y", vec![0.0f32; 1000]);
@@ -1030,24 +1000,11 @@ fn a_host_replica_survives_a_device_loss() {
 /// values and counts the tasks it re-ran.
 #[test]
 fn data_lost_with_a_device_are_recomputed_from_lineage() {
-    let Some(rt) = Runtime::builder()
-        .cpus(1)
-        .gpus(GpuRequest::Count(1))
-        .policy(PolicyKind::Eager)
-        .build()
-        .ok()
-        .filter(|rt| !rt.gpus().is_empty())
-    else {
+    let Some(rt) = with_one_gpu(Runtime::builder().policy(PolicyKind::Eager)) else {
         return;
     };
     let rt = Arc::new(rt);
-    let weak = Arc::downgrade(&rt);
-    let destroy = Arc::new(Kernel::cpu("destroy_gpu0", Signature::any(0, 0), move |_| {
-        if let Some(rt) = weak.upgrade() {
-            rt.gpus()[0].destroy();
-        }
-        Ok(())
-    }));
+    let destroy = destroy_gpu0(&rt);
     let n = 1000;
     let x = rt.data_named("x", vec![0.0f32; n]);
     let y = rt.data_named("y", vec![0.0f32; n]);

@@ -48,6 +48,24 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// Adds the tiles pairwise into the first (axpy: two tiles at once), in rounds of doubling
+/// stride: a tree reduction.
+fn reduce_pairwise<D: Copy + Into<hexec::DataRef>>(g: &mut hexec::Graph, tiles: &[D]) {
+    let mut stride = 1;
+    while stride < tiles.len() {
+        for i in (0..tiles.len()).step_by(2 * stride) {
+            if i + stride < tiles.len() {
+                g.task(&builtin::axpy())
+                    .read(tiles[i + stride])
+                    .read_write(tiles[i])
+                    .param(1.0)
+                    .add();
+            }
+        }
+        stride *= 2;
+    }
+}
+
 /// Every tile scaled twice, then reduced pairwise into tile 0 (axpy: two tiles at once).
 fn tiles_then_pairwise_sum(rt: &Runtime, tiles: usize, len: usize) -> (hexec::RunReport, Vec<Vec<f32>>) {
     let data: Vec<Data<f32>> = (0..tiles).map(|i| rt.data(values(len, i as u32))).collect();
@@ -57,19 +75,7 @@ fn tiles_then_pairwise_sum(rt: &Runtime, tiles: usize, len: usize) -> (hexec::Ru
             g.task(&builtin::scale()).read_write(*d).param(1.5 + round as f64).add();
         }
     }
-    let mut stride = 1;
-    while stride < tiles {
-        for i in (0..tiles).step_by(2 * stride) {
-            if i + stride < tiles {
-                g.task(&builtin::axpy())
-                    .read(data[i + stride])
-                    .read_write(data[i])
-                    .param(1.0)
-                    .add();
-            }
-        }
-        stride *= 2;
-    }
+    reduce_pairwise(&mut g, &data);
     let report = rt.run(&g).unwrap();
     let out = data.iter().map(|d| rt.read(*d).unwrap()).collect();
     (report, out)
@@ -236,19 +242,7 @@ fn temporaries_reduced(rt: &Runtime, tiles: usize, len: usize) -> (hexec::RunRep
     for (i, t) in temps.iter().enumerate() {
         g.task(&builtin::fill()).write(*t).param(1.0 + i as f64).add();
     }
-    let mut stride = 1;
-    while stride < tiles {
-        for i in (0..tiles).step_by(2 * stride) {
-            if i + stride < tiles {
-                g.task(&builtin::axpy())
-                    .read(temps[i + stride])
-                    .read_write(temps[i])
-                    .param(1.0)
-                    .add();
-            }
-        }
-        stride *= 2;
-    }
+    reduce_pairwise(&mut g, &temps);
     g.task(&builtin::axpy()).read(temps[0]).read_write(out).param(1.0).add();
     let report = rt.run(&g).unwrap();
     (report, rt.read(out).unwrap())

@@ -58,15 +58,7 @@ fn heft_places_identically_in_the_runtime_and_the_simulator() {
         .build()
         .unwrap();
     let g = spec.build(&rt, &BuildOptions::default()).unwrap();
-    let report = rt
-        .run_with(
-            &g,
-            RunOptions {
-                record_trace: true,
-                ..RunOptions::default()
-            },
-        )
-        .unwrap();
+    let report = rt.run_with(&g, RunOptions::traced()).unwrap();
     let mut real = vec![usize::MAX; g.len()];
     for (w, events) in report.trace.as_ref().unwrap().per_worker.iter().enumerate() {
         for e in events {

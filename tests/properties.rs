@@ -129,15 +129,7 @@ fn check(case: &Case, policy: PolicyKind) -> Result<(), TestCaseError> {
         };
         ids.push(b.add());
     }
-    let report = rt
-        .run_with(
-            &g,
-            RunOptions {
-                record_trace: true,
-                ..RunOptions::default()
-            },
-        )
-        .unwrap();
+    let report = rt.run_with(&g, RunOptions::traced()).unwrap();
     prop_assert_eq!(report.completed, case.tasks.len());
 
     // Exactly once, on an allowed worker.

@@ -38,10 +38,7 @@ fn a_panicking_kernel_fails_its_task_and_skips_only_its_dependents() {
         for i in 0..20 {
             g.task(&builtin::noop()).name(format!("free{i}")).add();
         }
-        let keep_going = RunOptions {
-            keep_going: true,
-            ..RunOptions::default()
-        };
+        let keep_going = RunOptions::keep_going();
         let err = rt.run_with(&g, keep_going).unwrap_err();
         let msg = err.to_string();
         assert!(
@@ -202,15 +199,7 @@ fn eager_runs_ready_tasks_by_priority() {
     for (i, p) in prios.iter().enumerate() {
         g.task(&builtin::noop()).name(format!("p{i}")).priority(*p).add();
     }
-    let report = rt
-        .run_with(
-            &g,
-            RunOptions {
-                record_trace: true,
-                ..RunOptions::default()
-            },
-        )
-        .unwrap();
+    let report = rt.run_with(&g, RunOptions::traced()).unwrap();
     let mut events = report.trace.unwrap().per_worker.concat();
     events.sort_by_key(|e| e.start_ns);
     let order: Vec<i32> = events.iter().map(|e| prios[e.task as usize]).collect();
@@ -241,15 +230,7 @@ fn the_trace_is_valid_chrome_json() {
     let mut g = rt.graph();
     let a = g.task(&builtin::noop()).name("first \"quoted\"").add();
     g.task(&builtin::noop()).after(a).add();
-    let report = rt
-        .run_with(
-            &g,
-            RunOptions {
-                record_trace: true,
-                ..RunOptions::default()
-            },
-        )
-        .unwrap();
+    let report = rt.run_with(&g, RunOptions::traced()).unwrap();
     let mut buf = Vec::new();
     hexec::trace::write_chrome_trace(&mut buf, &g, &report).unwrap();
     let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();

@@ -127,6 +127,11 @@ pub fn measure_host(
     Ok(rows)
 }
 
+/// Bytes as whole KiB, for the tables.
+fn kib(bytes: u64) -> String {
+    format!("{} KiB", bytes / 1024)
+}
+
 /// "4x", or "unlimited".
 fn ratio(oversubscription: Option<u64>) -> String {
     oversubscription.map_or("unlimited".to_string(), |o| format!("{o}x"))
@@ -145,7 +150,6 @@ fn backpressure_cell(oversubscription: Option<u64>, backpressure: bool) -> &'sta
 pub fn host_markdown(rows: &[HostMemoryRow]) -> String {
     let mut s = String::from("| working set / host limit | backpressure | limit | makespan | overhead | host peak | spills | spilled | simulated host peak | simulated spilled | results |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in rows {
-        let kib = |b: u64| format!("{} KiB", b / 1024);
         s.push_str(&format!(
             "| {} | {} | {} | {:.1} ms | {:+.0}% | {} | {} | {} | {} | {} | {} |\n",
             ratio(r.oversubscription),
@@ -363,7 +367,6 @@ pub fn measure(tiles: usize, len: usize, reps: usize) -> Result<Vec<MemoryRow>, 
 pub fn markdown(rows: &[MemoryRow]) -> String {
     let mut s = String::from("| working set / GPU limit | backpressure | limit | makespan | overhead | GPU peak | evictions | written back | simulated GPU peak | results |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in rows {
-        let kib = |b: u64| format!("{} KiB", b / 1024);
         s.push_str(&format!(
             "| {} | {} | {} | {:.1} ms | {:+.0}% | {} | {} | {} | {} | {} |\n",
             ratio(r.oversubscription),
@@ -521,7 +524,6 @@ pub fn measure_cholesky(n: usize, b: usize, cpus: usize, reps: usize, gpu: bool)
 pub fn cholesky_markdown(rows: &[CholeskyRow]) -> String {
     let mut s = String::from("| node | working set / limit | backpressure | limit | makespan | overhead | peak | evictions | written back | simulated peak | residual | factor |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
     for r in rows {
-        let kib = |b: u64| format!("{} KiB", b / 1024);
         s.push_str(&format!(
             "| {} | {} | {} | {} | {:.1} ms | {:+.0}% | {} | {} | {} | {} | {:.1e} | {} |\n",
             r.node,

@@ -159,6 +159,24 @@ pub struct RunOptions {
     pub deadline: Option<std::time::Duration>,
 }
 
+impl RunOptions {
+    /// Default options with a trace recorded.
+    pub fn traced() -> Self {
+        RunOptions {
+            record_trace: true,
+            ..RunOptions::default()
+        }
+    }
+
+    /// Default options that keep going past a final failure.
+    pub fn keep_going() -> Self {
+        RunOptions {
+            keep_going: true,
+            ..RunOptions::default()
+        }
+    }
+}
+
 /// Retries of a failed task when the builder says nothing: up to four attempts in all.
 pub const DEFAULT_RETRIES: u32 = 3;
 

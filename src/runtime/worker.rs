@@ -104,11 +104,6 @@ pub(crate) struct RunState<'a> {
 }
 
 impl RunState<'_> {
-    /// Whether a task only writes data (reads nothing): a producer.
-    pub fn only_produces(&self, task: u32) -> bool {
-        self.graph.only_produces(task)
-    }
-
     /// Copies the inputs of `task` to GPU `g` ahead of time. Failures are ignored here: the
     /// task meets them again, and reports them, when it runs.
     pub fn prefetch_inputs(&self, task: u32, g: usize) {
@@ -167,11 +162,13 @@ pub(crate) fn run_worker<P: Policy>(
     let mut slot: Option<u32> = None;
     let mut ready: Vec<u32> = Vec::new();
     let mut operands: Vec<RawOperand<'_>> = Vec::new();
+    // When to lose this worker (fault injection), read once: it is checked every task.
+    let lose_at = run.worker_losses[me.index()];
     loop {
         if run.cancelled.load(Ordering::Acquire) {
             break;
         }
-        if let Some(at) = run.worker_losses[me.index()] {
+        if let Some(at) = lose_at {
             if run.start.elapsed() >= at {
                 // Injected loss: this worker runs nothing more; what reaches it goes on.
                 run.dead[me.index()].store(true, Ordering::Release);
@@ -214,8 +211,8 @@ pub(crate) fn run_worker<P: Policy>(
         match outcome {
             Outcome::Completed => complete(policy, run, &mut q, me, task, true, &mut ready, &mut slot),
             Outcome::Skipped => complete(policy, run, &mut q, me, task, false, &mut ready, &mut slot),
-            Outcome::Failed(message) => fail_attempt(
-                policy, run, &mut q, me, task, message, &mut stats, &mut ready, &mut slot,
+            Outcome::Failed(failure) => fail_attempt(
+                policy, run, &mut q, me, task, failure, &mut stats, &mut ready, &mut slot,
             ),
         }
     }
@@ -398,7 +395,7 @@ pub(crate) fn run_gpu_worker<P: Policy>(
         // they have to be evicted.
         let mut held = Vec::new();
         if run.backpressure && run.budgets.nearly_full(Node::Gpu(g as u16)) {
-            let (producers, consumers): (Vec<u32>, Vec<u32>) = batch.iter().partition(|&&t| run.only_produces(t));
+            let (producers, consumers): (Vec<u32>, Vec<u32>) = batch.iter().partition(|&&t| run.graph.only_produces(t));
             if !producers.is_empty() && !consumers.is_empty() {
                 held = producers;
                 batch = consumers;
@@ -622,7 +619,7 @@ fn finish_gpu_batch<P: Policy>(
                 true
             }
             Err(message) => {
-                fail_attempt(policy, run, q, me, task, message, stats, ready, slot);
+                fail_attempt(policy, run, q, me, task, message.into(), stats, ready, slot);
                 continue;
             }
         };
@@ -635,7 +632,23 @@ enum Outcome {
     Completed,
     /// Not run: a task it depends on failed.
     Skipped,
-    Failed(String),
+    Failed(AttemptFailure),
+}
+
+/// Why an attempt failed, and whether another attempt could do better.
+struct AttemptFailure {
+    message: String,
+    /// False when a retry cannot help: inputs left half-overwritten, no live worker left.
+    retriable: bool,
+}
+
+impl From<String> for AttemptFailure {
+    fn from(message: String) -> Self {
+        AttemptFailure {
+            message,
+            retriable: true,
+        }
+    }
 }
 
 /// An attempt of `task` on `me` failed: tries it again on another worker that may run it,
@@ -648,11 +661,12 @@ fn fail_attempt<P: Policy>(
     q: &mut LocalQueues<'_>,
     me: WorkerId,
     task: u32,
-    message: String,
+    failure: AttemptFailure,
     stats: &mut WorkerStats,
     ready: &mut Vec<u32>,
     slot: &mut Option<u32>,
 ) {
+    let AttemptFailure { message, retriable } = failure;
     let graph = run.graph;
     // An attempt may have failed on data a lost GPU took: recover it before retrying.
     for (g, dev) in run.gpus.iter().enumerate() {
@@ -666,7 +680,7 @@ fn fail_attempt<P: Policy>(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push((task, worker.clone(), message.clone()));
-    if failed <= run.retries && !run.cancelled.load(Ordering::Acquire) {
+    if retriable && failed <= run.retries && !run.cancelled.load(Ordering::Acquire) {
         if let Some(next) = retry_worker(run, task, me) {
             run.retried.fetch_add(1, Ordering::Relaxed);
             tracing::info!(task = %TaskLabel(graph, task), %worker, %message, attempt = failed, "task attempt failed; retrying");
@@ -807,7 +821,7 @@ fn recompute<'a>(
             run.graph.task_name(p.task as usize)
         ));
     }
-    execute_cpu(run, p.task, numa, operands)?;
+    execute_cpu(run, p.task, numa, operands).map_err(|f| f.message)?;
     for (o, version) in outputs {
         run.lineage.restore(o, version);
     }
@@ -874,8 +888,11 @@ fn forward_from_lost<P: Policy>(
                 None => format!("worker {} was lost", run.worker_names[me.index()]),
             };
             let message = format!("{why} and no other worker may run this task");
-            run.attempts[task as usize].store(run.retries, Ordering::Release);
-            fail_attempt(policy, run, q, me, task, message, stats, ready, slot);
+            let failure = AttemptFailure {
+                message,
+                retriable: false,
+            };
+            fail_attempt(policy, run, q, me, task, failure, stats, ready, slot);
         }
     }
 }
@@ -948,7 +965,7 @@ fn execute<'a>(
         f.fails(Site::Cpu, task, attempt, graph.task_kernel(task as usize))
     });
     let outcome = match injected {
-        Some(fault) => Err(fault),
+        Some(fault) => Err(fault.into()),
         None => execute_cpu(run, task, run.worker_numa[me.index()], operands),
     };
     if let (true, Some(s), Ok(())) = (run.calibrate, started, &outcome) {
@@ -968,7 +985,7 @@ fn execute<'a>(
             stats.completed += 1;
             Outcome::Completed
         }
-        Err(message) => Outcome::Failed(message),
+        Err(failure) => Outcome::Failed(failure),
     }
 }
 
@@ -979,7 +996,7 @@ fn execute_cpu<'a>(
     task: u32,
     numa: usize,
     operands: &mut Vec<RawOperand<'a>>,
-) -> Result<(), String> {
+) -> Result<(), AttemptFailure> {
     let graph = run.graph;
     let rec = &graph.tasks[task as usize];
     let kernel = &graph.kernels[rec.kernel as usize];
@@ -1011,16 +1028,14 @@ fn execute_cpu<'a>(
             unsafe { std::slice::from_raw_parts_mut(o.as_ptr(), o.len_bytes()) }.copy_from_slice(bytes);
         }
     }
-    let outcome = match outcome {
-        Err(m) if !restorable => {
-            // Its inputs may be half-overwritten: another attempt would compute garbage.
-            run.attempts[task as usize].store(run.retries, Ordering::Release);
-            Err(format!(
-                "{m} (not retried: no host room to save its read-write operands first)"
-            ))
-        }
-        other => other,
-    };
+    // Without saved inputs they may be half-overwritten: another attempt would compute garbage.
+    let outcome = outcome.map_err(|m| match restorable {
+        true => AttemptFailure::from(m),
+        false => AttemptFailure {
+            message: format!("{m} (not retried: no host room to save its read-write operands first)"),
+            retriable: false,
+        },
+    });
     if let Some((bytes, node)) = charged {
         run.budgets.release_host(bytes, node);
     }
