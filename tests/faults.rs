@@ -295,3 +295,94 @@ fn without_room_to_save_its_operands_a_failure_is_final() {
     drop(rt);
     let _ = std::fs::remove_dir_all(&parent);
 }
+
+/// `y += x`, in place, taking 2 ms: long enough that both workers get some. With
+/// `straggle_on_cpu1`, on worker cpu1 it then stalls (up to a minute) until told its result is
+/// no longer wanted, and writes junk (NaN) 5 ms later on its way out, as a half-finished kernel
+/// would: a copy that wins must not see the straggler's first write, nor keep its last.
+fn slow_update(straggle_on_cpu1: bool) -> Arc<Kernel> {
+    Arc::new(Kernel::cpu(
+        "slow_update",
+        Signature::exact(&[(Access::Read, ElemType::F32), (Access::ReadWrite, ElemType::F32)], 0),
+        move |ctx| {
+            let x = ctx.read::<f32>(0)?;
+            let y = ctx.write::<f32>(1)?;
+            y.iter_mut().zip(x).for_each(|(y, x)| *y += x);
+            let straggler = straggle_on_cpu1 && std::thread::current().name() == Some("hexec-cpu1");
+            let limit = std::time::Duration::from_millis(if straggler { 60_000 } else { 2 });
+            let start = std::time::Instant::now();
+            while start.elapsed() < limit && !ctx.cancelled() {
+                std::hint::spin_loop();
+            }
+            if straggler {
+                // It finishes the block it was on before it returns.
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                y.fill(f32::NAN);
+            }
+            Ok(())
+        },
+    ))
+}
+
+/// Tiles updated in place three times each (`y += x`), on two CPUs of which `cpu1` is a
+/// straggler: every attempt there stalls in the kernel (`inject` empty) or takes longer
+/// (`inject`: a `slow` fault). The results must be exact whoever wins each race: a copy and
+/// its original never both apply an update.
+fn straggling_updates(opts: RunOptions, inject: &str) -> (Runtime, Vec<Data<f32>>, hexec::RunReport) {
+    let rt = Runtime::builder()
+        .machine(Machine::synthetic_cpus(2))
+        .policy(PolicyKind::Ws)
+        .inject(inject.parse::<FaultPlan>().unwrap())
+        .build()
+        .unwrap();
+    let x = rt.data_read_only("x", vec![1.0f32; 256]);
+    let tiles: Vec<Data<f32>> = (0..8).map(|i| rt.data(vec![i as f32; 256])).collect();
+    let update = slow_update(inject.is_empty());
+    let mut g = rt.graph();
+    for _ in 0..3 {
+        for t in &tiles {
+            g.task(&update).read(x).read_write(*t).add();
+        }
+    }
+    let report = rt.run_with(&g, opts).unwrap();
+    (rt, tiles, report)
+}
+
+#[test]
+fn with_a_deadline_a_straggler_is_copied_and_the_first_result_wins() {
+    let opts = RunOptions {
+        deadline: Some(std::time::Duration::from_secs(60)),
+        ..RunOptions::default()
+    };
+    // Without the copies this run would take at least a minute per task cpu1 starts.
+    let (rt, tiles, r) = straggling_updates(opts, "");
+    assert!(r.speculation_won >= 1, "{r:?}");
+    assert!(r.speculated >= r.speculation_won);
+    assert_eq!(r.completed, 24);
+    assert!(r.makespan_s < 30.0, "the stragglers were waited for: {r:?}");
+    assert_eq!(r.deadline_met, Some(true));
+    for (i, t) in tiles.iter().enumerate() {
+        assert_eq!(rt.read(*t).unwrap(), vec![i as f32 + 3.0; 256], "tile {i}");
+    }
+}
+
+#[test]
+fn without_a_deadline_or_the_option_stragglers_are_waited_for() {
+    let (rt, tiles, r) = straggling_updates(RunOptions::default(), "slow:cpu1:delay=100ms");
+    assert_eq!(r.speculated, 0);
+    assert!(r.makespan_s >= 0.1, "cpu1 ran at least one task: {r:?}");
+    for (i, t) in tiles.iter().enumerate() {
+        assert_eq!(rt.read(*t).unwrap(), vec![i as f32 + 3.0; 256], "tile {i}");
+    }
+    // Asked for, speculation needs no deadline.
+    let opts = RunOptions {
+        speculate: true,
+        ..RunOptions::default()
+    };
+    let (rt, tiles, r) = straggling_updates(opts, "slow:cpu1:delay=60s");
+    assert!(r.speculation_won >= 1, "{r:?}");
+    assert!(r.makespan_s < 30.0, "the stragglers were waited for: {r:?}");
+    for (i, t) in tiles.iter().enumerate() {
+        assert_eq!(rt.read(*t).unwrap(), vec![i as f32 + 3.0; 256], "tile {i}");
+    }
+}

@@ -1033,3 +1033,51 @@ fn data_lost_with_a_device_are_recomputed_from_lineage() {
     assert_eq!(rt.read(out).unwrap(), vec![7.0; n]);
     assert_eq!(rt.read(y).unwrap(), vec![6.0; n]);
 }
+
+/// Speculation on a machine with a GPU: CPU worker cpu1 straggles on every task it takes; the
+/// copies run on cpu0 and install their results as the host copy, which must leave no stale
+/// GPU copy behind (the next update may run on the GPU). Results equal the fault-free values.
+#[test]
+fn straggler_copies_keep_gpu_copies_coherent() {
+    let Some(rt) = Runtime::builder()
+        .cpus(2)
+        .gpus(GpuRequest::Count(1))
+        .policy(PolicyKind::Eager)
+        .inject(
+            "slow:cpu1:delay=60s"
+                .parse::<hexec::runtime::faults::FaultPlan>()
+                .unwrap(),
+        )
+        .build()
+        .ok()
+        .filter(|rt| !rt.gpus().is_empty() && rt.machine().count(DeviceKind::Cpu) == 2)
+    else {
+        eprintln!("SKIPPED: needs a GPU adapter and two CPU workers");
+        return;
+    };
+    let start: Vec<Vec<f32>> = (0..8).map(|i| values(512, 90 + i)).collect();
+    let tiles: Vec<Data<f32>> = start.iter().map(|v| rt.data(v.clone())).collect();
+    let mut g = rt.graph();
+    for round in 0..4 {
+        for t in &tiles {
+            g.task(&builtin::scale()).read_write(*t).param(1.0 + round as f64).add();
+        }
+    }
+    let opts = RunOptions {
+        speculate: true,
+        ..RunOptions::default()
+    };
+    let r = rt.run_with(&g, opts).unwrap();
+    assert_eq!(r.completed, 32);
+    if r.workers[1].tasks > 0 {
+        assert!(
+            r.speculation_won >= 1,
+            "cpu1 started a task, which only a copy can finish: {r:?}"
+        );
+    }
+    assert!(r.makespan_s < 30.0, "the stragglers were waited for: {r:?}");
+    for (t, v) in tiles.iter().zip(&start) {
+        let expected: Vec<f32> = v.iter().map(|x| x * 24.0).collect();
+        close(&rt.read(*t).unwrap(), &expected, 1e-5, "after speculation");
+    }
+}

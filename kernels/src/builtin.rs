@@ -44,12 +44,17 @@ builtin!(
 );
 
 builtin!(
-    /// Busy-waits `params[0]` seconds on the core it runs on.
+    /// Busy-waits `params[0]` seconds on the core it runs on (less if cancelled).
     spin,
     Kernel::cpu("spin", Signature::any(1, 1), |ctx| {
         let d = duration_param(ctx)?;
         let start = Instant::now();
+        let mut polls = 0u32;
         while start.elapsed() < d {
+            polls = polls.wrapping_add(1);
+            if polls % 1024 == 0 && ctx.cancelled() {
+                break;
+            }
             std::hint::spin_loop();
         }
         Ok(())
@@ -57,10 +62,17 @@ builtin!(
 );
 
 builtin!(
-    /// Sleeps `params[0]` seconds (the core is free for the OS meanwhile, not for hexec).
+    /// Sleeps `params[0]` seconds (the core is free for the OS meanwhile, not for hexec),
+    /// waking every millisecond to see whether it was cancelled.
     sleep,
     Kernel::cpu("sleep", Signature::any(1, 1), |ctx| {
-        std::thread::sleep(duration_param(ctx)?);
+        let end = Instant::now() + duration_param(ctx)?;
+        while let Some(left) = end.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()) {
+            if ctx.cancelled() {
+                break;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(1)));
+        }
         Ok(())
     })
 );

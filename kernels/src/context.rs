@@ -128,6 +128,9 @@ pub struct CpuContext<'a> {
     params: &'a [f64],
     cores: u32,
     borrows: Borrows,
+    cancelled: Option<&'a (dyn Fn() -> bool + Sync)>,
+    /// The kernel asked [`CpuContext::cancelled`] and was told yes.
+    saw_cancellation: Cell<bool>,
 }
 
 impl<'a> CpuContext<'a> {
@@ -146,7 +149,32 @@ impl<'a> CpuContext<'a> {
             params,
             cores,
             borrows,
+            cancelled: None,
+            saw_cancellation: Cell::new(false),
         }
+    }
+
+    /// Lets the kernel ask whether its result is still wanted ([`CpuContext::cancelled`]).
+    pub fn with_cancellation(mut self, cancelled: &'a (dyn Fn() -> bool + Sync)) -> Self {
+        self.cancelled = Some(cancelled);
+        self
+    }
+
+    /// Whether the result of this attempt is no longer wanted: another attempt of the same
+    /// task finished first (speculative re-execution), or the run was stopped. A long kernel
+    /// may poll this and return early; whatever it returns then is ignored. Kernels that never
+    /// poll it are simply waited for.
+    pub fn cancelled(&self) -> bool {
+        let yes = self.cancelled.is_some_and(|f| f());
+        if yes {
+            self.saw_cancellation.set(true);
+        }
+        yes
+    }
+
+    /// Whether the kernel was told it was cancelled: what it returned may be partial.
+    pub fn saw_cancellation(&self) -> bool {
+        self.saw_cancellation.get()
     }
 
     /// Number of operands.

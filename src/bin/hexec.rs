@@ -260,7 +260,7 @@ struct MachineArgs {
     #[arg(long, default_value_t = hexec::runtime::DEFAULT_RETRIES)]
     retries: u32,
     /// Inject faults, e.g. `panic:kernel=gemm:p=0.05,device-loss:gpu1:after=2s,seed=7`
-    /// (kinds: panic, gpu-error, device-loss, worker-loss).
+    /// (kinds: panic, gpu-error, device-loss, worker-loss, slow).
     #[arg(long)]
     inject: Option<hexec::runtime::faults::FaultPlan>,
     /// After a task fails for good, go on with everything that does not depend on it and
@@ -272,9 +272,14 @@ struct MachineArgs {
     #[arg(long, value_parser = parse_stall_timeout)]
     stall_timeout: Option<std::time::Duration>,
     /// The run should finish within this (e.g. 2s): hexec predicts its finish from the
-    /// models, warns when the prediction misses, and reports both (over the graph's own).
+    /// models, warns when the prediction misses, reports both (over the graph's own), and
+    /// re-runs stragglers speculatively.
     #[arg(long, value_parser = parse_stall_timeout)]
     deadline: Option<std::time::Duration>,
+    /// Re-run stragglers speculatively on idle CPU workers even without a deadline (first
+    /// result wins).
+    #[arg(long)]
+    speculate: bool,
 }
 
 fn parse_stall_timeout(s: &str) -> Result<std::time::Duration, String> {
@@ -743,6 +748,7 @@ fn run_and_report(
             stall_timeout: machine.stall_timeout,
             on_stall: Some(exit_if_still_stalled),
             deadline: machine.deadline,
+            speculate: machine.speculate,
         },
     );
     let (report, failure) = match result {

@@ -20,6 +20,13 @@
 //!   lock-free fast path of CPU tasks and are only changed with `coherence` locked. Copies
 //!   into a node are made with `coherence` locked, and only into a node whose copy is invalid,
 //!   which no reader uses.
+//! - speculative re-execution (runs without a host limit only): a losing attempt may still
+//!   read or write a host buffer after its task was completed by the winner. The winner
+//!   counts it on every datum the task touches (`stragglers`) before releasing successors;
+//!   while that count is not zero, whoever would overwrite the host buffer in place (a task
+//!   writing it, a download from a GPU) writes a fresh copy instead and the old buffer is
+//!   retired, freed when the last straggler lets go. So no buffer is written while a loser
+//!   still uses it, nor freed under it.
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
@@ -129,6 +136,12 @@ pub(crate) struct DataCell {
     lost_with: std::sync::atomic::AtomicU16,
     /// Being recomputed from its lineage after a device loss: readers wait.
     pub recovering: AtomicBool,
+    /// Losing attempts of speculated tasks that may still use the host buffers (module
+    /// invariants); changed with `retired` locked.
+    stragglers: AtomicU32,
+    /// Host buffers replaced while stragglers may use them: (pointer, words), freed when the
+    /// last straggler lets go.
+    retired: Mutex<Vec<(*mut u64, usize)>>,
 }
 
 /// The logical clock of GPU uses.
@@ -250,7 +263,89 @@ impl DataCell {
             replicas_wanted: std::sync::atomic::AtomicU8::new(1),
             lost_with: std::sync::atomic::AtomicU16::new(u16::MAX),
             recovering: AtomicBool::new(false),
+            stragglers: AtomicU32::new(0),
+            retired: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A losing attempt may go on using the host buffer: keep it from being overwritten or
+    /// freed until [`DataCell::straggler_done`].
+    pub fn hold_for_straggler(&self) {
+        let _retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        self.stragglers.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A losing attempt no longer uses the host buffers: the last one frees the retired ones.
+    pub fn straggler_done(&self) {
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        if self.stragglers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            for (ptr, words) in retired.drain(..) {
+                // SAFETY: retired buffers came from `Box::into_raw` of `words` words and were
+                // replaced in `ptr`; the last straggler that could use them is done.
+                unsafe { free_words(ptr, words) };
+            }
+        }
+    }
+
+    /// Before the host buffer is overwritten in place: if a straggler may still use it, moves
+    /// to a fresh copy (same bytes) and retires the old one. Called with `coherence` locked, or
+    /// by the one task allowed to write the datum now (graph dependencies), so that nothing
+    /// else swaps the pointer meanwhile. Without stragglers this is one atomic load.
+    pub fn unshare_host(&self) {
+        if self.stragglers.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        if self.stragglers.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let old = self.ptr.load(Ordering::Acquire);
+        if old.is_null() {
+            return;
+        }
+        // SAFETY: `old` is the live host buffer of `words` words; stragglers only read or
+        // write their own retired or replaced buffers, and no task writes this one now.
+        let copy: Box<[u64]> = unsafe { std::slice::from_raw_parts(old, self.words) }.into();
+        self.ptr.store(Box::into_raw(copy) as *mut u64, Ordering::Release);
+        retired.push((old, self.words));
+    }
+
+    /// Makes `buf` (`words` words) the host buffer and the host copy the only valid one: the
+    /// result of a speculative attempt that won. The old buffer is retired, since the loser
+    /// may still write it (the caller holds it for the straggler first).
+    pub fn install_host(&self, buf: Box<[u64]>) {
+        debug_assert_eq!(buf.len(), self.words);
+        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.ptr.swap(Box::into_raw(buf) as *mut u64, Ordering::AcqRel);
+        if !old.is_null() {
+            if self.stragglers.load(Ordering::Acquire) == 0 {
+                // SAFETY: the old buffer came from `Box::into_raw` of `words` words, was just
+                // replaced, and no straggler uses it (the loser, if any, is held for).
+                unsafe { free_words(old, self.words) };
+            } else {
+                retired.push((old, self.words));
+            }
+        }
+        drop(retired);
+        c.record_write(Node::Host);
+        self.lost_with.store(u16::MAX, Ordering::Release);
+        self.on_gpu.store(false, Ordering::Release);
+        self.host_valid.store(true, Ordering::Release);
+    }
+
+    /// The host buffer's words, for copying (a speculative attempt's private operands). The
+    /// caller knows no one writes the datum meanwhile.
+    pub fn host_words(&self) -> Option<Box<[u64]>> {
+        let ptr = self.ptr.load(Ordering::Acquire);
+        // SAFETY: a non-null `ptr` is the live host buffer of `words` words; the caller
+        // guarantees no concurrent writer, and stragglers hold retired buffers alive.
+        (!ptr.is_null()).then(|| unsafe { std::slice::from_raw_parts(ptr, self.words) }.into())
+    }
+
+    /// Host buffer length in 8-byte words.
+    pub fn words(&self) -> usize {
+        self.words
     }
 
     /// Keeps `copies` valid copies on distinct memory nodes after a GPU writes the datum (2:
@@ -618,6 +713,8 @@ impl DataCell {
             )));
         };
         self.materialize(c, numa)?;
+        // A straggler may still read the bytes about to be overwritten: give it the old buffer.
+        self.unshare_host();
         let started = Instant::now();
         // SAFETY: the host copy is invalid, so no kernel reads it (CPU readers wait for this
         // lock), and no task writes the datum concurrently with a reader (dependencies);
@@ -836,6 +933,11 @@ impl Drop for DataCell {
             // SAFETY: a non-null `ptr` is a live host buffer of `words` words (`spill_host`
             // clears it when it frees); we are the last owner.
             unsafe { free_words(ptr, self.words) }
+        }
+        for (ptr, words) in self.retired.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            // SAFETY: retired buffers come from `Box::into_raw`; with the cell gone, no run
+            // (and so no straggler) uses them.
+            unsafe { free_words(ptr, words) }
         }
     }
 }

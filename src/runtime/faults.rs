@@ -11,6 +11,10 @@
 //!   would) once the run has lasted `DURATION` (`2s`, `150ms`; default at once);
 //! - `worker-loss:cpuN[:after=DURATION]` — CPU worker `N` is lost: it runs nothing more,
 //!   and the tasks that reach it go to the others (as its thread dying would leave them);
+//! - `slow[:kernel=NAME][:p=P][:delay=DURATION][:cpuN]` — a CPU attempt (of that kernel, on
+//!   that worker) takes `DURATION` longer (default 1s), as on a throttled or shared core: a
+//!   straggler, for speculative re-execution to catch. The delay ends early when the
+//!   attempt's result is no longer wanted, as a kernel polling its cancellation would;
 //! - `seed=S` — the seed of the draws (default 0).
 //!
 //! Draws are a hash of (seed, task, attempt), so a plan fails the same attempts on every
@@ -32,6 +36,14 @@ pub enum FaultRule {
     /// The worker named `worker` (`cpu1`) is lost once the run has lasted `after`: it runs
     /// nothing more, and what reaches it goes to the others.
     WorkerLoss { worker: String, after: Duration },
+    /// CPU attempts of tasks (of `kernel`, on `worker`, if set) take `delay` longer, with
+    /// probability `p`.
+    Slow {
+        kernel: Option<String>,
+        worker: Option<String>,
+        p: f64,
+        delay: Duration,
+    },
 }
 
 /// Faults to inject into runs.
@@ -63,6 +75,26 @@ impl FaultPlan {
             }
             (draw(self.seed, task, attempt) < p)
                 .then(|| format!("{what}: injected fault (task attempt {})", attempt + 1))
+        })
+    }
+
+    /// How much longer attempt `attempt` of `task` (running `kernel`) takes on the CPU worker
+    /// named `worker`, if it is made a straggler.
+    pub(crate) fn slowdown(&self, task: u32, attempt: u32, kernel: &str, worker: &str) -> Option<Duration> {
+        self.rules.iter().find_map(|r| match r {
+            FaultRule::Slow {
+                kernel: k,
+                worker: w,
+                p,
+                delay,
+            } if k.as_deref().is_none_or(|k| k == kernel)
+                && w.as_deref().is_none_or(|w| w == worker)
+                // Its own draws: a plan with both panics and stragglers picks them apart.
+                && draw(self.seed ^ 0x5105_5105, task, attempt) < *p =>
+            {
+                Some(*delay)
+            }
+            _ => None,
         })
     }
 
@@ -114,6 +146,7 @@ impl std::str::FromStr for FaultPlan {
                 continue;
             }
             let (mut kernel, mut p, mut gpu, mut after) = (None, 1.0, None, Duration::ZERO);
+            let mut delay = Duration::from_secs(1);
             let mut worker = None;
             for part in parts {
                 match part.split_once('=') {
@@ -127,6 +160,10 @@ impl std::str::FromStr for FaultPlan {
                     }
                     Some(("after", v)) => {
                         after = parse_duration(v)
+                            .ok_or_else(|| format!("'{rule}': '{v}' is not a duration (e.g. 2s, 150ms)"))?
+                    }
+                    Some(("delay", v)) => {
+                        delay = parse_duration(v)
                             .ok_or_else(|| format!("'{rule}': '{v}' is not a duration (e.g. 2s, 150ms)"))?
                     }
                     None if part.starts_with("gpu") => {
@@ -153,9 +190,15 @@ impl std::str::FromStr for FaultPlan {
                     worker: worker.ok_or_else(|| format!("'{rule}': say which worker (worker-loss:cpu1)"))?,
                     after,
                 },
+                "slow" => FaultRule::Slow {
+                    kernel,
+                    worker,
+                    p,
+                    delay,
+                },
                 other => {
                     return Err(format!(
-                        "unknown fault '{other}' (known: panic, gpu-error, device-loss, worker-loss, seed=S)"
+                        "unknown fault '{other}' (known: panic, gpu-error, device-loss, worker-loss, slow, seed=S)"
                     ))
                 }
             });
@@ -225,6 +268,15 @@ mod tests {
         assert!((9_000..11_000).contains(&hits), "{hits}");
         assert_eq!(plan.fails(Site::Cpu, 5, 0, "k"), plan.fails(Site::Cpu, 5, 0, "k"));
         assert!(plan.fails(Site::Gpu, 5, 0, "k").is_none(), "panic rules are for CPUs");
+        let slow: FaultPlan = "slow:p=0.1:delay=20ms:cpu1,seed=3".parse().unwrap();
+        let slowed = (0..100_000u32)
+            .filter(|&t| slow.slowdown(t, 0, "k", "cpu1") == Some(Duration::from_millis(20)))
+            .count();
+        assert!((9_000..11_000).contains(&slowed), "{slowed}");
+        assert!(
+            (0..1000).all(|t| slow.slowdown(t, 0, "k", "cpu0").is_none()),
+            "cpu1 only"
+        );
         let gemm_only: FaultPlan = "panic:kernel=gemm".parse().unwrap();
         assert!(gemm_only.fails(Site::Cpu, 1, 0, "axpy").is_none());
         assert!(gemm_only.fails(Site::Cpu, 1, 0, "gemm").is_some());

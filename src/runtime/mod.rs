@@ -14,6 +14,7 @@ pub mod faults;
 mod lineage;
 mod queues;
 mod sleep;
+mod speculate;
 mod spill;
 mod spiller;
 mod watchdog;
@@ -157,6 +158,14 @@ pub struct RunOptions {
     pub on_stall: Option<fn(&str)>,
     /// A deadline for this run, over the graph's own ([`Graph::set_deadline`]).
     pub deadline: Option<std::time::Duration>,
+    /// Re-run stragglers speculatively: a CPU worker with nothing to do runs a copy of a
+    /// task that has run [`STRAGGLER_FACTOR`] times longer than expected (the model's
+    /// estimate, else its kernel's mean in this run); the first to finish wins. On whenever
+    /// the run has a deadline. Not under a host memory limit (a straggler's buffers would
+    /// escape the budget), nor for tasks touching temporaries.
+    ///
+    /// [`STRAGGLER_FACTOR`]: speculate::STRAGGLER_FACTOR
+    pub speculate: bool,
 }
 
 impl RunOptions {
@@ -887,6 +896,22 @@ impl Runtime {
         let planning = matches!(self.policy, PolicyKind::Locality | PolicyKind::Heft);
         let calibrate = self.calibrate || planning;
         let n = graph.len();
+        let speculation = (opts.speculate || deadline.is_some())
+            .then(|| {
+                if self.budgets.spillable() {
+                    tracing::warn!("no speculative re-execution under a host memory limit");
+                    return None;
+                }
+                let model = self.model.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let expected = costs::model_costs(graph, &model, &costs::task_sizes(graph, data_bytes));
+                Some(speculate::Speculation::new(
+                    n,
+                    self.machine.num_workers(),
+                    graph.kernels.len(),
+                    expected,
+                ))
+            })
+            .flatten();
         let plan = &compiled.plan;
         let (shared, deques) = SharedQueues::new(plan);
         let names: Vec<String> = self.machine.workers.iter().map(|w| w.name.clone()).collect();
@@ -963,6 +988,7 @@ impl Runtime {
             recovered: (0..self.gpus.len()).map(|_| AtomicBool::new(false)).collect(),
             worker_losses: names.iter().map(|w| self.faults.worker_loss(w)).collect(),
             stalled: Mutex::new(None),
+            speculation,
         };
         let (bandwidth, latency) = self.link_model();
         let view = planning.then(|| costs::CostView {
@@ -1121,6 +1147,11 @@ impl Runtime {
             cancelled: n.saturating_sub(completed + failed + skipped),
             retried: run.retried.load(Ordering::Relaxed),
             recomputed: run.lineage.recomputed.load(Ordering::Relaxed),
+            speculated: run
+                .speculation
+                .as_ref()
+                .map_or(0, |s| s.launched.load(Ordering::Relaxed)),
+            speculation_won: run.speculation.as_ref().map_or(0, |s| s.won.load(Ordering::Relaxed)),
             deadline_s: deadline.map(|(d, _)| d.as_secs_f64()),
             predicted_s: deadline.and_then(|(_, p)| p),
             deadline_met: deadline.map(|(d, _)| makespan <= d),

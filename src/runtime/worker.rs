@@ -18,6 +18,7 @@ use super::cores::CoreGate;
 use super::data::{DataCell, PrepError};
 use super::faults::Site;
 use super::queues::{LocalQueues, SharedQueues};
+use super::speculate::{CopyOutcome, OnFailure, SavedOperands, Settled};
 use super::watchdog::{DONE, READY, RUNNING, WAITING_FOR_MEMORY};
 use crate::gpu::{BatchItem, GpuDevice, GpuOperand, InFlight, MAX_BATCH};
 use crate::graph::compile::CompiledGraph;
@@ -101,6 +102,8 @@ pub(crate) struct RunState<'a> {
     pub recovered: Vec<AtomicBool>,
     /// The stall report, when the watchdog stopped the run.
     pub stalled: Mutex<Option<String>>,
+    /// Speculative re-execution of stragglers, when on for this run.
+    pub speculation: Option<super::speculate::Speculation>,
 }
 
 impl RunState<'_> {
@@ -190,11 +193,16 @@ pub(crate) fn run_worker<P: Policy>(
             Some(t) => t,
             None => match policy
                 .next(plan, &mut q, me)
-                .or_else(|| wait_for_work(policy, run, &mut q, me, &mut stats))
+                .map(Work::Task)
+                .or_else(|| wait_for_work(policy, run, &mut q, me, &mut stats, run.speculation.is_some()))
             {
-                Some(Pick { task, stolen_from }) => {
+                Some(Work::Task(Pick { task, stolen_from })) => {
                     stats.steals += u64::from(stolen_from.is_some());
                     task
+                }
+                Some(Work::Copy(task)) => {
+                    run_copy(policy, run, &mut q, me, task, &mut stats, &mut ready, &mut slot);
+                    continue;
                 }
                 None => break,
             },
@@ -214,10 +222,39 @@ pub(crate) fn run_worker<P: Policy>(
             Outcome::Failed(failure) => fail_attempt(
                 policy, run, &mut q, me, task, failure, &mut stats, &mut ready, &mut slot,
             ),
+            // A copy won the race and completed the task.
+            Outcome::Superseded => {}
         }
     }
     stats.wall = run.start.elapsed();
     stats
+}
+
+/// Runs a copy of a straggler (speculation) and settles the task with it if it wins.
+#[allow(clippy::too_many_arguments)]
+fn run_copy<P: Policy>(
+    policy: &P,
+    run: &RunState<'_>,
+    q: &mut LocalQueues<'_>,
+    me: WorkerId,
+    task: u32,
+    stats: &mut WorkerStats,
+    ready: &mut Vec<u32>,
+    slot: &mut Option<u32>,
+) {
+    let Some(spec) = &run.speculation else { return };
+    match super::speculate::run_copy(run, spec, task, me) {
+        CopyOutcome::Won => {
+            stats.tasks += 1;
+            stats.completed += 1;
+            complete(policy, run, q, me, task, true, ready, slot);
+        }
+        CopyOutcome::FailedOrphan(message) => {
+            stats.tasks += 1;
+            fail_attempt(policy, run, q, me, task, message.into(), stats, ready, slot);
+        }
+        CopyOutcome::Lost | CopyOutcome::Failed => {}
+    }
 }
 
 /// Releases the successors of a finished task: poisons them if it failed, keeps the
@@ -382,11 +419,12 @@ pub(crate) fn run_gpu_worker<P: Policy>(
                 finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
                 continue;
             }
-            match wait_for_work(policy, run, &mut q, me, &mut stats) {
-                Some(Pick { task, stolen_from }) => {
+            match wait_for_work(policy, run, &mut q, me, &mut stats, false) {
+                Some(Work::Task(Pick { task, stolen_from })) => {
                     stats.steals += u64::from(stolen_from.is_some());
                     batch.push(task);
                 }
+                Some(Work::Copy(_)) => unreachable!("GPU workers run no copies"),
                 None => break,
             }
         }
@@ -537,6 +575,14 @@ fn stage_gpu_batch(
         }
     }
     let in_flight = run.gpus[g].submit_batch(&items);
+    if let Some(spec) = &run.speculation {
+        let submitted: Vec<u32> = tasks
+            .iter()
+            .filter(|(_, s)| matches!(s, Staging::Submitted(_)))
+            .map(|&(t, _)| t)
+            .collect();
+        spec.gpu_batch_started(WorkerId(me as u32), &submitted, run.start.elapsed());
+    }
     (
         StagedBatch {
             tasks,
@@ -568,6 +614,10 @@ fn finish_gpu_batch<P: Policy>(
         .map(Some)
         .collect();
     staged.pinned.iter().for_each(|c| c.unpin(g));
+    if let Some(spec) = &run.speculation {
+        let done: Vec<u32> = staged.tasks.iter().map(|&(t, _)| t).collect();
+        spec.gpu_batch_finished(me, &done);
+    }
     // Progress on this GPU: copies evicted before now may come back without a ping-pong.
     let completions = &run.budgets.node(Node::Gpu(g as u16)).completions;
     completions.fetch_add(staged.tasks.len() as u64, Ordering::AcqRel);
@@ -588,6 +638,16 @@ fn finish_gpu_batch<P: Policy>(
         };
         let ok = match outcome {
             Ok(kernel_s) => {
+                if let Some(spec) = &run.speculation {
+                    match spec.settle(run, task) {
+                        Settled::Won { .. } => spec.publish(task),
+                        Settled::Lost => {
+                            // Its copy on a CPU finished first and completed the task.
+                            spec.let_go(run, task);
+                            continue;
+                        }
+                    }
+                }
                 let rec = &graph.tasks[task as usize];
                 for &(d, access) in &graph.accesses[rec.accesses.range()] {
                     if let (true, Some(cell)) = (access.writes(), &run.cells[d as usize]) {
@@ -633,6 +693,15 @@ enum Outcome {
     /// Not run: a task it depends on failed.
     Skipped,
     Failed(AttemptFailure),
+    /// Ran, but a speculative copy finished first: the copy's result is the task's.
+    Superseded,
+}
+
+/// What an idle worker found to do.
+enum Work {
+    Task(Pick),
+    /// A copy of a straggler to run (speculation).
+    Copy(u32),
 }
 
 /// Why an attempt failed, and whether another attempt could do better.
@@ -668,6 +737,24 @@ fn fail_attempt<P: Policy>(
 ) {
     let AttemptFailure { message, retriable } = failure;
     let graph = run.graph;
+    if let Some(spec) = &run.speculation {
+        match spec.original_failed(run, task) {
+            OnFailure::Alone => {}
+            // The copy finished first: this failure no longer matters.
+            OnFailure::Lost => return,
+            OnFailure::LeftToCopy => {
+                // No retry while the copy runs: if it fails too, it retries the task.
+                run.attempts[task as usize].fetch_add(1, Ordering::AcqRel);
+                let worker = run.worker_names[me.index()].clone();
+                tracing::info!(task = %TaskLabel(graph, task), %worker, %message, "task attempt failed; its copy runs on");
+                run.attempt_log
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((task, worker, message));
+                return;
+            }
+        }
+    }
     // An attempt may have failed on data a lost GPU took: recover it before retrying.
     for (g, dev) in run.gpus.iter().enumerate() {
         if dev.lost().is_some() {
@@ -821,7 +908,7 @@ fn recompute<'a>(
             run.graph.task_name(p.task as usize)
         ));
     }
-    execute_cpu(run, p.task, numa, operands).map_err(|f| f.message)?;
+    execute_cpu(run, p.task, numa, operands, None).map_err(|f| f.message)?;
     for (o, version) in outputs {
         run.lineage.restore(o, version);
     }
@@ -848,8 +935,12 @@ fn forward_until_done<P: Policy>(
         let next = carry.pop().or_else(|| slot.take()).or_else(|| {
             policy
                 .next(plan, q, me)
-                .or_else(|| wait_for_work(policy, run, q, me, stats))
                 .map(|p| p.task)
+                .or_else(|| match wait_for_work(policy, run, q, me, stats, false) {
+                    Some(Work::Task(p)) => Some(p.task),
+                    Some(Work::Copy(_)) => unreachable!("a lost worker runs no copies"),
+                    None => None,
+                })
         });
         match next {
             Some(task) => forward_from_lost(policy, run, q, me, task, stats, ready, slot),
@@ -905,13 +996,15 @@ pub(crate) fn cancel(run: &RunState<'_>) {
 }
 
 /// Spins, then parks, until a task turns up (`Some`) or the run is done (`None`).
+/// With `may_copy`, a straggler found while idle is returned as a copy to run.
 fn wait_for_work<P: Policy>(
     policy: &P,
     run: &RunState<'_>,
     q: &mut LocalQueues<'_>,
     me: WorkerId,
     stats: &mut WorkerStats,
-) -> Option<Pick> {
+    may_copy: bool,
+) -> Option<Work> {
     let plan = &run.compiled.plan;
     let idle_since = Instant::now();
     let backoff = Backoff::new();
@@ -920,16 +1013,22 @@ fn wait_for_work<P: Policy>(
             break None;
         }
         if let Some(p) = policy.next(plan, q, me) {
-            break Some(p);
+            break Some(Work::Task(p));
         }
         if !backoff.is_completed() {
             backoff.snooze();
             continue;
         }
+        // Idle with nothing to take: near the end of the graph, or of a narrow phase of it.
+        if let (true, Some(spec)) = (may_copy, &run.speculation) {
+            if let Some(task) = spec.pick(run, me) {
+                break Some(Work::Copy(task));
+            }
+        }
         run.queues.sleep.announce(me);
         if let Some(p) = policy.next(plan, q, me) {
             run.queues.sleep.cancel(me);
-            break Some(p);
+            break Some(Work::Task(p));
         }
         if run.done.load(Ordering::SeqCst) {
             run.queues.sleep.cancel(me);
@@ -959,16 +1058,26 @@ fn execute<'a>(
     let _span =
         tracing::trace_span!("task", id = task, name = %TaskLabel(graph, task), kernel = graph.task_kernel(task as usize))
             .entered();
-    let started = (run.record_trace || run.calibrate).then(|| run.start.elapsed());
+    let started = (run.record_trace || run.calibrate || run.speculation.is_some()).then(|| run.start.elapsed());
+    if let (Some(spec), Some(s)) = (&run.speculation, started) {
+        spec.cpu_running(me, Some(task), s);
+    }
     let injected = run.faults.and_then(|f| {
         let attempt = run.attempts[task as usize].load(Ordering::Acquire);
         f.fails(Site::Cpu, task, attempt, graph.task_kernel(task as usize))
     });
     let outcome = match injected {
         Some(fault) => Err(fault.into()),
-        None => execute_cpu(run, task, run.worker_numa[me.index()], operands),
+        None => execute_cpu(run, task, run.worker_numa[me.index()], operands, Some(me)),
     };
-    if let (true, Some(s), Ok(())) = (run.calibrate, started, &outcome) {
+    if let (Some(spec), Some(s)) = (&run.speculation, started) {
+        let now = run.start.elapsed();
+        spec.cpu_running(me, None, now);
+        if let Ok(true) = outcome {
+            spec.observe(graph.tasks[task as usize].kernel, now - s);
+        }
+    }
+    if let (true, Some(s), Ok(true)) = (run.calibrate, started, &outcome) {
         stats.samples.push((task, (run.start.elapsed() - s).as_secs_f64()));
     }
     if let (true, Some(s)) = (run.record_trace, started) {
@@ -981,22 +1090,27 @@ fn execute<'a>(
         });
     }
     match outcome {
-        Ok(()) => {
+        Ok(true) => {
             stats.completed += 1;
             Outcome::Completed
         }
+        Ok(false) => Outcome::Superseded,
         Err(failure) => Outcome::Failed(failure),
     }
 }
 
 /// Runs a task's CPU implementation over host copies (fetched from a GPU when stale).
 /// `numa` is the worker's NUMA node (host buffers it brings into memory are charged there).
+/// `attempt_on` is the worker of an attempt of the task (`None`: a recomputation from
+/// lineage, which does not settle the task). `Ok(false)`: it ran, but a speculative copy of
+/// the task finished first and its result stands.
 fn execute_cpu<'a>(
     run: &RunState<'a>,
     task: u32,
     numa: usize,
     operands: &mut Vec<RawOperand<'a>>,
-) -> Result<(), AttemptFailure> {
+    attempt_on: Option<WorkerId>,
+) -> Result<bool, AttemptFailure> {
     let graph = run.graph;
     let rec = &graph.tasks[task as usize];
     let kernel = &graph.kernels[rec.kernel as usize];
@@ -1008,12 +1122,36 @@ fn execute_cpu<'a>(
     // A failed attempt must leave its inputs as it found them, so that a retry computes the
     // same thing: save what it may both read and overwrite.
     let (saved, restorable, charged) = save_read_write_operands(run, numa, operands);
+    // Speculation: a copy of this task starts from the saved values, and may finish first.
+    let spec = run.speculation.as_ref().filter(|_| attempt_on.is_some());
+    let published = match spec {
+        Some(spec) if !saved.is_empty() => {
+            spec.publish_saved(task, Some(saved.clone()));
+            true
+        }
+        _ => false,
+    };
+    let stop = || spec.is_some_and(|s| s.settled(task)) || run.cancelled.load(Ordering::Relaxed);
+    if let (Some(f), Some(w)) = (run.faults, attempt_on) {
+        let attempt = run.attempts[task as usize].load(Ordering::Acquire);
+        if let Some(delay) = f.slowdown(task, attempt, kernel.name(), &run.worker_names[w.index()]) {
+            super::speculate::straggle(delay, stop);
+        }
+    }
     let params = &graph.params[rec.params.range()];
     let outcome = match kernel.cpu_impl() {
         None => Err(format!("kernel '{}' has no CPU implementation", kernel.name())),
         Some(f) => {
             let ctx = CpuContext::new(operands, params, rec.cores);
+            let ctx = match spec {
+                Some(_) => ctx.with_cancellation(&stop),
+                None => ctx,
+            };
             match catch_unwind(AssertUnwindSafe(|| f(&ctx))) {
+                // Told the run stopped, it may have returned half-done: undo it below.
+                Ok(Ok(())) if ctx.saw_cancellation() && run.cancelled.load(Ordering::Relaxed) => {
+                    Err("stopped: the run was cancelled".to_string())
+                }
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(panic) => Err(format!("panicked: {}", panic_message(&panic))),
@@ -1021,7 +1159,7 @@ fn execute_cpu<'a>(
         }
     };
     if outcome.is_err() {
-        for (i, bytes) in &saved {
+        for (i, bytes) in saved.iter() {
             let o = &operands[*i];
             // SAFETY: the operand is pinned for this task, `len_bytes` long, and the kernel
             // has returned (or its panic was caught), so this is again the only view of it.
@@ -1039,7 +1177,28 @@ fn execute_cpu<'a>(
     if let Some((bytes, node)) = charged {
         run.budgets.release_host(bytes, node);
     }
+    if published {
+        if let Some(spec) = spec {
+            spec.publish_saved(task, None);
+        }
+    }
     operands.clear();
+    // Settle the task: with a copy of it running, the first to finish wins.
+    let won = match (spec, &outcome) {
+        (Some(spec), Ok(())) => match spec.settle(run, task) {
+            Settled::Won { .. } => {
+                spec.publish(task);
+                true
+            }
+            Settled::Lost => {
+                // It wrote buffers the copy's results replaced: nothing of it is kept.
+                unpin_operands(run, accesses);
+                spec.let_go(run, task);
+                return Ok(false);
+            }
+        },
+        _ => true,
+    };
     if outcome.is_ok() && !run.gpus.is_empty() {
         for &(d, access) in accesses {
             if let (true, Some(cell)) = (access.writes(), &run.cells[d as usize]) {
@@ -1049,7 +1208,7 @@ fn execute_cpu<'a>(
         run.lineage.cpu_task_done(graph, task);
     }
     unpin_operands(run, accesses);
-    outcome
+    outcome.map(|()| won)
 }
 
 /// Copies of a CPU attempt's read-write operands (operand index, bytes), to restore them if
@@ -1057,14 +1216,13 @@ fn execute_cpu<'a>(
 /// room in the budget like any host copy (charged to `numa`); when there is none, nothing is
 /// saved and `false` says a failure of this attempt must be final. The last item is what to
 /// give back to the budget afterwards: (bytes, NUMA node).
-#[allow(clippy::type_complexity)]
 fn save_read_write_operands(
     run: &RunState<'_>,
     numa: usize,
     operands: &[RawOperand<'_>],
-) -> (Vec<(usize, Vec<u8>)>, bool, Option<(u64, usize)>) {
-    if run.retries == 0 {
-        return (Vec::new(), true, None);
+) -> (SavedOperands, bool, Option<(u64, usize)>) {
+    if run.retries == 0 && run.speculation.is_none() {
+        return (SavedOperands::default(), true, None);
     }
     let rw = || {
         operands
@@ -1079,11 +1237,11 @@ fn save_read_write_operands(
             let preferred = numa.min(run.budgets.numa_count().saturating_sub(1));
             match run.budgets.reserve_host(bytes, None, preferred) {
                 Ok(node) => charged = Some((bytes, node)),
-                Err(_) => return (Vec::new(), false, None),
+                Err(_) => return (SavedOperands::default(), false, None),
             }
         }
     }
-    let saved = rw()
+    let saved: Vec<(usize, Vec<u8>)> = rw()
         // SAFETY: the operand is pinned in memory for this task, `len_bytes` long, and no
         // other task touches it while this one may write it (graph dependencies).
         .map(|(i, o)| {
@@ -1093,7 +1251,7 @@ fn save_read_write_operands(
             )
         })
         .collect();
-    (saved, true, charged)
+    (std::sync::Arc::new(saved), true, charged)
 }
 
 /// How long a CPU task waits for host memory held by other tasks before it fails.
@@ -1132,7 +1290,12 @@ fn pin_each<'a>(
         operands.clear();
         for (i, &(d, access)) in accesses.iter().enumerate() {
             let b = run.bound[d as usize];
-            let ptr = match &run.cells[d as usize] {
+            let cell = &run.cells[d as usize];
+            if let (Some(cell), true, true) = (cell, access.writes(), run.speculation.is_some()) {
+                // A straggler may still use the bytes this task is about to overwrite.
+                cell.unshare_host();
+            }
+            let ptr = match cell {
                 None => None,
                 Some(cell) => match cell.pin_host(access.reads(), numa, run.gpus, &run.transfers) {
                     Ok(ptr) => Some(ptr),

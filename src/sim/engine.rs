@@ -809,6 +809,8 @@ impl<'a> State<'a> {
             skipped: 0,
             cancelled: 0,
             retried: 0,
+            speculated: 0,
+            speculation_won: 0,
             recomputed: 0,
             deadline_s: None,
             predicted_s: None,

@@ -90,6 +90,10 @@ pub struct RunReport {
     pub retried: u64,
     /// Tasks run again to recompute data a device loss took (lineage).
     pub recomputed: u64,
+    /// Copies of stragglers started (speculative re-execution).
+    pub speculated: u64,
+    /// Copies that finished first, whose results were used.
+    pub speculation_won: u64,
     /// The graph's deadline, when it has one (seconds from the run's start).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_s: Option<f64>,

@@ -1,0 +1,472 @@
+//! Speculative re-execution of stragglers: a CPU worker that finds nothing to run looks for a
+//! task that has been running much longer than expected (on a slow core, a throttled or
+//! busy GPU) and runs a copy of it on private buffers. The first attempt to finish is the
+//! task's result; the other is told it is no longer wanted ([`CpuContext::cancelled`]) and
+//! its result is ignored. On by default when the run has a deadline ([`RunOptions`]).
+//!
+//! Per task, a state machine (`state`):
+//!
+//! ```text
+//! IDLE ──copy starts──▶ COPYING ──one finishes first──▶ SETTLING ──▶ SETTLED
+//!   │                      │  └─the original fails─▶ ORPHANED ──copy finishes──▶ SETTLING
+//!   │                      └─the copy fails─▶ NO_COPY ──the original finishes──▶ SETTLED
+//!   └──the original finishes, no copy──────────────────────────────────────────▶ SETTLED
+//! ```
+//!
+//! Invariants:
+//! - at most one copy per task, started only while an attempt of it runs; exactly one attempt
+//!   settles a task (a compare-and-swap), and only its outcome counts;
+//! - a copy writes only private buffers: its read-write operands start from the values the
+//!   task started with (the original's saved copies on a CPU, the host copy for a task
+//!   running on a GPU), and it installs them ([`DataCell::install_host`]) only if it wins;
+//! - when an attempt wins against one still running, it holds every datum of the task for
+//!   that straggler ([`DataCell::hold_for_straggler`]) before publishing `SETTLED` and
+//!   before its successors are released; the straggler waits for `SETTLED`, then lets go.
+//!   While held, nothing overwrites or frees a host buffer the straggler may use;
+//! - an original attempt that fails while its copy runs leaves the task to the copy
+//!   (`ORPHANED`): no retry overlaps a copy, so there is never more than one straggler.
+//!
+//! [`CpuContext::cancelled`]: hexec_kernels::CpuContext::cancelled
+//! [`RunOptions`]: super::RunOptions
+//! [`DataCell::install_host`]: super::data::DataCell::install_host
+//! [`DataCell::hold_for_straggler`]: super::data::DataCell::hold_for_straggler
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_utils::Backoff;
+use hexec_kernels::{CpuContext, RawOperand};
+
+use super::worker::RunState;
+use crate::memory::Node;
+use crate::sched::{kind_index, TaskCost};
+use crate::topology::{DeviceKind, WorkerId};
+
+const IDLE: u8 = 0;
+const COPYING: u8 = 1;
+const ORPHANED: u8 = 2;
+const NO_COPY: u8 = 3;
+const SETTLING: u8 = 4;
+const SETTLED: u8 = 5;
+
+/// A task is a straggler once it has run this many times its expected time...
+pub const STRAGGLER_FACTOR: f64 = 2.0;
+/// ...and at least this long: copying shorter tasks costs more than it can save.
+pub const MIN_STRAGGLE: Duration = Duration::from_micros(500);
+/// Completed attempts of a kernel needed before their mean stands for its expected time,
+/// when the performance model does not know it.
+const MIN_SAMPLES: u64 = 3;
+/// The attempt number fault injection sees for a copy (its draws differ from the original's).
+pub const COPY_ATTEMPT: u32 = 0x8000_0000;
+
+const NONE: u32 = u32::MAX;
+
+/// What a worker runs now, as speculation sees it.
+struct Running {
+    /// The task on a CPU worker (`NONE`: nothing).
+    task: AtomicU32,
+    /// Since when, in nanoseconds from the run's start.
+    since_ns: AtomicU64,
+    /// The tasks of the batch in flight on a GPU worker.
+    batch: Mutex<Vec<u32>>,
+}
+
+/// Speculation state of one run.
+pub(crate) struct Speculation {
+    state: Vec<AtomicU8>,
+    running: Vec<Running>,
+    /// Per task and device kind: expected seconds from the performance model.
+    expected: Vec<TaskCost>,
+    /// Per kernel: (nanoseconds, count) of completed CPU attempts, for kernels the model lacks.
+    observed: Vec<(AtomicU64, AtomicU64)>,
+    /// Read-write operands saved by the CPU attempt running each task: where a copy starts.
+    saved: Mutex<HashMap<u32, SavedOperands>>,
+    /// Copies started.
+    pub launched: AtomicU64,
+    /// Copies whose result was used.
+    pub won: AtomicU64,
+}
+
+/// A CPU attempt's read-write operands as they were before it ran: (operand index, bytes).
+pub(crate) type SavedOperands = Arc<Vec<(usize, Vec<u8>)>>;
+
+/// How an attempt that finished stands against the other attempt of its task.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// Its outcome is the task's; `straggler` when the other attempt still runs (it was
+    /// held for; call [`Speculation::publish`] once the result is in place).
+    Won { straggler: bool },
+    /// The other attempt won: ignore this one's outcome (after [`Speculation::let_go`]).
+    Lost,
+}
+
+/// What became of a failed original attempt.
+pub(crate) enum OnFailure {
+    /// No copy runs: retry or fail as usual.
+    Alone,
+    /// The copy runs on: it decides the task.
+    LeftToCopy,
+    /// The copy already won: ignore the failure (after [`Speculation::let_go`]).
+    Lost,
+}
+
+/// What became of a copy.
+pub(crate) enum CopyOutcome {
+    /// Its result is installed; the caller completes the task.
+    Won,
+    /// The original won first; nothing to do.
+    Lost,
+    /// It failed while the original still runs: nothing to do.
+    Failed,
+    /// It failed after the original had failed: the caller handles the task's failure.
+    FailedOrphan(String),
+}
+
+impl Speculation {
+    pub fn new(tasks: usize, workers: usize, kernels: usize, expected: Vec<TaskCost>) -> Self {
+        Speculation {
+            state: (0..tasks).map(|_| AtomicU8::new(IDLE)).collect(),
+            running: (0..workers)
+                .map(|_| Running {
+                    task: AtomicU32::new(NONE),
+                    since_ns: AtomicU64::new(0),
+                    batch: Mutex::new(Vec::new()),
+                })
+                .collect(),
+            expected,
+            observed: (0..kernels).map(|_| (AtomicU64::new(0), AtomicU64::new(0))).collect(),
+            saved: Mutex::new(HashMap::new()),
+            launched: AtomicU64::new(0),
+            won: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether another attempt settled `task`: this one's result is not wanted.
+    pub fn settled(&self, task: u32) -> bool {
+        self.state[task as usize].load(Ordering::Acquire) >= SETTLING
+    }
+
+    /// CPU worker `w` starts (`Some`) or ends (`None`) an attempt of a task.
+    pub fn cpu_running(&self, w: WorkerId, task: Option<u32>, now: Duration) {
+        let r = &self.running[w.index()];
+        r.since_ns.store(now.as_nanos() as u64, Ordering::Relaxed);
+        r.task.store(task.unwrap_or(NONE), Ordering::Release);
+    }
+
+    /// GPU worker `w` submitted `tasks` at `now` (its batches in flight are timed from the
+    /// latest submission: a straggler is caught late rather than early).
+    pub fn gpu_batch_started(&self, w: WorkerId, tasks: &[u32], now: Duration) {
+        let r = &self.running[w.index()];
+        r.since_ns.store(now.as_nanos() as u64, Ordering::Relaxed);
+        r.batch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(tasks);
+    }
+
+    /// GPU worker `w` has the results of `tasks`.
+    pub fn gpu_batch_finished(&self, w: WorkerId, tasks: &[u32]) {
+        let r = &self.running[w.index()];
+        r.batch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|t| !tasks.contains(t));
+    }
+
+    /// A CPU attempt of a task of `kernel` completed in `took`.
+    pub fn observe(&self, kernel: u32, took: Duration) {
+        let (ns, n) = &self.observed[kernel as usize];
+        ns.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+        n.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A CPU attempt of `task` saved its read-write operands (`None`: it ended).
+    pub fn publish_saved(&self, task: u32, saved: Option<SavedOperands>) {
+        let mut map = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        match saved {
+            Some(s) => map.insert(task, s),
+            None => map.remove(&task),
+        };
+    }
+
+    /// Expected seconds of `task` on a worker of kind index `kind`: the model's, else the
+    /// mean of its kernel's completed CPU attempts in this run.
+    fn expected_s(&self, run: &RunState<'_>, task: u32, kind: usize) -> Option<f64> {
+        if let Some(s) = self.expected.get(task as usize).and_then(|c| c[kind]) {
+            return Some(s);
+        }
+        let (ns, n) = &self.observed[run.graph.tasks[task as usize].kernel as usize];
+        let n = n.load(Ordering::Relaxed);
+        (n >= MIN_SAMPLES).then(|| ns.load(Ordering::Relaxed) as f64 / n as f64 / 1e9)
+    }
+
+    /// A straggler idle CPU worker `me` may copy: the running task furthest past its expected
+    /// time, once past [`STRAGGLER_FACTOR`] times it and [`MIN_STRAGGLE`]. Marks it `COPYING`.
+    pub fn pick(&self, run: &RunState<'_>, me: WorkerId) -> Option<u32> {
+        let now = run.start.elapsed();
+        let mut best: Option<(f64, u32)> = None;
+        for (w, r) in self.running.iter().enumerate() {
+            if w == me.index() {
+                continue;
+            }
+            let elapsed = now.saturating_sub(Duration::from_nanos(r.since_ns.load(Ordering::Relaxed)));
+            if elapsed < MIN_STRAGGLE {
+                continue;
+            }
+            let on_gpu = run.gpu_of_worker[w].is_some();
+            let kind = kind_index(if on_gpu { DeviceKind::Gpu } else { DeviceKind::Cpu });
+            let mut consider = |task: u32| {
+                if let Some(expected) = self.expected_s(run, task, kind) {
+                    let ratio = elapsed.as_secs_f64() / expected.max(1e-9);
+                    if ratio > STRAGGLER_FACTOR
+                        && best.is_none_or(|(b, _)| ratio > b)
+                        && self.state[task as usize].load(Ordering::Acquire) == IDLE
+                        && copyable(run, self, task, me, on_gpu)
+                    {
+                        best = Some((ratio, task));
+                    }
+                }
+            };
+            if on_gpu {
+                let batch = r.batch.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                batch.into_iter().for_each(&mut consider);
+            } else {
+                let task = r.task.load(Ordering::Acquire);
+                if task != NONE {
+                    consider(task);
+                }
+            }
+        }
+        let (_, task) = best?;
+        self.state[task as usize]
+            .compare_exchange(IDLE, COPYING, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        self.launched.fetch_add(1, Ordering::Relaxed);
+        Some(task)
+    }
+
+    /// An attempt of `task` finished well: settles the task if no other attempt did.
+    pub fn settle(&self, run: &RunState<'_>, task: u32) -> Settled {
+        let state = &self.state[task as usize];
+        loop {
+            let s = state.load(Ordering::Acquire);
+            let (next, straggler) = match s {
+                IDLE | NO_COPY => (SETTLED, false),
+                COPYING => (SETTLING, true),
+                ORPHANED => (SETTLING, false),
+                _ => return Settled::Lost,
+            };
+            if state
+                .compare_exchange(s, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                if straggler {
+                    for_each_cell(run, task, |c| c.hold_for_straggler());
+                }
+                return Settled::Won { straggler };
+            }
+        }
+    }
+
+    /// The winner's result is in place: the loser may let go, successors may run.
+    pub fn publish(&self, task: u32) {
+        self.state[task as usize].store(SETTLED, Ordering::Release);
+    }
+
+    /// A losing attempt is done with the task's data.
+    pub fn let_go(&self, run: &RunState<'_>, task: u32) {
+        let backoff = Backoff::new();
+        while self.state[task as usize].load(Ordering::Acquire) != SETTLED {
+            backoff.snooze();
+        }
+        for_each_cell(run, task, |c| c.straggler_done());
+    }
+
+    /// The original attempt of `task` failed.
+    pub fn original_failed(&self, run: &RunState<'_>, task: u32) -> OnFailure {
+        let state = &self.state[task as usize];
+        match state.compare_exchange(COPYING, ORPHANED, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => OnFailure::LeftToCopy,
+            Err(SETTLING | SETTLED) => {
+                self.let_go(run, task);
+                OnFailure::Lost
+            }
+            Err(_) => OnFailure::Alone,
+        }
+    }
+}
+
+/// Calls `f` on the stored cell of every datum `task` accesses.
+fn for_each_cell(run: &RunState<'_>, task: u32, mut f: impl FnMut(&super::data::DataCell)) {
+    let rec = &run.graph.tasks[task as usize];
+    for &(d, _) in &run.graph.accesses[rec.accesses.range()] {
+        if let Some(c) = &run.cells[d as usize] {
+            f(c);
+        }
+    }
+}
+
+/// Whether idle CPU worker `me` can run a copy of `task`: allowed there, with a CPU kernel,
+/// no temporaries (freed by their last user, which a straggler may outlive), and the values it
+/// started from at hand (saved by a CPU original; the host copy for a GPU original).
+fn copyable(run: &RunState<'_>, spec: &Speculation, task: u32, me: WorkerId, on_gpu: bool) -> bool {
+    let rec = &run.graph.tasks[task as usize];
+    if !run.compiled.plan.eligible(task, me) || !run.graph.kernels[rec.kernel as usize].has_cpu() {
+        return false;
+    }
+    let accesses = &run.graph.accesses[rec.accesses.range()];
+    let temps = !run.temp_uses.is_empty();
+    let mut read_write = false;
+    for &(d, access) in accesses {
+        if temps && run.temp_uses[d as usize].load(Ordering::Relaxed) != u32::MAX {
+            return false;
+        }
+        if let Some(cell) = &run.cells[d as usize] {
+            read_write |= access.reads() && access.writes();
+            if on_gpu && access.reads() && !cell.is_valid_on(Node::Host) {
+                return false;
+            }
+        }
+    }
+    on_gpu || !read_write || spec.saved.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&task)
+}
+
+/// Runs a copy of straggler `task` (marked `COPYING` by [`Speculation::pick`]) on CPU worker
+/// `me`, over private buffers for what it writes, and installs its result if it wins.
+pub(crate) fn run_copy(run: &RunState<'_>, spec: &Speculation, task: u32, me: WorkerId) -> CopyOutcome {
+    let graph = run.graph;
+    let rec = &graph.tasks[task as usize];
+    let kernel = &graph.kernels[rec.kernel as usize];
+    let accesses = &graph.accesses[rec.accesses.range()];
+    let numa = run.worker_numa[me.index()];
+    let saved = spec.saved.lock().unwrap_or_else(|e| e.into_inner()).get(&task).cloned();
+    tracing::info!(task = %graph.task_name(task as usize), worker = %run.worker_names[me.index()], "straggler: running a copy");
+    // Private buffers for what the copy writes, by operand index.
+    let mut private: Vec<Option<Box<[u64]>>> = Vec::with_capacity(accesses.len());
+    let mut prepared: Result<(), String> = Ok(());
+    for (i, &(d, access)) in accesses.iter().enumerate() {
+        let buf = match (&run.cells[d as usize], access.writes()) {
+            (Some(cell), true) => {
+                let mut words = vec![0u64; cell.words()].into_boxed_slice();
+                if access.reads() {
+                    match saved.as_ref().and_then(|s| s.iter().find(|(j, _)| *j == i)) {
+                        Some((_, bytes)) => {
+                            bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes)
+                        }
+                        // A GPU original leaves the host copy as the task found it.
+                        None => match cell.host_words() {
+                            Some(w) => words = w,
+                            None => prepared = Err(format!("no starting values for {}", cell.name)),
+                        },
+                    }
+                }
+                Some(words)
+            }
+            _ => None,
+        };
+        private.push(buf);
+    }
+    let attempt = COPY_ATTEMPT | run.attempts[task as usize].load(Ordering::Acquire);
+    let outcome = prepared.and_then(|()| {
+        if let Some(fault) = run
+            .faults
+            .and_then(|f| f.fails(super::faults::Site::Cpu, task, attempt, kernel.name()))
+        {
+            return Err(fault);
+        }
+        let mut operands: Vec<RawOperand<'_>> = Vec::with_capacity(accesses.len());
+        for (i, &(d, access)) in accesses.iter().enumerate() {
+            let b = run.bound[d as usize];
+            let ptr = match (&run.cells[d as usize], private[i].as_mut()) {
+                (_, Some(words)) => Some(words.as_mut_ptr().cast::<u8>()),
+                (Some(cell), None) => Some(
+                    cell.pin_host(true, numa, run.gpus, &run.transfers)
+                        .map_err(|e| e.to_string())?,
+                ),
+                (None, None) => None,
+            };
+            operands.push(match (b.elem, ptr) {
+                // SAFETY: a private buffer is `words` (≥ `b.bytes` / 8) words owned here and
+                // used by this copy alone; a read operand's host buffer is valid and live, and
+                // nothing writes or frees it while this copy may read it: the task's writers
+                // wait for the task, and once another attempt settles it the datum is held
+                // for this copy until `let_go` (module invariants).
+                (Some(elem), Some(ptr)) => unsafe { RawOperand::new(ptr, b.bytes, elem, access) },
+                _ => RawOperand::virtual_(b.bytes, access),
+            });
+        }
+        let worker = &run.worker_names[me.index()];
+        if let Some(delay) = run
+            .faults
+            .and_then(|f| f.slowdown(task, attempt, kernel.name(), worker))
+        {
+            straggle(delay, || spec.settled(task) || run.cancelled.load(Ordering::Relaxed));
+        }
+        let Some(f) = kernel.cpu_impl() else {
+            return Err(format!("kernel '{}' has no CPU implementation", kernel.name()));
+        };
+        let stop = || spec.settled(task) || run.cancelled.load(Ordering::Relaxed);
+        let ctx = CpuContext::new(&operands, &graph.params[rec.params.range()], rec.cores).with_cancellation(&stop);
+        match catch_unwind(AssertUnwindSafe(|| f(&ctx))) {
+            // Told to stop, it may have returned half-done: never install that.
+            Ok(Ok(())) if ctx.saw_cancellation() => Err("cancelled".to_string()),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(p) => Err(format!("panicked: {}", super::worker::panic_message(&p))),
+        }
+    });
+    match outcome {
+        Ok(()) => match spec.settle(run, task) {
+            Settled::Won { .. } => {
+                for (i, &(d, _)) in accesses.iter().enumerate() {
+                    if let (Some(cell), Some(words)) = (&run.cells[d as usize], private[i].take()) {
+                        cell.install_host(words);
+                    }
+                }
+                run.lineage.cpu_task_done(graph, task);
+                spec.publish(task);
+                spec.won.fetch_add(1, Ordering::Relaxed);
+                CopyOutcome::Won
+            }
+            Settled::Lost => {
+                spec.let_go(run, task);
+                CopyOutcome::Lost
+            }
+        },
+        Err(message) => {
+            let state = &spec.state[task as usize];
+            if state
+                .compare_exchange(COPYING, NO_COPY, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                tracing::info!(task = %graph.task_name(task as usize), %message, "the copy failed; the original runs on");
+                return CopyOutcome::Failed;
+            }
+            if state.load(Ordering::Acquire) == ORPHANED {
+                // Both failed: the task goes on as after any failed attempt (no copy again).
+                state.store(NO_COPY, Ordering::Release);
+                return CopyOutcome::FailedOrphan(message);
+            }
+            spec.let_go(run, task);
+            CopyOutcome::Lost
+        }
+    }
+}
+
+/// An injected straggler's extra time: sleeps `delay` in steps, ending early when `stop`
+/// says the result is no longer wanted (as a kernel polling its cancellation would).
+pub(crate) fn straggle(delay: Duration, stop: impl Fn() -> bool) {
+    let end = std::time::Instant::now() + delay;
+    while let Some(left) = end
+        .checked_duration_since(std::time::Instant::now())
+        .filter(|l| !l.is_zero())
+    {
+        if stop() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(1)));
+    }
+}
