@@ -443,6 +443,27 @@ mod tests {
     }
 
     #[test]
+    fn sleep_and_spin_stop_when_cancelled() {
+        let yes = || true;
+        for k in [sleep(), spin()] {
+            let ctx = CpuContext::new(&[], &[60.0], 1).with_cancellation(&yes);
+            let start = Instant::now();
+            (k.cpu_impl().unwrap())(&ctx).unwrap();
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{} ignored its cancellation",
+                k.name()
+            );
+            assert!(ctx.saw_cancellation());
+        }
+        let ctx = CpuContext::new(&[], &[0.0], 1);
+        assert!(
+            !ctx.cancelled() && !ctx.saw_cancellation(),
+            "no cancellation without a source"
+        );
+    }
+
+    #[test]
     fn signatures_are_checked() {
         let sig = axpy().signature().clone();
         assert!(sig

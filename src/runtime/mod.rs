@@ -159,12 +159,10 @@ pub struct RunOptions {
     /// A deadline for this run, over the graph's own ([`Graph::set_deadline`]).
     pub deadline: Option<std::time::Duration>,
     /// Re-run stragglers speculatively: a CPU worker with nothing to do runs a copy of a
-    /// task that has run [`STRAGGLER_FACTOR`] times longer than expected (the model's
+    /// task that has run twice as long as expected, and at least 0.5 ms (the model's
     /// estimate, else its kernel's mean in this run); the first to finish wins. On whenever
     /// the run has a deadline. Not under a host memory limit (a straggler's buffers would
     /// escape the budget), nor for tasks touching temporaries.
-    ///
-    /// [`STRAGGLER_FACTOR`]: speculate::STRAGGLER_FACTOR
     pub speculate: bool,
 }
 

@@ -74,9 +74,102 @@ struct Running {
     batch: Mutex<Vec<u32>>,
 }
 
+/// The race state of one task (module docs): every transition is a compare-and-swap, so
+/// that of two attempts finishing together exactly one settles the task.
+struct Race(AtomicU8);
+
+/// What became of a copy that failed, as its race state says.
+#[derive(Debug, PartialEq, Eq)]
+enum CopyFailed {
+    /// The original still runs and decides the task.
+    OriginalRunsOn,
+    /// The original had failed already: the task goes on as after a failed attempt.
+    Orphan,
+    /// The original won meanwhile.
+    Lost,
+}
+
+impl Race {
+    fn new() -> Self {
+        Race(AtomicU8::new(IDLE))
+    }
+
+    fn settled(&self) -> bool {
+        self.0.load(Ordering::Acquire) >= SETTLING
+    }
+
+    fn may_copy(&self) -> bool {
+        self.0.load(Ordering::Acquire) == IDLE
+    }
+
+    /// An idle worker starts the task's one copy.
+    fn start_copy(&self) -> bool {
+        self.0
+            .compare_exchange(IDLE, COPYING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// An attempt finished well.
+    fn settle(&self) -> Settled {
+        loop {
+            let s = self.0.load(Ordering::Acquire);
+            let (next, straggler) = match s {
+                IDLE | NO_COPY => (SETTLED, false),
+                COPYING => (SETTLING, true),
+                ORPHANED => (SETTLING, false),
+                _ => return Settled::Lost,
+            };
+            if self
+                .0
+                .compare_exchange(s, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Settled::Won { straggler };
+            }
+        }
+    }
+
+    /// The winner's result is in place.
+    fn publish(&self) {
+        self.0.store(SETTLED, Ordering::Release);
+    }
+
+    fn published(&self) -> bool {
+        self.0.load(Ordering::Acquire) == SETTLED
+    }
+
+    /// The original attempt failed.
+    fn original_failed(&self) -> OnFailure {
+        match self
+            .0
+            .compare_exchange(COPYING, ORPHANED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => OnFailure::LeftToCopy,
+            Err(SETTLING | SETTLED) => OnFailure::Lost,
+            Err(_) => OnFailure::Alone,
+        }
+    }
+
+    /// The copy failed; no copy runs again.
+    fn copy_failed(&self) -> CopyFailed {
+        let from = |s| {
+            self.0
+                .compare_exchange(s, NO_COPY, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        };
+        if from(COPYING) {
+            CopyFailed::OriginalRunsOn
+        } else if from(ORPHANED) {
+            CopyFailed::Orphan
+        } else {
+            CopyFailed::Lost
+        }
+    }
+}
+
 /// Speculation state of one run.
 pub(crate) struct Speculation {
-    state: Vec<AtomicU8>,
+    state: Vec<Race>,
     running: Vec<Running>,
     /// Per task and device kind: expected seconds from the performance model.
     expected: Vec<TaskCost>,
@@ -104,6 +197,7 @@ pub(crate) enum Settled {
 }
 
 /// What became of a failed original attempt.
+#[derive(Debug)]
 pub(crate) enum OnFailure {
     /// No copy runs: retry or fail as usual.
     Alone,
@@ -128,7 +222,7 @@ pub(crate) enum CopyOutcome {
 impl Speculation {
     pub fn new(tasks: usize, workers: usize, kernels: usize, expected: Vec<TaskCost>) -> Self {
         Speculation {
-            state: (0..tasks).map(|_| AtomicU8::new(IDLE)).collect(),
+            state: (0..tasks).map(|_| Race::new()).collect(),
             running: (0..workers)
                 .map(|_| Running {
                     task: AtomicU32::new(NONE),
@@ -146,7 +240,7 @@ impl Speculation {
 
     /// Whether another attempt settled `task`: this one's result is not wanted.
     pub fn settled(&self, task: u32) -> bool {
-        self.state[task as usize].load(Ordering::Acquire) >= SETTLING
+        self.state[task as usize].settled()
     }
 
     /// CPU worker `w` starts (`Some`) or ends (`None`) an attempt of a task.
@@ -223,7 +317,7 @@ impl Speculation {
                     let ratio = elapsed.as_secs_f64() / expected.max(1e-9);
                     if ratio > STRAGGLER_FACTOR
                         && best.is_none_or(|(b, _)| ratio > b)
-                        && self.state[task as usize].load(Ordering::Acquire) == IDLE
+                        && self.state[task as usize].may_copy()
                         && copyable(run, self, task, me, on_gpu)
                     {
                         best = Some((ratio, task));
@@ -241,45 +335,31 @@ impl Speculation {
             }
         }
         let (_, task) = best?;
-        self.state[task as usize]
-            .compare_exchange(IDLE, COPYING, Ordering::AcqRel, Ordering::Acquire)
-            .ok()?;
+        if !self.state[task as usize].start_copy() {
+            return None;
+        }
         self.launched.fetch_add(1, Ordering::Relaxed);
         Some(task)
     }
 
     /// An attempt of `task` finished well: settles the task if no other attempt did.
     pub fn settle(&self, run: &RunState<'_>, task: u32) -> Settled {
-        let state = &self.state[task as usize];
-        loop {
-            let s = state.load(Ordering::Acquire);
-            let (next, straggler) = match s {
-                IDLE | NO_COPY => (SETTLED, false),
-                COPYING => (SETTLING, true),
-                ORPHANED => (SETTLING, false),
-                _ => return Settled::Lost,
-            };
-            if state
-                .compare_exchange(s, next, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                if straggler {
-                    for_each_cell(run, task, |c| c.hold_for_straggler());
-                }
-                return Settled::Won { straggler };
-            }
+        let settled = self.state[task as usize].settle();
+        if settled == (Settled::Won { straggler: true }) {
+            for_each_cell(run, task, |c| c.hold_for_straggler());
         }
+        settled
     }
 
     /// The winner's result is in place: the loser may let go, successors may run.
     pub fn publish(&self, task: u32) {
-        self.state[task as usize].store(SETTLED, Ordering::Release);
+        self.state[task as usize].publish();
     }
 
     /// A losing attempt is done with the task's data.
     pub fn let_go(&self, run: &RunState<'_>, task: u32) {
         let backoff = Backoff::new();
-        while self.state[task as usize].load(Ordering::Acquire) != SETTLED {
+        while !self.state[task as usize].published() {
             backoff.snooze();
         }
         for_each_cell(run, task, |c| c.straggler_done());
@@ -287,15 +367,11 @@ impl Speculation {
 
     /// The original attempt of `task` failed.
     pub fn original_failed(&self, run: &RunState<'_>, task: u32) -> OnFailure {
-        let state = &self.state[task as usize];
-        match state.compare_exchange(COPYING, ORPHANED, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => OnFailure::LeftToCopy,
-            Err(SETTLING | SETTLED) => {
-                self.let_go(run, task);
-                OnFailure::Lost
-            }
-            Err(_) => OnFailure::Alone,
+        let outcome = self.state[task as usize].original_failed();
+        if let OnFailure::Lost = outcome {
+            self.let_go(run, task);
         }
+        outcome
     }
 }
 
@@ -437,21 +513,18 @@ pub(crate) fn run_copy(run: &RunState<'_>, spec: &Speculation, task: u32, me: Wo
             }
         },
         Err(message) => {
-            let state = &spec.state[task as usize];
-            if state
-                .compare_exchange(COPYING, NO_COPY, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                tracing::info!(task = %graph.task_name(task as usize), %message, "the copy failed; the original runs on");
-                return CopyOutcome::Failed;
-            }
-            if state.load(Ordering::Acquire) == ORPHANED {
+            match spec.state[task as usize].copy_failed() {
+                CopyFailed::OriginalRunsOn => {
+                    tracing::info!(task = %graph.task_name(task as usize), %message, "the copy failed; the original runs on");
+                    CopyOutcome::Failed
+                }
                 // Both failed: the task goes on as after any failed attempt (no copy again).
-                state.store(NO_COPY, Ordering::Release);
-                return CopyOutcome::FailedOrphan(message);
+                CopyFailed::Orphan => CopyOutcome::FailedOrphan(message),
+                CopyFailed::Lost => {
+                    spec.let_go(run, task);
+                    CopyOutcome::Lost
+                }
             }
-            spec.let_go(run, task);
-            CopyOutcome::Lost
         }
     }
 }
@@ -468,5 +541,78 @@ pub(crate) fn straggle(delay: Duration, stop: impl Fn() -> bool) {
             return;
         }
         std::thread::sleep(left.min(Duration::from_millis(1)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_copy_the_original_settles_alone() {
+        let r = Race::new();
+        assert_eq!(r.settle(), Settled::Won { straggler: false });
+        assert!(r.published() && r.settled());
+        assert!(!r.start_copy(), "no copy of a settled task");
+    }
+
+    #[test]
+    fn the_first_to_finish_wins_and_holds_for_the_other() {
+        let r = Race::new();
+        assert!(r.start_copy());
+        assert!(!r.start_copy(), "one copy per task");
+        assert_eq!(r.settle(), Settled::Won { straggler: true });
+        assert!(r.settled() && !r.published(), "the loser waits for the result");
+        assert_eq!(r.settle(), Settled::Lost);
+        assert!(matches!(r.original_failed(), OnFailure::Lost));
+        assert_eq!(r.copy_failed(), CopyFailed::Lost);
+        r.publish();
+        assert!(r.published());
+    }
+
+    #[test]
+    fn a_failed_original_leaves_the_task_to_its_copy() {
+        let r = Race::new();
+        assert!(r.start_copy());
+        assert!(matches!(r.original_failed(), OnFailure::LeftToCopy));
+        assert_eq!(r.settle(), Settled::Won { straggler: false }, "nobody left to hold for");
+        // Both failing: the copy hands the task back, and no copy runs again.
+        let r = Race::new();
+        assert!(r.start_copy());
+        assert!(matches!(r.original_failed(), OnFailure::LeftToCopy));
+        assert_eq!(r.copy_failed(), CopyFailed::Orphan);
+        assert!(!r.start_copy());
+        assert!(
+            matches!(r.original_failed(), OnFailure::Alone),
+            "a retry fails as usual"
+        );
+        assert_eq!(r.settle(), Settled::Won { straggler: false });
+    }
+
+    #[test]
+    fn a_failed_copy_leaves_the_original_alone() {
+        let r = Race::new();
+        assert!(r.start_copy());
+        assert_eq!(r.copy_failed(), CopyFailed::OriginalRunsOn);
+        assert!(!r.start_copy(), "one copy per task, even a failed one");
+        assert!(matches!(r.original_failed(), OnFailure::Alone));
+        assert_eq!(r.settle(), Settled::Won { straggler: false });
+    }
+
+    #[test]
+    fn of_two_attempts_finishing_together_exactly_one_wins() {
+        for _ in 0..2000 {
+            let r = Race::new();
+            assert!(r.start_copy());
+            let wins = std::thread::scope(|s| {
+                let a = s.spawn(|| r.settle());
+                let b = s.spawn(|| r.settle());
+                [a.join().unwrap(), b.join().unwrap()]
+                    .iter()
+                    .filter(|o| matches!(o, Settled::Won { straggler: true }))
+                    .count()
+            });
+            assert_eq!(wins, 1);
+        }
     }
 }

@@ -737,6 +737,12 @@ fn fail_attempt<P: Policy>(
 ) {
     let AttemptFailure { message, retriable } = failure;
     let graph = run.graph;
+    let failed = run.attempts[task as usize].fetch_add(1, Ordering::AcqRel) + 1;
+    let worker = run.worker_names[me.index()].clone();
+    run.attempt_log
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((task, worker.clone(), message.clone()));
     if let Some(spec) = &run.speculation {
         match spec.original_failed(run, task) {
             OnFailure::Alone => {}
@@ -744,13 +750,7 @@ fn fail_attempt<P: Policy>(
             OnFailure::Lost => return,
             OnFailure::LeftToCopy => {
                 // No retry while the copy runs: if it fails too, it retries the task.
-                run.attempts[task as usize].fetch_add(1, Ordering::AcqRel);
-                let worker = run.worker_names[me.index()].clone();
                 tracing::info!(task = %TaskLabel(graph, task), %worker, %message, "task attempt failed; its copy runs on");
-                run.attempt_log
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((task, worker, message));
                 return;
             }
         }
@@ -761,12 +761,6 @@ fn fail_attempt<P: Policy>(
             recover_from_lost_gpu(run, g, run.worker_numa[me.index()]);
         }
     }
-    let failed = run.attempts[task as usize].fetch_add(1, Ordering::AcqRel) + 1;
-    let worker = run.worker_names[me.index()].clone();
-    run.attempt_log
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((task, worker.clone(), message.clone()));
     if retriable && failed <= run.retries && !run.cancelled.load(Ordering::Acquire) {
         if let Some(next) = retry_worker(run, task, me) {
             run.retried.fetch_add(1, Ordering::Relaxed);
