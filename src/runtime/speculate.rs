@@ -173,7 +173,7 @@ pub(crate) struct Speculation {
     running: Vec<Running>,
     /// Per task and device kind: expected seconds from the performance model.
     expected: Vec<TaskCost>,
-    /// Per kernel: (nanoseconds, count) of completed CPU attempts, for kernels the model lacks.
+    /// Per kernel: (nanoseconds, count) of completed attempts, for kernels the model lacks.
     observed: Vec<(AtomicU64, AtomicU64)>,
     /// Read-write operands saved by the CPU attempt running each task: where a copy starts.
     saved: Mutex<HashMap<u32, SavedOperands>>,
@@ -270,7 +270,7 @@ impl Speculation {
             .retain(|t| !tasks.contains(t));
     }
 
-    /// A CPU attempt of a task of `kernel` completed in `took`.
+    /// An attempt of a task of `kernel` completed in `took` (on a GPU: its share of the batch).
     pub fn observe(&self, kernel: u32, took: Duration) {
         let (ns, n) = &self.observed[kernel as usize];
         ns.fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
@@ -287,7 +287,7 @@ impl Speculation {
     }
 
     /// Expected seconds of `task` on a worker of kind index `kind`: the model's, else the
-    /// mean of its kernel's completed CPU attempts in this run.
+    /// mean of its kernel's completed attempts in this run (on any device).
     fn expected_s(&self, run: &RunState<'_>, task: u32, kind: usize) -> Option<f64> {
         if let Some(s) = self.expected.get(task as usize).and_then(|c| c[kind]) {
             return Some(s);

@@ -661,6 +661,12 @@ fn finish_gpu_batch<P: Policy>(
                     }
                 }
                 run.lineage.gpu_task_done(graph, task);
+                if let Some(spec) = &run.speculation {
+                    // Its share of the batch: what a task of its kernel takes, for spotting
+                    // stragglers of kernels that mostly run on GPUs.
+                    let share = (ended - staged.started) / batch_len as u32;
+                    spec.observe(graph.tasks[task as usize].kernel, share);
+                }
                 stats.completed += 1;
                 stats.kernel_s += kernel_s.unwrap_or(0.0);
                 if run.calibrate {
