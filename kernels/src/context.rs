@@ -135,6 +135,7 @@ pub struct CpuContext<'a> {
 
 impl<'a> CpuContext<'a> {
     /// Builds a context over the task's operands and parameters.
+    #[inline]
     pub fn new(operands: &'a [RawOperand<'a>], params: &'a [f64], cores: u32) -> Self {
         let borrows = if operands.len() <= 64 {
             Borrows::Small {
@@ -155,6 +156,7 @@ impl<'a> CpuContext<'a> {
     }
 
     /// Lets the kernel ask whether its result is still wanted ([`CpuContext::cancelled`]).
+    #[inline]
     pub fn with_cancellation(mut self, cancelled: &'a (dyn Fn() -> bool + Sync)) -> Self {
         self.cancelled = Some(cancelled);
         self
@@ -164,6 +166,7 @@ impl<'a> CpuContext<'a> {
     /// task finished first (speculative re-execution), or the run was stopped. A long kernel
     /// may poll this and return early; whatever it returns then is ignored. Kernels that never
     /// poll it are simply waited for.
+    #[inline]
     pub fn cancelled(&self) -> bool {
         let yes = self.cancelled.is_some_and(|f| f());
         if yes {
@@ -173,6 +176,7 @@ impl<'a> CpuContext<'a> {
     }
 
     /// Whether the kernel was told it was cancelled: what it returned may be partial.
+    #[inline]
     pub fn saw_cancellation(&self) -> bool {
         self.saw_cancellation.get()
     }

@@ -1124,8 +1124,8 @@ fn execute_cpu<'a>(
     let (saved, restorable, charged) = save_read_write_operands(run, numa, operands);
     // Speculation: a copy of this task starts from the saved values, and may finish first.
     let spec = run.speculation.as_ref().filter(|_| attempt_on.is_some());
-    let published = match spec {
-        Some(spec) if !saved.is_empty() => {
+    let published = match (spec, &saved) {
+        (Some(spec), Some(saved)) => {
             spec.publish_saved(task, Some(saved.clone()));
             true
         }
@@ -1142,10 +1142,10 @@ fn execute_cpu<'a>(
     let outcome = match kernel.cpu_impl() {
         None => Err(format!("kernel '{}' has no CPU implementation", kernel.name())),
         Some(f) => {
-            let ctx = CpuContext::new(operands, params, rec.cores);
-            let ctx = match spec {
-                Some(_) => ctx.with_cancellation(&stop),
-                None => ctx,
+            let ctx = if spec.is_some() {
+                CpuContext::new(operands, params, rec.cores).with_cancellation(&stop)
+            } else {
+                CpuContext::new(operands, params, rec.cores)
             };
             match catch_unwind(AssertUnwindSafe(|| f(&ctx))) {
                 // Told the run stopped, it may have returned half-done: undo it below.
@@ -1159,7 +1159,7 @@ fn execute_cpu<'a>(
         }
     };
     if outcome.is_err() {
-        for (i, bytes) in saved.iter() {
+        for (i, bytes) in saved.iter().flat_map(|s| s.iter()) {
             let o = &operands[*i];
             // SAFETY: the operand is pinned for this task, `len_bytes` long, and the kernel
             // has returned (or its panic was caught), so this is again the only view of it.
@@ -1220,9 +1220,9 @@ fn save_read_write_operands(
     run: &RunState<'_>,
     numa: usize,
     operands: &[RawOperand<'_>],
-) -> (SavedOperands, bool, Option<(u64, usize)>) {
-    if run.retries == 0 && run.speculation.is_none() {
-        return (SavedOperands::default(), true, None);
+) -> (Option<SavedOperands>, bool, Option<(u64, usize)>) {
+    if (run.retries == 0 && run.speculation.is_none()) || !operands.iter().any(|o| o.access() == Access::ReadWrite) {
+        return (None, true, None);
     }
     let rw = || {
         operands
@@ -1237,7 +1237,7 @@ fn save_read_write_operands(
             let preferred = numa.min(run.budgets.numa_count().saturating_sub(1));
             match run.budgets.reserve_host(bytes, None, preferred) {
                 Ok(node) => charged = Some((bytes, node)),
-                Err(_) => return (SavedOperands::default(), false, None),
+                Err(_) => return (None, false, None),
             }
         }
     }
@@ -1251,7 +1251,8 @@ fn save_read_write_operands(
             )
         })
         .collect();
-    (std::sync::Arc::new(saved), true, charged)
+    // Most tasks have no read-write operand: nothing saved, nothing allocated.
+    ((!saved.is_empty()).then(|| std::sync::Arc::new(saved)), true, charged)
 }
 
 /// How long a CPU task waits for host memory held by other tasks before it fails.
