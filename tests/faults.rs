@@ -386,3 +386,24 @@ fn without_a_deadline_or_the_option_stragglers_are_waited_for() {
         assert_eq!(rt.read(*t).unwrap(), vec![i as f32 + 3.0; 256], "tile {i}");
     }
 }
+
+/// Three 30 ms tasks on two workers take two rounds, 60 ms: the lower bound says 45 ms (the
+/// work shared by both), the simulated run says 60.
+#[test]
+fn a_deadline_prediction_simulates_the_run_rather_than_bounding_it() {
+    let rt = Runtime::builder()
+        .machine(Machine::synthetic_cpus(2))
+        .policy(PolicyKind::Locality)
+        .build()
+        .unwrap();
+    let mut g = rt.graph();
+    for i in 0..3 {
+        g.task(&builtin::sleep()).name(format!("s{i}")).param(0.03).add();
+    }
+    rt.run(&g).unwrap(); // measures `sleep`
+    g.set_deadline(std::time::Duration::from_secs(10));
+    let r = rt.run(&g).unwrap();
+    let predicted = r.predicted_s.unwrap();
+    assert!((0.055..0.09).contains(&predicted), "{predicted}");
+    assert!(r.makespan_s >= 0.06, "{r:?}");
+}

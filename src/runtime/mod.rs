@@ -184,6 +184,10 @@ impl RunOptions {
     }
 }
 
+/// Graphs up to this many tasks have their finish predicted by simulating the run (a
+/// deadline's prediction); larger ones by its lower bound, which costs far less at submit.
+pub const SIMULATED_PREDICTION_TASKS: usize = 100_000;
+
 /// Retries of a failed task when the builder says nothing: up to four attempts in all.
 pub const DEFAULT_RETRIES: u32 = 3;
 
@@ -798,9 +802,11 @@ impl Runtime {
             .collect()
     }
 
-    /// The finish of `graph` predicted from the performance models, at best: the larger of
-    /// its critical path (each task on its fastest device) and its work shared by all
-    /// workers. An error names a kernel the model does not know yet.
+    /// The finish of `graph` predicted from the performance models: the run simulated on a
+    /// model of this machine (its workers, links and memory limits) under this runtime's
+    /// policy, or for graphs over [`SIMULATED_PREDICTION_TASKS`] tasks, at best, the larger
+    /// of the critical path and the work shared by all workers. Either way never below that
+    /// bound. An error names a kernel the model does not know yet.
     fn predict(&self, graph: &Graph, data_bytes: &[u64]) -> Result<f64, String> {
         let model = self.model.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let costs = costs::model_costs(graph, &model, &costs::task_sizes(graph, data_bytes));
@@ -816,7 +822,39 @@ impl Runtime {
             self.machine.count(crate::DeviceKind::Cpu),
             self.machine.count(crate::DeviceKind::Gpu),
         );
-        Ok(bound.bound_s)
+        if graph.len() > SIMULATED_PREDICTION_TASKS {
+            return Ok(bound.bound_s);
+        }
+        let nodes = 1 + self.gpus.len();
+        let (bandwidth, latency) = self.link_model();
+        let sm = crate::sim::SimMachine {
+            name: "this machine".into(),
+            machine: self.machine.clone(),
+            bandwidth: vec![vec![bandwidth; nodes]; nodes],
+            latency: vec![vec![latency; nodes]; nodes],
+            model,
+            gpu_speedup: None,
+            cpu_gflops: 10.0,
+        };
+        let capacity = |node: crate::memory::Node| {
+            let c = self.budgets.node(node).capacity.load(Ordering::Relaxed);
+            (c != u64::MAX).then_some(c)
+        };
+        let opts = crate::sim::SimOptions {
+            record_trace: false,
+            gpu_memory: (!self.gpus.is_empty())
+                .then(|| capacity(crate::memory::Node::Gpu(0)))
+                .flatten(),
+            host_memory: capacity(crate::memory::Node::Host),
+            no_backpressure: !self.backpressure,
+        };
+        match crate::sim::engine::simulate_sized(graph, &sm, self.policy, &opts, Some(data_bytes)) {
+            Ok(r) => Ok(r.run.makespan_s.max(bound.bound_s)),
+            Err(e) => {
+                tracing::debug!(error = %e, "could not simulate the run; predicting its lower bound");
+                Ok(bound.bound_s)
+            }
+        }
     }
 
     /// Bandwidth (bytes/s) and latency (s) of host↔GPU copies: from the model's calibrated

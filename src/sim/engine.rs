@@ -70,16 +70,31 @@ const KINDS: [DeviceKind; 2] = [DeviceKind::Cpu, DeviceKind::Gpu];
 
 /// Simulates `graph` (built with [`SimMachine::kernel`] stand-ins) on `sm` under `policy`.
 pub fn simulate(graph: &Graph, sm: &SimMachine, policy: PolicyKind, opts: &SimOptions) -> Result<SimReport, SimError> {
+    simulate_sized(graph, sm, policy, opts, None)
+}
+
+/// [`simulate`], with the size in bytes of every datum when the caller knows them (a runtime
+/// predicting a run of its own graph knows its stored data; otherwise they count as empty).
+pub(crate) fn simulate_sized(
+    graph: &Graph,
+    sm: &SimMachine,
+    policy: PolicyKind,
+    opts: &SimOptions,
+    sizes: Option<&[u64]>,
+) -> Result<SimReport, SimError> {
     let n = graph.len();
-    let data_bytes: Vec<u64> = graph
-        .data
-        .iter()
-        .map(|d| match d {
-            GraphDatum::Virtual { bytes, .. } => *bytes,
-            GraphDatum::Temp { elem, len, .. } => (*len * elem.size()) as u64,
-            GraphDatum::Stored { .. } => 0,
-        })
-        .collect();
+    let data_bytes: Vec<u64> = match sizes {
+        Some(s) => s.to_vec(),
+        None => graph
+            .data
+            .iter()
+            .map(|d| match d {
+                GraphDatum::Virtual { bytes, .. } => *bytes,
+                GraphDatum::Temp { elem, len, .. } => (*len * elem.size()) as u64,
+                GraphDatum::Stored { .. } => 0,
+            })
+            .collect(),
+    };
     let edges = Successors::of(graph);
     let infos: Vec<DatumInfo<'_>> = graph
         .data

@@ -12,7 +12,7 @@
 //! datum's copies follow the same MSI coherence as in the runtime. Memory is not limited.
 
 pub(crate) mod bound;
-mod engine;
+pub(crate) mod engine;
 pub mod starpu;
 
 use std::path::Path;

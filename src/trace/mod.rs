@@ -97,8 +97,9 @@ pub struct RunReport {
     /// The graph's deadline, when it has one (seconds from the run's start).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_s: Option<f64>,
-    /// The finish predicted at submit from the performance models (at best: the larger of
-    /// the critical path and the work shared by all workers), when every kernel has a model.
+    /// The finish predicted at submit from the performance models (the run simulated on a
+    /// model of this machine; over 100,000 tasks, its lower bound), when every kernel has a
+    /// model.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub predicted_s: Option<f64>,
     /// Whether the run finished within its deadline.
