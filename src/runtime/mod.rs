@@ -1021,7 +1021,9 @@ impl Runtime {
             phases: watchdog::Phases::new(n, opts.stall_timeout.is_some()),
             dead: (0..names.len()).map(|_| AtomicBool::new(false)).collect(),
             lineage: lineage::Lineage::new(graph.data.len(), !self.gpus.is_empty()),
-            recovered: (0..self.gpus.len()).map(|_| AtomicBool::new(false)).collect(),
+            recovery: (0..self.gpus.len())
+                .map(|_| std::sync::atomic::AtomicU8::new(worker::RECOVERY_NONE))
+                .collect(),
             worker_losses: names.iter().map(|w| self.faults.worker_loss(w)).collect(),
             stalled: Mutex::new(None),
             speculation,

@@ -98,8 +98,9 @@ pub(crate) struct RunState<'a> {
     pub worker_losses: Vec<Option<Duration>>,
     /// What produced the data written on GPUs, to recompute them after a device loss.
     pub lineage: super::lineage::Lineage,
-    /// Per GPU: its loss was handled in this run (copies forgotten, data recomputed).
-    pub recovered: Vec<AtomicBool>,
+    /// Per GPU: handling of its loss in this run (copies forgotten, data recomputed):
+    /// [`RECOVERY_NONE`], [`RECOVERY_RUNNING`] or [`RECOVERY_DONE`].
+    pub recovery: Vec<std::sync::atomic::AtomicU8>,
     /// The stall report, when the watchdog stopped the run.
     pub stalled: Mutex<Option<String>>,
     /// Speculative re-execution of stragglers, when on for this run.
@@ -397,7 +398,7 @@ pub(crate) fn run_gpu_worker<P: Policy>(
             if let Some(done) = in_flight.take() {
                 finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
             }
-            recover_from_lost_gpu(run, g, run.worker_numa[me.index()]);
+            recover_from_lost_gpu(run, g, run.worker_numa[me.index()], false);
             run.dead[me.index()].store(true, Ordering::Release);
             forward_until_done(policy, run, &mut q, me, &mut stats, &mut ready, &mut slot, &mut carry);
             break;
@@ -761,10 +762,11 @@ fn fail_attempt<P: Policy>(
             }
         }
     }
-    // An attempt may have failed on data a lost GPU took: recover it before retrying.
+    // An attempt may have failed on data a lost GPU took: recover it (or wait for the worker
+    // recovering it) before retrying, so that the retry finds the data recomputed.
     for (g, dev) in run.gpus.iter().enumerate() {
         if dev.lost().is_some() {
-            recover_from_lost_gpu(run, g, run.worker_numa[me.index()]);
+            recover_from_lost_gpu(run, g, run.worker_numa[me.index()], true);
         }
     }
     if retriable && failed <= run.retries && !run.cancelled.load(Ordering::Acquire) {
@@ -825,9 +827,18 @@ fn retry_worker(run: &RunState<'_>, task: u32, me: WorkerId) -> Option<WorkerId>
 /// valid copy was there and whose lineage allows (`lineage`); tasks that need them meanwhile
 /// wait, as for memory. What cannot be recomputed stays lost, and its readers say so.
 /// Done once per run and GPU, by whichever worker notices the loss first (the GPU's own, or
-/// one whose attempt failed on it).
-fn recover_from_lost_gpu(run: &RunState<'_>, g: usize, numa: usize) {
-    if run.recovered[g].swap(true, Ordering::AcqRel) {
+/// one whose attempt failed on it); with `wait`, a worker that finds another one recovering
+/// waits until it is done.
+fn recover_from_lost_gpu(run: &RunState<'_>, g: usize, numa: usize, wait: bool) {
+    let state = &run.recovery[g];
+    if state
+        .compare_exchange(RECOVERY_NONE, RECOVERY_RUNNING, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        // The recovering worker waits for nothing this one holds (its attempt is over).
+        while wait && state.load(Ordering::Acquire) != RECOVERY_DONE {
+            std::thread::sleep(Duration::from_micros(50));
+        }
         return;
     }
     let candidates: Vec<u32> = (0..run.cells.len() as u32)
@@ -864,7 +875,15 @@ fn recover_from_lost_gpu(run: &RunState<'_>, g: usize, numa: usize) {
         recomputed,
         "device lost: its tasks go to other workers"
     );
+    state.store(RECOVERY_DONE, Ordering::Release);
 }
+
+/// No worker has handled the GPU's loss in this run.
+pub(crate) const RECOVERY_NONE: u8 = 0;
+/// A worker is forgetting the GPU's copies and recomputing what it can.
+pub(crate) const RECOVERY_RUNNING: u8 = 1;
+/// Done: what could be recomputed is valid again.
+pub(crate) const RECOVERY_DONE: u8 = 2;
 
 /// Makes datum `d` valid again by re-running its producer on the CPU, its lost inputs first.
 fn recompute<'a>(
