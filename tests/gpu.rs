@@ -245,20 +245,7 @@ fn data_moves_between_two_gpus_and_the_host_coherently() {
 #[test]
 fn mixed_graphs_place_each_task_where_it_may_run() {
     let Some(rt) = gpu_runtime(1) else { return };
-    let gpu_only = Arc::new(
-        Kernel::declare("double_gpu", Signature::exact(&[(Access::ReadWrite, ElemType::F32)], 0)).with_gpu(
-            hexec::kernels::gpu::elementwise(
-                "@group(0) @binding(1) var<storage, read_write> x: array<f32>;
-                 @compute @workgroup_size(256)
-                 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-                     let i = element_index(gid, nwg);
-                     if (i < P.len.x) { x[i] = 2.0 * x[i]; }
-                 }",
-                1,
-                0,
-            ),
-        ),
-    );
+    let gpu_only = double_gpu();
     let cpu_only = Arc::new(Kernel::cpu(
         "inc_cpu",
         Signature::exact(&[(Access::ReadWrite, ElemType::F32)], 0),
@@ -940,12 +927,32 @@ fn injected_gpu_errors_and_a_lost_device_are_recovered() {
     }
 }
 
+/// `x *= 2` in place, with a GPU implementation only.
+fn double_gpu() -> Arc<Kernel> {
+    Arc::new(
+        Kernel::declare("double_gpu", Signature::exact(&[(Access::ReadWrite, ElemType::F32)], 0)).with_gpu(
+            hexec::kernels::gpu::elementwise(
+                "@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+                 @compute @workgroup_size(256)
+                 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+                     let i = element_index(gid, nwg);
+                     if (i < P.len.x) { x[i] = 2.0 * x[i]; }
+                 }",
+                1,
+                0,
+            ),
+        ),
+    )
+}
+
 /// Replication: with a host replica of every GPU result, losing the GPU loses nothing and no
-/// task runs again; without it, a task reading a result lost with the GPU fails with an
-/// error naming the datum and the device, and so does reading it afterwards.
+/// task runs again; without it, the datum updated in place on the GPU is rebuilt from lineage
+/// (its update replayed on a CPU over the host's earlier value) or, when its update has no
+/// CPU implementation, it is lost: a task reading it fails with an error naming the datum
+/// and the device, and so does reading it afterwards, until it is written again.
 #[test]
 fn a_host_replica_survives_a_device_loss() {
-    for replicate in [true, false] {
+    for (replicate, cpu_update) in [(true, true), (false, true), (false, false)] {
         let Some(rt) = with_one_gpu(
             Runtime::builder()
                 .policy(PolicyKind::Eager)
@@ -959,12 +966,11 @@ fn a_host_replica_survives_a_device_loss() {
         let x = rt.data_named("x", input.clone());
         let y = rt.data_named("y", vec![0.0f32; 1000]);
         let mut g = rt.graph();
-        let on_gpu = g
-            .task(&builtin::scale())
-            .on(DeviceKind::Gpu)
-            .read_write(x)
-            .param(2.0)
-            .add();
+        let update = match cpu_update {
+            true => g.task(&builtin::scale()).param(2.0),
+            false => g.task(&double_gpu()),
+        };
+        let on_gpu = update.on(DeviceKind::Gpu).read_write(x).add();
         let boom = g.task(&destroy).on(DeviceKind::Cpu).after(on_gpu).add();
         g.task(&builtin::axpy())
             .on(DeviceKind::Cpu)
@@ -975,12 +981,15 @@ fn a_host_replica_survives_a_device_loss() {
             .add();
         let doubled: Vec<f32> = input.iter().map(|v| v * 2.0).collect();
         match rt.run(&g) {
-            Ok(r) if replicate => {
-                assert_eq!(r.retried, 0, "nothing had to run again");
+            Ok(r) if cpu_update => {
+                assert_eq!(r.recomputed, u64::from(!replicate), "replicate {replicate}: {r:?}");
+                if replicate {
+                    assert_eq!(r.retried, 0, "nothing had to run again");
+                }
                 assert_eq!(rt.read(y).unwrap(), doubled);
                 assert_eq!(rt.read(x).unwrap(), doubled);
             }
-            Err(e) if !replicate => {
+            Err(e) if !cpu_update => {
                 let msg = e.to_string();
                 assert!(msg.contains("datum 'x' was lost with gpu0"), "{msg}");
                 let read = rt.read(x).unwrap_err().to_string();
@@ -989,7 +998,7 @@ fn a_host_replica_survives_a_device_loss() {
                 rt.write(x, &input).unwrap();
                 assert_eq!(rt.read(x).unwrap(), input);
             }
-            other => panic!("replicate {replicate}: unexpected {other:?}"),
+            other => panic!("replicate {replicate}, CPU update {cpu_update}: unexpected {other:?}"),
         }
         assert!(rt.gpus()[0].lost().is_some());
     }
@@ -1079,5 +1088,81 @@ fn straggler_copies_keep_gpu_copies_coherent() {
     for (t, v) in tiles.iter().zip(&start) {
         let expected: Vec<f32> = v.iter().map(|x| x * 24.0).collect();
         close(&rt.read(*t).unwrap(), &expected, 1e-5, "after speculation");
+    }
+}
+
+/// Lineage of data updated in place: `a` is made whole then scaled on the GPU; `t` gets
+/// `t += a` there, is read on the CPU (downloaded: the host now holds that version), then is
+/// scaled again on the GPU. After the GPU is lost, `a` is rebuilt from its whole write and
+/// `t` from the host's copy plus the one update since, on the CPU, without replicas.
+#[test]
+fn data_updated_in_place_on_a_lost_device_are_rebuilt_from_the_host_and_their_updates() {
+    let Some(rt) = with_one_gpu(Runtime::builder().policy(PolicyKind::Eager)) else {
+        return;
+    };
+    let rt = Arc::new(rt);
+    let destroy = destroy_gpu0(&rt);
+    let n = 1000;
+    let start = values(n, 7);
+    let a = rt.data_named("a", vec![0.0f32; n]);
+    let t = rt.data_named("t", start.clone());
+    let (s1, s2) = (rt.data_named("s1", vec![0.0f32]), rt.data_named("s2", vec![0.0f32]));
+    let out = rt.data_named("out", vec![0.0f32; n]);
+    let mut g = rt.graph();
+    let gpu = DeviceKind::Gpu;
+    g.task(&builtin::fill()).on(gpu).write(a).param(1.0).add();
+    g.task(&builtin::scale()).on(gpu).read_write(a).param(2.0).add();
+    g.task(&builtin::axpy()).on(gpu).read(a).read_write(t).param(1.0).add();
+    g.task(&builtin::sum()).on(DeviceKind::Cpu).read(t).write(s1).add();
+    let last = g.task(&builtin::scale()).on(gpu).read_write(t).param(3.0).add();
+    let boom = g.task(&destroy).on(DeviceKind::Cpu).after(last).add();
+    g.task(&builtin::sum())
+        .on(DeviceKind::Cpu)
+        .read(t)
+        .write(s2)
+        .after(boom)
+        .add();
+    g.task(&builtin::axpy())
+        .on(DeviceKind::Cpu)
+        .read(a)
+        .read_write(out)
+        .param(1.0)
+        .after(boom)
+        .add();
+    let r = rt.run(&g).unwrap();
+    assert!(rt.gpus()[0].lost().is_some());
+    assert_eq!(r.recomputed, 3, "a: fill and scale; t: the last scale only: {r:?}");
+    assert_eq!(rt.read(a).unwrap(), vec![2.0; n]);
+    assert_eq!(rt.read(out).unwrap(), vec![2.0; n]);
+    let expected: Vec<f32> = start.iter().map(|v| 3.0 * (v + 2.0)).collect();
+    close(&rt.read(t).unwrap(), &expected, 1e-6, "t rebuilt");
+    let sum2 = rt.read(s2).unwrap()[0];
+    let want: f32 = expected.iter().sum();
+    assert!((sum2 - want).abs() <= 1e-3 * want.abs().max(1.0), "{sum2} vs {want}");
+}
+
+/// A tiled Cholesky whose GPU is lost part-way (at three different times): every tile the
+/// GPU held alone — updated in place there — is rebuilt from lineage on the CPU and the
+/// factor is right, without replicas.
+#[test]
+fn a_cholesky_survives_losing_its_gpu_mid_run() {
+    use hexec::linalg::TiledCholesky;
+    for after_ms in [5, 30, 60] {
+        let plan: hexec::runtime::faults::FaultPlan = format!("device-loss:gpu0:after={after_ms}ms").parse().unwrap();
+        let Some(rt) = with_one_gpu(Runtime::builder().policy(PolicyKind::Eager).inject(plan)) else {
+            return;
+        };
+        let chol = TiledCholesky::new(&rt, 6, 32);
+        let r = rt
+            .run(&chol.graph)
+            .unwrap_or_else(|e| panic!("loss after {after_ms} ms: {e}"));
+        let residual = chol.residual(&rt).unwrap();
+        assert!(residual < 1e-5, "loss after {after_ms} ms: residual {residual}, {r:?}");
+        eprintln!(
+            "loss after {after_ms} ms: lost {:?}, {} recomputed, {} retried",
+            rt.gpus()[0].lost().is_some(),
+            r.recomputed,
+            r.retried
+        );
     }
 }

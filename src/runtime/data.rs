@@ -142,6 +142,8 @@ pub(crate) struct DataCell {
     /// Host buffers replaced while stragglers may use them: (pointer, words), freed when the
     /// last straggler lets go.
     retired: Mutex<Vec<(*mut u64, usize)>>,
+    /// Downloads into the host buffer so far (lineage dates the host's value by them).
+    downloads: AtomicU32,
 }
 
 /// The logical clock of GPU uses.
@@ -265,7 +267,13 @@ impl DataCell {
             recovering: AtomicBool::new(false),
             stragglers: AtomicU32::new(0),
             retired: Mutex::new(Vec::new()),
+            downloads: AtomicU32::new(0),
         }
+    }
+
+    /// Downloads into the host buffer so far.
+    pub fn downloads(&self) -> u32 {
+        self.downloads.load(Ordering::Acquire)
     }
 
     /// A losing attempt may go on using the host buffer: keep it from being overwritten or
@@ -721,6 +729,7 @@ impl DataCell {
         // `ptr` covers `bytes()` bytes of the live host buffer.
         let host = unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr(), self.bytes()) };
         dev.download(buf, host).map_err(PrepError::Failed)?;
+        self.downloads.fetch_add(1, Ordering::AcqRel);
         transfers.record(Node::Gpu(g), Node::Host, self.bytes() as u64, started.elapsed());
         c.record_read(Node::Host);
         self.host_valid.store(true, Ordering::Release);

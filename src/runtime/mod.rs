@@ -1020,7 +1020,7 @@ impl Runtime {
             cancelled: AtomicBool::new(false),
             phases: watchdog::Phases::new(n, opts.stall_timeout.is_some()),
             dead: (0..names.len()).map(|_| AtomicBool::new(false)).collect(),
-            lineage: lineage::Lineage::new(graph.data.len(), !self.gpus.is_empty()),
+            lineage: lineage::Lineage::new(cells, !self.gpus.is_empty()),
             recovery: (0..self.gpus.len())
                 .map(|_| std::sync::atomic::AtomicU8::new(worker::RECOVERY_NONE))
                 .collect(),

@@ -502,7 +502,7 @@ pub(crate) fn run_copy(run: &RunState<'_>, spec: &Speculation, task: u32, me: Wo
                         cell.install_host(words);
                     }
                 }
-                run.lineage.cpu_task_done(graph, task);
+                run.lineage.cpu_task_done(graph, run.cells, task);
                 spec.publish(task);
                 spec.won.fetch_add(1, Ordering::Relaxed);
                 CopyOutcome::Won

@@ -649,6 +649,8 @@ fn finish_gpu_batch<P: Policy>(
                         }
                     }
                 }
+                // Logged before any replica is downloaded, which dates the host's copy after it.
+                run.lineage.gpu_task_done(graph, run.cells, task);
                 let rec = &graph.tasks[task as usize];
                 for &(d, access) in &graph.accesses[rec.accesses.range()] {
                     if let (true, Some(cell)) = (access.writes(), &run.cells[d as usize]) {
@@ -661,7 +663,6 @@ fn finish_gpu_batch<P: Policy>(
                         }
                     }
                 }
-                run.lineage.gpu_task_done(graph, task);
                 if let Some(spec) = &run.speculation {
                     // Its share of the batch: what a task of its kernel takes, for spotting
                     // stragglers of kernels that mostly run on GPUs.
@@ -842,7 +843,7 @@ fn recover_from_lost_gpu(run: &RunState<'_>, g: usize, numa: usize, wait: bool) 
         return;
     }
     let candidates: Vec<u32> = (0..run.cells.len() as u32)
-        .filter(|&d| run.lineage.producer_of(d).is_some())
+        .filter(|&d| run.lineage.has_steps(d))
         .collect();
     for &d in &candidates {
         if let Some(cell) = &run.cells[d as usize] {
@@ -902,36 +903,48 @@ fn recompute<'a>(
     if depth > 64 {
         return Err("its lineage is too deep".into());
     }
-    let p = run
-        .lineage
-        .producer_of(d)
-        .ok_or("its last writer updated it in place, or its inputs changed since")?;
-    for &(e, _) in &p.inputs {
-        recompute(run, e, numa, operands, depth + 1)?;
+    let current = run.lineage.version(d);
+    // A stale host buffer stays in memory, untouched, only without a host limit; temporaries
+    // are freed by their last user.
+    let temp = run
+        .temp_uses
+        .get(d as usize)
+        .is_some_and(|u| u.load(Ordering::Relaxed) != u32::MAX);
+    let recipe = run.lineage.recipe(d, cell, !run.budgets.spillable() && !temp)?;
+    let graph = run.graph;
+    for step in &recipe.steps {
+        let rec = &graph.tasks[step.task as usize];
+        let name = graph.task_name(step.task as usize);
+        if !graph.kernels[rec.kernel as usize].has_cpu() {
+            return Err(format!("its writer '{name}' has no CPU implementation"));
+        }
+        if graph.accesses[rec.accesses.range()]
+            .iter()
+            .filter(|(_, a)| a.writes())
+            .count()
+            != 1
+        {
+            // Re-running it would also overwrite its other outputs, which may have moved on.
+            return Err(format!("its writer '{name}' also wrote other data"));
+        }
+        for &(e, version) in &step.inputs {
+            if run.lineage.version(e) != version {
+                return Err(format!(
+                    "its writer '{name}' read {}, written again since",
+                    graph.datum_label(e)
+                ));
+            }
+            recompute(run, e, numa, operands, depth + 1)?;
+        }
     }
-    if !run.graph.kernels[run.graph.tasks[p.task as usize].kernel as usize].has_cpu() {
-        return Err(format!(
-            "its producer '{}' has no CPU implementation",
-            run.graph.task_name(p.task as usize)
-        ));
+    tracing::info!(datum = %graph.datum_label(d), steps = recipe.steps.len(), from_host = recipe.from_host, "recomputing from lineage");
+    for step in &recipe.steps {
+        execute_cpu(run, step.task, numa, operands, None, Some(d)).map_err(|f| f.message)?;
+        run.lineage.recomputed.fetch_add(1, Ordering::Relaxed);
     }
-    let outputs: Vec<(u32, u32)> = run.graph.accesses[run.graph.tasks[p.task as usize].accesses.range()]
-        .iter()
-        .filter(|(_, a)| a.writes())
-        .map(|&(o, _)| (o, run.lineage.version(o)))
-        .collect();
-    if outputs.len() != 1 {
-        // Re-running it would also overwrite its other outputs, which may have moved on.
-        return Err(format!(
-            "its producer '{}' also wrote other data",
-            run.graph.task_name(p.task as usize)
-        ));
-    }
-    execute_cpu(run, p.task, numa, operands, None).map_err(|f| f.message)?;
-    for (o, version) in outputs {
-        run.lineage.restore(o, version);
-    }
-    run.lineage.recomputed.fetch_add(1, Ordering::Relaxed);
+    // Whole again, on the host only.
+    cell.host_written();
+    run.lineage.restore(d, current, run.cells);
     Ok(())
 }
 
@@ -1087,7 +1100,7 @@ fn execute<'a>(
     });
     let outcome = match injected {
         Some(fault) => Err(fault.into()),
-        None => execute_cpu(run, task, run.worker_numa[me.index()], operands, Some(me)),
+        None => execute_cpu(run, task, run.worker_numa[me.index()], operands, Some(me), None),
     };
     if let (Some(spec), Some(s)) = (&run.speculation, started) {
         let now = run.start.elapsed();
@@ -1122,13 +1135,16 @@ fn execute<'a>(
 /// `numa` is the worker's NUMA node (host buffers it brings into memory are charged there).
 /// `attempt_on` is the worker of an attempt of the task (`None`: a recomputation from
 /// lineage, which does not settle the task). `Ok(false)`: it ran, but a speculative copy of
-/// the task finished first and its result stands.
+/// the task finished first and its result stands. `replay`: a datum being rebuilt from its
+/// lineage, used as its host buffer holds it (not fetched) and left invalid (its rebuild
+/// marks it valid once whole).
 fn execute_cpu<'a>(
     run: &RunState<'a>,
     task: u32,
     numa: usize,
     operands: &mut Vec<RawOperand<'a>>,
     attempt_on: Option<WorkerId>,
+    replay: Option<u32>,
 ) -> Result<bool, AttemptFailure> {
     let graph = run.graph;
     let rec = &graph.tasks[task as usize];
@@ -1137,7 +1153,7 @@ fn execute_cpu<'a>(
     // After a host ping-pong, one CPU task at a time until one completes.
     let _serial = (run.counted_pins && run.budgets.serial(Node::Host))
         .then(|| run.budgets.host_serial.lock().unwrap_or_else(|e| e.into_inner()));
-    pin_operands(run, numa, accesses, operands)?;
+    pin_operands(run, numa, accesses, operands, replay)?;
     // A failed attempt must leave its inputs as it found them, so that a retry computes the
     // same thing: save what it may both read and overwrite.
     let (saved, restorable, charged) = save_read_write_operands(run, numa, operands);
@@ -1220,11 +1236,11 @@ fn execute_cpu<'a>(
     };
     if outcome.is_ok() && !run.gpus.is_empty() {
         for &(d, access) in accesses {
-            if let (true, Some(cell)) = (access.writes(), &run.cells[d as usize]) {
+            if let (true, Some(cell), false) = (access.writes(), &run.cells[d as usize], replay == Some(d)) {
                 cell.host_written();
             }
         }
-        run.lineage.cpu_task_done(graph, task);
+        run.lineage.cpu_task_done(graph, run.cells, task);
     }
     unpin_operands(run, accesses);
     outcome.map(|()| won)
@@ -1287,13 +1303,14 @@ fn pin_operands<'a>(
     numa: usize,
     accesses: &[(u32, Access)],
     operands: &mut Vec<RawOperand<'a>>,
+    replay: Option<u32>,
 ) -> Result<(), String> {
     if !run.budgets.spillable() {
-        return pin_each(run, numa, accesses, operands);
+        return pin_each(run, numa, accesses, operands, replay);
     }
     let cells = || accesses.iter().filter_map(|&(d, _)| run.cells[d as usize].as_ref());
     cells().for_each(|c| c.want_host(true));
-    let pinned = pin_each(run, numa, accesses, operands);
+    let pinned = pin_each(run, numa, accesses, operands, replay);
     cells().for_each(|c| c.want_host(false));
     pinned
 }
@@ -1303,6 +1320,7 @@ fn pin_each<'a>(
     numa: usize,
     accesses: &[(u32, Access)],
     operands: &mut Vec<RawOperand<'a>>,
+    replay: Option<u32>,
 ) -> Result<(), String> {
     // Read the clock only once room runs out: this is the hot path of every CPU task.
     let mut deadline: Option<Instant> = None;
@@ -1317,22 +1335,25 @@ fn pin_each<'a>(
             }
             let ptr = match cell {
                 None => None,
-                Some(cell) => match cell.pin_host(access.reads(), numa, run.gpus, &run.transfers) {
-                    Ok(ptr) => Some(ptr),
-                    Err(e) => {
-                        unpin_operands(run, &accesses[..i]);
-                        match e {
-                            PrepError::NoRoom(_) | PrepError::HostBusy(_)
-                                if Instant::now()
-                                    < *deadline.get_or_insert_with(|| Instant::now() + HOST_ROOM_WAIT) =>
-                            {
-                                std::thread::sleep(Duration::from_micros(50));
-                                continue 'retry;
+                // A datum being rebuilt is used as its host buffer holds it.
+                Some(cell) => {
+                    match cell.pin_host(access.reads() && replay != Some(d), numa, run.gpus, &run.transfers) {
+                        Ok(ptr) => Some(ptr),
+                        Err(e) => {
+                            unpin_operands(run, &accesses[..i]);
+                            match e {
+                                PrepError::NoRoom(_) | PrepError::HostBusy(_)
+                                    if Instant::now()
+                                        < *deadline.get_or_insert_with(|| Instant::now() + HOST_ROOM_WAIT) =>
+                                {
+                                    std::thread::sleep(Duration::from_micros(50));
+                                    continue 'retry;
+                                }
+                                e => return Err(e.to_string()),
                             }
-                            e => return Err(e.to_string()),
                         }
                     }
-                },
+                }
             };
             operands.push(match (b.elem, ptr) {
                 // SAFETY: `ptr` points to the live, 8-aligned host buffer of `b.bytes` bytes of
