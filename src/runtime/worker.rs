@@ -1153,7 +1153,9 @@ fn execute_cpu<'a>(
     // After a host ping-pong, one CPU task at a time until one completes.
     let _serial = (run.counted_pins && run.budgets.serial(Node::Host))
         .then(|| run.budgets.host_serial.lock().unwrap_or_else(|e| e.into_inner()));
-    pin_operands(run, numa, accesses, operands, replay)?;
+    if !accesses.is_empty() {
+        pin_operands(run, numa, accesses, operands, replay)?;
+    }
     // A failed attempt must leave its inputs as it found them, so that a retry computes the
     // same thing: save what it may both read and overwrite.
     let (saved, restorable, charged) = save_read_write_operands(run, numa, operands);
