@@ -56,11 +56,17 @@ fn a_failed_attempt_leaves_its_inputs_as_they_were() {
 
 #[test]
 fn a_task_failing_every_attempt_names_each_attempt_and_stops_the_run() {
-    // Eager takes a retried task (in a worker's mailbox, at its priority) before the other
-    // queued work, so the run stops early; under ws it would wait behind the worker's deque.
+    // A retried task is taken before the other queued work (under `ws`, before the worker's
+    // own deque), so the run stops early.
+    for policy in [PolicyKind::Eager, PolicyKind::Ws] {
+        fails_every_attempt_and_stops(policy);
+    }
+}
+
+fn fails_every_attempt_and_stops(policy: PolicyKind) {
     let rt = Runtime::builder()
         .machine(Machine::synthetic_cpus(2))
-        .policy(PolicyKind::Eager)
+        .policy(policy)
         .inject("panic:kernel=scale".parse::<FaultPlan>().unwrap())
         .build()
         .unwrap();
@@ -89,7 +95,7 @@ fn a_task_failing_every_attempt_names_each_attempt_and_stops_the_run() {
         msg.contains("failed after 4 attempts") && msg.contains("injected fault"),
         "{msg}"
     );
-    assert!(report.cancelled > 0, "the run stopped: {msg}");
+    assert!(report.cancelled > 0, "{policy:?}: the run stopped: {msg}");
     assert_eq!(report.completed + report.failed + report.skipped + report.cancelled, 41);
     assert!(msg.contains("were not run"), "{msg}");
     // The datum is as it was, and the runtime still works.

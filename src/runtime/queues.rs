@@ -16,6 +16,10 @@ pub(crate) struct SharedQueues {
     mailbox: Vec<Vec<Injector<u32>>>,
     /// `[set][band]`
     shared: Vec<Vec<Injector<u32>>>,
+    /// Per worker: its mailbox holds a task tried again after a failed attempt, which it takes
+    /// before its own deque (else a retry would wait for the whole deque under `ws`). Set
+    /// after the push; cleared by the owner once its mailbox is found empty.
+    retried: Vec<crossbeam_utils::CachePadded<std::sync::atomic::AtomicBool>>,
     pub sleep: Sleep,
 }
 
@@ -46,6 +50,7 @@ impl SharedQueues {
             shared: (0..plan.sets().len())
                 .map(|_| (0..bands).map(|_| Injector::new()).collect())
                 .collect(),
+            retried: (0..n).map(|_| Default::default()).collect(),
             sleep: Sleep::new(n),
         };
         (shared, deques)
@@ -69,6 +74,30 @@ impl<'a> LocalQueues<'a> {
             costs,
             plan,
         }
+    }
+}
+
+impl LocalQueues<'_> {
+    /// Puts a task tried again after a failed attempt in `worker`'s mailbox, to be taken
+    /// before the work already in its deque.
+    pub fn push_retry(&mut self, worker: WorkerId, band: u8, task: u32) {
+        self.push_mailbox(worker, band, task);
+        self.shared.retried[worker.index()].store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// A task from this worker's mailbox, when a retry was put there.
+    fn take_retried(&mut self) -> Option<u32> {
+        let flag = &self.shared.retried[self.me.index()];
+        if !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let me = self.me;
+        let found = (0..self.plan.num_bands()).find_map(|band| self.pop_mailbox(me, band));
+        if found.is_none() {
+            // A retry pushed meanwhile is still found, after the deque, like any mailbox task.
+            flag.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        found
     }
 }
 
@@ -106,7 +135,7 @@ impl ReadyQueues for LocalQueues<'_> {
     #[inline]
     fn pop_local(&mut self, worker: WorkerId) -> Option<u32> {
         debug_assert_eq!(worker, self.me);
-        self.deque.pop()
+        self.take_retried().or_else(|| self.deque.pop())
     }
 
     fn pop_mailbox(&mut self, worker: WorkerId, band: u8) -> Option<u32> {

@@ -24,7 +24,7 @@ use crate::gpu::{BatchItem, GpuDevice, GpuOperand, InFlight, MAX_BATCH};
 use crate::graph::compile::CompiledGraph;
 use crate::graph::Graph;
 use crate::memory::{Node, Transfers};
-use crate::sched::{Pick, Policy, ReadyQueues};
+use crate::sched::{Pick, Policy};
 use crate::topology::WorkerId;
 use crate::trace::{TaskFailure, TraceEvent};
 
@@ -775,7 +775,7 @@ fn fail_attempt<P: Policy>(
             run.retried.fetch_add(1, Ordering::Relaxed);
             tracing::info!(task = %TaskLabel(graph, task), %worker, %message, attempt = failed, "task attempt failed; retrying");
             run.phases.set(task, READY);
-            q.push_mailbox(next, run.compiled.plan.band(task), task);
+            q.push_retry(next, run.compiled.plan.band(task), task);
             return;
         }
     }
@@ -1003,7 +1003,7 @@ fn forward_from_lost<P: Policy>(
     match retry_worker(run, task, me) {
         Some(next) => {
             run.phases.set(task, READY);
-            q.push_mailbox(next, run.compiled.plan.band(task), task);
+            q.push_retry(next, run.compiled.plan.band(task), task);
         }
         None => {
             let why = match run.gpu_of_worker[me.index()] {
