@@ -32,15 +32,14 @@
 //! [`DataCell::hold_for_straggler`]: super::data::DataCell::hold_for_straggler
 
 use std::collections::HashMap;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_utils::Backoff;
-use hexec_kernels::{CpuContext, RawOperand};
+use hexec_kernels::RawOperand;
 
-use super::worker::RunState;
+use super::worker::{call_cpu_kernel, RunState};
 use crate::memory::Node;
 use crate::sched::{kind_index, TaskCost};
 use crate::topology::{DeviceKind, WorkerId};
@@ -485,13 +484,11 @@ pub(crate) fn run_copy(run: &RunState<'_>, spec: &Speculation, task: u32, me: Wo
             return Err(format!("kernel '{}' has no CPU implementation", kernel.name()));
         };
         let stop = || spec.settled(task) || run.cancelled.load(Ordering::Relaxed);
-        let ctx = CpuContext::new(&operands, &graph.params[rec.params.range()], rec.cores).with_cancellation(&stop);
-        match catch_unwind(AssertUnwindSafe(|| f(&ctx))) {
+        match call_cpu_kernel(f, &operands, &graph.params[rec.params.range()], rec.cores, Some(&stop)) {
+            Ok(true) => Ok(()),
             // Told to stop, it may have returned half-done: never install that.
-            Ok(Ok(())) if ctx.saw_cancellation() => Err("cancelled".to_string()),
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(p) => Err(format!("panicked: {}", super::worker::panic_message(&p))),
+            Ok(false) => Err("cancelled".to_string()),
+            Err(e) => Err(e),
         }
     });
     match outcome {

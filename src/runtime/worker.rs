@@ -1170,38 +1170,26 @@ fn execute_cpu<'a>(
     };
     let stop = || spec.is_some_and(|s| s.settled(task)) || run.cancelled.load(Ordering::Relaxed);
     if let (Some(f), Some(w)) = (run.faults, attempt_on) {
-        let attempt = run.attempts[task as usize].load(Ordering::Acquire);
-        if let Some(delay) = f.slowdown(task, attempt, kernel.name(), &run.worker_names[w.index()]) {
-            super::speculate::straggle(delay, stop);
-        }
+        inject_slowdown(run, f, task, w, &stop);
     }
-    let params = &graph.params[rec.params.range()];
     let outcome = match kernel.cpu_impl() {
         None => Err(format!("kernel '{}' has no CPU implementation", kernel.name())),
-        Some(f) => {
-            let ctx = if spec.is_some() {
-                CpuContext::new(operands, params, rec.cores).with_cancellation(&stop)
-            } else {
-                CpuContext::new(operands, params, rec.cores)
-            };
-            match catch_unwind(AssertUnwindSafe(|| f(&ctx))) {
-                // Told the run stopped, it may have returned half-done: undo it below.
-                Ok(Ok(())) if ctx.saw_cancellation() && run.cancelled.load(Ordering::Relaxed) => {
-                    Err("stopped: the run was cancelled".to_string())
-                }
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(panic) => Err(format!("panicked: {}", panic_message(&panic))),
-            }
-        }
+        Some(f) => match call_cpu_kernel(
+            f,
+            operands,
+            &graph.params[rec.params.range()],
+            rec.cores,
+            spec.map(|_| &stop as _),
+        ) {
+            // Told the run stopped, it may have returned half-done: undo it below. (Told a
+            // copy won, its result is ignored anyway.)
+            Ok(false) if run.cancelled.load(Ordering::Relaxed) => Err("stopped: the run was cancelled".to_string()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        },
     };
-    if outcome.is_err() {
-        for (i, bytes) in saved.iter().flat_map(|s| s.iter()) {
-            let o = &operands[*i];
-            // SAFETY: the operand is pinned for this task, `len_bytes` long, and the kernel
-            // has returned (or its panic was caught), so this is again the only view of it.
-            unsafe { std::slice::from_raw_parts_mut(o.as_ptr(), o.len_bytes()) }.copy_from_slice(bytes);
-        }
+    if let (Err(_), Some(saved)) = (&outcome, &saved) {
+        restore_operands(saved, operands);
     }
     // Without saved inputs they may be half-overwritten: another attempt would compute garbage.
     let outcome = outcome.map_err(|m| match restorable {
@@ -1246,6 +1234,56 @@ fn execute_cpu<'a>(
     }
     unpin_operands(run, accesses);
     outcome.map(|()| won)
+}
+
+/// Calls a CPU kernel over bound operands, catching a panic; `cancelled` is what the kernel
+/// sees through `CpuContext::cancelled`. `Ok(false)`: it returned after being told it was
+/// cancelled, so what it wrote may be partial.
+#[inline]
+pub(crate) fn call_cpu_kernel(
+    f: &hexec_kernels::CpuFn,
+    operands: &[RawOperand<'_>],
+    params: &[f64],
+    cores: u32,
+    cancelled: Option<&(dyn Fn() -> bool + Sync)>,
+) -> Result<bool, String> {
+    let mut ctx = CpuContext::new(operands, params, cores);
+    if let Some(c) = cancelled {
+        ctx = ctx.with_cancellation(c);
+    }
+    match catch_unwind(AssertUnwindSafe(|| f(&ctx))) {
+        Ok(Ok(())) => Ok(!ctx.saw_cancellation()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => Err(format!("panicked: {}", panic_message(&panic))),
+    }
+}
+
+/// Puts a failed attempt's read-write operands back as they were before it ran.
+#[cold]
+fn restore_operands(saved: &SavedOperands, operands: &[RawOperand<'_>]) {
+    for (i, bytes) in saved.iter() {
+        let o = &operands[*i];
+        // SAFETY: the operand is pinned for this task, `len_bytes` long, and the kernel
+        // has returned (or its panic was caught), so this is again the only view of it.
+        unsafe { std::slice::from_raw_parts_mut(o.as_ptr(), o.len_bytes()) }.copy_from_slice(bytes);
+    }
+}
+
+/// An injected straggler (`slow` fault): delays this attempt of `task` on worker `w`, ending
+/// early once `stop` says its result is no longer wanted.
+#[cold]
+fn inject_slowdown(
+    run: &RunState<'_>,
+    faults: &super::faults::FaultPlan,
+    task: u32,
+    w: WorkerId,
+    stop: &dyn Fn() -> bool,
+) {
+    let attempt = run.attempts[task as usize].load(Ordering::Acquire);
+    let kernel = run.graph.task_kernel(task as usize);
+    if let Some(delay) = faults.slowdown(task, attempt, kernel, &run.worker_names[w.index()]) {
+        super::speculate::straggle(delay, stop);
+    }
 }
 
 /// Copies of a CPU attempt's read-write operands (operand index, bytes), to restore them if
