@@ -415,3 +415,68 @@ fn a_deadline_prediction_simulates_the_run_rather_than_bounding_it() {
     assert!((0.055..0.09).contains(&predicted), "{predicted}");
     assert!(r.makespan_s >= 0.06, "{r:?}");
 }
+
+/// The two ways a speculated task can end other than its first finisher winning: its
+/// original fails while its copy runs (the copy then decides the task), or its copy fails
+/// while the original runs on. One task, two workers, known expected time (a calibrated first
+/// run); whichever worker takes it first, the one on cpu1 fails after 30 ms and the one on
+/// cpu0 succeeds after 60 ms. Either way the run succeeds with the value written once.
+#[test]
+fn a_copy_or_its_original_failing_leaves_the_task_to_the_other() {
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let (a, c) = (armed.clone(), calls.clone());
+    let k = Arc::new(Kernel::cpu(
+        "bump_or_break",
+        Signature::exact(&[(Access::ReadWrite, ElemType::F32)], 0),
+        move |ctx| {
+            ctx.write::<f32>(0)?.iter_mut().for_each(|v| *v += 1.0);
+            let me = std::thread::current().name().unwrap_or_default().to_string();
+            c.lock().unwrap().push(me.clone());
+            let (spin, fail) = match (a.load(Ordering::Relaxed), me.as_str()) {
+                (false, _) => (2, false),
+                (true, "hexec-cpu1") => (30, true),
+                (true, _) => (60, false),
+            };
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_millis(spin) {
+                std::hint::spin_loop();
+            }
+            if fail {
+                return Err(hexec::kernels::KernelError::msg("cpu1 broke"));
+            }
+            Ok(())
+        },
+    ));
+    let rt = Runtime::builder()
+        .machine(Machine::synthetic_cpus(2))
+        .policy(PolicyKind::Ws)
+        .calibrate(true)
+        .build()
+        .unwrap();
+    let y = rt.data(vec![5.0f32; 16]);
+    let mut g = rt.graph();
+    g.task(&k).read_write(y).add();
+    for _ in 0..3 {
+        rt.run(&g).unwrap(); // the model learns 2 ms
+    }
+    rt.write(y, &[5.0f32; 16]).unwrap();
+    armed.store(true, Ordering::Relaxed);
+    calls.lock().unwrap().clear();
+    let opts = RunOptions {
+        speculate: true,
+        ..RunOptions::default()
+    };
+    let r = rt.run_with(&g, opts).unwrap();
+    assert_eq!(rt.read(y).unwrap(), vec![6.0f32; 16], "{r:?}");
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "the original and one copy: {calls:?}");
+    assert_eq!(r.speculated, 1);
+    match calls[0].as_str() {
+        // The original failed at 30 ms while its copy ran: the copy's result is the task's.
+        "hexec-cpu1" => assert_eq!(r.speculation_won, 1, "{r:?}"),
+        // The copy failed at 30 ms: the original's result is the task's.
+        _ => assert_eq!(r.speculation_won, 0, "{r:?}"),
+    }
+    assert_eq!(r.failed, 0);
+}
