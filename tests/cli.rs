@@ -251,6 +251,15 @@ fn run_injects_faults_retries_them_and_refuses_a_bad_plan() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["completed"], 3, "{v}");
+    // The text summary says what failure handling did.
+    let out = hexec()
+        .args(["run", "--cpus", "2", "--gpus", "none", "--retries", "20"])
+        .args(["--inject", "panic:p=0.5,seed=4"])
+        .arg(&graph)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("attempt(s) retried"), "{text}");
 
     let out = hexec()
         .args(["run", "--inject", "meteor:p=1"])
@@ -330,4 +339,11 @@ fn run_reports_a_missed_deadline() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["deadline_met"], false, "{v}");
     assert!(v["deadline_s"].as_f64().unwrap() > 0.0, "{v}");
+    let out = hexec()
+        .args(["run", "--cpus", "1", "--gpus", "none", "--deadline", "1us"])
+        .arg(&graph)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("deadline 0.000 s") && text.contains("MISSED"), "{text}");
 }

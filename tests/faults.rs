@@ -257,11 +257,16 @@ fn a_deadline_is_predicted_from_the_models_and_reported() {
         .policy(PolicyKind::Locality)
         .build()
         .unwrap();
+    // A user's kernel: nothing says how long it takes until it has been measured.
+    let wait = Arc::new(Kernel::cpu("wait", Signature::any(0, 1), |ctx| {
+        std::thread::sleep(std::time::Duration::from_secs_f64(ctx.param(0)?));
+        Ok(())
+    }));
     let mut g = rt.graph();
     for i in 0..20 {
-        g.task(&builtin::sleep()).name(format!("s{i}")).param(0.01).add();
+        g.task(&wait).name(format!("s{i}")).param(0.01).add();
     }
-    // The first run has no model for `sleep` yet: no prediction, but the deadline is kept.
+    // The first run has no model for `wait` yet: no prediction, but the deadline is kept.
     g.set_deadline(std::time::Duration::from_secs(10));
     let first = rt.run(&g).unwrap();
     assert_eq!(first.deadline_s, Some(10.0));
@@ -274,6 +279,15 @@ fn a_deadline_is_predicted_from_the_models_and_reported() {
     assert!((0.09..0.2).contains(&predicted), "{predicted}");
     assert_eq!(second.deadline_met, Some(false), "{second:?}");
     assert!(second.makespan_s >= 0.1);
+    // The synthetic `sleep` says how long it takes: predicted without a model.
+    let rt = Runtime::builder().machine(Machine::synthetic_cpus(2)).build().unwrap();
+    let mut g = rt.graph();
+    for _ in 0..4 {
+        g.task(&builtin::sleep()).param(0.01).add();
+    }
+    g.set_deadline(std::time::Duration::from_secs(10));
+    let predicted = rt.run(&g).unwrap().predicted_s.unwrap();
+    assert!((0.019..0.03).contains(&predicted), "{predicted}");
 }
 
 /// Under a host limit the saved copies of a task's read-write operands take room like any

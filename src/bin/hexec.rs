@@ -732,6 +732,28 @@ fn print_machine(rt: &Runtime) {
     }
 }
 
+/// What failure handling did in a run, when it did anything: retries, recomputations,
+/// speculative copies, tasks not run.
+fn recovery_line(r: &hexec::RunReport) -> Option<String> {
+    let mut parts = Vec::new();
+    if r.retried > 0 {
+        parts.push(format!("{} attempt(s) retried", r.retried));
+    }
+    if r.recomputed > 0 {
+        parts.push(format!("{} task(s) re-run to recompute lost data", r.recomputed));
+    }
+    if r.speculated > 0 {
+        parts.push(format!(
+            "{} straggler(s) copied, {} copy(ies) won",
+            r.speculated, r.speculation_won
+        ));
+    }
+    if r.cancelled > 0 {
+        parts.push(format!("{} task(s) not run (stopped)", r.cancelled));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
 fn run_and_report(
     rt: &Runtime,
     g: &hexec::Graph,
@@ -788,6 +810,19 @@ fn run_and_report(
             report.steals,
             report.bytes_transferred
         );
+        if let Some(line) = recovery_line(&report) {
+            println!("  {line}");
+        }
+        if let (Some(deadline), Some(met)) = (report.deadline_s, report.deadline_met) {
+            let predicted = report.predicted_s.map_or_else(
+                || "no prediction (no model yet)".to_string(),
+                |p| format!("predicted {p:.3} s"),
+            );
+            println!(
+                "  deadline {deadline:.3} s: {predicted}, {}",
+                if met { "met" } else { "MISSED" }
+            );
+        }
         for l in &report.transfers {
             println!(
                 "  {:>5} -> {:<5} {:>12} bytes in {:>5} transfer(s), {:.3} s",

@@ -809,7 +809,19 @@ impl Runtime {
     /// bound. An error names a kernel the model does not know yet.
     fn predict(&self, graph: &Graph, data_bytes: &[u64]) -> Result<f64, String> {
         let model = self.model.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let costs = costs::model_costs(graph, &model, &costs::task_sizes(graph, data_bytes));
+        let mut costs = costs::model_costs(graph, &model, &costs::task_sizes(graph, data_bytes));
+        // Synthetic kernels say how long they take: `spin` and `sleep` their first parameter.
+        for (t, c) in costs.iter_mut().enumerate() {
+            let rec = &graph.tasks[t];
+            let recorded = match graph.task_kernel(t) {
+                "spin" | "sleep" => graph.params[rec.params.range()].first().copied(),
+                "noop" => Some(0.0),
+                _ => None,
+            };
+            if let (true, Some(s)) = (c[0].is_none(), recorded) {
+                c[0] = Some(s);
+            }
+        }
         if let Some(t) = costs.iter().position(|c| c.iter().all(Option::is_none)) {
             return Err(format!(
                 "no performance model for kernel '{}' yet (a calibrated run measures one)",
