@@ -99,7 +99,7 @@ pub struct RunReport {
     pub deadline_s: Option<f64>,
     /// The finish predicted at submit from the performance models (the run simulated on a
     /// model of this machine; over 100,000 tasks, its lower bound), when every kernel has a
-    /// model.
+    /// model (`spin` and `sleep` need none: their parameter is their time).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub predicted_s: Option<f64>,
     /// Whether the run finished within its deadline.
