@@ -12,6 +12,7 @@ mod costs;
 mod data;
 pub mod faults;
 mod lineage;
+mod pause;
 mod queues;
 mod sleep;
 mod speculate;
@@ -1039,6 +1040,7 @@ impl Runtime {
             worker_losses: names.iter().map(|w| self.faults.worker_loss(w)).collect(),
             stalled: Mutex::new(None),
             speculation,
+            pause: pause::WritePause::new(names.len(), !self.gpus.is_empty()),
         };
         let (bandwidth, latency) = self.link_model();
         let view = planning.then(|| costs::CostView {

@@ -105,6 +105,8 @@ pub(crate) struct RunState<'a> {
     pub stalled: Mutex<Option<String>>,
     /// Speculative re-execution of stragglers, when on for this run.
     pub speculation: Option<super::speculate::Speculation>,
+    /// Writes pause while lost data are recomputed.
+    pub pause: super::pause::WritePause,
 }
 
 impl RunState<'_> {
@@ -244,7 +246,11 @@ fn run_copy<P: Policy>(
     slot: &mut Option<u32>,
 ) {
     let Some(spec) = &run.speculation else { return };
-    match super::speculate::run_copy(run, spec, task, me) {
+    // Its result is installed as the data: a write (counted out before a failure is handled).
+    let writing = run.pause.enabled().then(|| Writing::enter(run, me));
+    let outcome = super::speculate::run_copy(run, spec, task, me);
+    drop(writing);
+    match outcome {
         CopyOutcome::Won => {
             stats.tasks += 1;
             stats.completed += 1;
@@ -398,7 +404,7 @@ pub(crate) fn run_gpu_worker<P: Policy>(
             if let Some(done) = in_flight.take() {
                 finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
             }
-            recover_from_lost_gpu(run, g, run.worker_numa[me.index()], false);
+            recover_from_lost_gpu(run, g, me, false);
             run.dead[me.index()].store(true, Ordering::Release);
             forward_until_done(policy, run, &mut q, me, &mut stats, &mut ready, &mut slot, &mut carry);
             break;
@@ -452,6 +458,17 @@ pub(crate) fn run_gpu_worker<P: Policy>(
         }
         if serial {
             held.extend(batch.drain(1..));
+        }
+        if run.pause.enabled() && !run.pause.try_enter(me) {
+            // Writes are paused for a recovery: finish what is in flight (its count holds the
+            // recovery up), wait, and stage these later.
+            carry = batch;
+            carry.extend(held);
+            if let Some(done) = in_flight.take() {
+                finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
+            }
+            run.pause.wait_while_paused();
+            continue;
         }
         let (staged, deferred) = stage_gpu_batch(run, me.index(), g, &batch, in_flight.is_some(), &mut stats);
         for &t in &deferred {
@@ -614,6 +631,10 @@ fn finish_gpu_batch<P: Policy>(
         .into_iter()
         .map(Some)
         .collect();
+    if run.pause.enabled() {
+        // Its writes are done: a recovery need not wait for the bookkeeping below.
+        run.pause.leave(me);
+    }
     staged.pinned.iter().for_each(|c| c.unpin(g));
     if let Some(spec) = &run.speculation {
         let done: Vec<u32> = staged.tasks.iter().map(|&(t, _)| t).collect();
@@ -767,7 +788,7 @@ fn fail_attempt<P: Policy>(
     // recovering it) before retrying, so that the retry finds the data recomputed.
     for (g, dev) in run.gpus.iter().enumerate() {
         if dev.lost().is_some() {
-            recover_from_lost_gpu(run, g, run.worker_numa[me.index()], true);
+            recover_from_lost_gpu(run, g, me, true);
         }
     }
     if retriable && failed <= run.retries && !run.cancelled.load(Ordering::Acquire) {
@@ -830,7 +851,7 @@ fn retry_worker(run: &RunState<'_>, task: u32, me: WorkerId) -> Option<WorkerId>
 /// Done once per run and GPU, by whichever worker notices the loss first (the GPU's own, or
 /// one whose attempt failed on it); with `wait`, a worker that finds another one recovering
 /// waits until it is done.
-fn recover_from_lost_gpu(run: &RunState<'_>, g: usize, numa: usize, wait: bool) {
+fn recover_from_lost_gpu(run: &RunState<'_>, g: usize, me: WorkerId, wait: bool) {
     let state = &run.recovery[g];
     if state
         .compare_exchange(RECOVERY_NONE, RECOVERY_RUNNING, Ordering::AcqRel, Ordering::Acquire)
@@ -850,6 +871,9 @@ fn recover_from_lost_gpu(run: &RunState<'_>, g: usize, numa: usize, wait: bool) 
             cell.recovering.store(true, Ordering::Release);
         }
     }
+    // No task writes anything while writes are replayed from the data they read.
+    let paused = run.pause.enabled().then(|| run.pause.pause(me));
+    let numa = run.worker_numa[me.index()];
     // A reader may have forgotten some copies already; what has no valid copy now is lost.
     run.cells.iter().flatten().for_each(|c| {
         c.forget_gpu(g);
@@ -870,6 +894,7 @@ fn recover_from_lost_gpu(run: &RunState<'_>, g: usize, numa: usize, wait: bool) 
             cell.recovering.store(false, Ordering::Release);
         }
     }
+    drop(paused);
     tracing::warn!(
         gpu = g,
         lost = lost.len(),
@@ -1151,11 +1176,16 @@ fn execute_cpu<'a>(
     let kernel = &graph.kernels[rec.kernel as usize];
     let accesses = &graph.accesses[rec.accesses.range()];
     // After a host ping-pong, one CPU task at a time until one completes.
-    let _serial = (run.counted_pins && run.budgets.serial(Node::Host))
+    // (Not for a recomputation: the worker recovering holds off writers, which may hold this.)
+    let _serial = (attempt_on.is_some() && run.counted_pins && run.budgets.serial(Node::Host))
         .then(|| run.budgets.host_serial.lock().unwrap_or_else(|e| e.into_inner()));
     if !accesses.is_empty() {
         pin_operands(run, numa, accesses, operands, replay)?;
     }
+    // Counted in as a writer once its operands are pinned (pinning may wait for a recovery).
+    let _writing = attempt_on
+        .filter(|_| run.pause.enabled() && accesses.iter().any(|(_, a)| a.writes()))
+        .map(|w| Writing::enter(run, w));
     // A failed attempt must leave its inputs as it found them, so that a retry computes the
     // same thing: save what it may both read and overwrite.
     let (saved, restorable, charged) = save_read_write_operands(run, numa, operands);
@@ -1234,6 +1264,22 @@ fn execute_cpu<'a>(
     }
     unpin_operands(run, accesses);
     outcome.map(|()| won)
+}
+
+/// A worker counted in as a writer ([`super::pause`]) until dropped.
+struct Writing<'r>(&'r super::pause::WritePause, WorkerId);
+
+impl<'r> Writing<'r> {
+    fn enter(run: &'r RunState<'_>, w: WorkerId) -> Self {
+        run.pause.enter(w);
+        Writing(&run.pause, w)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.leave(self.1);
+    }
 }
 
 /// Calls a CPU kernel over bound operands, catching a panic; `cancelled` is what the kernel
