@@ -9,6 +9,7 @@
 //! ```text
 //! IDLE ──copy starts──▶ COPYING ──one finishes first──▶ SETTLING ──▶ SETTLED
 //!   │                      │  └─the original fails─▶ ORPHANED ──copy finishes──▶ SETTLING
+//!   │                      │                            └─copy fails─▶ NO_COPY (task retried)
 //!   │                      └─the copy fails─▶ NO_COPY ──the original finishes──▶ SETTLED
 //!   └──the original finishes, no copy──────────────────────────────────────────▶ SETTLED
 //! ```
