@@ -25,6 +25,9 @@ use crate::topology::WorkerId;
 pub(crate) struct WritePause {
     paused: AtomicBool,
     writing: Vec<CachePadded<AtomicUsize>>,
+    /// Held by the pausing worker: two GPUs lost together are recovered one after the other
+    /// (else the first to finish would lift the pause under the second).
+    pausing: std::sync::Mutex<()>,
 }
 
 impl WritePause {
@@ -34,6 +37,7 @@ impl WritePause {
             writing: (0..if enabled { workers } else { 0 })
                 .map(|_| Default::default())
                 .collect(),
+            pausing: std::sync::Mutex::new(()),
         }
     }
 
@@ -73,6 +77,7 @@ impl WritePause {
     /// Pauses writes for the lifetime of the guard, once every worker but `me` has finished
     /// the writes it had started.
     pub fn pause(&self, me: WorkerId) -> PauseGuard<'_> {
+        let held = self.pausing.lock().unwrap_or_else(|e| e.into_inner());
         self.paused.store(true, SeqCst);
         while self
             .writing
@@ -82,16 +87,23 @@ impl WritePause {
         {
             std::thread::sleep(Duration::from_micros(20));
         }
-        PauseGuard(self)
+        PauseGuard {
+            pause: self,
+            _held: held,
+        }
     }
 }
 
-/// Writes resume when this is dropped.
-pub(crate) struct PauseGuard<'a>(&'a WritePause);
+/// Writes resume when this is dropped (then the next pause may begin: the lock is released
+/// after `drop` has run).
+pub(crate) struct PauseGuard<'a> {
+    pause: &'a WritePause,
+    _held: std::sync::MutexGuard<'a, ()>,
+}
 
 impl Drop for PauseGuard<'_> {
     fn drop(&mut self) {
-        self.0.paused.store(false, SeqCst);
+        self.pause.paused.store(false, SeqCst);
     }
 }
 
