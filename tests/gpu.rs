@@ -569,18 +569,18 @@ fn tasks_cycling_over_more_data_than_fits_complete() {
     assert!(gpu.peak_bytes <= tile * 5 / 2);
 }
 
-mod memory_properties {
-    use super::*;
+/// Random updates of tiles for the property tests: in place (`Scale`, `Axpy`) or whole (`Add`).
+mod random_ops {
     use proptest::prelude::*;
 
     #[derive(Clone, Debug)]
-    enum Op {
+    pub enum Op {
         Scale(usize),
         Axpy(usize, usize),
         Add(usize, usize, usize),
     }
 
-    fn op(tiles: usize) -> impl Strategy<Value = Op> {
+    pub fn op(tiles: usize) -> impl Strategy<Value = Op> {
         prop_oneof![
             (0..tiles).prop_map(Op::Scale),
             (0..tiles, 0..tiles)
@@ -591,6 +591,12 @@ mod memory_properties {
                 .prop_map(|(a, b, c)| Op::Add(a, b, c)),
         ]
     }
+}
+
+mod memory_properties {
+    use super::random_ops::{op, Op};
+    use super::*;
+    use proptest::prelude::*;
 
     fn run(limit: Option<u64>, tiles: usize, ops: &[Op]) -> Option<Vec<Vec<f32>>> {
         let rt = gpu_rt_limited(limit, PolicyKind::Ws)?;
@@ -1168,27 +1174,9 @@ fn a_cholesky_survives_losing_its_gpu_mid_run() {
 }
 
 mod lineage_properties {
+    use super::random_ops::{op, Op};
     use super::*;
     use proptest::prelude::*;
-
-    #[derive(Clone, Debug)]
-    enum Op {
-        Scale(usize),
-        Axpy(usize, usize),
-        Add(usize, usize, usize),
-    }
-
-    fn op(tiles: usize) -> impl Strategy<Value = Op> {
-        prop_oneof![
-            (0..tiles).prop_map(Op::Scale),
-            (0..tiles, 0..tiles)
-                .prop_filter("distinct", |(a, b)| a != b)
-                .prop_map(|(a, b)| Op::Axpy(a, b)),
-            (0..tiles, 0..tiles, 0..tiles)
-                .prop_filter("distinct", |(a, b, c)| a != b && b != c && a != c)
-                .prop_map(|(a, b, c)| Op::Add(a, b, c)),
-        ]
-    }
 
     /// Runs `ops` (the first `on_gpu` of them on the GPU), losing the GPU after them when
     /// `lose`, then the rest anywhere and a CPU sum of every tile: the tiles, or the error.
