@@ -155,18 +155,43 @@ impl std::fmt::Display for TaskLabel<'_> {
     }
 }
 
-/// Runs tasks until the graph is done.
-pub(crate) fn run_worker<P: Policy>(
-    policy: &P,
-    run: &RunState<'_>,
-    mut q: LocalQueues<'_>,
+/// One worker's loop: its policy, the run, its queues and the state its steps share.
+struct WorkerLoop<'w, 'r, 'q, P> {
+    policy: &'w P,
+    run: &'w RunState<'r>,
+    q: LocalQueues<'q>,
     me: WorkerId,
-) -> WorkerStats {
+    stats: WorkerStats,
+    /// Tasks made ready by the last completion (a buffer reused for every completion).
+    ready: Vec<u32>,
+    /// The next task to run, taken without going through a queue (the immediate successor).
+    slot: Option<u32>,
+}
+
+impl<'w, 'r, 'q, P: Policy> WorkerLoop<'w, 'r, 'q, P> {
+    fn new(policy: &'w P, run: &'w RunState<'r>, q: LocalQueues<'q>, me: WorkerId) -> Self {
+        run.queues.sleep.register(me);
+        WorkerLoop {
+            policy,
+            run,
+            q,
+            me,
+            stats: WorkerStats::default(),
+            ready: Vec::new(),
+            slot: None,
+        }
+    }
+
+    fn finish(mut self) -> WorkerStats {
+        self.stats.wall = self.run.start.elapsed();
+        self.stats
+    }
+}
+
+/// Runs tasks until the graph is done.
+pub(crate) fn run_worker<P: Policy>(policy: &P, run: &RunState<'_>, q: LocalQueues<'_>, me: WorkerId) -> WorkerStats {
     let plan = &run.compiled.plan;
-    run.queues.sleep.register(me);
-    let mut stats = WorkerStats::default();
-    let mut slot: Option<u32> = None;
-    let mut ready: Vec<u32> = Vec::new();
+    let mut w = WorkerLoop::new(policy, run, q, me);
     let mut operands: Vec<RawOperand<'_>> = Vec::new();
     // When to lose this worker (fault injection), read once: it is checked every task.
     let lose_at = run.worker_losses[me.index()];
@@ -179,32 +204,23 @@ pub(crate) fn run_worker<P: Policy>(
                 // Injected loss: this worker runs nothing more; what reaches it goes on.
                 run.dead[me.index()].store(true, Ordering::Release);
                 tracing::warn!(worker = %run.worker_names[me.index()], "injected fault: losing the worker");
-                forward_until_done(
-                    policy,
-                    run,
-                    &mut q,
-                    me,
-                    &mut stats,
-                    &mut ready,
-                    &mut slot,
-                    &mut Vec::new(),
-                );
+                w.forward_until_done(&mut Vec::new());
                 break;
             }
         }
-        let task = match slot.take() {
+        let task = match w.slot.take() {
             Some(t) => t,
             None => match policy
-                .next(plan, &mut q, me)
+                .next(plan, &mut w.q, me)
                 .map(Work::Task)
-                .or_else(|| wait_for_work(policy, run, &mut q, me, &mut stats, run.speculation.is_some()))
+                .or_else(|| w.wait_for_work(run.speculation.is_some()))
             {
                 Some(Work::Task(Pick { task, stolen_from })) => {
-                    stats.steals += u64::from(stolen_from.is_some());
+                    w.stats.steals += u64::from(stolen_from.is_some());
                     task
                 }
                 Some(Work::Copy(task)) => {
-                    run_copy(policy, run, &mut q, me, task, &mut stats, &mut ready, &mut slot);
+                    w.run_copy(task);
                     continue;
                 }
                 None => break,
@@ -215,117 +231,99 @@ pub(crate) fn run_worker<P: Policy>(
         if let Some(gate) = &run.core_gate {
             gate.acquire(cores);
         }
-        let outcome = execute(run, task, me, &mut operands, &mut stats);
+        let outcome = execute(run, task, me, &mut operands, &mut w.stats);
         if let Some(gate) = &run.core_gate {
             gate.release(cores);
         }
         match outcome {
-            Outcome::Completed => complete(policy, run, &mut q, me, task, true, &mut ready, &mut slot),
-            Outcome::Skipped => complete(policy, run, &mut q, me, task, false, &mut ready, &mut slot),
-            Outcome::Failed(failure) => fail_attempt(
-                policy, run, &mut q, me, task, failure, &mut stats, &mut ready, &mut slot,
-            ),
+            Outcome::Completed => w.complete(task, true),
+            Outcome::Skipped => w.complete(task, false),
+            Outcome::Failed(failure) => w.fail_attempt(task, failure),
             // A copy won the race and completed the task.
             Outcome::Superseded => {}
         }
     }
-    stats.wall = run.start.elapsed();
-    stats
+    w.finish()
 }
 
-/// Runs a copy of a straggler (speculation) and settles the task with it if it wins.
-#[allow(clippy::too_many_arguments)]
-fn run_copy<P: Policy>(
-    policy: &P,
-    run: &RunState<'_>,
-    q: &mut LocalQueues<'_>,
-    me: WorkerId,
-    task: u32,
-    stats: &mut WorkerStats,
-    ready: &mut Vec<u32>,
-    slot: &mut Option<u32>,
-) {
-    let Some(spec) = &run.speculation else { return };
-    // Its result is installed as the data: a write (counted out before a failure is handled).
-    let writing = run.pause.enabled().then(|| Writing::enter(run, me));
-    let outcome = super::speculate::run_copy(run, spec, task, me);
-    drop(writing);
-    match outcome {
-        CopyOutcome::Won => {
-            stats.tasks += 1;
-            stats.completed += 1;
-            complete(policy, run, q, me, task, true, ready, slot);
+impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
+    /// Runs a copy of a straggler (speculation) and settles the task with it if it wins.
+    fn run_copy(&mut self, task: u32) {
+        let (run, me) = (self.run, self.me);
+        let Some(spec) = &run.speculation else { return };
+        // Its result is installed as the data: a write (counted out before a failure is handled).
+        let writing = run.pause.enabled().then(|| Writing::enter(run, me));
+        let outcome = super::speculate::run_copy(run, spec, task, me);
+        drop(writing);
+        match outcome {
+            CopyOutcome::Won => {
+                self.stats.tasks += 1;
+                self.stats.completed += 1;
+                self.complete(task, true);
+            }
+            CopyOutcome::FailedOrphan(message) => {
+                self.stats.tasks += 1;
+                self.fail_attempt(task, message.into());
+            }
+            CopyOutcome::Lost | CopyOutcome::Failed => {}
         }
-        CopyOutcome::FailedOrphan(message) => {
-            stats.tasks += 1;
-            fail_attempt(policy, run, q, me, task, message.into(), stats, ready, slot);
-        }
-        CopyOutcome::Lost | CopyOutcome::Failed => {}
     }
-}
 
-/// Releases the successors of a finished task: poisons them if it failed, keeps the
-/// highest-priority one this worker may run as its next task (`slot`), places the others,
-/// and ends the run when this was the last task.
-#[allow(clippy::too_many_arguments)]
-fn complete<P: Policy>(
-    policy: &P,
-    run: &RunState<'_>,
-    q: &mut LocalQueues<'_>,
-    me: WorkerId,
-    task: u32,
-    ok: bool,
-    ready: &mut Vec<u32>,
-    slot: &mut Option<u32>,
-) {
-    let plan = &run.compiled.plan;
-    run.phases.set(task, DONE);
-    if !run.temp_uses.is_empty() {
-        free_dead_temps(run, task);
-    }
-    if run.budgets.spillable() {
-        // Progress: host copies spilled before now may come back without a ping-pong.
-        run.budgets.node(Node::Host).completions.fetch_add(1, Ordering::AcqRel);
-    }
-    ready.clear();
-    for &s in run.compiled.successors(task) {
-        if !ok {
-            // Published by the AcqRel decrement below, before `s` can become ready.
-            run.poisoned[s as usize].store(true, Ordering::Relaxed);
+    /// Releases the successors of a finished task: poisons them if it failed, keeps the
+    /// highest-priority one this worker may run as its next task (`slot`), places the others,
+    /// and ends the run when this was the last task.
+    fn complete(&mut self, task: u32, ok: bool) {
+        let (policy, run, me) = (self.policy, self.run, self.me);
+        let (q, ready, slot) = (&mut self.q, &mut self.ready, &mut self.slot);
+        let plan = &run.compiled.plan;
+        run.phases.set(task, DONE);
+        if !run.temp_uses.is_empty() {
+            free_dead_temps(run, task);
         }
-        if run.deps[s as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
-            run.phases.set(s, READY);
-            ready.push(s);
+        if run.budgets.spillable() {
+            // Progress: host copies spilled before now may come back without a ping-pong.
+            run.budgets.node(Node::Host).completions.fetch_add(1, Ordering::AcqRel);
         }
-    }
-    if !ready.is_empty() {
-        let mut best: Option<usize> = None;
-        if slot.is_none() && policy.immediate_successor() {
-            for (i, &s) in ready.iter().enumerate() {
-                if plan.eligible(s, me)
-                    && best.is_none_or(|b| {
-                        run.graph.tasks[s as usize].priority > run.graph.tasks[ready[b] as usize].priority
-                    })
-                {
-                    best = Some(i);
-                }
+        ready.clear();
+        for &s in run.compiled.successors(task) {
+            if !ok {
+                // Published by the AcqRel decrement below, before `s` can become ready.
+                run.poisoned[s as usize].store(true, Ordering::Relaxed);
+            }
+            if run.deps[s as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
+                run.phases.set(s, READY);
+                ready.push(s);
             }
         }
-        if let Some(b) = best {
-            *slot = Some(ready.swap_remove(b));
+        if !ready.is_empty() {
+            let mut best: Option<usize> = None;
+            if slot.is_none() && policy.immediate_successor() {
+                for (i, &s) in ready.iter().enumerate() {
+                    if plan.eligible(s, me)
+                        && best.is_none_or(|b| {
+                            run.graph.tasks[s as usize].priority > run.graph.tasks[ready[b] as usize].priority
+                        })
+                    {
+                        best = Some(i);
+                    }
+                }
+            }
+            if let Some(b) = best {
+                *slot = Some(ready.swap_remove(b));
+            }
+            for &s in ready.iter() {
+                policy.place(plan, q, s, Some(me));
+            }
         }
-        for &s in ready.iter() {
-            policy.place(plan, q, s, Some(me));
+        // After the successors, so that consumers are queued before the producers let in now.
+        if let Some(gate) = &run.roots {
+            gate.finished(task);
+            gate.release(run.budgets.any_nearly_full(), |r| policy.place(plan, q, r, None));
         }
-    }
-    // After the successors, so that consumers are queued before the producers let in now.
-    if let Some(gate) = &run.roots {
-        gate.finished(task);
-        gate.release(run.budgets.any_nearly_full(), |r| policy.place(plan, q, r, None));
-    }
-    if run.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-        run.done.store(true, Ordering::SeqCst);
-        run.queues.sleep.wake_all();
+        if run.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            run.done.store(true, Ordering::SeqCst);
+            run.queues.sleep.wake_all();
+        }
     }
 }
 
@@ -373,15 +371,12 @@ enum Staging {
 pub(crate) fn run_gpu_worker<P: Policy>(
     policy: &P,
     run: &RunState<'_>,
-    mut q: LocalQueues<'_>,
+    q: LocalQueues<'_>,
     me: WorkerId,
     g: usize,
 ) -> WorkerStats {
     let plan = &run.compiled.plan;
-    run.queues.sleep.register(me);
-    let mut stats = WorkerStats::default();
-    let mut slot: Option<u32> = None;
-    let mut ready: Vec<u32> = Vec::new();
+    let mut w = WorkerLoop::new(policy, run, q, me);
     let mut in_flight: Option<StagedBatch> = None;
     // Tasks taken but not yet staged, waiting for GPU memory in use to be released.
     let mut carry: Vec<u32> = Vec::new();
@@ -394,7 +389,7 @@ pub(crate) fn run_gpu_worker<P: Policy>(
         }
         if run.cancelled.load(Ordering::Acquire) {
             if let Some(done) = in_flight.take() {
-                finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
+                w.finish_gpu_batch(g, done);
             }
             break;
         }
@@ -402,20 +397,20 @@ pub(crate) fn run_gpu_worker<P: Policy>(
             // The batch in flight fails (its tasks are retried elsewhere), the device's copies
             // are forgotten, and from now on this worker only passes tasks on.
             if let Some(done) = in_flight.take() {
-                finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
+                w.finish_gpu_batch(g, done);
             }
             recover_from_lost_gpu(run, g, me, false);
             run.dead[me.index()].store(true, Ordering::Release);
-            forward_until_done(policy, run, &mut q, me, &mut stats, &mut ready, &mut slot, &mut carry);
+            w.forward_until_done(&mut carry);
             break;
         }
         let mut batch: Vec<u32> = std::mem::take(&mut carry);
         let carried = batch.len();
-        batch.extend(slot.take());
+        batch.extend(w.slot.take());
         while batch.len() < carried + MAX_BATCH {
-            match policy.next(plan, &mut q, me) {
+            match policy.next(plan, &mut w.q, me) {
                 Some(Pick { task, stolen_from }) => {
-                    stats.steals += u64::from(stolen_from.is_some());
+                    w.stats.steals += u64::from(stolen_from.is_some());
                     batch.push(task);
                 }
                 None => break,
@@ -423,12 +418,12 @@ pub(crate) fn run_gpu_worker<P: Policy>(
         }
         if batch.is_empty() {
             if let Some(done) = in_flight.take() {
-                finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
+                w.finish_gpu_batch(g, done);
                 continue;
             }
-            match wait_for_work(policy, run, &mut q, me, &mut stats, false) {
+            match w.wait_for_work(false) {
                 Some(Work::Task(Pick { task, stolen_from })) => {
-                    stats.steals += u64::from(stolen_from.is_some());
+                    w.stats.steals += u64::from(stolen_from.is_some());
                     batch.push(task);
                 }
                 Some(Work::Copy(_)) => unreachable!("GPU workers run no copies"),
@@ -453,7 +448,7 @@ pub(crate) fn run_gpu_worker<P: Policy>(
         let serial = run.budgets.serial(Node::Gpu(g as u16));
         if serial || in_flight.as_ref().is_some_and(|b| !b.submitted()) {
             if let Some(done) = in_flight.take() {
-                finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
+                w.finish_gpu_batch(g, done);
             }
         }
         if serial {
@@ -465,23 +460,22 @@ pub(crate) fn run_gpu_worker<P: Policy>(
             carry = batch;
             carry.extend(held);
             if let Some(done) = in_flight.take() {
-                finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
+                w.finish_gpu_batch(g, done);
             }
             run.pause.wait_while_paused();
             continue;
         }
-        let (staged, deferred) = stage_gpu_batch(run, me.index(), g, &batch, in_flight.is_some(), &mut stats);
+        let (staged, deferred) = stage_gpu_batch(run, me.index(), g, &batch, in_flight.is_some(), &mut w.stats);
         for &t in &deferred {
             run.phases.start(t, WAITING_FOR_MEMORY, me.index());
         }
         carry = deferred;
         carry.extend(held);
         if let Some(done) = in_flight.replace(staged) {
-            finish_gpu_batch(policy, run, &mut q, me, g, done, &mut stats, &mut ready, &mut slot);
+            w.finish_gpu_batch(g, done);
         }
     }
-    stats.wall = run.start.elapsed();
-    stats
+    w.finish()
 }
 
 /// Makes the batch's inputs valid on GPU `g` and submits it. When the GPU's memory is full
@@ -612,107 +606,99 @@ fn stage_gpu_batch(
     )
 }
 
-/// Waits for a staged batch, records its outcomes, and completes its tasks.
-#[allow(clippy::too_many_arguments)]
-fn finish_gpu_batch<P: Policy>(
-    policy: &P,
-    run: &RunState<'_>,
-    q: &mut LocalQueues<'_>,
-    me: WorkerId,
-    g: usize,
-    staged: StagedBatch,
-    stats: &mut WorkerStats,
-    ready: &mut Vec<u32>,
-    slot: &mut Option<u32>,
-) {
-    let graph = run.graph;
-    let mut results: Vec<Option<Result<Option<f64>, String>>> = run.gpus[g]
-        .finish_batch(staged.in_flight)
-        .into_iter()
-        .map(Some)
-        .collect();
-    if run.pause.enabled() {
-        // Its writes are done: a recovery need not wait for the bookkeeping below.
-        run.pause.leave(me);
-    }
-    staged.pinned.iter().for_each(|c| c.unpin(g));
-    if let Some(spec) = &run.speculation {
-        let done: Vec<u32> = staged.tasks.iter().map(|&(t, _)| t).collect();
-        spec.gpu_batch_finished(me, &done);
-    }
-    // Progress on this GPU: copies evicted before now may come back without a ping-pong.
-    let completions = &run.budgets.node(Node::Gpu(g as u16)).completions;
-    completions.fetch_add(staged.tasks.len() as u64, Ordering::AcqRel);
-    let ended = run.start.elapsed();
-    let batch_len = staged.tasks.len().max(1);
-    for (task, staging) in staged.tasks {
-        let outcome = match staging {
-            Staging::Skipped => {
-                stats.skipped += 1;
-                complete(policy, run, q, me, task, false, ready, slot);
-                continue;
-            }
-            Staging::Failed(e) => Err(e),
-            Staging::Submitted(i) => results
-                .get_mut(i)
-                .and_then(Option::take)
-                .unwrap_or_else(|| Err("the batch lost a result".into())),
-        };
-        let ok = match outcome {
-            Ok(kernel_s) => {
-                if let Some(spec) = &run.speculation {
-                    match spec.settle(run, task) {
-                        Settled::Won { .. } => spec.publish(task),
-                        Settled::Lost => {
-                            // Its copy on a CPU finished first and completed the task.
-                            spec.let_go(run, task);
-                            continue;
-                        }
-                    }
+impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
+    /// Waits for a staged batch, records its outcomes, and completes its tasks.
+    fn finish_gpu_batch(&mut self, g: usize, staged: StagedBatch) {
+        let (run, me) = (self.run, self.me);
+        let graph = run.graph;
+        let mut results: Vec<Option<Result<Option<f64>, String>>> = run.gpus[g]
+            .finish_batch(staged.in_flight)
+            .into_iter()
+            .map(Some)
+            .collect();
+        if run.pause.enabled() {
+            // Its writes are done: a recovery need not wait for the bookkeeping below.
+            run.pause.leave(me);
+        }
+        staged.pinned.iter().for_each(|c| c.unpin(g));
+        if let Some(spec) = &run.speculation {
+            let done: Vec<u32> = staged.tasks.iter().map(|&(t, _)| t).collect();
+            spec.gpu_batch_finished(me, &done);
+        }
+        // Progress on this GPU: copies evicted before now may come back without a ping-pong.
+        let completions = &run.budgets.node(Node::Gpu(g as u16)).completions;
+        completions.fetch_add(staged.tasks.len() as u64, Ordering::AcqRel);
+        let ended = run.start.elapsed();
+        let batch_len = staged.tasks.len().max(1);
+        for (task, staging) in staged.tasks {
+            let outcome = match staging {
+                Staging::Skipped => {
+                    self.stats.skipped += 1;
+                    self.complete(task, false);
+                    continue;
                 }
-                // Logged before any replica is downloaded, which dates the host's copy after it.
-                run.lineage.gpu_task_done(graph, run.cells, task);
-                let rec = &graph.tasks[task as usize];
-                for &(d, access) in &graph.accesses[rec.accesses.range()] {
-                    if let (true, Some(cell)) = (access.writes(), &run.cells[d as usize]) {
-                        cell.gpu_written(g);
-                        if cell.replicas_wanted() >= 2 {
-                            // Replication: a host copy too, so that losing the GPU loses nothing.
-                            if let Err(e) = cell.ensure_host(run.gpus, &run.transfers) {
-                                tracing::warn!(datum = %cell.name, error = %e, "could not replicate to the host");
+                Staging::Failed(e) => Err(e),
+                Staging::Submitted(i) => results
+                    .get_mut(i)
+                    .and_then(Option::take)
+                    .unwrap_or_else(|| Err("the batch lost a result".into())),
+            };
+            let ok = match outcome {
+                Ok(kernel_s) => {
+                    if let Some(spec) = &run.speculation {
+                        match spec.settle(run, task) {
+                            Settled::Won { .. } => spec.publish(task),
+                            Settled::Lost => {
+                                // Its copy on a CPU finished first and completed the task.
+                                spec.let_go(run, task);
+                                continue;
                             }
                         }
                     }
+                    // Logged before any replica is downloaded, which dates the host's copy after it.
+                    run.lineage.gpu_task_done(graph, run.cells, task);
+                    let rec = &graph.tasks[task as usize];
+                    for &(d, access) in &graph.accesses[rec.accesses.range()] {
+                        if let (true, Some(cell)) = (access.writes(), &run.cells[d as usize]) {
+                            cell.gpu_written(g);
+                            if cell.replicas_wanted() >= 2 {
+                                // Replication: a host copy too, so that losing the GPU loses nothing.
+                                if let Err(e) = cell.ensure_host(run.gpus, &run.transfers) {
+                                    tracing::warn!(datum = %cell.name, error = %e, "could not replicate to the host");
+                                }
+                            }
+                        }
+                    }
+                    if let Some(spec) = &run.speculation {
+                        // Its share of the batch: what a task of its kernel takes, for spotting
+                        // stragglers of kernels that mostly run on GPUs.
+                        let share = (ended - staged.started) / batch_len as u32;
+                        spec.observe(graph.tasks[task as usize].kernel, share);
+                    }
+                    self.stats.completed += 1;
+                    self.stats.kernel_s += kernel_s.unwrap_or(0.0);
+                    if run.calibrate {
+                        // GPU time from timestamps, else this task's share of the batch.
+                        let share = (ended - staged.started).as_secs_f64() / batch_len as f64;
+                        self.stats.samples.push((task, kernel_s.unwrap_or(share)));
+                    }
+                    if run.record_trace {
+                        self.stats.events.push(TraceEvent {
+                            task,
+                            start_ns: staged.started.as_nanos() as u64,
+                            end_ns: ended.as_nanos() as u64,
+                            gpu_ns: kernel_s.map(|s| (s * 1e9) as u64),
+                        });
+                    }
+                    true
                 }
-                if let Some(spec) = &run.speculation {
-                    // Its share of the batch: what a task of its kernel takes, for spotting
-                    // stragglers of kernels that mostly run on GPUs.
-                    let share = (ended - staged.started) / batch_len as u32;
-                    spec.observe(graph.tasks[task as usize].kernel, share);
+                Err(message) => {
+                    self.fail_attempt(task, message.into());
+                    continue;
                 }
-                stats.completed += 1;
-                stats.kernel_s += kernel_s.unwrap_or(0.0);
-                if run.calibrate {
-                    // GPU time from timestamps, else this task's share of the batch.
-                    let share = (ended - staged.started).as_secs_f64() / batch_len as f64;
-                    stats.samples.push((task, kernel_s.unwrap_or(share)));
-                }
-                if run.record_trace {
-                    stats.events.push(TraceEvent {
-                        task,
-                        start_ns: staged.started.as_nanos() as u64,
-                        end_ns: ended.as_nanos() as u64,
-                        gpu_ns: kernel_s.map(|s| (s * 1e9) as u64),
-                    });
-                }
-                true
-            }
-            Err(message) => {
-                fail_attempt(policy, run, q, me, task, message.into(), stats, ready, slot);
-                continue;
-            }
-        };
-        complete(policy, run, q, me, task, ok, ready, slot);
+            };
+            self.complete(task, ok);
+        }
     }
 }
 
@@ -749,82 +735,74 @@ impl From<String> for AttemptFailure {
     }
 }
 
-/// An attempt of `task` on `me` failed: tries it again on another worker that may run it,
-/// while retries remain; else the failure is final (recorded with every attempt, its
-/// dependents skipped) and, unless the run keeps going, the run stops starting tasks.
-#[allow(clippy::too_many_arguments)]
-fn fail_attempt<P: Policy>(
-    policy: &P,
-    run: &RunState<'_>,
-    q: &mut LocalQueues<'_>,
-    me: WorkerId,
-    task: u32,
-    failure: AttemptFailure,
-    stats: &mut WorkerStats,
-    ready: &mut Vec<u32>,
-    slot: &mut Option<u32>,
-) {
-    let AttemptFailure { message, retriable } = failure;
-    let graph = run.graph;
-    let failed = run.attempts[task as usize].fetch_add(1, Ordering::AcqRel) + 1;
-    let worker = run.worker_names[me.index()].clone();
-    run.attempt_log
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((task, worker.clone(), message.clone()));
-    if let Some(spec) = &run.speculation {
-        match spec.original_failed(run, task) {
-            OnFailure::Alone => {}
-            // The copy finished first: this failure no longer matters.
-            OnFailure::Lost => return,
-            OnFailure::LeftToCopy => {
-                // No retry while the copy runs: if it fails too, it retries the task.
-                tracing::info!(task = %TaskLabel(graph, task), %worker, %message, "task attempt failed; its copy runs on");
+impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
+    /// An attempt of `task` on this worker failed: tries it again on another worker that may
+    /// run it, while retries remain; else the failure is final (recorded with every attempt,
+    /// its dependents skipped) and, unless the run keeps going, the run stops starting tasks.
+    fn fail_attempt(&mut self, task: u32, failure: AttemptFailure) {
+        let (run, me) = (self.run, self.me);
+        let AttemptFailure { message, retriable } = failure;
+        let graph = run.graph;
+        let failed = run.attempts[task as usize].fetch_add(1, Ordering::AcqRel) + 1;
+        let worker = run.worker_names[me.index()].clone();
+        run.attempt_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((task, worker.clone(), message.clone()));
+        if let Some(spec) = &run.speculation {
+            match spec.original_failed(run, task) {
+                OnFailure::Alone => {}
+                // The copy finished first: this failure no longer matters.
+                OnFailure::Lost => return,
+                OnFailure::LeftToCopy => {
+                    // No retry while the copy runs: if it fails too, it retries the task.
+                    tracing::info!(task = %TaskLabel(graph, task), %worker, %message, "task attempt failed; its copy runs on");
+                    return;
+                }
+            }
+        }
+        // An attempt may have failed on data a lost GPU took: recover it (or wait for the worker
+        // recovering it) before retrying, so that the retry finds the data recomputed.
+        for (g, dev) in run.gpus.iter().enumerate() {
+            if dev.lost().is_some() {
+                recover_from_lost_gpu(run, g, me, true);
+            }
+        }
+        if retriable && failed <= run.retries && !run.cancelled.load(Ordering::Acquire) {
+            if let Some(next) = retry_worker(run, task, me) {
+                run.retried.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(task = %TaskLabel(graph, task), %worker, %message, attempt = failed, "task attempt failed; retrying");
+                run.phases.set(task, READY);
+                self.q.push_retry(next, run.compiled.plan.band(task), task);
                 return;
             }
         }
-    }
-    // An attempt may have failed on data a lost GPU took: recover it (or wait for the worker
-    // recovering it) before retrying, so that the retry finds the data recomputed.
-    for (g, dev) in run.gpus.iter().enumerate() {
-        if dev.lost().is_some() {
-            recover_from_lost_gpu(run, g, me, true);
+        let kernel = graph.task_kernel(task as usize);
+        self.stats.failed += 1;
+        tracing::warn!(task = %TaskLabel(graph, task), kernel, %message, "task failed");
+        let attempts = run
+            .attempt_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(t, _, _)| *t == task)
+            .map(|(_, worker, message)| crate::trace::AttemptReport {
+                worker: worker.clone(),
+                message: message.clone(),
+            })
+            .collect();
+        let failure = TaskFailure {
+            task: graph.task_name(task as usize),
+            kernel: kernel.to_string(),
+            worker,
+            message,
+            attempts,
+        };
+        run.failures.lock().unwrap_or_else(|e| e.into_inner()).push(failure);
+        self.complete(task, false);
+        if !run.keep_going {
+            cancel(run);
         }
-    }
-    if retriable && failed <= run.retries && !run.cancelled.load(Ordering::Acquire) {
-        if let Some(next) = retry_worker(run, task, me) {
-            run.retried.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(task = %TaskLabel(graph, task), %worker, %message, attempt = failed, "task attempt failed; retrying");
-            run.phases.set(task, READY);
-            q.push_retry(next, run.compiled.plan.band(task), task);
-            return;
-        }
-    }
-    let kernel = graph.task_kernel(task as usize);
-    stats.failed += 1;
-    tracing::warn!(task = %TaskLabel(graph, task), kernel, %message, "task failed");
-    let attempts = run
-        .attempt_log
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .filter(|(t, _, _)| *t == task)
-        .map(|(_, worker, message)| crate::trace::AttemptReport {
-            worker: worker.clone(),
-            message: message.clone(),
-        })
-        .collect();
-    let failure = TaskFailure {
-        task: graph.task_name(task as usize),
-        kernel: kernel.to_string(),
-        worker,
-        message,
-        attempts,
-    };
-    run.failures.lock().unwrap_or_else(|e| e.into_inner()).push(failure);
-    complete(policy, run, q, me, task, false, ready, slot);
-    if !run.keep_going {
-        cancel(run);
     }
 }
 
@@ -973,75 +951,98 @@ fn recompute<'a>(
     Ok(())
 }
 
-/// The loop of a lost worker: whatever reaches it goes to a live worker that may run it,
-/// without counting as a failed attempt; a task no live worker may run fails. One task per
-/// turn: completing one may hand this worker the next (`slot`).
-#[allow(clippy::too_many_arguments)]
-fn forward_until_done<P: Policy>(
-    policy: &P,
-    run: &RunState<'_>,
-    q: &mut LocalQueues<'_>,
-    me: WorkerId,
-    stats: &mut WorkerStats,
-    ready: &mut Vec<u32>,
-    slot: &mut Option<u32>,
-    carry: &mut Vec<u32>,
-) {
-    let plan = &run.compiled.plan;
-    loop {
-        let next = carry.pop().or_else(|| slot.take()).or_else(|| {
-            policy
-                .next(plan, q, me)
-                .map(|p| p.task)
-                .or_else(|| match wait_for_work(policy, run, q, me, stats, false) {
-                    Some(Work::Task(p)) => Some(p.task),
-                    Some(Work::Copy(_)) => unreachable!("a lost worker runs no copies"),
-                    None => None,
-                })
-        });
-        match next {
-            Some(task) => forward_from_lost(policy, run, q, me, task, stats, ready, slot),
-            None => return,
+impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
+    /// The loop of a lost worker: whatever reaches it goes to a live worker that may run it,
+    /// without counting as a failed attempt; a task no live worker may run fails. One task per
+    /// turn: completing one may hand this worker the next (`slot`).
+    fn forward_until_done(&mut self, carry: &mut Vec<u32>) {
+        let plan = &self.run.compiled.plan;
+        loop {
+            let next = carry.pop().or_else(|| self.slot.take()).or_else(|| {
+                self.policy
+                    .next(plan, &mut self.q, self.me)
+                    .map(|p| p.task)
+                    .or_else(|| match self.wait_for_work(false) {
+                        Some(Work::Task(p)) => Some(p.task),
+                        Some(Work::Copy(_)) => unreachable!("a lost worker runs no copies"),
+                        None => None,
+                    })
+            });
+            match next {
+                Some(task) => self.forward_from_lost(task),
+                None => return,
+            }
         }
     }
-}
 
-/// A task reached a lost worker (its GPU lost, or the worker itself): sends it to a live
-/// worker that may run it, or fails it when there is none.
-#[allow(clippy::too_many_arguments)]
-fn forward_from_lost<P: Policy>(
-    policy: &P,
-    run: &RunState<'_>,
-    q: &mut LocalQueues<'_>,
-    me: WorkerId,
-    task: u32,
-    stats: &mut WorkerStats,
-    ready: &mut Vec<u32>,
-    slot: &mut Option<u32>,
-) {
-    if run.poisoned[task as usize].load(Ordering::Relaxed) {
-        stats.tasks += 1;
-        stats.skipped += 1;
-        complete(policy, run, q, me, task, false, ready, slot);
-        return;
+    /// A task reached a lost worker (its GPU lost, or the worker itself): sends it to a live
+    /// worker that may run it, or fails it when there is none.
+    fn forward_from_lost(&mut self, task: u32) {
+        let (run, me) = (self.run, self.me);
+        if run.poisoned[task as usize].load(Ordering::Relaxed) {
+            self.stats.tasks += 1;
+            self.stats.skipped += 1;
+            self.complete(task, false);
+            return;
+        }
+        match retry_worker(run, task, me) {
+            Some(next) => {
+                run.phases.set(task, READY);
+                self.q.push_retry(next, run.compiled.plan.band(task), task);
+            }
+            None => {
+                let why = match run.gpu_of_worker[me.index()] {
+                    Some(g) => format!("gpu{g} was lost ({})", run.gpus[g].lost().unwrap_or_default()),
+                    None => format!("worker {} was lost", run.worker_names[me.index()]),
+                };
+                let message = format!("{why} and no other worker may run this task");
+                let failure = AttemptFailure {
+                    message,
+                    retriable: false,
+                };
+                self.fail_attempt(task, failure);
+            }
+        }
     }
-    match retry_worker(run, task, me) {
-        Some(next) => {
-            run.phases.set(task, READY);
-            q.push_retry(next, run.compiled.plan.band(task), task);
-        }
-        None => {
-            let why = match run.gpu_of_worker[me.index()] {
-                Some(g) => format!("gpu{g} was lost ({})", run.gpus[g].lost().unwrap_or_default()),
-                None => format!("worker {} was lost", run.worker_names[me.index()]),
-            };
-            let message = format!("{why} and no other worker may run this task");
-            let failure = AttemptFailure {
-                message,
-                retriable: false,
-            };
-            fail_attempt(policy, run, q, me, task, failure, stats, ready, slot);
-        }
+
+    /// Spins, then parks, until a task turns up (`Some`) or the run is done (`None`).
+    /// With `may_copy`, a straggler found while idle is returned as a copy to run.
+    fn wait_for_work(&mut self, may_copy: bool) -> Option<Work> {
+        let (policy, run, me) = (self.policy, self.run, self.me);
+        let plan = &run.compiled.plan;
+        let idle_since = Instant::now();
+        let backoff = Backoff::new();
+        let found = loop {
+            if run.done.load(Ordering::SeqCst) {
+                break None;
+            }
+            if let Some(p) = policy.next(plan, &mut self.q, me) {
+                break Some(Work::Task(p));
+            }
+            if !backoff.is_completed() {
+                backoff.snooze();
+                continue;
+            }
+            // Idle with nothing to take: near the end of the graph, or of a narrow phase of it.
+            if let (true, Some(spec)) = (may_copy, &run.speculation) {
+                if let Some(task) = spec.pick(run, me) {
+                    break Some(Work::Copy(task));
+                }
+            }
+            run.queues.sleep.announce(me);
+            if let Some(p) = policy.next(plan, &mut self.q, me) {
+                run.queues.sleep.cancel(me);
+                break Some(Work::Task(p));
+            }
+            if run.done.load(Ordering::SeqCst) {
+                run.queues.sleep.cancel(me);
+                break None;
+            }
+            run.queues.sleep.park(me);
+            backoff.reset();
+        };
+        self.stats.idle += idle_since.elapsed();
+        found
     }
 }
 
@@ -1050,52 +1051,6 @@ pub(crate) fn cancel(run: &RunState<'_>) {
     run.cancelled.store(true, Ordering::Release);
     run.done.store(true, Ordering::SeqCst);
     run.queues.sleep.wake_all();
-}
-
-/// Spins, then parks, until a task turns up (`Some`) or the run is done (`None`).
-/// With `may_copy`, a straggler found while idle is returned as a copy to run.
-fn wait_for_work<P: Policy>(
-    policy: &P,
-    run: &RunState<'_>,
-    q: &mut LocalQueues<'_>,
-    me: WorkerId,
-    stats: &mut WorkerStats,
-    may_copy: bool,
-) -> Option<Work> {
-    let plan = &run.compiled.plan;
-    let idle_since = Instant::now();
-    let backoff = Backoff::new();
-    let found = loop {
-        if run.done.load(Ordering::SeqCst) {
-            break None;
-        }
-        if let Some(p) = policy.next(plan, q, me) {
-            break Some(Work::Task(p));
-        }
-        if !backoff.is_completed() {
-            backoff.snooze();
-            continue;
-        }
-        // Idle with nothing to take: near the end of the graph, or of a narrow phase of it.
-        if let (true, Some(spec)) = (may_copy, &run.speculation) {
-            if let Some(task) = spec.pick(run, me) {
-                break Some(Work::Copy(task));
-            }
-        }
-        run.queues.sleep.announce(me);
-        if let Some(p) = policy.next(plan, q, me) {
-            run.queues.sleep.cancel(me);
-            break Some(Work::Task(p));
-        }
-        if run.done.load(Ordering::SeqCst) {
-            run.queues.sleep.cancel(me);
-            break None;
-        }
-        run.queues.sleep.park(me);
-        backoff.reset();
-    };
-    stats.idle += idle_since.elapsed();
-    found
 }
 
 /// Runs one task's CPU kernel; false if it failed or was skipped.
