@@ -2,12 +2,13 @@
 //! an `n`×`n` grid of `b`×`b` f32 tiles, with the tile kernels of
 //! [`hexec_kernels::linalg`] (`potrf` on CPUs; `trsm`, `syrk`, `gemm_nt` on CPUs or GPUs).
 //!
-//! The graph is the right-looking factorisation, as in [`crate::graph::formats::cholesky`]
-//! (which builds the same shape with size-only tiles for the simulator): for each `k`,
-//! `potrf` on `A[k][k]`, `trsm` on the tiles below it, `syrk` on the trailing diagonal and
-//! `gemm_nt` on the rest. Only the lower triangle is stored; after the run it holds `L`.
+//! The graph is the right-looking factorisation of [`crate::graph::formats::cholesky::steps`]
+//! (which also builds it with size-only tiles for the simulator): for each `k`, `potrf` on
+//! `A[k][k]`, `trsm` on the tiles below it, `syrk` on the trailing diagonal and `gemm_nt` on
+//! the rest. Only the lower triangle is stored; after the run it holds `L`.
 
-use crate::graph::{Data, Graph, TaskBuilder};
+use crate::graph::formats::cholesky::steps;
+use crate::graph::{Data, Graph};
 use crate::kernels::linalg;
 use crate::runtime::{DataError, Runtime};
 
@@ -20,11 +21,20 @@ pub struct TiledCholesky {
     tiles: Vec<Data<f32>>,
 }
 
-fn restrict(updates: Option<crate::DeviceKind>, task: TaskBuilder<'_>) -> TaskBuilder<'_> {
-    match updates {
-        Some(kind) => task.on(kind),
-        None => task,
+/// Where tile `(i, j)` (`j ≤ i`) sits among the lower-triangle tiles, row by row.
+fn tile_index(i: usize, j: usize) -> usize {
+    i * (i + 1) / 2 + j
+}
+
+/// Tile `(ti, tj)` of the `n·b`-sided matrix [`matrix_entry`], row-major.
+fn initial_tile(ti: usize, tj: usize, n: usize, b: usize) -> Vec<f32> {
+    let mut v = vec![0.0f32; b * b];
+    for r in 0..b {
+        for c in 0..b {
+            v[r * b + c] = matrix_entry(ti * b + r, tj * b + c, n * b);
+        }
     }
+    v
 }
 
 /// Entry `(i, j)` of the factorised matrix of side `size`: symmetric and diagonally dominant,
@@ -48,45 +58,30 @@ impl TiledCholesky {
     }
 
     fn build(rt: &Runtime, n: usize, b: usize, updates: Option<crate::DeviceKind>) -> Self {
-        let size = n * b;
         let mut tiles = Vec::with_capacity(n * (n + 1) / 2);
         for ti in 0..n {
             for tj in 0..=ti {
-                let mut v = vec![0.0f32; b * b];
-                for r in 0..b {
-                    for c in 0..b {
-                        v[r * b + c] = matrix_entry(ti * b + r, tj * b + c, size);
-                    }
-                }
-                tiles.push(rt.data_named(format!("A[{ti},{tj}]"), v));
+                tiles.push(rt.data_named(format!("A[{ti},{tj}]"), initial_tile(ti, tj, n, b)));
             }
         }
-        let t = |i: usize, j: usize| tiles[i * (i + 1) / 2 + j];
+        let t = |(i, j): (usize, usize)| tiles[tile_index(i, j)];
         let mut g = rt.graph();
-        for k in 0..n {
-            g.task(&linalg::potrf())
-                .name(format!("potrf({k})"))
-                .read_write(t(k, k))
-                .add();
-            for i in k + 1..n {
-                restrict(updates, g.task(&linalg::trsm()).name(format!("trsm({i},{k})")))
-                    .read(t(k, k))
-                    .read_write(t(i, k))
-                    .add();
+        for step in steps(n) {
+            let kernel = match step.kernel {
+                "potrf" => linalg::potrf(),
+                "trsm" => linalg::trsm(),
+                "syrk" => linalg::syrk(),
+                _ => linalg::gemm_nt(),
+            };
+            let mut task = g.task(&kernel).name(step.name);
+            // `potrf` has a CPU implementation only: it stays wherever the policy puts it.
+            if let (Some(kind), false) = (updates, step.kernel == "potrf") {
+                task = task.on(kind);
             }
-            for i in k + 1..n {
-                restrict(updates, g.task(&linalg::syrk()).name(format!("syrk({i},{k})")))
-                    .read(t(i, k))
-                    .read_write(t(i, i))
-                    .add();
-                for j in k + 1..i {
-                    restrict(updates, g.task(&linalg::gemm_nt()).name(format!("gemm({i},{j},{k})")))
-                        .read(t(i, k))
-                        .read(t(j, k))
-                        .read_write(t(i, j))
-                        .add();
-                }
+            for &r in &step.reads {
+                task = task.read(t(r));
             }
+            task.read_write(t(step.updates)).add();
         }
         TiledCholesky { graph: g, n, b, tiles }
     }
@@ -106,13 +101,7 @@ impl TiledCholesky {
         let (n, b) = (self.n, self.b);
         for ti in 0..n {
             for tj in 0..=ti {
-                let mut v = vec![0.0f32; b * b];
-                for r in 0..b {
-                    for c in 0..b {
-                        v[r * b + c] = matrix_entry(ti * b + r, tj * b + c, n * b);
-                    }
-                }
-                rt.write(self.tiles[ti * (ti + 1) / 2 + tj], &v)?;
+                rt.write(self.tiles[tile_index(ti, tj)], &initial_tile(ti, tj, n, b))?;
             }
         }
         Ok(())
@@ -125,7 +114,7 @@ impl TiledCholesky {
         let mut l = vec![0.0f32; size * size];
         for ti in 0..n {
             for tj in 0..=ti {
-                let v = rt.read(self.tiles[ti * (ti + 1) / 2 + tj])?;
+                let v = rt.read(self.tiles[tile_index(ti, tj)])?;
                 for r in 0..b {
                     for c in 0..b {
                         l[(ti * b + r) * size + tj * b + c] = v[r * b + c];

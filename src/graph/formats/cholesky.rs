@@ -45,35 +45,50 @@ fn task(name: String, kernel: &str, access: Vec<(String, String)>) -> TaskSpec {
     t
 }
 
+/// One task of the right-looking factorisation of an `n`×`n` grid: its name, its kernel
+/// (`potrf`, `trsm`, `syrk` or `gemm`), the tiles it reads and the tile it updates in place,
+/// as (row, column) in the lower triangle.
+pub struct Step {
+    pub name: String,
+    pub kernel: &'static str,
+    pub reads: Vec<(usize, usize)>,
+    pub updates: (usize, usize),
+}
+
+/// The tasks of the tiled Cholesky of an `n`×`n` grid, in an order that respects their
+/// dependencies: for each `k`, `potrf` on `A[k][k]`, `trsm` below it, then `syrk` on the
+/// trailing diagonal and `gemm` on the rest. The one description of the DAG, for the
+/// generator here and for the runtime's [`crate::linalg::TiledCholesky`].
+pub fn steps(n: usize) -> impl Iterator<Item = Step> {
+    let step = |name: String, kernel, reads: Vec<(usize, usize)>, updates| Step {
+        name,
+        kernel,
+        reads,
+        updates,
+    };
+    (0..n).flat_map(move |k| {
+        let potrf = std::iter::once(step(format!("potrf({k})"), "potrf", vec![], (k, k)));
+        let trsm = (k + 1..n).map(move |i| step(format!("trsm({i},{k})"), "trsm", vec![(k, k)], (i, k)));
+        let trailing = (k + 1..n).flat_map(move |i| {
+            std::iter::once(step(format!("syrk({i},{k})"), "syrk", vec![(i, k)], (i, i))).chain(
+                (k + 1..i).map(move |j| step(format!("gemm({i},{j},{k})"), "gemm", vec![(i, k), (j, k)], (i, j))),
+            )
+        });
+        potrf.chain(trsm).chain(trailing)
+    })
+}
+
 /// The tiled Cholesky of `n_tiles`×`n_tiles` tiles of `tile_size`² f32.
 pub fn generate(n_tiles: usize, tile_size: usize) -> GraphSpec {
     let mut g = GraphSpec::new(Some(format!("cholesky-{n_tiles}x{n_tiles}-b{tile_size}")));
     let bytes = (tile_size * tile_size * 4) as u64;
     tiles(&mut g, n_tiles, bytes);
-    let (r, rw) = (|s: String| (s, "r".to_string()), |s: String| (s, "rw".to_string()));
-    for k in 0..n_tiles {
-        g.tasks.push(task(format!("potrf({k})"), "potrf", vec![rw(tile(k, k))]));
-        for i in k + 1..n_tiles {
-            g.tasks.push(task(
-                format!("trsm({i},{k})"),
-                "trsm",
-                vec![r(tile(k, k)), rw(tile(i, k))],
-            ));
-        }
-        for i in k + 1..n_tiles {
-            g.tasks.push(task(
-                format!("syrk({i},{k})"),
-                "syrk",
-                vec![r(tile(i, k)), rw(tile(i, i))],
-            ));
-            for j in k + 1..i {
-                g.tasks.push(task(
-                    format!("gemm({i},{j},{k})"),
-                    "gemm",
-                    vec![r(tile(i, k)), r(tile(j, k)), rw(tile(i, j))],
-                ));
-            }
-        }
+    for s in steps(n_tiles) {
+        let reads = s.reads.iter().map(|&(i, j)| (tile(i, j), "r".to_string()));
+        let access = reads
+            .chain([(tile(s.updates.0, s.updates.1), "rw".to_string())])
+            .collect();
+        g.tasks.push(task(s.name, s.kernel, access));
     }
     g
 }
