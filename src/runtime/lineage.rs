@@ -57,14 +57,18 @@ pub(crate) struct Lineage {
     versions: Vec<AtomicU32>,
     host_version: Vec<AtomicU32>,
     host_downloads: Vec<AtomicU32>,
+    /// Per datum: its host buffer stays in memory, untouched until overwritten (no host
+    /// limit, not a temporary), so an earlier value can be replayed from it.
+    host_kept: Vec<bool>,
     steps: Mutex<HashMap<u32, Vec<Step>>>,
     /// Tasks re-run to recompute lost data.
     pub recomputed: AtomicU64,
 }
 
 impl Lineage {
-    /// The lineage of a run over `cells` (by graph-local datum), kept when `enabled`.
-    pub fn new(cells: &[Option<Arc<DataCell>>], enabled: bool) -> Self {
+    /// The lineage of a run over `cells` (by graph-local datum), kept when `enabled`;
+    /// `host_kept(d)` says whether datum `d`'s host buffer stays in memory.
+    pub fn new(cells: &[Option<Arc<DataCell>>], enabled: bool, host_kept: impl Fn(usize) -> bool) -> Self {
         let n = if enabled { cells.len() } else { 0 };
         let host = |c: &Option<Arc<DataCell>>| match c {
             Some(c) if c.is_valid_on(crate::memory::Node::Host) => 0,
@@ -77,6 +81,7 @@ impl Lineage {
                 .iter()
                 .map(|c| AtomicU32::new(c.as_ref().map_or(0, |c| c.downloads())))
                 .collect(),
+            host_kept: (0..n).map(host_kept).collect(),
             steps: Mutex::new(HashMap::new()),
             recomputed: AtomicU64::new(0),
         }
@@ -111,6 +116,24 @@ impl Lineage {
         self.host_version[d as usize].store(v, Ordering::Release);
     }
 
+    /// The version `d`'s host buffer holds, `downloads` being its download count now: its
+    /// last CPU write's (or the run's start), or, when it was downloaded since, the version
+    /// current at the last download, dated by the writes logged in `log`.
+    fn host_version_now(&self, d: u32, downloads: u32, log: &[Step]) -> u32 {
+        let host = self.host_version[d as usize].load(Ordering::Acquire);
+        if downloads == self.host_downloads[d as usize].load(Ordering::Acquire) {
+            return host;
+        }
+        let mut since = log.iter().filter(|s| host == UNKNOWN || s.version > host);
+        let first = since.clone().next();
+        match since.rfind(|s| s.downloads < downloads) {
+            // The last download came after this write.
+            Some(s) => s.version,
+            // Before the first write logged since: the host holds the version before it.
+            None => first.map_or(self.version(d), |s| s.version - 1),
+        }
+    }
+
     /// A GPU task completed: its writes count and are logged as steps.
     pub fn gpu_task_done(&self, graph: &Graph, cells: &[Option<Arc<DataCell>>], task: u32) {
         if !self.enabled() {
@@ -127,14 +150,25 @@ impl Lineage {
                 .filter(|(e, a)| a.reads() && *e != d)
                 .map(|&(e, _)| (e, self.version(e)))
                 .collect();
+            let downloads = cells[d as usize].as_ref().map_or(0, |c| c.downloads());
+            let log = steps.entry(d).or_default();
+            if self.host_kept[d as usize] {
+                // Writes the host already holds need no replay: keep the log short (a datum
+                // downloaded after every write keeps one step).
+                let host = self.host_version_now(d, downloads, log);
+                if host != UNKNOWN {
+                    self.host_version[d as usize].store(host, Ordering::Release);
+                    self.host_downloads[d as usize].store(downloads, Ordering::Release);
+                    log.retain(|s| s.version > host);
+                }
+            }
             let step = Step {
                 task,
                 inputs,
                 version: self.versions[d as usize].fetch_add(1, Ordering::AcqRel) + 1,
-                downloads: cells[d as usize].as_ref().map_or(0, |c| c.downloads()),
+                downloads,
                 whole: !access.reads(),
             };
-            let log = steps.entry(d).or_default();
             if step.whole {
                 // Nothing before a whole write is needed to rebuild it.
                 log.clear();
@@ -161,27 +195,13 @@ impl Lineage {
         }
     }
 
-    /// How to rebuild `d` at its current version; `host_usable` says whether its host buffer
-    /// still holds an earlier value (no host limit). An error says why it cannot be.
-    pub fn recipe(&self, d: u32, cell: &DataCell, host_usable: bool) -> Result<Recipe, String> {
+    /// How to rebuild `d` at its current version. An error says why it cannot be.
+    pub fn recipe(&self, d: u32, cell: &DataCell) -> Result<Recipe, String> {
         let current = self.version(d);
         let steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
         let log = steps.get(&d).map_or(&[][..], |s| &s[..]);
-        // What the host buffer holds: the version of its last CPU write (or the start), or, if
-        // it was downloaded since, the version current at the last download.
-        let mut host = self.host_version[d as usize].load(Ordering::Acquire);
-        let since = self.host_downloads[d as usize].load(Ordering::Acquire);
-        let downloads = cell.downloads();
-        if downloads != since {
-            let mut relevant = log.iter().filter(|s| host == UNKNOWN || s.version > host);
-            let first = relevant.clone().next();
-            host = match relevant.rfind(|s| s.downloads < downloads) {
-                // The last download came after this write.
-                Some(s) => s.version,
-                // Before the first write logged since: the host holds the version before it.
-                None => first.map_or(current, |s| s.version - 1),
-            };
-        }
+        let host_usable = self.host_kept[d as usize];
+        let host = self.host_version_now(d, cell.downloads(), log);
         let whole = log.iter().rposition(|s| s.whole);
         let from = match (host_usable && host != UNKNOWN && cell.host_in_memory(), whole) {
             // From the host when it is at least as recent as the last whole write.

@@ -1033,7 +1033,11 @@ impl Runtime {
             cancelled: AtomicBool::new(false),
             phases: watchdog::Phases::new(n, opts.stall_timeout.is_some()),
             dead: (0..names.len()).map(|_| AtomicBool::new(false)).collect(),
-            lineage: lineage::Lineage::new(cells, !self.gpus.is_empty()),
+            // A stale host buffer stays in memory, untouched, only without a host limit;
+            // temporaries are freed by their last user.
+            lineage: lineage::Lineage::new(cells, !self.gpus.is_empty(), |d| {
+                !self.budgets.spillable() && !graph.data[d].is_temp()
+            }),
             recovery: (0..self.gpus.len())
                 .map(|_| std::sync::atomic::AtomicU8::new(worker::RECOVERY_NONE))
                 .collect(),

@@ -907,13 +907,7 @@ fn recompute<'a>(
         return Err("its lineage is too deep".into());
     }
     let current = run.lineage.version(d);
-    // A stale host buffer stays in memory, untouched, only without a host limit; temporaries
-    // are freed by their last user.
-    let temp = run
-        .temp_uses
-        .get(d as usize)
-        .is_some_and(|u| u.load(Ordering::Relaxed) != u32::MAX);
-    let recipe = run.lineage.recipe(d, cell, !run.budgets.spillable() && !temp)?;
+    let recipe = run.lineage.recipe(d, cell)?;
     let graph = run.graph;
     for step in &recipe.steps {
         let rec = &graph.tasks[step.task as usize];
