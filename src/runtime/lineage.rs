@@ -177,13 +177,10 @@ impl Lineage {
         }
     }
 
-    /// Whether `d` was written on a GPU in this run (it may need recomputing after a loss).
-    pub fn has_steps(&self, d: u32) -> bool {
-        self.steps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&d)
-            .is_some_and(|s| !s.is_empty())
+    /// The data written on a GPU in this run (they may need recomputing after a loss).
+    pub fn written_on_gpus(&self) -> Vec<u32> {
+        let steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        steps.iter().filter(|(_, s)| !s.is_empty()).map(|(&d, _)| d).collect()
     }
 
     /// Sets `d` back to `version` after a recomputation (which restores a version, it does

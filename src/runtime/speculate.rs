@@ -306,6 +306,9 @@ impl Speculation {
             if w == me.index() {
                 continue;
             }
+            // The task before its start time: a task published after `since_ns` (Release /
+            // Acquire) is never timed from the start of the one before it.
+            let cpu_task = r.task.load(Ordering::Acquire);
             let elapsed = now.saturating_sub(Duration::from_nanos(r.since_ns.load(Ordering::Relaxed)));
             if elapsed < MIN_STRAGGLE {
                 continue;
@@ -325,13 +328,13 @@ impl Speculation {
                 }
             };
             if on_gpu {
-                let batch = r.batch.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                batch.into_iter().for_each(&mut consider);
-            } else {
-                let task = r.task.load(Ordering::Acquire);
-                if task != NONE {
-                    consider(task);
-                }
+                r.batch
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .for_each(|&t| consider(t));
+            } else if cpu_task != NONE {
+                consider(cpu_task);
             }
         }
         let (_, task) = best?;

@@ -841,9 +841,7 @@ fn recover_from_lost_gpu(run: &RunState<'_>, g: usize, me: WorkerId, wait: bool)
         }
         return;
     }
-    let candidates: Vec<u32> = (0..run.cells.len() as u32)
-        .filter(|&d| run.lineage.has_steps(d))
-        .collect();
+    let candidates = run.lineage.written_on_gpus();
     for &d in &candidates {
         if let Some(cell) = &run.cells[d as usize] {
             cell.recovering.store(true, Ordering::Release);
