@@ -788,33 +788,20 @@ fn cholesky_tile_kernels_match_on_gpu_and_cpu() {
         }
         let (x, c) = (values(b * b, 4), values(b * b, 5));
         let tol = 1e-5 * (b as f32).sqrt().max(1.0);
-        let (g, cpu) = both(
-            &rt,
-            &linalg::trsm(),
-            &[l.clone(), x.clone()],
-            &[Read, ReadWrite],
-            &[],
-            1,
-        );
-        close(&g, &cpu, tol, &format!("trsm b={b}"));
-        let (g, cpu) = both(
-            &rt,
-            &linalg::syrk(),
-            &[x.clone(), c.clone()],
-            &[Read, ReadWrite],
-            &[],
-            1,
-        );
-        close(&g, &cpu, tol, &format!("syrk b={b}"));
-        let (g, cpu) = both(
-            &rt,
-            &linalg::gemm_nt(),
-            &[x.clone(), l.clone(), c.clone()],
-            &[Read, Read, ReadWrite],
-            &[],
-            2,
-        );
-        close(&g, &cpu, tol, &format!("gemm_nt b={b}"));
+        let cases = [
+            (linalg::trsm(), vec![l.clone(), x.clone()], vec![Read, ReadWrite], 1),
+            (linalg::syrk(), vec![x.clone(), c.clone()], vec![Read, ReadWrite], 1),
+            (
+                linalg::gemm_nt(),
+                vec![x.clone(), l.clone(), c.clone()],
+                vec![Read, Read, ReadWrite],
+                2,
+            ),
+        ];
+        for (kernel, inputs, access, out) in cases {
+            let (g, cpu) = both(&rt, &kernel, &inputs, &access, &[], out);
+            close(&g, &cpu, tol, &format!("{} b={b}", kernel.name()));
+        }
     }
 }
 
