@@ -1,4 +1,7 @@
-//! The CPU worker loop: take a task, run its kernel, release its successors.
+//! The worker loops — a CPU worker takes a task, runs its kernel and releases its successors;
+//! a GPU worker stages batches of tasks on its device — with what they share: completing,
+//! failing and retrying a task, passing work on from a lost worker, waiting for work, and
+//! recovering the data a lost GPU took (lineage replay under a write pause).
 //!
 //! Hot-path rules: no allocation per task (operand and ready-list buffers are reused), one
 //! atomic decrement per successor edge and one per task for termination, tracing spans that
