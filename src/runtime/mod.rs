@@ -698,14 +698,17 @@ impl Runtime {
             .collect();
         let _held = AcquiredData::acquire(cells.iter().flatten().cloned().collect())?;
         let deadline = opts.deadline.or(graph.deadline).map(|d| {
+            let predicting = Instant::now();
             let predicted = self.predict(graph, &data_bytes);
+            let took_ms = predicting.elapsed().as_secs_f64() * 1e3;
             match &predicted {
                 Ok(p) if *p > d.as_secs_f64() => tracing::warn!(
                     predicted_s = p,
                     deadline_s = d.as_secs_f64(),
+                    took_ms,
                     "the predicted finish misses the deadline"
                 ),
-                Ok(_) => {}
+                Ok(p) => tracing::info!(predicted_s = p, took_ms, "predicted the finish"),
                 Err(why) => tracing::info!(%why, "no prediction for the deadline"),
             }
             (d, predicted.ok())
