@@ -66,16 +66,22 @@ builtin!(
     /// waking every millisecond to see whether it was cancelled.
     sleep,
     Kernel::cpu("sleep", Signature::any(1, 1), |ctx| {
-        let end = Instant::now() + duration_param(ctx)?;
-        while let Some(left) = end.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()) {
-            if ctx.cancelled() {
-                break;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(1)));
-        }
+        sleep_unless(duration_param(ctx)?, || ctx.cancelled());
         Ok(())
     })
 );
+
+/// Sleeps `d`, waking every millisecond to return early once `stop` says so: how a long
+/// kernel honours [`CpuContext::cancelled`] (and how hexec's injected stragglers do).
+pub fn sleep_unless(d: Duration, stop: impl Fn() -> bool) {
+    let end = Instant::now() + d;
+    while let Some(left) = end.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()) {
+        if stop() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(1)));
+    }
+}
 
 builtin!(
     /// `x[i] = value` for every element of its one `f32` operand (write).

@@ -149,7 +149,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 0.01)]
         fail_rate: f64,
         /// When the first GPU is lost (if there is one).
-        #[arg(long, default_value = "200ms", value_parser = parse_stall_timeout)]
+        #[arg(long, default_value = "200ms", value_parser = parse_duration_arg)]
         loss_after: std::time::Duration,
     },
     /// Schedule quality in the simulator: makespan / lower bound per policy.
@@ -269,12 +269,12 @@ struct MachineArgs {
     keep_going: bool,
     /// Stop with an error saying what every unfinished task waits for when no task finishes
     /// for this long (e.g. 30s); if a kernel never returns, exit (code 3) shortly after.
-    #[arg(long, value_parser = parse_stall_timeout)]
+    #[arg(long, value_parser = parse_duration_arg)]
     stall_timeout: Option<std::time::Duration>,
     /// The run should finish within this (e.g. 2s): hexec predicts its finish from the
     /// models, warns when the prediction misses, reports both (over the graph's own), and
     /// re-runs stragglers speculatively.
-    #[arg(long, value_parser = parse_stall_timeout)]
+    #[arg(long, value_parser = parse_duration_arg)]
     deadline: Option<std::time::Duration>,
     /// Re-run stragglers speculatively on idle CPU workers even without a deadline (first
     /// result wins).
@@ -282,7 +282,7 @@ struct MachineArgs {
     speculate: bool,
 }
 
-fn parse_stall_timeout(s: &str) -> Result<std::time::Duration, String> {
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
     hexec::runtime::faults::parse_duration(s).ok_or_else(|| format!("'{s}' is not a duration (e.g. 30s, 500ms)"))
 }
 

@@ -482,7 +482,7 @@ pub(crate) fn run_copy(run: &RunState<'_>, spec: &Speculation, task: u32, me: Wo
             .faults
             .and_then(|f| f.slowdown(task, attempt, kernel.name(), worker))
         {
-            straggle(delay, || spec.settled(task) || run.cancelled.load(Ordering::Relaxed));
+            hexec_kernels::builtin::sleep_unless(delay, || spec.settled(task) || run.cancelled.load(Ordering::Relaxed));
         }
         let Some(f) = kernel.cpu_impl() else {
             return Err(format!("kernel '{}' has no CPU implementation", kernel.name()));
@@ -527,21 +527,6 @@ pub(crate) fn run_copy(run: &RunState<'_>, spec: &Speculation, task: u32, me: Wo
                 }
             }
         }
-    }
-}
-
-/// An injected straggler's extra time: sleeps `delay` in steps, ending early when `stop`
-/// says the result is no longer wanted (as a kernel polling its cancellation would).
-pub(crate) fn straggle(delay: Duration, stop: impl Fn() -> bool) {
-    let end = std::time::Instant::now() + delay;
-    while let Some(left) = end
-        .checked_duration_since(std::time::Instant::now())
-        .filter(|l| !l.is_zero())
-    {
-        if stop() {
-            return;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(1)));
     }
 }
 

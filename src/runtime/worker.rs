@@ -1278,7 +1278,7 @@ fn inject_slowdown(
     let attempt = run.attempts[task as usize].load(Ordering::Acquire);
     let kernel = run.graph.task_kernel(task as usize);
     if let Some(delay) = faults.slowdown(task, attempt, kernel, &run.worker_names[w.index()]) {
-        super::speculate::straggle(delay, stop);
+        hexec_kernels::builtin::sleep_unless(delay, stop);
     }
 }
 
