@@ -671,9 +671,11 @@ impl Runtime {
             .collect();
         let data_bytes: Vec<u64> = infos.iter().map(|i| i.bytes).collect();
         let planning = matches!(self.policy, PolicyKind::Locality | PolicyKind::Heft);
-        // Planning policies get expected costs from the model, and priorities from the
-        // critical path unless the graph sets its own.
-        let task_costs = if planning {
+        let deadline = opts.deadline.or(graph.deadline);
+        // Expected costs from the model, computed once for whoever needs them: planning
+        // policies (and priorities from the critical path unless the graph sets its own), the
+        // deadline's prediction, speculation's search for stragglers.
+        let task_costs = if planning || deadline.is_some() || opts.speculate {
             let model = self.model.lock().unwrap_or_else(|e| e.into_inner()).clone();
             costs::model_costs(graph, &model, &costs::task_sizes(graph, &data_bytes))
         } else {
@@ -697,9 +699,9 @@ impl Runtime {
             })
             .collect();
         let _held = AcquiredData::acquire(cells.iter().flatten().cloned().collect())?;
-        let deadline = opts.deadline.or(graph.deadline).map(|d| {
+        let deadline = deadline.map(|d| {
             let predicting = Instant::now();
-            let predicted = self.predict(graph, &data_bytes);
+            let predicted = self.predict(graph, &task_costs, &data_bytes);
             let took_ms = predicting.elapsed().as_secs_f64() * 1e3;
             match &predicted {
                 Ok(p) if *p > d.as_secs_f64() => tracing::warn!(
@@ -810,10 +812,10 @@ impl Runtime {
     /// model of this machine (its workers, links and memory limits) under this runtime's
     /// policy, or for graphs over [`SIMULATED_PREDICTION_TASKS`] tasks, at best, the larger
     /// of the critical path and the work shared by all workers. Either way never below that
-    /// bound. An error names a kernel the model does not know yet.
-    fn predict(&self, graph: &Graph, data_bytes: &[u64]) -> Result<f64, String> {
+    /// bound. `costs` are the model's; an error names a kernel the model does not know yet.
+    fn predict(&self, graph: &Graph, costs: &[TaskCost], data_bytes: &[u64]) -> Result<f64, String> {
         let model = self.model.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut costs = costs::model_costs(graph, &model, &costs::task_sizes(graph, data_bytes));
+        let mut costs = costs.to_vec();
         // Synthetic kernels say how long they take: `spin` and `sleep` their first parameter.
         for (t, c) in costs.iter_mut().enumerate() {
             let rec = &graph.tasks[t];
@@ -954,13 +956,11 @@ impl Runtime {
                     tracing::warn!("no speculative re-execution under a host memory limit");
                     return None;
                 }
-                let model = self.model.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let expected = costs::model_costs(graph, &model, &costs::task_sizes(graph, data_bytes));
                 Some(speculate::Speculation::new(
                     n,
                     self.machine.num_workers(),
                     graph.kernels.len(),
-                    expected,
+                    task_costs.clone(),
                 ))
             })
             .flatten();
