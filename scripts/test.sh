@@ -8,6 +8,7 @@ export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
 if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
   export XDG_RUNTIME_DIR="$(mktemp -d)"
 fi
+echo "note: GPU tests ask for software adapters explicitly (RuntimeBuilder::software_gpus, --software-gpus): on a machine without a GPU they run on Mesa's lavapipe"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else

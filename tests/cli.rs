@@ -107,7 +107,7 @@ fn info_and_demo() {
 #[test]
 fn bench_gpu_reports_every_figure() {
     let out = hexec()
-        .args(["bench", "gpu", "--quick", "--reps", "1", "--json"])
+        .args(["bench", "gpu", "--software-gpus", "--quick", "--reps", "1", "--json"])
         .output()
         .unwrap();
     if out.status.code() == Some(2) && String::from_utf8_lossy(&out.stderr).contains("no GPU") {
@@ -140,6 +140,7 @@ fn bench_memory_stays_within_limits_and_matches_the_simulator() {
         .args([
             "bench",
             "memory",
+            "--software-gpus",
             "--tiles",
             "64",
             "--tile-len",
@@ -307,6 +308,7 @@ fn bench_soak_recovers_every_fault_with_identical_results() {
         .args([
             "bench",
             "soak",
+            "--software-gpus",
             "--tasks",
             "4000",
             "--tiles",
@@ -346,4 +348,111 @@ fn run_reports_a_missed_deadline() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("deadline 0.000 s") && text.contains("MISSED"), "{text}");
+}
+
+/// Software adapters (lavapipe here) are listed but not used unless asked for.
+#[test]
+fn software_gpus_are_used_only_when_asked_for() {
+    let out = hexec().args(["info", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let adapters = v["adapters"].as_array().expect("info --json lists adapters");
+    let software = adapters.iter().filter(|a| a["software"] == true).count();
+    let hardware = v["hardware_gpus"].as_u64().unwrap() as usize;
+    assert_eq!(v["gpus"].as_array().unwrap().len(), hardware, "{v}");
+    if software == 0 {
+        eprintln!("SKIPPED (in part): no software adapter; install mesa-vulkan-drivers for lavapipe");
+        return;
+    }
+    let text = hexec().args(["info"]).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("(not used)") && text.contains("--software-gpus"),
+        "{text}"
+    );
+    let with = hexec().args(["info", "--json", "--software-gpus"]).output().unwrap();
+    let w: serde_json::Value = serde_json::from_slice(&with.stdout).unwrap();
+    assert_eq!(w["gpus"].as_array().unwrap().len(), hardware + software, "{w}");
+    let env = hexec()
+        .args(["info", "--json"])
+        .env("HEXEC_SOFTWARE_GPUS", "1")
+        .output()
+        .unwrap();
+    let e: serde_json::Value = serde_json::from_slice(&env.stdout).unwrap();
+    assert_eq!(e["gpus"].as_array().unwrap().len(), hardware + software, "{e}");
+    if hardware == 0 {
+        let demo = hexec()
+            .args(["demo", "--software-gpus", "--tiles", "4", "--tile-len", "64"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&demo.stdout);
+        assert!(demo.status.success(), "{}", String::from_utf8_lossy(&demo.stderr));
+        assert!(
+            text.contains("software GPU"),
+            "the demo says it uses a software GPU: {text}"
+        );
+    }
+}
+
+/// What a terminal user sees: no panic on a closed pipe, no colour codes into a file, no
+/// Mesa noise, help text for every option, only the options a command uses, a version.
+#[test]
+fn the_command_line_behaves_in_pipes_and_help() {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' info --json | head -c 1 >/dev/null",
+            env!("CARGO_BIN_EXE_hexec")
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "closed pipe: {err}");
+
+    let out = hexec()
+        .args(["-vv", "info"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("HEXEC_SOFTWARE_GPUS", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        !err.contains('\x1b'),
+        "colour codes in a log that is not a terminal: {err:?}"
+    );
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "Mesa's noise: {err}");
+
+    let version = hexec().arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("hexec "));
+
+    let info_help = String::from_utf8_lossy(&hexec().args(["info", "--help"]).output().unwrap().stdout).to_string();
+    for run_only in ["--policy", "--retries", "--inject", "--deadline", "--mem"] {
+        assert!(
+            !info_help.contains(run_only),
+            "info --help lists {run_only}: {info_help}"
+        );
+    }
+    let commands: &[&[&str]] = &[
+        &[],
+        &["info"],
+        &["run"],
+        &["demo"],
+        &["sim"],
+        &["gen", "cholesky"],
+        &["bench", "memory"],
+        &["bench", "soak"],
+        &["bench", "schedule"],
+        &["bench", "gpu"],
+        &["bench", "overhead"],
+    ];
+    for cmd in commands {
+        let help = hexec().args(*cmd).arg("--help").output().unwrap();
+        let help = String::from_utf8_lossy(&help.stdout).to_string();
+        for line in help.lines().filter(|l| l.trim_start().starts_with('-')) {
+            // "  -v, --verbose...  More log output": a flag, two spaces, its description.
+            let described = line.trim().split("  ").filter(|p| !p.trim().is_empty()).count() >= 2;
+            assert!(described, "`hexec {}` option without help: {line}", cmd.join(" "));
+        }
+    }
 }

@@ -1,5 +1,6 @@
-//! GPU paths on whatever adapter wgpu finds (lavapipe in CI): kernels against their CPU
-//! versions at odd sizes, coherence across two devices and the host, placement of mixed
+//! GPU paths on whatever adapter wgpu finds, software adapters included on request (every
+//! runtime here asks for them with `software_gpus(true)`; lavapipe in CI): kernels against
+//! their CPU versions at odd sizes, coherence across two devices and the host, placement of mixed
 //! graphs, and clean failures for broken shaders and lost devices. Each test says so and
 //! returns early when the machine has no GPU adapter at all.
 
@@ -13,6 +14,7 @@ use hexec::{Data, DeviceKind, PolicyKind, RunError, RunOptions, Runtime};
 fn gpu_runtime(gpus: usize) -> Option<Runtime> {
     match Runtime::builder()
         .cpus(1)
+        .software_gpus(true)
         .gpus(GpuRequest::Count(gpus))
         .policy(PolicyKind::Ws)
         .build()
@@ -27,7 +29,11 @@ fn gpu_runtime(gpus: usize) -> Option<Runtime> {
 
 /// A runtime with one CPU core and one GPU under an optional GPU memory limit.
 fn gpu_rt_limited(limit: Option<u64>, policy: PolicyKind) -> Option<Runtime> {
-    let mut b = Runtime::builder().cpus(1).gpus(GpuRequest::Count(1)).policy(policy);
+    let mut b = Runtime::builder()
+        .cpus(1)
+        .software_gpus(true)
+        .gpus(GpuRequest::Count(1))
+        .policy(policy);
     if let Some(l) = limit {
         b = b.memory_limits(hexec::MemoryLimits {
             gpu: Some(l),
@@ -40,6 +46,7 @@ fn gpu_rt_limited(limit: Option<u64>, policy: PolicyKind) -> Option<Runtime> {
 /// The runtime `b` builds with one CPU core and one GPU, if this machine has a GPU.
 fn with_one_gpu(b: hexec::RuntimeBuilder) -> Option<Runtime> {
     b.cpus(1)
+        .software_gpus(true)
         .gpus(GpuRequest::Count(1))
         .build()
         .ok()
@@ -641,6 +648,7 @@ fn host_and_gpu_limits_together_spill_and_keep_results() {
     let build = |limits: Option<(u64, u64)>| {
         let mut b = Runtime::builder()
             .cpus(1)
+            .software_gpus(true)
             .gpus(GpuRequest::Count(1))
             .policy(PolicyKind::Locality);
         if let Some((host, gpu)) = limits {
@@ -1043,6 +1051,7 @@ fn data_lost_with_a_device_are_recomputed_from_lineage() {
 fn straggler_copies_keep_gpu_copies_coherent() {
     let Some(rt) = Runtime::builder()
         .cpus(2)
+        .software_gpus(true)
         .gpus(GpuRequest::Count(1))
         .policy(PolicyKind::Eager)
         .inject(
@@ -1236,5 +1245,37 @@ mod lineage_properties {
                 Err(e) => prop_assert!(e.contains("was lost with gpu0"), "{}", e),
             }
         }
+    }
+}
+
+/// A software adapter (lavapipe) is no GPU unless asked for: a default runtime opens only
+/// hardware adapters, and asking for a count with none says what was found and how to ask.
+#[test]
+fn software_adapters_are_opened_only_when_asked_for() {
+    let adapters = hexec::gpu::adapters();
+    let hardware = adapters.iter().filter(|a| !a.software).count();
+    let software = adapters.len() - hardware;
+    if software == 0 {
+        eprintln!("SKIPPED: no software adapter here (install mesa-vulkan-drivers for lavapipe)");
+        return;
+    }
+    let rt = Runtime::builder().cpus(1).software_gpus(false).build().unwrap();
+    assert_eq!(rt.gpus().len(), hardware);
+    assert!(rt.gpus().iter().all(|g| g.desc.device_type != "Cpu"));
+    let rt = Runtime::builder().cpus(1).software_gpus(true).build().unwrap();
+    assert_eq!(rt.gpus().len(), adapters.len());
+    if hardware == 0 {
+        let e = Runtime::builder()
+            .cpus(1)
+            .software_gpus(false)
+            .gpus(GpuRequest::Count(1))
+            .build()
+            .err()
+            .expect("no hardware GPU to open")
+            .to_string();
+        assert!(
+            e.contains("software adapters found") && e.contains("software_gpus"),
+            "{e}"
+        );
     }
 }

@@ -14,12 +14,17 @@ use hexec::{PolicyKind, RunError, RunOptions, Runtime, RuntimeBuilder};
 #[command(
     name = "hexec",
     version,
-    about = "Run task graphs on every CPU core (and, soon, GPU) of this machine"
+    about = "Run task graphs on every CPU core and GPU of this machine"
 )]
 struct Cli {
     /// More log output (-v: info, -vv: debug, -vvv: trace, including a span per task).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Also use software GPU adapters (CPU-type, such as Mesa's lavapipe), which are not used
+    /// by default: they run on the CPU cores, slower than the CPU workers, but run every GPU
+    /// path on a machine without a GPU. Same as HEXEC_SOFTWARE_GPUS=1.
+    #[arg(long, global = true)]
+    software_gpus: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,10 +33,11 @@ struct Cli {
 enum Command {
     /// Print the machine's topology: NUMA nodes, cores, workers and their victim order.
     Info {
+        /// Print the machine as one JSON object (workers, NUMA nodes, GPUs, adapters).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        machine: MachineArgs,
+        devices: DeviceArgs,
     },
     /// Run a graph file (native JSON, WfCommons JSON, STG, Dask JSON[.gz]).
     Run {
@@ -46,12 +52,16 @@ enum Command {
     },
     /// Run the demo job: a blockwise array computation on every core, checked.
     Demo {
+        /// Number of tiles of the blockwise computation.
         #[arg(long, default_value_t = 64)]
         tiles: usize,
+        /// Elements (f32) per tile.
         #[arg(long, default_value_t = 1 << 16)]
         tile_len: usize,
+        /// Write a Chrome/Perfetto trace of the run to this file (open it in ui.perfetto.dev).
         #[arg(long)]
         trace: Option<PathBuf>,
+        /// Print the summary (and the check) as one JSON object.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -90,8 +100,10 @@ enum Command {
 enum GenCommand {
     /// A tiled Cholesky factorisation (potrf, trsm, syrk, gemm) in the native format.
     Cholesky {
+        /// Tiles per side of the matrix.
         #[arg(long)]
         tiles: usize,
+        /// The side of a tile (elements).
         #[arg(long, default_value_t = 960)]
         tile_size: usize,
         /// Output file (default: standard output).
@@ -105,6 +117,7 @@ enum BenchCommand {
     /// Memory limits: a blockwise workload at 4x and 16x the GPU limit against no limit
     /// (with --host: on CPU workers against the host limit, spilling to files).
     Memory {
+        /// Print the rows as JSON.
         #[arg(long)]
         json: bool,
         /// Limit host memory instead of the GPU's (no GPU needed).
@@ -138,8 +151,10 @@ enum BenchCommand {
     /// Soak: a large graph clean, then with injected failures and a GPU lost part way;
     /// results must match, resident memory is sampled.
     Soak {
+        /// Print the rows as JSON.
         #[arg(long)]
         json: bool,
+        /// Tasks in the soak graph.
         #[arg(long, default_value_t = 1_000_000)]
         tasks: usize,
         /// Independent chains the tasks are spread over.
@@ -154,6 +169,7 @@ enum BenchCommand {
     },
     /// Schedule quality in the simulator: makespan / lower bound per policy.
     Schedule {
+        /// Print the rows as JSON.
         #[arg(long)]
         json: bool,
         /// Smaller graphs, fewer of them.
@@ -165,6 +181,7 @@ enum BenchCommand {
     },
     /// Per-GPU figures: GEMM GFLOP/s, elementwise and reduction GB/s, transfer bandwidth and latency.
     Gpu {
+        /// Print the figures as JSON.
         #[arg(long)]
         json: bool,
         /// Smaller problem sizes.
@@ -183,6 +200,7 @@ enum BenchCommand {
     },
     /// Cost per empty task in standard shapes, hexec against rayon.
     Overhead {
+        /// Print the rows as JSON.
         #[arg(long)]
         json: bool,
         /// Use only the first N cores.
@@ -232,11 +250,9 @@ impl GraphArgs {
     }
 }
 
+/// Which workers a command uses.
 #[derive(Args, Clone)]
-struct MachineArgs {
-    /// Scheduling policy: locality, ws, eager, heft or random.
-    #[arg(long, default_value = "locality")]
-    policy: PolicyKind,
+struct DeviceArgs {
     /// Use only the first N cores.
     #[arg(long)]
     cpus: Option<usize>,
@@ -244,9 +260,32 @@ struct MachineArgs {
     #[arg(long)]
     no_pin: bool,
     /// GPUs to use: all, none, or a count (a count above the number of adapters opens
-    /// several devices per adapter).
+    /// several devices per adapter). Software adapters count only with --software-gpus.
     #[arg(long, default_value = "all")]
     gpus: GpuRequest,
+}
+
+impl DeviceArgs {
+    fn builder(&self) -> RuntimeBuilder {
+        let mut b = Runtime::builder().gpus(self.gpus);
+        if let Some(n) = self.cpus {
+            b = b.cpus(n);
+        }
+        if self.no_pin {
+            b = b.no_pinning();
+        }
+        b
+    }
+}
+
+/// How a command that runs a graph runs it.
+#[derive(Args, Clone)]
+struct MachineArgs {
+    #[command(flatten)]
+    devices: DeviceArgs,
+    /// Scheduling policy: locality, ws, eager, heft or random.
+    #[arg(long, default_value = "locality")]
+    policy: PolicyKind,
     /// Memory limits, e.g. `gpu=256MiB,host=2GiB,disk=20GiB`: past a GPU's limit, data copies
     /// are evicted (written back when they are the only valid copy); past the host's, spilled
     /// to files; past the disk's, a spill is an error.
@@ -299,15 +338,9 @@ fn exit_if_still_stalled(report: &str) {
 
 impl MachineArgs {
     fn builder(&self) -> RuntimeBuilder {
-        let mut b = Runtime::builder().policy(self.policy).gpus(self.gpus);
+        let mut b = self.devices.builder().policy(self.policy);
         if let Some(limits) = self.mem {
             b = b.memory_limits(limits);
-        }
-        if let Some(n) = self.cpus {
-            b = b.cpus(n);
-        }
-        if self.no_pin {
-            b = b.no_pinning();
         }
         if self.no_backpressure {
             b = b.no_backpressure();
@@ -335,6 +368,7 @@ impl<E: std::fmt::Display> From<E> for Failure {
 }
 
 fn main() -> ExitCode {
+    restore_default_sigpipe();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => tracing::Level::WARN,
@@ -345,7 +379,14 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Both run before any thread exists (setting the environment is not thread-safe).
+    if cli.software_gpus {
+        // The variable, not only the builders made here: benchmarks build their own runtimes.
+        std::env::set_var(hexec::gpu::SOFTWARE_GPUS_ENV, "1");
+    }
+    let _xdg = quiet_mesa();
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -355,9 +396,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// Rust ignores SIGPIPE, so printing into a closed pipe (`hexec info --json | head -1`)
+/// panics; a command-line tool should end quietly as other Unix tools do.
+fn restore_default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE and no Rust code relies on SIGPIPE being ignored here (writes
+    // to a closed pipe end the process instead of returning EPIPE, which is what we want).
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid or not set" on every device
+/// enumeration when the variable does not name a directory (as under sudo, cron or a bare
+/// container). Point it at a private directory of our own for this process (mode 0700,
+/// unpredictable name, removed on exit). Nothing of hexec's is written there.
+fn quiet_mesa() -> Option<tempfile::TempDir> {
+    let valid = std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| std::path::Path::new(&d).is_dir());
+    if valid {
+        return None;
+    }
+    let dir = tempfile::Builder::new().prefix("hexec-xdg-").tempdir().ok()?;
+    std::env::set_var("XDG_RUNTIME_DIR", dir.path());
+    Some(dir)
+}
+
 fn dispatch(cmd: Command) -> Result<(), Failure> {
     match cmd {
-        Command::Info { json, machine } => info(json, &machine),
+        Command::Info { json, devices } => info(json, &devices),
         Command::Run { io, model, machine } => {
             let mut builder = machine.builder();
             if let Some(path) = model.as_ref().filter(|p| p.exists()) {
@@ -662,10 +729,19 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
     }
 }
 
-fn info(json: bool, m: &MachineArgs) -> Result<(), Failure> {
+fn info(json: bool, m: &DeviceArgs) -> Result<(), Failure> {
     let rt = m.builder().build()?;
+    let adapters = hexec::gpu::adapters();
     if json {
-        println!("{}", serde_json::to_string_pretty(rt.machine())?);
+        let mut v = serde_json::to_value(rt.machine())?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert(
+                "hardware_gpus".into(),
+                adapters.iter().filter(|a| !a.software).count().into(),
+            );
+            obj.insert("adapters".into(), serde_json::to_value(&adapters)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print_machine(&rt);
         let mach = rt.machine();
@@ -686,8 +762,17 @@ fn info(json: bool, m: &MachineArgs) -> Result<(), Failure> {
         if let Some(w) = mach.workers.first() {
             println!("  features: {}", w.features.join(" "));
         }
-        if mach.gpus.is_empty() {
+        let software_in_use = mach.gpus.iter().any(|g| g.device_type == "Cpu");
+        if mach.gpus.is_empty() && adapters.is_empty() {
             println!("  gpus: none found (on a machine without a GPU, install mesa-vulkan-drivers for lavapipe)");
+        }
+        if !software_in_use {
+            for a in adapters.iter().filter(|a| a.software) {
+                println!(
+                    "  (not used) {} [{} {}]: a software adapter running on the CPU cores, used only with --software-gpus",
+                    a.name, a.backend, a.device_type
+                );
+            }
         }
         for (w, g) in mach
             .workers
@@ -715,6 +800,18 @@ fn info(json: bool, m: &MachineArgs) -> Result<(), Failure> {
 
 fn print_machine(rt: &Runtime) {
     let m = rt.machine();
+    for (w, g) in m
+        .workers
+        .iter()
+        .filter(|w| w.kind == hexec::DeviceKind::Gpu)
+        .zip(&m.gpus)
+        .filter(|(_, g)| g.device_type == "Cpu")
+    {
+        println!(
+            "note: {} is {}, a software GPU running on the CPU cores, used because software GPUs were asked for (--software-gpus): it runs the GPU paths, not at a GPU's speed",
+            w.name, g.name
+        );
+    }
     println!(
         "machine: {} cpu and {} gpu worker(s) on {} NUMA node(s), policy {}",
         m.count(hexec::DeviceKind::Cpu),

@@ -41,8 +41,8 @@ impl std::str::FromStr for GpuRequest {
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum GpuError {
-    #[error("{asked} GPU(s) requested but this machine has none that wgpu can use for compute")]
-    NoAdapter { asked: usize },
+    #[error("{asked} GPU(s) requested but this machine has none that wgpu can use for compute{hint}")]
+    NoAdapter { asked: usize, hint: String },
     #[error("could not open GPU '{device}': {message}")]
     RequestDevice { device: String, message: String },
 }
@@ -136,14 +136,54 @@ const WANTED: [(wgpu::Features, &str); 3] = [
     (wgpu::Features::TIMESTAMP_QUERY, "timestamp"),
 ];
 
-/// Finds compute-capable adapters, deduplicated by PCI bus id (or by name and device id when
-/// the bus id is unknown), and opens the requested devices. `host_memory` is used as the
-/// memory of CPU-type adapters (lavapipe), which allocate from host memory.
-pub fn discover(request: GpuRequest, host_memory: u64) -> Result<Vec<GpuDevice>, GpuError> {
-    if request == GpuRequest::None {
-        return Ok(Vec::new());
-    }
+/// The environment variable that lets software adapters be used when the program does not
+/// say ([`RuntimeBuilder::software_gpus`](crate::RuntimeBuilder::software_gpus)): `1`,
+/// `true` or `yes`.
+pub const SOFTWARE_GPUS_ENV: &str = "HEXEC_SOFTWARE_GPUS";
+
+/// Whether [`SOFTWARE_GPUS_ENV`] asks for software adapters.
+pub fn software_gpus_from_env() -> bool {
+    std::env::var(SOFTWARE_GPUS_ENV).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
+}
+
+/// A compute-capable adapter as discovery sees it, used or not.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    /// A CPU-type adapter (a software rasteriser such as Mesa's lavapipe): it runs on the
+    /// same cores as the CPU workers, so it is opened only when asked for.
+    pub software: bool,
+}
+
+/// Every compute-capable adapter, deduplicated, hardware ones first (software ones are listed
+/// by `hexec info` with a note that they are not used by default).
+pub fn adapters() -> Vec<AdapterSummary> {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    unique_adapters(&instance)
+        .iter()
+        .map(|a| {
+            let info = a.get_info();
+            AdapterSummary {
+                name: info.name.clone(),
+                backend: format!("{:?}", info.backend).to_lowercase(),
+                device_type: format!("{:?}", info.device_type),
+                driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+                software: is_software(&info),
+            }
+        })
+        .collect()
+}
+
+fn is_software(info: &wgpu::AdapterInfo) -> bool {
+    info.device_type == wgpu::DeviceType::Cpu
+}
+
+/// Compute-capable adapters, deduplicated by PCI bus id (or by name and device id when the
+/// bus id is unknown), preferring Vulkan, Metal or DX12 over GL; hardware adapters first.
+fn unique_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
     let mut unique: Vec<wgpu::Adapter> = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -172,16 +212,57 @@ pub fn discover(request: GpuRequest, host_memory: u64) -> Result<Vec<GpuDevice>,
             }
         }
     }
+    // Stable: hardware adapters keep their order, software ones go last.
+    unique.sort_by_key(|a| is_software(&a.get_info()));
+    unique
+}
+
+/// Finds compute-capable adapters and opens the requested devices. Software adapters
+/// (CPU-type, such as Mesa's lavapipe) are used only when `software` is true: they run on
+/// the cores the CPU workers use, so treating one as a GPU sends it work the CPU workers
+/// would do faster. `host_memory` is used as the memory of CPU-type adapters, which allocate
+/// from host memory.
+pub fn discover(request: GpuRequest, software: bool, host_memory: u64) -> Result<Vec<GpuDevice>, GpuError> {
+    if request == GpuRequest::None {
+        return Ok(Vec::new());
+    }
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let all = unique_adapters(&instance);
+    let software_names: Vec<String> = all
+        .iter()
+        .filter(|a| is_software(&a.get_info()))
+        .map(|a| a.get_info().name)
+        .collect();
+    let unique: Vec<wgpu::Adapter> = all
+        .into_iter()
+        .filter(|a| software || !is_software(&a.get_info()))
+        .collect();
     let count = match request {
         GpuRequest::All => unique.len(),
         GpuRequest::Count(n) => n,
         GpuRequest::None => 0,
     };
     if count == 0 {
+        if !software && !software_names.is_empty() {
+            tracing::info!(
+                adapters = ?software_names,
+                "software GPU adapters found but not used (ask for them with --software-gpus or {SOFTWARE_GPUS_ENV}=1)"
+            );
+        }
         return Ok(Vec::new());
     }
     if unique.is_empty() {
-        return Err(GpuError::NoAdapter { asked: count });
+        return Err(GpuError::NoAdapter {
+            asked: count,
+            hint: if software_names.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (software adapters found: {}; they are used only when asked for, with --software-gpus, {SOFTWARE_GPUS_ENV}=1 or RuntimeBuilder::software_gpus(true))",
+                    software_names.join(", ")
+                )
+            },
+        });
     }
     // Extra devices on the same adapter need their own `Adapter` values: enumerate again.
     let mut pool: Vec<Vec<wgpu::Adapter>> = unique.into_iter().map(|a| vec![a]).collect();

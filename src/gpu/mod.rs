@@ -16,5 +16,7 @@ mod poll;
 mod pool;
 
 pub(crate) use batch::{BatchItem, InFlight, MAX_BATCH};
-pub use device::{discover, GpuDevice, GpuError, GpuRequest};
+pub use device::{
+    adapters, discover, software_gpus_from_env, AdapterSummary, GpuDevice, GpuError, GpuRequest, SOFTWARE_GPUS_ENV,
+};
 pub(crate) use exec::GpuOperand;

@@ -200,6 +200,7 @@ pub struct RuntimeBuilder {
     no_pin: bool,
     machine: Option<Machine>,
     gpus: Option<GpuRequest>,
+    software_gpus: Option<bool>,
     model: Option<PerfModel>,
     calibrate: bool,
     limits: MemoryLimits,
@@ -346,6 +347,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Whether software GPU adapters (CPU-type, such as Mesa's lavapipe) may be opened as
+    /// GPUs. Default: no, unless the environment variable `HEXEC_SOFTWARE_GPUS` is `1`: such
+    /// an adapter runs on the cores the CPU workers use, so it is slower than they are, but
+    /// on a machine without a GPU it runs every GPU path for real (tests, CI, demos).
+    pub fn software_gpus(mut self, on: bool) -> Self {
+        self.software_gpus = Some(on);
+        self
+    }
+
     /// Run on a described machine instead of discovering this one: one unpinned thread per
     /// worker. For tests and experiments.
     pub fn machine(mut self, m: Machine) -> Self {
@@ -368,10 +378,14 @@ impl RuntimeBuilder {
             }
         };
         let host_memory = machine.numa_nodes.iter().map(|n| n.memory_bytes).sum();
-        let gpus: Vec<Arc<GpuDevice>> = crate::gpu::discover(gpu_request, host_memory)?
-            .into_iter()
-            .map(Arc::new)
-            .collect();
+        let gpus: Vec<Arc<GpuDevice>> = crate::gpu::discover(
+            gpu_request,
+            self.software_gpus.unwrap_or_else(crate::gpu::software_gpus_from_env),
+            host_memory,
+        )?
+        .into_iter()
+        .map(Arc::new)
+        .collect();
         let descs: Vec<_> = gpus
             .iter()
             .map(|g| {
