@@ -291,19 +291,7 @@ builtin!(
             let lens = [a.len() as u64, b.len() as u64, c.len() as u64];
             let (m, n, k) = gemm_dims(ctx.params(), &lens).map_err(KernelError::msg)?;
             let (alpha, beta) = (ctx.param(3)? as f32, ctx.param(4)? as f32);
-            let mut row = vec![0.0f32; n];
-            for i in 0..m {
-                row.iter_mut().for_each(|v| *v = 0.0);
-                for p in 0..k {
-                    let aip = a[i * k + p];
-                    for (r, &bv) in row.iter_mut().zip(&b[p * n..p * n + n]) {
-                        *r = aip.mul_add(bv, *r);
-                    }
-                }
-                for (cv, &r) in c[i * n..i * n + n].iter_mut().zip(&row) {
-                    *cv = if beta == 0.0 { alpha * r } else { alpha * r + beta * *cv };
-                }
-            }
+            crate::dense::gemm(a, b, c, m, n, k, alpha, beta);
             Ok(())
         }
     )

@@ -3,7 +3,9 @@
 //! A [`Kernel`] is a named unit of work with a [`Signature`] (its operands, each with an
 //! element type and an [`Access`] mode, and its scalar parameters) and one or more
 //! implementations. This crate holds the CPU implementations, which run over typed slices
-//! handed out by a [`CpuContext`]; GPU implementations (WGSL) join them later.
+//! handed out by a [`CpuContext`], and their GPU implementations (WGSL, see [`gpu`]). The
+//! dense CPU routines ([`dense`]: GEMM and the Cholesky tile operations) are faer's, which
+//! picks its SIMD instruction set at run time.
 //!
 //! The crate knows nothing about scheduling: the executor (`hexec`) builds a
 //! [`CpuContext`] for each task from its data store and calls the kernel.
@@ -22,6 +24,7 @@ mod registry;
 mod types;
 
 pub mod builtin;
+pub mod dense;
 pub mod linalg;
 
 pub use context::{CpuContext, RawOperand};

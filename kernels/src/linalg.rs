@@ -8,8 +8,8 @@
 //! - [`syrk`]: `C ← C − A·Aᵀ` for a diagonal tile of the trailing matrix.
 //! - [`gemm_nt`]: `C ← C − A·Bᵀ` for an off-diagonal tile of the trailing matrix.
 //!
-//! The CPU versions work on rows (dot products of contiguous rows, which vectorise); the
-//! GPU versions are in `shaders/cholesky.wgsl` and `shaders/gemm_nt.wgsl`.
+//! The CPU versions are faer's (see [`crate::dense`]); the GPU versions are in
+//! `shaders/cholesky.wgsl` and `shaders/gemm_nt.wgsl`.
 
 use std::sync::{Arc, OnceLock};
 
@@ -52,65 +52,19 @@ fn side_of(ctx: &crate::CpuContext<'_>) -> Result<usize, KernelError> {
     tile_side(&lens).map_err(KernelError::msg)
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent partial sums, so that the loop vectorises and rounding does not
-    // depend on one long chain.
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
 /// `C ← C − A·Bᵀ` on `b`×`b` row-major tiles.
 pub fn gemm_nt_cpu(a: &[f32], b_: &[f32], c: &mut [f32], b: usize) {
-    for i in 0..b {
-        let ai = &a[i * b..(i + 1) * b];
-        for j in 0..b {
-            c[i * b + j] -= dot(ai, &b_[j * b..(j + 1) * b]);
-        }
-    }
+    crate::dense::gemm_nt_sub(a, b_, c, b);
 }
 
 /// In-place lower Cholesky factor of a `b`×`b` row-major tile; the upper triangle is zeroed.
 pub fn potrf_cpu(a: &mut [f32], b: usize) -> Result<(), String> {
-    for j in 0..b {
-        let (above, rest) = a.split_at_mut(j * b);
-        let _ = above;
-        let row_j = &rest[..b];
-        let d = row_j[j] - dot(&row_j[..j], &row_j[..j]);
-        if d.is_nan() || d <= 0.0 {
-            return Err(format!(
-                "the tile is not positive definite (pivot {j} is {d}): the matrix is not symmetric positive definite"
-            ));
-        }
-        let djj = d.sqrt();
-        let lj: Vec<f32> = row_j[..j].to_vec();
-        rest[j] = djj;
-        for v in &mut rest[j + 1..b] {
-            *v = 0.0;
-        }
-        for i in j + 1..b {
-            let row_i = &mut rest[(i - j) * b..(i - j + 1) * b];
-            row_i[j] = (row_i[j] - dot(&row_i[..j], &lj)) / djj;
-        }
-    }
-    Ok(())
+    crate::dense::potrf(a, b)
 }
 
 /// `X ← X·L⁻ᵀ` on `b`×`b` row-major tiles, `L` lower triangular.
 pub fn trsm_cpu(l: &[f32], x: &mut [f32], b: usize) {
-    for row in x.chunks_exact_mut(b) {
-        for j in 0..b {
-            let lj = &l[j * b..j * b + j];
-            row[j] = (row[j] - dot(&row[..j], lj)) / l[j * b + j];
-        }
-    }
+    crate::dense::trsm_right_lower_t(l, x, b);
 }
 
 fn check_tiles(d: &GpuDims<'_>) -> Result<(), String> {

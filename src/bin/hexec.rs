@@ -198,6 +198,19 @@ enum BenchCommand {
         #[arg(long)]
         model: Option<PathBuf>,
     },
+    /// The CPU tile kernels' GFLOP/s on one core beside faer's own routines (and numpy's
+    /// BLAS for GEMM when numpy is installed), measured in the same run.
+    Kernels {
+        /// Print the rows as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Tile sides, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = hexec::bench::kernels::TILES)]
+        tiles: Vec<usize>,
+        /// Timed repetitions per figure (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
     /// Cost per empty task in standard shapes, hexec against rayon.
     Overhead {
         /// Print the rows as JSON.
@@ -558,6 +571,18 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                     code: 1,
                     message: "the faulty run's results differ from the clean run's".into(),
                 });
+            }
+            Ok(())
+        }
+        Command::Bench {
+            which: BenchCommand::Kernels { json, tiles, reps },
+        } => {
+            let report = hexec::bench::kernels::measure(&tiles, reps)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("CPU tile kernels, f32, one thread, median of {} runs\n", reps.max(1));
+                print!("{}", hexec::bench::kernels::markdown(&report));
             }
             Ok(())
         }
