@@ -579,8 +579,8 @@ d46431bb 1228800 6.5e+07 3.2e+03 7.8e+01 1 1 4697\n6e96d715 12288 6.5e+04 3.2e+0
         assert_eq!((p.entries[0].size, p.entries[0].mean_us, p.entries[0].n), (100, 5.0, 3));
         assert_eq!((p.entries[1].size, p.entries[1].dev_us), (200, 0.0));
         assert_eq!(p.skipped.len(), 2, "{:?}", p.skipped);
-        assert!(p.skipped[0].1.contains("deviation") && p.skipped[0].0 == Some(10));
-        assert!(p.skipped[1].1.contains("without samples") && p.skipped[1].0 == Some(11));
+        assert!(p.skipped[0].1.contains("deviation") && p.skipped[0].0 == Some(14));
+        assert!(p.skipped[1].1.contains("without samples") && p.skipped[1].0 == Some(15));
     }
 
     #[test]
