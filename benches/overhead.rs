@@ -8,7 +8,16 @@ use hexec::{PolicyKind, Runtime};
 
 fn overhead(c: &mut Criterion) {
     let dask = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/workloads/dask");
-    let shapes = Shape::standard(Some(&dask));
+    let shapes: Vec<Shape> = Shape::standard(Some(&dask))
+        .into_iter()
+        .filter(|s| match s.missing_input() {
+            Some(why) => {
+                eprintln!("skipped: {}: {why}", s.label());
+                false
+            }
+            None => true,
+        })
+        .collect();
     let runtimes: Vec<Runtime> = [PolicyKind::Eager, PolicyKind::Ws, PolicyKind::Locality]
         .iter()
         .map(|&p| {

@@ -454,5 +454,165 @@ fn the_command_line_behaves_in_pipes_and_help() {
             let described = line.trim().split("  ").filter(|p| !p.trim().is_empty()).count() >= 2;
             assert!(described, "`hexec {}` option without help: {line}", cmd.join(" "));
         }
+
+const STARPU: &str = "../shared/workloads/heterogeneous/starpu_perfmodels/sampling";
+
+/// A copy of the shared sirocco models (bus files, codelet models), `None` when absent.
+fn sirocco_copy() -> Option<tempfile::TempDir> {
+    let src = std::path::Path::new(STARPU);
+    if !src.is_dir() {
+        eprintln!("SKIPPED: {STARPU} not present");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["bus", "codelets/45"] {
+        let to = dir.path().join("sampling").join(sub);
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(src.join(sub)).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_str().unwrap().to_string();
+            if name.starts_with("sirocco.") || name.ends_with(".sirocco") {
+                std::fs::copy(&p, to.join(&name)).unwrap();
+            }
+        }
+    }
+    Some(dir)
+}
+
+/// A codelet model of the kind that used to stop the loader ("'nan nan nan' is not a flag"):
+/// its linear regression split over two lines, `-nan` and `inf` fields, a row without flops
+/// and a row with a NaN mean.
+const ODD_MODEL: &str = "45\n1\n1\n1\n0\n1\n1\n2\n0.0 0.0 0.0 0.0\n-nan nan 0 0 0\nnan nan nan\n2 inf -nan\n\
+0badf00d 4096 nan 1.0e+01 -nan nan nan 12\n0badf00f 16384 0.0 nan 0.0 0 0 5\n";
+
+#[test]
+fn sim_reads_only_the_starpu_models_the_graph_needs() {
+    let Some(dir) = sirocco_copy() else { return };
+    let models = dir.path().join("sampling/codelets/45");
+    // An unused odd codelet, and a needed model that is a symbolic link to a file elsewhere.
+    std::fs::write(models.join("odd_codelet.sirocco"), ODD_MODEL).unwrap();
+    std::fs::rename(models.join("chol_model_gemm.sirocco"), dir.path().join("gemm.model")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("gemm.model"), models.join("chol_model_gemm.sirocco")).unwrap();
+    let graph = dir.path().join("chol.json");
+    let out = hexec()
+        .args(["gen", "cholesky", "--tiles", "4", "-o"])
+        .arg(&graph)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let machine = format!("starpu:{}:sirocco", dir.path().display());
+    let sim = || {
+        hexec()
+            .args(["sim", "--json", "--machine", &machine])
+            .arg(&graph)
+            .output()
+            .unwrap()
+    };
+    let out = sim();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["machine"], "starpu:sirocco");
+    assert_eq!(v["completed"], 20);
+
+    // A needed model with a NaN deviation: used, with a visible warning naming the line.
+    let potrf = models.join("chol_model_potrf.sirocco");
+    let text = std::fs::read_to_string(&potrf).unwrap();
+    let (i, row) = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.starts_with("25ebb669"))
+        .unwrap();
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    std::fs::write(&potrf, text.replacen(row, &row.replacen(fields[4], "-nan", 1), 1)).unwrap();
+    let out = sim();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("chol_model_potrf.sirocco:{}:", i + 1)) && err.contains("deviation '-nan'"),
+        "{err}"
+    );
+    // A needed model with a NaN mean: refused, naming file and line.
+    std::fs::write(&potrf, text.replacen(row, &row.replacen(fields[3], "nan", 1), 1)).unwrap();
+    let out = sim();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("chol_model_potrf.sirocco:{}:", i + 1)) && err.contains("mean time 'nan'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bench_schedule_without_workloads_fails_saying_where_it_looked() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = hexec()
+        .args(["bench", "schedule", "--quick"])
+        .current_dir(empty.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("| workload |"),
+        "no empty table"
+    );
+    assert!(
+        err.contains("skipped: cholesky 10x10 (b=960) on starpu:sirocco: ../shared/workloads/heterogeneous/starpu_perfmodels not found"),
+        "{err}"
+    );
+    assert!(err.contains("skipped: STG rand100 on cpus:4: "), "{err}");
+    assert!(
+        err.contains("no workload found under ../shared/workloads") && err.contains("--workloads DIR"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bench_schedule_prints_a_skipped_line_for_each_missing_input() {
+    let empty = tempfile::tempdir().unwrap();
+    let workloads = tempfile::tempdir().unwrap();
+    let stg = workloads.path().join("stg/rand100");
+    std::fs::create_dir_all(&stg).unwrap();
+    std::fs::write(stg.join("rand0000.stg"), "2\n0 0 0\n1 5 1 0\n2 3 1 1\n3 0 1 2\n").unwrap();
+    let out = hexec()
+        .args(["bench", "schedule", "--quick", "--workloads"])
+        .arg(workloads.path())
+        .current_dir(empty.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("| STG rand100 | cpus:4 | 1 | 4 |"), "{text}");
+    assert!(text.contains("| STG rand100 | cpus:16 | 1 | 4 |"), "{text}");
+    for row in [
+        "cholesky 10x10 (b=960) on starpu:sirocco",
+        "cholesky 10x10 (b=960) on starpu:attila",
+        "STG rand1000 on cpus:4",
+        "STG rand1000 on cpus:16",
+        "WfCommons on cpus:16",
+        "WfCommons on cpus:64",
+    ] {
+        assert!(text.contains(&format!("skipped: {row}: ")), "{row}: {text}");
+    }
+}
+
+#[test]
+fn bench_overhead_prints_a_skipped_line_for_missing_dask_graphs() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = hexec()
+        .args(["bench", "overhead", "--reps", "1", "--cpus", "1"])
+        .current_dir(empty.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("| chain 100000 |"), "{text}");
+    for name in ["tree-15", "merge-10000"] {
+        assert!(
+            text.contains(&format!(
+                "skipped: dask {name}: ../shared/workloads/dask/{name}.json.gz not found"
+            )) && text.contains("--dask-dir"),
+            "{text}"
+        );
     }
 }

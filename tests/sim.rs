@@ -90,10 +90,12 @@ fn starpu_machines_load_and_cholesky_simulates_near_the_bound() {
         eprintln!("SKIPPED: {STARPU} not present");
         return;
     }
-    let sm = SimMachine::parse(&format!("starpu:{STARPU}:sirocco")).unwrap();
+    let mut sm = SimMachine::parse(&format!("starpu:{STARPU}:sirocco")).unwrap();
     assert_eq!(sm.machine.count(DeviceKind::Gpu), 4);
     assert_eq!(sm.machine.count(DeviceKind::Cpu), 20);
-    let g = build(&cholesky::generate(10, 960), &sm);
+    let spec = cholesky::generate(10, 960);
+    sm.load_models_for(&spec).unwrap();
+    let g = build(&spec, &sm);
     let loc = simulate(&g, &sm, PolicyKind::Locality, &SimOptions::default()).unwrap();
     let rnd = simulate(&g, &sm, PolicyKind::Random, &SimOptions::default()).unwrap();
     assert!(
@@ -103,6 +105,130 @@ fn starpu_machines_load_and_cholesky_simulates_near_the_bound() {
         rnd.run.makespan_s
     );
     assert!(loc.makespan_over_bound >= 1.0 - 1e-9);
+}
+
+/// A copy of the sirocco machine of `STARPU` in a temporary directory (bus files and codelet
+/// models), `None` when the shared data is not there.
+pub fn sirocco_copy() -> Option<tempfile::TempDir> {
+    let src = std::path::Path::new(STARPU).join("sampling");
+    if !src.is_dir() {
+        eprintln!("SKIPPED: {STARPU} not present");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["bus", "codelets/45"] {
+        let to = dir.path().join("sampling").join(sub);
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(src.join(sub)).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_str().unwrap().to_string();
+            if name.starts_with("sirocco.") || name.ends_with(".sirocco") {
+                std::fs::copy(&p, to.join(&name)).unwrap();
+            }
+        }
+    }
+    Some(dir)
+}
+
+/// A codelet model as other StarPU builds and machines write it: the linear regression split
+/// over two lines (fscanf does not care), `nan`, `-nan` and `inf` in the regressions, a
+/// multiple regression with coefficients, a row without flops, NaN sums, and a row whose
+/// mean is NaN (unusable, if anyone needed it).
+pub const ODD_MODEL: &str = "##################\n# Performance Model Version\n45\n\n# COMBs\n1\n# COMB_0\n1\n1\n0\n1\n\
+# number of implementations\n1\n# number of entries\n3\n\
+0.000000e+00   \t0.000000e+00   \t0.000000e+00   \t0.000000e+00   \n-nan           \tnan            \t0\t0              \t0              \n\
+# a\t\tb\t\tc\nnan            \tnan            \tnan            \n\
+# multiple-regression-base\n2\tinf\t-nan\n\
+# hash\t\tsize\t\tflops\t\tmean (us)\tdev (us)\tsum\t\tsum2\t\tn\n\
+0badf00d\t4096           \tnan            \t1.000000e+01   \t-nan           \tnan\tnan\t12\n\
+0badf00e\t8192           \t2.000000e+01   \t1.000000e+00   \t20\t400\t1\n\
+0badf00f\t16384          \t0.0            \tnan            \t0.0            \t0\t0\t5\n";
+
+#[test]
+fn starpu_directories_load_only_the_models_a_graph_needs() {
+    let Some(dir) = sirocco_copy() else { return };
+    let models = dir.path().join("sampling/codelets/45");
+    // An unused codelet file that is odd (and unusable), one that is a dangling link, and a
+    // needed one (gemm) replaced by a symbolic link to a copy elsewhere.
+    std::fs::write(models.join("odd_codelet.sirocco"), ODD_MODEL).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), models.join("gone.sirocco")).unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::rename(models.join("chol_model_gemm.sirocco"), elsewhere.join("gemm.model")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.join("gemm.model"), models.join("chol_model_gemm.sirocco")).unwrap();
+
+    let machine = format!("starpu:{}:sirocco", dir.path().display());
+    let spec = cholesky::generate(6, 960);
+    let mut sm = SimMachine::parse(&machine).unwrap();
+    let skipped = sm.load_models_for(&spec).unwrap();
+    assert!(skipped.is_empty(), "{skipped:?}");
+    for k in [
+        "chol_model_potrf",
+        "chol_model_trsm",
+        "chol_model_syrk",
+        "chol_model_gemm",
+    ] {
+        assert!(sm.model.knows(k, "gpu") && sm.model.knows(k, "cpu"), "{k}");
+    }
+    assert!(!sm.model.knows("odd_codelet", "gpu"), "unused models are not read");
+    let g = build(&spec, &sm);
+    let r = simulate(&g, &sm, PolicyKind::Locality, &SimOptions::default()).unwrap();
+    assert_eq!(r.run.completed, g.len());
+    assert!(r.makespan_over_bound.is_finite() && r.makespan_over_bound >= 1.0 - 1e-9);
+
+    // The odd file read as a needed model: every field accepted, the NaN mean refused
+    // with its file and line.
+    let mut sm = SimMachine::parse(&machine).unwrap();
+    let err = sm.load_models(["odd_codelet"]).unwrap_err();
+    assert!(
+        err.contains("odd_codelet.sirocco:25:") && err.contains("mean time 'nan'"),
+        "{err}"
+    );
+    let fine = ODD_MODEL.replace("0.0            \tnan  ", "0.0            \t3.0  ");
+    std::fs::write(models.join("odd_codelet.sirocco"), fine).unwrap();
+    let mut sm = SimMachine::parse(&machine).unwrap();
+    let skipped = sm.load_models(["odd_codelet"]).unwrap();
+    let notes: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("odd_codelet.sirocco:23:") && n.contains("deviation '-nan'")),
+        "{notes:?}"
+    );
+    assert!(sm.model.knows("odd_codelet", "gpu"));
+    let t = sm.model.expected("odd_codelet", "gpu", 8192).unwrap();
+    assert!((t - 20e-6).abs() < 1e-12, "the 7-field row: mean 20 µs, got {t}");
+
+    // A needed model with a negative duration, a dangling link where a needed model should
+    // be, and a negative bandwidth: errors naming the file (and line), never a panic.
+    let potrf = models.join("chol_model_potrf.sirocco");
+    let text = std::fs::read_to_string(&potrf).unwrap();
+    let (i, row) = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.starts_with("25ebb669"))
+        .unwrap();
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    let bad = row.replacen(fields[3], "-1.8e+04", 1);
+    std::fs::write(&potrf, text.replacen(row, &bad, 1)).unwrap();
+    let mut sm = SimMachine::parse(&machine).unwrap();
+    let err = sm.load_models_for(&spec).unwrap_err();
+    assert!(
+        err.contains(&format!("chol_model_potrf.sirocco:{}:", i + 1)) && err.contains("not a duration"),
+        "{err}"
+    );
+    std::fs::remove_file(models.join("chol_model_trsm.sirocco")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), models.join("chol_model_trsm.sirocco")).unwrap();
+    let err = sm.load_models(["trsm"]).unwrap_err();
+    assert!(err.contains("chol_model_trsm.sirocco: cannot read"), "{err}");
+    let bw = dir.path().join("sampling/bus/sirocco.bandwidth");
+    let text = std::fs::read_to_string(&bw).unwrap();
+    std::fs::write(&bw, text.replacen("1.051768e+04", "-1.051768e+04", 1)).unwrap();
+    let err = SimMachine::parse(&machine).unwrap_err();
+    assert!(
+        err.contains("sirocco.bandwidth:2:") && err.contains("node 0 to node 1"),
+        "{err}"
+    );
 }
 
 #[test]

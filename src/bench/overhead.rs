@@ -4,12 +4,16 @@
 //! hexec's figure is the wall time of `Runtime::run` (validation, compilation, thread start,
 //! execution, report) divided by the number of tasks: everything a user pays per task once
 //! the graph is built. Graph building is reported separately.
+//!
+//! A shape read from a file whose file is missing is not measured: it is reported as
+//! [`Skipped`], never silently dropped.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::Skipped;
 use crate::graph::compile::Successors;
 use crate::graph::formats::{self, BuildOptions};
 use crate::graph::Graph;
@@ -32,7 +36,8 @@ pub enum Shape {
 
 impl Shape {
     /// The shapes the issue asks for; `dask_dir` holds `tree-15.json.gz` and
-    /// `merge-10000.json.gz` (skipped when absent).
+    /// `merge-10000.json.gz` (their shapes are listed even when the files are missing:
+    /// [`measure`] reports them skipped, [`Shape::missing_input`] says why).
     pub fn standard(dask_dir: Option<&std::path::Path>) -> Vec<Shape> {
         let mut v = vec![
             Shape::Independent(100_000),
@@ -41,16 +46,22 @@ impl Shape {
         ];
         if let Some(dir) = dask_dir {
             for name in ["tree-15", "merge-10000"] {
-                let path = dir.join(format!("{name}.json.gz"));
-                if path.exists() {
-                    v.push(Shape::File {
-                        label: format!("dask {name}"),
-                        path,
-                    });
-                }
+                v.push(Shape::File {
+                    label: format!("dask {name}"),
+                    path: dir.join(format!("{name}.json.gz")),
+                });
             }
         }
         v
+    }
+
+    /// Why the shape cannot be built for want of its input, if so (a file shape whose file
+    /// is not there).
+    pub fn missing_input(&self) -> Option<String> {
+        match self {
+            Shape::File { path, .. } if !path.is_file() => Some(format!("{} not found", path.display())),
+            _ => None,
+        }
     }
 
     /// A short label.
@@ -138,8 +149,15 @@ pub struct OverheadConfig {
     pub policies: Vec<PolicyKind>,
 }
 
-/// Measures every shape.
-pub fn measure(shapes: &[Shape], cfg: &OverheadConfig) -> Result<Vec<OverheadRow>, String> {
+/// The measured rows and the shapes skipped for want of their input.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Table {
+    pub rows: Vec<OverheadRow>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Measures every shape whose input is there; the others are in [`Table::skipped`].
+pub fn measure(shapes: &[Shape], cfg: &OverheadConfig) -> Result<Table, String> {
     let make_rt = |p: PolicyKind| -> Result<Runtime, BuildError> {
         // Empty tasks on all cores: GPU workers would only idle beside them.
         let b = Runtime::builder().policy(p).gpus(crate::gpu::GpuRequest::None);
@@ -159,8 +177,15 @@ pub fn measure(shapes: &[Shape], cfg: &OverheadConfig) -> Result<Vec<OverheadRow
         .num_threads(threads)
         .build()
         .map_err(|e| e.to_string())?;
-    let mut rows = Vec::new();
+    let mut table = Table::default();
     for shape in shapes {
+        if let Some(why) = shape.missing_input() {
+            table.skipped.push(Skipped {
+                row: shape.label(),
+                why,
+            });
+            continue;
+        }
         let t = Instant::now();
         let g = shape.build(&runtimes[0])?;
         let build = t.elapsed();
@@ -179,7 +204,7 @@ pub fn measure(shapes: &[Shape], cfg: &OverheadConfig) -> Result<Vec<OverheadRow
             hexec.push((rt.policy().name().to_string(), per_task(median(times))));
         }
         let (method, rayon_time) = rayon_baseline(&pool, shape, &g, cfg.reps);
-        rows.push(OverheadRow {
+        table.rows.push(OverheadRow {
             shape: shape.label(),
             tasks: g.len(),
             edges: g.num_edges(),
@@ -189,7 +214,7 @@ pub fn measure(shapes: &[Shape], cfg: &OverheadConfig) -> Result<Vec<OverheadRow
             rayon_method: method.to_string(),
         });
     }
-    Ok(rows)
+    Ok(table)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -1,11 +1,16 @@
 //! Schedule quality: makespan divided by the lower bound, per policy, in the simulator, on
 //! tiled Cholesky over StarPU's measured machines, the STG random graphs on 4 and 16 cores,
 //! and the WfCommons workflows on 16 and 64 cores.
+//!
+//! Each row reads its inputs from the shared workloads directory; a row whose input is
+//! missing is reported as [`Skipped`] (with where it looked), an input that is present but
+//! broken is an error.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::Skipped;
 use crate::graph::formats::{self, cholesky, BuildOptions, GraphSpec};
 use crate::sched::PolicyKind;
 use crate::sim::{simulate, SimMachine, SimOptions};
@@ -22,39 +27,86 @@ pub struct QualityRow {
     pub ratio: Vec<(String, f64)>,
 }
 
+/// The measured rows and the rows skipped for want of their input.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Table {
+    pub rows: Vec<QualityRow>,
+    pub skipped: Vec<Skipped>,
+}
+
 /// Where the shared workloads are.
 #[derive(Clone, Debug)]
 pub struct Sources {
     pub workloads: PathBuf,
 }
 
+/// The StarPU machines of the Cholesky rows.
+const STARPU_MACHINES: [&str; 3] = ["sirocco", "mirage", "attila"];
+
 impl Sources {
     fn starpu(&self) -> PathBuf {
         self.workloads.join("heterogeneous/starpu_perfmodels")
     }
+
+    fn stg(&self, set: &str) -> PathBuf {
+        self.workloads.join("stg").join(set)
+    }
+
+    fn wfcommons(&self) -> PathBuf {
+        self.workloads.join("wfcommons")
+    }
+
+    /// Every place the table reads, for a message when none of them is there.
+    pub fn looked_in(&self) -> Vec<PathBuf> {
+        vec![
+            self.starpu(),
+            self.stg("rand100"),
+            self.stg("rand1000"),
+            self.wfcommons(),
+        ]
+    }
 }
 
-fn files(dir: &Path, ext: &str, limit: usize) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.to_string_lossy().ends_with(ext))
-                .collect()
-        })
-        .unwrap_or_default();
+/// The first `limit` files of `dir` whose names end with `ext`, sorted; why not, when the
+/// directory cannot be read or has none.
+fn files(dir: &Path, ext: &str, limit: usize) -> Result<Vec<PathBuf>, String> {
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let mut v: Vec<PathBuf> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(ext))
+        .collect();
+    if v.is_empty() {
+        return Err(format!("no *{ext} file in {}", dir.display()));
+    }
     v.sort();
     v.truncate(limit);
-    v
+    Ok(v)
+}
+
+/// Loads the first `limit` graphs of `dir` (a missing or empty directory: `Ok(Err(why))`; a
+/// file that does not load: an error).
+fn graphs(dir: &Path, ext: &str, limit: usize) -> Result<Result<Vec<GraphSpec>, String>, String> {
+    match files(dir, ext, limit) {
+        Err(why) => Ok(Err(why)),
+        Ok(paths) => paths
+            .iter()
+            .map(|p| formats::load(p, None).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()
+            .map(Ok),
+    }
 }
 
 /// Measures one row: every policy on every graph, ratios averaged over graphs.
+/// The machine's models of the graphs' kernels are read first ([`SimMachine::load_models`]).
 pub fn row(
     workload: &str,
-    sm: &SimMachine,
+    sm: &mut SimMachine,
     specs: &[GraphSpec],
     policies: &[PolicyKind],
 ) -> Result<QualityRow, String> {
+    sm.load_models(specs.iter().flat_map(|s| s.tasks.iter().map(|t| t.kernel.as_str())))?;
+    let sm = &*sm;
     let graphs: Vec<_> = specs
         .iter()
         .map(|s| {
@@ -82,54 +134,77 @@ pub fn row(
     })
 }
 
-/// The whole table (`quick`: smaller graphs and fewer of them).
-pub fn measure(src: &Sources, quick: bool) -> Result<Vec<QualityRow>, String> {
+/// The whole table (`quick`: smaller graphs and fewer of them). Rows whose inputs are missing
+/// are in [`Table::skipped`]; when every row is, `rows` is empty and the caller should say
+/// where it looked ([`Sources::looked_in`]).
+pub fn measure(src: &Sources, quick: bool) -> Result<Table, String> {
     let policies = PolicyKind::ALL;
-    let mut rows = Vec::new();
+    let mut table = Table::default();
     let starpu = src.starpu();
+    let sampling = if starpu.join("sampling").is_dir() {
+        starpu.join("sampling")
+    } else {
+        starpu.clone()
+    };
     let tiles: &[usize] = if quick { &[10] } else { &[10, 20, 40] };
-    for machine in ["sirocco", "mirage", "attila"] {
-        let Ok(sm) = SimMachine::parse(&format!("starpu:{}:{machine}", starpu.display())) else {
+    let cholesky_label = |n: usize| format!("cholesky {n}x{n} (b=960)");
+    for machine in STARPU_MACHINES {
+        // A machine absent from the directory is a missing input (skipped); a machine present
+        // whose files are broken is an error from the loader, naming file and line.
+        let config = sampling.join("bus").join(format!("{machine}.config"));
+        if !config.is_file() {
+            let why = if starpu.is_dir() {
+                format!("{} not found", config.display())
+            } else {
+                format!("{} not found", starpu.display())
+            };
+            for &n in tiles {
+                table.skipped.push(Skipped {
+                    row: format!("{} on starpu:{machine}", cholesky_label(n)),
+                    why: why.clone(),
+                });
+            }
             continue;
-        };
+        }
+        let mut sm = SimMachine::parse(&format!("starpu:{}:{machine}", starpu.display()))?;
         for &n in tiles {
-            rows.push(row(
-                &format!("cholesky {n}x{n} (b=960)"),
-                &sm,
+            table.rows.push(row(
+                &cholesky_label(n),
+                &mut sm,
                 &[cholesky::generate(n, 960)],
                 &policies,
             )?);
         }
     }
-    let load = |p: &Path| formats::load(p, None).map_err(|e| e.to_string());
-    let stg100: Vec<GraphSpec> = files(&src.workloads.join("stg/rand100"), ".stg", if quick { 5 } else { 90 })
-        .iter()
-        .map(|p| load(p))
-        .collect::<Result<_, _>>()?;
-    let stg1000: Vec<GraphSpec> = files(&src.workloads.join("stg/rand1000"), ".stg", if quick { 1 } else { 5 })
-        .iter()
-        .map(|p| load(p))
-        .collect::<Result<_, _>>()?;
+    let stg100 = graphs(&src.stg("rand100"), ".stg", if quick { 5 } else { 90 })?;
+    let stg1000 = graphs(&src.stg("rand1000"), ".stg", if quick { 1 } else { 5 })?;
     for cpus in [4, 16] {
-        let sm = SimMachine::parse(&format!("cpus:{cpus}"))?;
-        if !stg100.is_empty() {
-            rows.push(row("STG rand100", &sm, &stg100, &policies)?);
-        }
-        if !stg1000.is_empty() {
-            rows.push(row("STG rand1000", &sm, &stg1000, &policies)?);
-        }
-    }
-    let wf: Vec<GraphSpec> = files(&src.workloads.join("wfcommons"), "-001.json", if quick { 2 } else { 8 })
-        .iter()
-        .map(|p| load(p))
-        .collect::<Result<_, _>>()?;
-    if !wf.is_empty() {
-        for cpus in [16, 64] {
-            let sm = SimMachine::parse(&format!("cpus:{cpus}"))?;
-            rows.push(row("WfCommons (8 workflows)", &sm, &wf, &policies)?);
+        let mut sm = SimMachine::parse(&format!("cpus:{cpus}"))?;
+        for (label, specs) in [("STG rand100", &stg100), ("STG rand1000", &stg1000)] {
+            match specs {
+                Ok(specs) => table.rows.push(row(label, &mut sm, specs, &policies)?),
+                Err(why) => table.skipped.push(Skipped {
+                    row: format!("{label} on {}", sm.name),
+                    why: why.clone(),
+                }),
+            }
         }
     }
-    Ok(rows)
+    let wf = graphs(&src.wfcommons(), "-001.json", if quick { 2 } else { 8 })?;
+    for cpus in [16, 64] {
+        let mut sm = SimMachine::parse(&format!("cpus:{cpus}"))?;
+        match &wf {
+            Ok(specs) => {
+                let label = format!("WfCommons ({} workflows)", specs.len());
+                table.rows.push(row(&label, &mut sm, specs, &policies)?);
+            }
+            Err(why) => table.skipped.push(Skipped {
+                row: format!("WfCommons on {}", sm.name),
+                why: why.clone(),
+            }),
+        }
+    }
+    Ok(table)
 }
 
 /// The table in Markdown.

@@ -175,7 +175,7 @@ enum BenchCommand {
         /// Smaller graphs, fewer of them.
         #[arg(long)]
         quick: bool,
-        /// The shared workloads directory.
+        /// The shared workloads directory (heterogeneous/, stg/, wfcommons/ under it).
         #[arg(long, default_value = "../shared/workloads")]
         workloads: PathBuf,
     },
@@ -476,8 +476,12 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             mem,
             no_backpressure,
         } => {
-            let sm = hexec::sim::SimMachine::parse(&machine)?;
-            let g = io.load()?.build_virtual(&|k| sm.kernel(k), &io.build_options())?;
+            let mut sm = hexec::sim::SimMachine::parse(&machine)?;
+            let spec = io.load()?;
+            // Only the models of the graph's kernels are read; what they leave out is logged
+            // as warnings (on standard error).
+            sm.load_models_for(&spec)?;
+            let g = spec.build_virtual(&|k| sm.kernel(k), &io.build_options())?;
             let t = std::time::Instant::now();
             let r = hexec::sim::simulate(
                 &g,
@@ -589,12 +593,40 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
         Command::Bench {
             which: BenchCommand::Schedule { json, quick, workloads },
         } => {
-            let rows = hexec::bench::schedule::measure(&hexec::bench::schedule::Sources { workloads }, quick)?;
+            let sources = hexec::bench::schedule::Sources { workloads };
+            let table = hexec::bench::schedule::measure(&sources, quick)?;
+            if table.rows.is_empty() {
+                // Nothing measured: an empty table would read as a result.
+                for s in &table.skipped {
+                    eprintln!("{s}");
+                }
+                let looked: Vec<String> = sources.looked_in().iter().map(|p| p.display().to_string()).collect();
+                // A relative default resolves against the current directory: say which.
+                let from = match std::env::current_dir() {
+                    Ok(cwd) if sources.workloads.is_relative() => format!(" (from {})", cwd.display()),
+                    _ => String::new(),
+                };
+                return Err(Failure {
+                    code: 2,
+                    message: format!(
+                        "no workload found under {}{from}: looked for {}; run it where that path reaches the shared workloads, or give --workloads DIR",
+                        sources.workloads.display(),
+                        looked.join(", ")
+                    ),
+                });
+            }
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                println!("{}", serde_json::to_string_pretty(&table.rows)?);
+                // Standard output stays one JSON document: the skipped rows go to stderr.
+                for s in &table.skipped {
+                    eprintln!("{s}");
+                }
             } else {
                 println!("makespan / lower bound in the simulator (1.000 is optimal)\n");
-                print!("{}", hexec::bench::schedule::markdown(&rows));
+                print!("{}", hexec::bench::schedule::markdown(&table.rows));
+                for s in &table.skipped {
+                    println!("{s}");
+                }
             }
             Ok(())
         }
@@ -721,12 +753,6 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             let shapes = if quick {
                 vec![Shape::Independent(10_000), Shape::Chain(10_000), Shape::BinaryTree(13)]
             } else {
-                if !dask_dir.join("tree-15.json.gz").exists() {
-                    eprintln!(
-                        "note: {} has no Dask graphs; measuring the generated shapes only",
-                        dask_dir.display()
-                    );
-                }
                 Shape::standard(Some(&dask_dir))
             };
             let cfg = OverheadConfig {
@@ -734,9 +760,18 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 reps: reps.max(1),
                 policies: vec![PolicyKind::Eager, PolicyKind::Ws, PolicyKind::Locality],
             };
-            let rows = overhead::measure(&shapes, &cfg)?;
+            let overhead::Table { rows, skipped } = overhead::measure(&shapes, &cfg)?;
+            // The only shapes read from files are the Dask graphs of --dask-dir.
+            let skipped: Vec<String> = skipped
+                .iter()
+                .map(|s| format!("{s} (point --dask-dir at the Dask graphs)"))
+                .collect();
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
+                // Standard output stays one JSON document: the skipped rows go to stderr.
+                for s in &skipped {
+                    eprintln!("{s}");
+                }
             } else {
                 let mut b = Runtime::builder().gpus(GpuRequest::None);
                 if let Some(n) = cpus {
@@ -748,6 +783,9 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                     cfg.reps
                 );
                 print!("{}", overhead::markdown(&rows));
+                for s in &skipped {
+                    println!("{s}");
+                }
             }
             Ok(())
         }

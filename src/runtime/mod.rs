@@ -867,6 +867,7 @@ impl Runtime {
             model,
             gpu_speedup: None,
             cpu_gflops: 10.0,
+            starpu: None,
         };
         let capacity = |node: crate::memory::Node| {
             let c = self.budgets.node(node).capacity.load(Ordering::Relaxed);

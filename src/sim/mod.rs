@@ -4,7 +4,8 @@
 //!
 //! Machines come from StarPU's performance-model directories (`starpu:DIR:NAME`, e.g. the
 //! 24-core, 4-GPU sirocco), from short specs (`cpus:64`, `cpus:16,gpus:4,gpu-speedup:20`),
-//! or from a TOML file with the same keys.
+//! or from a TOML file with the same keys. A StarPU machine reads the models of the kernels a
+//! graph uses only, when asked ([`SimMachine::load_models`], before building the graph).
 //!
 //! Model of execution: a task starts on a worker when the policy hands it over; its inputs
 //! not valid in that worker's memory are copied first (latency + bytes / bandwidth from the
@@ -43,6 +44,8 @@ pub struct SimMachine {
     pub gpu_speedup: Option<f64>,
     /// CPU core speed for flop-counted kernels (Cholesky tiles) without a model.
     pub cpu_gflops: f64,
+    /// A StarPU machine's codelet models, read into `model` by [`SimMachine::load_models`].
+    pub starpu: Option<starpu::Codelets>,
 }
 
 /// A machine spec as a TOML file or a `key:value,...` string gives it.
@@ -128,22 +131,79 @@ impl SimMachine {
             model: PerfModel::new(),
             gpu_speedup: s.gpu_speedup,
             cpu_gflops: s.cpu_gflops.unwrap_or(10.0),
+            starpu: None,
         })
     }
 
     /// A machine from StarPU's performance models. StarPU dedicates one CPU core to driving
     /// each GPU, so the modelled machine has `cpus - gpus` CPU workers, as StarPU's would.
+    /// Kernel models are not read yet: [`SimMachine::load_models`] reads those a graph needs.
     pub fn from_starpu(dir: &Path, name: &str) -> Result<SimMachine, String> {
-        let m = starpu::load(dir, name)?;
+        let m = starpu::open(dir, name).map_err(|e| e.to_string())?;
         Ok(SimMachine {
             name: format!("starpu:{name}"),
             machine: modelled_machine(m.cpus.saturating_sub(m.gpus).max(1), m.gpus, &format!("{name} GPU")),
             bandwidth: m.bandwidth,
             latency: m.latency,
-            model: m.model,
+            model: PerfModel::new(),
             gpu_speedup: None,
             cpu_gflops: 10.0,
+            starpu: Some(m.codelets),
         })
+    }
+
+    /// Reads the measured models of `kernels` (a StarPU machine's codelet files, under the
+    /// kernel's name or StarPU's `chol_model_` name) into [`SimMachine::model`]; other
+    /// machines have nothing to read. Call it before building a graph with
+    /// [`SimMachine::kernel`]. Returns what was left out (each also logged as a warning): rows
+    /// and combinations of the models that cannot be used, kernels without a model. A needed
+    /// model that cannot be read or holds an unusable time is an error naming file and line.
+    pub fn load_models<'a>(
+        &mut self,
+        kernels: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<starpu::Skipped>, String> {
+        let Some(codelets) = self.starpu.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let kernels: std::collections::BTreeSet<&str> = kernels.into_iter().collect();
+        let mut skipped = Vec::new();
+        for kernel in kernels {
+            let names = model_names(kernel);
+            let mut found = false;
+            for name in &names {
+                if !codelets.has(name) {
+                    continue;
+                }
+                found = true;
+                skipped.extend(codelets.load(name, &mut self.model).map_err(|e| e.to_string())?);
+            }
+            if !found {
+                skipped.push(starpu::Skipped {
+                    path: codelets.dir.clone(),
+                    line: None,
+                    what: format!(
+                        "no model of kernel '{kernel}' for machine '{}' ({}.{m} or {}.{m}): its tasks run on CPUs only, at their recorded or flop-counted cost",
+                        codelets.machine,
+                        names[0],
+                        names[1],
+                        m = codelets.machine
+                    ),
+                });
+            }
+            codelets.mark_considered(kernel);
+        }
+        for s in &skipped {
+            tracing::warn!("{s}");
+        }
+        Ok(skipped)
+    }
+
+    /// [`SimMachine::load_models`] for the kernels of `graph`.
+    pub fn load_models_for(
+        &mut self,
+        graph: &crate::graph::formats::GraphSpec,
+    ) -> Result<Vec<starpu::Skipped>, String> {
+        self.load_models(graph.tasks.iter().map(|t| t.kernel.as_str()))
     }
 
     /// Number of memory nodes (host + GPUs).
@@ -154,8 +214,9 @@ impl SimMachine {
     /// The modelled cost of one task: a measured model first (under the kernel's name or
     /// StarPU's `chol_model_` name), then the task's recorded duration, then a flop count.
     pub fn cost(&self, kernel: &str, kind: DeviceKind, size: u64, recorded: Option<f64>) -> Option<f64> {
+        self.debug_assert_loaded(kernel);
         let class = kind.to_string();
-        for name in [kernel.to_string(), format!("chol_model_{kernel}")] {
+        for name in model_names(kernel) {
             if self.model.knows(&name, &class) {
                 return self.model.expected(&name, &class, size);
             }
@@ -175,12 +236,23 @@ impl SimMachine {
         if self.machine.count(kind) == 0 {
             return false;
         }
+        self.debug_assert_loaded(kernel);
         let class = kind.to_string();
-        let modelled = [kernel.to_string(), format!("chol_model_{kernel}")]
-            .iter()
-            .any(|n| self.model.knows(n, &class));
+        let modelled = model_names(kernel).iter().any(|n| self.model.knows(n, &class));
         let replayed = matches!(kernel, "spin" | "sleep" | "noop") || cholesky_flops(kernel, 1).is_some();
         modelled || (replayed && (kind == DeviceKind::Cpu || self.gpu_speedup.is_some()))
+    }
+
+    /// A StarPU machine asked about a kernel whose models were never read would silently
+    /// price it by flops on CPUs only: a caller forgot [`SimMachine::load_models`].
+    fn debug_assert_loaded(&self, kernel: &str) {
+        if let Some(c) = &self.starpu {
+            debug_assert!(
+                c.was_considered(kernel),
+                "SimMachine::load_models was not called for kernel '{kernel}' on {}",
+                self.name
+            );
+        }
     }
 
     /// A stand-in kernel with implementations where [`SimMachine::can_run`] says so (the
@@ -195,6 +267,12 @@ impl SimMachine {
         }
         Arc::new(k)
     }
+}
+
+/// The names a kernel's measured model may have: its own, or StarPU's Cholesky example's
+/// (`chol_model_potrf` for `potrf`).
+fn model_names(kernel: &str) -> [String; 2] {
+    [kernel.to_string(), format!("chol_model_{kernel}")]
 }
 
 /// Flops of a Cholesky tile kernel, from its operands' total bytes (f32 tiles).
