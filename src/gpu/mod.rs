@@ -15,6 +15,6 @@ mod exec;
 mod poll;
 mod pool;
 
-pub(crate) use batch::{BatchItem, InFlight, MAX_BATCH};
+pub(crate) use batch::{BatchItem, GpuSpan, InFlight, MAX_BATCH};
 pub use device::{discover, GpuDevice, GpuError, GpuRequest};
 pub(crate) use exec::GpuOperand;
