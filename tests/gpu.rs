@@ -408,6 +408,109 @@ fn gpu_tasks_are_batched_timed_and_traced() {
     }
 }
 
+/// A traced batch of GPU tasks of different sizes: each task's slice is its own kernel's span
+/// (from timestamp queries) dated on the run's clock, inside its batch, not overlapping the
+/// others; without timestamp queries, even shares of the batch marked estimated. Each copy
+/// to the GPU names its datum.
+#[test]
+fn traced_gpu_tasks_get_their_own_slices() {
+    let Some(rt) = gpu_runtime(1) else { return };
+    let sizes = [1usize << 10, 1 << 14, 1 << 18, 1 << 21];
+    let tiles: Vec<Data<f32>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| rt.data_named(format!("tile_{i}"), vec![1.0f32; n]))
+        .collect();
+    let mut g = rt.graph();
+    for (i, t) in tiles.iter().enumerate() {
+        g.task(&builtin::scale())
+            .name(format!("scale_{i}"))
+            .on(DeviceKind::Gpu)
+            .read_write(*t)
+            .param(2.0)
+            .add();
+    }
+    let report = rt.run_with(&g, RunOptions::traced()).unwrap();
+    let mut buf = Vec::new();
+    hexec::trace::write_chrome_trace(&mut buf, &g, &report).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+    let events = v["traceEvents"].as_array().unwrap();
+    let num = |e: &serde_json::Value, k: &str| {
+        e[k].as_f64()
+            .or_else(|| e["args"][k].as_f64())
+            .unwrap_or_else(|| panic!("no {k} in {e}"))
+    };
+    let tasks: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["ph"] == "X" && e["cat"] == "scale")
+        .collect();
+    assert_eq!(tasks.len(), sizes.len(), "{v}");
+    // (size index, start, end), in µs, by start.
+    let mut slices: Vec<(usize, f64, f64)> = tasks
+        .iter()
+        .map(|e| {
+            let i: usize = e["name"].as_str().unwrap()["scale_".len()..].parse().unwrap();
+            let (ts, dur) = (num(e, "ts"), num(e, "dur"));
+            (i, ts, ts + dur)
+        })
+        .collect();
+    slices.sort_by(|a, b| a.1.total_cmp(&b.1));
+    // Timestamps are printed to the nanosecond.
+    let eps = 1e-3;
+    for w in slices.windows(2) {
+        assert!(w[0].1 < w[1].1, "two GPU tasks start together: {slices:?}");
+        assert!(w[0].2 <= w[1].1 + eps, "GPU tasks overlap: {slices:?}");
+    }
+    let batches: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["cat"] == "scale")
+        .map(|e| &e["args"]["batch"])
+        .collect();
+    assert!(
+        batches.iter().all(|b| *b == batches[0]),
+        "roots placed together run as one batch: {batches:?}"
+    );
+    let (b0, b1) = (num(tasks[0], "batch_start_us"), num(tasks[0], "batch_end_us"));
+    for &(i, start, end) in &slices {
+        assert!(
+            b0 - eps <= start && start <= end && end <= b1 + eps,
+            "scale_{i}: [{start}, {end}] outside its batch [{b0}, {b1}]"
+        );
+    }
+    let timed = rt.gpus()[0].desc.features.iter().any(|f| f == "timestamp");
+    let estimated = events
+        .iter()
+        .filter(|e| e["cat"] == "scale")
+        .all(|e| e["args"]["estimated"] == true);
+    assert_eq!(
+        estimated, !timed,
+        "slices are estimated exactly when the device has no timestamps"
+    );
+    if timed {
+        let dur = |i: usize| slices.iter().find(|s| s.0 == i).map(|s| s.2 - s.1).unwrap();
+        let batch = b1 - b0;
+        assert!(
+            dur(sizes.len() - 1) > dur(0),
+            "a kernel over 2048x the elements took no longer: {slices:?}"
+        );
+        assert!(
+            (0..sizes.len()).all(|i| dur(i) < batch),
+            "a task took its whole batch: {slices:?}"
+        );
+    } else {
+        eprintln!("no timestamp queries on this adapter: checked the estimated slices only");
+    }
+    for i in 0..sizes.len() {
+        let name = format!("host -> gpu0: tile_{i}");
+        assert!(
+            events.iter().any(|e| e["cat"] == "transfer"
+                && e["name"] == name.as_str()
+                && e["args"]["datum"] == format!("tile_{i}").as_str()),
+            "no transfer event named '{name}'"
+        );
+    }
+}
+
 #[test]
 fn gpu_restrictions_mean_something() {
     let Some(rt) = gpu_runtime(1) else { return };

@@ -243,6 +243,54 @@ fn the_trace_is_valid_chrome_json() {
     assert!(hexec::trace::write_chrome_trace(Vec::new(), &g, &untraced).is_err());
 }
 
+/// A traced chain a → b → c carries dependency arrows: a flow starts inside each task's slice
+/// and finishes (bound to the enclosing slice) inside its successor's.
+#[test]
+fn the_trace_links_dependencies_with_flow_events() {
+    let rt = rt(2, PolicyKind::Ws);
+    let x = rt.data(vec![1.0f32; 1 << 14]);
+    let mut g = rt.graph();
+    g.task(&builtin::scale()).name("a").read_write(x).param(2.0).add();
+    g.task(&builtin::scale()).name("b").read_write(x).param(2.0).add();
+    g.task(&builtin::scale()).name("c").read_write(x).param(2.0).add();
+    let report = rt.run_with(&g, RunOptions::traced()).unwrap();
+    let mut buf = Vec::new();
+    hexec::trace::write_chrome_trace(&mut buf, &g, &report).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+    let events = v["traceEvents"].as_array().unwrap();
+    // The task whose slice holds a flow event: same track, timestamp inside the slice.
+    let slice_at = |flow: &serde_json::Value| -> String {
+        let ts = flow["ts"].as_f64().unwrap();
+        let hits: Vec<&str> = events
+            .iter()
+            .filter(|e| e["ph"] == "X" && e["pid"] == flow["pid"] && e["tid"] == flow["tid"])
+            .filter(|e| {
+                let (start, dur) = (e["ts"].as_f64().unwrap(), e["dur"].as_f64().unwrap());
+                start <= ts && ts <= start + dur
+            })
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(hits.len(), 1, "flow {flow} is not inside exactly one slice: {hits:?}");
+        hits[0].to_string()
+    };
+    let mut arrows: Vec<(String, String)> = Vec::new();
+    for start in events.iter().filter(|e| e["ph"] == "s") {
+        let ends: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| e["ph"] == "f" && e["id"] == start["id"] && e["cat"] == start["cat"])
+            .collect();
+        assert_eq!(ends.len(), 1, "flow {start} has {} ends", ends.len());
+        assert_eq!(ends[0]["bp"], "e", "the arrow binds to the successor's slice");
+        arrows.push((slice_at(start), slice_at(ends[0])));
+    }
+    arrows.sort();
+    assert_eq!(
+        arrows,
+        [("a".to_string(), "b".to_string()), ("b".to_string(), "c".to_string())],
+        "{v}"
+    );
+}
+
 #[test]
 fn real_topology_runs_pinned() {
     let rt = Runtime::builder().build().unwrap();

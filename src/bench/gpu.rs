@@ -64,11 +64,11 @@ fn time_kernel(
         };
         let t = Instant::now();
         let f = dev.submit_batch(std::slice::from_ref(&item));
-        let r = dev.finish_batch(f).pop().ok_or("no result")??;
+        let r = dev.finish_batch(f).results.pop().ok_or("no result")??;
         if rep > 0 {
             wall_times.push(t.elapsed().as_secs_f64());
             if let Some(s) = r {
-                gpu_times.push(s);
+                gpu_times.push(s.seconds());
             }
         }
     }

@@ -1,9 +1,12 @@
 //! Batched execution: the tasks a GPU worker takes together are encoded into one command
 //! buffer each (each under its own error scopes, so an error names its task) and handed to
 //! the queue in a single submit, with GPU timestamps around each kernel when the device has
-//! timestamp queries. The worker stages the next batch while this one runs.
+//! timestamp queries. The worker stages the next batch while this one runs. A finished batch
+//! gives each task's kernel span on the GPU's own clock, with the CPU times just before its
+//! submission and when its completion was seen, from which traces date the spans.
 
 use std::sync::mpsc;
+use std::time::Instant;
 
 use hexec_kernels::gpu::{pack_params, Binding, GpuDims, GpuImpl};
 
@@ -21,10 +24,37 @@ pub(crate) struct BatchItem<'a> {
     pub params: &'a [f64],
 }
 
+/// A task's kernel on the GPU's own clock: nanoseconds since the device's (arbitrary)
+/// timestamp epoch, from the beginning of its first pass to the end of its last.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct GpuSpan {
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+impl GpuSpan {
+    /// The kernel's time in seconds.
+    pub fn seconds(self) -> f64 {
+        self.end_ns.saturating_sub(self.start_ns) as f64 * 1e-9
+    }
+}
+
+/// What became of a batch.
+pub(crate) struct Finished {
+    /// Per item: its kernel's span when timestamps were taken, or the error.
+    pub results: Vec<Result<Option<GpuSpan>, String>>,
+    /// Just before `queue.submit`: no task of the batch started on the GPU earlier.
+    pub submitted_at: Instant,
+    /// When the wait for the batch returned: every task had ended by then.
+    pub done_at: Instant,
+}
+
 /// A submitted batch, until [`GpuDevice::finish_batch`].
 pub(crate) struct InFlight {
     /// Per item: `Ok` if submitted, or why it was not.
     submitted: Vec<Result<(), String>>,
+    /// See [`Finished::submitted_at`].
+    submitted_at: Instant,
     /// Uniform and scratch buffers to return to the pool.
     held: Vec<wgpu::Buffer>,
     /// Query set and readback buffers, when timing.
@@ -42,6 +72,7 @@ impl GpuDevice {
             submitted: Vec::with_capacity(items.len()),
             held: Vec::new(),
             timing: None,
+            submitted_at: Instant::now(),
         };
         if let Some(reason) = self.lost() {
             out.submitted = items
@@ -89,6 +120,7 @@ impl GpuDevice {
             buffers.push(enc.finish());
         }
         self.submits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        out.submitted_at = Instant::now();
         if let Err(e) = scoped(&self.device, || {
             self.queue.submit(buffers);
         }) {
@@ -180,9 +212,9 @@ impl GpuDevice {
         encoded
     }
 
-    /// Waits for a batch; per item, the kernel's GPU time in seconds when timestamps were
+    /// Waits for a batch; per item, the kernel's span on the GPU clock when timestamps were
     /// taken, or the error.
-    pub(crate) fn finish_batch(&self, f: InFlight) -> Vec<Result<Option<f64>, String>> {
+    pub(crate) fn finish_batch(&self, f: InFlight) -> Finished {
         let waited = if f.submitted.iter().any(Result::is_ok) {
             self.wait_idle().and_then(|()| match self.lost() {
                 Some(reason) => Err(reason),
@@ -191,6 +223,7 @@ impl GpuDevice {
         } else {
             Ok(())
         };
+        let done_at = Instant::now();
         let times = match (&waited, &f.timing) {
             (Ok(()), Some((_, _, readback))) => self.read_timestamps(readback, f.submitted.len()),
             _ => None,
@@ -211,10 +244,14 @@ impl GpuDevice {
             self.pool.give(resolve);
             self.pool.give(readback);
         }
-        results
+        Finished {
+            results,
+            submitted_at: f.submitted_at,
+            done_at,
+        }
     }
 
-    fn read_timestamps(&self, readback: &wgpu::Buffer, items: usize) -> Option<Vec<f64>> {
+    fn read_timestamps(&self, readback: &wgpu::Buffer, items: usize) -> Option<Vec<GpuSpan>> {
         let bytes = (items * 16) as u64;
         let (tx, rx) = mpsc::channel();
         readback.slice(..bytes).map_async(wgpu::MapMode::Read, move |r| {
@@ -227,10 +264,16 @@ impl GpuDevice {
         };
         readback.unmap();
         let period = f64::from(self.desc.timestamp_period_ns);
+        // Exact below 2^53 ticks with a period of 1 ns (lavapipe, most Vulkan drivers); the
+        // rounding is monotonic otherwise, so spans keep their order.
+        let ns = |t: u64| (t as f64 * period) as u64;
         Some(
             ticks
                 .chunks(2)
-                .map(|c| c[1].saturating_sub(c[0]) as f64 * period * 1e-9)
+                .map(|c| GpuSpan {
+                    start_ns: ns(c[0]),
+                    end_ns: ns(c[1]).max(ns(c[0])),
+                })
                 .collect(),
         )
     }

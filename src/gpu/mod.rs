@@ -15,7 +15,7 @@ mod exec;
 mod poll;
 mod pool;
 
-pub(crate) use batch::{BatchItem, InFlight, MAX_BATCH};
+pub(crate) use batch::{BatchItem, GpuSpan, InFlight, MAX_BATCH};
 pub use device::{
     adapters, discover, software_gpus_from_env, AdapterSummary, GpuDevice, GpuError, GpuRequest, SOFTWARE_GPUS_ENV,
 };

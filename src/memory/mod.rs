@@ -168,10 +168,12 @@ pub struct Transfers {
 }
 
 /// One logged transfer (for traces).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TransferEvent {
     pub from: Node,
     pub to: Node,
+    /// The datum copied (its name in the store).
+    pub datum: String,
     pub bytes: u64,
     pub start_ns: u64,
     pub end_ns: u64,
@@ -215,8 +217,9 @@ impl Transfers {
             .unwrap_or_default()
     }
 
-    /// Records one transfer.
-    pub fn record(&self, from: Node, to: Node, bytes: u64, took: std::time::Duration) {
+    /// Records one transfer of `datum`. The name is copied only when the log is on, so an
+    /// untraced run allocates nothing here.
+    pub fn record(&self, from: Node, to: Node, bytes: u64, took: std::time::Duration, datum: &str) {
         use std::sync::atomic::Ordering::Relaxed;
         let i = from.index() * self.nodes + to.index();
         if let (Some(b), Some(c), Some(t)) = (self.bytes.get(i), self.count.get(i), self.nanos.get(i)) {
@@ -230,6 +233,7 @@ impl Transfers {
             log.lock().unwrap_or_else(|e| e.into_inner()).push(TransferEvent {
                 from,
                 to,
+                datum: datum.to_owned(),
                 bytes,
                 start_ns: start.as_nanos() as u64,
                 end_ns: end.as_nanos() as u64,
@@ -301,9 +305,9 @@ mod tests {
     #[test]
     fn transfers_add_up_per_link() {
         let t = Transfers::new(2);
-        t.record(Node::Host, Node::Gpu(1), 100, std::time::Duration::from_micros(5));
-        t.record(Node::Host, Node::Gpu(1), 50, std::time::Duration::from_micros(5));
-        t.record(Node::Gpu(0), Node::Host, 8, std::time::Duration::ZERO);
+        t.record(Node::Host, Node::Gpu(1), 100, std::time::Duration::from_micros(5), "a");
+        t.record(Node::Host, Node::Gpu(1), 50, std::time::Duration::from_micros(5), "b");
+        t.record(Node::Gpu(0), Node::Host, 8, std::time::Duration::ZERO, "a");
         assert_eq!(t.total_bytes(), 158);
         let links = t.links();
         assert_eq!(links.len(), 2);

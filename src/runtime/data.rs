@@ -730,7 +730,13 @@ impl DataCell {
         let host = unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr(), self.bytes()) };
         dev.download(buf, host).map_err(PrepError::Failed)?;
         self.downloads.fetch_add(1, Ordering::AcqRel);
-        transfers.record(Node::Gpu(g), Node::Host, self.bytes() as u64, started.elapsed());
+        transfers.record(
+            Node::Gpu(g),
+            Node::Host,
+            self.bytes() as u64,
+            started.elapsed(),
+            &self.name,
+        );
         c.record_read(Node::Host);
         self.host_valid.store(true, Ordering::Release);
         Ok(())
@@ -902,7 +908,7 @@ impl DataCell {
             // ordered after this task's readers by the graph's dependencies.
             let host = unsafe { std::slice::from_raw_parts(self.as_mut_ptr() as *const u8, self.bytes()) };
             gpus[g].upload(&buffer, host).map_err(PrepError::Failed)?;
-            transfers.record(Node::Host, node, self.bytes() as u64, started.elapsed());
+            transfers.record(Node::Host, node, self.bytes() as u64, started.elapsed(), &self.name);
             c.record_read(node);
             self.on_gpu.store(true, Ordering::Release);
         }

@@ -23,13 +23,13 @@ use super::faults::Site;
 use super::queues::{LocalQueues, SharedQueues};
 use super::speculate::{CopyOutcome, OnFailure, SavedOperands, Settled};
 use super::watchdog::{DONE, READY, RUNNING, WAITING_FOR_MEMORY};
-use crate::gpu::{BatchItem, GpuDevice, GpuOperand, InFlight, MAX_BATCH};
+use crate::gpu::{BatchItem, GpuDevice, GpuOperand, GpuSpan, InFlight, MAX_BATCH};
 use crate::graph::compile::CompiledGraph;
 use crate::graph::Graph;
 use crate::memory::{Node, Transfers};
 use crate::sched::{Pick, Policy};
 use crate::topology::WorkerId;
-use crate::trace::{TaskFailure, TraceEvent};
+use crate::trace::{even_share, GpuTimeline, TaskFailure, TraceEvent};
 
 /// A datum bound for this run: its size and type (`None` for size-only data).
 #[derive(Clone, Copy)]
@@ -149,6 +149,8 @@ pub(crate) struct WorkerStats {
     /// Measured (task, seconds) for the performance model, when calibrating.
     pub samples: Vec<(u32, f64)>,
     pub events: Vec<TraceEvent>,
+    /// GPU workers, when tracing: kernel spans on the GPU clock, dated when the worker ends.
+    pub gpu_timeline: GpuTimeline,
 }
 
 struct TaskLabel<'a>(&'a Graph, u32);
@@ -187,6 +189,7 @@ impl<'w, 'r, 'q, P: Policy> WorkerLoop<'w, 'r, 'q, P> {
 
     fn finish(mut self) -> WorkerStats {
         self.stats.wall = self.run.start.elapsed();
+        std::mem::take(&mut self.stats.gpu_timeline).apply(&mut self.stats.events);
         self.stats
     }
 }
@@ -614,11 +617,23 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
     fn finish_gpu_batch(&mut self, g: usize, staged: StagedBatch) {
         let (run, me) = (self.run, self.me);
         let graph = run.graph;
-        let mut results: Vec<Option<Result<Option<f64>, String>>> = run.gpus[g]
-            .finish_batch(staged.in_flight)
-            .into_iter()
-            .map(Some)
-            .collect();
+        let finished = run.gpus[g].finish_batch(staged.in_flight);
+        let items = finished.results.len();
+        // The batch and its estimated slices' window, for the trace only.
+        let traced = run.record_trace.then(|| {
+            let first = finished
+                .results
+                .iter()
+                .filter_map(|r| r.as_ref().ok().copied().flatten())
+                .map(|s| s.start_ns)
+                .min();
+            let ns = |at: Instant| at.saturating_duration_since(run.start).as_nanos() as u64;
+            self.stats
+                .gpu_timeline
+                .batch(ns(finished.submitted_at), ns(finished.done_at), first)
+        });
+        let mut results: Vec<Option<Result<Option<GpuSpan>, String>>> =
+            finished.results.into_iter().map(Some).collect();
         if run.pause.enabled() {
             // Its writes are done: a recovery need not wait for the bookkeeping below.
             run.pause.leave(me);
@@ -634,20 +649,24 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
         let ended = run.start.elapsed();
         let batch_len = staged.tasks.len().max(1);
         for (task, staging) in staged.tasks {
-            let outcome = match staging {
+            let (outcome, item) = match staging {
                 Staging::Skipped => {
                     self.stats.skipped += 1;
                     self.complete(task, false);
                     continue;
                 }
-                Staging::Failed(e) => Err(e),
-                Staging::Submitted(i) => results
-                    .get_mut(i)
-                    .and_then(Option::take)
-                    .unwrap_or_else(|| Err("the batch lost a result".into())),
+                Staging::Failed(e) => (Err(e), None),
+                Staging::Submitted(i) => (
+                    results
+                        .get_mut(i)
+                        .and_then(Option::take)
+                        .unwrap_or_else(|| Err("the batch lost a result".into())),
+                    Some(i),
+                ),
             };
             let ok = match outcome {
-                Ok(kernel_s) => {
+                Ok(span) => {
+                    let kernel_s = span.map(GpuSpan::seconds);
                     if let Some(spec) = &run.speculation {
                         match spec.settle(run, task) {
                             Settled::Won { .. } => spec.publish(task),
@@ -685,12 +704,21 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
                         let share = (ended - staged.started).as_secs_f64() / batch_len as f64;
                         self.stats.samples.push((task, kernel_s.unwrap_or(share)));
                     }
-                    if run.record_trace {
+                    if let (Some((batch, window)), Some(i)) = (traced, item) {
+                        // Measured spans are dated when the worker ends (`GpuTimeline`);
+                        // until then the slice is its even share of the batch.
+                        let (start_ns, end_ns) = even_share(window, i, items);
+                        if let Some(s) = span {
+                            self.stats
+                                .gpu_timeline
+                                .push(self.stats.events.len(), s.start_ns, s.end_ns);
+                        }
                         self.stats.events.push(TraceEvent {
                             task,
-                            start_ns: staged.started.as_nanos() as u64,
-                            end_ns: ended.as_nanos() as u64,
-                            gpu_ns: kernel_s.map(|s| (s * 1e9) as u64),
+                            start_ns,
+                            end_ns,
+                            gpu_ns: span.map(|s| s.end_ns - s.start_ns),
+                            batch: Some(batch),
                         });
                     }
                     true
@@ -1094,6 +1122,7 @@ fn execute<'a>(
             start_ns: s.as_nanos() as u64,
             end_ns: end.as_nanos() as u64,
             gpu_ns: None,
+            batch: None,
         });
     }
     match outcome {

@@ -449,8 +449,9 @@ impl<'a> State<'a> {
                 let end = start + self.link(dst, Node::Host, vb);
                 self.link_free[n][0] = end;
                 self.arrival[v][0] = end;
+                // The simulator's transfers are counted, never logged: no name is needed.
                 self.transfers
-                    .record(dst, Node::Host, vb, std::time::Duration::from_secs_f64(end - start));
+                    .record(dst, Node::Host, vb, std::time::Duration::from_secs_f64(end - start), "");
                 self.coherence[v].record_read(Node::Host);
                 self.written_back[n] += vb;
             }
@@ -534,7 +535,7 @@ impl<'a> State<'a> {
         self.link_free[src.index()][dst.index()] = end;
         self.arrival[d as usize][dst.index()] = end;
         self.transfers
-            .record(src, dst, bytes, std::time::Duration::from_secs_f64(took));
+            .record(src, dst, bytes, std::time::Duration::from_secs_f64(took), "");
         self.coherence[d as usize].record_read(dst);
         end
     }
@@ -705,6 +706,7 @@ impl<'a> State<'a> {
                         start_ns: (self.now * 1e9) as u64,
                         end_ns: (end * 1e9) as u64,
                         gpu_ns: None,
+                        batch: None,
                     });
                 }
                 running[w] = Some((task, end));
