@@ -454,6 +454,8 @@ fn the_command_line_behaves_in_pipes_and_help() {
             let described = line.trim().split("  ").filter(|p| !p.trim().is_empty()).count() >= 2;
             assert!(described, "`hexec {}` option without help: {line}", cmd.join(" "));
         }
+    }
+}
 
 const STARPU: &str = "../shared/workloads/heterogeneous/starpu_perfmodels/sampling";
 
