@@ -618,3 +618,52 @@ fn bench_overhead_prints_a_skipped_line_for_missing_dask_graphs() {
         );
     }
 }
+
+/// A GPU attempt that fails and is run on a CPU instead is a warning the summary prints. (The
+/// CPU worker is slowed so that the GPU worker surely takes some of the tasks first.)
+#[test]
+fn run_prints_a_warning_for_each_gpu_to_cpu_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("g.json");
+    let data: Vec<String> = (0..8)
+        .map(|i| format!(r#"{{"name": "x{i}", "type": "f32", "len": 64, "init": {{"fill": 1.0}}}}"#))
+        .collect();
+    let tasks: Vec<String> = (0..8)
+        .map(|i| format!(r#"{{"name": "s{i}", "kernel": "scale", "params": [2.0], "access": [["x{i}", "rw"]]}}"#))
+        .collect();
+    std::fs::write(
+        &graph,
+        format!(
+            r#"{{"format": "hexec-graph", "version": 1, "data": [{}], "tasks": [{}]}}"#,
+            data.join(","),
+            tasks.join(",")
+        ),
+    )
+    .unwrap();
+    let out = hexec()
+        .args([
+            "run",
+            "--software-gpus",
+            "--cpus",
+            "1",
+            "--policy",
+            "eager",
+            "--inject",
+            "gpu-error:p=1,slow:cpu0:delay=20ms",
+        ])
+        .arg(&graph)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("0 gpu worker") || !text.contains("gpu0") {
+        eprintln!("SKIPPED: no GPU adapter");
+        return;
+    }
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let warnings = text.matches("warning: task").count();
+    assert!(
+        warnings > 0,
+        "the GPU took some tasks and each ran on the CPU instead: {text}"
+    );
+    assert!(text.contains("failed on gpu0 and runs on cpu0 instead"), "{text}");
+}

@@ -21,17 +21,21 @@ fn rt(workers: usize, retries: u32, inject: &str) -> Runtime {
 /// Doubles its read-write operand in place, then fails every third call: a failed attempt
 /// has already overwritten its input, which the runtime must restore before retrying.
 fn flaky_double(calls: Arc<AtomicUsize>) -> Arc<Kernel> {
-    Arc::new(Kernel::cpu(
-        "flaky_double",
-        Signature::exact(&[(Access::ReadWrite, ElemType::F32)], 0),
-        move |ctx| {
-            ctx.write::<f32>(0)?.iter_mut().for_each(|v| *v *= 2.0);
-            if calls.fetch_add(1, Ordering::Relaxed) % 3 == 0 {
-                panic!("flaky: failed after writing");
-            }
-            Ok(())
-        },
-    ))
+    Arc::new(
+        Kernel::cpu(
+            "flaky_double",
+            Signature::exact(&[(Access::ReadWrite, ElemType::F32)], 0),
+            move |ctx| {
+                ctx.write::<f32>(0)?.iter_mut().for_each(|v| *v *= 2.0);
+                if calls.fetch_add(1, Ordering::Relaxed) % 3 == 0 {
+                    panic!("flaky: failed after writing");
+                }
+                Ok(())
+            },
+        )
+        // Its panics are a fault of the moment, not of the code: say so, as a user would.
+        .retry_panics(true),
+    )
 }
 
 #[test]
@@ -457,7 +461,7 @@ fn a_copy_or_its_original_failing_leaves_the_task_to_the_other() {
                 std::hint::spin_loop();
             }
             if fail {
-                return Err(hexec::kernels::KernelError::msg("cpu1 broke"));
+                return Err(hexec::kernels::KernelError::transient("cpu1 broke"));
             }
             Ok(())
         },

@@ -294,25 +294,50 @@ fn mixed_graphs_place_each_task_where_it_may_run() {
 }
 
 #[test]
-fn a_broken_shader_fails_the_task_naming_kernel_and_device() {
+fn a_broken_shader_is_refused_at_submit_with_the_compilers_message() {
     let Some(rt) = gpu_runtime(1) else { return };
-    let broken = Arc::new(
-        Kernel::declare("broken", Signature::exact(&[(Access::ReadWrite, ElemType::F32)], 0)).with_gpu(
-            GpuImpl::single("fn main( { this is not WGSL", 1, Arc::new(|_| [1, 1, 1])),
+    let broken_gpu = || GpuImpl::single("fn main( { this is not WGSL", 1, Arc::new(|_| [1, 1, 1]));
+    let gpu_only = Arc::new(
+        Kernel::declare("broken", Signature::exact(&[(Access::ReadWrite, ElemType::F32)], 0)).with_gpu(broken_gpu()),
+    );
+    // With a CPU implementation too: it used to fail on the GPU and quietly run on the CPU.
+    let both = Arc::new(
+        Kernel::cpu(
+            "broken_both",
+            Signature::exact(&[(Access::ReadWrite, ElemType::F32)], 0),
+            |_| Ok(()),
+        )
+        .with_gpu(broken_gpu()),
+    );
+    let wrong_entry = Arc::new(
+        Kernel::declare("no_entry", Signature::exact(&[(Access::ReadWrite, ElemType::F32)], 0)).with_gpu(
+            GpuImpl::single("@compute @workgroup_size(1) fn other() {}", 1, Arc::new(|_| [1, 1, 1])),
         ),
     );
     let x = rt.data(vec![1.0f32; 4]);
-    let mut g = rt.graph();
-    g.task(&broken).name("uses-broken").read_write(x).add();
-    let t = Instant::now();
-    let err = rt.run(&g).unwrap_err();
-    assert!(t.elapsed() < Duration::from_secs(60));
-    let msg = err.to_string();
-    assert!(
-        msg.contains("'uses-broken'") && msg.contains("broken") && msg.contains("gpu0"),
-        "{msg}"
-    );
-    assert!(msg.contains("does not compile"), "{msg}");
+    for (kernel, expect) in [
+        (&gpu_only, "expected"),
+        (&both, "expected"),
+        (&wrong_entry, "no entry point"),
+    ] {
+        let mut g = rt.graph();
+        g.task(&builtin::scale()).name("fine").read_write(x).param(2.0).add();
+        g.task(kernel).name("uses-broken").read_write(x).add();
+        let t = Instant::now();
+        let err = rt.run(&g).unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(60));
+        assert!(
+            matches!(err, RunError::Submit(_)),
+            "refused before anything runs: {err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("'uses-broken'") && msg.contains(kernel.name()) && msg.contains("gpu0"),
+            "{msg}"
+        );
+        assert!(msg.contains(expect), "the compiler's message: {msg}");
+        assert_eq!(rt.read(x).unwrap(), vec![1.0; 4], "nothing ran");
+    }
     // The device still works for good kernels.
     let mut g = rt.graph();
     g.task(&builtin::scale())
@@ -1381,4 +1406,61 @@ fn software_adapters_are_opened_only_when_asked_for() {
             "{e}"
         );
     }
+}
+
+/// A GPU implementation that refuses its operands at run time (its own check) fails on the
+/// GPU only: a kernel with a CPU implementation runs there instead, and the report says so
+/// in its warnings; a GPU-only kernel fails at once (another GPU would refuse the same way).
+#[test]
+fn a_gpu_failure_falls_back_to_a_cpu_with_a_warning_or_fails_at_once() {
+    let Some(rt) = gpu_runtime(1) else { return };
+    let refusing = || {
+        let mut code = (**builtin::scale().gpu_impl().unwrap()).clone();
+        code.check = Arc::new(|_| Err("refuses these operands".to_string()));
+        code
+    };
+    let both = Arc::new(
+        Kernel::cpu(
+            "picky_scale",
+            Signature::exact(&[(Access::ReadWrite, ElemType::F32)], 1),
+            |ctx| {
+                std::thread::sleep(Duration::from_millis(20));
+                let f = ctx.param(0)? as f32;
+                ctx.write::<f32>(0)?.iter_mut().for_each(|v| *v *= f);
+                Ok(())
+            },
+        )
+        .with_gpu(refusing()),
+    );
+    let tiles: Vec<Data<f32>> = (0..6).map(|_| rt.data(vec![1.0f32; 8])).collect();
+    let mut g = rt.graph();
+    for t in &tiles {
+        g.task(&both).read_write(*t).param(3.0).add();
+    }
+    let r = rt.run_with(&g, RunOptions::default()).unwrap();
+    assert_eq!(r.completed, 6);
+    for t in &tiles {
+        assert_eq!(rt.read(*t).unwrap(), vec![3.0; 8]);
+    }
+    let gpu_attempts = r.retried as usize;
+    assert!(gpu_attempts > 0, "the GPU worker took some of the tasks first");
+    assert_eq!(r.warnings.len(), gpu_attempts, "{:?}", r.warnings);
+    assert!(
+        r.warnings
+            .iter()
+            .all(|w| w.contains("failed on gpu0 and runs on cpu0 instead") && w.contains("refuses these operands")),
+        "{:?}",
+        r.warnings
+    );
+
+    let gpu_only = Arc::new(
+        Kernel::declare("picky_gpu", Signature::exact(&[(Access::ReadWrite, ElemType::F32)], 1)).with_gpu(refusing()),
+    );
+    let mut g = rt.graph();
+    g.task(&gpu_only).name("picky").read_write(tiles[0]).param(3.0).add();
+    let err = rt.run(&g).unwrap_err();
+    let report = err.report().unwrap();
+    assert_eq!(report.retried, 0, "{err}");
+    assert_eq!(report.failures[0].attempts.len(), 1, "{err}");
+    assert!(err.to_string().contains("refuses these operands"), "{err}");
 }

@@ -28,8 +28,13 @@ fn failing_kernel() -> Arc<Kernel> {
 
 #[test]
 fn a_panicking_kernel_fails_its_task_and_skips_only_its_dependents() {
-    for policy in PolicyKind::ALL {
-        let rt = rt(2, policy);
+    for (policy, retry_panics) in PolicyKind::ALL.into_iter().flat_map(|p| [(p, false), (p, true)]) {
+        let rt = Runtime::builder()
+            .machine(Machine::synthetic_cpus(2))
+            .policy(policy)
+            .retry_panics(retry_panics)
+            .build()
+            .unwrap();
         let x = rt.data(vec![0u64; 1]);
         let mut g = rt.graph();
         g.task(&failing_kernel()).name("boom").param(1.0).write(x).add();
@@ -45,15 +50,52 @@ fn a_panicking_kernel_fails_its_task_and_skips_only_its_dependents() {
             msg.contains("'boom'") && msg.contains("fragile") && msg.contains("deliberate panic"),
             "{msg}"
         );
-        // Tried four times (three retries), alternating between the two workers.
-        assert!(msg.contains("after 4 attempts"), "{msg}");
-        assert!(msg.contains("2 dependent task(s) were skipped"), "{msg}");
         let report = err.report().unwrap();
+        if retry_panics {
+            // Tried four times (three retries), alternating between the two workers.
+            assert!(msg.contains("after 4 attempts"), "{msg}");
+            assert_eq!(report.retried, 3);
+        } else {
+            // A panic is a bug that recurs: one attempt, and the message says how to retry.
+            assert!(msg.contains("panics are not retried"), "{msg}");
+            assert_eq!(report.retried, 0);
+            assert_eq!(report.failures[0].attempts.len(), 1);
+        }
+        assert!(msg.contains("2 dependent task(s) were skipped"), "{msg}");
         assert_eq!((report.completed, report.failed, report.skipped), (20, 1, 2));
         assert!(report.failures[0].worker.starts_with("cpu"));
         // The runtime is still usable, and the data is not left busy.
         assert_eq!(rt.read(x).unwrap(), vec![0]);
         assert_eq!(rt.run(&rt.graph()).unwrap().tasks, 0);
+    }
+}
+
+/// Errors a kernel marks transient are tried again; a kernel may ask for its panics to be.
+#[test]
+fn transient_errors_and_opted_in_panics_are_retried() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let flaky = Arc::new(Kernel::cpu("flaky", Signature::any(1, 1), move |ctx| {
+        let n = c.fetch_add(1, Ordering::Relaxed);
+        match (ctx.param(0)? as i64, n) {
+            (0, 0) => Err(KernelError::transient("busy, try later")),
+            (1, 0) => panic!("a passing panic"),
+            _ => Ok(()),
+        }
+    }));
+    let rt = rt(1, PolicyKind::Ws);
+    for mode in [0.0, 1.0] {
+        calls.store(0, Ordering::Relaxed);
+        let kernel = if mode == 1.0 {
+            Arc::new((*flaky).clone().retry_panics(true))
+        } else {
+            flaky.clone()
+        };
+        let mut g = rt.graph();
+        g.task(&kernel).param(mode).add();
+        let r = rt.run(&g).unwrap();
+        assert_eq!((r.completed, r.retried), (1, 1), "mode {mode}");
+        assert_eq!(calls.load(Ordering::Relaxed), 2);
     }
 }
 
@@ -68,7 +110,9 @@ fn a_kernel_error_is_reported_with_the_task_name() {
             assert_eq!(report.failures.len(), 1);
             assert_eq!(report.failures[0].task, "careful");
             assert_eq!(report.failures[0].message, "deliberate error");
-            assert_eq!(report.completed, 1);
+            // An error that will recur is not tried again.
+            assert_eq!(report.retried, 0);
+            assert_eq!(report.failures[0].attempts.len(), 1);
         }
         other => panic!("expected a task failure, got {other:?}"),
     }

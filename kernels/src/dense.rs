@@ -19,7 +19,9 @@ use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_s
 use faer::{Accum, MatMut, MatRef, Par};
 
 /// The element types the dense routines work on.
-pub trait Real: faer::traits::RealField + Copy + bytemuck::Pod + PartialOrd + std::fmt::Display {
+pub trait Real:
+    faer::traits::RealField + Copy + bytemuck::Pod + PartialOrd + std::fmt::Display + std::ops::MulAssign
+{
     /// `-1` in this type.
     const MINUS_ONE: Self;
     /// `0` in this type.
@@ -69,7 +71,7 @@ pub fn gemm<T: Real>(a: &[T], b: &[T], c: &mut [T], m: usize, n: usize, k: usize
     } else {
         if beta != T::ONE {
             for v in &mut c[..m * n] {
-                *v = *v * beta;
+                *v *= beta;
             }
         }
         Accum::Add

@@ -104,6 +104,7 @@ pub struct Kernel {
     signature: Signature,
     cpu: Option<CpuFn>,
     gpu: Option<Arc<GpuImpl>>,
+    retry_panics: bool,
 }
 
 impl Kernel {
@@ -117,7 +118,22 @@ impl Kernel {
             signature,
             cpu: Some(Arc::new(f)),
             gpu: None,
+            retry_panics: false,
         }
+    }
+
+    /// Whether a panic of this kernel is tried again (default: no, as Ray's
+    /// `retry_exceptions`: a panic is a bug that will most often recur; a kernel whose panics
+    /// come from something passing says so here, or the run does with
+    /// `RuntimeBuilder::retry_panics`).
+    pub fn retry_panics(mut self, on: bool) -> Self {
+        self.retry_panics = on;
+        self
+    }
+
+    /// Whether its panics are tried again.
+    pub fn retries_panics(&self) -> bool {
+        self.retry_panics
     }
 
     /// Adds (or replaces) the GPU implementation.
@@ -167,6 +183,7 @@ impl Kernel {
             signature,
             cpu: None,
             gpu: None,
+            retry_panics: false,
         }
     }
 
@@ -236,13 +253,29 @@ pub enum KernelError {
     AlreadyBorrowed { index: usize },
     #[error("operand {index} has no storage (a size-only datum)")]
     VirtualOperand { index: usize },
+    /// A failure that will happen again with the same inputs (the default for messages).
     #[error("{0}")]
     Message(String),
+    /// A failure another attempt may not meet (a resource that was busy, a flaky device, an
+    /// I/O hiccup): the runtime tries the task again, up to its retry limit.
+    #[error("{0}")]
+    Transient(String),
 }
 
 impl KernelError {
-    /// A free-form error.
+    /// A free-form error that will recur: the task fails at once, without retries.
     pub fn msg(m: impl Into<String>) -> Self {
         KernelError::Message(m.into())
+    }
+
+    /// A free-form error that another attempt may not meet: the task is tried again.
+    pub fn transient(m: impl Into<String>) -> Self {
+        KernelError::Transient(m.into())
+    }
+
+    /// Whether trying again may help. Operand mismatches and plain messages are
+    /// deterministic: retrying them only repeats the work and the error.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, KernelError::Transient(_))
     }
 }

@@ -311,6 +311,11 @@ struct MachineArgs {
     /// How many times a failed task is tried again (on another worker when one may run it).
     #[arg(long, default_value_t = hexec::runtime::DEFAULT_RETRIES)]
     retries: u32,
+    /// Try panicking kernels again too (by default a panic fails its task at once: it is most
+    /// often a bug that recurs; transient errors, lost devices and injected faults are
+    /// always retried).
+    #[arg(long)]
+    retry_panics: bool,
     /// Inject faults, e.g. `panic:kernel=gemm:p=0.05,device-loss:gpu1:after=2s,seed=7`
     /// (kinds: panic, gpu-error, device-loss, worker-loss, slow).
     #[arg(long)]
@@ -361,7 +366,7 @@ impl MachineArgs {
         if let Some(plan) = &self.inject {
             b = b.inject(plan.clone());
         }
-        b.retries(self.retries)
+        b.retries(self.retries).retry_panics(self.retry_panics)
     }
 }
 
@@ -972,6 +977,9 @@ fn run_and_report(
         );
         if let Some(line) = recovery_line(&report) {
             println!("  {line}");
+        }
+        for w in &report.warnings {
+            println!("  warning: {w}");
         }
         if let (Some(deadline), Some(met)) = (report.deadline_s, report.deadline_met) {
             let predicted = report.predicted_s.map_or_else(

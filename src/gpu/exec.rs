@@ -27,6 +27,8 @@ type PipelineKey = (Arc<str>, String, Vec<bool>);
 pub(crate) struct Pipelines {
     modules: Mutex<HashMap<Arc<str>, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, (wgpu::ComputePipeline, wgpu::BindGroupLayout)>>,
+    /// Sources that passed [`GpuDevice::check_code`].
+    checked: Mutex<std::collections::HashSet<Arc<str>>>,
 }
 
 impl Pipelines {
@@ -50,6 +52,66 @@ pub(crate) fn scoped<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<
 }
 
 impl GpuDevice {
+    /// `source` compiled for this device, once (kept for later tasks and runs).
+    fn module(&self, kernel: &str, source: &Arc<str>) -> Result<wgpu::ShaderModule, String> {
+        let mut modules = self.pipelines.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = modules.get(source) {
+            return Ok(m.clone());
+        }
+        let m = scoped(&self.device, || {
+            self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(kernel),
+                source: wgpu::ShaderSource::Wgsl(source.to_string().into()),
+            })
+        })
+        .map_err(|e| format!("does not compile on {}: {e}", self.desc.name))?;
+        modules.insert(source.clone(), m.clone());
+        Ok(m)
+    }
+
+    /// Checks that kernel `kernel`'s GPU code compiles for this device and has the entry
+    /// point of each of its passes: the submit-time check, so that code that cannot run is
+    /// refused with the compiler's message before anything runs, instead of failing every
+    /// task that tries it. Cached: a source is compiled once per device.
+    pub(crate) fn check_code(&self, kernel: &str, g: &GpuImpl) -> Result<(), String> {
+        let g = g.for_device(self.desc.features.iter().any(|f| f == "subgroups"));
+        if self
+            .pipelines
+            .checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&g.source)
+        {
+            return Ok(());
+        }
+        // The parser's own message says where and what; wgpu's validation error only says
+        // that parsing failed.
+        let parsed = wgpu::naga::front::wgsl::parse_str(&g.source).map_err(|e| {
+            format!(
+                "does not compile on {}: {}",
+                self.desc.name,
+                e.emit_to_string(&g.source)
+            )
+        })?;
+        for pass in &g.passes {
+            if !parsed.entry_points.iter().any(|e| e.name == pass.entry) {
+                let known: Vec<&str> = parsed.entry_points.iter().map(|e| e.name.as_str()).collect();
+                return Err(format!(
+                    "has no entry point '{}' (the shader has: {})",
+                    pass.entry,
+                    known.join(", ")
+                ));
+            }
+        }
+        self.module(kernel, &g.source)?;
+        self.pipelines
+            .checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(g.source.clone());
+        Ok(())
+    }
+
     pub(crate) fn pipeline(
         &self,
         kernel: &str,
@@ -76,28 +138,9 @@ impl GpuDevice {
         {
             return Ok(p.clone());
         }
-        let module = {
-            let mut modules = self.pipelines.modules.lock().unwrap_or_else(|e| e.into_inner());
-            match modules.get(&g.source) {
-                Some(m) => m.clone(),
-                None => {
-                    let m = scoped(&self.device, || {
-                        self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                            label: Some(kernel),
-                            source: wgpu::ShaderSource::Wgsl(g.source.to_string().into()),
-                        })
-                    })
-                    .map_err(|e| {
-                        format!(
-                            "shader of kernel '{kernel}' does not compile on {}: {e}",
-                            self.desc.name
-                        )
-                    })?;
-                    modules.insert(g.source.clone(), m.clone());
-                    m
-                }
-            }
-        };
+        let module = self
+            .module(kernel, &g.source)
+            .map_err(|e| format!("shader of kernel '{kernel}' {e}"))?;
         let entries: Vec<wgpu::BindGroupLayoutEntry> = pass
             .bindings
             .iter()

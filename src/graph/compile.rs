@@ -46,6 +46,13 @@ pub enum SubmitError {
         kernel: String,
         reason: String,
     },
+    #[error("task '{task}': the GPU code of kernel '{kernel}' cannot run on {worker}: it {message}")]
+    GpuCode {
+        task: String,
+        kernel: String,
+        worker: String,
+        message: String,
+    },
     #[error("task '{task}' can run on no worker of this machine: {reason}")]
     Unsatisfiable { task: String, reason: String },
     #[error("datum {datum} is in use by another run")]

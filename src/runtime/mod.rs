@@ -207,6 +207,7 @@ pub struct RuntimeBuilder {
     no_backpressure: bool,
     spill_parent: Option<std::path::PathBuf>,
     retries: Option<u32>,
+    retry_panics: bool,
     faults: faults::FaultPlan,
     replicate_gpu_results: bool,
 }
@@ -312,6 +313,15 @@ impl RuntimeBuilder {
     /// from the same inputs.
     pub fn retries(mut self, n: u32) -> Self {
         self.retries = Some(n);
+        self
+    }
+
+    /// Tries panicking kernels again too (default: no; a panic is most often a bug that
+    /// recurs, so it fails its task at once unless its kernel says otherwise with
+    /// `Kernel::retry_panics`). Errors a kernel marks transient (`KernelError::transient`),
+    /// lost devices, memory shortages and injected faults are always retried.
+    pub fn retry_panics(mut self, on: bool) -> Self {
+        self.retry_panics = on;
         self
     }
 
@@ -449,6 +459,7 @@ impl RuntimeBuilder {
             calibrate: self.calibrate,
             backpressure: !self.no_backpressure,
             retries: self.retries.unwrap_or(DEFAULT_RETRIES),
+            retry_panics: self.retry_panics,
             faults: self.faults,
             links: Mutex::new((0.0, 0.0)),
             registry: KernelRegistry::with_builtins(),
@@ -484,6 +495,7 @@ pub struct Runtime {
     backpressure: bool,
     /// Retries of a failed task.
     retries: u32,
+    retry_panics: bool,
     /// Per GPU: lost, and its copies already forgotten by every datum.
     forgotten_gpus: Vec<AtomicBool>,
     /// Faults injected into runs.
@@ -698,6 +710,7 @@ impl Runtime {
         let priorities = (planning && graph.tasks.iter().all(|t| t.priority == 0))
             .then(|| rank_priorities(&Successors::of(graph), &task_costs));
         let compiled = compile_with_priorities(graph, &self.machine, &infos, priorities.as_deref())?;
+        self.check_gpu_code(graph, &compiled)?;
         let bound: Vec<BoundDatum> = cells
             .iter()
             .zip(&infos)
@@ -942,6 +955,51 @@ impl Runtime {
         links.1 += secs;
     }
 
+    /// Compiles, on each GPU a task may run on, the GPU code of its kernel (once per kernel
+    /// and device: the devices cache what compiled), so that a shader that does not compile is
+    /// refused here with the compiler's message, naming the first task that uses it, rather
+    /// than failing on the GPU and quietly running on a CPU instead.
+    fn check_gpu_code(
+        &self,
+        graph: &Graph,
+        compiled: &crate::graph::compile::CompiledGraph,
+    ) -> Result<(), SubmitError> {
+        if self.gpus.is_empty() {
+            return Ok(());
+        }
+        let gpu_of: Vec<Option<usize>> = self
+            .machine
+            .workers
+            .iter()
+            .map(|w| self.machine.gpu_index(w.id))
+            .collect();
+        let mut checked = vec![false; graph.kernels.len() * self.gpus.len()];
+        for (t, rec) in graph.tasks.iter().enumerate() {
+            let k = rec.kernel as usize;
+            let Some(code) = graph.kernels[k].gpu_impl() else {
+                continue;
+            };
+            let plan = &compiled.plan;
+            for &w in &plan.set(plan.task_set(t as u32)).workers {
+                let Some(g) = gpu_of[w.index()] else { continue };
+                let seen = &mut checked[k * self.gpus.len() + g];
+                if *seen {
+                    continue;
+                }
+                *seen = true;
+                self.gpus[g]
+                    .check_code(graph.kernels[k].name(), code)
+                    .map_err(|message| SubmitError::GpuCode {
+                        task: graph.task_name(t),
+                        kernel: graph.kernels[k].name().to_string(),
+                        worker: self.machine.workers[w.index()].name.clone(),
+                        message,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
     /// A copy of the performance model (what runs have measured, plus what the builder gave).
     pub fn perf_model(&self) -> PerfModel {
         self.model.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -982,13 +1040,11 @@ impl Runtime {
         let plan = &compiled.plan;
         let (shared, deques) = SharedQueues::new(plan);
         let names: Vec<String> = self.machine.workers.iter().map(|w| w.name.clone()).collect();
-        let first_gpu = self
+        let gpu_of_worker: Vec<Option<usize>> = self
             .machine
             .workers
             .iter()
-            .position(|w| w.kind == crate::DeviceKind::Gpu);
-        let gpu_of_worker: Vec<Option<usize>> = (0..names.len())
-            .map(|i| first_gpu.and_then(|f| i.checked_sub(f)))
+            .map(|w| self.machine.gpu_index(w.id))
             .collect();
         self.budgets.reset_peaks();
         let run_start = Instant::now();
@@ -1014,6 +1070,7 @@ impl Runtime {
             remaining: CachePadded::new(AtomicUsize::new(n)),
             done: AtomicBool::new(n == 0),
             failures: Mutex::new(Vec::new()),
+            warnings: Mutex::new(Vec::new()),
             start: run_start,
             prefetched: AtomicU64::new(0),
             record_trace: opts.record_trace,
@@ -1034,6 +1091,7 @@ impl Runtime {
             }),
             counted_pins: self.budgets.spillable() || graph.data.iter().any(GraphDatum::is_temp),
             retries: self.retries,
+            retry_panics: self.retry_panics,
             attempts: (0..n).map(|_| AtomicU32::new(0)).collect(),
             attempt_log: Mutex::new(Vec::new()),
             retried: AtomicU64::new(0),
@@ -1186,6 +1244,15 @@ impl Runtime {
             self.learn(graph, data_bytes, &stats, &run.transfers);
         }
         let failures = run.failures.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut warnings = run.warnings.into_inner().unwrap_or_else(|e| e.into_inner());
+        for (g, dev) in self.gpus.iter().enumerate() {
+            if let Some(reason) = dev.lost() {
+                warnings.push(format!(
+                    "gpu{g} ({}) is lost ({reason}): its tasks that may run elsewhere ran on the other workers",
+                    dev.desc.name
+                ));
+            }
+        }
         let sum = |f: fn(&WorkerStats) -> u64| stats.iter().map(f).sum::<u64>();
         let workers = stats
             .iter()
@@ -1240,6 +1307,7 @@ impl Runtime {
             transfers: run.transfers.links(),
             workers,
             failures,
+            warnings,
             trace,
         };
         if let Some(waiting) = run.stalled.into_inner().unwrap_or_else(|e| e.into_inner()) {

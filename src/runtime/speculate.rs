@@ -492,7 +492,7 @@ pub(crate) fn run_copy(run: &RunState<'_>, spec: &Speculation, task: u32, me: Wo
             Ok(true) => Ok(()),
             // Told to stop, it may have returned half-done: never install that.
             Ok(false) => Err("cancelled".to_string()),
-            Err(e) => Err(e),
+            Err(e) => Err(e.message),
         }
     });
     match outcome {

@@ -60,6 +60,8 @@ pub(crate) struct RunState<'a> {
     pub remaining: CachePadded<AtomicUsize>,
     pub done: AtomicBool,
     pub failures: Mutex<Vec<TaskFailure>>,
+    /// The report's warnings (GPU-to-CPU fallbacks).
+    pub warnings: Mutex<Vec<String>>,
     pub start: Instant,
     pub record_trace: bool,
     /// Tasks whose inputs were copied to their GPU when they were placed.
@@ -79,6 +81,8 @@ pub(crate) struct RunState<'a> {
     pub roots: Option<crate::sched::RootGate>,
     /// Retries of a failed task.
     pub retries: u32,
+    /// Whether panics are tried again (else only a kernel's own `retry_panics` does).
+    pub retry_panics: bool,
     /// Per task: its failed attempts so far.
     pub attempts: Vec<AtomicU32>,
     /// Every failed attempt: (task, worker, error).
@@ -724,7 +728,21 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
                     true
                 }
                 Err(message) => {
-                    self.fail_attempt(task, message.into());
+                    // A lost device or a full memory may not recur elsewhere; anything else
+                    // (the shader, a check of its operands) is the GPU code's own and would
+                    // fail on every GPU: only a CPU implementation may still run the task.
+                    let circumstantial =
+                        item.is_none() || run.gpus[g].lost().is_some() || message.contains("out of GPU memory");
+                    let failure = if circumstantial {
+                        AttemptFailure::from(message)
+                    } else {
+                        AttemptFailure {
+                            message,
+                            retriable: graph.kernels[graph.tasks[task as usize].kernel as usize].has_cpu(),
+                            cpu_only: true,
+                        }
+                    };
+                    self.fail_attempt(task, failure);
                     continue;
                 }
             };
@@ -753,15 +771,21 @@ enum Work {
 /// Why an attempt failed, and whether another attempt could do better.
 struct AttemptFailure {
     message: String,
-    /// False when a retry cannot help: inputs left half-overwritten, no live worker left.
+    /// False when a retry cannot help: a deterministic error, inputs left half-overwritten,
+    /// no live worker left.
     retriable: bool,
+    /// Only a CPU may try again: the GPU implementation itself failed (its code, a check of
+    /// its operands), which another GPU would repeat.
+    cpu_only: bool,
 }
 
 impl From<String> for AttemptFailure {
+    /// A failure of the circumstances (a fault, a lost device, no memory): retriable.
     fn from(message: String) -> Self {
         AttemptFailure {
             message,
             retriable: true,
+            cpu_only: false,
         }
     }
 }
@@ -772,7 +796,11 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
     /// its dependents skipped) and, unless the run keeps going, the run stops starting tasks.
     fn fail_attempt(&mut self, task: u32, failure: AttemptFailure) {
         let (run, me) = (self.run, self.me);
-        let AttemptFailure { message, retriable } = failure;
+        let AttemptFailure {
+            message,
+            retriable,
+            cpu_only,
+        } = failure;
         let graph = run.graph;
         let failed = run.attempts[task as usize].fetch_add(1, Ordering::AcqRel) + 1;
         let worker = run.worker_names[me.index()].clone();
@@ -800,8 +828,17 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
             }
         }
         if retriable && failed <= run.retries && !run.cancelled.load(Ordering::Acquire) {
-            if let Some(next) = retry_worker(run, task, me) {
+            if let Some(next) = retry_worker(run, task, me, cpu_only) {
                 run.retried.fetch_add(1, Ordering::Relaxed);
+                if run.gpu_of_worker[me.index()].is_some() && run.gpu_of_worker[next.index()].is_none() {
+                    // A GPU task run on a CPU is slower than asked for: say so in the report.
+                    run.warnings.lock().unwrap_or_else(|e| e.into_inner()).push(format!(
+                        "task '{}' (kernel {}) failed on {worker} and runs on {} instead: {message}",
+                        graph.task_name(task as usize),
+                        graph.task_kernel(task as usize),
+                        run.worker_names[next.index()]
+                    ));
+                }
                 tracing::info!(task = %TaskLabel(graph, task), %worker, %message, attempt = failed, "task attempt failed; retrying");
                 run.phases.set(task, READY);
                 self.q.push_retry(next, run.compiled.plan.band(task), task);
@@ -841,12 +878,14 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
 /// is still alive (another worker when it has several; the sets list CPUs before GPUs, so a
 /// GPU's failure goes to a CPU when one may run it). `None` when every worker that may run
 /// it is a lost GPU.
-fn retry_worker(run: &RunState<'_>, task: u32, me: WorkerId) -> Option<WorkerId> {
+fn retry_worker(run: &RunState<'_>, task: u32, me: WorkerId, cpu_only: bool) -> Option<WorkerId> {
     let plan = &run.compiled.plan;
     let workers = &plan.set(plan.task_set(task)).workers;
     let start = workers.iter().position(|&w| w == me).map_or(0, |i| i + 1);
     let alive = |w: WorkerId| {
-        !run.dead[w.index()].load(Ordering::Acquire)
+        let refused = cpu_only && run.gpu_of_worker[w.index()].is_some();
+        !refused
+            && !run.dead[w.index()].load(Ordering::Acquire)
             && run.gpu_of_worker[w.index()].is_none_or(|g| run.gpus[g].lost().is_none())
     };
     (0..workers.len())
@@ -1008,7 +1047,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
             self.complete(task, false);
             return;
         }
-        match retry_worker(run, task, me) {
+        match retry_worker(run, task, me, false) {
             Some(next) => {
                 run.phases.set(task, READY);
                 self.q.push_retry(next, run.compiled.plan.band(task), task);
@@ -1022,6 +1061,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
                 let failure = AttemptFailure {
                     message,
                     retriable: false,
+                    cpu_only: false,
                 };
                 self.fail_attempt(task, failure);
             }
@@ -1182,7 +1222,11 @@ fn execute_cpu<'a>(
         inject_slowdown(run, f, task, w, &stop);
     }
     let outcome = match kernel.cpu_impl() {
-        None => Err(format!("kernel '{}' has no CPU implementation", kernel.name())),
+        None => Err(AttemptFailure {
+            message: format!("kernel '{}' has no CPU implementation", kernel.name()),
+            retriable: false,
+            cpu_only: false,
+        }),
         Some(f) => match call_cpu_kernel(
             f,
             operands,
@@ -1192,21 +1236,42 @@ fn execute_cpu<'a>(
         ) {
             // Told the run stopped, it may have returned half-done: undo it below. (Told a
             // copy won, its result is ignored anyway.)
-            Ok(false) if run.cancelled.load(Ordering::Relaxed) => Err("stopped: the run was cancelled".to_string()),
+            Ok(false) if run.cancelled.load(Ordering::Relaxed) => Err(AttemptFailure::from(
+                "stopped: the run was cancelled".to_string(),
+            )),
             Ok(_) => Ok(()),
-            Err(e) => Err(e),
+            Err(KernelFailure { message, class }) => Err(match class {
+                FailureClass::Transient => AttemptFailure::from(message),
+                FailureClass::Deterministic => AttemptFailure {
+                    message,
+                    retriable: false,
+                    cpu_only: false,
+                },
+                FailureClass::Panic if kernel.retries_panics() || run.retry_panics => AttemptFailure::from(message),
+                FailureClass::Panic => AttemptFailure {
+                    message: format!(
+                        "{message} (panics are not retried: Kernel::retry_panics, RuntimeBuilder::retry_panics or --retry-panics ask for it)"
+                    ),
+                    retriable: false,
+                    cpu_only: false,
+                },
+            }),
         },
     };
     if let (Err(_), Some(saved)) = (&outcome, &saved) {
         restore_operands(saved, operands);
     }
     // Without saved inputs they may be half-overwritten: another attempt would compute garbage.
-    let outcome = outcome.map_err(|m| match restorable {
-        true => AttemptFailure::from(m),
-        false => AttemptFailure {
-            message: format!("{m} (not retried: no host room to save its read-write operands first)"),
+    let outcome = outcome.map_err(|f| match (restorable, f.retriable) {
+        (false, true) => AttemptFailure {
+            message: format!(
+                "{} (not retried: no host room to save its read-write operands first)",
+                f.message
+            ),
             retriable: false,
+            cpu_only: false,
         },
+        _ => f,
     });
     if let Some((bytes, node)) = charged {
         run.budgets.release_host(bytes, node);
@@ -1271,16 +1336,43 @@ pub(crate) fn call_cpu_kernel(
     params: &[f64],
     cores: u32,
     cancelled: Option<&(dyn Fn() -> bool + Sync)>,
-) -> Result<bool, String> {
+) -> Result<bool, KernelFailure> {
     let mut ctx = CpuContext::new(operands, params, cores);
     if let Some(c) = cancelled {
         ctx = ctx.with_cancellation(c);
     }
     match catch_unwind(AssertUnwindSafe(|| f(&ctx))) {
         Ok(Ok(())) => Ok(!ctx.saw_cancellation()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(panic) => Err(format!("panicked: {}", panic_message(&panic))),
+        Ok(Err(e)) => Err(KernelFailure {
+            class: if e.is_transient() {
+                FailureClass::Transient
+            } else {
+                FailureClass::Deterministic
+            },
+            message: e.to_string(),
+        }),
+        Err(panic) => Err(KernelFailure {
+            message: format!("panicked: {}", panic_message(&panic)),
+            class: FailureClass::Panic,
+        }),
     }
+}
+
+/// Why a kernel call failed.
+pub(crate) struct KernelFailure {
+    pub message: String,
+    pub class: FailureClass,
+}
+
+/// Whether another attempt of a failed kernel may succeed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureClass {
+    /// The kernel said so (`KernelError::Transient`): try again.
+    Transient,
+    /// Same inputs, same error (operand mismatches, plain messages): fail at once.
+    Deterministic,
+    /// A panic: tried again only when the kernel or the run asks for it.
+    Panic,
 }
 
 /// Puts a failed attempt's read-write operands back as they were before it ran.

@@ -819,6 +819,7 @@ impl<'a> State<'a> {
             }
         }
         let run = RunReport {
+            warnings: Vec::new(),
             policy: policy.name().to_string(),
             tasks: self.graph.len(),
             completed: self.graph.len(),

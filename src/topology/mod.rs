@@ -312,6 +312,13 @@ impl Machine {
     pub fn count(&self, kind: DeviceKind) -> usize {
         self.workers.iter().filter(|w| w.kind == kind).count()
     }
+
+    /// The index in [`Machine::gpus`] of worker `w`, when it is a GPU worker (GPU workers
+    /// follow the CPU workers, in the order of `gpus`).
+    pub fn gpu_index(&self, w: WorkerId) -> Option<usize> {
+        let first = self.workers.iter().position(|x| x.kind == DeviceKind::Gpu)?;
+        w.index().checked_sub(first)
+    }
 }
 
 /// A core as discovery sees it, before it becomes a worker.

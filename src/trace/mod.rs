@@ -228,6 +228,9 @@ pub struct RunReport {
     pub spilled_bytes: u64,
     pub workers: Vec<WorkerReport>,
     pub failures: Vec<TaskFailure>,
+    /// What went otherwise than asked, without failing the run: a task that failed on a GPU
+    /// and ran on a CPU instead (with the GPU's error), and the like.
+    pub warnings: Vec<String>,
     #[serde(skip)]
     pub trace: Option<TraceLog>,
 }
