@@ -667,3 +667,50 @@ fn run_prints_a_warning_for_each_gpu_to_cpu_fallback() {
     );
     assert!(text.contains("failed on gpu0 and runs on cpu0 instead"), "{text}");
 }
+
+/// `sim --trace` says where the trace went; a demo whose run failed says so instead of
+/// calling its (unfinished) result wrong.
+#[test]
+fn sim_says_where_its_trace_went_and_a_failed_demo_says_it_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("g.json");
+    std::fs::write(
+        &graph,
+        r#"{"format": "hexec-graph", "version": 1, "tasks": [{"name": "a", "kernel": "spin", "params": [0.001]}]}"#,
+    )
+    .unwrap();
+    let trace = dir.path().join("sim-trace.json");
+    let out = hexec()
+        .args(["sim", "--machine", "cpus:2", "--trace"])
+        .arg(&trace)
+        .arg(&graph)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(trace.exists());
+    assert!(
+        text.contains("trace written to") && text.contains("sim-trace.json"),
+        "{text}"
+    );
+
+    let out = hexec()
+        .args([
+            "demo",
+            "--cpus",
+            "1",
+            "--gpus",
+            "none",
+            "--tiles",
+            "4",
+            "--tile-len",
+            "64",
+        ])
+        .args(["--retries", "0", "--inject", "panic:kernel=axpy:p=1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(!text.contains("WRONG"), "{text}");
+    assert!(text.contains("result not checked: the run failed"), "{text}");
+}

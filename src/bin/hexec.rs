@@ -525,6 +525,9 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                     took.as_secs_f64()
                 );
             }
+            if let Some(path) = &io.trace {
+                trace_written(path, io.json);
+            }
             Ok(())
         }
         Command::Gen {
@@ -897,6 +900,17 @@ fn print_machine(rt: &Runtime) {
     }
 }
 
+/// Says where a trace went: on standard output after a text summary, on standard error when
+/// standard output is JSON (so that it stays one JSON object).
+fn trace_written(path: &std::path::Path, json: bool) {
+    let line = format!("trace written to {} (open it in ui.perfetto.dev)", path.display());
+    if json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+}
+
 /// What failure handling did in a run, when it did anything: retries, recomputations,
 /// speculative copies, tasks not run.
 fn recovery_line(r: &hexec::RunReport) -> Option<String> {
@@ -951,7 +965,9 @@ fn run_and_report(
         let f = std::fs::File::create(path).map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
         write_chrome_trace(f, g, &report).map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
     }
+    // A failed run's data are not a result: checking them would call a correct program wrong.
     let check = demo
+        .filter(|_| failure.is_none())
         .map(|d| d.check(rt).map(|(got, ok)| (got, d.expected, ok)))
         .transpose()?;
     if json {
@@ -1008,10 +1024,12 @@ fn run_and_report(
                 "result {got} (expected {expected}): {}",
                 if ok { "OK" } else { "WRONG" }
             );
+        } else if demo.is_some() {
+            println!("result not checked: the run failed");
         }
-        if let Some(path) = &trace {
-            println!("trace written to {} (open in ui.perfetto.dev)", path.display());
-        }
+    }
+    if let Some(path) = &trace {
+        trace_written(path, json);
     }
     if let Some(msg) = failure {
         return Err(Failure { code: 1, message: msg });
