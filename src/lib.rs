@@ -15,7 +15,8 @@
 //! - [`runtime`]: the real driver (threads, lock-free queues, data store);
 //! - [`sim`]: the simulated driver (discrete events over modelled machines);
 //! - [`trace`]: run summaries and Chrome/Perfetto traces;
-//! - [`mod@bench`]: the overhead benchmark shared by the CLI and criterion.
+//! - [`mod@bench`]: the benchmarks behind `hexec bench` (overhead, shared with criterion;
+//!   kernels, GPU, memory, schedule quality, soak).
 
 pub mod bench;
 pub mod demo;

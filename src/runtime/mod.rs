@@ -508,7 +508,9 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// A builder with defaults: all cores, pinned, policy `ws`.
+    /// A builder with defaults: every core (threads pinned), every hardware GPU (software ones
+    /// such as lavapipe only on request, see [`RuntimeBuilder::software_gpus`]), policy
+    /// `locality`, three retries of failures that may pass.
     pub fn builder() -> RuntimeBuilder {
         RuntimeBuilder::default()
     }
