@@ -166,7 +166,7 @@ builtin!(
             let Some(out) = s.first_mut() else {
                 return Err(KernelError::msg("the output of sum needs at least one element"));
             };
-            *out = x.iter().map(|&v| f64::from(v)).sum::<f64>() as f32;
+            *out = sum_f64(x) as f32;
             Ok(())
         }
     )
@@ -221,7 +221,39 @@ builtin!(
     Kernel::map2("multiply", "x * y", |x, y| x * y)
 );
 
-fn fold_kernel(name: &'static str, init: f32, f: fn(f32, f32) -> f32) -> Kernel {
+/// The sum of `x` in `f64`, over eight independent partial sums: a single running sum is one
+/// long dependency chain that no compiler vectorises; eight lanes vectorise with the
+/// baseline instruction set of any x86-64 or aarch64 machine (no `target-cpu` needed).
+fn sum_f64(x: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f64::from(v);
+        }
+    }
+    acc.iter().sum::<f64>() + tail.iter().map(|&v| f64::from(v)).sum::<f64>()
+}
+
+/// `f` over `x` in sixteen lanes (see [`sum_f64`]); `f` is generic, not a function pointer,
+/// so that it is inlined into the loop.
+fn fold_lanes<F: Fn(f32, f32) -> f32>(x: &[f32], init: f32, f: F) -> f32 {
+    let mut acc = [init; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = f(*a, v);
+        }
+    }
+    tail.iter().fold(acc.iter().copied().fold(init, &f), |a, &v| f(a, v))
+}
+
+fn fold_kernel<F>(name: &'static str, init: f32, f: F) -> Kernel
+where
+    F: Fn(f32, f32) -> f32 + Copy + Send + Sync + 'static,
+{
     Kernel::cpu(
         name,
         Signature::exact(&[(Access::Read, ElemType::F32), (Access::Write, ElemType::F32)], 0),
@@ -233,7 +265,7 @@ fn fold_kernel(name: &'static str, init: f32, f: fn(f32, f32) -> f32) -> Kernel 
                     "the output of {name} needs at least one element"
                 )));
             };
-            *out = x.iter().copied().fold(init, f);
+            *out = fold_lanes(x, init, f);
             Ok(())
         },
     )
