@@ -714,3 +714,137 @@ fn sim_says_where_its_trace_went_and_a_failed_demo_says_it_failed() {
     assert!(!text.contains("WRONG"), "{text}");
     assert!(text.contains("result not checked: the run failed"), "{text}");
 }
+
+/// `n` one-megabyte data, each updated by a task sleeping `secs`: under `--mem host=16MiB`
+/// most of them live in spill files.
+fn spilling_naps(n: usize, secs: f64) -> String {
+    let data: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"name": "d{i}", "type": "f32", "len": 262144, "init": {{"fill": 1.0}}}}"#))
+        .collect();
+    let tasks: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"name": "nap{i}", "kernel": "sleep", "params": [{secs}], "access": [["d{i}", "rw"]]}}"#))
+        .collect();
+    format!(
+        r#"{{"format": "hexec-graph", "version": 1, "data": [{}], "tasks": [{}]}}"#,
+        data.join(","),
+        tasks.join(",")
+    )
+}
+
+/// The spill directories (`hexec-spill-*`) in `dir`.
+fn spill_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("hexec-spill-"))
+        .collect()
+}
+
+/// A memory limit that cannot be kept (no spill directory can be made) is an error before
+/// the run, naming the path, not a run over the limit with a warning.
+#[test]
+fn a_host_limit_with_no_spill_directory_exits_2_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("g.json");
+    std::fs::write(&graph, spilling_naps(24, 0.0)).unwrap();
+    let not_a_dir = dir.path().join("tmpfile");
+    std::fs::write(&not_a_dir, b"x").unwrap();
+    let out = hexec()
+        .args(["run", "--gpus", "none", "--cpus", "1", "--mem", "host=16MiB"])
+        .arg(&graph)
+        .env("TMPDIR", &not_a_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&not_a_dir.display().to_string()) && err.contains("spill"),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing ran: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// SIGTERM during a spilling run: no new task starts, the running ones end, the partial
+/// summary is printed, the spill directory is removed, and hexec exits 143.
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_a_spilling_run_prints_the_summary_and_removes_the_spill_directory() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("g.json");
+    std::fs::write(&graph, spilling_naps(40, 0.2)).unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut child = hexec()
+        .args(["run", "--gpus", "none", "--cpus", "2", "--mem", "host=16MiB"])
+        .arg(&graph)
+        .env("TMPDIR", &tmp)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Started: its spill directory holds files (40 MiB of data over a 16 MiB limit).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let spilled = spill_dirs(&tmp)
+            .iter()
+            .any(|d| std::fs::read_dir(d).is_ok_and(|mut f| f.next().is_some()));
+        if spilled {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run never spilled");
+        assert!(child.try_wait().unwrap().is_none(), "hexec ended before spilling");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill sends SIGTERM to our own child, whose pid is valid until we wait for it.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let sent = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(143), "{stdout}\n{stderr}");
+    // Running naps end within 0.2 s; well under the 5 s grace.
+    assert!(sent.elapsed() < Duration::from_secs(4), "{:?}", sent.elapsed());
+    assert!(
+        stdout.contains("40 tasks:") && stdout.contains("not run (stopped)"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    assert!(spill_dirs(&tmp).is_empty(), "left behind: {:?}", spill_dirs(&tmp));
+}
+
+/// At start, spill directories of hexec processes that no longer exist (killed with SIGKILL)
+/// are removed; one of a live process is kept.
+#[cfg(unix)]
+#[test]
+fn spill_directories_of_dead_processes_are_removed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("g.json");
+    std::fs::write(&graph, GRAPH).unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let stale = tmp.join(format!("hexec-spill-{dead}-x"));
+    std::fs::create_dir(&stale).unwrap();
+    std::fs::write(stale.join("0.bin"), [0u8; 64]).unwrap();
+    let live = tmp.join(format!("hexec-spill-{}-y", std::process::id()));
+    std::fs::create_dir(&live).unwrap();
+    let out = hexec()
+        .args(["run", "--gpus", "none", "--cpus", "1"])
+        .arg(&graph)
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stale.exists(), "the dead process's directory was kept");
+    assert!(live.exists(), "a live process's directory was removed");
+}

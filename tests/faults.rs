@@ -300,6 +300,8 @@ fn a_deadline_is_predicted_from_the_models_and_reported() {
 #[test]
 fn without_room_to_save_its_operands_a_failure_is_final() {
     let parent = std::env::temp_dir().join(format!("hexec-faults-{}", std::process::id()));
+    // The spill directory's parent must exist (it is never created).
+    std::fs::create_dir_all(&parent).unwrap();
     let len = 1024;
     let rt = Runtime::builder()
         .machine(Machine::synthetic_cpus(1))

@@ -508,3 +508,93 @@ fn tiled_cholesky_under_host_limits_gives_the_same_factor() {
         }
     }
 }
+
+/// What another user of a shared temporary directory could plant for the old predictable
+/// names (`hexec-spill-PID-N`, files `0.bin`...): world-writable directories whose files are
+/// links to a victim file. A spilling runtime must neither use such a directory nor write
+/// through the links: its own directory has a random name, mode 0700, files mode 0600.
+#[cfg(unix)]
+#[test]
+fn a_planted_spill_directory_with_linked_files_is_never_written_through() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = spill_parent("planted");
+    let victim = parent.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let pid = std::process::id();
+    let planted: Vec<std::path::PathBuf> = (0..64)
+        .map(|n| {
+            let d = parent.join(format!("hexec-spill-{pid}-{n}"));
+            std::fs::create_dir(&d).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+            for f in 0..8 {
+                std::os::unix::fs::symlink(&victim, d.join(format!("{f}.bin"))).unwrap();
+            }
+            d
+        })
+        .collect();
+    let rt = rt(1, PolicyKind::Ws, Some(4 * 4096), &parent);
+    let data: Vec<Data<f32>> = (0..12).map(|i| rt.data(values(1024, i))).collect();
+    let mut g = rt.graph();
+    for d in &data {
+        g.task(&builtin::scale()).read_write(*d).param(2.0).add();
+    }
+    let result = rt.run(&g);
+    let dir = rt.spill_directory().unwrap().to_path_buf();
+    assert!(!planted.contains(&dir), "used a planted directory {}", dir.display());
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"precious",
+        "the victim file was written"
+    );
+    let report = result.unwrap();
+    assert!(report.spilled_bytes > 0, "the run must spill: {:?}", report.memory);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(!files.is_empty(), "spilled data are in files until read back");
+    for f in &files {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    for (i, d) in data.iter().enumerate() {
+        let want: Vec<f32> = values(1024, i as u32).iter().map(|v| v * 2.0).collect();
+        assert_eq!(rt.read(*d).unwrap(), want, "datum {i}");
+    }
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"precious",
+        "the victim file was written"
+    );
+    drop(rt);
+    assert!(!dir.exists());
+}
+
+/// A host limit is kept by spilling; without a place to spill (a spill parent that is a file,
+/// or missing) the runtime is refused, naming the path, and nothing is created.
+#[test]
+fn a_host_limit_without_a_spill_directory_is_refused_at_build() {
+    let parent = spill_parent("nodir");
+    let file = parent.join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let missing = parent.join("missing/deeper");
+    for bad in [&file, &missing] {
+        let e = Runtime::builder()
+            .machine(Machine::synthetic_cpus(1))
+            .memory_limits(MemoryLimits {
+                host: Some(1 << 20),
+                ..MemoryLimits::default()
+            })
+            .spill_dir(bad)
+            .build()
+            .err()
+            .expect("a host limit with no spill directory must be refused");
+        let e = e.to_string();
+        assert!(e.contains(&bad.display().to_string()) && e.contains("spill"), "{e}");
+    }
+    assert!(!parent.join("missing").exists(), "a missing parent is not created");
+    // Without a host limit no spill directory is needed, so the same parent is fine.
+    Runtime::builder()
+        .machine(Machine::synthetic_cpus(1))
+        .spill_dir(&file)
+        .build()
+        .unwrap();
+}

@@ -398,3 +398,58 @@ fn a_multi_core_task_runs_alone() {
         );
     }
 }
+
+/// A run cancelled from another thread starts no task after that, lets the running ones end,
+/// and returns `RunError::Cancelled` with the partial report; a token cancelled before the
+/// run starts runs nothing; the runtime works afterwards.
+#[test]
+fn a_run_cancelled_from_another_thread_returns_its_partial_report() {
+    let rt = rt(2, PolicyKind::Ws);
+    let mut g = rt.graph();
+    for i in 0..40 {
+        g.task(&builtin::sleep()).name(format!("nap{i}")).param(0.05).add();
+    }
+    let token = hexec::CancelToken::new();
+    let opts = RunOptions {
+        cancel: Some(token.clone()),
+        ..RunOptions::default()
+    };
+    let started = Instant::now();
+    let canceller = {
+        let token = token.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            token.cancel();
+        })
+    };
+    let e = rt.run_with(&g, opts.clone()).unwrap_err();
+    canceller.join().unwrap();
+    // 40 naps on 2 workers take a second; stopped at 150 ms, it ends at the next nap's end.
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    let RunError::Cancelled { report } = &e else {
+        panic!("expected Cancelled, got {e}");
+    };
+    assert!(report.cancelled > 0, "{}", report.completed);
+    assert_eq!(report.completed + report.cancelled, 40);
+    assert_eq!(report.failed, 0);
+    assert!(
+        e.to_string().contains("cancelled") && e.to_string().contains("not run"),
+        "{e}"
+    );
+    // Still cancelled: the next run with it runs nothing.
+    let r = rt.run_with(&g, opts).unwrap_err();
+    assert_eq!(r.report().unwrap().completed, 0, "{r}");
+    // A token that is never cancelled changes nothing, and runs end promptly: the monitor is
+    // woken at the run's end (a lost wake-up would cost its 200 ms timeout per run).
+    let mut quick = rt.graph();
+    quick.task(&builtin::noop()).add();
+    let fresh = RunOptions {
+        cancel: Some(hexec::CancelToken::new()),
+        ..RunOptions::default()
+    };
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(rt.run_with(&quick, fresh.clone()).unwrap().completed, 1);
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+}

@@ -405,6 +405,10 @@ fn main() -> ExitCode {
         std::env::set_var(hexec::gpu::SOFTWARE_GPUS_ENV, "1");
     }
     let _xdg = quiet_mesa();
+    if let Some(dir) = &_xdg {
+        // An exit on a signal skips its drop.
+        signals::remove_on_exit(dir.path());
+    }
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
@@ -435,7 +439,15 @@ fn quiet_mesa() -> Option<tempfile::TempDir> {
     if valid {
         return None;
     }
-    let dir = tempfile::Builder::new().prefix("hexec-xdg-").tempdir().ok()?;
+    let mut b = tempfile::Builder::new();
+    b.prefix("hexec-xdg-");
+    #[cfg(unix)]
+    {
+        // tempfile's default mode is 0777 less the umask: ask for the private one.
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o700));
+    }
+    let dir = b.tempdir().ok()?;
     std::env::set_var("XDG_RUNTIME_DIR", dir.path());
     Some(dir)
 }
@@ -444,6 +456,9 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
     match cmd {
         Command::Info { json, devices } => info(json, &devices),
         Command::Run { io, model, machine } => {
+            // First, before any thread starts.
+            let stop = signals::install();
+            remove_stale_spill_dirs();
             let mut builder = machine.builder();
             if let Some(path) = model.as_ref().filter(|p| p.exists()) {
                 builder = builder
@@ -453,8 +468,13 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 builder = builder.calibrate(true);
             }
             let rt = builder.build()?;
+            stop.spill_dir(rt.spill_directory());
             let g = io.load()?.build(&rt, &io.build_options())?;
-            let result = run_and_report(&rt, &g, io.trace, io.json, &machine, None);
+            let result = run_and_report(&rt, &g, io.trace, io.json, &machine, None, &stop);
+            if stop.stopped_by().is_some() {
+                // A stopped run's measurements are partial: keep the model as it was.
+                return result;
+            }
             if let Some(path) = &model {
                 rt.perf_model().save(path)?;
             }
@@ -467,12 +487,15 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             json,
             machine,
         } => {
+            let stop = signals::install();
+            remove_stale_spill_dirs();
             let rt = machine.builder().build()?;
+            stop.spill_dir(rt.spill_directory());
             if !json {
                 print_machine(&rt);
             }
             let demo = hexec::demo::blockwise(&rt, tiles, tile_len);
-            run_and_report(&rt, &demo.graph, trace, json, &machine, Some(&demo))
+            run_and_report(&rt, &demo.graph, trace, json, &machine, Some(&demo), &stop)
         }
         Command::Sim {
             io,
@@ -933,6 +956,14 @@ fn recovery_line(r: &hexec::RunReport) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
+/// Removes the spill directories that hexec processes killed outright (SIGKILL, a crash)
+/// left in the system's temporary directory.
+fn remove_stale_spill_dirs() {
+    for dir in hexec::runtime::remove_stale_spill_dirs(&std::env::temp_dir()) {
+        tracing::info!(path = %dir.display(), "removed the spill directory of a process that no longer exists");
+    }
+}
+
 fn run_and_report(
     rt: &Runtime,
     g: &hexec::Graph,
@@ -940,6 +971,7 @@ fn run_and_report(
     json: bool,
     machine: &MachineArgs,
     demo: Option<&hexec::demo::Demo>,
+    stop: &signals::Stop,
 ) -> Result<(), Failure> {
     let result = rt.run_with(
         g,
@@ -950,14 +982,21 @@ fn run_and_report(
             on_stall: Some(exit_if_still_stalled),
             deadline: machine.deadline,
             speculate: machine.speculate,
+            cancel: Some(stop.token()),
         },
     );
     let (report, failure) = match result {
         Ok(r) => (r, None),
+        Err(e @ RunError::Cancelled { .. }) => {
+            let (code, signal) = stop.stopped_by().unwrap_or((130, "a signal"));
+            let msg = format!("stopped by {signal}: {e}");
+            let report = e.report().cloned().expect("a cancelled run carries its report");
+            (report, Some((code, msg)))
+        }
         Err(e @ (RunError::TaskFailed { .. } | RunError::Stalled { .. })) => {
             let msg = e.to_string();
             let report = e.report().cloned().expect("failures and stalls carry their report");
-            (report, Some(msg))
+            (report, Some((1, msg)))
         }
         Err(e) => return Err(e.into()),
     };
@@ -965,9 +1004,10 @@ fn run_and_report(
         let f = std::fs::File::create(path).map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
         write_chrome_trace(f, g, &report).map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
     }
-    // A failed run's data are not a result: checking them would call a correct program wrong.
+    // A failed or stopped run's data are not a result: checking them would call a correct
+    // program wrong.
     let check = demo
-        .filter(|_| failure.is_none())
+        .filter(|_| failure.is_none() && stop.stopped_by().is_none())
         .map(|d| d.check(rt).map(|(got, ok)| (got, d.expected, ok)))
         .transpose()?;
     if json {
@@ -1031,8 +1071,8 @@ fn run_and_report(
     if let Some(path) = &trace {
         trace_written(path, json);
     }
-    if let Some(msg) = failure {
-        return Err(Failure { code: 1, message: msg });
+    if let Some((code, message)) = failure {
+        return Err(Failure { code, message });
     }
     if let Some((got, expected, false)) = check {
         return Err(Failure {
@@ -1041,4 +1081,186 @@ fn run_and_report(
         });
     }
     Ok(())
+}
+
+/// SIGINT and SIGTERM during `run` and `demo`: the first stops the run (no new task, the
+/// running ones finish, for at most [`signals::GRACE`]), then the partial summary is printed,
+/// the spill directory removed with the runtime, and hexec exits 128 + the signal (130, 143).
+/// A second signal, or running tasks that outlast the grace, end the process at once, still
+/// removing the spill directory.
+///
+/// The signals are blocked in every thread (installed before any other thread exists, and
+/// inherited by all later ones) and taken synchronously by one thread with `sigwait`, so no
+/// code runs in signal-handler context. Child processes start with an empty mask (the
+/// standard library resets it before `exec`).
+mod signals {
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicI32, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use hexec::CancelToken;
+
+    /// How long running tasks may take to end after the first signal.
+    pub const GRACE: Duration = Duration::from_secs(5);
+
+    /// Private directories of this process (other than the spill directory) to remove when
+    /// a signal makes it exit at once.
+    static OWN_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    /// Removes `dir`, a private directory of this process, if a signal makes it exit at once.
+    pub fn remove_on_exit(dir: &std::path::Path) {
+        OWN_DIRS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(dir.to_path_buf());
+    }
+
+    /// What the signal thread shares with the command.
+    #[derive(Default)]
+    struct Shared {
+        /// The first signal received (0: none).
+        signal: AtomicI32,
+        /// The runtime's spill directory, to remove when exiting without the runtime's drop.
+        spill: Mutex<Option<PathBuf>>,
+    }
+
+    /// Stops a run on SIGINT or SIGTERM.
+    pub struct Stop {
+        token: CancelToken,
+        shared: Arc<Shared>,
+    }
+
+    impl Stop {
+        /// The token the run is given.
+        pub fn token(&self) -> CancelToken {
+            self.token.clone()
+        }
+
+        /// The spill directory to remove if the process has to exit without dropping the
+        /// runtime.
+        pub fn spill_dir(&self, dir: Option<&std::path::Path>) {
+            *self.shared.spill.lock().unwrap_or_else(|e| e.into_inner()) = dir.map(PathBuf::from);
+        }
+
+        /// The signal that stopped the run, if one did: its exit code and name.
+        pub fn stopped_by(&self) -> Option<(u8, &'static str)> {
+            match self.shared.signal.load(Ordering::SeqCst) {
+                0 => None,
+                s => Some(((128 + s) as u8, name(s))),
+            }
+        }
+    }
+
+    fn name(sig: i32) -> &'static str {
+        #[cfg(unix)]
+        {
+            match sig {
+                libc::SIGINT => return "SIGINT",
+                libc::SIGTERM => return "SIGTERM",
+                _ => {}
+            }
+        }
+        let _ = sig;
+        "a signal"
+    }
+
+    /// Removes the spill directory and exits with 128 + `sig`, now.
+    fn exit_now(shared: &Shared, sig: i32, why: &str) -> ! {
+        let dir = shared.spill.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut removed = String::new();
+        if let Some(dir) = dir {
+            // A worker may be writing a file into it as we remove it: try again then.
+            for _ in 0..3 {
+                if std::fs::remove_dir_all(&dir).is_ok() || !dir.exists() {
+                    removed = format!("; spill directory {} removed", dir.display());
+                    break;
+                }
+            }
+            if removed.is_empty() {
+                removed = format!("; could not remove spill directory {}", dir.display());
+            }
+        }
+        for own in OWN_DIRS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = std::fs::remove_dir_all(own);
+        }
+        eprintln!(
+            "hexec: stopped by {}: {why}, exiting without waiting{removed}",
+            name(sig)
+        );
+        std::process::exit(128 + sig);
+    }
+
+    /// Blocks SIGINT and SIGTERM and starts the thread that takes them. Must be called before
+    /// any other thread is started (they inherit the blocked mask); without it, a signal
+    /// could reach a thread that does not block it and end the process the default way.
+    #[cfg(unix)]
+    pub fn install() -> Stop {
+        let stop = Stop {
+            token: CancelToken::new(),
+            shared: Arc::default(),
+        };
+        // SAFETY: sigemptyset/sigaddset initialise and fill the local set we pass them;
+        // pthread_sigmask only reads `set` and writes `old`, both live locals. Called before
+        // any other thread exists, so every later thread inherits the mask.
+        let (set, old) = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            (set, old)
+        };
+        let (token, shared) = (stop.token.clone(), stop.shared.clone());
+        let spawned = std::thread::Builder::new()
+            .name("hexec-signals".into())
+            .spawn(move || loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `set` is an initialised signal set owned by this thread and `sig` a live
+                // local that sigwait writes the signal's number into.
+                if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                    continue;
+                }
+                if shared
+                    .signal
+                    .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_err()
+                {
+                    let first = shared.signal.load(Ordering::SeqCst);
+                    exit_now(&shared, first, &format!("{} again", name(sig)));
+                }
+                eprintln!(
+                "hexec: {}: starting no more tasks, waiting up to {} s for the running ones (again to stop at once)",
+                name(sig),
+                GRACE.as_secs()
+            );
+                token.cancel();
+                let shared = shared.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(GRACE);
+                    exit_now(
+                        &shared,
+                        sig,
+                        &format!("running tasks did not end within {} s", GRACE.as_secs()),
+                    );
+                });
+            });
+        if let Err(e) = spawned {
+            // Nobody would take the signals: give them back their default action.
+            // SAFETY: restores the mask saved above from a live local.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+            eprintln!("hexec: warning: cannot watch for SIGINT/SIGTERM ({e}); they will end hexec without cleanup");
+        }
+        stop
+    }
+
+    /// Without Unix signals, a stop that never comes.
+    #[cfg(not(unix))]
+    pub fn install() -> Stop {
+        Stop {
+            token: CancelToken::new(),
+            shared: Arc::default(),
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! No global state: runtimes can be created, used and dropped many times in one process.
 
 mod budget;
+mod cancel;
 mod cores;
 mod costs;
 mod data;
@@ -40,6 +41,7 @@ use crate::topology::{discover, HwTopology, Machine, TopologyError, WorkerId};
 use crate::trace::{RunReport, TraceLog, WorkerReport};
 
 pub use budget::NodeMemory;
+pub use cancel::CancelToken;
 pub use data::DataError;
 use data::{AcquiredData, DataStore};
 use queues::{LocalQueues, SharedQueues};
@@ -61,12 +63,28 @@ pub enum RunError {
     /// unfinished task waited for. The run was stopped (tasks already running finished).
     #[error("the run stalled: {waiting}")]
     Stalled { waiting: String, report: Box<RunReport> },
+    /// The run was cancelled through [`RunOptions::cancel`]: no task started after that,
+    /// tasks already running finished. The report says what ran; the data are as those
+    /// tasks left them.
+    #[error("{}", describe_cancel(report))]
+    Cancelled { report: Box<RunReport> },
     /// A worker stopped on an internal error (a bug in hexec, not in a kernel).
     #[error("worker '{worker}' stopped on an internal error: {message}")]
     Internal { worker: String, message: String },
     /// A worker thread could not be started.
     #[error("could not start worker thread '{worker}': {message}")]
     Spawn { worker: String, message: String },
+}
+
+fn describe_cancel(r: &RunReport) -> String {
+    let mut s = format!(
+        "the run was cancelled: {} of {} task(s) completed, {} not run",
+        r.completed, r.tasks, r.cancelled
+    );
+    if r.failed > 0 {
+        s.push_str(&format!("; {} failed before that: {}", r.failed, describe_failures(r)));
+    }
+    s
 }
 
 fn describe_failures(r: &RunReport) -> String {
@@ -111,7 +129,9 @@ impl RunError {
     /// The report of a run that started, if this error comes from one.
     pub fn report(&self) -> Option<&RunReport> {
         match self {
-            RunError::TaskFailed { report } | RunError::Stalled { report, .. } => Some(report),
+            RunError::TaskFailed { report } | RunError::Stalled { report, .. } | RunError::Cancelled { report } => {
+                Some(report)
+            }
             _ => None,
         }
     }
@@ -127,6 +147,10 @@ pub enum BuildError {
     Gpu(#[from] GpuError),
     #[error("the machine description has no worker")]
     NoWorkers,
+    /// A host memory limit was set but the spill directory it needs cannot be made: the
+    /// limit could not be kept, so the runtime is refused rather than run over it.
+    #[error("host memory limit set, but {0}")]
+    SpillDir(String),
 }
 
 /// What a run works on, prepared by `run_with`.
@@ -142,7 +166,7 @@ struct RunData<'a> {
 }
 
 /// Options of one run.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// Record every task's start and end for [`crate::trace::write_chrome_trace`].
     pub record_trace: bool,
@@ -165,6 +189,10 @@ pub struct RunOptions {
     /// the run has a deadline. Not under a host memory limit (a straggler's buffers would
     /// escape the budget), nor for tasks touching temporaries.
     pub speculate: bool,
+    /// Cancels the run from another thread ([`CancelToken::cancel`]): no task starts after
+    /// that, running tasks finish, and the run returns [`RunError::Cancelled`] with the
+    /// partial report. The CLI's SIGINT and SIGTERM handling goes through it.
+    pub cancel: Option<CancelToken>,
 }
 
 impl RunOptions {
@@ -301,7 +329,10 @@ impl RuntimeBuilder {
     }
 
     /// The directory under which this runtime's spill directory is made (default: the
-    /// system's temporary directory). Used only with a host memory limit.
+    /// system's temporary directory). Used only with a host memory limit; it must exist
+    /// ([`RuntimeBuilder::build`] fails otherwise, naming it). Spill directories there of
+    /// hexec processes that no longer exist are removed when the runtime is built
+    /// ([`remove_stale_spill_dirs`]).
     pub fn spill_dir(mut self, parent: impl Into<std::path::PathBuf>) -> Self {
         self.spill_parent = Some(parent.into());
         self
@@ -421,7 +452,20 @@ impl RuntimeBuilder {
             return Err(BuildError::NoWorkers);
         }
         let id = NEXT_RUNTIME_ID.fetch_add(1, Ordering::Relaxed);
-        let spill_parent = self.spill_parent.unwrap_or_else(std::env::temp_dir);
+        // A host limit is kept by spilling: without a directory to spill to, it could not be,
+        // so that is an error now rather than a run over the limit later.
+        let spill = match self.limits.host {
+            Some(_) => {
+                let parent = self.spill_parent.unwrap_or_else(std::env::temp_dir);
+                for stale in spill::remove_stale(&parent) {
+                    tracing::info!(path = %stale.display(), "removed the spill directory of a process that no longer exists");
+                }
+                let dir = spill::SpillDir::create(&parent, self.limits.disk.unwrap_or(u64::MAX))
+                    .map_err(BuildError::SpillDir)?;
+                Some(dir)
+            }
+            None => None,
+        };
         let numa_weights: Vec<u64> = machine.numa_nodes.iter().map(|n| n.memory_bytes).collect();
         let gpu_numa: Vec<usize> = machine
             .workers
@@ -429,16 +473,7 @@ impl RuntimeBuilder {
             .filter(|w| w.kind == crate::DeviceKind::Gpu)
             .map(|w| w.numa)
             .collect();
-        let budgets = Arc::new(budget::Budgets::new(
-            &capacities,
-            &numa_weights,
-            gpu_numa,
-            Some(spill::SpillDir::new(
-                &spill_parent,
-                id,
-                self.limits.disk.unwrap_or(u64::MAX),
-            )),
-        ));
+        let budgets = Arc::new(budget::Budgets::new(&capacities, &numa_weights, gpu_numa, spill));
         Ok(Runtime {
             id,
             machine,
@@ -465,6 +500,15 @@ impl RuntimeBuilder {
             registry: KernelRegistry::with_builtins(),
         })
     }
+}
+
+/// Removes, from `parent`, the spill directories (`hexec-spill-PID-...`) of hexec processes
+/// that no longer exist, as a process killed with SIGKILL leaves them; returns what it
+/// removed. Only real directories owned by this user are removed, never through a symbolic
+/// link. [`RuntimeBuilder::build`] does this in the spill directory's parent when the host is
+/// limited; the CLI also does it in the system's temporary directory at the start of `run`.
+pub fn remove_stale_spill_dirs(parent: &std::path::Path) -> Vec<std::path::PathBuf> {
+    spill::remove_stale(parent)
 }
 
 /// Runs task graphs on this machine's cores.
@@ -521,7 +565,8 @@ impl Runtime {
     }
 
     /// Where host copies are spilled past the host limit (`None` without one). The directory
-    /// exists from the first spill until the runtime is dropped.
+    /// (mode 0700, an unpredictable name) exists from [`RuntimeBuilder::build`] until the
+    /// runtime is dropped.
     pub fn spill_directory(&self) -> Option<&std::path::Path> {
         self.budgets.spill_dir().map(|d| d.path())
     }
@@ -1161,6 +1206,13 @@ impl Runtime {
                 policy.place(plan, &mut locals[0], r, None)
             });
         }
+        // Set when the run stopped because its token was cancelled (not by a failure).
+        let cancelled_by_token = AtomicBool::new(false);
+        if opts.cancel.as_ref().is_some_and(CancelToken::is_cancelled) && n > 0 {
+            // Before any worker starts: nothing runs.
+            cancelled_by_token.store(true, Ordering::SeqCst);
+            worker::cancel(&run);
+        }
         let started = Instant::now();
         let stats: Vec<WorkerStats> = std::thread::scope(|s| {
             let mut handles = Vec::with_capacity(locals.len());
@@ -1217,17 +1269,36 @@ impl Runtime {
                     }
                 })
             });
+            // Cancelled from outside: stops the run as a final failure does.
+            let monitor = opts.cancel.as_ref().map(|token| {
+                let (run, cancelled_by_token) = (&run, &cancelled_by_token);
+                s.spawn(move || {
+                    if token.wait(|| run.done.load(Ordering::SeqCst)) {
+                        cancelled_by_token.store(true, Ordering::SeqCst);
+                        worker::cancel(run);
+                    }
+                })
+            });
             let mut stats = Vec::with_capacity(handles.len());
+            let stop_monitor = || {
+                if let Some(token) = &opts.cancel {
+                    // The workers are gone; `done` lets the monitor leave once woken.
+                    run.done.store(true, Ordering::SeqCst);
+                    token.wake();
+                }
+            };
             for (i, h) in handles.into_iter().enumerate() {
                 match h.join() {
                     Ok(Ok(st)) => stats.push(st),
                     Ok(Err(message)) => {
+                        stop_monitor();
                         return Err(RunError::Internal {
                             worker: names[i].clone(),
                             message,
-                        })
+                        });
                     }
                     Err(p) => {
+                        stop_monitor();
                         let message = worker::panic_message(&p);
                         return Err(RunError::Internal {
                             worker: names[i].clone(),
@@ -1238,6 +1309,10 @@ impl Runtime {
             }
             if let Some(w) = watchdog {
                 let _ = w.join();
+            }
+            stop_monitor();
+            if let Some(m) = monitor {
+                let _ = m.join();
             }
             Ok(stats)
         })?;
@@ -1315,6 +1390,11 @@ impl Runtime {
         if let Some(waiting) = run.stalled.into_inner().unwrap_or_else(|e| e.into_inner()) {
             return Err(RunError::Stalled {
                 waiting,
+                report: Box::new(report),
+            });
+        }
+        if cancelled_by_token.into_inner() {
+            return Err(RunError::Cancelled {
                 report: Box::new(report),
             });
         }
