@@ -69,7 +69,7 @@ pub fn gemm<T: Real>(a: &[T], b: &[T], c: &mut [T], m: usize, n: usize, k: usize
     } else {
         if beta != T::ONE {
             for v in &mut c[..m * n] {
-                *v = *v * beta;
+                *v *= beta;
             }
         }
         Accum::Add
