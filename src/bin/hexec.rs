@@ -98,7 +98,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum GenCommand {
-    /// A tiled Cholesky factorisation (potrf, trsm, syrk, gemm) in the native format.
+    /// A tiled Cholesky factorisation (potrf, trsm, syrk, gemm_nt) in the native format, ready
+    /// to run: tiles of a positive definite matrix, and a check of the factor's residual.
     Cholesky {
         /// Tiles per side of the matrix.
         #[arg(long)]
@@ -448,8 +449,8 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 builder = builder.calibrate(true);
             }
             let rt = builder.build()?;
-            let g = io.load()?.build(&rt, &io.build_options())?;
-            let result = run_and_report(&rt, &g, io.trace, io.json, &machine, None);
+            let (g, checks) = io.load()?.build_checked(&rt, &io.build_options())?;
+            let result = run_and_report(&rt, &g, io.trace, io.json, &machine, None, Some(&checks));
             if let Some(path) = &model {
                 rt.perf_model().save(path)?;
             }
@@ -467,7 +468,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 print_machine(&rt);
             }
             let demo = hexec::demo::blockwise(&rt, tiles, tile_len);
-            run_and_report(&rt, &demo.graph, trace, json, &machine, Some(&demo))
+            run_and_report(&rt, &demo.graph, trace, json, &machine, Some(&demo), None)
         }
         Command::Sim {
             io,
@@ -921,6 +922,7 @@ fn run_and_report(
     json: bool,
     machine: &MachineArgs,
     demo: Option<&hexec::demo::Demo>,
+    checks: Option<&formats::Checks>,
 ) -> Result<(), Failure> {
     let result = rt.run_with(
         g,
@@ -949,6 +951,11 @@ fn run_and_report(
     let check = demo
         .map(|d| d.check(rt).map(|(got, ok)| (got, d.expected, ok)))
         .transpose()?;
+    // A file's checks judge a complete result: after a failed run there is none to judge.
+    let outcomes = match checks {
+        Some(c) if failure.is_none() => c.evaluate(rt)?,
+        _ => Vec::new(),
+    };
     if json {
         let mut v = serde_json::to_value(&report)?;
         if let (Some((got, expected, ok)), Some(obj)) = (check, v.as_object_mut()) {
@@ -956,6 +963,9 @@ fn run_and_report(
                 "check".into(),
                 serde_json::json!({"result": got, "expected": expected, "ok": ok}),
             );
+        }
+        if let (false, Some(obj)) = (outcomes.is_empty(), v.as_object_mut()) {
+            obj.insert("checks".into(), serde_json::to_value(&outcomes)?);
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -1001,6 +1011,9 @@ fn run_and_report(
                 if ok { "OK" } else { "WRONG" }
             );
         }
+        for o in &outcomes {
+            println!("{o}");
+        }
         if let Some(path) = &trace {
             println!("trace written to {} (open in ui.perfetto.dev)", path.display());
         }
@@ -1012,6 +1025,15 @@ fn run_and_report(
         return Err(Failure {
             code: 1,
             message: format!("demo result {got} differs from {expected}"),
+        });
+    }
+    if let Some(o) = outcomes.iter().find(|o| !o.ok) {
+        return Err(Failure {
+            code: 1,
+            message: format!(
+                "check {} failed: {} is {:.3e}, above the tolerance {:.1e}",
+                o.check, o.measure, o.value, o.tolerance
+            ),
         });
     }
     Ok(())
