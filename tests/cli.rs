@@ -848,3 +848,193 @@ fn spill_directories_of_dead_processes_are_removed_at_start() {
     assert!(!stale.exists(), "the dead process's directory was kept");
     assert!(live.exists(), "a live process's directory was removed");
 }
+
+/// Runs `hexec run --gpus none` on a graph file holding `text`; returns the exit code, stdout
+/// and stderr.
+fn run_file(text: &str, extra: &[&str]) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("g.json");
+    std::fs::write(&graph, text).unwrap();
+    let out = hexec()
+        .args(["run", "--gpus", "none"])
+        .args(extra)
+        .arg(&graph)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn run_refuses_a_task_that_writes_read_only_data() {
+    let graph = r#"{"format": "hexec-graph", "version": 1,
+      "data": [{"name": "weights", "type": "f32", "len": 4, "init": {"fill": 1}, "read_only": true}],
+      "tasks": [{"name": "clobber", "kernel": "fill", "params": [2], "access": [["weights", "w"]]}]}"#;
+    let (code, _, err) = run_file(graph, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("'clobber'") && err.contains("'weights'") && err.contains("read-only"),
+        "{err}"
+    );
+    // Reading it is fine, and its init is its contents.
+    let reader = graph.replace(
+        r#""fill", "params": [2], "access": [["weights", "w"]]"#,
+        r#""noop", "access": [["weights", "r"]]"#,
+    );
+    let (code, _, err) = run_file(&reader, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    // Size-only data cannot be read-only: refused rather than ignored.
+    let (code, _, err) = run_file(
+        &graph.replace(r#""type": "f32", "len": 4, "init": {"fill": 1}"#, r#""bytes": 16"#),
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("g.json") && err.contains("'weights'") && err.contains("read_only"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_refuses_data_larger_than_the_machine_before_allocating_them() {
+    // A temporary of 4 TB: allocated only when first written, mid-run, where a failed
+    // allocation used to abort the process.
+    let temp = r#"{"format": "hexec-graph", "version": 1,
+      "data": [{"name": "huge", "type": "f32", "len": 1000000000000, "temp": true},
+               {"name": "s", "type": "f32", "len": 1}],
+      "tasks": [{"name": "fill", "kernel": "fill", "params": [1], "access": [["huge", "w"]]},
+                {"name": "sum", "kernel": "sum", "access": [["huge", "r"], ["s", "w"]]}]}"#;
+    let (code, _, err) = run_file(temp, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("g.json")
+            && err.contains("'huge'")
+            && err.contains("4000000000000 bytes")
+            && err.contains("memory"),
+        "{err}"
+    );
+    // A stored datum with an init, the same.
+    let stored = temp.replace(r#""temp": true"#, r#""init": {"fill": 2}"#);
+    let (code, _, err) = run_file(&stored, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("'huge'") && err.contains("4000000000000 bytes"), "{err}");
+    // Under a host memory limit, a datum larger than the limit is refused before it exists.
+    let small = temp.replace("1000000000000", "1048576");
+    for text in [
+        small.clone(),
+        small.replace(r#""temp": true"#, r#""init": {"fill": 2}"#),
+    ] {
+        let (code, _, err) = run_file(&text, &["--mem", "host=1MiB"]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(
+            err.contains("'huge'")
+                && err.contains("4194304 bytes")
+                && err.contains("host memory limit of 1048576 bytes"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_fill_init_writes_the_datum_in_place() {
+    // 256 MiB of u8 under a 1 GiB address-space limit: filled in its own buffer (it used to
+    // be built as 2 GiB of f64 first, and the allocation aborted).
+    let graph = r#"{"format": "hexec-graph", "version": 1,
+      "data": [{"name": "bytes", "type": "u8", "len": 268435456, "init": {"fill": 1}}],
+      "tasks": [{"name": "look", "kernel": "noop", "access": [["bytes", "r"]]}]}"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.json");
+    std::fs::write(&path, graph).unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -v 1048576 && exec "$0" run --gpus none "$1""#)
+        .arg(env!("CARGO_BIN_EXE_hexec"))
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 completed"));
+}
+
+#[test]
+fn gen_cholesky_writes_a_graph_that_runs_and_checks_its_factor() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("f.json");
+    let out = hexec()
+        .args(["gen", "cholesky", "--tiles", "3", "--tile-size", "16", "-o"])
+        .arg(&graph)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&graph).unwrap();
+    let spec: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let kernels: std::collections::BTreeSet<&str> = spec["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["kernel"].as_str().unwrap())
+        .collect();
+    assert_eq!(kernels, ["gemm_nt", "potrf", "syrk", "trsm"].into_iter().collect());
+
+    let (code, stdout, err) = run_file(&text, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(stdout.contains("10 completed"), "{stdout}");
+    assert!(
+        stdout.contains("check cholesky: residual") && stdout.contains(": OK"),
+        "{stdout}"
+    );
+    let (code, stdout, err) = run_file(&text, &["--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let check = &v["checks"][0];
+    assert_eq!(check["check"], "cholesky");
+    assert_eq!(check["ok"], true);
+    assert!(check["value"].as_f64().unwrap() < 1e-5, "{check}");
+
+    // A missing update: the run completes, the check fails it (exit 1, with the residual).
+    let mut dropped = spec.clone();
+    dropped["tasks"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|t| t["name"] != "trsm(2,0)");
+    let (code, stdout, err) = run_file(&dropped.to_string(), &[]);
+    assert_eq!(code, Some(1), "{stdout}{err}");
+    assert!(
+        stdout.contains("FAILED") && err.contains("check cholesky failed: residual"),
+        "{stdout}{err}"
+    );
+
+    // A tile that is not positive definite: potrf refuses it, the run fails (exit 1).
+    let mut corrupt = spec.clone();
+    let tile = corrupt["data"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|d| d["name"] == "A[1,1]")
+        .unwrap();
+    tile["init"] = serde_json::json!({"fill": -1.0});
+    let (code, _, err) = run_file(&corrupt.to_string(), &["--retries", "0"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("potrf(1)") && err.contains("positive definite"), "{err}");
+
+    // A check naming a tile the file does not declare: refused before running.
+    let bad = text.replacen("\"A[2,2]\"\n", "\"B[2,2]\"\n", 1);
+    assert_ne!(bad, text);
+    let (code, _, err) = run_file(&bad, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("check[0] (cholesky)") && err.contains("'B[2,2]'"), "{err}");
+
+    // The simulator still reads the file (sizes only).
+    let out = hexec()
+        .args(["sim", "--json", "--machine", "cpus:4,gpus:1,gpu-speedup:4"])
+        .arg(&graph)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["completed"], 10);
+}

@@ -453,3 +453,31 @@ fn a_run_cancelled_from_another_thread_returns_its_partial_report() {
     }
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
 }
+
+#[test]
+fn a_temporary_larger_than_the_machine_is_refused_at_submit() {
+    let rt = rt(2, PolicyKind::Eager);
+    let out = rt.data(vec![0f32; 1]);
+    // 4 TiB, and a length whose byte size does not even fit in a usize.
+    for len in [1usize << 40, usize::MAX / 2] {
+        let mut g = rt.graph();
+        let t = g.temp::<f32>("huge", len);
+        g.task(&builtin::fill()).name("fill").param(1.0).write(t).add();
+        g.task(&builtin::sum()).name("sum").read(t).write(out).add();
+        match rt.run(&g) {
+            Err(RunError::Submit(SubmitError::DatumTooLarge { datum, bytes, limit })) => {
+                assert_eq!(datum, "huge");
+                assert_eq!(bytes, len as u128 * 4);
+                assert!(limit.contains("memory"), "{limit}");
+            }
+            other => panic!("expected a refusal naming the temporary, got {other:?}"),
+        }
+    }
+    // The runtime is still usable, and a temporary that fits runs.
+    let mut g = rt.graph();
+    let t = g.temp::<f32>("small", 4);
+    g.task(&builtin::fill()).param(1.0).write(t).add();
+    g.task(&builtin::sum()).read(t).write(out).add();
+    rt.run(&g).unwrap();
+    assert_eq!(rt.read(out).unwrap(), vec![4.0]);
+}

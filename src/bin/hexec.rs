@@ -98,7 +98,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum GenCommand {
-    /// A tiled Cholesky factorisation (potrf, trsm, syrk, gemm) in the native format.
+    /// A tiled Cholesky factorisation (potrf, trsm, syrk, gemm_nt) in the native format, ready
+    /// to run: tiles of a positive definite matrix, and a check of the factor's residual.
     Cholesky {
         /// Tiles per side of the matrix.
         #[arg(long)]
@@ -469,8 +470,8 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             }
             let rt = builder.build()?;
             stop.spill_dir(rt.spill_directory());
-            let g = io.load()?.build(&rt, &io.build_options())?;
-            let result = run_and_report(&rt, &g, io.trace, io.json, &machine, None, &stop);
+            let (g, checks) = io.load()?.build_checked(&rt, &io.build_options())?;
+            let result = run_and_report(&rt, &g, io.trace, io.json, &machine, None, Some(&checks), &stop);
             if stop.stopped_by().is_some() {
                 // A stopped run's measurements are partial: keep the model as it was.
                 return result;
@@ -495,7 +496,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 print_machine(&rt);
             }
             let demo = hexec::demo::blockwise(&rt, tiles, tile_len);
-            run_and_report(&rt, &demo.graph, trace, json, &machine, Some(&demo), &stop)
+            run_and_report(&rt, &demo.graph, trace, json, &machine, Some(&demo), None, &stop)
         }
         Command::Sim {
             io,
@@ -971,6 +972,7 @@ fn run_and_report(
     json: bool,
     machine: &MachineArgs,
     demo: Option<&hexec::demo::Demo>,
+    checks: Option<&formats::Checks>,
     stop: &signals::Stop,
 ) -> Result<(), Failure> {
     let result = rt.run_with(
@@ -1010,6 +1012,11 @@ fn run_and_report(
         .filter(|_| failure.is_none() && stop.stopped_by().is_none())
         .map(|d| d.check(rt).map(|(got, ok)| (got, d.expected, ok)))
         .transpose()?;
+    // A file's checks judge a complete result: after a failed run there is none to judge.
+    let outcomes = match checks {
+        Some(c) if failure.is_none() => c.evaluate(rt)?,
+        _ => Vec::new(),
+    };
     if json {
         let mut v = serde_json::to_value(&report)?;
         if let (Some((got, expected, ok)), Some(obj)) = (check, v.as_object_mut()) {
@@ -1017,6 +1024,9 @@ fn run_and_report(
                 "check".into(),
                 serde_json::json!({"result": got, "expected": expected, "ok": ok}),
             );
+        }
+        if let (false, Some(obj)) = (outcomes.is_empty(), v.as_object_mut()) {
+            obj.insert("checks".into(), serde_json::to_value(&outcomes)?);
         }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -1067,6 +1077,9 @@ fn run_and_report(
         } else if demo.is_some() {
             println!("result not checked: the run failed");
         }
+        for o in &outcomes {
+            println!("{o}");
+        }
     }
     if let Some(path) = &trace {
         trace_written(path, json);
@@ -1078,6 +1091,15 @@ fn run_and_report(
         return Err(Failure {
             code: 1,
             message: format!("demo result {got} differs from {expected}"),
+        });
+    }
+    if let Some(o) = outcomes.iter().find(|o| !o.ok) {
+        return Err(Failure {
+            code: 1,
+            message: format!(
+                "check {} failed: {} is {:.3e}, above the tolerance {:.1e}",
+                o.check, o.measure, o.value, o.tolerance
+            ),
         });
     }
     Ok(())

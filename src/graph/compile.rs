@@ -55,6 +55,9 @@ pub enum SubmitError {
     },
     #[error("task '{task}' can run on no worker of this machine: {reason}")]
     Unsatisfiable { task: String, reason: String },
+    /// A datum (a temporary, allocated only once a task uses it) too large for the machine.
+    #[error("datum '{datum}' would need {bytes} bytes, more than {limit}")]
+    DatumTooLarge { datum: String, bytes: u128, limit: String },
     #[error("datum {datum} is in use by another run")]
     DataBusy { datum: String },
     #[error("the graph has {tasks} tasks; at most {max} are supported")]

@@ -62,8 +62,9 @@ pub enum DataError {
     ReadOnly(String),
     #[error("datum '{name}' would need {bytes} bytes, more than this platform can address")]
     TooLarge { name: String, bytes: u128 },
-    #[error("datum '{name}' would need {bytes} bytes, more than this machine's memory ({memory} bytes)")]
-    OverMemory { name: String, bytes: u128, memory: u64 },
+    /// `limit` says what it exceeds: this machine's memory, or the host memory limit.
+    #[error("datum '{name}' would need {bytes} bytes, more than {limit}")]
+    OverMemory { name: String, bytes: u128, limit: String },
     #[error("datum '{name}' could not be brought to the host: {reason}")]
     Transfer { name: String, reason: String },
     #[error("datum '{name}' could not be stored: {reason}")]
@@ -163,11 +164,6 @@ impl DataCell {
         let mut buf = vec![0u64; bytes.len().div_ceil(8)].into_boxed_slice();
         bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..bytes.len()].copy_from_slice(bytes);
         Self::from_words(name, elem, bytes.len() / elem.size(), buf, read_only, gpus, budgets)
-    }
-
-    fn zeroed(name: String, elem: ElemType, len: usize, gpus: usize, budgets: Arc<Budgets>) -> Self {
-        let buf = vec![0u64; (len * elem.size()).div_ceil(8)].into_boxed_slice();
-        Self::from_words(name, elem, len, buf, false, gpus, budgets)
     }
 
     /// A graph's temporary: no memory until first used, then zeroed; its host buffer goes
@@ -1017,16 +1013,39 @@ impl DataStore {
         cells.push(cell);
     }
 
-    pub fn insert_zeroed(&self, name: Option<String>, elem: ElemType, len: usize) -> Result<u32, DataError> {
+    /// Stores `len` elements of `elem` whose contents `fill` writes in place into the zeroed
+    /// buffer (the bytes of the final buffer, 8-byte aligned, so any element type may be cast
+    /// onto them): nothing of another type or size is built on the way, and a read-only datum
+    /// gets its contents before anyone may be refused writing it.
+    pub fn insert_filled(
+        &self,
+        name: Option<String>,
+        elem: ElemType,
+        len: usize,
+        read_only: bool,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<(), String>,
+    ) -> Result<u32, DataError> {
         let bytes = (len as u128) * elem.size() as u128;
         let label = name.clone().unwrap_or_else(|| "unnamed".into());
         if bytes > isize::MAX as u128 {
             return Err(DataError::TooLarge { name: label, bytes });
         }
+        let bytes = bytes as usize;
+        let mut buf = vec![0u64; bytes.div_ceil(8)].into_boxed_slice();
+        fill(&mut bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..bytes])
+            .map_err(|reason| DataError::Store { name: label, reason })?;
         let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
         let id = cells.len() as u32;
         let name = name.unwrap_or_else(|| format!("data#{id}"));
-        let cell = Arc::new(DataCell::zeroed(name, elem, len, self.gpus, self.budgets.clone()));
+        let cell = Arc::new(DataCell::from_words(
+            name,
+            elem,
+            len,
+            buf,
+            read_only,
+            self.gpus,
+            self.budgets.clone(),
+        ));
         self.push(&mut cells, cell);
         Ok(id)
     }

@@ -616,19 +616,82 @@ impl Runtime {
         self.store.insert(Some(name.into()), &values, true)
     }
 
-    /// Stores `len` zeroed elements of a type known only at run time (graph files).
-    /// A zeroed datum for a graph file: refused, before anything is allocated, when it would
-    /// not fit in this machine's memory (a file cannot make the process abort on allocation).
-    pub(crate) fn data_zeroed(&self, name: String, elem: ElemType, len: usize) -> Result<u32, DataError> {
-        let bytes = len as u128 * elem.size() as u128;
-        let memory = self.machine.host_memory_bytes();
-        if bytes > u128::from(memory) {
-            return Err(DataError::OverMemory { name, bytes, memory });
-        }
-        self.store.insert_zeroed(Some(name), elem, len)
+    /// Stores `len` elements of a type known only at run time (graph files), which `fill`
+    /// writes in place (see [`data::DataStore::insert_filled`]). Refused, before anything is
+    /// allocated, when the datum is larger than [`Runtime::datum_limit`]: a file cannot make
+    /// the process abort on allocation.
+    pub(crate) fn data_filled(
+        &self,
+        name: String,
+        elem: ElemType,
+        len: usize,
+        read_only: bool,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<(), String>,
+    ) -> Result<u32, DataError> {
+        self.check_datum_size(&name, elem, len)?;
+        self.store.insert_filled(Some(name), elem, len, read_only, fill)
     }
 
-    /// A handle for a datum created by [`Runtime::data_zeroed`].
+    /// Refuses a datum of `len` elements of `elem` larger than [`Runtime::datum_limit`] (its
+    /// size computed without overflow): every size that comes from input passes here before
+    /// its memory is allocated.
+    pub(crate) fn check_datum_size(&self, name: &str, elem: ElemType, len: usize) -> Result<(), DataError> {
+        let bytes = len as u128 * elem.size() as u128;
+        let (limit, what) = self.datum_limit();
+        if bytes > u128::from(limit) {
+            return Err(DataError::OverMemory {
+                name: name.to_string(),
+                bytes,
+                limit: what,
+            });
+        }
+        Ok(())
+    }
+
+    /// The most bytes one datum may hold here, and what that limit is (for errors): the host
+    /// memory hexec sees, since every datum passes through host memory; under a host memory
+    /// limit, the limit or, on several NUMA nodes, the largest node's share of it (a host
+    /// buffer lives on one node: [`data::DataCell`]'s `materialize` refuses anything larger).
+    fn datum_limit(&self) -> (u64, String) {
+        let memory = self.machine.host_memory_bytes();
+        let limit = self
+            .budgets
+            .node(crate::memory::Node::Host)
+            .capacity
+            .load(Ordering::Relaxed);
+        let share = self.budgets.largest_host_share().min(limit);
+        if share >= memory {
+            (memory, format!("this machine's memory ({memory} bytes)"))
+        } else if share < limit {
+            (
+                share,
+                format!("the largest NUMA node's share ({share} bytes) of the host memory limit of {limit} bytes"),
+            )
+        } else {
+            (limit, format!("the host memory limit of {limit} bytes"))
+        }
+    }
+
+    /// Refuses, before anything is allocated, a temporary larger than [`Runtime::datum_limit`]
+    /// (its memory is allocated only when a task first uses it, mid-run, where a failed
+    /// allocation would abort the process). Its size is computed without overflow, so any
+    /// `len` given to [`Graph::temp`] is safe to submit.
+    fn check_temp_sizes(&self, graph: &Graph) -> Result<(), SubmitError> {
+        for d in &graph.data {
+            if let GraphDatum::Temp { name, elem, len } = d {
+                if let Err(DataError::OverMemory { name, bytes, limit }) = self.check_datum_size(name, *elem, *len) {
+                    return Err(SubmitError::DatumTooLarge {
+                        datum: name,
+                        bytes,
+                        limit,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A handle for a datum created by [`Runtime::data_filled`].
     pub(crate) fn handle<T>(&self, id: u32) -> Data<T> {
         Data::new(self.id, id)
     }
@@ -675,12 +738,7 @@ impl Runtime {
         if limit == u64::MAX {
             return Ok(());
         }
-        let share = self.budgets.largest_host_share();
-        let datum_limit = if share < limit {
-            format!("the largest NUMA node's share ({share} bytes) of the host memory limit of {limit} bytes")
-        } else {
-            format!("the host memory limit of {limit} bytes")
-        };
+        let (datum_max, datum_limit) = self.datum_limit();
         for (t, rec) in graph.tasks.iter().enumerate() {
             let kernel = &graph.kernels[rec.kernel as usize];
             let operands = || {
@@ -688,7 +746,7 @@ impl Runtime {
                     .iter()
                     .filter_map(|&(d, _)| cells[d as usize].as_ref())
             };
-            if let Some(c) = operands().find(|c| c.bytes() as u64 > share) {
+            if let Some(c) = operands().find(|c| c.bytes() as u64 > datum_max) {
                 return Err(SubmitError::InvalidTask {
                     task: graph.task_name(t),
                     message: format!("datum '{}' ({} bytes) is larger than {datum_limit}", c.name, c.bytes()),
@@ -718,6 +776,8 @@ impl Runtime {
     /// Runs a graph with options.
     pub fn run_with(&self, graph: &Graph, opts: RunOptions) -> Result<RunReport, RunError> {
         self.forget_lost_gpus();
+        // Before `resolve` makes a cell for each temporary (whose size it computes).
+        self.check_temp_sizes(graph)?;
         let cells = self.resolve(graph)?;
         self.check_host_room(graph, &cells)?;
         let infos: Vec<DatumInfo<'_>> = graph

@@ -3,12 +3,19 @@
 //!
 //! Right-looking factorisation of an N×N grid of B×B single-precision tiles (the precision of
 //! StarPU's Cholesky performance models): for each k, `potrf` on `A[k][k]`, `trsm` on the
-//! tiles below it, then `syrk` on the diagonal and `gemm` on the rest of the trailing matrix.
-//! Tiles are size-only data; kernels are named `potrf`, `trsm`, `syrk`, `gemm`.
+//! tiles below it, then `syrk` on the diagonal and `gemm_nt` on the rest of the trailing
+//! matrix ([`steps`]).
+//!
+//! The generator writes a graph that runs: f32 tiles whose `spd` init gives the blocks of
+//! the positive definite matrix [`crate::linalg::matrix_entry`], the tile kernels of
+//! [`crate::linalg::TiledCholesky`], and a `cholesky` check that `hexec run` evaluates after
+//! the run (the residual `‖A − L·Lᵀ‖/‖A‖`). The simulator reads the same file (it keeps only
+//! the tiles' sizes; StarPU's `chol_model_gemm` prices `gemm_nt`). DAG files record no
+//! contents: their tiles are size-only, for the simulator only.
 
 use serde::Deserialize;
 
-use super::{DataSpec, GraphSpec, LoadError, TaskSpec};
+use super::{CheckSpec, DataSpec, GraphSpec, Init, LoadError, SpdBlock, TaskSpec};
 
 /// The largest grid a DAG file may declare (its lower triangle is 8.4 million tiles).
 pub const MAX_TILES_PER_SIDE: usize = 4096;
@@ -16,11 +23,16 @@ pub const MAX_TILES_PER_SIDE: usize = 4096;
 /// Tile side used for DAG files, which do not record one (StarPU's measured 960).
 pub const DEFAULT_TILE: usize = 960;
 
+/// The largest `‖A − L·Lᵀ‖_F / ‖A‖_F` the generated check accepts. A correct f32
+/// factorisation of the well-conditioned [`crate::linalg::matrix_entry`] stays near 1e-7 at
+/// every size hexec handles; one missing or misplaced tile update is far above.
+pub const CHECK_TOLERANCE: f64 = 1e-5;
+
 fn tile(i: usize, j: usize) -> String {
     format!("A[{i},{j}]")
 }
 
-/// The lower-triangle tiles of an `n`×`n` grid, `bytes` each.
+/// The lower-triangle tiles of an `n`×`n` grid, size-only of `bytes` each (DAG files).
 fn tiles(g: &mut GraphSpec, n: usize, bytes: u64) {
     for i in 0..n {
         for j in 0..=i {
@@ -46,7 +58,7 @@ fn task(name: String, kernel: &str, access: Vec<(String, String)>) -> TaskSpec {
 }
 
 /// One task of the right-looking factorisation of an `n`×`n` grid: its name, its kernel
-/// (`potrf`, `trsm`, `syrk` or `gemm`), the tiles it reads and the tile it updates in place,
+/// (`potrf`, `trsm`, `syrk` or `gemm_nt`, the registry's tile kernels), the tiles it reads and the tile it updates in place,
 /// as (row, column) in the lower triangle.
 pub struct Step {
     pub name: String,
@@ -57,7 +69,7 @@ pub struct Step {
 
 /// The tasks of the tiled Cholesky of an `n`×`n` grid, in an order that respects their
 /// dependencies: for each `k`, `potrf` on `A[k][k]`, `trsm` below it, then `syrk` on the
-/// trailing diagonal and `gemm` on the rest. The one description of the DAG, for the
+/// trailing diagonal and `gemm_nt` on the rest. The one description of the DAG, for the
 /// generator here and for the runtime's [`crate::linalg::TiledCholesky`].
 pub fn steps(n: usize) -> impl Iterator<Item = Step> {
     let step = |name: String, kernel, reads: Vec<(usize, usize)>, updates| Step {
@@ -71,18 +83,44 @@ pub fn steps(n: usize) -> impl Iterator<Item = Step> {
         let trsm = (k + 1..n).map(move |i| step(format!("trsm({i},{k})"), "trsm", vec![(k, k)], (i, k)));
         let trailing = (k + 1..n).flat_map(move |i| {
             std::iter::once(step(format!("syrk({i},{k})"), "syrk", vec![(i, k)], (i, i))).chain(
-                (k + 1..i).map(move |j| step(format!("gemm({i},{j},{k})"), "gemm", vec![(i, k), (j, k)], (i, j))),
+                (k + 1..i).map(move |j| step(format!("gemm_nt({i},{j},{k})"), "gemm_nt", vec![(i, k), (j, k)], (i, j))),
             )
         });
         potrf.chain(trsm).chain(trailing)
     })
 }
 
-/// The tiled Cholesky of `n_tiles`×`n_tiles` tiles of `tile_size`² f32.
+/// The tiled Cholesky of `n_tiles`×`n_tiles` tiles of `tile_size`² f32, ready to run: tile
+/// `(i, j)` starts as the block at `(i·b, j·b)` of the `n·b`-sided
+/// [`crate::linalg::matrix_entry`] (an `spd` init, a few bytes whatever the size), the tasks
+/// are [`steps`], and a `cholesky` check compares `L·Lᵀ` with that matrix after the run.
 pub fn generate(n_tiles: usize, tile_size: usize) -> GraphSpec {
     let mut g = GraphSpec::new(Some(format!("cholesky-{n_tiles}x{n_tiles}-b{tile_size}")));
-    let bytes = (tile_size * tile_size * 4) as u64;
-    tiles(&mut g, n_tiles, bytes);
+    let (n, b) = (n_tiles as u64, tile_size as u64);
+    let mut names = Vec::with_capacity(n_tiles);
+    for i in 0..n_tiles {
+        let mut row = Vec::with_capacity(i + 1);
+        for j in 0..=i {
+            g.data.push(DataSpec {
+                name: tile(i, j),
+                elem: Some("f32".into()),
+                len: Some(b * b),
+                bytes: None,
+                init: Some(Init::Spd {
+                    spd: SpdBlock {
+                        size: n * b,
+                        row: i as u64 * b,
+                        col: j as u64 * b,
+                        cols: b,
+                    },
+                }),
+                read_only: false,
+                temp: false,
+            });
+            row.push(tile(i, j));
+        }
+        names.push(row);
+    }
     for s in steps(n_tiles) {
         let reads = s.reads.iter().map(|&(i, j)| (tile(i, j), "r".to_string()));
         let access = reads
@@ -90,6 +128,10 @@ pub fn generate(n_tiles: usize, tile_size: usize) -> GraphSpec {
             .collect();
         g.tasks.push(task(s.name, s.kernel, access));
     }
+    g.check.push(CheckSpec::Cholesky {
+        tiles: names,
+        tolerance: CHECK_TOLERANCE,
+    });
     g
 }
 
@@ -184,7 +226,11 @@ mod tests {
         }
         let g = generate(3, 64);
         assert_eq!(g.tasks[0].name, "potrf(0)");
-        assert_eq!(g.tasks.iter().filter(|t| t.kernel == "gemm").count(), 1);
+        assert_eq!(g.tasks.iter().filter(|t| t.kernel == "gemm_nt").count(), 1);
+        assert!(g
+            .tasks
+            .iter()
+            .all(|t| ["potrf", "trsm", "syrk", "gemm_nt"].contains(&t.kernel.as_str())));
     }
 
     #[test]

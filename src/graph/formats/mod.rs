@@ -9,6 +9,7 @@
 //!
 //! Replayed tasks run the `spin` kernel for their recorded duration times the time scale.
 
+mod check;
 pub mod cholesky;
 mod dask;
 mod stg;
@@ -22,6 +23,8 @@ use std::sync::Arc;
 
 use hexec_kernels::{Access, ElemType};
 use serde::{Deserialize, Serialize};
+
+pub use check::{CheckOutcome, CheckSpec, Checks};
 
 use super::{Graph, TaskId};
 use crate::runtime::Runtime;
@@ -114,6 +117,9 @@ pub struct GraphSpec {
     /// Seconds within which a run should finish (see `Graph::set_deadline`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_s: Option<f64>,
+    /// Checks of the results, evaluated after a run that completed (see [`Checks`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub check: Vec<CheckSpec>,
     /// The file it was loaded from (not part of the format; names the file in errors).
     #[serde(skip)]
     pub source: Option<String>,
@@ -139,14 +145,138 @@ pub struct DataSpec {
     pub temp: bool,
 }
 
-/// Initial contents of a stored datum (default: zeros).
+/// Initial contents of a stored datum (default: zeros). Written in place into the datum's
+/// buffer ([`Init::write_into`]): a fill of a large datum allocates nothing else.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, deny_unknown_fields)]
 pub enum Init {
     /// `{"fill": 1.5}`
     Fill { fill: f64 },
+    /// `{"spd": {"size": 48, "row": 16, "col": 0, "cols": 16}}`: a block of a symmetric
+    /// positive definite matrix (floating-point data only).
+    Spd { spd: SpdBlock },
     /// `[1, 2, 3]`, one value per element.
     Values(Vec<f64>),
+}
+
+/// The block of `len / cols` rows and `cols` columns at (`row`, `col`) of the `size`×`size`
+/// matrix `A[i][j] = 1/(1 + |i − j|) + size·[i = j]` ([`crate::linalg::matrix_entry`]:
+/// symmetric and diagonally dominant, so positive definite), stored row-major. Tiles of it
+/// are the input `hexec gen cholesky` factorises, at any size, in a few bytes of file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpdBlock {
+    pub size: u64,
+    pub row: u64,
+    pub col: u64,
+    pub cols: u64,
+}
+
+/// An element type a file's values convert to.
+trait FileValue: hexec_kernels::Element {
+    /// `x` as this type, or why not (integers must be integral and in range).
+    fn from_value(x: f64) -> Result<Self, String>;
+    /// Entry `(i, j)` of the `spd` matrix of side `size`; `None` for integer types.
+    fn spd(i: usize, j: usize, size: usize) -> Option<Self>;
+}
+
+macro_rules! float_value {
+    ($($t:ty => $entry:path),*) => {$(
+        impl FileValue for $t {
+            fn from_value(x: f64) -> Result<Self, String> {
+                Ok(x as $t)
+            }
+            fn spd(i: usize, j: usize, size: usize) -> Option<Self> {
+                Some($entry(i, j, size))
+            }
+        }
+    )*};
+}
+float_value!(f32 => crate::linalg::matrix_entry, f64 => crate::linalg::matrix_entry_f64);
+
+macro_rules! int_value {
+    ($($t:ty),*) => {$(
+        impl FileValue for $t {
+            fn from_value(x: f64) -> Result<Self, String> {
+                if x.fract() != 0.0 || !x.is_finite() {
+                    return Err(format!("{x} is not an integer"));
+                }
+                <$t>::try_from(x as i128).map_err(|_| format!("{x} is out of range"))
+            }
+            fn spd(_: usize, _: usize, _: usize) -> Option<Self> {
+                None
+            }
+        }
+    )*};
+}
+int_value!(u8, u32, i32, u64, i64);
+
+impl Init {
+    /// Whether this init suits `len` elements of `elem`: checked before the datum's memory is
+    /// allocated (a wrong count or block, or an `spd` block of integers). Values themselves
+    /// (integral, in range) are checked as they are written.
+    pub fn check(&self, elem: ElemType, len: usize) -> Result<(), String> {
+        match self {
+            Init::Fill { .. } => Ok(()),
+            Init::Values(v) if v.len() == len => Ok(()),
+            Init::Values(v) => Err(format!("init has {} values for {len} elements", v.len())),
+            Init::Spd { spd } => {
+                if !matches!(elem, ElemType::F32 | ElemType::F64) {
+                    return Err(format!("an \"spd\" init needs f32 or f64 data, not {elem}"));
+                }
+                let SpdBlock { size, row, col, cols } = *spd;
+                if cols == 0 || len as u64 % cols != 0 {
+                    return Err(format!("an \"spd\" block of {cols} columns cannot hold {len} elements"));
+                }
+                let rows = len as u64 / cols;
+                if row.checked_add(rows).is_none_or(|end| end > size)
+                    || col.checked_add(cols).is_none_or(|end| end > size)
+                {
+                    return Err(format!(
+                        "the \"spd\" block of {rows}x{cols} at ({row}, {col}) does not lie within the {size}x{size} matrix"
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the initial contents of a datum of `elem` into its bytes `out`, in place (after
+    /// [`Init::check`]): a fill converts its value once and fills the buffer.
+    pub fn write_into(&self, elem: ElemType, out: &mut [u8]) -> Result<(), String> {
+        fn typed<T: FileValue>(init: &Init, out: &mut [u8]) -> Result<(), String> {
+            // The store's buffers are 8-byte aligned and hold whole elements.
+            let out: &mut [T] = bytemuck::try_cast_slice_mut(out).map_err(|e| format!("datum buffer: {e}"))?;
+            match init {
+                Init::Fill { fill } => out.fill(T::from_value(*fill)?),
+                Init::Values(v) => {
+                    for (o, &x) in out.iter_mut().zip(v) {
+                        *o = T::from_value(x)?;
+                    }
+                }
+                Init::Spd { spd } => {
+                    let (size, row, col, cols) =
+                        (spd.size as usize, spd.row as usize, spd.col as usize, spd.cols as usize);
+                    for (r, line) in out.chunks_exact_mut(cols).enumerate() {
+                        for (c, o) in line.iter_mut().enumerate() {
+                            *o = T::spd(row + r, col + c, size).ok_or("an \"spd\" init needs f32 or f64 data")?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        match elem {
+            ElemType::F32 => typed::<f32>(self, out),
+            ElemType::F64 => typed::<f64>(self, out),
+            ElemType::U8 => typed::<u8>(self, out),
+            ElemType::U32 => typed::<u32>(self, out),
+            ElemType::I32 => typed::<i32>(self, out),
+            ElemType::U64 => typed::<u64>(self, out),
+            ElemType::I64 => typed::<i64>(self, out),
+            _ => Err(format!("element type {elem} cannot be initialised from a file")),
+        }
+    }
 }
 
 /// A task.
@@ -342,6 +472,7 @@ impl GraphSpec {
             data: Vec::new(),
             tasks: Vec::new(),
             deadline_s: None,
+            check: Vec::new(),
             source: None,
         }
     }
@@ -351,7 +482,24 @@ impl GraphSpec {
     /// topological order of `after` (file order where free), and data accesses infer
     /// dependencies in that order.
     pub fn build(&self, rt: &Runtime, opts: &BuildOptions) -> Result<Graph, LoadError> {
-        self.build_with(&RuntimeTarget(rt), opts)
+        self.build_checked(rt, opts).map(|(g, _)| g)
+    }
+
+    /// [`GraphSpec::build`], with the file's checks bound to the data just created: evaluate
+    /// them with [`Checks::evaluate`] after a run that completed.
+    pub fn build_checked(&self, rt: &Runtime, opts: &BuildOptions) -> Result<(Graph, Checks), LoadError> {
+        let (g, data) = self.build_with(&RuntimeTarget(rt), opts)?;
+        let checks =
+            check::bind(self, &data).map_err(|(pos, reason)| LoadError::new(&self.file_label(), pos, reason))?;
+        Ok((g, checks))
+    }
+
+    /// The file (or graph) a spec's errors name.
+    fn file_label(&self) -> String {
+        self.source
+            .clone()
+            .or_else(|| self.name.clone())
+            .unwrap_or_else(|| "graph".into())
     }
 
     /// Builds the graph for a simulator: every datum becomes size-only (stored data keep
@@ -361,15 +509,19 @@ impl GraphSpec {
         kernel_of: &dyn Fn(&str) -> Arc<hexec_kernels::Kernel>,
         opts: &BuildOptions,
     ) -> Result<Graph, LoadError> {
-        self.build_with(&VirtualTarget(kernel_of), opts)
+        // Checks need contents: a simulator only validates them.
+        let (g, _) = self.build_with(&VirtualTarget(kernel_of), opts)?;
+        check::validate(self).map_err(|(pos, reason)| LoadError::new(&self.file_label(), pos, reason))?;
+        Ok(g)
     }
 
-    fn build_with(&self, target: &dyn Target, opts: &BuildOptions) -> Result<Graph, LoadError> {
-        let file = self
-            .source
-            .clone()
-            .or_else(|| self.name.clone())
-            .unwrap_or_else(|| "graph".into());
+    /// The graph, and the data made for the spec's data by name.
+    fn build_with(
+        &self,
+        target: &dyn Target,
+        opts: &BuildOptions,
+    ) -> Result<(Graph, HashMap<&str, crate::graph::DataRef>), LoadError> {
+        let file = self.file_label();
         let err = |pos: String, reason: String| LoadError::new(&file, pos, reason);
         let task_pos = |i: usize| format!("tasks[{i}] ('{}')", self.tasks[i].name);
         if !(opts.time_scale.is_finite() && opts.time_scale >= 0.0) {
@@ -473,7 +625,7 @@ impl GraphSpec {
             }
             ids[i] = Some(b.add());
         }
-        Ok(g)
+        Ok((g, data))
     }
 }
 
@@ -531,6 +683,10 @@ impl Target for RuntimeTarget<'_> {
                 if d.init.is_some() {
                     return Err("a size-only datum (\"bytes\") cannot have \"init\"".into());
                 }
+                // Size-only data carry no flag a submit could check: refuse rather than ignore.
+                if d.read_only {
+                    return Err("a size-only datum (\"bytes\") cannot be \"read_only\" (only stored data can)".into());
+                }
                 Ok(g.virtual_data(d.name.clone(), bytes).into())
             }
             (Some(ty), Some(len), None) => {
@@ -538,52 +694,27 @@ impl Target for RuntimeTarget<'_> {
                     .ok_or_else(|| format!("unknown element type '{ty}' (known: u8, u32, i32, u64, i64, f32, f64)"))?;
                 let len = usize::try_from(len).map_err(|_| format!("len {len} is too large for this platform"))?;
                 if d.temp {
-                    if len.checked_mul(elem.size()).is_none_or(|b| b > isize::MAX as usize) {
-                        return Err(format!("len {len} is too large for this platform"));
-                    }
+                    // Allocated only mid-run, when first used: refuse it here, naming the file,
+                    // as submit would (for graphs built in code).
+                    rt.check_datum_size(&d.name, elem, len).map_err(|e| e.to_string())?;
                     return Ok(g.temp_of(d.name.clone(), elem, len).into());
                 }
-                let id = rt.data_zeroed(d.name.clone(), elem, len).map_err(|e| e.to_string())?;
                 if let Some(init) = &d.init {
-                    init_datum(rt, id, elem, len, init)?;
+                    init.check(elem, len)?;
                 }
+                // The contents are written into the datum's own buffer before it is stored, so
+                // that a read-only datum gets them and nothing else is allocated on the way.
+                let init = d.init.as_ref();
+                let id = rt
+                    .data_filled(d.name.clone(), elem, len, d.read_only, &mut |out| {
+                        init.map_or(Ok(()), |i| i.write_into(elem, out))
+                    })
+                    .map_err(|e| e.to_string())?;
                 Ok(crate::graph::DataRef::Stored { rt: rt.id(), id })
             }
             _ => Err("declare either \"type\" and \"len\" (stored data) or \"bytes\" (size only)".into()),
         }
     }
-}
-
-fn init_datum(rt: &Runtime, id: u32, elem: ElemType, len: usize, init: &Init) -> Result<(), String> {
-    let values: Vec<f64> = match init {
-        Init::Fill { fill } => vec![*fill; len],
-        Init::Values(v) if v.len() == len => v.clone(),
-        Init::Values(v) => return Err(format!("init has {} values for {len} elements", v.len())),
-    };
-    fn ints<T: hexec_kernels::Element + TryFrom<i128>>(v: &[f64]) -> Result<Vec<T>, String> {
-        v.iter()
-            .map(|&x| {
-                if x.fract() != 0.0 || !x.is_finite() {
-                    return Err(format!("{x} is not an integer"));
-                }
-                T::try_from(x as i128).map_err(|_| format!("{x} is out of range"))
-            })
-            .collect()
-    }
-    let r = match elem {
-        ElemType::F32 => rt.write(
-            rt.handle::<f32>(id),
-            &values.iter().map(|&x| x as f32).collect::<Vec<_>>(),
-        ),
-        ElemType::F64 => rt.write(rt.handle::<f64>(id), &values),
-        ElemType::U8 => rt.write(rt.handle::<u8>(id), &ints(&values)?),
-        ElemType::U32 => rt.write(rt.handle::<u32>(id), &ints(&values)?),
-        ElemType::I32 => rt.write(rt.handle::<i32>(id), &ints(&values)?),
-        ElemType::U64 => rt.write(rt.handle::<u64>(id), &ints(&values)?),
-        ElemType::I64 => rt.write(rt.handle::<i64>(id), &ints(&values)?),
-        _ => return Err(format!("element type {elem} cannot be initialised from a file")),
-    };
-    r.map_err(|e| e.to_string())
 }
 
 /// A stable topological order (lowest index first among ready tasks), or a cycle.

@@ -320,3 +320,134 @@ fn native_temporaries_run_and_are_checked() {
     let e = spec.build(&rt, &BuildOptions::default()).unwrap_err().to_string();
     assert!(e.contains("data[0] ('t')") && e.contains("temporary"), "{e}");
 }
+
+/// The store id of a file's stored datum, by position.
+fn stored_id(g: &Graph, local: usize) -> u32 {
+    match g.data[local] {
+        crate::graph::GraphDatum::Stored { id, .. } => id,
+        _ => unreachable!("datum {local} is stored"),
+    }
+}
+
+#[test]
+fn native_read_only_data_are_refused_to_writers() {
+    let text = r#"{"format": "hexec-graph", "version": 1,
+      "data": [{"name": "w", "type": "i32", "len": 3, "init": [1, 2, 3], "read_only": true}],
+      "tasks": [{"name": "clobber", "kernel": "fill", "params": [0], "access": [["w", "w"]]}]}"#;
+    let spec = parse("fixture", text.as_bytes(), None).unwrap();
+    let rt = rt();
+    let g = spec.build(&rt, &BuildOptions::default()).unwrap();
+    // The init is the datum's contents, and the store refuses writes to it as to any
+    // read-only datum.
+    let h = rt.handle::<i32>(stored_id(&g, 0));
+    assert_eq!(rt.read(h).unwrap(), vec![1, 2, 3]);
+    assert!(matches!(rt.write(h, &[0; 3]), Err(crate::DataError::ReadOnly(_))));
+    let e = rt.run(&g).unwrap_err().to_string();
+    assert!(
+        e.contains("'clobber'") && e.contains("'w'") && e.contains("read-only"),
+        "{e}"
+    );
+}
+
+#[test]
+fn native_inits_are_checked_before_allocation_and_written_in_place() {
+    let rt = rt();
+    // A task reads "b" (or "s" and "d"), so that the graph holds the data.
+    let build = |data: &str| {
+        let names = if data.contains(r#""name": "s""#) {
+            r#"["s", "r"], ["d", "r"]"#
+        } else {
+            r#"["b", "r"]"#
+        };
+        let text = format!(
+            r#"{{"format": "hexec-graph", "version": 1, "data": [{data}], "tasks": [{{"name": "look", "kernel": "noop", "access": [{names}]}}]}}"#
+        );
+        parse("fixture", text.as_bytes(), None)
+            .unwrap()
+            .build(&rt, &BuildOptions::default())
+    };
+    let g = build(r#"{"name": "b", "type": "u8", "len": 5, "init": {"fill": 7}}"#).unwrap();
+    assert_eq!(rt.read(rt.handle::<u8>(stored_id(&g, 0))).unwrap(), vec![7; 5]);
+    for (data, why) in [
+        (
+            r#"{"name": "b", "type": "u8", "len": 5, "init": {"fill": 256}}"#,
+            "out of range",
+        ),
+        (
+            r#"{"name": "b", "type": "u32", "len": 2, "init": [1, 2.5]}"#,
+            "not an integer",
+        ),
+        (
+            r#"{"name": "b", "type": "f32", "len": 3, "init": [1, 2]}"#,
+            "2 values for 3 elements",
+        ),
+        (
+            r#"{"name": "b", "type": "i32", "len": 4, "init": {"spd": {"size": 2, "row": 0, "col": 0, "cols": 2}}}"#,
+            "f32 or f64",
+        ),
+        (
+            r#"{"name": "b", "type": "f32", "len": 4, "init": {"spd": {"size": 3, "row": 2, "col": 0, "cols": 2}}}"#,
+            "within the 3x3 matrix",
+        ),
+        (
+            r#"{"name": "b", "type": "f32", "len": 5, "init": {"spd": {"size": 8, "row": 0, "col": 0, "cols": 2}}}"#,
+            "2 columns",
+        ),
+        (
+            r#"{"name": "b", "type": "f32", "len": 1000000000000, "init": {"fill": 1}}"#,
+            "more than this machine's memory",
+        ),
+    ] {
+        let e = build(data).unwrap_err().to_string();
+        assert!(e.contains("data[0] ('b')") && e.contains(why), "{data}: {e}");
+    }
+    // An spd block: the matrix TiledCholesky factorises, in f32 and in f64.
+    let spd = r#"{"spd": {"size": 6, "row": 2, "col": 0, "cols": 3}}"#;
+    let g = build(&format!(
+        r#"{{"name": "s", "type": "f32", "len": 6, "init": {spd}}}, {{"name": "d", "type": "f64", "len": 6, "init": {spd}}}"#
+    ))
+    .unwrap();
+    let s = rt.read(rt.handle::<f32>(stored_id(&g, 0))).unwrap();
+    let d = rt.read(rt.handle::<f64>(stored_id(&g, 1))).unwrap();
+    for r in 0..2 {
+        for c in 0..3 {
+            assert_eq!(s[r * 3 + c], crate::linalg::matrix_entry(2 + r, c, 6));
+            assert_eq!(d[r * 3 + c], crate::linalg::matrix_entry_f64(2 + r, c, 6));
+        }
+    }
+    assert_eq!((s[2], s[0]), (1.0 + 6.0, 1.0 / 3.0), "entries (2, 2) and (2, 0)");
+}
+
+#[test]
+fn generated_cholesky_runs_and_its_check_judges_the_factor() {
+    let spec = cholesky::generate(3, 8);
+    let text = serde_json::to_string(&spec).unwrap();
+    assert_eq!(parse("again", text.as_bytes(), None).unwrap(), spec);
+    let rt = rt();
+    let (g, checks) = spec.build_checked(&rt, &BuildOptions::default()).unwrap();
+    assert!(!checks.is_empty());
+    // Before the run the tiles hold A: L = A is far from a factor.
+    assert!(!checks.evaluate(&rt).unwrap()[0].ok);
+    rt.run(&g).unwrap();
+    let outcome = &checks.evaluate(&rt).unwrap()[0];
+    assert!(outcome.ok && outcome.value < 1e-6, "{outcome}");
+
+    // Malformed checks name the check and the reason.
+    for (edit, why) in [
+        (r#""tolerance":0.00001"#, r#""tolerance":-1"#, "positive"),
+        (r#"["A[1,0]","A[1,1]"]"#, r#"["A[1,0]"]"#, "row 1"),
+        (r#""A[2,2]"]]"#, r#""A[2,9]"]]"#, "'A[2,9]'"),
+    ]
+    .map(|(from, to, why)| ((from, to), why))
+    {
+        let bad = text.replace(edit.0, edit.1);
+        assert_ne!(bad, text, "{edit:?}");
+        let spec = parse("c.json", bad.as_bytes(), None).unwrap();
+        let e = spec.build_checked(&rt, &BuildOptions::default()).unwrap_err();
+        assert!(e.position == "check[0] (cholesky)" && e.reason.contains(why), "{e}");
+        let e = spec
+            .build_virtual(&|_| crate::kernels::builtin::noop(), &BuildOptions::default())
+            .unwrap_err();
+        assert!(e.reason.contains(why), "{e}");
+    }
+}
