@@ -50,6 +50,8 @@ pub enum SubmitError {
     Unsatisfiable { task: String, reason: String },
     #[error("datum {datum} is in use by another run")]
     DataBusy { datum: String },
+    #[error("datum {datum} was freed")]
+    DataFreed { datum: String },
     #[error("the graph has {tasks} tasks; at most {max} are supported")]
     TooLarge { tasks: usize, max: usize },
 }
