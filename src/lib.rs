@@ -34,7 +34,9 @@ pub use hexec_kernels as kernels;
 
 pub use graph::compile::SubmitError;
 pub use graph::{Data, DataRef, Graph, Restriction, TaskId, TempData, VirtualData};
-pub use runtime::{BuildError, CancelToken, DataError, MemoryLimits, RunError, RunOptions, Runtime, RuntimeBuilder};
+pub use runtime::{
+    BuildError, CancelToken, DataError, MemoryLimits, NodeUsage, RunError, RunOptions, Runtime, RuntimeBuilder,
+};
 pub use sched::PolicyKind;
 pub use topology::{DeviceKind, Machine};
 pub use trace::RunReport;

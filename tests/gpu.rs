@@ -1464,3 +1464,50 @@ fn a_gpu_failure_falls_back_to_a_cpu_with_a_warning_or_fails_at_once() {
     assert_eq!(report.failures[0].attempts.len(), 1, "{err}");
     assert!(err.to_string().contains("refuses these operands"), "{err}");
 }
+
+#[test]
+fn freeing_a_datum_releases_its_gpu_copy() {
+    let Some(rt) = with_one_gpu(Runtime::builder()) else {
+        eprintln!("SKIPPED: no GPU adapter");
+        return;
+    };
+    let gpu_used = |rt: &Runtime| rt.memory_usage()[1].used_bytes;
+    let before = (rt.memory_usage()[0].used_bytes, gpu_used(&rt));
+    let x = rt.data_named("x", vec![1.0f32; 1 << 20]);
+    let mut g = rt.graph();
+    g.task(&builtin::scale())
+        .on(DeviceKind::Gpu)
+        .read_write(x)
+        .param(2.0)
+        .add();
+    rt.run(&g).unwrap();
+    assert_eq!(rt.memory_usage()[1].node, "gpu0");
+    assert!(gpu_used(&rt) >= 4 << 20, "the GPU holds no copy of 'x'");
+    rt.free(x).unwrap();
+    assert_eq!((rt.memory_usage()[0].used_bytes, gpu_used(&rt)), before);
+    // The handle names a freed datum now, in reads and in graphs.
+    assert_eq!(rt.read(x).unwrap_err().to_string(), "datum 'x' was freed");
+    let e = rt.run(&g).unwrap_err().to_string();
+    assert!(e.contains("datum 'x' was freed"), "{e}");
+    // Data taken back from a GPU come home first, and free their GPU copy too.
+    let y = rt.data_named("y", vec![1.0f32; 1000]);
+    let mut g = rt.graph();
+    g.task(&builtin::scale())
+        .on(DeviceKind::Gpu)
+        .read_write(y)
+        .param(3.0)
+        .add();
+    rt.run(&g).unwrap();
+    assert_eq!(rt.take(y).unwrap(), vec![3.0; 1000]);
+    assert_eq!((rt.memory_usage()[0].used_bytes, gpu_used(&rt)), before);
+    // read_with brings the GPU's value home too.
+    let z = rt.data_named("z", vec![1.0f32; 100]);
+    let mut g = rt.graph();
+    g.task(&builtin::scale())
+        .on(DeviceKind::Gpu)
+        .read_write(z)
+        .param(5.0)
+        .add();
+    rt.run(&g).unwrap();
+    assert_eq!(rt.read_with(z, |s| s.iter().sum::<f32>()).unwrap(), 500.0);
+}

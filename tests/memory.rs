@@ -598,3 +598,29 @@ fn a_host_limit_without_a_spill_directory_is_refused_at_build() {
         .build()
         .unwrap();
 }
+
+#[test]
+fn freeing_a_spilled_datum_removes_its_spill_file() {
+    let parent = spill_parent("free");
+    let rt = rt(1, PolicyKind::Ws, Some(4096), &parent);
+    let a = rt.data_named("a", vec![1.0f32; 1024]);
+    let b = rt.data_named("b", vec![2.0f32; 1024]); // makes room by spilling 'a'
+    let dir = rt.spill_directory().unwrap().to_path_buf();
+    let first = dir.join("0.bin");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&first).map_or(true, |m| m.len() < 4096) {
+        assert!(std::time::Instant::now() < deadline, "'a' was never spilled");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    rt.free(a).unwrap();
+    assert!(!first.exists(), "the spill file of a freed datum stays behind");
+    let host = rt.memory_usage()[0].used_bytes;
+    assert!(host <= 4096, "{host} host bytes accounted with only 'b' left");
+    let e = rt.read(a).unwrap_err().to_string();
+    assert_eq!(e, "datum 'a' was freed");
+    // 'b' (in memory or spilled) is unharmed, and can be freed too.
+    assert_eq!(rt.read(b).unwrap(), vec![2.0; 1024]);
+    rt.free(b).unwrap();
+    assert_eq!(rt.memory_usage()[0].used_bytes, 0);
+    assert_eq!(std::fs::read_dir(&dir).map_or(0, |d| d.count()), 0, "spill files left");
+}

@@ -37,3 +37,20 @@ fn readme_kernel_example() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(rt.read(v)?, vec![9.0, 4.0]);
     Ok(())
 }
+
+#[test]
+fn readme_data_lifecycle() -> Result<(), Box<dyn std::error::Error>> {
+    let rt = Runtime::builder().cpus(1).build()?;
+    let v = vec![1.0f32; 1000];
+    let p = v.as_ptr();
+    let h = rt.data(v);
+    assert_eq!(rt.read_with(h, |s: &[f32]| s.as_ptr())?, p);
+    assert_eq!(rt.read(h)?.len(), 1000);
+    let back = rt.take(h)?;
+    assert_eq!(back.as_ptr(), p);
+    let x = rt.data_named("x", vec![0u8; 16]);
+    rt.free(x)?;
+    assert_eq!(rt.read(x).unwrap_err().to_string(), "datum 'x' was freed");
+    assert_eq!(rt.memory_usage()[0].used_bytes, 0);
+    Ok(())
+}

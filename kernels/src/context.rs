@@ -2,8 +2,10 @@
 //!
 //! Invariants:
 //! - A [`RawOperand`] is only built through its `unsafe` constructor, whose caller (the
-//!   runtime) promises that the memory is valid, aligned to 8 bytes and not written by anyone
-//!   else for the life of the context, and not read by anyone else when the access writes.
+//!   runtime) promises that the memory is valid, aligned for its element type and not
+//!   written by anyone else for the life of the context, and not read by anyone else when the
+//!   access writes. Slices are only ever made of the operand's own element type, so that
+//!   alignment is all they need (a datum made from a `Vec<u8>` may be 1-aligned).
 //! - A [`CpuContext`] hands out at most one `&mut` slice per operand and no shared slice of
 //!   an operand that is mutably borrowed; it tracks this per operand, so distinct
 //!   operands (which the graph guarantees are distinct data when one of them is written) can
@@ -32,8 +34,8 @@ impl<'a> RawOperand<'a> {
     ///
     /// # Safety
     /// `ptr` must be valid for reads (and for writes when `access.writes()`) of `len_bytes`
-    /// bytes for `'a`, aligned to 8 bytes, and for `'a` no one else may write it, nor read it
-    /// when `access.writes()`.
+    /// bytes for `'a`, aligned for `elem`'s Rust type, and for `'a` no one else may write it,
+    /// nor read it when `access.writes()`.
     pub unsafe fn new(ptr: *mut u8, len_bytes: usize, elem: ElemType, access: Access) -> Self {
         RawOperand {
             ptr,
@@ -242,8 +244,8 @@ impl<'a> CpuContext<'a> {
             return Err(KernelError::AlreadyBorrowed { index: i });
         }
         self.borrows.mark(i, SHARED);
-        // SAFETY: the constructor's contract makes `ptr` valid and 8-aligned for `len_bytes`
-        // for 'a with no concurrent writer; the bit checks above ensure no `&mut` to this
+        // SAFETY: the constructor's contract makes `ptr` valid and aligned for `op.elem`'s
+        // type (which is `T`, checked above) for `len_bytes` for 'a with no concurrent writer; the bit checks above ensure no `&mut` to this
         // operand is live from this context. `T::ELEM == op.elem` and every element type's
         // size divides the length (the runtime allocates whole elements), and `T: Pod`
         // accepts any bit pattern.

@@ -60,6 +60,8 @@ pub enum SubmitError {
     DatumTooLarge { datum: String, bytes: u128, limit: String },
     #[error("datum {datum} is in use by another run")]
     DataBusy { datum: String },
+    #[error("datum {datum} was freed")]
+    DataFreed { datum: String },
     #[error("the graph has {tasks} tasks; at most {max} are supported")]
     TooLarge { tasks: usize, max: usize },
 }

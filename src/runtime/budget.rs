@@ -113,6 +113,15 @@ pub struct NodeMemory {
     pub ping_pongs: u64,
 }
 
+/// Bytes in use now on one memory node ([`Runtime::memory_usage`](crate::Runtime::memory_usage)).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct NodeUsage {
+    pub node: String,
+    pub used_bytes: u64,
+    /// `None` when unlimited.
+    pub capacity_bytes: Option<u64>,
+}
+
 /// The budgets of all nodes, indexed by [`Node::index`].
 #[derive(Debug, Default)]
 pub(crate) struct Budgets {
@@ -392,6 +401,22 @@ impl Budgets {
     pub fn serial(&self, node: Node) -> bool {
         let nb = self.node(node);
         nb.completions.load(Ordering::Acquire) < nb.serial_until.load(Ordering::Acquire)
+    }
+
+    /// Bytes in use now on every node (the host, then each GPU).
+    pub fn usage(&self) -> Vec<NodeUsage> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let cap = n.capacity.load(Ordering::Relaxed);
+                NodeUsage {
+                    node: Node::from_index(i).to_string(),
+                    used_bytes: n.used.load(Ordering::Relaxed),
+                    capacity_bytes: (cap != u64::MAX).then_some(cap),
+                }
+            })
+            .collect()
     }
 
     /// The per-node report: the host, each GPU, the host's share on each NUMA node (when

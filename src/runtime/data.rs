@@ -2,7 +2,10 @@
 //! datum on GPUs with their coherence state.
 //!
 //! Invariants:
-//! - a [`DataCell`]'s host buffer is 8-byte aligned and `words` long. Without a host memory
+//! - a [`DataCell`]'s host buffer is a [`HostBuf`] aligned for its element type (the user's
+//!   own `Vec` allocation, or one the store makes) and at least `bytes()` long, owned by
+//!   `host` and mirrored in `ptr` for lock-free readers (both changed together, under
+//!   `host`'s lock). Without a host memory
 //!   limit, a stored datum's is allocated once and never moves; with one, or for a graph's
 //!   temporary, it may be spilled (written to a
 //!   spill file when it is the only valid copy, else dropped) and allocated again later, both
@@ -27,10 +30,15 @@
 //!   writing it, a download from a GPU) writes a fresh copy instead and the old buffer is
 //!   retired, freed when the last straggler lets go. So no buffer is written while a loser
 //!   still uses it, nor freed under it.
+//! - a freed datum ([`DataStore::free`]) keeps `in_use` set for good and `freed` set: it is
+//!   out of the store, holds no copy anywhere, and every later access (a stale `Arc` of a
+//!   concurrent read or run included) fails to acquire it and says it was freed.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use super::budget::Budgets;
+use super::hostbuf::{elem_align, HostBuf};
 use super::spill::SpillFile;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -69,6 +77,10 @@ pub enum DataError {
     Transfer { name: String, reason: String },
     #[error("datum '{name}' could not be stored: {reason}")]
     Store { name: String, reason: String },
+    /// The datum was freed ([`Runtime::free`](crate::Runtime::free) or
+    /// [`Runtime::take`](crate::Runtime::take)); its handle names nothing any more.
+    #[error("datum '{0}' was freed")]
+    Freed(String),
 }
 
 /// Why a datum could not be made ready on a GPU.
@@ -96,9 +108,15 @@ pub(crate) struct DataCell {
     pub elem: ElemType,
     pub len: usize,
     pub read_only: bool,
-    /// The host buffer of `words` words; null while spilled or dropped (host limit only).
-    ptr: AtomicPtr<u64>,
-    words: usize,
+    /// The host buffer's first byte, mirroring `host` for lock-free readers; null while
+    /// spilled or dropped (host limit only).
+    ptr: AtomicPtr<u8>,
+    /// The host buffer itself (its owner); locked only to swap or copy it.
+    host: Mutex<Option<HostBuf>>,
+    /// The alignment of buffers the store allocates for this datum (its element type's).
+    align: usize,
+    /// Freed: out of the store, no copies, `in_use` held for good (module invariants).
+    freed: AtomicBool,
     /// Whether the host buffer may leave memory (the runtime has a host limit).
     spillable: bool,
     /// The NUMA node the host buffer's bytes are charged to (while it is in memory).
@@ -140,9 +158,9 @@ pub(crate) struct DataCell {
     /// Losing attempts of speculated tasks that may still use the host buffers (module
     /// invariants); changed with `retired` locked.
     stragglers: AtomicU32,
-    /// Host buffers replaced while stragglers may use them: (pointer, words), freed when the
-    /// last straggler lets go.
-    retired: Mutex<Vec<(*mut u64, usize)>>,
+    /// Host buffers replaced while stragglers may use them, freed when the last straggler
+    /// lets go.
+    retired: Mutex<Vec<HostBuf>>,
     /// Downloads into the host buffer so far (lineage dates the host's value by them).
     downloads: AtomicU32,
 }
@@ -150,7 +168,7 @@ pub(crate) struct DataCell {
 /// The logical clock of GPU uses.
 static USE_CLOCK: AtomicU64 = AtomicU64::new(0);
 
-// SAFETY: the cell owns its host buffer (like a `Box<[u64]>`); all access to the bytes goes
+// SAFETY: the cell owns its host buffer (a `HostBuf`, like a `Vec<u8>`); all access to the bytes goes
 // through `DataStore::read`/`write` (which refuse cells in use), through a run that holds
 // `in_use` and orders conflicting kernel accesses by graph dependencies, or through the
 // copies below, made under the `coherence` lock into an invalid copy (module invariants).
@@ -160,17 +178,10 @@ unsafe impl Send for DataCell {}
 unsafe impl Sync for DataCell {}
 
 impl DataCell {
-    fn new(name: String, elem: ElemType, bytes: &[u8], read_only: bool, gpus: usize, budgets: Arc<Budgets>) -> Self {
-        let mut buf = vec![0u64; bytes.len().div_ceil(8)].into_boxed_slice();
-        bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..bytes.len()].copy_from_slice(bytes);
-        Self::from_words(name, elem, bytes.len() / elem.size(), buf, read_only, gpus, budgets)
-    }
-
     /// A graph's temporary: no memory until first used, then zeroed; its host buffer goes
     /// through pins like a spillable one, so that [`DataCell::discard`] can free it.
     pub fn temp(name: String, elem: ElemType, len: usize, gpus: usize, budgets: Arc<Budgets>) -> Self {
-        let words = (len * elem.size()).div_ceil(8);
-        Self::with_buffer(name, elem, len, false, std::ptr::null_mut(), words, true, gpus, budgets)
+        Self::with_buffer(name, elem, len, false, None, true, gpus, budgets)
     }
 
     /// Frees every copy of a temporary after its last use: the host buffer, the spill file,
@@ -179,12 +190,8 @@ impl DataCell {
     pub fn discard(&self) {
         let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
         debug_assert_eq!(self.host_pins.load(Ordering::Acquire), 0, "discarding a pinned datum");
-        let ptr = self.as_mut_ptr();
-        if !ptr.is_null() {
-            self.ptr.store(std::ptr::null_mut(), Ordering::Release);
-            // SAFETY: a non-null `ptr` is a live host buffer of `words` words; it was just
-            // cleared under the lock, and no pin is held, so no one uses or frees it.
-            unsafe { free_words(ptr.cast(), self.words) };
+        // No pin is held, so no one uses the buffer it frees.
+        if self.set_host(None).is_some() {
             self.budgets.release_host(self.bytes() as u64, self.host_numa());
         }
         if let Some(file) = self.spilled.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -201,35 +208,35 @@ impl DataCell {
         self.on_gpu.store(false, Ordering::Release);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn from_words(
+    /// A datum of `len` elements whose host buffer is `buf` (at least `len` elements long,
+    /// aligned for `elem`), accounted in the host budget.
+    fn from_buf(
         name: String,
         elem: ElemType,
         len: usize,
-        buf: Box<[u64]>,
+        buf: HostBuf,
         read_only: bool,
         gpus: usize,
         budgets: Arc<Budgets>,
     ) -> Self {
-        let words = buf.len();
+        debug_assert!(buf.len() >= len * elem.size());
+        debug_assert_eq!(buf.as_ptr() as usize % elem_align(elem), 0);
         let numa = budgets.admit_host((len * elem.size()) as u64);
-        let ptr = Box::into_raw(buf) as *mut u64;
         let spillable = budgets.spillable();
-        let cell = Self::with_buffer(name, elem, len, read_only, ptr, words, spillable, gpus, budgets);
+        let cell = Self::with_buffer(name, elem, len, read_only, Some(buf), spillable, gpus, budgets);
         cell.numa.store(numa as u32, Ordering::Relaxed);
         cell
     }
 
-    /// A cell owning the host buffer `ptr` of `words` words (null: not in memory, reads as
-    /// zeros), valid on the host only.
+    /// A cell owning the host buffer `buf` (`None`: not in memory, reads as zeros), valid on
+    /// the host only.
     #[allow(clippy::too_many_arguments)]
     fn with_buffer(
         name: String,
         elem: ElemType,
         len: usize,
         read_only: bool,
-        ptr: *mut u64,
-        words: usize,
+        buf: Option<HostBuf>,
         spillable: bool,
         gpus: usize,
         budgets: Arc<Budgets>,
@@ -239,8 +246,10 @@ impl DataCell {
             elem,
             len,
             read_only,
-            ptr: AtomicPtr::new(ptr),
-            words,
+            ptr: AtomicPtr::new(buf.as_ref().map_or(std::ptr::null_mut(), HostBuf::as_ptr)),
+            host: Mutex::new(buf),
+            align: elem_align(elem),
+            freed: AtomicBool::new(false),
             spillable,
             numa: AtomicU32::new(0),
             host_pins: AtomicU32::new(0),
@@ -283,11 +292,8 @@ impl DataCell {
     pub fn straggler_done(&self) {
         let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
         if self.stragglers.fetch_sub(1, Ordering::AcqRel) == 1 {
-            for (ptr, words) in retired.drain(..) {
-                // SAFETY: retired buffers came from `Box::into_raw` of `words` words and were
-                // replaced in `ptr`; the last straggler that could use them is done.
-                unsafe { free_words(ptr, words) };
-            }
+            // The last straggler that could use them is done.
+            retired.clear();
         }
     }
 
@@ -303,32 +309,43 @@ impl DataCell {
         if self.stragglers.load(Ordering::Acquire) == 0 {
             return;
         }
-        let old = self.ptr.load(Ordering::Acquire);
-        if old.is_null() {
+        let mut host = self.host.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(old) = host.as_ref() else {
             return;
+        };
+        // Stragglers only read or write their own retired or replaced buffers, and no task
+        // writes this one now: its bytes are stable while copied.
+        let copy = HostBuf::copy_of(old.bytes(), self.align);
+        self.ptr.store(copy.as_ptr(), Ordering::Release);
+        if let Some(old) = host.replace(copy) {
+            retired.push(old);
         }
-        // SAFETY: `old` is the live host buffer of `words` words; stragglers only read or
-        // write their own retired or replaced buffers, and no task writes this one now.
-        let copy: Box<[u64]> = unsafe { std::slice::from_raw_parts(old, self.words) }.into();
-        self.ptr.store(Box::into_raw(copy) as *mut u64, Ordering::Release);
-        retired.push((old, self.words));
     }
 
-    /// Makes `buf` (`words` words) the host buffer and the host copy the only valid one: the
-    /// result of a speculative attempt that won. The old buffer is retired, since the loser
-    /// may still write it (the caller holds it for the straggler first).
-    pub fn install_host(&self, buf: Box<[u64]>) {
-        debug_assert_eq!(buf.len(), self.words);
+    /// Makes `new` the host buffer (`None`: out of memory), returning the old one. Callers
+    /// hold `coherence` (or are the only user of the cell) and no host pin is held on the old
+    /// buffer, or they retire it instead of dropping it.
+    fn set_host(&self, new: Option<HostBuf>) -> Option<HostBuf> {
+        let mut host = self.host.lock().unwrap_or_else(|e| e.into_inner());
+        self.ptr.store(
+            new.as_ref().map_or(std::ptr::null_mut(), HostBuf::as_ptr),
+            Ordering::Release,
+        );
+        std::mem::replace(&mut *host, new)
+    }
+
+    /// Makes `buf` (from [`DataCell::blank_host`] or [`DataCell::host_copy`]) the host buffer
+    /// and the host copy the only valid one: the result of a speculative attempt that won. The
+    /// old buffer is retired, since the loser may still write it (the caller holds it for the
+    /// straggler first).
+    pub fn install_host(&self, buf: HostBuf) {
+        debug_assert_eq!(buf.len(), self.bytes());
         let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
         let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        let old = self.ptr.swap(Box::into_raw(buf) as *mut u64, Ordering::AcqRel);
-        if !old.is_null() {
-            if self.stragglers.load(Ordering::Acquire) == 0 {
-                // SAFETY: the old buffer came from `Box::into_raw` of `words` words, was just
-                // replaced, and no straggler uses it (the loser, if any, is held for).
-                unsafe { free_words(old, self.words) };
-            } else {
-                retired.push((old, self.words));
+        if let Some(old) = self.set_host(Some(buf)) {
+            // Freed now unless a straggler may still use it (the loser, if any, is held for).
+            if self.stragglers.load(Ordering::Acquire) != 0 {
+                retired.push(old);
             }
         }
         drop(retired);
@@ -338,18 +355,17 @@ impl DataCell {
         self.host_valid.store(true, Ordering::Release);
     }
 
-    /// The host buffer's words, for copying (a speculative attempt's private operands). The
-    /// caller knows no one writes the datum meanwhile.
-    pub fn host_words(&self) -> Option<Box<[u64]>> {
-        let ptr = self.ptr.load(Ordering::Acquire);
-        // SAFETY: a non-null `ptr` is the live host buffer of `words` words; the caller
-        // guarantees no concurrent writer, and stragglers hold retired buffers alive.
-        (!ptr.is_null()).then(|| unsafe { std::slice::from_raw_parts(ptr, self.words) }.into())
+    /// A copy of the host buffer (a speculative attempt's private operands), `None` while it
+    /// is out of memory. The caller knows no one writes the datum meanwhile.
+    pub fn host_copy(&self) -> Option<HostBuf> {
+        let host = self.host.lock().unwrap_or_else(|e| e.into_inner());
+        host.as_ref()
+            .map(|b| HostBuf::copy_of(&b.bytes()[..self.bytes()], self.align))
     }
 
-    /// Host buffer length in 8-byte words.
-    pub fn words(&self) -> usize {
-        self.words
+    /// A zeroed buffer the size and alignment of the host buffer (a private operand).
+    pub fn blank_host(&self) -> HostBuf {
+        HostBuf::zeroed(self.bytes(), self.align)
     }
 
     /// Keeps `copies` valid copies on distinct memory nodes after a GPU writes the datum (2:
@@ -448,11 +464,10 @@ impl DataCell {
                 other => other,
             })?;
         self.numa.store(numa as u32, Ordering::Relaxed);
-        let mut buf = vec![0u64; self.words].into_boxed_slice();
+        let mut buf = self.blank_host();
         let mut spilled = self.spilled.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(file) = spilled.as_ref() {
-            let out = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..self.bytes()];
-            if let Err(e) = file.read_into(&self.name, out) {
+            if let Err(e) = file.read_into(&self.name, buf.bytes_mut()) {
                 self.budgets.release_host(bytes, numa);
                 return Err(PrepError::Failed(e));
             }
@@ -465,7 +480,7 @@ impl DataCell {
                 self.budgets.ping_pong(Node::Host);
             }
         }
-        self.ptr.store(Box::into_raw(buf) as *mut u64, Ordering::Release);
+        self.set_host(Some(buf));
         Ok(())
     }
 
@@ -644,10 +659,8 @@ impl DataCell {
             c.drop_copy(Node::Host);
             self.host_valid.store(false, Ordering::Release);
         }
-        self.ptr.store(std::ptr::null_mut(), Ordering::Release);
-        // SAFETY: a non-null `ptr` is a live host buffer of `words` words; it was just cleared
-        // under the lock, so no one else frees it.
-        unsafe { free_words(ptr.cast(), self.words) };
+        // Coherence is locked and no host pin is held: no one uses the buffer it frees.
+        self.set_host(None);
         self.budgets.release_host(self.bytes() as u64, self.host_numa());
         Ok(Some(written))
     }
@@ -926,9 +939,9 @@ impl DataCell {
 
 impl Drop for DataCell {
     fn drop(&mut self) {
+        // Whatever copies it still holds go, and their room with them (a freed cell has none).
         let bytes = self.bytes() as u64;
-        let ptr = *self.ptr.get_mut();
-        if !ptr.is_null() {
+        if self.host.get_mut().unwrap_or_else(|e| e.into_inner()).take().is_some() {
             self.budgets.release_host(bytes, self.host_numa());
         }
         if let Some(file) = self.spilled.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
@@ -940,27 +953,72 @@ impl Drop for DataCell {
                 self.budgets.node(Node::Gpu(g as u16)).release(bytes);
             }
         }
-        if !ptr.is_null() {
-            // SAFETY: a non-null `ptr` is a live host buffer of `words` words (`spill_host`
-            // clears it when it frees); we are the last owner.
-            unsafe { free_words(ptr, self.words) }
-        }
-        for (ptr, words) in self.retired.get_mut().unwrap_or_else(|e| e.into_inner()).drain(..) {
-            // SAFETY: retired buffers come from `Box::into_raw`; with the cell gone, no run
-            // (and so no straggler) uses them.
-            unsafe { free_words(ptr, words) }
-        }
+        // Retired buffers drop with the cell: with the cell gone, no run (and so no straggler)
+        // uses them.
     }
 }
 
-/// Frees a host buffer.
-///
-/// # Safety
-/// `ptr` comes from `Box::into_raw` of a `Box<[u64]>` of `words` words (`from_words`,
-/// `materialize`) and is not used again.
-unsafe fn free_words(ptr: *mut u64, words: usize) {
-    // SAFETY: the caller's contract.
-    drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, words)) });
+impl DataCell {
+    /// Whether the datum was freed.
+    pub fn is_freed(&self) -> bool {
+        self.freed.load(Ordering::Acquire)
+    }
+
+    /// Takes `in_use` for a user access, or says why not: freed, or used by a run.
+    fn acquire_for_user(&self) -> Result<(), DataError> {
+        if self.acquire() {
+            return Ok(());
+        }
+        Err(if self.is_freed() {
+            DataError::Freed(self.name.clone())
+        } else {
+            DataError::Busy(self.name.clone())
+        })
+    }
+
+    /// Frees every copy (the caller holds `in_use`, which stays held for good): the host
+    /// buffer, returned rather than dropped (for `take`), the spill file, the GPU replicas,
+    /// each one's room in its budget. Afterwards the cell is marked freed.
+    fn free_copies(&self) -> Option<HostBuf> {
+        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        self.freed.store(true, Ordering::Release);
+        debug_assert_eq!(self.host_pins.load(Ordering::Acquire), 0, "freeing a pinned datum");
+        let bytes = self.bytes() as u64;
+        let host = self.set_host(None);
+        if host.is_some() {
+            self.budgets.release_host(bytes, self.host_numa());
+        }
+        if let Some(file) = self.spilled.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            file.remove();
+        }
+        let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+        for (g, r) in replicas.iter_mut().enumerate() {
+            // Dropping the buffer releases it: no submission in flight uses a datum no run
+            // holds.
+            if r.take().is_some() {
+                self.budgets.node(Node::Gpu(g as u16)).release(bytes);
+            }
+        }
+        // No run holds the datum, so no straggler uses its retired buffers.
+        self.retired.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        *c = Coherence::host_only(replicas.len());
+        self.host_valid.store(false, Ordering::Release);
+        self.on_gpu.store(false, Ordering::Release);
+        host
+    }
+}
+
+/// Names of freed data kept for error messages, at most this many (the oldest are forgotten,
+/// so that a program freeing data for ever does not grow).
+const FREED_NAMES: usize = 4096;
+
+/// The store's table: live data by id, and the names of recently freed ones.
+#[derive(Default)]
+struct Cells {
+    live: HashMap<u32, Arc<DataCell>>,
+    /// The next id; ids are never reused, so a stale handle never names a newer datum.
+    next: u32,
+    freed: BTreeMap<u32, String>,
 }
 
 /// The data of one runtime.
@@ -970,7 +1028,23 @@ pub(crate) struct DataStore {
     /// Valid copies new data keep after a GPU writes them (see `DataCell::set_replicas`).
     pub default_replicas: std::sync::atomic::AtomicU8,
     budgets: Arc<Budgets>,
-    cells: RwLock<Vec<Arc<DataCell>>>,
+    cells: RwLock<Cells>,
+}
+
+/// Ends a user access begun with `acquire_for_user` (and a host pin, if `pinned`), also when
+/// the caller's closure panics.
+struct UserAccess<'a> {
+    cell: &'a DataCell,
+    pinned: bool,
+}
+
+impl Drop for UserAccess<'_> {
+    fn drop(&mut self) {
+        if self.pinned {
+            self.cell.unpin_host();
+        }
+        self.cell.release();
+    }
 }
 
 impl DataStore {
@@ -980,42 +1054,43 @@ impl DataStore {
             gpus,
             default_replicas: std::sync::atomic::AtomicU8::new(1),
             budgets,
-            cells: RwLock::new(Vec::new()),
+            cells: RwLock::new(Cells::default()),
         }
     }
 
-    pub fn insert<T: Element>(&self, name: Option<String>, values: &[T], read_only: bool) -> Data<T> {
-        let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
-        let id = cells.len() as u32;
-        let name = name.unwrap_or_else(|| format!("data#{id}"));
-        let cell = Arc::new(DataCell::new(
-            name,
-            T::ELEM,
-            bytemuck::cast_slice(values),
-            read_only,
-            self.gpus,
-            self.budgets.clone(),
-        ));
-        self.push(&mut cells, cell);
+    /// Stores `values` as a new datum, keeping the vector's own allocation (no copy).
+    pub fn insert<T: Element>(&self, name: Option<String>, values: Vec<T>, read_only: bool) -> Data<T> {
+        let len = values.len();
+        let buf = HostBuf::from_vec(values);
+        let id = self.push(name, |name| {
+            DataCell::from_buf(name, T::ELEM, len, buf, read_only, self.gpus, self.budgets.clone())
+        });
         Data::new(self.rt, id)
     }
 
     /// Every datum of the store (to forget the copies of a lost GPU).
     pub fn all(&self) -> Vec<Arc<DataCell>> {
-        self.cells.read().unwrap_or_else(|e| e.into_inner()).clone()
+        let cells = self.cells.read().unwrap_or_else(|e| e.into_inner());
+        cells.live.values().cloned().collect()
     }
 
-    fn push(&self, cells: &mut Vec<Arc<DataCell>>, cell: Arc<DataCell>) {
+    /// Adds the cell `make` builds under its name (or `data#ID`); returns its id.
+    fn push(&self, name: Option<String>, make: impl FnOnce(String) -> DataCell) -> u32 {
+        let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
+        let id = cells.next;
+        let cell = Arc::new(make(name.unwrap_or_else(|| format!("data#{id}"))));
         cell.set_replicas(self.default_replicas.load(Ordering::Relaxed));
         if self.budgets.spillable() {
             self.budgets.register(Node::Host, &cell);
         }
-        cells.push(cell);
+        cells.live.insert(id, cell);
+        cells.next = id.checked_add(1).expect("fewer than 2^32 data over a runtime's life");
+        id
     }
 
     /// Stores `len` elements of `elem` whose contents `fill` writes in place into the zeroed
-    /// buffer (the bytes of the final buffer, 8-byte aligned, so any element type may be cast
-    /// onto them): nothing of another type or size is built on the way, and a read-only datum
+    /// buffer (the bytes of the final buffer, aligned for `elem`, so that they may be cast to
+    /// it): nothing of another type or size is built on the way, and a read-only datum
     /// gets its contents before anyone may be refused writing it.
     pub fn insert_filled(
         &self,
@@ -1031,40 +1106,45 @@ impl DataStore {
             return Err(DataError::TooLarge { name: label, bytes });
         }
         let bytes = bytes as usize;
-        let mut buf = vec![0u64; bytes.div_ceil(8)].into_boxed_slice();
-        fill(&mut bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..bytes])
-            .map_err(|reason| DataError::Store { name: label, reason })?;
-        let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
-        let id = cells.len() as u32;
-        let name = name.unwrap_or_else(|| format!("data#{id}"));
-        let cell = Arc::new(DataCell::from_words(
-            name,
-            elem,
-            len,
-            buf,
-            read_only,
-            self.gpus,
-            self.budgets.clone(),
-        ));
-        self.push(&mut cells, cell);
-        Ok(id)
+        let mut buf = HostBuf::zeroed(bytes, elem_align(elem));
+        fill(buf.bytes_mut()).map_err(|reason| DataError::Store { name: label, reason })?;
+        Ok(self.push(name, |name| {
+            DataCell::from_buf(name, elem, len, buf, read_only, self.gpus, self.budgets.clone())
+        }))
     }
 
     pub fn cell(&self, rt: u64, id: u32) -> Option<Arc<DataCell>> {
         if rt != self.rt {
             return None;
         }
-        self.cells
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id as usize)
-            .cloned()
+        let cells = self.cells.read().unwrap_or_else(|e| e.into_inner());
+        cells.live.get(&id).cloned()
+    }
+
+    /// Why datum `id` of runtime `rt` is not in the store, when it was freed: the error
+    /// naming it.
+    pub fn freed(&self, rt: u64, id: u32) -> Option<DataError> {
+        if rt != self.rt {
+            return None;
+        }
+        let cells = self.cells.read().unwrap_or_else(|e| e.into_inner());
+        (id < cells.next && !cells.live.contains_key(&id)).then(|| {
+            DataError::Freed(
+                cells
+                    .freed
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| format!("data#{id} (name forgotten)")),
+            )
+        })
     }
 
     pub fn typed_cell<T: Element>(&self, h: Data<T>) -> Result<Arc<DataCell>, DataError> {
-        let cell = self
-            .cell(h.rt, h.id)
-            .ok_or_else(|| DataError::ForeignHandle(format!("{h:?}")))?;
+        let Some(cell) = self.cell(h.rt, h.id) else {
+            return Err(self
+                .freed(h.rt, h.id)
+                .unwrap_or_else(|| DataError::ForeignHandle(format!("{h:?}"))));
+        };
         if cell.elem != T::ELEM {
             return Err(DataError::TypeMismatch {
                 name: cell.name.clone(),
@@ -1079,16 +1159,99 @@ impl DataStore {
     pub fn read<T: Element>(&self, h: Data<T>, gpus: &[Arc<GpuDevice>]) -> Result<Vec<T>, DataError> {
         let cell = self.typed_cell(h)?;
         // Hold `in_use` for the copy, so that no run starts on this datum meanwhile.
-        if !cell.acquire() {
-            return Err(DataError::Busy(cell.name.clone()));
-        }
+        cell.acquire_for_user()?;
+        let _access = UserAccess {
+            cell: &cell,
+            pinned: false,
+        };
         let mut out = vec![T::zeroed(); cell.len];
         let copied = cell.copy_out(bytemuck::cast_slice_mut(&mut out), gpus, &Transfers::new(gpus.len()));
-        cell.release();
         copied.map(|()| out).map_err(|reason| DataError::Transfer {
             name: cell.name.clone(),
             reason,
         })
+    }
+
+    /// Calls `f` on the datum's host copy in place: made valid and brought into memory first,
+    /// then held there (pinned, `in_use`) while `f` runs, so that nothing spills, evicts or
+    /// writes it meanwhile.
+    pub fn read_with<T: Element, R>(
+        &self,
+        h: Data<T>,
+        gpus: &[Arc<GpuDevice>],
+        f: impl FnOnce(&[T]) -> R,
+    ) -> Result<R, DataError> {
+        let cell = self.typed_cell(h)?;
+        cell.acquire_for_user()?;
+        let mut access = UserAccess {
+            cell: &cell,
+            pinned: false,
+        };
+        let ptr = cell
+            .pin_host(true, 0, gpus, &Transfers::new(gpus.len()))
+            .map_err(|e| DataError::Transfer {
+                name: cell.name.clone(),
+                reason: e.to_string(),
+            })?;
+        access.pinned = true;
+        if cell.len == 0 {
+            return Ok(f(&[]));
+        }
+        // SAFETY: `pin_host` returned the live host buffer, valid and `bytes()` long; the pin
+        // keeps it in memory and `in_use` keeps runs and user writes off it until `access`
+        // drops, after `f` returns (or unwinds), so these bytes are not written meanwhile.
+        let bytes = unsafe { std::slice::from_raw_parts(ptr as *const u8, cell.bytes()) };
+        // The buffer is aligned for `T` (the datum's own type): the cast cannot fail.
+        Ok(f(bytemuck::cast_slice(bytes)))
+    }
+
+    /// Frees a datum and hands back its values: the buffer itself when it can be a `Vec<T>`
+    /// (the user's own allocation, or one the store made for `T`), else a copy.
+    pub fn take<T: Element>(&self, h: Data<T>, gpus: &[Arc<GpuDevice>]) -> Result<Vec<T>, DataError> {
+        let cell = self.typed_cell(h)?;
+        cell.acquire_for_user()?;
+        // The valid copy home and in memory; no pin is kept: `in_use` keeps everyone else off
+        // until the datum is freed below.
+        if let Err(e) = cell.pin_host(true, 0, gpus, &Transfers::new(gpus.len())) {
+            cell.release();
+            return Err(DataError::Transfer {
+                name: cell.name.clone(),
+                reason: e.to_string(),
+            });
+        }
+        cell.unpin_host();
+        let host = self.remove(&cell, h.id);
+        Ok(match host {
+            Some(buf) => {
+                let mut v = buf.into_vec::<T>();
+                v.truncate(cell.len);
+                v
+            }
+            None => vec![T::zeroed(); cell.len],
+        })
+    }
+
+    /// Frees a datum: every copy, on every node, and its room in the budgets. Refused while
+    /// a run (or a user access) uses it; the handle then names a freed datum.
+    pub fn free<T: Element>(&self, h: Data<T>) -> Result<(), DataError> {
+        let cell = self.typed_cell(h)?;
+        cell.acquire_for_user()?;
+        drop(self.remove(&cell, h.id));
+        Ok(())
+    }
+
+    /// Takes an acquired cell out of the store and frees its copies, returning its host
+    /// buffer. `in_use` stays held for good.
+    fn remove(&self, cell: &DataCell, id: u32) -> Option<HostBuf> {
+        {
+            let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
+            cells.live.remove(&id);
+            cells.freed.insert(id, cell.name.clone());
+            while cells.freed.len() > FREED_NAMES {
+                cells.freed.pop_first();
+            }
+        }
+        cell.free_copies()
     }
 
     /// Overwrites a datum (same length); GPU copies become stale.
@@ -1104,16 +1267,17 @@ impl DataStore {
                 given: values.len(),
             });
         }
-        if !cell.acquire() {
-            return Err(DataError::Busy(cell.name.clone()));
-        }
+        cell.acquire_for_user()?;
+        let _access = UserAccess {
+            cell: &cell,
+            pinned: false,
+        };
         // Types and lengths were checked above; we hold `in_use`.
-        let copied = cell.copy_in(bytemuck::cast_slice(values));
-        cell.release();
-        copied.map_err(|reason| DataError::Store {
-            name: cell.name.clone(),
-            reason,
-        })
+        cell.copy_in(bytemuck::cast_slice(values))
+            .map_err(|reason| DataError::Store {
+                name: cell.name.clone(),
+                reason,
+            })
     }
 }
 
@@ -1131,8 +1295,12 @@ impl AcquiredData {
         };
         for c in cells {
             if !c.acquire() {
-                return Err(SubmitError::DataBusy {
-                    datum: format!("'{}'", c.name),
+                let datum = format!("'{}'", c.name);
+                // Freed between the graph's resolution and now: say so, not "busy".
+                return Err(if c.is_freed() {
+                    SubmitError::DataFreed { datum }
+                } else {
+                    SubmitError::DataBusy { datum }
                 });
             }
             held.cells.push(c);

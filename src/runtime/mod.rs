@@ -12,6 +12,7 @@ mod cores;
 mod costs;
 mod data;
 pub mod faults;
+mod hostbuf;
 mod lineage;
 mod pause;
 mod queues;
@@ -40,7 +41,7 @@ use crate::sched::{
 use crate::topology::{discover, HwTopology, Machine, TopologyError, WorkerId};
 use crate::trace::{RunReport, TraceLog, WorkerReport};
 
-pub use budget::NodeMemory;
+pub use budget::{NodeMemory, NodeUsage};
 pub use cancel::CancelToken;
 pub use data::DataError;
 use data::{AcquiredData, DataStore};
@@ -601,19 +602,52 @@ impl Runtime {
         Graph::new()
     }
 
-    /// Stores a host buffer; the handle goes into tasks.
+    /// Stores a host buffer; the handle goes into tasks. The vector's allocation becomes the
+    /// datum's host buffer as it is: nothing is copied.
     pub fn data<T: Element>(&self, values: Vec<T>) -> Data<T> {
-        self.store.insert(None, &values, false)
+        self.store.insert(None, values, false)
     }
 
-    /// Stores a named host buffer (the name appears in errors).
+    /// Stores a named host buffer (the name appears in errors), without copying it.
     pub fn data_named<T: Element>(&self, name: impl Into<String>, values: Vec<T>) -> Data<T> {
-        self.store.insert(Some(name.into()), &values, false)
+        self.store.insert(Some(name.into()), values, false)
     }
 
-    /// Stores a buffer that no task may write.
+    /// Stores a buffer that no task may write, without copying it.
     pub fn data_read_only<T: Element>(&self, name: impl Into<String>, values: Vec<T>) -> Data<T> {
-        self.store.insert(Some(name.into()), &values, true)
+        self.store.insert(Some(name.into()), values, true)
+    }
+
+    /// Frees a datum: its host buffer, its GPU copies, its spill file, and their room in the
+    /// memory budgets. Handles are `Copy`, so nothing is freed when they drop: data live until
+    /// freed (or taken) or until the runtime drops. Afterwards any use of the handle (a read,
+    /// a write, a graph) is an error saying the datum was freed; freeing it again too.
+    /// Refused, with nothing freed, while a run uses the datum.
+    pub fn free<T: Element>(&self, h: Data<T>) -> Result<(), DataError> {
+        self.store.free(h)
+    }
+
+    /// Frees a datum and hands back its values, without a copy when its host buffer can be a
+    /// `Vec<T>` (the vector it was made from, or a buffer the store allocated for `T`): the
+    /// valid copy is first brought home (from a GPU or a spill file). Refused while a run uses
+    /// the datum.
+    pub fn take<T: Element>(&self, h: Data<T>) -> Result<Vec<T>, DataError> {
+        self.forget_lost_gpus();
+        self.store.take(h, &self.gpus)
+    }
+
+    /// Calls `f` on a datum's values in place, without copying them: the host copy is made
+    /// valid (brought home from a GPU, read back from a spill file into memory) and held
+    /// there while `f` runs — no run may use the datum meanwhile, nothing spills or writes it.
+    pub fn read_with<T: Element, R>(&self, h: Data<T>, f: impl FnOnce(&[T]) -> R) -> Result<R, DataError> {
+        self.forget_lost_gpus();
+        self.store.read_with(h, &self.gpus, f)
+    }
+
+    /// Bytes in use now on each memory node (the host, then each GPU): the copies of data
+    /// allocated there.
+    pub fn memory_usage(&self) -> Vec<NodeUsage> {
+        self.budgets.usage()
     }
 
     /// Stores `len` elements of a type known only at run time (graph files), which `fill`
@@ -928,14 +962,16 @@ impl Runtime {
                         .map(|t| graph.task_name(t))
                         .unwrap_or_default();
                     let detail = if *rt != self.id {
-                        "it was made by another runtime"
+                        "it was made by another runtime".to_string()
+                    } else if let Some(freed) = self.store.freed(*rt, *id) {
+                        freed.to_string()
                     } else {
-                        "no such datum"
+                        "no such datum".to_string()
                     };
                     SubmitError::UnknownData {
                         task,
                         datum: graph.datum_label(local as u32),
-                        detail: detail.into(),
+                        detail,
                     }
                 }),
             })

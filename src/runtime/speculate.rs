@@ -424,25 +424,23 @@ pub(crate) fn run_copy(run: &RunState<'_>, spec: &Speculation, task: u32, me: Wo
     let saved = spec.saved.lock().unwrap_or_else(|e| e.into_inner()).get(&task).cloned();
     tracing::info!(task = %graph.task_name(task as usize), worker = %run.worker_names[me.index()], "straggler: running a copy");
     // Private buffers for what the copy writes, by operand index.
-    let mut private: Vec<Option<Box<[u64]>>> = Vec::with_capacity(accesses.len());
+    let mut private: Vec<Option<super::hostbuf::HostBuf>> = Vec::with_capacity(accesses.len());
     let mut prepared: Result<(), String> = Ok(());
     for (i, &(d, access)) in accesses.iter().enumerate() {
         let buf = match (&run.cells[d as usize], access.writes()) {
             (Some(cell), true) => {
-                let mut words = vec![0u64; cell.words()].into_boxed_slice();
+                let mut buf = cell.blank_host();
                 if access.reads() {
                     match saved.as_ref().and_then(|s| s.iter().find(|(j, _)| *j == i)) {
-                        Some((_, bytes)) => {
-                            bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes)
-                        }
+                        Some((_, bytes)) => buf.bytes_mut()[..bytes.len()].copy_from_slice(bytes),
                         // A GPU original leaves the host copy as the task found it.
-                        None => match cell.host_words() {
-                            Some(w) => words = w,
+                        None => match cell.host_copy() {
+                            Some(b) => buf = b,
                             None => prepared = Err(format!("no starting values for {}", cell.name)),
                         },
                     }
                 }
-                Some(words)
+                Some(buf)
             }
             _ => None,
         };
@@ -460,7 +458,7 @@ pub(crate) fn run_copy(run: &RunState<'_>, spec: &Speculation, task: u32, me: Wo
         for (i, &(d, access)) in accesses.iter().enumerate() {
             let b = run.bound[d as usize];
             let ptr = match (&run.cells[d as usize], private[i].as_mut()) {
-                (_, Some(words)) => Some(words.as_mut_ptr().cast::<u8>()),
+                (_, Some(buf)) => Some(buf.as_ptr()),
                 (Some(cell), None) => Some(
                     cell.pin_host(true, numa, run.gpus, &run.transfers)
                         .map_err(|e| e.to_string())?,
@@ -468,7 +466,7 @@ pub(crate) fn run_copy(run: &RunState<'_>, spec: &Speculation, task: u32, me: Wo
                 (None, None) => None,
             };
             operands.push(match (b.elem, ptr) {
-                // SAFETY: a private buffer is `words` (≥ `b.bytes` / 8) words owned here and
+                // SAFETY: a private buffer is `b.bytes` long, aligned for its type, owned here and
                 // used by this copy alone; a read operand's host buffer is valid and live, and
                 // nothing writes or frees it while this copy may read it: the task's writers
                 // wait for the task, and once another attempt settles it the datum is held
@@ -499,8 +497,8 @@ pub(crate) fn run_copy(run: &RunState<'_>, spec: &Speculation, task: u32, me: Wo
         Ok(()) => match spec.settle(run, task) {
             Settled::Won { .. } => {
                 for (i, &(d, _)) in accesses.iter().enumerate() {
-                    if let (Some(cell), Some(words)) = (&run.cells[d as usize], private[i].take()) {
-                        cell.install_host(words);
+                    if let (Some(cell), Some(buf)) = (&run.cells[d as usize], private[i].take()) {
+                        cell.install_host(buf);
                     }
                 }
                 run.lineage.cpu_task_done(graph, run.cells, task);

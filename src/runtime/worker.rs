@@ -1513,7 +1513,8 @@ fn pin_each<'a>(
                 }
             };
             operands.push(match (b.elem, ptr) {
-                // SAFETY: `ptr` points to the live, 8-aligned host buffer of `b.bytes` bytes of
+                // SAFETY: `ptr` points to the live host buffer, aligned for `elem` (data.rs
+                // invariants), of `b.bytes` bytes of
                 // a datum held `in_use` by this run, pinned in memory until
                 // `unpin_operands`, and valid when read (`pin_host`); the graph's dependencies
                 // guarantee that while this task runs no other task writes this datum, nor
