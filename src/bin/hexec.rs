@@ -471,7 +471,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             let rt = builder.build()?;
             stop.spill_dir(rt.spill_directory());
             let (g, checks) = io.load()?.build_checked(&rt, &io.build_options())?;
-            let result = run_and_report(&rt, &g, io.trace, io.json, &machine, None, Some(&checks), &stop);
+            let result = run_and_report(&rt, &g, (io.trace, io.json), &machine, Verify::File(&checks), &stop);
             if stop.stopped_by().is_some() {
                 // A stopped run's measurements are partial: keep the model as it was.
                 return result;
@@ -496,7 +496,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 print_machine(&rt);
             }
             let demo = hexec::demo::blockwise(&rt, tiles, tile_len);
-            run_and_report(&rt, &demo.graph, trace, json, &machine, Some(&demo), None, &stop)
+            run_and_report(&rt, &demo.graph, (trace, json), &machine, Verify::Demo(&demo), &stop)
         }
         Command::Sim {
             io,
@@ -965,16 +965,25 @@ fn remove_stale_spill_dirs() {
     }
 }
 
+/// What is checked after a run: the demo's closed-form result, or a graph file's checks.
+#[derive(Clone, Copy)]
+enum Verify<'a> {
+    Demo(&'a hexec::demo::Demo),
+    File(&'a formats::Checks),
+}
+
 fn run_and_report(
     rt: &Runtime,
     g: &hexec::Graph,
-    trace: Option<PathBuf>,
-    json: bool,
+    (trace, json): (Option<PathBuf>, bool),
     machine: &MachineArgs,
-    demo: Option<&hexec::demo::Demo>,
-    checks: Option<&formats::Checks>,
+    verify: Verify<'_>,
     stop: &signals::Stop,
 ) -> Result<(), Failure> {
+    let (demo, checks) = match verify {
+        Verify::Demo(d) => (Some(d), None),
+        Verify::File(c) => (None, Some(c)),
+    };
     let result = rt.run_with(
         g,
         RunOptions {
