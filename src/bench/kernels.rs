@@ -232,23 +232,35 @@ fn numpy_gemm(tiles: &[usize], reps: usize) -> Result<Vec<f64>, String> {
          \x20   best.sort(); print(best[len(best) // 2])\n",
         reps = reps.max(1)
     );
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .env("OPENBLAS_NUM_THREADS", "1")
-        .env("OMP_NUM_THREADS", "1")
-        .env("MKL_NUM_THREADS", "1")
-        .output()
-        .map_err(|e| format!("python3 not found ({e})"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let why = if err.contains("No module named 'numpy'") {
-            "numpy is not installed (apt-get install python3-numpy libopenblas0)".to_string()
-        } else {
-            err.lines().last().unwrap_or("python3 failed").to_string()
-        };
-        return Err(why);
+    // The first Python with numpy: a pyenv or venv `python3` ahead on the PATH may lack the
+    // system's numpy (python3-numpy with OpenBLAS on Debian).
+    let mut why = "python3 not found".to_string();
+    let mut found = None;
+    for python in ["python3", "/usr/bin/python3"] {
+        let run = std::process::Command::new(python)
+            .arg("-c")
+            .arg(&script)
+            .env("OPENBLAS_NUM_THREADS", "1")
+            .env("OMP_NUM_THREADS", "1")
+            .env("MKL_NUM_THREADS", "1")
+            .output();
+        match run {
+            Ok(out) if out.status.success() => {
+                found = Some(out);
+                break;
+            }
+            Ok(out) => {
+                let err = String::from_utf8_lossy(&out.stderr);
+                why = if err.contains("No module named 'numpy'") {
+                    "numpy is not installed (apt-get install python3-numpy libopenblas0)".to_string()
+                } else {
+                    err.lines().last().unwrap_or("python3 failed").to_string()
+                };
+            }
+            Err(_) => {}
+        }
     }
+    let out = found.ok_or(why)?;
     let v: Vec<f64> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| l.trim().parse::<f64>().map_err(|e| format!("numpy printed '{l}': {e}")))
