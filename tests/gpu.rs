@@ -1511,3 +1511,48 @@ fn freeing_a_datum_releases_its_gpu_copy() {
     rt.run(&g).unwrap();
     assert_eq!(rt.read_with(z, |s| s.iter().sum::<f32>()).unwrap(), 500.0);
 }
+
+/// A poll thread that dies (wgpu-core 30.0.2 can panic in `device.poll` under load) loses
+/// its device at once, with the panic's message: work goes to the CPUs instead of every wait
+/// running to its 600 s submission limit.
+#[test]
+fn a_dead_poll_thread_fails_its_device_at_once() {
+    let Some(rt) = with_one_gpu(Runtime::builder().policy(PolicyKind::Eager)) else {
+        eprintln!("SKIPPED: no GPU adapter");
+        return;
+    };
+    // A GPU copy first, so that the poller has been used.
+    let x = rt.data(vec![1.0f32; 64]);
+    let mut g = rt.graph();
+    g.task(&builtin::scale())
+        .on(DeviceKind::Gpu)
+        .read_write(x)
+        .param(2.0)
+        .add();
+    rt.run(&g).unwrap();
+    // Home before the loss: the only valid copy would go with the device.
+    assert_eq!(rt.read(x).unwrap(), vec![2.0; 64]);
+    rt.gpus()[0].inject_poll_panic();
+    let t = Instant::now();
+    while rt.gpus()[0].lost().is_none() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let reason = rt.gpus()[0].lost().expect("the device is lost once its poller died");
+    assert!(
+        reason.contains("poll thread panicked") && reason.contains("injected"),
+        "{reason}"
+    );
+    let mut g = rt.graph();
+    for _ in 0..4 {
+        g.task(&builtin::scale()).read_write(x).param(2.0).add();
+    }
+    let t = Instant::now();
+    let r = rt.run(&g).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert_eq!(rt.read(x).unwrap(), vec![32.0; 64]);
+    assert!(
+        r.warnings.iter().any(|w| w.contains("poll thread panicked")),
+        "{:?}",
+        r.warnings
+    );
+}

@@ -113,6 +113,14 @@ impl GpuDevice {
         self.device.destroy();
     }
 
+    /// Makes the device's poll thread panic at its next poll, as wgpu-core 30.0.2's assertion
+    /// on submission indices does under load: for tests that a dead poller fails its device
+    /// at once.
+    #[doc(hidden)]
+    pub fn inject_poll_panic(&self) {
+        self.poller.inject_panic();
+    }
+
     /// Pipelines compiled so far (they are kept for later tasks and runs).
     pub fn cached_pipelines(&self) -> usize {
         self.pipelines.len()
@@ -353,7 +361,7 @@ fn open(adapter: &wgpu::Adapter, index: usize, adapter_index: usize, host_memory
         timestamp_period_ns: queue.get_timestamp_period(),
         numa_os_index: None,
     };
-    let poller = Poller::start(device.clone(), format!("gpu{index}"));
+    let poller = Poller::start(device.clone(), format!("gpu{index}"), health.clone());
     Ok(GpuDevice {
         desc,
         device,

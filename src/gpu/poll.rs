@@ -5,6 +5,12 @@
 //! otherwise. Waiters register, submit a callback (`on_submitted_work_done`, `map_async`) and
 //! wait on a channel with a timeout that also checks the device's health, so a lost device
 //! ends the wait with an error instead of a hang.
+//!
+//! A panic inside `device.poll` (wgpu-core 30.0.2 asserts "the current submission index
+//! should be at least the wait submission index" under load) kills the poll thread: it is
+//! caught, and the device is marked lost with the panic's message before the thread ends, so
+//! every wait ends at once with that error and retries and recovery take over, instead of
+//! each wait running to its submission limit.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -18,6 +24,8 @@ struct State {
     waiting: Mutex<usize>,
     wake: Condvar,
     stop: AtomicBool,
+    /// For tests of a dying poll thread: its next poll panics.
+    panic_next: AtomicBool,
 }
 
 pub(crate) struct Poller {
@@ -26,37 +34,37 @@ pub(crate) struct Poller {
 }
 
 impl Poller {
-    pub fn start(device: wgpu::Device, name: String) -> Poller {
+    pub fn start(device: wgpu::Device, name: String, health: Arc<Health>) -> Poller {
         let state = Arc::new(State {
             waiting: Mutex::new(0),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
+            panic_next: AtomicBool::new(false),
         });
         let s = state.clone();
         let thread = std::thread::Builder::new()
             .name(format!("hexec-poll-{name}"))
-            .spawn(move || loop {
-                {
-                    let mut w = s.waiting.lock().unwrap_or_else(|e| e.into_inner());
-                    while *w == 0 && !s.stop.load(Ordering::SeqCst) {
-                        w = s.wake.wait(w).unwrap_or_else(|e| e.into_inner());
-                    }
-                }
-                if s.stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                let r = device.poll(wgpu::PollType::Wait {
-                    submission_index: None,
-                    timeout: Some(Duration::from_millis(20)),
-                });
-                if let Err(e) = r {
-                    // Timeouts are routine; a lost device shows in `Health` via its callback.
-                    tracing::trace!(error = %e, "poll");
-                    std::thread::sleep(Duration::from_millis(1));
+            .spawn(move || {
+                let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_loop(&device, &s)));
+                if let Err(panic) = polled {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|m| m.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic without a message".to_string());
+                    tracing::error!(device = %name, %message, "the GPU poll thread panicked; the device is lost");
+                    health.mark_lost(format!("device lost: its poll thread panicked: {message}"));
                 }
             })
             .ok();
         Poller { state, thread }
+    }
+
+    /// The next poll panics, as wgpu-core's assertion does under load (for tests).
+    pub fn inject_panic(&self) {
+        self.state.panic_next.store(true, Ordering::SeqCst);
+        self.register();
+        self.unregister();
     }
 
     fn register(&self) {
@@ -72,8 +80,14 @@ impl Poller {
     /// Waits for `rx` (fed by a wgpu callback) while the poll thread polls; fails if the device
     /// is lost or nothing arrives within `limit`.
     pub fn wait<T>(&self, rx: mpsc::Receiver<T>, health: &Health, limit: Duration) -> Result<T, String> {
-        if self.thread.is_none() {
-            return Err("the device's poll thread could not be started".into());
+        match &self.thread {
+            None => return Err("the device's poll thread could not be started".into()),
+            Some(t) if t.is_finished() => {
+                return Err(health
+                    .lost()
+                    .unwrap_or_else(|| "the device's poll thread has ended".to_string()))
+            }
+            Some(_) => {}
         }
         self.register();
         let step = Duration::from_millis(10);
@@ -86,6 +100,9 @@ impl Poller {
                     if let Some(reason) = health.lost() {
                         break Err(reason);
                     }
+                    if self.thread.as_ref().is_some_and(JoinHandle::is_finished) {
+                        break Err("the device's poll thread has ended".to_string());
+                    }
                     waited += step;
                     if waited >= limit {
                         break Err(format!("no completion after {limit:?}"));
@@ -95,6 +112,33 @@ impl Poller {
         };
         self.unregister();
         out
+    }
+}
+
+/// Polls while someone waits, sleeps otherwise, until told to stop.
+fn poll_loop(device: &wgpu::Device, s: &State) {
+    loop {
+        {
+            let mut w = s.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            while *w == 0 && !s.stop.load(Ordering::SeqCst) && !s.panic_next.load(Ordering::SeqCst) {
+                w = s.wake.wait(w).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+        if s.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        if s.panic_next.swap(false, Ordering::SeqCst) {
+            panic!("injected: the poll thread's wgpu call panicked");
+        }
+        let r = device.poll(wgpu::PollType::Wait {
+            submission_index: None,
+            timeout: Some(Duration::from_millis(20)),
+        });
+        if let Err(e) = r {
+            // Timeouts are routine; a lost device shows in `Health` via its callback.
+            tracing::trace!(error = %e, "poll");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 
