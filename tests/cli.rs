@@ -1038,3 +1038,37 @@ fn gen_cholesky_writes_a_graph_that_runs_and_checks_its_factor() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["completed"], 10);
 }
+
+/// Without a host memory limit nothing can spill: data in a file that do not fit together in
+/// the machine's memory are refused, naming the first that does not fit, before the process
+/// could be killed for memory. (Each datum alone fits; the buffers are zeroed lazily, so the
+/// two that are accepted cost no resident memory here.)
+#[test]
+fn run_refuses_data_that_do_not_fit_together_without_a_limit() {
+    let info = hexec().args(["info", "--json", "--gpus", "none"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let memory: u64 = v["numa_nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["memory_bytes"].as_u64().unwrap())
+        .sum();
+    let len = memory * 2 / 5; // u8: 40% of the memory each
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("g.json");
+    std::fs::write(
+        &graph,
+        format!(
+            r#"{{"format": "hexec-graph", "version": 1, "data": [
+              {{"name": "a", "type": "u8", "len": {len}}},
+              {{"name": "b", "type": "u8", "len": {len}}},
+              {{"name": "c", "type": "u8", "len": {len}}}],
+             "tasks": [{{"name": "t", "kernel": "noop"}}]}}"#
+        ),
+    )
+    .unwrap();
+    let out = hexec().args(["run", "--gpus", "none"]).arg(&graph).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("'c'") && err.contains("--mem host="), "{err}");
+}

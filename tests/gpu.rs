@@ -987,8 +987,8 @@ fn cholesky_updates_on_a_gpu_with_room_for_a_sixteenth_complete_run_after_run() 
         return;
     };
     let (tx, rx) = std::sync::mpsc::channel();
-    // Detached, so that a livelocked run fails the test instead of hanging it.
-    std::thread::spawn(move || {
+    // On its own thread, so that a livelocked run fails the test instead of hanging it.
+    let runs = std::thread::spawn(move || {
         let chol = TiledCholesky::with_updates_on(&rt, n, b, DeviceKind::Gpu);
         for run in 0..3 {
             chol.reset(&rt).unwrap();
@@ -1006,6 +1006,15 @@ fn cholesky_updates_on_a_gpu_with_room_for_a_sixteenth_complete_run_after_run() 
         assert!(gpu.peak_bytes <= limit, "run {run}: {gpu:?}");
         assert!(gpu.evictions > 0, "run {run}: {gpu:?}");
     }
+    // The thread drops the runtime (its GPU device, Mesa's threads) after its last send: the
+    // test must wait for that, or the process may exit while the device is being torn down
+    // (a SIGSEGV in Mesa after the test had passed, about one run in 27 under load).
+    let t = std::time::Instant::now();
+    while !runs.is_finished() && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(runs.is_finished(), "dropping the runtime took over 60 s");
+    runs.join().unwrap();
 }
 
 /// Injected GPU errors on GPU-only tasks are retried on the GPU until they pass, and the

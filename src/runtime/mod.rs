@@ -663,6 +663,7 @@ impl Runtime {
         fill: &mut dyn FnMut(&mut [u8]) -> Result<(), String>,
     ) -> Result<u32, DataError> {
         self.check_datum_size(&name, elem, len)?;
+        self.check_host_room_for(&name, elem, len)?;
         self.store.insert_filled(Some(name), elem, len, read_only, fill)
     }
 
@@ -677,6 +678,31 @@ impl Runtime {
                 name: name.to_string(),
                 bytes,
                 limit: what,
+            });
+        }
+        Ok(())
+    }
+
+    /// Without a host memory limit nothing can spill, so data from input must fit beside the
+    /// data already held: ten 9 GB data in a file on a 24 GB host are refused at the third,
+    /// naming it, instead of the process being killed for memory. (Under a limit, data past
+    /// it spill to disk.)
+    fn check_host_room_for(&self, name: &str, elem: ElemType, len: usize) -> Result<(), DataError> {
+        if self.budgets.spillable() {
+            return Ok(());
+        }
+        let bytes = len as u128 * elem.size() as u128;
+        let memory = u128::from(self.machine.host_memory_bytes());
+        let used = u128::from(self.budgets.usage().first().map_or(0, |u| u.used_bytes));
+        if used + bytes > memory {
+            return Err(DataError::OverMemory {
+                name: name.to_string(),
+                bytes,
+                limit: format!(
+                    "the {} bytes of this machine's memory ({memory} bytes) that data do not already hold \
+                     (with a host memory limit, e.g. --mem host=16GiB, data past it spill to disk instead)",
+                    memory.saturating_sub(used)
+                ),
             });
         }
         Ok(())
