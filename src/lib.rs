@@ -16,7 +16,8 @@
 //! - [`sim`]: the simulated driver (discrete events over modelled machines);
 //! - [`trace`]: run summaries and Chrome/Perfetto traces;
 //! - [`mod@bench`]: the benchmarks behind `hexec bench` (overhead, shared with criterion;
-//!   kernels, GPU, memory, schedule quality, soak).
+//!   kernels, GPU, memory, schedule quality, soak);
+//! - [`demo`]: the checked blockwise-array job behind `hexec demo`.
 
 pub mod bench;
 pub mod demo;

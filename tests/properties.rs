@@ -1,5 +1,5 @@
-//! Property tests over random DAGs with random restrictions and priorities, on both
-//! policies: every task runs exactly once, after all of its dependencies, only on a worker it
+//! Property tests over random DAGs with random restrictions and priorities, under every
+//! policy: every task runs exactly once, after all of its dependencies, only on a worker it
 //! is allowed on, and the data end up exactly as a sequential run leaves them.
 
 use std::collections::HashMap;

@@ -4,8 +4,11 @@
 //!   parameter in seconds), [`sleep`] (sleeps it). They accept any operands, so a replayed
 //!   workflow can still declare the files each task reads and writes.
 //! - Numeric over `f32` slices, each with a CPU and a GPU (WGSL) implementation: [`fill`],
-//!   [`scale`], [`axpy`], [`add`], [`multiply`], the reductions [`sum`], [`min`], [`max`],
-//!   and [`gemm`].
+//!   [`scale`], [`axpy`], [`add`], [`multiply`], the reductions [`sum`], [`min`], [`max`]
+//!   (on CPUs they fold in sixteen independent lanes, which vectorise), and [`gemm`] (on CPUs
+//!   faer's, through [`crate::dense`]).
+//!
+//! The Cholesky tile kernels are in [`crate::linalg`]; the registry holds both sets.
 //! - [`mix`]: writes a hash of everything it reads into everything it writes (`u64`). Any
 //!   reordering of dependent tasks changes the final values, which makes it the kernel of
 //!   choice for checking that a schedule respected every dependency.

@@ -1,4 +1,8 @@
-//! The kernel type: a name, a signature and implementations.
+//! The kernel type: a name, a signature and implementations, and why a kernel fails.
+//!
+//! A [`KernelError`] is deterministic (the task fails at once) unless it is
+//! [`KernelError::transient`]; a panic fails its task at once unless the kernel
+//! ([`Kernel::retry_panics`]) or the runtime asks for panics to be retried.
 
 use std::fmt;
 use std::sync::Arc;

@@ -26,7 +26,8 @@ impl KernelRegistry {
         Self::default()
     }
 
-    /// A registry holding every built-in kernel ([`builtin::all`]).
+    /// A registry holding every built-in kernel ([`builtin::all`]) and the Cholesky tile
+    /// kernels ([`crate::linalg::all`]).
     pub fn with_builtins() -> Self {
         let mut r = Self::new();
         for k in builtin::all().into_iter().chain(crate::linalg::all()) {

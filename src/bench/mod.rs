@@ -1,4 +1,6 @@
-//! Benchmarks shared by `hexec bench` and the criterion benches in `benches/`.
+//! The benchmarks behind `hexec bench` (`overhead` is also run by the criterion bench in
+//! `benches/overhead.rs`). A row whose input is missing is a [`Skipped`], printed, never
+//! silently left out.
 
 pub mod gpu;
 pub mod kernels;

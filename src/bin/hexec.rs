@@ -31,7 +31,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the machine's topology: NUMA nodes, cores, workers and their victim order.
+    /// Print the machine: NUMA nodes, cores, workers and their victim order, CPU features,
+    /// GPUs and the adapters not used.
     Info {
         /// Print the machine as one JSON object (workers, NUMA nodes, GPUs, adapters).
         #[arg(long)]
@@ -39,7 +40,8 @@ enum Command {
         #[command(flatten)]
         devices: DeviceArgs,
     },
-    /// Run a graph file (native JSON, WfCommons JSON, STG, Dask JSON[.gz]).
+    /// Run a graph file (native JSON, WfCommons JSON, STG, Dask JSON, gzipped or not) and
+    /// evaluate its checks.
     Run {
         #[command(flatten)]
         io: GraphArgs,
@@ -50,7 +52,7 @@ enum Command {
         #[command(flatten)]
         machine: MachineArgs,
     },
-    /// Run the demo job: a blockwise array computation on every core, checked.
+    /// Run the demo job: a blockwise array computation on every core and GPU, checked.
     Demo {
         /// Number of tiles of the blockwise computation.
         #[arg(long, default_value_t = 64)]
@@ -77,7 +79,8 @@ enum Command {
         /// eager, ws, locality, heft or random.
         #[arg(long, default_value = "locality")]
         policy: PolicyKind,
-        /// Memory limits, e.g. `host=2GiB,gpu=256MiB` (GPUs evict, the host spills to disk).
+        /// Memory limits, e.g. `host=2GiB,gpu=256MiB` (GPUs evict, the host spills to a disk
+        /// modelled at 2 GB/s; a `disk=` limit is not modelled).
         #[arg(long)]
         mem: Option<hexec::MemoryLimits>,
         /// Under a limit, do not hold data-producing roots back (to measure what it saves).
@@ -235,8 +238,10 @@ enum BenchCommand {
 /// The graph file `run` and `sim` read, and what they write.
 #[derive(Args, Clone)]
 struct GraphArgs {
+    /// The graph file; its format is detected from its content (gzip is decompressed).
     graph: PathBuf,
-    /// Force the file format instead of detecting it: native, wfcommons, stg, dask.
+    /// Force the file format instead of detecting it: native, wfcommons, stg, dask, cholesky
+    /// (a tiled-Cholesky DAG file, size-only tiles: `sim` only).
     #[arg(long)]
     format: Option<Format>,
     /// Multiply recorded task durations (spin/sleep) by this factor.
@@ -313,8 +318,8 @@ struct MachineArgs {
     #[arg(long, default_value_t = hexec::runtime::DEFAULT_RETRIES)]
     retries: u32,
     /// Try panicking kernels again too (by default a panic fails its task at once: it is most
-    /// often a bug that recurs; transient errors, lost devices and injected faults are
-    /// always retried).
+    /// often a bug that recurs; transient errors, lost devices, memory shortages and injected
+    /// faults are retried, and other kernel errors never are).
     #[arg(long)]
     retry_panics: bool,
     /// Inject faults, e.g. `panic:kernel=gemm:p=0.05,device-loss:gpu1:after=2s,seed=7`
@@ -737,7 +742,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             if rt.gpus().is_empty() {
                 return Err(Failure {
                     code: 2,
-                    message: "no GPU found: nothing to measure (install mesa-vulkan-drivers for lavapipe)".into(),
+                    message: "no GPU found: nothing to measure (without a hardware GPU, install mesa-vulkan-drivers and pass --software-gpus to use lavapipe)".into(),
                 });
             }
             let mut figures = Vec::new();
@@ -859,7 +864,7 @@ fn info(json: bool, m: &DeviceArgs) -> Result<(), Failure> {
         }
         let software_in_use = mach.gpus.iter().any(|g| g.device_type == "Cpu");
         if mach.gpus.is_empty() && adapters.is_empty() {
-            println!("  gpus: none found (on a machine without a GPU, install mesa-vulkan-drivers for lavapipe)");
+            println!("  gpus: none found (on a machine without a GPU, install mesa-vulkan-drivers and pass --software-gpus to use lavapipe)");
         }
         if !software_in_use {
             for a in adapters.iter().filter(|a| a.software) {

@@ -1,5 +1,6 @@
-//! GPUs through wgpu: discovery, opened devices with their poll threads, buffer pools,
-//! pipeline caches, transfers and kernel execution.
+//! GPUs through wgpu: discovery (software adapters such as lavapipe only when asked for, see
+//! [`SOFTWARE_GPUS_ENV`]), opened devices with their poll threads, buffer pools, pipeline
+//! caches, the submit-time check of a kernel's GPU code, transfers and kernel execution.
 //!
 //! Invariants:
 //! - one [`GpuDevice`] per GPU worker; its `wgpu::Device` is only polled by its own poll

@@ -165,7 +165,8 @@ pub(crate) struct DataCell {
     downloads: AtomicU32,
 }
 
-/// The logical clock of GPU uses.
+/// The logical clock of data uses (GPU copies, host pins) that orders least-recently-used
+/// evictions and spills.
 static USE_CLOCK: AtomicU64 = AtomicU64::new(0);
 
 // SAFETY: the cell owns its host buffer (a `HostBuf`, like a `Vec<u8>`); all access to the bytes goes

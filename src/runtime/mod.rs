@@ -1,5 +1,7 @@
-//! The real driver: a [`Runtime`] owns a machine description, a data store and a kernel
-//! registry, and runs graphs on one pinned worker thread per CPU core.
+//! The real driver: a [`Runtime`] owns a machine description, its opened GPUs, a data store,
+//! memory budgets (and a spill directory under a host limit), a performance model and a kernel
+//! registry, and runs graphs on one worker thread per CPU core (pinned unless asked otherwise)
+//! and one device worker thread per GPU.
 //!
 //! A run: resolve the graph's data, validate and compile the graph for this machine (any
 //! error names the task), mark the data in use, place the roots, start the workers (scoped
@@ -370,14 +372,17 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Turns memory backpressure off: GPU workers then take data-producing tasks even when
-    /// their memory is nearly full (to measure what backpressure saves).
+    /// Turns memory backpressure off: under a memory limit, data-producing root tasks are no
+    /// longer held back, and GPU workers take data-producing tasks even when their memory is
+    /// nearly full (to measure what backpressure saves).
     pub fn no_backpressure(mut self) -> Self {
         self.no_backpressure = true;
         self
     }
 
-    /// Memory capacities: each GPU evicts data copies past its limit, the host spills them.
+    /// Memory capacities: each GPU evicts data copies past its limit, the host spills them to
+    /// files (in a directory made at [`RuntimeBuilder::build`]), and past the disk limit a
+    /// spill is an error naming the datum.
     pub fn memory_limits(mut self, limits: MemoryLimits) -> Self {
         self.limits = limits;
         self
@@ -390,7 +395,8 @@ impl RuntimeBuilder {
     }
 
     /// Whether software GPU adapters (CPU-type, such as Mesa's lavapipe) may be opened as
-    /// GPUs. Default: no, unless the environment variable `HEXEC_SOFTWARE_GPUS` is `1`: such
+    /// GPUs. Default: no, unless the environment variable `HEXEC_SOFTWARE_GPUS` is `1` (or
+    /// `true`, `yes`): such
     /// an adapter runs on the cores the CPU workers use, so it is slower than they are, but
     /// on a machine without a GPU it runs every GPU path for real (tests, CI, demos).
     pub fn software_gpus(mut self, on: bool) -> Self {
@@ -512,7 +518,7 @@ pub fn remove_stale_spill_dirs(parent: &std::path::Path) -> Vec<std::path::PathB
     spill::remove_stale(parent)
 }
 
-/// Runs task graphs on this machine's cores.
+/// Runs task graphs on this machine's cores and GPUs.
 ///
 /// ```
 /// use hexec::{Runtime, kernels::builtin};

@@ -9,8 +9,12 @@
 //!
 //! Model of execution: a task starts on a worker when the policy hands it over; its inputs
 //! not valid in that worker's memory are copied first (latency + bytes / bandwidth from the
-//! cheapest valid copy; links are not contended), then it runs for its modelled cost. Every
-//! datum's copies follow the same MSI coherence as in the runtime. Memory is not limited.
+//! cheapest valid copy; one copy at a time per link direction, no other contention), then it
+//! runs for its modelled cost. Every datum's copies follow the same MSI coherence as in the
+//! runtime. Memory is unlimited unless [`SimOptions`] sets limits: GPUs then evict
+//! least-recently-used copies (written back when the only valid one), the host spills to a
+//! disk modelled at [`crate::memory::SPILL_BANDWIDTH`], and data-producing roots are held
+//! back as in the runtime (`RootGate`). The host is one memory node (no NUMA shares).
 
 pub(crate) mod bound;
 pub(crate) mod engine;

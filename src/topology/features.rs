@@ -1,4 +1,5 @@
-//! CPU features a task can require (`--features avx2` style restrictions).
+//! CPU features a task can require (`TaskBuilder::require_feature("avx2")`, `"features"` in
+//! graph files).
 
 /// The features of this CPU that tasks may name, detected at run time.
 pub(crate) fn detect() -> Vec<String> {

@@ -1,8 +1,8 @@
 //! The machine hexec runs on: workers, their compatibility classes, memory nodes and the
 //! order in which an idle worker looks at victims.
 //!
-//! [`Machine`] is plain data, so that the scheduler core and (later) the simulator can use
-//! machines that do not exist here. [`discover`] builds one from hwloc (the `hwloc` submodule is the only
+//! [`Machine`] is plain data, so that the scheduler core and the simulator ([`crate::sim`])
+//! can use machines that do not exist here. [`discover`] builds one from hwloc (the `hwloc` submodule is the only
 //! module that touches the hwloc bindings).
 //!
 //! Invariants of a [`Machine`]:

@@ -7,7 +7,7 @@
 //! one track per worker, one per link, and an arrow from each task to each of its successors.
 //!
 //! A GPU task's slice is its kernel's own span from timestamp queries, dated on the run's
-//! clock by [`GpuTimeline`]; on a device without timestamp queries it is the task's even
+//! clock by `GpuTimeline`; on a device without timestamp queries it is the task's even
 //! share of its batch, marked `estimated`.
 
 use std::io::{self, Write};
@@ -189,7 +189,8 @@ pub struct RunReport {
     pub failed: usize,
     /// Tasks not run because a task they depend on failed.
     pub skipped: usize,
-    /// Tasks not run because the run stopped at a failure (without `keep_going`).
+    /// Tasks not run because the run stopped: at a final failure (without `keep_going`), a
+    /// stall, or a cancel (`RunOptions::cancel`, SIGINT/SIGTERM in the CLI).
     pub cancelled: usize,
     /// Failed attempts that were tried again (on another worker when one may run the task).
     pub retried: u64,
@@ -229,7 +230,7 @@ pub struct RunReport {
     pub workers: Vec<WorkerReport>,
     pub failures: Vec<TaskFailure>,
     /// What went otherwise than asked, without failing the run: a task that failed on a GPU
-    /// and ran on a CPU instead (with the GPU's error), and the like.
+    /// and ran on a CPU instead (with the GPU's error), a GPU lost during the run.
     pub warnings: Vec<String>,
     #[serde(skip)]
     pub trace: Option<TraceLog>,

@@ -1,6 +1,8 @@
 //! Graph files: the native hexec JSON format ([`GraphSpec`], documented in
-//! `docs/graph-format.md`), WfCommons workflow instances (schema 1.5), STG task graphs and
-//! the Dask graph dumps in `shared/workloads/dask`.
+//! `docs/graph-format.md`), WfCommons workflow instances (schema 1.x), STG task graphs, the
+//! Dask graph dumps in `shared/workloads/dask` and the tiled-Cholesky DAG files
+//! ([`cholesky`], size-only tiles, for the simulator). Files over [`MAX_FILE_BYTES`], before
+//! or after gzip decompression, are refused.
 //!
 //! Every loader produces a [`GraphSpec`] (pure parsing, no runtime needed); [`GraphSpec::build`]
 //! turns it into a [`Graph`] against a runtime (creating stored data, resolving kernel
@@ -80,7 +82,7 @@ pub enum Format {
 }
 
 impl Format {
-    /// Parses `native`, `wfcommons`, `stg`, `dask`.
+    /// Parses `native` (or `hexec`), `wfcommons` (or `wfformat`), `stg`, `dask`, `cholesky`.
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "native" | "hexec" => Format::Native,

@@ -1,4 +1,4 @@
-//! WfCommons workflow instances (WfFormat, schema 1.5).
+//! WfCommons workflow instances (WfFormat, schema 1.x; written against 1.5).
 //!
 //! Tasks come from `workflow.specification.tasks` (`id`, `parents`, `inputFiles`,
 //! `outputFiles`), file sizes from `workflow.specification.files`, run times from
