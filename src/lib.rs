@@ -8,6 +8,7 @@
 //! Module map (see ARCHITECTURE.md for the invariants that span modules):
 //! - [`graph`]: tasks, data handles, dependency inference, validation, file formats;
 //! - [`linalg`]: tiled dense linear algebra on the runtime (the tiled Cholesky);
+//! - [`limits`]: bounds on numbers from input, total duration conversions, escaping names;
 //! - [`topology`]: the machine (hwloc discovery, workers, classes, victim order);
 //! - [`sched`]: the policies, pure and deterministic;
 //! - [`gpu`]: GPUs through wgpu (discovery, devices, transfers, kernels);
@@ -23,6 +24,7 @@ pub mod bench;
 pub mod demo;
 pub mod gpu;
 pub mod graph;
+pub mod limits;
 pub mod linalg;
 pub mod memory;
 pub mod runtime;

@@ -56,9 +56,17 @@ fn run_prints_the_summary_json_and_writes_a_trace() {
 fn a_failing_task_exits_1_with_the_summary() {
     let dir = tempfile::tempdir().unwrap();
     let graph = dir.path().join("g.json");
-    std::fs::write(&graph, GRAPH.replace("[0.001]", "[-1]")).unwrap();
+    std::fs::write(&graph, GRAPH).unwrap();
+    // A negative duration is refused at load now: fail the task by injection instead.
     let out = hexec()
-        .args(["run", "--json", "--policy", "eager"])
+        .args([
+            "run",
+            "--json",
+            "--policy",
+            "eager",
+            "--inject",
+            "panic:kernel=spin:p=1",
+        ])
         .arg(&graph)
         .output()
         .unwrap();
@@ -1071,4 +1079,340 @@ fn run_refuses_data_that_do_not_fit_together_without_a_limit() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("'c'") && err.contains("--mem host="), "{err}");
+}
+
+/// Runs `cmd` and waits at most `secs` for it: a command that does not end is killed and
+/// the test fails (a hang must fail, not stall the suite until nextest's timeout).
+fn output_within(mut cmd: Command, secs: u64) -> std::process::Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Drained on threads, so that a chatty child never blocks on a full pipe.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(secs) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not end within {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// Expects exit code 2 (refused input) within 20 s, with no panic, and returns stderr.
+fn refused(cmd: Command) -> String {
+    let what = format!("{cmd:?}");
+    let out = output_within(cmd, 20);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    err
+}
+
+#[test]
+fn run_refuses_negative_durations_instead_of_hanging_in_the_deadline_prediction() {
+    let dir = tempfile::tempdir().unwrap();
+    // Three tasks of -1 s with a deadline: the prediction's area bound doubled for ever.
+    let graph = dir.path().join("neg.json");
+    let task = |n: &str| format!(r#"{{"name":"{n}","kernel":"spin","params":[-1]}}"#);
+    std::fs::write(
+        &graph,
+        format!(
+            r#"{{"format":"hexec-graph","version":1,"deadline_s":1,"tasks":[{},{},{}]}}"#,
+            task("a"),
+            task("b"),
+            task("c")
+        ),
+    )
+    .unwrap();
+    let mut cmd = hexec();
+    cmd.args(["run", "--gpus", "none", "--stall-timeout", "1s"]).arg(&graph);
+    let err = refused(cmd);
+    assert!(
+        err.contains("tasks[0] ('a')") && err.contains("'spin' duration"),
+        "{err}"
+    );
+
+    // A model file with negative samples, and a deadline: refused naming the sample.
+    let ok = dir.path().join("ok.json");
+    std::fs::write(&ok, GRAPH).unwrap();
+    let model = dir.path().join("model.json");
+    std::fs::write(
+        &model,
+        r#"{"histories":{"spin":{"cpu":{"buckets":{"0":{"samples":[-1,-1,-1],"next":3,"size":1,"count":3}}}}}}"#,
+    )
+    .unwrap();
+    let mut cmd = hexec();
+    cmd.args(["run", "--gpus", "none", "--deadline", "1s", "--model"])
+        .arg(&model)
+        .arg(&ok);
+    let err = refused(cmd);
+    assert!(
+        err.contains("model.json: histories.spin.cpu.buckets[0].samples[0]") && err.contains("-1 s"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sim_refuses_odd_machine_specs_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("g.json");
+    // Tasks that copy data between host and GPU, so links are used.
+    std::fs::write(
+        &graph,
+        r#"{"format":"hexec-graph","version":1,"data":[{"name":"x","bytes":1000000}],
+            "tasks":[{"name":"a","kernel":"spin","params":[0.001],"access":[["x","rw"]]},
+                     {"name":"b","kernel":"spin","params":[0.001],"access":[["x","rw"]],"device":"gpu"}]}"#,
+    )
+    .unwrap();
+    for (spec, says) in [
+        ("cpus:2,gpus:1,gpu-speedup:-1", "gpu-speedup -1"),
+        ("cpus:2,gflops:-1", "gflops -1"),
+        ("cpus:2,gflops:0", "gflops 0"),
+        ("cpus:2,gpus:1,gpu-speedup:2,lat:-1000000", "lat -1000000 µs"),
+        ("cpus:2,gpus:1,gpu-speedup:2,lat:nan", "lat NaN µs"),
+        ("cpus:2,gpus:1,gpu-speedup:2,bw:-1", "bw -1 GB/s"),
+        ("cpus:2,gpus:1,gpu-speedup:2,bw:0", "bw 0 GB/s"),
+        ("cpus:1e12", "over the limit of 1024"),
+        ("cpus:2,gpus:1e12,gpu-speedup:2", "over the limit of 1024"),
+        ("cpus:-1", "not a whole number"),
+        ("cpus:2.5", "not a whole number"),
+    ] {
+        let mut cmd = hexec();
+        cmd.args(["sim", "--machine", spec]).arg(&graph);
+        let err = refused(cmd);
+        assert!(err.contains(says), "{spec}: {err}");
+    }
+    let toml = dir.path().join("m.toml");
+    for (text, says) in [
+        ("cpus = 1000000000000\n", "over the limit of 1024 workers"),
+        ("cpus = 2\ngpus = 1\ngpu_speedup = -1.0\n", "gpu_speedup -1"),
+        ("cpus = 2\nlatency_us = -5.0\n", "latency_us -5 µs"),
+        ("cpus = 2\nbandwidth_gbs = nan\n", "bandwidth_gbs NaN"),
+    ] {
+        std::fs::write(&toml, text).unwrap();
+        let mut cmd = hexec();
+        cmd.args(["sim", "--machine"]).arg(&toml).arg(&graph);
+        let err = refused(cmd);
+        assert!(err.contains(says), "{text}: {err}");
+    }
+}
+
+#[test]
+fn absurd_durations_costs_and_grids_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let cases = [
+        (
+            write(
+                "huge.json",
+                r#"{"format":"hexec-graph","version":1,"tasks":[{"name":"a","kernel":"spin","params":[1e300]}]}"#,
+            ),
+            "over the 1e9 s limit",
+        ),
+        (
+            write(
+                "neg.json",
+                r#"{"format":"hexec-graph","version":1,"tasks":[{"name":"a","kernel":"sleep","params":[-1]}]}"#,
+            ),
+            "negative, NaN or infinite",
+        ),
+        // u64::MAX milliseconds.
+        (
+            write("max.stg", "1\n0 0 0\n1 18446744073709551615 1 0\n2 0 1 1\n"),
+            "line 3: cost 18446744073709551615 is over the limit",
+        ),
+        // 37 bytes that used to declare 8.4 million tiles.
+        (
+            write("chol.json", r#"{"generator":"x","N":4096,"tasks":[]}"#),
+            "N: 4096 tiles per side is over the limit",
+        ),
+    ];
+    for (path, says) in &cases {
+        for cmd in ["run", "sim"] {
+            let mut c = hexec();
+            c.arg(cmd);
+            if cmd == "run" {
+                c.args(["--gpus", "none"]);
+            } else {
+                c.args(["--machine", "cpus:2"]);
+            }
+            let err = refused({
+                c.arg(path);
+                c
+            });
+            assert!(err.contains(says), "{cmd} {}: {err}", path.display());
+        }
+    }
+    let mut cmd = hexec();
+    cmd.args(["gen", "cholesky", "--tiles", "4096"]);
+    let err = refused(cmd);
+    assert!(err.contains("--tiles: 4096 tiles per side is over the limit"), "{err}");
+}
+
+#[test]
+fn devices_and_files_over_the_limit_are_refused_without_reading_them() {
+    let mut cmd = hexec();
+    cmd.args(["run", "--gpus", "none", "/dev/zero"]);
+    let err = refused(cmd);
+    assert!(err.contains("/dev/zero: file: not a graph file: a device"), "{err}");
+    // A sparse 2 GiB file: refused by its size, not read.
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.json");
+    std::fs::File::create(&big).unwrap().set_len(2 << 30).unwrap();
+    let mut cmd = hexec();
+    cmd.args(["sim", "--machine", "cpus:1"]).arg(&big);
+    let err = refused(cmd);
+    assert!(
+        err.contains("the file (2147483648 bytes) is larger than the 1073741824-byte limit (1 GiB)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn escape_sequences_in_names_are_escaped_and_a_byte_order_mark_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("g.json");
+    // A BOM, then a task whose name clears the screen, with an unknown kernel.
+    std::fs::write(
+        &graph,
+        "\u{feff}{\"format\":\"hexec-graph\",\"version\":1,\"tasks\":[{\"name\":\"a\\u001b[2J\\nb\",\"kernel\":\"nope\"}]}",
+    )
+    .unwrap();
+    let mut cmd = hexec();
+    cmd.args(["run", "--gpus", "none"]).arg(&graph);
+    let err = refused(cmd);
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+    assert!(
+        err.contains(r"tasks[0] ('a\u{1b}[2J\nb'): unknown kernel 'nope'"),
+        "{err}"
+    );
+    // A failing task's name in the run's messages: escaped too.
+    std::fs::write(
+        &graph,
+        "\u{feff}{\"format\":\"hexec-graph\",\"version\":1,\"tasks\":[{\"name\":\"x\\u001b]0;pwned\\u0007\",\"kernel\":\"spin\",\"params\":[0]}]}",
+    )
+    .unwrap();
+    let out = output_within(
+        {
+            let mut c = hexec();
+            c.args(["run", "--gpus", "none", "--inject", "panic:kernel=spin:p=1"])
+                .arg(&graph);
+            c
+        },
+        60,
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        !stdout.contains('\u{1b}') && !stderr.contains('\u{1b}') && !stderr.contains('\u{7}'),
+        "{stderr:?}"
+    );
+    assert!(stderr.contains(r"x\u{1b}]0;pwned\u{7}"), "{stderr}");
+    // With the BOM, a valid file runs.
+    std::fs::write(&graph, format!("\u{feff}{GRAPH}")).unwrap();
+    let out = output_within(
+        {
+            let mut c = hexec();
+            c.args(["run", "--gpus", "none"]).arg(&graph);
+            c
+        },
+        60,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A minimal StarPU sampling directory for machine `m`: `cpus` CPUs and one GPU, the given
+/// latency matrix, and a potrf model.
+fn starpu_dir(cpus: &str, latency: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = dir.path().join("sampling/bus");
+    let models = dir.path().join("sampling/codelets/45");
+    std::fs::create_dir_all(&bus).unwrap();
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(
+        bus.join("m.config"),
+        format!("# Current configuration\n{cpus} # Number of CPUs\n1 # Number of CUDA devices\n"),
+    )
+    .unwrap();
+    std::fs::write(bus.join("m.bandwidth"), "# to 0 1\n0 5000\n5000 0\n").unwrap();
+    std::fs::write(bus.join("m.latency"), latency).unwrap();
+    std::fs::write(
+        models.join("chol_model_potrf.m"),
+        "45\n2\n1\n0\n0\n1\n1\n1\n0 0 0 0 nan nan 0 0 0\nnan nan nan\n0\n0000abcd 3686400 1 1000 10 1 1 10\n\
+         1\n1\n0\n1\n1\n1\n0 0 0 0 nan nan 0 0 0\nnan nan nan\n0\n0000abcd 3686400 1 100 1 1 1 10\n",
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn starpu_machines_refuse_bad_values_and_never_open_a_fifo() {
+    let graph_dir = tempfile::tempdir().unwrap();
+    let graph = graph_dir.path().join("chol.json");
+    let out = hexec()
+        .args(["gen", "cholesky", "--tiles", "2", "--tile-size", "960", "-o"])
+        .arg(&graph)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sim = |dir: &tempfile::TempDir| {
+        let mut c = hexec();
+        c.args(["sim", "--machine", &format!("starpu:{}:m", dir.path().display())])
+            .arg(&graph);
+        c
+    };
+    let good_latency = "0 10\n10 0\n";
+    // 10^12 CPUs: refused before anything is sized by them.
+    let err = refused(sim(&starpu_dir("1000000000000", good_latency)));
+    assert!(
+        err.contains("m.config") && err.contains("over the limit of 1024 workers"),
+        "{err}"
+    );
+    // Negative and NaN latencies: refused, naming the file's line.
+    for bad in ["0 -1000000\n10 0\n", "0 nan\n10 0\n"] {
+        let err = refused(sim(&starpu_dir("4", bad)));
+        assert!(err.contains("m.latency:1: latency from node 0 to node 1"), "{err}");
+    }
+    // A FIFO among the codelet files, named as a needed model: never opened (the open would
+    // block for ever), left out as a model that is not there.
+    let dir = starpu_dir("4", good_latency);
+    let fifo = dir.path().join("sampling/codelets/45/chol_model_trsm.m");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let out = output_within(sim(&dir), 30);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("no model of kernel 'trsm'"), "{err}");
 }

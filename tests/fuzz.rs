@@ -143,3 +143,225 @@ fn huge_declared_sizes_are_refused_before_allocating() {
     let e = parse("chol.json", chol.as_bytes(), Some(Format::Cholesky)).unwrap_err();
     assert!(e.to_string().contains("over the limit"), "{e}");
 }
+
+/// Runs `f` on its own thread and fails the test if it does not return within `secs` (a
+/// hang is a failure, not a stalled suite); a panic in `f` is the test's panic.
+fn within<T: Send + 'static>(secs: u64, what: String, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the worker sends before it returns"),
+        },
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("did not end within {secs} s: {what}"),
+    }
+}
+
+/// A small graph that uses what a machine offers: Cholesky tiles (flop-counted or modelled),
+/// replayed tasks moving a datum between host and GPU.
+fn sim_graph() -> hexec::graph::formats::GraphSpec {
+    let mut g = hexec::graph::formats::cholesky::generate(2, 32);
+    g.data.push(hexec::graph::formats::DataSpec {
+        name: "x".into(),
+        elem: None,
+        len: None,
+        bytes: Some(1 << 20),
+        init: None,
+        read_only: false,
+        temp: false,
+    });
+    for (i, device) in ["cpu", "gpu", "cpu"].into_iter().enumerate() {
+        let mut t = hexec::graph::formats::TaskSpec::replay(format!("r{i}"), 0.001);
+        t.access = vec![("x".into(), "rw".into())];
+        t.device = Some(device.into());
+        g.tasks.push(t);
+    }
+    g
+}
+
+/// A machine that parsed: its models read, the graph built and simulated under two
+/// policies. Ok or a clean error, never a panic; `within` bounds the time.
+fn simulate_on(mut sm: hexec::sim::SimMachine) {
+    let spec = sim_graph();
+    if sm.load_models_for(&spec).is_err() {
+        return;
+    }
+    let Ok(g) = spec.build_virtual(&|k| sm.kernel(k), &BuildOptions::default()) else {
+        return;
+    };
+    for policy in [hexec::PolicyKind::Eager, hexec::PolicyKind::Locality] {
+        if let Ok(r) = hexec::sim::simulate(&g, &sm, policy, &hexec::sim::SimOptions::default()) {
+            assert!(r.run.makespan_s.is_finite() && r.run.makespan_s >= 0.0, "{r:?}");
+        }
+    }
+}
+
+/// Numbers a machine spec or a StarPU file might hold, sane and not.
+fn odd_number() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("0"),
+        Just("1"),
+        Just("2"),
+        Just("24"),
+        Just("-1"),
+        Just("-0"),
+        Just("2.5"),
+        Just("1e12"),
+        Just("1e-300"),
+        Just("1e300"),
+        Just("nan"),
+        Just("-nan"),
+        Just("inf"),
+        Just("-inf"),
+        Just("1024"),
+        Just("1025"),
+        Just("12GB/s"),
+        Just("10us"),
+        Just(""),
+        Just("x"),
+        Just("18446744073709551616"),
+    ]
+    .prop_map(str::to_string)
+}
+
+const SPEC_KEYS: [&str; 8] = ["cpus", "gpus", "gpu-speedup", "bw", "lat", "gflops", "tpus", ""];
+const TOML_KEYS: [&str; 7] = [
+    "cpus",
+    "gpus",
+    "gpu_speedup",
+    "bandwidth_gbs",
+    "latency_us",
+    "cpu_gflops",
+    "warp",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_machine_specs_parse_or_explain(
+        parts in proptest::collection::vec((0usize..SPEC_KEYS.len(), odd_number()), 0..7),
+    ) {
+        let spec = parts.iter().map(|(k, v)| format!("{}:{v}", SPEC_KEYS[*k])).collect::<Vec<_>>().join(",");
+        within(20, spec.clone(), move || {
+            if let Ok(sm) = hexec::sim::SimMachine::parse(&spec) {
+                simulate_on(sm);
+            }
+        });
+    }
+
+    #[test]
+    fn mangled_machine_specs_parse_or_explain(
+        edits in proptest::collection::vec((0usize..64, any::<u8>(), 0u8..3), 1..6),
+    ) {
+        let mut bytes = b"cpus:4,gpus:2,gpu-speedup:8,bw:12GB/s,lat:10us,gflops:10".to_vec();
+        for (at, b, op) in edits {
+            let at = at % bytes.len().max(1);
+            match op {
+                0 => bytes[at] = b,
+                1 => bytes.insert(at, b),
+                _ => { bytes.remove(at); }
+            }
+        }
+        let spec = String::from_utf8_lossy(&bytes).into_owned();
+        // A spec ending in .toml names a file: keep the fuzz on strings.
+        prop_assume!(!spec.starts_with("starpu:") && !spec.ends_with(".toml"));
+        within(20, spec.clone(), move || {
+            if let Ok(sm) = hexec::sim::SimMachine::parse(&spec) {
+                simulate_on(sm);
+            }
+        });
+    }
+
+    #[test]
+    fn random_toml_machines_parse_or_explain(
+        fields in proptest::collection::vec((0usize..TOML_KEYS.len(), odd_number()), 0..7),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        let text: String = fields.iter().map(|(k, v)| format!("{} = {v}\n", TOML_KEYS[*k])).collect();
+        std::fs::write(&path, &text).unwrap();
+        let spec = path.to_str().unwrap().to_string();
+        within(20, text, move || {
+            if let Ok(sm) = hexec::sim::SimMachine::parse(&spec) {
+                simulate_on(sm);
+            }
+        });
+    }
+}
+
+/// A valid codelet model (one CPU and one GPU combination, a 4 KiB and a 16 KiB row each).
+const CODELET: &str = "45\n2\n1\n0\n0\n1\n1\n2\n0 0 0 0 nan nan 0 0 0\nnan nan nan\n0\n\
+0000abcd 12288 1 100 10 1 1 10\n0000abce 49152 1 800 10 1 1 10\n\
+1\n1\n0\n1\n1\n2\n0 0 0 0 nan nan 0 0 0\nnan nan nan\n0\n\
+0000abcd 12288 1 10 1 1 1 10\n0000abce 49152 1 80 1 1 1 10\n";
+
+/// Writes a StarPU sampling directory for machine `m` and simulates on it.
+fn starpu_case(config: &str, bandwidth: &str, latency: &str, codelets: &[(&str, Vec<u8>)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = dir.path().join("sampling/bus");
+    let models = dir.path().join("sampling/codelets/45");
+    std::fs::create_dir_all(&bus).unwrap();
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(bus.join("m.config"), config).unwrap();
+    std::fs::write(bus.join("m.bandwidth"), bandwidth).unwrap();
+    std::fs::write(bus.join("m.latency"), latency).unwrap();
+    for (name, bytes) in codelets {
+        std::fs::write(models.join(format!("{name}.m")), bytes).unwrap();
+    }
+    let what = format!("{config:?} {bandwidth:?} {latency:?}");
+    let path = dir.path().to_path_buf();
+    within(20, what, move || {
+        if let Ok(sm) = hexec::sim::SimMachine::from_starpu(&path, "m") {
+            simulate_on(sm);
+        }
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_starpu_bus_files_load_or_explain(
+        counts in (odd_number(), prop_oneof![Just("0".to_string()), Just("1".to_string()), Just("2".to_string()), odd_number()]),
+        bw in proptest::collection::vec(odd_number(), 0..10),
+        lat in proptest::collection::vec(odd_number(), 0..10),
+        width in 1usize..4,
+    ) {
+        let matrix = |v: &[String]| v.chunks(width).map(|r| r.join(" ") + "\n").collect::<String>();
+        let config = format!("# cfg\n{} # Number of CPUs\n{} # Number of CUDA devices\n", counts.0, counts.1);
+        starpu_case(&config, &matrix(&bw), &matrix(&lat), &[("chol_model_potrf", CODELET.as_bytes().to_vec())]);
+    }
+
+    #[test]
+    fn mangled_starpu_codelets_load_or_explain(
+        edits in proptest::collection::vec((0usize..512, any::<u8>(), 0u8..3), 1..6),
+        fields in proptest::collection::vec(odd_number(), 8),
+    ) {
+        let mut bytes = CODELET.as_bytes().to_vec();
+        for (at, b, op) in edits {
+            let at = at % bytes.len().max(1);
+            match op {
+                0 => bytes[at] = b,
+                1 => bytes.insert(at, b),
+                _ => { bytes.remove(at); }
+            }
+        }
+        // And a row of odd numbers where a history entry goes.
+        let odd_row = CODELET.replace("0000abcd 12288 1 10 1 1 1 10", &format!("0000abcd {}", fields.join(" ")));
+        starpu_case(
+            "4 # Number of CPUs\n1 # Number of CUDA devices\n",
+            "0 5000\n5000 0\n",
+            "0 10\n10 0\n",
+            &[
+                ("chol_model_potrf", bytes),
+                ("chol_model_trsm", odd_row.into_bytes()),
+                ("chol_model_gemm", CODELET.as_bytes().to_vec()),
+            ],
+        );
+    }
+}

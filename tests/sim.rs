@@ -429,3 +429,63 @@ fn temporaries_are_freed_and_backpressure_holds_producers_back_in_simulation() {
         );
     }
 }
+
+/// Links with values no machine spec accepts (set on the struct directly): copies in the
+/// simulation never panic on them (`Duration::from_secs_f64` did, on a negative or NaN
+/// time), whatever number comes out.
+#[test]
+fn odd_link_values_set_in_code_never_panic_the_simulation() {
+    let mut spec = GraphSpec::new(Some("copies".into()));
+    spec.data.push(formats::DataSpec {
+        name: "x".into(),
+        elem: None,
+        len: None,
+        bytes: Some(1 << 20),
+        init: None,
+        read_only: false,
+        temp: false,
+    });
+    for (i, device) in ["cpu", "gpu", "cpu", "gpu"].into_iter().enumerate() {
+        let mut t = TaskSpec::replay(format!("t{i}"), 0.001);
+        t.access = vec![("x".into(), "rw".into())];
+        t.device = Some(device.into());
+        spec.tasks.push(t);
+    }
+    for (lat, bw) in [
+        (-1.0, 1e9),
+        (f64::NAN, 1e9),
+        (1e-5, -1.0),
+        (1e-5, f64::NAN),
+        (1e300, 1e-300),
+    ] {
+        let mut sm = SimMachine::parse("cpus:2,gpus:1,gpu-speedup:2").unwrap();
+        for (i, row) in sm.latency.iter_mut().enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                if i != j {
+                    *v = lat;
+                }
+            }
+        }
+        for (i, row) in sm.bandwidth.iter_mut().enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                if i != j {
+                    *v = bw;
+                }
+            }
+        }
+        let g = build(&spec, &sm);
+        for policy in [PolicyKind::Eager, PolicyKind::Locality, PolicyKind::Heft] {
+            let _ = simulate(&g, &sm, policy, &SimOptions::default());
+        }
+    }
+}
+
+#[test]
+fn absurd_model_costs_are_refused_by_the_simulation() {
+    // A finite spec whose flop speed makes a Cholesky tile take 10^290 s.
+    let sm = SimMachine::parse("cpus:2,gflops:1e-300").unwrap();
+    let g = build(&cholesky::generate(2, 64), &sm);
+    let e = simulate(&g, &sm, PolicyKind::Eager, &SimOptions::default()).unwrap_err();
+    let e = e.to_string();
+    assert!(e.contains("potrf(0)") && e.contains("over the 1e9 s limit"), "{e}");
+}

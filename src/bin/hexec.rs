@@ -355,7 +355,10 @@ fn exit_if_still_stalled(report: &str) {
     let report = report.to_string();
     std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_secs(5));
-        eprintln!("hexec: the run stalled and a kernel does not return: {report}");
+        eprintln!(
+            "hexec: the run stalled and a kernel does not return: {}",
+            terminal_safe(&report)
+        );
         std::process::exit(3);
     });
 }
@@ -418,10 +421,29 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("hexec: {}", f.message);
+            eprintln!("hexec: {}", terminal_safe(&f.message));
             ExitCode::from(f.code)
         }
     }
+}
+
+/// `s` with its control characters escaped (`\u{1b}`), line breaks kept: what the CLI
+/// prints may carry names from input files (tasks, data, kernels, codelets), whose escape
+/// sequences must not reach the terminal raw. Names are escaped where messages are made
+/// (`Graph::task_name`, `LoadError`); this catches the rest.
+fn terminal_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(|c| c.is_control() && c != '\n') {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Rust ignores SIGPIPE, so printing into a closed pipe (`hexec info --json | head -1`)
@@ -540,7 +562,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 println!(
                     "{} tasks on {} ({} cpu, {} gpu workers), policy {}: makespan {:.6} s, lower bound {:.6} s (critical path {:.6}, area {:.6}), ratio {:.3}; {} bytes transferred, {} steals; simulated in {:.3} s",
                     r.run.tasks,
-                    r.machine,
+                    terminal_safe(&r.machine),
                     sm.machine.count(hexec::DeviceKind::Cpu),
                     sm.machine.count(hexec::DeviceKind::Gpu),
                     r.run.policy,
@@ -573,6 +595,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                     message: "--tiles and --tile-size must be positive".into(),
                 });
             }
+            formats::cholesky::check_grid(tiles).map_err(|why| format!("--tiles: {why}"))?;
             let spec = formats::cholesky::generate(tiles, tile_size);
             let text = serde_json::to_string_pretty(&spec)?;
             match output {
@@ -1059,7 +1082,7 @@ fn run_and_report(
             println!("  {line}");
         }
         for w in &report.warnings {
-            println!("  warning: {w}");
+            println!("  warning: {}", terminal_safe(w));
         }
         if let (Some(deadline), Some(met)) = (report.deadline_s, report.deadline_met) {
             let predicted = report.predicted_s.map_or_else(
@@ -1092,7 +1115,7 @@ fn run_and_report(
             println!("result not checked: the run failed");
         }
         for o in &outcomes {
-            println!("{o}");
+            println!("{}", terminal_safe(&o.to_string()));
         }
     }
     if let Some(path) = &trace {

@@ -248,11 +248,13 @@ impl Graph {
         }
     }
 
-    /// The display name of a task: its given name, or `kernel#index`.
+    /// The display name of a task: its given name, or `kernel#index`, with control
+    /// characters escaped ([`crate::limits::escape_controls`]): names come from files and
+    /// go into error messages, summaries and logs printed on terminals.
     pub fn task_name(&self, index: usize) -> String {
         let t = &self.tasks[index];
         match &t.name {
-            Some(n) => n.to_string(),
+            Some(n) => crate::limits::escape_controls(n).into_owned(),
             None => format!("{}#{index}", self.kernels[t.kernel as usize].name()),
         }
     }

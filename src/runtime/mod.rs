@@ -1036,6 +1036,19 @@ impl Runtime {
                 graph.task_kernel(t)
             ));
         }
+        // Graphs built in code are not checked as files are: a negative or absurd time (a
+        // `spin` of -1 s) predicts nothing, and the bounds and simulation need durations.
+        for (t, c) in costs.iter().enumerate() {
+            for s in c.iter().flatten() {
+                crate::limits::seconds(*s).map_err(|why| {
+                    format!(
+                        "task '{}' (kernel '{}'): expected time {why}",
+                        graph.task_name(t),
+                        graph.task_kernel(t)
+                    )
+                })?;
+            }
+        }
         let bound = crate::sim::bound::lower_bound(
             &Successors::of(graph),
             &costs,

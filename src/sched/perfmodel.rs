@@ -176,7 +176,17 @@ pub enum ModelFileError {
     Io { path: String, source: std::io::Error },
     #[error("{path}: not a hexec performance model: {source}")]
     Format { path: String, source: serde_json::Error },
+    /// A value the model cannot use (a negative or absurd time, a bad link), with where.
+    #[error("{path}: {position}: {reason}")]
+    Invalid {
+        path: String,
+        position: String,
+        reason: String,
+    },
 }
+
+/// Largest model file read.
+pub const MAX_MODEL_FILE_BYTES: u64 = 1 << 30;
 
 impl PerfModel {
     /// An empty model.
@@ -184,9 +194,10 @@ impl PerfModel {
         Self::default()
     }
 
-    /// Records one measured run.
+    /// Records one measured run. A time that is not a duration ([`crate::limits::seconds`]:
+    /// negative, NaN, infinite or absurdly long) is not a measurement and is dropped.
     pub fn record(&mut self, kernel: &str, class: &str, size: u64, seconds: f64) {
-        if !(seconds.is_finite() && seconds >= 0.0) {
+        if crate::limits::seconds(seconds).is_err() {
             return;
         }
         self.histories
@@ -266,14 +277,77 @@ impl PerfModel {
         std::fs::write(path, text).map_err(|source| ModelFileError::Io { path: p, source })
     }
 
-    /// Reads a model written by [`PerfModel::save`].
+    /// Reads a model written by [`PerfModel::save`] (a regular file of at most
+    /// [`MAX_MODEL_FILE_BYTES`]) and checks every value in it ([`PerfModel::validate`]): a
+    /// file is input, and its samples go straight into predictions and planning.
     pub fn load(path: &std::path::Path) -> Result<Self, ModelFileError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ModelFileError::Io {
+        let text =
+            crate::limits::read_regular_file(path, MAX_MODEL_FILE_BYTES).map_err(|reason| ModelFileError::Invalid {
+                path: p.clone(),
+                position: "file".into(),
+                reason,
+            })?;
+        let model: PerfModel = serde_json::from_str(&text).map_err(|source| ModelFileError::Format {
             path: p.clone(),
             source,
         })?;
-        serde_json::from_str(&text).map_err(|source| ModelFileError::Format { path: p, source })
+        model.validate().map_err(|(position, reason)| ModelFileError::Invalid {
+            path: p,
+            position,
+            reason,
+        })?;
+        Ok(model)
+    }
+
+    /// Checks what [`PerfModel::record`] would have ensured, for a model read from a file:
+    /// every sample a duration ([`crate::limits::seconds`]), at most [`MAX_SAMPLES`] per
+    /// bucket with the ring's next slot among them, sizes finite and non-negative, links
+    /// with a positive, finite bandwidth and a latency that is a duration. The error gives
+    /// the place (`histories.KERNEL.CLASS.buckets[B]`, `links.FROM->TO`) and the reason.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        for (kernel, classes) in &self.histories {
+            for (class, history) in classes {
+                for (b, bucket) in &history.buckets {
+                    let at = || {
+                        format!(
+                            "histories.{}.{}.buckets[{b}]",
+                            crate::limits::escape_controls(kernel),
+                            crate::limits::escape_controls(class)
+                        )
+                    };
+                    if bucket.samples.len() > MAX_SAMPLES || bucket.next >= MAX_SAMPLES {
+                        return Err((
+                            at(),
+                            format!(
+                                "{} samples with next slot {} (a bucket keeps at most {MAX_SAMPLES})",
+                                bucket.samples.len(),
+                                bucket.next
+                            ),
+                        ));
+                    }
+                    if (bucket.count as usize) < bucket.samples.len() {
+                        return Err((
+                            at(),
+                            format!("count {} is below its {} samples", bucket.count, bucket.samples.len()),
+                        ));
+                    }
+                    if !(bucket.size.is_finite() && bucket.size >= 0.0) {
+                        return Err((at(), format!("mean size {} is not a size in bytes", bucket.size)));
+                    }
+                    for (i, &v) in bucket.samples.iter().enumerate() {
+                        crate::limits::seconds(v).map_err(|why| (format!("{}.samples[{i}]", at()), why))?;
+                    }
+                }
+            }
+        }
+        for (name, link) in &self.links {
+            let at = || format!("links.{}", crate::limits::escape_controls(name));
+            crate::limits::positive(link.bandwidth)
+                .map_err(|why| (at(), format!("bandwidth {} bytes/s: {why}", link.bandwidth)))?;
+            crate::limits::seconds(link.latency).map_err(|why| (at(), format!("latency {} s: {why}", link.latency)))?;
+        }
+        Ok(())
     }
 }
 
@@ -344,5 +418,47 @@ mod tests {
         assert!(PerfModel::load(&p).unwrap().link("host", "gpu").is_none());
         std::fs::write(&p, "{").unwrap();
         assert!(PerfModel::load(&p).unwrap_err().to_string().contains("model.json"));
+    }
+
+    #[test]
+    fn model_files_with_unusable_values_are_refused_naming_the_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.json");
+        let bucket = |body: &str| format!(r#"{{"histories":{{"k":{{"cpu":{{"buckets":{{"4":{{{body}}}}}}}}}}}}}"#);
+        for (text, says) in [
+            (
+                bucket(r#""samples":[1,-1],"next":2,"size":1,"count":2"#),
+                "buckets[4].samples[1]: -1 s",
+            ),
+            (
+                bucket(r#""samples":[1e300],"next":1,"size":1,"count":1"#),
+                "over the 1e9 s limit",
+            ),
+            (bucket(r#""samples":[1],"next":64,"size":1,"count":1"#), "next slot 64"),
+            (
+                bucket(r#""samples":[1,1],"next":1,"size":1,"count":1"#),
+                "count 1 is below",
+            ),
+            (bucket(r#""samples":[1],"next":1,"size":-3,"count":1"#), "mean size -3"),
+            (
+                r#"{"histories":{},"links":{"host->gpu":{"bandwidth":-1,"latency":0}}}"#.to_string(),
+                "links.host->gpu: bandwidth -1",
+            ),
+            (
+                r#"{"histories":{},"links":{"host->gpu":{"bandwidth":1,"latency":-1}}}"#.to_string(),
+                "links.host->gpu: latency -1",
+            ),
+        ] {
+            std::fs::write(&p, &text).unwrap();
+            let e = PerfModel::load(&p).unwrap_err().to_string();
+            assert!(e.contains("m.json") && e.contains(says), "{text}: {e}");
+        }
+        std::fs::write(&p, bucket(r#""samples":[1,2],"next":2,"size":1,"count":9"#)).unwrap();
+        assert!(PerfModel::load(&p).is_ok());
+        // Not a regular file: refused, not read.
+        assert!(PerfModel::load(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("directory"));
     }
 }

@@ -2,6 +2,12 @@
 //! device class, and the area bound — the least time in which CPUs and GPUs together could
 //! do all the work if tasks could be split between them (the linear-programming bound, exact
 //! for two classes by a greedy fill in order of GPU advantage).
+//!
+//! Costs are expected finite and non-negative (inputs are checked where they enter, see
+//! [`crate::limits`]). Others never make these functions hang: a negative or NaN cost counts
+//! as 0, and every loop has an iteration cap — the search for a feasible area bound gives up
+//! after [`MAX_DOUBLINGS`] doublings and returns the largest time it proved too short (a
+//! valid lower bound, if not the tightest), the bisection stops after 100 halvings.
 
 use serde::Serialize;
 
@@ -16,8 +22,23 @@ pub struct LowerBound {
     pub bound_s: f64,
 }
 
+/// Doublings of the area bound's upper end before giving up: from the smallest positive
+/// `f64`, 2100 doublings pass `f64::MAX`, so a finite bound is always found before the cap.
+pub const MAX_DOUBLINGS: usize = 2100;
+
+/// A cost as the bounds read it: negative and NaN costs (never valid input) count as 0.
+fn sane(c: f64) -> f64 {
+    if c > 0.0 {
+        c
+    } else {
+        0.0
+    }
+}
+
 /// `costs[t] = [cpu, gpu]`, `None` where the task cannot run.
 pub fn lower_bound(edges: &Successors, costs: &[[Option<f64>; 2]], cpus: usize, gpus: usize) -> LowerBound {
+    let costs: Vec<[Option<f64>; 2]> = costs.iter().map(|c| c.map(|x| x.map(sane))).collect();
+    let costs = costs.as_slice();
     let fastest: Vec<f64> = costs
         .iter()
         .map(|c| c.iter().flatten().copied().fold(f64::INFINITY, f64::min))
@@ -46,8 +67,13 @@ pub fn gpu_advantage_threshold(costs: &[[Option<f64>; 2]], cpus: usize, gpus: us
     if cpus == 0 || gpus == 0 {
         return 0.0;
     }
-    let forced_gpu: f64 = costs.iter().filter(|c| c[0].is_none()).filter_map(|c| c[1]).sum();
-    let mut flexible: Vec<(f64, f64)> = costs.iter().filter_map(|c| Some((c[0]?, c[1]?))).collect();
+    let forced_gpu: f64 = costs
+        .iter()
+        .filter(|c| c[0].is_none())
+        .filter_map(|c| c[1])
+        .map(sane)
+        .sum();
+    let mut flexible: Vec<(f64, f64)> = costs.iter().filter_map(|c| Some((sane(c[0]?), sane(c[1]?)))).collect();
     flexible.sort_by(|x, y| (y.0 / y.1.max(1e-300)).total_cmp(&(x.0 / x.1.max(1e-300))));
     let mut room = gpus as f64 * t - forced_gpu;
     for &(a, b) in &flexible {
@@ -95,10 +121,19 @@ fn area_bound(costs: &[[Option<f64>; 2]], cpus: usize, gpus: usize) -> f64 {
         + forced_gpu / gpus.max(1.0)
         + flexible.iter().map(|f| f.0.min(f.1)).sum::<f64>()
         + 1e-12;
-    while !feasible(hi) {
-        hi *= 2.0;
-    }
+    // Capped: with costs that are not durations (infinite, or negative had they not been
+    // read as 0) no time may be feasible, and doubling would go on for ever.
     let mut lo = 0.0;
+    let mut doublings = 0;
+    while !feasible(hi) {
+        if doublings == MAX_DOUBLINGS || !hi.is_finite() {
+            // The best bound proved: every time up to `hi` is too short.
+            return hi;
+        }
+        lo = hi;
+        hi *= 2.0;
+        doublings += 1;
+    }
     for _ in 0..100 {
         let mid = 0.5 * (lo + hi);
         if feasible(mid) {
@@ -115,6 +150,43 @@ mod tests {
     use super::*;
     use crate::graph::Graph;
     use crate::kernels::builtin;
+
+    #[test]
+    fn costs_that_are_not_durations_end_the_search() {
+        // Negative costs kept the area bound's search doubling a negative time for ever;
+        // infinite ones doubled infinity. Both end now, the first as if 0.
+        let mut g = Graph::new();
+        for _ in 0..3 {
+            g.task(&builtin::noop()).add();
+        }
+        let e = Successors::of(&g);
+        let b = lower_bound(&e, &[[Some(-1.0), None]; 3], 2, 0);
+        assert!(b.bound_s >= 0.0 && b.bound_s < 1e-9, "{b:?}");
+        let b = lower_bound(
+            &e,
+            &[
+                [Some(-1.0), Some(-2.0)],
+                [Some(f64::NAN), Some(1.0)],
+                [None, Some(-5.0)],
+            ],
+            2,
+            1,
+        );
+        assert!(b.bound_s.is_finite() && b.bound_s >= 0.0, "{b:?}");
+        let b = lower_bound(
+            &e,
+            &[
+                [Some(f64::INFINITY), Some(1.0)],
+                [Some(1.0), None],
+                [None, Some(f64::INFINITY)],
+            ],
+            2,
+            1,
+        );
+        assert_eq!(b.bound_s, f64::INFINITY);
+        let t = gpu_advantage_threshold(&[[Some(-1.0), Some(-1.0)]; 3], 2, 1, 1.0);
+        assert!(t.is_finite());
+    }
 
     #[test]
     fn bounds_of_simple_cases() {

@@ -48,6 +48,16 @@ pub enum SimError {
     Stalled { time: f64, remaining: usize },
     #[error("task '{task}' needs datum {datum} on {node}, whose memory is full of the task's own operands")]
     NoRoom { task: String, datum: String, node: String },
+    /// A task's modelled cost is not a usable duration (a machine whose speeds make a
+    /// finite input absurd, e.g. `gflops:1e-300`, or a model that slipped past its checks).
+    #[error("task '{task}' (kernel '{kernel}'), modelled on a {class} worker of this machine: {why}")]
+    Cost {
+        task: String,
+        kernel: String,
+        class: String,
+        seconds: f64,
+        why: String,
+    },
 }
 
 /// The summary of a simulated run: the runtime's summary plus the lower bound.
@@ -111,7 +121,7 @@ pub(crate) fn simulate_sized(
             read_only: false,
         })
         .collect();
-    let costs = task_costs(graph, sm, &data_bytes);
+    let costs = task_costs(graph, sm, &data_bytes)?;
     let mut g = graph.clone();
     if matches!(policy, PolicyKind::Locality | PolicyKind::Heft) && graph.tasks.iter().all(|t| t.priority == 0) {
         for (t, p) in rank_priorities(&edges, &costs).into_iter().enumerate() {
@@ -179,9 +189,11 @@ pub(crate) fn simulate_sized(
     Ok(st.report(policy, sm, bound))
 }
 
-/// Per task: `[cpu, gpu]` cost from the machine's models.
-fn task_costs(graph: &Graph, sm: &SimMachine, data_bytes: &[u64]) -> Vec<[Option<f64>; 2]> {
-    (0..graph.len())
+/// Per task: `[cpu, gpu]` cost from the machine's models. Each must be a duration
+/// ([`crate::limits::seconds`]): the event loop and the bounds assume finite, non-negative
+/// times, and a makespan of 1e300 s or NaN says nothing.
+fn task_costs(graph: &Graph, sm: &SimMachine, data_bytes: &[u64]) -> Result<Vec<[Option<f64>; 2]>, SimError> {
+    let costs: Vec<[Option<f64>; 2]> = (0..graph.len())
         .map(|t| {
             let rec = &graph.tasks[t];
             let kernel = &graph.kernels[rec.kernel as usize];
@@ -206,7 +218,22 @@ fn task_costs(graph: &Graph, sm: &SimMachine, data_bytes: &[u64]) -> Vec<[Option
             }
             c
         })
-        .collect()
+        .collect();
+    for (t, c) in costs.iter().enumerate() {
+        for (k, kind) in KINDS.iter().enumerate() {
+            let Some(seconds) = c[k] else { continue };
+            if let Err(why) = crate::limits::seconds(seconds) {
+                return Err(SimError::Cost {
+                    task: graph.task_name(t),
+                    kernel: graph.task_kernel(t).to_string(),
+                    class: kind.to_string(),
+                    seconds,
+                    why,
+                });
+            }
+        }
+    }
+    Ok(costs)
 }
 
 /// The simulated machine's state.
@@ -451,7 +478,7 @@ impl<'a> State<'a> {
                 self.arrival[v][0] = end;
                 // The simulator's transfers are counted, never logged: no name is needed.
                 self.transfers
-                    .record(dst, Node::Host, vb, std::time::Duration::from_secs_f64(end - start), "");
+                    .record(dst, Node::Host, vb, crate::limits::duration(end - start), "");
                 self.coherence[v].record_read(Node::Host);
                 self.written_back[n] += vb;
             }
@@ -535,7 +562,7 @@ impl<'a> State<'a> {
         self.link_free[src.index()][dst.index()] = end;
         self.arrival[d as usize][dst.index()] = end;
         self.transfers
-            .record(src, dst, bytes, std::time::Duration::from_secs_f64(took), "");
+            .record(src, dst, bytes, crate::limits::duration(took), "");
         self.coherence[d as usize].record_read(dst);
         end
     }

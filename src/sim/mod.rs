@@ -7,6 +7,13 @@
 //! or from a TOML file with the same keys. A StarPU machine reads the models of the kernels a
 //! graph uses only, when asked ([`SimMachine::load_models`], before building the graph).
 //!
+//! Every number a machine comes with is checked where it enters, with the spec field or file
+//! line it came from in the error: worker counts whole and at most
+//! [`crate::limits::MAX_WORKERS`] in all, `gpu-speedup`, `bw` and `gflops` positive and
+//! finite, `lat` finite, non-negative and at most [`crate::limits::MAX_DURATION_S`] (StarPU
+//! directories: see [`starpu`]). Task costs that still come out absurd (a tiny `gflops`) are
+//! refused by the simulation ([`SimError::Cost`]).
+//!
 //! Model of execution: a task starts on a worker when the policy hands it over; its inputs
 //! not valid in that worker's memory are copied first (latency + bytes / bandwidth from the
 //! cheapest valid copy; one copy at a time per link direction, no other contention), then it
@@ -32,6 +39,31 @@ use crate::topology::{DeviceKind, GpuDesc, Machine};
 pub use bound::{gpu_advantage_threshold, LowerBound};
 pub use engine::{simulate, SimError, SimOptions, SimReport};
 
+/// How a spec's fields are named in errors: `gpu-speedup` in a `key:value` spec,
+/// `gpu_speedup` in a TOML file.
+#[derive(Clone, Copy)]
+struct Keys {
+    speedup: &'static str,
+    bw: &'static str,
+    lat: &'static str,
+    gflops: &'static str,
+}
+
+impl Keys {
+    const SPEC: Keys = Keys {
+        speedup: "gpu-speedup",
+        bw: "bw",
+        lat: "lat",
+        gflops: "gflops",
+    };
+    const TOML: Keys = Keys {
+        speedup: "gpu_speedup",
+        bw: "bandwidth_gbs",
+        lat: "latency_us",
+        gflops: "cpu_gflops",
+    };
+}
+
 /// A modelled machine.
 #[derive(Debug)]
 pub struct SimMachine {
@@ -51,6 +83,9 @@ pub struct SimMachine {
     /// A StarPU machine's codelet models, read into `model` by [`SimMachine::load_models`].
     pub starpu: Option<starpu::Codelets>,
 }
+
+/// Largest TOML machine file read (a handful of keys).
+pub const MAX_SPEC_FILE_BYTES: u64 = 1 << 20;
 
 /// A machine spec as a TOML file or a `key:value,...` string gives it.
 #[derive(Debug, Default, Deserialize)]
@@ -76,9 +111,10 @@ impl SimMachine {
             return SimMachine::from_starpu(Path::new(dir), name);
         }
         if spec.ends_with(".toml") {
-            let text = std::fs::read_to_string(spec).map_err(|e| format!("{spec}: {e}"))?;
+            let text = crate::limits::read_regular_file(Path::new(spec), MAX_SPEC_FILE_BYTES)
+                .map_err(|e| format!("{spec}: {e}"))?;
             let s: MachineSpec = toml::from_str(&text).map_err(|e| format!("{spec}: {e}"))?;
-            return SimMachine::from_spec(spec, &s);
+            return SimMachine::from_spec_keys(spec, &s, Keys::TOML);
         }
         let mut s = MachineSpec::default();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -91,9 +127,24 @@ impl SimMachine {
                     .parse::<f64>()
                     .map_err(|_| format!("'{v}' is not a number (in '{part}')"))
             };
+            // A count is whole, non-negative and bounded before it sizes anything (`as
+            // usize` would turn -1 into 0, 2.5 into 2 and 1e12 into a 64 TB allocation).
+            let count = |v: &str| -> Result<usize, String> {
+                let n = num(v)?;
+                if !(n.is_finite() && n >= 0.0 && n.fract() == 0.0) {
+                    return Err(format!("'{v}' is not a whole number of workers (in '{part}')"));
+                }
+                if n > crate::limits::MAX_WORKERS as f64 {
+                    return Err(format!(
+                        "{v} workers is over the limit of {} (in '{part}')",
+                        crate::limits::MAX_WORKERS
+                    ));
+                }
+                Ok(n as usize)
+            };
             match k {
-                "cpus" => s.cpus = num(v)? as usize,
-                "gpus" => s.gpus = num(v)? as usize,
+                "cpus" => s.cpus = count(v)?,
+                "gpus" => s.gpus = count(v)?,
                 "gpu-speedup" => s.gpu_speedup = Some(num(v)?),
                 "bw" => s.bandwidth_gbs = Some(num(v)?),
                 "lat" => s.latency_us = Some(num(v)?),
@@ -105,21 +156,68 @@ impl SimMachine {
                 }
             }
         }
-        SimMachine::from_spec(spec, &s)
+        SimMachine::from_spec_keys(spec, &s, Keys::SPEC)
     }
 
-    /// A machine from a spec.
+    /// A machine from a spec. Every value is checked (see the module's documentation); an
+    /// error names the field as a `key:value` spec does.
     pub fn from_spec(name: &str, s: &MachineSpec) -> Result<SimMachine, String> {
+        SimMachine::from_spec_keys(name, s, Keys::SPEC)
+    }
+
+    /// [`SimMachine::from_spec`], naming fields as `keys` does.
+    fn from_spec_keys(name: &str, s: &MachineSpec, keys: Keys) -> Result<SimMachine, String> {
+        let max = crate::limits::MAX_WORKERS;
+        if s.cpus.checked_add(s.gpus).is_none_or(|n| n > max) {
+            return Err(format!(
+                "machine '{name}': {} cpus and {} gpus are over the limit of {max} workers",
+                s.cpus, s.gpus
+            ));
+        }
+        let field = |key: &str, v: f64, check: fn(f64) -> Result<f64, String>, unit: &str| {
+            check(v).map_err(|why| format!("machine '{name}': {key} {}{unit}: {why}", crate::limits::number(v)))
+        };
+        let speedup = s
+            .gpu_speedup
+            .map(|v| field(keys.speedup, v, crate::limits::positive, ""))
+            .transpose()?;
+        let bw = field(
+            keys.bw,
+            s.bandwidth_gbs.unwrap_or(12.0),
+            crate::limits::positive,
+            " GB/s",
+        )?;
+        // Under a byte per second, a copy of the largest datum takes longer than anything
+        // hexec accepts; refused as absurd rather than simulated.
+        if bw < 1e-9 {
+            return Err(format!(
+                "machine '{name}': {} {bw} GB/s is under the least usable bandwidth (1e-9 GB/s, a byte per second)",
+                keys.bw
+            ));
+        }
+        let lat_us = s.latency_us.unwrap_or(10.0);
+        let lat = crate::limits::seconds(lat_us * 1e-6).map_err(|why| {
+            format!(
+                "machine '{name}': {} {} µs: {why}",
+                keys.lat,
+                crate::limits::number(lat_us)
+            )
+        })?;
+        let gflops = field(
+            keys.gflops,
+            s.cpu_gflops.unwrap_or(10.0),
+            crate::limits::positive,
+            " GFLOP/s",
+        )?;
         if s.cpus == 0 && s.gpus == 0 {
             return Err(format!("machine '{name}' has no worker (give cpus:N)"));
         }
-        if s.gpus > 0 && s.gpu_speedup.is_none() {
+        if s.gpus > 0 && speedup.is_none() {
             return Err(format!(
                 "machine '{name}' has GPUs but no gpu-speedup (how much faster they run tasks)"
             ));
         }
-        let bw = s.bandwidth_gbs.unwrap_or(12.0) * 1e9;
-        let lat = s.latency_us.unwrap_or(10.0) * 1e-6;
+        let bw = bw * 1e9;
         let nodes = s.gpus + 1;
         let bandwidth = (0..nodes)
             .map(|i| (0..nodes).map(|j| if i == j { f64::INFINITY } else { bw }).collect())
@@ -133,8 +231,8 @@ impl SimMachine {
             bandwidth,
             latency,
             model: PerfModel::new(),
-            gpu_speedup: s.gpu_speedup,
-            cpu_gflops: s.cpu_gflops.unwrap_or(10.0),
+            gpu_speedup: speedup,
+            cpu_gflops: gflops,
             starpu: None,
         })
     }

@@ -7,21 +7,29 @@
 //! So [`open`] reads the machine (configuration and bus matrices) and only *lists* the
 //! codelet files; [`Codelets::load`] reads one codelet when a graph needs it. A file that is
 //! never needed is never parsed and cannot break a run. Files may be symbolic links (they are
-//! read through them).
+//! read through them); only regular files are listed and read (a FIFO or a device among the
+//! codelet files is never opened: it would block or never end), each of at most
+//! [`MAX_FILE_BYTES`].
 //!
 //! Codelet files are read as StarPU reads them: a stream of numbers with `#` comment lines,
 //! line breaks mattering only for the history entries (one per line, 7 or 8 fields). Fields
 //! hexec does not use (StarPU's own regressions, flops, sums, footprints) are accepted
 //! whatever number they hold. Fields it uses are validated where they enter: a needed
-//! model's mean time must be finite and non-negative, its deviation too (a NaN deviation is
-//! read as no spread, with a warning), link bandwidths positive and finite, latencies finite
-//! and non-negative; anything else is an error naming the file and line.
+//! model's mean time must be a duration ([`crate::limits::seconds`]: finite, non-negative, at
+//! most [`crate::limits::MAX_DURATION_S`]), its deviation too (a NaN deviation is read as no
+//! spread, with a warning), link bandwidths finite and at least a byte per second, latencies
+//! durations, CPU and GPU counts at most [`crate::limits::MAX_WORKERS`] together; anything
+//! else is an error naming the file and line.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::limits::read_regular_file;
 use crate::sched::perfmodel::PerfModel;
+
+/// Largest StarPU file read (models and bus matrices are kilobytes).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
 
 /// A StarPU file that cannot be used, with where.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -131,9 +139,10 @@ impl Codelets {
                 format!("no model of codelet '{codelet}' for machine '{}'", self.machine),
             )
         })?;
-        // Through symbolic links: a model file may be a link to another machine's.
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| file_err(&path, format!("cannot read the model: {e}")))?;
+        // Through symbolic links: a model file may be a link to another machine's. Regular
+        // files only, even if one was swapped for a FIFO since the listing.
+        let text = read_regular_file(&path, MAX_FILE_BYTES)
+            .map_err(|e| file_err(&path, format!("cannot read the model: {e}")))?;
         let parsed = parse_codelet(&text).map_err(|(line, reason)| StarpuError {
             path: path.clone(),
             line,
@@ -173,7 +182,7 @@ pub fn open(dir: &Path, name: &str) -> Result<StarpuMachine, StarpuError> {
     };
     let bus = sampling.join("bus");
     let config = bus.join(format!("{name}.config"));
-    let text = std::fs::read_to_string(&config)
+    let text = read_regular_file(&config, MAX_FILE_BYTES)
         .map_err(|e| file_err(&config, format!("cannot read the machine's configuration: {e}")))?;
     let count = |what: &str| -> Result<usize, StarpuError> {
         let (i, line) = text
@@ -189,28 +198,33 @@ pub fn open(dir: &Path, name: &str) -> Result<StarpuMachine, StarpuError> {
         })
     };
     let (cpus, gpus) = (count("Number of CPUs")?, count("Number of CUDA devices")?);
+    // Before anything is sized by them (the bus matrices are nodes²).
+    let max = crate::limits::MAX_WORKERS;
+    if cpus.checked_add(gpus).is_none_or(|n| n > max) {
+        return Err(file_err(
+            &config,
+            format!("{cpus} CPUs and {gpus} GPUs are over the limit of {max} workers"),
+        ));
+    }
     let nodes = gpus + 1;
     // Same-node entries are 0 in StarPU's files: no copy, so infinite bandwidth, no latency.
     let bandwidth = matrix(&bus.join(format!("{name}.bandwidth")), nodes, |i, j, mbs| {
         if i == j {
             Ok(f64::INFINITY)
-        } else if mbs.is_finite() && mbs > 0.0 {
+        } else if mbs.is_finite() && mbs >= 1e-6 {
             Ok(mbs * 1e6)
         } else {
             Err(format!(
-                "bandwidth from node {i} to node {j} is {mbs} MB/s (a link needs a positive, finite bandwidth)"
+                "bandwidth from node {i} to node {j} is {mbs} MB/s (a link needs a finite bandwidth of at least a byte per second)"
             ))
         }
     })?;
     let latency = matrix(&bus.join(format!("{name}.latency")), nodes, |i, j, us| {
         if i == j {
             Ok(0.0)
-        } else if us.is_finite() && us >= 0.0 {
-            Ok(us * 1e-6)
         } else {
-            Err(format!(
-                "latency from node {i} to node {j} is {us} µs (a link needs a finite, non-negative latency)"
-            ))
+            crate::limits::seconds(us * 1e-6)
+                .map_err(|why| format!("latency from node {i} to node {j} is {us} µs: {why}"))
         }
     })?;
     let models = sampling.join("codelets").join("45");
@@ -221,9 +235,11 @@ pub fn open(dir: &Path, name: &str) -> Result<StarpuMachine, StarpuError> {
     for entry in entries {
         let entry = entry.map_err(|e| file_err(&models, format!("cannot list codelet models: {e}")))?;
         let file_name = entry.file_name();
-        // Names only: a file is opened (through links) when a graph needs its codelet.
+        // Names only: a file is opened (through links) when a graph needs its codelet. What
+        // is not a regular file (a FIFO, a device, a directory, a dangling link) is never
+        // a model: left out without opening it (metadata follows links, opens nothing).
         if let Some(codelet) = file_name.to_str().and_then(|f| f.strip_suffix(&suffix)) {
-            if !codelet.is_empty() {
+            if !codelet.is_empty() && std::fs::metadata(entry.path()).is_ok_and(|m| m.is_file()) {
                 files.insert(codelet.to_string(), entry.path());
             }
         }
@@ -254,7 +270,7 @@ fn matrix(
     n: usize,
     value: impl Fn(usize, usize, f64) -> Result<f64, String>,
 ) -> Result<Vec<Vec<f64>>, StarpuError> {
-    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, format!("cannot read: {e}")))?;
+    let text = read_regular_file(path, MAX_FILE_BYTES).map_err(|e| file_err(path, e))?;
     let at = |line: usize, reason: String| StarpuError {
         path: path.to_path_buf(),
         line: Some(line),
@@ -515,6 +531,7 @@ fn entry(
             "mean time '{mean}' µs is not a duration (negative, NaN or infinite)"
         )));
     }
+    crate::limits::seconds(mean_us * 1e-6).map_err(|why| at(format!("mean time '{mean}' µs: {why}")))?;
     let mut dev_us = num(dev);
     if dev_us.is_nan() {
         // A spread StarPU could not compute: the mean alone is still a measurement.
@@ -524,6 +541,8 @@ fn entry(
         return Err(at(format!(
             "deviation '{dev}' µs is not a duration (negative or infinite)"
         )));
+    } else if let Err(why) = crate::limits::seconds(dev_us * 1e-6) {
+        return Err(at(format!("deviation '{dev}' µs: {why}")));
     }
     Ok(Some(Entry {
         class,

@@ -17,8 +17,30 @@ use serde::Deserialize;
 
 use super::{CheckSpec, DataSpec, GraphSpec, Init, LoadError, SpdBlock, TaskSpec};
 
-/// The largest grid a DAG file may declare (its lower triangle is 8.4 million tiles).
-pub const MAX_TILES_PER_SIDE: usize = 4096;
+/// The most tasks a Cholesky grid may have, in a DAG file (whose tiles are declared from
+/// its `N` before its tasks are read) and in the generator: 2 million, which is 227 tiles
+/// a side (the factorisation has about N³/6 tasks). Larger grids took gigabytes and tens of
+/// seconds to declare (N = 4096 in a 37-byte file: 8.4 million tiles).
+pub const MAX_TASKS: u64 = 2_000_000;
+
+/// The number of tasks of the factorisation of an `n`×`n` grid ([`steps`]): `n` potrf,
+/// `n(n−1)/2` trsm and syrk each, `n(n−1)(n−2)/6` gemm_nt; `None` past `u64`.
+pub fn task_count(n: u64) -> Option<u64> {
+    let pairs = n.checked_mul(n.saturating_sub(1))?;
+    let gemms = pairs.checked_mul(n.saturating_sub(2))? / 6;
+    n.checked_add(pairs)?.checked_add(gemms)
+}
+
+/// Whether an `n`×`n` grid is within [`MAX_TASKS`]; the error says what it would take.
+pub fn check_grid(n: usize) -> Result<(), String> {
+    match task_count(n as u64) {
+        Some(t) if t <= MAX_TASKS => Ok(()),
+        t => Err(format!(
+            "{n} tiles per side is over the limit: its factorisation has {} tasks, at most {MAX_TASKS} are allowed",
+            t.map_or_else(|| "more than 2^64".to_string(), |t| t.to_string())
+        )),
+    }
+}
 
 /// Tile side used for DAG files, which do not record one (StarPU's measured 960).
 pub const DEFAULT_TILE: usize = 960;
@@ -156,14 +178,8 @@ struct DagTask {
 /// Loads a DAG file (`{"generator", "N", "tasks": [{"id", "kernel", "deps", "writes", "reads"}]}`).
 pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
     let doc: Doc = serde_json::from_str(text).map_err(|e| LoadError::json(file, &e))?;
-    // Every tile of the lower triangle is declared: bound the count before allocating.
-    if doc.n > MAX_TILES_PER_SIDE {
-        return Err(LoadError::new(
-            file,
-            "N",
-            format!("{} tiles per side is over the limit of {MAX_TILES_PER_SIDE}", doc.n),
-        ));
-    }
+    // Every tile of the lower triangle is declared: bound the grid before allocating.
+    check_grid(doc.n).map_err(|why| LoadError::new(file, "N", why))?;
     let mut g = GraphSpec::new(Some(file.to_string()));
     let bytes = (DEFAULT_TILE * DEFAULT_TILE * 4) as u64;
     tiles(&mut g, doc.n, bytes);
@@ -231,6 +247,20 @@ mod tests {
             .tasks
             .iter()
             .all(|t| ["potrf", "trsm", "syrk", "gemm_nt"].contains(&t.kernel.as_str())));
+    }
+
+    #[test]
+    fn grids_are_bounded_by_their_task_count() {
+        for n in [0u64, 1, 2, 5, 10, 40] {
+            assert_eq!(task_count(n), Some(steps(n as usize).count() as u64), "{n}");
+        }
+        assert!(check_grid(227).is_ok());
+        let e = check_grid(228).unwrap_err();
+        assert!(e.contains("over the limit") && e.contains("2000000"), "{e}");
+        assert!(check_grid(usize::MAX).unwrap_err().contains("2^64"));
+        let e = parse("c.json", r#"{"generator": "x", "N": 4096, "tasks": []}"#).unwrap_err();
+        assert_eq!(e.position, "N");
+        assert!(e.reason.contains("4096 tiles per side is over the limit"), "{e}");
     }
 
     #[test]

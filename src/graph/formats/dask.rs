@@ -51,12 +51,8 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
     let mut spec = GraphSpec::new(doc.meta.name.clone().or_else(|| Some(file.to_string())));
     for (i, t) in doc.tasks.iter().enumerate() {
         let pos = || format!("tasks[{i}] ('{}')", names[&t.id]);
-        if !(t.duration_s.is_finite() && t.duration_s >= 0.0) {
-            return Err(LoadError::new(
-                file,
-                pos(),
-                format!("duration_s {} is not a non-negative number", t.duration_s),
-            ));
+        if let Err(why) = crate::limits::seconds(t.duration_s) {
+            return Err(LoadError::new(file, pos(), format!("duration_s: {why}")));
         }
         spec.data.push(DataSpec {
             name: out_name(t.id),

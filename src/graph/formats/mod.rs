@@ -50,11 +50,14 @@ pub struct LoadError {
 }
 
 impl LoadError {
+    /// Control characters in any part (a task named with an escape sequence, a file name
+    /// with a newline) are escaped: these messages are printed on terminals.
     pub(crate) fn new(file: &str, position: impl fmt::Display, reason: impl fmt::Display) -> Self {
+        let clean = |s: String| crate::limits::escape_controls(&s).into_owned();
         LoadError {
-            file: file.to_string(),
-            position: position.to_string(),
-            reason: reason.to_string(),
+            file: clean(file.to_string()),
+            position: clean(position.to_string()),
+            reason: clean(reason.to_string()),
         }
     }
 
@@ -352,30 +355,82 @@ impl Default for BuildOptions {
     }
 }
 
-/// Reads a file whole (decompressing gzip), refusing files over [`MAX_FILE_BYTES`].
+/// Reads a file whole (decompressing gzip), refusing files over [`MAX_FILE_BYTES`] before
+/// reading them: a regular file by its size, a pipe or FIFO (`/dev/stdin`, `<(zcat f)`) by
+/// reading at most one byte past the limit; devices and directories are refused unopened
+/// (`/dev/zero` would be read to the limit for nothing). Gzip is decompressed as it streams
+/// from the file, through the same limit, so a small gzip bomb costs at most the limit.
 fn read_file(path: &Path) -> Result<Vec<u8>, LoadError> {
+    read_file_limited(path, MAX_FILE_BYTES)
+}
+
+/// [`read_file`] with a given limit (tests use a small one).
+fn read_file_limited(path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
     let file = path.display().to_string();
-    let f = std::fs::File::open(path).map_err(|e| LoadError::new(&file, "file", format!("cannot open: {e}")))?;
-    let mut raw = Vec::new();
-    f.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut raw)
-        .map_err(|e| LoadError::new(&file, "file", format!("cannot read: {e}")))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .take(MAX_FILE_BYTES + 1)
+    let whole = |reason: String| LoadError::new(&file, "file", reason);
+    let too_large = |what: &str| {
+        whole(format!(
+            "{what} is larger than the {limit}-byte limit ({})",
+            human(limit)
+        ))
+    };
+    let meta = std::fs::metadata(path).map_err(|e| whole(format!("cannot open: {e}")))?;
+    let fifo = {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileTypeExt;
+            meta.file_type().is_fifo()
+        }
+        #[cfg(not(unix))]
+        {
+            false
+        }
+    };
+    if !meta.is_file() && !fifo {
+        return Err(whole(format!(
+            "not a graph file: {} (give a regular file or a pipe)",
+            crate::limits::file_kind(&meta)
+        )));
+    }
+    if meta.is_file() && meta.len() > limit {
+        return Err(too_large(&format!("the file ({} bytes)", meta.len())));
+    }
+    let f = std::fs::File::open(path).map_err(|e| whole(format!("cannot open: {e}")))?;
+    let mut reader = std::io::BufReader::new(f);
+    let gzip = std::io::BufRead::fill_buf(&mut reader)
+        .map_err(|e| whole(format!("cannot read: {e}")))?
+        .starts_with(&[0x1f, 0x8b]);
+    let mut out = Vec::new();
+    if gzip {
+        // Streamed: the compressed bytes are never held whole, the decompressed ones only
+        // up to one byte past the limit.
+        flate2::read::GzDecoder::new(reader)
+            .take(limit + 1)
             .read_to_end(&mut out)
-            .map_err(|e| LoadError::new(&file, "file", format!("invalid gzip data: {e}")))?;
-        raw = out;
+            .map_err(|e| whole(format!("invalid gzip data: {e}")))?;
+        if out.len() as u64 > limit {
+            return Err(too_large("the decompressed data"));
+        }
+    } else {
+        reader
+            .take(limit + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| whole(format!("cannot read: {e}")))?;
+        if out.len() as u64 > limit {
+            return Err(too_large("the file"));
+        }
     }
-    if raw.len() as u64 > MAX_FILE_BYTES {
-        return Err(LoadError::new(
-            &file,
-            "file",
-            format!("larger than the {MAX_FILE_BYTES}-byte limit"),
-        ));
+    Ok(out)
+}
+
+/// `bytes` in the largest binary unit that divides it (`1 GiB`), for messages.
+fn human(bytes: u64) -> String {
+    for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+        if bytes >= unit && bytes % unit == 0 {
+            return format!("{} {name}", bytes / unit);
+        }
     }
-    Ok(raw)
+    format!("{bytes} bytes")
 }
 
 /// Loads a graph file; `format` overrides detection (by content: gzip and JSON keys, or an
@@ -392,6 +447,10 @@ pub fn load(path: &Path, format: Option<Format>) -> Result<GraphSpec, LoadError>
 pub fn parse(file: &str, bytes: &[u8], format: Option<Format>) -> Result<GraphSpec, LoadError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| LoadError::new(file, format!("byte {}", e.valid_up_to()), "the file is not UTF-8 text"))?;
+    // Some editors start UTF-8 files with a byte-order mark, which JSON and STG do not
+    // allow: skip it rather than report "expected value at line 1 column 1". (Columns of
+    // JSON errors on line 1 then count from after it.)
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let format = match format {
         Some(f) => f,
         None => detect(file, text)?,
@@ -535,9 +594,8 @@ impl GraphSpec {
 
         let mut g = Graph::new();
         if let Some(d) = self.deadline_s {
-            let d = std::time::Duration::try_from_secs_f64(d)
-                .map_err(|_| err("deadline_s".into(), format!("{d} is not a duration in seconds")))?;
-            g.set_deadline(d);
+            let d = crate::limits::seconds(d).map_err(|why| err("deadline_s".into(), why))?;
+            g.set_deadline(crate::limits::duration(d));
         }
         let mut data: HashMap<&str, crate::graph::DataRef> = HashMap::with_capacity(self.data.len());
         for (i, d) in self.data.iter().enumerate() {
@@ -594,7 +652,23 @@ impl GraphSpec {
             if !opts.empty_tasks {
                 let scaled = matches!(t.kernel.as_str(), "spin" | "sleep");
                 for (k, &p) in t.params.iter().enumerate() {
-                    b = b.param(if scaled && k == 0 { p * opts.time_scale } else { p });
+                    if scaled && k == 0 {
+                        // A duration: checked here, where every format's replayed tasks
+                        // pass, so that the deadline's prediction and the simulator see
+                        // durations only (a negative one made the bound search loop).
+                        let secs = p * opts.time_scale;
+                        crate::limits::seconds(secs).map_err(|why| {
+                            let scale = if opts.time_scale == 1.0 {
+                                String::new()
+                            } else {
+                                format!(" ({p} s times the time scale {})", opts.time_scale)
+                            };
+                            err(task_pos(i), format!("'{}' duration{scale}: {why}", t.kernel))
+                        })?;
+                        b = b.param(secs);
+                    } else {
+                        b = b.param(p);
+                    }
                 }
             }
             for (name, mode) in &t.access {

@@ -451,3 +451,96 @@ fn generated_cholesky_runs_and_its_check_judges_the_factor() {
         assert!(e.reason.contains(why), "{e}");
     }
 }
+
+#[test]
+fn gzip_is_decompressed_through_the_limit_as_it_streams() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    // A small bomb: 4 MiB of spaces in a few kilobytes, against a 1 MiB limit.
+    let bomb = dir.path().join("bomb.json.gz");
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    z.write_all(&vec![b' '; 4 << 20]).unwrap();
+    let packed = z.finish().unwrap();
+    assert!(packed.len() < 64 << 10);
+    std::fs::write(&bomb, &packed).unwrap();
+    let e = read_file_limited(&bomb, 1 << 20).unwrap_err();
+    assert_eq!(e.file, bomb.display().to_string());
+    assert!(
+        e.reason
+            .contains("decompressed data is larger than the 1048576-byte limit (1 MiB)"),
+        "{e}"
+    );
+    // Within the limit it loads.
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(NATIVE.as_bytes()).unwrap();
+    std::fs::write(&bomb, z.finish().unwrap()).unwrap();
+    assert_eq!(read_file_limited(&bomb, 1 << 20).unwrap(), NATIVE.as_bytes());
+    // A plain file over the limit is refused by its size.
+    let plain = dir.path().join("big.json");
+    std::fs::write(&plain, vec![b' '; 2048]).unwrap();
+    let e = read_file_limited(&plain, 1024).unwrap_err();
+    assert!(
+        e.reason
+            .contains("the file (2048 bytes) is larger than the 1024-byte limit (1 KiB)"),
+        "{e}"
+    );
+    assert!(read_file_limited(dir.path(), 1024)
+        .unwrap_err()
+        .reason
+        .contains("a directory"));
+}
+
+#[test]
+fn a_byte_order_mark_is_skipped() {
+    let spec = parse("bom.json", format!("\u{feff}{NATIVE}").as_bytes(), None).unwrap();
+    assert_eq!(spec.tasks.len(), 3);
+    let stg = parse("bom.stg", "\u{feff}1\n0 0 0\n1 4 1 0\n2 0 1 1\n".as_bytes(), None).unwrap();
+    assert_eq!(stg.tasks.len(), 3);
+}
+
+#[test]
+fn replayed_durations_are_checked_after_the_time_scale() {
+    let rt = rt();
+    let doc = |p: &str| {
+        format!(r#"{{"format":"hexec-graph","version":1,"tasks":[{{"name":"s","kernel":"spin","params":[{p}]}}]}}"#)
+    };
+    for (p, says) in [
+        ("-1", "-1 s is not a duration"),
+        ("1e300", "1e300 s is not a usable duration"),
+    ] {
+        let e = parse("d.json", doc(p).as_bytes(), None)
+            .unwrap()
+            .build(&rt, &BuildOptions::default())
+            .unwrap_err();
+        assert_eq!(e.position, "tasks[0] ('s')");
+        assert!(e.reason.contains(says), "{e}");
+    }
+    let spec = parse("d.json", doc("1e6").as_bytes(), None).unwrap();
+    let e = spec
+        .build(
+            &rt,
+            &BuildOptions {
+                time_scale: 1e4,
+                empty_tasks: false,
+            },
+        )
+        .unwrap_err();
+    assert!(e.reason.contains("times the time scale 10000"), "{e}");
+    let deadline = r#"{"format":"hexec-graph","version":1,"deadline_s":-2,"tasks":[]}"#;
+    let e = parse("d.json", deadline.as_bytes(), None)
+        .unwrap()
+        .build(&rt, &BuildOptions::default())
+        .unwrap_err();
+    assert_eq!(e.position, "deadline_s");
+}
+
+#[test]
+fn control_characters_in_names_are_escaped_in_errors() {
+    let doc = "{\"format\":\"hexec-graph\",\"version\":1,\"tasks\":[{\"name\":\"a\\u001b[2Jb\",\"kernel\":\"nope\"}]}";
+    let e = parse("c.json", doc.as_bytes(), None)
+        .unwrap()
+        .build(&rt(), &BuildOptions::default())
+        .unwrap_err();
+    assert_eq!(e.position, r"tasks[0] ('a\u{1b}[2Jb')");
+    assert!(!e.to_string().contains('\u{1b}'));
+}

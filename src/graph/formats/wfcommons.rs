@@ -90,11 +90,11 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
     let mut runtimes: HashMap<&str, f64> = HashMap::new();
     if let Some(exec) = &doc.workflow.execution {
         for (i, t) in exec.tasks.iter().enumerate() {
-            if !(t.runtime_in_seconds.is_finite() && t.runtime_in_seconds >= 0.0) {
+            if let Err(why) = crate::limits::seconds(t.runtime_in_seconds) {
                 return Err(LoadError::new(
                     file,
                     format!("workflow.execution.tasks[{i}] ('{}')", t.id),
-                    format!("runtimeInSeconds {} is not a non-negative number", t.runtime_in_seconds),
+                    format!("runtimeInSeconds: {why}"),
                 ));
             }
             runtimes.insert(t.id.as_str(), t.runtime_in_seconds);
