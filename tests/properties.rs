@@ -81,14 +81,14 @@ fn apply(case: &Case, order: &[usize]) -> Vec<Vec<u64>> {
     for &i in order {
         let t = &case.tasks[i];
         let mut bufs: Vec<Vec<u64>> = t.accesses.iter().map(|&(d, _)| data[d].clone()).collect();
-        let ops: Vec<RawOperand<'_>> = bufs
+        let mut ops: Vec<RawOperand<'_>> = bufs
             .iter_mut()
             .zip(&t.accesses)
             // SAFETY: each operand is a distinct, exclusively owned Vec<u64> that outlives `ops`.
             .map(|(b, &(_, a))| unsafe { RawOperand::new(b.as_mut_ptr().cast(), b.len() * 8, ElemType::U64, a) })
             .collect();
         let params = [i as f64];
-        let ctx = CpuContext::new(&ops, &params, 1);
+        let ctx = CpuContext::new(&mut ops, &params, 1);
         (mix.cpu_impl().unwrap())(&ctx).unwrap();
         drop(ops);
         for (b, &(d, a)) in bufs.into_iter().zip(&t.accesses) {

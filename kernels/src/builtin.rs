@@ -368,29 +368,29 @@ mod tests {
     fn axpy_computes_and_checks_lengths() {
         let mut x = vec![1.0f32, 2.0, 3.0];
         let mut y = vec![10.0f32, 20.0, 30.0];
-        let ops = [
+        let mut ops = [
             op(&mut x, ElemType::F32, Access::Read),
             op(&mut y, ElemType::F32, Access::ReadWrite),
         ];
-        let ctx = CpuContext::new(&ops, &[2.0], 1);
+        let ctx = CpuContext::new(&mut ops, &[2.0], 1);
         (axpy().cpu_impl().unwrap())(&ctx).unwrap();
         assert_eq!(y, vec![12.0, 24.0, 36.0]);
 
         let mut short = vec![0.0f32; 2];
         let mut y = vec![0.0f32; 3];
-        let ops = [
+        let mut ops = [
             op(&mut short, ElemType::F32, Access::Read),
             op(&mut y, ElemType::F32, Access::ReadWrite),
         ];
-        let ctx = CpuContext::new(&ops, &[1.0], 1);
+        let ctx = CpuContext::new(&mut ops, &[1.0], 1);
         assert!((axpy().cpu_impl().unwrap())(&ctx).is_err());
     }
 
     #[test]
     fn context_refuses_conflicting_borrows_and_wrong_types() {
         let mut y = vec![0.0f32; 4];
-        let ops = [op(&mut y, ElemType::F32, Access::ReadWrite)];
-        let ctx = CpuContext::new(&ops, &[], 1);
+        let mut ops = [op(&mut y, ElemType::F32, Access::ReadWrite)];
+        let ctx = CpuContext::new(&mut ops, &[], 1);
         let _w = ctx.write::<f32>(0).unwrap();
         assert!(matches!(
             ctx.read::<f32>(0),
@@ -406,19 +406,19 @@ mod tests {
             Err(KernelError::MissingOperand { index: 1, count: 1 })
         ));
         let mut x = vec![0.0f32; 4];
-        let ops = [op(&mut x, ElemType::F32, Access::Read)];
-        let ctx = CpuContext::new(&ops, &[], 1);
+        let mut ops = [op(&mut x, ElemType::F32, Access::Read)];
+        let ctx = CpuContext::new(&mut ops, &[], 1);
         assert!(matches!(ctx.write::<f32>(0), Err(KernelError::AccessMismatch { .. })));
     }
 
     #[test]
     fn contexts_with_many_operands_track_borrows() {
         let mut bufs: Vec<Vec<u64>> = (0..70).map(|i| vec![i; 2]).collect();
-        let ops: Vec<RawOperand<'_>> = bufs
+        let mut ops: Vec<RawOperand<'_>> = bufs
             .iter_mut()
             .map(|b| op(b, ElemType::U64, Access::ReadWrite))
             .collect();
-        let ctx = CpuContext::new(&ops, &[], 1);
+        let ctx = CpuContext::new(&mut ops, &[], 1);
         let last = ctx.write::<u64>(69).unwrap();
         assert!(matches!(
             ctx.read::<u64>(69),
@@ -440,12 +440,12 @@ mod tests {
         let run = |seed: f64, input: u64| {
             let mut a = vec![input; 3];
             let mut out = vec![0u64; 2];
-            let ops = [
+            let mut ops = [
                 op(&mut a, ElemType::U64, Access::Read),
                 op(&mut out, ElemType::U64, Access::Write),
             ];
             let params = [seed];
-            let ctx = CpuContext::new(&ops, &params, 1);
+            let ctx = CpuContext::new(&mut ops, &params, 1);
             (mix().cpu_impl().unwrap())(&ctx).unwrap();
             out
         };
@@ -456,17 +456,17 @@ mod tests {
 
     #[test]
     fn spin_rejects_bad_durations_and_sum_sums() {
-        let ctx = CpuContext::new(&[], &[-1.0], 1);
+        let ctx = CpuContext::new(&mut [], &[-1.0], 1);
         assert!((spin().cpu_impl().unwrap())(&ctx).is_err());
-        let ctx = CpuContext::new(&[], &[f64::NAN], 1);
+        let ctx = CpuContext::new(&mut [], &[f64::NAN], 1);
         assert!((sleep().cpu_impl().unwrap())(&ctx).is_err());
         let mut x = vec![0.5f32; 10];
         let mut s = vec![0.0f32; 1];
-        let ops = [
+        let mut ops = [
             op(&mut x, ElemType::F32, Access::Read),
             op(&mut s, ElemType::F32, Access::Write),
         ];
-        let ctx = CpuContext::new(&ops, &[], 1);
+        let ctx = CpuContext::new(&mut ops, &[], 1);
         (sum().cpu_impl().unwrap())(&ctx).unwrap();
         assert_eq!(s[0], 5.0);
     }
@@ -475,7 +475,7 @@ mod tests {
     fn sleep_and_spin_stop_when_cancelled() {
         let yes = || true;
         for k in [sleep(), spin()] {
-            let ctx = CpuContext::new(&[], &[60.0], 1).with_cancellation(&yes);
+            let ctx = CpuContext::new(&mut [], &[60.0], 1).with_cancellation(&yes);
             let start = Instant::now();
             (k.cpu_impl().unwrap())(&ctx).unwrap();
             assert!(
@@ -485,7 +485,7 @@ mod tests {
             );
             assert!(ctx.saw_cancellation());
         }
-        let ctx = CpuContext::new(&[], &[0.0], 1);
+        let ctx = CpuContext::new(&mut [], &[0.0], 1);
         assert!(
             !ctx.cancelled() && !ctx.saw_cancellation(),
             "no cancellation without a source"

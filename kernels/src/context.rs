@@ -1,15 +1,37 @@
 //! The view a CPU kernel gets of its task: typed operand slices and scalar parameters.
 //!
-//! Invariants:
-//! - A [`RawOperand`] is only built through its `unsafe` constructor, whose caller (the
-//!   runtime) promises that the memory is valid, aligned for its element type and not
-//!   written by anyone else for the life of the context, and not read by anyone else when the
-//!   access writes. Slices are only ever made of the operand's own element type, so that
-//!   alignment is all they need (a datum made from a `Vec<u8>` may be 1-aligned).
-//! - A [`CpuContext`] hands out at most one `&mut` slice per operand and no shared slice of
-//!   an operand that is mutably borrowed; it tracks this per operand, so distinct
-//!   operands (which the graph guarantees are distinct data when one of them is written) can
-//!   be borrowed at the same time, as `axpy` needs.
+//! # Invariants (what makes the safe API sound)
+//!
+//! 1. **A [`RawOperand`] is a unique token for its memory.** It is only built through the
+//!    `unsafe` [`RawOperand::new`], whose caller (the runtime, a test, a benchmark) promises
+//!    that for the operand's lifetime `'a` the memory is valid for `len_bytes` bytes (reads,
+//!    and writes when the access writes), aligned for its element type, not written by anyone
+//!    else, and not read by anyone else when the access writes. It is neither `Copy` nor
+//!    `Clone`, so safe code cannot duplicate a writing operand (virtual operands, which have no
+//!    storage, are the only ones built safely).
+//! 2. **One context at a time per set of operands.** [`CpuContext::new`] is safe but takes the
+//!    operands by *exclusive* borrow (`&mut [RawOperand]`), held for the life of the context.
+//!    Safe code therefore cannot build a second context over the same operands while one
+//!    lives, and a kernel, which only sees `&CpuContext` and `&RawOperand`, cannot build one
+//!    over its task's operands at all.
+//! 3. **Slices borrow from the context.** [`CpuContext::read`] and [`CpuContext::write`] return
+//!    slices that live no longer than the `&self` borrow they came from, so no slice outlives
+//!    the borrow tracking of invariant 4, and none outlives the exclusive borrow of invariant 2.
+//! 4. **Per-operand borrow tracking.** A context hands out at most one `&mut` slice per operand
+//!    and no shared slice of an operand that is mutably borrowed (refused with
+//!    [`KernelError::AlreadyBorrowed`]). Borrows are never given back during the context's
+//!    life (no guard to drop), which keeps the check to two bit operations. Distinct operands
+//!    (which the graph guarantees are distinct data when one of them is written) can be
+//!    borrowed at the same time, as `axpy` needs (read operand 0, write operand 1).
+//!    `CpuContext` is not `Sync` (the tracking uses `Cell`s), so the tracking is never raced.
+//! 5. **Slices are only made of the operand's own element type.** [`Element`] is sealed (only
+//!    hexec's seven element types implement it) and its tag must equal the operand's, so the
+//!    alignment promised in invariant 1 is all a slice needs (a datum made from a `Vec<u8>`
+//!    may be 1-aligned), and `T: Pod` accepts any bit pattern.
+//!
+//! Together: from safe code, two live slices of one operand are either both shared, or they
+//! do not exist. The one `unsafe` step is [`RawOperand::new`], and its callers state why its
+//! contract holds (`// SAFETY:` at each call).
 
 use std::cell::Cell;
 use std::marker::PhantomData;
@@ -20,7 +42,11 @@ use crate::types::{Access, ElemType, Element};
 /// One operand of a task as the runtime hands it over: a raw byte range plus its type and
 /// access mode. A *virtual* operand (a datum that only has a size, as in replayed workflow
 /// graphs) has no storage.
-#[derive(Clone, Copy, Debug)]
+///
+/// Deliberately neither `Copy` nor `Clone`: an operand that writes is the one handle to its
+/// memory (module invariant 1), and a kernel must not be able to duplicate it to build a
+/// second [`CpuContext`].
+#[derive(Debug)]
 pub struct RawOperand<'a> {
     ptr: *mut u8,
     len_bytes: usize,
@@ -33,9 +59,13 @@ impl<'a> RawOperand<'a> {
     /// An operand backed by memory.
     ///
     /// # Safety
-    /// `ptr` must be valid for reads (and for writes when `access.writes()`) of `len_bytes`
-    /// bytes for `'a`, aligned for `elem`'s Rust type, and for `'a` no one else may write it,
-    /// nor read it when `access.writes()`.
+    /// For as long as the operand is used (through a [`CpuContext`] built over it, or through
+    /// [`RawOperand::as_ptr`]), which is at most `'a`:
+    /// - `ptr` must be valid for reads of `len_bytes` bytes, and for writes when
+    ///   `access.writes()`, and aligned for `elem`'s Rust type;
+    /// - no one else may write that memory, nor read it when `access.writes()` (in particular,
+    ///   no other `RawOperand` over overlapping memory may be used meanwhile unless neither
+    ///   of the two writes).
     pub unsafe fn new(ptr: *mut u8, len_bytes: usize, elem: ElemType, access: Access) -> Self {
         RawOperand {
             ptr,
@@ -125,6 +155,31 @@ impl Borrows {
 }
 
 /// What a CPU kernel sees of the task it runs.
+///
+/// Built over an exclusive borrow of the task's operands (module invariant 2); kernels get it
+/// as `&CpuContext` and borrow typed slices from it, several operands at once:
+///
+/// ```
+/// # use hexec_kernels::{Access, CpuContext, ElemType, KernelError, RawOperand};
+/// let (mut x, mut y) = (vec![1.0f32, 2.0], vec![10.0f32, 20.0]);
+/// // SAFETY: `x` and `y` are distinct, live, exclusively borrowed Vec<f32>s that outlive
+/// // the operands.
+/// let mut ops = unsafe {
+///     [
+///         RawOperand::new(x.as_mut_ptr().cast(), 8, ElemType::F32, Access::Read),
+///         RawOperand::new(y.as_mut_ptr().cast(), 8, ElemType::F32, Access::ReadWrite),
+///     ]
+/// };
+/// let ctx = CpuContext::new(&mut ops, &[2.0], 1);
+/// let (a, xs, ys) = (ctx.param(0)?, ctx.read::<f32>(0)?, ctx.write::<f32>(1)?);
+/// ys.iter_mut().zip(xs).for_each(|(y, x)| *y += a as f32 * x);
+/// // The same operand twice, mutably or mutably and shared, is refused:
+/// assert!(matches!(ctx.write::<f32>(1), Err(KernelError::AlreadyBorrowed { index: 1 })));
+/// assert!(matches!(ctx.read::<f32>(1), Err(KernelError::AlreadyBorrowed { index: 1 })));
+/// drop(ctx);
+/// assert_eq!(y, [12.0, 24.0]);
+/// # Ok::<(), KernelError>(())
+/// ```
 pub struct CpuContext<'a> {
     operands: &'a [RawOperand<'a>],
     params: &'a [f64],
@@ -137,8 +192,16 @@ pub struct CpuContext<'a> {
 
 impl<'a> CpuContext<'a> {
     /// Builds a context over the task's operands and parameters.
+    ///
+    /// Safe because the operands are borrowed exclusively for the context's life: no other
+    /// context over them can exist meanwhile, and whatever promised their memory to them
+    /// (the `unsafe` [`RawOperand::new`]) promised it to them alone (module invariants).
     #[inline]
-    pub fn new(operands: &'a [RawOperand<'a>], params: &'a [f64], cores: u32) -> Self {
+    pub fn new<'b: 'a>(operands: &'a mut [RawOperand<'b>], params: &'a [f64], cores: u32) -> Self {
+        // Shared from here on: the context never changes the operands, and a shared slice of
+        // `RawOperand<'b>` may be seen as one of `RawOperand<'a>` (covariance); the exclusive
+        // borrow of the caller's slice still lasts for `'a`.
+        let operands: &'a [RawOperand<'a>] = operands;
         let borrows = if operands.len() <= 64 {
             Borrows::Small {
                 shared: Cell::new(0),
@@ -231,7 +294,9 @@ impl<'a> CpuContext<'a> {
 
     /// Operand `i` as a shared slice. The operand must be readable (`r` or `rw`) and not
     /// mutably borrowed already.
-    pub fn read<T: Element>(&self, i: usize) -> Result<&'a [T], KernelError> {
+    ///
+    /// The slice borrows from the context (module invariant 3).
+    pub fn read<T: Element>(&self, i: usize) -> Result<&[T], KernelError> {
         let op = self.checked::<T>(i)?;
         if !op.access.reads() {
             return Err(KernelError::AccessMismatch {
@@ -244,18 +309,25 @@ impl<'a> CpuContext<'a> {
             return Err(KernelError::AlreadyBorrowed { index: i });
         }
         self.borrows.mark(i, SHARED);
-        // SAFETY: the constructor's contract makes `ptr` valid and aligned for `op.elem`'s
-        // type (which is `T`, checked above) for `len_bytes` for 'a with no concurrent writer; the bit checks above ensure no `&mut` to this
-        // operand is live from this context. `T::ELEM == op.elem` and every element type's
-        // size divides the length (the runtime allocates whole elements), and `T: Pod`
-        // accepts any bit pattern.
+        // SAFETY: `RawOperand::new`'s contract makes `ptr` (not null: not virtual, checked)
+        // valid for reads of `len_bytes` bytes and aligned for `op.elem`'s type, which is `T`
+        // (checked above; `Element` is sealed, so `T` is that very type), with no writer
+        // outside this context while the operand is used (invariant 1); the context holds the
+        // operands exclusively (invariant 2) and the slice borrows `self` (invariant 3); the
+        // state check above means no `&mut` slice of operand `i` exists (invariant 4). The
+        // length rounds down, so the slice stays within `len_bytes` (at most `isize::MAX`, one
+        // allocation); `T: Pod` accepts any bit pattern.
         Ok(unsafe { std::slice::from_raw_parts(op.ptr as *const T, op.len_bytes / std::mem::size_of::<T>()) })
     }
 
     /// Operand `i` as a mutable slice. The operand must be writable (`w` or `rw`) and not
     /// borrowed already, shared or mutably.
+    ///
+    /// The slice borrows from the context (module invariant 3). Takes `&self`, not `&mut
+    /// self`, so that a kernel may hold slices of several operands at once; a second borrow
+    /// of the same operand is refused at run time with [`KernelError::AlreadyBorrowed`].
     #[allow(clippy::mut_from_ref)] // exclusivity is tracked per operand at run time
-    pub fn write<T: Element>(&self, i: usize) -> Result<&'a mut [T], KernelError> {
+    pub fn write<T: Element>(&self, i: usize) -> Result<&mut [T], KernelError> {
         let op = self.checked::<T>(i)?;
         if !op.access.writes() {
             return Err(KernelError::AccessMismatch {
@@ -268,10 +340,71 @@ impl<'a> CpuContext<'a> {
             return Err(KernelError::AlreadyBorrowed { index: i });
         }
         self.borrows.mark(i, EXCLUSIVE);
-        // SAFETY: as in `read`, plus: the constructor's contract excludes every other reader
-        // and writer for a writing access, and the bit checks make this the only borrow of
-        // operand i from this context. Distinct operands never alias when one is written
-        // (the graph rejects a task that names one datum twice with a write).
+        // SAFETY: as in `read`, plus: the memory is valid for writes and, the access writing,
+        // no one outside this context reads or writes it while the operand is used, not even
+        // through another operand of this context (`RawOperand::new`'s contract: the graph
+        // rejects a task that names one datum twice with a write); the state check above
+        // means no other slice of operand `i`, shared or not, exists (invariant 4).
         Ok(unsafe { std::slice::from_raw_parts_mut(op.ptr as *mut T, op.len_bytes / std::mem::size_of::<T>()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(v: &mut [f32], access: Access) -> RawOperand<'_> {
+        // SAFETY: `v` is a live f32 slice, exclusively borrowed for the operand's lifetime.
+        unsafe { RawOperand::new(v.as_mut_ptr().cast(), std::mem::size_of_val(v), ElemType::F32, access) }
+    }
+
+    #[test]
+    fn a_second_borrow_of_one_operand_is_already_borrowed() {
+        let mut y = vec![1.0f32; 4];
+        let mut ops = [op(&mut y, Access::ReadWrite)];
+
+        // write(0) twice.
+        let ctx = CpuContext::new(&mut ops, &[], 1);
+        let w = ctx.write::<f32>(0).unwrap();
+        let again = ctx.write::<f32>(0);
+        assert!(matches!(again, Err(KernelError::AlreadyBorrowed { index: 0 })));
+        assert_eq!(
+            again.unwrap_err().to_string(),
+            "operand 0 is already borrowed in a conflicting way"
+        );
+        w[0] = 2.0;
+        drop(ctx);
+
+        // read(0), then write(0): a shared view blocks the mutable one.
+        let ctx = CpuContext::new(&mut ops, &[], 1);
+        let r = ctx.read::<f32>(0).unwrap();
+        assert!(matches!(
+            ctx.write::<f32>(0),
+            Err(KernelError::AlreadyBorrowed { index: 0 })
+        ));
+        // More shared views are fine.
+        assert_eq!(ctx.read::<f32>(0).unwrap(), r);
+        assert_eq!(r[0], 2.0);
+        drop(ctx);
+
+        // write(0), then read(0).
+        let ctx = CpuContext::new(&mut ops, &[], 1);
+        let _w = ctx.write::<f32>(0).unwrap();
+        assert!(matches!(
+            ctx.read::<f32>(0),
+            Err(KernelError::AlreadyBorrowed { index: 0 })
+        ));
+    }
+
+    #[test]
+    fn distinct_operands_borrow_together() {
+        // What axpy does: read operand 0 while writing operand 1.
+        let (mut x, mut y) = (vec![1.0f32, 2.0], vec![10.0f32, 20.0]);
+        let mut ops = [op(&mut x, Access::Read), op(&mut y, Access::ReadWrite)];
+        let ctx = CpuContext::new(&mut ops, &[], 1);
+        let (xs, ys) = (ctx.read::<f32>(0).unwrap(), ctx.write::<f32>(1).unwrap());
+        ys.iter_mut().zip(xs).for_each(|(y, x)| *y += x);
+        drop(ctx);
+        assert_eq!(y, [11.0, 22.0]);
     }
 }

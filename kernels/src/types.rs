@@ -61,13 +61,26 @@ impl fmt::Display for ElemType {
 }
 
 /// A plain-old-data element type that hexec can store and hand to kernels.
-pub trait Element: bytemuck::Pod + Send + Sync + 'static {
+///
+/// Sealed: implemented for exactly the Rust types that [`ElemType`] names, so that a kernel's
+/// `ctx.read::<T>(i)` with `T::ELEM` equal to the operand's tag views the memory as the very
+/// type it was allocated and aligned for (an outside implementation could claim `ELEM = U8`
+/// for a larger, more aligned type and get a misaligned slice).
+pub trait Element: bytemuck::Pod + Send + Sync + 'static + sealed::Sealed {
     /// The runtime tag of this type.
     const ELEM: ElemType;
 }
 
+mod sealed {
+    /// Not nameable outside the crate: only the impls below exist.
+    pub trait Sealed {}
+}
+
 macro_rules! element {
-    ($($t:ty => $e:ident),*) => { $(impl Element for $t { const ELEM: ElemType = ElemType::$e; })* };
+    ($($t:ty => $e:ident),*) => { $(
+        impl sealed::Sealed for $t {}
+        impl Element for $t { const ELEM: ElemType = ElemType::$e; }
+    )* };
 }
 element!(u8 => U8, u32 => U32, i32 => I32, u64 => U64, i64 => I64, f32 => F32, f64 => F64);
 

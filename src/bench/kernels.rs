@@ -118,7 +118,7 @@ fn call(kernel: &Arc<Kernel>, inputs: &[&Vec<f32>], out: &mut [f32], params: &[f
         .iter()
         .map(|v| {
             // SAFETY: `v` is a live Vec<f32> (4-byte aligned: the kernels view it only as f32)
-            // that nothing writes while the context lives; read access only.
+            // that nothing writes while the operands are used (this call); read access only.
             unsafe { RawOperand::new(v.as_ptr() as *mut u8, v.len() * 4, ElemType::F32, Access::Read) }
         })
         .collect();
@@ -131,7 +131,7 @@ fn call(kernel: &Arc<Kernel>, inputs: &[&Vec<f32>], out: &mut [f32], params: &[f
             Access::ReadWrite,
         )
     });
-    let ctx = CpuContext::new(&ops, params, 1);
+    let ctx = CpuContext::new(&mut ops, params, 1);
     let f = kernel
         .cpu_impl()
         .ok_or_else(|| format!("kernel {} has no CPU implementation", kernel.name()))?;

@@ -486,7 +486,13 @@ pub(crate) fn run_copy(run: &RunState<'_>, spec: &Speculation, task: u32, me: Wo
             return Err(format!("kernel '{}' has no CPU implementation", kernel.name()));
         };
         let stop = || spec.settled(task) || run.cancelled.load(Ordering::Relaxed);
-        match call_cpu_kernel(f, &operands, &graph.params[rec.params.range()], rec.cores, Some(&stop)) {
+        match call_cpu_kernel(
+            f,
+            &mut operands,
+            &graph.params[rec.params.range()],
+            rec.cores,
+            Some(&stop),
+        ) {
             Ok(true) => Ok(()),
             // Told to stop, it may have returned half-done: never install that.
             Ok(false) => Err("cancelled".to_string()),

@@ -1328,11 +1328,12 @@ impl Drop for Writing<'_> {
 
 /// Calls a CPU kernel over bound operands, catching a panic; `cancelled` is what the kernel
 /// sees through `CpuContext::cancelled`. `Ok(false)`: it returned after being told it was
-/// cancelled, so what it wrote may be partial.
+/// cancelled, so what it wrote may be partial. The operands are borrowed exclusively for the
+/// call (`CpuContext::new` requires it): the context is the only view of them meanwhile.
 #[inline]
 pub(crate) fn call_cpu_kernel(
     f: &hexec_kernels::CpuFn,
-    operands: &[RawOperand<'_>],
+    operands: &mut [RawOperand<'_>],
     params: &[f64],
     cores: u32,
     cancelled: Option<&(dyn Fn() -> bool + Sync)>,
@@ -1519,7 +1520,10 @@ fn pin_each<'a>(
                 // `unpin_operands`, and valid when read (`pin_host`); the graph's dependencies
                 // guarantee that while this task runs no other task writes this datum, nor
                 // reads it if this access writes, and compile rejected a task naming a datum
-                // twice with a write.
+                // twice with a write. The operand is used (by `call_cpu_kernel`, saved and
+                // restored through `as_ptr`) only until `execute_cpu` clears `operands`, which
+                // it does before `unpin_operands`; a failed pin leaves stale operands that
+                // nothing uses before the next pin clears them.
                 (Some(elem), Some(ptr)) => unsafe { RawOperand::new(ptr, b.bytes, elem, access) },
                 _ => RawOperand::virtual_(b.bytes, access),
             });
