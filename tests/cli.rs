@@ -610,7 +610,7 @@ fn bench_schedule_prints_a_skipped_line_for_each_missing_input() {
 fn bench_overhead_prints_a_skipped_line_for_missing_dask_graphs() {
     let empty = tempfile::tempdir().unwrap();
     let out = hexec()
-        .args(["bench", "overhead", "--reps", "1", "--cpus", "1"])
+        .args(["bench", "overhead", "--reps", "1", "--cpus", "1", "--no-large"])
         .current_dir(empty.path())
         .output()
         .unwrap();

@@ -7,8 +7,13 @@
 //!
 //! A shape read from a file whose file is missing is not measured: it is reported as
 //! [`Skipped`], never silently dropped.
+//!
+//! The large shapes (a million tasks, [`Shape::large`]) check that the cost per task stays
+//! flat as graphs grow: each row also gives the peak resident memory per task (sampled from
+//! `/proc/self/statm` while the graph is built and run), and [`measure_sim`] gives the wall
+//! time of simulating them under every policy.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -20,6 +25,7 @@ use crate::graph::Graph;
 use crate::kernels::builtin;
 use crate::runtime::{BuildError, Runtime};
 use crate::sched::PolicyKind;
+use crate::sim::{simulate, SimMachine, SimOptions};
 
 /// A benchmark graph shape.
 #[derive(Clone, Debug)]
@@ -53,6 +59,12 @@ impl Shape {
             }
         }
         v
+    }
+
+    /// The million-task shapes: where a policy's cost per decision that grows with the
+    /// number of tasks shows (HEFT's planning was quadratic).
+    pub fn large() -> Vec<Shape> {
+        vec![Shape::Independent(1_000_000), Shape::Chain(1_000_000)]
     }
 
     /// Why the shape cannot be built for want of its input, if so (a file shape whose file
@@ -139,6 +151,9 @@ pub struct OverheadRow {
     /// The same shape on rayon, ns per task (median), and how it was expressed.
     pub rayon_ns_per_task: f64,
     pub rayon_method: String,
+    /// Peak resident memory while the graph was built and run (every policy, every
+    /// repetition) above the resident memory before, KiB per task; `None` off Linux.
+    pub rss_kib_per_task: Option<f64>,
 }
 
 /// Settings of an overhead run.
@@ -186,6 +201,8 @@ pub fn measure(shapes: &[Shape], cfg: &OverheadConfig) -> Result<Table, String> 
             });
             continue;
         }
+        let base = resident_before();
+        let peak = Peak::start();
         let t = Instant::now();
         let g = shape.build(&runtimes[0])?;
         let build = t.elapsed();
@@ -203,6 +220,7 @@ pub fn measure(shapes: &[Shape], cfg: &OverheadConfig) -> Result<Table, String> 
                 .map_err(|e| e.to_string())?;
             hexec.push((rt.policy().name().to_string(), per_task(median(times))));
         }
+        let rss = kib_per_task(base, peak.stop(), n);
         let (method, rayon_time) = rayon_baseline(&pool, shape, &g, cfg.reps);
         table.rows.push(OverheadRow {
             shape: shape.label(),
@@ -212,9 +230,141 @@ pub fn measure(shapes: &[Shape], cfg: &OverheadConfig) -> Result<Table, String> 
             hexec_ns_per_task: hexec,
             rayon_ns_per_task: per_task(rayon_time),
             rayon_method: method.to_string(),
+            rss_kib_per_task: rss,
         });
     }
     Ok(table)
+}
+
+/// One shape simulated under every policy.
+#[derive(Clone, Debug, Serialize)]
+pub struct SimRow {
+    pub shape: String,
+    pub tasks: usize,
+    pub machine: String,
+    /// Wall time of `simulate` per policy, ns per task (one run each: the simulator is
+    /// deterministic, and a million tasks average out the noise).
+    pub sim_ns_per_task: Vec<(String, f64)>,
+    /// Peak resident memory while the graph was built and simulated, above the resident
+    /// memory before, KiB per task.
+    pub rss_kib_per_task: Option<f64>,
+}
+
+/// The machine of the `sim` rows: heterogeneous, so that `locality` and `heft` weigh every
+/// task on two kinds of worker and their transfers.
+pub const SIM_MACHINE: &str = "cpus:16,gpus:4,gpu-speedup:20";
+
+/// Simulates each shape (tasks that spin 10 µs on a CPU) under each policy on
+/// [`SIM_MACHINE`], timing the simulation itself.
+pub fn measure_sim(shapes: &[Shape], policies: &[PolicyKind]) -> Result<Vec<SimRow>, String> {
+    let sm = SimMachine::parse(SIM_MACHINE)?;
+    let spin = sm.kernel("spin");
+    let mut rows = Vec::new();
+    for shape in shapes {
+        let base = resident_before();
+        let peak = Peak::start();
+        let mut g = Graph::new();
+        match *shape {
+            Shape::Independent(n) => {
+                for _ in 0..n {
+                    g.task(&spin).param(1e-5).add();
+                }
+            }
+            Shape::Chain(n) => {
+                let mut prev = None;
+                for _ in 0..n {
+                    let b = g.task(&spin).param(1e-5);
+                    prev = Some(match prev {
+                        Some(p) => b.after(p).add(),
+                        None => b.add(),
+                    });
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "{}: only independent and chain shapes are simulated",
+                    shape.label()
+                ))
+            }
+        }
+        let n = g.len().max(1);
+        let mut per_policy = Vec::new();
+        for &p in policies {
+            let t = Instant::now();
+            let report = simulate(&g, &sm, p, &SimOptions::default()).map_err(|e| e.to_string())?;
+            let took = t.elapsed();
+            if report.run.completed != g.len() {
+                return Err(format!(
+                    "{} under {p}: {} of {} completed",
+                    shape.label(),
+                    report.run.completed,
+                    g.len()
+                ));
+            }
+            per_policy.push((p.name().to_string(), took.as_nanos() as f64 / n as f64));
+        }
+        rows.push(SimRow {
+            shape: shape.label(),
+            tasks: g.len(),
+            machine: SIM_MACHINE.to_string(),
+            sim_ns_per_task: per_policy,
+            rss_kib_per_task: kib_per_task(base, peak.stop(), n),
+        });
+    }
+    Ok(rows)
+}
+
+/// The resident set size before a row: memory the earlier rows freed is handed back to the
+/// kernel first (glibc keeps it otherwise, and the row would reuse it unseen).
+fn resident_before() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel; it touches no live
+    // allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    resident_bytes()
+}
+
+/// The process's resident set size, from `/proc/self/statm` (Linux; the page size taken
+/// as 4 KiB).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// The highest resident set size seen by a thread that samples it every 5 ms (rarely
+/// enough to stay out of the measured times on two cores) until stopped.
+struct Peak {
+    stop: std::sync::Arc<AtomicBool>,
+    sampler: std::thread::JoinHandle<Option<u64>>,
+}
+
+impl Peak {
+    fn start() -> Peak {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let sampler = std::thread::spawn(move || {
+            let mut peak = resident_bytes();
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+                peak = peak.max(resident_bytes());
+            }
+            peak
+        });
+        Peak { stop, sampler }
+    }
+
+    fn stop(self) -> Option<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        // A final sample: the last run may have ended between two.
+        self.sampler.join().ok().flatten().max(resident_bytes())
+    }
+}
+
+fn kib_per_task(base: Option<u64>, peak: Option<u64>, n: usize) -> Option<f64> {
+    Some(peak?.saturating_sub(base?) as f64 / 1024.0 / n.max(1) as f64)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -318,22 +468,52 @@ pub fn markdown(rows: &[OverheadRow]) -> String {
     for p in &policies {
         s.push_str(&format!(" hexec {p} µs/task |"));
     }
-    s.push_str(" rayon µs/task | rayon as | build µs/task |\n|---|---:|---:|");
+    s.push_str(" rayon µs/task | rayon as | build µs/task | peak RSS KiB/task |\n|---|---:|---:|");
     for _ in &policies {
         s.push_str("---:|");
     }
-    s.push_str("---:|---|---:|\n");
+    s.push_str("---:|---|---:|---:|\n");
     for r in rows {
         s.push_str(&format!("| {} | {} | {} |", r.shape, r.tasks, r.edges));
         for (_, ns) in &r.hexec_ns_per_task {
             s.push_str(&format!(" {:.3} |", ns / 1e3));
         }
         s.push_str(&format!(
-            " {:.3} | {} | {:.3} |\n",
+            " {:.3} | {} | {:.3} | {} |\n",
             r.rayon_ns_per_task / 1e3,
             r.rayon_method,
-            r.build_ns_per_task / 1e3
+            r.build_ns_per_task / 1e3,
+            kib(r.rss_kib_per_task)
         ));
+    }
+    s
+}
+
+fn kib(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |k| format!("{k:.2}"))
+}
+
+/// Formats `sim` rows as a Markdown table.
+pub fn sim_markdown(rows: &[SimRow]) -> String {
+    let policies: Vec<&str> = rows
+        .first()
+        .map(|r| r.sim_ns_per_task.iter().map(|(p, _)| p.as_str()).collect())
+        .unwrap_or_default();
+    let mut s = String::from("| sim shape | tasks | machine |");
+    for p in &policies {
+        s.push_str(&format!(" sim {p} µs/task |"));
+    }
+    s.push_str(" peak RSS KiB/task |\n|---|---:|---|");
+    for _ in &policies {
+        s.push_str("---:|");
+    }
+    s.push_str("---:|\n");
+    for r in rows {
+        s.push_str(&format!("| {} | {} | `{}` |", r.shape, r.tasks, r.machine));
+        for (_, ns) in &r.sim_ns_per_task {
+            s.push_str(&format!(" {:.3} |", ns / 1e3));
+        }
+        s.push_str(&format!(" {} |\n", kib(r.rss_kib_per_task)));
     }
     s
 }

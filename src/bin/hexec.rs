@@ -232,6 +232,9 @@ enum BenchCommand {
         /// Smaller shapes (10,000 tasks), for a quick look.
         #[arg(long)]
         quick: bool,
+        /// Leave out the million-task rows (run and simulated under every policy).
+        #[arg(long)]
+        no_large: bool,
     },
 }
 
@@ -808,26 +811,47 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                     reps,
                     dask_dir,
                     quick,
+                    no_large,
                 },
         } => {
-            let shapes = if quick {
+            let large = !quick && !no_large;
+            let mut shapes = if quick {
                 vec![Shape::Independent(10_000), Shape::Chain(10_000), Shape::BinaryTree(13)]
             } else {
                 Shape::standard(Some(&dask_dir))
             };
+            if large {
+                shapes.extend(Shape::large());
+            }
             let cfg = OverheadConfig {
                 cpus,
                 reps: reps.max(1),
-                policies: vec![PolicyKind::Eager, PolicyKind::Ws, PolicyKind::Locality],
+                // Every policy where the million-task rows are measured: they are there to
+                // show each policy's cost per decision staying flat.
+                policies: if large {
+                    PolicyKind::ALL.to_vec()
+                } else {
+                    vec![PolicyKind::Eager, PolicyKind::Ws, PolicyKind::Locality]
+                },
             };
             let overhead::Table { rows, skipped } = overhead::measure(&shapes, &cfg)?;
+            let sim_rows = if large {
+                overhead::measure_sim(&Shape::large(), &PolicyKind::ALL)?
+            } else {
+                Vec::new()
+            };
             // The only shapes read from files are the Dask graphs of --dask-dir.
             let skipped: Vec<String> = skipped
                 .iter()
                 .map(|s| format!("{s} (point --dask-dir at the Dask graphs)"))
                 .collect();
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                if large {
+                    let both = serde_json::json!({ "rows": rows, "sim": sim_rows });
+                    println!("{}", serde_json::to_string_pretty(&both)?);
+                } else {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                }
                 // Standard output stays one JSON document: the skipped rows go to stderr.
                 for s in &skipped {
                     eprintln!("{s}");
@@ -845,6 +869,10 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 print!("{}", overhead::markdown(&rows));
                 for s in &skipped {
                     println!("{s}");
+                }
+                if !sim_rows.is_empty() {
+                    println!("\nsimulated (wall time of the simulation per task, one run each)\n");
+                    print!("{}", overhead::sim_markdown(&sim_rows));
                 }
             }
             Ok(())

@@ -119,3 +119,186 @@ fn policy_names_parse() {
     }
     assert!("heft?".parse::<PolicyKind>().unwrap_err().contains("eager, ws"));
 }
+
+/// A fan-out: task 0 before tasks `1..n`.
+fn fan_out(n: u32) -> crate::graph::compile::Successors {
+    let mut off = vec![n - 1; n as usize + 1];
+    off[0] = 0;
+    crate::graph::compile::Successors {
+        off,
+        succ: (1..n).collect(),
+        indegree: (0..n).map(|t| u32::from(t > 0)).collect(),
+    }
+}
+
+/// Rank comparisons of one HEFT plan of a fan-out of `n` tasks (`ranks` of the successors
+/// cycle through `distinct` values, so that ties and order both occur).
+fn heft_comparisons(n: u32, distinct: u32) -> u64 {
+    let p = plan(vec![0; n as usize], vec![0; n as usize], 1);
+    let edges = fan_out(n);
+    let rank: Vec<f64> = (0..n)
+        .map(|t| if t == 0 { 1e9 } else { (t % distinct) as f64 })
+        .collect();
+    heft::COMPARISONS.with(|c| c.set(0));
+    let h = Heft::plan(&p, &edges, &rank, |_, _| Some(1.0), |_, _, _, _| 0.0);
+    assert!(h.assigned(n - 1).is_some());
+    heft::COMPARISONS.with(|c| c.get())
+}
+
+/// HEFT used to scan the whole ready list per decision (quadratic: a fan-out of 200k tasks
+/// planned in 21 s). Per task, the heap costs a few comparisons per level of its depth.
+#[test]
+fn heft_plan_compares_log_n_times_per_task() {
+    for n in [1_000u32, 30_000] {
+        for distinct in [1, 7, n] {
+            let per_task = heft_comparisons(n, distinct) as f64 / n as f64;
+            let bound = 3.0 * (n as f64).log2();
+            assert!(
+                per_task <= bound,
+                "n = {n}: {per_task:.1} comparisons per task, over {bound:.1}"
+            );
+        }
+    }
+}
+
+/// HEFT's order among equal ranks is by task id, lowest first, as the former scan of the
+/// ready list picked: on one worker, `cost` is asked once per task, in planning order.
+#[test]
+fn heft_plan_breaks_rank_ties_by_task_id() {
+    let n = 50u32;
+    let one = Plan::new(
+        vec![0; n as usize],
+        vec![0; n as usize],
+        1,
+        vec![mask(1, &[0])],
+        vec![vec![]],
+    );
+    let edges = fan_out(n);
+    let rank: Vec<f64> = (0..n).map(|t| if t == 0 { 9.0 } else { (t % 3) as f64 }).collect();
+    let mut order: Vec<u32> = (1..n).collect();
+    order.sort_by(|&a, &b| rank[b as usize].total_cmp(&rank[a as usize]).then(a.cmp(&b)));
+    let asked = std::cell::RefCell::new(Vec::new());
+    let h = Heft::plan(
+        &one,
+        &edges,
+        &rank,
+        |t, _| {
+            asked.borrow_mut().push(t);
+            Some(1.0)
+        },
+        |_, _, _, _| 0.0,
+    );
+    assert!(h.assigned(0).is_some());
+    let seen = asked.into_inner();
+    assert_eq!(seen[0], 0);
+    assert_eq!(seen[1..], order[..]);
+}
+
+/// [`SimQueues`] that count the operations a policy makes and may report a cost for every
+/// task (so that `locality` plans).
+struct Counting {
+    q: SimQueues,
+    ops: u64,
+    cost: Option<f64>,
+}
+
+impl ReadyQueues for Counting {
+    fn push_local(&mut self, w: WorkerId, t: u32) {
+        self.ops += 1;
+        self.q.push_local(w, t)
+    }
+    fn push_mailbox(&mut self, w: WorkerId, b: u8, t: u32) {
+        self.ops += 1;
+        self.q.push_mailbox(w, b, t)
+    }
+    fn push_shared(&mut self, s: u16, b: u8, t: u32) {
+        self.ops += 1;
+        self.q.push_shared(s, b, t)
+    }
+    fn pop_local(&mut self, w: WorkerId) -> Option<u32> {
+        self.ops += 1;
+        self.q.pop_local(w)
+    }
+    fn pop_mailbox(&mut self, w: WorkerId, b: u8) -> Option<u32> {
+        self.ops += 1;
+        self.q.pop_mailbox(w, b)
+    }
+    fn pop_shared(&mut self, w: WorkerId, s: u16, b: u8, batch: bool) -> Option<u32> {
+        self.ops += 1;
+        self.q.pop_shared(w, s, b, batch)
+    }
+    fn steal(&mut self, thief: WorkerId, victim: WorkerId) -> Option<u32> {
+        self.ops += 1;
+        self.q.steal(thief, victim)
+    }
+    fn steal_mailbox(&mut self, thief: WorkerId, victim: WorkerId, b: u8) -> Option<u32> {
+        self.ops += 1;
+        self.q.steal_mailbox(thief, victim, b)
+    }
+    fn compute_time(&self, _: u32, _: WorkerId) -> Option<f64> {
+        self.cost
+    }
+}
+
+/// The most queue operations one `place` or `next` made, over `n` tasks placed (by worker 0
+/// for even tasks, as roots for odd ones) and then taken by the workers in turn.
+fn max_ops_per_decision<P: Policy>(policy: &P, n: u32, cost: Option<f64>) -> u64 {
+    // Two bands, a tenth of the tasks restricted to worker 2.
+    let p = plan(
+        (0..n).map(|t| u16::from(t % 10 == 0)).collect(),
+        (0..n).map(|t| (t % 2) as u8).collect(),
+        2,
+    );
+    let mut q = Counting {
+        q: SimQueues::new(3, 2, 2),
+        ops: 0,
+        cost,
+    };
+    let mut most = 0;
+    let mut measure = |q: &mut Counting, f: &mut dyn FnMut(&mut Counting)| {
+        let before = q.ops;
+        f(q);
+        most = most.max(q.ops - before);
+    };
+    for t in 0..n {
+        let releasing = (t % 2 == 0).then_some(WorkerId(0));
+        measure(&mut q, &mut |q| policy.place(&p, q, t, releasing));
+    }
+    let mut taken = 0;
+    let mut idle = 0;
+    while idle < 3 {
+        let w = WorkerId(taken % 3);
+        let mut got = false;
+        measure(&mut q, &mut |q| got = policy.next(&p, q, w).is_some());
+        taken += 1;
+        idle = if got { 0 } else { idle + 1 };
+    }
+    assert!(q.q.is_empty(), "{}: tasks left", policy.name());
+    most
+}
+
+/// No policy looks through the ready tasks to decide: the queue operations of one decision
+/// do not grow with the number of tasks queued (a policy that scanned would make O(n)).
+#[test]
+fn policies_decide_in_queue_work_independent_of_tasks() {
+    fn check<P: Policy>(policy: &P, cost: Option<f64>) {
+        let small = max_ops_per_decision(policy, 1_000, cost);
+        let large = max_ops_per_decision(policy, 50_000, cost);
+        assert!(
+            large <= 64,
+            "{}: {large} queue operations in one decision",
+            policy.name()
+        );
+        assert!(
+            large <= small + 4,
+            "{}: {small} at 1k tasks, {large} at 50k",
+            policy.name()
+        );
+    }
+    check(&Eager, None);
+    check(&WorkStealing, None);
+    check(&Locality::new(3), None);
+    check(&Locality::new(3), Some(1e-3));
+    check(&Heft::uncalibrated(), None);
+    check(&RandomPolicy::new(7), None);
+}
