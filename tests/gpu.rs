@@ -1398,6 +1398,13 @@ fn software_adapters_are_opened_only_when_asked_for() {
     }
     let rt = Runtime::builder().cpus(1).software_gpus(false).build().unwrap();
     assert_eq!(rt.gpus().len(), hardware);
+    if hardware == 0 {
+        // A task only a GPU may run says how to ask for the software one.
+        let mut g = rt.graph();
+        g.task(&builtin::noop()).name("needs-gpu").on(DeviceKind::Gpu).add();
+        let e = rt.run(&g).unwrap_err().to_string();
+        assert!(e.contains("'needs-gpu'") && e.contains("--software-gpus"), "{e}");
+    }
     assert!(rt.gpus().iter().all(|g| g.desc.device_type != "Cpu"));
     let rt = Runtime::builder().cpus(1).software_gpus(true).build().unwrap();
     assert_eq!(rt.gpus().len(), adapters.len());

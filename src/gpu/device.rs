@@ -231,8 +231,18 @@ fn unique_adapters(instance: &wgpu::Instance) -> Vec<wgpu::Adapter> {
 /// would do faster. `host_memory` is used as the memory of CPU-type adapters, which allocate
 /// from host memory.
 pub fn discover(request: GpuRequest, software: bool, host_memory: u64) -> Result<Vec<GpuDevice>, GpuError> {
+    discover_noting_software(request, software, host_memory).map(|(devices, _)| devices)
+}
+
+/// [`discover`], and the names of the software adapters found but not opened (for errors that
+/// can then say how to ask for them).
+pub(crate) fn discover_noting_software(
+    request: GpuRequest,
+    software: bool,
+    host_memory: u64,
+) -> Result<(Vec<GpuDevice>, Vec<String>), GpuError> {
     if request == GpuRequest::None {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let all = unique_adapters(&instance);
@@ -257,7 +267,8 @@ pub fn discover(request: GpuRequest, software: bool, host_memory: u64) -> Result
                 "software GPU adapters found but not used (ask for them with --software-gpus or {SOFTWARE_GPUS_ENV}=1)"
             );
         }
-        return Ok(Vec::new());
+        let unused = if software { Vec::new() } else { software_names };
+        return Ok((Vec::new(), unused));
     }
     if unique.is_empty() {
         return Err(GpuError::NoAdapter {
@@ -290,7 +301,8 @@ pub fn discover(request: GpuRequest, software: bool, host_memory: u64) -> Result
         };
         devices.push(open(&adapter, i, slot, host_memory)?);
     }
-    Ok(devices)
+    let unused = if software { Vec::new() } else { software_names };
+    Ok((devices, unused))
 }
 
 fn adapter_key(a: &wgpu::Adapter) -> String {

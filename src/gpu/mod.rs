@@ -17,6 +17,7 @@ mod poll;
 mod pool;
 
 pub(crate) use batch::{BatchItem, GpuSpan, InFlight, MAX_BATCH};
+pub(crate) use device::discover_noting_software;
 pub use device::{
     adapters, discover, software_gpus_from_env, AdapterSummary, GpuDevice, GpuError, GpuRequest, SOFTWARE_GPUS_ENV,
 };

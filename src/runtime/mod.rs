@@ -426,14 +426,12 @@ impl RuntimeBuilder {
             }
         };
         let host_memory = machine.numa_nodes.iter().map(|n| n.memory_bytes).sum();
-        let gpus: Vec<Arc<GpuDevice>> = crate::gpu::discover(
+        let (gpus, unused_software_gpus) = crate::gpu::discover_noting_software(
             gpu_request,
             self.software_gpus.unwrap_or_else(crate::gpu::software_gpus_from_env),
             host_memory,
-        )?
-        .into_iter()
-        .map(Arc::new)
-        .collect();
+        )?;
+        let gpus: Vec<Arc<GpuDevice>> = gpus.into_iter().map(Arc::new).collect();
         let descs: Vec<_> = gpus
             .iter()
             .map(|g| {
@@ -494,6 +492,7 @@ impl RuntimeBuilder {
                 store
             },
             forgotten_gpus: (0..gpus.len()).map(|_| AtomicBool::new(false)).collect(),
+            unused_software_gpus,
             _spiller: spiller::Spiller::start(&budgets),
             budgets,
             gpus,
@@ -549,6 +548,9 @@ pub struct Runtime {
     retry_panics: bool,
     /// Per GPU: lost, and its copies already forgotten by every datum.
     forgotten_gpus: Vec<AtomicBool>,
+    /// Software adapters found but not opened (not asked for): named in the error of a task
+    /// that can run only on GPUs.
+    unused_software_gpus: Vec<String>,
     /// Faults injected into runs.
     faults: faults::FaultPlan,
     budgets: Arc<budget::Budgets>,
@@ -882,7 +884,8 @@ impl Runtime {
         };
         let priorities = (planning && graph.tasks.iter().all(|t| t.priority == 0))
             .then(|| rank_priorities(&Successors::of(graph), &task_costs));
-        let compiled = compile_with_priorities(graph, &self.machine, &infos, priorities.as_deref())?;
+        let compiled = compile_with_priorities(graph, &self.machine, &infos, priorities.as_deref())
+            .map_err(|e| self.hint_software_gpus(e))?;
         self.check_gpu_code(graph, &compiled)?;
         let bound: Vec<BoundDatum> = cells
             .iter()
@@ -1141,6 +1144,25 @@ impl Runtime {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         links.0 += bytes;
         links.1 += secs;
+    }
+
+    /// A task that may run only on GPUs, on a runtime without any, is told about the software
+    /// adapters that were found but not opened, and how to ask for them.
+    fn hint_software_gpus(&self, e: SubmitError) -> SubmitError {
+        match e {
+            SubmitError::Unsatisfiable { task, reason }
+                if self.gpus.is_empty() && !self.unused_software_gpus.is_empty() && reason.contains("gpu") =>
+            {
+                SubmitError::Unsatisfiable {
+                    task,
+                    reason: format!(
+                        "{reason} (software GPUs were found here ({}) but are used only when asked for: --software-gpus, HEXEC_SOFTWARE_GPUS=1 or RuntimeBuilder::software_gpus(true))",
+                        self.unused_software_gpus.join(", ")
+                    ),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Compiles, on each GPU a task may run on, the GPU code of its kernel (once per kernel

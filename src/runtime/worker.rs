@@ -175,6 +175,8 @@ struct WorkerLoop<'w, 'r, 'q, P> {
     ready: Vec<u32>,
     /// The next task to run, taken without going through a queue (the immediate successor).
     slot: Option<u32>,
+    /// When this worker's loop started.
+    began: Instant,
 }
 
 impl<'w, 'r, 'q, P: Policy> WorkerLoop<'w, 'r, 'q, P> {
@@ -185,6 +187,7 @@ impl<'w, 'r, 'q, P: Policy> WorkerLoop<'w, 'r, 'q, P> {
             run,
             q,
             me,
+            began: Instant::now(),
             stats: WorkerStats::default(),
             ready: Vec::new(),
             slot: None,
@@ -192,7 +195,9 @@ impl<'w, 'r, 'q, P: Policy> WorkerLoop<'w, 'r, 'q, P> {
     }
 
     fn finish(mut self) -> WorkerStats {
-        self.stats.wall = self.run.start.elapsed();
+        // From this worker's own start: the run's setup before the workers start (planning,
+        // placing the roots, their prefetches) is nobody's busy time.
+        self.stats.wall = self.began.elapsed();
         std::mem::take(&mut self.stats.gpu_timeline).apply(&mut self.stats.events);
         self.stats
     }
