@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Second command of the README: install what is missing and run the whole test suite.
+# Second command of the README: install what is missing, run the whole test suite, then the
+# lint gates (fmt, clippy, doc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -17,3 +18,10 @@ else
 fi
 # nextest does not run doc tests; they are part of the suite.
 cargo test --workspace --locked --doc
+
+# The checks a reviewer runs: formatting, lints (every target, every feature, warnings
+# denied) and the docs (broken links and the like are errors).
+echo "lint gates: cargo fmt --check, cargo clippy -D warnings, cargo doc -D warnings"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
