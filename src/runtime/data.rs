@@ -46,9 +46,9 @@ use std::time::Instant;
 use hexec_kernels::{ElemType, Element};
 
 use crate::gpu::GpuDevice;
-use crate::graph::compile::SubmitError;
 use crate::graph::Data;
 use crate::memory::{Coherence, Node, Transfers};
+use crate::sched::compile::SubmitError;
 
 /// Errors of user-side data access.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -16,6 +16,7 @@ mod data;
 pub mod faults;
 mod hostbuf;
 mod lineage;
+mod load;
 mod pause;
 mod queues;
 mod sleep;
@@ -33,17 +34,19 @@ use crossbeam_utils::CachePadded;
 use hexec_kernels::{ElemType, Element, KernelRegistry};
 
 use crate::gpu::{GpuDevice, GpuError, GpuRequest};
-use crate::graph::compile::{compile_with_priorities, DatumInfo, SubmitError, Successors};
 use crate::graph::{Data, Graph, GraphDatum};
 use crate::memory::Transfers;
+use crate::sched::compile::{compile_with_priorities, DatumInfo, SubmitError, Successors};
 use crate::sched::perfmodel::{PerfModel, MAX_SAMPLES};
+use crate::sched::predict::{PredictInput, Predictor};
 use crate::sched::{
     heft_plan, rank_priorities, Eager, Locality, Policy, PolicyKind, RandomPolicy, RootGate, TaskCost, WorkStealing,
 };
 use crate::topology::{discover, HwTopology, Machine, TopologyError, WorkerId};
 use crate::trace::{RunReport, TraceLog, WorkerReport};
 
-pub use budget::{NodeMemory, NodeUsage};
+pub use crate::trace::NodeMemory;
+pub use budget::NodeUsage;
 pub use cancel::CancelToken;
 pub use data::DataError;
 use data::{AcquiredData, DataStore};
@@ -158,7 +161,7 @@ pub enum BuildError {
 
 /// What a run works on, prepared by `run_with`.
 struct RunData<'a> {
-    compiled: &'a crate::graph::compile::CompiledGraph,
+    compiled: &'a crate::sched::compile::CompiledGraph,
     bound: &'a [BoundDatum],
     cells: &'a [Option<Arc<data::DataCell>>],
     data_bytes: &'a [u64],
@@ -216,9 +219,7 @@ impl RunOptions {
     }
 }
 
-/// Graphs up to this many tasks have their finish predicted by simulating the run (a
-/// deadline's prediction); larger ones by its lower bound, which costs far less at submit.
-pub const SIMULATED_PREDICTION_TASKS: usize = 100_000;
+pub use crate::sched::predict::SIMULATED_PREDICTION_TASKS;
 
 /// Retries of a failed task when the builder says nothing: up to four attempts in all.
 pub const DEFAULT_RETRIES: u32 = 3;
@@ -411,8 +412,10 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Discovers the machine (unless one was given) and builds the runtime.
-    pub fn build(self) -> Result<Runtime, BuildError> {
+    /// [`RuntimeBuilder::build`] with `predictor` for deadlines. `build` itself lives in
+    /// `crate::drivers`, which passes the simulator's predictor: the runtime reaches the
+    /// simulator only through this interface (ARCHITECTURE.md, Layers).
+    pub(crate) fn build_with(self, predictor: Predictor) -> Result<Runtime, BuildError> {
         let gpu_request = self.gpus.unwrap_or(if self.machine.is_some() {
             GpuRequest::None
         } else {
@@ -480,6 +483,7 @@ impl RuntimeBuilder {
             .collect();
         let budgets = Arc::new(budget::Budgets::new(&capacities, &numa_weights, gpu_numa, spill));
         Ok(Runtime {
+            predictor,
             id,
             machine,
             hw,
@@ -533,6 +537,8 @@ pub fn remove_stale_spill_dirs(parent: &std::path::Path) -> Vec<std::path::PathB
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Runtime {
+    /// Predicts a graph's finish for deadlines (the simulator's, given by `crate::drivers`).
+    predictor: Predictor,
     id: u64,
     machine: Machine,
     hw: Option<HwTopology>,
@@ -1052,46 +1058,27 @@ impl Runtime {
                 })?;
             }
         }
-        let bound = crate::sim::bound::lower_bound(
-            &Successors::of(graph),
-            &costs,
-            self.machine.count(crate::DeviceKind::Cpu),
-            self.machine.count(crate::DeviceKind::Gpu),
-        );
-        if graph.len() > SIMULATED_PREDICTION_TASKS {
-            return Ok(bound.bound_s);
-        }
-        let nodes = 1 + self.gpus.len();
         let (bandwidth, latency) = self.link_model();
-        let sm = crate::sim::SimMachine {
-            name: "this machine".into(),
-            machine: self.machine.clone(),
-            bandwidth: vec![vec![bandwidth; nodes]; nodes],
-            latency: vec![vec![latency; nodes]; nodes],
-            model,
-            gpu_speedup: None,
-            cpu_gflops: 10.0,
-            starpu: None,
-        };
         let capacity = |node: crate::memory::Node| {
             let c = self.budgets.node(node).capacity.load(Ordering::Relaxed);
             (c != u64::MAX).then_some(c)
         };
-        let opts = crate::sim::SimOptions {
-            record_trace: false,
+        Ok((self.predictor)(&PredictInput {
+            graph,
+            machine: &self.machine,
+            costs: &costs,
+            model,
+            bandwidth,
+            latency,
             gpu_memory: (!self.gpus.is_empty())
                 .then(|| capacity(crate::memory::Node::Gpu(0)))
                 .flatten(),
             host_memory: capacity(crate::memory::Node::Host),
-            no_backpressure: !self.backpressure,
-        };
-        match crate::sim::engine::simulate_sized(graph, &sm, self.policy, &opts, Some(data_bytes)) {
-            Ok(r) => Ok(r.run.makespan_s.max(bound.bound_s)),
-            Err(e) => {
-                tracing::debug!(error = %e, "could not simulate the run; predicting its lower bound");
-                Ok(bound.bound_s)
-            }
-        }
+            backpressure: self.backpressure,
+            policy: self.policy,
+            gpus: self.gpus.len(),
+            data_bytes,
+        }))
     }
 
     /// Bandwidth (bytes/s) and latency (s) of host↔GPU copies: from the model's calibrated
@@ -1172,7 +1159,7 @@ impl Runtime {
     fn check_gpu_code(
         &self,
         graph: &Graph,
-        compiled: &crate::graph::compile::CompiledGraph,
+        compiled: &crate::sched::compile::CompiledGraph,
     ) -> Result<(), SubmitError> {
         if self.gpus.is_empty() {
             return Ok(());

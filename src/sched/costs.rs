@@ -4,7 +4,7 @@
 
 use super::heft::{upward_ranks, Heft};
 use super::Plan;
-use crate::graph::compile::Successors;
+use crate::sched::compile::Successors;
 use crate::topology::{DeviceKind, WorkerId};
 
 /// `[cpu, gpu]` expected seconds per task; `None` where unknown or impossible.

@@ -13,12 +13,14 @@
 //! - every task given to `place` is returned by exactly one later `next` (none is lost or
 //!   duplicated), provided some eligible worker keeps calling `next`.
 
+pub mod compile;
 mod costs;
 mod eager;
 mod heft;
 mod locality;
 pub mod perfmodel;
 mod plan;
+pub mod predict;
 mod queues;
 mod roots;
 mod ws;

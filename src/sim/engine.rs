@@ -10,10 +10,10 @@ use serde::Serialize;
 
 use super::bound::{lower_bound, LowerBound};
 use super::SimMachine;
-use crate::graph::compile::{compile, DatumInfo, SubmitError, Successors};
 use crate::graph::{Graph, GraphDatum};
 use crate::kernels::ElemType;
 use crate::memory::{room_seconds, Coherence, Node, Transfers, SPILL_BANDWIDTH as DISK_BYTES_PER_S};
+use crate::sched::compile::{compile, DatumInfo, SubmitError, Successors};
 use crate::sched::{
     heft_plan, kind_index, rank_priorities, Eager, Locality, Pick, Plan, Policy, PolicyKind, RandomPolicy, ReadyQueues,
     RootGate, SimQueues, WorkStealing,
@@ -867,7 +867,7 @@ impl<'a> State<'a> {
             transfers: self.transfers.links(),
             residency,
             memory: (0..sm.nodes())
-                .map(|i| crate::runtime::NodeMemory {
+                .map(|i| crate::trace::NodeMemory {
                     node: Node::from_index(i).to_string(),
                     capacity_bytes: if i > 0 { self.gpu_cap } else { self.host_cap },
                     peak_bytes: self.peak[i],

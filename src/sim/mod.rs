@@ -25,6 +25,7 @@
 
 pub(crate) mod bound;
 pub(crate) mod engine;
+pub mod predict;
 pub mod starpu;
 
 use std::path::Path;

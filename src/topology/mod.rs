@@ -19,6 +19,11 @@ use serde::Serialize;
 
 pub use hwloc::{discover, HwTopology, TopologyError};
 
+/// Most tasks a GPU worker takes in one batch. Part of the machine's description because the
+/// GPU module submits batches of this size and `sched`'s backpressure (`RootGate`) sizes its
+/// rounds by it; both read it here, so neither layer imports the other.
+pub const MAX_BATCH: usize = 16;
+
 /// Index of a worker in its [`Machine`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct WorkerId(pub u32);

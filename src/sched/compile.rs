@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use hexec_kernels::{Access, ElemType, Kernel};
 
-use super::{Graph, Restriction};
-use crate::sched::{EligibleSet, Plan, WorkerMask, MAX_BANDS};
+use super::{EligibleSet, Plan, WorkerMask, MAX_BANDS};
+use crate::graph::{Graph, Restriction};
 use crate::topology::{DeviceKind, Machine, WorkerId};
 
 /// What compile needs to know about each datum of the graph (resolved by the runtime).
@@ -483,19 +483,19 @@ mod tests {
         g.data
             .iter()
             .map(|d| match d {
-                super::super::GraphDatum::Virtual { name, bytes } => DatumInfo {
+                crate::graph::GraphDatum::Virtual { name, bytes } => DatumInfo {
                     name: name.as_str(),
                     elem: None,
                     bytes: *bytes,
                     read_only: false,
                 },
-                super::super::GraphDatum::Temp { name, elem, len } => DatumInfo {
+                crate::graph::GraphDatum::Temp { name, elem, len } => DatumInfo {
                     name: name.as_str(),
                     elem: Some(*elem),
                     bytes: (*len * elem.size()) as u64,
                     read_only: false,
                 },
-                super::super::GraphDatum::Stored { id, .. } => DatumInfo {
+                crate::graph::GraphDatum::Stored { id, .. } => DatumInfo {
                     name: if *id == 99 { "d99" } else { "d" },
                     elem: Some(ElemType::F32),
                     bytes: 16,
