@@ -39,9 +39,7 @@ use crate::memory::Transfers;
 use crate::sched::compile::{compile_with_priorities, DatumInfo, SubmitError, Successors};
 use crate::sched::perfmodel::{PerfModel, MAX_SAMPLES};
 use crate::sched::predict::{PredictInput, Predictor};
-use crate::sched::{
-    heft_plan, rank_priorities, Eager, Locality, Policy, PolicyKind, RandomPolicy, RootGate, TaskCost, WorkStealing,
-};
+use crate::sched::{build_policy, rank_priorities, Policy, PolicyInputs, PolicyKind, RootGate, TaskCost};
 use crate::topology::{discover, HwTopology, Machine, TopologyError, WorkerId};
 use crate::trace::{RunReport, TraceLog, WorkerReport};
 
@@ -932,41 +930,39 @@ impl Runtime {
             costs: task_costs,
             deadline,
         };
-        match self.policy {
-            PolicyKind::Eager => self.execute(&Eager, graph, data, opts),
-            PolicyKind::Ws => self.execute(&WorkStealing, graph, data, opts),
-            // Without a model for a task, locality and heft place it as eager does.
-            PolicyKind::Locality => self.execute(&Locality::new(self.machine.num_workers()), graph, data, opts),
-            PolicyKind::Heft => {
-                let kinds: Vec<crate::DeviceKind> = self.machine.workers.iter().map(|w| w.kind).collect();
-                let nodes = costs::nodes_of(&self.machine);
-                let (bw, lat) = self.link_model();
-                let comm = |p: u32, t: u32| {
-                    let bytes = costs::shared_bytes(graph, &data_bytes, p, t);
-                    if bytes == 0 {
+        // HEFT's copy times: the link model between memory nodes, nothing within one.
+        let nodes = crate::memory::nodes_of(&self.machine);
+        let (bw, lat) = if self.policy == PolicyKind::Heft {
+            self.link_model()
+        } else {
+            (1.0, 0.0)
+        };
+        let comm = |p: u32, t: u32| {
+            let bytes = costs::shared_bytes(graph, &data_bytes, p, t);
+            if bytes == 0 {
+                0.0
+            } else {
+                lat + bytes as f64 / bw
+            }
+        };
+        let policy = build_policy(
+            self.policy,
+            &PolicyInputs {
+                machine: &self.machine,
+                plan: &compiled.plan,
+                edges: &compiled.edges,
+                costs: &data.costs,
+                comm: &|p, t, from, to| {
+                    if nodes[from.index()] == nodes[to.index()] {
                         0.0
                     } else {
-                        lat + bytes as f64 / bw
+                        comm(p, t)
                     }
-                };
-                let heft = heft_plan(
-                    &compiled.plan,
-                    &compiled.edges,
-                    &data.costs,
-                    &kinds,
-                    |p, t, from, to| {
-                        if nodes[from.index()] == nodes[to.index()] {
-                            0.0
-                        } else {
-                            comm(p, t)
-                        }
-                    },
-                    |p, t| if self.gpus.is_empty() { 0.0 } else { comm(p, t) },
-                );
-                self.execute(&heft, graph, data, opts)
-            }
-            PolicyKind::Random => self.execute(&RandomPolicy::new(0x5eed), graph, data, opts),
-        }
+                },
+                mean_comm: &|p, t| if self.gpus.is_empty() { 0.0 } else { comm(p, t) },
+            },
+        );
+        self.execute(&policy, graph, data, opts)
     }
 
     /// Finds the store cell of each of the graph's data (`None` for size-only data); makes
@@ -1029,12 +1025,7 @@ impl Runtime {
         let mut costs = costs.to_vec();
         // Synthetic kernels say how long they take: `spin` and `sleep` their first parameter.
         for (t, c) in costs.iter_mut().enumerate() {
-            let rec = &graph.tasks[t];
-            let recorded = match graph.task_kernel(t) {
-                "spin" | "sleep" => graph.params[rec.params.range()].first().copied(),
-                "noop" => Some(0.0),
-                _ => None,
-            };
+            let recorded = crate::sched::recorded_seconds(graph, t);
             if let (true, Some(s)) = (c[0].is_none(), recorded) {
                 c[0] = Some(s);
             }
@@ -1324,7 +1315,7 @@ impl Runtime {
             start: run_start,
             costs: task_costs,
             kind_of: self.machine.workers.iter().map(|w| w.kind).collect(),
-            node_of: costs::nodes_of(&self.machine),
+            node_of: crate::memory::nodes_of(&self.machine),
             graph,
             cells,
             data_bytes,

@@ -366,10 +366,9 @@ impl<'m> Eligibility<'m> {
 
     fn mask_for(&self, kernel: &Kernel, r: &Restriction, cores: u32, gpu_fit: u64) -> Result<WorkerMask, String> {
         let m = self.machine;
-        let first_gpu = m.workers.iter().position(|w| w.kind == DeviceKind::Gpu).unwrap_or(0);
         let has_impl = |w: &crate::topology::WorkerInfo| match w.kind {
             DeviceKind::Cpu => kernel.has_cpu(),
-            DeviceKind::Gpu => kernel.has_gpu() && gpu_fit >> (w.id.index() - first_gpu) & 1 == 1,
+            DeviceKind::Gpu => kernel.has_gpu() && m.gpu_index(w.id).is_some_and(|g| gpu_fit >> g & 1 == 1),
         };
         let mut cand: Vec<WorkerId> = m.workers.iter().filter(|w| has_impl(w)).map(|w| w.id).collect();
         if cand.is_empty() {

@@ -299,8 +299,7 @@ impl Machine {
 
     /// The description of a GPU worker.
     pub fn gpu(&self, w: WorkerId) -> Option<&GpuDesc> {
-        let first_gpu = self.workers.iter().position(|w| w.kind == DeviceKind::Gpu)?;
-        self.gpus.get(w.index().checked_sub(first_gpu)?)
+        self.gpus.get(self.gpu_index(w)?)
     }
 
     /// Number of workers.

@@ -1,0 +1,119 @@
+//! The driver contract: what the runtime and the simulator share when they drive a policy.
+//! [`build_policy`] is the one place a policy is made from its kind and what the driver
+//! knows of the machine and the graph; both drivers then hand [`AnyPolicy`] to the same
+//! loop shape (place the roots, `next` for an idle worker, [`Policy::pick_immediate`] then
+//! `place` for what a completion made ready).
+
+use super::bound::{gpu_advantage_threshold, lower_bound};
+use super::compile::Successors;
+use super::{heft_plan, kind_index, Eager, Heft, Locality, Pick, Plan, Policy, PolicyKind, RandomPolicy, ReadyQueues};
+use super::{TaskCost, WorkStealing};
+use crate::topology::{DeviceKind, Machine, WorkerId};
+
+/// The seed of `random`'s draws: fixed, so that a run and its simulation draw alike.
+pub const RANDOM_SEED: u64 = 0x5eed;
+
+/// What a driver knows when it builds a policy.
+pub struct PolicyInputs<'a> {
+    pub machine: &'a Machine,
+    pub plan: &'a Plan,
+    pub edges: &'a Successors,
+    /// Expected `[cpu, gpu]` seconds per task (empty for the policies that plan nothing).
+    pub costs: &'a [TaskCost],
+    /// HEFT's copy time of the data task `.0` hands task `.1` between two workers.
+    pub comm: &'a dyn Fn(u32, u32, WorkerId, WorkerId) -> f64,
+    /// The same, averaged over pairs of workers (HEFT's ranks).
+    pub mean_comm: &'a dyn Fn(u32, u32) -> f64,
+}
+
+/// Any policy hexec ships, behind one type: one `match` per call instead of one copy of
+/// each driver per policy.
+pub enum AnyPolicy {
+    Eager(Eager),
+    Ws(WorkStealing),
+    Locality(Locality),
+    Heft(Heft),
+    Random(RandomPolicy),
+}
+
+/// Builds the policy `kind` for a run (the runtime) or a simulation.
+///
+/// `locality` gets the area-optimal device split ([`Locality::with_split`]) when the work,
+/// not the critical path, bounds the schedule (otherwise the split would slow the critical
+/// path down); costs count only where the task may run at all.
+pub fn build_policy(kind: PolicyKind, i: &PolicyInputs<'_>) -> AnyPolicy {
+    let kinds: Vec<DeviceKind> = i.machine.workers.iter().map(|w| w.kind).collect();
+    match kind {
+        PolicyKind::Eager => AnyPolicy::Eager(Eager),
+        PolicyKind::Ws => AnyPolicy::Ws(WorkStealing),
+        PolicyKind::Random => AnyPolicy::Random(RandomPolicy::new(RANDOM_SEED)),
+        PolicyKind::Locality => {
+            let (cpus, gpus) = (i.machine.count(DeviceKind::Cpu), i.machine.count(DeviceKind::Gpu));
+            let mut policy = Locality::new(i.machine.num_workers());
+            if gpus > 0 && !i.costs.is_empty() {
+                let allowed: Vec<TaskCost> = i
+                    .costs
+                    .iter()
+                    .enumerate()
+                    .map(|(t, c)| {
+                        let set = i.plan.set(i.plan.task_set(t as u32));
+                        let mut c = *c;
+                        for kind in [DeviceKind::Cpu, DeviceKind::Gpu] {
+                            if !set.workers.iter().any(|w| kinds[w.index()] == kind) {
+                                c[kind_index(kind)] = None;
+                            }
+                        }
+                        c
+                    })
+                    .collect();
+                let bound = lower_bound(i.edges, &allowed, cpus, gpus);
+                if bound.area_s > 2.0 * bound.critical_path_s {
+                    let threshold = gpu_advantage_threshold(&allowed, cpus, gpus, bound.bound_s);
+                    policy = policy.with_split(threshold, kinds);
+                }
+            }
+            AnyPolicy::Locality(policy)
+        }
+        PolicyKind::Heft => AnyPolicy::Heft(heft_plan(i.plan, i.edges, i.costs, &kinds, i.comm, i.mean_comm)),
+    }
+}
+
+macro_rules! each {
+    ($self:expr, $p:ident => $e:expr) => {
+        match $self {
+            AnyPolicy::Eager($p) => $e,
+            AnyPolicy::Ws($p) => $e,
+            AnyPolicy::Locality($p) => $e,
+            AnyPolicy::Heft($p) => $e,
+            AnyPolicy::Random($p) => $e,
+        }
+    };
+}
+
+impl Policy for AnyPolicy {
+    fn name(&self) -> &'static str {
+        each!(self, p => p.name())
+    }
+
+    fn place<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, task: u32, releasing: Option<WorkerId>) {
+        each!(self, p => p.place(plan, q, task, releasing))
+    }
+
+    fn next<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, worker: WorkerId) -> Option<Pick> {
+        each!(self, p => p.next(plan, q, worker))
+    }
+
+    fn immediate_successor(&self) -> bool {
+        each!(self, p => p.immediate_successor())
+    }
+
+    fn pick_immediate(
+        &self,
+        plan: &Plan,
+        ready: &[u32],
+        worker: WorkerId,
+        priority: impl Fn(u32) -> i32,
+    ) -> Option<usize> {
+        each!(self, p => p.pick_immediate(plan, ready, worker, &priority))
+    }
+}
