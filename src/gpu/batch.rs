@@ -180,7 +180,7 @@ impl GpuDevice {
                         binding: i as u32,
                         resource: match b {
                             Binding::Params => uniform.as_entire_binding(),
-                            Binding::Operand(o) => item.ops[*o].buffer.as_entire_binding(),
+                            Binding::Operand(o) => item.ops[*o].buffer.0.as_entire_binding(),
                             Binding::Scratch(s) => scratch[*s].as_entire_binding(),
                         },
                     })
