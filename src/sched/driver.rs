@@ -117,3 +117,81 @@ impl Policy for AnyPolicy {
         each!(self, p => p.pick_immediate(plan, ready, worker, &priority))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sched::{EligibleSet, WorkerMask};
+    use crate::topology::GpuDesc;
+
+    /// Two CPUs and a GPU; every task may run anywhere.
+    fn machine_and_plan(tasks: usize) -> (Machine, Plan) {
+        let mut m = Machine::synthetic_cpus(2);
+        m.add_gpus(vec![GpuDesc {
+            name: "model".into(),
+            backend: "model".into(),
+            device_type: "DiscreteGpu".into(),
+            pci_bus_id: String::new(),
+            driver: String::new(),
+            adapter_index: 0,
+            features: Vec::new(),
+            max_buffer_size: u64::MAX,
+            max_storage_binding: u64::MAX,
+            max_workgroup_invocations: 1024,
+            memory_bytes: None,
+            timestamp_period_ns: 1.0,
+            numa_os_index: None,
+        }]);
+        let mut mask = WorkerMask::empty(3);
+        let workers: Vec<WorkerId> = (0..3).map(WorkerId).collect();
+        workers.iter().for_each(|&w| mask.insert(w));
+        let set = EligibleSet { mask, workers };
+        let plan = Plan::new(vec![0; tasks], vec![1; tasks], 2, vec![set], vec![Vec::new(); 3]);
+        (m, plan)
+    }
+
+    /// Independent tasks (the work, not the critical path, bounds the schedule) with GPU
+    /// advantages from 1 to 16: `locality` gets the device split in every driver, the
+    /// runtime included (it used to get none; the simulator always did).
+    #[test]
+    fn locality_gets_the_device_split_when_the_work_bounds_the_schedule() {
+        let n = 40;
+        let (m, plan) = machine_and_plan(n);
+        let edges = Successors {
+            off: vec![0; n + 1],
+            succ: Vec::new(),
+            indegree: vec![0; n],
+        };
+        let costs: Vec<TaskCost> = (0..n).map(|t| [Some(1.0), Some(1.0 / (1 + t % 16) as f64)]).collect();
+        let inputs = PolicyInputs {
+            machine: &m,
+            plan: &plan,
+            edges: &edges,
+            costs: &costs,
+            comm: &|_, _, _, _| 0.0,
+            mean_comm: &|_, _| 0.0,
+        };
+        let AnyPolicy::Locality(l) = build_policy(PolicyKind::Locality, &inputs) else {
+            panic!("not locality");
+        };
+        assert!(
+            l.split_threshold().is_some_and(|t| t > 1.0),
+            "{:?}",
+            l.split_threshold()
+        );
+        // A chain is bounded by its critical path: no split.
+        let chain = Successors {
+            off: (0..=n as u32).map(|i| i.min(n as u32 - 1)).collect(),
+            succ: (1..n as u32).collect(),
+            indegree: (0..n).map(|t| u32::from(t > 0)).collect(),
+        };
+        let inputs = PolicyInputs {
+            edges: &chain,
+            ..inputs
+        };
+        let AnyPolicy::Locality(l) = build_policy(PolicyKind::Locality, &inputs) else {
+            panic!("not locality");
+        };
+        assert_eq!(l.split_threshold(), None);
+    }
+}
