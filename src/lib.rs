@@ -22,6 +22,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod drivers;
 pub mod gpu;
 pub mod graph;
 pub mod limits;
@@ -35,11 +36,11 @@ pub mod trace;
 
 pub use hexec_kernels as kernels;
 
-pub use graph::compile::SubmitError;
 pub use graph::{Data, DataRef, Graph, Restriction, TaskId, TempData, VirtualData};
 pub use runtime::{
     BuildError, CancelToken, DataError, MemoryLimits, NodeUsage, RunError, RunOptions, Runtime, RuntimeBuilder,
 };
+pub use sched::compile::SubmitError;
 pub use sched::PolicyKind;
 pub use topology::{DeviceKind, Machine};
 pub use trace::RunReport;

@@ -7,7 +7,10 @@
 //! `A[k][k]`, `trsm` on the tiles below it, `syrk` on the trailing diagonal and `gemm_nt` on
 //! the rest. Only the lower triangle is stored; after the run it holds `L`.
 
-use crate::graph::formats::cholesky::steps;
+// The matrix and the residual are pure arithmetic over the graph file's `spd` init, so they
+// live with the Cholesky DAG in `graph` (which may not import this module, built on the runtime).
+pub use crate::graph::formats::cholesky::{factor_residual, matrix_entry, matrix_entry_f64};
+use crate::graph::formats::cholesky::{steps, tile_index};
 use crate::graph::{Data, Graph};
 use crate::kernels::linalg;
 use crate::runtime::{DataError, Runtime};
@@ -21,11 +24,6 @@ pub struct TiledCholesky {
     tiles: Vec<Data<f32>>,
 }
 
-/// Where tile `(i, j)` (`j ≤ i`) sits among the lower-triangle tiles, row by row.
-fn tile_index(i: usize, j: usize) -> usize {
-    i * (i + 1) / 2 + j
-}
-
 /// Tile `(ti, tj)` of the `n·b`-sided matrix [`matrix_entry`], row-major.
 fn initial_tile(ti: usize, tj: usize, n: usize, b: usize) -> Vec<f32> {
     let mut v = vec![0.0f32; b * b];
@@ -35,59 +33,6 @@ fn initial_tile(ti: usize, tj: usize, n: usize, b: usize) -> Vec<f32> {
         }
     }
     v
-}
-
-/// Entry `(i, j)` of the factorised matrix of side `size`: symmetric and diagonally dominant,
-/// so positive definite. Graph files name it with the `spd` init kind
-/// (`docs/graph-format.md`), which `hexec gen cholesky` writes.
-pub fn matrix_entry(i: usize, j: usize, size: usize) -> f32 {
-    1.0 / (1.0 + i.abs_diff(j) as f32) + if i == j { size as f32 } else { 0.0 }
-}
-
-/// [`matrix_entry`] in double precision (for f64 data).
-pub fn matrix_entry_f64(i: usize, j: usize, size: usize) -> f64 {
-    1.0 / (1.0 + i.abs_diff(j) as f64) + if i == j { size as f64 } else { 0.0 }
-}
-
-/// `‖A − L·Lᵀ‖_F / ‖A‖_F` of a tiled factorisation of an `n`×`n` grid of `b`×`b` tiles
-/// (`‖A − L·Lᵀ‖_F` itself when `A` is zero). `l` holds the lower-triangle tiles of `L`, row
-/// by row, row-major, each diagonal tile's upper triangle zero (as `potrf` leaves it); `a(i,
-/// j)` gives tile `(i, j)` (`j ≤ i`) of the symmetric `A`. Computed tile by tile in double
-/// precision with the tile kernel `C ← C − A·Bᵀ`, the tiles in parallel: as many flops as the
-/// factorisation and no dense copy, so that checking a large factor costs no more than
-/// computing it. The upper tiles count twice, by symmetry.
-///
-/// # Panics
-/// If `l` does not hold `n(n+1)/2` tiles of `b²` elements, or `a` returns a tile of another
-/// length (callers check the shapes first).
-pub fn factor_residual(n: usize, b: usize, l: &[Vec<f32>], a: &(dyn Fn(usize, usize) -> Vec<f32> + Sync)) -> f64 {
-    use rayon::prelude::*;
-    assert_eq!(l.len(), n * (n + 1) / 2, "one factor tile per lower-triangle tile");
-    let l: Vec<Vec<f64>> = l
-        .par_iter()
-        .map(|t| t.iter().map(|&x| f64::from(x)).collect())
-        .collect();
-    let pairs: Vec<(usize, usize)> = (0..n).flat_map(|i| (0..=i).map(move |j| (i, j))).collect();
-    let (residual, norm) = pairs
-        .par_iter()
-        .map(|&(i, j)| {
-            let a_ij = a(i, j);
-            assert_eq!(a_ij.len(), b * b, "tile ({i}, {j}) of A");
-            let mut r: Vec<f64> = a_ij.iter().map(|&x| f64::from(x)).collect();
-            for k in 0..=j {
-                crate::kernels::dense::gemm_nt_sub(&l[tile_index(i, k)], &l[tile_index(j, k)], &mut r, b);
-            }
-            let weight = if i == j { 1.0 } else { 2.0 };
-            let sq = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>();
-            let a_sq: f64 = a_ij.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
-            (weight * sq(&r), weight * a_sq)
-        })
-        .reduce(|| (0.0, 0.0), |x, y| (x.0 + y.0, x.1 + y.1));
-    if norm > 0.0 {
-        (residual / norm).sqrt()
-    } else {
-        residual.sqrt()
-    }
 }
 
 impl TiledCholesky {

@@ -35,7 +35,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn time_kernel(
     dev: &GpuDevice,
     kernel: &str,
-    ops: &[(wgpu::Buffer, u64, Access)],
+    ops: &[(crate::gpu::GpuBuffer, u64, Access)],
     params: &[f64],
     reps: usize,
 ) -> Result<(Option<f64>, f64), String> {
@@ -75,7 +75,7 @@ fn time_kernel(
     Ok(((!gpu_times.is_empty()).then(|| median(gpu_times)), median(wall_times)))
 }
 
-fn buffer(dev: &GpuDevice, floats: u64, fill: f32) -> Result<wgpu::Buffer, String> {
+fn buffer(dev: &GpuDevice, floats: u64, fill: f32) -> Result<crate::gpu::GpuBuffer, String> {
     let b = dev.create_replica(floats * 4, "bench")?;
     dev.upload(&b, bytemuck::cast_slice(&vec![fill; floats as usize]))?;
     dev.wait_idle()?;

@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::Skipped;
-use crate::graph::compile::Successors;
 use crate::graph::formats::{self, BuildOptions};
 use crate::graph::Graph;
 use crate::kernels::builtin;
 use crate::runtime::{BuildError, Runtime};
+use crate::sched::compile::Successors;
 use crate::sched::PolicyKind;
 use crate::sim::{simulate, SimMachine, SimOptions};
 

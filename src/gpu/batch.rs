@@ -13,8 +13,7 @@ use hexec_kernels::gpu::{pack_params, Binding, GpuDims, GpuImpl};
 use super::device::GpuDevice;
 use super::exec::{scoped, GpuOperand, SUBMIT_LIMIT};
 
-/// Most tasks in one batch.
-pub const MAX_BATCH: usize = 16;
+pub use crate::topology::MAX_BATCH;
 
 /// One task of a batch.
 pub(crate) struct BatchItem<'a> {
@@ -181,7 +180,7 @@ impl GpuDevice {
                         binding: i as u32,
                         resource: match b {
                             Binding::Params => uniform.as_entire_binding(),
-                            Binding::Operand(o) => item.ops[*o].buffer.as_entire_binding(),
+                            Binding::Operand(o) => item.ops[*o].buffer.0.as_entire_binding(),
                             Binding::Scratch(s) => scratch[*s].as_entire_binding(),
                         },
                     })

@@ -13,9 +13,15 @@ use super::device::GpuDevice;
 /// The longest hexec waits for one submission before calling it stuck.
 pub(crate) const SUBMIT_LIMIT: Duration = Duration::from_secs(600);
 
+/// A buffer on a GPU (a datum's replica) as the rest of the crate holds it: wgpu's type
+/// stays inside `gpu/` (ARCHITECTURE.md, Layers), so a wgpu upgrade touches this module only.
+/// A clone shares the buffer (wgpu buffers are reference-counted).
+#[derive(Clone, Debug)]
+pub struct GpuBuffer(pub(super) wgpu::Buffer);
+
 /// An operand as a dispatch binds it.
 pub(crate) struct GpuOperand {
-    pub buffer: wgpu::Buffer,
+    pub buffer: GpuBuffer,
     pub elements: u64,
     pub access: Access,
 }
@@ -204,7 +210,7 @@ impl GpuDevice {
     }
 
     /// Copies host bytes into a device buffer (padded to 4 bytes), queued before the next submit.
-    pub(crate) fn upload(&self, dst: &wgpu::Buffer, bytes: &[u8]) -> Result<(), String> {
+    pub(crate) fn upload(&self, dst: &GpuBuffer, bytes: &[u8]) -> Result<(), String> {
         if bytes.is_empty() {
             return Ok(());
         }
@@ -212,17 +218,17 @@ impl GpuDevice {
         // every use of `dst` (kernels on this device, downloads from it).
         scoped(&self.device, || {
             if bytes.len() % 4 == 0 {
-                self.queue.write_buffer(dst, 0, bytes);
+                self.queue.write_buffer(&dst.0, 0, bytes);
             } else {
                 let mut padded = bytes.to_vec();
                 padded.resize(bytes.len().next_multiple_of(4), 0);
-                self.queue.write_buffer(dst, 0, &padded);
+                self.queue.write_buffer(&dst.0, 0, &padded);
             }
         })
     }
 
     /// Copies the first `dst.len()` bytes of a device buffer to the host.
-    pub(crate) fn download(&self, src: &wgpu::Buffer, dst: &mut [u8]) -> Result<(), String> {
+    pub(crate) fn download(&self, src: &GpuBuffer, dst: &mut [u8]) -> Result<(), String> {
         if dst.is_empty() {
             return Ok(());
         }
@@ -240,7 +246,7 @@ impl GpuDevice {
             let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("download"),
             });
-            encoder.copy_buffer_to_buffer(src, 0, &staging, 0, Some(size));
+            encoder.copy_buffer_to_buffer(&src.0, 0, &staging, 0, Some(size));
             self.queue.submit([encoder.finish()]);
         })
         .and_then(|()| {
@@ -264,7 +270,7 @@ impl GpuDevice {
     }
 
     /// A device buffer able to hold `bytes` bytes of data (at least 4), for a datum's replica.
-    pub(crate) fn create_replica(&self, bytes: u64, label: &str) -> Result<wgpu::Buffer, String> {
+    pub(crate) fn create_replica(&self, bytes: u64, label: &str) -> Result<GpuBuffer, String> {
         if bytes > self.desc.max_buffer_size {
             return Err(format!(
                 "{bytes} bytes exceed {}'s largest buffer ({} bytes)",
@@ -279,6 +285,7 @@ impl GpuDevice {
                 mapped_at_creation: false,
             })
         })
+        .map(GpuBuffer)
         .map_err(|e| format!("cannot allocate {bytes} bytes on {}: {e}", self.desc.name))
     }
 }

@@ -21,4 +21,5 @@ pub(crate) use device::discover_noting_software;
 pub use device::{
     adapters, discover, software_gpus_from_env, AdapterSummary, GpuDevice, GpuError, GpuRequest, SOFTWARE_GPUS_ENV,
 };
+pub use exec::GpuBuffer;
 pub(crate) use exec::GpuOperand;

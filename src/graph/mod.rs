@@ -16,7 +16,6 @@
 //! - mistakes made while building (a handle from another runtime, a dependency on another
 //!   graph's task) are recorded and reported at submit, naming the task.
 
-pub mod compile;
 pub mod formats;
 mod handle;
 

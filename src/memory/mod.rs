@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use crate::topology::Machine;
+
 /// Spill disk bandwidth assumed by planning and the simulator, both ways, bytes/s: an
 /// assumption on the safe side of what `hexec bench memory --host` shows on the development
 /// VM, where spill files land in the page cache first (at 4x, 17.5 MiB written and read back
@@ -32,6 +34,16 @@ pub fn room_seconds(node: Node, used: u64, new_bytes: u64, capacity: u64, gpu_to
         (overflow, Node::Host) => overflow as f64 / SPILL_BANDWIDTH,
         (overflow, Node::Gpu(_)) => gpu_to_host(overflow),
     }
+}
+
+/// The memory node of each worker of `machine`: a GPU worker's GPU ([`Machine::gpu_index`],
+/// the one worker → GPU map), the host for the others. Read by the runtime and the simulator.
+pub fn nodes_of(machine: &Machine) -> Vec<Node> {
+    machine
+        .workers
+        .iter()
+        .map(|w| machine.gpu_index(w.id).map_or(Node::Host, |g| Node::Gpu(g as u16)))
+        .collect()
 }
 
 /// A memory node.

@@ -23,6 +23,7 @@ use super::spill::SpillDir;
 use super::spiller::SpillSignal;
 use crate::gpu::GpuDevice;
 use crate::memory::{Node, Transfers};
+use crate::trace::NodeMemory;
 
 pub(crate) use crate::memory::{HIGH_WATERMARK, LOW_WATERMARK};
 
@@ -95,22 +96,6 @@ fn gpu_index(node: Node) -> usize {
         Node::Gpu(g) => g as usize,
         Node::Host => usize::MAX,
     }
-}
-
-/// What a run reports about one memory node.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct NodeMemory {
-    pub node: String,
-    /// `null` when unlimited.
-    pub capacity_bytes: Option<u64>,
-    pub peak_bytes: u64,
-    pub evictions: u64,
-    /// Bytes copied back because the evicted copy was the only valid one: to the host from a
-    /// GPU, to spill files from the host.
-    pub written_back_bytes: u64,
-    /// Copies evicted and brought back before any task completed on the node (each one made
-    /// the node run one task at a time until the next completion).
-    pub ping_pongs: u64,
 }
 
 /// Bytes in use now on one memory node ([`Runtime::memory_usage`](crate::Runtime::memory_usage)).

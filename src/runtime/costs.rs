@@ -12,7 +12,7 @@ use crate::graph::Graph;
 use crate::memory::{room_seconds, Node};
 use crate::sched::perfmodel::PerfModel;
 use crate::sched::{kind_index, TaskCost};
-use crate::topology::{DeviceKind, Machine, WorkerId};
+use crate::topology::{DeviceKind, WorkerId};
 
 /// Host↔GPU bandwidth assumed until transfers have been measured (PCIe 3.0 x16), bytes/s.
 pub const DEFAULT_BANDWIDTH: f64 = 12e9;
@@ -77,17 +77,6 @@ impl CostView<'_> {
         let used = nb.used.load(std::sync::atomic::Ordering::Relaxed);
         room_seconds(node, used, new_bytes, cap, |b| self.latency + b as f64 / self.bandwidth)
     }
-}
-
-/// The memory node of each worker.
-pub(crate) fn nodes_of(machine: &Machine) -> Vec<Node> {
-    let first_gpu = machine.workers.iter().position(|w| w.kind == DeviceKind::Gpu);
-    (0..machine.num_workers())
-        .map(|i| match first_gpu {
-            Some(f) if i >= f => Node::Gpu((i - f) as u16),
-            _ => Node::Host,
-        })
-        .collect()
 }
 
 /// Bytes of each task's operands (the size its performance model is keyed by).

@@ -46,9 +46,9 @@ use std::time::Instant;
 use hexec_kernels::{ElemType, Element};
 
 use crate::gpu::GpuDevice;
-use crate::graph::compile::SubmitError;
 use crate::graph::Data;
 use crate::memory::{Coherence, Node, Transfers};
+use crate::sched::compile::SubmitError;
 
 /// Errors of user-side data access.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -135,7 +135,7 @@ pub(crate) struct DataCell {
     in_use: AtomicBool,
     coherence: Mutex<Coherence>,
     /// Replica buffers, one slot per GPU.
-    replicas: Mutex<Vec<Option<wgpu::Buffer>>>,
+    replicas: Mutex<Vec<Option<crate::gpu::GpuBuffer>>>,
     host_valid: AtomicBool,
     on_gpu: AtomicBool,
     /// The runtime's memory budgets (copies are accounted there).
@@ -861,7 +861,7 @@ impl DataCell {
         may_evict: bool,
         gpus: &[Arc<GpuDevice>],
         transfers: &Transfers,
-    ) -> Result<wgpu::Buffer, PrepError> {
+    ) -> Result<crate::gpu::GpuBuffer, PrepError> {
         let node = Node::Gpu(g as u16);
         let bytes = self.bytes() as u64;
         let missing = self.replicas.lock().unwrap_or_else(|e| e.into_inner())[g].is_none();

@@ -16,6 +16,7 @@ mod data;
 pub mod faults;
 mod hostbuf;
 mod lineage;
+mod load;
 mod pause;
 mod queues;
 mod sleep;
@@ -33,17 +34,17 @@ use crossbeam_utils::CachePadded;
 use hexec_kernels::{ElemType, Element, KernelRegistry};
 
 use crate::gpu::{GpuDevice, GpuError, GpuRequest};
-use crate::graph::compile::{compile_with_priorities, DatumInfo, SubmitError, Successors};
 use crate::graph::{Data, Graph, GraphDatum};
 use crate::memory::Transfers;
+use crate::sched::compile::{compile_with_priorities, DatumInfo, SubmitError, Successors};
 use crate::sched::perfmodel::{PerfModel, MAX_SAMPLES};
-use crate::sched::{
-    heft_plan, rank_priorities, Eager, Locality, Policy, PolicyKind, RandomPolicy, RootGate, TaskCost, WorkStealing,
-};
+use crate::sched::predict::{PredictInput, Predictor};
+use crate::sched::{build_policy, rank_priorities, Policy, PolicyInputs, PolicyKind, RootGate, TaskCost};
 use crate::topology::{discover, HwTopology, Machine, TopologyError, WorkerId};
 use crate::trace::{RunReport, TraceLog, WorkerReport};
 
-pub use budget::{NodeMemory, NodeUsage};
+pub use crate::trace::NodeMemory;
+pub use budget::NodeUsage;
 pub use cancel::CancelToken;
 pub use data::DataError;
 use data::{AcquiredData, DataStore};
@@ -158,7 +159,7 @@ pub enum BuildError {
 
 /// What a run works on, prepared by `run_with`.
 struct RunData<'a> {
-    compiled: &'a crate::graph::compile::CompiledGraph,
+    compiled: &'a crate::sched::compile::CompiledGraph,
     bound: &'a [BoundDatum],
     cells: &'a [Option<Arc<data::DataCell>>],
     data_bytes: &'a [u64],
@@ -216,9 +217,7 @@ impl RunOptions {
     }
 }
 
-/// Graphs up to this many tasks have their finish predicted by simulating the run (a
-/// deadline's prediction); larger ones by its lower bound, which costs far less at submit.
-pub const SIMULATED_PREDICTION_TASKS: usize = 100_000;
+pub use crate::sched::predict::SIMULATED_PREDICTION_TASKS;
 
 /// Retries of a failed task when the builder says nothing: up to four attempts in all.
 pub const DEFAULT_RETRIES: u32 = 3;
@@ -411,8 +410,10 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Discovers the machine (unless one was given) and builds the runtime.
-    pub fn build(self) -> Result<Runtime, BuildError> {
+    /// [`RuntimeBuilder::build`] with `predictor` for deadlines. `build` itself lives in
+    /// `crate::drivers`, which passes the simulator's predictor: the runtime reaches the
+    /// simulator only through this interface (ARCHITECTURE.md, Layers).
+    pub(crate) fn build_with(self, predictor: Predictor) -> Result<Runtime, BuildError> {
         let gpu_request = self.gpus.unwrap_or(if self.machine.is_some() {
             GpuRequest::None
         } else {
@@ -480,6 +481,7 @@ impl RuntimeBuilder {
             .collect();
         let budgets = Arc::new(budget::Budgets::new(&capacities, &numa_weights, gpu_numa, spill));
         Ok(Runtime {
+            predictor,
             id,
             machine,
             hw,
@@ -533,6 +535,8 @@ pub fn remove_stale_spill_dirs(parent: &std::path::Path) -> Vec<std::path::PathB
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Runtime {
+    /// Predicts a graph's finish for deadlines (the simulator's, given by `crate::drivers`).
+    predictor: Predictor,
     id: u64,
     machine: Machine,
     hw: Option<HwTopology>,
@@ -926,41 +930,39 @@ impl Runtime {
             costs: task_costs,
             deadline,
         };
-        match self.policy {
-            PolicyKind::Eager => self.execute(&Eager, graph, data, opts),
-            PolicyKind::Ws => self.execute(&WorkStealing, graph, data, opts),
-            // Without a model for a task, locality and heft place it as eager does.
-            PolicyKind::Locality => self.execute(&Locality::new(self.machine.num_workers()), graph, data, opts),
-            PolicyKind::Heft => {
-                let kinds: Vec<crate::DeviceKind> = self.machine.workers.iter().map(|w| w.kind).collect();
-                let nodes = costs::nodes_of(&self.machine);
-                let (bw, lat) = self.link_model();
-                let comm = |p: u32, t: u32| {
-                    let bytes = costs::shared_bytes(graph, &data_bytes, p, t);
-                    if bytes == 0 {
+        // HEFT's copy times: the link model between memory nodes, nothing within one.
+        let nodes = crate::memory::nodes_of(&self.machine);
+        let (bw, lat) = if self.policy == PolicyKind::Heft {
+            self.link_model()
+        } else {
+            (1.0, 0.0)
+        };
+        let comm = |p: u32, t: u32| {
+            let bytes = costs::shared_bytes(graph, &data_bytes, p, t);
+            if bytes == 0 {
+                0.0
+            } else {
+                lat + bytes as f64 / bw
+            }
+        };
+        let policy = build_policy(
+            self.policy,
+            &PolicyInputs {
+                machine: &self.machine,
+                plan: &compiled.plan,
+                edges: &compiled.edges,
+                costs: &data.costs,
+                comm: &|p, t, from, to| {
+                    if nodes[from.index()] == nodes[to.index()] {
                         0.0
                     } else {
-                        lat + bytes as f64 / bw
+                        comm(p, t)
                     }
-                };
-                let heft = heft_plan(
-                    &compiled.plan,
-                    &compiled.edges,
-                    &data.costs,
-                    &kinds,
-                    |p, t, from, to| {
-                        if nodes[from.index()] == nodes[to.index()] {
-                            0.0
-                        } else {
-                            comm(p, t)
-                        }
-                    },
-                    |p, t| if self.gpus.is_empty() { 0.0 } else { comm(p, t) },
-                );
-                self.execute(&heft, graph, data, opts)
-            }
-            PolicyKind::Random => self.execute(&RandomPolicy::new(0x5eed), graph, data, opts),
-        }
+                },
+                mean_comm: &|p, t| if self.gpus.is_empty() { 0.0 } else { comm(p, t) },
+            },
+        );
+        self.execute(&policy, graph, data, opts)
     }
 
     /// Finds the store cell of each of the graph's data (`None` for size-only data); makes
@@ -1023,12 +1025,7 @@ impl Runtime {
         let mut costs = costs.to_vec();
         // Synthetic kernels say how long they take: `spin` and `sleep` their first parameter.
         for (t, c) in costs.iter_mut().enumerate() {
-            let rec = &graph.tasks[t];
-            let recorded = match graph.task_kernel(t) {
-                "spin" | "sleep" => graph.params[rec.params.range()].first().copied(),
-                "noop" => Some(0.0),
-                _ => None,
-            };
+            let recorded = crate::sched::recorded_seconds(graph, t);
             if let (true, Some(s)) = (c[0].is_none(), recorded) {
                 c[0] = Some(s);
             }
@@ -1052,46 +1049,27 @@ impl Runtime {
                 })?;
             }
         }
-        let bound = crate::sim::bound::lower_bound(
-            &Successors::of(graph),
-            &costs,
-            self.machine.count(crate::DeviceKind::Cpu),
-            self.machine.count(crate::DeviceKind::Gpu),
-        );
-        if graph.len() > SIMULATED_PREDICTION_TASKS {
-            return Ok(bound.bound_s);
-        }
-        let nodes = 1 + self.gpus.len();
         let (bandwidth, latency) = self.link_model();
-        let sm = crate::sim::SimMachine {
-            name: "this machine".into(),
-            machine: self.machine.clone(),
-            bandwidth: vec![vec![bandwidth; nodes]; nodes],
-            latency: vec![vec![latency; nodes]; nodes],
-            model,
-            gpu_speedup: None,
-            cpu_gflops: 10.0,
-            starpu: None,
-        };
         let capacity = |node: crate::memory::Node| {
             let c = self.budgets.node(node).capacity.load(Ordering::Relaxed);
             (c != u64::MAX).then_some(c)
         };
-        let opts = crate::sim::SimOptions {
-            record_trace: false,
+        Ok((self.predictor)(&PredictInput {
+            graph,
+            machine: &self.machine,
+            costs: &costs,
+            model,
+            bandwidth,
+            latency,
             gpu_memory: (!self.gpus.is_empty())
                 .then(|| capacity(crate::memory::Node::Gpu(0)))
                 .flatten(),
             host_memory: capacity(crate::memory::Node::Host),
-            no_backpressure: !self.backpressure,
-        };
-        match crate::sim::engine::simulate_sized(graph, &sm, self.policy, &opts, Some(data_bytes)) {
-            Ok(r) => Ok(r.run.makespan_s.max(bound.bound_s)),
-            Err(e) => {
-                tracing::debug!(error = %e, "could not simulate the run; predicting its lower bound");
-                Ok(bound.bound_s)
-            }
-        }
+            backpressure: self.backpressure,
+            policy: self.policy,
+            gpus: self.gpus.len(),
+            data_bytes,
+        }))
     }
 
     /// Bandwidth (bytes/s) and latency (s) of host↔GPU copies: from the model's calibrated
@@ -1172,7 +1150,7 @@ impl Runtime {
     fn check_gpu_code(
         &self,
         graph: &Graph,
-        compiled: &crate::graph::compile::CompiledGraph,
+        compiled: &crate::sched::compile::CompiledGraph,
     ) -> Result<(), SubmitError> {
         if self.gpus.is_empty() {
             return Ok(());
@@ -1337,7 +1315,7 @@ impl Runtime {
             start: run_start,
             costs: task_costs,
             kind_of: self.machine.workers.iter().map(|w| w.kind).collect(),
-            node_of: costs::nodes_of(&self.machine),
+            node_of: crate::memory::nodes_of(&self.machine),
             graph,
             cells,
             data_bytes,

@@ -24,9 +24,9 @@ use super::queues::{LocalQueues, SharedQueues};
 use super::speculate::{CopyOutcome, OnFailure, SavedOperands, Settled};
 use super::watchdog::{DONE, READY, RUNNING, WAITING_FOR_MEMORY};
 use crate::gpu::{BatchItem, GpuDevice, GpuOperand, GpuSpan, InFlight, MAX_BATCH};
-use crate::graph::compile::CompiledGraph;
 use crate::graph::Graph;
 use crate::memory::{Node, Transfers};
+use crate::sched::compile::CompiledGraph;
 use crate::sched::{Pick, Policy};
 use crate::topology::WorkerId;
 use crate::trace::{even_share, GpuTimeline, TaskFailure, TraceEvent};
@@ -311,18 +311,11 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
             }
         }
         if !ready.is_empty() {
-            let mut best: Option<usize> = None;
-            if slot.is_none() && policy.immediate_successor() {
-                for (i, &s) in ready.iter().enumerate() {
-                    if plan.eligible(s, me)
-                        && best.is_none_or(|b| {
-                            run.graph.tasks[s as usize].priority > run.graph.tasks[ready[b] as usize].priority
-                        })
-                    {
-                        best = Some(i);
-                    }
-                }
-            }
+            let best = if slot.is_none() {
+                policy.pick_immediate(plan, ready, me, |s| run.graph.tasks[s as usize].priority)
+            } else {
+                None
+            };
             if let Some(b) = best {
                 *slot = Some(ready.swap_remove(b));
             }

@@ -4,11 +4,28 @@
 
 use super::heft::{upward_ranks, Heft};
 use super::Plan;
-use crate::graph::compile::Successors;
+use crate::graph::Graph;
+use crate::sched::compile::Successors;
 use crate::topology::{DeviceKind, WorkerId};
 
 /// `[cpu, gpu]` expected seconds per task; `None` where unknown or impossible.
 pub type TaskCost = [Option<f64>; 2];
+
+/// The kernels whose duration a task states itself (replayed traces): `spin` and `sleep`
+/// run for their first parameter in seconds, `noop` for none.
+pub fn is_replayed(kernel: &str) -> bool {
+    matches!(kernel, "spin" | "sleep" | "noop")
+}
+
+/// How long task `t` says it takes, when its kernel is a replayed one ([`is_replayed`]): the
+/// one definition the runtime's prediction and the simulator's costs read.
+pub fn recorded_seconds(graph: &Graph, t: usize) -> Option<f64> {
+    match graph.task_kernel(t) {
+        "spin" | "sleep" => graph.params[graph.tasks[t].params.range()].first().copied(),
+        "noop" => Some(0.0),
+        _ => None,
+    }
+}
 
 /// The index of a kind in a [`TaskCost`].
 pub fn kind_index(k: DeviceKind) -> usize {

@@ -13,7 +13,7 @@ use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{place_unpreferred, take_queued, Pick, Plan, Policy, ReadyQueues};
-use crate::graph::compile::Successors;
+use crate::sched::compile::Successors;
 use crate::topology::WorkerId;
 
 /// Upward ranks: `rank(t) = cost(t) + max over successors s of (comm(t, s) + rank(s))`.

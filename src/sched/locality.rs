@@ -233,3 +233,11 @@ impl Policy for Locality {
         None
     }
 }
+
+#[cfg(test)]
+impl Locality {
+    /// The split's threshold, for tests of how a driver builds the policy.
+    pub(crate) fn split_threshold(&self) -> Option<f64> {
+        self.split.as_ref().map(|(t, _)| *t)
+    }
+}

@@ -13,19 +13,24 @@
 //! - every task given to `place` is returned by exactly one later `next` (none is lost or
 //!   duplicated), provided some eligible worker keeps calling `next`.
 
+pub(crate) mod bound;
+pub mod compile;
 mod costs;
+pub mod driver;
 mod eager;
 mod heft;
 mod locality;
 pub mod perfmodel;
 mod plan;
+pub mod predict;
 mod queues;
 mod roots;
 mod ws;
 
 use std::fmt;
 
-pub use costs::{average, fastest, heft_plan, kind_index, rank_priorities, TaskCost};
+pub use costs::{average, fastest, heft_plan, is_replayed, kind_index, rank_priorities, recorded_seconds, TaskCost};
+pub use driver::{build_policy, AnyPolicy, PolicyInputs};
 pub use eager::Eager;
 pub use heft::{upward_ranks, Heft, RandomPolicy};
 pub use locality::Locality;
@@ -61,6 +66,29 @@ pub trait Policy: Send + Sync {
     /// goes (`locality`, `heft`, `random`) say no: the shortcut would overrule them.
     fn immediate_successor(&self) -> bool {
         true
+    }
+
+    /// Of `ready` (the tasks `worker`'s completion just made ready, in release order), the
+    /// index of the one it runs at once, without placing it: the highest-priority one it may
+    /// run, the first among equals; `None` when the policy turns the shortcut off. Both
+    /// drivers ask this, so that they take the same shortcut.
+    fn pick_immediate(
+        &self,
+        plan: &Plan,
+        ready: &[u32],
+        worker: WorkerId,
+        priority: impl Fn(u32) -> i32,
+    ) -> Option<usize> {
+        if !self.immediate_successor() {
+            return None;
+        }
+        let mut best: Option<(usize, i32)> = None;
+        for (i, &s) in ready.iter().enumerate() {
+            if plan.eligible(s, worker) && best.is_none_or(|(_, p)| priority(s) > p) {
+                best = Some((i, priority(s)));
+            }
+        }
+        best.map(|(i, _)| i)
     }
 }
 

@@ -50,9 +50,9 @@ impl RootGate {
     }
 
     /// Slots for `workers` workers of which `gpus` are GPUs: one task per worker, and a full
-    /// batch per GPU (GPU workers submit up to [`crate::gpu::MAX_BATCH`] tasks at once).
+    /// batch per GPU (GPU workers submit up to [`crate::topology::MAX_BATCH`] tasks at once).
     pub fn slots(workers: usize, gpus: usize) -> usize {
-        workers + (crate::gpu::MAX_BATCH - 1) * gpus
+        workers + (crate::topology::MAX_BATCH - 1) * gpus
     }
 
     /// Whether `task` is one of the held roots.

@@ -121,10 +121,10 @@ fn policy_names_parse() {
 }
 
 /// A fan-out: task 0 before tasks `1..n`.
-fn fan_out(n: u32) -> crate::graph::compile::Successors {
+fn fan_out(n: u32) -> crate::sched::compile::Successors {
     let mut off = vec![n - 1; n as usize + 1];
     off[0] = 0;
-    crate::graph::compile::Successors {
+    crate::sched::compile::Successors {
         off,
         succ: (1..n).collect(),
         indegree: (0..n).map(|t| u32::from(t > 0)).collect(),

@@ -10,13 +10,13 @@ use serde::Serialize;
 
 use super::bound::{lower_bound, LowerBound};
 use super::SimMachine;
-use crate::graph::compile::{compile, DatumInfo, SubmitError, Successors};
 use crate::graph::{Graph, GraphDatum};
 use crate::kernels::ElemType;
 use crate::memory::{room_seconds, Coherence, Node, Transfers, SPILL_BANDWIDTH as DISK_BYTES_PER_S};
+use crate::sched::compile::{compile, DatumInfo, SubmitError, Successors};
 use crate::sched::{
-    heft_plan, kind_index, rank_priorities, Eager, Locality, Pick, Plan, Policy, PolicyKind, RandomPolicy, ReadyQueues,
-    RootGate, SimQueues, WorkStealing,
+    build_policy, kind_index, rank_priorities, Pick, Plan, Policy, PolicyInputs, PolicyKind, ReadyQueues, RootGate,
+    SimQueues,
 };
 use crate::topology::{DeviceKind, WorkerId};
 use crate::trace::{NodeResidency, RunReport, TraceEvent, TraceLog, WorkerReport};
@@ -156,34 +156,19 @@ pub(crate) fn simulate_sized(
     );
     let mut st = State::new(&g, sm, &data_bytes, allowed, opts);
     st.admit_host_data();
-    let placed = match policy {
-        PolicyKind::Eager => st.run(&Eager, &compiled.edges, &compiled.roots, plan),
-        PolicyKind::Ws => st.run(&WorkStealing, &compiled.edges, &compiled.roots, plan),
-        PolicyKind::Locality => {
-            let (cpus, gpus) = (sm.machine.count(DeviceKind::Cpu), sm.machine.count(DeviceKind::Gpu));
-            // The area-optimal device split only helps when the work, not the critical path,
-            // bounds the schedule; otherwise it would slow the critical path down.
-            let threshold = if bound.area_s > 2.0 * bound.critical_path_s {
-                super::bound::gpu_advantage_threshold(&st.costs, cpus, gpus, bound.bound_s)
-            } else {
-                0.0
-            };
-            let kinds = sm.machine.workers.iter().map(|w| w.kind).collect();
-            let policy = Locality::new(sm.machine.num_workers()).with_split(threshold, kinds);
-            st.run(&policy, &compiled.edges, &compiled.roots, plan)
-        }
-        PolicyKind::Random => st.run(&RandomPolicy::new(0x5eed), &compiled.edges, &compiled.roots, plan),
-        PolicyKind::Heft => {
-            let heft = heft_plan(
+    let placed = {
+        let built = build_policy(
+            policy,
+            &PolicyInputs {
+                machine: &sm.machine,
                 plan,
-                &compiled.edges,
-                &st.costs,
-                &st.kind_of,
-                |p, t, from, to| st.comm(p, t, st.node_of[from.index()], st.node_of[to.index()]),
-                |p, t| st.mean_comm(p, t),
-            );
-            st.run(&heft, &compiled.edges, &compiled.roots, plan)
-        }
+                edges: &compiled.edges,
+                costs: &st.costs,
+                comm: &|p, t, from, to| st.comm(p, t, st.node_of[from.index()], st.node_of[to.index()]),
+                mean_comm: &|p, t| st.mean_comm(p, t),
+            },
+        );
+        st.run(&built, &compiled.edges, &compiled.roots, plan)
     };
     placed?;
     Ok(st.report(policy, sm, bound))
@@ -201,11 +186,7 @@ fn task_costs(graph: &Graph, sm: &SimMachine, data_bytes: &[u64]) -> Result<Vec<
                 .iter()
                 .map(|&(d, _)| data_bytes[d as usize])
                 .sum();
-            let recorded = match kernel.name() {
-                "spin" | "sleep" => graph.params[rec.params.range()].first().copied(),
-                "noop" => Some(0.0),
-                _ => None,
-            };
+            let recorded = crate::sched::recorded_seconds(graph, t);
             let mut c = [None, None];
             for (k, kind) in KINDS.iter().enumerate() {
                 let has = match kind {
@@ -338,13 +319,7 @@ impl<'a> State<'a> {
         opts: &SimOptions,
     ) -> Self {
         let m = &sm.machine;
-        let first_gpu = m.workers.iter().position(|w| w.kind == DeviceKind::Gpu);
-        let node_of = (0..m.num_workers())
-            .map(|i| match first_gpu {
-                Some(f) if i >= f => Node::Gpu((i - f) as u16),
-                _ => Node::Host,
-            })
-            .collect();
+        let node_of = crate::memory::nodes_of(m);
         let gpus = sm.nodes() - 1;
         State {
             graph,
@@ -772,19 +747,7 @@ impl<'a> State<'a> {
                 }
             }
             let me = WorkerId(w as u32);
-            let best = ready
-                .iter()
-                .filter(|_| policy.immediate_successor())
-                .enumerate()
-                .filter(|(_, &s)| plan.eligible(s, me))
-                .max_by(|(i, &a), (j, &b)| {
-                    let (pa, pb) = (
-                        self.graph.tasks[a as usize].priority,
-                        self.graph.tasks[b as usize].priority,
-                    );
-                    pa.cmp(&pb).then(j.cmp(i))
-                })
-                .map(|(i, _)| i);
+            let best = policy.pick_immediate(plan, &ready, me, |s| self.graph.tasks[s as usize].priority);
             if let Some(i) = best {
                 slot[w] = Some(ready.swap_remove(i));
             }
@@ -867,7 +830,7 @@ impl<'a> State<'a> {
             transfers: self.transfers.links(),
             residency,
             memory: (0..sm.nodes())
-                .map(|i| crate::runtime::NodeMemory {
+                .map(|i| crate::trace::NodeMemory {
                     node: Node::from_index(i).to_string(),
                     capacity_bytes: if i > 0 { self.gpu_cap } else { self.host_cap },
                     peak_bytes: self.peak[i],

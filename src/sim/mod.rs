@@ -23,8 +23,9 @@
 //! disk modelled at [`crate::memory::SPILL_BANDWIDTH`], and data-producing roots are held
 //! back as in the runtime (`RootGate`). The host is one memory node (no NUMA shares).
 
-pub(crate) mod bound;
+pub(crate) use crate::sched::bound;
 pub(crate) mod engine;
+pub mod predict;
 pub mod starpu;
 
 use std::path::Path;
@@ -36,7 +37,7 @@ use crate::kernels::{GpuImpl, Kernel, Signature};
 use crate::sched::perfmodel::PerfModel;
 use crate::topology::{DeviceKind, GpuDesc, Machine};
 
-pub use bound::{gpu_advantage_threshold, LowerBound};
+pub use crate::sched::bound::{gpu_advantage_threshold, LowerBound};
 pub use engine::{simulate, SimError, SimOptions, SimReport};
 
 /// How a spec's fields are named in errors: `gpu-speedup` in a `key:value` spec,
@@ -341,7 +342,7 @@ impl SimMachine {
         self.debug_assert_loaded(kernel);
         let class = kind.to_string();
         let modelled = model_names(kernel).iter().any(|n| self.model.knows(n, &class));
-        let replayed = matches!(kernel, "spin" | "sleep" | "noop") || cholesky_flops(kernel, 1).is_some();
+        let replayed = crate::sched::is_replayed(kernel) || cholesky_flops(kernel, 1).is_some();
         modelled || (replayed && (kind == DeviceKind::Cpu || self.gpu_speedup.is_some()))
     }
 

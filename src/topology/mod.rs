@@ -19,6 +19,11 @@ use serde::Serialize;
 
 pub use hwloc::{discover, HwTopology, TopologyError};
 
+/// Most tasks a GPU worker takes in one batch. Part of the machine's description because the
+/// GPU module submits batches of this size and `sched`'s backpressure (`RootGate`) sizes its
+/// rounds by it; both read it here, so neither layer imports the other.
+pub const MAX_BATCH: usize = 16;
+
 /// Index of a worker in its [`Machine`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct WorkerId(pub u32);
@@ -294,8 +299,7 @@ impl Machine {
 
     /// The description of a GPU worker.
     pub fn gpu(&self, w: WorkerId) -> Option<&GpuDesc> {
-        let first_gpu = self.workers.iter().position(|w| w.kind == DeviceKind::Gpu)?;
-        self.gpus.get(w.index().checked_sub(first_gpu)?)
+        self.gpus.get(self.gpu_index(w)?)
     }
 
     /// Number of workers.

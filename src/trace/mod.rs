@@ -16,6 +16,23 @@ use serde::Serialize;
 
 use crate::graph::Graph;
 
+/// What a run reports about one memory node (written by the runtime and the simulator alike;
+/// the report owns its types so that `trace` needs neither driver).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct NodeMemory {
+    pub node: String,
+    /// `null` when unlimited.
+    pub capacity_bytes: Option<u64>,
+    pub peak_bytes: u64,
+    pub evictions: u64,
+    /// Bytes copied back because the evicted copy was the only valid one: to the host from a
+    /// GPU, to spill files from the host.
+    pub written_back_bytes: u64,
+    /// Copies evicted and brought back before any task completed on the node (each one made
+    /// the node run one task at a time until the next completion).
+    pub ping_pongs: u64,
+}
+
 /// What one worker did.
 #[derive(Clone, Debug, Serialize)]
 pub struct WorkerReport {
@@ -222,7 +239,7 @@ pub struct RunReport {
     /// Where the run's stored data have valid copies at its end, per memory node.
     pub residency: Vec<NodeResidency>,
     /// Per memory node: capacity, peak accounted use, evictions.
-    pub memory: Vec<crate::runtime::NodeMemory>,
+    pub memory: Vec<NodeMemory>,
     /// Copies evicted from any node.
     pub evictions: u64,
     /// Bytes written to spill files (past the host memory limit).

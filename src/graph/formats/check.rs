@@ -3,7 +3,7 @@
 //!
 //! One kind so far, `cholesky`: the lower-triangle tiles of a factor `L`, named row by row,
 //! against the matrix `A` their `init` gave them — `‖A − L·Lᵀ‖_F / ‖A‖_F` at most
-//! `tolerance` ([`crate::linalg::factor_residual`]). `hexec gen cholesky` writes one.
+//! `tolerance` ([`crate::graph::formats::cholesky::factor_residual`]). `hexec gen cholesky` writes one.
 
 use std::collections::HashMap;
 
@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{DataSpec, GraphSpec, Init};
 use crate::graph::DataRef;
-use crate::runtime::{DataError, Runtime};
 
 /// One check of a native file's `check` section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -149,7 +148,7 @@ fn position(k: usize, c: &CheckSpec) -> String {
 }
 
 /// Binds the `check` section to the data a build made (`data`, by name).
-pub(super) fn bind(spec: &GraphSpec, data: &HashMap<&str, DataRef>) -> Result<Checks, CheckError> {
+pub(crate) fn bind(spec: &GraphSpec, data: &HashMap<&str, DataRef>) -> Result<Checks, CheckError> {
     let mut checks = Vec::with_capacity(spec.check.len());
     for (k, c) in spec.check.iter().enumerate() {
         match c {
@@ -181,20 +180,19 @@ impl Checks {
         self.checks.is_empty()
     }
 
-    /// Evaluates every check on `rt`'s data (after a run that completed).
-    pub fn evaluate(&self, rt: &Runtime) -> Result<Vec<CheckOutcome>, DataError> {
-        self.checks.iter().map(|c| c.evaluate(rt)).collect()
+    /// Evaluates every check on data read through `read` (a stored datum's id to its f32
+    /// contents), after a run that completed. `Checks::evaluate` (in `runtime`) reads a
+    /// runtime's store: `graph` reads no store itself.
+    pub fn evaluate_with<E>(&self, read: &dyn Fn(u32) -> Result<Vec<f32>, E>) -> Result<Vec<CheckOutcome>, E> {
+        self.checks.iter().map(|c| c.evaluate(read)).collect()
     }
 }
 
 impl Bound {
-    fn evaluate(&self, rt: &Runtime) -> Result<CheckOutcome, DataError> {
+    fn evaluate<E>(&self, read: &dyn Fn(u32) -> Result<Vec<f32>, E>) -> Result<CheckOutcome, E> {
         match self {
             Bound::Cholesky { n, b, tiles, tolerance } => {
-                let l = tiles
-                    .iter()
-                    .map(|&(id, _)| rt.read(rt.handle::<f32>(id)))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let l = tiles.iter().map(|&(id, _)| read(id)).collect::<Result<Vec<_>, _>>()?;
                 let len = b * b;
                 // `A` again from the tiles' init (shapes were checked when the file was built).
                 let a = |i: usize, j: usize| {
@@ -205,7 +203,7 @@ impl Bound {
                     }
                     tile
                 };
-                let value = crate::linalg::factor_residual(*n, *b, &l, &a);
+                let value = crate::graph::formats::cholesky::factor_residual(*n, *b, &l, &a);
                 Ok(CheckOutcome {
                     check: "cholesky".into(),
                     measure: "residual ‖A − L·Lᵀ‖/‖A‖".into(),

@@ -7,7 +7,7 @@
 //! matrix ([`steps`]).
 //!
 //! The generator writes a graph that runs: f32 tiles whose `spd` init gives the blocks of
-//! the positive definite matrix [`crate::linalg::matrix_entry`], the tile kernels of
+//! the positive definite matrix [`matrix_entry`], the tile kernels of
 //! [`crate::linalg::TiledCholesky`], and a `cholesky` check that `hexec run` evaluates after
 //! the run (the residual `‖A − L·Lᵀ‖/‖A‖`). The simulator reads the same file (it keeps only
 //! the tiles' sizes; StarPU's `chol_model_gemm` prices `gemm_nt`). DAG files record no
@@ -46,7 +46,7 @@ pub fn check_grid(n: usize) -> Result<(), String> {
 pub const DEFAULT_TILE: usize = 960;
 
 /// The largest `‖A − L·Lᵀ‖_F / ‖A‖_F` the generated check accepts. A correct f32
-/// factorisation of the well-conditioned [`crate::linalg::matrix_entry`] stays near 1e-7 at
+/// factorisation of the well-conditioned [`matrix_entry`] stays near 1e-7 at
 /// every size hexec handles; one missing or misplaced tile update is far above.
 pub const CHECK_TOLERANCE: f64 = 1e-5;
 
@@ -114,7 +114,7 @@ pub fn steps(n: usize) -> impl Iterator<Item = Step> {
 
 /// The tiled Cholesky of `n_tiles`×`n_tiles` tiles of `tile_size`² f32, ready to run: tile
 /// `(i, j)` starts as the block at `(i·b, j·b)` of the `n·b`-sided
-/// [`crate::linalg::matrix_entry`] (an `spd` init, a few bytes whatever the size), the tasks
+/// [`matrix_entry`] (an `spd` init, a few bytes whatever the size), the tasks
 /// are [`steps`], and a `cholesky` check compares `L·Lᵀ` with that matrix after the run.
 pub fn generate(n_tiles: usize, tile_size: usize) -> GraphSpec {
     let mut g = GraphSpec::new(Some(format!("cholesky-{n_tiles}x{n_tiles}-b{tile_size}")));
@@ -225,6 +225,64 @@ pub(super) fn parse(file: &str, text: &str) -> Result<GraphSpec, LoadError> {
         g.tasks.push(spec);
     }
     Ok(g)
+}
+
+/// Where tile `(i, j)` (`j ≤ i`) sits among the lower-triangle tiles, row by row.
+pub(crate) fn tile_index(i: usize, j: usize) -> usize {
+    i * (i + 1) / 2 + j
+}
+
+/// Entry `(i, j)` of the factorised matrix of side `size`: symmetric and diagonally dominant,
+/// so positive definite. Graph files name it with the `spd` init kind
+/// (`docs/graph-format.md`), which `hexec gen cholesky` writes.
+pub fn matrix_entry(i: usize, j: usize, size: usize) -> f32 {
+    1.0 / (1.0 + i.abs_diff(j) as f32) + if i == j { size as f32 } else { 0.0 }
+}
+
+/// [`matrix_entry`] in double precision (for f64 data).
+pub fn matrix_entry_f64(i: usize, j: usize, size: usize) -> f64 {
+    1.0 / (1.0 + i.abs_diff(j) as f64) + if i == j { size as f64 } else { 0.0 }
+}
+
+/// `‖A − L·Lᵀ‖_F / ‖A‖_F` of a tiled factorisation of an `n`×`n` grid of `b`×`b` tiles
+/// (`‖A − L·Lᵀ‖_F` itself when `A` is zero). `l` holds the lower-triangle tiles of `L`, row
+/// by row, row-major, each diagonal tile's upper triangle zero (as `potrf` leaves it); `a(i,
+/// j)` gives tile `(i, j)` (`j ≤ i`) of the symmetric `A`. Computed tile by tile in double
+/// precision with the tile kernel `C ← C − A·Bᵀ`, the tiles in parallel: as many flops as the
+/// factorisation and no dense copy, so that checking a large factor costs no more than
+/// computing it. The upper tiles count twice, by symmetry.
+///
+/// # Panics
+/// If `l` does not hold `n(n+1)/2` tiles of `b²` elements, or `a` returns a tile of another
+/// length (callers check the shapes first).
+pub fn factor_residual(n: usize, b: usize, l: &[Vec<f32>], a: &(dyn Fn(usize, usize) -> Vec<f32> + Sync)) -> f64 {
+    use rayon::prelude::*;
+    assert_eq!(l.len(), n * (n + 1) / 2, "one factor tile per lower-triangle tile");
+    let l: Vec<Vec<f64>> = l
+        .par_iter()
+        .map(|t| t.iter().map(|&x| f64::from(x)).collect())
+        .collect();
+    let pairs: Vec<(usize, usize)> = (0..n).flat_map(|i| (0..=i).map(move |j| (i, j))).collect();
+    let (residual, norm) = pairs
+        .par_iter()
+        .map(|&(i, j)| {
+            let a_ij = a(i, j);
+            assert_eq!(a_ij.len(), b * b, "tile ({i}, {j}) of A");
+            let mut r: Vec<f64> = a_ij.iter().map(|&x| f64::from(x)).collect();
+            for k in 0..=j {
+                hexec_kernels::dense::gemm_nt_sub(&l[tile_index(i, k)], &l[tile_index(j, k)], &mut r, b);
+            }
+            let weight = if i == j { 1.0 } else { 2.0 };
+            let sq = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>();
+            let a_sq: f64 = a_ij.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+            (weight * sq(&r), weight * a_sq)
+        })
+        .reduce(|| (0.0, 0.0), |x, y| (x.0 + y.0, x.1 + y.1));
+    if norm > 0.0 {
+        (residual / norm).sqrt()
+    } else {
+        residual.sqrt()
+    }
 }
 
 #[cfg(test)]

@@ -5,13 +5,14 @@
 //! or after gzip decompression, are refused.
 //!
 //! Every loader produces a [`GraphSpec`] (pure parsing, no runtime needed); [`GraphSpec::build`]
-//! turns it into a [`Graph`] against a runtime (creating stored data, resolving kernel
+//! (written in `runtime/load.rs`: `graph` does not import the runtime) turns it into a [`Graph`]
+//! against a runtime (creating stored data, resolving kernel
 //! names). Every error names the file, the position (line and column for syntax errors, a
 //! path such as `tasks[12] ('mProject_3')` for content errors) and the reason.
 //!
 //! Replayed tasks run the `spin` kernel for their recorded duration times the time scale.
 
-mod check;
+pub(crate) mod check;
 pub mod cholesky;
 mod dask;
 mod stg;
@@ -29,7 +30,6 @@ use serde::{Deserialize, Serialize};
 pub use check::{CheckOutcome, CheckSpec, Checks};
 
 use super::{Graph, TaskId};
-use crate::runtime::Runtime;
 use crate::topology::DeviceKind;
 
 /// The native format's `format` field.
@@ -165,7 +165,7 @@ pub enum Init {
 }
 
 /// The block of `len / cols` rows and `cols` columns at (`row`, `col`) of the `size`×`size`
-/// matrix `A[i][j] = 1/(1 + |i − j|) + size·[i = j]` ([`crate::linalg::matrix_entry`]:
+/// matrix `A[i][j] = 1/(1 + |i − j|) + size·[i = j]` ([`crate::graph::formats::cholesky::matrix_entry`]:
 /// symmetric and diagonally dominant, so positive definite), stored row-major. Tiles of it
 /// are the input `hexec gen cholesky` factorises, at any size, in a few bytes of file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -197,7 +197,7 @@ macro_rules! float_value {
         }
     )*};
 }
-float_value!(f32 => crate::linalg::matrix_entry, f64 => crate::linalg::matrix_entry_f64);
+float_value!(f32 => crate::graph::formats::cholesky::matrix_entry, f64 => crate::graph::formats::cholesky::matrix_entry_f64);
 
 macro_rules! int_value {
     ($($t:ty),*) => {$(
@@ -538,25 +538,8 @@ impl GraphSpec {
         }
     }
 
-    /// Builds the graph on `rt`: stored data are created in its store (zeroed or
-    /// initialised), kernels are looked up in its registry. Tasks are added in a stable
-    /// topological order of `after` (file order where free), and data accesses infer
-    /// dependencies in that order.
-    pub fn build(&self, rt: &Runtime, opts: &BuildOptions) -> Result<Graph, LoadError> {
-        self.build_checked(rt, opts).map(|(g, _)| g)
-    }
-
-    /// [`GraphSpec::build`], with the file's checks bound to the data just created: evaluate
-    /// them with [`Checks::evaluate`] after a run that completed.
-    pub fn build_checked(&self, rt: &Runtime, opts: &BuildOptions) -> Result<(Graph, Checks), LoadError> {
-        let (g, data) = self.build_with(&RuntimeTarget(rt), opts)?;
-        let checks =
-            check::bind(self, &data).map_err(|(pos, reason)| LoadError::new(&self.file_label(), pos, reason))?;
-        Ok((g, checks))
-    }
-
     /// The file (or graph) a spec's errors name.
-    fn file_label(&self) -> String {
+    pub(crate) fn file_label(&self) -> String {
         self.source
             .clone()
             .or_else(|| self.name.clone())
@@ -577,7 +560,7 @@ impl GraphSpec {
     }
 
     /// The graph, and the data made for the spec's data by name.
-    fn build_with(
+    pub(crate) fn build_with(
         &self,
         target: &dyn Target,
         opts: &BuildOptions,
@@ -705,14 +688,12 @@ impl GraphSpec {
     }
 }
 
-/// Where a spec's kernels and data come from.
-trait Target {
+/// Where a spec's kernels and data come from: a simulator's (here) or a runtime's
+/// (`runtime/load.rs`, so that `graph` does not import the runtime).
+pub(crate) trait Target {
     fn kernel(&self, name: &str) -> Result<Arc<hexec_kernels::Kernel>, String>;
     fn datum(&self, g: &mut Graph, d: &DataSpec) -> Result<crate::graph::DataRef, String>;
 }
-
-/// A real runtime: its registry and its data store.
-struct RuntimeTarget<'a>(&'a Runtime);
 
 /// A simulator: given kernels, size-only data.
 struct VirtualTarget<'a>(&'a dyn Fn(&str) -> Arc<hexec_kernels::Kernel>);
@@ -737,59 +718,6 @@ impl Target for VirtualTarget<'_> {
             return Ok(g.temp_of(d.name.clone(), ElemType::U8, len).into());
         }
         Ok(g.virtual_data(d.name.clone(), bytes).into())
-    }
-}
-
-impl Target for RuntimeTarget<'_> {
-    fn kernel(&self, name: &str) -> Result<Arc<hexec_kernels::Kernel>, String> {
-        let rt = self.0;
-        rt.registry()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| format!("unknown kernel '{name}' (known: {})", rt.registry().names().join(", ")))
-    }
-
-    fn datum(&self, g: &mut Graph, d: &DataSpec) -> Result<crate::graph::DataRef, String> {
-        let rt = self.0;
-        if d.temp && (d.init.is_some() || d.read_only) {
-            return Err("a temporary (\"temp\") starts zeroed and is written by tasks: it cannot have \"init\" or \"read_only\"".into());
-        }
-        match (&d.elem, d.len, d.bytes) {
-            (None, None, Some(bytes)) => {
-                if d.init.is_some() {
-                    return Err("a size-only datum (\"bytes\") cannot have \"init\"".into());
-                }
-                // Size-only data carry no flag a submit could check: refuse rather than ignore.
-                if d.read_only {
-                    return Err("a size-only datum (\"bytes\") cannot be \"read_only\" (only stored data can)".into());
-                }
-                Ok(g.virtual_data(d.name.clone(), bytes).into())
-            }
-            (Some(ty), Some(len), None) => {
-                let elem = ElemType::parse(ty)
-                    .ok_or_else(|| format!("unknown element type '{ty}' (known: u8, u32, i32, u64, i64, f32, f64)"))?;
-                let len = usize::try_from(len).map_err(|_| format!("len {len} is too large for this platform"))?;
-                if d.temp {
-                    // Allocated only mid-run, when first used: refuse it here, naming the file,
-                    // as submit would (for graphs built in code).
-                    rt.check_datum_size(&d.name, elem, len).map_err(|e| e.to_string())?;
-                    return Ok(g.temp_of(d.name.clone(), elem, len).into());
-                }
-                if let Some(init) = &d.init {
-                    init.check(elem, len)?;
-                }
-                // The contents are written into the datum's own buffer before it is stored, so
-                // that a read-only datum gets them and nothing else is allocated on the way.
-                let init = d.init.as_ref();
-                let id = rt
-                    .data_filled(d.name.clone(), elem, len, d.read_only, &mut |out| {
-                        init.map_or(Ok(()), |i| i.write_into(elem, out))
-                    })
-                    .map_err(|e| e.to_string())?;
-                Ok(crate::graph::DataRef::Stored { rt: rt.id(), id })
-            }
-            _ => Err("declare either \"type\" and \"len\" (stored data) or \"bytes\" (size only)".into()),
-        }
     }
 }
 

@@ -411,8 +411,11 @@ fn native_inits_are_checked_before_allocation_and_written_in_place() {
     let d = rt.read(rt.handle::<f64>(stored_id(&g, 1))).unwrap();
     for r in 0..2 {
         for c in 0..3 {
-            assert_eq!(s[r * 3 + c], crate::linalg::matrix_entry(2 + r, c, 6));
-            assert_eq!(d[r * 3 + c], crate::linalg::matrix_entry_f64(2 + r, c, 6));
+            assert_eq!(s[r * 3 + c], crate::graph::formats::cholesky::matrix_entry(2 + r, c, 6));
+            assert_eq!(
+                d[r * 3 + c],
+                crate::graph::formats::cholesky::matrix_entry_f64(2 + r, c, 6)
+            );
         }
     }
     assert_eq!((s[2], s[0]), (1.0 + 6.0, 1.0 / 3.0), "entries (2, 2) and (2, 0)");

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 
 use hexec_kernels::{Access, ElemType, Kernel};
 
-use super::{Graph, Restriction};
-use crate::sched::{EligibleSet, Plan, WorkerMask, MAX_BANDS};
+use super::{EligibleSet, Plan, WorkerMask, MAX_BANDS};
+use crate::graph::{Graph, Restriction};
 use crate::topology::{DeviceKind, Machine, WorkerId};
 
 /// What compile needs to know about each datum of the graph (resolved by the runtime).
@@ -366,10 +366,9 @@ impl<'m> Eligibility<'m> {
 
     fn mask_for(&self, kernel: &Kernel, r: &Restriction, cores: u32, gpu_fit: u64) -> Result<WorkerMask, String> {
         let m = self.machine;
-        let first_gpu = m.workers.iter().position(|w| w.kind == DeviceKind::Gpu).unwrap_or(0);
         let has_impl = |w: &crate::topology::WorkerInfo| match w.kind {
             DeviceKind::Cpu => kernel.has_cpu(),
-            DeviceKind::Gpu => kernel.has_gpu() && gpu_fit >> (w.id.index() - first_gpu) & 1 == 1,
+            DeviceKind::Gpu => kernel.has_gpu() && m.gpu_index(w.id).is_some_and(|g| gpu_fit >> g & 1 == 1),
         };
         let mut cand: Vec<WorkerId> = m.workers.iter().filter(|w| has_impl(w)).map(|w| w.id).collect();
         if cand.is_empty() {
@@ -483,19 +482,19 @@ mod tests {
         g.data
             .iter()
             .map(|d| match d {
-                super::super::GraphDatum::Virtual { name, bytes } => DatumInfo {
+                crate::graph::GraphDatum::Virtual { name, bytes } => DatumInfo {
                     name: name.as_str(),
                     elem: None,
                     bytes: *bytes,
                     read_only: false,
                 },
-                super::super::GraphDatum::Temp { name, elem, len } => DatumInfo {
+                crate::graph::GraphDatum::Temp { name, elem, len } => DatumInfo {
                     name: name.as_str(),
                     elem: Some(*elem),
                     bytes: (*len * elem.size()) as u64,
                     read_only: false,
                 },
-                super::super::GraphDatum::Stored { id, .. } => DatumInfo {
+                crate::graph::GraphDatum::Stored { id, .. } => DatumInfo {
                     name: if *id == 99 { "d99" } else { "d" },
                     elem: Some(ElemType::F32),
                     bytes: 16,

@@ -11,7 +11,7 @@
 
 use serde::Serialize;
 
-use crate::graph::compile::Successors;
+use crate::sched::compile::Successors;
 
 /// The bounds of one graph on one machine, in seconds.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq)]
