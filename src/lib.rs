@@ -20,13 +20,18 @@
 //!   kernels, GPU, memory, schedule quality, soak);
 //! - [`demo`]: the checked blockwise-array job behind `hexec demo`.
 
+#![warn(missing_docs)]
+
+#[cfg(feature = "bench")]
+#[doc(hidden)]
 pub mod bench;
+#[doc(hidden)]
 pub mod demo;
 pub mod gpu;
 pub mod graph;
-pub mod limits;
+pub(crate) mod limits;
 pub mod linalg;
-pub mod memory;
+pub(crate) mod memory;
 pub mod runtime;
 pub mod sched;
 pub mod sim;
@@ -35,8 +40,7 @@ pub mod trace;
 
 pub use hexec_kernels as kernels;
 
-pub use graph::compile::SubmitError;
-pub use graph::{Data, DataRef, Graph, Restriction, TaskId, TempData, VirtualData};
+pub use graph::{Data, DataRef, Graph, Restriction, SubmitError, TaskId, TempData, VirtualData};
 pub use runtime::{
     BuildError, CancelToken, DataError, MemoryLimits, NodeUsage, RunError, RunOptions, Runtime, RuntimeBuilder,
 };

@@ -16,7 +16,7 @@
 //! - mistakes made while building (a handle from another runtime, a dependency on another
 //!   graph's task) are recorded and reported at submit, naming the task.
 
-pub mod compile;
+pub(crate) mod compile;
 pub mod formats;
 mod handle;
 
@@ -28,6 +28,7 @@ use hexec_kernels::{Access, ElemType, Element, Kernel};
 
 use crate::topology::DeviceKind;
 
+pub use compile::SubmitError;
 pub use handle::{Data, DataRef, TaskId, TempData, VirtualData};
 
 static NEXT_GRAPH_ID: AtomicU64 = AtomicU64::new(1);

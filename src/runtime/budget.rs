@@ -100,10 +100,13 @@ fn gpu_index(node: Node) -> usize {
 /// What a run reports about one memory node.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct NodeMemory {
+    /// The node's name (`host`, `gpu0`).
     pub node: String,
     /// `null` when unlimited.
     pub capacity_bytes: Option<u64>,
+    /// Peak accounted use, bytes.
     pub peak_bytes: u64,
+    /// Copies evicted from it.
     pub evictions: u64,
     /// Bytes copied back because the evicted copy was the only valid one: to the host from a
     /// GPU, to spill files from the host.
@@ -116,7 +119,9 @@ pub struct NodeMemory {
 /// Bytes in use now on one memory node ([`Runtime::memory_usage`](crate::Runtime::memory_usage)).
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct NodeUsage {
+    /// The node's name (`host`, `gpu0`).
     pub node: String,
+    /// Bytes in use.
     pub used_bytes: u64,
     /// `None` when unlimited.
     pub capacity_bytes: Option<u64>,

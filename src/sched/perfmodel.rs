@@ -69,8 +69,11 @@ impl Bucket {
 /// `a·size^b + c`, fitted on bucket medians.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Regression {
+    /// Scale.
     pub a: f64,
+    /// Exponent.
     pub b: f64,
+    /// Constant, seconds.
     pub c: f64,
 }
 
@@ -153,7 +156,9 @@ impl History {
 /// A measured link: bytes per second and seconds of latency.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LinkModel {
+    /// Bytes per second.
     pub bandwidth: f64,
+    /// Seconds per copy.
     pub latency: f64,
 }
 
@@ -172,15 +177,30 @@ pub struct PerfModel {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ModelFileError {
+    /// The file could not be read or written.
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a model.
     #[error("{path}: not a hexec performance model: {source}")]
-    Format { path: String, source: serde_json::Error },
+    Format {
+        /// The file.
+        path: String,
+        /// The parse error.
+        source: serde_json::Error,
+    },
     /// A value the model cannot use (a negative or absurd time, a bad link), with where.
     #[error("{path}: {position}: {reason}")]
     Invalid {
+        /// The file.
         path: String,
+        /// Where in it.
         position: String,
+        /// What is wrong.
         reason: String,
     },
 }

@@ -83,9 +83,13 @@ fn task(name: String, kernel: &str, access: Vec<(String, String)>) -> TaskSpec {
 /// (`potrf`, `trsm`, `syrk` or `gemm_nt`, the registry's tile kernels), the tiles it reads and the tile it updates in place,
 /// as (row, column) in the lower triangle.
 pub struct Step {
+    /// The task's name.
     pub name: String,
+    /// The tile kernel.
     pub kernel: &'static str,
+    /// The tiles it reads.
     pub reads: Vec<(usize, usize)>,
+    /// The tile it updates.
     pub updates: (usize, usize),
 }
 
