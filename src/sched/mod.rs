@@ -1,9 +1,9 @@
 //! The scheduling core: policies as pure code, with no threads, clocks or I/O.
 //!
-//! A policy decides *where* a ready task goes ([`Policy::place`]) and *what* an idle worker
-//! takes next ([`Policy::next`]). It does so through a [`ReadyQueues`] implementation: the
+//! A policy decides *where* a ready task goes (`Policy::place`) and *what* an idle worker
+//! takes next (`Policy::next`). It does so through a `ReadyQueues` implementation: the
 //! real runtime supplies lock-free deques and injectors (`runtime::queues`), a simulator
-//! supplies plain `VecDeque`s ([`SimQueues`]). Given the same sequence of calls, a policy
+//! supplies plain `VecDeque`s (`SimQueues`). Given the same sequence of calls, a policy
 //! makes the same decisions on both.
 //!
 //! Invariants every policy keeps:

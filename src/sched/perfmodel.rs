@@ -214,7 +214,7 @@ impl PerfModel {
         Self::default()
     }
 
-    /// Records one measured run. A time that is not a duration ([`crate::limits::seconds`]:
+    /// Records one measured run. A time that is not a duration (`crate::limits::seconds`:
     /// negative, NaN, infinite or absurdly long) is not a measurement and is dropped.
     pub fn record(&mut self, kernel: &str, class: &str, size: u64, seconds: f64) {
         if crate::limits::seconds(seconds).is_err() {
@@ -321,7 +321,7 @@ impl PerfModel {
     }
 
     /// Checks what [`PerfModel::record`] would have ensured, for a model read from a file:
-    /// every sample a duration ([`crate::limits::seconds`]), at most [`MAX_SAMPLES`] per
+    /// every sample a duration (`crate::limits::seconds`), at most [`MAX_SAMPLES`] per
     /// bucket with the ring's next slot among them, sizes finite and non-negative, links
     /// with a positive, finite bandwidth and a latency that is a duration. The error gives
     /// the place (`histories.KERNEL.CLASS.buckets[B]`, `links.FROM->TO`) and the reason.

@@ -31,7 +31,7 @@ pub struct SimOptions {
     pub gpu_memory: Option<u64>,
     /// Host memory for data: past it, least-recently-used host copies not used by a running
     /// task are spilled to disk (written when the only valid copy, at
-    /// [`crate::memory::SPILL_BANDWIDTH`]), as the runtime does.
+    /// `crate::memory::SPILL_BANDWIDTH`), as the runtime does.
     pub host_memory: Option<u64>,
     /// Turns off memory backpressure (root tasks held back under a limit), as
     /// `RuntimeBuilder::no_backpressure` does.

@@ -9,9 +9,9 @@
 //!
 //! Every number a machine comes with is checked where it enters, with the spec field or file
 //! line it came from in the error: worker counts whole and at most
-//! [`crate::limits::MAX_WORKERS`] in all, `gpu-speedup`, `bw` and `gflops` positive and
-//! finite, `lat` finite, non-negative and at most [`crate::limits::MAX_DURATION_S`] (StarPU
-//! directories: see [`starpu`]). Task costs that still come out absurd (a tiny `gflops`) are
+//! `crate::limits::MAX_WORKERS` in all, `gpu-speedup`, `bw` and `gflops` positive and
+//! finite, `lat` finite, non-negative and at most `crate::limits::MAX_DURATION_S` (StarPU
+//! directories: see `starpu`). Task costs that still come out absurd (a tiny `gflops`) are
 //! refused by the simulation ([`SimError::Cost`]).
 //!
 //! Model of execution: a task starts on a worker when the policy hands it over; its inputs
@@ -20,7 +20,7 @@
 //! runs for its modelled cost. Every datum's copies follow the same MSI coherence as in the
 //! runtime. Memory is unlimited unless [`SimOptions`] sets limits: GPUs then evict
 //! least-recently-used copies (written back when the only valid one), the host spills to a
-//! disk modelled at [`crate::memory::SPILL_BANDWIDTH`], and data-producing roots are held
+//! disk modelled at `crate::memory::SPILL_BANDWIDTH`, and data-producing roots are held
 //! back as in the runtime (`RootGate`). The host is one memory node (no NUMA shares).
 
 pub(crate) mod bound;

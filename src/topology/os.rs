@@ -37,8 +37,8 @@ pub fn discover(cpus: Option<usize>) -> Result<(Machine, HwTopology), TopologyEr
     let descs = (0..keep)
         .map(|i| CoreDesc {
             numa: 0,
-            // The logical index stands for the processing unit: nothing pins to it.
-            pus: vec![i as u32],
+            // Empty: the worker is not pinned (see `WorkerInfo::pus`).
+            pus: Vec::new(),
             // All cores equally close: victims are then ordered by index distance.
             closeness: vec![0; keep],
             index: i,
@@ -62,7 +62,7 @@ mod tests {
         assert!(m.num_workers() >= 1);
         assert_eq!(m.numa_nodes.len(), 1);
         assert_eq!(m.numa_nodes[0].workers.len(), m.num_workers());
-        assert!(m.workers.iter().all(|w| !w.pus.is_empty()));
+        assert!(m.workers.iter().all(|w| w.pus.is_empty()), "nothing is pinned");
         assert_eq!(hw.pin_current_thread(&m.workers[0].pus), Ok(()));
         assert_eq!(hw.pci_numa("0000:00:02.0"), None);
     }
