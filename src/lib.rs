@@ -8,26 +8,38 @@
 //! Module map (see ARCHITECTURE.md for the invariants that span modules):
 //! - [`graph`]: tasks, data handles, dependency inference, validation, file formats;
 //! - [`linalg`]: tiled dense linear algebra on the runtime (the tiled Cholesky);
-//! - [`limits`]: bounds on numbers from input, total duration conversions, escaping names;
-//! - [`topology`]: the machine (hwloc discovery, workers, classes, victim order);
-//! - [`sched`]: the policies, pure and deterministic;
+//! - [`topology`]: the machine (hwloc discovery, or the OS's without the `hwloc` feature;
+//!   workers, classes, victim order);
+//! - [`sched`]: the policies, pure and deterministic (their choice, [`PolicyKind`], and the
+//!   performance models are public; the policy code is internal);
 //! - [`gpu`]: GPUs through wgpu (discovery, devices, transfers, kernels);
-//! - [`memory`]: coherence of data copies across memory nodes, transfer accounting;
 //! - [`runtime`]: the real driver (threads, lock-free queues, data store);
 //! - [`sim`]: the simulated driver (discrete events over modelled machines);
-//! - [`trace`]: run summaries and Chrome/Perfetto traces;
-//! - [`mod@bench`]: the benchmarks behind `hexec bench` (overhead, shared with criterion;
-//!   kernels, GPU, memory, schedule quality, soak);
-//! - [`demo`]: the checked blockwise-array job behind `hexec demo`.
+//! - [`trace`]: run summaries and Chrome/Perfetto traces.
+//!
+//! Internal: `limits` (bounds on numbers from input, escaping names) and `memory` (coherence
+//! of copies across memory nodes, transfer accounting; its report types are re-exported by
+//! [`trace`]). Public for the `hexec` binary and the benchmarks but not a user API, hence
+//! hidden from these docs: `bench` (the benchmarks behind `hexec bench`, with the `bench`
+//! feature) and `demo` (the job behind `hexec demo`).
+//!
+//! Cargo features (all on by default; README, "Using hexec as a library"): `cli` (the
+//! `hexec` binary, with `bench`, `gzip` and `toml`), `bench`, `hwloc`, `gzip` (compressed
+//! graph files), `toml` (TOML machine files for the simulator).
 
+#![warn(missing_docs)]
+
+#[cfg(feature = "bench")]
+#[doc(hidden)]
 pub mod bench;
+#[doc(hidden)]
 pub mod demo;
 pub mod drivers;
 pub mod gpu;
 pub mod graph;
-pub mod limits;
+pub(crate) mod limits;
 pub mod linalg;
-pub mod memory;
+pub(crate) mod memory;
 pub mod runtime;
 pub mod sched;
 pub mod sim;

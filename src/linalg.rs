@@ -17,6 +17,7 @@ use crate::runtime::{DataError, Runtime};
 
 /// A tiled Cholesky factorisation built on a runtime: the graph and its tiles.
 pub struct TiledCholesky {
+    /// The factorisation as a graph, to run.
     pub graph: Graph,
     n: usize,
     b: usize,

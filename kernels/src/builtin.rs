@@ -94,7 +94,7 @@ builtin!(
         ctx.write::<f32>(0)?.fill(v);
         Ok(())
     })
-    .with_gpu(gpu::elementwise(include_str!("../../shaders/fill.wgsl"), 1, 0))
+    .with_gpu(gpu::elementwise(include_str!("../shaders/fill.wgsl"), 1, 0))
 );
 
 builtin!(
@@ -105,7 +105,7 @@ builtin!(
         ctx.write::<f32>(0)?.iter_mut().for_each(|x| *x *= a);
         Ok(())
     })
-    .with_gpu(gpu::elementwise(include_str!("../../shaders/scale.wgsl"), 1, 0))
+    .with_gpu(gpu::elementwise(include_str!("../shaders/scale.wgsl"), 1, 0))
 );
 
 builtin!(
@@ -125,7 +125,7 @@ builtin!(
             Ok(())
         }
     )
-    .with_gpu(gpu::elementwise(include_str!("../../shaders/axpy.wgsl"), 2, 1))
+    .with_gpu(gpu::elementwise(include_str!("../shaders/axpy.wgsl"), 2, 1))
 );
 
 builtin!(

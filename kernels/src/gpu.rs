@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 /// WGSL shared by every module: the `Params` uniform and `element_index`.
-pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
+pub const COMMON_WGSL: &str = include_str!("../shaders/common.wgsl");
 
 /// Elements per workgroup of the elementwise kernels.
 pub const ELEMENTWISE_WG: u32 = 256;
@@ -28,7 +28,9 @@ pub enum Binding {
 /// Sizes a pass sees: element count of each operand and the task's parameters.
 #[derive(Clone, Copy, Debug)]
 pub struct GpuDims<'a> {
+    /// Element count of each operand, in operand order.
     pub lens: &'a [u64],
+    /// The task's scalar parameters.
     pub params: &'a [f64],
 }
 
@@ -42,9 +44,11 @@ pub type CheckFn = Arc<dyn Fn(&GpuDims<'_>) -> Result<(), String> + Send + Sync>
 /// One dispatch.
 #[derive(Clone)]
 pub struct GpuPass {
+    /// The WGSL entry point it dispatches.
     pub entry: String,
     /// `bindings[b]` is bound at `@binding(b)`.
     pub bindings: Vec<Binding>,
+    /// Its workgroup grid.
     pub grid: GridFn,
 }
 
@@ -53,6 +57,7 @@ pub struct GpuPass {
 pub struct GpuImpl {
     /// Full WGSL source (common block included).
     pub source: Arc<str>,
+    /// The dispatches, in order.
     pub passes: Vec<GpuPass>,
     /// Sizes in bytes of scratch buffers the passes need.
     pub scratch: ScratchFn,
@@ -165,16 +170,16 @@ pub fn elementwise(body: &str, operands: usize, sized_by: usize) -> GpuImpl {
 
 /// A binary map `z = expr(x, y)` over f32, `expr` a WGSL expression in `x` and `y`.
 pub fn map2(expr: &str) -> GpuImpl {
-    elementwise(&include_str!("../../shaders/map2.wgsl").replace("EXPR", expr), 3, 2)
+    elementwise(&include_str!("../shaders/map2.wgsl").replace("EXPR", expr), 3, 2)
 }
 
 /// The two-pass reduction `op` (`sum`, `min`, `max`) of operand 0 into operand 1, with a
 /// subgroup version.
 pub fn reduction(op: &str) -> GpuImpl {
-    let common = include_str!("../../shaders/reduce_common.wgsl");
+    let common = include_str!("../shaders/reduce_common.wgsl");
     let with = |variant: &str| reduction_from(op, &format!("{common}\n{variant}"));
-    let mut portable = with(include_str!("../../shaders/reduce.wgsl"));
-    portable.with_subgroups = Some(Arc::new(with(include_str!("../../shaders/reduce_subgroups.wgsl"))));
+    let mut portable = with(include_str!("../shaders/reduce.wgsl"));
+    portable.with_subgroups = Some(Arc::new(with(include_str!("../shaders/reduce_subgroups.wgsl"))));
     portable
 }
 
@@ -219,7 +224,7 @@ fn reduction_from(op: &str, body: &str) -> GpuImpl {
 /// The tiled GEMM: operands A (m×k), B (k×n), C (m×n); params m, n, k, alpha, beta.
 pub fn gemm() -> GpuImpl {
     GpuImpl {
-        source: format!("{COMMON_WGSL}\n{}", include_str!("../../shaders/gemm.wgsl")).into(),
+        source: format!("{COMMON_WGSL}\n{}", include_str!("../shaders/gemm.wgsl")).into(),
         passes: vec![GpuPass {
             entry: "gemm".into(),
             bindings: vec![

@@ -237,26 +237,54 @@ impl fmt::Debug for Kernel {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KernelError {
+    /// An operand index past the task's operands.
     #[error("operand {index} requested but the task has {count}")]
-    MissingOperand { index: usize, count: usize },
+    MissingOperand {
+        /// The index asked for.
+        index: usize,
+        /// The operands the task has.
+        count: usize,
+    },
+    /// A parameter index past the task's parameters.
     #[error("parameter {index} requested but the task has {count}")]
-    MissingParam { index: usize, count: usize },
+    MissingParam {
+        /// The index asked for.
+        index: usize,
+        /// The parameters the task has.
+        count: usize,
+    },
+    /// An operand read as another element type than it holds.
     #[error("operand {index} holds {actual}, the kernel asked for {expected}")]
     TypeMismatch {
+        /// The operand.
         index: usize,
+        /// The type the kernel asked for.
         expected: ElemType,
+        /// The type the operand holds.
         actual: ElemType,
     },
+    /// An operand borrowed in a mode its declared access does not allow.
     #[error("operand {index} is declared '{declared}' but the kernel asked to {wanted:?} it")]
     AccessMismatch {
+        /// The operand.
         index: usize,
+        /// The access the kernel asked for.
         wanted: Access,
+        /// The access the signature declares.
         declared: Access,
     },
+    /// An operand borrowed twice where one borrow is mutable.
     #[error("operand {index} is already borrowed in a conflicting way")]
-    AlreadyBorrowed { index: usize },
+    AlreadyBorrowed {
+        /// The operand.
+        index: usize,
+    },
+    /// An operand without storage (a size-only datum) was borrowed.
     #[error("operand {index} has no storage (a size-only datum)")]
-    VirtualOperand { index: usize },
+    VirtualOperand {
+        /// The operand.
+        index: usize,
+    },
     /// A failure that will happen again with the same inputs (the default for messages).
     #[error("{0}")]
     Message(String),

@@ -17,6 +17,8 @@
 //! assert_eq!(builtin::noop().name(), "noop");
 //! ```
 
+#![warn(missing_docs)]
+
 mod context;
 pub mod gpu;
 mod kernel;

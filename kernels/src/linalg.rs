@@ -73,7 +73,7 @@ fn check_tiles(d: &GpuDims<'_>) -> Result<(), String> {
 
 fn gemm_nt_gpu(bindings: [usize; 3]) -> GpuImpl {
     GpuImpl {
-        source: format!("{COMMON_WGSL}\n{}", include_str!("../../shaders/gemm_nt.wgsl")).into(),
+        source: format!("{COMMON_WGSL}\n{}", include_str!("../shaders/gemm_nt.wgsl")).into(),
         passes: vec![GpuPass {
             entry: "gemm_nt".into(),
             bindings: vec![
@@ -116,7 +116,7 @@ kernel!(
         }
     )
     .with_gpu(GpuImpl {
-        source: format!("{COMMON_WGSL}\n{}", include_str!("../../shaders/cholesky.wgsl")).into(),
+        source: format!("{COMMON_WGSL}\n{}", include_str!("../shaders/cholesky.wgsl")).into(),
         passes: vec![GpuPass {
             entry: "trsm".into(),
             bindings: vec![Binding::Params, Binding::Operand(0), Binding::Operand(1)],

@@ -10,6 +10,7 @@ use crate::kernel::Kernel;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RegistryError {
+    /// A kernel of that name is already registered.
     #[error("a kernel named '{0}' is already registered")]
     Duplicate(String),
 }

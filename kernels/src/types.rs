@@ -7,12 +7,19 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ElemType {
+    /// `u8`.
     U8,
+    /// `u32`.
     U32,
+    /// `i32`.
     I32,
+    /// `u64`.
     U64,
+    /// `i64`.
     I64,
+    /// `f32`.
     F32,
+    /// `f64`.
     F64,
 }
 
@@ -88,8 +95,11 @@ element!(u8 => U8, u32 => U32, i32 => I32, u64 => U64, i64 => I64, f32 => F32, f
 /// waits for the last writer, a writer waits for the last writer and every reader since.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Access {
+    /// Read only.
     Read,
+    /// Written whole, not read.
     Write,
+    /// Read and written.
     ReadWrite,
 }
 

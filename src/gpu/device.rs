@@ -41,10 +41,22 @@ impl std::str::FromStr for GpuRequest {
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum GpuError {
+    /// GPUs were asked for but none can be used.
     #[error("{asked} GPU(s) requested but this machine has none that wgpu can use for compute{hint}")]
-    NoAdapter { asked: usize, hint: String },
+    NoAdapter {
+        /// How many were asked for.
+        asked: usize,
+        /// What else was found and how to use it (may be empty).
+        hint: String,
+    },
+    /// A device could not be opened.
     #[error("could not open GPU '{device}': {message}")]
-    RequestDevice { device: String, message: String },
+    RequestDevice {
+        /// The adapter's name.
+        device: String,
+        /// wgpu's error.
+        message: String,
+    },
 }
 
 /// Device health, shared with wgpu's callbacks.
@@ -77,8 +89,11 @@ impl Health {
 
 /// An opened GPU.
 pub struct GpuDevice {
+    /// The device's description.
     pub desc: GpuDesc,
+    /// The wgpu device.
     pub device: wgpu::Device,
+    /// Its queue.
     pub queue: wgpu::Queue,
     pub(crate) health: Arc<Health>,
     pub(crate) poller: Poller,
@@ -157,9 +172,13 @@ pub fn software_gpus_from_env() -> bool {
 /// A compute-capable adapter as discovery sees it, used or not.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct AdapterSummary {
+    /// The adapter's name.
     pub name: String,
+    /// Its backend (`vulkan`, `metal`, `dx12`, ...).
     pub backend: String,
+    /// Its device type (`DiscreteGpu`, `Cpu`, ...).
     pub device_type: String,
+    /// Its driver.
     pub driver: String,
     /// A CPU-type adapter (a software rasteriser such as Mesa's lavapipe): it runs on the
     /// same cores as the CPU workers, so it is opened only when asked for.

@@ -78,7 +78,14 @@ impl<T> From<TempData<T>> for DataRef {
 /// (size-only, or a temporary).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DataRef {
-    Stored { rt: u64, id: u32 },
+    /// A datum in a runtime's store.
+    Stored {
+        /// The runtime's id.
+        rt: u64,
+        /// The datum's id in that store.
+        id: u32,
+    },
+    /// A datum local to a graph.
     Virtual(VirtualData),
 }
 

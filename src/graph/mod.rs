@@ -1,5 +1,5 @@
 //! Task graphs: tasks, data accesses, dependencies, priorities, resource requests and
-//! restrictions; their validation ([`compile`]) and their file formats ([`formats`]).
+//! restrictions; their validation (`compile`) and their file formats ([`formats`]).
 //!
 //! Dependencies are inferred from the order of data accesses, as StarPU's task insertion
 //! does (sequential consistency): a task that reads a datum runs after the last task that
@@ -248,7 +248,7 @@ impl Graph {
     }
 
     /// The display name of a task: its given name, or `kernel#index`, with control
-    /// characters escaped ([`crate::limits::escape_controls`]): names come from files and
+    /// characters escaped (`crate::limits::escape_controls`): names come from files and
     /// go into error messages, summaries and logs printed on terminals.
     pub fn task_name(&self, index: usize) -> String {
         let t = &self.tasks[index];

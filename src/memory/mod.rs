@@ -49,7 +49,9 @@ pub fn nodes_of(machine: &Machine) -> Vec<Node> {
 /// A memory node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum Node {
+    /// Host memory.
     Host,
+    /// The memory of the GPU of this index.
     Gpu(u16),
 }
 
@@ -182,22 +184,32 @@ pub struct Transfers {
 /// One logged transfer (for traces).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TransferEvent {
+    /// Where it was copied from.
     pub from: Node,
+    /// Where to.
     pub to: Node,
     /// The datum copied (its name in the store).
     pub datum: String,
+    /// Bytes copied.
     pub bytes: u64,
+    /// Start, ns since the run began.
     pub start_ns: u64,
+    /// End, ns since the run began.
     pub end_ns: u64,
 }
 
 /// One link's totals.
 #[derive(Clone, Debug, serde::Serialize, PartialEq)]
 pub struct LinkReport {
+    /// Source node.
     pub from: String,
+    /// Destination node.
     pub to: String,
+    /// Bytes copied.
     pub bytes: u64,
+    /// Copies made.
     pub transfers: u64,
+    /// Time spent copying, seconds.
     pub seconds: f64,
 }
 

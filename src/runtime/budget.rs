@@ -101,7 +101,9 @@ fn gpu_index(node: Node) -> usize {
 /// Bytes in use now on one memory node ([`Runtime::memory_usage`](crate::Runtime::memory_usage)).
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct NodeUsage {
+    /// The node's name (`host`, `gpu0`).
     pub node: String,
+    /// Bytes in use.
     pub used_bytes: u64,
     /// `None` when unlimited.
     pub capacity_bytes: Option<u64>,

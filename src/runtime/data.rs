@@ -54,29 +54,69 @@ use crate::sched::compile::SubmitError;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataError {
+    /// The handle is of another runtime.
     #[error("datum {0:?} belongs to another runtime")]
     ForeignHandle(String),
+    /// The datum holds another element type.
     #[error("datum '{name}' holds {actual}, not {requested}")]
     TypeMismatch {
+        /// The datum's name.
         name: String,
+        /// The type it holds.
         actual: ElemType,
+        /// The type asked for.
         requested: ElemType,
     },
+    /// The datum is in use by a run.
     #[error("datum '{0}' is in use by a running graph")]
     Busy(String),
+    /// Data of another length given for a datum.
     #[error("datum '{name}' has {len} elements; {given} were given")]
-    LengthMismatch { name: String, len: usize, given: usize },
+    LengthMismatch {
+        /// The datum's name.
+        name: String,
+        /// Its length.
+        len: usize,
+        /// The length given.
+        given: usize,
+    },
+    /// The datum is read-only.
     #[error("datum '{0}' is read-only")]
     ReadOnly(String),
+    /// A datum larger than this platform can address.
     #[error("datum '{name}' would need {bytes} bytes, more than this platform can address")]
-    TooLarge { name: String, bytes: u128 },
+    TooLarge {
+        /// The datum's name.
+        name: String,
+        /// The bytes it would need.
+        bytes: u128,
+    },
     /// `limit` says what it exceeds: this machine's memory, or the host memory limit.
     #[error("datum '{name}' would need {bytes} bytes, more than {limit}")]
-    OverMemory { name: String, bytes: u128, limit: String },
+    OverMemory {
+        /// The datum's name.
+        name: String,
+        /// The bytes it would need.
+        bytes: u128,
+        /// What it exceeds.
+        limit: String,
+    },
+    /// A copy to the host failed.
     #[error("datum '{name}' could not be brought to the host: {reason}")]
-    Transfer { name: String, reason: String },
+    Transfer {
+        /// The datum's name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store could not hold the datum (spilling failed).
     #[error("datum '{name}' could not be stored: {reason}")]
-    Store { name: String, reason: String },
+    Store {
+        /// The datum's name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// The datum was freed ([`Runtime::free`](crate::Runtime::free) or
     /// [`Runtime::take`](crate::Runtime::take)); its handle names nothing any more.
     #[error("datum '{0}' was freed")]

@@ -28,20 +28,44 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq)]
 pub enum FaultRule {
     /// CPU attempts of tasks (of `kernel`, if set) fail with probability `p`.
-    Panic { kernel: Option<String>, p: f64 },
+    Panic {
+        /// Only tasks of this kernel, when set.
+        kernel: Option<String>,
+        /// Probability per attempt.
+        p: f64,
+    },
     /// GPU attempts of tasks (of `kernel`, if set) fail with probability `p`.
-    GpuError { kernel: Option<String>, p: f64 },
+    GpuError {
+        /// Only tasks of this kernel, when set.
+        kernel: Option<String>,
+        /// Probability per attempt.
+        p: f64,
+    },
     /// GPU `gpu` is lost once the run has lasted `after`.
-    DeviceLoss { gpu: usize, after: Duration },
+    DeviceLoss {
+        /// The GPU, by index.
+        gpu: usize,
+        /// When, from the run's start.
+        after: Duration,
+    },
     /// The worker named `worker` (`cpu1`) is lost once the run has lasted `after`: it runs
     /// nothing more, and what reaches it goes to the others.
-    WorkerLoss { worker: String, after: Duration },
+    WorkerLoss {
+        /// The worker's name.
+        worker: String,
+        /// When, from the run's start.
+        after: Duration,
+    },
     /// CPU attempts of tasks (of `kernel`, on `worker`, if set) take `delay` longer, with
     /// probability `p`.
     Slow {
+        /// Only tasks of this kernel, when set.
         kernel: Option<String>,
+        /// Only on the worker of this name, when set.
         worker: Option<String>,
+        /// Probability per attempt.
         p: f64,
+        /// The added time.
         delay: Duration,
     },
 }
@@ -49,7 +73,9 @@ pub enum FaultRule {
 /// Faults to inject into runs.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FaultPlan {
+    /// Seed of the draws (the same seed draws the same faults).
     pub seed: u64,
+    /// The rules.
     pub rules: Vec<FaultRule>,
 }
 

@@ -62,22 +62,43 @@ pub enum RunError {
     Submit(#[from] SubmitError),
     /// Some tasks failed; the report says which, and what else ran.
     #[error("{}", describe_failures(report))]
-    TaskFailed { report: Box<RunReport> },
+    TaskFailed {
+        /// What ran, and the failures.
+        report: Box<RunReport>,
+    },
     /// No task finished for the stall timeout while work remained; `waiting` says what every
     /// unfinished task waited for. The run was stopped (tasks already running finished).
     #[error("the run stalled: {waiting}")]
-    Stalled { waiting: String, report: Box<RunReport> },
+    Stalled {
+        /// What every unfinished task waited for.
+        waiting: String,
+        /// What ran.
+        report: Box<RunReport>,
+    },
     /// The run was cancelled through [`RunOptions::cancel`]: no task started after that,
     /// tasks already running finished. The report says what ran; the data are as those
     /// tasks left them.
     #[error("{}", describe_cancel(report))]
-    Cancelled { report: Box<RunReport> },
+    Cancelled {
+        /// What ran.
+        report: Box<RunReport>,
+    },
     /// A worker stopped on an internal error (a bug in hexec, not in a kernel).
     #[error("worker '{worker}' stopped on an internal error: {message}")]
-    Internal { worker: String, message: String },
+    Internal {
+        /// The worker's name.
+        worker: String,
+        /// The error.
+        message: String,
+    },
     /// A worker thread could not be started.
     #[error("could not start worker thread '{worker}': {message}")]
-    Spawn { worker: String, message: String },
+    Spawn {
+        /// The worker's name.
+        worker: String,
+        /// The OS's error.
+        message: String,
+    },
 }
 
 fn describe_cancel(r: &RunReport) -> String {
@@ -145,10 +166,13 @@ impl RunError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BuildError {
+    /// Topology discovery failed.
     #[error(transparent)]
     Topology(#[from] TopologyError),
+    /// GPU discovery or opening failed.
     #[error(transparent)]
     Gpu(#[from] GpuError),
+    /// The machine has no worker.
     #[error("the machine description has no worker")]
     NoWorkers,
     /// A host memory limit was set but the spill directory it needs cannot be made: the

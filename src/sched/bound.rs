@@ -16,7 +16,9 @@ use crate::sched::compile::Successors;
 /// The bounds of one graph on one machine, in seconds.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq)]
 pub struct LowerBound {
+    /// The critical path on the fastest class, seconds.
     pub critical_path_s: f64,
+    /// The area bound (total work over the workers), seconds.
     pub area_s: f64,
     /// The larger of the two.
     pub bound_s: f64,

@@ -28,42 +28,100 @@ pub struct DatumInfo<'a> {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SubmitError {
+    /// A task that is invalid as built.
     #[error("task '{task}': {message}")]
-    InvalidTask { task: String, message: String },
-    #[error("task '{task}' uses datum {datum}, which this runtime does not know ({detail})")]
-    UnknownData {
+    InvalidTask {
+        /// The task's name.
         task: String,
-        datum: String,
-        detail: String,
-    },
-    #[error("task '{task}' accesses datum {datum} twice, and at least once to write it: a kernel would see one buffer as two")]
-    DuplicateAccess { task: String, datum: String },
-    #[error("task '{task}' writes datum {datum}, which is read-only")]
-    ReadOnlyWrite { task: String, datum: String },
-    #[error("task '{task}': kernel '{kernel}' {reason}")]
-    Signature {
-        task: String,
-        kernel: String,
-        reason: String,
-    },
-    #[error("task '{task}': the GPU code of kernel '{kernel}' cannot run on {worker}: it {message}")]
-    GpuCode {
-        task: String,
-        kernel: String,
-        worker: String,
+        /// What is wrong.
         message: String,
     },
+    /// A task names a datum this runtime does not know.
+    #[error("task '{task}' uses datum {datum}, which this runtime does not know ({detail})")]
+    UnknownData {
+        /// The task's name.
+        task: String,
+        /// The datum's name.
+        datum: String,
+        /// Why it is unknown.
+        detail: String,
+    },
+    /// A task names a datum twice, writing it at least once.
+    #[error("task '{task}' accesses datum {datum} twice, and at least once to write it: a kernel would see one buffer as two")]
+    DuplicateAccess {
+        /// The task's name.
+        task: String,
+        /// The datum's name.
+        datum: String,
+    },
+    /// A task writes a read-only datum.
+    #[error("task '{task}' writes datum {datum}, which is read-only")]
+    ReadOnlyWrite {
+        /// The task's name.
+        task: String,
+        /// The datum's name.
+        datum: String,
+    },
+    /// A task's operands or parameters do not match its kernel's signature.
+    #[error("task '{task}': kernel '{kernel}' {reason}")]
+    Signature {
+        /// The task's name.
+        task: String,
+        /// The kernel's name.
+        kernel: String,
+        /// The mismatch.
+        reason: String,
+    },
+    /// A kernel's GPU code does not compile or validate on a GPU the task may run on.
+    #[error("task '{task}': the GPU code of kernel '{kernel}' cannot run on {worker}: it {message}")]
+    GpuCode {
+        /// The task's name.
+        task: String,
+        /// The kernel's name.
+        kernel: String,
+        /// The GPU worker's name.
+        worker: String,
+        /// What the GPU reported.
+        message: String,
+    },
+    /// No worker satisfies the task's restrictions.
     #[error("task '{task}' can run on no worker of this machine: {reason}")]
-    Unsatisfiable { task: String, reason: String },
+    Unsatisfiable {
+        /// The task's name.
+        task: String,
+        /// Why none does.
+        reason: String,
+    },
     /// A datum (a temporary, allocated only once a task uses it) too large for the machine.
     #[error("datum '{datum}' would need {bytes} bytes, more than {limit}")]
-    DatumTooLarge { datum: String, bytes: u128, limit: String },
+    DatumTooLarge {
+        /// The datum's name.
+        datum: String,
+        /// The bytes it would need.
+        bytes: u128,
+        /// What it exceeds.
+        limit: String,
+    },
+    /// A datum is in use by another run.
     #[error("datum {datum} is in use by another run")]
-    DataBusy { datum: String },
+    DataBusy {
+        /// The datum's name.
+        datum: String,
+    },
+    /// A datum was freed.
     #[error("datum {datum} was freed")]
-    DataFreed { datum: String },
+    DataFreed {
+        /// The datum's name.
+        datum: String,
+    },
+    /// The graph has more tasks than supported.
     #[error("the graph has {tasks} tasks; at most {max} are supported")]
-    TooLarge { tasks: usize, max: usize },
+    TooLarge {
+        /// Its tasks.
+        tasks: usize,
+        /// The most supported.
+        max: usize,
+    },
 }
 
 /// A graph's edges in compressed form: who waits for whom.
@@ -368,7 +426,12 @@ impl<'m> Eligibility<'m> {
         let m = self.machine;
         let has_impl = |w: &crate::topology::WorkerInfo| match w.kind {
             DeviceKind::Cpu => kernel.has_cpu(),
-            DeviceKind::Gpu => kernel.has_gpu() && m.gpu_index(w.id).is_some_and(|g| gpu_fit >> g & 1 == 1),
+            // The mask covers the first 64 GPUs (`gpu_fit`); past them, none fits.
+            DeviceKind::Gpu => {
+                kernel.has_gpu()
+                    && m.gpu_index(w.id)
+                        .is_some_and(|g| gpu_fit.checked_shr(g as u32).is_some_and(|m| m & 1 == 1))
+            }
         };
         let mut cand: Vec<WorkerId> = m.workers.iter().filter(|w| has_impl(w)).map(|w| w.id).collect();
         if cand.is_empty() {

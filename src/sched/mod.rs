@@ -1,9 +1,9 @@
 //! The scheduling core: policies as pure code, with no threads, clocks or I/O.
 //!
-//! A policy decides *where* a ready task goes ([`Policy::place`]) and *what* an idle worker
-//! takes next ([`Policy::next`]). It does so through a [`ReadyQueues`] implementation: the
+//! A policy decides *where* a ready task goes (`Policy::place`) and *what* an idle worker
+//! takes next (`Policy::next`). It does so through a `ReadyQueues` implementation: the
 //! real runtime supplies lock-free deques and injectors (`runtime::queues`), a simulator
-//! supplies plain `VecDeque`s ([`SimQueues`]). Given the same sequence of calls, a policy
+//! supplies plain `VecDeque`s (`SimQueues`). Given the same sequence of calls, a policy
 //! makes the same decisions on both.
 //!
 //! Invariants every policy keeps:
@@ -14,43 +14,43 @@
 //!   duplicated), provided some eligible worker keeps calling `next`.
 
 pub(crate) mod bound;
-pub mod compile;
+pub(crate) mod compile;
 mod costs;
-pub mod driver;
+pub(crate) mod driver;
 mod eager;
 mod heft;
 mod locality;
 pub mod perfmodel;
 mod plan;
-pub mod predict;
+pub(crate) mod predict;
 mod queues;
 mod roots;
 mod ws;
 
 use std::fmt;
 
-pub use costs::{average, fastest, heft_plan, is_replayed, kind_index, rank_priorities, recorded_seconds, TaskCost};
-pub use driver::{build_policy, AnyPolicy, PolicyInputs};
-pub use eager::Eager;
-pub use heft::{upward_ranks, Heft, RandomPolicy};
-pub use locality::Locality;
-pub use plan::{EligibleSet, Plan, WorkerMask, MAX_BANDS};
-pub use queues::{ReadyQueues, SimQueues};
+pub(crate) use costs::{heft_plan, is_replayed, kind_index, rank_priorities, recorded_seconds, TaskCost};
+pub(crate) use driver::{build_policy, PolicyInputs};
+pub(crate) use eager::Eager;
+pub(crate) use heft::{Heft, RandomPolicy};
+pub(crate) use locality::Locality;
+pub(crate) use plan::{EligibleSet, Plan, WorkerMask, MAX_BANDS};
+pub(crate) use queues::{ReadyQueues, SimQueues};
 pub(crate) use roots::RootGate;
-pub use ws::WorkStealing;
+pub(crate) use ws::WorkStealing;
 
 use crate::topology::WorkerId;
 
 /// What `next` hands a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pick {
+pub(crate) struct Pick {
     pub task: u32,
     /// The victim, when the task was stolen.
     pub stolen_from: Option<WorkerId>,
 }
 
 /// A scheduling policy.
-pub trait Policy: Send + Sync {
+pub(crate) trait Policy: Send + Sync {
     /// The name used on the command line and in summaries.
     fn name(&self) -> &'static str;
 

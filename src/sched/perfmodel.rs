@@ -69,8 +69,11 @@ impl Bucket {
 /// `a·size^b + c`, fitted on bucket medians.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Regression {
+    /// Scale.
     pub a: f64,
+    /// Exponent.
     pub b: f64,
+    /// Constant, seconds.
     pub c: f64,
 }
 
@@ -153,7 +156,9 @@ impl History {
 /// A measured link: bytes per second and seconds of latency.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
 pub struct LinkModel {
+    /// Bytes per second.
     pub bandwidth: f64,
+    /// Seconds per copy.
     pub latency: f64,
 }
 
@@ -172,15 +177,30 @@ pub struct PerfModel {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ModelFileError {
+    /// The file could not be read or written.
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a model.
     #[error("{path}: not a hexec performance model: {source}")]
-    Format { path: String, source: serde_json::Error },
+    Format {
+        /// The file.
+        path: String,
+        /// The parse error.
+        source: serde_json::Error,
+    },
     /// A value the model cannot use (a negative or absurd time, a bad link), with where.
     #[error("{path}: {position}: {reason}")]
     Invalid {
+        /// The file.
         path: String,
+        /// Where in it.
         position: String,
+        /// What is wrong.
         reason: String,
     },
 }
@@ -194,7 +214,7 @@ impl PerfModel {
         Self::default()
     }
 
-    /// Records one measured run. A time that is not a duration ([`crate::limits::seconds`]:
+    /// Records one measured run. A time that is not a duration (`crate::limits::seconds`:
     /// negative, NaN, infinite or absurdly long) is not a measurement and is dropped.
     pub fn record(&mut self, kernel: &str, class: &str, size: u64, seconds: f64) {
         if crate::limits::seconds(seconds).is_err() {
@@ -301,7 +321,7 @@ impl PerfModel {
     }
 
     /// Checks what [`PerfModel::record`] would have ensured, for a model read from a file:
-    /// every sample a duration ([`crate::limits::seconds`]), at most [`MAX_SAMPLES`] per
+    /// every sample a duration (`crate::limits::seconds`), at most [`MAX_SAMPLES`] per
     /// bucket with the ring's next slot among them, sizes finite and non-negative, links
     /// with a positive, finite bandwidth and a latency that is a duration. The error gives
     /// the place (`histories.KERNEL.CLASS.buckets[B]`, `links.FROM->TO`) and the reason.

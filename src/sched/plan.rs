@@ -32,11 +32,6 @@ impl WorkerMask {
             .get(w.index() / 64)
             .is_some_and(|word| word >> (w.index() % 64) & 1 == 1)
     }
-
-    /// Whether it is empty.
-    pub fn is_empty(&self) -> bool {
-        self.0.iter().all(|&w| w == 0)
-    }
 }
 
 /// The workers that may run a group of tasks.
@@ -83,11 +78,6 @@ impl Plan {
             worker_sets,
             victims,
         }
-    }
-
-    /// Number of tasks.
-    pub fn num_tasks(&self) -> usize {
-        self.task_set.len()
     }
 
     /// Number of workers.

@@ -69,7 +69,9 @@ impl SimQueues {
         }
     }
 
+    // These three are for the policy tests, which inspect the queues.
     /// Tasks queued anywhere.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.local.iter().map(VecDeque::len).sum::<usize>()
             + self.mailbox.iter().flatten().map(VecDeque::len).sum::<usize>()
@@ -77,11 +79,13 @@ impl SimQueues {
     }
 
     /// Whether nothing is queued.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Tasks in a worker's deque, oldest first.
+    #[cfg(test)]
     pub fn local(&self, w: WorkerId) -> &VecDeque<u32> {
         &self.local[w.index()]
     }

@@ -31,7 +31,7 @@ pub struct SimOptions {
     pub gpu_memory: Option<u64>,
     /// Host memory for data: past it, least-recently-used host copies not used by a running
     /// task are spilled to disk (written when the only valid copy, at
-    /// [`crate::memory::SPILL_BANDWIDTH`]), as the runtime does.
+    /// `crate::memory::SPILL_BANDWIDTH`), as the runtime does.
     pub host_memory: Option<u64>,
     /// Turns off memory backpressure (root tasks held back under a limit), as
     /// `RuntimeBuilder::no_backpressure` does.
@@ -42,20 +42,40 @@ pub struct SimOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SimError {
+    /// The graph was refused.
     #[error(transparent)]
     Submit(#[from] SubmitError),
+    /// The simulation stalled (a policy lost tasks).
     #[error("the simulation stalled at t = {time} s with {remaining} task(s) never started (a policy lost them)")]
-    Stalled { time: f64, remaining: usize },
+    Stalled {
+        /// Simulated time, seconds.
+        time: f64,
+        /// Tasks never started.
+        remaining: usize,
+    },
+    /// A task's own operands fill a node's memory.
     #[error("task '{task}' needs datum {datum} on {node}, whose memory is full of the task's own operands")]
-    NoRoom { task: String, datum: String, node: String },
+    NoRoom {
+        /// The task's name.
+        task: String,
+        /// The datum's name.
+        datum: String,
+        /// The node's name.
+        node: String,
+    },
     /// A task's modelled cost is not a usable duration (a machine whose speeds make a
     /// finite input absurd, e.g. `gflops:1e-300`, or a model that slipped past its checks).
     #[error("task '{task}' (kernel '{kernel}'), modelled on a {class} worker of this machine: {why}")]
     Cost {
+        /// The task's name.
         task: String,
+        /// The kernel's name.
         kernel: String,
+        /// The worker class's name.
         class: String,
+        /// The cost, as modelled.
         seconds: f64,
+        /// Why it is unusable.
         why: String,
     },
 }
@@ -63,11 +83,16 @@ pub enum SimError {
 /// The summary of a simulated run: the runtime's summary plus the lower bound.
 #[derive(Clone, Debug, Serialize)]
 pub struct SimReport {
+    /// The run's summary, as the runtime gives it.
     #[serde(flatten)]
     pub run: RunReport,
+    /// The machine's name.
     pub machine: String,
+    /// The lower bound, seconds.
     pub lower_bound_s: f64,
+    /// The critical-path bound, seconds.
     pub critical_path_s: f64,
+    /// The area bound, seconds.
     pub area_bound_s: f64,
     /// Makespan divided by the lower bound (1 is optimal).
     pub makespan_over_bound: f64,

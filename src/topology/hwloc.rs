@@ -11,21 +11,7 @@ use hwlocality::object::types::ObjectType;
 use hwlocality::topology::builder::TypeFilter;
 use hwlocality::Topology;
 
-use super::{features, CoreDesc, Machine};
-
-/// Errors from topology discovery.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TopologyError {
-    #[error("hwloc could not load this machine's topology: {0}")]
-    Load(String),
-    #[error("hwloc found no CPU cores")]
-    NoCores,
-    #[error("--cpus {asked} asks for more cores than this machine has ({available})")]
-    TooManyCpus { asked: usize, available: usize },
-    #[error("--cpus 0: a run needs at least one CPU worker")]
-    ZeroCpus,
-}
+use super::{features, CoreDesc, Machine, TopologyError};
 
 /// The loaded hwloc topology, kept to pin worker threads.
 #[derive(Clone)]

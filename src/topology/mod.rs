@@ -3,7 +3,8 @@
 //!
 //! [`Machine`] is plain data, so that the scheduler core and the simulator ([`crate::sim`])
 //! can use machines that do not exist here. [`discover`] builds one from hwloc (the `hwloc` submodule is the only
-//! module that touches the hwloc bindings).
+//! module that touches the hwloc bindings), or, without the `hwloc` feature, from what the
+//! standard library and `/proc/meminfo` tell (the `os` submodule: one NUMA node, no pinning).
 //!
 //! Invariants of a [`Machine`]:
 //! - `workers[i].id == WorkerId(i)`, names are unique;
@@ -11,13 +12,47 @@
 //! - `victims[w]` lists every *other* worker of `w`'s class, closest first, and nothing else.
 
 mod features;
+// Discovery: hwloc's when the `hwloc` feature is on, else the OS fallback; both give the same
+// `discover` and `HwTopology`; the errors (`TopologyError`) are shared.
+#[cfg(feature = "hwloc")]
 mod hwloc;
+#[cfg(not(feature = "hwloc"))]
+mod os;
 
 use std::fmt;
 
 use serde::Serialize;
 
-pub use hwloc::{discover, HwTopology, TopologyError};
+#[cfg(feature = "hwloc")]
+pub use hwloc::{discover, HwTopology};
+#[cfg(not(feature = "hwloc"))]
+pub use os::{discover, HwTopology};
+
+/// Errors from topology discovery.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopologyError {
+    /// hwloc failed to load the topology.
+    #[error("hwloc could not load this machine's topology: {0}")]
+    Load(String),
+    /// hwloc listed no cores (nor processing units).
+    #[error("hwloc found no CPU cores")]
+    NoCores,
+    /// Without hwloc: the standard library could not tell the number of cores.
+    #[error("the operating system did not tell this machine's core count: {0}")]
+    Os(String),
+    /// More cores asked for than the machine has.
+    #[error("--cpus {asked} asks for more cores than this machine has ({available})")]
+    TooManyCpus {
+        /// The cores asked for.
+        asked: usize,
+        /// The cores this machine has.
+        available: usize,
+    },
+    /// No cores asked for.
+    #[error("--cpus 0: a run needs at least one CPU worker")]
+    ZeroCpus,
+}
 
 /// Most tasks a GPU worker takes in one batch. Part of the machine's description because the
 /// GPU module submits batches of this size and `sched`'s backpressure (`RootGate`) sizes its
@@ -43,7 +78,9 @@ pub struct ClassId(pub u16);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
+    /// A CPU core.
     Cpu,
+    /// A GPU.
     Gpu,
 }
 
@@ -70,10 +107,13 @@ impl fmt::Display for DeviceKind {
 /// One worker: a CPU core (one thread pinned to it) or, later, a GPU.
 #[derive(Clone, Debug, Serialize)]
 pub struct WorkerInfo {
+    /// Its index.
     pub id: WorkerId,
     /// Unique name such as `cpu0`; tasks can be restricted to it.
     pub name: String,
+    /// CPU or GPU.
     pub kind: DeviceKind,
+    /// Its class.
     pub class: ClassId,
     /// Index into [`Machine::numa_nodes`].
     pub numa: usize,
@@ -86,17 +126,24 @@ pub struct WorkerInfo {
 /// A set of interchangeable-in-kind workers. A thief only steals within its class.
 #[derive(Clone, Debug, Serialize)]
 pub struct ClassInfo {
+    /// Its index.
     pub id: ClassId,
+    /// Its name (`cpu`, `gpu`).
     pub name: String,
+    /// CPU or GPU.
     pub kind: DeviceKind,
+    /// Its workers, in id order.
     pub workers: Vec<WorkerId>,
 }
 
 /// A host memory node.
 #[derive(Clone, Debug, Serialize)]
 pub struct NumaNode {
+    /// The node's OS index.
     pub os_index: u32,
+    /// Its memory, bytes (0: unknown).
     pub memory_bytes: u64,
+    /// The workers on it.
     pub workers: Vec<WorkerId>,
 }
 
@@ -104,19 +151,25 @@ pub struct NumaNode {
 /// runtime's `gpu` module).
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct GpuDesc {
+    /// The adapter's name.
     pub name: String,
     /// `vulkan`, `metal`, `dx12`, ...
     pub backend: String,
     /// `DiscreteGpu`, `IntegratedGpu`, `Cpu` (a software rasteriser such as lavapipe), ...
     pub device_type: String,
+    /// PCI address, `DDDD:BB:DD.F`.
     pub pci_bus_id: String,
+    /// Its driver.
     pub driver: String,
     /// Which physical adapter (after deduplication) this device was opened on.
     pub adapter_index: usize,
     /// Features tasks may require: `f16`, `subgroups`, `timestamp`.
     pub features: Vec<String>,
+    /// Largest buffer, bytes.
     pub max_buffer_size: u64,
+    /// Largest storage binding, bytes.
     pub max_storage_binding: u64,
+    /// Most invocations per workgroup.
     pub max_workgroup_invocations: u32,
     /// Device memory when known (host memory for CPU-type adapters).
     pub memory_bytes: Option<u64>,
@@ -129,10 +182,13 @@ pub struct GpuDesc {
 /// Workers, classes and memory nodes of a machine.
 #[derive(Clone, Debug, Serialize)]
 pub struct Machine {
-    /// Where this description came from (`hwloc`, `synthetic`).
+    /// Where this description came from (`hwloc`, `os` without the `hwloc` feature, `synthetic`).
     pub source: String,
+    /// Workers, by id.
     pub workers: Vec<WorkerInfo>,
+    /// Compatibility classes, by id.
     pub classes: Vec<ClassInfo>,
+    /// Host memory nodes.
     pub numa_nodes: Vec<NumaNode>,
     /// Per worker: the other workers of its class, closest first.
     pub victims: Vec<Vec<WorkerId>>,
@@ -162,14 +218,7 @@ impl Machine {
         if numa > 0 {
             return numa;
         }
-        std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|s| {
-                let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
-                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-                kib.checked_mul(1024)
-            })
-            .unwrap_or(u64::MAX)
+        os_total_memory().unwrap_or(u64::MAX)
     }
 
     /// A machine of `nodes` NUMA nodes with `cores_per_node` cores each and equal memory
@@ -331,6 +380,14 @@ struct CoreDesc {
     pus: Vec<u32>,
     closeness: Vec<usize>,
     index: usize,
+}
+
+/// The operating system's total memory (`MemTotal` in `/proc/meminfo`), when it tells.
+fn os_total_memory() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 #[cfg(test)]

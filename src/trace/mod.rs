@@ -20,10 +20,13 @@ use crate::graph::Graph;
 /// the report owns its types so that `trace` needs neither driver).
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct NodeMemory {
+    /// The node's name (`host`, `gpu0`).
     pub node: String,
     /// `null` when unlimited.
     pub capacity_bytes: Option<u64>,
+    /// Peak accounted use, bytes.
     pub peak_bytes: u64,
+    /// Copies evicted from it.
     pub evictions: u64,
     /// Bytes copied back because the evicted copy was the only valid one: to the host from a
     /// GPU, to spill files from the host.
@@ -33,10 +36,15 @@ pub struct NodeMemory {
     pub ping_pongs: u64,
 }
 
+// The copy and link types of a report, nameable from here (their module is internal).
+pub use crate::memory::{LinkReport, Node, TransferEvent};
+
 /// What one worker did.
 #[derive(Clone, Debug, Serialize)]
 pub struct WorkerReport {
+    /// The worker's name.
     pub name: String,
+    /// Its class's name.
     pub class: String,
     /// Tasks it ran (successfully or not).
     pub tasks: u64,
@@ -52,9 +60,13 @@ pub struct WorkerReport {
 /// One failed task: its last attempt's worker and error, and every attempt.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct TaskFailure {
+    /// The task's name.
     pub task: String,
+    /// Its kernel's name.
     pub kernel: String,
+    /// Where its last attempt ran.
     pub worker: String,
+    /// The last attempt's error.
     pub message: String,
     /// Every attempt, in order (the last one is `worker` and `message`).
     pub attempts: Vec<AttemptReport>,
@@ -63,24 +75,31 @@ pub struct TaskFailure {
 /// One failed attempt of a task.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct AttemptReport {
+    /// Where it ran.
     pub worker: String,
+    /// Its error.
     pub message: String,
 }
 
 /// Valid copies on one memory node at the end of a run.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct NodeResidency {
+    /// The node's name.
     pub node: String,
     /// Data of the run with a valid copy there.
     pub data: u64,
+    /// Their bytes.
     pub bytes: u64,
 }
 
 /// Start and end of one task, in nanoseconds since the run began.
 #[derive(Clone, Copy, Debug)]
 pub struct TraceEvent {
+    /// The task, by index in its graph.
     pub task: u32,
+    /// Start, ns since the run began.
     pub start_ns: u64,
+    /// End, ns since the run began.
     pub end_ns: u64,
     /// The kernel's own time on a GPU, from timestamp queries.
     pub gpu_ns: Option<u64>,
@@ -189,6 +208,7 @@ pub(crate) fn even_share(window: (u64, u64), item: usize, items: usize) -> (u64,
 /// Per-worker task events.
 #[derive(Clone, Debug, Default)]
 pub struct TraceLog {
+    /// Task events, per worker.
     pub per_worker: Vec<Vec<TraceEvent>>,
     /// Copies between memory nodes.
     pub transfers: Vec<crate::memory::TransferEvent>,
@@ -197,6 +217,7 @@ pub struct TraceLog {
 /// The summary of a run.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
+    /// The policy it ran under.
     pub policy: String,
     /// Tasks in the graph.
     pub tasks: usize,
@@ -228,7 +249,9 @@ pub struct RunReport {
     /// Whether the run finished within its deadline.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deadline_met: Option<bool>,
+    /// Wall time from start to last completion, seconds.
     pub makespan_s: f64,
+    /// Tasks stolen, all workers.
     pub steals: u64,
     /// Tasks whose inputs started moving to their GPU when they were placed (prefetch).
     pub prefetched_tasks: u64,
@@ -244,11 +267,14 @@ pub struct RunReport {
     pub evictions: u64,
     /// Bytes written to spill files (past the host memory limit).
     pub spilled_bytes: u64,
+    /// Per worker.
     pub workers: Vec<WorkerReport>,
+    /// Tasks that failed.
     pub failures: Vec<TaskFailure>,
     /// What went otherwise than asked, without failing the run: a task that failed on a GPU
     /// and ran on a CPU instead (with the GPU's error), a GPU lost during the run.
     pub warnings: Vec<String>,
+    /// Task and copy events, when tracing was asked for.
     #[serde(skip)]
     pub trace: Option<TraceLog>,
 }

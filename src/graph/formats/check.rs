@@ -20,7 +20,12 @@ pub enum CheckSpec {
     /// `{"cholesky": {"tiles": [["A[0,0]"], ["A[1,0]", "A[1,1]"]], "tolerance": 1e-5}}`: the
     /// tiles (stored, square, f32, one size) hold `L` after the run and held `A` (their
     /// `init`; zeros without one) before it.
-    Cholesky { tiles: Vec<Vec<String>>, tolerance: f64 },
+    Cholesky {
+        /// The tiles, row by row (lower triangle).
+        tiles: Vec<Vec<String>>,
+        /// The largest residual accepted.
+        tolerance: f64,
+    },
 }
 
 impl CheckSpec {
@@ -38,7 +43,9 @@ pub struct CheckOutcome {
     pub check: String,
     /// What `value` measures, for people.
     pub measure: String,
+    /// The measure found.
     pub value: f64,
+    /// The largest value accepted.
     pub tolerance: f64,
     /// `value ≤ tolerance` (a NaN is not).
     pub ok: bool,

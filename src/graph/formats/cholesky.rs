@@ -83,9 +83,13 @@ fn task(name: String, kernel: &str, access: Vec<(String, String)>) -> TaskSpec {
 /// (`potrf`, `trsm`, `syrk` or `gemm_nt`, the registry's tile kernels), the tiles it reads and the tile it updates in place,
 /// as (row, column) in the lower triangle.
 pub struct Step {
+    /// The task's name.
     pub name: String,
+    /// The tile kernel.
     pub kernel: &'static str,
+    /// The tiles it reads.
     pub reads: Vec<(usize, usize)>,
+    /// The tile it updates.
     pub updates: (usize, usize),
 }
 
@@ -256,28 +260,46 @@ pub fn matrix_entry_f64(i: usize, j: usize, size: usize) -> f64 {
 /// If `l` does not hold `n(n+1)/2` tiles of `b²` elements, or `a` returns a tile of another
 /// length (callers check the shapes first).
 pub fn factor_residual(n: usize, b: usize, l: &[Vec<f32>], a: &(dyn Fn(usize, usize) -> Vec<f32> + Sync)) -> f64 {
-    use rayon::prelude::*;
     assert_eq!(l.len(), n * (n + 1) / 2, "one factor tile per lower-triangle tile");
-    let l: Vec<Vec<f64>> = l
-        .par_iter()
-        .map(|t| t.iter().map(|&x| f64::from(x)).collect())
-        .collect();
+    let l: Vec<Vec<f64>> = l.iter().map(|t| t.iter().map(|&x| f64::from(x)).collect()).collect();
     let pairs: Vec<(usize, usize)> = (0..n).flat_map(|i| (0..=i).map(move |j| (i, j))).collect();
-    let (residual, norm) = pairs
-        .par_iter()
-        .map(|&(i, j)| {
-            let a_ij = a(i, j);
-            assert_eq!(a_ij.len(), b * b, "tile ({i}, {j}) of A");
-            let mut r: Vec<f64> = a_ij.iter().map(|&x| f64::from(x)).collect();
-            for k in 0..=j {
-                hexec_kernels::dense::gemm_nt_sub(&l[tile_index(i, k)], &l[tile_index(j, k)], &mut r, b);
-            }
-            let weight = if i == j { 1.0 } else { 2.0 };
-            let sq = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>();
-            let a_sq: f64 = a_ij.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
-            (weight * sq(&r), weight * a_sq)
-        })
-        .reduce(|| (0.0, 0.0), |x, y| (x.0 + y.0, x.1 + y.1));
+    let tile = |&(i, j): &(usize, usize)| {
+        let a_ij = a(i, j);
+        assert_eq!(a_ij.len(), b * b, "tile ({i}, {j}) of A");
+        let mut r: Vec<f64> = a_ij.iter().map(|&x| f64::from(x)).collect();
+        for k in 0..=j {
+            hexec_kernels::dense::gemm_nt_sub(&l[tile_index(i, k)], &l[tile_index(j, k)], &mut r, b);
+        }
+        let weight = if i == j { 1.0 } else { 2.0 };
+        let sq = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>();
+        let a_sq: f64 = a_ij.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+        (weight * sq(&r), weight * a_sq)
+    };
+    // The tiles in parallel on scoped threads (no thread-pool dependency on the library's
+    // path): tiles dealt round-robin, since the rows' costs grow with `j`.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |p| p.get())
+        .min(pairs.len())
+        .max(1);
+    let (residual, norm) = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (pairs, tile) = (&pairs, &tile);
+                s.spawn(move || {
+                    pairs
+                        .iter()
+                        .skip(t)
+                        .step_by(threads)
+                        .map(tile)
+                        .fold((0.0, 0.0), |x, y| (x.0 + y.0, x.1 + y.1))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .fold((0.0, 0.0), |x: (f64, f64), y| (x.0 + y.0, x.1 + y.1))
+    });
     if norm > 0.0 {
         (residual / norm).sqrt()
     } else {

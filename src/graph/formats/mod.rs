@@ -43,9 +43,11 @@ pub const MAX_FILE_BYTES: u64 = 1 << 30;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{file}: {position}: {reason}")]
 pub struct LoadError {
+    /// The file, as given.
     pub file: String,
     /// `line 3, column 7`, `tasks[2] ('b')`, or `file` for whole-file problems.
     pub position: String,
+    /// What is wrong.
     pub reason: String,
 }
 
@@ -76,9 +78,13 @@ impl LoadError {
 /// Supported graph file formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
+    /// hexec's own JSON format.
     Native,
+    /// WfCommons (WfFormat 1.x) JSON.
     WfCommons,
+    /// Standard Task Graph files.
     Stg,
+    /// Dask graph dumps.
     Dask,
     /// Tiled Cholesky DAG files.
     Cholesky,
@@ -114,10 +120,13 @@ pub struct GraphSpec {
     pub format: String,
     /// Always 1 for now.
     pub version: u32,
+    /// The graph's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The data.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data: Vec<DataSpec>,
+    /// The tasks, in a topological order or not (loading orders them).
     pub tasks: Vec<TaskSpec>,
     /// Seconds within which a run should finish (see `Graph::set_deadline`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,15 +143,21 @@ pub struct GraphSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
+    /// The datum's name, unique in the file.
     pub name: String,
+    /// Element type (`f32`, `u8`, ...) of a stored datum.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub elem: Option<String>,
+    /// Element count of a stored datum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub len: Option<u64>,
+    /// Size of a size-only datum, in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// Initial contents of a stored datum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<Init>,
+    /// Tasks may only read it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
     /// A temporary: zeroed at first use, freed after its last use in a run, not kept.
@@ -156,10 +171,16 @@ pub struct DataSpec {
 #[serde(untagged, deny_unknown_fields)]
 pub enum Init {
     /// `{"fill": 1.5}`
-    Fill { fill: f64 },
+    Fill {
+        /// The value of every element.
+        fill: f64,
+    },
     /// `{"spd": {"size": 48, "row": 16, "col": 0, "cols": 16}}`: a block of a symmetric
     /// positive definite matrix (floating-point data only).
-    Spd { spd: SpdBlock },
+    Spd {
+        /// The block.
+        spd: SpdBlock,
+    },
     /// `[1, 2, 3]`, one value per element.
     Values(Vec<f64>),
 }
@@ -171,9 +192,13 @@ pub enum Init {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpdBlock {
+    /// The matrix's order.
     pub size: u64,
+    /// The block's first row.
     pub row: u64,
+    /// The block's first column.
     pub col: u64,
+    /// The block's column count.
     pub cols: u64,
 }
 
@@ -288,8 +313,11 @@ impl Init {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
+    /// The task's name, unique in the file.
     pub name: String,
+    /// The kernel's name in the registry.
     pub kernel: String,
+    /// Scalar parameters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub params: Vec<f64>,
     /// `[["x", "r"], ["y", "rw"]]`: datum names and modes (`r`, `w`, `rw`), in operand order.
@@ -298,15 +326,19 @@ pub struct TaskSpec {
     /// Names of tasks this one runs after.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<String>,
+    /// Priority (higher runs first among ready tasks).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i32,
+    /// Cores the task takes (multi-core CPU tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cores: Option<u32>,
     /// `cpu` or `gpu`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// Only on the worker of this name (`cpu0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// CPU or GPU features the worker must have.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
     /// Only on GPUs with at least this many bytes of memory.
@@ -402,14 +434,21 @@ fn read_file_limited(path: &Path, limit: u64) -> Result<Vec<u8>, LoadError> {
         .starts_with(&[0x1f, 0x8b]);
     let mut out = Vec::new();
     if gzip {
+        #[cfg(not(feature = "gzip"))]
+        return Err(whole(
+            "gzip-compressed, and this build of hexec has no `gzip` feature: decompress it first".into(),
+        ));
         // Streamed: the compressed bytes are never held whole, the decompressed ones only
         // up to one byte past the limit.
-        flate2::read::GzDecoder::new(reader)
-            .take(limit + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| whole(format!("invalid gzip data: {e}")))?;
-        if out.len() as u64 > limit {
-            return Err(too_large("the decompressed data"));
+        #[cfg(feature = "gzip")]
+        {
+            flate2::read::GzDecoder::new(reader)
+                .take(limit + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| whole(format!("invalid gzip data: {e}")))?;
+            if out.len() as u64 > limit {
+                return Err(too_large("the decompressed data"));
+            }
         }
     } else {
         reader

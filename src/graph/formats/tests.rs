@@ -230,6 +230,7 @@ fn stg_parses_and_checks_its_critical_path() {
     assert_eq!(e.position, "end of file");
 }
 
+#[cfg(feature = "gzip")] // Its test reads it gzipped.
 const DASK: &str = r#"{"meta": {"name": "mini-dask"}, "tasks": [
   {"id": 0, "key": "sum", "func": "add", "deps": [1, 2], "duration_s": 0.0001, "output_bytes": 8},
   {"id": 1, "key": "a", "func": "f", "deps": [], "duration_s": 0.0, "output_bytes": 100},
@@ -237,6 +238,7 @@ const DASK: &str = r#"{"meta": {"name": "mini-dask"}, "tasks": [
 ]}"#;
 
 #[test]
+#[cfg(feature = "gzip")]
 fn dask_plain_and_gzipped() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
@@ -456,6 +458,7 @@ fn generated_cholesky_runs_and_its_check_judges_the_factor() {
 }
 
 #[test]
+#[cfg(feature = "gzip")]
 fn gzip_is_decompressed_through_the_limit_as_it_streams() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
