@@ -24,4 +24,6 @@ cargo test --workspace --locked --doc
 echo "lint gates: cargo fmt --check, cargo clippy -D warnings, cargo doc -D warnings"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+# The lean library (no CLI, no hwloc) must keep building too.
+cargo clippy --workspace --all-targets --no-default-features --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
