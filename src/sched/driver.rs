@@ -127,21 +127,7 @@ mod tests {
     /// Two CPUs and a GPU; every task may run anywhere.
     fn machine_and_plan(tasks: usize) -> (Machine, Plan) {
         let mut m = Machine::synthetic_cpus(2);
-        m.add_gpus(vec![GpuDesc {
-            name: "model".into(),
-            backend: "model".into(),
-            device_type: "DiscreteGpu".into(),
-            pci_bus_id: String::new(),
-            driver: String::new(),
-            adapter_index: 0,
-            features: Vec::new(),
-            max_buffer_size: u64::MAX,
-            max_storage_binding: u64::MAX,
-            max_workgroup_invocations: 1024,
-            memory_bytes: None,
-            timestamp_period_ns: 1.0,
-            numa_os_index: None,
-        }]);
+        m.add_gpus(vec![GpuDesc::modelled("model", 0)]);
         let mut mask = WorkerMask::empty(3);
         let workers: Vec<WorkerId> = (0..3).map(WorkerId).collect();
         workers.iter().for_each(|&w| mask.insert(w));

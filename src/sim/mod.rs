@@ -411,25 +411,7 @@ fn cholesky_flops(kernel: &str, size: u64) -> Option<f64> {
 fn modelled_machine(cpus: usize, gpus: usize, gpu_name: &str) -> Machine {
     let mut m = Machine::synthetic_cpus(cpus);
     m.source = "model".into();
-    m.add_gpus(
-        (0..gpus)
-            .map(|i| GpuDesc {
-                name: gpu_name.into(),
-                backend: "model".into(),
-                device_type: "DiscreteGpu".into(),
-                pci_bus_id: String::new(),
-                driver: String::new(),
-                adapter_index: i,
-                features: Vec::new(),
-                max_buffer_size: u64::MAX,
-                max_storage_binding: u64::MAX,
-                max_workgroup_invocations: 1024,
-                memory_bytes: None,
-                timestamp_period_ns: 1.0,
-                numa_os_index: None,
-            })
-            .collect(),
-    );
+    m.add_gpus((0..gpus).map(|i| GpuDesc::modelled(gpu_name, i)).collect());
     m
 }
 

@@ -179,6 +179,28 @@ pub struct GpuDesc {
     pub numa_os_index: Option<u32>,
 }
 
+impl GpuDesc {
+    /// A modelled GPU (the simulator's machines, tests): named `name`, opened on adapter
+    /// `adapter_index`, with no limits of its own (unbounded buffers and memory).
+    pub fn modelled(name: &str, adapter_index: usize) -> GpuDesc {
+        GpuDesc {
+            name: name.into(),
+            backend: "model".into(),
+            device_type: "DiscreteGpu".into(),
+            pci_bus_id: String::new(),
+            driver: String::new(),
+            adapter_index,
+            features: Vec::new(),
+            max_buffer_size: u64::MAX,
+            max_storage_binding: u64::MAX,
+            max_workgroup_invocations: 1024,
+            memory_bytes: None,
+            timestamp_period_ns: 1.0,
+            numa_os_index: None,
+        }
+    }
+}
+
 /// Workers, classes and memory nodes of a machine.
 #[derive(Clone, Debug, Serialize)]
 pub struct Machine {
