@@ -788,6 +788,17 @@ impl From<String> for AttemptFailure {
     }
 }
 
+impl AttemptFailure {
+    /// A failure no retry can help (a deterministic error, no live worker left): final.
+    fn fatal(message: String) -> Self {
+        AttemptFailure {
+            message,
+            retriable: false,
+            cpu_only: false,
+        }
+    }
+}
+
 impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
     /// An attempt of `task` on this worker failed: tries it again on another worker that may
     /// run it, while retries remain; else the failure is final (recorded with every attempt,
@@ -1056,12 +1067,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
                     None => format!("worker {} was lost", run.worker_names[me.index()]),
                 };
                 let message = format!("{why} and no other worker may run this task");
-                let failure = AttemptFailure {
-                    message,
-                    retriable: false,
-                    cpu_only: false,
-                };
-                self.fail_attempt(task, failure);
+                self.fail_attempt(task, AttemptFailure::fatal(message));
             }
         }
     }
@@ -1220,11 +1226,10 @@ fn execute_cpu<'a>(
         inject_slowdown(run, f, task, w, &stop);
     }
     let outcome = match kernel.cpu_impl() {
-        None => Err(AttemptFailure {
-            message: format!("kernel '{}' has no CPU implementation", kernel.name()),
-            retriable: false,
-            cpu_only: false,
-        }),
+        None => Err(AttemptFailure::fatal(format!(
+            "kernel '{}' has no CPU implementation",
+            kernel.name()
+        ))),
         Some(f) => match call_cpu_kernel(
             f,
             operands,
@@ -1240,19 +1245,11 @@ fn execute_cpu<'a>(
             Ok(_) => Ok(()),
             Err(KernelFailure { message, class }) => Err(match class {
                 FailureClass::Transient => AttemptFailure::from(message),
-                FailureClass::Deterministic => AttemptFailure {
-                    message,
-                    retriable: false,
-                    cpu_only: false,
-                },
+                FailureClass::Deterministic => AttemptFailure::fatal(message),
                 FailureClass::Panic if kernel.retries_panics() || run.retry_panics => AttemptFailure::from(message),
-                FailureClass::Panic => AttemptFailure {
-                    message: format!(
-                        "{message} (panics are not retried: Kernel::retry_panics, RuntimeBuilder::retry_panics or --retry-panics ask for it)"
-                    ),
-                    retriable: false,
-                    cpu_only: false,
-                },
+                FailureClass::Panic => AttemptFailure::fatal(format!(
+                    "{message} (panics are not retried: Kernel::retry_panics, RuntimeBuilder::retry_panics or --retry-panics ask for it)"
+                )),
             }),
         },
     };
@@ -1261,14 +1258,10 @@ fn execute_cpu<'a>(
     }
     // Without saved inputs they may be half-overwritten: another attempt would compute garbage.
     let outcome = outcome.map_err(|f| match (restorable, f.retriable) {
-        (false, true) => AttemptFailure {
-            message: format!(
-                "{} (not retried: no host room to save its read-write operands first)",
-                f.message
-            ),
-            retriable: false,
-            cpu_only: false,
-        },
+        (false, true) => AttemptFailure::fatal(format!(
+            "{} (not retried: no host room to save its read-write operands first)",
+            f.message
+        )),
         _ => f,
     });
     if let Some((bytes, node)) = charged {
