@@ -504,6 +504,7 @@ impl RuntimeBuilder {
             .map(|w| w.numa)
             .collect();
         let budgets = Arc::new(budget::Budgets::new(&capacities, &numa_weights, gpu_numa, spill));
+        let gpu_of_worker = machine.workers.iter().map(|w| machine.gpu_index(w.id)).collect();
         Ok(Runtime {
             predictor,
             id,
@@ -522,6 +523,7 @@ impl RuntimeBuilder {
             _spiller: spiller::Spiller::start(&budgets),
             budgets,
             gpus,
+            gpu_of_worker,
             model: Mutex::new(self.model.unwrap_or_default()),
             calibrate: self.calibrate,
             backpressure: !self.no_backpressure,
@@ -568,6 +570,8 @@ pub struct Runtime {
     store: DataStore,
     registry: KernelRegistry,
     gpus: Vec<Arc<GpuDevice>>,
+    /// Per worker: its index in `gpus` ([`Machine::gpu_index`]), `None` for a CPU worker.
+    gpu_of_worker: Vec<Option<usize>>,
     model: Mutex<PerfModel>,
     calibrate: bool,
     backpressure: bool,
@@ -1179,12 +1183,6 @@ impl Runtime {
         if self.gpus.is_empty() {
             return Ok(());
         }
-        let gpu_of: Vec<Option<usize>> = self
-            .machine
-            .workers
-            .iter()
-            .map(|w| self.machine.gpu_index(w.id))
-            .collect();
         let mut checked = vec![false; graph.kernels.len() * self.gpus.len()];
         for (t, rec) in graph.tasks.iter().enumerate() {
             let k = rec.kernel as usize;
@@ -1193,7 +1191,9 @@ impl Runtime {
             };
             let plan = &compiled.plan;
             for &w in &plan.set(plan.task_set(t as u32)).workers {
-                let Some(g) = gpu_of[w.index()] else { continue };
+                let Some(g) = self.gpu_of_worker[w.index()] else {
+                    continue;
+                };
                 let seen = &mut checked[k * self.gpus.len() + g];
                 if *seen {
                     continue;
@@ -1252,12 +1252,6 @@ impl Runtime {
         let plan = &compiled.plan;
         let (shared, deques) = SharedQueues::new(plan);
         let names: Vec<String> = self.machine.workers.iter().map(|w| w.name.clone()).collect();
-        let gpu_of_worker: Vec<Option<usize>> = self
-            .machine
-            .workers
-            .iter()
-            .map(|w| self.machine.gpu_index(w.id))
-            .collect();
         self.budgets.reset_peaks();
         let run_start = Instant::now();
         let run = RunState {
@@ -1266,7 +1260,7 @@ impl Runtime {
             bound,
             cells,
             gpus: &self.gpus,
-            gpu_of_worker: &gpu_of_worker,
+            gpu_of_worker: &self.gpu_of_worker,
             transfers: if opts.record_trace {
                 Transfers::new(self.gpus.len()).logged(run_start)
             } else {
