@@ -27,6 +27,11 @@ use crate::trace::NodeMemory;
 
 pub(crate) use crate::memory::{HIGH_WATERMARK, LOW_WATERMARK};
 
+/// A capacity as reported: `None` when unlimited (`u64::MAX`).
+pub(crate) fn limit_of(capacity: u64) -> Option<u64> {
+    (capacity != u64::MAX).then_some(capacity)
+}
+
 /// One node's budget.
 #[derive(Debug, Default)]
 pub(crate) struct NodeBudget {
@@ -395,13 +400,10 @@ impl Budgets {
         self.nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| {
-                let cap = n.capacity.load(Ordering::Relaxed);
-                NodeUsage {
-                    node: Node::from_index(i).to_string(),
-                    used_bytes: n.used.load(Ordering::Relaxed),
-                    capacity_bytes: (cap != u64::MAX).then_some(cap),
-                }
+            .map(|(i, n)| NodeUsage {
+                node: Node::from_index(i).to_string(),
+                used_bytes: n.used.load(Ordering::Relaxed),
+                capacity_bytes: limit_of(n.capacity.load(Ordering::Relaxed)),
             })
             .collect()
     }
@@ -413,7 +415,7 @@ impl Budgets {
             let u = dir.usage();
             NodeMemory {
                 node: "disk".into(),
-                capacity_bytes: (u.capacity != u64::MAX).then_some(u.capacity),
+                capacity_bytes: limit_of(u.capacity),
                 peak_bytes: u.peak.load(Ordering::Relaxed),
                 evictions: 0,
                 written_back_bytes: 0,
@@ -423,32 +425,26 @@ impl Budgets {
         self.nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| {
-                let cap = n.capacity.load(Ordering::Relaxed);
-                NodeMemory {
-                    node: Node::from_index(i).to_string(),
-                    capacity_bytes: (cap != u64::MAX).then_some(cap),
-                    peak_bytes: n.peak.load(Ordering::Relaxed),
-                    evictions: n.evictions.load(Ordering::Relaxed),
-                    written_back_bytes: n.written_back.load(Ordering::Relaxed),
-                    ping_pongs: n.ping_pongs.load(Ordering::Relaxed),
-                }
+            .map(|(i, n)| NodeMemory {
+                node: Node::from_index(i).to_string(),
+                capacity_bytes: limit_of(n.capacity.load(Ordering::Relaxed)),
+                peak_bytes: n.peak.load(Ordering::Relaxed),
+                evictions: n.evictions.load(Ordering::Relaxed),
+                written_back_bytes: n.written_back.load(Ordering::Relaxed),
+                ping_pongs: n.ping_pongs.load(Ordering::Relaxed),
             })
             .chain(
                 self.numa
                     .iter()
                     .enumerate()
                     .filter(|_| self.numa.len() > 1)
-                    .map(|(i, n)| {
-                        let cap = n.capacity.load(Ordering::Relaxed);
-                        NodeMemory {
-                            node: format!("host/numa{i}"),
-                            capacity_bytes: (cap != u64::MAX).then_some(cap),
-                            peak_bytes: n.peak.load(Ordering::Relaxed),
-                            evictions: 0,
-                            written_back_bytes: 0,
-                            ping_pongs: 0,
-                        }
+                    .map(|(i, n)| NodeMemory {
+                        node: format!("host/numa{i}"),
+                        capacity_bytes: limit_of(n.capacity.load(Ordering::Relaxed)),
+                        peak_bytes: n.peak.load(Ordering::Relaxed),
+                        evictions: 0,
+                        written_back_bytes: 0,
+                        ping_pongs: 0,
                     }),
             )
             .chain(disk)

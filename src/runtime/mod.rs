@@ -733,7 +733,12 @@ impl Runtime {
         }
         let bytes = len as u128 * elem.size() as u128;
         let memory = u128::from(self.machine.host_memory_bytes());
-        let used = u128::from(self.budgets.usage().first().map_or(0, |u| u.used_bytes));
+        let used = u128::from(
+            self.budgets
+                .node(crate::memory::Node::Host)
+                .used
+                .load(Ordering::Relaxed),
+        );
         if used + bytes > memory {
             return Err(DataError::OverMemory {
                 name: name.to_string(),
@@ -1078,10 +1083,8 @@ impl Runtime {
             }
         }
         let (bandwidth, latency) = self.link_model();
-        let capacity = |node: crate::memory::Node| {
-            let c = self.budgets.node(node).capacity.load(Ordering::Relaxed);
-            (c != u64::MAX).then_some(c)
-        };
+        let capacity =
+            |node: crate::memory::Node| budget::limit_of(self.budgets.node(node).capacity.load(Ordering::Relaxed));
         Ok((self.predictor)(&PredictInput {
             graph,
             machine: &self.machine,
