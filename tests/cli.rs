@@ -2,8 +2,19 @@
 
 use std::process::Command;
 
+mod common;
+use common::sirocco_copy;
+
 fn hexec() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hexec"))
+}
+
+/// `text` written to `g.json` in a fresh temporary directory (kept while the `TempDir` lives).
+fn graph_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("g.json");
+    std::fs::write(&graph, text).unwrap();
+    (dir, graph)
 }
 
 const GRAPH: &str = r#"{
@@ -18,9 +29,7 @@ const GRAPH: &str = r#"{
 
 #[test]
 fn run_prints_the_summary_json_and_writes_a_trace() {
-    let dir = tempfile::tempdir().unwrap();
-    let graph = dir.path().join("g.json");
-    std::fs::write(&graph, GRAPH).unwrap();
+    let (dir, graph) = graph_file(GRAPH);
     let trace = dir.path().join("t.json");
     let out = hexec()
         .args(["run", "--json", "--cpus", "1", "--trace"])
@@ -54,9 +63,7 @@ fn run_prints_the_summary_json_and_writes_a_trace() {
 
 #[test]
 fn a_failing_task_exits_1_with_the_summary() {
-    let dir = tempfile::tempdir().unwrap();
-    let graph = dir.path().join("g.json");
-    std::fs::write(&graph, GRAPH).unwrap();
+    let (_dir, graph) = graph_file(GRAPH);
     // A negative duration is refused at load now: fail the task by injection instead.
     let out = hexec()
         .args([
@@ -228,9 +235,7 @@ fn check_host_rows(rows: &[serde_json::Value], temps: bool) {
 
 #[test]
 fn run_injects_faults_retries_them_and_refuses_a_bad_plan() {
-    let dir = tempfile::tempdir().unwrap();
-    let graph = dir.path().join("g.json");
-    std::fs::write(&graph, GRAPH).unwrap();
+    let (_dir, graph) = graph_file(GRAPH);
     // Every first attempt fails (seeded draws), every second passes: all three tasks retry.
     let out = hexec()
         .args(["run", "--json", "--cpus", "2", "--gpus", "none", "--retries", "3"])
@@ -282,15 +287,11 @@ fn run_injects_faults_retries_them_and_refuses_a_bad_plan() {
 
 #[test]
 fn run_stops_a_stalled_run_with_what_each_task_waits_for() {
-    let dir = tempfile::tempdir().unwrap();
-    let graph = dir.path().join("g.json");
-    std::fs::write(
-        &graph,
+    let (_dir, graph) = graph_file(
         r#"{"format": "hexec-graph", "version": 1, "tasks": [
             {"name": "long", "kernel": "spin", "params": [1.0]},
             {"name": "next", "kernel": "noop", "after": ["long"]}]}"#,
-    )
-    .unwrap();
+    );
     let out = hexec()
         .args(["run", "--cpus", "1", "--gpus", "none", "--stall-timeout", "200ms"])
         .arg(&graph)
@@ -337,9 +338,7 @@ fn bench_soak_recovers_every_fault_with_identical_results() {
 
 #[test]
 fn run_reports_a_missed_deadline() {
-    let dir = tempfile::tempdir().unwrap();
-    let graph = dir.path().join("g.json");
-    std::fs::write(&graph, GRAPH).unwrap();
+    let (_dir, graph) = graph_file(GRAPH);
     let out = hexec()
         .args(["run", "--json", "--cpus", "1", "--gpus", "none", "--deadline", "1us"])
         .arg(&graph)
@@ -463,30 +462,6 @@ fn the_command_line_behaves_in_pipes_and_help() {
             assert!(described, "`hexec {}` option without help: {line}", cmd.join(" "));
         }
     }
-}
-
-const STARPU: &str = "../shared/workloads/heterogeneous/starpu_perfmodels/sampling";
-
-/// A copy of the shared sirocco models (bus files, codelet models), `None` when absent.
-fn sirocco_copy() -> Option<tempfile::TempDir> {
-    let src = std::path::Path::new(STARPU);
-    if !src.is_dir() {
-        eprintln!("SKIPPED: {STARPU} not present");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    for sub in ["bus", "codelets/45"] {
-        let to = dir.path().join("sampling").join(sub);
-        std::fs::create_dir_all(&to).unwrap();
-        for e in std::fs::read_dir(src.join(sub)).unwrap() {
-            let p = e.unwrap().path();
-            let name = p.file_name().unwrap().to_str().unwrap().to_string();
-            if name.starts_with("sirocco.") || name.ends_with(".sirocco") {
-                std::fs::copy(&p, to.join(&name)).unwrap();
-            }
-        }
-    }
-    Some(dir)
 }
 
 /// A codelet model of the kind that used to stop the loader ("'nan nan nan' is not a flag"):
@@ -631,23 +606,17 @@ fn bench_overhead_prints_a_skipped_line_for_missing_dask_graphs() {
 /// CPU worker is slowed so that the GPU worker surely takes some of the tasks first.)
 #[test]
 fn run_prints_a_warning_for_each_gpu_to_cpu_fallback() {
-    let dir = tempfile::tempdir().unwrap();
-    let graph = dir.path().join("g.json");
     let data: Vec<String> = (0..8)
         .map(|i| format!(r#"{{"name": "x{i}", "type": "f32", "len": 64, "init": {{"fill": 1.0}}}}"#))
         .collect();
     let tasks: Vec<String> = (0..8)
         .map(|i| format!(r#"{{"name": "s{i}", "kernel": "scale", "params": [2.0], "access": [["x{i}", "rw"]]}}"#))
         .collect();
-    std::fs::write(
-        &graph,
-        format!(
-            r#"{{"format": "hexec-graph", "version": 1, "data": [{}], "tasks": [{}]}}"#,
-            data.join(","),
-            tasks.join(",")
-        ),
-    )
-    .unwrap();
+    let (_dir, graph) = graph_file(&format!(
+        r#"{{"format": "hexec-graph", "version": 1, "data": [{}], "tasks": [{}]}}"#,
+        data.join(","),
+        tasks.join(",")
+    ));
     let out = hexec()
         .args([
             "run",
@@ -680,13 +649,9 @@ fn run_prints_a_warning_for_each_gpu_to_cpu_fallback() {
 /// calling its (unfinished) result wrong.
 #[test]
 fn sim_says_where_its_trace_went_and_a_failed_demo_says_it_failed() {
-    let dir = tempfile::tempdir().unwrap();
-    let graph = dir.path().join("g.json");
-    std::fs::write(
-        &graph,
+    let (dir, graph) = graph_file(
         r#"{"format": "hexec-graph", "version": 1, "tasks": [{"name": "a", "kernel": "spin", "params": [0.001]}]}"#,
-    )
-    .unwrap();
+    );
     let trace = dir.path().join("sim-trace.json");
     let out = hexec()
         .args(["sim", "--machine", "cpus:2", "--trace"])
@@ -752,9 +717,7 @@ fn spill_dirs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// the run, naming the path, not a run over the limit with a warning.
 #[test]
 fn a_host_limit_with_no_spill_directory_exits_2_naming_the_path() {
-    let dir = tempfile::tempdir().unwrap();
-    let graph = dir.path().join("g.json");
-    std::fs::write(&graph, spilling_naps(24, 0.0)).unwrap();
+    let (dir, graph) = graph_file(&spilling_naps(24, 0.0));
     let not_a_dir = dir.path().join("tmpfile");
     std::fs::write(&not_a_dir, b"x").unwrap();
     let out = hexec()
@@ -782,9 +745,7 @@ fn a_host_limit_with_no_spill_directory_exits_2_naming_the_path() {
 #[test]
 fn sigterm_stops_a_spilling_run_prints_the_summary_and_removes_the_spill_directory() {
     use std::time::{Duration, Instant};
-    let dir = tempfile::tempdir().unwrap();
-    let graph = dir.path().join("g.json");
-    std::fs::write(&graph, spilling_naps(40, 0.2)).unwrap();
+    let (dir, graph) = graph_file(&spilling_naps(40, 0.2));
     let tmp = dir.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
     let mut child = hexec()
@@ -833,9 +794,7 @@ fn sigterm_stops_a_spilling_run_prints_the_summary_and_removes_the_spill_directo
 #[cfg(unix)]
 #[test]
 fn spill_directories_of_dead_processes_are_removed_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let graph = dir.path().join("g.json");
-    std::fs::write(&graph, GRAPH).unwrap();
+    let (dir, graph) = graph_file(GRAPH);
     let tmp = dir.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
     let mut gone = std::process::Command::new("true").spawn().unwrap();
@@ -860,9 +819,7 @@ fn spill_directories_of_dead_processes_are_removed_at_start() {
 /// Runs `hexec run --gpus none` on a graph file holding `text`; returns the exit code, stdout
 /// and stderr.
 fn run_file(text: &str, extra: &[&str]) -> (Option<i32>, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let graph = dir.path().join("g.json");
-    std::fs::write(&graph, text).unwrap();
+    let (_dir, graph) = graph_file(text);
     let out = hexec()
         .args(["run", "--gpus", "none"])
         .args(extra)
@@ -1062,22 +1019,17 @@ fn run_refuses_data_that_do_not_fit_together_without_a_limit() {
         .map(|n| n["memory_bytes"].as_u64().unwrap())
         .sum();
     let len = memory * 2 / 5; // u8: 40% of the memory each
-    let dir = tempfile::tempdir().unwrap();
-    let graph = dir.path().join("g.json");
-    std::fs::write(
-        &graph,
-        format!(
+    let (code, _, err) = run_file(
+        &format!(
             r#"{{"format": "hexec-graph", "version": 1, "data": [
               {{"name": "a", "type": "u8", "len": {len}}},
               {{"name": "b", "type": "u8", "len": {len}}},
               {{"name": "c", "type": "u8", "len": {len}}}],
              "tasks": [{{"name": "t", "kernel": "noop"}}]}}"#
         ),
-    )
-    .unwrap();
-    let out = hexec().args(["run", "--gpus", "none"]).arg(&graph).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("'c'") && err.contains("--mem host="), "{err}");
 }
 

@@ -4,6 +4,9 @@ use hexec::graph::formats::{self, cholesky, BuildOptions, GraphSpec, TaskSpec};
 use hexec::sim::{simulate, SimMachine, SimOptions};
 use hexec::{DeviceKind, PolicyKind};
 
+mod common;
+use common::{sirocco_copy, STARPU};
+
 fn independent(n: usize, seconds: f64) -> GraphSpec {
     let mut g = GraphSpec::new(Some("independent".into()));
     for i in 0..n {
@@ -15,8 +18,6 @@ fn independent(n: usize, seconds: f64) -> GraphSpec {
 fn build(spec: &GraphSpec, sm: &SimMachine) -> hexec::Graph {
     spec.build_virtual(&|k| sm.kernel(k), &BuildOptions::default()).unwrap()
 }
-
-const STARPU: &str = "../shared/workloads/heterogeneous/starpu_perfmodels";
 
 #[test]
 fn independent_tasks_ten_times_faster_on_gpus_reach_the_ideal_speedup() {
@@ -105,29 +106,6 @@ fn starpu_machines_load_and_cholesky_simulates_near_the_bound() {
         rnd.run.makespan_s
     );
     assert!(loc.makespan_over_bound >= 1.0 - 1e-9);
-}
-
-/// A copy of the sirocco machine of `STARPU` in a temporary directory (bus files and codelet
-/// models), `None` when the shared data is not there.
-pub fn sirocco_copy() -> Option<tempfile::TempDir> {
-    let src = std::path::Path::new(STARPU).join("sampling");
-    if !src.is_dir() {
-        eprintln!("SKIPPED: {STARPU} not present");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    for sub in ["bus", "codelets/45"] {
-        let to = dir.path().join("sampling").join(sub);
-        std::fs::create_dir_all(&to).unwrap();
-        for e in std::fs::read_dir(src.join(sub)).unwrap() {
-            let p = e.unwrap().path();
-            let name = p.file_name().unwrap().to_str().unwrap().to_string();
-            if name.starts_with("sirocco.") || name.ends_with(".sirocco") {
-                std::fs::copy(&p, to.join(&name)).unwrap();
-            }
-        }
-    }
-    Some(dir)
 }
 
 /// A codelet model as other StarPU builds and machines write it: the linear regression split
