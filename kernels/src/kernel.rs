@@ -311,3 +311,16 @@ impl KernelError {
         matches!(self, KernelError::Transient(_))
     }
 }
+
+/// What a caught panic says: its message when it carries one (`&str` or `String`, as
+/// `panic!` makes), else a note that it carries none. For the runtime's reports of panicking
+/// kernels and of its own threads.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_string()
+    }
+}

@@ -31,6 +31,6 @@ pub mod linalg;
 
 pub use context::{CpuContext, RawOperand};
 pub use gpu::{Binding, GpuDims, GpuImpl, GpuPass};
-pub use kernel::{CpuFn, Kernel, KernelError, OperandSpec, Signature};
+pub use kernel::{panic_message, CpuFn, Kernel, KernelError, OperandSpec, Signature};
 pub use registry::{KernelRegistry, RegistryError};
 pub use types::{Access, ElemType, Element};

@@ -164,6 +164,9 @@ const WANTED: [(wgpu::Features, &str); 3] = [
 /// `true` or `yes`.
 pub const SOFTWARE_GPUS_ENV: &str = "HEXEC_SOFTWARE_GPUS";
 
+/// How a program or a user asks for software adapters, for the messages that mention them.
+pub const ASK_FOR_SOFTWARE_GPUS: &str = "--software-gpus, HEXEC_SOFTWARE_GPUS=1 or RuntimeBuilder::software_gpus(true)";
+
 /// Whether [`SOFTWARE_GPUS_ENV`] asks for software adapters.
 pub fn software_gpus_from_env() -> bool {
     std::env::var(SOFTWARE_GPUS_ENV).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
@@ -265,9 +268,10 @@ pub(crate) fn discover_noting_software(
     }
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let all = unique_adapters(&instance);
-    let software_names: Vec<String> = all
+    // Software adapters left out (none when they were asked for): errors name them.
+    let unused: Vec<String> = all
         .iter()
-        .filter(|a| is_software(&a.get_info()))
+        .filter(|a| !software && is_software(&a.get_info()))
         .map(|a| a.get_info().name)
         .collect();
     let unique: Vec<wgpu::Adapter> = all
@@ -280,24 +284,20 @@ pub(crate) fn discover_noting_software(
         GpuRequest::None => 0,
     };
     if count == 0 {
-        if !software && !software_names.is_empty() {
-            tracing::info!(
-                adapters = ?software_names,
-                "software GPU adapters found but not used (ask for them with --software-gpus or {SOFTWARE_GPUS_ENV}=1)"
-            );
+        if !unused.is_empty() {
+            tracing::info!(adapters = ?unused, "software GPU adapters found but not used (ask for them with {ASK_FOR_SOFTWARE_GPUS})");
         }
-        let unused = if software { Vec::new() } else { software_names };
         return Ok((Vec::new(), unused));
     }
     if unique.is_empty() {
         return Err(GpuError::NoAdapter {
             asked: count,
-            hint: if software_names.is_empty() {
+            hint: if unused.is_empty() {
                 String::new()
             } else {
                 format!(
-                    " (software adapters found: {}; they are used only when asked for, with --software-gpus, {SOFTWARE_GPUS_ENV}=1 or RuntimeBuilder::software_gpus(true))",
-                    software_names.join(", ")
+                    " (software adapters found: {}; they are used only when asked for, with {ASK_FOR_SOFTWARE_GPUS})",
+                    unused.join(", ")
                 )
             },
         });
@@ -320,7 +320,6 @@ pub(crate) fn discover_noting_software(
         };
         devices.push(open(&adapter, i, slot, host_memory)?);
     }
-    let unused = if software { Vec::new() } else { software_names };
     Ok((devices, unused))
 }
 

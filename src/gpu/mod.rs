@@ -19,7 +19,8 @@ mod pool;
 pub(crate) use batch::{BatchItem, GpuSpan, InFlight, MAX_BATCH};
 pub(crate) use device::discover_noting_software;
 pub use device::{
-    adapters, discover, software_gpus_from_env, AdapterSummary, GpuDevice, GpuError, GpuRequest, SOFTWARE_GPUS_ENV,
+    adapters, discover, software_gpus_from_env, AdapterSummary, GpuDevice, GpuError, GpuRequest, ASK_FOR_SOFTWARE_GPUS,
+    SOFTWARE_GPUS_ENV,
 };
 pub use exec::GpuBuffer;
 pub(crate) use exec::GpuOperand;

@@ -47,11 +47,7 @@ impl Poller {
             .spawn(move || {
                 let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_loop(&device, &s)));
                 if let Err(panic) = polled {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|m| m.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a panic without a message".to_string());
+                    let message = hexec_kernels::panic_message(&*panic);
                     tracing::error!(device = %name, %message, "the GPU poll thread panicked; the device is lost");
                     health.mark_lost(format!("device lost: its poll thread panicked: {message}"));
                 }

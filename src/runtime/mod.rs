@@ -1165,8 +1165,9 @@ impl Runtime {
                 SubmitError::Unsatisfiable {
                     task,
                     reason: format!(
-                        "{reason} (software GPUs were found here ({}) but are used only when asked for: --software-gpus, HEXEC_SOFTWARE_GPUS=1 or RuntimeBuilder::software_gpus(true))",
-                        self.unused_software_gpus.join(", ")
+                        "{reason} (software GPUs were found here ({}) but are used only when asked for: {})",
+                        self.unused_software_gpus.join(", "),
+                        crate::gpu::ASK_FOR_SOFTWARE_GPUS
                     ),
                 }
             }
@@ -1400,7 +1401,7 @@ impl Runtime {
                         .map_err(|p| {
                             run.done.store(true, Ordering::SeqCst);
                             run.queues.sleep.wake_all();
-                            worker::panic_message(&p)
+                            hexec_kernels::panic_message(&*p)
                         })
                     });
                 match spawned {
@@ -1461,7 +1462,7 @@ impl Runtime {
                     }
                     Err(p) => {
                         stop_monitor();
-                        let message = worker::panic_message(&p);
+                        let message = hexec_kernels::panic_message(&*p);
                         return Err(RunError::Internal {
                             worker: names[i].clone(),
                             message,

@@ -1344,7 +1344,7 @@ pub(crate) fn call_cpu_kernel(
             message: e.to_string(),
         }),
         Err(panic) => Err(KernelFailure {
-            message: format!("panicked: {}", panic_message(&panic)),
+            message: format!("panicked: {}", hexec_kernels::panic_message(&*panic)),
             class: FailureClass::Panic,
         }),
     }
@@ -1531,15 +1531,5 @@ fn unpin_operands(run: &RunState<'_>, accesses: &[(u32, Access)]) {
         if let Some(cell) = &run.cells[d as usize] {
             cell.unpin_host();
         }
-    }
-}
-
-pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a non-string panic payload".to_string()
     }
 }
