@@ -44,6 +44,10 @@ impl Pipelines {
     }
 }
 
+/// What an out-of-memory error of a GPU call says: the workers read it to tell a shortage
+/// (worth another attempt) from an error of the kernel's own code.
+pub(crate) const OUT_OF_GPU_MEMORY: &str = "out of GPU memory";
+
 pub(crate) fn scoped<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T, String> {
     let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -51,7 +55,7 @@ pub(crate) fn scoped<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<
     let v = pollster::block_on(validation.pop());
     let m = pollster::block_on(oom.pop());
     match v.or(m) {
-        Some(wgpu::Error::OutOfMemory { .. }) => Err("out of GPU memory".to_string()),
+        Some(wgpu::Error::OutOfMemory { .. }) => Err(OUT_OF_GPU_MEMORY.to_string()),
         Some(e) => Err(e.to_string()),
         None => Ok(out),
     }

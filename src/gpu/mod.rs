@@ -23,4 +23,4 @@ pub use device::{
     SOFTWARE_GPUS_ENV,
 };
 pub use exec::GpuBuffer;
-pub(crate) use exec::GpuOperand;
+pub(crate) use exec::{GpuOperand, OUT_OF_GPU_MEMORY};

@@ -729,8 +729,9 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
                     // A lost device or a full memory may not recur elsewhere; anything else
                     // (the shader, a check of its operands) is the GPU code's own and would
                     // fail on every GPU: only a CPU implementation may still run the task.
-                    let circumstantial =
-                        item.is_none() || run.gpus[g].lost().is_some() || message.contains("out of GPU memory");
+                    let circumstantial = item.is_none()
+                        || run.gpus[g].lost().is_some()
+                        || message.contains(crate::gpu::OUT_OF_GPU_MEMORY);
                     let failure = if circumstantial {
                         AttemptFailure::from(message)
                     } else {
