@@ -11,6 +11,10 @@ pub mod soak;
 
 use std::fmt;
 
+/// Why a benchmark that needs a GPU measured nothing, and how to get one.
+pub const NO_GPU: &str =
+    "no GPU found: nothing to measure (without a hardware GPU, install mesa-vulkan-drivers and pass --software-gpus to use lavapipe)";
+
 /// A row of a benchmark table that was not measured, and why (its input is missing). Tables
 /// print these as `skipped: ROW: WHY` lines so that a missing input is never a silently
 /// shorter table.

@@ -760,7 +760,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             if rt.gpus().is_empty() {
                 return Err(Failure {
                     code: 2,
-                    message: "no GPU found: nothing to measure (without a hardware GPU, install mesa-vulkan-drivers and pass --software-gpus to use lavapipe)".into(),
+                    message: hexec::bench::NO_GPU.into(),
                 });
             }
             let mut figures = Vec::new();
