@@ -5,13 +5,13 @@
 //!   workflow can still declare the files each task reads and writes.
 //! - Numeric over `f32` slices, each with a CPU and a GPU (WGSL) implementation: [`fill`],
 //!   [`scale`], [`axpy`], [`add`], [`multiply`], the reductions [`sum`], [`min`], [`max`]
-//!   (on CPUs they fold in sixteen independent lanes, which vectorise), and [`gemm`] (on CPUs
-//!   faer's, through [`crate::dense`]).
-//!
-//! The Cholesky tile kernels are in [`crate::linalg`]; the registry holds both sets.
+//!   (on CPUs they fold in independent lanes, which vectorise: eight `f64` ones for `sum`,
+//!   sixteen for `min` and `max`), and [`gemm`] (on CPUs faer's, through [`crate::dense`]).
 //! - [`mix`]: writes a hash of everything it reads into everything it writes (`u64`). Any
 //!   reordering of dependent tasks changes the final values, which makes it the kernel of
 //!   choice for checking that a schedule respected every dependency.
+//!
+//! The Cholesky tile kernels are in [`crate::linalg`]; the registry holds both sets.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -160,20 +160,7 @@ builtin!(
     /// `s[0] = sum(x)`: reads `x` (`f32`), writes `s` (`f32`, at least one element). Sums in
     /// `f64` so that the result does not depend on the slice length's rounding drift.
     sum,
-    Kernel::cpu(
-        "sum",
-        Signature::exact(&[(Access::Read, ElemType::F32), (Access::Write, ElemType::F32)], 0),
-        |ctx| {
-            let x = ctx.read::<f32>(0)?;
-            let s = ctx.write::<f32>(1)?;
-            let Some(out) = s.first_mut() else {
-                return Err(KernelError::msg("the output of sum needs at least one element"));
-            };
-            *out = sum_f64(x) as f32;
-            Ok(())
-        }
-    )
-    .with_gpu(gpu::reduction("sum"))
+    reduction_kernel("sum", |x| sum_f64(x) as f32)
 );
 
 /// SplitMix64's finaliser: a cheap, well-mixing bijection on `u64`.
@@ -253,9 +240,11 @@ fn fold_lanes<F: Fn(f32, f32) -> f32>(x: &[f32], init: f32, f: F) -> f32 {
     tail.iter().fold(acc.iter().copied().fold(init, &f), |a, &v| f(a, v))
 }
 
-fn fold_kernel<F>(name: &'static str, init: f32, f: F) -> Kernel
+/// A reduction kernel: reads `x` (`f32`), writes `reduce(x)` into `s[0]` (`f32`, at least
+/// one element); on GPUs, WGSL's reduction `name`.
+fn reduction_kernel<R>(name: &'static str, reduce: R) -> Kernel
 where
-    F: Fn(f32, f32) -> f32 + Copy + Send + Sync + 'static,
+    R: Fn(&[f32]) -> f32 + Send + Sync + 'static,
 {
     Kernel::cpu(
         name,
@@ -268,11 +257,18 @@ where
                     "the output of {name} needs at least one element"
                 )));
             };
-            *out = fold_lanes(x, init, f);
+            *out = reduce(x);
             Ok(())
         },
     )
     .with_gpu(gpu::reduction(name))
+}
+
+fn fold_kernel<F>(name: &'static str, init: f32, f: F) -> Kernel
+where
+    F: Fn(f32, f32) -> f32 + Copy + Send + Sync + 'static,
+{
+    reduction_kernel(name, move |x| fold_lanes(x, init, f))
 }
 
 builtin!(

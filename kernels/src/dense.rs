@@ -28,26 +28,18 @@ pub trait Real:
     const ZERO: Self;
     /// `1` in this type.
     const ONE: Self;
-    /// Converts a kernel parameter.
-    fn from_f64(v: f64) -> Self;
 }
 
 impl Real for f32 {
     const MINUS_ONE: Self = -1.0;
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
-    fn from_f64(v: f64) -> Self {
-        v as f32
-    }
 }
 
 impl Real for f64 {
     const MINUS_ONE: Self = -1.0;
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
-    fn from_f64(v: f64) -> Self {
-        v
-    }
 }
 
 /// The transpose of the row-major `rows`×`cols` matrix in `s`, as faer sees it.

@@ -19,6 +19,8 @@ use faer::{Accum, Mat, Par};
 use hexec_kernels::{builtin, linalg, Access, CpuContext, ElemType, Kernel, RawOperand};
 use serde::Serialize;
 
+use crate::graph::formats::cholesky::matrix_entry;
+
 /// One kernel at one tile side.
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelRow {
@@ -60,6 +62,13 @@ pub fn measure(tiles: &[usize], reps: usize) -> Result<KernelReport, String> {
             None
         }
     };
+    let (gemm, gemm_nt, syrk, trsm, potrf) = (
+        builtin::gemm(),
+        linalg::gemm_nt(),
+        linalg::syrk(),
+        linalg::trsm(),
+        linalg::potrf(),
+    );
     for (ti, &b) in tiles.iter().enumerate() {
         let n3 = (b as f64).powi(3);
         let spd = spd(b);
@@ -77,15 +86,8 @@ pub fn measure(tiles: &[usize], reps: usize) -> Result<KernelReport, String> {
         for (name, flops) in cases {
             let mut c = c0.clone();
             let mut t = spd.clone();
-            let (gemm, gemm_nt, syrk, trsm, potrf) = (
-                builtin::gemm(),
-                linalg::gemm_nt(),
-                linalg::syrk(),
-                linalg::trsm(),
-                linalg::potrf(),
-            );
             let params = [b as f64, b as f64, b as f64, 1.0, 0.0];
-            let ours: Box<dyn FnMut() -> Result<(), String> + '_> = match name {
+            let ours: Call<'_> = match name {
                 "gemm" => Box::new(|| call(&gemm, &[&a, &a], &mut c, &params)),
                 "gemm_nt" => Box::new(|| call(&gemm_nt, &[&a, &a], &mut c, &[])),
                 "syrk" => Box::new(|| call(&syrk, &[&a], &mut c, &[])),
@@ -145,9 +147,7 @@ fn faer_reference(name: &str, b: usize) -> Result<Call<'static>, String> {
     use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
     let a = Mat::<f32>::from_fn(b, b, |i, j| ((i * 7 + j * 3) % 11) as f32 / 11.0 - 0.5);
     let mut c = Mat::<f32>::from_fn(b, b, |i, j| ((i + j) % 5) as f32);
-    let spd = Mat::<f32>::from_fn(b, b, |i, j| {
-        1.0 / (1.0 + i.abs_diff(j) as f32) + if i == j { b as f32 } else { 0.0 }
-    });
+    let spd = Mat::<f32>::from_fn(b, b, |i, j| matrix_entry(i, j, b));
     Ok(match name {
         "gemm" => Box::new(move || {
             faer::linalg::matmul::matmul(c.as_mut(), Accum::Replace, a.as_ref(), a.as_ref(), 1.0, Par::Seq);
@@ -271,15 +271,9 @@ fn numpy_gemm(tiles: &[usize], reps: usize) -> Result<Vec<f64>, String> {
     Ok(v)
 }
 
-/// A symmetric, diagonally dominant `b`×`b` row-major matrix.
+/// The symmetric, diagonally dominant `b`×`b` row-major matrix [`matrix_entry`].
 fn spd(b: usize) -> Vec<f32> {
-    let mut a = vec![0.0f32; b * b];
-    for i in 0..b {
-        for j in 0..b {
-            a[i * b + j] = 1.0 / (1.0 + i.abs_diff(j) as f32) + if i == j { b as f32 } else { 0.0 };
-        }
-    }
-    a
+    (0..b * b).map(|k| matrix_entry(k / b, k % b, b)).collect()
 }
 
 fn values(n: usize, seed: usize) -> Vec<f32> {

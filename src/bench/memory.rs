@@ -315,7 +315,7 @@ pub fn measure(tiles: usize, len: usize, reps: usize) -> Result<Vec<MemoryRow>, 
         }
         let rt = builder.build().map_err(|e| e.to_string())?;
         if rt.gpus().is_empty() {
-            return Err("no GPU found: nothing to measure (without a hardware GPU, install mesa-vulkan-drivers and pass --software-gpus to use lavapipe)".into());
+            return Err(super::NO_GPU.into());
         }
         let (g, data) = build(&rt, tiles, len);
         let (makespan, report, result) = timed_runs(&rt, &g, &data, len, reps)?;
@@ -446,7 +446,7 @@ pub fn measure_cholesky(n: usize, b: usize, cpus: usize, reps: usize, gpu: bool)
         }
         let rt = builder.build().map_err(|e| e.to_string())?;
         if gpu && rt.gpus().is_empty() {
-            return Err("no GPU found: nothing to measure (without a hardware GPU, install mesa-vulkan-drivers and pass --software-gpus to use lavapipe)".into());
+            return Err(super::NO_GPU.into());
         }
         // On a GPU run every update goes to the GPU, so that its limit is what is measured.
         let chol = if gpu {

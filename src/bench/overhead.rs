@@ -460,19 +460,25 @@ impl Csr {
 
 /// Formats rows as a Markdown table.
 pub fn markdown(rows: &[OverheadRow]) -> String {
-    let policies: Vec<&str> = rows
+    let policies: Vec<String> = rows
         .first()
-        .map(|r| r.hexec_ns_per_task.iter().map(|(p, _)| p.as_str()).collect())
+        .map(|r| {
+            r.hexec_ns_per_task
+                .iter()
+                .map(|(p, _)| format!("hexec {p} µs/task"))
+                .collect()
+        })
         .unwrap_or_default();
-    let mut s = String::from("| shape | tasks | edges |");
-    for p in &policies {
-        s.push_str(&format!(" hexec {p} µs/task |"));
-    }
-    s.push_str(" rayon µs/task | rayon as | build µs/task | peak RSS KiB/task |\n|---|---:|---:|");
-    for _ in &policies {
-        s.push_str("---:|");
-    }
-    s.push_str("---:|---|---:|---:|\n");
+    let mut s = super::policy_table_header(
+        &[("shape", "---"), ("tasks", "---:"), ("edges", "---:")],
+        &policies,
+        &[
+            ("rayon µs/task", "---:"),
+            ("rayon as", "---"),
+            ("build µs/task", "---:"),
+            ("peak RSS KiB/task", "---:"),
+        ],
+    );
     for r in rows {
         s.push_str(&format!("| {} | {} | {} |", r.shape, r.tasks, r.edges));
         for (_, ns) in &r.hexec_ns_per_task {
@@ -495,19 +501,20 @@ fn kib(v: Option<f64>) -> String {
 
 /// Formats `sim` rows as a Markdown table.
 pub fn sim_markdown(rows: &[SimRow]) -> String {
-    let policies: Vec<&str> = rows
+    let policies: Vec<String> = rows
         .first()
-        .map(|r| r.sim_ns_per_task.iter().map(|(p, _)| p.as_str()).collect())
+        .map(|r| {
+            r.sim_ns_per_task
+                .iter()
+                .map(|(p, _)| format!("sim {p} µs/task"))
+                .collect()
+        })
         .unwrap_or_default();
-    let mut s = String::from("| sim shape | tasks | machine |");
-    for p in &policies {
-        s.push_str(&format!(" sim {p} µs/task |"));
-    }
-    s.push_str(" peak RSS KiB/task |\n|---|---:|---|");
-    for _ in &policies {
-        s.push_str("---:|");
-    }
-    s.push_str("---:|\n");
+    let mut s = super::policy_table_header(
+        &[("sim shape", "---"), ("tasks", "---:"), ("machine", "---")],
+        &policies,
+        &[("peak RSS KiB/task", "---:")],
+    );
     for r in rows {
         s.push_str(&format!("| {} | {} | `{}` |", r.shape, r.tasks, r.machine));
         for (_, ns) in &r.sim_ns_per_task {

@@ -209,19 +209,20 @@ pub fn measure(src: &Sources, quick: bool) -> Result<Table, String> {
 
 /// The table in Markdown.
 pub fn markdown(rows: &[QualityRow]) -> String {
-    let policies: Vec<&str> = rows
+    let policies: Vec<String> = rows
         .first()
-        .map(|r| r.ratio.iter().map(|(p, _)| p.as_str()).collect())
+        .map(|r| r.ratio.iter().map(|(p, _)| p.clone()).collect())
         .unwrap_or_default();
-    let mut s = String::from("| workload | machine | graphs | tasks |");
-    for p in &policies {
-        s.push_str(&format!(" {p} |"));
-    }
-    s.push_str("\n|---|---|---:|---:|");
-    for _ in &policies {
-        s.push_str("---:|");
-    }
-    s.push('\n');
+    let mut s = super::policy_table_header(
+        &[
+            ("workload", "---"),
+            ("machine", "---"),
+            ("graphs", "---:"),
+            ("tasks", "---:"),
+        ],
+        &policies,
+        &[],
+    );
     for r in rows {
         s.push_str(&format!(
             "| {} | {} | {} | {} |",

@@ -555,9 +555,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             )?;
             let took = t.elapsed();
             if let Some(path) = &io.trace {
-                let f =
-                    std::fs::File::create(path).map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
-                write_chrome_trace(f, &g, &r.run).map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
+                write_trace(path, &g, &r.run)?;
             }
             if io.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -680,17 +678,11 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&table.rows)?);
-                // Standard output stays one JSON document: the skipped rows go to stderr.
-                for s in &table.skipped {
-                    eprintln!("{s}");
-                }
             } else {
                 println!("makespan / lower bound in the simulator (1.000 is optimal)\n");
                 print!("{}", hexec::bench::schedule::markdown(&table.rows));
-                for s in &table.skipped {
-                    println!("{s}");
-                }
             }
+            print_skipped(&table.skipped, json);
             Ok(())
         }
         Command::Bench {
@@ -768,7 +760,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             if rt.gpus().is_empty() {
                 return Err(Failure {
                     code: 2,
-                    message: "no GPU found: nothing to measure (without a hardware GPU, install mesa-vulkan-drivers and pass --software-gpus to use lavapipe)".into(),
+                    message: hexec::bench::NO_GPU.into(),
                 });
             }
             let mut figures = Vec::new();
@@ -852,10 +844,6 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 } else {
                     println!("{}", serde_json::to_string_pretty(&rows)?);
                 }
-                // Standard output stays one JSON document: the skipped rows go to stderr.
-                for s in &skipped {
-                    eprintln!("{s}");
-                }
             } else {
                 let mut b = Runtime::builder().gpus(GpuRequest::None);
                 if let Some(n) = cpus {
@@ -867,13 +855,11 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                     cfg.reps
                 );
                 print!("{}", overhead::markdown(&rows));
-                for s in &skipped {
-                    println!("{s}");
-                }
-                if !sim_rows.is_empty() {
-                    println!("\nsimulated (wall time of the simulation per task, one run each)\n");
-                    print!("{}", overhead::sim_markdown(&sim_rows));
-                }
+            }
+            print_skipped(&skipped, json);
+            if !json && !sim_rows.is_empty() {
+                println!("\nsimulated (wall time of the simulation per task, one run each)\n");
+                print!("{}", overhead::sim_markdown(&sim_rows));
             }
             Ok(())
         }
@@ -980,6 +966,13 @@ fn print_machine(rt: &Runtime) {
     }
 }
 
+/// Writes the Chrome trace of `report` (a traced run of `g`) to `path`.
+fn write_trace(path: &std::path::Path, g: &hexec::Graph, report: &hexec::RunReport) -> Result<(), Failure> {
+    let f = std::fs::File::create(path).map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
+    write_chrome_trace(f, g, report).map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
+    Ok(())
+}
+
 /// Says where a trace went: on standard output after a text summary, on standard error when
 /// standard output is JSON (so that it stays one JSON object).
 fn trace_written(path: &std::path::Path, json: bool) {
@@ -988,6 +981,18 @@ fn trace_written(path: &std::path::Path, json: bool) {
         eprintln!("{line}");
     } else {
         println!("{line}");
+    }
+}
+
+/// Prints a table's skipped rows after it: on standard error when standard output is JSON
+/// (so that it stays one JSON document).
+fn print_skipped(skipped: &[impl std::fmt::Display], json: bool) {
+    for s in skipped {
+        if json {
+            eprintln!("{s}");
+        } else {
+            println!("{s}");
+        }
     }
 }
 
@@ -1068,8 +1073,7 @@ fn run_and_report(
         Err(e) => return Err(e.into()),
     };
     if let Some(path) = &trace {
-        let f = std::fs::File::create(path).map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
-        write_chrome_trace(f, g, &report).map_err(|e| format!("cannot write trace {}: {e}", path.display()))?;
+        write_trace(path, g, &report)?;
     }
     // A failed or stopped run's data are not a result: checking them would call a correct
     // program wrong.
