@@ -407,11 +407,11 @@ impl<'m> Eligibility<'m> {
         if self.machine.gpus.is_empty() || !kernel.has_gpu() {
             return 0;
         }
-        let largest = accesses.iter().map(|&(d, _)| data[d as usize].bytes).max().unwrap_or(0);
-        let total: u64 = accesses.iter().map(|&(d, _)| data[d as usize].bytes).sum();
         if accesses.iter().any(|&(d, _)| data[d as usize].elem.is_none()) {
             return 0;
         }
+        let largest = accesses.iter().map(|&(d, _)| data[d as usize].bytes).max().unwrap_or(0);
+        let total: u64 = accesses.iter().map(|&(d, _)| data[d as usize].bytes).sum();
         self.machine
             .gpus
             .iter()
