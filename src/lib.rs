@@ -6,16 +6,18 @@
 //! and idle workers steal only from workers of their own class.
 //!
 //! Module map (see ARCHITECTURE.md for the invariants that span modules):
-//! - [`graph`]: tasks, data handles, dependency inference, validation, file formats;
+//! - [`graph`]: tasks, data handles, dependency inference, file formats;
 //! - [`linalg`]: tiled dense linear algebra on the runtime (the tiled Cholesky);
 //! - [`topology`]: the machine (hwloc discovery, or the OS's without the `hwloc` feature;
 //!   workers, classes, victim order);
-//! - [`sched`]: the policies, pure and deterministic (their choice, [`PolicyKind`], and the
-//!   performance models are public; the policy code is internal);
+//! - [`sched`]: the policies, pure and deterministic, and the submit-time validation of a
+//!   graph against a machine (their choice, [`PolicyKind`], and the performance models are
+//!   public; the policy code and the validation are internal);
 //! - [`gpu`]: GPUs through wgpu (discovery, devices, transfers, kernels);
 //! - [`runtime`]: the real driver (threads, lock-free queues, data store);
 //! - [`sim`]: the simulated driver (discrete events over modelled machines);
-//! - [`trace`]: run summaries and Chrome/Perfetto traces.
+//! - [`trace`]: run summaries and Chrome/Perfetto traces;
+//! - [`drivers`]: what needs both drivers (a runtime's simulated deadline prediction).
 //!
 //! Internal: `limits` (bounds on numbers from input, escaping names) and `memory` (coherence
 //! of copies across memory nodes, transfer accounting; its report types are re-exported by

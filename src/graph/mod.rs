@@ -1,5 +1,6 @@
 //! Task graphs: tasks, data accesses, dependencies, priorities, resource requests and
-//! restrictions; their validation (`compile`) and their file formats ([`formats`]).
+//! restrictions, and their file formats ([`formats`]). Their validation against a machine is
+//! `crate::sched::compile`.
 //!
 //! Dependencies are inferred from the order of data accesses, as StarPU's task insertion
 //! does (sequential consistency): a task that reads a datum runs after the last task that

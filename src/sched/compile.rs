@@ -407,11 +407,11 @@ impl<'m> Eligibility<'m> {
         if self.machine.gpus.is_empty() || !kernel.has_gpu() {
             return 0;
         }
-        let largest = accesses.iter().map(|&(d, _)| data[d as usize].bytes).max().unwrap_or(0);
-        let total: u64 = accesses.iter().map(|&(d, _)| data[d as usize].bytes).sum();
         if accesses.iter().any(|&(d, _)| data[d as usize].elem.is_none()) {
             return 0;
         }
+        let largest = accesses.iter().map(|&(d, _)| data[d as usize].bytes).max().unwrap_or(0);
+        let total: u64 = accesses.iter().map(|&(d, _)| data[d as usize].bytes).sum();
         self.machine
             .gpus
             .iter()
@@ -442,11 +442,10 @@ impl<'m> Eligibility<'m> {
                 (false, false) => "none",
             };
             if kernel.has_gpu() && m.count(DeviceKind::Gpu) > 0 && !kernel.has_cpu() {
-                let largest_memory = m.gpus.iter().filter_map(|g| g.memory_bytes).max();
                 return Err(format!(
-                    "kernel '{}' runs only on GPUs, and no GPU can hold its operands (size-only data, an operand larger than the GPU's largest storage binding, or operands together larger than its memory{})",
+                    "kernel '{}' runs only on GPUs, and {}",
                     kernel.name(),
-                    largest_memory.map(|b| format!(" of {b} bytes")).unwrap_or_default()
+                    no_gpu_fits(m)
                 ));
             }
             return Err(format!(
@@ -460,11 +459,7 @@ impl<'m> Eligibility<'m> {
             cand.retain(|&w| m.workers[w.index()].kind == kind);
             if cand.is_empty() {
                 if kind == DeviceKind::Gpu && kernel.has_gpu() && m.count(kind) > 0 && gpu_fit == 0 {
-                    let largest_memory = m.gpus.iter().filter_map(|g| g.memory_bytes).max();
-                    return Err(format!(
-                        "it is restricted to gpu workers, and no GPU can hold its operands (size-only data, an operand larger than the GPU's largest storage binding, or operands together larger than its memory{})",
-                        largest_memory.map(|b| format!(" of {b} bytes")).unwrap_or_default()
-                    ));
+                    return Err(format!("it is restricted to gpu workers, and {}", no_gpu_fits(m)));
                 }
                 return Err(format!(
                     "it is restricted to {kind} workers; this machine has {} {kind} worker(s) able to run kernel '{}'",
@@ -533,6 +528,16 @@ impl<'m> Eligibility<'m> {
         }
         Ok(mask)
     }
+}
+
+/// Why no GPU may run a task whose operands fit none (`Eligibility::gpu_fit` is 0), for
+/// the two refusals that end in it.
+fn no_gpu_fits(m: &Machine) -> String {
+    let largest_memory = m.gpus.iter().filter_map(|g| g.memory_bytes).max();
+    format!(
+        "no GPU can hold its operands (size-only data, an operand larger than the GPU's largest storage binding, or operands together larger than its memory{})",
+        largest_memory.map(|b| format!(" of {b} bytes")).unwrap_or_default()
+    )
 }
 
 #[cfg(test)]

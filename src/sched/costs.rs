@@ -35,6 +35,25 @@ pub fn kind_index(k: DeviceKind) -> usize {
     }
 }
 
+/// `costs` where each task may run at all: `None` for a kind none of the workers its
+/// eligible set holds is of (`kinds[w]`: worker `w`'s kind).
+pub fn allowed_costs(plan: &Plan, kinds: &[DeviceKind], costs: &[TaskCost]) -> Vec<TaskCost> {
+    costs
+        .iter()
+        .enumerate()
+        .map(|(t, c)| {
+            let set = plan.set(plan.task_set(t as u32));
+            let mut c = *c;
+            for kind in [DeviceKind::Cpu, DeviceKind::Gpu] {
+                if !set.workers.iter().any(|w| kinds[w.index()] == kind) {
+                    c[kind_index(kind)] = None;
+                }
+            }
+            c
+        })
+        .collect()
+}
+
 /// The cost on the fastest kind that can run the task (0 when none is known).
 pub fn fastest(c: &TaskCost) -> f64 {
     let f = c.iter().flatten().copied().fold(f64::INFINITY, f64::min);

@@ -6,7 +6,9 @@
 
 use super::bound::{gpu_advantage_threshold, lower_bound};
 use super::compile::Successors;
-use super::{heft_plan, kind_index, Eager, Heft, Locality, Pick, Plan, Policy, PolicyKind, RandomPolicy, ReadyQueues};
+use super::{
+    allowed_costs, heft_plan, Eager, Heft, Locality, Pick, Plan, Policy, PolicyKind, RandomPolicy, ReadyQueues,
+};
 use super::{TaskCost, WorkStealing};
 use crate::topology::{DeviceKind, Machine, WorkerId};
 
@@ -51,21 +53,7 @@ pub fn build_policy(kind: PolicyKind, i: &PolicyInputs<'_>) -> AnyPolicy {
             let (cpus, gpus) = (i.machine.count(DeviceKind::Cpu), i.machine.count(DeviceKind::Gpu));
             let mut policy = Locality::new(i.machine.num_workers());
             if gpus > 0 && !i.costs.is_empty() {
-                let allowed: Vec<TaskCost> = i
-                    .costs
-                    .iter()
-                    .enumerate()
-                    .map(|(t, c)| {
-                        let set = i.plan.set(i.plan.task_set(t as u32));
-                        let mut c = *c;
-                        for kind in [DeviceKind::Cpu, DeviceKind::Gpu] {
-                            if !set.workers.iter().any(|w| kinds[w.index()] == kind) {
-                                c[kind_index(kind)] = None;
-                            }
-                        }
-                        c
-                    })
-                    .collect();
+                let allowed = allowed_costs(i.plan, &kinds, i.costs);
                 let bound = lower_bound(i.edges, &allowed, cpus, gpus);
                 if bound.area_s > 2.0 * bound.critical_path_s {
                     let threshold = gpu_advantage_threshold(&allowed, cpus, gpus, bound.bound_s);

@@ -15,8 +15,8 @@ use crate::kernels::ElemType;
 use crate::memory::{room_seconds, Coherence, Node, Transfers, SPILL_BANDWIDTH as DISK_BYTES_PER_S};
 use crate::sched::compile::{compile, DatumInfo, SubmitError, Successors};
 use crate::sched::{
-    build_policy, kind_index, rank_priorities, Pick, Plan, Policy, PolicyInputs, PolicyKind, ReadyQueues, RootGate,
-    SimQueues,
+    allowed_costs, build_policy, kind_index, rank_priorities, Pick, Plan, Policy, PolicyInputs, PolicyKind,
+    ReadyQueues, RootGate, SimQueues,
 };
 use crate::topology::{DeviceKind, WorkerId};
 use crate::trace::{NodeResidency, RunReport, TraceEvent, TraceLog, WorkerReport};
@@ -117,7 +117,6 @@ pub(crate) fn simulate_sized(
     opts: &SimOptions,
     sizes: Option<&[u64]>,
 ) -> Result<SimReport, SimError> {
-    let n = graph.len();
     let data_bytes: Vec<u64> = match sizes {
         Some(s) => s.to_vec(),
         None => graph
@@ -161,18 +160,8 @@ pub(crate) fn simulate_sized(
     let compiled = compile(&g, &machine, &infos)?;
     let plan = &compiled.plan;
     // Costs where the task may run at all.
-    let allowed: Vec<[Option<f64>; 2]> = (0..n)
-        .map(|t| {
-            let set = plan.set(plan.task_set(t as u32));
-            let mut c = costs[t];
-            for (k, kind) in KINDS.iter().enumerate() {
-                if !set.workers.iter().any(|w| sm.machine.workers[w.index()].kind == *kind) {
-                    c[k] = None;
-                }
-            }
-            c
-        })
-        .collect();
+    let kinds: Vec<DeviceKind> = sm.machine.workers.iter().map(|w| w.kind).collect();
+    let allowed = allowed_costs(plan, &kinds, &costs);
     let bound = lower_bound(
         &edges,
         &allowed,

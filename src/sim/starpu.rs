@@ -351,29 +351,32 @@ impl<'a> Tokens<'a> {
         Tokens { lines, at: 0, tok: 0 }
     }
 
-    fn next(&mut self, what: &str) -> Result<(usize, &'a str), LineError> {
-        while self.lines.get(self.at).is_some_and(|(_, t)| self.tok >= t.len()) {
-            self.at += 1;
-            self.tok = 0;
-        }
-        let (line, toks) = self
-            .lines
-            .get(self.at)
-            .ok_or_else(|| (None, format!("the file ends before {what}")))?;
-        self.tok += 1;
-        Ok((*line, toks[self.tok - 1]))
-    }
-
-    /// The rest of the current line, or the next line if this one is used up.
-    fn line(&mut self, what: &str) -> Result<(usize, &[&'a str]), LineError> {
+    /// Moves past the current line when it is used up (lines are never empty, so one step
+    /// suffices), so that `lines[at]` holds the next token; an error at the end of the file.
+    fn skip_used_line(&mut self, what: &str) -> Result<(), LineError> {
         if self.lines.get(self.at).is_some_and(|(_, t)| self.tok >= t.len()) {
             self.at += 1;
             self.tok = 0;
         }
-        let (line, toks) = self
-            .lines
-            .get(self.at)
-            .ok_or_else(|| (None, format!("the file ends before {what}")))?;
+        if self.at < self.lines.len() {
+            Ok(())
+        } else {
+            Err((None, format!("the file ends before {what}")))
+        }
+    }
+
+    fn next(&mut self, what: &str) -> Result<(usize, &'a str), LineError> {
+        self.skip_used_line(what)?;
+        let (line, toks) = &self.lines[self.at];
+        let tok = toks[self.tok];
+        self.tok += 1;
+        Ok((*line, tok))
+    }
+
+    /// The rest of the current line, or the next line if this one is used up.
+    fn line(&mut self, what: &str) -> Result<(usize, &[&'a str]), LineError> {
+        self.skip_used_line(what)?;
+        let (line, toks) = &self.lines[self.at];
         let rest = &toks[self.tok..];
         self.at += 1;
         self.tok = 0;

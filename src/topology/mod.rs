@@ -404,6 +404,17 @@ struct CoreDesc {
     index: usize,
 }
 
+/// How many of the `available` cores a run keeps: all, or the `--cpus` asked for (at least
+/// one, at most `available`). Shared by both discovery back-ends.
+fn cores_to_keep(cpus: Option<usize>, available: usize) -> Result<usize, TopologyError> {
+    match cpus {
+        Some(0) => Err(TopologyError::ZeroCpus),
+        Some(n) if n > available => Err(TopologyError::TooManyCpus { asked: n, available }),
+        Some(n) => Ok(n),
+        None => Ok(available),
+    }
+}
+
 /// The operating system's total memory (`MemTotal` in `/proc/meminfo`), when it tells.
 fn os_total_memory() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -482,5 +493,18 @@ mod tests {
         assert_eq!(m.victims[0][0], WorkerId(1));
         assert_eq!(m.victims[3][0], WorkerId(2));
         assert_eq!(m.numa_nodes[1].workers, vec![WorkerId(2), WorkerId(3)]);
+    }
+
+    #[test]
+    fn cpu_limit_is_checked() {
+        let (all, _) = discover(None).unwrap();
+        let (one, _) = discover(Some(1)).unwrap();
+        assert_eq!(one.num_workers(), 1);
+        assert!(one.victims[0].is_empty());
+        assert!(matches!(discover(Some(0)), Err(TopologyError::ZeroCpus)));
+        assert!(matches!(
+            discover(Some(all.num_workers() + 1)),
+            Err(TopologyError::TooManyCpus { .. })
+        ));
     }
 }
