@@ -233,7 +233,7 @@ impl std::str::FromStr for FaultPlan {
     }
 }
 
-/// `2s`, `1.5s`, `150ms`, `20us`, `1m`.
+/// `2s`, `1.5s`, `150ms`, `20us`, `1m`; at most `limits::MAX_DURATION_S` (about 31 years).
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
     let (num, unit) = s.split_at(split);
@@ -245,12 +245,19 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "m" | "min" => n * 60.0,
         _ => return None,
     };
-    Duration::try_from_secs_f64(secs).ok()
+    // Held to the same bound as every duration from input (`limits::seconds`).
+    crate::limits::seconds(secs).ok().map(Duration::from_secs_f64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_past_the_input_limit_are_refused() {
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("99999999999999s"), None);
+    }
 
     #[test]
     fn parses_the_documented_forms_and_names_mistakes() {
