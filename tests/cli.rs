@@ -120,6 +120,7 @@ fn info_and_demo() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "gpu"), ignore = "uses a GPU: needs the `gpu` feature")]
 fn bench_gpu_reports_every_figure() {
     let out = hexec()
         .args(["bench", "gpu", "--software-gpus", "--quick", "--reps", "1", "--json"])
@@ -150,6 +151,7 @@ fn bench_gpu_reports_every_figure() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "gpu"), ignore = "uses a GPU: needs the `gpu` feature")]
 fn bench_memory_stays_within_limits_and_matches_the_simulator() {
     let out = hexec()
         .args([
@@ -312,6 +314,7 @@ fn run_stops_a_stalled_run_with_what_each_task_waits_for() {
 }
 
 #[test]
+#[cfg_attr(not(feature = "gpu"), ignore = "uses a GPU: needs the `gpu` feature")]
 fn bench_soak_recovers_every_fault_with_identical_results() {
     let out = hexec()
         .args([
@@ -359,6 +362,7 @@ fn run_reports_a_missed_deadline() {
 
 /// Software adapters (lavapipe here) are listed but not used unless asked for.
 #[test]
+#[cfg_attr(not(feature = "gpu"), ignore = "uses a GPU: needs the `gpu` feature")]
 fn software_gpus_are_used_only_when_asked_for() {
     let out = hexec().args(["info", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -605,6 +609,7 @@ fn bench_overhead_prints_a_skipped_line_for_missing_dask_graphs() {
 /// A GPU attempt that fails and is run on a CPU instead is a warning the summary prints. (The
 /// CPU worker is slowed so that the GPU worker surely takes some of the tasks first.)
 #[test]
+#[cfg_attr(not(feature = "gpu"), ignore = "uses a GPU: needs the `gpu` feature")]
 fn run_prints_a_warning_for_each_gpu_to_cpu_fallback() {
     let data: Vec<String> = (0..8)
         .map(|i| format!(r#"{{"name": "x{i}", "type": "f32", "len": 64, "init": {{"fill": 1.0}}}}"#))

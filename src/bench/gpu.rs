@@ -142,7 +142,7 @@ pub fn measure(dev: &GpuDevice, quick: bool, reps: usize) -> Result<Vec<GpuFigur
         for rep in 0..=reps {
             let t = Instant::now();
             dev.upload(&dst, &host)?;
-            dev.queue.submit([]);
+            dev.flush_uploads();
             dev.wait_idle()?;
             let u = t.elapsed().as_secs_f64();
             let t = Instant::now();

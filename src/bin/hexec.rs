@@ -900,7 +900,9 @@ fn info(json: bool, m: &DeviceArgs) -> Result<(), Failure> {
             println!("  features: {}", w.features.join(" "));
         }
         let software_in_use = mach.gpus.iter().any(|g| g.device_type == "Cpu");
-        if mach.gpus.is_empty() && adapters.is_empty() {
+        if !cfg!(feature = "gpu") {
+            println!("  gpus: none (this hexec was built without its `gpu` feature)");
+        } else if mach.gpus.is_empty() && adapters.is_empty() {
             println!("  gpus: none found (on a machine without a GPU, install mesa-vulkan-drivers and pass --software-gpus to use lavapipe)");
         }
         if !software_in_use {

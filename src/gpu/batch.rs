@@ -8,45 +8,11 @@
 use std::sync::mpsc;
 use std::time::Instant;
 
-use hexec_kernels::gpu::{pack_params, Binding, GpuDims, GpuImpl};
+use hexec_kernels::gpu::{pack_params, Binding, GpuDims};
 
+use super::common::{BatchItem, Finished, GpuSpan, MAX_BATCH};
 use super::device::GpuDevice;
-use super::exec::{scoped, GpuOperand, SUBMIT_LIMIT};
-
-pub use crate::topology::MAX_BATCH;
-
-/// One task of a batch.
-pub(crate) struct BatchItem<'a> {
-    pub kernel: &'a str,
-    pub gpu_impl: &'a GpuImpl,
-    pub ops: Vec<GpuOperand>,
-    pub params: &'a [f64],
-}
-
-/// A task's kernel on the GPU's own clock: nanoseconds since the device's (arbitrary)
-/// timestamp epoch, from the beginning of its first pass to the end of its last.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct GpuSpan {
-    pub start_ns: u64,
-    pub end_ns: u64,
-}
-
-impl GpuSpan {
-    /// The kernel's time in seconds.
-    pub fn seconds(self) -> f64 {
-        self.end_ns.saturating_sub(self.start_ns) as f64 * 1e-9
-    }
-}
-
-/// What became of a batch.
-pub(crate) struct Finished {
-    /// Per item: its kernel's span when timestamps were taken, or the error.
-    pub results: Vec<Result<Option<GpuSpan>, String>>,
-    /// Just before `queue.submit`: no task of the batch started on the GPU earlier.
-    pub submitted_at: Instant,
-    /// When the wait for the batch returned: every task had ended by then.
-    pub done_at: Instant,
-}
+use super::exec::{scoped, SUBMIT_LIMIT};
 
 /// A submitted batch, until [`GpuDevice::finish_batch`].
 pub(crate) struct InFlight {

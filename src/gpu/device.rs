@@ -4,60 +4,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::common::{AdapterSummary, GpuError, GpuRequest, ASK_FOR_SOFTWARE_GPUS};
 use super::exec::Pipelines;
 use super::poll::Poller;
 use super::pool::BufferPool;
 use crate::topology::GpuDesc;
-
-/// Which GPUs a runtime opens.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum GpuRequest {
-    /// Every GPU adapter found (deduplicated).
-    #[default]
-    All,
-    /// None: CPU only.
-    None,
-    /// Exactly this many devices. More than there are adapters opens several devices on the
-    /// same adapters, round-robin: on a machine with one lavapipe adapter, `Count(2)` gives two
-    /// independent devices, so that multi-GPU paths run for real in tests.
-    Count(usize),
-}
-
-impl std::str::FromStr for GpuRequest {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "all" => Ok(GpuRequest::All),
-            "none" | "0" => Ok(GpuRequest::None),
-            n => n
-                .parse::<usize>()
-                .map(GpuRequest::Count)
-                .map_err(|_| format!("--gpus takes a number, 'all' or 'none', not '{n}'")),
-        }
-    }
-}
-
-/// GPU errors.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum GpuError {
-    /// GPUs were asked for but none can be used.
-    #[error("{asked} GPU(s) requested but this machine has none that wgpu can use for compute{hint}")]
-    NoAdapter {
-        /// How many were asked for.
-        asked: usize,
-        /// What else was found and how to use it (may be empty).
-        hint: String,
-    },
-    /// A device could not be opened.
-    #[error("could not open GPU '{device}': {message}")]
-    RequestDevice {
-        /// The adapter's name.
-        device: String,
-        /// wgpu's error.
-        message: String,
-    },
-}
 
 /// Device health, shared with wgpu's callbacks.
 #[derive(Debug, Default)]
@@ -91,10 +42,10 @@ impl Health {
 pub struct GpuDevice {
     /// The device's description.
     pub desc: GpuDesc,
-    /// The wgpu device.
-    pub device: wgpu::Device,
+    /// The wgpu device (its type stays inside `gpu/`).
+    pub(crate) device: wgpu::Device,
     /// Its queue.
-    pub queue: wgpu::Queue,
+    pub(crate) queue: wgpu::Queue,
     pub(crate) health: Arc<Health>,
     pub(crate) poller: Poller,
     pub(crate) pool: BufferPool,
@@ -158,35 +109,6 @@ const WANTED: [(wgpu::Features, &str); 3] = [
     (wgpu::Features::SUBGROUP, "subgroups"),
     (wgpu::Features::TIMESTAMP_QUERY, "timestamp"),
 ];
-
-/// The environment variable that lets software adapters be used when the program does not
-/// say ([`RuntimeBuilder::software_gpus`](crate::RuntimeBuilder::software_gpus)): `1`,
-/// `true` or `yes`.
-pub const SOFTWARE_GPUS_ENV: &str = "HEXEC_SOFTWARE_GPUS";
-
-/// How a program or a user asks for software adapters, for the messages that mention them.
-pub const ASK_FOR_SOFTWARE_GPUS: &str = "--software-gpus, HEXEC_SOFTWARE_GPUS=1 or RuntimeBuilder::software_gpus(true)";
-
-/// Whether [`SOFTWARE_GPUS_ENV`] asks for software adapters.
-pub fn software_gpus_from_env() -> bool {
-    std::env::var(SOFTWARE_GPUS_ENV).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
-}
-
-/// A compute-capable adapter as discovery sees it, used or not.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct AdapterSummary {
-    /// The adapter's name.
-    pub name: String,
-    /// Its backend (`vulkan`, `metal`, `dx12`, ...).
-    pub backend: String,
-    /// Its device type (`DiscreteGpu`, `Cpu`, ...).
-    pub device_type: String,
-    /// Its driver.
-    pub driver: String,
-    /// A CPU-type adapter (a software rasteriser such as Mesa's lavapipe): it runs on the
-    /// same cores as the CPU workers, so it is opened only when asked for.
-    pub software: bool,
-}
 
 /// Every compute-capable adapter, deduplicated, hardware ones first (software ones are listed
 /// by `hexec info` with a note that they are not used by default).

@@ -6,8 +6,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use hexec_kernels::gpu::{Binding, GpuImpl, GpuPass};
-use hexec_kernels::Access;
 
+use super::common::{GpuOperand, OUT_OF_GPU_MEMORY};
 use super::device::GpuDevice;
 
 /// The longest hexec waits for one submission before calling it stuck.
@@ -18,13 +18,6 @@ pub(crate) const SUBMIT_LIMIT: Duration = Duration::from_secs(600);
 /// A clone shares the buffer (wgpu buffers are reference-counted).
 #[derive(Clone, Debug)]
 pub struct GpuBuffer(pub(super) wgpu::Buffer);
-
-/// An operand as a dispatch binds it.
-pub(crate) struct GpuOperand {
-    pub buffer: GpuBuffer,
-    pub elements: u64,
-    pub access: Access,
-}
 
 type PipelineKey = (Arc<str>, String, Vec<bool>);
 
@@ -43,10 +36,6 @@ impl Pipelines {
         self.pipelines.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
-
-/// What an out-of-memory error of a GPU call says: the workers read it to tell a shortage
-/// (worth another attempt) from an error of the kernel's own code.
-pub(crate) const OUT_OF_GPU_MEMORY: &str = "out of GPU memory";
 
 pub(crate) fn scoped<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T, String> {
     let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
@@ -211,6 +200,11 @@ impl GpuDevice {
             let _ = tx.send(());
         });
         self.poller.wait(rx, &self.health, SUBMIT_LIMIT)
+    }
+
+    /// Submits the uploads queued so far now, instead of with the next kernel or download.
+    pub(crate) fn flush_uploads(&self) {
+        self.queue.submit([]);
     }
 
     /// Copies host bytes into a device buffer (padded to 4 bytes), queued before the next submit.
