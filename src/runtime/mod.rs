@@ -18,6 +18,7 @@ mod hostbuf;
 mod lineage;
 mod load;
 mod pause;
+mod pool;
 mod queues;
 mod sleep;
 mod speculate;
@@ -40,7 +41,7 @@ use crate::sched::compile::{compile_with_priorities, DatumInfo, SubmitError, Suc
 use crate::sched::perfmodel::{PerfModel, MAX_SAMPLES};
 use crate::sched::predict::{PredictInput, Predictor};
 use crate::sched::{build_policy, rank_priorities, Policy, PolicyInputs, PolicyKind, RootGate, TaskCost};
-use crate::topology::{discover, HwTopology, Machine, TopologyError, WorkerId};
+use crate::topology::{discover, Machine, TopologyError, WorkerId};
 use crate::trace::{RunReport, TraceLog, WorkerReport};
 
 pub use crate::trace::NodeMemory;
@@ -89,14 +90,6 @@ pub enum RunError {
         /// The worker's name.
         worker: String,
         /// The error.
-        message: String,
-    },
-    /// A worker thread could not be started.
-    #[error("could not start worker thread '{worker}': {message}")]
-    Spawn {
-        /// The worker's name.
-        worker: String,
-        /// The OS's error.
         message: String,
     },
 }
@@ -179,6 +172,14 @@ pub enum BuildError {
     /// limit could not be kept, so the runtime is refused rather than run over it.
     #[error("host memory limit set, but {0}")]
     SpillDir(String),
+    /// A worker's thread could not be started.
+    #[error("could not start the thread of worker {worker}: {message}")]
+    Spawn {
+        /// The worker.
+        worker: String,
+        /// The system's error.
+        message: String,
+    },
 }
 
 /// What a run works on, prepared by `run_with`.
@@ -505,11 +506,17 @@ impl RuntimeBuilder {
             .collect();
         let budgets = Arc::new(budget::Budgets::new(&capacities, &numa_weights, gpu_numa, spill));
         let gpu_of_worker = machine.workers.iter().map(|w| machine.gpu_index(w.id)).collect();
+        let names: Vec<String> = machine.workers.iter().map(|w| w.name.clone()).collect();
+        let pus: Vec<Vec<u32>> = machine.workers.iter().map(|w| w.pus.clone()).collect();
+        let pool = pool::WorkerPool::start(&names, &pus, hw.as_ref()).map_err(|(worker, e)| BuildError::Spawn {
+            worker,
+            message: e.to_string(),
+        })?;
         Ok(Runtime {
+            pool,
             predictor,
             id,
             machine,
-            hw,
             policy: self.policy,
             store: {
                 let store = DataStore::new(id, gpus.len(), budgets.clone());
@@ -565,7 +572,6 @@ pub struct Runtime {
     predictor: Predictor,
     id: u64,
     machine: Machine,
-    hw: Option<HwTopology>,
     policy: PolicyKind,
     store: DataStore,
     registry: KernelRegistry,
@@ -590,6 +596,8 @@ pub struct Runtime {
     _spiller: Option<spiller::Spiller>,
     /// Bytes and seconds of host↔GPU copies measured so far.
     links: Mutex<(f64, f64)>,
+    /// One thread per worker, started here and lent to each run.
+    pool: pool::WorkerPool,
 }
 
 impl Runtime {
@@ -880,6 +888,9 @@ impl Runtime {
 
     /// Runs a graph with options.
     pub fn run_with(&self, graph: &Graph, opts: RunOptions) -> Result<RunReport, RunError> {
+        // Runs take turns on the worker threads; a run's data are acquired during its turn,
+        // so runs from several threads on the same data wait for each other, not fail.
+        let turn = self.pool.turn();
         self.forget_lost_gpus();
         // Before `resolve` makes a cell for each temporary (whose size it computes).
         self.check_temp_sizes(graph)?;
@@ -995,7 +1006,7 @@ impl Runtime {
                 mean_comm: &|p, t| if self.gpus.is_empty() { 0.0 } else { comm(p, t) },
             },
         );
-        self.execute(&policy, graph, data, opts)
+        self.execute(&policy, graph, data, opts, &turn)
     }
 
     /// Finds the store cell of each of the graph's data (`None` for size-only data); makes
@@ -1227,6 +1238,7 @@ impl Runtime {
         graph: &Graph,
         data: RunData<'_>,
         opts: RunOptions,
+        turn: &pool::Turn<'_>,
     ) -> Result<RunReport, RunError> {
         let RunData {
             compiled,
@@ -1378,46 +1390,6 @@ impl Runtime {
         }
         let started = Instant::now();
         let stats: Vec<WorkerStats> = std::thread::scope(|s| {
-            let mut handles = Vec::with_capacity(locals.len());
-            for (i, q) in locals.into_iter().enumerate() {
-                let me = WorkerId(i as u32);
-                let run = &run;
-                let pus = self.machine.workers[i].pus.clone();
-                let hw = self.hw.clone();
-                let spawned = std::thread::Builder::new()
-                    .name(format!("hexec-{}", names[i]))
-                    .spawn_scoped(s, move || {
-                        if let Some(hw) = hw {
-                            if let Err(e) = hw.pin_current_thread(&pus) {
-                                tracing::debug!(worker = i, error = %e, "could not pin worker thread");
-                            }
-                        }
-                        // Kernel panics are caught per task; a panic here is a bug in hexec.
-                        // Stop the run rather than leave the other workers waiting forever.
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match run.gpu_of_worker[i] {
-                            Some(g) => worker::run_gpu_worker(policy, run, q, me, g),
-                            None => run_worker(policy, run, q, me),
-                        }))
-                        .map_err(|p| {
-                            run.done.store(true, Ordering::SeqCst);
-                            run.queues.sleep.wake_all();
-                            hexec_kernels::panic_message(&*p)
-                        })
-                    });
-                match spawned {
-                    Ok(h) => handles.push(h),
-                    Err(e) => {
-                        // Without this worker the run could wait forever for tasks only it
-                        // may run: stop the others and report.
-                        run.done.store(true, Ordering::SeqCst);
-                        shared.sleep.wake_all();
-                        return Err(RunError::Spawn {
-                            worker: names[i].clone(),
-                            message: e.to_string(),
-                        });
-                    }
-                }
-            }
             // Stopped by the end of the run (`done`), or stops it when nothing progresses.
             let watchdog = opts.stall_timeout.map(|timeout| {
                 let run = &run;
@@ -1442,40 +1414,54 @@ impl Runtime {
                     }
                 })
             });
-            let mut stats = Vec::with_capacity(handles.len());
-            let stop_monitor = || {
-                if let Some(token) = &opts.cancel {
-                    // The workers are gone; `done` lets the monitor leave once woken.
+            // Each worker's loop on its persistent thread; the loops take their queues from
+            // here (the pool calls the closure once per worker).
+            let locals: Vec<Mutex<Option<LocalQueues<'_>>>> = locals.into_iter().map(|q| Mutex::new(Some(q))).collect();
+            let outcomes = turn.run_scoped(|i| {
+                let q = locals[i]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .expect("each worker's queues are taken once");
+                let me = WorkerId(i as u32);
+                let run = &run;
+                // Kernel panics are caught per task; a panic here is a bug in hexec. Stop the
+                // run rather than leave the other workers waiting forever.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match run.gpu_of_worker[i] {
+                    Some(g) => worker::run_gpu_worker(policy, run, q, me, g),
+                    None => run_worker(policy, run, q, me),
+                }))
+                .map_err(|p| {
                     run.done.store(true, Ordering::SeqCst);
-                    token.wake();
-                }
-            };
-            for (i, h) in handles.into_iter().enumerate() {
-                match h.join() {
-                    Ok(Ok(st)) => stats.push(st),
-                    Ok(Err(message)) => {
-                        stop_monitor();
-                        return Err(RunError::Internal {
-                            worker: names[i].clone(),
-                            message,
-                        });
-                    }
-                    Err(p) => {
-                        stop_monitor();
-                        let message = hexec_kernels::panic_message(&*p);
-                        return Err(RunError::Internal {
-                            worker: names[i].clone(),
-                            message,
-                        });
-                    }
-                }
+                    run.queues.sleep.wake_all();
+                    hexec_kernels::panic_message(&*p)
+                })
+            });
+            // The workers are gone; `done` lets the watchdog and the monitor leave once woken.
+            run.done.store(true, Ordering::SeqCst);
+            if let Some(token) = &opts.cancel {
+                token.wake();
             }
             if let Some(w) = watchdog {
                 let _ = w.join();
             }
-            stop_monitor();
             if let Some(m) = monitor {
                 let _ = m.join();
+            }
+            let mut stats = Vec::with_capacity(outcomes.len());
+            for (i, outcome) in outcomes.into_iter().enumerate() {
+                let message = match outcome {
+                    Ok(Ok(st)) => {
+                        stats.push(st);
+                        continue;
+                    }
+                    Ok(Err(message)) => message,
+                    Err(p) => hexec_kernels::panic_message(&*p),
+                };
+                return Err(RunError::Internal {
+                    worker: names[i].clone(),
+                    message,
+                });
             }
             Ok(stats)
         })?;
