@@ -265,7 +265,7 @@ mod tests {
         };
         let first = ids(&p);
         assert_eq!(first, ids(&p), "no new threads between runs");
-        let local = vec![10, 20, 30];
+        let local = [10, 20, 30];
         let got: Vec<i32> = p
             .turn()
             .run_scoped(|i| local[i] + 1)
