@@ -512,7 +512,7 @@ impl RuntimeBuilder {
             worker,
             message: e.to_string(),
         })?;
-        Ok(Runtime {
+        Ok(Runtime::new(Engine {
             pool,
             predictor,
             id,
@@ -538,8 +538,7 @@ impl RuntimeBuilder {
             retry_panics: self.retry_panics,
             faults: self.faults,
             links: Mutex::new((0.0, 0.0)),
-            registry: KernelRegistry::with_builtins(),
-        })
+        }))
     }
 }
 
@@ -552,29 +551,15 @@ pub fn remove_stale_spill_dirs(parent: &std::path::Path) -> Vec<std::path::PathB
     spill::remove_stale(parent)
 }
 
-/// Runs task graphs on this machine's cores and GPUs.
-///
-/// ```
-/// use hexec::{Runtime, kernels::builtin};
-/// let rt = Runtime::builder().cpus(1).build()?;
-/// let x = rt.data(vec![1.0f32; 4]);
-/// let y = rt.data(vec![0.5f32; 4]);
-/// let mut g = rt.graph();
-/// g.task(&builtin::axpy()).read(x).read_write(y).param(2.0).add();
-/// g.task(&builtin::scale()).read_write(y).param(10.0).add();
-/// let report = rt.run(&g)?;
-/// assert_eq!(report.completed, 2);
-/// assert_eq!(rt.read(y)?, vec![25.0; 4]);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub struct Runtime {
+/// What runs graphs: the machine, the data store, the GPUs, the model and the worker
+/// threads. Shared (`Arc`) by the [`Runtime`] handle and its submission dispatcher.
+pub(crate) struct Engine {
     /// Predicts a graph's finish for deadlines (the simulator's, given by `crate::drivers`).
     predictor: Predictor,
     id: u64,
     machine: Machine,
     policy: PolicyKind,
     store: DataStore,
-    registry: KernelRegistry,
     gpus: Vec<Arc<GpuDevice>>,
     /// Per worker: its index in `gpus` ([`Machine::gpu_index`]), `None` for a CPU worker.
     gpu_of_worker: Vec<Option<usize>>,
@@ -600,39 +585,40 @@ pub struct Runtime {
     pool: pool::WorkerPool,
 }
 
+/// Runs task graphs on this machine's cores and GPUs.
+///
+/// ```
+/// use hexec::{Runtime, kernels::builtin};
+/// let rt = Runtime::builder().cpus(1).build()?;
+/// let x = rt.data(vec![1.0f32; 4]);
+/// let y = rt.data(vec![0.5f32; 4]);
+/// let mut g = rt.graph();
+/// g.task(&builtin::axpy()).read(x).read_write(y).param(2.0).add();
+/// g.task(&builtin::scale()).read_write(y).param(10.0).add();
+/// let report = rt.run(&g)?;
+/// assert_eq!(report.completed, 2);
+/// assert_eq!(rt.read(y)?, vec![25.0; 4]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Runtime {
+    engine: Arc<Engine>,
+    /// Kernels by name, for graph files.
+    registry: KernelRegistry,
+}
+
 impl Runtime {
+    fn new(engine: Engine) -> Runtime {
+        Runtime {
+            engine: Arc::new(engine),
+            registry: KernelRegistry::with_builtins(),
+        }
+    }
+
     /// A builder with defaults: every core (threads pinned), every hardware GPU (software ones
     /// such as lavapipe only on request, see [`RuntimeBuilder::software_gpus`]), policy
     /// `locality`, three retries of failures that may pass.
     pub fn builder() -> RuntimeBuilder {
         RuntimeBuilder::default()
-    }
-
-    /// This runtime's identity (data handles carry it).
-    pub(crate) fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// Where host copies are spilled past the host limit (`None` without one). The directory
-    /// (mode 0700, an unpredictable name) exists from [`RuntimeBuilder::build`] until the
-    /// runtime is dropped.
-    pub fn spill_directory(&self) -> Option<&std::path::Path> {
-        self.budgets.spill_dir().map(|d| d.path())
-    }
-
-    /// The machine this runtime runs on.
-    pub fn machine(&self) -> &Machine {
-        &self.machine
-    }
-
-    /// The opened GPUs, in worker order (`gpu0`, `gpu1`, ...).
-    pub fn gpus(&self) -> &[Arc<GpuDevice>] {
-        &self.gpus
-    }
-
-    /// The policy in use.
-    pub fn policy(&self) -> PolicyKind {
-        self.policy
     }
 
     /// The kernels graph files may name.
@@ -645,25 +631,52 @@ impl Runtime {
         &mut self.registry
     }
 
+    /// This runtime's identity (data handles carry it).
+    pub(crate) fn id(&self) -> u64 {
+        self.engine.id()
+    }
+
+    /// Where host copies are spilled past the host limit (`None` without one). The directory
+    /// (mode 0700, an unpredictable name) exists from [`RuntimeBuilder::build`] until the
+    /// runtime is dropped.
+    pub fn spill_directory(&self) -> Option<&std::path::Path> {
+        self.engine.spill_directory()
+    }
+
+    /// The machine this runtime runs on.
+    pub fn machine(&self) -> &Machine {
+        self.engine.machine()
+    }
+
+    /// The opened GPUs, in worker order (`gpu0`, `gpu1`, ...).
+    pub fn gpus(&self) -> &[Arc<GpuDevice>] {
+        self.engine.gpus()
+    }
+
+    /// The policy in use.
+    pub fn policy(&self) -> PolicyKind {
+        self.engine.policy()
+    }
+
     /// A new, empty graph.
     pub fn graph(&self) -> Graph {
-        Graph::new()
+        self.engine.graph()
     }
 
     /// Stores a host buffer; the handle goes into tasks. The vector's allocation becomes the
     /// datum's host buffer as it is: nothing is copied.
     pub fn data<T: Element>(&self, values: Vec<T>) -> Data<T> {
-        self.store.insert(None, values, false)
+        self.engine.data(values)
     }
 
     /// Stores a named host buffer (the name appears in errors), without copying it.
     pub fn data_named<T: Element>(&self, name: impl Into<String>, values: Vec<T>) -> Data<T> {
-        self.store.insert(Some(name.into()), values, false)
+        self.engine.data_named(name, values)
     }
 
     /// Stores a buffer that no task may write, without copying it.
     pub fn data_read_only<T: Element>(&self, name: impl Into<String>, values: Vec<T>) -> Data<T> {
-        self.store.insert(Some(name.into()), values, true)
+        self.engine.data_read_only(name, values)
     }
 
     /// Frees a datum: its host buffer, its GPU copies, its spill file, and their room in the
@@ -672,7 +685,7 @@ impl Runtime {
     /// a write, a graph) is an error saying the datum was freed; freeing it again too.
     /// Refused, with nothing freed, while a run uses the datum.
     pub fn free<T: Element>(&self, h: Data<T>) -> Result<(), DataError> {
-        self.store.free(h)
+        self.engine.free(h)
     }
 
     /// Frees a datum and hands back its values, without a copy when its host buffer can be a
@@ -680,22 +693,20 @@ impl Runtime {
     /// valid copy is first brought home (from a GPU or a spill file). Refused while a run uses
     /// the datum.
     pub fn take<T: Element>(&self, h: Data<T>) -> Result<Vec<T>, DataError> {
-        self.forget_lost_gpus();
-        self.store.take(h, &self.gpus)
+        self.engine.take(h)
     }
 
     /// Calls `f` on a datum's values in place, without copying them: the host copy is made
     /// valid (brought home from a GPU, read back from a spill file into memory) and held
     /// there while `f` runs — no run may use the datum meanwhile, nothing spills or writes it.
     pub fn read_with<T: Element, R>(&self, h: Data<T>, f: impl FnOnce(&[T]) -> R) -> Result<R, DataError> {
-        self.forget_lost_gpus();
-        self.store.read_with(h, &self.gpus, f)
+        self.engine.read_with(h, f)
     }
 
     /// Bytes in use now on each memory node (the host, then each GPU): the copies of data
     /// allocated there.
     pub fn memory_usage(&self) -> Vec<NodeUsage> {
-        self.budgets.usage()
+        self.engine.memory_usage()
     }
 
     /// Stores `len` elements of a type known only at run time (graph files), which `fill`
@@ -710,14 +721,136 @@ impl Runtime {
         read_only: bool,
         fill: &mut dyn FnMut(&mut [u8]) -> Result<(), String>,
     ) -> Result<u32, DataError> {
-        self.check_datum_size(&name, elem, len)?;
-        self.check_host_room_for(&name, elem, len)?;
-        self.store.insert_filled(Some(name), elem, len, read_only, fill)
+        self.engine.data_filled(name, elem, len, read_only, fill)
     }
 
     /// Refuses a datum of `len` elements of `elem` larger than [`Runtime::datum_limit`] (its
     /// size computed without overflow): every size that comes from input passes here before
     /// its memory is allocated.
+    pub(crate) fn check_datum_size(&self, name: &str, elem: ElemType, len: usize) -> Result<(), DataError> {
+        self.engine.check_datum_size(name, elem, len)
+    }
+
+    /// A handle for a datum created by [`Runtime::data_filled`].
+    pub(crate) fn handle<T>(&self, id: u32) -> Data<T> {
+        self.engine.handle(id)
+    }
+
+    /// Copies a datum out.
+    pub fn read<T: Element>(&self, h: Data<T>) -> Result<Vec<T>, DataError> {
+        self.engine.read(h)
+    }
+
+    /// Keeps `copies` valid copies of a datum on distinct memory nodes after a GPU writes it
+    /// (2: the GPU's and a host copy), so that losing the GPU loses no result.
+    pub fn replicate<T: Element>(&self, h: Data<T>, copies: u8) -> Result<(), DataError> {
+        self.engine.replicate(h, copies)
+    }
+
+    /// Overwrites a datum (same length).
+    pub fn write<T: Element>(&self, h: Data<T>, values: &[T]) -> Result<(), DataError> {
+        self.engine.write(h, values)
+    }
+
+    /// Runs a graph to completion and blocks until it is done.
+    pub fn run(&self, graph: &Graph) -> Result<RunReport, RunError> {
+        self.engine.run(graph)
+    }
+
+    /// Runs a graph with options.
+    pub fn run_with(&self, graph: &Graph, opts: RunOptions) -> Result<RunReport, RunError> {
+        self.engine.run_with(graph, opts)
+    }
+
+    /// A copy of the performance model (what runs have measured, plus what the builder gave).
+    pub fn perf_model(&self) -> PerfModel {
+        self.engine.perf_model()
+    }
+}
+
+impl Engine {
+    /// [`Runtime::id`].
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// [`Runtime::spill_directory`].
+    pub fn spill_directory(&self) -> Option<&std::path::Path> {
+        self.budgets.spill_dir().map(|d| d.path())
+    }
+
+    /// [`Runtime::machine`].
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// [`Runtime::gpus`].
+    pub fn gpus(&self) -> &[Arc<GpuDevice>] {
+        &self.gpus
+    }
+
+    /// [`Runtime::policy`].
+    pub fn policy(&self) -> PolicyKind {
+        self.policy
+    }
+
+    /// [`Runtime::graph`].
+    pub fn graph(&self) -> Graph {
+        Graph::new()
+    }
+
+    /// [`Runtime::data`].
+    pub fn data<T: Element>(&self, values: Vec<T>) -> Data<T> {
+        self.store.insert(None, values, false)
+    }
+
+    /// [`Runtime::data_named`].
+    pub fn data_named<T: Element>(&self, name: impl Into<String>, values: Vec<T>) -> Data<T> {
+        self.store.insert(Some(name.into()), values, false)
+    }
+
+    /// [`Runtime::data_read_only`].
+    pub fn data_read_only<T: Element>(&self, name: impl Into<String>, values: Vec<T>) -> Data<T> {
+        self.store.insert(Some(name.into()), values, true)
+    }
+
+    /// [`Runtime::free`].
+    pub fn free<T: Element>(&self, h: Data<T>) -> Result<(), DataError> {
+        self.store.free(h)
+    }
+
+    /// [`Runtime::take`].
+    pub fn take<T: Element>(&self, h: Data<T>) -> Result<Vec<T>, DataError> {
+        self.forget_lost_gpus();
+        self.store.take(h, &self.gpus)
+    }
+
+    /// [`Runtime::read_with`].
+    pub fn read_with<T: Element, R>(&self, h: Data<T>, f: impl FnOnce(&[T]) -> R) -> Result<R, DataError> {
+        self.forget_lost_gpus();
+        self.store.read_with(h, &self.gpus, f)
+    }
+
+    /// [`Runtime::memory_usage`].
+    pub fn memory_usage(&self) -> Vec<NodeUsage> {
+        self.budgets.usage()
+    }
+
+    /// [`Runtime::data_filled`].
+    pub(crate) fn data_filled(
+        &self,
+        name: String,
+        elem: ElemType,
+        len: usize,
+        read_only: bool,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<(), String>,
+    ) -> Result<u32, DataError> {
+        self.check_datum_size(&name, elem, len)?;
+        self.check_host_room_for(&name, elem, len)?;
+        self.store.insert_filled(Some(name), elem, len, read_only, fill)
+    }
+
+    /// [`Runtime::check_datum_size`].
     pub(crate) fn check_datum_size(&self, name: &str, elem: ElemType, len: usize) -> Result<(), DataError> {
         let bytes = len as u128 * elem.size() as u128;
         let (limit, what) = self.datum_limit();
@@ -804,19 +937,18 @@ impl Runtime {
         Ok(())
     }
 
-    /// A handle for a datum created by [`Runtime::data_filled`].
+    /// [`Runtime::handle`].
     pub(crate) fn handle<T>(&self, id: u32) -> Data<T> {
         Data::new(self.id, id)
     }
 
-    /// Copies a datum out.
+    /// [`Runtime::read`].
     pub fn read<T: Element>(&self, h: Data<T>) -> Result<Vec<T>, DataError> {
         self.forget_lost_gpus();
         self.store.read(h, &self.gpus)
     }
 
-    /// Keeps `copies` valid copies of a datum on distinct memory nodes after a GPU writes it
-    /// (2: the GPU's and a host copy), so that losing the GPU loses no result.
+    /// [`Runtime::replicate`].
     pub fn replicate<T: Element>(&self, h: Data<T>, copies: u8) -> Result<(), DataError> {
         self.store.typed_cell(h)?.set_replicas(copies);
         Ok(())
@@ -833,7 +965,7 @@ impl Runtime {
         }
     }
 
-    /// Overwrites a datum (same length).
+    /// [`Runtime::write`].
     pub fn write<T: Element>(&self, h: Data<T>, values: &[T]) -> Result<(), DataError> {
         self.store.write(h, values)
     }
@@ -881,12 +1013,12 @@ impl Runtime {
         Ok(())
     }
 
-    /// Runs a graph to completion and blocks until it is done.
+    /// [`Runtime::run`].
     pub fn run(&self, graph: &Graph) -> Result<RunReport, RunError> {
         self.run_with(graph, RunOptions::default())
     }
 
-    /// Runs a graph with options.
+    /// [`Runtime::run_with`].
     pub fn run_with(&self, graph: &Graph, opts: RunOptions) -> Result<RunReport, RunError> {
         // Runs take turns on the worker threads; a run's data are acquired during its turn,
         // so runs from several threads on the same data wait for each other, not fail.
@@ -1227,7 +1359,7 @@ impl Runtime {
         Ok(())
     }
 
-    /// A copy of the performance model (what runs have measured, plus what the builder gave).
+    /// [`Runtime::perf_model`].
     pub fn perf_model(&self) -> PerfModel {
         self.model.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
