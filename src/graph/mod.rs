@@ -234,18 +234,8 @@ impl Graph {
     }
 
     /// Starts a task running `kernel`; finish it with [`TaskBuilder::add`].
-    pub fn task(&mut self, kernel: &Arc<Kernel>) -> TaskBuilder<'_> {
-        TaskBuilder {
-            graph: self,
-            kernel: kernel.clone(),
-            name: None,
-            accesses: Vec::new(),
-            params_start: None,
-            after: Vec::new(),
-            priority: 0,
-            cores: 1,
-            restriction: Restriction::default(),
-        }
+    pub fn task(&mut self, kernel: &Arc<Kernel>) -> TaskBuilder<&mut Graph> {
+        TaskBuilder::new(self, kernel)
     }
 
     /// The display name of a task: its given name, or `kernel#index`, with control
@@ -355,24 +345,55 @@ impl Graph {
     }
 }
 
-/// Builds one task; nothing is added to the graph until [`TaskBuilder::add`].
-#[must_use = "a task is only added to the graph by .add()"]
-pub struct TaskBuilder<'g> {
-    graph: &'g mut Graph,
-    kernel: Arc<Kernel>,
-    name: Option<Box<str>>,
-    accesses: Vec<(DataRef, Access)>,
-    params_start: Option<usize>,
-    after: Vec<TaskId>,
-    priority: i32,
-    cores: u32,
-    restriction: Restriction,
+/// A task as described by its builder, before it is added to a graph (or submitted to a
+/// runtime, which adds it to the graph of its next batch).
+#[derive(Clone, Debug)]
+pub(crate) struct TaskSpec {
+    pub kernel: Arc<Kernel>,
+    pub name: Option<Box<str>>,
+    pub accesses: Vec<(DataRef, Access)>,
+    pub params: Vec<f64>,
+    pub after: Vec<TaskId>,
+    pub priority: i32,
+    pub cores: u32,
+    pub restriction: Restriction,
 }
 
-impl TaskBuilder<'_> {
+/// Builds one task for its target: a [`Graph`] (finished by [`TaskBuilder::add`]) or a
+/// runtime (finished by `submit`, see `Runtime::task`). Nothing reaches the target before
+/// that call.
+#[must_use = "a task is only added by .add() (or submitted by .submit())"]
+pub struct TaskBuilder<T> {
+    target: T,
+    spec: TaskSpec,
+}
+
+impl<T> TaskBuilder<T> {
+    /// A builder of a task running `kernel`, for `target`.
+    pub(crate) fn new(target: T, kernel: &Arc<Kernel>) -> Self {
+        TaskBuilder {
+            target,
+            spec: TaskSpec {
+                kernel: kernel.clone(),
+                name: None,
+                accesses: Vec::new(),
+                params: Vec::new(),
+                after: Vec::new(),
+                priority: 0,
+                cores: 1,
+                restriction: Restriction::default(),
+            },
+        }
+    }
+
+    /// The target and the task.
+    pub(crate) fn into_parts(self) -> (T, TaskSpec) {
+        (self.target, self.spec)
+    }
+
     /// Names the task (names appear in errors, traces and summaries).
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into().into_boxed_str());
+        self.spec.name = Some(name.into().into_boxed_str());
         self
     }
 
@@ -393,86 +414,95 @@ impl TaskBuilder<'_> {
 
     /// Accesses a datum in the given mode. Operands reach the kernel in this order.
     pub fn access(mut self, d: impl Into<DataRef>, mode: Access) -> Self {
-        self.accesses.push((d.into(), mode));
+        self.spec.accesses.push((d.into(), mode));
         self
     }
 
     /// Appends a scalar parameter.
     pub fn param(mut self, v: impl Into<f64>) -> Self {
-        self.params_start.get_or_insert(self.graph.params.len());
-        self.graph.params.push(v.into());
+        self.spec.params.push(v.into());
         self
     }
 
     /// Appends scalar parameters.
     pub fn params(mut self, vs: &[f64]) -> Self {
-        self.params_start.get_or_insert(self.graph.params.len());
-        self.graph.params.extend_from_slice(vs);
+        self.spec.params.extend_from_slice(vs);
         self
     }
 
-    /// Runs after `t` (in addition to inferred dependencies).
+    /// Runs after `t` (in addition to inferred dependencies), a task of the same graph.
     pub fn after(mut self, t: TaskId) -> Self {
-        self.after.push(t);
+        self.spec.after.push(t);
         self
     }
 
     /// Higher runs earlier among ready tasks (default 0).
     pub fn priority(mut self, p: i32) -> Self {
-        self.priority = p;
+        self.spec.priority = p;
         self
     }
 
     /// Cores the task needs (default 1). While it runs, `n - 1` other CPU workers start
     /// nothing; the kernel sees `ctx.cores()` and may run that many threads.
     pub fn cores(mut self, n: u32) -> Self {
-        self.cores = n;
+        self.spec.cores = n;
         self
     }
 
     /// Only on workers of this kind.
     pub fn on(mut self, kind: DeviceKind) -> Self {
-        self.restriction.device = Some(kind);
+        self.spec.restriction.device = Some(kind);
         self
     }
 
     /// Only on the named worker.
     pub fn on_worker(mut self, name: impl Into<String>) -> Self {
-        self.restriction.worker = Some(name.into());
+        self.spec.restriction.worker = Some(name.into());
         self
     }
 
     /// Only on workers with this feature.
     pub fn require_feature(mut self, f: impl Into<String>) -> Self {
-        self.restriction.features.push(f.into());
+        self.spec.restriction.features.push(f.into());
         self
     }
 
     /// Only on a GPU with at least `bytes` of memory.
     pub fn gpu_memory(mut self, bytes: u64) -> Self {
-        self.restriction.gpu_memory = Some(bytes);
+        self.spec.restriction.gpu_memory = Some(bytes);
         self
     }
 
     /// Sets the whole restriction.
     pub fn restrict(mut self, r: Restriction) -> Self {
-        self.restriction = r;
+        self.spec.restriction = r;
         self
     }
+}
 
+impl TaskBuilder<&mut Graph> {
     /// Adds the task, inferring its dependencies from its accesses.
     pub fn add(self) -> TaskId {
-        let TaskBuilder {
-            graph: g,
+        let (g, spec) = self.into_parts();
+        g.push(spec)
+    }
+}
+
+impl Graph {
+    /// Adds a task, inferring its dependencies from its accesses; mistakes (a datum of
+    /// another graph, a dependency on a task of another graph) are deferred to submit.
+    pub(crate) fn push(&mut self, spec: TaskSpec) -> TaskId {
+        let TaskSpec {
             kernel,
             name,
             accesses,
-            params_start,
+            params,
             after,
             priority,
             cores,
             restriction,
-        } = self;
+        } = spec;
+        let g = self;
         let index = g.tasks.len() as u32;
         let edges_start = g.edges.len();
         let kernel = g.kernel_slot(&kernel);
@@ -514,16 +544,8 @@ impl TaskBuilder<'_> {
             }
         }
         dedup_tail(&mut g.edges, edges_start);
-        let params = match params_start {
-            Some(s) => Span {
-                start: s as u32,
-                len: (g.params.len() - s) as u32,
-            },
-            None => Span {
-                start: g.params.len() as u32,
-                len: 0,
-            },
-        };
+        let params_start = g.params.len() as u32;
+        g.params.extend_from_slice(&params);
         g.tasks.push(TaskRecord {
             kernel,
             name,
@@ -531,7 +553,10 @@ impl TaskBuilder<'_> {
                 start: acc_start,
                 len: g.accesses.len() as u32 - acc_start,
             },
-            params,
+            params: Span {
+                start: params_start,
+                len: params.len() as u32,
+            },
             priority,
             cores,
             restriction,

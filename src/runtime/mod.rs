@@ -14,6 +14,7 @@ mod cores;
 mod costs;
 mod data;
 pub mod faults;
+mod flow;
 mod hostbuf;
 mod lineage;
 mod load;
@@ -35,7 +36,7 @@ use crossbeam_utils::CachePadded;
 use hexec_kernels::{ElemType, Element, KernelRegistry};
 
 use crate::gpu::{GpuDevice, GpuError, GpuRequest};
-use crate::graph::{Data, Graph, GraphDatum};
+use crate::graph::{Data, Graph, GraphDatum, TaskBuilder};
 use crate::memory::Transfers;
 use crate::sched::compile::{compile_with_priorities, DatumInfo, SubmitError, Successors};
 use crate::sched::perfmodel::{PerfModel, MAX_SAMPLES};
@@ -48,6 +49,7 @@ pub use crate::trace::NodeMemory;
 pub use budget::NodeUsage;
 pub use cancel::CancelToken;
 pub use data::DataError;
+pub use flow::{GraphHandle, TaskError, TaskHandle, DEFAULT_MAX_SUBMITTED};
 use data::{AcquiredData, DataStore};
 use queues::{LocalQueues, SharedQueues};
 use worker::{run_worker, BoundDatum, RunState, WorkerStats};
@@ -265,6 +267,7 @@ pub struct RuntimeBuilder {
     retry_panics: bool,
     faults: faults::FaultPlan,
     replicate_gpu_results: bool,
+    max_submitted: Option<usize>,
 }
 
 /// Memory capacities a runtime enforces (`None`: the device's own).
@@ -362,6 +365,14 @@ impl RuntimeBuilder {
     /// ([`remove_stale_spill_dirs`]).
     pub fn spill_dir(mut self, parent: impl Into<std::path::PathBuf>) -> Self {
         self.spill_parent = Some(parent.into());
+        self
+    }
+
+    /// Tasks submitted and not finished, at most ([`DEFAULT_MAX_SUBMITTED`] by default): a
+    /// producer that runs ahead waits in [`TaskBuilder::submit`] (or yields in
+    /// `submit_async`), so a loop that submits millions of tasks runs in bounded memory.
+    pub fn max_submitted(mut self, n: usize) -> Self {
+        self.max_submitted = Some(n.max(1));
         self
     }
 
@@ -538,7 +549,7 @@ impl RuntimeBuilder {
             retry_panics: self.retry_panics,
             faults: self.faults,
             links: Mutex::new((0.0, 0.0)),
-        }))
+        }, self.max_submitted.unwrap_or(flow::DEFAULT_MAX_SUBMITTED)))
     }
 }
 
@@ -602,14 +613,25 @@ pub(crate) struct Engine {
 /// ```
 pub struct Runtime {
     engine: Arc<Engine>,
+    /// Tasks and graphs submitted without waiting, and the order of data operations.
+    flow: Arc<flow::Flow>,
     /// Kernels by name, for graph files.
     registry: KernelRegistry,
 }
 
+impl Drop for Runtime {
+    /// Waits for everything submitted to finish, then stops the submission dispatcher (the
+    /// worker threads stop when the engine drops).
+    fn drop(&mut self) {
+        self.flow.shut_down();
+    }
+}
+
 impl Runtime {
-    fn new(engine: Engine) -> Runtime {
+    fn new(engine: Engine, max_submitted: usize) -> Runtime {
         Runtime {
             engine: Arc::new(engine),
+            flow: flow::Flow::new(max_submitted),
             registry: KernelRegistry::with_builtins(),
         }
     }
@@ -683,24 +705,29 @@ impl Runtime {
     /// memory budgets. Handles are `Copy`, so nothing is freed when they drop: data live until
     /// freed (or taken) or until the runtime drops. Afterwards any use of the handle (a read,
     /// a write, a graph) is an error saying the datum was freed; freeing it again too.
-    /// Refused, with nothing freed, while a run uses the datum.
+    /// Waits for the submitted work that uses the datum (see [`Runtime::read`]).
     pub fn free<T: Element>(&self, h: Data<T>) -> Result<(), DataError> {
-        self.engine.free(h)
+        self.after_pending(h, || self.engine.free(h))
     }
 
     /// Frees a datum and hands back its values, without a copy when its host buffer can be a
     /// `Vec<T>` (the vector it was made from, or a buffer the store allocated for `T`): the
-    /// valid copy is first brought home (from a GPU or a spill file). Refused while a run uses
-    /// the datum.
+    /// valid copy is first brought home (from a GPU or a spill file). Waits for the submitted
+    /// work that uses the datum (see [`Runtime::read`]).
     pub fn take<T: Element>(&self, h: Data<T>) -> Result<Vec<T>, DataError> {
-        self.engine.take(h)
+        self.after_pending(h, || self.engine.take(h))
     }
 
     /// Calls `f` on a datum's values in place, without copying them: the host copy is made
     /// valid (brought home from a GPU, read back from a spill file into memory) and held
     /// there while `f` runs — no run may use the datum meanwhile, nothing spills or writes it.
+    /// Waits for the submitted work that uses the datum first (see [`Runtime::read`]).
     pub fn read_with<T: Element, R>(&self, h: Data<T>, f: impl FnOnce(&[T]) -> R) -> Result<R, DataError> {
-        self.engine.read_with(h, f)
+        let mut f = Some(f);
+        self.after_pending(h, || {
+            self.engine
+                .read_with(h, |v| (f.take().expect("called once, when the datum is free"))(v))
+        })
     }
 
     /// Bytes in use now on each memory node (the host, then each GPU): the copies of data
@@ -736,30 +763,129 @@ impl Runtime {
         self.engine.handle(id)
     }
 
-    /// Copies a datum out.
+    /// Copies a datum out, once the work submitted before this call that uses it has ended
+    /// (tasks from [`Runtime::task`], graphs from [`Runtime::submit_graph`] or another
+    /// thread's `run`). Values written by a task that failed are the previous ones.
     pub fn read<T: Element>(&self, h: Data<T>) -> Result<Vec<T>, DataError> {
+        self.after_pending(h, || self.engine.read(h))
+    }
+
+    /// Copies a datum out now, or fails with [`DataError::Busy`] while submitted work still
+    /// uses it: [`Runtime::read`] without waiting.
+    pub fn try_read<T: Element>(&self, h: Data<T>) -> Result<Vec<T>, DataError> {
+        if self.flow.datum_pending(h.id, None) {
+            return Err(DataError::Busy(self.engine.store.typed_cell(h)?.name.clone()));
+        }
         self.engine.read(h)
+    }
+
+    /// [`Runtime::read`] as a future: it waits through the task's waker, never blocking the
+    /// executor's thread.
+    pub fn read_async<T: Element>(&self, h: Data<T>) -> impl std::future::Future<Output = Result<Vec<T>, DataError>> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.flow.datum_pending(h.id, Some(cx.waker())) {
+                return std::task::Poll::Pending;
+            }
+            match self.engine.read(h) {
+                // Taken by work submitted since (or held by `read_with`): try again soon.
+                Err(DataError::Busy(_)) => {
+                    cx.waker().wake_by_ref();
+                    std::task::Poll::Pending
+                }
+                r => std::task::Poll::Ready(r),
+            }
+        })
+    }
+
+    /// Runs `op` on datum `h` once the submitted work that uses it has ended; again if work
+    /// submitted meanwhile by another thread took it first.
+    fn after_pending<T, R>(&self, h: Data<T>, mut op: impl FnMut() -> Result<R, DataError>) -> Result<R, DataError> {
+        loop {
+            self.flow.wait_for_datum(h.id);
+            match op() {
+                Err(DataError::Busy(_)) if !pool::on_a_pool_thread() && self.flow.datum_pending(h.id, None) => {}
+                r => return r,
+            }
+        }
     }
 
     /// Keeps `copies` valid copies of a datum on distinct memory nodes after a GPU writes it
     /// (2: the GPU's and a host copy), so that losing the GPU loses no result.
     pub fn replicate<T: Element>(&self, h: Data<T>, copies: u8) -> Result<(), DataError> {
-        self.engine.replicate(h, copies)
+        self.after_pending(h, || self.engine.replicate(h, copies))
     }
 
-    /// Overwrites a datum (same length).
+    /// Overwrites a datum (same length), once the work submitted before that uses it has
+    /// ended (see [`Runtime::read`]).
     pub fn write<T: Element>(&self, h: Data<T>, values: &[T]) -> Result<(), DataError> {
-        self.engine.write(h, values)
+        self.after_pending(h, || self.engine.write(h, values))
     }
 
-    /// Runs a graph to completion and blocks until it is done.
+    /// Runs a graph to completion and blocks until it is done: [`Runtime::submit_graph`]
+    /// and wait, without the graph leaving this thread. It starts after the work submitted
+    /// before it (from any thread) has ended.
     pub fn run(&self, graph: &Graph) -> Result<RunReport, RunError> {
-        self.engine.run(graph)
+        self.run_with(graph, RunOptions::default())
     }
 
-    /// Runs a graph with options.
+    /// Runs a graph with options (see [`Runtime::run`]).
     pub fn run_with(&self, graph: &Graph, opts: RunOptions) -> Result<RunReport, RunError> {
-        self.engine.run_with(graph, opts)
+        self.flow.run_in_turn(graph, || {
+            let result = self.engine.run_with(graph, opts);
+            self.flow.apply_poison(flow::graph_poison(graph, &result));
+            result
+        })
+    }
+
+    /// Submits a graph and returns at once; the handle waits for (or `.await`s) what
+    /// [`Runtime::run`] would have returned. The graph runs after the work submitted before
+    /// it, and before the work submitted after.
+    pub fn submit_graph(&self, graph: Graph) -> GraphHandle {
+        self.flow.submit_graph(&self.engine, graph, RunOptions::default())
+    }
+
+    /// [`Runtime::submit_graph`] with options.
+    pub fn submit_graph_with(&self, graph: Graph, opts: RunOptions) -> GraphHandle {
+        self.flow.submit_graph(&self.engine, graph, opts)
+    }
+
+    /// Starts a task to submit on its own: finish it with [`TaskBuilder::submit`]. Tasks
+    /// submitted one by one run while the program goes on submitting; each depends on the
+    /// earlier submissions (tasks, graphs, runs) that access its data, inferred from access
+    /// order exactly as within a graph. With several threads submitting, the order that
+    /// inference sees is the order in which their `submit` calls return.
+    ///
+    /// ```
+    /// use hexec::{Runtime, kernels::builtin};
+    /// let rt = Runtime::builder().cpus(2).build()?;
+    /// let x = rt.data(vec![1.0f32; 1024]);
+    /// let s = rt.data(vec![0.0f32; 1]);
+    /// rt.task(&builtin::scale()).read_write(x).param(3.0).submit()?;
+    /// let sum = rt.task(&builtin::sum()).read(x).write(s).submit()?; // after the scale
+    /// sum.wait()?;
+    /// assert_eq!(rt.read(s)?[0], 3072.0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn task(&self, kernel: &Arc<hexec_kernels::Kernel>) -> TaskBuilder<&Runtime> {
+        TaskBuilder::new(self, kernel)
+    }
+
+    /// Blocks until everything submitted before this call has finished (failures are in
+    /// each task's handle).
+    pub fn wait_all(&self) {
+        self.flow.wait_all();
+    }
+
+    /// [`Runtime::wait_all`] as a future.
+    pub fn wait_all_async(&self) -> impl std::future::Future<Output = ()> + '_ {
+        let target = self.flow.next_seq();
+        std::future::poll_fn(move |cx| {
+            if self.flow.reached(target, Some(cx.waker())) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
     }
 
     /// A copy of the performance model (what runs have measured, plus what the builder gave).
@@ -1013,13 +1139,15 @@ impl Engine {
         Ok(())
     }
 
-    /// [`Runtime::run`].
-    pub fn run(&self, graph: &Graph) -> Result<RunReport, RunError> {
-        self.run_with(graph, RunOptions::default())
-    }
-
     /// [`Runtime::run_with`].
     pub fn run_with(&self, graph: &Graph, opts: RunOptions) -> Result<RunReport, RunError> {
+        self.run_skipping(graph, opts, &[])
+    }
+
+    /// [`Engine::run_with`], with the tasks of `skipped` skipped from the start, as if a
+    /// predecessor had failed (their dependents too): the submission flow's tasks that read
+    /// data a failed task should have written.
+    pub(crate) fn run_skipping(&self, graph: &Graph, opts: RunOptions, skipped: &[u32]) -> Result<RunReport, RunError> {
         // Runs take turns on the worker threads; a run's data are acquired during its turn,
         // so runs from several threads on the same data wait for each other, not fail.
         let turn = self.pool.turn();
@@ -1138,7 +1266,7 @@ impl Engine {
                 mean_comm: &|p, t| if self.gpus.is_empty() { 0.0 } else { comm(p, t) },
             },
         );
-        self.execute(&policy, graph, data, opts, &turn)
+        self.execute(&policy, graph, data, opts, &turn, skipped)
     }
 
     /// Finds the store cell of each of the graph's data (`None` for size-only data); makes
@@ -1371,6 +1499,7 @@ impl Engine {
         data: RunData<'_>,
         opts: RunOptions,
         turn: &pool::Turn<'_>,
+        skipped: &[u32],
     ) -> Result<RunReport, RunError> {
         let RunData {
             compiled,
@@ -1502,6 +1631,9 @@ impl Engine {
             .enumerate()
             .map(|(i, d)| LocalQueues::new(WorkerId(i as u32), d, &shared, plan, prefetch, view.as_ref()))
             .collect();
+        for &t in skipped {
+            run.poisoned[t as usize].store(true, Ordering::Relaxed);
+        }
         for &r in &compiled.roots {
             run.phases.set(r, watchdog::READY);
             if !run.roots.as_ref().is_some_and(|gate| gate.holds(r)) {

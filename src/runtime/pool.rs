@@ -90,6 +90,12 @@ thread_local! {
     static OWN_POOL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
+/// Whether the calling thread is a worker thread of a runtime: it runs a task, and waiting
+/// there for work submitted after that task could never end.
+pub(crate) fn on_a_pool_thread() -> bool {
+    OWN_POOL.with(|p| p.get()) != 0
+}
+
 /// Persistent worker threads, one per worker.
 pub(crate) struct WorkerPool {
     slots: Vec<Arc<Slot>>,

@@ -871,6 +871,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
             .collect();
         let failure = TaskFailure {
             task: graph.task_name(task as usize),
+            index: task as usize,
             kernel: kernel.to_string(),
             worker,
             message,

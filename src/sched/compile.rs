@@ -6,6 +6,7 @@
 //! graph is an error before anything runs, never a hang.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use hexec_kernels::{Access, ElemType, Kernel};
 
@@ -222,7 +223,7 @@ pub fn compile_with_priorities(
     for (t, rec) in graph.tasks.iter().enumerate() {
         let kernel = &graph.kernels[rec.kernel as usize];
         let accesses = &graph.accesses[rec.accesses.range()];
-        check_accesses(graph, t, accesses, data, &mut dup_scratch)?;
+        check_accesses(&|| graph.task_name(t), accesses, data, &mut dup_scratch)?;
         operand_scratch.clear();
         operand_scratch.extend(accesses.iter().map(|&(d, a)| (a, data[d as usize].elem)));
         if let Err(reason) = kernel.signature().check(&operand_scratch, rec.params.len as usize) {
@@ -272,9 +273,62 @@ pub fn compile_with_priorities(
     })
 }
 
+/// What a task's eligible workers depend on besides the machine: its kernel (by the `Arc`'s
+/// address), its restriction, its cores and the GPUs its operands fit.
+pub(crate) type EligibilityKey = (usize, Restriction, u32, u64);
+
+/// One task as [`check_task`] sees it, before it is in any graph.
+pub(crate) struct TaskToCheck<'a, 'd> {
+    pub name: &'a dyn Fn() -> String,
+    pub kernel: &'a Arc<Kernel>,
+    /// Its data, each once (by first use), and its accesses as indices into them.
+    pub data: &'a [DatumInfo<'d>],
+    pub accesses: &'a [(u32, Access)],
+    pub params: usize,
+    pub restriction: &'a Restriction,
+    pub cores: u32,
+}
+
+/// The checks [`compile`] makes of one task — its accesses (no write to read-only data, no
+/// datum written twice), its kernel's signature against its operands, a worker that may run
+/// it — for tasks submitted one at a time, each refused alone before it joins a graph.
+/// `runnable` keeps the eligibility keys already found to have a worker, so that a stream of
+/// similar tasks pays for that search once.
+pub(crate) fn check_task(
+    task: &TaskToCheck<'_, '_>,
+    machine: &Machine,
+    runnable: &mut std::collections::HashSet<EligibilityKey>,
+) -> Result<(), SubmitError> {
+    let TaskToCheck {
+        name,
+        kernel,
+        data,
+        accesses,
+        ..
+    } = *task;
+    check_accesses(name, accesses, data, &mut Vec::new())?;
+    let operands: Vec<(Access, Option<ElemType>)> = accesses.iter().map(|&(d, a)| (a, data[d as usize].elem)).collect();
+    if let Err(reason) = kernel.signature().check(&operands, task.params) {
+        return Err(SubmitError::Signature {
+            task: name(),
+            kernel: kernel.name().to_string(),
+            reason,
+        });
+    }
+    let mut eligibility = Eligibility::new(machine);
+    let gpu_fit = eligibility.gpu_fit(kernel, accesses, data);
+    let key = (Arc::as_ptr(kernel) as usize, task.restriction.clone(), task.cores, gpu_fit);
+    if !runnable.contains(&key) {
+        eligibility
+            .set_for(0, kernel, task.restriction, 0, task.cores, gpu_fit)
+            .map_err(|reason| SubmitError::Unsatisfiable { task: name(), reason })?;
+        runnable.insert(key);
+    }
+    Ok(())
+}
+
 fn check_accesses(
-    graph: &Graph,
-    t: usize,
+    name: &dyn Fn() -> String,
     accesses: &[(u32, Access)],
     data: &[DatumInfo<'_>],
     scratch: &mut Vec<(u32, Access)>,
@@ -282,13 +336,13 @@ fn check_accesses(
     for &(d, a) in accesses {
         if a.writes() && data[d as usize].read_only {
             return Err(SubmitError::ReadOnlyWrite {
-                task: graph.task_name(t),
+                task: name(),
                 datum: format!("'{}'", data[d as usize].name),
             });
         }
     }
     let duplicate = |d: u32| SubmitError::DuplicateAccess {
-        task: graph.task_name(t),
+        task: name(),
         datum: format!("'{}'", data[d as usize].name),
     };
     if accesses.len() <= 16 {

@@ -62,6 +62,8 @@ pub struct WorkerReport {
 pub struct TaskFailure {
     /// The task's name.
     pub task: String,
+    /// Its index in its graph (insertion order, [`crate::graph::TaskId::index`]).
+    pub index: usize,
     /// Its kernel's name.
     pub kernel: String,
     /// Where its last attempt ran.

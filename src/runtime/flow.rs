@@ -1,0 +1,838 @@
+//! Sequential task flow: tasks submitted one at a time while others run (StarPU's task
+//! insertion with implicit data dependencies, Dask's and Ray's futures), graphs submitted
+//! without waiting, and the data operations (`read`, `write`, `free`, ...) ordered after
+//! the work submitted before them.
+//!
+//! Submissions go into *batches*, in the order in which their calls return. A task joins
+//! the last batch if that batch is a task batch that has not started yet, else it opens a new
+//! one; a graph is a batch of its own. The batches run one after the other on the engine:
+//! task batches on the flow's dispatcher thread (one graph run each, going on past
+//! failures), a blocking `run` on its caller's thread when its turn comes. Inside a batch the
+//! graph infers dependencies from access order as usual; across batches their order keeps
+//! every dependency. The dispatcher starts a batch as soon as the previous one ends, so a
+//! lone task runs at once and a fast producer's tasks gather into large batches while the
+//! previous one runs.
+//!
+//! Invariants:
+//! - a batch starts only after every earlier batch has ended (`running` is held by at most
+//!   one batch, always the front of `queue`): a dependency across batches needs no edge;
+//! - `in_flight` counts tasks submitted and not yet finished; `submit` waits while it is at
+//!   the cap (except on the runtime's own worker threads, whose batch must end first);
+//! - per datum, `last_access` is the sequence number of the last batch that uses it, and data
+//!   operations wait until that batch has ended (`finished`);
+//! - a datum whose last writer among submitted tasks failed, was skipped or was cancelled is
+//!   *poisoned*: later submitted tasks that read it are skipped, naming that writer, until a
+//!   task overwrites it (`Access::Write`) successfully. Graph runs do not look at poison
+//!   (they read the values there, as always) but their failures poison what they would have
+//!   written.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use hexec_kernels::Access;
+
+use super::{Engine, RunError, RunOptions, Runtime};
+use crate::graph::{DataRef, Graph, GraphDatum, TaskBuilder, TaskSpec};
+use crate::sched::compile::{check_task, DatumInfo, EligibilityKey, SubmitError, TaskToCheck};
+use crate::trace::{RunReport, TaskFailure};
+
+/// Tasks submitted and not finished, at most, when the builder does not say
+/// ([`crate::RuntimeBuilder::max_submitted`]): a producer that runs ahead waits in `submit`
+/// (StarPU's `STARPU_LIMIT_MAX_SUBMITTED_TASKS`). About 20 MB of task records.
+pub const DEFAULT_MAX_SUBMITTED: usize = 1 << 16;
+
+/// Why a submitted task did not complete.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// Its kernel failed for good (every attempt is in the failure).
+    #[error("task '{}' failed on {}: {}", .0.task, .0.worker, .0.message)]
+    Failed(Box<TaskFailure>),
+    /// It did not run because a task it depends on did not complete.
+    #[error("task '{task}' was skipped: {cause}")]
+    Skipped {
+        /// The task.
+        task: String,
+        /// Which task it depends on did not complete, and why.
+        cause: String,
+    },
+    /// It was cancelled before it started ([`TaskHandle::cancel`]).
+    #[error("task '{task}' was cancelled")]
+    Cancelled {
+        /// The task.
+        task: String,
+    },
+    /// Its batch could not run (the error names what was wrong).
+    #[error("task '{task}' did not run: {message}")]
+    NotRun {
+        /// The task.
+        task: String,
+        /// Why its batch could not run.
+        message: String,
+    },
+    /// Waited for from inside a task of the same runtime, which could never end.
+    #[error("a task cannot wait for another task of its runtime (it would wait for itself)")]
+    WaitInsideTask,
+}
+
+/// What became of the tasks of one batch.
+#[derive(Debug, Default)]
+struct Outcomes {
+    /// Tasks that did not complete (by index in the batch); the others did.
+    errors: HashMap<u32, TaskError>,
+}
+
+/// The shared end of one batch of tasks, which its handles wait on.
+#[derive(Debug, Default)]
+struct BatchEnd {
+    state: Mutex<BatchEndState>,
+    ended: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct BatchEndState {
+    outcomes: Option<Outcomes>,
+    wakers: Vec<Waker>,
+    /// Tasks cancelled before the batch started (by index).
+    cancelled: HashSet<u32>,
+    started: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while these locks are held; a poisoned one still holds valid state.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl BatchEnd {
+    fn finish(&self, outcomes: Outcomes) {
+        let wakers = {
+            let mut st = lock(&self.state);
+            st.outcomes = Some(outcomes);
+            std::mem::take(&mut st.wakers)
+        };
+        self.ended.notify_all();
+        wakers.into_iter().for_each(Waker::wake);
+    }
+}
+
+/// A submitted task: wait for it (`wait`, or `.await`), ask whether it is done, or cancel it.
+/// Dropping the handle does not cancel the task.
+#[derive(Clone, Debug)]
+pub struct TaskHandle {
+    end: Arc<BatchEnd>,
+    index: u32,
+    name: Arc<str>,
+}
+
+impl TaskHandle {
+    /// The task's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the task has finished (completed, failed, skipped or cancelled).
+    pub fn is_finished(&self) -> bool {
+        lock(&self.end.state).outcomes.is_some()
+    }
+
+    fn outcome(&self, o: &Outcomes) -> Result<(), TaskError> {
+        match o.errors.get(&self.index) {
+            None => Ok(()),
+            Some(e) => Err(e.clone()),
+        }
+    }
+
+    /// Blocks until the task has finished; `Ok` if it completed. From inside a task of the
+    /// same runtime it does not block: an unfinished task is [`TaskError::WaitInsideTask`].
+    pub fn wait(&self) -> Result<(), TaskError> {
+        let mut st = lock(&self.end.state);
+        if st.outcomes.is_none() && super::pool::on_a_pool_thread() {
+            return Err(TaskError::WaitInsideTask);
+        }
+        loop {
+            if let Some(o) = &st.outcomes {
+                return self.outcome(o);
+            }
+            st = self.end.ended.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Cancels the task if it has not started: it and the submitted tasks that depend on it
+    /// are not run (their handles say so) and the data it would have written keep their
+    /// values. True if it was cancelled; false if it had already started or finished.
+    pub fn cancel(&self) -> bool {
+        let mut st = lock(&self.end.state);
+        if st.started || st.outcomes.is_some() {
+            return false;
+        }
+        st.cancelled.insert(self.index);
+        true
+    }
+}
+
+impl Future for TaskHandle {
+    type Output = Result<(), TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut st = lock(&self.end.state);
+        match &st.outcomes {
+            Some(o) => Poll::Ready(self.outcome(o)),
+            None => {
+                if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    st.wakers.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// A submitted graph ([`crate::Runtime::submit_graph`]): wait for its report, or `.await` it.
+#[derive(Debug)]
+pub struct GraphHandle {
+    end: Arc<GraphEnd>,
+}
+
+#[derive(Debug, Default)]
+struct GraphEnd {
+    state: Mutex<(Option<Result<RunReport, RunError>>, Vec<Waker>)>,
+    ended: Condvar,
+}
+
+impl GraphHandle {
+    /// Whether the graph's run has ended.
+    pub fn is_finished(&self) -> bool {
+        lock(&self.end.state).0.is_some()
+    }
+
+    /// Blocks until the graph's run has ended and returns what `Runtime::run` would have.
+    pub fn wait(self) -> Result<RunReport, RunError> {
+        let mut st = lock(&self.end.state);
+        loop {
+            if let Some(r) = st.0.take() {
+                return r;
+            }
+            st = self.end.ended.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Future for GraphHandle {
+    type Output = Result<RunReport, RunError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut st = lock(&self.end.state);
+        match st.0.take() {
+            Some(r) => Poll::Ready(r),
+            None => {
+                st.1.push(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Tasks gathered for one run.
+struct TaskBatch {
+    graph: Graph,
+    /// Per task: its name, for errors.
+    names: Vec<Arc<str>>,
+    /// Per graph datum: its store id.
+    ids: Vec<u32>,
+    end: Arc<BatchEnd>,
+}
+
+enum Work {
+    Tasks(TaskBatch),
+    /// A graph submitted without waiting: the dispatcher runs it.
+    Graph(Box<Graph>, RunOptions, Arc<GraphEnd>),
+    /// A blocking `run`: its caller runs it on its own thread when its turn comes.
+    Caller,
+}
+
+struct Batch {
+    seq: u64,
+    /// Tasks it counts in `in_flight`.
+    tasks: usize,
+    work: Work,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Batch>,
+    /// A batch is running (the front of `queue` was taken, or a caller runs its graph).
+    running: bool,
+    next_seq: u64,
+    /// Batches with a smaller sequence number have ended.
+    finished: u64,
+    in_flight: usize,
+    last_access: HashMap<u32, u64>,
+    /// Poisoned data: the reason later readers are skipped.
+    poisoned: HashMap<u32, String>,
+    /// Wakers of async waits for room or for data.
+    waiters: Vec<Waker>,
+    /// Tasks submitted so far (numbers unnamed tasks).
+    submitted: u64,
+    /// Eligibility keys already found to have a worker on this machine.
+    runnable: HashSet<EligibilityKey>,
+    shutdown: bool,
+    dispatcher: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The flow's state, shared with its dispatcher thread.
+pub(crate) struct Flow {
+    state: Mutex<State>,
+    /// A batch was queued, or shutdown.
+    work: Condvar,
+    /// A batch ended.
+    progress: Condvar,
+    cap: usize,
+}
+
+impl Flow {
+    pub fn new(cap: usize) -> Arc<Flow> {
+        Arc::new(Flow {
+            state: Mutex::default(),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+            cap: cap.max(1),
+        })
+    }
+
+    fn notify_progress(&self, st: &mut State) {
+        self.progress.notify_all();
+        st.waiters.drain(..).for_each(Waker::wake);
+    }
+
+    /// Whether a submission may go in now (room under the cap, or on a pool thread).
+    fn has_room(&self, st: &State) -> bool {
+        st.in_flight < self.cap || super::pool::on_a_pool_thread()
+    }
+
+    /// Submits one task, waiting for room under the cap.
+    pub fn submit(self: &Arc<Self>, engine: &Arc<Engine>, spec: TaskSpec) -> Result<TaskHandle, SubmitError> {
+        let mut st = lock(&self.state);
+        while !self.has_room(&st) {
+            st = self.progress.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        self.submit_locked(engine, &mut st, spec)
+    }
+
+    /// Submits one task if there is room now; `Ok(None)` when the cap is reached (with
+    /// `waker` registered for the next progress).
+    pub fn try_submit(
+        self: &Arc<Self>,
+        engine: &Arc<Engine>,
+        spec: &mut Option<TaskSpec>,
+        waker: &Waker,
+    ) -> Result<Option<TaskHandle>, SubmitError> {
+        let mut st = lock(&self.state);
+        if !self.has_room(&st) {
+            st.waiters.push(waker.clone());
+            return Ok(None);
+        }
+        let spec = spec.take().expect("a submitted future is not polled again");
+        self.submit_locked(engine, &mut st, spec).map(Some)
+    }
+
+    fn submit_locked(
+        self: &Arc<Self>,
+        engine: &Arc<Engine>,
+        st: &mut State,
+        mut spec: TaskSpec,
+    ) -> Result<TaskHandle, SubmitError> {
+        // Unnamed tasks are named by their kernel and their number in the whole flow, so
+        // that messages tell them apart across batches.
+        let name: Arc<str> = match &spec.name {
+            Some(n) => crate::limits::escape_controls(n).into(),
+            None => format!("{}#{}", spec.kernel.name(), st.submitted).into(),
+        };
+        let task_name = || name.to_string();
+        // Refused alone, before it joins a batch: data of another runtime or freed, explicit
+        // dependencies (submitted tasks depend on earlier ones through their data), and what
+        // compiling its batch would refuse.
+        let mut ids: Vec<u32> = Vec::with_capacity(spec.accesses.len());
+        let mut cells: Vec<Arc<super::data::DataCell>> = Vec::with_capacity(spec.accesses.len());
+        let mut accesses: Vec<(u32, Access)> = Vec::with_capacity(spec.accesses.len());
+        for &(d, a) in &spec.accesses {
+            let DataRef::Stored { rt, id } = d else {
+                return Err(SubmitError::InvalidTask {
+                    task: task_name(),
+                    message: "uses a graph's own datum (size-only data and temporaries belong to a graph); submitted tasks use the runtime's data".into(),
+                });
+            };
+            let local = match ids.iter().position(|&x| x == id) {
+                Some(i) => i,
+                None => {
+                    let Some(cell) = engine.store.cell(rt, id) else {
+                        let message = match engine.store.freed(rt, id) {
+                            Some(e) => e.to_string(),
+                            None => format!("uses datum #{id} of another runtime"),
+                        };
+                        return Err(SubmitError::InvalidTask {
+                            task: task_name(),
+                            message,
+                        });
+                    };
+                    ids.push(id);
+                    cells.push(cell);
+                    ids.len() - 1
+                }
+            };
+            accesses.push((local as u32, a));
+        }
+        if !spec.after.is_empty() {
+            return Err(SubmitError::InvalidTask {
+                task: task_name(),
+                message: "`after` names a task of a graph; a submitted task depends on earlier ones through the data it accesses".into(),
+            });
+        }
+        let data: Vec<DatumInfo<'_>> = cells
+            .iter()
+            .map(|c| DatumInfo {
+                name: &c.name,
+                elem: Some(c.elem),
+                bytes: c.bytes() as u64,
+                read_only: c.read_only,
+            })
+            .collect();
+        let check = TaskToCheck {
+            name: &task_name,
+            kernel: &spec.kernel,
+            data: &data,
+            accesses: &accesses,
+            params: spec.params.len(),
+            restriction: &spec.restriction,
+            cores: spec.cores,
+        };
+        check_task(&check, &engine.machine, &mut st.runnable).map_err(|e| engine.hint_software_gpus(e))?;
+        let open = matches!(st.queue.back(), Some(Batch { work: Work::Tasks(b), .. }) if !lock(&b.end.state).started);
+        if !open {
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            st.queue.push_back(Batch {
+                seq,
+                tasks: 0,
+                work: Work::Tasks(TaskBatch {
+                    graph: Graph::new(),
+                    names: Vec::new(),
+                    ids: Vec::new(),
+                    end: Arc::default(),
+                }),
+            });
+        }
+        let batch = st.queue.back_mut().expect("a batch was just ensured");
+        let seq = batch.seq;
+        let Work::Tasks(tb) = &mut batch.work else {
+            unreachable!("the open batch is a task batch")
+        };
+        let index = tb.graph.len();
+        spec.name = Some(Box::from(&*name));
+        tb.graph.push(spec);
+        while tb.ids.len() < tb.graph.data.len() {
+            let GraphDatum::Stored { id, .. } = tb.graph.data[tb.ids.len()] else {
+                unreachable!("submitted tasks use stored data only")
+            };
+            tb.ids.push(id);
+        }
+        tb.names.push(name.clone());
+        batch.tasks += 1;
+        let end = tb.end.clone();
+        for id in ids {
+            st.last_access.insert(id, seq);
+        }
+        st.in_flight += 1;
+        st.submitted += 1;
+        self.ensure_dispatcher(engine, st);
+        self.work.notify_one();
+        Ok(TaskHandle {
+            end,
+            index: index as u32,
+            name,
+        })
+    }
+
+    /// Queues a graph for the dispatcher to run.
+    pub fn submit_graph(self: &Arc<Self>, engine: &Arc<Engine>, graph: Graph, opts: RunOptions) -> GraphHandle {
+        let end = Arc::new(GraphEnd::default());
+        let mut st = lock(&self.state);
+        let ids = stored_ids(&graph);
+        self.enqueue(&mut st, &ids, Work::Graph(Box::new(graph), opts, end.clone()));
+        self.ensure_dispatcher(engine, &mut st);
+        self.work.notify_one();
+        GraphHandle { end }
+    }
+
+    /// Queues a batch that uses `graph`'s data; returns its sequence number.
+    fn enqueue(&self, st: &mut State, ids: &[u32], work: Work) -> u64 {
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        for &id in ids {
+            st.last_access.insert(id, seq);
+        }
+        st.queue.push_back(Batch { seq, tasks: 0, work });
+        seq
+    }
+
+    /// Runs `graph` on this thread when its turn comes after everything submitted before.
+    /// On one of the runtime's worker threads (a task running a graph) it runs at once, as
+    /// that task's batch cannot end before it.
+    pub fn run_in_turn<R>(&self, graph: &Graph, run: impl FnOnce() -> R) -> R {
+        if super::pool::on_a_pool_thread() {
+            return run();
+        }
+        let mut st = lock(&self.state);
+        if st.queue.is_empty() && !st.running {
+            // Nothing before it: no queueing, no thread hop.
+            st.running = true;
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            drop(st);
+            let r = run();
+            self.end_batch(seq, 0);
+            return r;
+        }
+        let seq = self.enqueue(&mut st, &stored_ids(graph), Work::Caller);
+        while !(st.queue.front().is_some_and(|b| b.seq == seq) && !st.running) {
+            st = self.progress.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.queue.pop_front();
+        st.running = true;
+        drop(st);
+        let r = run();
+        self.end_batch(seq, 0);
+        r
+    }
+
+    fn end_batch(&self, seq: u64, tasks: usize) {
+        let mut st = lock(&self.state);
+        st.running = false;
+        st.finished = st.finished.max(seq + 1);
+        st.in_flight -= tasks;
+        self.notify_progress(&mut st);
+        // The next batch may be the dispatcher's.
+        self.work.notify_one();
+    }
+
+    /// The sequence number the next batch will get.
+    pub fn next_seq(&self) -> u64 {
+        lock(&self.state).next_seq
+    }
+
+    /// Whether every batch before `seq` has ended; if not, `waker` is woken at the next
+    /// progress.
+    pub fn reached(&self, seq: u64, waker: Option<&Waker>) -> bool {
+        let mut st = lock(&self.state);
+        let done = st.finished >= seq;
+        if let (false, Some(w)) = (done, waker) {
+            st.waiters.push(w.clone());
+        }
+        done
+    }
+
+    /// Blocks until every batch queued before this call has ended.
+    pub fn wait_all(&self) {
+        let mut st = lock(&self.state);
+        let target = st.next_seq;
+        while st.finished < target {
+            st = self.progress.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The sequence number after which `id` may be used by a data operation.
+    fn ready_after(st: &State, id: u32) -> u64 {
+        st.last_access.get(&id).map_or(0, |&s| s + 1)
+    }
+
+    /// Blocks until every submitted batch that uses datum `id` has ended. Does not block on
+    /// one of the runtime's worker threads (the caller is a task of the running batch).
+    pub fn wait_for_datum(&self, id: u32) {
+        if super::pool::on_a_pool_thread() {
+            return;
+        }
+        let mut st = lock(&self.state);
+        while st.finished < Self::ready_after(&st, id) {
+            st = self.progress.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Whether submitted work still uses datum `id`; if so, `waker` is woken at the next
+    /// progress.
+    pub fn datum_pending(&self, id: u32, waker: Option<&Waker>) -> bool {
+        let mut st = lock(&self.state);
+        let pending = st.finished < Self::ready_after(&st, id);
+        if let (true, Some(w)) = (pending, waker) {
+            st.waiters.push(w.clone());
+        }
+        pending
+    }
+
+    fn ensure_dispatcher(self: &Arc<Self>, engine: &Arc<Engine>, st: &mut State) {
+        if st.dispatcher.is_some() {
+            return;
+        }
+        let (flow, engine) = (self.clone(), engine.clone());
+        match std::thread::Builder::new()
+            .name("hexec-flow".into())
+            .spawn(move || flow.dispatch(&engine))
+        {
+            Ok(h) => st.dispatcher = Some(h),
+            // Without a dispatcher, submitted batches would wait forever: say why, loudly,
+            // and let the next submission try again.
+            Err(e) => tracing::error!(error = %e, "could not start the submission dispatcher thread"),
+        }
+    }
+
+    /// The dispatcher: runs task batches and submitted graphs in order.
+    fn dispatch(&self, engine: &Engine) {
+        loop {
+            let mut st = lock(&self.state);
+            let batch = loop {
+                let front_is_mine = st
+                    .queue
+                    .front()
+                    .is_some_and(|b| matches!(b.work, Work::Tasks(_) | Work::Graph(..)));
+                if !st.running && front_is_mine {
+                    st.running = true;
+                    break st.queue.pop_front().expect("the front was just seen");
+                }
+                if st.shutdown && st.queue.is_empty() && !st.running {
+                    return;
+                }
+                st = self.work.wait(st).unwrap_or_else(|e| e.into_inner());
+            };
+            let poisoned = st.poisoned.clone();
+            drop(st);
+            let (seq, tasks) = (batch.seq, batch.tasks);
+            let updates = match batch.work {
+                Work::Tasks(tb) => run_tasks(engine, tb, &poisoned),
+                Work::Graph(graph, opts, end) => run_graph(engine, &graph, opts, &end),
+                Work::Caller => unreachable!("callers run their own graphs"),
+            };
+            {
+                let mut st = lock(&self.state);
+                for (id, reason) in updates {
+                    match reason {
+                        Some(r) => st.poisoned.insert(id, r),
+                        None => st.poisoned.remove(&id),
+                    };
+                }
+            }
+            self.end_batch(seq, tasks);
+        }
+    }
+
+    /// Waits for everything submitted, then stops the dispatcher.
+    pub fn shut_down(&self) {
+        self.wait_all();
+        let handle = {
+            let mut st = lock(&self.state);
+            st.shutdown = true;
+            st.dispatcher.take()
+        };
+        self.work.notify_all();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl<'r> TaskBuilder<&'r Runtime> {
+    /// Submits the task: it runs after the earlier submissions that access its data, while
+    /// the program goes on. Refused at once, naming the task, when it could never run (a
+    /// freed datum or one of another runtime, operands that do not match its kernel, a
+    /// restriction no worker satisfies, a write to read-only data). Waits while the runtime
+    /// holds [`crate::RuntimeBuilder::max_submitted`] unfinished tasks.
+    pub fn submit(self) -> Result<TaskHandle, SubmitError> {
+        let (rt, spec) = self.into_parts();
+        rt.flow.submit(&rt.engine, spec)
+    }
+
+    /// [`TaskBuilder::submit`] as a future: where `submit` would wait for room under the
+    /// cap, this yields to the executor (woken through its waker).
+    pub fn submit_async(self) -> impl Future<Output = Result<TaskHandle, SubmitError>> + 'r {
+        let (rt, spec) = self.into_parts();
+        let mut spec = Some(spec);
+        std::future::poll_fn(move |cx| match rt.flow.try_submit(&rt.engine, &mut spec, cx.waker()) {
+            Ok(Some(h)) => Poll::Ready(Ok(h)),
+            Ok(None) => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        })
+    }
+}
+
+/// Poison changes a batch makes: per datum, `Some(reason)` poisons it, `None` clears it.
+type PoisonUpdates = Vec<(u32, Option<String>)>;
+
+/// Runs a task batch: tasks reading poisoned data or cancelled are skipped from the start;
+/// every task's handle gets its outcome.
+fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) -> PoisonUpdates {
+    let TaskBatch {
+        graph, names, ids, end, ..
+    } = tb;
+    let cancelled = {
+        let mut st = lock(&end.state);
+        st.started = true;
+        std::mem::take(&mut st.cancelled)
+    };
+    let n = graph.len();
+    let accesses = |t: usize| &graph.accesses[graph.tasks[t].accesses.range()];
+    // Why each task that will not run does not (None: it runs).
+    let mut cause: Vec<Option<TaskError>> = vec![None; n];
+    for (t, c) in cause.iter_mut().enumerate() {
+        if cancelled.contains(&(t as u32)) {
+            *c = Some(TaskError::Cancelled {
+                task: names[t].to_string(),
+            });
+            continue;
+        }
+        if let Some((d, why)) = accesses(t)
+            .iter()
+            .filter(|(_, a)| a.reads())
+            .find_map(|&(d, _)| poisoned.get(&ids[d as usize]).map(|w| (d, w)))
+        {
+            let datum = engine
+                .store
+                .cell(engine.id, ids[d as usize])
+                .map_or_else(|| format!("data#{}", ids[d as usize]), |c| c.name.clone());
+            *c = Some(TaskError::Skipped {
+                task: names[t].to_string(),
+                cause: format!("it reads '{datum}', which {why}"),
+            });
+        }
+    }
+    let skipped: Vec<u32> = (0..n as u32).filter(|&t| cause[t as usize].is_some()).collect();
+    let result = loop {
+        match engine.run_skipping(&graph, RunOptions::keep_going(), &skipped) {
+            // Held by the application (`read_with`) between our turn and now: wait for it.
+            Err(RunError::Submit(SubmitError::DataBusy { .. })) => {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            r => break r,
+        }
+    };
+    let failures = match result {
+        Ok(_) => Vec::new(),
+        Err(RunError::TaskFailed { report }) => report.failures,
+        Err(e) => {
+            // Nothing is known to have run: every task gets the error, every written datum
+            // is poisoned.
+            let message = e.to_string();
+            for (t, c) in cause.iter_mut().enumerate() {
+                c.get_or_insert_with(|| TaskError::NotRun {
+                    task: names[t].to_string(),
+                    message: message.clone(),
+                });
+            }
+            Vec::new()
+        }
+    };
+    for f in failures {
+        let t = f.index;
+        cause[t] = Some(TaskError::Failed(Box::new(f)));
+    }
+    // Dependents of a task that did not complete were skipped by the run: say which. Edges
+    // come grouped by their later task, each after its earlier tasks' own edges.
+    let mut root_cause: Vec<Option<u32>> = (0..n as u32).map(|t| cause[t as usize].as_ref().map(|_| t)).collect();
+    for &(from, to) in &graph.edges {
+        if let (Some(r), None) = (root_cause[from as usize], root_cause[to as usize]) {
+            root_cause[to as usize] = Some(r);
+            cause[to as usize] = Some(TaskError::Skipped {
+                task: names[to as usize].to_string(),
+                cause: format!("it depends on '{}', which {}", names[r as usize], did_not_complete(&cause[r as usize])),
+            });
+        }
+    }
+    let mut updates = Vec::new();
+    for (t, c) in cause.iter().enumerate() {
+        for &(d, a) in accesses(t) {
+            if !a.writes() {
+                continue;
+            }
+            let id = ids[d as usize];
+            match c {
+                Some(e) => updates.push((id, Some(format!("'{}' should have written, and it {}", names[t], did_not_complete(&Some(e.clone())))))),
+                None => updates.push((id, None)),
+            }
+        }
+    }
+    let errors = cause
+        .into_iter()
+        .enumerate()
+        .filter_map(|(t, c)| c.map(|e| (t as u32, e)))
+        .collect();
+    end.finish(Outcomes { errors });
+    updates
+}
+
+/// How a task that did not complete ended, for a dependent's message.
+fn did_not_complete(e: &Option<TaskError>) -> String {
+    match e {
+        Some(TaskError::Failed(f)) => format!("failed ({})", f.message),
+        Some(TaskError::Cancelled { .. }) => "was cancelled".into(),
+        Some(TaskError::Skipped { cause, .. }) => format!("was skipped ({cause})"),
+        Some(TaskError::NotRun { message, .. }) => format!("did not run ({message})"),
+        Some(TaskError::WaitInsideTask) | None => "did not complete".into(),
+    }
+}
+
+/// Runs a submitted graph; its failures poison what it would have written.
+fn run_graph(engine: &Engine, graph: &Graph, opts: RunOptions, end: &GraphEnd) -> PoisonUpdates {
+    let result = engine.run_with(graph, opts);
+    let updates = graph_poison(graph, &result);
+    let wakers = {
+        let mut st = lock(&end.state);
+        st.0 = Some(result);
+        std::mem::take(&mut st.1)
+    };
+    end.ended.notify_all();
+    wakers.into_iter().for_each(Waker::wake);
+    updates
+}
+
+/// The poison changes of a graph run's result: what it wrote is clean when it succeeded;
+/// when it did not, everything it would have written is poisoned (a run stopped early does
+/// not say which tasks ran).
+pub(crate) fn graph_poison(graph: &Graph, result: &Result<RunReport, RunError>) -> PoisonUpdates {
+    let mut updates = Vec::new();
+    let why = match result {
+        Ok(_) => None,
+        Err(e) => Some(format!("a graph run that should have written it did not complete ({e})")),
+    };
+    for t in 0..graph.len() {
+        for &(d, a) in &graph.accesses[graph.tasks[t].accesses.range()] {
+            if let (true, GraphDatum::Stored { id, .. }) = (a.writes(), &graph.data[d as usize]) {
+                updates.push((*id, why.clone()));
+            }
+        }
+    }
+    updates
+}
+
+/// Applies a blocking graph run's poison changes (the caller ran it on its own thread).
+impl Flow {
+    pub fn apply_poison(&self, updates: PoisonUpdates) {
+        let mut st = lock(&self.state);
+        for (id, reason) in updates {
+            match reason {
+                Some(r) => st.poisoned.insert(id, r),
+                None => st.poisoned.remove(&id),
+            };
+        }
+    }
+}
+
+/// The store ids of a graph's stored data.
+fn stored_ids(graph: &Graph) -> Vec<u32> {
+    graph
+        .data
+        .iter()
+        .filter_map(|d| match d {
+            GraphDatum::Stored { id, .. } => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
