@@ -50,9 +50,10 @@ pub mod trace;
 
 pub use hexec_kernels as kernels;
 
-pub use graph::{Data, DataRef, Graph, Restriction, TaskId, TempData, VirtualData};
+pub use graph::{Data, DataRef, Graph, Restriction, TaskBuilder, TaskId, TempData, VirtualData};
 pub use runtime::{
-    BuildError, CancelToken, DataError, MemoryLimits, NodeUsage, RunError, RunOptions, Runtime, RuntimeBuilder,
+    BuildError, CancelToken, DataError, GraphHandle, MemoryLimits, NodeUsage, RunError, RunOptions, Runtime,
+    RuntimeBuilder, TaskError, TaskHandle,
 };
 pub use sched::compile::SubmitError;
 pub use sched::PolicyKind;

@@ -680,16 +680,17 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) ->
     };
     let n = graph.len();
     let accesses = |t: usize| &graph.accesses[graph.tasks[t].accesses.range()];
-    // Why each task that will not run does not (None: it runs).
+    // Why each task that will not run does not (None: it runs). Poison is followed through
+    // the batch in order: a task that will run clears what it writes (if it then fails, the
+    // run skips its dependents itself), one that will not poisons it.
+    let mut poisoned: HashMap<u32, String> = poisoned.clone();
     let mut cause: Vec<Option<TaskError>> = vec![None; n];
     for (t, c) in cause.iter_mut().enumerate() {
         if cancelled.contains(&(t as u32)) {
             *c = Some(TaskError::Cancelled {
                 task: names[t].to_string(),
             });
-            continue;
-        }
-        if let Some((d, why)) = accesses(t)
+        } else if let Some((d, why)) = accesses(t)
             .iter()
             .filter(|(_, a)| a.reads())
             .find_map(|&(d, _)| poisoned.get(&ids[d as usize]).map(|w| (d, w)))
@@ -702,6 +703,21 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) ->
                 task: names[t].to_string(),
                 cause: format!("it reads '{datum}', which {why}"),
             });
+        }
+        for &(d, a) in accesses(t) {
+            if a.writes() {
+                match c {
+                    Some(e) => poisoned.insert(
+                        ids[d as usize],
+                        format!(
+                            "'{}' should have written, and it {}",
+                            names[t],
+                            did_not_complete(&Some(e.clone()))
+                        ),
+                    ),
+                    None => poisoned.remove(&ids[d as usize]),
+                };
+            }
         }
     }
     let skipped: Vec<u32> = (0..n as u32).filter(|&t| cause[t as usize].is_some()).collect();
@@ -742,7 +758,11 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) ->
             root_cause[to as usize] = Some(r);
             cause[to as usize] = Some(TaskError::Skipped {
                 task: names[to as usize].to_string(),
-                cause: format!("it depends on '{}', which {}", names[r as usize], did_not_complete(&cause[r as usize])),
+                cause: format!(
+                    "it depends on '{}', which {}",
+                    names[r as usize],
+                    did_not_complete(&cause[r as usize])
+                ),
             });
         }
     }
@@ -754,7 +774,14 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) ->
             }
             let id = ids[d as usize];
             match c {
-                Some(e) => updates.push((id, Some(format!("'{}' should have written, and it {}", names[t], did_not_complete(&Some(e.clone())))))),
+                Some(e) => updates.push((
+                    id,
+                    Some(format!(
+                        "'{}' should have written, and it {}",
+                        names[t],
+                        did_not_complete(&Some(e.clone()))
+                    )),
+                )),
                 None => updates.push((id, None)),
             }
         }
@@ -800,7 +827,9 @@ pub(crate) fn graph_poison(graph: &Graph, result: &Result<RunReport, RunError>) 
     let mut updates = Vec::new();
     let why = match result {
         Ok(_) => None,
-        Err(e) => Some(format!("a graph run that should have written it did not complete ({e})")),
+        Err(e) => Some(format!(
+            "a graph run that should have written it did not complete ({e})"
+        )),
     };
     for t in 0..graph.len() {
         for &(d, a) in &graph.accesses[graph.tasks[t].accesses.range()] {

@@ -49,8 +49,8 @@ pub use crate::trace::NodeMemory;
 pub use budget::NodeUsage;
 pub use cancel::CancelToken;
 pub use data::DataError;
-pub use flow::{GraphHandle, TaskError, TaskHandle, DEFAULT_MAX_SUBMITTED};
 use data::{AcquiredData, DataStore};
+pub use flow::{GraphHandle, TaskError, TaskHandle, DEFAULT_MAX_SUBMITTED};
 use queues::{LocalQueues, SharedQueues};
 use worker::{run_worker, BoundDatum, RunState, WorkerStats};
 
@@ -523,33 +523,36 @@ impl RuntimeBuilder {
             worker,
             message: e.to_string(),
         })?;
-        Ok(Runtime::new(Engine {
-            pool,
-            predictor,
-            id,
-            machine,
-            policy: self.policy,
-            store: {
-                let store = DataStore::new(id, gpus.len(), budgets.clone());
-                if self.replicate_gpu_results {
-                    store.default_replicas.store(2, Ordering::Relaxed);
-                }
-                store
+        Ok(Runtime::new(
+            Engine {
+                pool,
+                predictor,
+                id,
+                machine,
+                policy: self.policy,
+                store: {
+                    let store = DataStore::new(id, gpus.len(), budgets.clone());
+                    if self.replicate_gpu_results {
+                        store.default_replicas.store(2, Ordering::Relaxed);
+                    }
+                    store
+                },
+                forgotten_gpus: (0..gpus.len()).map(|_| AtomicBool::new(false)).collect(),
+                unused_software_gpus,
+                _spiller: spiller::Spiller::start(&budgets),
+                budgets,
+                gpus,
+                gpu_of_worker,
+                model: Mutex::new(self.model.unwrap_or_default()),
+                calibrate: self.calibrate,
+                backpressure: !self.no_backpressure,
+                retries: self.retries.unwrap_or(DEFAULT_RETRIES),
+                retry_panics: self.retry_panics,
+                faults: self.faults,
+                links: Mutex::new((0.0, 0.0)),
             },
-            forgotten_gpus: (0..gpus.len()).map(|_| AtomicBool::new(false)).collect(),
-            unused_software_gpus,
-            _spiller: spiller::Spiller::start(&budgets),
-            budgets,
-            gpus,
-            gpu_of_worker,
-            model: Mutex::new(self.model.unwrap_or_default()),
-            calibrate: self.calibrate,
-            backpressure: !self.no_backpressure,
-            retries: self.retries.unwrap_or(DEFAULT_RETRIES),
-            retry_panics: self.retry_panics,
-            faults: self.faults,
-            links: Mutex::new((0.0, 0.0)),
-        }, self.max_submitted.unwrap_or(flow::DEFAULT_MAX_SUBMITTED)))
+            self.max_submitted.unwrap_or(flow::DEFAULT_MAX_SUBMITTED),
+        ))
     }
 }
 
@@ -781,7 +784,10 @@ impl Runtime {
 
     /// [`Runtime::read`] as a future: it waits through the task's waker, never blocking the
     /// executor's thread.
-    pub fn read_async<T: Element>(&self, h: Data<T>) -> impl std::future::Future<Output = Result<Vec<T>, DataError>> + '_ {
+    pub fn read_async<T: Element>(
+        &self,
+        h: Data<T>,
+    ) -> impl std::future::Future<Output = Result<Vec<T>, DataError>> + '_ {
         std::future::poll_fn(move |cx| {
             if self.flow.datum_pending(h.id, Some(cx.waker())) {
                 return std::task::Poll::Pending;

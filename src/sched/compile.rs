@@ -317,7 +317,12 @@ pub(crate) fn check_task(
     }
     let mut eligibility = Eligibility::new(machine);
     let gpu_fit = eligibility.gpu_fit(kernel, accesses, data);
-    let key = (Arc::as_ptr(kernel) as usize, task.restriction.clone(), task.cores, gpu_fit);
+    let key = (
+        Arc::as_ptr(kernel) as usize,
+        task.restriction.clone(),
+        task.cores,
+        gpu_fit,
+    );
     if !runnable.contains(&key) {
         eligibility
             .set_for(0, kernel, task.restriction, 0, task.cores, gpu_fit)

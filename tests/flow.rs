@@ -1,0 +1,422 @@
+//! The live runtime: persistent worker threads, tasks submitted one by one while others run,
+//! handles, data operations ordered after submitted work, bounded submission, cancellation,
+//! and the async face on tokio's two runtimes.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hexec::kernels::{builtin, Access, ElemType, Kernel, KernelError, Signature};
+use hexec::topology::Machine;
+use hexec::{DataError, Runtime, SubmitError, TaskError};
+
+fn runtime(cpus: usize) -> Runtime {
+    Runtime::builder()
+        .machine(Machine::synthetic_cpus(cpus))
+        .build()
+        .unwrap()
+}
+
+/// `x += 1` on one u64.
+fn increment() -> Arc<Kernel> {
+    Arc::new(Kernel::cpu(
+        "increment",
+        Signature::exact(&[(Access::ReadWrite, ElemType::U64)], 0),
+        |ctx| {
+            ctx.write::<u64>(0)?[0] += 1;
+            Ok(())
+        },
+    ))
+}
+
+/// Fails when its parameter is 1; else writes 7.
+fn maybe_fail() -> Arc<Kernel> {
+    Arc::new(Kernel::cpu(
+        "maybe_fail",
+        Signature::exact(&[(Access::Write, ElemType::U64)], 1),
+        |ctx| {
+            if ctx.param(0)? == 1.0 {
+                return Err(KernelError::msg("deliberate failure"));
+            }
+            ctx.write::<u64>(0)?[0] = 7;
+            Ok(())
+        },
+    ))
+}
+
+/// Names of this process's threads.
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+                .map(|s| s.trim().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn worker_threads_start_once_and_concurrent_runs_share_them() {
+    let rt = runtime(2);
+    let x = rt.data(vec![0u64; 1]);
+    let y = rt.data(vec![0u64; 1]);
+    // Counted from inside a task, while both threads' runs are under way.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let s2 = seen.clone();
+    let count = Arc::new(Kernel::cpu("count_threads", Signature::any(0, 0), move |_| {
+        let workers = thread_names().iter().filter(|n| n.starts_with("hexec-cpu")).count();
+        s2.fetch_max(workers, Ordering::SeqCst);
+        Ok(())
+    }));
+    // A new thread names itself once it runs: wait for both names.
+    let named = |names: &[String]| {
+        ["hexec-cpu0", "hexec-cpu1"]
+            .iter()
+            .all(|w| names.iter().any(|n| n == w))
+    };
+    for _ in 0..1000 {
+        if named(&thread_names()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let before = thread_names();
+    std::thread::scope(|s| {
+        for d in [x, y] {
+            let (rt, count) = (&rt, &count);
+            s.spawn(move || {
+                for _ in 0..20 {
+                    let mut g = rt.graph();
+                    g.task(&increment()).read_write(d).add();
+                    g.task(count).add();
+                    rt.run(&g).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(thread_names(), before, "no thread started or ended for the runs");
+    if !thread_names().is_empty() {
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            2,
+            "one thread per worker, shared by every run"
+        );
+    }
+    assert_eq!(rt.read(x).unwrap(), vec![20]);
+    assert_eq!(rt.read(y).unwrap(), vec![20]);
+}
+
+#[test]
+fn tasks_submitted_one_by_one_follow_their_data_across_batches() {
+    let rt = runtime(2);
+    let x = rt.data(vec![0u64; 1]);
+    let slow = rt.data(vec![0.0f32; 1]);
+    let mut handles = Vec::new();
+    for i in 0..200 {
+        if i % 50 == 0 {
+            // A slow task between increments: later ones gather into a batch while it runs.
+            rt.task(&builtin::sleep())
+                .read_write(slow)
+                .param(0.005)
+                .submit()
+                .unwrap();
+        }
+        handles.push(rt.task(&increment()).read_write(x).submit().unwrap());
+    }
+    // `read` waits for the pending writers of x, not for everything.
+    assert_eq!(rt.read(x).unwrap(), vec![200]);
+    assert!(handles.iter().all(|h| h.is_finished()));
+    assert!(handles.iter().all(|h| h.wait().is_ok()));
+    assert!(handles[5].name().starts_with("increment#"), "{}", handles[5].name());
+    rt.wait_all();
+}
+
+#[test]
+fn try_read_does_not_wait_and_read_does() {
+    let rt = runtime(1);
+    let x = rt.data(vec![0.0f32; 4]);
+    let h = rt.task(&builtin::sleep()).read_write(x).param(0.05).submit().unwrap();
+    assert!(matches!(rt.try_read(x), Err(DataError::Busy(_))));
+    assert_eq!(rt.read(x).unwrap(), vec![0.0; 4]);
+    assert!(h.is_finished());
+    assert_eq!(rt.try_read(x).unwrap(), vec![0.0; 4]);
+}
+
+#[test]
+fn a_failure_skips_only_the_tasks_that_read_what_it_should_have_written() {
+    let rt = runtime(2);
+    let a = rt.data_named("a", vec![0u64; 1]);
+    let b = rt.data_named("b", vec![0u64; 1]);
+    let failed = rt
+        .task(&maybe_fail())
+        .name("writer")
+        .write(a)
+        .param(1.0)
+        .submit()
+        .unwrap();
+    rt.wait_all();
+    // Later batches: the reader of `a` is skipped, naming the writer; `b` is untouched.
+    let reader = rt.task(&increment()).name("reader").read_write(a).submit().unwrap();
+    let other = rt.task(&increment()).read_write(b).submit().unwrap();
+    match failed.wait() {
+        Err(TaskError::Failed(f)) => assert!(f.message.contains("deliberate failure"), "{f:?}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    match reader.wait() {
+        Err(TaskError::Skipped { task, cause }) => {
+            assert_eq!(task, "reader");
+            assert!(cause.contains("'a'") && cause.contains("writer"), "{cause}");
+        }
+        other => panic!("expected a skip, got {other:?}"),
+    }
+    other.wait().unwrap();
+    assert_eq!(rt.read(a).unwrap(), vec![0], "the failed write left the old value");
+    assert_eq!(rt.read(b).unwrap(), vec![1]);
+    // Overwriting `a` clears the poison.
+    rt.task(&maybe_fail()).write(a).param(0.0).submit().unwrap();
+    rt.task(&increment()).read_write(a).submit().unwrap().wait().unwrap();
+    assert_eq!(rt.read(a).unwrap(), vec![8]);
+}
+
+#[test]
+fn dependents_in_the_same_batch_are_skipped_with_their_cause() {
+    let rt = runtime(1);
+    let gate = rt.data(vec![0.0f32; 1]);
+    let a = rt.data_named("a", vec![0u64; 1]);
+    // Holds the worker so that the next three tasks form one batch.
+    rt.task(&builtin::sleep())
+        .read_write(gate)
+        .param(0.02)
+        .submit()
+        .unwrap();
+    let w = rt.task(&maybe_fail()).name("w").write(a).param(1.0).submit().unwrap();
+    let r = rt.task(&increment()).name("r").read_write(a).submit().unwrap();
+    assert!(matches!(w.wait(), Err(TaskError::Failed(_))));
+    match r.wait() {
+        Err(TaskError::Skipped { cause, .. }) => assert!(cause.contains("'w'"), "{cause}"),
+        other => panic!("expected a skip, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_bad_submission_is_refused_alone_naming_the_task() {
+    let rt = runtime(1);
+    let x = rt.data(vec![0u64; 1]);
+    let f = rt.data(vec![0.0f32; 1]);
+    let ok = rt.task(&increment()).read_write(x).submit().unwrap();
+    // Operands that do not match the kernel.
+    match rt.task(&increment()).name("wrong").read_write(f).submit() {
+        Err(SubmitError::Signature { task, .. }) => assert_eq!(task, "wrong"),
+        other => panic!("expected a signature error, got {other:?}"),
+    }
+    // A worker that does not exist.
+    match rt
+        .task(&increment())
+        .name("nowhere")
+        .read_write(x)
+        .on_worker("gpu7")
+        .submit()
+    {
+        Err(SubmitError::Unsatisfiable { task, reason }) => {
+            assert_eq!(task, "nowhere");
+            assert!(reason.contains("gpu7"), "{reason}");
+        }
+        other => panic!("expected an unsatisfiable restriction, got {other:?}"),
+    }
+    // Read-only data.
+    let c = rt.data_read_only("constants", vec![1u64; 1]);
+    assert!(matches!(
+        rt.task(&increment()).read_write(c).submit(),
+        Err(SubmitError::ReadOnlyWrite { .. })
+    ));
+    // A freed datum.
+    let gone = rt.data_named("gone", vec![0u64; 1]);
+    rt.free(gone).unwrap();
+    match rt.task(&increment()).name("late").read_write(gone).submit() {
+        Err(SubmitError::InvalidTask { task, message }) => {
+            assert_eq!(task, "late");
+            assert!(message.contains("gone"), "{message}");
+        }
+        other => panic!("expected an invalid task, got {other:?}"),
+    }
+    // The good task was not disturbed.
+    ok.wait().unwrap();
+    assert_eq!(rt.read(x).unwrap(), vec![1]);
+}
+
+#[test]
+fn several_threads_submit_concurrently() {
+    let rt = runtime(2);
+    let shared = rt.data(vec![0u64; 1]);
+    let own: Vec<_> = (0..4).map(|_| rt.data(vec![0u64; 1])).collect();
+    std::thread::scope(|s| {
+        for &mine in &own {
+            let rt = &rt;
+            s.spawn(move || {
+                for _ in 0..250 {
+                    rt.task(&increment()).read_write(mine).submit().unwrap();
+                    rt.task(&increment()).read_write(shared).submit().unwrap();
+                }
+            });
+        }
+    });
+    rt.wait_all();
+    assert_eq!(rt.read(shared).unwrap(), vec![1000]);
+    for d in own {
+        assert_eq!(rt.read(d).unwrap(), vec![250]);
+    }
+}
+
+#[test]
+fn a_producer_that_runs_ahead_waits_at_the_cap() {
+    const CAP: usize = 8;
+    let rt = Runtime::builder()
+        .machine(Machine::synthetic_cpus(1))
+        .max_submitted(CAP)
+        .build()
+        .unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let slow = Arc::new(Kernel::cpu("slow", Signature::any(0, 0), move |_| {
+        std::thread::sleep(Duration::from_micros(200));
+        r.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }));
+    let mut most = 0;
+    for submitted in 1..=200 {
+        rt.task(&slow).submit().unwrap();
+        most = most.max(submitted - ran.load(Ordering::SeqCst));
+    }
+    assert!(most <= CAP, "{most} tasks unfinished at once with a cap of {CAP}");
+    rt.wait_all();
+    assert_eq!(ran.load(Ordering::SeqCst), 200);
+}
+
+#[test]
+fn a_cancelled_task_and_its_dependents_do_not_run_and_data_keep_their_values() {
+    let rt = runtime(1);
+    let gate = rt.data(vec![0.0f32; 1]);
+    let x = rt.data(vec![5u64; 1]);
+    let running = rt
+        .task(&builtin::sleep())
+        .read_write(gate)
+        .param(0.05)
+        .submit()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(10));
+    // Queued behind the running batch.
+    let doomed = rt.task(&increment()).name("doomed").read_write(x).submit().unwrap();
+    let after = rt.task(&increment()).name("after").read_write(x).submit().unwrap();
+    assert!(!running.cancel(), "a running task is not cancelled");
+    assert!(doomed.cancel());
+    assert!(matches!(doomed.wait(), Err(TaskError::Cancelled { .. })));
+    match after.wait() {
+        Err(TaskError::Skipped { cause, .. }) => assert!(cause.contains("doomed"), "{cause}"),
+        other => panic!("expected a skip, got {other:?}"),
+    }
+    assert!(!doomed.cancel(), "a finished task is not cancelled");
+    assert_eq!(rt.read(x).unwrap(), vec![5]);
+    running.wait().unwrap();
+}
+
+#[test]
+fn submitted_graphs_and_runs_keep_submission_order() {
+    let rt = runtime(2);
+    let x = rt.data(vec![0u64; 1]);
+    rt.task(&builtin::sleep()).param(0.01).submit().unwrap();
+    let mut g = rt.graph();
+    for _ in 0..10 {
+        g.task(&increment()).read_write(x).add();
+    }
+    let handle = rt.submit_graph(g);
+    let t = rt.task(&increment()).read_write(x).submit().unwrap();
+    let mut g2 = rt.graph();
+    g2.task(&increment()).read_write(x).add();
+    rt.run(&g2).unwrap();
+    assert_eq!(handle.wait().unwrap().completed, 10);
+    assert!(t.is_finished(), "a run starts after what was submitted before it");
+    assert_eq!(rt.read(x).unwrap(), vec![12]);
+}
+
+#[test]
+fn dropping_the_runtime_finishes_submitted_work() {
+    let done = Arc::new(AtomicUsize::new(0));
+    {
+        let rt = runtime(2);
+        for _ in 0..100 {
+            let d = done.clone();
+            let k = Arc::new(Kernel::cpu("note", Signature::any(0, 0), move |_| {
+                d.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }));
+            rt.task(&k).submit().unwrap();
+        }
+    }
+    assert_eq!(done.load(Ordering::SeqCst), 100);
+}
+
+fn async_flow(rt: &Runtime) -> impl std::future::Future<Output = u64> + '_ {
+    async move {
+        let x = rt.data(vec![0u64; 1]);
+        let mut last = None;
+        for _ in 0..100 {
+            last = Some(rt.task(&increment()).read_write(x).submit_async().await.unwrap());
+        }
+        last.unwrap().await.unwrap();
+        rt.wait_all_async().await;
+        rt.read_async(x).await.unwrap()[0]
+    }
+}
+
+#[test]
+fn async_submission_and_waits_on_a_current_thread_tokio_runtime() {
+    let rt = Runtime::builder()
+        .machine(Machine::synthetic_cpus(1))
+        .max_submitted(4)
+        .build()
+        .unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    // One executor thread: any blocking inside hexec's futures would hang this test.
+    let got = tokio.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), async_flow(&rt))
+            .await
+            .expect("no future may block the executor")
+    });
+    assert_eq!(got, 100);
+}
+
+#[test]
+fn async_submission_from_many_tasks_on_a_multi_thread_tokio_runtime() {
+    let rt = Arc::new(
+        Runtime::builder()
+            .machine(Machine::synthetic_cpus(2))
+            .max_submitted(16)
+            .build()
+            .unwrap(),
+    );
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .unwrap();
+    let shared = rt.data(vec![0u64; 1]);
+    tokio.block_on(async {
+        let mut joins = Vec::new();
+        for _ in 0..8 {
+            let rt = rt.clone();
+            joins.push(tokio::spawn(async move {
+                for _ in 0..50 {
+                    rt.task(&increment()).read_write(shared).submit_async().await.unwrap();
+                }
+            }));
+        }
+        for j in joins {
+            j.await.unwrap();
+        }
+        rt.wait_all_async().await;
+        assert_eq!(rt.read_async(shared).await.unwrap(), vec![400]);
+    });
+}
