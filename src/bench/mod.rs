@@ -8,6 +8,7 @@ pub mod memory;
 pub mod overhead;
 pub mod schedule;
 pub mod soak;
+pub mod stream;
 
 use std::fmt;
 

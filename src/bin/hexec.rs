@@ -236,6 +236,26 @@ enum BenchCommand {
         #[arg(long)]
         no_large: bool,
     },
+    /// The live runtime: empty tasks submitted one by one (from one and two threads) beside
+    /// StarPU's tasks_overhead, one task's latency on an idle runtime, and resident memory
+    /// along a long stream.
+    Stream {
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Use only the first N cores.
+        #[arg(long)]
+        cpus: Option<usize>,
+        /// Tasks per stream.
+        #[arg(long, default_value_t = 100_000)]
+        tasks: usize,
+        /// Timed repetitions (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// Tasks of the stream whose resident memory is sampled (0: none).
+        #[arg(long, default_value_t = 10_000_000)]
+        long: usize,
+    },
 }
 
 /// The graph file `run` and `sim` read, and what they write.
@@ -797,6 +817,25 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
         }
         Command::Bench {
             which:
+                BenchCommand::Stream {
+                    json,
+                    cpus,
+                    tasks,
+                    reps,
+                    long,
+                },
+        } => bench_stream(
+            json,
+            &hexec::bench::stream::StreamConfig {
+                cpus,
+                tasks: tasks.max(1),
+                reps: reps.max(1),
+                policies: vec![PolicyKind::Eager, PolicyKind::Ws, PolicyKind::Locality],
+                long_stream: long,
+            },
+        ),
+        Command::Bench {
+            which:
                 BenchCommand::Overhead {
                     json,
                     cpus,
@@ -864,6 +903,17 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+fn bench_stream(json: bool, cfg: &hexec::bench::stream::StreamConfig) -> Result<(), Failure> {
+    let table = hexec::bench::stream::measure(cfg)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&table)?);
+    } else {
+        println!("submission while running, median of {} runs\n", cfg.reps);
+        print!("{}", hexec::bench::stream::markdown(&table));
+    }
+    Ok(())
 }
 
 fn info(json: bool, m: &DeviceArgs) -> Result<(), Failure> {
