@@ -139,6 +139,9 @@ pub struct Graph {
     pub(crate) deferred: Vec<DeferredError>,
     /// When a run of the graph should be done (from its start).
     pub(crate) deadline: Option<std::time::Duration>,
+    /// The number of its first task in unnamed tasks' names (`kernel#N`): 0, or for a batch of
+    /// submitted tasks, the tasks submitted before it, so that names run across batches.
+    pub(crate) first_number: u64,
 }
 
 impl Default for Graph {
@@ -164,6 +167,7 @@ impl Graph {
             restrictions: vec![Restriction::default()],
             deferred: Vec::new(),
             deadline: None,
+            first_number: 0,
         }
     }
 
@@ -245,7 +249,7 @@ impl Graph {
         let t = &self.tasks[index];
         match &t.name {
             Some(n) => crate::limits::escape_controls(n).into_owned(),
-            None => format!("{}#{index}", self.kernels[t.kernel as usize].name()),
+            None => format!("{}#{}", self.kernels[t.kernel as usize].name(), self.first_number + index as u64),
         }
     }
 

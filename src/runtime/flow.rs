@@ -124,13 +124,24 @@ impl BatchEnd {
 pub struct TaskHandle {
     end: Arc<BatchEnd>,
     index: u32,
-    name: Arc<str>,
+    label: Label,
+}
+
+/// How a handle names its task without a string per task.
+#[derive(Clone, Debug)]
+enum Label {
+    Named(Arc<str>),
+    /// `kernel#N`: the kernel and the task's number in the flow.
+    Numbered(Arc<hexec_kernels::Kernel>, u64),
 }
 
 impl TaskHandle {
-    /// The task's name.
-    pub fn name(&self) -> &str {
-        &self.name
+    /// The task's name: its own, or `kernel#N` where N counts the runtime's submitted tasks.
+    pub fn name(&self) -> String {
+        match &self.label {
+            Label::Named(n) => n.to_string(),
+            Label::Numbered(k, n) => format!("{}#{n}", k.name()),
+        }
     }
 
     /// Whether the task has finished (completed, failed, skipped or cancelled).
@@ -238,8 +249,6 @@ impl Future for GraphHandle {
 /// Tasks gathered for one run.
 struct TaskBatch {
     graph: Graph,
-    /// Per task: its name, for errors.
-    names: Vec<Arc<str>>,
     /// Per graph datum: its store id.
     ids: Vec<u32>,
     end: Arc<BatchEnd>,
@@ -269,15 +278,21 @@ struct State {
     /// Batches with a smaller sequence number have ended.
     finished: u64,
     in_flight: usize,
-    last_access: HashMap<u32, u64>,
+    /// Per datum (by store id, which the store hands out densely): one plus the sequence
+    /// number of the last batch that uses it, 0 for none.
+    last_access: Vec<u64>,
+    /// The dispatcher waits for work (only then does a submission wake it).
+    dispatcher_waiting: bool,
     /// Poisoned data: the reason later readers are skipped.
     poisoned: HashMap<u32, String>,
     /// Wakers of async waits for room or for data.
     waiters: Vec<Waker>,
     /// Tasks submitted so far (numbers unnamed tasks).
     submitted: u64,
-    /// Eligibility keys already found to have a worker on this machine.
+    /// Eligibility keys already found to have a worker on this machine, and the last one
+    /// (consecutive tasks usually share it: no hashing then).
     runnable: HashSet<EligibilityKey>,
+    last_runnable: Option<EligibilityKey>,
     shutdown: bool,
     dispatcher: Option<std::thread::JoinHandle<()>>,
 }
@@ -342,15 +357,13 @@ impl Flow {
         self: &Arc<Self>,
         engine: &Arc<Engine>,
         st: &mut State,
-        mut spec: TaskSpec,
+        spec: TaskSpec,
     ) -> Result<TaskHandle, SubmitError> {
-        // Unnamed tasks are named by their kernel and their number in the whole flow, so
-        // that messages tell them apart across batches.
-        let name: Arc<str> = match &spec.name {
-            Some(n) => crate::limits::escape_controls(n).into(),
-            None => format!("{}#{}", spec.kernel.name(), st.submitted).into(),
+        let number = st.submitted;
+        let task_name = || match &spec.name {
+            Some(n) => crate::limits::escape_controls(n).into_owned(),
+            None => format!("{}#{number}", spec.kernel.name()),
         };
-        let task_name = || name.to_string();
         // Refused alone, before it joins a batch: data of another runtime or freed, explicit
         // dependencies (submitted tasks depend on earlier ones through their data), and what
         // compiling its batch would refuse.
@@ -408,17 +421,22 @@ impl Flow {
             restriction: &spec.restriction,
             cores: spec.cores,
         };
-        check_task(&check, &engine.machine, &mut st.runnable).map_err(|e| engine.hint_software_gpus(e))?;
-        let open = matches!(st.queue.back(), Some(Batch { work: Work::Tasks(b), .. }) if !lock(&b.end.state).started);
-        if !open {
+        check_task(&check, &engine.machine, &mut st.runnable, &mut st.last_runnable)
+            .map_err(|e| engine.hint_software_gpus(e))?;
+        drop(check);
+        drop(data);
+        // The back batch has not started while it is in the queue (the dispatcher takes a
+        // batch out before it runs it).
+        if !matches!(st.queue.back(), Some(Batch { work: Work::Tasks(_), .. })) {
             let seq = st.next_seq;
             st.next_seq += 1;
+            let mut graph = Graph::new();
+            graph.first_number = number;
             st.queue.push_back(Batch {
                 seq,
                 tasks: 0,
                 work: Work::Tasks(TaskBatch {
-                    graph: Graph::new(),
-                    names: Vec::new(),
+                    graph,
                     ids: Vec::new(),
                     end: Arc::default(),
                 }),
@@ -430,7 +448,10 @@ impl Flow {
             unreachable!("the open batch is a task batch")
         };
         let index = tb.graph.len();
-        spec.name = Some(Box::from(&*name));
+        let label = match &spec.name {
+            Some(n) => Label::Named(crate::limits::escape_controls(n).into()),
+            None => Label::Numbered(spec.kernel.clone(), number),
+        };
         tb.graph.push(spec);
         while tb.ids.len() < tb.graph.data.len() {
             let GraphDatum::Stored { id, .. } = tb.graph.data[tb.ids.len()] else {
@@ -438,20 +459,21 @@ impl Flow {
             };
             tb.ids.push(id);
         }
-        tb.names.push(name.clone());
         batch.tasks += 1;
         let end = tb.end.clone();
         for id in ids {
-            st.last_access.insert(id, seq);
+            mark_access(&mut st.last_access, id, seq);
         }
         st.in_flight += 1;
         st.submitted += 1;
         self.ensure_dispatcher(engine, st);
-        self.work.notify_one();
+        if st.dispatcher_waiting {
+            self.work.notify_one();
+        }
         Ok(TaskHandle {
             end,
             index: index as u32,
-            name,
+            label,
         })
     }
 
@@ -471,7 +493,7 @@ impl Flow {
         let seq = st.next_seq;
         st.next_seq += 1;
         for &id in ids {
-            st.last_access.insert(id, seq);
+            mark_access(&mut st.last_access, id, seq);
         }
         st.queue.push_back(Batch { seq, tasks: 0, work });
         seq
@@ -514,7 +536,9 @@ impl Flow {
         st.in_flight -= tasks;
         self.notify_progress(&mut st);
         // The next batch may be the dispatcher's.
-        self.work.notify_one();
+        if st.dispatcher_waiting {
+            self.work.notify_one();
+        }
     }
 
     /// The sequence number the next batch will get.
@@ -544,7 +568,7 @@ impl Flow {
 
     /// The sequence number after which `id` may be used by a data operation.
     fn ready_after(st: &State, id: u32) -> u64 {
-        st.last_access.get(&id).map_or(0, |&s| s + 1)
+        st.last_access.get(id as usize).copied().unwrap_or(0)
     }
 
     /// Blocks until every submitted batch that uses datum `id` has ended. Does not block on
@@ -602,7 +626,9 @@ impl Flow {
                 if st.shutdown && st.queue.is_empty() && !st.running {
                     return;
                 }
+                st.dispatcher_waiting = true;
                 st = self.work.wait(st).unwrap_or_else(|e| e.into_inner());
+                st.dispatcher_waiting = false;
             };
             let poisoned = st.poisoned.clone();
             drop(st);
@@ -670,9 +696,8 @@ type PoisonUpdates = Vec<(u32, Option<String>)>;
 /// Runs a task batch: tasks reading poisoned data or cancelled are skipped from the start;
 /// every task's handle gets its outcome.
 fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) -> PoisonUpdates {
-    let TaskBatch {
-        graph, names, ids, end, ..
-    } = tb;
+    let TaskBatch { graph, ids, end } = tb;
+    let name = |t: usize| graph.task_name(t);
     let cancelled = {
         let mut st = lock(&end.state);
         st.started = true;
@@ -688,7 +713,7 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) ->
     for (t, c) in cause.iter_mut().enumerate() {
         if cancelled.contains(&(t as u32)) {
             *c = Some(TaskError::Cancelled {
-                task: names[t].to_string(),
+                task: name(t),
             });
         } else if let Some((d, why)) = accesses(t)
             .iter()
@@ -700,7 +725,7 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) ->
                 .cell(engine.id, ids[d as usize])
                 .map_or_else(|| format!("data#{}", ids[d as usize]), |c| c.name.clone());
             *c = Some(TaskError::Skipped {
-                task: names[t].to_string(),
+                task: name(t),
                 cause: format!("it reads '{datum}', which {why}"),
             });
         }
@@ -711,7 +736,7 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) ->
                         ids[d as usize],
                         format!(
                             "'{}' should have written, and it {}",
-                            names[t],
+                            name(t),
                             did_not_complete(&Some(e.clone()))
                         ),
                     ),
@@ -739,7 +764,7 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) ->
             let message = e.to_string();
             for (t, c) in cause.iter_mut().enumerate() {
                 c.get_or_insert_with(|| TaskError::NotRun {
-                    task: names[t].to_string(),
+                    task: name(t),
                     message: message.clone(),
                 });
             }
@@ -757,10 +782,10 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) ->
         if let (Some(r), None) = (root_cause[from as usize], root_cause[to as usize]) {
             root_cause[to as usize] = Some(r);
             cause[to as usize] = Some(TaskError::Skipped {
-                task: names[to as usize].to_string(),
+                task: name(to as usize),
                 cause: format!(
                     "it depends on '{}', which {}",
-                    names[r as usize],
+                    name(r as usize),
                     did_not_complete(&cause[r as usize])
                 ),
             });
@@ -778,7 +803,7 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) ->
                     id,
                     Some(format!(
                         "'{}' should have written, and it {}",
-                        names[t],
+                        name(t),
                         did_not_complete(&Some(e.clone()))
                     )),
                 )),
@@ -852,6 +877,15 @@ impl Flow {
             };
         }
     }
+}
+
+/// Records that batch `seq` uses datum `id`.
+fn mark_access(last_access: &mut Vec<u64>, id: u32, seq: u64) {
+    let i = id as usize;
+    if last_access.len() <= i {
+        last_access.resize(i + 1, 0);
+    }
+    last_access[i] = seq + 1;
 }
 
 /// The store ids of a graph's stored data.

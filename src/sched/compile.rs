@@ -298,6 +298,7 @@ pub(crate) fn check_task(
     task: &TaskToCheck<'_, '_>,
     machine: &Machine,
     runnable: &mut std::collections::HashSet<EligibilityKey>,
+    last: &mut Option<EligibilityKey>,
 ) -> Result<(), SubmitError> {
     let TaskToCheck {
         name,
@@ -327,8 +328,9 @@ pub(crate) fn check_task(
         eligibility
             .set_for(0, kernel, task.restriction, 0, task.cores, gpu_fit)
             .map_err(|reason| SubmitError::Unsatisfiable { task: name(), reason })?;
-        runnable.insert(key);
+        runnable.insert(key.clone());
     }
+    *last = Some(key);
     Ok(())
 }
 
