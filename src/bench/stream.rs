@@ -204,7 +204,11 @@ pub fn measure(cfg: &StreamConfig) -> Result<StreamTable, String> {
         std::thread::sleep(Duration::from_micros(200));
         let t = Instant::now();
         if i % 2 == 0 {
-            rt.task(&noop).submit().map_err(|e| e.to_string())?.wait().map_err(|e| e.to_string())?;
+            rt.task(&noop)
+                .submit()
+                .map_err(|e| e.to_string())?
+                .wait()
+                .map_err(|e| e.to_string())?;
             wait.push(t.elapsed().as_secs_f64() * 1e6);
         } else {
             let h = rt.task(&noop).submit().map_err(|e| e.to_string())?;

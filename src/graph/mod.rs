@@ -249,7 +249,11 @@ impl Graph {
         let t = &self.tasks[index];
         match &t.name {
             Some(n) => crate::limits::escape_controls(n).into_owned(),
-            None => format!("{}#{}", self.kernels[t.kernel as usize].name(), self.first_number + index as u64),
+            None => format!(
+                "{}#{}",
+                self.kernels[t.kernel as usize].name(),
+                self.first_number + index as u64
+            ),
         }
     }
 

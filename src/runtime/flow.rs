@@ -29,11 +29,13 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use hexec_kernels::Access;
 
+use super::worker::{CANCEL_DROPPED, CANCEL_NONE, CANCEL_REQUESTED};
 use super::{Engine, RunError, RunOptions, Runtime};
 use crate::graph::{DataRef, Graph, GraphDatum, TaskBuilder, TaskSpec};
 use crate::sched::compile::{check_task, DatumInfo, EligibilityKey, SubmitError, TaskToCheck};
@@ -59,7 +61,8 @@ pub enum TaskError {
         /// Which task it depends on did not complete, and why.
         cause: String,
     },
-    /// It was cancelled before it started ([`TaskHandle::cancel`]).
+    /// It was cancelled ([`TaskHandle::cancel`]): dropped before it started, or its kernel
+    /// returned early after seeing `cancelled()` (its read-write operands restored).
     #[error("task '{task}' was cancelled")]
     Cancelled {
         /// The task.
@@ -98,7 +101,8 @@ struct BatchEndState {
     wakers: Vec<Waker>,
     /// Tasks cancelled before the batch started (by index).
     cancelled: HashSet<u32>,
-    started: bool,
+    /// Once the batch runs: each task's cancellation state (`worker::CANCEL_*`).
+    flags: Option<Arc<[AtomicU8]>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -171,15 +175,29 @@ impl TaskHandle {
         }
     }
 
-    /// Cancels the task if it has not started: it and the submitted tasks that depend on it
-    /// are not run (their handles say so) and the data it would have written keep their
-    /// values. True if it was cancelled; false if it had already started or finished.
+    /// Cancels the task. Not started, it is dropped: it and the submitted tasks that depend
+    /// on it do not run (their handles say so) and the data it would have written keep their
+    /// values. Running on a CPU, its kernel sees `ctx.cancelled()`; if it returns early, the
+    /// task counts as cancelled and its read-write operands get their values back (a kernel
+    /// that does not look completes). False when the task had already finished.
     pub fn cancel(&self) -> bool {
         let mut st = lock(&self.end.state);
-        if st.started || st.outcomes.is_some() {
+        if st.outcomes.is_some() {
             return false;
         }
-        st.cancelled.insert(self.index);
+        match &st.flags {
+            Some(flags) => {
+                let _ = flags[self.index as usize].compare_exchange(
+                    CANCEL_NONE,
+                    CANCEL_REQUESTED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+            None => {
+                st.cancelled.insert(self.index);
+            }
+        }
         true
     }
 }
@@ -427,7 +445,13 @@ impl Flow {
         drop(data);
         // The back batch has not started while it is in the queue (the dispatcher takes a
         // batch out before it runs it).
-        if !matches!(st.queue.back(), Some(Batch { work: Work::Tasks(_), .. })) {
+        if !matches!(
+            st.queue.back(),
+            Some(Batch {
+                work: Work::Tasks(_),
+                ..
+            })
+        ) {
             let seq = st.next_seq;
             st.next_seq += 1;
             let mut graph = Graph::new();
@@ -698,12 +722,24 @@ type PoisonUpdates = Vec<(u32, Option<String>)>;
 fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) -> PoisonUpdates {
     let TaskBatch { graph, ids, end } = tb;
     let name = |t: usize| graph.task_name(t);
-    let cancelled = {
-        let mut st = lock(&end.state);
-        st.started = true;
-        std::mem::take(&mut st.cancelled)
-    };
     let n = graph.len();
+    // From here on, handles cancel through the flags (the run reads them).
+    let flags: Arc<[AtomicU8]> = {
+        let mut st = lock(&end.state);
+        let cancelled = std::mem::take(&mut st.cancelled);
+        let flags: Arc<[AtomicU8]> = (0..n as u32)
+            .map(|t| {
+                AtomicU8::new(if cancelled.contains(&t) {
+                    CANCEL_DROPPED
+                } else {
+                    CANCEL_NONE
+                })
+            })
+            .collect();
+        st.flags = Some(flags.clone());
+        flags
+    };
+    let flag = |t: usize| flags[t].load(Ordering::Acquire);
     let accesses = |t: usize| &graph.accesses[graph.tasks[t].accesses.range()];
     // Why each task that will not run does not (None: it runs). Poison is followed through
     // the batch in order: a task that will run clears what it writes (if it then fails, the
@@ -711,10 +747,8 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) ->
     let mut poisoned: HashMap<u32, String> = poisoned.clone();
     let mut cause: Vec<Option<TaskError>> = vec![None; n];
     for (t, c) in cause.iter_mut().enumerate() {
-        if cancelled.contains(&(t as u32)) {
-            *c = Some(TaskError::Cancelled {
-                task: name(t),
-            });
+        if flag(t) == CANCEL_DROPPED {
+            *c = Some(TaskError::Cancelled { task: name(t) });
         } else if let Some((d, why)) = accesses(t)
             .iter()
             .filter(|(_, a)| a.reads())
@@ -745,9 +779,12 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) ->
             }
         }
     }
-    let skipped: Vec<u32> = (0..n as u32).filter(|&t| cause[t as usize].is_some()).collect();
+    // Cancelled ones are skipped through their flags.
+    let skipped: Vec<u32> = (0..n as u32)
+        .filter(|&t| matches!(cause[t as usize], Some(TaskError::Skipped { .. })))
+        .collect();
     let result = loop {
-        match engine.run_skipping(&graph, RunOptions::keep_going(), &skipped) {
+        match engine.run_flow(&graph, RunOptions::keep_going(), &skipped, Some(&flags)) {
             // Held by the application (`read_with`) between our turn and now: wait for it.
             Err(RunError::Submit(SubmitError::DataBusy { .. })) => {
                 std::thread::sleep(std::time::Duration::from_micros(200));
@@ -773,7 +810,17 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) ->
     };
     for f in failures {
         let t = f.index;
-        cause[t] = Some(TaskError::Failed(Box::new(f)));
+        cause[t] = Some(if flag(t) == CANCEL_NONE {
+            TaskError::Failed(Box::new(f))
+        } else {
+            TaskError::Cancelled { task: name(t) }
+        });
+    }
+    // Dropped by a worker after a cancellation during the run.
+    for (t, c) in cause.iter_mut().enumerate() {
+        if c.is_none() && flag(t) == CANCEL_DROPPED {
+            *c = Some(TaskError::Cancelled { task: name(t) });
+        }
     }
     // Dependents of a task that did not complete were skipped by the run: say which. Edges
     // come grouped by their later task, each after its earlier tasks' own edges.

@@ -1147,13 +1147,20 @@ impl Engine {
 
     /// [`Runtime::run_with`].
     pub fn run_with(&self, graph: &Graph, opts: RunOptions) -> Result<RunReport, RunError> {
-        self.run_skipping(graph, opts, &[])
+        self.run_flow(graph, opts, &[], None)
     }
 
-    /// [`Engine::run_with`], with the tasks of `skipped` skipped from the start, as if a
-    /// predecessor had failed (their dependents too): the submission flow's tasks that read
-    /// data a failed task should have written.
-    pub(crate) fn run_skipping(&self, graph: &Graph, opts: RunOptions, skipped: &[u32]) -> Result<RunReport, RunError> {
+    /// [`Engine::run_with`] for the submission flow: the tasks of `skipped` are skipped from
+    /// the start, as if a predecessor had failed (their dependents too): tasks that read data
+    /// a failed task should have written; `cancels` holds each task's cancellation state
+    /// (`worker::CANCEL_*`), which its handle may change while the run goes on.
+    pub(crate) fn run_flow(
+        &self,
+        graph: &Graph,
+        opts: RunOptions,
+        skipped: &[u32],
+        cancels: Option<&[std::sync::atomic::AtomicU8]>,
+    ) -> Result<RunReport, RunError> {
         // Runs take turns on the worker threads; a run's data are acquired during its turn,
         // so runs from several threads on the same data wait for each other, not fail.
         let turn = self.pool.turn();
@@ -1272,7 +1279,7 @@ impl Engine {
                 mean_comm: &|p, t| if self.gpus.is_empty() { 0.0 } else { comm(p, t) },
             },
         );
-        self.execute(&policy, graph, data, opts, &turn, skipped)
+        self.execute(&policy, graph, data, opts, &turn, skipped, cancels)
     }
 
     /// Finds the store cell of each of the graph's data (`None` for size-only data); makes
@@ -1506,6 +1513,7 @@ impl Engine {
         opts: RunOptions,
         turn: &pool::Turn<'_>,
         skipped: &[u32],
+        cancels: Option<&[std::sync::atomic::AtomicU8]>,
     ) -> Result<RunReport, RunError> {
         let RunData {
             compiled,
@@ -1610,6 +1618,7 @@ impl Engine {
             stalled: Mutex::new(None),
             speculation,
             pause: pause::WritePause::new(names.len(), !self.gpus.is_empty()),
+            task_cancel: cancels,
         };
         let (bandwidth, latency) = self.link_model();
         let view = planning.then(|| costs::CostView {

@@ -10,7 +10,7 @@
 //! touching a queue.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -114,15 +114,44 @@ pub(crate) struct RunState<'a> {
     pub speculation: Option<super::speculate::Speculation>,
     /// Writes pause while lost data are recomputed.
     pub pause: super::pause::WritePause,
+    /// Per task, when the run's tasks may be cancelled one by one (the submission flow's
+    /// handles): [`CANCEL_NONE`], [`CANCEL_REQUESTED`] or [`CANCEL_DROPPED`].
+    pub task_cancel: Option<&'a [AtomicU8]>,
 }
 
+/// No cancellation asked for the task.
+pub(crate) const CANCEL_NONE: u8 = 0;
+/// Cancellation asked: not started, the task is dropped; running, its kernel sees
+/// `cancelled()`.
+pub(crate) const CANCEL_REQUESTED: u8 = 1;
+/// The task was dropped before it started (a worker reached it after the request).
+pub(crate) const CANCEL_DROPPED: u8 = 2;
+
 impl RunState<'_> {
+    /// Whether `task` is not to run: a task it depends on did not complete, or it was
+    /// cancelled before it started (which this marks as dropped).
+    pub fn skips(&self, task: u32) -> bool {
+        self.poisoned[task as usize].load(Ordering::Relaxed)
+            || self.task_cancel.is_some_and(|c| {
+                let c = &c[task as usize];
+                c.load(Ordering::Acquire) == CANCEL_DROPPED
+                    || c.compare_exchange(CANCEL_REQUESTED, CANCEL_DROPPED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+            })
+    }
+
+    /// Whether cancellation of `task` was asked for (it may be running).
+    pub fn task_cancelled(&self, task: u32) -> bool {
+        self.task_cancel
+            .is_some_and(|c| c[task as usize].load(Ordering::Acquire) != CANCEL_NONE)
+    }
+
     /// Copies the inputs of `task` to GPU `g` ahead of time. Failures are ignored here: the
     /// task meets them again, and reports them, when it runs.
     pub fn prefetch_inputs(&self, task: u32, g: usize) {
         let rec = &self.graph.tasks[task as usize];
         let kernel = &self.graph.kernels[rec.kernel as usize];
-        if !kernel.has_gpu() || self.poisoned[task as usize].load(Ordering::Relaxed) {
+        if !kernel.has_gpu() || self.poisoned[task as usize].load(Ordering::Relaxed) || self.task_cancelled(task) {
             return;
         }
         for &(d, access) in &self.graph.accesses[rec.accesses.range()] {
@@ -517,7 +546,7 @@ fn stage_gpu_batch(
         }
     }
     for (i, &task) in batch.iter().enumerate() {
-        if run.poisoned[task as usize].load(Ordering::Relaxed) {
+        if run.skips(task) {
             stats.tasks += 1;
             tasks.push((task, Staging::Skipped));
             continue;
@@ -1052,7 +1081,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
     /// worker that may run it, or fails it when there is none.
     fn forward_from_lost(&mut self, task: u32) {
         let (run, me) = (self.run, self.me);
-        if run.poisoned[task as usize].load(Ordering::Relaxed) {
+        if run.skips(task) {
             self.stats.tasks += 1;
             self.stats.skipped += 1;
             self.complete(task, false);
@@ -1131,7 +1160,7 @@ fn execute<'a>(
     stats: &mut WorkerStats,
 ) -> Outcome {
     stats.tasks += 1;
-    if run.poisoned[task as usize].load(Ordering::Relaxed) {
+    if run.skips(task) {
         stats.skipped += 1;
         return Outcome::Skipped;
     }
@@ -1223,7 +1252,11 @@ fn execute_cpu<'a>(
         }
         _ => false,
     };
-    let stop = || spec.is_some_and(|s| s.settled(task)) || run.cancelled.load(Ordering::Relaxed);
+    let stop =
+        || spec.is_some_and(|s| s.settled(task)) || run.cancelled.load(Ordering::Relaxed) || run.task_cancelled(task);
+    // Kernels hear of a stop only where one can come: a straggler's copy won, or the task
+    // was cancelled through its handle.
+    let listens = spec.is_some() || run.task_cancel.is_some();
     if let (Some(f), Some(w)) = (run.faults, attempt_on) {
         inject_slowdown(run, f, task, w, &stop);
     }
@@ -1237,13 +1270,14 @@ fn execute_cpu<'a>(
             operands,
             &graph.params[rec.params.range()],
             rec.cores,
-            spec.map(|_| &stop as _),
+            listens.then_some(&stop as _),
         ) {
             // Told the run stopped, it may have returned half-done: undo it below. (Told a
             // copy won, its result is ignored anyway.)
             Ok(false) if run.cancelled.load(Ordering::Relaxed) => Err(AttemptFailure::from(
                 "stopped: the run was cancelled".to_string(),
             )),
+            Ok(false) if run.task_cancelled(task) => Err(AttemptFailure::fatal("cancelled while running".to_string())),
             Ok(_) => Ok(()),
             Err(KernelFailure { message, class }) => Err(match class {
                 FailureClass::Transient => AttemptFailure::from(message),
