@@ -390,17 +390,15 @@ fn dropping_the_runtime_finishes_submitted_work() {
     assert_eq!(done.load(Ordering::SeqCst), 100);
 }
 
-fn async_flow(rt: &Runtime) -> impl std::future::Future<Output = u64> + '_ {
-    async move {
-        let x = rt.data(vec![0u64; 1]);
-        let mut last = None;
-        for _ in 0..100 {
-            last = Some(rt.task(&increment()).read_write(x).submit_async().await.unwrap());
-        }
-        last.unwrap().await.unwrap();
-        rt.wait_all_async().await;
-        rt.read_async(x).await.unwrap()[0]
+async fn async_flow(rt: &Runtime) -> u64 {
+    let x = rt.data(vec![0u64; 1]);
+    let mut last = None;
+    for _ in 0..100 {
+        last = Some(rt.task(&increment()).read_write(x).submit_async().await.unwrap());
     }
+    last.unwrap().await.unwrap();
+    rt.wait_all_async().await;
+    rt.read_async(x).await.unwrap()[0]
 }
 
 #[test]
@@ -454,4 +452,126 @@ fn async_submission_from_many_tasks_on_a_multi_thread_tokio_runtime() {
         rt.wait_all_async().await;
         assert_eq!(rt.read_async(shared).await.unwrap(), vec![400]);
     });
+}
+
+/// Records the worker thread a task ran on.
+fn where_it_ran(log: Arc<std::sync::Mutex<Vec<String>>>) -> Arc<Kernel> {
+    Arc::new(Kernel::cpu(
+        "where",
+        Signature::exact(&[(Access::ReadWrite, ElemType::U64)], 0),
+        move |ctx| {
+            std::thread::sleep(Duration::from_micros(300));
+            ctx.write::<u64>(0)?[0] += 1;
+            let me = std::thread::current().name().unwrap_or("?").to_string();
+            log.lock().unwrap().push(me);
+            Ok(())
+        },
+    ))
+}
+
+#[test]
+fn a_cpu_worker_retired_mid_stream_gets_nothing_new_and_loses_nothing() {
+    let rt = runtime(2);
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let k = where_it_ran(log.clone());
+    let data: Vec<_> = (0..16).map(|_| rt.data(vec![0u64; 1])).collect();
+    for round in 0..40 {
+        for &d in &data {
+            rt.task(&k).read_write(d).submit().unwrap();
+        }
+        if round == 10 {
+            let report = rt.retire("cpu1").unwrap();
+            assert_eq!(report.worker, "cpu1");
+            assert_eq!(rt.retired_workers(), vec!["cpu1".to_string()]);
+            log.lock().unwrap().clear();
+        }
+    }
+    rt.wait_all();
+    for &d in &data {
+        assert_eq!(rt.read(d).unwrap(), vec![40], "every increment ran once");
+    }
+    let after = log.lock().unwrap().clone();
+    assert!(!after.is_empty());
+    assert!(
+        after.iter().all(|w| w == "hexec-cpu0"),
+        "after retiring, only cpu0 runs tasks"
+    );
+    // Back again: both workers take tasks.
+    rt.restore("cpu1").unwrap();
+    assert!(rt.retired_workers().is_empty());
+    log.lock().unwrap().clear();
+    for _ in 0..20 {
+        for &d in &data {
+            rt.task(&k).read_write(d).submit().unwrap();
+        }
+    }
+    rt.wait_all();
+    assert!(
+        log.lock().unwrap().iter().any(|w| w == "hexec-cpu1"),
+        "a restored worker takes tasks"
+    );
+}
+
+#[test]
+fn retiring_the_only_worker_of_a_submitted_task_is_refused_unless_forced() {
+    let rt = runtime(2);
+    let gate = rt.data(vec![0.0f32; 1]);
+    let x = rt.data(vec![0u64; 1]);
+    // Keeps the tasks behind it queued.
+    rt.task(&builtin::sleep())
+        .read_write(gate)
+        .param(0.1)
+        .on_worker("cpu0")
+        .submit()
+        .unwrap();
+    let pinned = rt
+        .task(&builtin::sleep())
+        .name("pinned")
+        .read_write(gate)
+        .param(0.0)
+        .on_worker("cpu1")
+        .submit()
+        .unwrap();
+    let free = rt.task(&increment()).read_write(x).submit().unwrap();
+    match rt.retire("cpu1") {
+        Err(hexec::runtime::RetireError::SoleWorker { worker, tasks }) => {
+            assert_eq!(worker, "cpu1");
+            assert_eq!(tasks, vec!["'pinned'".to_string()]);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(rt.retired_workers().is_empty(), "a refused retire changes nothing");
+    let forced = rt
+        .retire_with(
+            "cpu1",
+            &hexec::runtime::RetireOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(forced.stranded_tasks, vec!["'pinned'".to_string()]);
+    match pinned.wait() {
+        Err(TaskError::Failed(f)) => assert!(f.message.contains("retired"), "{}", f.message),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    free.wait().unwrap();
+    // New submissions that only a retired worker could run are refused at once.
+    match rt
+        .task(&increment())
+        .name("late")
+        .read_write(x)
+        .on_worker("cpu1")
+        .submit()
+    {
+        Err(SubmitError::Unsatisfiable { task, reason }) => {
+            assert_eq!(task, "late");
+            assert!(reason.contains("retired"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(matches!(
+        rt.retire("cpu9"),
+        Err(hexec::runtime::RetireError::UnknownWorker { .. })
+    ));
 }

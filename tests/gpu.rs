@@ -1572,3 +1572,68 @@ fn a_dead_poll_thread_fails_its_device_at_once() {
         r.warnings
     );
 }
+
+#[test]
+fn a_gpu_retired_mid_run_brings_its_only_copies_home_and_releases_its_memory() {
+    let Some(rt) = with_one_gpu(Runtime::builder().policy(PolicyKind::Eager)) else {
+        eprintln!("SKIPPED: no GPU adapter");
+        return;
+    };
+    const CHUNKS: usize = 16;
+    const LEN: usize = 4096;
+    let xs: Vec<Data<f32>> = (0..CHUNKS)
+        .map(|c| rt.data((0..LEN).map(|i| (c * LEN + i) as f32).collect()))
+        .collect();
+    // Written on the GPU: the only valid copies are there.
+    let mut g = rt.graph();
+    for &x in &xs {
+        g.task(&builtin::scale())
+            .read_write(x)
+            .param(2.0)
+            .on(DeviceKind::Gpu)
+            .add();
+    }
+    rt.run(&g).unwrap();
+    let gpu_used = |rt: &Runtime| rt.memory_usage()[1].used_bytes;
+    assert!(gpu_used(&rt) >= (CHUNKS * LEN * 4) as u64);
+    // A run that goes on while the GPU is retired: its tasks wait on a CPU sleep first.
+    let mut g = rt.graph();
+    let gate = g.task(&builtin::sleep()).param(0.1).on(DeviceKind::Cpu).add();
+    for &x in &xs {
+        g.task(&builtin::scale()).read_write(x).param(3.0).after(gate).add();
+    }
+    let running = rt.submit_graph(g);
+    std::thread::sleep(Duration::from_millis(20));
+    let retired = rt.retire("gpu0").unwrap();
+    assert_eq!(retired.data_copied, CHUNKS, "{retired:?}");
+    assert_eq!(retired.bytes_copied, (CHUNKS * LEN * 4) as u64);
+    assert!(retired.bytes_released >= retired.bytes_copied);
+    assert_eq!(gpu_used(&rt), 0, "the device's memory is released");
+    let report = running.wait().unwrap();
+    assert_eq!(report.recomputed, 0, "nothing is recomputed");
+    assert_eq!(report.failed, 0);
+    for (c, &x) in xs.iter().enumerate() {
+        let want: Vec<f32> = (0..LEN).map(|i| (c * LEN + i) as f32 * 6.0).collect();
+        assert_eq!(rt.read(x).unwrap(), want, "chunk {c}");
+    }
+    assert_eq!(gpu_used(&rt), 0, "nothing went back to the retired GPU");
+    // GPU-only work is refused while the only GPU is retired, and runs again once restored.
+    let y = rt.data(vec![1.0f32; 64]);
+    assert!(rt
+        .task(&builtin::scale())
+        .read_write(y)
+        .param(2.0)
+        .on(DeviceKind::Gpu)
+        .submit()
+        .is_err());
+    rt.restore("gpu0").unwrap();
+    rt.task(&builtin::scale())
+        .read_write(y)
+        .param(2.0)
+        .on(DeviceKind::Gpu)
+        .submit()
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(rt.read(y).unwrap(), vec![2.0; 64]);
+}

@@ -101,6 +101,13 @@ impl GpuDevice {
     pub fn pooled_buffers(&self) -> usize {
         self.pool.idle()
     }
+
+    /// Drops the pooled buffers (scratch, uniform, staging) and the cached timestamp query
+    /// sets, for a retired device; the buffer bytes released.
+    pub(crate) fn release_pooled(&self) -> u64 {
+        self.query_sets.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.pool.clear()
+    }
 }
 
 /// Features hexec asks for when the adapter has them, with the names tasks use.

@@ -47,6 +47,19 @@ impl BufferPool {
             .push(b);
     }
 
+    /// Drops every buffer waiting for reuse (their memory goes back to the device); the
+    /// bytes dropped.
+    pub fn clear(&self) -> u64 {
+        let drained: Vec<wgpu::Buffer> = self
+            .free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .flat_map(|(_, v)| v)
+            .collect();
+        drained.iter().map(wgpu::Buffer::size).sum()
+    }
+
     /// Buffers waiting for reuse.
     pub fn idle(&self) -> usize {
         self.free

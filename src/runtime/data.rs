@@ -445,6 +445,22 @@ impl DataCell {
         lost
     }
 
+    /// For `Runtime::retire`: brings the copy on GPU `g` home when it is the only valid one,
+    /// then drops it and its room on the device; returns the bytes copied. The caller has
+    /// made sure that nothing runs on `g` any more (its worker has left its last task).
+    pub fn evacuate_gpu(&self, g: usize, gpus: &[Arc<GpuDevice>], transfers: &Transfers) -> Result<u64, String> {
+        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        let node = Node::Gpu(g as u16);
+        let mut copied = 0;
+        if c.is_valid(node) && c.valid_nodes().all(|n| n == node) {
+            self.fetch_to_host(&mut c, 0, gpus, transfers)
+                .map_err(|e| e.to_string())?;
+            copied = self.bytes() as u64;
+        }
+        self.forget_gpu_locked(&mut c, g);
+        Ok(copied)
+    }
+
     /// Whether a device loss took its only valid copy (and nothing wrote it since).
     pub fn is_lost(&self) -> bool {
         self.lost_with.load(Ordering::Acquire) != u16::MAX

@@ -225,9 +225,12 @@ pub struct GraphHandle {
     end: Arc<GraphEnd>,
 }
 
+/// A graph run's result, once there, and the wakers waiting for it.
+type GraphEndState = (Option<Result<RunReport, RunError>>, Vec<Waker>);
+
 #[derive(Debug, Default)]
 struct GraphEnd {
-    state: Mutex<(Option<Result<RunReport, RunError>>, Vec<Waker>)>,
+    state: Mutex<GraphEndState>,
     ended: Condvar,
 }
 
@@ -266,7 +269,8 @@ impl Future for GraphHandle {
 
 /// Tasks gathered for one run.
 struct TaskBatch {
-    graph: Graph,
+    /// Shared once it runs (`Runtime::retire` looks at the running batch's tasks).
+    graph: Arc<Graph>,
     /// Per graph datum: its store id.
     ids: Vec<u32>,
     end: Arc<BatchEnd>,
@@ -275,7 +279,7 @@ struct TaskBatch {
 enum Work {
     Tasks(TaskBatch),
     /// A graph submitted without waiting: the dispatcher runs it.
-    Graph(Box<Graph>, RunOptions, Arc<GraphEnd>),
+    Graph(Arc<Graph>, RunOptions, Arc<GraphEnd>),
     /// A blocking `run`: its caller runs it on its own thread when its turn comes.
     Caller,
 }
@@ -311,6 +315,10 @@ struct State {
     /// (consecutive tasks usually share it: no hashing then).
     runnable: HashSet<EligibilityKey>,
     last_runnable: Option<EligibilityKey>,
+    /// The runtime's retired workers, as of the last retire or restore.
+    retired: Vec<crate::topology::WorkerId>,
+    /// The graph of the batch the dispatcher runs, if any.
+    running_graph: Option<Arc<Graph>>,
     shutdown: bool,
     dispatcher: Option<std::thread::JoinHandle<()>>,
 }
@@ -439,10 +447,14 @@ impl Flow {
             restriction: &spec.restriction,
             cores: spec.cores,
         };
-        check_task(&check, &engine.machine, &mut st.runnable, &mut st.last_runnable)
-            .map_err(|e| engine.hint_software_gpus(e))?;
-        drop(check);
-        drop(data);
+        check_task(
+            &check,
+            &engine.machine,
+            &mut st.runnable,
+            &mut st.last_runnable,
+            &st.retired,
+        )
+        .map_err(|e| engine.hint_software_gpus(e))?;
         // The back batch has not started while it is in the queue (the dispatcher takes a
         // batch out before it runs it).
         if !matches!(
@@ -456,6 +468,7 @@ impl Flow {
             st.next_seq += 1;
             let mut graph = Graph::new();
             graph.first_number = number;
+            let graph = Arc::new(graph);
             st.queue.push_back(Batch {
                 seq,
                 tasks: 0,
@@ -476,9 +489,10 @@ impl Flow {
             Some(n) => Label::Named(crate::limits::escape_controls(n).into()),
             None => Label::Numbered(spec.kernel.clone(), number),
         };
-        tb.graph.push(spec);
-        while tb.ids.len() < tb.graph.data.len() {
-            let GraphDatum::Stored { id, .. } = tb.graph.data[tb.ids.len()] else {
+        let graph = Arc::get_mut(&mut tb.graph).expect("a batch's graph is not shared before it runs");
+        graph.push(spec);
+        while tb.ids.len() < graph.data.len() {
+            let GraphDatum::Stored { id, .. } = graph.data[tb.ids.len()] else {
                 unreachable!("submitted tasks use stored data only")
             };
             tb.ids.push(id);
@@ -506,7 +520,7 @@ impl Flow {
         let end = Arc::new(GraphEnd::default());
         let mut st = lock(&self.state);
         let ids = stored_ids(&graph);
-        self.enqueue(&mut st, &ids, Work::Graph(Box::new(graph), opts, end.clone()));
+        self.enqueue(&mut st, &ids, Work::Graph(Arc::new(graph), opts, end.clone()));
         self.ensure_dispatcher(engine, &mut st);
         self.work.notify_one();
         GraphHandle { end }
@@ -542,7 +556,8 @@ impl Flow {
             return r;
         }
         let seq = self.enqueue(&mut st, &stored_ids(graph), Work::Caller);
-        while !(st.queue.front().is_some_and(|b| b.seq == seq) && !st.running) {
+        let my_turn = |st: &State| !st.running && st.queue.front().is_some_and(|b| b.seq == seq);
+        while !my_turn(&st) {
             st = self.progress.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         st.queue.pop_front();
@@ -645,7 +660,13 @@ impl Flow {
                     .is_some_and(|b| matches!(b.work, Work::Tasks(_) | Work::Graph(..)));
                 if !st.running && front_is_mine {
                     st.running = true;
-                    break st.queue.pop_front().expect("the front was just seen");
+                    let batch = st.queue.pop_front().expect("the front was just seen");
+                    st.running_graph = match &batch.work {
+                        Work::Tasks(tb) => Some(tb.graph.clone()),
+                        Work::Graph(g, ..) => Some(g.clone()),
+                        Work::Caller => None,
+                    };
+                    break batch;
                 }
                 if st.shutdown && st.queue.is_empty() && !st.running {
                     return;
@@ -664,6 +685,7 @@ impl Flow {
             };
             {
                 let mut st = lock(&self.state);
+                st.running_graph = None;
                 for (id, reason) in updates {
                     match reason {
                         Some(r) => st.poisoned.insert(id, r),
@@ -673,6 +695,38 @@ impl Flow {
             }
             self.end_batch(seq, tasks);
         }
+    }
+
+    /// Names of the submitted tasks not yet finished — queued, or in the batch the dispatcher
+    /// runs — that may run only on workers of `excluded`.
+    pub fn tasks_only_for(&self, engine: &Engine, excluded: &[crate::topology::WorkerId]) -> Vec<String> {
+        let st = lock(&self.state);
+        let graphs = st
+            .running_graph
+            .iter()
+            .chain(st.queue.iter().filter_map(|b| match &b.work {
+                Work::Tasks(tb) => Some(&tb.graph),
+                Work::Graph(g, ..) => Some(g),
+                Work::Caller => None,
+            }));
+        let mut names = Vec::new();
+        for g in graphs {
+            for t in 0..g.len() {
+                if crate::sched::compile::only_excluded_may_run(g, t, &engine.machine, excluded) {
+                    names.push(format!("'{}'", g.task_name(t)));
+                }
+            }
+        }
+        names
+    }
+
+    /// Forgets which tasks were found runnable (after a retire or restore) and takes the
+    /// runtime's retired workers.
+    pub fn forget_eligibility(&self, retired: Vec<crate::topology::WorkerId>) {
+        let mut st = lock(&self.state);
+        st.runnable.clear();
+        st.last_runnable = None;
+        st.retired = retired;
     }
 
     /// Waits for everything submitted, then stops the dispatcher.
@@ -784,7 +838,11 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) ->
         .filter(|&t| matches!(cause[t as usize], Some(TaskError::Skipped { .. })))
         .collect();
     let result = loop {
-        match engine.run_flow(&graph, RunOptions::keep_going(), &skipped, Some(&flags)) {
+        let control = super::TaskControl {
+            skipped: &skipped,
+            cancels: Some(&flags),
+        };
+        match engine.run_flow(&graph, RunOptions::keep_going(), &control) {
             // Held by the application (`read_with`) between our turn and now: wait for it.
             Err(RunError::Submit(SubmitError::DataBusy { .. })) => {
                 std::thread::sleep(std::time::Duration::from_micros(200));

@@ -21,6 +21,7 @@ mod load;
 mod pause;
 mod pool;
 mod queues;
+mod retire;
 mod sleep;
 mod speculate;
 mod spill;
@@ -52,6 +53,7 @@ pub use data::DataError;
 use data::{AcquiredData, DataStore};
 pub use flow::{GraphHandle, TaskError, TaskHandle, DEFAULT_MAX_SUBMITTED};
 use queues::{LocalQueues, SharedQueues};
+pub use retire::{RetireError, RetireOptions, RetireReport, DEFAULT_RETIRE_WAIT};
 use worker::{run_worker, BoundDatum, RunState, WorkerStats};
 
 static NEXT_RUNTIME_ID: AtomicU64 = AtomicU64::new(1);
@@ -185,6 +187,17 @@ pub enum BuildError {
 }
 
 /// What a run works on, prepared by `run_with`.
+/// The submission flow's control of single tasks in a run.
+#[derive(Default)]
+pub(crate) struct TaskControl<'a> {
+    /// Skipped from the start, as if a predecessor had failed (their dependents too): tasks
+    /// that read data a failed task should have written.
+    pub skipped: &'a [u32],
+    /// Each task's cancellation state (`worker::CANCEL_*`), which its handle may change while
+    /// the run goes on.
+    pub cancels: Option<&'a [std::sync::atomic::AtomicU8]>,
+}
+
 struct RunData<'a> {
     compiled: &'a crate::sched::compile::CompiledGraph,
     bound: &'a [BoundDatum],
@@ -525,6 +538,9 @@ impl RuntimeBuilder {
         })?;
         Ok(Runtime::new(
             Engine {
+                retiring: (0..names.len())
+                    .map(|_| std::sync::atomic::AtomicU8::new(worker::ACTIVE))
+                    .collect(),
                 pool,
                 predictor,
                 id,
@@ -597,6 +613,8 @@ pub(crate) struct Engine {
     links: Mutex<(f64, f64)>,
     /// One thread per worker, started here and lent to each run.
     pool: pool::WorkerPool,
+    /// Per worker: `worker::ACTIVE`, `RETIRING` or `RETIRED` ([`Runtime::retire`]).
+    retiring: Vec<std::sync::atomic::AtomicU8>,
 }
 
 /// Runs task graphs on this machine's cores and GPUs.
@@ -876,6 +894,55 @@ impl Runtime {
         TaskBuilder::new(self, kernel)
     }
 
+    /// Retires a worker (`"gpu0"`, `"cpu1"`) while work goes on: nothing new is placed there,
+    /// what is queued there moves to compatible workers, what runs there finishes, and for a
+    /// GPU every datum whose only valid copy is on the device is brought home before its
+    /// memory is released (nothing is recomputed, nothing lost). Refused, naming them, when
+    /// submitted tasks may run only there ([`Runtime::retire_with`] with `force` fails them
+    /// instead). [`Runtime::restore`] brings the worker back.
+    pub fn retire(&self, worker: &str) -> Result<RetireReport, RetireError> {
+        self.retire_with(worker, &RetireOptions::default())
+    }
+
+    /// [`Runtime::retire`] with options.
+    pub fn retire_with(&self, worker: &str, opts: &RetireOptions) -> Result<RetireReport, RetireError> {
+        let w = self.engine.worker_named(worker)?;
+        let mut excluded = self.engine.retired();
+        excluded.push(w);
+        let stranded = self.flow.tasks_only_for(&self.engine, &excluded);
+        if !stranded.is_empty() && !opts.force {
+            return Err(RetireError::SoleWorker {
+                worker: worker.to_string(),
+                tasks: retire::first_names(stranded),
+            });
+        }
+        // Before waiting: new submissions are checked without the worker at once.
+        let mut retired = self.engine.retired();
+        retired.push(w);
+        self.flow.forget_eligibility(retired);
+        let report = self.engine.retire_worker(w, opts, retire::first_names(stranded));
+        self.flow.forget_eligibility(self.engine.retired());
+        report
+    }
+
+    /// Brings a retired worker back: the next batches and runs may use it (a run under way
+    /// goes on without it).
+    pub fn restore(&self, worker: &str) -> Result<(), RetireError> {
+        let w = self.engine.worker_named(worker)?;
+        self.engine.restore_worker(w)?;
+        self.flow.forget_eligibility(self.engine.retired());
+        Ok(())
+    }
+
+    /// The workers retired (or retiring), by name.
+    pub fn retired_workers(&self) -> Vec<String> {
+        self.engine
+            .retired()
+            .into_iter()
+            .map(|w| self.engine.machine.workers[w.index()].name.clone())
+            .collect()
+    }
+
     /// Blocks until everything submitted before this call has finished (failures are in
     /// each task's handle).
     pub fn wait_all(&self) {
@@ -1147,19 +1214,15 @@ impl Engine {
 
     /// [`Runtime::run_with`].
     pub fn run_with(&self, graph: &Graph, opts: RunOptions) -> Result<RunReport, RunError> {
-        self.run_flow(graph, opts, &[], None)
+        self.run_flow(graph, opts, &TaskControl::default())
     }
 
-    /// [`Engine::run_with`] for the submission flow: the tasks of `skipped` are skipped from
-    /// the start, as if a predecessor had failed (their dependents too): tasks that read data
-    /// a failed task should have written; `cancels` holds each task's cancellation state
-    /// (`worker::CANCEL_*`), which its handle may change while the run goes on.
+    /// [`Engine::run_with`] for the submission flow, with its control of single tasks.
     pub(crate) fn run_flow(
         &self,
         graph: &Graph,
         opts: RunOptions,
-        skipped: &[u32],
-        cancels: Option<&[std::sync::atomic::AtomicU8]>,
+        control: &TaskControl<'_>,
     ) -> Result<RunReport, RunError> {
         // Runs take turns on the worker threads; a run's data are acquired during its turn,
         // so runs from several threads on the same data wait for each other, not fail.
@@ -1205,7 +1268,7 @@ impl Engine {
         };
         let priorities = (planning && graph.tasks.iter().all(|t| t.priority == 0))
             .then(|| rank_priorities(&Successors::of(graph), &task_costs));
-        let compiled = compile_with_priorities(graph, &self.machine, &infos, priorities.as_deref())
+        let compiled = compile_with_priorities(graph, &self.machine, &infos, priorities.as_deref(), &self.retired())
             .map_err(|e| self.hint_software_gpus(e))?;
         self.check_gpu_code(graph, &compiled)?;
         let bound: Vec<BoundDatum> = cells
@@ -1279,7 +1342,7 @@ impl Engine {
                 mean_comm: &|p, t| if self.gpus.is_empty() { 0.0 } else { comm(p, t) },
             },
         );
-        self.execute(&policy, graph, data, opts, &turn, skipped, cancels)
+        self.execute(&policy, graph, data, opts, &turn, control)
     }
 
     /// Finds the store cell of each of the graph's data (`None` for size-only data); makes
@@ -1512,8 +1575,7 @@ impl Engine {
         data: RunData<'_>,
         opts: RunOptions,
         turn: &pool::Turn<'_>,
-        skipped: &[u32],
-        cancels: Option<&[std::sync::atomic::AtomicU8]>,
+        control: &TaskControl<'_>,
     ) -> Result<RunReport, RunError> {
         let RunData {
             compiled,
@@ -1618,7 +1680,8 @@ impl Engine {
             stalled: Mutex::new(None),
             speculation,
             pause: pause::WritePause::new(names.len(), !self.gpus.is_empty()),
-            task_cancel: cancels,
+            task_cancel: control.cancels,
+            retiring: &self.retiring,
         };
         let (bandwidth, latency) = self.link_model();
         let view = planning.then(|| costs::CostView {
@@ -1636,7 +1699,8 @@ impl Engine {
         // A task placed in a GPU's mailbox has its inputs copied there right away, while that
         // GPU may still be busy with earlier work.
         let prefetch = |task: u32, w: WorkerId| {
-            if let Some(g) = run.gpu_of_worker[w.index()] {
+            // Not to a GPU being retired: its copies are being brought home.
+            if let (Some(g), false) = (run.gpu_of_worker[w.index()], run.retire_requested(w)) {
                 run.prefetch_inputs(task, g);
             }
         };
@@ -1646,7 +1710,7 @@ impl Engine {
             .enumerate()
             .map(|(i, d)| LocalQueues::new(WorkerId(i as u32), d, &shared, plan, prefetch, view.as_ref()))
             .collect();
-        for &t in skipped {
+        for &t in control.skipped {
             run.poisoned[t as usize].store(true, Ordering::Relaxed);
         }
         for &r in &compiled.roots {

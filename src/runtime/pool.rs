@@ -163,6 +163,21 @@ impl WorkerPool {
         Ok(pool)
     }
 
+    /// Holds the threads if no run holds them now (from another thread).
+    pub fn try_turn(&self) -> Option<Turn<'_>> {
+        match self.turn.try_lock() {
+            Ok(g) => Some(Turn {
+                pool: self,
+                _held: Some(g),
+            }),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(Turn {
+                pool: self,
+                _held: Some(e.into_inner()),
+            }),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Waits for the threads to be free (other runs finish first) and holds them.
     pub fn turn(&self) -> Turn<'_> {
         let own = OWN_POOL.with(|p| p.get()) == Arc::as_ptr(&self.key) as usize;

@@ -117,7 +117,16 @@ pub(crate) struct RunState<'a> {
     /// Per task, when the run's tasks may be cancelled one by one (the submission flow's
     /// handles): [`CANCEL_NONE`], [`CANCEL_REQUESTED`] or [`CANCEL_DROPPED`].
     pub task_cancel: Option<&'a [AtomicU8]>,
+    /// Per worker: [`ACTIVE`], [`RETIRING`] or [`RETIRED`] (the runtime's, read by every run).
+    pub retiring: &'a [AtomicU8],
 }
+
+/// The worker takes tasks.
+pub(crate) const ACTIVE: u8 = 0;
+/// `Runtime::retire` asked the worker to stop taking tasks.
+pub(crate) const RETIRING: u8 = 1;
+/// The worker has left its last task (a GPU worker: its last batch) and only passes tasks on.
+pub(crate) const RETIRED: u8 = 2;
 
 /// No cancellation asked for the task.
 pub(crate) const CANCEL_NONE: u8 = 0;
@@ -138,6 +147,11 @@ impl RunState<'_> {
                     || c.compare_exchange(CANCEL_REQUESTED, CANCEL_DROPPED, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
             })
+    }
+
+    /// Whether worker `w` was asked to retire (or has).
+    pub fn retire_requested(&self, w: WorkerId) -> bool {
+        self.retiring[w.index()].load(Ordering::Acquire) != ACTIVE
     }
 
     /// Whether cancellation of `task` was asked for (it may be running).
@@ -243,6 +257,10 @@ pub(crate) fn run_worker<P: Policy>(policy: &P, run: &RunState<'_>, q: LocalQueu
         if run.cancelled.load(Ordering::Acquire) {
             break;
         }
+        if run.retire_requested(me) {
+            w.retire(&mut Vec::new());
+            break;
+        }
         if let Some(at) = lose_at {
             if run.start.elapsed() >= at {
                 // Injected loss: this worker runs nothing more; what reaches it goes on.
@@ -266,6 +284,10 @@ pub(crate) fn run_worker<P: Policy>(policy: &P, run: &RunState<'_>, q: LocalQueu
                 Some(Work::Copy(task)) => {
                     w.run_copy(task);
                     continue;
+                }
+                Some(Work::Retire) => {
+                    w.retire(&mut Vec::new());
+                    break;
                 }
                 None => break,
             },
@@ -430,6 +452,15 @@ pub(crate) fn run_gpu_worker<P: Policy>(
             }
             break;
         }
+        if run.retire_requested(me) {
+            // Retired: the batch in flight finishes, then this worker only passes tasks on
+            // (`Runtime::retire` brings the device's only copies home once it has left).
+            if let Some(done) = in_flight.take() {
+                w.finish_gpu_batch(g, done);
+            }
+            w.retire(&mut carry);
+            break;
+        }
         if run.gpus[g].lost().is_some() {
             // The batch in flight fails (its tasks are retried elsewhere), the device's copies
             // are forgotten, and from now on this worker only passes tasks on.
@@ -464,6 +495,7 @@ pub(crate) fn run_gpu_worker<P: Policy>(
                     batch.push(task);
                 }
                 Some(Work::Copy(_)) => unreachable!("GPU workers run no copies"),
+                Some(Work::Retire) => continue,
                 None => break,
             }
         }
@@ -794,6 +826,8 @@ enum Work {
     Task(Pick),
     /// A copy of a straggler to run (speculation).
     Copy(u32),
+    /// `Runtime::retire` asked this worker to stop taking tasks.
+    Retire,
 }
 
 /// Why an attempt failed, and whether another attempt could do better.
@@ -1054,6 +1088,16 @@ fn recompute<'a>(
 }
 
 impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
+    /// Stops taking tasks for `Runtime::retire`: this worker is dead to the run, says it has
+    /// left (the retiring call waits for that), and passes on whatever reaches it.
+    fn retire(&mut self, carry: &mut Vec<u32>) {
+        let (run, me) = (self.run, self.me);
+        run.dead[me.index()].store(true, Ordering::Release);
+        let _ = run.retiring[me.index()].compare_exchange(RETIRING, RETIRED, Ordering::AcqRel, Ordering::Acquire);
+        tracing::info!(worker = %run.worker_names[me.index()], "retired: passing tasks on");
+        self.forward_until_done(carry);
+    }
+
     /// The loop of a lost worker: whatever reaches it goes to a live worker that may run it,
     /// without counting as a failed attempt; a task no live worker may run fails. One task per
     /// turn: completing one may hand this worker the next (`slot`).
@@ -1067,6 +1111,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
                     .or_else(|| match self.wait_for_work(false) {
                         Some(Work::Task(p)) => Some(p.task),
                         Some(Work::Copy(_)) => unreachable!("a lost worker runs no copies"),
+                        Some(Work::Retire) => unreachable!("a lost worker is not asked to retire"),
                         None => None,
                     })
             });
@@ -1094,6 +1139,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
             }
             None => {
                 let why = match run.gpu_of_worker[me.index()] {
+                    _ if run.retire_requested(me) => format!("worker {} is retired", run.worker_names[me.index()]),
                     Some(g) => format!("gpu{g} was lost ({})", run.gpus[g].lost().unwrap_or_default()),
                     None => format!("worker {} was lost", run.worker_names[me.index()]),
                 };
@@ -1113,6 +1159,9 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
         let found = loop {
             if run.done.load(Ordering::SeqCst) {
                 break None;
+            }
+            if !run.dead[me.index()].load(Ordering::Acquire) && run.retire_requested(me) {
+                break Some(Work::Retire);
             }
             if let Some(p) = policy.next(plan, &mut self.q, me) {
                 break Some(Work::Task(p));

@@ -189,7 +189,7 @@ pub const MAX_TASKS: usize = u32::MAX as usize - 1;
 
 /// Validates `graph` for `machine` and builds its executable form.
 pub fn compile(graph: &Graph, machine: &Machine, data: &[DatumInfo<'_>]) -> Result<CompiledGraph, SubmitError> {
-    compile_with_priorities(graph, machine, data, None)
+    compile_with_priorities(graph, machine, data, None, &[])
 }
 
 /// [`compile`] with priorities that replace the tasks' own (planning policies derive them
@@ -199,6 +199,7 @@ pub fn compile_with_priorities(
     machine: &Machine,
     data: &[DatumInfo<'_>],
     priorities: Option<&[i32]>,
+    retired: &[WorkerId],
 ) -> Result<CompiledGraph, SubmitError> {
     let priority_of = |t: usize| priorities.map_or(graph.tasks[t].priority, |p| p[t]);
     let n = graph.len();
@@ -217,6 +218,7 @@ pub fn compile_with_priorities(
     debug_assert_eq!(data.len(), graph.data.len());
 
     let mut eligibility = Eligibility::new(machine);
+    eligibility.retired = retired;
     let mut task_set = Vec::with_capacity(n);
     let mut operand_scratch: Vec<(Access, Option<ElemType>)> = Vec::new();
     let mut dup_scratch: Vec<(u32, Access)> = Vec::new();
@@ -299,6 +301,7 @@ pub(crate) fn check_task(
     machine: &Machine,
     runnable: &mut std::collections::HashSet<EligibilityKey>,
     last: &mut Option<EligibilityKey>,
+    retired: &[WorkerId],
 ) -> Result<(), SubmitError> {
     let TaskToCheck {
         name,
@@ -317,6 +320,8 @@ pub(crate) fn check_task(
         });
     }
     let mut eligibility = Eligibility::new(machine);
+    eligibility.retired = retired;
+    eligibility.refuse_retired_only = true;
     let gpu_fit = eligibility.gpu_fit(kernel, accesses, data);
     let key = (
         Arc::as_ptr(kernel) as usize,
@@ -332,6 +337,24 @@ pub(crate) fn check_task(
     }
     *last = Some(key);
     Ok(())
+}
+
+/// Whether task `t` of `graph` may run only on workers of `excluded` (its kernel, its
+/// restriction and its cores considered; its operands are assumed to fit every GPU): what
+/// `Runtime::retire` refuses to strand.
+pub(crate) fn only_excluded_may_run(graph: &Graph, t: usize, machine: &Machine, excluded: &[WorkerId]) -> bool {
+    let rec = &graph.tasks[t];
+    let mut eligibility = Eligibility::new(machine);
+    eligibility.retired = excluded;
+    eligibility.refuse_retired_only = true;
+    eligibility
+        .mask_for(
+            &graph.kernels[rec.kernel as usize],
+            &graph.restrictions[rec.restriction as usize],
+            rec.cores,
+            u64::MAX,
+        )
+        .is_err_and(|why| why.starts_with("only retired"))
 }
 
 fn check_accesses(
@@ -395,6 +418,11 @@ fn priority_bands(prios: &[i32]) -> (Vec<u8>, u8) {
 /// Computes and deduplicates eligibility sets.
 struct Eligibility<'m> {
     machine: &'m Machine,
+    /// Retired workers: left out of every set that has other workers. A set of retired
+    /// workers only is kept (compile: the task reaches one, which fails it saying so) or
+    /// refused (`refuse_retired_only`: a task submitted alone is refused at once).
+    retired: &'m [WorkerId],
+    refuse_retired_only: bool,
     sets: Vec<EligibleSet>,
     by_mask: HashMap<WorkerMask, u16>,
     by_key: HashMap<(u32, u32, u32, u64), u16>,
@@ -406,6 +434,8 @@ impl<'m> Eligibility<'m> {
     fn new(machine: &'m Machine) -> Self {
         Eligibility {
             machine,
+            retired: &[],
+            refuse_retired_only: false,
             sets: Vec::new(),
             by_mask: HashMap::new(),
             by_key: HashMap::new(),
@@ -580,6 +610,18 @@ impl<'m> Eligibility<'m> {
                 return Err(format!(
                     "it requests {cores} cores; this machine has {} CPU core(s)",
                     m.count(DeviceKind::Cpu)
+                ));
+            }
+        }
+        if !self.retired.is_empty() {
+            let active: Vec<WorkerId> = cand.iter().copied().filter(|w| !self.retired.contains(w)).collect();
+            if !active.is_empty() {
+                cand = active;
+            } else if self.refuse_retired_only {
+                let names: Vec<&str> = cand.iter().map(|&w| m.workers[w.index()].name.as_str()).collect();
+                return Err(format!(
+                    "only retired worker(s) may run it ({}; Runtime::restore brings one back)",
+                    names.join(", ")
                 ));
             }
         }
