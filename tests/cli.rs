@@ -1373,3 +1373,49 @@ fn starpu_machines_refuse_bad_values_and_never_open_a_fifo() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("no model of kernel 'trsm'"), "{err}");
 }
+
+#[test]
+fn run_retires_a_worker_mid_run_and_says_what_it_did() {
+    // Sixty 10 ms sleeps on two workers: the run is under way at 20 ms.
+    let tasks: Vec<String> = (0..60)
+        .map(|i| format!(r#"{{"name": "nap{i}", "kernel": "sleep", "params": [0.01]}}"#))
+        .collect();
+    let graph = format!(
+        r#"{{"format": "hexec-graph", "version": 1, "data": [], "tasks": [{}]}}"#,
+        tasks.join(",")
+    );
+    let (_dir, path) = graph_file(&graph);
+    let out = hexec()
+        .args(["run", "--cpus", "2", "--gpus", "none", "--retire", "cpu1@20ms"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("retired cpu1 at"), "{text}");
+    assert!(text.contains("60 completed"), "{text}");
+    // Bad input names what is wrong.
+    for (arg, says) in [
+        ("cpu1", "WORKER@TIME"),
+        ("@5ms", "names no worker"),
+        ("cpu1@soon", "not a duration"),
+    ] {
+        let out = hexec()
+            .args(["run", "--cpus", "1", "--gpus", "none", "--retire", arg])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+    // An unknown worker: the run goes on, the line says why nothing was retired.
+    let out = hexec()
+        .args(["run", "--cpus", "1", "--gpus", "none", "--retire", "gpu7@1ms"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("retire gpu7: no worker is named 'gpu7'"), "{text}");
+}

@@ -366,6 +366,21 @@ struct MachineArgs {
     /// result wins).
     #[arg(long)]
     speculate: bool,
+    /// Retire a worker while the run goes on, e.g. `gpu0@50ms` (repeatable): nothing new goes
+    /// there, its queued tasks move, a GPU's only copies are brought home and its memory
+    /// released; a line says how long that took and how many bytes moved.
+    #[arg(long, value_parser = parse_retire_arg)]
+    retire: Vec<(String, std::time::Duration)>,
+}
+
+fn parse_retire_arg(s: &str) -> Result<(String, std::time::Duration), String> {
+    let (worker, at) = s
+        .split_once('@')
+        .ok_or_else(|| format!("--retire takes WORKER@TIME (e.g. gpu0@50ms), not '{s}'"))?;
+    if worker.is_empty() {
+        return Err(format!("--retire '{s}' names no worker (e.g. gpu0@50ms)"));
+    }
+    Ok((worker.to_string(), parse_duration_arg(at)?))
 }
 
 fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
@@ -1085,6 +1100,68 @@ enum Verify<'a> {
     File(&'a formats::Checks),
 }
 
+/// Runs `g` while other threads retire workers at the given times; the lines saying what
+/// each retirement did.
+fn run_retiring(
+    rt: &Runtime,
+    g: &hexec::Graph,
+    opts: RunOptions,
+    retire: &[(String, std::time::Duration)],
+) -> (Result<hexec::RunReport, RunError>, Vec<String>) {
+    if retire.is_empty() {
+        return (rt.run_with(g, opts), Vec::new());
+    }
+    // Set when the run has ended; each retirer waits on it until its time comes.
+    let ended = (std::sync::Mutex::new(false), std::sync::Condvar::new());
+    let start = std::time::Instant::now();
+    std::thread::scope(|s| {
+        let retirers: Vec<_> = retire
+            .iter()
+            .map(|(worker, at)| {
+                let ended = &ended;
+                s.spawn(move || {
+                    let wait = at.saturating_sub(start.elapsed());
+                    let guard = ended.0.lock().unwrap_or_else(|e| e.into_inner());
+                    let (guard, _) = ended
+                        .1
+                        .wait_timeout_while(guard, wait, |ended| !*ended)
+                        .unwrap_or_else(|e| e.into_inner());
+                    let run_ended = *guard;
+                    drop(guard);
+                    let worker = terminal_safe(worker);
+                    if run_ended {
+                        return format!("  retire {worker}: not done, the run ended before {at:?}");
+                    }
+                    let called = start.elapsed();
+                    match rt.retire(&worker) {
+                        Ok(r) => format!(
+                            "  retired {worker} at {:.1} ms: left its work after {:.2} ms, {} datum(s) ({} bytes) brought home, {} bytes of device memory released {:.2} ms after the call",
+                            called.as_secs_f64() * 1e3,
+                            r.waited_s * 1e3,
+                            r.data_copied,
+                            r.bytes_copied,
+                            r.bytes_released,
+                            r.released_after_s * 1e3
+                        ),
+                        Err(e) => format!("  retire {worker}: {e}"),
+                    }
+                })
+            })
+            .collect();
+        let result = rt.run_with(g, opts);
+        *ended.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        ended.1.notify_all();
+        let lines = retirers
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| "  retire: the retiring thread panicked".into())
+            })
+            .collect();
+        (result, lines)
+    })
+}
+
 fn run_and_report(
     rt: &Runtime,
     g: &hexec::Graph,
@@ -1097,18 +1174,24 @@ fn run_and_report(
         Verify::Demo(d) => (Some(d), None),
         Verify::File(c) => (None, Some(c)),
     };
-    let result = rt.run_with(
-        g,
-        RunOptions {
-            record_trace: trace.is_some(),
-            keep_going: machine.keep_going,
-            stall_timeout: machine.stall_timeout,
-            on_stall: Some(exit_if_still_stalled),
-            deadline: machine.deadline,
-            speculate: machine.speculate,
-            cancel: Some(stop.token()),
-        },
-    );
+    let opts = RunOptions {
+        record_trace: trace.is_some(),
+        keep_going: machine.keep_going,
+        stall_timeout: machine.stall_timeout,
+        on_stall: Some(exit_if_still_stalled),
+        deadline: machine.deadline,
+        speculate: machine.speculate,
+        cancel: Some(stop.token()),
+    };
+    let (result, retirements) = run_retiring(rt, g, opts, &machine.retire);
+    for line in retirements {
+        // On standard error with --json, so that standard output stays one JSON object.
+        if json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
     let (report, failure) = match result {
         Ok(r) => (r, None),
         Err(e @ RunError::Cancelled { .. }) => {
