@@ -45,6 +45,7 @@ pub(crate) mod memory;
 pub mod runtime;
 pub mod sched;
 pub mod sim;
+mod sync;
 pub mod topology;
 pub mod trace;
 

@@ -17,9 +17,10 @@ use std::path::{Path, PathBuf};
 /// `kernels` is the kernels crate (`hexec_kernels`, re-exported as `crate::kernels`).
 const ALLOWED: &[(&str, &[&str])] = &[
     ("limits", &[]),
+    ("sync", &[]),
     ("topology", &["limits"]),
-    ("memory", &["limits", "topology"]),
-    ("gpu", &["kernels", "limits", "topology"]),
+    ("memory", &["limits", "sync", "topology"]),
+    ("gpu", &["kernels", "limits", "sync", "topology"]),
     ("graph", &["kernels", "limits", "topology"]),
     ("sched", &["graph", "kernels", "limits", "topology"]),
     ("trace", &["graph", "kernels", "limits", "memory", "topology"]),
@@ -30,7 +31,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "runtime",
         &[
-            "gpu", "graph", "kernels", "limits", "memory", "sched", "topology", "trace",
+            "gpu", "graph", "kernels", "limits", "memory", "sched", "sync", "topology", "trace",
         ],
     ),
     // Above both drivers: what needs the runtime and the simulator together.

@@ -13,6 +13,7 @@ use hexec_kernels::gpu::{pack_params, Binding, GpuDims};
 use super::common::{BatchItem, Finished, GpuSpan, MAX_BATCH};
 use super::device::GpuDevice;
 use super::exec::{scoped, SUBMIT_LIMIT};
+use crate::sync::MutexExt;
 
 /// A submitted batch, until [`GpuDevice::finish_batch`].
 pub(crate) struct InFlight {
@@ -244,7 +245,7 @@ impl GpuDevice {
     }
 
     fn pool_query_set(&self) -> wgpu::QuerySet {
-        if let Some(q) = self.query_sets.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+        if let Some(q) = self.query_sets.locked().pop() {
             return q;
         }
         self.device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -255,6 +256,6 @@ impl GpuDevice {
     }
 
     fn give_query_set(&self, q: wgpu::QuerySet) {
-        self.query_sets.lock().unwrap_or_else(|e| e.into_inner()).push(q);
+        self.query_sets.locked().push(q);
     }
 }

@@ -8,6 +8,7 @@ use super::common::{AdapterSummary, GpuError, GpuRequest, ASK_FOR_SOFTWARE_GPUS}
 use super::exec::Pipelines;
 use super::poll::Poller;
 use super::pool::BufferPool;
+use crate::sync::MutexExt;
 use crate::topology::GpuDesc;
 
 /// Device health, shared with wgpu's callbacks.
@@ -19,19 +20,13 @@ pub(crate) struct Health {
 
 impl Health {
     pub fn mark_lost(&self, reason: String) {
-        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        *self.reason.locked() = Some(reason);
         self.lost.store(true, Ordering::SeqCst);
     }
 
     pub fn lost(&self) -> Option<String> {
         if self.lost.load(Ordering::SeqCst) {
-            Some(
-                self.reason
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-                    .unwrap_or_default(),
-            )
+            Some(self.reason.locked().clone().unwrap_or_default())
         } else {
             None
         }
@@ -105,7 +100,7 @@ impl GpuDevice {
     /// Drops the pooled buffers (scratch, uniform, staging) and the cached timestamp query
     /// sets, for a retired device; the buffer bytes released.
     pub(crate) fn release_pooled(&self) -> u64 {
-        self.query_sets.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.query_sets.locked().clear();
         self.pool.clear()
     }
 }

@@ -9,6 +9,7 @@ use hexec_kernels::gpu::{Binding, GpuImpl, GpuPass};
 
 use super::common::{GpuOperand, OUT_OF_GPU_MEMORY};
 use super::device::GpuDevice;
+use crate::sync::MutexExt;
 
 /// The longest hexec waits for one submission before calling it stuck.
 pub(crate) const SUBMIT_LIMIT: Duration = Duration::from_secs(600);
@@ -33,7 +34,7 @@ pub(crate) struct Pipelines {
 impl Pipelines {
     /// Number of cached pipelines.
     pub fn len(&self) -> usize {
-        self.pipelines.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.pipelines.locked().len()
     }
 }
 
@@ -53,7 +54,7 @@ pub(crate) fn scoped<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<
 impl GpuDevice {
     /// `source` compiled for this device, once (kept for later tasks and runs).
     fn module(&self, kernel: &str, source: &Arc<str>) -> Result<wgpu::ShaderModule, String> {
-        let mut modules = self.pipelines.modules.lock().unwrap_or_else(|e| e.into_inner());
+        let mut modules = self.pipelines.modules.locked();
         if let Some(m) = modules.get(source) {
             return Ok(m.clone());
         }
@@ -74,13 +75,7 @@ impl GpuDevice {
     /// task that tries it. Cached: a source is compiled once per device.
     pub(crate) fn check_code(&self, kernel: &str, g: &GpuImpl) -> Result<(), String> {
         let g = g.for_device(self.desc.features.iter().any(|f| f == "subgroups"));
-        if self
-            .pipelines
-            .checked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&g.source)
-        {
+        if self.pipelines.checked.locked().contains(&g.source) {
             return Ok(());
         }
         // The parser's own message says where and what; wgpu's validation error only says
@@ -103,11 +98,7 @@ impl GpuDevice {
             }
         }
         self.module(kernel, &g.source)?;
-        self.pipelines
-            .checked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(g.source.clone());
+        self.pipelines.checked.locked().insert(g.source.clone());
         Ok(())
     }
 
@@ -128,13 +119,7 @@ impl GpuDevice {
             })
             .collect();
         let key = (g.source.clone(), pass.entry.clone(), read_write.clone());
-        if let Some(p) = self
-            .pipelines
-            .pipelines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
+        if let Some(p) = self.pipelines.pipelines.locked().get(&key) {
             return Ok(p.clone());
         }
         let module = self
@@ -185,11 +170,7 @@ impl GpuDevice {
                 pass.entry, self.desc.name
             )
         })?;
-        self.pipelines
-            .pipelines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, built.clone());
+        self.pipelines.pipelines.locked().insert(key, built.clone());
         Ok(built)
     }
 

@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::device::Health;
+use crate::sync::{CondvarExt, MutexExt};
 
 struct State {
     waiting: Mutex<usize>,
@@ -64,12 +65,12 @@ impl Poller {
     }
 
     fn register(&self) {
-        *self.state.waiting.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        *self.state.waiting.locked() += 1;
         self.state.wake.notify_one();
     }
 
     fn unregister(&self) {
-        let mut w = self.state.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = self.state.waiting.locked();
         *w = w.saturating_sub(1);
     }
 
@@ -115,9 +116,9 @@ impl Poller {
 fn poll_loop(device: &wgpu::Device, s: &State) {
     loop {
         {
-            let mut w = s.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            let mut w = s.waiting.locked();
             while *w == 0 && !s.stop.load(Ordering::SeqCst) && !s.panic_next.load(Ordering::SeqCst) {
-                w = s.wake.wait(w).unwrap_or_else(|e| e.into_inner());
+                w = s.wake.wait_unpoisoned(w);
             }
         }
         if s.stop.load(Ordering::SeqCst) {
@@ -146,7 +147,7 @@ impl Drop for Poller {
         {
             // Set under the lock the poll thread checks it under: set between its check and
             // its wait, the notification would be lost and the join below would hang.
-            let _w = self.state.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            let _w = self.state.waiting.locked();
             self.state.stop.store(true, Ordering::SeqCst);
         }
         self.state.wake.notify_all();

@@ -1,6 +1,7 @@
 //! Reusable buffers: scratch, uniform and staging buffers come from here and go back after
 //! each task, so steady-state execution creates no buffers.
 
+use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -19,13 +20,7 @@ impl BufferPool {
     /// A buffer of at least `size` bytes with `usage`.
     pub fn take(&self, device: &wgpu::Device, size: u64, usage: wgpu::BufferUsages, label: &str) -> wgpu::Buffer {
         let key = (class(size), usage.bits());
-        if let Some(b) = self
-            .free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&key)
-            .and_then(Vec::pop)
-        {
+        if let Some(b) = self.free.locked().get_mut(&key).and_then(Vec::pop) {
             return b;
         }
         device.create_buffer(&wgpu::BufferDescriptor {
@@ -39,34 +34,18 @@ impl BufferPool {
     /// Returns a buffer taken from this pool.
     pub fn give(&self, b: wgpu::Buffer) {
         let key = (b.size(), b.usage().bits());
-        self.free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default()
-            .push(b);
+        self.free.locked().entry(key).or_default().push(b);
     }
 
     /// Drops every buffer waiting for reuse (their memory goes back to the device); the
     /// bytes dropped.
     pub fn clear(&self) -> u64 {
-        let drained: Vec<wgpu::Buffer> = self
-            .free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .flat_map(|(_, v)| v)
-            .collect();
+        let drained: Vec<wgpu::Buffer> = self.free.locked().drain().flat_map(|(_, v)| v).collect();
         drained.iter().map(wgpu::Buffer::size).sum()
     }
 
     /// Buffers waiting for reuse.
     pub fn idle(&self) -> usize {
-        self.free
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(Vec::len)
-            .sum()
+        self.free.locked().values().map(Vec::len).sum()
     }
 }

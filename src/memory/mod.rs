@@ -9,6 +9,7 @@
 
 use std::fmt;
 
+use crate::sync::MutexExt;
 use crate::topology::Machine;
 
 /// Spill disk bandwidth assumed by planning and the simulator, both ways, bytes/s: an
@@ -237,7 +238,7 @@ impl Transfers {
     pub fn take_log(&self) -> Vec<TransferEvent> {
         self.log
             .as_ref()
-            .map(|(_, l)| std::mem::take(&mut *l.lock().unwrap_or_else(|e| e.into_inner())))
+            .map(|(_, l)| std::mem::take(&mut *l.locked()))
             .unwrap_or_default()
     }
 
@@ -254,7 +255,7 @@ impl Transfers {
         if let Some((since, log)) = &self.log {
             let end = since.elapsed();
             let start = end.saturating_sub(took);
-            log.lock().unwrap_or_else(|e| e.into_inner()).push(TransferEvent {
+            log.locked().push(TransferEvent {
                 from,
                 to,
                 datum: datum.to_owned(),

@@ -26,6 +26,7 @@ use crate::memory::{Node, Transfers};
 use crate::trace::NodeMemory;
 
 pub(crate) use crate::memory::{HIGH_WATERMARK, LOW_WATERMARK};
+use crate::sync::MutexExt;
 
 /// A capacity as reported: `None` when unlimited (`u64::MAX`).
 pub(crate) fn limit_of(capacity: u64) -> Option<u64> {
@@ -316,7 +317,7 @@ impl Budgets {
         let nb = self.node(Node::Host);
         loop {
             let victim = {
-                let mut resident = nb.resident.lock().unwrap_or_else(|e| e.into_inner());
+                let mut resident = nb.resident.locked();
                 resident.retain(|w| w.strong_count() > 0);
                 resident
                     .iter()
@@ -469,7 +470,7 @@ impl Budgets {
             // Least recently used first, but data the batch being staged will read go last.
             let epoch = nb.stage_epoch.load(Ordering::Relaxed);
             let victim = {
-                let mut resident = nb.resident.lock().unwrap_or_else(|e| e.into_inner());
+                let mut resident = nb.resident.locked();
                 resident.retain(|w| w.strong_count() > 0);
                 resident
                     .iter()
@@ -493,8 +494,7 @@ impl Budgets {
                     nb.evictions.fetch_add(1, Ordering::Relaxed);
                     nb.written_back.fetch_add(written_back, Ordering::Relaxed);
                     nb.resident
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
+                        .locked()
                         .retain(|w| !std::ptr::eq(w.as_ptr(), Arc::as_ptr(&victim)));
                 }
                 // Busy right now: it will not be chosen again while pinned; try again.
@@ -511,7 +511,7 @@ impl Budgets {
 
     /// Records that `cell` now has a copy on GPU node `node`.
     pub fn register(&self, node: Node, cell: &Arc<DataCell>) {
-        let mut resident = self.node(node).resident.lock().unwrap_or_else(|e| e.into_inner());
+        let mut resident = self.node(node).resident.locked();
         // Temporaries die with their run: prune dead entries whenever the list doubles, so
         // that it stays proportional to the live data without an eviction to prune it.
         if resident.len() >= 64 && resident.len().is_power_of_two() {

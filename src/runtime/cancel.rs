@@ -12,6 +12,7 @@
 //!   monitor checks under it, so no wake-up is lost;
 //! - a token stays cancelled: a run started with a cancelled token runs nothing.
 
+use crate::sync::MutexExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -49,14 +50,14 @@ impl CancelToken {
 
     /// Wakes the monitors waiting on this token, to re-check their run.
     pub(crate) fn wake(&self) {
-        let _g = self.inner.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = self.inner.lock.locked();
         self.inner.cv.notify_all();
     }
 
     /// Waits until the token is cancelled (true) or `finished()` holds (false). `finished`
     /// must become true before [`CancelToken::wake`] is called for it.
     pub(crate) fn wait(&self, finished: impl Fn() -> bool) -> bool {
-        let mut g = self.inner.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.inner.lock.locked();
         loop {
             if finished() {
                 return false;

@@ -9,6 +9,7 @@
 //!
 //! The gate is only used when the graph has a multi-core task; other graphs pay nothing.
 
+use crate::sync::{CondvarExt, MutexExt};
 use std::sync::{Condvar, Mutex};
 
 struct GateState {
@@ -34,16 +35,16 @@ impl CoreGate {
 
     /// Blocks until `k` cores are free, then takes them.
     pub fn acquire(&self, k: usize) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.state.locked();
         if k > 1 {
             s.waiting_multi += 1;
             while s.free < k {
-                s = self.freed.wait(s).unwrap_or_else(|e| e.into_inner());
+                s = self.freed.wait_unpoisoned(s);
             }
             s.waiting_multi -= 1;
         } else {
             while s.free < k || s.waiting_multi > 0 {
-                s = self.freed.wait(s).unwrap_or_else(|e| e.into_inner());
+                s = self.freed.wait_unpoisoned(s);
             }
         }
         s.free -= k;
@@ -51,7 +52,7 @@ impl CoreGate {
 
     /// Returns `k` cores.
     pub fn release(&self, k: usize) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.state.locked();
         s.free += k;
         drop(s);
         self.freed.notify_all();

@@ -49,6 +49,7 @@ use crate::gpu::GpuDevice;
 use crate::graph::Data;
 use crate::memory::{Coherence, Node, Transfers};
 use crate::sched::compile::SubmitError;
+use crate::sync::{MutexExt, RwLockExt};
 
 /// Errors of user-side data access.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -229,16 +230,16 @@ impl DataCell {
     /// the GPU replicas (their room goes back to the budgets). It then reads as zeros.
     /// Called when no task uses it any more, so no pin is held.
     pub fn discard(&self) {
-        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.coherence.locked();
         debug_assert_eq!(self.host_pins.load(Ordering::Acquire), 0, "discarding a pinned datum");
         // No pin is held, so no one uses the buffer it frees.
         if self.set_host(None).is_some() {
             self.budgets.release_host(self.bytes() as u64, self.host_numa());
         }
-        if let Some(file) = self.spilled.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(file) = self.spilled.locked().take() {
             file.remove();
         }
-        let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+        let mut replicas = self.replicas.locked();
         for (g, r) in replicas.iter_mut().enumerate() {
             if r.take().is_some() {
                 self.budgets.node(Node::Gpu(g as u16)).release(self.bytes() as u64);
@@ -325,13 +326,13 @@ impl DataCell {
     /// A losing attempt may go on using the host buffer: keep it from being overwritten or
     /// freed until [`DataCell::straggler_done`].
     pub fn hold_for_straggler(&self) {
-        let _retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        let _retired = self.retired.locked();
         self.stragglers.fetch_add(1, Ordering::AcqRel);
     }
 
     /// A losing attempt no longer uses the host buffers: the last one frees the retired ones.
     pub fn straggler_done(&self) {
-        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        let mut retired = self.retired.locked();
         if self.stragglers.fetch_sub(1, Ordering::AcqRel) == 1 {
             // The last straggler that could use them is done.
             retired.clear();
@@ -346,11 +347,11 @@ impl DataCell {
         if self.stragglers.load(Ordering::Acquire) == 0 {
             return;
         }
-        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        let mut retired = self.retired.locked();
         if self.stragglers.load(Ordering::Acquire) == 0 {
             return;
         }
-        let mut host = self.host.lock().unwrap_or_else(|e| e.into_inner());
+        let mut host = self.host.locked();
         let Some(old) = host.as_ref() else {
             return;
         };
@@ -367,7 +368,7 @@ impl DataCell {
     /// hold `coherence` (or are the only user of the cell) and no host pin is held on the old
     /// buffer, or they retire it instead of dropping it.
     fn set_host(&self, new: Option<HostBuf>) -> Option<HostBuf> {
-        let mut host = self.host.lock().unwrap_or_else(|e| e.into_inner());
+        let mut host = self.host.locked();
         self.ptr.store(
             new.as_ref().map_or(std::ptr::null_mut(), HostBuf::as_ptr),
             Ordering::Release,
@@ -381,8 +382,8 @@ impl DataCell {
     /// straggler first).
     pub fn install_host(&self, buf: HostBuf) {
         debug_assert_eq!(buf.len(), self.bytes());
-        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
-        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.coherence.locked();
+        let mut retired = self.retired.locked();
         if let Some(old) = self.set_host(Some(buf)) {
             // Freed now unless a straggler may still use it (the loser, if any, is held for).
             if self.stragglers.load(Ordering::Acquire) != 0 {
@@ -399,7 +400,7 @@ impl DataCell {
     /// A copy of the host buffer (a speculative attempt's private operands), `None` while it
     /// is out of memory. The caller knows no one writes the datum meanwhile.
     pub fn host_copy(&self) -> Option<HostBuf> {
-        let host = self.host.lock().unwrap_or_else(|e| e.into_inner());
+        let host = self.host.locked();
         host.as_ref()
             .map(|b| HostBuf::copy_of(&b.bytes()[..self.bytes()], self.align))
     }
@@ -423,16 +424,13 @@ impl DataCell {
     /// GPU `g` is lost: its copy goes (and its room in the budget). If it was the only valid
     /// copy the datum is lost until written again, and reads say so. True when lost.
     pub fn forget_gpu(&self, g: usize) -> bool {
-        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.coherence.locked();
         self.forget_gpu_locked(&mut c, g)
     }
 
     fn forget_gpu_locked(&self, c: &mut Coherence, g: usize) -> bool {
         let node = Node::Gpu(g as u16);
-        if self.replicas.lock().unwrap_or_else(|e| e.into_inner())[g]
-            .take()
-            .is_some()
-        {
+        if self.replicas.locked()[g].take().is_some() {
             self.budgets.node(node).release(self.bytes() as u64);
         }
         let was_valid = c.is_valid(node);
@@ -449,7 +447,7 @@ impl DataCell {
     /// then drops it and its room on the device; returns the bytes copied. The caller has
     /// made sure that nothing runs on `g` any more (its worker has left its last task).
     pub fn evacuate_gpu(&self, g: usize, gpus: &[Arc<GpuDevice>], transfers: &Transfers) -> Result<u64, String> {
-        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.coherence.locked();
         let node = Node::Gpu(g as u16);
         let mut copied = 0;
         if c.is_valid(node) && c.valid_nodes().all(|n| n == node) {
@@ -468,12 +466,7 @@ impl DataCell {
 
     /// Whether some node holds a valid copy.
     pub fn has_valid_copy(&self) -> bool {
-        self.coherence
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .valid_nodes()
-            .next()
-            .is_some()
+        self.coherence.locked().valid_nodes().next().is_some()
     }
 
     /// Why the datum cannot be read, when a device loss took its only valid copy.
@@ -522,7 +515,7 @@ impl DataCell {
             })?;
         self.numa.store(numa as u32, Ordering::Relaxed);
         let mut buf = self.blank_host();
-        let mut spilled = self.spilled.lock().unwrap_or_else(|e| e.into_inner());
+        let mut spilled = self.spilled.locked();
         if let Some(file) = spilled.as_ref() {
             if let Err(e) = file.read_into(&self.name, buf.bytes_mut()) {
                 self.budgets.release_host(bytes, numa);
@@ -557,13 +550,13 @@ impl DataCell {
             }
             return Ok(self.as_mut_ptr());
         }
-        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.coherence.locked();
         if read && !c.is_valid(Node::Host) {
             self.fetch_to_host(&mut c, numa, gpus, transfers)?;
         } else {
             if !read {
                 // A write-only access overwrites every byte: the spilled copy need not come back.
-                if let Some(file) = self.spilled.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                if let Some(file) = self.spilled.locked().take() {
                     file.remove();
                 }
             }
@@ -586,7 +579,7 @@ impl DataCell {
     /// into memory: from the host buffer, else from the spill file or a GPU directly. The
     /// caller holds `in_use`.
     pub fn copy_out(&self, out: &mut [u8], gpus: &[Arc<GpuDevice>], transfers: &Transfers) -> Result<(), String> {
-        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.coherence.locked();
         let ptr = self.as_mut_ptr();
         if !ptr.is_null() {
             if !c.is_valid(Node::Host) {
@@ -599,7 +592,7 @@ impl DataCell {
             return Ok(());
         }
         match c.read_source(Node::Host) {
-            Ok(None) => match self.spilled.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Ok(None) => match self.spilled.locked().as_ref() {
                 Some(file) => file.read_into(&self.name, out),
                 None => Err(format!(
                     "datum '{}' has neither a host buffer nor a spill file",
@@ -607,7 +600,7 @@ impl DataCell {
                 )),
             },
             Ok(Some(Node::Gpu(g))) => {
-                let replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+                let replicas = self.replicas.locked();
                 match (gpus.get(g as usize), replicas.get(g as usize)) {
                     (Some(dev), Some(Some(buf))) => dev.download(buf, out),
                     _ => Err(format!(
@@ -626,12 +619,12 @@ impl DataCell {
     /// Overwrites the whole datum with `bytes` (user writes): into the host buffer, or, while
     /// it is spilled, into a new spill file. GPU copies become stale. The caller holds `in_use`.
     pub fn copy_in(&self, bytes: &[u8]) -> Result<(), String> {
-        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.coherence.locked();
         let ptr = self.as_mut_ptr();
         if ptr.is_null() {
             let dir = self.budgets.spill_dir().ok_or("the runtime has no spill directory")?;
             let file = dir.write(&self.name, bytes)?;
-            if let Some(old) = self.spilled.lock().unwrap_or_else(|e| e.into_inner()).replace(file) {
+            if let Some(old) = self.spilled.locked().replace(file) {
                 old.remove();
             }
         } else {
@@ -649,7 +642,7 @@ impl DataCell {
     pub fn has_copy_on(&self, node: Node) -> bool {
         match node {
             Node::Host => self.host_in_memory(),
-            Node::Gpu(g) => self.replicas.lock().unwrap_or_else(|e| e.into_inner())[g as usize].is_some(),
+            Node::Gpu(g) => self.replicas.locked()[g as usize].is_some(),
         }
     }
 
@@ -701,7 +694,7 @@ impl DataCell {
             // the buffer, which is live and `bytes()` long.
             let host = unsafe { std::slice::from_raw_parts(ptr as *const u8, self.bytes()) };
             let file = dir.write(&self.name, host)?;
-            *self.spilled.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+            *self.spilled.locked() = Some(file);
             // Only a spill during a run can ping-pong (data spilled when the program created
             // more than fits are simply read back when needed).
             let at = if self.in_use.load(Ordering::Acquire) {
@@ -737,7 +730,7 @@ impl DataCell {
         if self.host_valid.load(Ordering::Acquire) {
             return Ok(());
         }
-        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.coherence.locked();
         self.fetch_to_host(&mut c, 0, gpus, transfers)
             .map_err(|e| e.to_string())
     }
@@ -779,7 +772,7 @@ impl DataCell {
         }) else {
             unreachable!("the host is never a source for the host");
         };
-        let replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+        let replicas = self.replicas.locked();
         let (Some(dev), Some(Some(buf))) = (gpus.get(g as usize), replicas.get(g as usize)) else {
             return Err(PrepError::Failed(format!(
                 "datum '{}' is valid only on gpu{g}, which holds no buffer for it",
@@ -812,23 +805,19 @@ impl DataCell {
     pub fn is_valid_on(&self, node: Node) -> bool {
         match node {
             Node::Host => self.host_valid.load(Ordering::Acquire),
-            _ => self.coherence.lock().unwrap_or_else(|e| e.into_inner()).is_valid(node),
+            _ => self.coherence.locked().is_valid(node),
         }
     }
 
     /// Nodes holding a valid copy.
     pub fn valid_nodes(&self) -> Vec<Node> {
-        self.coherence
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .valid_nodes()
-            .collect()
+        self.coherence.locked().valid_nodes().collect()
     }
 
     /// The host wrote the datum: GPU copies are stale.
     pub fn host_written(&self) {
         if self.on_gpu.load(Ordering::Acquire) || self.lost_with.load(Ordering::Acquire) != u16::MAX {
-            let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+            let mut c = self.coherence.locked();
             c.record_write(Node::Host);
             self.lost_with.store(u16::MAX, Ordering::Release);
             self.on_gpu.store(false, Ordering::Release);
@@ -892,9 +881,7 @@ impl DataCell {
             }
             written_back = self.bytes() as u64;
         }
-        let had = self.replicas.lock().unwrap_or_else(|e| e.into_inner())[g]
-            .take()
-            .is_some();
+        let had = self.replicas.locked()[g].take().is_some();
         c.drop_copy(node);
         if had {
             let nb = self.budgets.node(node);
@@ -920,7 +907,7 @@ impl DataCell {
     ) -> Result<crate::gpu::GpuBuffer, PrepError> {
         let node = Node::Gpu(g as u16);
         let bytes = self.bytes() as u64;
-        let missing = self.replicas.lock().unwrap_or_else(|e| e.into_inner())[g].is_none();
+        let missing = self.replicas.locked()[g].is_none();
         if missing {
             if may_evict {
                 self.budgets.reserve_on_gpu(node, bytes, self, gpus, transfers)?;
@@ -931,9 +918,9 @@ impl DataCell {
                 )));
             }
         }
-        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.coherence.locked();
         let buffer = {
-            let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+            let mut replicas = self.replicas.locked();
             match &replicas[g] {
                 Some(b) => {
                     if missing {
@@ -983,10 +970,10 @@ impl DataCell {
 
     /// GPU `g` wrote the datum: its copy is the only valid one.
     pub fn gpu_written(&self, g: usize) {
-        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.coherence.locked();
         c.record_write(Node::Gpu(g as u16));
         self.lost_with.store(u16::MAX, Ordering::Release);
-        if let Some(stale) = self.spilled.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(stale) = self.spilled.locked().take() {
             stale.remove();
         }
         self.host_valid.store(false, Ordering::Release);
@@ -998,13 +985,13 @@ impl Drop for DataCell {
     fn drop(&mut self) {
         // Whatever copies it still holds go, and their room with them (a freed cell has none).
         let bytes = self.bytes() as u64;
-        if self.host.get_mut().unwrap_or_else(|e| e.into_inner()).take().is_some() {
+        if self.host.get_mut_unpoisoned().take().is_some() {
             self.budgets.release_host(bytes, self.host_numa());
         }
-        if let Some(file) = self.spilled.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(file) = self.spilled.get_mut_unpoisoned().take() {
             file.remove();
         }
-        let replicas = self.replicas.get_mut().unwrap_or_else(|e| e.into_inner());
+        let replicas = self.replicas.get_mut_unpoisoned();
         for (g, r) in replicas.iter().enumerate() {
             if r.is_some() {
                 self.budgets.node(Node::Gpu(g as u16)).release(bytes);
@@ -1037,7 +1024,7 @@ impl DataCell {
     /// buffer, returned rather than dropped (for `take`), the spill file, the GPU replicas,
     /// each one's room in its budget. Afterwards the cell is marked freed.
     fn free_copies(&self) -> Option<HostBuf> {
-        let mut c = self.coherence.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.coherence.locked();
         self.freed.store(true, Ordering::Release);
         debug_assert_eq!(self.host_pins.load(Ordering::Acquire), 0, "freeing a pinned datum");
         let bytes = self.bytes() as u64;
@@ -1045,10 +1032,10 @@ impl DataCell {
         if host.is_some() {
             self.budgets.release_host(bytes, self.host_numa());
         }
-        if let Some(file) = self.spilled.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(file) = self.spilled.locked().take() {
             file.remove();
         }
-        let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+        let mut replicas = self.replicas.locked();
         for (g, r) in replicas.iter_mut().enumerate() {
             // Dropping the buffer releases it: no submission in flight uses a datum no run
             // holds.
@@ -1057,7 +1044,7 @@ impl DataCell {
             }
         }
         // No run holds the datum, so no straggler uses its retired buffers.
-        self.retired.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.retired.locked().clear();
         *c = Coherence::host_only(replicas.len());
         self.host_valid.store(false, Ordering::Release);
         self.on_gpu.store(false, Ordering::Release);
@@ -1127,13 +1114,13 @@ impl DataStore {
 
     /// Every datum of the store (to forget the copies of a lost GPU).
     pub fn all(&self) -> Vec<Arc<DataCell>> {
-        let cells = self.cells.read().unwrap_or_else(|e| e.into_inner());
+        let cells = self.cells.read_locked();
         cells.live.values().cloned().collect()
     }
 
     /// Adds the cell `make` builds under its name (or `data#ID`); returns its id.
     fn push(&self, name: Option<String>, make: impl FnOnce(String) -> DataCell) -> u32 {
-        let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
+        let mut cells = self.cells.write_locked();
         let id = cells.next;
         let cell = Arc::new(make(name.unwrap_or_else(|| format!("data#{id}"))));
         cell.set_replicas(self.default_replicas.load(Ordering::Relaxed));
@@ -1174,7 +1161,7 @@ impl DataStore {
         if rt != self.rt {
             return None;
         }
-        let cells = self.cells.read().unwrap_or_else(|e| e.into_inner());
+        let cells = self.cells.read_locked();
         cells.live.get(&id).cloned()
     }
 
@@ -1184,7 +1171,7 @@ impl DataStore {
         if rt != self.rt {
             return None;
         }
-        let cells = self.cells.read().unwrap_or_else(|e| e.into_inner());
+        let cells = self.cells.read_locked();
         (id < cells.next && !cells.live.contains_key(&id)).then(|| {
             DataError::Freed(
                 cells
@@ -1301,7 +1288,7 @@ impl DataStore {
     /// buffer. `in_use` stays held for good.
     fn remove(&self, cell: &DataCell, id: u32) -> Option<HostBuf> {
         {
-            let mut cells = self.cells.write().unwrap_or_else(|e| e.into_inner());
+            let mut cells = self.cells.write_locked();
             cells.live.remove(&id);
             cells.freed.insert(id, cell.name.clone());
             while cells.freed.len() > FREED_NAMES {

@@ -30,7 +30,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use hexec_kernels::Access;
@@ -39,6 +39,7 @@ use super::worker::{CANCEL_DROPPED, CANCEL_NONE, CANCEL_REQUESTED};
 use super::{Engine, RunError, RunOptions, Runtime};
 use crate::graph::{DataRef, Graph, GraphDatum, TaskBuilder, TaskSpec};
 use crate::sched::compile::{check_task, DatumInfo, EligibilityKey, SubmitError, TaskToCheck};
+use crate::sync::{CondvarExt, MutexExt};
 use crate::trace::{RunReport, TaskFailure};
 
 /// Tasks submitted and not finished, at most, when the builder does not say
@@ -105,15 +106,10 @@ struct BatchEndState {
     flags: Option<Arc<[AtomicU8]>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing panics while these locks are held; a poisoned one still holds valid state.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl BatchEnd {
     fn finish(&self, outcomes: Outcomes) {
         let wakers = {
-            let mut st = lock(&self.state);
+            let mut st = self.state.locked();
             st.outcomes = Some(outcomes);
             std::mem::take(&mut st.wakers)
         };
@@ -150,7 +146,7 @@ impl TaskHandle {
 
     /// Whether the task has finished (completed, failed, skipped or cancelled).
     pub fn is_finished(&self) -> bool {
-        lock(&self.end.state).outcomes.is_some()
+        self.end.state.locked().outcomes.is_some()
     }
 
     fn outcome(&self, o: &Outcomes) -> Result<(), TaskError> {
@@ -163,7 +159,7 @@ impl TaskHandle {
     /// Blocks until the task has finished; `Ok` if it completed. From inside a task of the
     /// same runtime it does not block: an unfinished task is [`TaskError::WaitInsideTask`].
     pub fn wait(&self) -> Result<(), TaskError> {
-        let mut st = lock(&self.end.state);
+        let mut st = self.end.state.locked();
         if st.outcomes.is_none() && super::pool::on_a_pool_thread() {
             return Err(TaskError::WaitInsideTask);
         }
@@ -171,7 +167,7 @@ impl TaskHandle {
             if let Some(o) = &st.outcomes {
                 return self.outcome(o);
             }
-            st = self.end.ended.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = self.end.ended.wait_unpoisoned(st);
         }
     }
 
@@ -181,7 +177,7 @@ impl TaskHandle {
     /// task counts as cancelled and its read-write operands get their values back (a kernel
     /// that does not look completes). False when the task had already finished.
     pub fn cancel(&self) -> bool {
-        let mut st = lock(&self.end.state);
+        let mut st = self.end.state.locked();
         if st.outcomes.is_some() {
             return false;
         }
@@ -206,7 +202,7 @@ impl Future for TaskHandle {
     type Output = Result<(), TaskError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut st = lock(&self.end.state);
+        let mut st = self.end.state.locked();
         match &st.outcomes {
             Some(o) => Poll::Ready(self.outcome(o)),
             None => {
@@ -237,17 +233,17 @@ struct GraphEnd {
 impl GraphHandle {
     /// Whether the graph's run has ended.
     pub fn is_finished(&self) -> bool {
-        lock(&self.end.state).0.is_some()
+        self.end.state.locked().0.is_some()
     }
 
     /// Blocks until the graph's run has ended and returns what `Runtime::run` would have.
     pub fn wait(self) -> Result<RunReport, RunError> {
-        let mut st = lock(&self.end.state);
+        let mut st = self.end.state.locked();
         loop {
             if let Some(r) = st.0.take() {
                 return r;
             }
-            st = self.end.ended.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = self.end.ended.wait_unpoisoned(st);
         }
     }
 }
@@ -256,7 +252,7 @@ impl Future for GraphHandle {
     type Output = Result<RunReport, RunError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut st = lock(&self.end.state);
+        let mut st = self.end.state.locked();
         match st.0.take() {
             Some(r) => Poll::Ready(r),
             None => {
@@ -355,9 +351,9 @@ impl Flow {
 
     /// Submits one task, waiting for room under the cap.
     pub fn submit(self: &Arc<Self>, engine: &Arc<Engine>, spec: TaskSpec) -> Result<TaskHandle, SubmitError> {
-        let mut st = lock(&self.state);
+        let mut st = self.state.locked();
         while !self.has_room(&st) {
-            st = self.progress.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = self.progress.wait_unpoisoned(st);
         }
         self.submit_locked(engine, &mut st, spec)
     }
@@ -370,7 +366,7 @@ impl Flow {
         spec: &mut Option<TaskSpec>,
         waker: &Waker,
     ) -> Result<Option<TaskHandle>, SubmitError> {
-        let mut st = lock(&self.state);
+        let mut st = self.state.locked();
         if !self.has_room(&st) {
             st.waiters.push(waker.clone());
             return Ok(None);
@@ -518,7 +514,7 @@ impl Flow {
     /// Queues a graph for the dispatcher to run.
     pub fn submit_graph(self: &Arc<Self>, engine: &Arc<Engine>, graph: Graph, opts: RunOptions) -> GraphHandle {
         let end = Arc::new(GraphEnd::default());
-        let mut st = lock(&self.state);
+        let mut st = self.state.locked();
         let ids = stored_ids(&graph);
         self.enqueue(&mut st, &ids, Work::Graph(Arc::new(graph), opts, end.clone()));
         self.ensure_dispatcher(engine, &mut st);
@@ -544,7 +540,7 @@ impl Flow {
         if super::pool::on_a_pool_thread() {
             return run();
         }
-        let mut st = lock(&self.state);
+        let mut st = self.state.locked();
         if st.queue.is_empty() && !st.running {
             // Nothing before it: no queueing, no thread hop.
             st.running = true;
@@ -558,7 +554,7 @@ impl Flow {
         let seq = self.enqueue(&mut st, &stored_ids(graph), Work::Caller);
         let my_turn = |st: &State| !st.running && st.queue.front().is_some_and(|b| b.seq == seq);
         while !my_turn(&st) {
-            st = self.progress.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = self.progress.wait_unpoisoned(st);
         }
         st.queue.pop_front();
         st.running = true;
@@ -569,7 +565,7 @@ impl Flow {
     }
 
     fn end_batch(&self, seq: u64, tasks: usize) {
-        let mut st = lock(&self.state);
+        let mut st = self.state.locked();
         st.running = false;
         st.finished = st.finished.max(seq + 1);
         st.in_flight -= tasks;
@@ -582,13 +578,13 @@ impl Flow {
 
     /// The sequence number the next batch will get.
     pub fn next_seq(&self) -> u64 {
-        lock(&self.state).next_seq
+        self.state.locked().next_seq
     }
 
     /// Whether every batch before `seq` has ended; if not, `waker` is woken at the next
     /// progress.
     pub fn reached(&self, seq: u64, waker: Option<&Waker>) -> bool {
-        let mut st = lock(&self.state);
+        let mut st = self.state.locked();
         let done = st.finished >= seq;
         if let (false, Some(w)) = (done, waker) {
             st.waiters.push(w.clone());
@@ -598,10 +594,10 @@ impl Flow {
 
     /// Blocks until every batch queued before this call has ended.
     pub fn wait_all(&self) {
-        let mut st = lock(&self.state);
+        let mut st = self.state.locked();
         let target = st.next_seq;
         while st.finished < target {
-            st = self.progress.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = self.progress.wait_unpoisoned(st);
         }
     }
 
@@ -616,16 +612,16 @@ impl Flow {
         if super::pool::on_a_pool_thread() {
             return;
         }
-        let mut st = lock(&self.state);
+        let mut st = self.state.locked();
         while st.finished < Self::ready_after(&st, id) {
-            st = self.progress.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = self.progress.wait_unpoisoned(st);
         }
     }
 
     /// Whether submitted work still uses datum `id`; if so, `waker` is woken at the next
     /// progress.
     pub fn datum_pending(&self, id: u32, waker: Option<&Waker>) -> bool {
-        let mut st = lock(&self.state);
+        let mut st = self.state.locked();
         let pending = st.finished < Self::ready_after(&st, id);
         if let (true, Some(w)) = (pending, waker) {
             st.waiters.push(w.clone());
@@ -652,7 +648,7 @@ impl Flow {
     /// The dispatcher: runs task batches and submitted graphs in order.
     fn dispatch(&self, engine: &Engine) {
         loop {
-            let mut st = lock(&self.state);
+            let mut st = self.state.locked();
             let batch = loop {
                 let front_is_mine = st
                     .queue
@@ -672,7 +668,7 @@ impl Flow {
                     return;
                 }
                 st.dispatcher_waiting = true;
-                st = self.work.wait(st).unwrap_or_else(|e| e.into_inner());
+                st = self.work.wait_unpoisoned(st);
                 st.dispatcher_waiting = false;
             };
             let poisoned = st.poisoned.clone();
@@ -684,7 +680,7 @@ impl Flow {
                 Work::Caller => unreachable!("callers run their own graphs"),
             };
             {
-                let mut st = lock(&self.state);
+                let mut st = self.state.locked();
                 st.running_graph = None;
                 for (id, reason) in updates {
                     match reason {
@@ -700,7 +696,7 @@ impl Flow {
     /// Names of the submitted tasks not yet finished — queued, or in the batch the dispatcher
     /// runs — that may run only on workers of `excluded`.
     pub fn tasks_only_for(&self, engine: &Engine, excluded: &[crate::topology::WorkerId]) -> Vec<String> {
-        let st = lock(&self.state);
+        let st = self.state.locked();
         let graphs = st
             .running_graph
             .iter()
@@ -723,7 +719,7 @@ impl Flow {
     /// Forgets which tasks were found runnable (after a retire or restore) and takes the
     /// runtime's retired workers.
     pub fn forget_eligibility(&self, retired: Vec<crate::topology::WorkerId>) {
-        let mut st = lock(&self.state);
+        let mut st = self.state.locked();
         st.runnable.clear();
         st.last_runnable = None;
         st.retired = retired;
@@ -733,7 +729,7 @@ impl Flow {
     pub fn shut_down(&self) {
         self.wait_all();
         let handle = {
-            let mut st = lock(&self.state);
+            let mut st = self.state.locked();
             st.shutdown = true;
             st.dispatcher.take()
         };
@@ -779,7 +775,7 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) ->
     let n = graph.len();
     // From here on, handles cancel through the flags (the run reads them).
     let flags: Arc<[AtomicU8]> = {
-        let mut st = lock(&end.state);
+        let mut st = end.state.locked();
         let cancelled = std::mem::take(&mut st.cancelled);
         let flags: Arc<[AtomicU8]> = (0..n as u32)
             .map(|t| {
@@ -941,7 +937,7 @@ fn run_graph(engine: &Engine, graph: &Graph, opts: RunOptions, end: &GraphEnd) -
     let result = engine.run_with(graph, opts);
     let updates = graph_poison(graph, &result);
     let wakers = {
-        let mut st = lock(&end.state);
+        let mut st = end.state.locked();
         st.0 = Some(result);
         std::mem::take(&mut st.1)
     };
@@ -974,7 +970,7 @@ pub(crate) fn graph_poison(graph: &Graph, result: &Result<RunReport, RunError>) 
 /// Applies a blocking graph run's poison changes (the caller ran it on its own thread).
 impl Flow {
     pub fn apply_poison(&self, updates: PoisonUpdates) {
-        let mut st = lock(&self.state);
+        let mut st = self.state.locked();
         for (id, reason) in updates {
             match reason {
                 Some(r) => st.poisoned.insert(id, r),

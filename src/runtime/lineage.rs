@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use super::data::DataCell;
 use crate::graph::Graph;
+use crate::sync::MutexExt;
 
 /// No known version (the host buffer's value is not one of this run's).
 const UNKNOWN: u32 = u32::MAX;
@@ -140,7 +141,7 @@ impl Lineage {
             return;
         }
         let accesses = &graph.accesses[graph.tasks[task as usize].accesses.range()];
-        let mut steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut steps = self.steps.locked();
         for &(d, access) in accesses {
             if !access.writes() {
                 continue;
@@ -179,7 +180,7 @@ impl Lineage {
 
     /// The data written on a GPU in this run (they may need recomputing after a loss).
     pub fn written_on_gpus(&self) -> Vec<u32> {
-        let steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        let steps = self.steps.locked();
         steps.iter().filter(|(_, s)| !s.is_empty()).map(|(&d, _)| d).collect()
     }
 
@@ -195,7 +196,7 @@ impl Lineage {
     /// How to rebuild `d` at its current version. An error says why it cannot be.
     pub fn recipe(&self, d: u32, cell: &DataCell) -> Result<Recipe, String> {
         let current = self.version(d);
-        let steps = self.steps.lock().unwrap_or_else(|e| e.into_inner());
+        let steps = self.steps.locked();
         let log = steps.get(&d).map_or(&[][..], |s| &s[..]);
         let host_usable = self.host_kept[d as usize];
         let host = self.host_version_now(d, cell.downloads(), log);

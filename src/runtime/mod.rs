@@ -46,6 +46,7 @@ use crate::sched::{build_policy, rank_priorities, Policy, PolicyInputs, PolicyKi
 use crate::topology::{discover, Machine, TopologyError, WorkerId};
 use crate::trace::{RunReport, TraceLog, WorkerReport};
 
+use crate::sync::MutexExt;
 pub use crate::trace::NodeMemory;
 pub use budget::NodeUsage;
 pub use cancel::CancelToken;
@@ -1261,7 +1262,7 @@ impl Engine {
         // policies (and priorities from the critical path unless the graph sets its own), the
         // deadline's prediction, speculation's search for stragglers.
         let task_costs = if planning || deadline.is_some() || opts.speculate {
-            let model = self.model.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let model = self.model.locked().clone();
             costs::model_costs(graph, &model, &costs::task_sizes(graph, &data_bytes))
         } else {
             Vec::new()
@@ -1401,7 +1402,7 @@ impl Engine {
     /// of the critical path and the work shared by all workers. Either way never below that
     /// bound. `costs` are the model's; an error names a kernel the model does not know yet.
     fn predict(&self, graph: &Graph, costs: &[TaskCost], data_bytes: &[u64]) -> Result<f64, String> {
-        let model = self.model.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let model = self.model.locked().clone();
         let mut costs = costs.to_vec();
         // Synthetic kernels say how long they take: `spin` and `sleep` their first parameter.
         for (t, c) in costs.iter_mut().enumerate() {
@@ -1454,11 +1455,11 @@ impl Engine {
     /// link (`hexec bench gpu --model`), else measured over earlier runs once a megabyte has
     /// moved, else the defaults.
     fn link_model(&self) -> (f64, f64) {
-        let calibrated = self.model.lock().unwrap_or_else(|e| e.into_inner()).link("host", "gpu");
+        let calibrated = self.model.locked().link("host", "gpu");
         if let Some(l) = calibrated.filter(|l| l.bandwidth > 0.0) {
             return (l.bandwidth, l.latency);
         }
-        let (bytes, secs) = *self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let (bytes, secs) = *self.links.locked();
         if bytes > 1e6 && secs > 0.0 {
             (bytes / secs, costs::DEFAULT_LATENCY)
         } else {
@@ -1485,7 +1486,7 @@ impl Engine {
                 g.push_back(secs);
             }
         }
-        let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+        let mut model = self.model.locked();
         for ((kernel, kind, size), samples) in groups {
             let (name, class) = (graph.kernels[kernel as usize].name(), kind.to_string());
             for secs in samples {
@@ -1497,7 +1498,7 @@ impl Engine {
             .links()
             .iter()
             .fold((0.0, 0.0), |(b, s), l| (b + l.bytes as f64, s + l.seconds));
-        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let mut links = self.links.locked();
         links.0 += bytes;
         links.1 += secs;
     }
@@ -1565,7 +1566,7 @@ impl Engine {
 
     /// [`Runtime::perf_model`].
     pub fn perf_model(&self) -> PerfModel {
-        self.model.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.model.locked().clone()
     }
 
     fn execute<P: Policy>(
@@ -1742,7 +1743,7 @@ impl Engine {
                         if let Some(hook) = opts.on_stall {
                             hook(&report);
                         }
-                        *run.stalled.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+                        *run.stalled.locked() = Some(report);
                         worker::cancel(run);
                     }
                 })
@@ -1761,11 +1762,7 @@ impl Engine {
             // here (the pool calls the closure once per worker).
             let locals: Vec<Mutex<Option<LocalQueues<'_>>>> = locals.into_iter().map(|q| Mutex::new(Some(q))).collect();
             let outcomes = turn.run_scoped(|i| {
-                let q = locals[i]
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take()
-                    .expect("each worker's queues are taken once");
+                let q = locals[i].locked().take().expect("each worker's queues are taken once");
                 let me = WorkerId(i as u32);
                 let run = &run;
                 // Kernel panics are caught per task; a panic here is a bug in hexec. Stop the
@@ -1812,8 +1809,8 @@ impl Engine {
         if calibrate {
             self.learn(graph, data_bytes, &stats, &run.transfers);
         }
-        let failures = run.failures.into_inner().unwrap_or_else(|e| e.into_inner());
-        let mut warnings = run.warnings.into_inner().unwrap_or_else(|e| e.into_inner());
+        let failures = run.failures.into_unpoisoned();
+        let mut warnings = run.warnings.into_unpoisoned();
         for (g, dev) in self.gpus.iter().enumerate() {
             if let Some(reason) = dev.lost() {
                 warnings.push(format!(
@@ -1879,7 +1876,7 @@ impl Engine {
             warnings,
             trace,
         };
-        if let Some(waiting) = run.stalled.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(waiting) = run.stalled.into_unpoisoned() {
             return Err(RunError::Stalled {
                 waiting,
                 report: Box::new(report),

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
 
+use crate::sync::MutexExt;
 use crate::topology::WorkerId;
 
 /// The write pause of one run (inert without GPUs: nothing is ever recovered).
@@ -77,7 +78,7 @@ impl WritePause {
     /// Pauses writes for the lifetime of the guard, once every worker but `me` has finished
     /// the writes it had started.
     pub fn pause(&self, me: WorkerId) -> PauseGuard<'_> {
-        let held = self.pausing.lock().unwrap_or_else(|e| e.into_inner());
+        let held = self.pausing.locked();
         self.paused.store(true, SeqCst);
         while self
             .writing

@@ -19,6 +19,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use crate::sync::{CondvarExt, MutexExt};
 use crate::topology::HwTopology;
 
 /// A job as a pool thread holds it. Its real lifetime is that of the [`Turn::run_scoped`]
@@ -40,17 +41,17 @@ struct Slot {
 
 impl Slot {
     fn give(&self, order: Order) {
-        *lock(&self.order) = order;
+        *self.order.locked() = order;
         self.changed.notify_one();
     }
 
     fn take(&self) -> Option<Job> {
-        let mut order = lock(&self.order);
+        let mut order = self.order.locked();
         loop {
             match std::mem::replace(&mut *order, Order::Wait) {
                 Order::Run(job) => return Some(job),
                 Order::Exit => return None,
-                Order::Wait => order = self.changed.wait(order).unwrap_or_else(|e| e.into_inner()),
+                Order::Wait => order = self.changed.wait_unpoisoned(order),
             }
         }
     }
@@ -65,7 +66,7 @@ struct Latch {
 
 impl Latch {
     fn count_down(&self) {
-        let mut left = lock(&self.left);
+        let mut left = self.left.locked();
         *left -= 1;
         if *left == 0 {
             self.zero.notify_all();
@@ -73,16 +74,11 @@ impl Latch {
     }
 
     fn wait(&self) {
-        let mut left = lock(&self.left);
+        let mut left = self.left.locked();
         while *left > 0 {
-            left = self.zero.wait(left).unwrap_or_else(|e| e.into_inner());
+            left = self.zero.wait_unpoisoned(left);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic never happens while these locks are held (jobs run outside them).
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 thread_local! {
@@ -183,7 +179,7 @@ impl WorkerPool {
         let own = OWN_POOL.with(|p| p.get()) == Arc::as_ptr(&self.key) as usize;
         Turn {
             pool: self,
-            _held: (!own).then(|| lock(&self.turn)),
+            _held: (!own).then(|| self.turn.locked()),
         }
     }
 }
@@ -225,7 +221,7 @@ impl Turn<'_> {
             let (f, results, latch) = (&f, &results, latch.clone());
             let job = move || {
                 let r = catch_unwind(AssertUnwindSafe(|| f(i)));
-                *lock(&results[i]) = Some(r);
+                *results[i].locked() = Some(r);
                 // The last use of anything borrowed: `latch` is this job's own `Arc`.
                 latch.count_down();
             };
@@ -245,8 +241,7 @@ impl Turn<'_> {
         results
             .into_iter()
             .map(|r| {
-                r.into_inner()
-                    .unwrap_or_else(|e| e.into_inner())
+                r.into_unpoisoned()
                     .unwrap_or_else(|| Err(Box::new("the job left no result") as Box<dyn std::any::Any + Send>))
             })
             .collect()

@@ -43,6 +43,7 @@ use hexec_kernels::RawOperand;
 use super::worker::{call_cpu_kernel, RunState};
 use crate::memory::Node;
 use crate::sched::{kind_index, TaskCost};
+use crate::sync::MutexExt;
 use crate::topology::{DeviceKind, WorkerId};
 
 const IDLE: u8 = 0;
@@ -255,19 +256,13 @@ impl Speculation {
     pub fn gpu_batch_started(&self, w: WorkerId, tasks: &[u32], now: Duration) {
         let r = &self.running[w.index()];
         r.since_ns.store(now.as_nanos() as u64, Ordering::Relaxed);
-        r.batch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(tasks);
+        r.batch.locked().extend_from_slice(tasks);
     }
 
     /// GPU worker `w` has the results of `tasks`.
     pub fn gpu_batch_finished(&self, w: WorkerId, tasks: &[u32]) {
         let r = &self.running[w.index()];
-        r.batch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|t| !tasks.contains(t));
+        r.batch.locked().retain(|t| !tasks.contains(t));
     }
 
     /// An attempt of a task of `kernel` completed in `took` (on a GPU: its share of the batch).
@@ -279,7 +274,7 @@ impl Speculation {
 
     /// A CPU attempt of `task` saved its read-write operands (`None`: it ended).
     pub fn publish_saved(&self, task: u32, saved: Option<SavedOperands>) {
-        let mut map = self.saved.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.saved.locked();
         match saved {
             Some(s) => map.insert(task, s),
             None => map.remove(&task),
@@ -328,11 +323,7 @@ impl Speculation {
                 }
             };
             if on_gpu {
-                r.batch
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .for_each(|&t| consider(t));
+                r.batch.locked().iter().for_each(|&t| consider(t));
             } else if cpu_task != NONE {
                 consider(cpu_task);
             }
@@ -410,7 +401,7 @@ fn copyable(run: &RunState<'_>, spec: &Speculation, task: u32, me: WorkerId, on_
             }
         }
     }
-    on_gpu || !read_write || spec.saved.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&task)
+    on_gpu || !read_write || spec.saved.locked().contains_key(&task)
 }
 
 /// Runs a copy of straggler `task` (marked `COPYING` by [`Speculation::pick`]) on CPU worker
@@ -421,7 +412,7 @@ pub(crate) fn run_copy(run: &RunState<'_>, spec: &Speculation, task: u32, me: Wo
     let kernel = &graph.kernels[rec.kernel as usize];
     let accesses = &graph.accesses[rec.accesses.range()];
     let numa = run.worker_numa[me.index()];
-    let saved = spec.saved.lock().unwrap_or_else(|e| e.into_inner()).get(&task).cloned();
+    let saved = spec.saved.locked().get(&task).cloned();
     tracing::info!(task = %graph.task_name(task as usize), worker = %run.worker_names[me.index()], "straggler: running a copy");
     // Private buffers for what the copy writes, by operand index.
     let mut private: Vec<Option<super::hostbuf::HostBuf>> = Vec::with_capacity(accesses.len());

@@ -14,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use super::budget::Budgets;
+use crate::sync::{CondvarExt, MutexExt};
 
 /// How the workers wake the spiller, and how the runtime stops it.
 #[derive(Debug, Default)]
@@ -31,7 +32,7 @@ struct SignalState {
 impl SpillSignal {
     /// Asks for a round of background spilling (cheap when one is already asked for).
     pub fn wake(&self) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.state.locked();
         if !s.wake {
             s.wake = true;
             self.cv.notify_one();
@@ -39,15 +40,15 @@ impl SpillSignal {
     }
 
     fn stop(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+        self.state.locked().stop = true;
         self.cv.notify_one();
     }
 
     /// Waits for a wake-up; false when asked to stop.
     fn wait(&self) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.state.locked();
         while !s.wake && !s.stop {
-            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+            s = self.cv.wait_unpoisoned(s);
         }
         s.wake = false;
         !s.stop

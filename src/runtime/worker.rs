@@ -28,6 +28,7 @@ use crate::graph::Graph;
 use crate::memory::{Node, Transfers};
 use crate::sched::compile::CompiledGraph;
 use crate::sched::{Pick, Policy};
+use crate::sync::MutexExt;
 use crate::topology::WorkerId;
 use crate::trace::{even_share, GpuTimeline, TaskFailure, TraceEvent};
 
@@ -877,10 +878,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
         let graph = run.graph;
         let failed = run.attempts[task as usize].fetch_add(1, Ordering::AcqRel) + 1;
         let worker = run.worker_names[me.index()].clone();
-        run.attempt_log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((task, worker.clone(), message.clone()));
+        run.attempt_log.locked().push((task, worker.clone(), message.clone()));
         if let Some(spec) = &run.speculation {
             match spec.original_failed(run, task) {
                 OnFailure::Alone => {}
@@ -905,7 +903,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
                 run.retried.fetch_add(1, Ordering::Relaxed);
                 if run.gpu_of_worker[me.index()].is_some() && run.gpu_of_worker[next.index()].is_none() {
                     // A GPU task run on a CPU is slower than asked for: say so in the report.
-                    run.warnings.lock().unwrap_or_else(|e| e.into_inner()).push(format!(
+                    run.warnings.locked().push(format!(
                         "task '{}' (kernel {}) failed on {worker} and runs on {} instead: {message}",
                         graph.task_name(task as usize),
                         graph.task_kernel(task as usize),
@@ -923,8 +921,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
         tracing::warn!(task = %TaskLabel(graph, task), kernel, %message, "task failed");
         let attempts = run
             .attempt_log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .iter()
             .filter(|(t, _, _)| *t == task)
             .map(|(_, worker, message)| crate::trace::AttemptReport {
@@ -940,7 +937,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
             message,
             attempts,
         };
-        run.failures.lock().unwrap_or_else(|e| e.into_inner()).push(failure);
+        run.failures.locked().push(failure);
         self.complete(task, false);
         if !run.keep_going {
             cancel(run);
@@ -1281,7 +1278,7 @@ fn execute_cpu<'a>(
     // After a host ping-pong, one CPU task at a time until one completes.
     // (Not for a recomputation: the worker recovering holds off writers, which may hold this.)
     let _serial = (attempt_on.is_some() && run.counted_pins && run.budgets.serial(Node::Host))
-        .then(|| run.budgets.host_serial.lock().unwrap_or_else(|e| e.into_inner()));
+        .then(|| run.budgets.host_serial.locked());
     if !accesses.is_empty() {
         pin_operands(run, numa, accesses, operands, replay)?;
     }
