@@ -13,6 +13,7 @@ mod cancel;
 mod cores;
 mod costs;
 mod data;
+mod end;
 pub mod faults;
 mod flow;
 mod hostbuf;
@@ -29,11 +30,10 @@ mod spiller;
 mod watchdog;
 mod worker;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crossbeam_utils::CachePadded;
 use hexec_kernels::{ElemType, Element, KernelRegistry};
 
 use crate::gpu::{GpuDevice, GpuError, GpuRequest};
@@ -1627,8 +1627,7 @@ impl Engine {
             worker_numa: self.machine.workers.iter().map(|w| w.numa).collect(),
             deps: compiled.edges.indegree.iter().map(|&d| AtomicU32::new(d)).collect(),
             poisoned: (0..n).map(|_| AtomicBool::new(false)).collect(),
-            remaining: CachePadded::new(AtomicUsize::new(n)),
-            done: AtomicBool::new(n == 0),
+            end: end::RunEnd::new(n),
             failures: Mutex::new(Vec::new()),
             warnings: Mutex::new(Vec::new()),
             start: run_start,
@@ -1666,7 +1665,6 @@ impl Engine {
                 })
                 .collect(),
             keep_going: opts.keep_going,
-            cancelled: AtomicBool::new(false),
             phases: watchdog::Phases::new(n, opts.stall_timeout.is_some()),
             dead: (0..names.len()).map(|_| AtomicBool::new(false)).collect(),
             // A stale host buffer stays in memory, untouched, only without a host limit;
@@ -1752,7 +1750,7 @@ impl Engine {
             let monitor = opts.cancel.as_ref().map(|token| {
                 let (run, cancelled_by_token) = (&run, &cancelled_by_token);
                 s.spawn(move || {
-                    if token.wait(|| run.done.load(Ordering::SeqCst)) {
+                    if token.wait(|| run.end.is_done()) {
                         cancelled_by_token.store(true, Ordering::SeqCst);
                         worker::cancel(run);
                     }
@@ -1772,13 +1770,12 @@ impl Engine {
                     None => run_worker(policy, run, q, me),
                 }))
                 .map_err(|p| {
-                    run.done.store(true, Ordering::SeqCst);
-                    run.queues.sleep.wake_all();
+                    run.end.end(&run.queues.sleep);
                     hexec_kernels::panic_message(&*p)
                 })
             });
-            // The workers are gone; `done` lets the watchdog and the monitor leave once woken.
-            run.done.store(true, Ordering::SeqCst);
+            // The workers are gone; the end lets the watchdog and the monitor leave once woken.
+            run.end.end(&run.queues.sleep);
             if let Some(token) = &opts.cancel {
                 token.wake();
             }

@@ -471,12 +471,12 @@ pub(crate) fn run_copy(run: &RunState<'_>, spec: &Speculation, task: u32, me: Wo
             .faults
             .and_then(|f| f.slowdown(task, attempt, kernel.name(), worker))
         {
-            hexec_kernels::builtin::sleep_unless(delay, || spec.settled(task) || run.cancelled.load(Ordering::Relaxed));
+            hexec_kernels::builtin::sleep_unless(delay, || spec.settled(task) || run.end.is_stopped());
         }
         let Some(f) = kernel.cpu_impl() else {
             return Err(format!("kernel '{}' has no CPU implementation", kernel.name()));
         };
-        let stop = || spec.settled(task) || run.cancelled.load(Ordering::Relaxed);
+        let stop = || spec.settled(task) || run.end.is_stopped();
         match call_cpu_kernel(
             f,
             &mut operands,

@@ -60,14 +60,11 @@ pub(crate) fn watch(run: &RunState<'_>, timeout: Duration) -> Option<String> {
     let mut since = Instant::now();
     loop {
         std::thread::sleep(tick);
-        if run.done.load(Ordering::SeqCst) {
+        if run.end.is_done() {
             return None;
         }
         // Progress: a task finished (`remaining` fell) or an attempt failed (`retried` rose).
-        let p = (
-            run.remaining.load(Ordering::Relaxed),
-            run.retried.load(Ordering::Relaxed),
-        );
+        let p = (run.end.remaining(), run.retried.load(Ordering::Relaxed));
         if p != last {
             (last, since) = (p, Instant::now());
             continue;

@@ -10,11 +10,11 @@
 //! touching a queue.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crossbeam_utils::{Backoff, CachePadded};
+use crossbeam_utils::Backoff;
 use hexec_kernels::{Access, CpuContext, ElemType, RawOperand};
 
 use super::cores::CoreGate;
@@ -58,8 +58,8 @@ pub(crate) struct RunState<'a> {
     pub worker_numa: Vec<usize>,
     pub deps: Vec<AtomicU32>,
     pub poisoned: Vec<AtomicBool>,
-    pub remaining: CachePadded<AtomicUsize>,
-    pub done: AtomicBool,
+    /// Tasks left, and whether the run is over or was stopped.
+    pub end: super::end::RunEnd,
     pub failures: Mutex<Vec<TaskFailure>>,
     /// The report's warnings (GPU-to-CPU fallbacks).
     pub warnings: Mutex<Vec<String>>,
@@ -96,8 +96,6 @@ pub(crate) struct RunState<'a> {
     pub device_losses: Vec<Option<Duration>>,
     /// Go on past a task's final failure (else stop starting tasks).
     pub keep_going: bool,
-    /// The run stopped early: workers start nothing more.
-    pub cancelled: AtomicBool,
     /// Where each task is (for the stall report).
     pub phases: super::watchdog::Phases,
     /// Per worker: lost (its GPU, or itself by injection); it runs nothing more.
@@ -255,7 +253,7 @@ pub(crate) fn run_worker<P: Policy>(policy: &P, run: &RunState<'_>, q: LocalQueu
     // When to lose this worker (fault injection), read once: it is checked every task.
     let lose_at = run.worker_losses[me.index()];
     loop {
-        if run.cancelled.load(Ordering::Acquire) {
+        if run.end.is_stopped() {
             break;
         }
         if run.retire_requested(me) {
@@ -380,10 +378,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
             gate.finished(task);
             gate.release(run.budgets.any_nearly_full(), |r| policy.place(plan, q, r, None));
         }
-        if run.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            run.done.store(true, Ordering::SeqCst);
-            run.queues.sleep.wake_all();
-        }
+        run.end.task_finished(&run.queues.sleep);
     }
 }
 
@@ -447,7 +442,7 @@ pub(crate) fn run_gpu_worker<P: Policy>(
                 run.gpus[g].destroy();
             }
         }
-        if run.cancelled.load(Ordering::Acquire) {
+        if run.end.is_stopped() {
             if let Some(done) = in_flight.take() {
                 w.finish_gpu_batch(g, done);
             }
@@ -898,7 +893,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
                 recover_from_lost_gpu(run, g, me, true);
             }
         }
-        if retriable && failed <= run.retries && !run.cancelled.load(Ordering::Acquire) {
+        if retriable && failed <= run.retries && !run.end.is_stopped() {
             if let Some(next) = retry_worker(run, task, me, cpu_only) {
                 run.retried.fetch_add(1, Ordering::Relaxed);
                 if run.gpu_of_worker[me.index()].is_some() && run.gpu_of_worker[next.index()].is_none() {
@@ -1075,7 +1070,7 @@ fn recompute<'a>(
     }
     tracing::info!(datum = %graph.datum_label(d), steps = recipe.steps.len(), from_host = recipe.from_host, "recomputing from lineage");
     for step in &recipe.steps {
-        execute_cpu(run, step.task, numa, operands, None, Some(d)).map_err(|f| f.message)?;
+        execute_cpu(run, step.task, numa, operands, CpuRun::Rebuild(d)).map_err(|f| f.message)?;
         run.lineage.recomputed.fetch_add(1, Ordering::Relaxed);
     }
     // Whole again, on the host only.
@@ -1154,7 +1149,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
         let idle_since = Instant::now();
         let backoff = Backoff::new();
         let found = loop {
-            if run.done.load(Ordering::SeqCst) {
+            if run.end.is_done() {
                 break None;
             }
             if !run.dead[me.index()].load(Ordering::Acquire) && run.retire_requested(me) {
@@ -1178,7 +1173,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
                 run.queues.sleep.cancel(me);
                 break Some(Work::Task(p));
             }
-            if run.done.load(Ordering::SeqCst) {
+            if run.end.is_done() {
                 run.queues.sleep.cancel(me);
                 break None;
             }
@@ -1192,9 +1187,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
 
 /// Stops the run: workers start nothing more and leave once their current work is done.
 pub(crate) fn cancel(run: &RunState<'_>) {
-    run.cancelled.store(true, Ordering::Release);
-    run.done.store(true, Ordering::SeqCst);
-    run.queues.sleep.wake_all();
+    run.end.stop(&run.queues.sleep);
 }
 
 /// Runs one task's CPU kernel; false if it failed or was skipped.
@@ -1224,7 +1217,7 @@ fn execute<'a>(
     });
     let outcome = match injected {
         Some(fault) => Err(fault.into()),
-        None => execute_cpu(run, task, run.worker_numa[me.index()], operands, Some(me), None),
+        None => execute_cpu(run, task, run.worker_numa[me.index()], operands, CpuRun::Attempt(me)),
     };
     if let (Some(spec), Some(s)) = (&run.speculation, started) {
         let now = run.start.elapsed();
@@ -1256,21 +1249,32 @@ fn execute<'a>(
     }
 }
 
+/// Why a CPU kernel runs.
+#[derive(Clone, Copy, Debug)]
+enum CpuRun {
+    /// An attempt of the task on this worker: it settles the task.
+    Attempt(WorkerId),
+    /// A recomputation from lineage that rebuilds this datum: it does not settle the task;
+    /// the datum is used as its host buffer holds it (not fetched) and left invalid (its
+    /// rebuild marks it valid once whole).
+    Rebuild(u32),
+}
+
 /// Runs a task's CPU implementation over host copies (fetched from a GPU when stale).
 /// `numa` is the worker's NUMA node (host buffers it brings into memory are charged there).
-/// `attempt_on` is the worker of an attempt of the task (`None`: a recomputation from
-/// lineage, which does not settle the task). `Ok(false)`: it ran, but a speculative copy of
-/// the task finished first and its result stands. `replay`: a datum being rebuilt from its
-/// lineage, used as its host buffer holds it (not fetched) and left invalid (its rebuild
-/// marks it valid once whole).
+/// `Ok(false)`: it ran, but a speculative copy of the task finished first and its result
+/// stands.
 fn execute_cpu<'a>(
     run: &RunState<'a>,
     task: u32,
     numa: usize,
     operands: &mut Vec<RawOperand<'a>>,
-    attempt_on: Option<WorkerId>,
-    replay: Option<u32>,
+    why: CpuRun,
 ) -> Result<bool, AttemptFailure> {
+    let (attempt_on, replay) = match why {
+        CpuRun::Attempt(w) => (Some(w), None),
+        CpuRun::Rebuild(d) => (None, Some(d)),
+    };
     let graph = run.graph;
     let rec = &graph.tasks[task as usize];
     let kernel = &graph.kernels[rec.kernel as usize];
@@ -1298,8 +1302,7 @@ fn execute_cpu<'a>(
         }
         _ => false,
     };
-    let stop =
-        || spec.is_some_and(|s| s.settled(task)) || run.cancelled.load(Ordering::Relaxed) || run.task_cancelled(task);
+    let stop = || spec.is_some_and(|s| s.settled(task)) || run.end.is_stopped() || run.task_cancelled(task);
     // Kernels hear of a stop only where one can come: a straggler's copy won, or the task
     // was cancelled through its handle.
     let listens = spec.is_some() || run.task_cancel.is_some();
@@ -1320,7 +1323,7 @@ fn execute_cpu<'a>(
         ) {
             // Told the run stopped, it may have returned half-done: undo it below. (Told a
             // copy won, its result is ignored anyway.)
-            Ok(false) if run.cancelled.load(Ordering::Relaxed) => Err(AttemptFailure::from(
+            Ok(false) if run.end.is_stopped() => Err(AttemptFailure::from(
                 "stopped: the run was cancelled".to_string(),
             )),
             Ok(false) if run.task_cancelled(task) => Err(AttemptFailure::fatal("cancelled while running".to_string())),
