@@ -54,3 +54,20 @@ fn readme_data_lifecycle() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(rt.memory_usage()[0].used_bytes, 0);
     Ok(())
 }
+
+#[test]
+fn readme_live_runtime_example() -> Result<(), Box<dyn std::error::Error>> {
+    let rt = Runtime::builder().build()?;
+    let x = rt.data(vec![1.0f32; 1 << 20]);
+    let s = rt.data(vec![0.0f32; 1]);
+    for _ in 0..10 {
+        rt.task(&builtin::scale()).read_write(x).param(1.5).submit()?;
+    }
+    let sum = rt.task(&builtin::sum()).read(x).write(s).submit()?;
+    sum.wait()?;
+    let total = rt.read(s)?[0];
+    rt.wait_all();
+    let want = 1.5f64.powi(10) * (1 << 20) as f64;
+    assert!(((total as f64) - want).abs() / want < 1e-4, "{total} vs {want}");
+    Ok(())
+}

@@ -30,6 +30,7 @@ impl RunEnd {
     }
 
     /// A task finished (completed, failed for good or skipped); the last one ends the run.
+    #[inline]
     pub fn task_finished(&self, sleep: &Sleep) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.end(sleep);
@@ -51,16 +52,19 @@ impl RunEnd {
     }
 
     /// Whether the run is over (for waits: `SeqCst`, see the sleep protocol).
+    #[inline]
     pub fn is_done(&self) -> bool {
         self.done.load(Ordering::SeqCst)
     }
 
     /// Whether the run was stopped early.
+    #[inline]
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
     }
 
     /// Tasks not finished yet (the watchdog's measure of progress).
+    #[inline]
     pub fn remaining(&self) -> usize {
         self.remaining.load(Ordering::Relaxed)
     }

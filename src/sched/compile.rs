@@ -357,6 +357,7 @@ pub(crate) fn only_excluded_may_run(graph: &Graph, t: usize, machine: &Machine, 
         .is_err_and(|why| why.starts_with("only retired"))
 }
 
+#[inline(always)]
 fn check_accesses(
     name: &dyn Fn() -> String,
     accesses: &[(u32, Access)],
@@ -443,6 +444,10 @@ impl<'m> Eligibility<'m> {
         }
     }
 
+    /// The eligibility set of a task (kernel slot, restriction slot, cores, GPU fit): the
+    /// last key's set without a lookup (consecutive tasks usually share it), else
+    /// [`Eligibility::set_for_new_key`].
+    #[inline(always)]
     fn set_for(
         &mut self,
         kernel_slot: u32,
@@ -458,6 +463,18 @@ impl<'m> Eligibility<'m> {
                 return Ok(s);
             }
         }
+        self.set_for_new_key(key, kernel, r, cores, gpu_fit)
+    }
+
+    #[inline(never)]
+    fn set_for_new_key(
+        &mut self,
+        key: (u32, u32, u32, u64),
+        kernel: &Kernel,
+        r: &Restriction,
+        cores: u32,
+        gpu_fit: u64,
+    ) -> Result<u16, String> {
         if let Some(&s) = self.by_key.get(&key) {
             self.last = Some((key, s));
             return Ok(s);
@@ -494,6 +511,7 @@ impl<'m> Eligibility<'m> {
     /// Bit `g` set: every operand of the task can be bound on GPU `g` (stored data within the
     /// device's largest storage binding). Zero on machines without GPUs or for CPU-only
     /// kernels, so CPU-only graphs pay nothing.
+    #[inline(always)]
     fn gpu_fit(&self, kernel: &Kernel, accesses: &[(u32, Access)], data: &[DatumInfo<'_>]) -> u64 {
         if self.machine.gpus.is_empty() || !kernel.has_gpu() {
             return 0;

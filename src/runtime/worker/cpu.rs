@@ -293,7 +293,7 @@ pub(super) fn execute_cpu<'a>(
 /// sees through `CpuContext::cancelled`. `Ok(false)`: it returned after being told it was
 /// cancelled, so what it wrote may be partial. The operands are borrowed exclusively for the
 /// call (`CpuContext::new` requires it): the context is the only view of them meanwhile.
-#[inline]
+#[inline(always)]
 pub(crate) fn call_cpu_kernel(
     f: &hexec_kernels::CpuFn,
     operands: &mut [RawOperand<'_>],

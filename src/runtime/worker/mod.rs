@@ -166,6 +166,7 @@ pub(crate) const CANCEL_DROPPED: u8 = 2;
 impl RunState<'_> {
     /// Whether `task` is not to run: a task it depends on did not complete, or it was
     /// cancelled before it started (which this marks as dropped).
+    #[inline]
     pub fn skips(&self, task: u32) -> bool {
         self.poisoned[task as usize].load(Ordering::Relaxed)
             || self.task_cancel.is_some_and(|c| {
@@ -177,11 +178,13 @@ impl RunState<'_> {
     }
 
     /// Whether worker `w` was asked to retire (or has).
+    #[inline]
     pub fn retire_requested(&self, w: WorkerId) -> bool {
         self.retiring[w.index()].load(Ordering::Acquire) != ACTIVE
     }
 
     /// Whether cancellation of `task` was asked for (it may be running).
+    #[inline]
     pub fn task_cancelled(&self, task: u32) -> bool {
         self.task_cancel
             .is_some_and(|c| c[task as usize].load(Ordering::Acquire) != CANCEL_NONE)

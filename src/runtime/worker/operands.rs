@@ -6,6 +6,7 @@ use super::*;
 
 /// Puts a failed attempt's read-write operands back as they were before it ran.
 #[cold]
+#[inline]
 pub(super) fn restore_operands(saved: &SavedOperands, operands: &[RawOperand<'_>]) {
     for (i, bytes) in saved.iter() {
         let o = &operands[*i];
@@ -20,6 +21,7 @@ pub(super) fn restore_operands(saved: &SavedOperands, operands: &[RawOperand<'_>
 /// room in the budget like any host copy (charged to `numa`); when there is none, nothing is
 /// saved and `false` says a failure of this attempt must be final. The last item is what to
 /// give back to the budget afterwards: (bytes, NUMA node).
+#[inline]
 pub(super) fn save_read_write_operands(
     run: &RunState<'_>,
     numa: usize,
@@ -67,6 +69,7 @@ pub(super) const HOST_ROOM_WAIT: Duration = Duration::from_secs(30);
 /// that two tasks each holding part of their operands cannot wait on each other forever.
 /// Under a host limit the operands are marked wanted meanwhile, so that making room for one
 /// does not spill another before it is pinned.
+#[inline]
 pub(super) fn pin_operands<'a>(
     run: &RunState<'a>,
     numa: usize,
@@ -143,6 +146,7 @@ pub(super) fn pin_each<'a>(
     }
 }
 
+#[inline]
 pub(super) fn unpin_operands(run: &RunState<'_>, accesses: &[(u32, Access)]) {
     if !run.counted_pins {
         return; // host pins are only counted under a host limit or for temporaries
