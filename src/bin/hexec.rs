@@ -397,6 +397,8 @@ fn exit_if_still_stalled(report: &str) {
             "hexec: the run stalled and a kernel does not return: {}",
             terminal_safe(&report)
         );
+        // `exit` skips the drops that remove them.
+        signals::remove_own_dirs();
         std::process::exit(3);
     });
 }
@@ -1334,7 +1336,15 @@ mod signals {
     /// a signal makes it exit at once.
     static OWN_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-    /// Removes `dir`, a private directory of this process, if a signal makes it exit at once.
+    /// Removes the directories of [`remove_on_exit`], for exits that skip their drops.
+    pub fn remove_own_dirs() {
+        for own in OWN_DIRS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = std::fs::remove_dir_all(own);
+        }
+    }
+
+    /// Removes `dir`, a private directory of this process, if a signal makes it exit at once
+    /// (or a stalled run's kernel never returns).
     pub fn remove_on_exit(dir: &std::path::Path) {
         OWN_DIRS
             .lock()
@@ -1407,9 +1417,7 @@ mod signals {
                 removed = format!("; could not remove spill directory {}", dir.display());
             }
         }
-        for own in OWN_DIRS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = std::fs::remove_dir_all(own);
-        }
+        remove_own_dirs();
         eprintln!(
             "hexec: stopped by {}: {why}, exiting without waiting{removed}",
             name(sig)
