@@ -18,6 +18,11 @@ else
 fi
 # nextest does not run doc tests; they are part of the suite.
 cargo test --workspace --locked --doc
+# The park/wake protocol under the loom model checker (src/runtime/sleep.rs built on loom's
+# primitives; its own target directory, since --cfg loom changes every unit's flags).
+echo "model check: the park/wake protocol under loom"
+RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+  cargo test -p hexec-loom-tests --release --locked -- --test-threads 1
 
 # The checks a reviewer runs: formatting, lints (every target, every feature, warnings
 # denied) and the docs (broken links and the like are errors).
