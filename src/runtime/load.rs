@@ -73,7 +73,9 @@ impl Target for RuntimeTarget<'_> {
                 if d.temp {
                     // Allocated only mid-run, when first used: refuse it here, naming the file,
                     // as submit would (for graphs built in code).
-                    rt.check_datum_size(&d.name, elem, len).map_err(|e| e.to_string())?;
+                    rt.engine
+                        .check_datum_size(&d.name, elem, len)
+                        .map_err(|e| e.to_string())?;
                     return Ok(g.temp_of(d.name.clone(), elem, len).into());
                 }
                 if let Some(init) = &d.init {
@@ -83,11 +85,12 @@ impl Target for RuntimeTarget<'_> {
                 // that a read-only datum gets them and nothing else is allocated on the way.
                 let init = d.init.as_ref();
                 let id = rt
+                    .engine
                     .data_filled(d.name.clone(), elem, len, d.read_only, &mut |out| {
                         init.map_or(Ok(()), |i| i.write_into(elem, out))
                     })
                     .map_err(|e| e.to_string())?;
-                Ok(crate::graph::DataRef::Stored { rt: rt.id(), id })
+                Ok(crate::graph::DataRef::Stored { rt: rt.engine.id(), id })
             }
             _ => Err("declare either \"type\" and \"len\" (stored data) or \"bytes\" (size only)".into()),
         }

@@ -675,11 +675,6 @@ impl Runtime {
         &mut self.registry
     }
 
-    /// This runtime's identity (data handles carry it).
-    pub(crate) fn id(&self) -> u64 {
-        self.engine.id()
-    }
-
     /// Where host copies are spilled past the host limit (`None` without one). The directory
     /// (mode 0700, an unpredictable name) exists from [`RuntimeBuilder::build`] until the
     /// runtime is dropped.
@@ -758,29 +753,7 @@ impl Runtime {
         self.engine.memory_usage()
     }
 
-    /// Stores `len` elements of a type known only at run time (graph files), which `fill`
-    /// writes in place (see [`data::DataStore::insert_filled`]). Refused, before anything is
-    /// allocated, when the datum is larger than [`Runtime::datum_limit`]: a file cannot make
-    /// the process abort on allocation.
-    pub(crate) fn data_filled(
-        &self,
-        name: String,
-        elem: ElemType,
-        len: usize,
-        read_only: bool,
-        fill: &mut dyn FnMut(&mut [u8]) -> Result<(), String>,
-    ) -> Result<u32, DataError> {
-        self.engine.data_filled(name, elem, len, read_only, fill)
-    }
-
-    /// Refuses a datum of `len` elements of `elem` larger than [`Runtime::datum_limit`] (its
-    /// size computed without overflow): every size that comes from input passes here before
-    /// its memory is allocated.
-    pub(crate) fn check_datum_size(&self, name: &str, elem: ElemType, len: usize) -> Result<(), DataError> {
-        self.engine.check_datum_size(name, elem, len)
-    }
-
-    /// A handle for a datum created by [`Runtime::data_filled`].
+    /// A handle for a datum created by [`Engine::data_filled`].
     pub(crate) fn handle<T>(&self, id: u32) -> Data<T> {
         self.engine.handle(id)
     }
@@ -969,7 +942,7 @@ impl Runtime {
 }
 
 impl Engine {
-    /// [`Runtime::id`].
+    /// This runtime's identity (data handles carry it).
     pub(crate) fn id(&self) -> u64 {
         self.id
     }
@@ -1036,7 +1009,10 @@ impl Engine {
         self.budgets.usage()
     }
 
-    /// [`Runtime::data_filled`].
+    /// Stores `len` elements of a type known only at run time (graph files), which `fill`
+    /// writes in place (see [`data::DataStore::insert_filled`]). Refused, before anything is
+    /// allocated, when the datum is larger than [`Engine::datum_limit`]: a file cannot make
+    /// the process abort on allocation.
     pub(crate) fn data_filled(
         &self,
         name: String,
@@ -1050,7 +1026,9 @@ impl Engine {
         self.store.insert_filled(Some(name), elem, len, read_only, fill)
     }
 
-    /// [`Runtime::check_datum_size`].
+    /// Refuses a datum of `len` elements of `elem` larger than [`Engine::datum_limit`] (its
+    /// size computed without overflow): every size that comes from input passes here before
+    /// its memory is allocated.
     pub(crate) fn check_datum_size(&self, name: &str, elem: ElemType, len: usize) -> Result<(), DataError> {
         let bytes = len as u128 * elem.size() as u128;
         let (limit, what) = self.datum_limit();
@@ -1118,7 +1096,7 @@ impl Engine {
         }
     }
 
-    /// Refuses, before anything is allocated, a temporary larger than [`Runtime::datum_limit`]
+    /// Refuses, before anything is allocated, a temporary larger than [`Engine::datum_limit`]
     /// (its memory is allocated only when a task first uses it, mid-run, where a failed
     /// allocation would abort the process). Its size is computed without overflow, so any
     /// `len` given to [`Graph::temp`] is safe to submit.
