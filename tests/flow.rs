@@ -575,3 +575,28 @@ fn retiring_the_only_worker_of_a_submitted_task_is_refused_unless_forced() {
         Err(hexec::runtime::RetireError::UnknownWorker { .. })
     ));
 }
+
+#[test]
+fn a_read_from_another_thread_waits_for_a_blocking_run_that_writes_the_datum() {
+    let rt = runtime(1);
+    let x = rt.data(vec![0u64; 1]);
+    let slow_increment = Arc::new(Kernel::cpu(
+        "slow_increment",
+        Signature::exact(&[(Access::ReadWrite, ElemType::U64)], 0),
+        |ctx| {
+            std::thread::sleep(Duration::from_millis(50));
+            ctx.write::<u64>(0)?[0] += 1;
+            Ok(())
+        },
+    ));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut g = rt.graph();
+            g.task(&slow_increment).read_write(x).add();
+            rt.run(&g).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(15));
+        // The run holds x: the read waits for it instead of failing as busy.
+        assert_eq!(rt.read(x).unwrap(), vec![1]);
+    });
+}

@@ -541,30 +541,32 @@ impl Flow {
             return run();
         }
         let mut st = self.state.locked();
-        if st.queue.is_empty() && !st.running {
+        let ids = stored_ids(graph);
+        let seq = if st.queue.is_empty() && !st.running {
             // Nothing before it: no queueing, no thread hop.
-            st.running = true;
             let seq = st.next_seq;
             st.next_seq += 1;
-            drop(st);
-            let r = run();
-            self.end_batch(seq, 0);
-            return r;
-        }
-        let seq = self.enqueue(&mut st, &stored_ids(graph), Work::Caller);
-        let my_turn = |st: &State| !st.running && st.queue.front().is_some_and(|b| b.seq == seq);
-        while !my_turn(&st) {
-            st = self.progress.wait_unpoisoned(st);
-        }
-        st.queue.pop_front();
+            for &id in &ids {
+                mark_access(&mut st.last_access, id, seq);
+            }
+            seq
+        } else {
+            let seq = self.enqueue(&mut st, &ids, Work::Caller);
+            let my_turn = |st: &State| !st.running && st.queue.front().is_some_and(|b| b.seq == seq);
+            while !my_turn(&st) {
+                st = self.progress.wait_unpoisoned(st);
+            }
+            st.queue.pop_front();
+            seq
+        };
         st.running = true;
         drop(st);
-        let r = run();
-        self.end_batch(seq, 0);
-        r
+        // Ends the turn even if `run` unwinds: a batch left running would stop the flow.
+        let _end = EndOnDrop { flow: self, seq };
+        run()
     }
 
-    fn end_batch(&self, seq: u64, tasks: usize) {
+    pub(super) fn end_batch(&self, seq: u64, tasks: usize) {
         let mut st = self.state.locked();
         st.running = false;
         st.finished = st.finished.max(seq + 1);
@@ -674,10 +676,58 @@ impl Flow {
             let poisoned = st.poisoned.clone();
             drop(st);
             let (seq, tasks) = (batch.seq, batch.tasks);
-            let updates = match batch.work {
+            // Kept to settle the batch if hexec's own code panics while running it: its
+            // waiters must not wait forever, nor the batches after it.
+            let (task_end, graph_end) = match &batch.work {
+                Work::Tasks(tb) => (Some(tb.end.clone()), None),
+                Work::Graph(_, _, end) => (None, Some(end.clone())),
+                Work::Caller => (None, None),
+            };
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match batch.work {
                 Work::Tasks(tb) => run_tasks(engine, tb, &poisoned),
                 Work::Graph(graph, opts, end) => run_graph(engine, &graph, opts, &end),
                 Work::Caller => unreachable!("callers run their own graphs"),
+            }));
+            let updates = match ran {
+                Ok(updates) => updates,
+                Err(panic) => {
+                    let message = format!("internal error in hexec: {}", hexec_kernels::panic_message(&*panic));
+                    tracing::error!(%message, "a submitted batch stopped");
+                    if let Some(end) = task_end.filter(|e| e.state.locked().outcomes.is_none()) {
+                        let errors = (0..tasks as u32)
+                            .map(|t| {
+                                let e = TaskError::NotRun {
+                                    task: format!("task #{t} of its batch"),
+                                    message: message.clone(),
+                                };
+                                (t, e)
+                            })
+                            .collect();
+                        end.finish(Outcomes { errors });
+                    }
+                    if let Some(end) = graph_end {
+                        let wakers = {
+                            let mut st = end.state.locked();
+                            st.0.get_or_insert(Err(RunError::Internal {
+                                worker: "hexec-flow".into(),
+                                message: message.clone(),
+                            }));
+                            std::mem::take(&mut st.1)
+                        };
+                        end.ended.notify_all();
+                        wakers.into_iter().for_each(Waker::wake);
+                    }
+                    let graph = self.state.locked().running_graph.clone();
+                    graph.map_or_else(Vec::new, |g| {
+                        graph_poison(
+                            &g,
+                            &Err(RunError::Internal {
+                                worker: "hexec-flow".into(),
+                                message,
+                            }),
+                        )
+                    })
+                }
             };
             {
                 let mut st = self.state.locked();
@@ -977,6 +1027,18 @@ impl Flow {
                 None => st.poisoned.remove(&id),
             };
         }
+    }
+}
+
+/// Ends a caller's turn when dropped (see [`Flow::run_in_turn`]).
+struct EndOnDrop<'f> {
+    flow: &'f Flow,
+    seq: u64,
+}
+
+impl Drop for EndOnDrop<'_> {
+    fn drop(&mut self) {
+        self.flow.end_batch(self.seq, 0);
     }
 }
 
