@@ -14,8 +14,8 @@ mkdir -p "$out"
 } > "$out/env.txt" 2>&1
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 cargo build --release --locked > "$out/build.txt" 2>&1 || { echo "build failed"; tail -30 "$out/build.txt"; exit 1; }
-./target/release/hexec info > "$out/info.txt" 2>&1
-./target/release/hexec bench gpu --reps 5 > "$out/bench-gpu.md" 2>&1
-./target/release/hexec bench gpu --reps 5 --json > "$out/bench-gpu.json" 2>&1
+"${CARGO_TARGET_DIR:-target}/release/hexec" info > "$out/info.txt" 2>&1
+"${CARGO_TARGET_DIR:-target}/release/hexec" bench gpu --reps 5 > "$out/bench-gpu.md" 2>&1
+"${CARGO_TARGET_DIR:-target}/release/hexec" bench gpu --reps 5 --json > "$out/bench-gpu.json" 2>&1
 cargo test --release --locked --test gpu > "$out/tests-gpu.txt" 2>&1
 cat "$out/env.txt" "$out/info.txt" "$out/bench-gpu.md"; tail -5 "$out/tests-gpu.txt"

@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
 # Mesa's Vulkan WSI complains on every device open when this is unset.
 if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
-  export XDG_RUNTIME_DIR="$(mktemp -d)"
+  XDG_RUNTIME_DIR="$(mktemp -d)"
+  export XDG_RUNTIME_DIR
+  trap 'rm -rf "$XDG_RUNTIME_DIR"' EXIT
 fi
 echo "note: GPU tests ask for software adapters explicitly (RuntimeBuilder::software_gpus, --software-gpus): on a machine without a GPU they run on Mesa's lavapipe"
 if cargo nextest --version >/dev/null 2>&1; then
@@ -29,6 +31,8 @@ RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
 echo "lint gates: cargo fmt --check, cargo clippy -D warnings, cargo doc -D warnings"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
-# The lean library (no CLI, no hwloc) must keep building too.
+# The lean library (no CLI, no hwloc) must keep building too, and the runtime an embedding
+# program is told to take (README, "Using hexec as a library").
 cargo clippy --workspace --all-targets --no-default-features --locked -- -D warnings
+cargo clippy --workspace --all-targets --no-default-features --features gpu,hwloc --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked

@@ -53,8 +53,8 @@ pub use hexec_kernels as kernels;
 
 pub use graph::{Data, DataRef, Graph, Restriction, TaskBuilder, TaskId, TempData, VirtualData};
 pub use runtime::{
-    BuildError, CancelToken, DataError, GraphHandle, MemoryLimits, NodeUsage, RunError, RunOptions, Runtime,
-    RuntimeBuilder, TaskError, TaskHandle,
+    BuildError, CancelToken, DataError, GraphHandle, MemoryLimits, NodeUsage, RetireError, RetireOptions, RetireReport,
+    RunError, RunOptions, Runtime, RuntimeBuilder, TaskError, TaskHandle,
 };
 pub use sched::compile::SubmitError;
 pub use sched::PolicyKind;

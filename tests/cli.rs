@@ -1409,13 +1409,16 @@ fn run_retires_a_worker_mid_run_and_says_what_it_did() {
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.contains(says), "{err}");
     }
-    // An unknown worker: the run goes on, the line says why nothing was retired.
+    // An unknown worker is bad input too, refused before the run.
     let out = hexec()
         .args(["run", "--cpus", "1", "--gpus", "none", "--retire", "gpu7@1ms"])
         .arg(&path)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success());
-    assert!(text.contains("retire gpu7: no worker is named 'gpu7'"), "{text}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--retire gpu7: no worker is named so (workers: cpu0)"),
+        "{err}"
+    );
 }

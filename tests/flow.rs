@@ -134,7 +134,7 @@ fn tasks_submitted_one_by_one_follow_their_data_across_batches() {
     assert!(handles.iter().all(|h| h.is_finished()));
     assert!(handles.iter().all(|h| h.wait().is_ok()));
     assert!(handles[5].name().starts_with("increment#"), "{}", handles[5].name());
-    rt.wait_all();
+    rt.wait_all().unwrap();
 }
 
 #[test]
@@ -160,7 +160,7 @@ fn a_failure_skips_only_the_tasks_that_read_what_it_should_have_written() {
         .param(1.0)
         .submit()
         .unwrap();
-    rt.wait_all();
+    rt.wait_all().unwrap();
     // Later batches: the reader of `a` is skipped, naming the writer; `b` is untouched.
     let reader = rt.task(&increment()).name("reader").read_write(a).submit().unwrap();
     let other = rt.task(&increment()).read_write(b).submit().unwrap();
@@ -178,6 +178,14 @@ fn a_failure_skips_only_the_tasks_that_read_what_it_should_have_written() {
     other.wait().unwrap();
     assert_eq!(rt.read(a).unwrap(), vec![0], "the failed write left the old value");
     assert_eq!(rt.read(b).unwrap(), vec![1]);
+    // New values from the program clear the poison too.
+    let c = rt.data_named("c", vec![0u64; 1]);
+    rt.task(&maybe_fail()).write(c).param(1.0).submit().unwrap();
+    rt.wait_all().unwrap();
+    assert!(rt.task(&increment()).read_write(c).submit().unwrap().wait().is_err());
+    rt.write(c, &[41]).unwrap();
+    rt.task(&increment()).read_write(c).submit().unwrap().wait().unwrap();
+    assert_eq!(rt.read(c).unwrap(), vec![42]);
     // Overwriting `a` clears the poison.
     rt.task(&maybe_fail()).write(a).param(0.0).submit().unwrap();
     rt.task(&increment()).read_write(a).submit().unwrap().wait().unwrap();
@@ -266,7 +274,7 @@ fn several_threads_submit_concurrently() {
             });
         }
     });
-    rt.wait_all();
+    rt.wait_all().unwrap();
     assert_eq!(rt.read(shared).unwrap(), vec![1000]);
     for d in own {
         assert_eq!(rt.read(d).unwrap(), vec![250]);
@@ -294,7 +302,7 @@ fn a_producer_that_runs_ahead_waits_at_the_cap() {
         most = most.max(submitted - ran.load(Ordering::SeqCst));
     }
     assert!(most <= CAP, "{most} tasks unfinished at once with a cap of {CAP}");
-    rt.wait_all();
+    rt.wait_all().unwrap();
     assert_eq!(ran.load(Ordering::SeqCst), 200);
 }
 
@@ -486,7 +494,7 @@ fn a_cpu_worker_retired_mid_stream_gets_nothing_new_and_loses_nothing() {
             log.lock().unwrap().clear();
         }
     }
-    rt.wait_all();
+    rt.wait_all().unwrap();
     for &d in &data {
         assert_eq!(rt.read(d).unwrap(), vec![40], "every increment ran once");
     }
@@ -505,7 +513,7 @@ fn a_cpu_worker_retired_mid_stream_gets_nothing_new_and_loses_nothing() {
             rt.task(&k).read_write(d).submit().unwrap();
         }
     }
-    rt.wait_all();
+    rt.wait_all().unwrap();
     assert!(
         log.lock().unwrap().iter().any(|w| w == "hexec-cpu1"),
         "a restored worker takes tasks"
@@ -536,7 +544,7 @@ fn retiring_the_only_worker_of_a_submitted_task_is_refused_unless_forced() {
     match rt.retire("cpu1") {
         Err(hexec::runtime::RetireError::SoleWorker { worker, tasks }) => {
             assert_eq!(worker, "cpu1");
-            assert_eq!(tasks, vec!["'pinned'".to_string()]);
+            assert_eq!(tasks, vec!["pinned".to_string()]);
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -550,7 +558,7 @@ fn retiring_the_only_worker_of_a_submitted_task_is_refused_unless_forced() {
             },
         )
         .unwrap();
-    assert_eq!(forced.stranded_tasks, vec!["'pinned'".to_string()]);
+    assert_eq!(forced.stranded_tasks, vec!["pinned".to_string()]);
     match pinned.wait() {
         Err(TaskError::Failed(f)) => assert!(f.message.contains("retired"), "{}", f.message),
         other => panic!("expected a failure, got {other:?}"),
@@ -599,4 +607,20 @@ fn a_read_from_another_thread_waits_for_a_blocking_run_that_writes_the_datum() {
         // The run holds x: the read waits for it instead of failing as busy.
         assert_eq!(rt.read(x).unwrap(), vec![1]);
     });
+}
+
+#[test]
+fn waiting_for_everything_inside_a_task_is_an_error_not_a_hang() {
+    let rt = Arc::new(runtime(1));
+    let weak = Arc::downgrade(&rt);
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let s2 = seen.clone();
+    let waiter = Arc::new(Kernel::cpu("waiter", Signature::any(0, 0), move |_| {
+        if let Some(rt) = weak.upgrade() {
+            *s2.lock().unwrap() = Some(rt.wait_all());
+        }
+        Ok(())
+    }));
+    rt.task(&waiter).submit().unwrap().wait().unwrap();
+    assert_eq!(*seen.lock().unwrap(), Some(Err(TaskError::WaitInsideTask)));
 }

@@ -66,7 +66,7 @@ fn readme_live_runtime_example() -> Result<(), Box<dyn std::error::Error>> {
     let sum = rt.task(&builtin::sum()).read(x).write(s).submit()?;
     sum.wait()?;
     let total = rt.read(s)?[0];
-    rt.wait_all();
+    rt.wait_all()?;
     let want = 1.5f64.powi(10) * (1 << 20) as f64;
     assert!(((total as f64) - want).abs() / want < 1e-4, "{total} vs {want}");
     Ok(())

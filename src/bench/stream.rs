@@ -88,7 +88,7 @@ fn stream(rt: &Runtime, tasks: usize, threads: usize) -> Result<Duration, String
             .into_iter()
             .try_for_each(|h| h.join().map_err(|_| "a submitting thread panicked".to_string())?)
     })?;
-    rt.wait_all();
+    rt.wait_all().map_err(|e| e.to_string())?;
     Ok(t.elapsed())
 }
 
@@ -231,7 +231,7 @@ pub fn measure(cfg: &StreamConfig) -> Result<StreamTable, String> {
             submitted += n;
             table.rss_curve.extend(resident_mib().map(|m| (submitted, m)));
         }
-        rt.wait_all();
+        rt.wait_all().map_err(|e| e.to_string())?;
     }
     Ok(table)
 }

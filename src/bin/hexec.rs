@@ -1185,6 +1185,22 @@ fn run_and_report(
         speculate: machine.speculate,
         cancel: Some(stop.token()),
     };
+    // A worker that does not exist is bad input, refused before the run (exit 2).
+    if let Some((w, _)) = machine
+        .retire
+        .iter()
+        .find(|(w, _)| rt.machine().worker_by_name(w).is_none())
+    {
+        let known: Vec<&str> = rt.machine().workers.iter().map(|w| w.name.as_str()).collect();
+        return Err(Failure {
+            code: 2,
+            message: format!(
+                "--retire {}: no worker is named so (workers: {})",
+                terminal_safe(w),
+                known.join(", ")
+            ),
+        });
+    }
     let (result, retirements) = run_retiring(rt, g, opts, &machine.retire);
     for line in retirements {
         // On standard error with --json, so that standard output stays one JSON object.

@@ -183,7 +183,9 @@ impl GpuDevice {
         self.poller.wait(rx, &self.health, SUBMIT_LIMIT)
     }
 
-    /// Submits the uploads queued so far now, instead of with the next kernel or download.
+    /// Submits the uploads queued so far now, instead of with the next kernel or download
+    /// (the transfer benchmark's latency figures).
+    #[cfg(feature = "bench")]
     pub(crate) fn flush_uploads(&self) {
         self.queue.submit([]);
     }

@@ -759,7 +759,7 @@ impl Flow {
         for g in graphs {
             for t in 0..g.len() {
                 if crate::sched::compile::only_excluded_may_run(g, t, &engine.machine, excluded) {
-                    names.push(format!("'{}'", g.task_name(t)));
+                    names.push(g.task_name(t));
                 }
             }
         }

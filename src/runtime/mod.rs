@@ -382,7 +382,8 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Tasks submitted and not finished, at most ([`DEFAULT_MAX_SUBMITTED`] by default): a
+    /// Tasks submitted and not finished, at most ([`DEFAULT_MAX_SUBMITTED`] by default; 0 is
+    /// taken as 1): a
     /// producer that runs ahead waits in [`TaskBuilder::submit`] (or yields in
     /// `submit_async`), so a loop that submits millions of tasks runs in bounded memory.
     pub fn max_submitted(mut self, n: usize) -> Self {
@@ -814,9 +815,12 @@ impl Runtime {
     }
 
     /// Overwrites a datum (same length), once the work submitted before that uses it has
-    /// ended (see [`Runtime::read`]).
+    /// ended (see [`Runtime::read`]). Its new values are valid: tasks submitted after read
+    /// them even if the datum's last writer had failed.
     pub fn write<T: Element>(&self, h: Data<T>, values: &[T]) -> Result<(), DataError> {
-        self.after_pending(h, || self.engine.write(h, values))
+        self.after_pending(h, || self.engine.write(h, values))?;
+        self.flow.apply_poison(vec![(h.id, None)]);
+        Ok(())
     }
 
     /// Runs a graph to completion and blocks until it is done: [`Runtime::submit_graph`]
@@ -918,9 +922,14 @@ impl Runtime {
     }
 
     /// Blocks until everything submitted before this call has finished (failures are in
-    /// each task's handle).
-    pub fn wait_all(&self) {
+    /// each task's handle). Inside a task of this runtime it cannot (the task's own batch is
+    /// among what it would wait for): [`TaskError::WaitInsideTask`].
+    pub fn wait_all(&self) -> Result<(), TaskError> {
+        if pool::on_a_pool_thread() {
+            return Err(TaskError::WaitInsideTask);
+        }
         self.flow.wait_all();
+        Ok(())
     }
 
     /// [`Runtime::wait_all`] as a future.

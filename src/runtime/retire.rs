@@ -82,7 +82,7 @@ pub enum RetireError {
         known: String,
     },
     /// Submitted tasks could run nowhere else.
-    #[error("cannot retire {worker}: submitted task(s) {} may run only there (RetireOptions::force fails them instead)", .tasks.join(", "))]
+    #[error("cannot retire {worker}: submitted task(s) {} may run only there (RetireOptions::force fails them instead)", quoted(.tasks))]
     SoleWorker {
         /// The worker.
         worker: String,
@@ -228,6 +228,21 @@ impl Engine {
         self.retiring[w.index()].store(ACTIVE, std::sync::atomic::Ordering::Release);
         Ok(())
     }
+}
+
+/// Task names for a message: each quoted, except the trailing count.
+fn quoted(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| {
+            if n.starts_with("and ") && n.ends_with(" more") {
+                n.clone()
+            } else {
+                format!("'{n}'")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Keeps the first names of a long list, then a count.
