@@ -624,3 +624,61 @@ fn waiting_for_everything_inside_a_task_is_an_error_not_a_hang() {
     rt.task(&waiter).submit().unwrap().wait().unwrap();
     assert_eq!(*seen.lock().unwrap(), Some(Err(TaskError::WaitInsideTask)));
 }
+
+#[test]
+fn waits_inside_tasks_and_nested_runs_never_hang() {
+    let rt = Arc::new(runtime(2));
+    let weak = Arc::downgrade(&rt);
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    // A task that submits a graph and waits for it, and runs a graph that runs a graph.
+    let deep = Arc::new(Kernel::cpu("deep", Signature::any(0, 0), move |_| {
+        let Some(rt) = weak.upgrade() else { return Ok(()) };
+        let waited = rt.submit_graph(rt.graph()).wait();
+        s2.lock().unwrap().push(format!("{:?}", waited.err()));
+        let inner = {
+            let weak = Arc::downgrade(&rt);
+            Arc::new(Kernel::cpu("inner", Signature::any(0, 0), move |_| {
+                if let Some(rt) = weak.upgrade() {
+                    // Two levels down: a run and a wait for everything, on the nested run's own threads.
+                    rt.run(&rt.graph()).map_err(|e| KernelError::msg(e.to_string()))?;
+                    assert_eq!(rt.wait_all(), Err(TaskError::WaitInsideTask));
+                }
+                Ok(())
+            }))
+        };
+        let mut g = rt.graph();
+        g.task(&inner).add();
+        rt.run(&g).map_err(|e| KernelError::msg(e.to_string()))?;
+        Ok(())
+    }));
+    let mut g = rt.graph();
+    g.task(&deep).add();
+    assert_eq!(rt.run(&g).unwrap().completed, 1);
+    assert_eq!(seen.lock().unwrap().as_slice(), ["Some(WaitInsideTask)"]);
+}
+
+#[test]
+fn the_last_handle_dropped_inside_its_own_task_does_not_hang() {
+    let done = Arc::new(AtomicUsize::new(0));
+    let rt = Arc::new(runtime(1));
+    let holder: Arc<std::sync::Mutex<Option<Arc<Runtime>>>> = Arc::new(std::sync::Mutex::new(None));
+    let (h2, d2) = (holder.clone(), done.clone());
+    let last = Arc::new(Kernel::cpu("last", Signature::any(0, 0), move |_| {
+        // The kernel takes the last handle (once the test has handed it over) and drops it.
+        let t = std::time::Instant::now();
+        let mut taken = None;
+        while taken.is_none() && t.elapsed() < Duration::from_secs(10) {
+            taken = h2.lock().unwrap().take();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(taken.is_some(), "the handle was handed over");
+        drop(taken);
+        d2.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }));
+    let h = rt.task(&last).submit().unwrap();
+    *holder.lock().unwrap() = Some(rt);
+    h.wait().unwrap();
+    assert_eq!(done.load(Ordering::SeqCst), 1);
+}

@@ -125,6 +125,8 @@ pub struct TaskHandle {
     end: Arc<BatchEnd>,
     index: u32,
     label: Label,
+    /// The runtime's worker threads (a wait there is refused).
+    pool_key: usize,
 }
 
 /// How a handle names its task without a string per task.
@@ -160,7 +162,7 @@ impl TaskHandle {
     /// same runtime it does not block: an unfinished task is [`TaskError::WaitInsideTask`].
     pub fn wait(&self) -> Result<(), TaskError> {
         let mut st = self.end.state.locked();
-        if st.outcomes.is_none() && super::pool::on_a_pool_thread() {
+        if st.outcomes.is_none() && super::pool::on_pool_thread(self.pool_key) {
             return Err(TaskError::WaitInsideTask);
         }
         loop {
@@ -219,6 +221,7 @@ impl Future for TaskHandle {
 #[derive(Debug)]
 pub struct GraphHandle {
     end: Arc<GraphEnd>,
+    pool_key: usize,
 }
 
 /// A graph run's result, once there, and the wakers waiting for it.
@@ -237,8 +240,13 @@ impl GraphHandle {
     }
 
     /// Blocks until the graph's run has ended and returns what `Runtime::run` would have.
+    /// From inside a task of the same runtime it does not block: an unfinished graph is
+    /// [`RunError::WaitInsideTask`].
     pub fn wait(self) -> Result<RunReport, RunError> {
         let mut st = self.end.state.locked();
+        if st.0.is_none() && super::pool::on_pool_thread(self.pool_key) {
+            return Err(RunError::WaitInsideTask);
+        }
         loop {
             if let Some(r) = st.0.take() {
                 return r;
@@ -256,7 +264,9 @@ impl Future for GraphHandle {
         match st.0.take() {
             Some(r) => Poll::Ready(r),
             None => {
-                st.1.push(cx.waker().clone());
+                if !st.1.iter().any(|w| w.will_wake(cx.waker())) {
+                    st.1.push(cx.waker().clone());
+                }
                 Poll::Pending
             }
         }
@@ -327,16 +337,24 @@ pub(crate) struct Flow {
     /// A batch ended.
     progress: Condvar,
     cap: usize,
+    /// The runtime's worker threads ([`super::pool::WorkerPool::key`]).
+    pool_key: usize,
 }
 
 impl Flow {
-    pub fn new(cap: usize) -> Arc<Flow> {
+    pub fn new(cap: usize, pool_key: usize) -> Arc<Flow> {
         Arc::new(Flow {
             state: Mutex::default(),
             work: Condvar::new(),
             progress: Condvar::new(),
             cap: cap.max(1),
+            pool_key,
         })
+    }
+
+    /// Whether the calling thread runs one of this runtime's tasks.
+    pub fn on_own_thread(&self) -> bool {
+        super::pool::on_pool_thread(self.pool_key)
     }
 
     fn notify_progress(&self, st: &mut State) {
@@ -346,7 +364,7 @@ impl Flow {
 
     /// Whether a submission may go in now (room under the cap, or on a pool thread).
     fn has_room(&self, st: &State) -> bool {
-        st.in_flight < self.cap || super::pool::on_a_pool_thread()
+        st.in_flight < self.cap || self.on_own_thread()
     }
 
     /// Submits one task, waiting for room under the cap.
@@ -368,7 +386,7 @@ impl Flow {
     ) -> Result<Option<TaskHandle>, SubmitError> {
         let mut st = self.state.locked();
         if !self.has_room(&st) {
-            st.waiters.push(waker.clone());
+            push_waker(&mut st.waiters, waker);
             return Ok(None);
         }
         let spec = spec.take().expect("a submitted future is not polled again");
@@ -508,6 +526,7 @@ impl Flow {
             end,
             index: index as u32,
             label,
+            pool_key: self.pool_key,
         })
     }
 
@@ -519,7 +538,10 @@ impl Flow {
         self.enqueue(&mut st, &ids, Work::Graph(Arc::new(graph), opts, end.clone()));
         self.ensure_dispatcher(engine, &mut st);
         self.work.notify_one();
-        GraphHandle { end }
+        GraphHandle {
+            end,
+            pool_key: self.pool_key,
+        }
     }
 
     /// Queues a batch that uses `graph`'s data; returns its sequence number.
@@ -537,7 +559,7 @@ impl Flow {
     /// On one of the runtime's worker threads (a task running a graph) it runs at once, as
     /// that task's batch cannot end before it.
     pub fn run_in_turn<R>(&self, graph: &Graph, run: impl FnOnce() -> R) -> R {
-        if super::pool::on_a_pool_thread() {
+        if self.on_own_thread() {
             return run();
         }
         let mut st = self.state.locked();
@@ -589,7 +611,7 @@ impl Flow {
         let mut st = self.state.locked();
         let done = st.finished >= seq;
         if let (false, Some(w)) = (done, waker) {
-            st.waiters.push(w.clone());
+            push_waker(&mut st.waiters, w);
         }
         done
     }
@@ -611,7 +633,7 @@ impl Flow {
     /// Blocks until every submitted batch that uses datum `id` has ended. Does not block on
     /// one of the runtime's worker threads (the caller is a task of the running batch).
     pub fn wait_for_datum(&self, id: u32) {
-        if super::pool::on_a_pool_thread() {
+        if self.on_own_thread() {
             return;
         }
         let mut st = self.state.locked();
@@ -626,7 +648,7 @@ impl Flow {
         let mut st = self.state.locked();
         let pending = st.finished < Self::ready_after(&st, id);
         if let (true, Some(w)) = (pending, waker) {
-            st.waiters.push(w.clone());
+            push_waker(&mut st.waiters, w);
         }
         pending
     }
@@ -914,11 +936,14 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) ->
     };
     for f in failures {
         let t = f.index;
-        cause[t] = Some(if flag(t) == CANCEL_NONE {
-            TaskError::Failed(Box::new(f))
-        } else {
-            TaskError::Cancelled { task: name(t) }
-        });
+        // Cancelled only when the cancellation stopped it (not a failure of its own).
+        cause[t] = Some(
+            if flag(t) != CANCEL_NONE && f.message == super::worker::CANCELLED_WHILE_RUNNING {
+                TaskError::Cancelled { task: name(t) }
+            } else {
+                TaskError::Failed(Box::new(f))
+            },
+        );
     }
     // Dropped by a worker after a cancellation during the run.
     for (t, c) in cause.iter_mut().enumerate() {
@@ -1027,6 +1052,13 @@ impl Flow {
                 None => st.poisoned.remove(&id),
             };
         }
+    }
+}
+
+/// Adds a waker unless one that wakes the same task is there.
+fn push_waker(wakers: &mut Vec<Waker>, w: &Waker) {
+    if !wakers.iter().any(|x| x.will_wake(w)) {
+        wakers.push(w.clone());
     }
 }
 

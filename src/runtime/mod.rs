@@ -89,6 +89,10 @@ pub enum RunError {
         /// What ran.
         report: Box<RunReport>,
     },
+    /// Waited for from inside a task of the same runtime (`GraphHandle::wait`), which could
+    /// never end.
+    #[error("a task cannot wait for a graph submitted to its runtime (it would wait for itself)")]
+    WaitInsideTask,
     /// A worker stopped on an internal error (a bug in hexec, not in a kernel).
     #[error("worker '{worker}' stopped on an internal error: {message}")]
     Internal {
@@ -543,6 +547,7 @@ impl RuntimeBuilder {
                 retiring: (0..names.len())
                     .map(|_| std::sync::atomic::AtomicU8::new(worker::ACTIVE))
                     .collect(),
+                retire_locks: (0..names.len()).map(|_| Mutex::new(false)).collect(),
                 pool,
                 predictor,
                 id,
@@ -617,6 +622,9 @@ pub(crate) struct Engine {
     pool: pool::WorkerPool,
     /// Per worker: `worker::ACTIVE`, `RETIRING` or `RETIRED` ([`Runtime::retire`]).
     retiring: Vec<std::sync::atomic::AtomicU8>,
+    /// Per worker: held by a retire or a restore of it; whether its retirement's evacuation
+    /// (a GPU's copies brought home and released) is done.
+    retire_locks: Vec<Mutex<bool>>,
 }
 
 /// Runs task graphs on this machine's cores and GPUs.
@@ -644,17 +652,32 @@ pub struct Runtime {
 
 impl Drop for Runtime {
     /// Waits for everything submitted to finish, then stops the submission dispatcher (the
-    /// worker threads stop when the engine drops).
+    /// worker threads stop when the engine drops). Dropped inside one of its own tasks (the
+    /// last handle held by a kernel), it cannot wait for that task's batch nor join its own
+    /// thread: another thread does both once the batch has ended.
     fn drop(&mut self) {
+        if self.flow.on_own_thread() {
+            let (flow, engine) = (self.flow.clone(), self.engine.clone());
+            let spawned = std::thread::Builder::new().name("hexec-drop".into()).spawn(move || {
+                flow.shut_down();
+                drop(engine);
+            });
+            if spawned.is_err() {
+                tracing::error!("could not start a thread to shut the runtime down; its threads stay");
+                std::mem::forget(self.engine.clone());
+            }
+            return;
+        }
         self.flow.shut_down();
     }
 }
 
 impl Runtime {
     fn new(engine: Engine, max_submitted: usize) -> Runtime {
+        let pool_key = engine.pool.key();
         Runtime {
             engine: Arc::new(engine),
-            flow: flow::Flow::new(max_submitted),
+            flow: flow::Flow::new(max_submitted, pool_key),
             registry: KernelRegistry::with_builtins(),
         }
     }
@@ -802,7 +825,7 @@ impl Runtime {
         loop {
             self.flow.wait_for_datum(h.id);
             match op() {
-                Err(DataError::Busy(_)) if !pool::on_a_pool_thread() && self.flow.datum_pending(h.id, None) => {}
+                Err(DataError::Busy(_)) if !self.flow.on_own_thread() && self.flow.datum_pending(h.id, None) => {}
                 r => return r,
             }
         }
@@ -925,7 +948,7 @@ impl Runtime {
     /// each task's handle). Inside a task of this runtime it cannot (the task's own batch is
     /// among what it would wait for): [`TaskError::WaitInsideTask`].
     pub fn wait_all(&self) -> Result<(), TaskError> {
-        if pool::on_a_pool_thread() {
+        if self.flow.on_own_thread() {
             return Err(TaskError::WaitInsideTask);
         }
         self.flow.wait_all();

@@ -86,10 +86,11 @@ thread_local! {
     static OWN_POOL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Whether the calling thread is a worker thread of a runtime: it runs a task, and waiting
-/// there for work submitted after that task could never end.
-pub(crate) fn on_a_pool_thread() -> bool {
-    OWN_POOL.with(|p| p.get()) != 0
+/// Whether the calling thread is a worker thread of the pool with this key (see
+/// [`WorkerPool::key`]): it runs one of that runtime's tasks, and waiting there for that
+/// runtime's later work could never end.
+pub(crate) fn on_pool_thread(key: usize) -> bool {
+    key != 0 && OWN_POOL.with(|p| p.get()) == key
 }
 
 /// Persistent worker threads, one per worker.
@@ -159,6 +160,11 @@ impl WorkerPool {
         Ok(pool)
     }
 
+    /// What identifies this pool's threads (and the threads of runs started inside its tasks).
+    pub fn key(&self) -> usize {
+        Arc::as_ptr(&self.key) as usize
+    }
+
     /// Holds the threads if no run holds them now (from another thread).
     pub fn try_turn(&self) -> Option<Turn<'_>> {
         match self.turn.try_lock() {
@@ -176,7 +182,7 @@ impl WorkerPool {
 
     /// Waits for the threads to be free (other runs finish first) and holds them.
     pub fn turn(&self) -> Turn<'_> {
-        let own = OWN_POOL.with(|p| p.get()) == Arc::as_ptr(&self.key) as usize;
+        let own = on_pool_thread(self.key());
         Turn {
             pool: self,
             _held: (!own).then(|| self.turn.locked()),
@@ -191,14 +197,20 @@ impl Turn<'_> {
         let pool = self.pool;
         let n = pool.slots.len();
         if self._held.is_none() {
-            // A run inside a task of this pool: its threads are busy with the outer run.
+            // A run inside a task of this pool: its threads are busy with the outer run. The
+            // threads it starts count as the pool's, so that a run (or a wait) inside their
+            // tasks is recognised too.
+            let key = pool.key();
             return std::thread::scope(|s| {
                 let f = &f;
                 let handles: Vec<_> = (0..n)
                     .map(|i| {
                         std::thread::Builder::new()
                             .name(format!("hexec-{}", pool.names[i]))
-                            .spawn_scoped(s, move || f(i))
+                            .spawn_scoped(s, move || {
+                                OWN_POOL.with(|p| p.set(key));
+                                f(i)
+                            })
                     })
                     .collect();
                 handles

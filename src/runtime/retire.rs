@@ -25,6 +25,7 @@ use serde::Serialize;
 use super::worker::{ACTIVE, RETIRED, RETIRING};
 use super::Engine;
 use crate::memory::Transfers;
+use crate::sync::MutexExt;
 use crate::topology::WorkerId;
 
 /// How long [`Runtime::retire`](super::Runtime::retire) waits for the worker to leave its
@@ -155,13 +156,18 @@ impl Engine {
         use std::sync::atomic::Ordering;
         let name = self.machine.workers[w.index()].name.clone();
         let start = Instant::now();
+        // One retire or restore of this worker at a time: a restore never lands between the
+        // wait and the evacuation, nor is undone by them.
+        let mut evacuated = self.retire_locks[w.index()].locked();
         let state = &self.retiring[w.index()];
-        if state.load(Ordering::Acquire) == RETIRED {
+        if state.load(Ordering::Acquire) == RETIRED && *evacuated {
             return Ok(RetireReport {
                 worker: name,
                 ..RetireReport::default()
             });
         }
+        // (Already RETIRED but not evacuated: an earlier call timed out and the worker left
+        // since; the evacuation below is still owed.)
         let _ = state.compare_exchange(ACTIVE, RETIRING, Ordering::AcqRel, Ordering::Acquire);
         tracing::info!(worker = %name, "retiring");
         // Left its last task, or no run holds the threads (then none can start meanwhile).
@@ -211,6 +217,7 @@ impl Engine {
                 before.saturating_sub(self.budgets.node(node).used.load(Ordering::Acquire)) + pooled;
             report.released_after_s = start.elapsed().as_secs_f64();
         }
+        *evacuated = true;
         tracing::info!(worker = %name, copied = report.bytes_copied, released = report.bytes_released, "retired");
         Ok(report)
     }
@@ -225,7 +232,9 @@ impl Engine {
                 });
             }
         }
+        let mut evacuated = self.retire_locks[w.index()].locked();
         self.retiring[w.index()].store(ACTIVE, std::sync::atomic::Ordering::Release);
+        *evacuated = false;
         Ok(())
     }
 }

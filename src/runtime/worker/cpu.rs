@@ -229,7 +229,7 @@ pub(super) fn execute_cpu<'a>(
             Ok(false) if run.end.is_stopped() => Err(AttemptFailure::from(
                 "stopped: the run was cancelled".to_string(),
             )),
-            Ok(false) if run.task_cancelled(task) => Err(AttemptFailure::fatal("cancelled while running".to_string())),
+            Ok(false) if run.task_cancelled(task) => Err(AttemptFailure::fatal(CANCELLED_WHILE_RUNNING.to_string())),
             Ok(_) => Ok(()),
             Err(KernelFailure { message, class }) => Err(match class {
                 FailureClass::Transient => AttemptFailure::from(message),

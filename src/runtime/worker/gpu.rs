@@ -55,15 +55,6 @@ pub(crate) fn run_gpu_worker<P: Policy>(
             }
             break;
         }
-        if run.retire_requested(me) {
-            // Retired: the batch in flight finishes, then this worker only passes tasks on
-            // (`Runtime::retire` brings the device's only copies home once it has left).
-            if let Some(done) = in_flight.take() {
-                w.finish_gpu_batch(g, done);
-            }
-            w.retire(&mut carry);
-            break;
-        }
         if run.gpus[g].lost().is_some() {
             // The batch in flight fails (its tasks are retried elsewhere), the device's copies
             // are forgotten, and from now on this worker only passes tasks on.
@@ -73,6 +64,15 @@ pub(crate) fn run_gpu_worker<P: Policy>(
             recover_from_lost_gpu(run, g, me, false);
             run.dead[me.index()].store(true, Ordering::Release);
             w.forward_until_done(&mut carry);
+            break;
+        }
+        if run.retire_requested(me) {
+            // Retired: the batch in flight finishes, then this worker only passes tasks on
+            // (`Runtime::retire` brings the device's only copies home once it has left).
+            if let Some(done) = in_flight.take() {
+                w.finish_gpu_batch(g, done);
+            }
+            w.retire(&mut carry);
             break;
         }
         let mut batch: Vec<u32> = std::mem::take(&mut carry);

@@ -153,6 +153,10 @@ pub(crate) const RETIRING: u8 = 1;
 /// The worker has left its last task (a GPU worker: its last batch) and only passes tasks on.
 pub(crate) const RETIRED: u8 = 2;
 
+/// The failure of a task whose kernel returned early after its cancellation (the flow reports
+/// it as cancelled).
+pub(crate) const CANCELLED_WHILE_RUNNING: &str = "cancelled while running";
+
 /// No cancellation asked for the task.
 pub(crate) const CANCEL_NONE: u8 = 0;
 
