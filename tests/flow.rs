@@ -682,3 +682,31 @@ fn the_last_handle_dropped_inside_its_own_task_does_not_hang() {
     h.wait().unwrap();
     assert_eq!(done.load(Ordering::SeqCst), 1);
 }
+
+#[test]
+fn cancelling_a_task_that_completed_while_its_batch_runs_says_too_late() {
+    let rt = runtime(2);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d2 = done.clone();
+    let quick = Arc::new(Kernel::cpu("quick", Signature::any(0, 0), move |_| {
+        d2.store(true, Ordering::SeqCst);
+        Ok(())
+    }));
+    let gate = rt.data(vec![0.0f32; 1]);
+    // Both in one batch, behind a first one: `quick` ends long before `slow`.
+    rt.task(&builtin::sleep())
+        .read_write(gate)
+        .param(0.02)
+        .submit()
+        .unwrap();
+    let a = rt.task(&quick).submit().unwrap();
+    let slow = rt.task(&builtin::sleep()).param(0.2).submit().unwrap();
+    while !done.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Its kernel has returned; the worker marks it completed right after.
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(!a.cancel(), "it had completed");
+    a.wait().unwrap();
+    slow.wait().unwrap();
+}

@@ -35,7 +35,7 @@ use std::task::{Context, Poll, Waker};
 
 use hexec_kernels::Access;
 
-use super::worker::{CANCEL_DROPPED, CANCEL_NONE, CANCEL_REQUESTED};
+use super::worker::{CANCEL_DROPPED, CANCEL_NONE, CANCEL_REQUESTED, CANCEL_TOO_LATE};
 use super::{Engine, RunError, RunOptions, Runtime};
 use crate::graph::{DataRef, Graph, GraphDatum, TaskBuilder, TaskSpec};
 use crate::sched::compile::{check_task, DatumInfo, EligibilityKey, SubmitError, TaskToCheck};
@@ -184,19 +184,21 @@ impl TaskHandle {
             return false;
         }
         match &st.flags {
-            Some(flags) => {
-                let _ = flags[self.index as usize].compare_exchange(
+            // Its batch runs: too late once the task has completed.
+            Some(flags) => !matches!(
+                flags[self.index as usize].compare_exchange(
                     CANCEL_NONE,
                     CANCEL_REQUESTED,
                     Ordering::AcqRel,
                     Ordering::Acquire,
-                );
-            }
+                ),
+                Err(CANCEL_TOO_LATE)
+            ),
             None => {
                 st.cancelled.insert(self.index);
+                true
             }
         }
-        true
     }
 }
 
@@ -938,7 +940,7 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) ->
         let t = f.index;
         // Cancelled only when the cancellation stopped it (not a failure of its own).
         cause[t] = Some(
-            if flag(t) != CANCEL_NONE && f.message == super::worker::CANCELLED_WHILE_RUNNING {
+            if flag(t) == CANCEL_REQUESTED && f.message == super::worker::CANCELLED_WHILE_RUNNING {
                 TaskError::Cancelled { task: name(t) }
             } else {
                 TaskError::Failed(Box::new(f))

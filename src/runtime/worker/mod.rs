@@ -166,6 +166,8 @@ pub(crate) const CANCEL_REQUESTED: u8 = 1;
 
 /// The task was dropped before it started (a worker reached it after the request).
 pub(crate) const CANCEL_DROPPED: u8 = 2;
+/// The task completed: too late to cancel it.
+pub(crate) const CANCEL_TOO_LATE: u8 = 3;
 
 impl RunState<'_> {
     /// Whether `task` is not to run: a task it depends on did not complete, or it was
@@ -190,8 +192,12 @@ impl RunState<'_> {
     /// Whether cancellation of `task` was asked for (it may be running).
     #[inline]
     pub fn task_cancelled(&self, task: u32) -> bool {
-        self.task_cancel
-            .is_some_and(|c| c[task as usize].load(Ordering::Acquire) != CANCEL_NONE)
+        self.task_cancel.is_some_and(|c| {
+            matches!(
+                c[task as usize].load(Ordering::Acquire),
+                CANCEL_REQUESTED | CANCEL_DROPPED
+            )
+        })
     }
 
     /// Copies the inputs of `task` to GPU `g` ahead of time. Failures are ignored here: the
@@ -290,6 +296,10 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
         let (q, ready, slot) = (&mut self.q, &mut self.ready, &mut self.slot);
         let plan = &run.compiled.plan;
         run.phases.set(task, DONE);
+        if let (true, Some(flags)) = (ok, run.task_cancel) {
+            // A cancellation asked while it ran, which its kernel did not see, comes too late.
+            flags[task as usize].store(CANCEL_TOO_LATE, Ordering::Release);
+        }
         if !run.temp_uses.is_empty() {
             free_dead_temps(run, task);
         }
