@@ -471,6 +471,7 @@ impl Flow {
             &st.retired,
         )
         .map_err(|e| engine.hint_software_gpus(e))?;
+        self.ensure_dispatcher(engine, st)?;
         // The back batch has not started while it is in the queue (the dispatcher takes a
         // batch out before it runs it).
         if !matches!(
@@ -520,7 +521,6 @@ impl Flow {
         }
         st.in_flight += 1;
         st.submitted += 1;
-        self.ensure_dispatcher(engine, st);
         if st.dispatcher_waiting {
             self.work.notify_one();
         }
@@ -532,13 +532,20 @@ impl Flow {
         })
     }
 
-    /// Queues a graph for the dispatcher to run.
+    /// Queues a graph for the dispatcher to run (its handle holds the refusal when the
+    /// dispatcher cannot start).
     pub fn submit_graph(self: &Arc<Self>, engine: &Arc<Engine>, graph: Graph, opts: RunOptions) -> GraphHandle {
         let end = Arc::new(GraphEnd::default());
         let mut st = self.state.locked();
+        if let Err(e) = self.ensure_dispatcher(engine, &mut st) {
+            end.state.locked().0 = Some(Err(RunError::Submit(e)));
+            return GraphHandle {
+                end,
+                pool_key: self.pool_key,
+            };
+        }
         let ids = stored_ids(&graph);
         self.enqueue(&mut st, &ids, Work::Graph(Arc::new(graph), opts, end.clone()));
-        self.ensure_dispatcher(engine, &mut st);
         self.work.notify_one();
         GraphHandle {
             end,
@@ -655,20 +662,20 @@ impl Flow {
         pending
     }
 
-    fn ensure_dispatcher(self: &Arc<Self>, engine: &Arc<Engine>, st: &mut State) {
+    /// Starts the dispatcher thread if it is not running. Without it, submitted work would
+    /// wait forever: the submission that cannot start it is refused (and the next one tries
+    /// again).
+    fn ensure_dispatcher(self: &Arc<Self>, engine: &Arc<Engine>, st: &mut State) -> Result<(), SubmitError> {
         if st.dispatcher.is_some() {
-            return;
+            return Ok(());
         }
         let (flow, engine) = (self.clone(), engine.clone());
-        match std::thread::Builder::new()
+        let h = std::thread::Builder::new()
             .name("hexec-flow".into())
             .spawn(move || flow.dispatch(&engine))
-        {
-            Ok(h) => st.dispatcher = Some(h),
-            // Without a dispatcher, submitted batches would wait forever: say why, loudly,
-            // and let the next submission try again.
-            Err(e) => tracing::error!(error = %e, "could not start the submission dispatcher thread"),
-        }
+            .map_err(|e| SubmitError::NoDispatcher(e.to_string()))?;
+        st.dispatcher = Some(h);
+        Ok(())
     }
 
     /// The dispatcher: runs task batches and submitted graphs in order.
@@ -767,10 +774,18 @@ impl Flow {
         }
     }
 
-    /// Names of the submitted tasks not yet finished — queued, or in the batch the dispatcher
-    /// runs — that may run only on workers of `excluded`.
-    pub fn tasks_only_for(&self, engine: &Engine, excluded: &[crate::topology::WorkerId]) -> Vec<String> {
-        let st = self.state.locked();
+    /// Takes `excluded` as the runtime's retired workers for new submissions, unless
+    /// submitted tasks not yet finished — queued, or in the batch the dispatcher runs — may
+    /// run only on workers of `excluded` and `force` is off: then nothing changes and their
+    /// names are the error. Checked and changed under one lock, so no submission slips in
+    /// between. Returns the stranded tasks' names (failed when they reach a retired worker).
+    pub fn exclude(
+        &self,
+        engine: &Engine,
+        excluded: Vec<crate::topology::WorkerId>,
+        force: bool,
+    ) -> Result<Vec<String>, Vec<String>> {
+        let mut st = self.state.locked();
         let graphs = st
             .running_graph
             .iter()
@@ -782,12 +797,18 @@ impl Flow {
         let mut names = Vec::new();
         for g in graphs {
             for t in 0..g.len() {
-                if crate::sched::compile::only_excluded_may_run(g, t, &engine.machine, excluded) {
+                if crate::sched::compile::only_excluded_may_run(g, t, &engine.machine, &excluded) {
                     names.push(g.task_name(t));
                 }
             }
         }
-        names
+        if !names.is_empty() && !force {
+            return Err(names);
+        }
+        st.runnable.clear();
+        st.last_runnable = None;
+        st.retired = excluded;
+        Ok(names)
     }
 
     /// Forgets which tasks were found runnable (after a retire or restore) and takes the

@@ -910,17 +910,14 @@ impl Runtime {
         let w = self.engine.worker_named(worker)?;
         let mut excluded = self.engine.retired();
         excluded.push(w);
-        let stranded = self.flow.tasks_only_for(&self.engine, &excluded);
-        if !stranded.is_empty() && !opts.force {
-            return Err(RetireError::SoleWorker {
-                worker: worker.to_string(),
-                tasks: retire::first_names(stranded),
-            });
-        }
-        // Before waiting: new submissions are checked without the worker at once.
-        let mut retired = self.engine.retired();
-        retired.push(w);
-        self.flow.forget_eligibility(retired);
+        // From here on, new submissions are checked without the worker.
+        let stranded =
+            self.flow
+                .exclude(&self.engine, excluded, opts.force)
+                .map_err(|tasks| RetireError::SoleWorker {
+                    worker: worker.to_string(),
+                    tasks: retire::first_names(tasks),
+                })?;
         let report = self.engine.retire_worker(w, opts, retire::first_names(stranded));
         self.flow.forget_eligibility(self.engine.retired());
         report

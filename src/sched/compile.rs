@@ -29,6 +29,10 @@ pub struct DatumInfo<'a> {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SubmitError {
+    /// The thread that runs submitted work could not be started (the runtime's; the next
+    /// submission tries again).
+    #[error("the submission dispatcher thread could not be started: {0}")]
+    NoDispatcher(String),
     /// A task that is invalid as built.
     #[error("task '{task}': {message}")]
     InvalidTask {
