@@ -1422,3 +1422,27 @@ fn run_retires_a_worker_mid_run_and_says_what_it_did() {
         "{err}"
     );
 }
+
+#[test]
+fn bench_stream_reports_every_figure() {
+    let out = hexec()
+        .args([
+            "bench", "stream", "--cpus", "1", "--tasks", "300", "--reps", "1", "--long", "3000", "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "{v}");
+    assert!(rows.iter().all(|r| r["ns_per_task"].as_f64().unwrap() > 0.0), "{v}");
+    assert!(v["latency_wait_us"][0].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["latency_await_us"][0].as_f64().unwrap() > 0.0, "{v}");
+    let curve = v["rss_curve"].as_array().unwrap();
+    assert!(curve.is_empty() || curve.last().unwrap()[0] == 3000, "{v}");
+    // StarPU is measured when installed, else said to be skipped.
+    assert!(
+        !v["starpu"].as_array().unwrap().is_empty() || !v["skipped"].as_array().unwrap().is_empty(),
+        "{v}"
+    );
+}
