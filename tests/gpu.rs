@@ -1637,3 +1637,44 @@ fn a_gpu_retired_mid_run_brings_its_only_copies_home_and_releases_its_memory() {
         .unwrap();
     assert_eq!(rt.read(y).unwrap(), vec![2.0; 64]);
 }
+
+#[test]
+fn a_submitted_task_with_broken_gpu_code_is_refused_alone() {
+    let Some(rt) = gpu_runtime(1) else { return };
+    let broken = Arc::new(
+        Kernel::cpu(
+            "broken_both",
+            Signature::exact(&[(Access::ReadWrite, ElemType::F32)], 0),
+            |_| Ok(()),
+        )
+        .with_gpu(GpuImpl::single(
+            "fn main( { this is not WGSL",
+            1,
+            Arc::new(|_| [1, 1, 1]),
+        )),
+    );
+    let x = rt.data(vec![1.0f32; 4]);
+    let y = rt.data(vec![1.0f32; 4]);
+    let fine = rt.task(&builtin::scale()).read_write(x).param(2.0).submit().unwrap();
+    match rt.task(&broken).name("uses-broken").read_write(y).submit() {
+        Err(hexec::SubmitError::GpuCode {
+            task, kernel, worker, ..
+        }) => {
+            assert_eq!(
+                (task.as_str(), kernel.as_str(), worker.as_str()),
+                ("uses-broken", "broken_both", "gpu0")
+            );
+        }
+        other => panic!("expected a refusal at submit, got {other:?}"),
+    }
+    // Restricted to the CPUs, its GPU code is not needed.
+    rt.task(&broken)
+        .read_write(y)
+        .on(DeviceKind::Cpu)
+        .submit()
+        .unwrap()
+        .wait()
+        .unwrap();
+    fine.wait().unwrap();
+    assert_eq!(rt.read(x).unwrap(), vec![2.0; 4]);
+}

@@ -323,6 +323,8 @@ struct State {
     /// (consecutive tasks usually share it: no hashing then).
     runnable: HashSet<EligibilityKey>,
     last_runnable: Option<EligibilityKey>,
+    /// Kernels (by the `Arc`'s address) whose GPU code compiled on every GPU.
+    gpu_code_checked: HashSet<usize>,
     /// The runtime's retired workers, as of the last retire or restore.
     retired: Vec<crate::topology::WorkerId>,
     /// The graph of the batch the dispatcher runs, if any.
@@ -471,6 +473,16 @@ impl Flow {
             &st.retired,
         )
         .map_err(|e| engine.hint_software_gpus(e))?;
+        // Its kernel's GPU code, compiled on the GPUs once per kernel (as compiling its batch
+        // would, where a refusal would fail every task of the batch).
+        let kernel_id = Arc::as_ptr(&spec.kernel) as usize;
+        if spec.kernel.gpu_impl().is_some()
+            && spec.restriction.device != Some(crate::DeviceKind::Cpu)
+            && !st.gpu_code_checked.contains(&kernel_id)
+        {
+            engine.check_kernel_gpu_code(&spec.kernel, &task_name)?;
+            st.gpu_code_checked.insert(kernel_id);
+        }
         self.ensure_dispatcher(engine, st)?;
         // The back batch has not started while it is in the queue (the dispatcher takes a
         // batch out before it runs it).

@@ -1571,6 +1571,34 @@ impl Engine {
         Ok(())
     }
 
+    /// Compiles `kernel`'s GPU code on every GPU whose worker is not retired (each device
+    /// caches what compiled), for a task submitted alone; the refusal names the task.
+    pub(crate) fn check_kernel_gpu_code(
+        &self,
+        kernel: &hexec_kernels::Kernel,
+        task: &dyn Fn() -> String,
+    ) -> Result<(), SubmitError> {
+        let Some(code) = kernel.gpu_impl() else {
+            return Ok(());
+        };
+        let retired = self.retired();
+        for (w, g) in self.gpu_of_worker.iter().enumerate() {
+            let Some(g) = *g else { continue };
+            if retired.contains(&WorkerId(w as u32)) {
+                continue;
+            }
+            self.gpus[g]
+                .check_code(kernel.name(), code)
+                .map_err(|message| SubmitError::GpuCode {
+                    task: task(),
+                    kernel: kernel.name().to_string(),
+                    worker: self.machine.workers[w].name.clone(),
+                    message,
+                })?;
+        }
+        Ok(())
+    }
+
     /// [`Runtime::perf_model`].
     pub fn perf_model(&self) -> PerfModel {
         self.model.locked().clone()
