@@ -35,10 +35,10 @@
 //!   concurrent read or run included) fails to acquire it and says it was freed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::budget::Budgets;
-use super::hostbuf::{elem_align, HostBuf};
+use super::hostbuf::{elem_align, HostBuf, HostSlot};
 use super::spill::SpillFile;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -149,11 +149,9 @@ pub(crate) struct DataCell {
     pub elem: ElemType,
     pub len: usize,
     pub read_only: bool,
-    /// The host buffer's first byte, mirroring `host` for lock-free readers; null while
-    /// spilled or dropped (host limit only).
-    ptr: AtomicPtr<u8>,
-    /// The host buffer itself (its owner); locked only to swap or copy it.
-    host: Mutex<Option<HostBuf>>,
+    /// The host buffer (out of memory while spilled or dropped, host limit only), with the
+    /// address lock-free readers use.
+    host: HostSlot,
     /// The alignment of buffers the store allocates for this datum (its element type's).
     align: usize,
     /// Freed: out of the store, no copies, `in_use` held for good (module invariants).
@@ -288,8 +286,7 @@ impl DataCell {
             elem,
             len,
             read_only,
-            ptr: AtomicPtr::new(buf.as_ref().map_or(std::ptr::null_mut(), HostBuf::as_ptr)),
-            host: Mutex::new(buf),
+            host: HostSlot::new(buf),
             align: elem_align(elem),
             freed: AtomicBool::new(false),
             spillable,
@@ -351,15 +348,9 @@ impl DataCell {
         if self.stragglers.load(Ordering::Acquire) == 0 {
             return;
         }
-        let mut host = self.host.locked();
-        let Some(old) = host.as_ref() else {
-            return;
-        };
         // Stragglers only read or write their own retired or replaced buffers, and no task
         // writes this one now: its bytes are stable while copied.
-        let copy = HostBuf::copy_of(old.bytes(), self.align);
-        self.ptr.store(copy.as_ptr(), Ordering::Release);
-        if let Some(old) = host.replace(copy) {
+        if let Some(old) = self.host.replace_with_copy(self.bytes(), self.align) {
             retired.push(old);
         }
     }
@@ -368,12 +359,7 @@ impl DataCell {
     /// hold `coherence` (or are the only user of the cell) and no host pin is held on the old
     /// buffer, or they retire it instead of dropping it.
     fn set_host(&self, new: Option<HostBuf>) -> Option<HostBuf> {
-        let mut host = self.host.locked();
-        self.ptr.store(
-            new.as_ref().map_or(std::ptr::null_mut(), HostBuf::as_ptr),
-            Ordering::Release,
-        );
-        std::mem::replace(&mut *host, new)
+        self.host.replace(new)
     }
 
     /// Makes `buf` (from [`DataCell::blank_host`] or [`DataCell::host_copy`]) the host buffer
@@ -400,9 +386,7 @@ impl DataCell {
     /// A copy of the host buffer (a speculative attempt's private operands), `None` while it
     /// is out of memory. The caller knows no one writes the datum meanwhile.
     pub fn host_copy(&self) -> Option<HostBuf> {
-        let host = self.host.locked();
-        host.as_ref()
-            .map(|b| HostBuf::copy_of(&b.bytes()[..self.bytes()], self.align))
+        self.host.copy(self.bytes(), self.align)
     }
 
     /// A zeroed buffer the size and alignment of the host buffer (a private operand).
@@ -488,14 +472,14 @@ impl DataCell {
     /// Raw pointer to the host bytes; null while spilled. Callers hold `coherence` or a host
     /// pin, or the cell is not spillable.
     fn as_mut_ptr(&self) -> *mut u8 {
-        self.ptr.load(Ordering::Acquire).cast()
+        self.host.as_ptr()
     }
 
     /// Brings the host buffer into memory (coherence locked): allocated after reserving room
     /// in the host budget (on NUMA node `numa`, the node of the thread that will touch it,
     /// when it has room), and filled from the spill file when that holds the valid copy.
     fn materialize(&self, _locked: &mut Coherence, numa: usize) -> Result<(), PrepError> {
-        if !self.as_mut_ptr().is_null() {
+        if self.host.in_memory() {
             return Ok(());
         }
         let bytes = self.bytes() as u64;
@@ -588,7 +572,8 @@ impl DataCell {
             }
             // SAFETY: the caller holds `in_use`, so no kernel touches the bytes; the buffer
             // is in memory, valid, and cannot be spilled while we hold `coherence`.
-            out.copy_from_slice(unsafe { std::slice::from_raw_parts(ptr as *const u8, self.bytes()) });
+            let host = unsafe { self.host.bytes(self.bytes()) }.expect("checked in memory above");
+            out.copy_from_slice(host);
             return Ok(());
         }
         match c.read_source(Node::Host) {
@@ -629,7 +614,9 @@ impl DataCell {
             }
         } else {
             // SAFETY: as in `copy_out`; the whole buffer is overwritten.
-            unsafe { std::slice::from_raw_parts_mut(ptr, self.bytes()) }.copy_from_slice(bytes);
+            unsafe { self.host.bytes_mut(self.bytes()) }
+                .expect("checked in memory above")
+                .copy_from_slice(bytes);
         }
         c.record_write(Node::Host);
         self.lost_with.store(u16::MAX, Ordering::Release);
@@ -648,7 +635,7 @@ impl DataCell {
 
     /// Whether the host buffer is in memory now.
     pub fn host_in_memory(&self) -> bool {
-        !self.as_mut_ptr().is_null()
+        self.host.in_memory()
     }
 
     /// A CPU task is about to pin this datum (`true`) or is done pinning (`false`): while
@@ -692,7 +679,7 @@ impl DataCell {
             let dir = self.budgets.spill_dir().ok_or("the runtime has no spill directory")?;
             // SAFETY: coherence is locked and no host pin is held, so nothing reads or writes
             // the buffer, which is live and `bytes()` long.
-            let host = unsafe { std::slice::from_raw_parts(ptr as *const u8, self.bytes()) };
+            let host = unsafe { self.host.bytes(self.bytes()) }.expect("checked in memory above");
             let file = dir.write(&self.name, host)?;
             *self.spilled.locked() = Some(file);
             // Only a spill during a run can ping-pong (data spilled when the program created
@@ -786,7 +773,7 @@ impl DataCell {
         // SAFETY: the host copy is invalid, so no kernel reads it (CPU readers wait for this
         // lock), and no task writes the datum concurrently with a reader (dependencies);
         // `ptr` covers `bytes()` bytes of the live host buffer.
-        let host = unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr(), self.bytes()) };
+        let host = unsafe { self.host.bytes_mut(self.bytes()) }.expect("materialized above");
         dev.download(buf, host).map_err(PrepError::Failed)?;
         self.downloads.fetch_add(1, Ordering::AcqRel);
         transfers.record(
@@ -959,7 +946,7 @@ impl DataCell {
             let started = Instant::now();
             // SAFETY: the host copy is valid and only read here; writers of the datum are
             // ordered after this task's readers by the graph's dependencies.
-            let host = unsafe { std::slice::from_raw_parts(self.as_mut_ptr() as *const u8, self.bytes()) };
+            let host = unsafe { self.host.bytes(self.bytes()) }.expect("made valid in memory above");
             gpus[g].upload(&buffer, host).map_err(PrepError::Failed)?;
             transfers.record(Node::Host, node, self.bytes() as u64, started.elapsed(), &self.name);
             c.record_read(node);
@@ -985,7 +972,7 @@ impl Drop for DataCell {
     fn drop(&mut self) {
         // Whatever copies it still holds go, and their room with them (a freed cell has none).
         let bytes = self.bytes() as u64;
-        if self.host.get_mut_unpoisoned().take().is_some() {
+        if self.host.take().is_some() {
             self.budgets.release_host(bytes, self.host_numa());
         }
         if let Some(file) = self.spilled.get_mut_unpoisoned().take() {
@@ -1231,8 +1218,7 @@ impl DataStore {
             cell: &cell,
             pinned: false,
         };
-        let ptr = cell
-            .pin_host(true, 0, gpus, &Transfers::new(gpus.len()))
+        cell.pin_host(true, 0, gpus, &Transfers::new(gpus.len()))
             .map_err(|e| DataError::Transfer {
                 name: cell.name.clone(),
                 reason: e.to_string(),
@@ -1241,10 +1227,10 @@ impl DataStore {
         if cell.len == 0 {
             return Ok(f(&[]));
         }
-        // SAFETY: `pin_host` returned the live host buffer, valid and `bytes()` long; the pin
+        // SAFETY: `pin_host` brought the valid copy into the host buffer, `bytes()` long; the pin
         // keeps it in memory and `in_use` keeps runs and user writes off it until `access`
         // drops, after `f` returns (or unwinds), so these bytes are not written meanwhile.
-        let bytes = unsafe { std::slice::from_raw_parts(ptr as *const u8, cell.bytes()) };
+        let bytes = unsafe { cell.host.bytes(cell.bytes()) }.expect("pinned in memory");
         // The buffer is aligned for `T` (the datum's own type): the cast cannot fail.
         Ok(f(bytemuck::cast_slice(bytes)))
     }

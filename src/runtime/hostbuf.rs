@@ -19,6 +19,8 @@ use std::ptr::NonNull;
 
 use hexec_kernels::{ElemType, Element};
 
+use crate::sync::MutexExt;
+
 /// The alignment the store gives a buffer of `elem`s: the type's own, so that a buffer
 /// handed back by `take` can become a `Vec` of that type without a copy.
 pub(crate) fn elem_align(elem: ElemType) -> usize {
@@ -163,6 +165,100 @@ fn dangling(align: usize) -> NonNull<u8> {
     // `align` is a non-zero power of two, so this address is non-null and aligned; it is
     // never read through (zero-length slices only).
     NonNull::new(std::ptr::without_provenance_mut(align)).expect("a power of two is non-zero")
+}
+
+/// A datum's host buffer as its cell holds it: the owner, swapped under a lock, and the
+/// address of its bytes mirrored for lock-free readers (kernels' operands, the host fast
+/// paths). The one place where that address becomes slices of bytes.
+///
+/// Invariant: the mirror is the address of the owned buffer's bytes, or null while there is
+/// none; both change together, under the owner's lock ([`HostSlot::replace`]).
+pub(crate) struct HostSlot {
+    ptr: std::sync::atomic::AtomicPtr<u8>,
+    buf: std::sync::Mutex<Option<HostBuf>>,
+}
+
+impl HostSlot {
+    /// A slot holding `buf` (`None`: no buffer in memory).
+    pub fn new(buf: Option<HostBuf>) -> Self {
+        HostSlot {
+            ptr: std::sync::atomic::AtomicPtr::new(buf.as_ref().map_or(std::ptr::null_mut(), HostBuf::as_ptr)),
+            buf: std::sync::Mutex::new(buf),
+        }
+    }
+
+    /// The buffer's first byte, null while there is none (one atomic load).
+    #[inline]
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether a buffer is in memory.
+    #[inline]
+    pub fn in_memory(&self) -> bool {
+        !self.as_ptr().is_null()
+    }
+
+    /// Makes `new` the buffer, returning the old one.
+    pub fn replace(&self, new: Option<HostBuf>) -> Option<HostBuf> {
+        let mut buf = self.buf.locked();
+        self.ptr.store(
+            new.as_ref().map_or(std::ptr::null_mut(), HostBuf::as_ptr),
+            std::sync::atomic::Ordering::Release,
+        );
+        std::mem::replace(&mut *buf, new)
+    }
+
+    /// Replaces the buffer by a copy of its first `len` bytes (aligned to `align`), returning
+    /// the old one; `None` (and nothing changes) while there is no buffer. The caller knows
+    /// no one writes the bytes meanwhile.
+    pub fn replace_with_copy(&self, len: usize, align: usize) -> Option<HostBuf> {
+        let mut buf = self.buf.locked();
+        let copy = HostBuf::copy_of(&buf.as_ref()?.bytes()[..len], align);
+        self.ptr.store(copy.as_ptr(), std::sync::atomic::Ordering::Release);
+        buf.replace(copy)
+    }
+
+    /// A copy of the first `len` bytes (aligned to `align`), `None` while there is no buffer.
+    /// The caller knows no one writes the bytes meanwhile.
+    pub fn copy(&self, len: usize, align: usize) -> Option<HostBuf> {
+        let buf = self.buf.locked();
+        buf.as_ref().map(|b| HostBuf::copy_of(&b.bytes()[..len], align))
+    }
+
+    /// The buffer, taken out through an exclusive borrow (the cell's drop).
+    pub fn take(&mut self) -> Option<HostBuf> {
+        *self.ptr.get_mut() = std::ptr::null_mut();
+        self.buf.get_mut_unpoisoned().take()
+    }
+
+    /// The first `len` bytes of the buffer, `None` while there is none.
+    ///
+    /// # Safety
+    /// The buffer holds at least `len` bytes, it stays in memory (not replaced) while the
+    /// slice lives, and no one writes those bytes meanwhile (the cell's module says when:
+    /// its coherence lock held by a user of the datum alone, or a host pin under `in_use`).
+    #[inline]
+    pub unsafe fn bytes(&self, len: usize) -> Option<&[u8]> {
+        let ptr = self.as_ptr();
+        // SAFETY: non-null, the mirror addresses the owned buffer's live bytes (the type's
+        // invariant), at least `len` of them, unchanged and unwritten while the slice lives
+        // (the caller's promise).
+        (!ptr.is_null()).then(|| unsafe { std::slice::from_raw_parts(ptr as *const u8, len) })
+    }
+
+    /// The first `len` bytes of the buffer to overwrite, `None` while there is none.
+    ///
+    /// # Safety
+    /// As [`HostSlot::bytes`], and no one reads or writes those bytes but the caller while
+    /// the slice lives.
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn bytes_mut(&self, len: usize) -> Option<&mut [u8]> {
+        let ptr = self.as_ptr();
+        // SAFETY: as in `bytes`; the caller promises exclusive use of these bytes.
+        (!ptr.is_null()).then(|| unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+    }
 }
 
 #[cfg(test)]
