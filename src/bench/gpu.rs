@@ -5,6 +5,7 @@
 //! also report wall time (submission to completion seen by the host). Each figure is the
 //! median of the repetitions after one warm-up.
 
+use super::median;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -23,11 +24,6 @@ pub struct GpuFigure {
     pub unit: String,
     /// How the time was taken: `gpu timestamps` or `wall`.
     pub timing: String,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Runs one kernel `reps` times on device-resident operands; returns (kernel seconds from

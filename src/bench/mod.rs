@@ -16,6 +16,17 @@ use std::fmt;
 pub const NO_GPU: &str =
     "no GPU found: nothing to measure (without a hardware GPU, install mesa-vulkan-drivers and pass --software-gpus to use lavapipe)";
 
+/// The median of `v` (the upper one of an even count).
+pub(crate) fn median(v: Vec<f64>) -> f64 {
+    quantile(v, 0.5)
+}
+
+/// The value at quantile `q` (0 to 1, nearest rank) of `v`, which must not be empty.
+pub(crate) fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
 /// A row of a benchmark table that was not measured, and why (its input is missing). Tables
 /// print these as `skipped: ROW: WHY` lines so that a missing input is never a silently
 /// shorter table.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::Skipped;
+use super::{median, quantile, Skipped};
 use crate::gpu::GpuRequest;
 use crate::kernels::builtin;
 use crate::runtime::Runtime;
@@ -90,17 +90,6 @@ fn stream(rt: &Runtime, tasks: usize, threads: usize) -> Result<Duration, String
     })?;
     rt.wait_all().map_err(|e| e.to_string())?;
     Ok(t.elapsed())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn percentile(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 /// Wakes a parked thread: the smallest executor, for the `.await` latency.
@@ -216,8 +205,8 @@ pub fn measure(cfg: &StreamConfig) -> Result<StreamTable, String> {
             awaited.push(t.elapsed().as_secs_f64() * 1e6);
         }
     }
-    table.latency_wait_us = Some((median(wait.clone()), percentile(&wait, 0.99)));
-    table.latency_await_us = Some((median(awaited.clone()), percentile(&awaited, 0.99)));
+    table.latency_wait_us = Some((median(wait.clone()), quantile(wait, 0.99)));
+    table.latency_await_us = Some((median(awaited.clone()), quantile(awaited, 0.99)));
     if cfg.long_stream > 0 {
         let rt = runtime(cfg, PolicyKind::Eager)?;
         let step = (cfg.long_stream / 10).max(1);

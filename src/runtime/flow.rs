@@ -716,7 +716,12 @@ impl Flow {
                 st = self.work.wait_unpoisoned(st);
                 st.dispatcher_waiting = false;
             };
-            let poisoned = st.poisoned.clone();
+            // Task batches skip readers of poisoned data; graphs do not look.
+            let poisoned = if matches!(batch.work, Work::Tasks(_)) {
+                st.poisoned.clone()
+            } else {
+                HashMap::new()
+            };
             drop(st);
             let (seq, tasks) = (batch.seq, batch.tasks);
             // Kept to settle the batch if hexec's own code panics while running it: its
@@ -727,7 +732,7 @@ impl Flow {
                 Work::Caller => (None, None),
             };
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match batch.work {
-                Work::Tasks(tb) => run_tasks(engine, tb, &poisoned),
+                Work::Tasks(tb) => run_tasks(engine, tb, poisoned),
                 Work::Graph(graph, opts, end) => run_graph(engine, &graph, opts, &end),
                 Work::Caller => unreachable!("callers run their own graphs"),
             }));
@@ -775,12 +780,7 @@ impl Flow {
             {
                 let mut st = self.state.locked();
                 st.running_graph = None;
-                for (id, reason) in updates {
-                    match reason {
-                        Some(r) => st.poisoned.insert(id, r),
-                        None => st.poisoned.remove(&id),
-                    };
-                }
+                apply_poison_locked(&mut st, updates);
             }
             self.end_batch(seq, tasks);
         }
@@ -876,7 +876,7 @@ type PoisonUpdates = Vec<(u32, Option<String>)>;
 
 /// Runs a task batch: tasks reading poisoned data or cancelled are skipped from the start;
 /// every task's handle gets its outcome.
-fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) -> PoisonUpdates {
+fn run_tasks(engine: &Engine, tb: TaskBatch, mut poisoned: HashMap<u32, String>) -> PoisonUpdates {
     let TaskBatch { graph, ids, end } = tb;
     let name = |t: usize| graph.task_name(t);
     let n = graph.len();
@@ -901,7 +901,6 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, poisoned: &HashMap<u32, String>) ->
     // Why each task that will not run does not (None: it runs). Poison is followed through
     // the batch in order: a task that will run clears what it writes (if it then fails, the
     // run skips its dependents itself), one that will not poisons it.
-    let mut poisoned: HashMap<u32, String> = poisoned.clone();
     let mut cause: Vec<Option<TaskError>> = vec![None; n];
     for (t, c) in cause.iter_mut().enumerate() {
         if flag(t) == CANCEL_DROPPED {
@@ -1080,13 +1079,25 @@ pub(crate) fn graph_poison(graph: &Graph, result: &Result<RunReport, RunError>) 
 /// Applies a blocking graph run's poison changes (the caller ran it on its own thread).
 impl Flow {
     pub fn apply_poison(&self, updates: PoisonUpdates) {
-        let mut st = self.state.locked();
-        for (id, reason) in updates {
-            match reason {
-                Some(r) => st.poisoned.insert(id, r),
-                None => st.poisoned.remove(&id),
-            };
+        apply_poison_locked(&mut self.state.locked(), updates);
+    }
+
+    /// A blocking run's poison changes: none when it succeeded and nothing is poisoned (the
+    /// usual case, which then costs no walk over the graph).
+    pub fn after_run(&self, graph: &Graph, result: &Result<RunReport, RunError>) {
+        if result.is_ok() && self.state.locked().poisoned.is_empty() {
+            return;
         }
+        self.apply_poison(graph_poison(graph, result));
+    }
+}
+
+fn apply_poison_locked(st: &mut State, updates: PoisonUpdates) {
+    for (id, reason) in updates {
+        match reason {
+            Some(r) => st.poisoned.insert(id, r),
+            None => st.poisoned.remove(&id),
+        };
     }
 }
 

@@ -857,7 +857,7 @@ impl Runtime {
     pub fn run_with(&self, graph: &Graph, opts: RunOptions) -> Result<RunReport, RunError> {
         self.flow.run_in_turn(graph, || {
             let result = self.engine.run_with(graph, opts);
-            self.flow.apply_poison(flow::graph_poison(graph, &result));
+            self.flow.after_run(graph, &result);
             result
         })
     }
