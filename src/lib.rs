@@ -25,9 +25,10 @@
 //! hidden from these docs: `bench` (the benchmarks behind `hexec bench`, with the `bench`
 //! feature) and `demo` (the job behind `hexec demo`).
 //!
-//! Cargo features (all on by default; README, "Using hexec as a library"): `cli` (the
-//! `hexec` binary, with `bench`, `gzip` and `toml`), `bench`, `hwloc`, `gzip` (compressed
-//! graph files), `toml` (TOML machine files for the simulator).
+//! Cargo features (README, "Using hexec as a library"), on by default unless said: `cli` (the
+//! `hexec` binary, with `bench`, `gzip` and `toml`), `gpu` (GPU workers through wgpu),
+//! `hwloc`, `gzip` (compressed graph files), `toml` (TOML machine files for the simulator),
+//! and `bench` (on through `cli` only).
 
 #![warn(missing_docs)]
 

@@ -16,6 +16,14 @@ use std::fmt;
 pub const NO_GPU: &str =
     "no GPU found: nothing to measure (without a hardware GPU, install mesa-vulkan-drivers and pass --software-gpus to use lavapipe)";
 
+/// The process's resident set size, from `/proc/self/statm` (Linux; the page size taken as
+/// 4 KiB).
+pub(crate) fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
 /// The median of `v` (the upper one of an even count).
 pub(crate) fn median(v: Vec<f64>) -> f64 {
     quantile(v, 0.5)

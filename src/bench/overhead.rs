@@ -1,8 +1,8 @@
 //! Per-task overhead: empty tasks in standard shapes, on hexec and, as the floor for
 //! fork-join overhead on this machine, on rayon.
 //!
-//! hexec's figure is the wall time of `Runtime::run` (validation, compilation, thread start,
-//! execution, report) divided by the number of tasks: everything a user pays per task once
+//! hexec's figure is the wall time of `Runtime::run` (validation, compilation, waking the
+//! persistent worker threads, execution, report) divided by the number of tasks: everything a user pays per task once
 //! the graph is built. Graph building is reported separately.
 //!
 //! A shape read from a file whose file is missing is not measured: it is reported as
@@ -13,6 +13,7 @@
 //! `/proc/self/statm` while the graph is built and run), and [`measure_sim`] gives the wall
 //! time of simulating them under every policy.
 
+use super::resident_bytes;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -324,14 +325,6 @@ fn resident_before() -> Option<u64> {
         libc::malloc_trim(0);
     }
     resident_bytes()
-}
-
-/// The process's resident set size, from `/proc/self/statm` (Linux; the page size taken
-/// as 4 KiB).
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
 }
 
 /// The highest resident set size seen by a thread that samples it every 5 ms (rarely

@@ -8,6 +8,7 @@
 //! factors of every eight steps multiply to one, so values stay finite) and every eighth step
 //! reading its neighbour (`axpy` with alpha 0), which ties the chains together.
 
+use super::resident_bytes;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -180,13 +181,6 @@ fn run_once(rt: &Runtime, tasks: usize, tiles: usize) -> Result<Run, String> {
         tiles,
         rss,
     })
-}
-
-/// The process's resident set size, from `/proc/self/statm` (Linux).
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
 }
 
 /// The reports in Markdown.

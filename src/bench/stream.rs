@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{median, quantile, Skipped};
+use super::{median, quantile, resident_bytes, Skipped};
 use crate::gpu::GpuRequest;
 use crate::kernels::builtin;
 use crate::runtime::Runtime;
@@ -113,13 +113,6 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
-/// Resident memory now, MiB (Linux).
-fn resident_mib() -> Option<f64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096.0 / (1024.0 * 1024.0))
-}
-
 /// StarPU's `tasks_overhead` example, where Debian's `starpu-examples` put it.
 pub const STARPU_TASKS_OVERHEAD: &str = "/usr/lib/x86_64-linux-gnu/starpu/examples/tasks_overhead";
 
@@ -211,14 +204,20 @@ pub fn measure(cfg: &StreamConfig) -> Result<StreamTable, String> {
         let rt = runtime(cfg, PolicyKind::Eager)?;
         let step = (cfg.long_stream / 10).max(1);
         let mut submitted = 0;
-        table.rss_curve.extend(resident_mib().map(|m| (0, m)));
+        table
+            .rss_curve
+            .extend(resident_bytes().map(|b| b as f64 / (1024.0 * 1024.0)).map(|m| (0, m)));
         while submitted < cfg.long_stream {
             let n = step.min(cfg.long_stream - submitted);
             for _ in 0..n {
                 rt.task(&noop).submit().map_err(|e| e.to_string())?;
             }
             submitted += n;
-            table.rss_curve.extend(resident_mib().map(|m| (submitted, m)));
+            table.rss_curve.extend(
+                resident_bytes()
+                    .map(|b| b as f64 / (1024.0 * 1024.0))
+                    .map(|m| (submitted, m)),
+            );
         }
         rt.wait_all().map_err(|e| e.to_string())?;
     }

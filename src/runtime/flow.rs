@@ -210,9 +210,7 @@ impl Future for TaskHandle {
         match &st.outcomes {
             Some(o) => Poll::Ready(self.outcome(o)),
             None => {
-                if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                    st.wakers.push(cx.waker().clone());
-                }
+                push_waker(&mut st.wakers, cx.waker());
                 Poll::Pending
             }
         }
@@ -266,9 +264,7 @@ impl Future for GraphHandle {
         match st.0.take() {
             Some(r) => Poll::Ready(r),
             None => {
-                if !st.1.iter().any(|w| w.will_wake(cx.waker())) {
-                    st.1.push(cx.waker().clone());
-                }
+                push_waker(&mut st.1, cx.waker());
                 Poll::Pending
             }
         }
@@ -922,14 +918,7 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, mut poisoned: HashMap<u32, String>)
         for &(d, a) in accesses(t) {
             if a.writes() {
                 match c {
-                    Some(e) => poisoned.insert(
-                        ids[d as usize],
-                        format!(
-                            "'{}' should have written, and it {}",
-                            name(t),
-                            did_not_complete(&Some(e.clone()))
-                        ),
-                    ),
+                    Some(e) => poisoned.insert(ids[d as usize], should_have_written(&name(t), e)),
                     None => poisoned.remove(&ids[d as usize]),
                 };
             }
@@ -996,7 +985,7 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, mut poisoned: HashMap<u32, String>)
                 cause: format!(
                     "it depends on '{}', which {}",
                     name(r as usize),
-                    did_not_complete(&cause[r as usize])
+                    did_not_complete(cause[r as usize].as_ref())
                 ),
             });
         }
@@ -1009,14 +998,7 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, mut poisoned: HashMap<u32, String>)
             }
             let id = ids[d as usize];
             match c {
-                Some(e) => updates.push((
-                    id,
-                    Some(format!(
-                        "'{}' should have written, and it {}",
-                        name(t),
-                        did_not_complete(&Some(e.clone()))
-                    )),
-                )),
+                Some(e) => updates.push((id, Some(should_have_written(&name(t), e)))),
                 None => updates.push((id, None)),
             }
         }
@@ -1030,8 +1012,13 @@ fn run_tasks(engine: &Engine, tb: TaskBatch, mut poisoned: HashMap<u32, String>)
     updates
 }
 
+/// Why a datum is poisoned: `task`, which should have written it, ended as `e` says.
+fn should_have_written(task: &str, e: &TaskError) -> String {
+    format!("'{task}' should have written, and it {}", did_not_complete(Some(e)))
+}
+
 /// How a task that did not complete ended, for a dependent's message.
-fn did_not_complete(e: &Option<TaskError>) -> String {
+fn did_not_complete(e: Option<&TaskError>) -> String {
     match e {
         Some(TaskError::Failed(f)) => format!("failed ({})", f.message),
         Some(TaskError::Cancelled { .. }) => "was cancelled".into(),

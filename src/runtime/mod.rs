@@ -4,8 +4,10 @@
 //! and one device worker thread per GPU.
 //!
 //! A run: resolve the graph's data, validate and compile the graph for this machine (any
-//! error names the task), mark the data in use, place the roots, start the workers (scoped
-//! threads, so nothing outlives the run), and gather their statistics into a [`RunReport`].
+//! error names the task), mark the data in use, place the roots, lend each worker thread (started
+//! once with the runtime, `pool.rs`) its loop for the run, and gather their statistics into a
+//! [`RunReport`]. Work submitted without waiting goes through `flow.rs`, which runs it in
+//! batches in submission order.
 //! No global state: runtimes can be created, used and dropped many times in one process.
 
 mod budget;
@@ -1269,8 +1271,7 @@ impl Engine {
         // policies (and priorities from the critical path unless the graph sets its own), the
         // deadline's prediction, speculation's search for stragglers.
         let task_costs = if planning || deadline.is_some() || opts.speculate {
-            let model = self.model.locked().clone();
-            costs::model_costs(graph, &model, &costs::task_sizes(graph, &data_bytes))
+            costs::model_costs(graph, &self.model.locked(), &costs::task_sizes(graph, &data_bytes))
         } else {
             Vec::new()
         };

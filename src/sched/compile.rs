@@ -327,15 +327,18 @@ pub(crate) fn check_task(
     eligibility.retired = retired;
     eligibility.refuse_retired_only = true;
     let gpu_fit = eligibility.gpu_fit(kernel, accesses, data);
-    let key = (
-        Arc::as_ptr(kernel) as usize,
-        task.restriction.clone(),
-        task.cores,
-        gpu_fit,
-    );
+    let kernel_id = Arc::as_ptr(kernel) as usize;
+    // Consecutive submissions usually share the key: no hashing then.
+    if last
+        .as_ref()
+        .is_some_and(|k| k.0 == kernel_id && k.1 == *task.restriction && k.2 == task.cores && k.3 == gpu_fit)
+    {
+        return Ok(());
+    }
+    let key = (kernel_id, task.restriction.clone(), task.cores, gpu_fit);
     if !runnable.contains(&key) {
         eligibility
-            .set_for(0, kernel, task.restriction, 0, task.cores, gpu_fit)
+            .mask_for(kernel, task.restriction, task.cores, gpu_fit)
             .map_err(|reason| SubmitError::Unsatisfiable { task: name(), reason })?;
         runnable.insert(key.clone());
     }

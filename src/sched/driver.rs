@@ -94,16 +94,6 @@ impl Policy for AnyPolicy {
     fn immediate_successor(&self) -> bool {
         each!(self, p => p.immediate_successor())
     }
-
-    fn pick_immediate(
-        &self,
-        plan: &Plan,
-        ready: &[u32],
-        worker: WorkerId,
-        priority: impl Fn(u32) -> i32,
-    ) -> Option<usize> {
-        each!(self, p => p.pick_immediate(plan, ready, worker, &priority))
-    }
 }
 
 #[cfg(test)]

@@ -86,8 +86,12 @@ pub(crate) trait Policy: Send + Sync {
         }
         let mut best: Option<(usize, i32)> = None;
         for (i, &s) in ready.iter().enumerate() {
-            if plan.eligible(s, worker) && best.is_none_or(|(_, p)| priority(s) > p) {
-                best = Some((i, priority(s)));
+            if !plan.eligible(s, worker) {
+                continue;
+            }
+            let p = priority(s);
+            if best.is_none_or(|(_, b)| p > b) {
+                best = Some((i, p));
             }
         }
         best.map(|(i, _)| i)
