@@ -1275,9 +1275,10 @@ impl Engine {
         } else {
             Vec::new()
         };
+        let rank = |edges: &Successors| rank_priorities(edges, &task_costs);
         let priorities = (planning && graph.tasks.iter().all(|t| t.priority == 0))
-            .then(|| rank_priorities(&Successors::of(graph), &task_costs));
-        let compiled = compile_with_priorities(graph, &self.machine, &infos, priorities.as_deref(), &self.retired())
+            .then_some(&rank as &crate::sched::compile::RankFn<'_>);
+        let compiled = compile_with_priorities(graph, &self.machine, &infos, priorities, &self.retired())
             .map_err(|e| self.hint_software_gpus(e))?;
         self.check_gpu_code(graph, &compiled)?;
         let bound: Vec<BoundDatum> = cells

@@ -196,16 +196,19 @@ pub fn compile(graph: &Graph, machine: &Machine, data: &[DatumInfo<'_>]) -> Resu
     compile_with_priorities(graph, machine, data, None, &[])
 }
 
-/// [`compile`] with priorities that replace the tasks' own (planning policies derive them
-/// from the critical path).
+/// Priorities for every task computed from a graph's successor lists.
+pub type RankFn<'a> = dyn Fn(&Successors) -> Vec<i32> + 'a;
+
+/// [`compile`] with priorities that replace the tasks' own, computed from the graph's
+/// successor lists (planning policies derive them from the critical path), so that those
+/// lists are built once.
 pub fn compile_with_priorities(
     graph: &Graph,
     machine: &Machine,
     data: &[DatumInfo<'_>],
-    priorities: Option<&[i32]>,
+    priorities: Option<&RankFn<'_>>,
     retired: &[WorkerId],
 ) -> Result<CompiledGraph, SubmitError> {
-    let priority_of = |t: usize| priorities.map_or(graph.tasks[t].priority, |p| p[t]);
     let n = graph.len();
     if n > MAX_TASKS {
         return Err(SubmitError::TooLarge {
@@ -256,10 +259,13 @@ pub fn compile_with_priorities(
         task_set.push(set);
     }
 
-    let prios: Vec<i32> = (0..n).map(priority_of).collect();
+    let edges = Successors::of(graph);
+    let prios: Vec<i32> = match priorities {
+        Some(rank) => rank(&edges),
+        None => graph.tasks.iter().map(|t| t.priority).collect(),
+    };
     let (task_band, num_bands) = priority_bands(&prios);
 
-    let edges = Successors::of(graph);
     let mut roots: Vec<u32> = (0..n as u32).filter(|&t| edges.indegree[t as usize] == 0).collect();
     roots.sort_by_key(|&t| std::cmp::Reverse(prios[t as usize]));
 
@@ -351,17 +357,20 @@ pub(crate) fn check_task(
 /// `Runtime::retire` refuses to strand.
 pub(crate) fn only_excluded_may_run(graph: &Graph, t: usize, machine: &Machine, excluded: &[WorkerId]) -> bool {
     let rec = &graph.tasks[t];
-    let mut eligibility = Eligibility::new(machine);
-    eligibility.retired = excluded;
-    eligibility.refuse_retired_only = true;
-    eligibility
+    Eligibility::new(machine)
         .mask_for(
             &graph.kernels[rec.kernel as usize],
             &graph.restrictions[rec.restriction as usize],
             rec.cores,
             u64::MAX,
         )
-        .is_err_and(|why| why.starts_with("only retired"))
+        .is_ok_and(|m| {
+            machine
+                .workers
+                .iter()
+                .filter(|w| m.contains(w.id))
+                .all(|w| excluded.contains(&w.id))
+        })
 }
 
 #[inline(always)]
