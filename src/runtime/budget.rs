@@ -475,8 +475,8 @@ impl Budgets {
                 resident
                     .iter()
                     .filter_map(Weak::upgrade)
-                    .filter(|c| !Arc::ptr_eq(c, requester) && c.evictable(gpu_index(node)))
-                    .min_by_key(|c| (c.wanted_in(gpu_index(node), epoch), c.last_use()))
+                    .filter(|c| !Arc::ptr_eq(c, requester) && c.gpu.evictable(gpu_index(node)))
+                    .min_by_key(|c| (c.gpu.wanted_in(gpu_index(node), epoch), c.gpu.last_use()))
             };
             let Some(victim) = victim else {
                 return Err(PrepError::NoRoom(format!(

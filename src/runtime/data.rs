@@ -3,9 +3,9 @@
 //!
 //! Invariants:
 //! - a [`DataCell`]'s host buffer is a [`HostBuf`] aligned for its element type (the user's
-//!   own `Vec` allocation, or one the store makes) and at least `bytes()` long, owned by
-//!   `host` and mirrored in `ptr` for lock-free readers (both changed together, under
-//!   `host`'s lock). Without a host memory
+//!   own `Vec` allocation, or one the store makes) and at least `bytes()` long, held by its
+//!   [`HostSlot`], which also says who may touch the bytes (its own invariants: a user's
+//!   claim, the run that holds the claim, spilling with no pin held). Without a host memory
 //!   limit, a stored datum's is allocated once and never moves; with one, or for a graph's
 //!   temporary, it may be spilled (written to a
 //!   spill file when it is the only valid copy, else dropped) and allocated again later, both
@@ -15,8 +15,9 @@
 //!   host copy lives in exactly one of them; a spill file exists only while the host copy is
 //!   valid and not in memory. A valid host copy held in neither reads as zeros: a temporary
 //!   not yet written, or discarded after its last use ([`DataCell::discard`]);
-//! - during a run, every cell the graph uses is marked `in_use`; user-side reads and writes
-//!   ([`DataStore::read`], [`DataStore::write`]) refuse a cell in use, so the only accesses
+//! - during a run, every cell the graph uses is claimed by it ([`AcquiredData`]); user-side
+//!   reads and writes ([`DataStore::read`], [`DataStore::write`]) claim the cell too and refuse
+//!   one already claimed, so the only accesses
 //!   to its bytes are the run's kernels, ordered by the graph's dependencies (readers share,
 //!   a writer is alone), and the copies made for them below;
 //! - `coherence` says which copies are valid; `host_valid` and `on_gpu` mirror it for the
@@ -30,7 +31,7 @@
 //!   writing it, a download from a GPU) writes a fresh copy instead and the old buffer is
 //!   retired, freed when the last straggler lets go. So no buffer is written while a loser
 //!   still uses it, nor freed under it.
-//! - a freed datum ([`DataStore::free`]) keeps `in_use` set for good and `freed` set: it is
+//! - a freed datum ([`DataStore::free`]) keeps its claim for good and `freed` set: it is
 //!   out of the store, holds no copy anywhere, and every later access (a stale `Arc` of a
 //!   concurrent read or run included) fails to acquire it and says it was freed.
 
@@ -38,7 +39,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::budget::Budgets;
-use super::hostbuf::{elem_align, HostBuf, HostSlot};
+use super::hostbuf::{elem_align, HostBuf, HostSlot, UserClaim};
+use super::replicas::GpuReplicas;
 use super::spill::SpillFile;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -154,14 +156,10 @@ pub(crate) struct DataCell {
     host: HostSlot,
     /// The alignment of buffers the store allocates for this datum (its element type's).
     align: usize,
-    /// Freed: out of the store, no copies, `in_use` held for good (module invariants).
+    /// Freed: out of the store, no copies, claimed for good (module invariants).
     freed: AtomicBool,
-    /// Whether the host buffer may leave memory (the runtime has a host limit).
-    spillable: bool,
     /// The NUMA node the host buffer's bytes are charged to (while it is in memory).
     numa: AtomicU32,
-    /// Tasks and user accesses using the host buffer now (it stays in memory meanwhile).
-    host_pins: AtomicU32,
     /// Logical time of the last host use, for least-recently-used spilling.
     host_use: AtomicU64,
     /// CPU tasks pinning their operands now that include this datum: spilled last.
@@ -171,23 +169,13 @@ pub(crate) struct DataCell {
     spilled_at: AtomicU64,
     /// The spill file holding the valid host copy while the buffer is out of memory.
     spilled: Mutex<Option<SpillFile>>,
-    in_use: AtomicBool,
     coherence: Mutex<Coherence>,
-    /// Replica buffers, one slot per GPU.
-    replicas: Mutex<Vec<Option<crate::gpu::GpuBuffer>>>,
+    /// The copies on GPUs, with their pins and eviction marks.
+    pub gpu: GpuReplicas,
     host_valid: AtomicBool,
     on_gpu: AtomicBool,
     /// The runtime's memory budgets (copies are accounted there).
     budgets: Arc<Budgets>,
-    /// Per GPU: tasks in flight there that use this datum (its copy there stays).
-    pins: Vec<AtomicU32>,
-    /// Logical time of the last use on a GPU, for least-recently-used eviction.
-    last_use: AtomicU64,
-    /// Per GPU: its completion count when this datum's copy there was evicted (`u64::MAX`:
-    /// not evicted since last brought there), to detect ping-pong.
-    evicted_at: Vec<AtomicU64>,
-    /// Per GPU: the staging epoch of the last batch there that reads this datum.
-    wanted: Vec<AtomicU64>,
     /// Valid copies to keep after a GPU writes it: 2 keeps a host copy too (replication).
     replicas_wanted: std::sync::atomic::AtomicU8,
     /// The GPU whose loss took the only valid copy (`u16::MAX`: none); cleared by a write.
@@ -208,15 +196,6 @@ pub(crate) struct DataCell {
 /// evictions and spills.
 static USE_CLOCK: AtomicU64 = AtomicU64::new(0);
 
-// SAFETY: the cell owns its host buffer (a `HostBuf`, like a `Vec<u8>`); all access to the bytes goes
-// through `DataStore::read`/`write` (which refuse cells in use), through a run that holds
-// `in_use` and orders conflicting kernel accesses by graph dependencies, or through the
-// copies below, made under the `coherence` lock into an invalid copy (module invariants).
-unsafe impl Send for DataCell {}
-// SAFETY: as above; shared references expose metadata, the raw pointer, and state behind
-// locks and atomics.
-unsafe impl Sync for DataCell {}
-
 impl DataCell {
     /// A graph's temporary: no memory until first used, then zeroed; its host buffer goes
     /// through pins like a spillable one, so that [`DataCell::discard`] can free it.
@@ -229,7 +208,7 @@ impl DataCell {
     /// Called when no task uses it any more, so no pin is held.
     pub fn discard(&self) {
         let mut c = self.coherence.locked();
-        debug_assert_eq!(self.host_pins.load(Ordering::Acquire), 0, "discarding a pinned datum");
+        debug_assert_eq!(self.host.pins(), 0, "discarding a pinned datum");
         // No pin is held, so no one uses the buffer it frees.
         if self.set_host(None).is_some() {
             self.budgets.release_host(self.bytes() as u64, self.host_numa());
@@ -237,7 +216,7 @@ impl DataCell {
         if let Some(file) = self.spilled.locked().take() {
             file.remove();
         }
-        let mut replicas = self.replicas.locked();
+        let mut replicas = self.gpu.slots();
         for (g, r) in replicas.iter_mut().enumerate() {
             if r.take().is_some() {
                 self.budgets.node(Node::Gpu(g as u16)).release(self.bytes() as u64);
@@ -286,26 +265,19 @@ impl DataCell {
             elem,
             len,
             read_only,
-            host: HostSlot::new(buf),
+            host: HostSlot::new(buf, spillable),
             align: elem_align(elem),
             freed: AtomicBool::new(false),
-            spillable,
             numa: AtomicU32::new(0),
-            host_pins: AtomicU32::new(0),
             host_use: AtomicU64::new(0),
             host_wanted: AtomicU32::new(0),
             spilled_at: AtomicU64::new(u64::MAX),
             spilled: Mutex::new(None),
-            in_use: AtomicBool::new(false),
             coherence: Mutex::new(Coherence::host_only(gpus)),
-            replicas: Mutex::new((0..gpus).map(|_| None).collect()),
+            gpu: GpuReplicas::new(gpus),
             host_valid: AtomicBool::new(true),
             on_gpu: AtomicBool::new(false),
             budgets,
-            pins: (0..gpus).map(|_| AtomicU32::new(0)).collect(),
-            last_use: AtomicU64::new(0),
-            evicted_at: (0..gpus).map(|_| AtomicU64::new(u64::MAX)).collect(),
-            wanted: (0..gpus).map(|_| AtomicU64::new(0)).collect(),
             replicas_wanted: std::sync::atomic::AtomicU8::new(1),
             lost_with: std::sync::atomic::AtomicU16::new(u16::MAX),
             recovering: AtomicBool::new(false),
@@ -348,9 +320,9 @@ impl DataCell {
         if self.stragglers.load(Ordering::Acquire) == 0 {
             return;
         }
-        // Stragglers only read or write their own retired or replaced buffers, and no task
-        // writes this one now: its bytes are stable while copied.
-        if let Some(old) = self.host.replace_with_copy(self.bytes(), self.align) {
+        // SAFETY: stragglers only read or write their own retired or replaced buffers, and no
+        // task writes this one now (the caller's promise): its bytes are stable while copied.
+        if let Some(old) = unsafe { self.host.replace_with_copy(self.bytes(), self.align) } {
             retired.push(old);
         }
     }
@@ -384,9 +356,13 @@ impl DataCell {
     }
 
     /// A copy of the host buffer (a speculative attempt's private operands), `None` while it
-    /// is out of memory. The caller knows no one writes the datum meanwhile.
-    pub fn host_copy(&self) -> Option<HostBuf> {
-        self.host.copy(self.bytes(), self.align)
+    /// is out of memory.
+    ///
+    /// # Safety
+    /// The caller's run holds the datum and no task of it writes the datum meanwhile.
+    pub unsafe fn host_copy(&self) -> Option<HostBuf> {
+        // SAFETY: the caller's promise is `copy`'s.
+        unsafe { self.host.copy(self.bytes(), self.align) }
     }
 
     /// A zeroed buffer the size and alignment of the host buffer (a private operand).
@@ -414,7 +390,7 @@ impl DataCell {
 
     fn forget_gpu_locked(&self, c: &mut Coherence, g: usize) -> bool {
         let node = Node::Gpu(g as u16);
-        if self.replicas.locked()[g].take().is_some() {
+        if self.gpu.slots()[g].take().is_some() {
             self.budgets.node(node).release(self.bytes() as u64);
         }
         let was_valid = c.is_valid(node);
@@ -528,7 +504,7 @@ impl DataCell {
         gpus: &[Arc<GpuDevice>],
         transfers: &Transfers,
     ) -> Result<*mut u8, PrepError> {
-        if !self.spillable {
+        if !self.host.counts_pins() {
             if read && !gpus.is_empty() {
                 self.ensure_host(gpus, transfers).map_err(PrepError::Failed)?;
             }
@@ -546,34 +522,36 @@ impl DataCell {
             }
             self.materialize(&mut c, numa)?;
         }
-        self.host_pins.fetch_add(1, Ordering::AcqRel);
         self.host_use
             .store(USE_CLOCK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
-        Ok(self.as_mut_ptr())
+        Ok(self.host.pin())
     }
 
     /// Ends a [`DataCell::pin_host`].
     pub fn unpin_host(&self) {
-        if self.spillable {
-            self.host_pins.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.host.unpin();
     }
 
     /// Copies the valid bytes into `out` (user reads) without bringing a spilled datum back
     /// into memory: from the host buffer, else from the spill file or a GPU directly. The
-    /// caller holds `in_use`.
-    pub fn copy_out(&self, out: &mut [u8], gpus: &[Arc<GpuDevice>], transfers: &Transfers) -> Result<(), String> {
+    /// caller holds `claim`.
+    pub fn copy_out(
+        &self,
+        claim: &UserClaim<'_>,
+        out: &mut [u8],
+        gpus: &[Arc<GpuDevice>],
+        transfers: &Transfers,
+    ) -> Result<(), String> {
         let mut c = self.coherence.locked();
-        let ptr = self.as_mut_ptr();
-        if !ptr.is_null() {
+        if self.host.in_memory() {
             if !c.is_valid(Node::Host) {
                 self.fetch_to_host(&mut c, 0, gpus, transfers)
                     .map_err(|e| e.to_string())?;
             }
-            // SAFETY: the caller holds `in_use`, so no kernel touches the bytes; the buffer
-            // is in memory, valid, and cannot be spilled while we hold `coherence`.
-            let host = unsafe { self.host.bytes(self.bytes()) }.expect("checked in memory above");
-            out.copy_from_slice(host);
+            // In memory, and it stays there: spilling needs `coherence`.
+            claim.with_bytes(self.bytes(), |host| {
+                out.copy_from_slice(host.expect("checked in memory above"))
+            });
             return Ok(());
         }
         match c.read_source(Node::Host) {
@@ -585,7 +563,7 @@ impl DataCell {
                 )),
             },
             Ok(Some(Node::Gpu(g))) => {
-                let replicas = self.replicas.locked();
+                let replicas = self.gpu.slots();
                 match (gpus.get(g as usize), replicas.get(g as usize)) {
                     (Some(dev), Some(Some(buf))) => dev.download(buf, out),
                     _ => Err(format!(
@@ -602,21 +580,16 @@ impl DataCell {
     }
 
     /// Overwrites the whole datum with `bytes` (user writes): into the host buffer, or, while
-    /// it is spilled, into a new spill file. GPU copies become stale. The caller holds `in_use`.
-    pub fn copy_in(&self, bytes: &[u8]) -> Result<(), String> {
+    /// it is spilled, into a new spill file. GPU copies become stale. The caller holds `claim`.
+    pub fn copy_in(&self, claim: &UserClaim<'_>, bytes: &[u8]) -> Result<(), String> {
         let mut c = self.coherence.locked();
-        let ptr = self.as_mut_ptr();
-        if ptr.is_null() {
+        // Checked and written with `coherence` held, so the buffer cannot leave in between.
+        if !claim.overwrite(bytes) {
             let dir = self.budgets.spill_dir().ok_or("the runtime has no spill directory")?;
             let file = dir.write(&self.name, bytes)?;
             if let Some(old) = self.spilled.locked().replace(file) {
                 old.remove();
             }
-        } else {
-            // SAFETY: as in `copy_out`; the whole buffer is overwritten.
-            unsafe { self.host.bytes_mut(self.bytes()) }
-                .expect("checked in memory above")
-                .copy_from_slice(bytes);
         }
         c.record_write(Node::Host);
         self.lost_with.store(u16::MAX, Ordering::Release);
@@ -629,7 +602,7 @@ impl DataCell {
     pub fn has_copy_on(&self, node: Node) -> bool {
         match node {
             Node::Host => self.host_in_memory(),
-            Node::Gpu(g) => self.replicas.locked()[g as usize].is_some(),
+            Node::Gpu(g) => self.gpu.slots()[g as usize].is_some(),
         }
     }
 
@@ -670,21 +643,25 @@ impl DataCell {
         let Ok(mut c) = self.coherence.try_lock() else {
             return Ok(None);
         };
-        let ptr = self.as_mut_ptr();
-        if self.host_pins.load(Ordering::Acquire) != 0 || ptr.is_null() {
+        let sole = c.is_valid(Node::Host) && c.valid_nodes().count() == 1;
+        let mut file = None;
+        let taken = self.host.take_unpinned(self.bytes(), |host| {
+            if sole {
+                let dir = self.budgets.spill_dir().ok_or("the runtime has no spill directory")?;
+                file = Some(dir.write(&self.name, host)?);
+            }
+            Ok::<(), String>(())
+        })?;
+        if taken.is_none() {
+            // Pinned, in use, or not in memory: nothing done.
             return Ok(None);
         }
         let mut written = 0;
-        if c.is_valid(Node::Host) && c.valid_nodes().count() == 1 {
-            let dir = self.budgets.spill_dir().ok_or("the runtime has no spill directory")?;
-            // SAFETY: coherence is locked and no host pin is held, so nothing reads or writes
-            // the buffer, which is live and `bytes()` long.
-            let host = unsafe { self.host.bytes(self.bytes()) }.expect("checked in memory above");
-            let file = dir.write(&self.name, host)?;
+        if let Some(file) = file {
             *self.spilled.locked() = Some(file);
             // Only a spill during a run can ping-pong (data spilled when the program created
             // more than fits are simply read back when needed).
-            let at = if self.in_use.load(Ordering::Acquire) {
+            let at = if self.host.is_claimed() {
                 self.budgets.node(Node::Host).completions.load(Ordering::Acquire)
             } else {
                 u64::MAX
@@ -696,20 +673,18 @@ impl DataCell {
             c.drop_copy(Node::Host);
             self.host_valid.store(false, Ordering::Release);
         }
-        // Coherence is locked and no host pin is held: no one uses the buffer it frees.
-        self.set_host(None);
         self.budgets.release_host(self.bytes() as u64, self.host_numa());
         Ok(Some(written))
     }
 
     /// Marks the cell used by a run; false if it already was.
     pub fn acquire(&self) -> bool {
-        !self.in_use.swap(true, Ordering::Acquire)
+        self.host.claim()
     }
 
     /// Ends a run's use.
     pub fn release(&self) {
-        self.in_use.store(false, Ordering::Release);
+        self.host.release();
     }
 
     /// Makes the host copy valid, downloading it from a GPU if needed.
@@ -759,7 +734,7 @@ impl DataCell {
         }) else {
             unreachable!("the host is never a source for the host");
         };
-        let replicas = self.replicas.locked();
+        let replicas = self.gpu.slots();
         let (Some(dev), Some(Some(buf))) = (gpus.get(g as usize), replicas.get(g as usize)) else {
             return Err(PrepError::Failed(format!(
                 "datum '{}' is valid only on gpu{g}, which holds no buffer for it",
@@ -771,10 +746,13 @@ impl DataCell {
         self.unshare_host();
         let started = Instant::now();
         // SAFETY: the host copy is invalid, so no kernel reads it (CPU readers wait for this
-        // lock), and no task writes the datum concurrently with a reader (dependencies);
-        // `ptr` covers `bytes()` bytes of the live host buffer.
-        let host = unsafe { self.host.bytes_mut(self.bytes()) }.expect("materialized above");
-        dev.download(buf, host).map_err(PrepError::Failed)?;
+        // lock), and no task writes the datum concurrently with a reader (dependencies).
+        unsafe {
+            self.host
+                .with_ordered_bytes_mut(self.bytes(), |host| dev.download(buf, host))
+        }
+        .expect("materialized above")
+        .map_err(PrepError::Failed)?;
         self.downloads.fetch_add(1, Ordering::AcqRel);
         transfers.record(
             Node::Gpu(g),
@@ -812,36 +790,6 @@ impl DataCell {
         }
     }
 
-    /// Keeps the copy on GPU `g` from being evicted while a task in flight there uses it.
-    pub fn pin(&self, g: usize) {
-        self.pins[g].fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Ends a [`DataCell::pin`].
-    pub fn unpin(&self, g: usize) {
-        self.pins[g].fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// Whether eviction may take the copy on GPU `g` now.
-    pub fn evictable(&self, g: usize) -> bool {
-        self.pins[g].load(Ordering::Acquire) == 0
-    }
-
-    /// Marks the datum as read by the batch of staging `epoch` on GPU `g`.
-    pub fn want(&self, g: usize, epoch: u64) {
-        self.wanted[g].store(epoch, Ordering::Relaxed);
-    }
-
-    /// Whether the batch of staging `epoch` on GPU `g` reads the datum.
-    pub fn wanted_in(&self, g: usize, epoch: u64) -> bool {
-        self.wanted[g].load(Ordering::Relaxed) == epoch
-    }
-
-    /// Logical time of its last use on a GPU.
-    pub fn last_use(&self) -> u64 {
-        self.last_use.load(Ordering::Relaxed)
-    }
-
     /// Drops the copy on GPU `g`, writing it back to the host first when it is the only valid
     /// one. `Ok(None)`: the datum is in use right now (nothing done); `Ok(Some(bytes))`: done,
     /// with the bytes written back.
@@ -854,7 +802,7 @@ impl DataCell {
         let Ok(mut c) = self.coherence.try_lock() else {
             return Ok(None);
         };
-        if !self.evictable(g) {
+        if !self.gpu.evictable(g) {
             return Ok(None);
         }
         let node = Node::Gpu(g as u16);
@@ -868,12 +816,12 @@ impl DataCell {
             }
             written_back = self.bytes() as u64;
         }
-        let had = self.replicas.locked()[g].take().is_some();
+        let had = self.gpu.slots()[g].take().is_some();
         c.drop_copy(node);
         if had {
             let nb = self.budgets.node(node);
             nb.release(self.bytes() as u64);
-            self.evicted_at[g].store(nb.completions.load(Ordering::Acquire), Ordering::Relaxed);
+            self.gpu.evicted(g, nb.completions.load(Ordering::Acquire));
         }
         self.on_gpu.store(c.on_any_gpu(), Ordering::Release);
         self.host_valid.store(c.is_valid(Node::Host), Ordering::Release);
@@ -894,7 +842,7 @@ impl DataCell {
     ) -> Result<crate::gpu::GpuBuffer, PrepError> {
         let node = Node::Gpu(g as u16);
         let bytes = self.bytes() as u64;
-        let missing = self.replicas.locked()[g].is_none();
+        let missing = !self.gpu.has(g);
         if missing {
             if may_evict {
                 self.budgets.reserve_on_gpu(node, bytes, self, gpus, transfers)?;
@@ -907,7 +855,7 @@ impl DataCell {
         }
         let mut c = self.coherence.locked();
         let buffer = {
-            let mut replicas = self.replicas.locked();
+            let mut replicas = self.gpu.slots();
             match &replicas[g] {
                 Some(b) => {
                     if missing {
@@ -920,8 +868,8 @@ impl DataCell {
                     Ok(b) => {
                         replicas[g] = Some(b.clone());
                         // Back before any task completed there since it was evicted?
-                        let evicted = self.evicted_at[g].swap(u64::MAX, Ordering::Relaxed);
-                        if evicted == self.budgets.node(node).completions.load(Ordering::Acquire) {
+                        let completions = self.budgets.node(node).completions.load(Ordering::Acquire);
+                        if self.gpu.back_without_progress(g, completions) {
                             self.budgets.ping_pong(node);
                         }
                         self.budgets.register(node, self);
@@ -934,8 +882,7 @@ impl DataCell {
                 },
             }
         };
-        self.last_use
-            .store(USE_CLOCK.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        self.gpu.touch(USE_CLOCK.fetch_add(1, Ordering::Relaxed));
         if read && !c.is_valid(node) {
             let numa = self.budgets.gpu_numa(g);
             if c.is_valid(Node::Host) {
@@ -946,8 +893,12 @@ impl DataCell {
             let started = Instant::now();
             // SAFETY: the host copy is valid and only read here; writers of the datum are
             // ordered after this task's readers by the graph's dependencies.
-            let host = unsafe { self.host.bytes(self.bytes()) }.expect("made valid in memory above");
-            gpus[g].upload(&buffer, host).map_err(PrepError::Failed)?;
+            unsafe {
+                self.host
+                    .with_ordered_bytes(self.bytes(), |host| gpus[g].upload(&buffer, host))
+            }
+            .expect("made valid in memory above")
+            .map_err(PrepError::Failed)?;
             transfers.record(Node::Host, node, self.bytes() as u64, started.elapsed(), &self.name);
             c.record_read(node);
             self.on_gpu.store(true, Ordering::Release);
@@ -978,7 +929,7 @@ impl Drop for DataCell {
         if let Some(file) = self.spilled.get_mut_unpoisoned().take() {
             file.remove();
         }
-        let replicas = self.replicas.get_mut_unpoisoned();
+        let replicas = self.gpu.slots_mut();
         for (g, r) in replicas.iter().enumerate() {
             if r.is_some() {
                 self.budgets.node(Node::Gpu(g as u16)).release(bytes);
@@ -995,10 +946,10 @@ impl DataCell {
         self.freed.load(Ordering::Acquire)
     }
 
-    /// Takes `in_use` for a user access, or says why not: freed, or used by a run.
-    fn acquire_for_user(&self) -> Result<(), DataError> {
-        if self.acquire() {
-            return Ok(());
+    /// Claims the datum for a user access, or says why not: freed, or used by a run.
+    fn acquire_for_user(&self) -> Result<UserClaim<'_>, DataError> {
+        if let Some(claim) = self.host.claim_for_user() {
+            return Ok(claim);
         }
         Err(if self.is_freed() {
             DataError::Freed(self.name.clone())
@@ -1007,13 +958,13 @@ impl DataCell {
         })
     }
 
-    /// Frees every copy (the caller holds `in_use`, which stays held for good): the host
+    /// Frees every copy (the caller holds the claim, kept for good): the host
     /// buffer, returned rather than dropped (for `take`), the spill file, the GPU replicas,
     /// each one's room in its budget. Afterwards the cell is marked freed.
     fn free_copies(&self) -> Option<HostBuf> {
         let mut c = self.coherence.locked();
         self.freed.store(true, Ordering::Release);
-        debug_assert_eq!(self.host_pins.load(Ordering::Acquire), 0, "freeing a pinned datum");
+        debug_assert_eq!(self.host.pins(), 0, "freeing a pinned datum");
         let bytes = self.bytes() as u64;
         let host = self.set_host(None);
         if host.is_some() {
@@ -1022,7 +973,7 @@ impl DataCell {
         if let Some(file) = self.spilled.locked().take() {
             file.remove();
         }
-        let mut replicas = self.replicas.locked();
+        let mut replicas = self.gpu.slots();
         for (g, r) in replicas.iter_mut().enumerate() {
             // Dropping the buffer releases it: no submission in flight uses a datum no run
             // holds.
@@ -1062,19 +1013,12 @@ pub(crate) struct DataStore {
     cells: RwLock<Cells>,
 }
 
-/// Ends a user access begun with `acquire_for_user` (and a host pin, if `pinned`), also when
-/// the caller's closure panics.
-struct UserAccess<'a> {
-    cell: &'a DataCell,
-    pinned: bool,
-}
+/// Ends a user access's host pin, also when the caller's closure panics.
+struct UserPin<'a>(&'a DataCell);
 
-impl Drop for UserAccess<'_> {
+impl Drop for UserPin<'_> {
     fn drop(&mut self) {
-        if self.pinned {
-            self.cell.unpin_host();
-        }
-        self.cell.release();
+        self.0.unpin_host();
     }
 }
 
@@ -1189,14 +1133,15 @@ impl DataStore {
     /// Copies a datum out, bringing the valid copy home from a GPU first if needed.
     pub fn read<T: Element>(&self, h: Data<T>, gpus: &[Arc<GpuDevice>]) -> Result<Vec<T>, DataError> {
         let cell = self.typed_cell(h)?;
-        // Hold `in_use` for the copy, so that no run starts on this datum meanwhile.
-        cell.acquire_for_user()?;
-        let _access = UserAccess {
-            cell: &cell,
-            pinned: false,
-        };
+        // Claimed for the copy, so that no run starts on this datum meanwhile.
+        let claim = cell.acquire_for_user()?;
         let mut out = vec![T::zeroed(); cell.len];
-        let copied = cell.copy_out(bytemuck::cast_slice_mut(&mut out), gpus, &Transfers::new(gpus.len()));
+        let copied = cell.copy_out(
+            &claim,
+            bytemuck::cast_slice_mut(&mut out),
+            gpus,
+            &Transfers::new(gpus.len()),
+        );
         copied.map(|()| out).map_err(|reason| DataError::Transfer {
             name: cell.name.clone(),
             reason,
@@ -1204,7 +1149,7 @@ impl DataStore {
     }
 
     /// Calls `f` on the datum's host copy in place: made valid and brought into memory first,
-    /// then held there (pinned, `in_use`) while `f` runs, so that nothing spills, evicts or
+    /// then held there (pinned, claimed) while `f` runs, so that nothing spills, evicts or
     /// writes it meanwhile.
     pub fn read_with<T: Element, R>(
         &self,
@@ -1213,43 +1158,39 @@ impl DataStore {
         f: impl FnOnce(&[T]) -> R,
     ) -> Result<R, DataError> {
         let cell = self.typed_cell(h)?;
-        cell.acquire_for_user()?;
-        let mut access = UserAccess {
-            cell: &cell,
-            pinned: false,
-        };
+        let claim = cell.acquire_for_user()?;
         cell.pin_host(true, 0, gpus, &Transfers::new(gpus.len()))
             .map_err(|e| DataError::Transfer {
                 name: cell.name.clone(),
                 reason: e.to_string(),
             })?;
-        access.pinned = true;
+        // Unpinned when `f` returns or unwinds, then the claim is released (drop order).
+        let _pin = UserPin(&cell);
         if cell.len == 0 {
             return Ok(f(&[]));
         }
-        // SAFETY: `pin_host` brought the valid copy into the host buffer, `bytes()` long; the pin
-        // keeps it in memory and `in_use` keeps runs and user writes off it until `access`
-        // drops, after `f` returns (or unwinds), so these bytes are not written meanwhile.
-        let bytes = unsafe { cell.host.bytes(cell.bytes()) }.expect("pinned in memory");
-        // The buffer is aligned for `T` (the datum's own type): the cast cannot fail.
-        Ok(f(bytemuck::cast_slice(bytes)))
+        // The pin keeps the valid copy in memory; the buffer is aligned for `T` (the datum's
+        // own type): the cast cannot fail.
+        Ok(claim.with_bytes(cell.bytes(), |bytes| {
+            f(bytemuck::cast_slice(bytes.expect("pinned in memory")))
+        }))
     }
 
     /// Frees a datum and hands back its values: the buffer itself when it can be a `Vec<T>`
     /// (the user's own allocation, or one the store made for `T`), else a copy.
     pub fn take<T: Element>(&self, h: Data<T>, gpus: &[Arc<GpuDevice>]) -> Result<Vec<T>, DataError> {
         let cell = self.typed_cell(h)?;
-        cell.acquire_for_user()?;
-        // The valid copy home and in memory; no pin is kept: `in_use` keeps everyone else off
-        // until the datum is freed below.
+        let claim = cell.acquire_for_user()?;
+        // The valid copy home and in memory; no pin is kept: the claim keeps everyone else
+        // off until the datum is freed below (and is kept for good then).
         if let Err(e) = cell.pin_host(true, 0, gpus, &Transfers::new(gpus.len())) {
-            cell.release();
             return Err(DataError::Transfer {
                 name: cell.name.clone(),
                 reason: e.to_string(),
             });
         }
         cell.unpin_host();
+        claim.keep();
         let host = self.remove(&cell, h.id);
         Ok(match host {
             Some(buf) => {
@@ -1265,13 +1206,13 @@ impl DataStore {
     /// a run (or a user access) uses it; the handle then names a freed datum.
     pub fn free<T: Element>(&self, h: Data<T>) -> Result<(), DataError> {
         let cell = self.typed_cell(h)?;
-        cell.acquire_for_user()?;
+        cell.acquire_for_user()?.keep();
         drop(self.remove(&cell, h.id));
         Ok(())
     }
 
     /// Takes an acquired cell out of the store and frees its copies, returning its host
-    /// buffer. `in_use` stays held for good.
+    /// buffer. The claim stays held for good.
     fn remove(&self, cell: &DataCell, id: u32) -> Option<HostBuf> {
         {
             let mut cells = self.cells.write_locked();
@@ -1297,13 +1238,9 @@ impl DataStore {
                 given: values.len(),
             });
         }
-        cell.acquire_for_user()?;
-        let _access = UserAccess {
-            cell: &cell,
-            pinned: false,
-        };
-        // Types and lengths were checked above; we hold `in_use`.
-        cell.copy_in(bytemuck::cast_slice(values))
+        let claim = cell.acquire_for_user()?;
+        // Types and lengths were checked above.
+        cell.copy_in(&claim, bytemuck::cast_slice(values))
             .map_err(|reason| DataError::Store {
                 name: cell.name.clone(),
                 reason,
@@ -1311,7 +1248,7 @@ impl DataStore {
     }
 }
 
-/// The cells a run uses, held `in_use` until dropped.
+/// The cells a run uses, claimed until dropped.
 pub(crate) struct AcquiredData {
     cells: Vec<Arc<DataCell>>,
 }

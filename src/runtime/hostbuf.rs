@@ -19,6 +19,9 @@ use std::ptr::NonNull;
 
 use hexec_kernels::{ElemType, Element};
 
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use std::sync::Mutex;
+
 use crate::sync::MutexExt;
 
 /// The alignment the store gives a buffer of `elem`s: the type's own, so that a buffer
@@ -167,30 +170,51 @@ fn dangling(align: usize) -> NonNull<u8> {
     NonNull::new(std::ptr::without_provenance_mut(align)).expect("a power of two is non-zero")
 }
 
-/// A datum's host buffer as its cell holds it: the owner, swapped under a lock, and the
-/// address of its bytes mirrored for lock-free readers (kernels' operands, the host fast
-/// paths). The one place where that address becomes slices of bytes.
+/// A datum's host buffer as its cell holds it, with everything that says who may touch its
+/// bytes: the owner (swapped under a lock), the address of its bytes mirrored for lock-free
+/// readers (kernels' operands), the claim a run or a user access holds on the datum, and the
+/// count of host pins. The one place where bytes of a datum's buffer become slices.
 ///
-/// Invariant: the mirror is the address of the owned buffer's bytes, or null while there is
-/// none; both change together, under the owner's lock ([`HostSlot::replace`]).
+/// Invariants:
+/// - the mirror is the address of the owned buffer's bytes, or null while there is none; both
+///   change together, under the owner's lock;
+/// - the bytes are touched (a) by the holder of a [`UserClaim`], under the owner's lock
+///   (safe: while a user holds the claim no run holds it, so no kernel has their address);
+///   (b) by whoever saves them before taking the buffer out of memory with no pin held
+///   ([`HostSlot::take_unpinned`], safe for a slot that counts pins: every lock-free user
+///   pins first); (c) by the run holding the claim: its kernels through the mirrored address
+///   while pinned, and the store's copies for them under the owner's lock
+///   ([`HostSlot::with_ordered_bytes`] and friends, `unsafe`: that no kernel writes bytes
+///   another access reads is the run's dependency order, which this type cannot see);
+/// - a slot that counts pins ([`HostSlot::new`]'s `counts_pins`: a spillable datum) is pinned
+///   under the owner's lock, so a pin and `take_unpinned` never overlap.
 pub(crate) struct HostSlot {
-    ptr: std::sync::atomic::AtomicPtr<u8>,
-    buf: std::sync::Mutex<Option<HostBuf>>,
+    ptr: AtomicPtr<u8>,
+    buf: Mutex<Option<HostBuf>>,
+    /// Held by a run using the datum, by a user access, or for good once freed.
+    claimed: AtomicBool,
+    /// Host pins held now (counted only when `counts_pins`).
+    pins: AtomicU32,
+    counts_pins: bool,
 }
 
 impl HostSlot {
-    /// A slot holding `buf` (`None`: no buffer in memory).
-    pub fn new(buf: Option<HostBuf>) -> Self {
+    /// A slot holding `buf` (`None`: no buffer in memory). `counts_pins`: the buffer may
+    /// leave memory, so pins are counted and keep it in.
+    pub fn new(buf: Option<HostBuf>, counts_pins: bool) -> Self {
         HostSlot {
-            ptr: std::sync::atomic::AtomicPtr::new(buf.as_ref().map_or(std::ptr::null_mut(), HostBuf::as_ptr)),
-            buf: std::sync::Mutex::new(buf),
+            ptr: AtomicPtr::new(buf.as_ref().map_or(std::ptr::null_mut(), HostBuf::as_ptr)),
+            buf: Mutex::new(buf),
+            claimed: AtomicBool::new(false),
+            pins: AtomicU32::new(0),
+            counts_pins,
         }
     }
 
     /// The buffer's first byte, null while there is none (one atomic load).
     #[inline]
     pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.load(std::sync::atomic::Ordering::Acquire)
+        self.ptr.load(Ordering::Acquire)
     }
 
     /// Whether a buffer is in memory.
@@ -204,26 +228,9 @@ impl HostSlot {
         let mut buf = self.buf.locked();
         self.ptr.store(
             new.as_ref().map_or(std::ptr::null_mut(), HostBuf::as_ptr),
-            std::sync::atomic::Ordering::Release,
+            Ordering::Release,
         );
         std::mem::replace(&mut *buf, new)
-    }
-
-    /// Replaces the buffer by a copy of its first `len` bytes (aligned to `align`), returning
-    /// the old one; `None` (and nothing changes) while there is no buffer. The caller knows
-    /// no one writes the bytes meanwhile.
-    pub fn replace_with_copy(&self, len: usize, align: usize) -> Option<HostBuf> {
-        let mut buf = self.buf.locked();
-        let copy = HostBuf::copy_of(&buf.as_ref()?.bytes()[..len], align);
-        self.ptr.store(copy.as_ptr(), std::sync::atomic::Ordering::Release);
-        buf.replace(copy)
-    }
-
-    /// A copy of the first `len` bytes (aligned to `align`), `None` while there is no buffer.
-    /// The caller knows no one writes the bytes meanwhile.
-    pub fn copy(&self, len: usize, align: usize) -> Option<HostBuf> {
-        let buf = self.buf.locked();
-        buf.as_ref().map(|b| HostBuf::copy_of(&b.bytes()[..len], align))
     }
 
     /// The buffer, taken out through an exclusive borrow (the cell's drop).
@@ -232,32 +239,159 @@ impl HostSlot {
         self.buf.get_mut_unpoisoned().take()
     }
 
-    /// The first `len` bytes of the buffer, `None` while there is none.
-    ///
-    /// # Safety
-    /// The buffer holds at least `len` bytes, it stays in memory (not replaced) while the
-    /// slice lives, and no one writes those bytes meanwhile (the cell's module says when:
-    /// its coherence lock held by a user of the datum alone, or a host pin under `in_use`).
-    #[inline]
-    pub unsafe fn bytes(&self, len: usize) -> Option<&[u8]> {
-        let ptr = self.as_ptr();
-        // SAFETY: non-null, the mirror addresses the owned buffer's live bytes (the type's
-        // invariant), at least `len` of them, unchanged and unwritten while the slice lives
-        // (the caller's promise).
-        (!ptr.is_null()).then(|| unsafe { std::slice::from_raw_parts(ptr as *const u8, len) })
+    /// Claims the datum for a run (or for good, when it is freed); false if it is claimed.
+    pub fn claim(&self) -> bool {
+        !self.claimed.swap(true, Ordering::Acquire)
     }
 
-    /// The first `len` bytes of the buffer to overwrite, `None` while there is none.
+    /// Ends a run's claim.
+    pub fn release(&self) {
+        self.claimed.store(false, Ordering::Release);
+    }
+
+    /// Whether a run or a user holds the datum (or it was freed).
+    pub fn is_claimed(&self) -> bool {
+        self.claimed.load(Ordering::Acquire)
+    }
+
+    /// Claims the datum for a user access; `None` if it is claimed.
+    pub fn claim_for_user(&self) -> Option<UserClaim<'_>> {
+        self.claim().then_some(UserClaim { slot: self })
+    }
+
+    /// Pins the buffer in memory (counted in a slot that counts pins) and returns its
+    /// address, null while there is none: kept valid until [`HostSlot::unpin`].
+    pub fn pin(&self) -> *mut u8 {
+        if !self.counts_pins {
+            return self.as_ptr();
+        }
+        let _buf = self.buf.locked();
+        self.pins.fetch_add(1, Ordering::AcqRel);
+        self.as_ptr()
+    }
+
+    /// Ends a [`HostSlot::pin`].
+    pub fn unpin(&self) {
+        if self.counts_pins {
+            self.pins.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether pins are counted (the buffer may leave memory).
+    #[inline]
+    pub fn counts_pins(&self) -> bool {
+        self.counts_pins
+    }
+
+    /// Host pins held now (always 0 in a slot that does not count them).
+    pub fn pins(&self) -> u32 {
+        self.pins.load(Ordering::Acquire)
+    }
+
+    /// Takes the buffer out of memory when no pin is held (nor the owner's lock: no one is
+    /// using it), after `save` has seen its first `len` bytes; `Ok(None)` and nothing done
+    /// otherwise. Only for a slot that counts pins.
+    pub fn take_unpinned<E>(
+        &self,
+        len: usize,
+        save: impl FnOnce(&[u8]) -> Result<(), E>,
+    ) -> Result<Option<HostBuf>, E> {
+        debug_assert!(self.counts_pins, "taking an uncounted buffer out of memory");
+        let mut buf = match self.buf.try_lock() {
+            Ok(b) => b,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(None),
+        };
+        if !self.counts_pins || self.pins() != 0 {
+            return Ok(None);
+        }
+        let Some(b) = buf.as_ref() else { return Ok(None) };
+        // No pin is held and pins are taken under this lock: no kernel has the address now.
+        save(&b.bytes()[..len])?;
+        self.ptr.store(std::ptr::null_mut(), Ordering::Release);
+        Ok(buf.take())
+    }
+
+    /// Calls `f` on the first `len` bytes, `None` (and `f` not called) while there is no
+    /// buffer; holds the owner's lock meanwhile.
     ///
     /// # Safety
-    /// As [`HostSlot::bytes`], and no one reads or writes those bytes but the caller while
-    /// the slice lives.
-    #[inline]
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn bytes_mut(&self, len: usize) -> Option<&mut [u8]> {
-        let ptr = self.as_ptr();
-        // SAFETY: as in `bytes`; the caller promises exclusive use of these bytes.
-        (!ptr.is_null()).then(|| unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+    /// The caller's run holds the claim, and its dependency order keeps every kernel from
+    /// writing these bytes while `f` runs.
+    pub unsafe fn with_ordered_bytes<R>(&self, len: usize, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        let buf = self.buf.locked();
+        buf.as_ref().map(|b| f(&b.bytes()[..len]))
+    }
+
+    /// Calls `f` to overwrite the first `len` bytes, `None` (and `f` not called) while there
+    /// is no buffer; holds the owner's lock meanwhile.
+    ///
+    /// # Safety
+    /// As [`HostSlot::with_ordered_bytes`], and no kernel reads these bytes either.
+    pub unsafe fn with_ordered_bytes_mut<R>(&self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+        let mut buf = self.buf.locked();
+        buf.as_mut().map(|b| f(&mut b.bytes_mut()[..len]))
+    }
+
+    /// Replaces the buffer by a copy of its first `len` bytes (aligned to `align`), returning
+    /// the old one; `None` (and nothing changes) while there is no buffer.
+    ///
+    /// # Safety
+    /// As [`HostSlot::with_ordered_bytes`].
+    pub unsafe fn replace_with_copy(&self, len: usize, align: usize) -> Option<HostBuf> {
+        let mut buf = self.buf.locked();
+        let copy = HostBuf::copy_of(&buf.as_ref()?.bytes()[..len], align);
+        self.ptr.store(copy.as_ptr(), Ordering::Release);
+        buf.replace(copy)
+    }
+
+    /// A copy of the first `len` bytes (aligned to `align`), `None` while there is no buffer.
+    ///
+    /// # Safety
+    /// As [`HostSlot::with_ordered_bytes`].
+    pub unsafe fn copy(&self, len: usize, align: usize) -> Option<HostBuf> {
+        let buf = self.buf.locked();
+        buf.as_ref().map(|b| HostBuf::copy_of(&b.bytes()[..len], align))
+    }
+}
+
+/// A user access's claim on a datum (a read, a write, `read_with`): no run uses the datum
+/// while it is held, so no kernel holds the address of its bytes, and the bytes may be used
+/// under the owner's lock. Released when dropped.
+pub(crate) struct UserClaim<'a> {
+    slot: &'a HostSlot,
+}
+
+impl UserClaim<'_> {
+    /// Calls `f` on the first `len` bytes (`None` while there is no buffer in memory),
+    /// holding the buffer in place meanwhile.
+    pub fn with_bytes<R>(&self, len: usize, f: impl FnOnce(Option<&[u8]>) -> R) -> R {
+        let buf = self.slot.buf.locked();
+        f(buf.as_ref().map(|b| &b.bytes()[..len]))
+    }
+
+    /// Overwrites the buffer's first bytes with `src`; false (nothing written) while there
+    /// is no buffer in memory.
+    pub fn overwrite(&self, src: &[u8]) -> bool {
+        let mut buf = self.slot.buf.locked();
+        match buf.as_mut() {
+            Some(b) => {
+                b.bytes_mut()[..src.len()].copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Keeps the claim for good (the datum is being freed).
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for UserClaim<'_> {
+    fn drop(&mut self) {
+        self.slot.release();
     }
 }
 
@@ -290,6 +424,44 @@ mod tests {
         // A layout `Vec<u32>` cannot own (over-aligned) is copied.
         let b = HostBuf::copy_of(&[1, 0, 0, 0, 2, 0, 0, 0], 8);
         assert_eq!(b.into_vec::<u32>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_user_claim_excludes_runs_and_is_released_when_dropped() {
+        let slot = HostSlot::new(Some(HostBuf::copy_of(&[1, 2, 3, 4], 4)), false);
+        let claim = slot.claim_for_user().expect("free");
+        assert!(!slot.claim(), "a run cannot claim a datum a user holds");
+        assert!(slot.claim_for_user().is_none());
+        assert_eq!(claim.with_bytes(4, |b| b.map(<[u8]>::to_vec)), Some(vec![1, 2, 3, 4]));
+        assert!(claim.overwrite(&[9, 9]));
+        assert_eq!(claim.with_bytes(4, |b| b.map(<[u8]>::to_vec)), Some(vec![9, 9, 3, 4]));
+        drop(claim);
+        assert!(slot.claim(), "released on drop");
+        slot.release();
+        slot.claim_for_user().expect("free again").keep();
+        assert!(slot.is_claimed(), "kept for good");
+    }
+
+    #[test]
+    fn a_pinned_buffer_stays_in_memory_and_an_unpinned_one_is_saved_then_taken() {
+        let slot = HostSlot::new(Some(HostBuf::copy_of(&[5, 6, 7, 8], 4)), true);
+        let ptr = slot.pin();
+        assert_eq!((ptr, slot.pins()), (slot.as_ptr(), 1));
+        let taken = slot.take_unpinned(4, |_| -> Result<(), ()> { panic!("pinned: not saved") });
+        assert!(matches!(taken, Ok(None)));
+        slot.unpin();
+        let mut saved = Vec::new();
+        let taken = slot.take_unpinned(4, |b| {
+            saved.extend_from_slice(b);
+            Ok::<(), ()>(())
+        });
+        assert_eq!(taken.expect("saved").map(|b| b.len()), Some(4));
+        assert_eq!(saved, [5, 6, 7, 8]);
+        assert!(!slot.in_memory() && slot.as_ptr().is_null());
+        // A failed save leaves the buffer where it was.
+        slot.replace(Some(HostBuf::zeroed(4, 4)));
+        assert_eq!(slot.take_unpinned(4, |_| Err("disk full")).err(), Some("disk full"));
+        assert!(slot.in_memory());
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod load;
 mod pause;
 mod pool;
 mod queues;
+mod replicas;
 mod retire;
 mod sleep;
 mod speculate;

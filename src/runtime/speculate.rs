@@ -425,7 +425,10 @@ pub(crate) fn run_copy(run: &RunState<'_>, spec: &Speculation, task: u32, me: Wo
                     match saved.as_ref().and_then(|s| s.iter().find(|(j, _)| *j == i)) {
                         Some((_, bytes)) => buf.bytes_mut()[..bytes.len()].copy_from_slice(bytes),
                         // A GPU original leaves the host copy as the task found it.
-                        None => match cell.host_copy() {
+                        // SAFETY: this run holds the datum; the original, on a GPU, writes
+                        // its own copy there, and every other writer of the datum waits for
+                        // this task (dependencies), so no task writes the host bytes now.
+                        None => match unsafe { cell.host_copy() } {
                             Some(b) => buf = b,
                             None => prepared = Err(format!("no starting values for {}", cell.name)),
                         },

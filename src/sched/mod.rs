@@ -74,6 +74,7 @@ pub(crate) trait Policy: Send + Sync {
     /// index of the one it runs at once, without placing it: the highest-priority one it may
     /// run, the first among equals; `None` when the policy turns the shortcut off. Both
     /// drivers ask this, so that they take the same shortcut.
+    #[inline]
     fn pick_immediate(
         &self,
         plan: &Plan,

@@ -176,7 +176,7 @@ pub(super) fn stage_gpu_batch(
         let rec = &graph.tasks[task as usize];
         for &(d, access) in &graph.accesses[rec.accesses.range()] {
             if let (true, Some(cell)) = (access.reads(), &run.cells[d as usize]) {
-                cell.want(g, epoch);
+                cell.gpu.want(g, epoch);
             }
         }
     }
@@ -212,7 +212,7 @@ pub(super) fn stage_gpu_batch(
                         graph.datum_label(d)
                     ))
                 })?;
-                cell.pin(g);
+                cell.gpu.pin(g);
                 pinned.push(cell.clone());
                 let buffer = cell.ensure_gpu(g, access.reads(), true, run.gpus, &run.transfers)?;
                 ops.push(GpuOperand {
@@ -230,7 +230,7 @@ pub(super) fn stage_gpu_batch(
         })();
         if staged.is_err() {
             for cell in pinned.drain(pinned_before..) {
-                cell.unpin(g);
+                cell.gpu.unpin(g);
             }
         }
         match staged {
@@ -304,7 +304,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
             // Its writes are done: a recovery need not wait for the bookkeeping below.
             run.pause.leave(me);
         }
-        staged.pinned.iter().for_each(|c| c.unpin(g));
+        staged.pinned.iter().for_each(|c| c.gpu.unpin(g));
         if let Some(spec) = &run.speculation {
             let done: Vec<u32> = staged.tasks.iter().map(|&(t, _)| t).collect();
             spec.gpu_batch_finished(me, &done);

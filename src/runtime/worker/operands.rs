@@ -130,7 +130,7 @@ pub(super) fn pin_each<'a>(
             operands.push(match (b.elem, ptr) {
                 // SAFETY: `ptr` points to the live host buffer, aligned for `elem` (data.rs
                 // invariants), of `b.bytes` bytes of
-                // a datum held `in_use` by this run, pinned in memory until
+                // a datum claimed by this run, pinned in memory until
                 // `unpin_operands`, and valid when read (`pin_host`); the graph's dependencies
                 // guarantee that while this task runs no other task writes this datum, nor
                 // reads it if this access writes, and compile rejected a task naming a datum
