@@ -32,6 +32,7 @@
 
 #![warn(missing_docs)]
 
+pub mod array;
 #[cfg(feature = "bench")]
 #[doc(hidden)]
 pub mod bench;

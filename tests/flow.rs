@@ -710,3 +710,41 @@ fn cancelling_a_task_that_completed_while_its_batch_runs_says_too_late() {
     a.wait().unwrap();
     slow.wait().unwrap();
 }
+
+#[test]
+fn free_when_done_frees_after_the_submitted_work_and_refuses_later_uses() {
+    let rt = runtime(2);
+    let host = |rt: &Runtime| rt.memory_usage()[0].used_bytes;
+    let before = host(&rt);
+    let x = rt.data_named("x", vec![0u64; 1 << 16]);
+    let y = rt.data_named("y", vec![0u64; 1]);
+    // A slow task on x, then x dropped by the program while it runs.
+    let slow = rt
+        .task(&builtin::sleep())
+        .read(x)
+        .write(y)
+        .param(0.05)
+        .submit()
+        .unwrap();
+    let bumps: Vec<_> = (0..3)
+        .map(|_| rt.task(&increment()).read_write(x).submit().unwrap())
+        .collect();
+    rt.free_when_done(x).unwrap();
+    // From now on x is freed for the program, though its tasks still run.
+    let e = rt.task(&increment()).read_write(x).submit().unwrap_err();
+    assert!(e.to_string().contains("datum 'x' was freed"), "{e}");
+    assert_eq!(rt.read(x).unwrap_err(), DataError::Freed("x".into()));
+    assert_eq!(rt.free_when_done(x).unwrap_err(), DataError::Freed("x".into()));
+    // The work submitted before still ran on it.
+    slow.wait().unwrap();
+    for b in bumps {
+        b.wait().unwrap();
+    }
+    rt.wait_all().unwrap();
+    rt.free(y).unwrap();
+    assert_eq!(host(&rt), before, "x was freed once its work had ended");
+    // Nothing submitted uses it: freed at once.
+    let z = rt.data_named("z", vec![1u64; 8]);
+    rt.free_when_done(z).unwrap();
+    assert_eq!(rt.read(z).unwrap_err(), DataError::Freed("z".into()));
+}

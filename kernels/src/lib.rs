@@ -28,9 +28,11 @@ mod types;
 pub mod builtin;
 pub mod dense;
 pub mod linalg;
+pub mod tiles;
 
 pub use context::{CpuContext, RawOperand};
 pub use gpu::{Binding, GpuDims, GpuImpl, GpuPass};
 pub use kernel::{panic_message, CpuFn, Kernel, KernelError, OperandSpec, Signature};
 pub use registry::{KernelRegistry, RegistryError};
+pub use tiles::Scalar;
 pub use types::{Access, ElemType, Element};

@@ -27,11 +27,16 @@ impl KernelRegistry {
         Self::default()
     }
 
-    /// A registry holding every built-in kernel ([`builtin::all`]) and the Cholesky tile
-    /// kernels ([`crate::linalg::all`]).
+    /// A registry holding every built-in kernel ([`builtin::all`]), the Cholesky tile
+    /// kernels ([`crate::linalg::all`]) and the array tile kernels
+    /// ([`crate::tiles::TileKernels::all`]).
     pub fn with_builtins() -> Self {
         let mut r = Self::new();
-        for k in builtin::all().into_iter().chain(crate::linalg::all()) {
+        for k in builtin::all()
+            .into_iter()
+            .chain(crate::linalg::all())
+            .chain(crate::tiles::TileKernels::all())
+        {
             r.kernels.insert(k.name().to_string(), k);
         }
         r

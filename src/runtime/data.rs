@@ -1211,6 +1211,18 @@ impl DataStore {
         Ok(())
     }
 
+    /// Frees datum `id` of this store, whatever its type ([`DataStore::free`]).
+    pub fn free_id(&self, id: u32) -> Result<(), DataError> {
+        let Some(cell) = self.cell(self.rt, id) else {
+            return Err(self
+                .freed(self.rt, id)
+                .unwrap_or_else(|| DataError::ForeignHandle(format!("data#{id}"))));
+        };
+        cell.acquire_for_user()?.keep();
+        drop(self.remove(&cell, id));
+        Ok(())
+    }
+
     /// Takes an acquired cell out of the store and frees its copies, returning its host
     /// buffer. The claim stays held for good.
     fn remove(&self, cell: &DataCell, id: u32) -> Option<HostBuf> {

@@ -20,6 +20,9 @@
 //!   the cap (except on the runtime's own worker threads, whose batch must end first);
 //! - per datum, `last_access` is the sequence number of the last batch that uses it, and data
 //!   operations wait until that batch has ended (`finished`);
+//! - a datum freed without waiting ([`Flow::free_later`]) is *doomed*: refused to every later
+//!   submission and data operation as freed, and freed once the last batch that uses it has
+//!   ended (by whoever ends batches: the dispatcher, or a caller's blocking run);
 //! - a datum whose last writer among submitted tasks failed, was skipped or was cancelled is
 //!   *poisoned*: later submitted tasks that read it are skipped, naming that writer, until a
 //!   task overwrites it (`Access::Write`) successfully. Graph runs do not look at poison
@@ -311,6 +314,8 @@ struct State {
     dispatcher_waiting: bool,
     /// Poisoned data: the reason later readers are skipped.
     poisoned: HashMap<u32, String>,
+    /// Doomed data (freed without waiting) by id, each with the batch after which it may go.
+    doomed: HashMap<u32, u64>,
     /// Wakers of async waits for room or for data.
     waiters: Vec<Waker>,
     /// Tasks submitted so far (numbers unnamed tasks).
@@ -339,6 +344,8 @@ pub(crate) struct Flow {
     cap: usize,
     /// The runtime's worker threads ([`super::pool::WorkerPool::key`]).
     pool_key: usize,
+    /// The engine whose store frees doomed data (set once, when the runtime is built).
+    engine: std::sync::OnceLock<std::sync::Weak<Engine>>,
 }
 
 impl Flow {
@@ -349,6 +356,7 @@ impl Flow {
             progress: Condvar::new(),
             cap: cap.max(1),
             pool_key,
+            engine: std::sync::OnceLock::new(),
         })
     }
 
@@ -420,7 +428,15 @@ impl Flow {
             let local = match ids.iter().position(|&x| x == id) {
                 Some(i) => i,
                 None => {
-                    let Some(cell) = engine.store.cell(rt, id) else {
+                    let doomed = !st.doomed.is_empty() && st.doomed.contains_key(&id);
+                    let cell = engine.store.cell(rt, id).filter(|_| !doomed);
+                    let Some(cell) = cell else {
+                        if let (true, Some(c)) = (doomed, engine.store.cell(rt, id)) {
+                            return Err(SubmitError::InvalidTask {
+                                task: task_name(),
+                                message: super::DataError::Freed(c.name.clone()).to_string(),
+                            });
+                        }
                         let message = match engine.store.freed(rt, id) {
                             Some(e) => e.to_string(),
                             None => format!("uses datum #{id} of another runtime"),
@@ -605,7 +621,17 @@ impl Flow {
         run()
     }
 
+    /// Sets the engine whose store frees doomed data.
+    pub fn set_engine(&self, engine: &Arc<Engine>) {
+        let _ = self.engine.set(Arc::downgrade(engine));
+    }
+
     pub(super) fn end_batch(&self, seq: u64, tasks: usize) {
+        // Doomed data this batch was the last to use go before anyone sees it ended.
+        let due = self.take_due_frees(seq + 1);
+        if let (false, Some(engine)) = (due.is_empty(), self.engine.get().and_then(std::sync::Weak::upgrade)) {
+            engine.free_ids(&due);
+        }
         let mut st = self.state.locked();
         st.running = false;
         st.finished = st.finished.max(seq + 1);
@@ -640,6 +666,46 @@ impl Flow {
         while st.finished < target {
             st = self.progress.wait_unpoisoned(st);
         }
+    }
+
+    /// Dooms datum `id` (see the module invariants) when submitted work still uses it, and
+    /// says so; `false`: nothing submitted uses it, the caller frees it now.
+    pub fn free_later(&self, id: u32) -> bool {
+        let mut st = self.state.locked();
+        if st.doomed.contains_key(&id) {
+            return true;
+        }
+        let after = Self::ready_after(&st, id);
+        if st.finished >= after {
+            return false;
+        }
+        st.doomed.insert(id, after);
+        true
+    }
+
+    /// Whether datum `id` is doomed (freed without waiting, not yet gone).
+    pub fn is_doomed(&self, id: u32) -> bool {
+        let st = self.state.locked();
+        !st.doomed.is_empty() && st.doomed.contains_key(&id)
+    }
+
+    /// Doomed data whose last batch is before `finished`: no longer doomed here, the caller
+    /// frees them.
+    fn take_due_frees(&self, finished: u64) -> Vec<u32> {
+        let mut st = self.state.locked();
+        if st.doomed.is_empty() {
+            return Vec::new();
+        }
+        let due: Vec<u32> = st
+            .doomed
+            .iter()
+            .filter(|&(_, &after)| finished >= after)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in &due {
+            st.doomed.remove(id);
+        }
+        due
     }
 
     /// The sequence number after which `id` may be used by a data operation.

@@ -678,9 +678,12 @@ impl Drop for Runtime {
 impl Runtime {
     fn new(engine: Engine, max_submitted: usize) -> Runtime {
         let pool_key = engine.pool.key();
+        let engine = Arc::new(engine);
+        let flow = flow::Flow::new(max_submitted, pool_key);
+        flow.set_engine(&engine);
         Runtime {
-            engine: Arc::new(engine),
-            flow: flow::Flow::new(max_submitted, pool_key),
+            engine,
+            flow,
             registry: KernelRegistry::with_builtins(),
         }
     }
@@ -754,6 +757,22 @@ impl Runtime {
         self.after_pending(h, || self.engine.free(h))
     }
 
+    /// Frees a datum once the work submitted so far that uses it has ended, without waiting
+    /// for it: what a value going out of scope does (the tiles of a dropped
+    /// [`crate::array::Matrix`]). From this call on the datum is freed as far as the program
+    /// can see: submitting a task that uses it, or reading, writing or freeing it, is an
+    /// error saying it was freed.
+    pub fn free_when_done<T: Element>(&self, h: Data<T>) -> Result<(), DataError> {
+        let cell = self.engine.store.typed_cell(h)?;
+        if self.flow.is_doomed(h.id) {
+            return Err(DataError::Freed(cell.name.clone()));
+        }
+        if self.flow.free_later(h.id) {
+            return Ok(());
+        }
+        self.engine.free(h)
+    }
+
     /// Frees a datum and hands back its values, without a copy when its host buffer can be a
     /// `Vec<T>` (the vector it was made from, or a buffer the store allocated for `T`): the
     /// valid copy is first brought home (from a GPU or a spill file). Waits for the submitted
@@ -825,6 +844,11 @@ impl Runtime {
     /// Runs `op` on datum `h` once the submitted work that uses it has ended; again if work
     /// submitted meanwhile by another thread took it first.
     fn after_pending<T, R>(&self, h: Data<T>, mut op: impl FnMut() -> Result<R, DataError>) -> Result<R, DataError> {
+        if self.flow.is_doomed(h.id) {
+            if let Some(cell) = self.engine.store.cell(h.rt, h.id) {
+                return Err(DataError::Freed(cell.name.clone()));
+            }
+        }
         loop {
             self.flow.wait_for_datum(h.id);
             match op() {
@@ -1022,6 +1046,17 @@ impl Engine {
     /// [`Runtime::free`].
     pub fn free<T: Element>(&self, h: Data<T>) -> Result<(), DataError> {
         self.store.free(h)
+    }
+
+    /// Frees doomed data (see [`Runtime::free_when_done`]) whose last batch has ended.
+    pub(crate) fn free_ids(&self, ids: &[u32]) {
+        for &id in ids {
+            match self.store.free_id(id) {
+                // Freed twice in a race with `free_when_done`: gone, as asked.
+                Ok(()) | Err(DataError::Freed(_)) => {}
+                Err(e) => tracing::warn!("a datum freed without waiting could not be freed: {e}"),
+            }
+        }
     }
 
     /// [`Runtime::take`].
