@@ -110,13 +110,64 @@ fn info_and_demo() {
     assert!(!v["workers"].as_array().unwrap().is_empty());
     assert_eq!(v["workers"][0]["class"], 0);
     let out = hexec()
-        .args(["demo", "--tiles", "9", "--tile-len", "100", "--json"])
+        .args(["demo", "--blockwise", "--tiles", "9", "--tile-len", "100", "--json"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["check"]["ok"], true);
     assert_eq!(v["tasks"], 9 * 3 + 8);
+}
+
+/// The main job: `A·x = b` by tiled Cholesky, in both types, with its figures; bad options
+/// refused naming the option.
+#[test]
+fn demo_solves_a_linear_system_and_reports_its_residuals() {
+    let out = hexec()
+        .args(["demo", "--n", "96", "--tile", "40", "--gpus", "none", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["n"].as_u64(), v["tiles"].as_u64(), v["elem"].as_str()),
+        (Some(96), Some(3), Some("f32"))
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["factor_residual"].as_f64().unwrap() < 1e-5, "{v}");
+    // copies 6 + potrf 3 + trsm 3 + syrk/gemm 4, then the solve's tasks.
+    assert!(v["work"]["completed"].as_u64().unwrap() > 16, "{v}");
+    let out = hexec()
+        .args(["demo", "--n", "70", "--tile", "16", "--type", "f64", "--gpus", "none"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for needle in [
+        "70×70 f64",
+        "tiles of 16",
+        "GFLOP/s",
+        "cpu0",
+        "bytes moved",
+        "relative residuals",
+        "result OK",
+    ] {
+        assert!(text.contains(needle), "missing '{needle}': {text}");
+    }
+    for (args, says) in [
+        (&["demo", "--type", "f16"][..], "--type f16"),
+        (&["demo", "--tile", "0"][..], "--tile 0"),
+        (
+            &["demo", "--deadline", "1s"][..],
+            "--deadline applies to the blockwise demo",
+        ),
+        (&["demo", "--n", "100000000"][..], "more than this machine's"),
+    ] {
+        let out = hexec().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
 }
 
 #[test]
@@ -393,7 +444,7 @@ fn software_gpus_are_used_only_when_asked_for() {
     assert_eq!(e["gpus"].as_array().unwrap().len(), hardware + software, "{e}");
     if hardware == 0 {
         let demo = hexec()
-            .args(["demo", "--software-gpus", "--tiles", "4", "--tile-len", "64"])
+            .args(["demo", "--software-gpus", "--n", "64", "--tile", "16"])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&demo.stdout);
@@ -675,6 +726,7 @@ fn sim_says_where_its_trace_went_and_a_failed_demo_says_it_failed() {
     let out = hexec()
         .args([
             "demo",
+            "--blockwise",
             "--cpus",
             "1",
             "--gpus",

@@ -905,14 +905,18 @@ fn eviction_ping_pong_is_detected_and_the_run_completes() {
     assert_eq!(sums, vec![len as f32, 2.0 * len as f32, 3.0 * len as f32]);
 }
 
-/// The Cholesky tile kernels on the GPU match their CPU versions at odd tile sides.
+/// The Cholesky tile kernels on the GPU match their CPU versions at odd tile sides, and
+/// `trsm` at a side past lavapipe's loop limit (65,535 iterations per invocation), which a
+/// row per invocation exceeded from b = 362: the factor came out wrong.
 #[test]
 fn cholesky_tile_kernels_match_on_gpu_and_cpu() {
     use hexec::kernels::linalg;
     let Some(rt) = gpu_runtime(1) else { return };
     use Access::*;
-    for b in [1usize, 5, 16, 33, 70] {
-        // A well-conditioned lower-triangular L (unit-ish diagonal) for trsm.
+    for b in [1usize, 5, 16, 33, 70, 400] {
+        // A well-conditioned lower-triangular L for trsm: a diagonal that outweighs a row's
+        // random off-diagonal sum (about √b in size), so that errors do not grow along the
+        // substitution and the two summation orders agree.
         let mut l = values(b * b, 3);
         for i in 0..b {
             for j in 0..b {
@@ -920,7 +924,7 @@ fn cholesky_tile_kernels_match_on_gpu_and_cpu() {
                     l[i * b + j] = 0.0;
                 }
             }
-            l[i * b + i] = 2.0 + l[i * b + i].abs();
+            l[i * b + i] = 2.0 + l[i * b + i].abs() + (b as f32).sqrt();
         }
         let (x, c) = (values(b * b, 4), values(b * b, 5));
         let tol = 1e-5 * (b as f32).sqrt().max(1.0);
@@ -935,6 +939,9 @@ fn cholesky_tile_kernels_match_on_gpu_and_cpu() {
             ),
         ];
         for (kernel, inputs, access, out) in cases {
+            if b > 100 && kernel.name() != "trsm" {
+                continue;
+            }
             let (g, cpu) = both(&rt, &kernel, &inputs, &access, &[], out);
             close(&g, &cpu, tol, &format!("{} b={b}", kernel.name()));
         }

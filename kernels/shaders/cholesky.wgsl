@@ -10,20 +10,39 @@ fn tile_side() -> u32 {
     return u32(round(sqrt(f32(P.len.x))));
 }
 
-// One invocation per row of X: forward substitution along the row, x_j = (x_j - sum_k<j
-// x_k L[j][k]) / L[j][j]. Rows are independent, so no synchronisation is needed.
+// One workgroup per row of X, right-looking: at step j one invocation finishes x_j (divides it
+// by L[j][j]), then the workgroup takes it off every later x_k of the row in parallel
+// (x_k -= x_j L[k][j]). Rows are independent. Each invocation loops about b + b^2/128 times:
+// a row per invocation (b^2/2 iterations) is cut short past 65535 iterations by lavapipe's
+// loop limiter (wrong results from b = 362), and leaves most of a real GPU idle.
 @group(0) @binding(2) var<storage, read_write> X: array<f32>;
 
+var<workgroup> xj: f32;
+
 @compute @workgroup_size(64)
-fn trsm(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn trsm(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) t: u32,
+) {
     let b = tile_side();
-    let i = gid.x;
+    let i = wid.x + wid.y * nwg.x;
+    // The same for the whole workgroup, so the barriers below stay in uniform control flow.
     if (i >= b) { return; }
+    let row = i * b;
     for (var j = 0u; j < b; j++) {
-        var s = X[i * b + j];
-        for (var k = 0u; k < j; k++) {
-            s -= X[i * b + k] * L_or_A[j * b + k];
+        if (t == 0u) {
+            let v = X[row + j] / L_or_A[j * b + j];
+            X[row + j] = v;
+            xj = v;
         }
-        X[i * b + j] = s / L_or_A[j * b + j];
+        workgroupBarrier();
+        let v = xj;
+        for (var k = j + 1u + t; k < b; k += 64u) {
+            X[row + k] -= v * L_or_A[k * b + j];
+        }
+        // x_{j+1} (updated by another invocation) is read at the next step; xj is rewritten.
+        storageBarrier();
+        workgroupBarrier();
     }
 }

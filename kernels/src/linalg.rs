@@ -120,7 +120,8 @@ kernel!(
         passes: vec![GpuPass {
             entry: "trsm".into(),
             bindings: vec![Binding::Params, Binding::Operand(0), Binding::Operand(1)],
-            grid: Arc::new(|d| gpu::grid_1d(tile_side(d.lens).unwrap_or(1) as u64, 64)),
+            // One workgroup per row.
+            grid: Arc::new(|d| gpu::grid_1d(tile_side(d.lens).unwrap_or(1) as u64, 1)),
         }],
         scratch: Arc::new(|_| Vec::new()),
         check: Arc::new(check_tiles),

@@ -266,20 +266,12 @@ impl<'rt, T: Scalar> Matrix<'rt, T> {
     /// and the tasks after it are skipped naming that one: [`Matrix::wait`] or reading the
     /// factor or a solution says so.
     pub fn cholesky(&self) -> Result<Cholesky<'rt, T>, ArrayError> {
-        if self.rows != self.cols || self.tile_rows != self.tile_cols {
-            return Err(ArrayError::Shape {
-                op: "cholesky",
-                message: format!(
-                    "'{}' is {}×{} in tiles of {}×{}: the factorisation needs a square matrix in square tiles",
-                    self.name, self.rows, self.cols, self.tile_rows, self.tile_cols
-                ),
-            });
-        }
+        self.check_square("cholesky")?;
         let name = Self::result_name("chol", &[&self.name]);
         // The lower triangle's tiles, copied.
         let mut l = self.like(name, self.rows, self.cols, self.tile_rows, self.tile_cols);
         let nt = self.grid_rows();
-        let kernels = T::tile_kernels();
+        let copy = &T::tile_kernels().copy;
         for i in 0..nt {
             for j in 0..=i {
                 let src = self.tile(i, j);
@@ -287,7 +279,7 @@ impl<'rt, T: Scalar> Matrix<'rt, T> {
                 if let Some(src) = src {
                     let h = self
                         .rt
-                        .task(&kernels.copy)
+                        .task(copy)
                         .name(format!("copy {}[{i},{j}]", l.name))
                         .read(src)
                         .write(dst)
@@ -296,15 +288,56 @@ impl<'rt, T: Scalar> Matrix<'rt, T> {
                 }
             }
         }
-        let b = self.tile_rows;
-        let (rows, grid) = (self.rows, nt);
+        l.factor_in_place()
+    }
+
+    /// [`Matrix::cholesky`] in this matrix's own tiles: no copy; the tiles above the
+    /// diagonal are freed.
+    pub fn into_cholesky(mut self) -> Result<Cholesky<'rt, T>, ArrayError> {
+        self.check_square("cholesky")?;
+        let nt = self.grid_rows();
+        for i in 0..nt {
+            for j in 0..nt {
+                if j > i {
+                    if let Some(t) = self.tiles[i * nt + j].take() {
+                        let _ = self.rt.free_when_done(t);
+                    }
+                    self.writers[i * nt + j] = None;
+                } else {
+                    self.tile_or_zeros(i, j);
+                }
+            }
+        }
+        self.factor_in_place()
+    }
+
+    fn check_square(&self, op: &'static str) -> Result<(), ArrayError> {
+        if self.rows != self.cols || self.tile_rows != self.tile_cols {
+            return Err(ArrayError::Shape {
+                op,
+                message: format!(
+                    "'{}' is {}×{} in tiles of {}×{}: the factorisation needs a square matrix in square tiles",
+                    self.name, self.rows, self.cols, self.tile_rows, self.tile_cols
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The right-looking factorisation over this matrix's lower tiles (all present).
+    fn factor_in_place(mut self) -> Result<Cholesky<'rt, T>, ArrayError> {
+        let rt = self.rt;
+        let l = &mut self;
+        let nt = l.grid_rows();
+        let kernels = T::tile_kernels();
+        let b = l.tile_rows;
+        let (rows, grid) = (l.rows, nt);
         let full = |i: usize| i + 1 < grid || rows % b == 0;
         let f32_tiles = T::ELEM == ElemType::F32;
         for k in 0..nt {
             let mk = l.tile_rows_of(k);
             let lkk = l.tile(k, k).expect("made above");
-            let h = self
-                .rt
+            let h = rt
                 .task(&kernels.potrf)
                 .name(format!("potrf {}[{k},{k}]", l.name))
                 .read_write(lkk)
@@ -315,16 +348,10 @@ impl<'rt, T: Scalar> Matrix<'rt, T> {
                 let lik = l.tile(i, k).expect("made above");
                 let name = format!("trsm {}[{i},{k}]", l.name);
                 let h = if f32_tiles && full(i) && full(k) {
-                    self.rt
-                        .task(&linalg::trsm())
-                        .name(name)
-                        .read(lkk)
-                        .read_write(lik)
-                        .submit()?
+                    rt.task(&linalg::trsm()).name(name).read(lkk).read_write(lik).submit()?
                 } else {
                     let p = trsm_params(l.tile_rows_of(i), mk, TriangularSolve::RightLowerTransposed);
-                    self.rt
-                        .task(&kernels.trsm)
+                    rt.task(&kernels.trsm)
                         .name(name)
                         .read(lkk)
                         .read_write(lik)
@@ -346,12 +373,12 @@ impl<'rt, T: Scalar> Matrix<'rt, T> {
                         trans_b: true,
                     };
                     let what = if i == j { "syrk" } else { "gemm" };
-                    let h = g.submit(self.rt, format!("{what} {}[{i},{j}] -= [{i},{k}]·[{j},{k}]ᵀ", l.name))?;
+                    let h = g.submit(rt, format!("{what} {}[{i},{j}] -= [{i},{k}]·[{j},{k}]ᵀ", l.name))?;
                     l.wrote(i, j, h);
                 }
             }
         }
-        Ok(Cholesky { l })
+        Ok(Cholesky { l: self })
     }
 
     /// `X` with `self·X = b`, for a symmetric positive definite `self`: [`Matrix::cholesky`]

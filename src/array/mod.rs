@@ -353,3 +353,20 @@ impl<'rt, T: Scalar> Matrix<'rt, T> {
         Ok(faer::Mat::from_fn(self.rows, self.cols, |i, j| v[i * self.cols + j]))
     }
 }
+
+impl<T: Scalar> Matrix<'_, T> {
+    /// Cancels the tasks that would finish this matrix's tiles (those not started are
+    /// dropped, with their dependents; running CPU kernels see the request).
+    pub fn cancel(&self) {
+        for h in self.writers.iter().flatten() {
+            h.cancel();
+        }
+    }
+
+    /// Tiles whose last writer has finished, and tiles computed by tasks (for progress).
+    pub fn progress(&self) -> (usize, usize) {
+        let computed = self.writers.iter().flatten();
+        let done = computed.clone().filter(|h| h.is_finished()).count();
+        (done, computed.count())
+    }
+}

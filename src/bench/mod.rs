@@ -4,6 +4,7 @@
 
 pub mod gpu;
 pub mod kernels;
+pub mod linalg;
 pub mod memory;
 pub mod overhead;
 pub mod schedule;

@@ -54,10 +54,23 @@ enum Command {
     },
     /// Run the demo job: a blockwise array computation on every core and GPU, checked.
     Demo {
-        /// Number of tiles of the blockwise computation.
+        /// The matrix's side (the default takes about 5 to 20 s on two cores).
+        #[arg(long, default_value_t = 14336)]
+        n: usize,
+        /// The tile side.
+        #[arg(long, default_value_t = 512)]
+        tile: usize,
+        /// Element type: f32 or f64 (f64 tiles run on CPUs).
+        #[arg(long = "type", default_value = "f32")]
+        elem: String,
+        /// Run the old blockwise demo instead (axpy, scale and sum on tiles, then a tree of
+        /// adds), as one graph.
+        #[arg(long)]
+        blockwise: bool,
+        /// With --blockwise: number of tiles.
         #[arg(long, default_value_t = 64)]
         tiles: usize,
-        /// Elements (f32) per tile.
+        /// With --blockwise: elements (f32) per tile.
         #[arg(long, default_value_t = 1 << 16)]
         tile_len: usize,
         /// Write a Chrome/Perfetto trace of the run to this file (open it in ui.perfetto.dev).
@@ -214,6 +227,38 @@ enum BenchCommand {
         /// Timed repetitions per figure (the median is reported).
         #[arg(long, default_value_t = 5)]
         reps: usize,
+    },
+    /// Tiled Cholesky and GEMM on the runtime (f32, f64) beside faer's dense routines on the
+    /// same cores, SciPy/OpenBLAS (with --python) and StarPU's cholesky_implicit, in the same
+    /// run.
+    Linalg {
+        /// Print the rows as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        devices: DeviceArgs,
+        /// Scheduling policy: locality, ws, eager, heft or random.
+        #[arg(long, default_value = "locality")]
+        policy: PolicyKind,
+        /// Matrix sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [2048, 4096])]
+        sizes: Vec<usize>,
+        /// Tile size.
+        #[arg(long, default_value_t = 512)]
+        tile: usize,
+        /// Operations: cholesky, gemm.
+        #[arg(long, value_delimiter = ',', default_values_t = ["cholesky".to_string(), "gemm".to_string()])]
+        ops: Vec<String>,
+        /// Element types: f32, f64.
+        #[arg(long = "types", value_delimiter = ',', default_values_t = ["f32".to_string(), "f64".to_string()])]
+        types: Vec<String>,
+        /// Timed repetitions per figure (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// A Python with numpy and SciPy for the OpenBLAS column (scripts/bench-linalg.sh
+        /// makes one).
+        #[arg(long)]
+        python: Option<PathBuf>,
     },
     /// Cost per empty task in standard shapes, hexec against rayon.
     Overhead {
@@ -549,6 +594,10 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             result
         }
         Command::Demo {
+            n,
+            tile,
+            elem,
+            blockwise,
             tiles,
             tile_len,
             trace,
@@ -557,13 +606,37 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
         } => {
             let stop = signals::install();
             remove_stale_spill_dirs();
+            if !blockwise && trace.is_some() {
+                return Err(Failure {
+                    code: 2,
+                    message: "--trace records one graph run: use it with --blockwise".into(),
+                });
+            }
             let rt = machine.builder().build()?;
             stop.spill_dir(rt.spill_directory());
             if !json {
                 print_machine(&rt);
             }
-            let demo = hexec::demo::blockwise(&rt, tiles, tile_len);
-            run_and_report(&rt, &demo.graph, (trace, json), &machine, Verify::Demo(&demo), &stop)
+            if blockwise {
+                let demo = hexec::demo::blockwise(&rt, tiles, tile_len);
+                return run_and_report(&rt, &demo.graph, (trace, json), &machine, Verify::Demo(&demo), &stop);
+            }
+            let graph_only = [
+                ("--keep-going", machine.keep_going),
+                ("--stall-timeout", machine.stall_timeout.is_some()),
+                ("--deadline", machine.deadline.is_some()),
+                ("--speculate", machine.speculate),
+                ("--retire", !machine.retire.is_empty()),
+                ("--tiles", tiles != 64),
+                ("--tile-len", tile_len != 1 << 16),
+            ];
+            if let Some((flag, _)) = graph_only.iter().find(|(_, given)| *given) {
+                return Err(Failure {
+                    code: 2,
+                    message: format!("{flag} applies to the blockwise demo's graph run: add --blockwise"),
+                });
+            }
+            solve_demo(&rt, (n, tile, &elem), json, machine.policy, &stop)
         }
         Command::Sim {
             io,
@@ -673,6 +746,37 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                     code: 1,
                     message: "the faulty run's results differ from the clean run's".into(),
                 });
+            }
+            Ok(())
+        }
+        Command::Bench {
+            which:
+                BenchCommand::Linalg {
+                    json,
+                    devices,
+                    policy,
+                    sizes,
+                    tile,
+                    ops,
+                    types,
+                    reps,
+                    python,
+                },
+        } => {
+            let rt = devices.builder().policy(policy).build()?;
+            let cfg = hexec::bench::linalg::LinalgConfig {
+                sizes,
+                tile,
+                reps,
+                ops,
+                types,
+                python,
+            };
+            let report = hexec::bench::linalg::measure(&cfg, &rt)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", hexec::bench::linalg::markdown(&report));
             }
             Ok(())
         }
@@ -1000,6 +1104,107 @@ fn info(json: bool, m: &DeviceArgs) -> Result<(), Failure> {
                 g.features.join(", ")
             );
         }
+    }
+    Ok(())
+}
+
+/// `hexec demo`: `A·x = b` by tiled Cholesky on every device, with a progress bar on a
+/// terminal and the figures of the run.
+fn solve_demo(
+    rt: &Runtime,
+    (n, tile, elem): (usize, usize, &str),
+    json: bool,
+    policy: PolicyKind,
+    stop: &signals::Stop,
+) -> Result<(), Failure> {
+    use hexec::demo::solve::{self, SolveConfig};
+    let bad = |message: String| Failure { code: 2, message };
+    if n == 0 || tile == 0 {
+        return Err(bad(format!("--n {n} --tile {tile}: both must be at least 1")));
+    }
+    let tolerance = match elem {
+        "f32" => 1e-5,
+        "f64" => 1e-12,
+        other => return Err(bad(format!("--type {other}: the demo solves in f32 or f64"))),
+    };
+    // A, its factor's lower half and the vectors: refuse what the host cannot hold.
+    let bytes = (n as u128) * (n as u128) * if elem == "f32" { 4 } else { 8 } * 3 / 2;
+    let host = rt.machine().host_memory_bytes() as u128;
+    if host > 0 && bytes > host {
+        return Err(bad(format!(
+            "--n {n}: the matrix and its factor need {} MiB, more than this machine's {} MiB",
+            bytes >> 20,
+            host >> 20
+        )));
+    }
+    let nt = n.div_ceil(tile);
+    if !json {
+        println!(
+            "solving A·x = b: A a random symmetric positive definite {n}×{n} {elem} matrix, tiled Cholesky in {nt}×{nt} tiles of {tile}, policy {}",
+            policy.name()
+        );
+    }
+    let cfg = SolveConfig { n, tile, tolerance };
+    let terminal = !json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let token = stop.token();
+    let mut bar = |done: usize, total: usize| {
+        if token.is_cancelled() {
+            return false;
+        }
+        if terminal && total > 0 {
+            let filled = done * 30 / total;
+            eprint!(
+                "\r[{}{}] factor: {done}/{total} tiles",
+                "#".repeat(filled),
+                ".".repeat(30 - filled)
+            );
+            if done == total {
+                eprintln!();
+            }
+        }
+        true
+    };
+    let report = if elem == "f32" {
+        solve::run::<f32>(rt, &cfg, &mut bar)
+    } else {
+        solve::run::<f64>(rt, &cfg, &mut bar)
+    }
+    .map_err(|e| Failure {
+        code: 1,
+        message: e.to_string(),
+    })?;
+    let Some(report) = report else {
+        let (code, signal) = stop.stopped_by().unwrap_or((130, "a signal"));
+        return Err(Failure {
+            code,
+            message: format!("stopped by {signal}: the factorisation's remaining tasks were cancelled"),
+        });
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let w = &report.work;
+        println!(
+            "factor: {:.3} s, {:.1} GFLOP/s; solve: {:.3} s; {} tasks in {} runs",
+            report.factor_s, report.factor_gflops, report.solve_s, w.completed, w.runs
+        );
+        for t in &w.workers {
+            println!("  {:<8} {:>6} tasks  busy {:.3} s", t.name, t.tasks, t.busy_s);
+        }
+        println!("bytes moved between memory nodes: {}", w.bytes_transferred);
+        println!(
+            "relative residuals: factor ‖L·Lᵀ·v − A·v‖/‖A·v‖ = {:.2e}, solution ‖A·x − b‖/‖b‖ = {:.2e} (limit {:.0e})",
+            report.factor_residual, report.solution_residual, report.tolerance
+        );
+    }
+    if !report.ok {
+        return Err(Failure {
+            code: 1,
+            message: format!("result WRONG: a residual is above {:.0e}", report.tolerance),
+        });
+    }
+    if !json {
+        println!("result OK");
     }
     Ok(())
 }

@@ -30,6 +30,7 @@ mod sleep;
 mod speculate;
 mod spill;
 mod spiller;
+mod stats;
 mod watchdog;
 mod worker;
 
@@ -58,6 +59,7 @@ use data::{AcquiredData, DataStore};
 pub use flow::{GraphHandle, TaskError, TaskHandle, DEFAULT_MAX_SUBMITTED};
 use queues::{LocalQueues, SharedQueues};
 pub use retire::{RetireError, RetireOptions, RetireReport, DEFAULT_RETIRE_WAIT};
+pub use stats::{RuntimeStats, WorkerTotals};
 use worker::{run_worker, BoundDatum, RunState, WorkerStats};
 
 static NEXT_RUNTIME_ID: AtomicU64 = AtomicU64::new(1);
@@ -551,6 +553,7 @@ impl RuntimeBuilder {
                     .map(|_| std::sync::atomic::AtomicU8::new(worker::ACTIVE))
                     .collect(),
                 retire_locks: (0..names.len()).map(|_| Mutex::new(false)).collect(),
+                totals: Mutex::default(),
                 pool,
                 predictor,
                 id,
@@ -628,6 +631,8 @@ pub(crate) struct Engine {
     /// Per worker: held by a retire or a restore of it; whether its retirement's evacuation
     /// (a GPU's copies brought home and released) is done.
     retire_locks: Vec<Mutex<bool>>,
+    /// Totals over every run ([`Runtime::stats`]).
+    totals: Mutex<RuntimeStats>,
 }
 
 /// Runs task graphs on this machine's cores and GPUs.
@@ -797,6 +802,13 @@ impl Runtime {
     /// allocated there.
     pub fn memory_usage(&self) -> Vec<NodeUsage> {
         self.engine.memory_usage()
+    }
+
+    /// What the runtime has done since it was built, over every run, submitted task and
+    /// graph: tasks and busy time per worker, bytes copied between memory nodes. Two
+    /// snapshots subtract ([`RuntimeStats::since`]).
+    pub fn stats(&self) -> RuntimeStats {
+        self.engine.totals.locked().clone()
     }
 
     /// A handle for a datum created by [`Engine::data_filled`].
@@ -1265,6 +1277,24 @@ impl Engine {
 
     /// [`Engine::run_with`] for the submission flow, with its control of single tasks.
     pub(crate) fn run_flow(
+        &self,
+        graph: &Graph,
+        opts: RunOptions,
+        control: &TaskControl<'_>,
+    ) -> Result<RunReport, RunError> {
+        let result = self.run_flow_uncounted(graph, opts, control);
+        let report = match &result {
+            Ok(r) => Some(r),
+            Err(e) => e.report(),
+        };
+        if let Some(r) = report {
+            self.totals.locked().add(r);
+        }
+        result
+    }
+
+    /// [`Engine::run_flow`] without adding to the totals.
+    fn run_flow_uncounted(
         &self,
         graph: &Graph,
         opts: RunOptions,

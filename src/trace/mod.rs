@@ -217,7 +217,7 @@ pub struct TraceLog {
 }
 
 /// The summary of a run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct RunReport {
     /// The policy it ran under.
     pub policy: String,
