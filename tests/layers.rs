@@ -42,6 +42,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("linalg", &["graph", "kernels", "limits", "runtime", "topology"]),
+    ("array", &["graph", "kernels", "runtime", "sched"]),
     ("demo", &["*"]),
     ("bench", &["*"]),
     ("bin", &["*"]),

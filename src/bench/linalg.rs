@@ -34,8 +34,9 @@ use crate::topology::DeviceKind;
 pub struct LinalgConfig {
     /// Matrix sizes.
     pub sizes: Vec<usize>,
-    /// Tile size (the same for StarPU's blocks, which must divide the size).
-    pub tile: usize,
+    /// Tile size (the same for StarPU's blocks, which must divide the size); `None`:
+    /// [`crate::array::default_tile`] of each type.
+    pub tile: Option<usize>,
     /// Timed runs per column (the median is reported).
     pub reps: usize,
     /// Operations: `cholesky`, `gemm`.
@@ -224,18 +225,19 @@ fn row<T: Scalar>(
 ) -> Result<LinalgRow, String> {
     let elem = T::ELEM.to_string();
     let label = format!("{op} {elem} n={n}");
+    let tile = cfg.tile.unwrap_or_else(crate::array::default_tile::<T>);
     let (mut hexec, mut faer, mut star) = (Vec::new(), Vec::new(), Vec::new());
     let mut tasks = 0;
     let with_starpu = op == "cholesky" && elem == "f32";
     if with_starpu && Path::new(STARPU_CHOLESKY).exists() {
         // Calibrates dmdas's models; not counted.
-        let _ = starpu(n, cfg.tile, cpus);
+        let _ = starpu(n, tile, cpus);
     }
     let mut starpu_why = None;
     // One untimed run of each warms caches, allocators and the models.
-    hexec_once::<T>(rt, op, n.min(1024), cfg.tile.min(256))?;
+    hexec_once::<T>(rt, op, n.min(1024), tile.min(256))?;
     for _ in 0..cfg.reps.max(1) {
-        let (s, t) = hexec_once::<T>(rt, op, n, cfg.tile)?;
+        let (s, t) = hexec_once::<T>(rt, op, n, tile)?;
         hexec.push(s);
         tasks = t;
         faer.push(faer_once::<T>(op, n, cpus)?);
@@ -245,7 +247,7 @@ fn row<T: Scalar>(
                     "{STARPU_CHOLESKY} is missing (apt-get install starpu-examples)"
                 ));
             } else {
-                match starpu(n, cfg.tile, cpus) {
+                match starpu(n, tile, cpus) {
                     Ok(g) => star.push(g),
                     Err(why) => starpu_why = Some(why),
                 }
@@ -277,7 +279,7 @@ fn row<T: Scalar>(
         op: op.to_string(),
         elem,
         n,
-        tile: cfg.tile,
+        tile,
         hexec_gflops: g(median(hexec)),
         faer_gflops: g(median(faer)),
         scipy_gflops,
@@ -288,7 +290,7 @@ fn row<T: Scalar>(
 
 /// Measures every row of `cfg`, hexec on `rt`.
 pub fn measure(cfg: &LinalgConfig, rt: &Runtime) -> Result<LinalgReport, String> {
-    if cfg.tile == 0 {
+    if cfg.tile == Some(0) {
         return Err("the tile size must be at least 1".into());
     }
     if let Some(op) = cfg.ops.iter().find(|o| !["cholesky", "gemm"].contains(&o.as_str())) {

@@ -291,6 +291,7 @@ pub struct RuntimeBuilder {
     faults: faults::FaultPlan,
     replicate_gpu_results: bool,
     max_submitted: Option<usize>,
+    no_fusion: bool,
 }
 
 /// Memory capacities a runtime enforces (`None`: the device's own).
@@ -415,6 +416,15 @@ impl RuntimeBuilder {
     /// lost devices, memory shortages and injected faults are always retried.
     pub fn retry_panics(mut self, on: bool) -> Self {
         self.retry_panics = on;
+        self
+    }
+
+    /// Fuses the linear chains of every graph and task batch (on by default): where a task's
+    /// only successor has it as its only predecessor and may run on the same workers, the
+    /// worker that finishes the one runs the other next, with no placement, queueing or
+    /// transfer in between, whatever the policy. `false` turns it off (to measure it).
+    pub fn fusion(mut self, on: bool) -> Self {
+        self.no_fusion = !on;
         self
     }
 
@@ -577,6 +587,7 @@ impl RuntimeBuilder {
                 backpressure: !self.no_backpressure,
                 retries: self.retries.unwrap_or(DEFAULT_RETRIES),
                 retry_panics: self.retry_panics,
+                fusion: !self.no_fusion,
                 faults: self.faults,
                 links: Mutex::new((0.0, 0.0)),
             },
@@ -612,6 +623,8 @@ pub(crate) struct Engine {
     /// Retries of a failed task.
     retries: u32,
     retry_panics: bool,
+    /// Fuse linear chains ([`RuntimeBuilder::fusion`]).
+    fusion: bool,
     /// Per GPU: lost, and its copies already forgotten by every datum.
     forgotten_gpus: Vec<AtomicBool>,
     /// Software adapters found but not opened (not asked for): named in the error of a task
@@ -1344,8 +1357,11 @@ impl Engine {
         let rank = |edges: &Successors| rank_priorities(edges, &task_costs);
         let priorities = (planning && graph.tasks.iter().all(|t| t.priority == 0))
             .then_some(&rank as &crate::sched::compile::RankFn<'_>);
-        let compiled = compile_with_priorities(graph, &self.machine, &infos, priorities, &self.retired())
+        let mut compiled = compile_with_priorities(graph, &self.machine, &infos, priorities, &self.retired())
             .map_err(|e| self.hint_software_gpus(e))?;
+        if !self.fusion {
+            compiled.plan.unfuse();
+        }
         self.check_gpu_code(graph, &compiled)?;
         let bound: Vec<BoundDatum> = cells
             .iter()
@@ -1947,6 +1963,7 @@ impl Engine {
         );
         let report = RunReport {
             policy: policy.name().to_string(),
+            fused_links: compiled.plan.fused_links() as u64,
             tasks: n,
             completed,
             failed,

@@ -269,13 +269,15 @@ pub fn compile_with_priorities(
     let mut roots: Vec<u32> = (0..n as u32).filter(|&t| edges.indegree[t as usize] == 0).collect();
     roots.sort_by_key(|&t| std::cmp::Reverse(prios[t as usize]));
 
-    let plan = Plan::new(
+    let mut plan = Plan::new(
         task_set,
         task_band,
         num_bands,
         eligibility.sets,
         machine.victims.clone(),
     );
+    // On by default; a driver turns it off with `Plan::unfuse`.
+    plan.fuse_chains(&edges);
     let max_cores = graph.tasks.iter().map(|t| t.cores).max().unwrap_or(1);
     Ok(CompiledGraph {
         max_cores,

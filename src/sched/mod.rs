@@ -70,18 +70,26 @@ pub(crate) trait Policy: Send + Sync {
         true
     }
 
-    /// Of `ready` (the tasks `worker`'s completion just made ready, in release order), the
-    /// index of the one it runs at once, without placing it: the highest-priority one it may
-    /// run, the first among equals; `None` when the policy turns the shortcut off. Both
-    /// drivers ask this, so that they take the same shortcut.
+    /// Of `ready` (the tasks `worker`'s completion of `finished` just made ready, in release
+    /// order), the index of the one it runs at once, without placing it: the next link of
+    /// `finished`'s fused chain whatever the policy ([`Plan::fused_next`]), else the
+    /// highest-priority one it may run, the first among equals; `None` when the policy turns
+    /// the shortcut off. Both drivers ask this, so that they take the same shortcut.
     #[inline]
     fn pick_immediate(
         &self,
         plan: &Plan,
+        finished: u32,
         ready: &[u32],
         worker: WorkerId,
         priority: impl Fn(u32) -> i32,
     ) -> Option<usize> {
+        if let Some(next) = plan.fused_next(finished) {
+            // Its only predecessor just finished: it is in `ready`, and eligible here.
+            if let Some(i) = ready.iter().position(|&s| s == next) {
+                return Some(i);
+            }
+        }
         if !self.immediate_successor() {
             return None;
         }

@@ -1,9 +1,12 @@
 //! The static facts a policy needs about a compiled graph on a machine: which workers may
-//! run each task (eligibility sets), each task's priority band, and victim orders.
+//! run each task (eligibility sets), each task's priority band, victim orders, and the fused
+//! chains.
 //!
 //! Invariants: every task's set is non-empty (compile rejects the graph otherwise);
 //! `sets_of(w)` lists exactly the sets whose mask contains `w`; bands are `0..num_bands`,
-//! 0 being the highest priority.
+//! 0 being the highest priority; a fused link `t → s` ([`Plan::fused_next`]) has `s` as
+//! `t`'s only successor, `t` as `s`'s only predecessor, and both in the same set, so the
+//! worker that finishes `t` may always run `s` and nothing else is waiting for it.
 
 use crate::topology::WorkerId;
 
@@ -50,7 +53,13 @@ pub struct Plan {
     sets: Vec<EligibleSet>,
     worker_sets: Vec<Vec<u16>>,
     victims: Vec<Vec<WorkerId>>,
+    /// Per task, the next task of its fused chain (`NO_LINK`: none); empty when fusion is
+    /// off.
+    fused_next: Vec<u32>,
 }
+
+/// No fused successor.
+const NO_LINK: u32 = u32::MAX;
 
 impl Plan {
     /// Builds a plan. `task_set[t]` indexes `sets`; `task_band[t] < num_bands`.
@@ -77,7 +86,44 @@ impl Plan {
             sets,
             worker_sets,
             victims,
+            fused_next: Vec::new(),
         }
+    }
+
+    /// Fuses the linear chains of a graph with these successor lists and in-degrees: links
+    /// `t → s` where `s` is `t`'s only successor, `t` is `s`'s only predecessor and both may
+    /// run on the same workers. The worker that finishes `t` runs `s` next, with no placement,
+    /// queueing or transfer in between, whatever the policy. Returns the number of links.
+    pub fn fuse_chains(&mut self, edges: &super::compile::Successors) -> usize {
+        let n = self.task_set.len();
+        let mut next = vec![NO_LINK; n];
+        let mut links = 0;
+        for (t, link) in next.iter_mut().enumerate() {
+            if let &[s] = edges.of_task(t as u32) {
+                if edges.indegree[s as usize] == 1 && self.task_set[t] == self.task_set[s as usize] {
+                    *link = s;
+                    links += 1;
+                }
+            }
+        }
+        self.fused_next = if links == 0 { Vec::new() } else { next };
+        links
+    }
+
+    /// The next task of `task`'s fused chain, if it has one and fusion is on.
+    #[inline]
+    pub fn fused_next(&self, task: u32) -> Option<u32> {
+        self.fused_next.get(task as usize).copied().filter(|&s| s != NO_LINK)
+    }
+
+    /// Turns fusion off: no task has a fused successor.
+    pub fn unfuse(&mut self) {
+        self.fused_next = Vec::new();
+    }
+
+    /// Fused links (0 with fusion off).
+    pub fn fused_links(&self) -> usize {
+        self.fused_next.iter().filter(|&&s| s != NO_LINK).count()
     }
 
     /// Number of workers.

@@ -185,7 +185,9 @@ pub(crate) fn simulate_sized(
         st.run(&built, &compiled.edges, &compiled.roots, plan)
     };
     placed?;
-    Ok(st.report(policy, sm, bound))
+    let mut report = st.report(policy, sm, bound);
+    report.run.fused_links = plan.fused_links() as u64;
+    Ok(report)
 }
 
 /// Per task: `[cpu, gpu]` cost from the machine's models. Each must be a duration
@@ -761,7 +763,7 @@ impl<'a> State<'a> {
                 }
             }
             let me = WorkerId(w as u32);
-            let best = policy.pick_immediate(plan, &ready, me, |s| self.graph.tasks[s as usize].priority);
+            let best = policy.pick_immediate(plan, task, &ready, me, |s| self.graph.tasks[s as usize].priority);
             if let Some(i) = best {
                 slot[w] = Some(ready.swap_remove(i));
             }
@@ -823,6 +825,8 @@ impl<'a> State<'a> {
             }
         }
         let run = RunReport {
+            // Set by the caller, which holds the plan.
+            fused_links: 0,
             warnings: Vec::new(),
             policy: policy.name().to_string(),
             tasks: self.graph.len(),

@@ -255,6 +255,9 @@ pub struct RunReport {
     pub makespan_s: f64,
     /// Tasks stolen, all workers.
     pub steals: u64,
+    /// Links of fused chains: tasks run by the worker that finished their only predecessor,
+    /// with no scheduling in between ([`crate::RuntimeBuilder::fusion`]).
+    pub fused_links: u64,
     /// Tasks whose inputs started moving to their GPU when they were placed (prefetch).
     pub prefetched_tasks: u64,
     /// Bytes copied between memory nodes (host, GPUs).

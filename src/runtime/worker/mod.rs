@@ -320,7 +320,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
         }
         if !ready.is_empty() {
             let best = if slot.is_none() {
-                policy.pick_immediate(plan, ready, me, |s| run.graph.tasks[s as usize].priority)
+                policy.pick_immediate(plan, task, ready, me, |s| run.graph.tasks[s as usize].priority)
             } else {
                 None
             };
