@@ -196,3 +196,85 @@ fn a_single_tile_matrix_takes_the_vector_and_gives_it_back_in_order() {
     let back = Matrix::from_faer(&rt, "F", 3, f.as_ref()).unwrap();
     assert_eq!(back.to_vec().unwrap(), v);
 }
+
+fn check_elementwise<T: Scalar>(tol: f64) {
+    use hexec::kernels::expr::Expr;
+    let rt = runtime();
+    let (m, n, tile) = (7, 11, 3);
+    let a = Matrix::<T>::from_fn(&rt, "a", m, n, tile, |i, j| T::from_f64(noise(i, j, 5) + 2.0)).unwrap();
+    let b = Matrix::<T>::from_fn(&rt, "b", m, n, tile, |i, j| T::from_f64(noise(i, j, 6))).unwrap();
+    let (av, bv) = (as_f64(&a.to_vec().unwrap()), as_f64(&b.to_vec().unwrap()));
+    let expr = |x: Expr, y: Expr| ((x.clone() * 2.0 - y.clone()).abs().sqrt() + y.tanh()).max(0.25) / x;
+    let want: Vec<f64> = av
+        .iter()
+        .zip(&bv)
+        .map(|(&x, &y)| expr(Expr::input(0), Expr::input(1)).eval_one(&[x, y]))
+        .collect();
+    let before = rt.stats();
+    let fused = a.zip(&b, expr).eval_with(true).unwrap();
+    let fv = as_f64(&fused.to_vec().unwrap());
+    let tiles = (m.div_ceil(tile) * n.div_ceil(tile)) as u64;
+    let mid = rt.stats();
+    assert_eq!(mid.since(&before).completed, tiles, "one task per tile");
+    let unfused = a.zip(&b, expr).eval_with(false).unwrap();
+    let uv = as_f64(&unfused.to_vec().unwrap());
+    // 2·x, −, abs, sqrt, tanh, +, max, / : eight operations.
+    assert_eq!(
+        rt.stats().since(&mid).completed,
+        8 * tiles,
+        "one task per operation and tile"
+    );
+    assert_eq!(fv, uv, "fused and unfused results are the same");
+    assert!(rel_err(&fv, &want) < tol);
+    // Operators on matrices and expressions, constants on either side.
+    let c = ((&a + &b) * 0.5 - 1.0).eval().unwrap();
+    let cv = as_f64(&c.to_vec().unwrap());
+    let want: Vec<f64> = av.iter().zip(&bv).map(|(x, y)| (x + y) * 0.5 - 1.0).collect();
+    assert!(rel_err(&cv, &want) < tol);
+    // Sums.
+    let rows = as_f64(&a.row_sums().unwrap().to_vec().unwrap());
+    let cols = as_f64(&a.col_sums().unwrap().to_vec().unwrap());
+    let rows_want: Vec<f64> = (0..m).map(|i| av[i * n..(i + 1) * n].iter().sum()).collect();
+    let cols_want: Vec<f64> = (0..n).map(|j| (0..m).map(|i| av[i * n + j]).sum()).collect();
+    assert!(rel_err(&rows, &rows_want) < tol && rel_err(&cols, &cols_want) < tol);
+    let total = a.sum().unwrap().to_f64();
+    assert!((total - av.iter().sum::<f64>()).abs() < tol * av.iter().sum::<f64>().abs());
+}
+
+#[test]
+fn elementwise_fused_and_unfused_agree_with_the_reference_and_sums_add_up() {
+    check_elementwise::<f32>(1e-5);
+    check_elementwise::<f64>(1e-13);
+}
+
+#[test]
+fn wide_expressions_zero_tiles_and_bad_shapes() {
+    let rt = runtime();
+    // Nine matrices in one expression: more inputs than a kernel takes, evaluated in parts.
+    let ms: Vec<Matrix<f64>> = (0..9)
+        .map(|k| Matrix::from_fn(&rt, format!("m{k}"), 4, 5, 2, move |i, j| (i * 5 + j + k) as f64).unwrap())
+        .collect();
+    let mut sum = ms[0].lazy();
+    for m in &ms[1..] {
+        sum = sum + m;
+    }
+    let got = sum.eval().unwrap().to_vec().unwrap();
+    let want: Vec<f64> = (0..20).map(|x| (9 * x + 36) as f64).collect();
+    assert_eq!(got, want);
+    // A Cholesky factor's zero tiles read as zeros.
+    let n = 6;
+    let a = Matrix::<f64>::from_fn(&rt, "A", n, n, 4, spd(n)).unwrap();
+    let chol = a.cholesky().unwrap();
+    let l = chol.factor();
+    let l2 = l.map(|x| x * 2.0 + 1.0).eval().unwrap();
+    let (lv, l2v) = (l.to_vec().unwrap(), l2.to_vec().unwrap());
+    assert!(lv.iter().zip(&l2v).all(|(x, y)| (x * 2.0 + 1.0 - y).abs() < 1e-12));
+    // Shapes that differ, named.
+    let b = Matrix::<f64>::zeros(&rt, "B", 6, 5, 4).unwrap();
+    let e = (&a + &b).eval().unwrap_err().to_string();
+    assert!(e.contains("'A' is 6×6") && e.contains("'B' is 6×5"), "{e}");
+    // In place: the same factor as a copy's.
+    let a2 = Matrix::<f64>::from_fn(&rt, "A2", n, n, 4, spd(n)).unwrap();
+    let in_place = a2.into_cholesky().unwrap().into_factor().to_vec().unwrap();
+    assert_eq!(in_place, lv);
+}

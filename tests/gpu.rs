@@ -1685,3 +1685,32 @@ fn a_submitted_task_with_broken_gpu_code_is_refused_alone() {
     fine.wait().unwrap();
     assert_eq!(rt.read(x).unwrap(), vec![2.0; 4]);
 }
+
+/// Generated elementwise kernels (the fused expressions of `hexec::array`) compute on the GPU
+/// what their CPU versions compute, over an odd length, for every function they offer.
+#[test]
+fn generated_elementwise_kernels_match_on_gpu_and_cpu() {
+    use hexec::kernels::expr::Expr;
+    let Some(rt) = gpu_runtime(1) else { return };
+    let n = 1000 + 7;
+    let x: Vec<f32> = values(n, 11).iter().map(|v| v + 2.0).collect();
+    let y = values(n, 12);
+    let (x0, x1) = (Expr::input(0), Expr::input(1));
+    let exprs = [
+        (x0.clone() * 2.0 - x1.clone()).abs().sqrt() + x1.clone().tanh(),
+        (x0.clone().ln() / 3.0).exp().max(x1.clone()).min(1.5),
+        -(x0.clone() + x1.clone()) * x0.clone(),
+    ];
+    for e in exprs {
+        let kernel = e.kernel::<f32>().unwrap();
+        let (g, cpu) = both(
+            &rt,
+            &kernel,
+            &[x.clone(), y.clone(), vec![0.0; n]],
+            &[Access::Read, Access::Read, Access::Write],
+            &[],
+            2,
+        );
+        close(&g, &cpu, 1e-5, &format!("{e}"));
+    }
+}

@@ -20,7 +20,15 @@ use faer::{Accum, MatMut, MatRef, Par};
 
 /// The element types the dense routines work on.
 pub trait Real:
-    faer::traits::RealField + Copy + bytemuck::Pod + PartialOrd + std::fmt::Display + std::ops::MulAssign
+    faer::traits::RealField
+    + Copy
+    + bytemuck::Pod
+    + PartialOrd
+    + std::fmt::Display
+    + std::ops::MulAssign
+    + std::ops::AddAssign
+    + std::ops::SubAssign
+    + std::ops::DivAssign
 {
     /// `-1` in this type.
     const MINUS_ONE: Self;

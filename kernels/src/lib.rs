@@ -27,6 +27,7 @@ mod types;
 
 pub mod builtin;
 pub mod dense;
+pub mod expr;
 pub mod linalg;
 pub mod tiles;
 

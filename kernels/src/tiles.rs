@@ -10,6 +10,9 @@
 //! - [`TileKernels::trsm`]: a triangular solve in place; params `[m, n, which]` with `which`
 //!   the index of a [`TriangularSolve`] (`X` is `m`×`n`).
 //! - [`TileKernels::copy`]: `dst ← src` (equal lengths).
+//! - [`TileKernels::sum_axis`]: the sums along one axis of an `m`×`n` tile into a vector,
+//!   added to what the vector holds or replacing it; params `[m, n, axis, accumulate]`, `axis`
+//!   1 for the row sums (`m` values), 0 for the column sums (`n` values).
 //!
 //! CPU implementations only (faer's, through [`crate::dense`]): the array module uses the
 //! GPU-capable kernels of [`crate::builtin`] and [`crate::linalg`] for `f32` tiles where
@@ -68,6 +71,8 @@ pub struct TileKernels {
     pub trsm: Arc<Kernel>,
     /// Copy.
     pub copy: Arc<Kernel>,
+    /// Sums along an axis.
+    pub sum_axis: Arc<Kernel>,
 }
 
 /// Parameter `i` as a size.
@@ -147,11 +152,32 @@ impl TileKernels {
             dst.copy_from_slice(src);
             Ok(())
         });
+        let sum_axis = Kernel::cpu(format!("tile_sum_axis_{ty}"), Signature::exact(&[r, rw], 4), |ctx| {
+            let (m, n) = (size(ctx, 0, "m")?, size(ctx, 1, "n")?);
+            let (rows, accumulate) = (ctx.param(2)? != 0.0, ctx.param(3)? != 0.0);
+            let (x, out) = (ctx.read::<T>(0)?, ctx.write::<T>(1)?);
+            holds(x.len(), m, n, "the tile")?;
+            let want = if rows { m } else { n };
+            holds(out.len(), want, 1, "the sums")?;
+            let out = &mut out[..want];
+            if !accumulate {
+                out.fill(T::ZERO);
+            }
+            for (i, row) in x[..m * n].chunks_exact(n).enumerate() {
+                if rows {
+                    out[i] += row.iter().copied().fold(T::ZERO, |a, v| a + v);
+                } else {
+                    out.iter_mut().zip(row).for_each(|(o, &v)| *o += v);
+                }
+            }
+            Ok(())
+        });
         TileKernels {
             gemm: Arc::new(gemm),
             potrf: Arc::new(potrf),
             trsm: Arc::new(trsm),
             copy: Arc::new(copy),
+            sum_axis: Arc::new(sum_axis),
         }
     }
 
@@ -159,7 +185,15 @@ impl TileKernels {
     pub fn all() -> Vec<Arc<Kernel>> {
         [f32::tile_kernels(), f64::tile_kernels()]
             .into_iter()
-            .flat_map(|k| [k.gemm.clone(), k.potrf.clone(), k.trsm.clone(), k.copy.clone()])
+            .flat_map(|k| {
+                [
+                    k.gemm.clone(),
+                    k.potrf.clone(),
+                    k.trsm.clone(),
+                    k.copy.clone(),
+                    k.sum_axis.clone(),
+                ]
+            })
             .collect()
     }
 }

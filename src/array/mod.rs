@@ -30,7 +30,9 @@
 //! - `writers[t]` is the handle of the last task submitted that writes tile `t`, if any: the
 //!   tile's value is final once it has ended, and its failure is the tile's.
 
+pub mod elementwise;
 pub mod linalg;
+pub mod reduce;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -38,6 +40,9 @@ use crate::graph::Data;
 use crate::kernels::Scalar;
 use crate::runtime::{DataError, Runtime, TaskError, TaskHandle};
 use crate::sched::compile::SubmitError;
+
+pub use elementwise::{IntoLazy, Lazy};
+pub use linalg::Cholesky;
 
 /// Why an array operation failed.
 #[derive(Debug, thiserror::Error)]

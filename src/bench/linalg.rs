@@ -361,3 +361,90 @@ pub fn markdown(r: &LinalgReport) -> String {
     }
     s
 }
+
+/// One chain length of the fusion benchmark.
+#[derive(Clone, Debug, Serialize)]
+pub struct FusionRow {
+    /// Elementwise operations in the chain.
+    pub ops: usize,
+    pub fused_ms: f64,
+    pub unfused_ms: f64,
+    pub fused_tasks: u64,
+    pub unfused_tasks: u64,
+    /// Bytes of the arrays each evaluation allocates (the result, and the intermediates
+    /// without fusion).
+    pub fused_bytes: u64,
+    pub unfused_bytes: u64,
+    /// Bytes copied between memory nodes (host and GPUs).
+    pub fused_moved: u64,
+    pub unfused_moved: u64,
+}
+
+/// Elementwise chains of 1 to `max_ops` operations (`x·1.0001 + 0.5`, repeated) on an
+/// `n`×`n` f32 matrix in tiles of `tile`, evaluated fused and unfused in turns, `reps` times
+/// each (median time; tasks and bytes of one evaluation).
+pub fn fusion(rt: &Runtime, n: usize, tile: usize, max_ops: usize, reps: usize) -> Result<Vec<FusionRow>, String> {
+    let err = |e: crate::array::ArrayError| e.to_string();
+    let a = Matrix::<f32>::from_fn(rt, "x", n, n, tile, |i, j| ((i * 31 + j) % 97) as f32).map_err(err)?;
+    a.wait().map_err(err)?;
+    let bytes = (n * n * 4) as u64;
+    let mut rows = Vec::new();
+    for ops in 1..=max_ops {
+        fn chain<'a, 'rt>(m: &'a Matrix<'rt, f32>, ops: usize) -> crate::array::Lazy<'a, 'rt, f32> {
+            let mut e = m.lazy();
+            for k in 0..ops {
+                e = if k % 2 == 0 { e * 1.0001 } else { e + 0.5 };
+            }
+            e
+        }
+        let (mut fused, mut unfused) = (Vec::new(), Vec::new());
+        let mut counts = [(0, 0); 2];
+        for _ in 0..reps.max(1) {
+            for (i, fuse) in [true, false].into_iter().enumerate() {
+                let before = rt.stats();
+                let start = Instant::now();
+                let out = chain(&a, ops).eval_with(fuse).map_err(err)?;
+                out.wait().map_err(err)?;
+                let took = start.elapsed().as_secs_f64() * 1e3;
+                let d = rt.stats().since(&before);
+                counts[i] = (d.completed, d.bytes_transferred);
+                if fuse { &mut fused } else { &mut unfused }.push(took);
+            }
+        }
+        rows.push(FusionRow {
+            ops,
+            fused_ms: median(fused),
+            unfused_ms: median(unfused),
+            fused_tasks: counts[0].0,
+            unfused_tasks: counts[1].0,
+            fused_bytes: bytes,
+            unfused_bytes: bytes * ops as u64,
+            fused_moved: counts[0].1,
+            unfused_moved: counts[1].1,
+        });
+    }
+    Ok(rows)
+}
+
+/// The fusion rows as a Markdown table.
+pub fn fusion_markdown(rows: &[FusionRow]) -> String {
+    let mut s = String::from(
+        "| operations | fused ms | unfused ms | speed-up | tasks fused / unfused | arrays allocated fused / unfused (MiB) | bytes moved fused / unfused |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} | {:.1} | {:.1} | {:.2} | {} / {} | {} / {} | {} / {} |\n",
+            r.ops,
+            r.fused_ms,
+            r.unfused_ms,
+            r.unfused_ms / r.fused_ms,
+            r.fused_tasks,
+            r.unfused_tasks,
+            r.fused_bytes >> 20,
+            r.unfused_bytes >> 20,
+            r.fused_moved,
+            r.unfused_moved
+        ));
+    }
+    s
+}

@@ -260,6 +260,28 @@ enum BenchCommand {
         #[arg(long)]
         python: Option<PathBuf>,
     },
+    /// Elementwise chains of 1 to 8 operations on a tiled matrix, fused into one task per
+    /// tile and unfused (one task and one array per operation): time, tasks, memory, bytes
+    /// moved.
+    Fusion {
+        /// Print the rows as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        devices: DeviceArgs,
+        /// The matrix's side (f32).
+        #[arg(long, default_value_t = 4096)]
+        n: usize,
+        /// The tile side.
+        #[arg(long, default_value_t = 1024)]
+        tile: usize,
+        /// The longest chain.
+        #[arg(long, default_value_t = 8)]
+        ops: usize,
+        /// Timed repetitions per figure (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
     /// Cost per empty task in standard shapes, hexec against rayon.
     Overhead {
         /// Print the rows as JSON.
@@ -781,6 +803,36 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Bench {
+            which:
+                BenchCommand::Fusion {
+                    json,
+                    devices,
+                    n,
+                    tile,
+                    ops,
+                    reps,
+                },
+        } => {
+            if n == 0 || tile == 0 || ops == 0 {
+                return Err(Failure {
+                    code: 2,
+                    message: format!("--n {n} --tile {tile} --ops {ops}: each must be at least 1"),
+                });
+            }
+            let rt = devices.builder().build()?;
+            let rows = hexec::bench::linalg::fusion(&rt, n, tile, ops, reps)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "elementwise chains on a {n}×{n} f32 matrix in tiles of {tile}, median of {} runs\n",
+                    reps.max(1)
+                );
+                print!("{}", hexec::bench::linalg::fusion_markdown(&rows));
+            }
+            Ok(())
+        }
+        Command::Bench {
             which: BenchCommand::Kernels { json, tiles, reps },
         } => {
             let report = hexec::bench::kernels::measure(&tiles, reps)?;
@@ -1103,6 +1155,13 @@ fn info(json: bool, m: &DeviceArgs) -> Result<(), Failure> {
                 g.max_buffer_size >> 20,
                 g.features.join(", ")
             );
+            // The array module's f64 tiles have CPU kernels only: say where they run.
+            let f64_here = if g.features.iter().any(|f| f == "f64") {
+                "the adapter has SHADER_F64, but hexec's GPU tile kernels are f32"
+            } else {
+                "the adapter has no SHADER_F64"
+            };
+            println!("         f64 array tiles run on CPUs: {f64_here}");
         }
     }
     Ok(())

@@ -106,8 +106,9 @@ impl GpuDevice {
 }
 
 /// Features hexec asks for when the adapter has them, with the names tasks use.
-const WANTED: [(wgpu::Features, &str); 3] = [
+const WANTED: [(wgpu::Features, &str); 4] = [
     (wgpu::Features::SHADER_F16, "f16"),
+    (wgpu::Features::SHADER_F64, "f64"),
     (wgpu::Features::SUBGROUP, "subgroups"),
     (wgpu::Features::TIMESTAMP_QUERY, "timestamp"),
 ];

@@ -817,6 +817,12 @@ impl Runtime {
         self.engine.memory_usage()
     }
 
+    /// Whether linear chains of tasks are fused ([`RuntimeBuilder::fusion`]); array
+    /// expressions follow it too ([`crate::array::Lazy::eval`]).
+    pub fn fusion(&self) -> bool {
+        self.engine.fusion
+    }
+
     /// What the runtime has done since it was built, over every run, submitted task and
     /// graph: tasks and busy time per worker, bytes copied between memory nodes. Two
     /// snapshots subtract ([`RuntimeStats::since`]).

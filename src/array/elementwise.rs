@@ -1,0 +1,432 @@
+//! Elementwise operations and their fusion.
+//!
+//! An elementwise operation on matrices does not run when it is written: it returns a
+//! [`Lazy`], an expression ([`Expr`]) over the matrices it reads. Further elementwise
+//! operations extend the expression; [`Lazy::eval`] submits it, one task per tile. With
+//! fusion (the default, [`crate::RuntimeBuilder::fusion`]) the whole chain is one kernel per
+//! tile — one generated WGSL module on a GPU, one pass over the elements on a CPU — with no
+//! intermediate arrays; without it, each operation is its own task and its own array, as an
+//! eager library would run it. Both give the same values: each operation rounds to `T` as it
+//! goes either way (the CPU evaluation works in `T`, node by node).
+//!
+//! A `Lazy` borrows the matrices it reads, so none of them can be dropped (its tiles freed)
+//! before it is evaluated.
+//!
+//! ```
+//! use hexec::array::Matrix;
+//! let rt = hexec::Runtime::builder().build()?;
+//! let a = Matrix::<f32>::from_fn(&rt, "a", 3, 5, 2, |i, j| (i + j) as f32)?;
+//! let b = Matrix::<f32>::from_fn(&rt, "b", 3, 5, 2, |i, _| i as f32)?;
+//! // One task per tile computes sqrt(2a + b) + 1.
+//! let c = ((&a * 2.0 + &b).sqrt() + 1.0).eval()?;
+//! assert_eq!(c.to_vec()?[6], ((2.0f32 * 2.0 + 1.0).sqrt() + 1.0));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::rc::Rc;
+
+use super::{ArrayError, Matrix};
+use crate::kernels::expr::{Expr, MAX_INPUTS};
+use crate::kernels::Scalar;
+
+/// A matrix an expression reads: the caller's, or an intermediate made on the way.
+#[derive(Clone)]
+enum Input<'a, 'rt, T: Scalar> {
+    Borrowed(&'a Matrix<'rt, T>),
+    Owned(Rc<Matrix<'rt, T>>),
+}
+
+impl<'rt, T: Scalar> Input<'_, 'rt, T> {
+    fn matrix(&self) -> &Matrix<'rt, T> {
+        match self {
+            Input::Borrowed(m) => m,
+            Input::Owned(m) => m,
+        }
+    }
+}
+
+/// An elementwise expression over matrices, not yet submitted (see the module docs).
+#[derive(Clone)]
+pub struct Lazy<'a, 'rt, T: Scalar> {
+    inputs: Vec<Input<'a, 'rt, T>>,
+    expr: Expr,
+    /// Why the expression cannot be evaluated (shapes that differ), found while building it.
+    error: Option<String>,
+}
+
+impl<T: Scalar> std::fmt::Debug for Lazy<'_, '_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.inputs.iter().map(|i| i.matrix().name()).collect();
+        f.debug_struct("Lazy")
+            .field("expr", &self.expr.to_string())
+            .field("inputs", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an elementwise operation takes: a matrix, an expression, or a constant.
+pub trait IntoLazy<'a, 'rt, T: Scalar> {
+    /// As an expression.
+    fn into_lazy(self) -> Lazy<'a, 'rt, T>;
+}
+
+impl<'a, 'rt, T: Scalar> IntoLazy<'a, 'rt, T> for Lazy<'a, 'rt, T> {
+    fn into_lazy(self) -> Lazy<'a, 'rt, T> {
+        self
+    }
+}
+
+impl<'a, 'rt, T: Scalar> IntoLazy<'a, 'rt, T> for &'a Matrix<'rt, T> {
+    fn into_lazy(self) -> Lazy<'a, 'rt, T> {
+        Lazy {
+            inputs: vec![Input::Borrowed(self)],
+            expr: Expr::input(0),
+            error: None,
+        }
+    }
+}
+
+impl<'a, 'rt, T: Scalar> IntoLazy<'a, 'rt, T> for f64 {
+    fn into_lazy(self) -> Lazy<'a, 'rt, T> {
+        Lazy {
+            inputs: Vec::new(),
+            expr: Expr::constant(self),
+            error: None,
+        }
+    }
+}
+
+impl<'a, 'rt, T: Scalar> Lazy<'a, 'rt, T> {
+    /// `f` of this expression.
+    pub fn map(mut self, f: impl FnOnce(Expr) -> Expr) -> Self {
+        self.expr = f(self.expr);
+        self
+    }
+
+    /// `f` of this expression and `other`'s, elementwise; their shapes must match.
+    pub fn zip(self, other: impl IntoLazy<'a, 'rt, T>, f: impl FnOnce(Expr, Expr) -> Expr) -> Self {
+        let other = other.into_lazy();
+        let mut inputs = self.inputs;
+        let mut error = self.error.or(other.error);
+        // `other`'s inputs after ours, the same matrix once.
+        let mut renumber = Vec::with_capacity(other.inputs.len());
+        for input in other.inputs {
+            let m = input.matrix() as *const Matrix<'rt, T>;
+            let at = match inputs.iter().position(|i| std::ptr::eq(i.matrix(), m)) {
+                Some(at) => at,
+                None => {
+                    if let (None, Some(first)) = (&error, inputs.first()) {
+                        error = shape_mismatch(first.matrix(), input.matrix());
+                    }
+                    inputs.push(input);
+                    inputs.len() - 1
+                }
+            };
+            renumber.push(Expr::input(at as u8));
+        }
+        let rhs = other.expr.substitute(&renumber);
+        Lazy {
+            inputs,
+            expr: f(self.expr, rhs),
+            error,
+        }
+    }
+
+    /// `√self`
+    pub fn sqrt(self) -> Self {
+        self.map(Expr::sqrt)
+    }
+
+    /// `|self|`
+    pub fn abs(self) -> Self {
+        self.map(Expr::abs)
+    }
+
+    /// `e^self`
+    pub fn exp(self) -> Self {
+        self.map(Expr::exp)
+    }
+
+    /// `ln self`
+    pub fn ln(self) -> Self {
+        self.map(Expr::ln)
+    }
+
+    /// `tanh self`
+    pub fn tanh(self) -> Self {
+        self.map(Expr::tanh)
+    }
+
+    /// The larger of the two, elementwise.
+    pub fn max(self, other: impl IntoLazy<'a, 'rt, T>) -> Self {
+        self.zip(other, Expr::max)
+    }
+
+    /// The smaller of the two, elementwise.
+    pub fn min(self, other: impl IntoLazy<'a, 'rt, T>) -> Self {
+        self.zip(other, Expr::min)
+    }
+
+    /// The expression (over inputs `x0`, `x1`, ... in first-use order).
+    pub fn expr(&self) -> &Expr {
+        &self.expr
+    }
+
+    /// Submits it: one fused task per tile when the runtime fuses (the default), else one
+    /// task per operation (see the module docs).
+    pub fn eval(self) -> Result<Matrix<'rt, T>, ArrayError> {
+        let fuse = self.first()?.runtime().fusion();
+        self.eval_with(fuse)
+    }
+
+    /// [`Lazy::eval`], fused or not whatever the runtime says (for comparisons).
+    pub fn eval_with(self, fuse: bool) -> Result<Matrix<'rt, T>, ArrayError> {
+        if let Some(message) = &self.error {
+            return Err(ArrayError::Shape {
+                op: "elementwise",
+                message: message.clone(),
+            });
+        }
+        self.first()?;
+        if fuse {
+            self.eval_fused()
+        } else {
+            match self.eval_unfused(&self.expr.clone())? {
+                Input::Owned(m) => Ok(Rc::try_unwrap(m).unwrap_or_else(|_| unreachable!("the result is held once"))),
+                Input::Borrowed(m) => m.copy(),
+            }
+        }
+    }
+
+    fn first(&self) -> Result<&Matrix<'rt, T>, ArrayError> {
+        self.inputs.first().map(Input::matrix).ok_or_else(|| ArrayError::Shape {
+            op: "elementwise",
+            message: "the expression reads no matrix (a constant has no shape)".into(),
+        })
+    }
+
+    /// One task per tile computing the whole expression; expressions over more inputs than a
+    /// kernel takes are cut: their first operands are evaluated first.
+    fn eval_fused(self) -> Result<Matrix<'rt, T>, ArrayError> {
+        if self.inputs.len() > MAX_INPUTS {
+            return self.eval_in_parts();
+        }
+        let names: Vec<&str> = self.inputs.iter().map(|i| i.matrix().name()).collect();
+        let name = Matrix::<T>::result_name("map", &names);
+        submit_expr(&self.inputs, &self.expr, name)
+    }
+
+    /// Too many inputs for one kernel: evaluates the largest subtrees that fit, then the rest.
+    fn eval_in_parts(self) -> Result<Matrix<'rt, T>, ArrayError> {
+        // Unfused at the top until the pieces fit: each binary node's children are fused.
+        let m = self.eval_unfused_where_too_wide(&self.expr.clone())?;
+        Ok(match m {
+            Input::Owned(m) => Rc::try_unwrap(m).unwrap_or_else(|_| unreachable!("the result is held once")),
+            Input::Borrowed(_) => unreachable!("an expression with more inputs than a kernel is not a bare input"),
+        })
+    }
+
+    fn eval_unfused_where_too_wide(&self, e: &Expr) -> Result<Input<'a, 'rt, T>, ArrayError> {
+        let used = used_inputs(e);
+        if used.len() <= MAX_INPUTS {
+            return self.fused_part(e, &used);
+        }
+        match e {
+            Expr::Unary(f, a) => {
+                let a = self.eval_unfused_where_too_wide(a)?;
+                let expr = Expr::Unary(*f, Box::new(Expr::input(0)));
+                let name = Matrix::<T>::result_name("map", &[a.matrix().name()]);
+                Ok(Input::Owned(Rc::new(submit_expr(&[a], &expr, name)?)))
+            }
+            Expr::Binary(f, a, b) => {
+                let (a, b) = (
+                    self.eval_unfused_where_too_wide(a)?,
+                    self.eval_unfused_where_too_wide(b)?,
+                );
+                let expr = Expr::Binary(*f, Box::new(Expr::input(0)), Box::new(Expr::input(1)));
+                let name = Matrix::<T>::result_name("map", &[a.matrix().name(), b.matrix().name()]);
+                Ok(Input::Owned(Rc::new(submit_expr(&[a, b], &expr, name)?)))
+            }
+            Expr::Input(_) | Expr::Const(_) => unreachable!("a leaf reads at most one input"),
+        }
+    }
+
+    /// `e` (over this expression's inputs `used`) as one task per tile.
+    fn fused_part(&self, e: &Expr, used: &[usize]) -> Result<Input<'a, 'rt, T>, ArrayError> {
+        if let Expr::Input(i) = e {
+            return Ok(self.inputs[*i as usize].clone());
+        }
+        let mut renumber = vec![Expr::constant(0.0); self.inputs.len()];
+        for (k, &i) in used.iter().enumerate() {
+            renumber[i] = Expr::input(k as u8);
+        }
+        let inputs: Vec<Input<'a, 'rt, T>> = used.iter().map(|&i| self.inputs[i].clone()).collect();
+        let names: Vec<&str> = inputs.iter().map(|i| i.matrix().name()).collect();
+        let name = Matrix::<T>::result_name("map", &names);
+        Ok(Input::Owned(Rc::new(submit_expr(
+            &inputs,
+            &e.substitute(&renumber),
+            name,
+        )?)))
+    }
+
+    /// `e` one operation at a time: each node with inputs below it is a task and an array.
+    fn eval_unfused(&self, e: &Expr) -> Result<Input<'a, 'rt, T>, ArrayError> {
+        match e {
+            Expr::Input(i) => Ok(self.inputs[*i as usize].clone()),
+            Expr::Const(_) => unreachable!("constant subtrees stay inside their parent's task"),
+            Expr::Unary(f, a) => {
+                let a = self.eval_unfused(a)?;
+                let name = Matrix::<T>::result_name("map", &[a.matrix().name()]);
+                let expr = Expr::Unary(*f, Box::new(Expr::input(0)));
+                Ok(Input::Owned(Rc::new(submit_expr(&[a], &expr, name)?)))
+            }
+            Expr::Binary(f, a, b) => {
+                let mut inputs = Vec::new();
+                let mut operand = |x: &Expr| -> Result<Expr, ArrayError> {
+                    if used_inputs(x).is_empty() {
+                        // A constant (sub)expression: inside this task.
+                        return Ok(x.clone());
+                    }
+                    inputs.push(self.eval_unfused(x)?);
+                    Ok(Expr::input(inputs.len() as u8 - 1))
+                };
+                let (ea, eb) = (operand(a)?, operand(b)?);
+                let names: Vec<&str> = inputs.iter().map(|i| i.matrix().name()).collect();
+                let name = Matrix::<T>::result_name("map", &names);
+                let expr = Expr::Binary(*f, Box::new(ea), Box::new(eb));
+                Ok(Input::Owned(Rc::new(submit_expr(&inputs, &expr, name)?)))
+            }
+        }
+    }
+}
+
+/// The input indices `e` reads, ascending.
+fn used_inputs(e: &Expr) -> Vec<usize> {
+    fn walk(e: &Expr, out: &mut Vec<usize>) {
+        match e {
+            Expr::Input(i) => {
+                if !out.contains(&(*i as usize)) {
+                    out.push(*i as usize);
+                }
+            }
+            Expr::Const(_) => {}
+            Expr::Unary(_, a) => walk(a, out),
+            Expr::Binary(_, a, b) => {
+                walk(a, out);
+                walk(b, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(e, &mut out);
+    out.sort_unstable();
+    out
+}
+
+/// Why two matrices cannot be combined elementwise, if they cannot.
+fn shape_mismatch<T: Scalar>(a: &Matrix<'_, T>, b: &Matrix<'_, T>) -> Option<String> {
+    let same = a.rows() == b.rows() && a.cols() == b.cols() && a.tile_shape() == b.tile_shape();
+    (!same).then(|| {
+        format!(
+            "'{}' is {}×{} in tiles of {:?} and '{}' is {}×{} in tiles of {:?}: elementwise operations need the same shape and tiles",
+            a.name(),
+            a.rows(),
+            a.cols(),
+            a.tile_shape(),
+            b.name(),
+            b.rows(),
+            b.cols(),
+            b.tile_shape()
+        )
+    })
+}
+
+/// Submits `expr` over `inputs` (same shape and tiles), one task per tile, into a new matrix
+/// named `name`. A zero tile (no datum) of an input is a constant 0 in that tile's task.
+fn submit_expr<'rt, T: Scalar>(
+    inputs: &[Input<'_, 'rt, T>],
+    expr: &Expr,
+    name: String,
+) -> Result<Matrix<'rt, T>, ArrayError> {
+    let first = inputs[0].matrix();
+    let (tr, tc) = first.tile_shape();
+    let mut out = first.like(name, first.rows(), first.cols(), tr, tc);
+    let rt = first.runtime();
+    for ti in 0..out.grid_rows() {
+        for tj in 0..out.grid_cols() {
+            // This tile's inputs: those with a datum, renumbered; the others are zeros.
+            let mut renumber = Vec::with_capacity(inputs.len());
+            let mut data = Vec::with_capacity(inputs.len());
+            for input in inputs {
+                match input.matrix().tile(ti, tj) {
+                    Some(d) => {
+                        renumber.push(Expr::input(data.len() as u8));
+                        data.push(d);
+                    }
+                    None => renumber.push(Expr::constant(0.0)),
+                }
+            }
+            let tile_expr = expr.substitute(&renumber);
+            let kernel = tile_expr.kernel::<T>().map_err(|message| ArrayError::Shape {
+                op: "elementwise",
+                message,
+            })?;
+            let len = out.tile_rows_of(ti) * out.tile_cols_of(tj);
+            out.set_tile(ti, tj, vec![T::ZERO; len]);
+            let dst = out.tile(ti, tj).expect("just set");
+            let mut task = rt.task(&kernel).name(format!("map {}[{ti},{tj}]", out.name()));
+            for d in data {
+                task = task.read(d);
+            }
+            let h = task.write(dst).submit()?;
+            out.wrote(ti, tj, h);
+        }
+    }
+    Ok(out)
+}
+
+impl<'rt, T: Scalar> Matrix<'rt, T> {
+    /// This matrix as the start of an elementwise expression.
+    pub fn lazy(&self) -> Lazy<'_, 'rt, T> {
+        self.into_lazy()
+    }
+
+    /// `f` of each element (an expression in `x`, e.g. `|x| x.sqrt() * 2.0`), not yet run.
+    pub fn map(&self, f: impl FnOnce(Expr) -> Expr) -> Lazy<'_, 'rt, T> {
+        self.lazy().map(f)
+    }
+
+    /// `f` of the elements of this matrix and `other`, pairwise, not yet run.
+    pub fn zip<'a>(&'a self, other: impl IntoLazy<'a, 'rt, T>, f: impl FnOnce(Expr, Expr) -> Expr) -> Lazy<'a, 'rt, T> {
+        self.lazy().zip(other, f)
+    }
+}
+
+macro_rules! operator {
+    ($trait:ident, $method:ident) => {
+        impl<'a, 'rt, T: Scalar, R: IntoLazy<'a, 'rt, T>> std::ops::$trait<R> for Lazy<'a, 'rt, T> {
+            type Output = Lazy<'a, 'rt, T>;
+            fn $method(self, rhs: R) -> Lazy<'a, 'rt, T> {
+                self.zip(rhs, |a, b| std::ops::$trait::$method(a, b))
+            }
+        }
+        impl<'a, 'rt, T: Scalar, R: IntoLazy<'a, 'rt, T>> std::ops::$trait<R> for &'a Matrix<'rt, T> {
+            type Output = Lazy<'a, 'rt, T>;
+            fn $method(self, rhs: R) -> Lazy<'a, 'rt, T> {
+                self.lazy().zip(rhs, |a, b| std::ops::$trait::$method(a, b))
+            }
+        }
+    };
+}
+operator!(Add, add);
+operator!(Sub, sub);
+operator!(Mul, mul);
+operator!(Div, div);
+
+impl<'a, 'rt, T: Scalar> std::ops::Neg for Lazy<'a, 'rt, T> {
+    type Output = Lazy<'a, 'rt, T>;
+    fn neg(self) -> Lazy<'a, 'rt, T> {
+        self.map(|e| -e)
+    }
+}
