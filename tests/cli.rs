@@ -1498,3 +1498,46 @@ fn bench_stream_reports_every_figure() {
         "{v}"
     );
 }
+
+/// `bench linalg` and `bench fusion` on small sizes: every row measured, references that are
+/// not there said so, bad options refused.
+#[test]
+fn bench_linalg_and_fusion_report_their_rows() {
+    let out = hexec()
+        .args([
+            "bench", "linalg", "--sizes", "96", "--tile", "32", "--reps", "1", "--types", "f32,f64",
+        ])
+        .args(["--gpus", "none", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{v}");
+    for r in rows {
+        assert!(
+            r["hexec_gflops"].as_f64().unwrap() > 0.0 && r["faer_gflops"].as_f64().unwrap() > 0.0,
+            "{r}"
+        );
+    }
+    let skipped = v["skipped"].to_string();
+    assert!(skipped.contains("SciPy"), "no --python: said so: {skipped}");
+    let out = hexec().args(["bench", "linalg", "--ops", "lu"]).output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown operation 'lu'"));
+
+    let out = hexec()
+        .args([
+            "bench", "fusion", "--n", "64", "--tile", "32", "--ops", "3", "--reps", "1", "--gpus", "none", "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for (k, r) in rows.iter().enumerate() {
+        assert_eq!(r["fused_tasks"], 4, "{r}");
+        assert_eq!(r["unfused_tasks"], 4 * (k as u64 + 1), "{r}");
+    }
+}

@@ -1714,3 +1714,38 @@ fn generated_elementwise_kernels_match_on_gpu_and_cpu() {
         close(&g, &cpu, 1e-5, &format!("{e}"));
     }
 }
+
+/// An f64 expression runs on a GPU with SHADER_F64 (lavapipe has it) and gives the CPU's
+/// values there.
+#[test]
+fn f64_expressions_run_on_a_gpu_with_shader_f64() {
+    use hexec::kernels::expr::Expr;
+    let Some(rt) = gpu_runtime(1) else { return };
+    if !rt.machine().gpus[0].features.iter().any(|f| f == "f64") {
+        eprintln!("SKIPPED: the GPU has no SHADER_F64");
+        return;
+    }
+    let kernel = (Expr::input(0) * 2.0 + Expr::input(1).abs().sqrt())
+        .kernel::<f64>()
+        .unwrap();
+    let n = 777;
+    let x: Vec<f64> = (0..n).map(|i| i as f64 * 0.25 - 50.0).collect();
+    let y: Vec<f64> = (0..n).map(|i| (i as f64).sin() * 1e3).collect();
+    let mut results = Vec::new();
+    for device in [DeviceKind::Gpu, DeviceKind::Cpu] {
+        let (xd, yd, out) = (rt.data(x.clone()), rt.data(y.clone()), rt.data(vec![0.0f64; n]));
+        rt.task(&kernel)
+            .on(device)
+            .read(xd)
+            .read(yd)
+            .write(out)
+            .submit()
+            .unwrap()
+            .wait()
+            .unwrap();
+        results.push(rt.read(out).unwrap());
+    }
+    for (g, c) in results[0].iter().zip(&results[1]) {
+        assert!((g - c).abs() <= 1e-12 * c.abs().max(1.0), "gpu {g} vs cpu {c}");
+    }
+}

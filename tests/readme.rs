@@ -71,3 +71,24 @@ fn readme_live_runtime_example() -> Result<(), Box<dyn std::error::Error>> {
     assert!(((total as f64) - want).abs() / want < 1e-4, "{total} vs {want}");
     Ok(())
 }
+
+#[test]
+fn readme_arrays_example() -> Result<(), Box<dyn std::error::Error>> {
+    use hexec::array::Matrix;
+    let rt = hexec::Runtime::builder().build()?;
+    let n = 1000;
+    let a = Matrix::<f64>::from_fn(&rt, "A", n, n, 192, |i, j| {
+        if i == j {
+            n as f64
+        } else {
+            1.0 / (1 + i + j) as f64
+        }
+    })?;
+    let b = Matrix::<f64>::column(&rt, "b", 192, vec![1.0; n])?;
+    let x = a.solve_spd(&b)?;
+    let ax = a.matmul(&x)?;
+    let r = (&ax - &b).abs().eval()?;
+    let worst = r.to_vec()?.into_iter().fold(0.0, f64::max);
+    assert!(worst < 1e-10, "{worst}");
+    Ok(())
+}

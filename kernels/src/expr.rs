@@ -1,7 +1,7 @@
 //! Elementwise expressions: a small tree over numbered inputs and constants, made into one
 //! kernel that computes it in a single pass — on CPUs by evaluating the tree over chunks of
-//! elements (each node a tight loop the compiler vectorises), on GPUs (`f32`) as generated
-//! WGSL. A chain of elementwise operations written as one expression is one task, with no
+//! elements (each node a tight loop the compiler vectorises), on GPUs as generated WGSL (`f32`,
+//! and `f64` on devices with `SHADER_F64` for what they compute in `f64`). A chain of elementwise operations written as one expression is one task, with no
 //! intermediate arrays: the fusion `hexec::array` does.
 //!
 //! Kernels are cached by expression and element type ([`Expr::kernel`]), so that the same
@@ -260,14 +260,25 @@ impl Expr {
         }
     }
 
-    /// The expression in WGSL over `f32` inputs `x0[i]`, `x1[i]`, ...
-    fn wgsl(&self) -> String {
+    /// Whether the tree uses a function that GPUs offer only in `f32` (`exp`, `ln`, `tanh`:
+    /// Vulkan's extended instructions for them take 16- and 32-bit floats).
+    fn needs_f32_functions(&self) -> bool {
+        match self {
+            Expr::Input(_) | Expr::Const(_) => false,
+            Expr::Unary(f, a) => matches!(f, Unary::Exp | Unary::Ln | Unary::Tanh) || a.needs_f32_functions(),
+            Expr::Binary(_, a, b) => a.needs_f32_functions() || b.needs_f32_functions(),
+        }
+    }
+
+    /// The expression in WGSL over inputs `x0[i]`, `x1[i]`, ... of type `ty` (`f32`, `f64`).
+    fn wgsl(&self, ty: &str) -> String {
         match self {
             Expr::Input(i) => format!("x{i}[i]"),
             // `{:?}` prints a decimal point or an exponent, which WGSL's float literals need.
-            Expr::Const(c) => format!("f32({:?})", *c as f32),
+            Expr::Const(c) if ty == "f32" => format!("f32({:?})", *c as f32),
+            Expr::Const(c) => format!("{ty}({c:?})"),
             Expr::Unary(f, a) => {
-                let a = a.wgsl();
+                let a = a.wgsl(ty);
                 match f {
                     Unary::Neg => format!("(-{a})"),
                     Unary::Abs => format!("abs({a})"),
@@ -278,7 +289,7 @@ impl Expr {
                 }
             }
             Expr::Binary(f, a, b) => {
-                let (a, b) = (a.wgsl(), b.wgsl());
+                let (a, b) = (a.wgsl(ty), b.wgsl(ty));
                 match f {
                     Binary::Add => format!("({a} + {b})"),
                     Binary::Sub => format!("({a} - {b})"),
@@ -291,27 +302,33 @@ impl Expr {
         }
     }
 
-    /// The GPU implementation (`f32`): one generated module computing the whole tree.
-    fn gpu_impl(&self) -> GpuImpl {
+    /// The GPU implementation over `ty` (`f32`, or `f64` where the device has `SHADER_F64`):
+    /// one generated module computing the whole tree.
+    fn gpu_impl(&self, ty: &str) -> GpuImpl {
         let n = self.inputs();
         let mut body = String::new();
         for k in 0..n {
             body.push_str(&format!(
-                "@group(0) @binding({}) var<storage, read> x{k}: array<f32>;\n",
+                "@group(0) @binding({}) var<storage, read> x{k}: array<{ty}>;\n",
                 k + 1
             ));
         }
         body.push_str(&format!(
-            "@group(0) @binding({}) var<storage, read_write> out: array<f32>;\n\n\
+            "@group(0) @binding({}) var<storage, read_write> out: array<{ty}>;\n\n\
              @compute @workgroup_size(256)\n\
              fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {{\n\
              \x20   let i = element_index(gid, nwg);\n\
              \x20   if (i < P.len.x) {{ out[i] = {}; }}\n\
              }}\n",
             n + 1,
-            self.wgsl()
+            self.wgsl(ty)
         ));
-        gpu::elementwise(&body, n + 1, n)
+        let g = gpu::elementwise(&body, n + 1, n);
+        if ty == "f64" {
+            g.requiring("f64")
+        } else {
+            g
+        }
     }
 
     /// The kernel computing this expression over `T` (`f32` with a GPU implementation too):
@@ -342,8 +359,13 @@ impl Expr {
             expr.eval(&inputs, out);
             Ok(())
         });
-        if T::ELEM == ElemType::F32 && n > 0 {
-            kernel = kernel.with_gpu(self.gpu_impl());
+        if n > 0 {
+            match T::ELEM {
+                ElemType::F32 => kernel = kernel.with_gpu(self.gpu_impl("f32")),
+                // Only on GPUs with SHADER_F64, and only with the functions they have in f64.
+                ElemType::F64 if !self.needs_f32_functions() => kernel = kernel.with_gpu(self.gpu_impl("f64")),
+                _ => {}
+            }
         }
         let kernel = Arc::new(kernel);
         cache
@@ -472,7 +494,11 @@ mod tests {
         let k1 = g.kernel::<f32>().unwrap();
         let k2 = g.kernel::<f32>().unwrap();
         assert!(Arc::ptr_eq(&k1, &k2), "cached");
-        assert!(k1.has_gpu() && !g.kernel::<f64>().unwrap().has_gpu());
-        assert!(g.wgsl().contains("x2[i]") && g.wgsl().contains("f32(2.0)"));
+        let k64 = g.kernel::<f64>().unwrap();
+        assert!(k1.has_gpu() && k1.gpu_impl().unwrap().requires.is_empty());
+        assert_eq!(k64.gpu_impl().unwrap().requires, vec!["f64".to_string()]);
+        assert!(!g.clone().exp().kernel::<f64>().unwrap().has_gpu(), "no exp in f64 on GPUs");
+        assert!(g.wgsl("f32").contains("x2[i]") && g.wgsl("f32").contains("f32(2.0)"));
+        assert!(k64.gpu_impl().unwrap().source.contains("array<f64>"));
     }
 }

@@ -65,6 +65,9 @@ pub struct GpuImpl {
     pub check: CheckFn,
     /// A version using subgroup operations, for devices with the `subgroups` feature.
     pub with_subgroups: Option<Arc<GpuImpl>>,
+    /// Device features the code needs (as `hexec info` names them: `f16`, `f64`, ...): a GPU
+    /// without one of them is not eligible for the kernel, so its tasks run elsewhere.
+    pub requires: Vec<String>,
 }
 
 impl std::fmt::Debug for GpuImpl {
@@ -92,6 +95,7 @@ impl GpuImpl {
             scratch: Arc::new(|_| Vec::new()),
             check: Arc::new(|_| Ok(())),
             with_subgroups: None,
+            requires: Vec::new(),
         }
     }
 
@@ -101,6 +105,12 @@ impl GpuImpl {
             (Some(s), true) => s,
             _ => self,
         }
+    }
+
+    /// Requires a device feature (e.g. `f64` for `SHADER_F64`): see [`GpuImpl::requires`].
+    pub fn requiring(mut self, feature: impl Into<String>) -> Self {
+        self.requires.push(feature.into());
+        self
     }
 
     /// Adds a size check.
@@ -218,6 +228,7 @@ fn reduction_from(op: &str, body: &str) -> GpuImpl {
             }
         }),
         with_subgroups: None,
+        requires: Vec::new(),
     }
 }
 
@@ -241,5 +252,6 @@ pub fn gemm() -> GpuImpl {
         scratch: Arc::new(|_| Vec::new()),
         check: Arc::new(|d| crate::builtin::gemm_dims(d.params, d.lens).map(|_| ())),
         with_subgroups: None,
+        requires: Vec::new(),
     }
 }

@@ -91,6 +91,7 @@ fn gemm_nt_gpu(bindings: [usize; 3]) -> GpuImpl {
         scratch: Arc::new(|_| Vec::new()),
         check: Arc::new(check_tiles),
         with_subgroups: None,
+        requires: Vec::new(),
     }
 }
 
@@ -126,6 +127,7 @@ kernel!(
         scratch: Arc::new(|_| Vec::new()),
         check: Arc::new(check_tiles),
         with_subgroups: None,
+        requires: Vec::new(),
     })
 );
 

@@ -539,13 +539,19 @@ impl<'m> Eligibility<'m> {
         }
         let largest = accesses.iter().map(|&(d, _)| data[d as usize].bytes).max().unwrap_or(0);
         let total: u64 = accesses.iter().map(|&(d, _)| data[d as usize].bytes).sum();
+        let requires = kernel.gpu_impl().map_or(&[][..], |g| &g.requires[..]);
         self.machine
             .gpus
             .iter()
             .enumerate()
             .take(64)
-            // Every operand within the largest binding, and all of them within the memory.
-            .filter(|(_, g)| largest <= g.max_storage_binding && g.memory_bytes.is_none_or(|m| total <= m))
+            // Every operand within the largest binding, and all of them within the memory;
+            // the device features the code needs.
+            .filter(|(_, g)| {
+                largest <= g.max_storage_binding
+                    && g.memory_bytes.is_none_or(|m| total <= m)
+                    && requires.iter().all(|f| g.features.contains(f))
+            })
             .fold(0, |mask, (i, _)| mask | 1 << i)
     }
 
@@ -724,6 +730,30 @@ mod tests {
         assert_eq!(c.plan.num_bands(), 2);
         assert_eq!(c.plan.band(1), 0);
         assert_eq!(c.plan.band(0), 1);
+    }
+
+    #[test]
+    fn a_gpu_without_a_feature_the_code_requires_is_not_eligible() {
+        use crate::topology::GpuDesc;
+        let expr = hexec_kernels::expr::Expr::input(0) * 2.0;
+        let kernel = expr.kernel::<f64>().unwrap();
+        let workers_of = |features: Vec<String>| {
+            let mut m = Machine::synthetic_cpus(2);
+            let mut gpu = GpuDesc::modelled("model", 0);
+            gpu.features = features;
+            m.add_gpus(vec![gpu]);
+            let mut g = Graph::new();
+            let (x, y) = (g.temp::<f64>("x", 16), g.temp::<f64>("y", 16));
+            g.task(&kernel).read(x).write(y).add();
+            let c = compile(&g, &m, &infos(&g)).unwrap();
+            let set = c.plan.set(c.plan.task_set(0));
+            set.workers
+                .iter()
+                .map(|w| m.workers[w.index()].name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(workers_of(Vec::new()), ["cpu0", "cpu1"], "no SHADER_F64: CPUs only");
+        assert_eq!(workers_of(vec!["f64".into()]), ["cpu0", "cpu1", "gpu0"]);
     }
 
     #[test]
