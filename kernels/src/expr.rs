@@ -497,7 +497,10 @@ mod tests {
         let k64 = g.kernel::<f64>().unwrap();
         assert!(k1.has_gpu() && k1.gpu_impl().unwrap().requires.is_empty());
         assert_eq!(k64.gpu_impl().unwrap().requires, vec!["f64".to_string()]);
-        assert!(!g.clone().exp().kernel::<f64>().unwrap().has_gpu(), "no exp in f64 on GPUs");
+        assert!(
+            !g.clone().exp().kernel::<f64>().unwrap().has_gpu(),
+            "no exp in f64 on GPUs"
+        );
         assert!(g.wgsl("f32").contains("x2[i]") && g.wgsl("f32").contains("f32(2.0)"));
         assert!(k64.gpu_impl().unwrap().source.contains("array<f64>"));
     }

@@ -277,7 +277,7 @@ pub fn compile_with_priorities(
         machine.victims.clone(),
     );
     // On by default; a driver turns it off with `Plan::unfuse`.
-    plan.fuse_chains(&edges);
+    plan.fuse_chains(&edges, |w| machine.workers[w.index()].kind);
     let max_cores = graph.tasks.iter().map(|t| t.cores).max().unwrap_or(1);
     Ok(CompiledGraph {
         max_cores,

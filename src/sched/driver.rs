@@ -94,6 +94,10 @@ impl Policy for AnyPolicy {
     fn immediate_successor(&self) -> bool {
         each!(self, p => p.immediate_successor())
     }
+
+    fn follows_fused_chains(&self) -> bool {
+        each!(self, p => p.follows_fused_chains())
+    }
 }
 
 #[cfg(test)]

@@ -186,6 +186,10 @@ impl Policy for Heft {
         false
     }
 
+    fn follows_fused_chains(&self) -> bool {
+        false
+    }
+
     fn place<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, task: u32, _releasing: Option<WorkerId>) {
         match self.assigned(task) {
             Some(w) => q.push_mailbox(w, plan.band(task), task),

@@ -70,9 +70,17 @@ pub(crate) trait Policy: Send + Sync {
         true
     }
 
+    /// Whether the worker that finishes a task runs the next link of its fused chain
+    /// ([`Plan::fused_next`]). Policies that plan every task's worker in advance (`heft`) say
+    /// no: their plan already keeps a chain together where that pays, and moving a link
+    /// would break the order planned for its worker.
+    fn follows_fused_chains(&self) -> bool {
+        true
+    }
+
     /// Of `ready` (the tasks `worker`'s completion of `finished` just made ready, in release
     /// order), the index of the one it runs at once, without placing it: the next link of
-    /// `finished`'s fused chain whatever the policy ([`Plan::fused_next`]), else the
+    /// `finished`'s fused chain when the policy follows them ([`Plan::fused_next`]), else the
     /// highest-priority one it may run, the first among equals; `None` when the policy turns
     /// the shortcut off. Both drivers ask this, so that they take the same shortcut.
     #[inline]
@@ -84,7 +92,7 @@ pub(crate) trait Policy: Send + Sync {
         worker: WorkerId,
         priority: impl Fn(u32) -> i32,
     ) -> Option<usize> {
-        if let Some(next) = plan.fused_next(finished) {
+        if let Some(next) = plan.fused_next(finished).filter(|_| self.follows_fused_chains()) {
             // Its only predecessor just finished: it is in `ready`, and eligible here.
             if let Some(i) = ready.iter().position(|&s| s == next) {
                 return Some(i);

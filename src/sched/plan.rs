@@ -91,16 +91,29 @@ impl Plan {
     }
 
     /// Fuses the linear chains of a graph with these successor lists and in-degrees: links
-    /// `t → s` where `s` is `t`'s only successor, `t` is `s`'s only predecessor and both may
-    /// run on the same workers. The worker that finishes `t` runs `s` next, with no placement,
-    /// queueing or transfer in between, whatever the policy. Returns the number of links.
-    pub fn fuse_chains(&mut self, edges: &super::compile::Successors) -> usize {
+    /// `t → s` where `s` is `t`'s only successor, `t` is `s`'s only predecessor, and both may
+    /// run on the same workers, all of one device class (`kind_of` each worker's). The worker
+    /// that finishes `t` runs `s` next, with no placement, queueing or transfer in between
+    /// (under the policies that follow fused chains). A chain that could run on CPUs or GPUs
+    /// is left to the policy: which device each link suits is a placement decision. Returns
+    /// the number of links.
+    pub fn fuse_chains<K: PartialEq>(
+        &mut self,
+        edges: &super::compile::Successors,
+        kind_of: impl Fn(WorkerId) -> K,
+    ) -> usize {
         let n = self.task_set.len();
+        let one_class: Vec<bool> = self
+            .sets
+            .iter()
+            .map(|s| s.workers.windows(2).all(|w| kind_of(w[0]) == kind_of(w[1])))
+            .collect();
         let mut next = vec![NO_LINK; n];
         let mut links = 0;
         for (t, link) in next.iter_mut().enumerate() {
             if let &[s] = edges.of_task(t as u32) {
-                if edges.indegree[s as usize] == 1 && self.task_set[t] == self.task_set[s as usize] {
+                let set = self.task_set[t];
+                if edges.indegree[s as usize] == 1 && set == self.task_set[s as usize] && one_class[set as usize] {
                     *link = s;
                     links += 1;
                 }
