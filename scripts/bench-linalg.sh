@@ -5,22 +5,7 @@
 # e.g. `./scripts/bench-linalg.sh --sizes 2048,4096,8192 --reps 5`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/install-deps.sh
-
-packages=(starpu-examples libopenblas0 python3-venv)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing system packages: ${missing[*]}"
-  sudo=""
-  if [ "$(id -u)" -ne 0 ]; then
-    sudo="sudo"
-  fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+./scripts/install-deps.sh starpu-examples libopenblas0 python3-venv
 
 target="${CARGO_TARGET_DIR:-target}"
 venv="$target/bench-venv"

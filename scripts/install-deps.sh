@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs the system packages hexec builds against, if any are missing (Debian/Ubuntu).
+# Installs the system packages hexec builds against, if any are missing (Debian/Ubuntu), and
+# the extra packages named as arguments (the benchmark scripts' references).
 # Safe to run repeatedly: it does nothing when everything is present.
 set -euo pipefail
 
 # hwloc for the topology; Mesa's lavapipe (a conformant Vulkan device running on the CPU)
 # and the Vulkan loader so that GPU paths run on machines without a GPU.
-packages=(pkg-config libhwloc-dev libudev-dev mesa-vulkan-drivers libvulkan1)
+packages=(pkg-config libhwloc-dev libudev-dev mesa-vulkan-drivers libvulkan1 "$@")
 
 missing=()
 for p in "${packages[@]}"; do

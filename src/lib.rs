@@ -51,6 +51,9 @@ mod sync;
 pub mod topology;
 pub mod trace;
 
+/// The faer version hexec's arrays convert to and from ([`array::Matrix::from_faer`],
+/// [`array::Matrix::to_faer`]), so that a program needs no faer dependency of its own.
+pub use faer;
 pub use hexec_kernels as kernels;
 
 pub use graph::{Data, DataRef, Graph, Restriction, TaskBuilder, TaskId, TempData, VirtualData};

@@ -226,11 +226,15 @@ fn check_elementwise<T: Scalar>(tol: f64) {
     );
     assert_eq!(fv, uv, "fused and unfused results are the same");
     assert!(rel_err(&fv, &want) < tol);
-    // Operators on matrices and expressions, constants on either side.
+    // Operators on matrices and expressions, constants on either side, in either type.
     let c = ((&a + &b) * 0.5 - 1.0).eval().unwrap();
     let cv = as_f64(&c.to_vec().unwrap());
     let want: Vec<f64> = av.iter().zip(&bv).map(|(x, y)| (x + y) * 0.5 - 1.0).collect();
     assert!(rel_err(&cv, &want) < tol);
+    let d = (2.0 * &a - 1.0 / (1.0 + &b * 0.0)).eval().unwrap();
+    let dv = as_f64(&d.to_vec().unwrap());
+    let want: Vec<f64> = av.iter().map(|x| 2.0 * x - 1.0).collect();
+    assert!(rel_err(&dv, &want) < tol);
     // Sums.
     let rows = as_f64(&a.row_sums().unwrap().to_vec().unwrap());
     let cols = as_f64(&a.col_sums().unwrap().to_vec().unwrap());

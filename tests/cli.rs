@@ -154,6 +154,13 @@ fn demo_solves_a_linear_system_and_reports_its_residuals() {
     ] {
         assert!(text.contains(needle), "missing '{needle}': {text}");
     }
+    // A tile larger than the matrix is the matrix.
+    let out = hexec()
+        .args(["demo", "--n", "50", "--tile", "100000", "--gpus", "none"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("1×1 tiles of 50"), "{text}");
     for (args, says) in [
         (&["demo", "--type", "f16"][..], "--type f16"),
         (&["demo", "--tile", "0"][..], "--tile 0"),
@@ -162,6 +169,7 @@ fn demo_solves_a_linear_system_and_reports_its_residuals() {
             "--deadline applies to the blockwise demo",
         ),
         (&["demo", "--n", "100000000"][..], "more than this machine's"),
+        (&["demo", "--blockwise", "--tiles", "0"][..], "--tiles 0"),
     ] {
         let out = hexec().args(args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

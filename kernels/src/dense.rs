@@ -66,18 +66,7 @@ fn t_mut<T: Real>(s: &mut [T], rows: usize, cols: usize) -> MatMut<'_, T> {
 /// If a slice is shorter than its matrix (callers check the lengths first).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm<T: Real>(a: &[T], b: &[T], c: &mut [T], m: usize, n: usize, k: usize, alpha: T, beta: T) {
-    let accum = if beta == T::ZERO {
-        Accum::Replace
-    } else {
-        if beta != T::ONE {
-            for v in &mut c[..m * n] {
-                *v *= beta;
-            }
-        }
-        Accum::Add
-    };
-    // Cᵀ = Bᵀ·Aᵀ.
-    faer::linalg::matmul::matmul(t_mut(c, m, n), accum, t(b, k, n), t(a, m, k), alpha, Par::Seq);
+    gemm_ex(a, b, c, (m, n, k), alpha, beta, false, false);
 }
 
 /// `C ← C − A·Bᵀ` on `b`×`b` row-major tiles (the trailing update of a tiled Cholesky).

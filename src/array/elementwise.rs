@@ -64,7 +64,8 @@ impl<T: Scalar> std::fmt::Debug for Lazy<'_, '_, T> {
     }
 }
 
-/// What an elementwise operation takes: a matrix, an expression, or a constant.
+/// What an elementwise operation takes: a matrix, an expression, or a constant (`f64`,
+/// whatever the element type: `&a * 2.0` on an f32 matrix).
 pub trait IntoLazy<'a, 'rt, T: Scalar> {
     /// As an expression.
     fn into_lazy(self) -> Lazy<'a, 'rt, T>;
@@ -329,15 +330,17 @@ fn shape_mismatch<T: Scalar>(a: &Matrix<'_, T>, b: &Matrix<'_, T>) -> Option<Str
     let same = a.rows() == b.rows() && a.cols() == b.cols() && a.tile_shape() == b.tile_shape();
     (!same).then(|| {
         format!(
-            "'{}' is {}×{} in tiles of {:?} and '{}' is {}×{} in tiles of {:?}: elementwise operations need the same shape and tiles",
+            "'{}' is {}×{} in tiles of {}×{} and '{}' is {}×{} in tiles of {}×{}: elementwise operations need the same shape and tiles",
             a.name(),
             a.rows(),
             a.cols(),
-            a.tile_shape(),
+            a.tile_shape().0,
+            a.tile_shape().1,
             b.name(),
             b.rows(),
             b.cols(),
-            b.tile_shape()
+            b.tile_shape().0,
+            b.tile_shape().1
         )
     })
 }
@@ -423,6 +426,29 @@ operator!(Add, add);
 operator!(Sub, sub);
 operator!(Mul, mul);
 operator!(Div, div);
+
+/// A constant on the left: `2.0 * &a`, `1.0 - expr`. Constants are `f64` in either element
+/// type (an `f32` literal would make every unsuffixed one ambiguous).
+macro_rules! constant_first {
+    ($c:ty, $trait:ident, $method:ident) => {
+        impl<'a, 'rt, T: Scalar> std::ops::$trait<&'a Matrix<'rt, T>> for $c {
+            type Output = Lazy<'a, 'rt, T>;
+            fn $method(self, rhs: &'a Matrix<'rt, T>) -> Lazy<'a, 'rt, T> {
+                IntoLazy::<T>::into_lazy(self).zip(rhs, |a, b| std::ops::$trait::$method(a, b))
+            }
+        }
+        impl<'a, 'rt, T: Scalar> std::ops::$trait<Lazy<'a, 'rt, T>> for $c {
+            type Output = Lazy<'a, 'rt, T>;
+            fn $method(self, rhs: Lazy<'a, 'rt, T>) -> Lazy<'a, 'rt, T> {
+                IntoLazy::<T>::into_lazy(self).zip(rhs, |a, b| std::ops::$trait::$method(a, b))
+            }
+        }
+    };
+}
+constant_first!(f64, Add, add);
+constant_first!(f64, Sub, sub);
+constant_first!(f64, Mul, mul);
+constant_first!(f64, Div, div);
 
 impl<'a, 'rt, T: Scalar> std::ops::Neg for Lazy<'a, 'rt, T> {
     type Output = Lazy<'a, 'rt, T>;

@@ -634,6 +634,18 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                     message: "--trace records one graph run: use it with --blockwise".into(),
                 });
             }
+            let bad = |message: String| Failure { code: 2, message };
+            if blockwise && (tiles == 0 || tile_len == 0) {
+                return Err(bad(format!(
+                    "--tiles {tiles} --tile-len {tile_len}: both must be at least 1"
+                )));
+            }
+            if !blockwise && (n == 0 || tile == 0) {
+                return Err(bad(format!("--n {n} --tile {tile}: both must be at least 1")));
+            }
+            if !blockwise && !["f32", "f64"].contains(&elem.as_str()) {
+                return Err(bad(format!("--type {elem}: the demo solves in f32 or f64")));
+            }
             let rt = machine.builder().build()?;
             stop.spill_dir(rt.spill_directory());
             if !json {
@@ -1178,14 +1190,10 @@ fn solve_demo(
 ) -> Result<(), Failure> {
     use hexec::demo::solve::{self, SolveConfig};
     let bad = |message: String| Failure { code: 2, message };
-    if n == 0 || tile == 0 {
-        return Err(bad(format!("--n {n} --tile {tile}: both must be at least 1")));
-    }
-    let tolerance = match elem {
-        "f32" => 1e-5,
-        "f64" => 1e-12,
-        other => return Err(bad(format!("--type {other}: the demo solves in f32 or f64"))),
-    };
+    // Checked by the caller before the runtime was built.
+    let tolerance = if elem == "f64" { 1e-12 } else { 1e-5 };
+    // A tile larger than the matrix is the matrix.
+    let tile = tile.min(n);
     // A, its factor's lower half and the vectors: refuse what the host cannot hold.
     let bytes = (n as u128) * (n as u128) * if elem == "f32" { 4 } else { 8 } * 3 / 2;
     let host = rt.machine().host_memory_bytes() as u128;
