@@ -282,3 +282,30 @@ fn wide_expressions_zero_tiles_and_bad_shapes() {
     let in_place = a2.into_cholesky().unwrap().into_factor().to_vec().unwrap();
     assert_eq!(in_place, lv);
 }
+
+#[test]
+fn an_operation_runs_as_one_batch_and_a_small_cap_does_not_stop_it() {
+    let rt = runtime();
+    let a = Matrix::<f32>::from_fn(&rt, "A", 64, 64, 16, |i, j| (i + j) as f32).unwrap();
+    // The submission flow's dispatcher is up and idle: without the hold, the first task
+    // would start alone.
+    rt.task(&hexec::kernels::builtin::noop())
+        .submit()
+        .unwrap()
+        .wait()
+        .unwrap();
+    let before = rt.stats();
+    let c = a.matmul(&a).unwrap();
+    c.wait().unwrap();
+    let d = rt.stats().since(&before);
+    assert_eq!((d.runs, d.completed), (1, 64), "its 64 tasks in one batch");
+    // With room for 4 unfinished tasks, the held batch starts at the cap instead of waiting.
+    let small = Runtime::builder()
+        .machine(Machine::synthetic_cpus(2))
+        .max_submitted(4)
+        .build()
+        .unwrap();
+    let a = Matrix::<f32>::from_fn(&small, "A", 64, 64, 16, |i, j| (i + j) as f32).unwrap();
+    let c = a.matmul(&a).unwrap();
+    assert_eq!(c.to_vec().unwrap().len(), 64 * 64);
+}

@@ -188,7 +188,7 @@ impl<'a, 'rt, T: Scalar> Lazy<'a, 'rt, T> {
                 message: message.clone(),
             });
         }
-        self.first()?;
+        let _together = self.first()?.runtime().hold_submissions();
         if fuse {
             self.eval_fused()
         } else {

@@ -94,6 +94,7 @@ impl<'rt, T: Scalar> Cholesky<'rt, T> {
     /// `Lᵀ·X = Y` backward, on a copy of `B`.
     pub fn solve(&self, b: &Matrix<'rt, T>) -> Result<Matrix<'rt, T>, ArrayError> {
         let l = &self.l;
+        let _together = l.rt.hold_submissions();
         if b.rows != l.rows || b.tile_rows != l.tile_rows {
             return Err(ArrayError::Shape {
                 op: "solve",
@@ -173,6 +174,7 @@ impl<'rt, T: Scalar> Cholesky<'rt, T> {
 impl<'rt, T: Scalar> Matrix<'rt, T> {
     /// A copy of this matrix (same tiling), named `name`: one copy task per tile.
     pub(crate) fn copy_named(&self, name: String) -> Result<Self, ArrayError> {
+        let _together = self.rt.hold_submissions();
         let mut out = self.like(name, self.rows, self.cols, self.tile_rows, self.tile_cols);
         let copy = &T::tile_kernels().copy;
         for ti in 0..self.grid_rows() {
@@ -208,6 +210,7 @@ impl<'rt, T: Scalar> Matrix<'rt, T> {
     /// `selfᵀ · other` (`trans_self`), `self · otherᵀ` (`trans_other`), or both, with the
     /// same tiling rules on the transposed operands.
     pub fn matmul_ex(&self, trans_self: bool, other: &Matrix<'rt, T>, trans_other: bool) -> Result<Self, ArrayError> {
+        let _together = self.rt.hold_submissions();
         // The operands as the product sees them: shape and tile shape of op(X).
         let op = |x: &Matrix<'rt, T>, t: bool| {
             if t {
@@ -267,6 +270,7 @@ impl<'rt, T: Scalar> Matrix<'rt, T> {
     /// factor or a solution says so.
     pub fn cholesky(&self) -> Result<Cholesky<'rt, T>, ArrayError> {
         self.check_square("cholesky")?;
+        let _together = self.rt.hold_submissions();
         let name = Self::result_name("chol", &[&self.name]);
         // The lower triangle's tiles, copied.
         let mut l = self.like(name, self.rows, self.cols, self.tile_rows, self.tile_cols);
@@ -295,6 +299,8 @@ impl<'rt, T: Scalar> Matrix<'rt, T> {
     /// diagonal are freed.
     pub fn into_cholesky(mut self) -> Result<Cholesky<'rt, T>, ArrayError> {
         self.check_square("cholesky")?;
+        let rt = self.rt;
+        let _together = rt.hold_submissions();
         let nt = self.grid_rows();
         for i in 0..nt {
             for j in 0..nt {

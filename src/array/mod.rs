@@ -1,7 +1,9 @@
 //! Tiled arrays on the live runtime: matrices (and vectors, one column wide) of `f32` or `f64`
 //! split into tiles, each tile a datum of the runtime's store.
 //!
-//! Operations submit their tasks as they are called ([`Runtime::task`]) and return at once:
+//! Operations submit their tasks as they are called ([`Runtime::task`]), each operation's
+//! together (its tasks start as one batch, so that the policy sees its whole graph), and
+//! return at once:
 //! a program mixes them with its own tasks, and nothing waits until a result is read
 //! ([`Matrix::to_vec`], [`Matrix::wait`]). Dependencies between operations follow from the
 //! tiles they read and write, as for any submitted task. The task graphs of the operations are

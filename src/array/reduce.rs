@@ -25,6 +25,7 @@ impl<'rt, T: Scalar> Matrix<'rt, T> {
     }
 
     fn sums(&self, rows: bool) -> Result<Self, ArrayError> {
+        let _together = self.rt.hold_submissions();
         let op = if rows { "row_sums" } else { "col_sums" };
         let name = Self::result_name(op, &[&self.name]);
         let mut out = if rows {

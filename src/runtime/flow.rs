@@ -316,6 +316,9 @@ struct State {
     poisoned: HashMap<u32, String>,
     /// Doomed data (freed without waiting) by id, each with the batch after which it may go.
     doomed: HashMap<u32, u64>,
+    /// Holds on the open task batch ([`Flow::hold`]): while any is held, it does not start
+    /// (unless the cap is reached).
+    holds: usize,
     /// Wakers of async waits for room or for data.
     waiters: Vec<Waker>,
     /// Tasks submitted so far (numbers unnamed tasks).
@@ -375,10 +378,24 @@ impl Flow {
         st.in_flight < self.cap || self.on_own_thread()
     }
 
+    /// Holds the open task batch back until the guard drops: the tasks submitted meanwhile
+    /// (by any thread) start together, so that the policy sees a whole operation's DAG at
+    /// once instead of its first tasks alone. For the crate's own operations, which only
+    /// submit while they hold: waiting for submitted work meanwhile would wait for the batch
+    /// the hold keeps back (the cap is the one exception: at the cap the batch starts).
+    pub fn hold(&self) -> FlowHold<'_> {
+        self.state.locked().holds += 1;
+        FlowHold { flow: self }
+    }
+
     /// Submits one task, waiting for room under the cap.
     pub fn submit(self: &Arc<Self>, engine: &Arc<Engine>, spec: TaskSpec) -> Result<TaskHandle, SubmitError> {
         let mut st = self.state.locked();
         while !self.has_room(&st) {
+            if st.holds > 0 {
+                // A held batch starts at the cap: tell the dispatcher, which waits for it.
+                self.work.notify_one();
+            }
             st = self.progress.wait_unpoisoned(st);
         }
         self.submit_locked(engine, &mut st, spec)
@@ -761,7 +778,13 @@ impl Flow {
                     .queue
                     .front()
                     .is_some_and(|b| matches!(b.work, Work::Tasks(_) | Work::Graph(..)));
-                if !st.running && front_is_mine {
+                // The open batch (the last one) waits while held, unless the cap is reached
+                // (then the holder waits for room, which only running it makes).
+                let held = st.holds > 0
+                    && st.in_flight < self.cap
+                    && st.queue.len() == 1
+                    && st.queue.front().is_some_and(|b| matches!(b.work, Work::Tasks(_)));
+                if !st.running && front_is_mine && !held {
                     st.running = true;
                     let batch = st.queue.pop_front().expect("the front was just seen");
                     st.running_graph = match &batch.work {
@@ -1158,6 +1181,21 @@ fn apply_poison_locked(st: &mut State, updates: PoisonUpdates) {
 fn push_waker(wakers: &mut Vec<Waker>, w: &Waker) {
     if !wakers.iter().any(|x| x.will_wake(w)) {
         wakers.push(w.clone());
+    }
+}
+
+/// A hold on the open task batch ([`Flow::hold`]), released when dropped.
+pub(crate) struct FlowHold<'f> {
+    flow: &'f Flow,
+}
+
+impl Drop for FlowHold<'_> {
+    fn drop(&mut self) {
+        let mut st = self.flow.state.locked();
+        st.holds -= 1;
+        if st.holds == 0 && st.dispatcher_waiting {
+            self.flow.work.notify_one();
+        }
     }
 }
 

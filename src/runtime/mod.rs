@@ -817,6 +817,13 @@ impl Runtime {
         self.engine.memory_usage()
     }
 
+    /// Until the guard drops, the tasks submitted start together (see `flow::Flow::hold`):
+    /// the array operations submit a whole operation under one. The holder must not wait
+    /// for submitted work meanwhile.
+    pub(crate) fn hold_submissions(&self) -> flow::FlowHold<'_> {
+        self.flow.hold()
+    }
+
     /// Whether linear chains of tasks are fused ([`RuntimeBuilder::fusion`]); array
     /// expressions follow it too ([`crate::array::Lazy::eval`]).
     pub fn fusion(&self) -> bool {
