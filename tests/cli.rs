@@ -515,6 +515,10 @@ fn the_command_line_behaves_in_pipes_and_help() {
         &["bench", "schedule"],
         &["bench", "gpu"],
         &["bench", "overhead"],
+        &["bench", "linalg"],
+        &["bench", "fusion"],
+        &["bench", "stream"],
+        &["bench", "kernels"],
     ];
     for cmd in commands {
         let help = hexec().args(*cmd).arg("--help").output().unwrap();
