@@ -734,6 +734,10 @@ fn free_when_done_frees_after_the_submitted_work_and_refuses_later_uses() {
     let e = rt.task(&increment()).read_write(x).submit().unwrap_err();
     assert!(e.to_string().contains("datum 'x' was freed"), "{e}");
     assert_eq!(rt.read(x).unwrap_err(), DataError::Freed("x".into()));
+    assert_eq!(rt.try_read(x).unwrap_err(), DataError::Freed("x".into()));
+    let tokio = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let read_async = tokio.block_on(rt.read_async(x));
+    assert_eq!(read_async.unwrap_err(), DataError::Freed("x".into()));
     assert_eq!(rt.free_when_done(x).unwrap_err(), DataError::Freed("x".into()));
     // The work submitted before still ran on it.
     slow.wait().unwrap();

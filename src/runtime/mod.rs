@@ -852,6 +852,7 @@ impl Runtime {
     /// Copies a datum out now, or fails with [`DataError::Busy`] while submitted work still
     /// uses it: [`Runtime::read`] without waiting.
     pub fn try_read<T: Element>(&self, h: Data<T>) -> Result<Vec<T>, DataError> {
+        self.refuse_doomed(h)?;
         if self.flow.datum_pending(h.id, None) {
             return Err(DataError::Busy(self.engine.store.typed_cell(h)?.name.clone()));
         }
@@ -865,6 +866,9 @@ impl Runtime {
         h: Data<T>,
     ) -> impl std::future::Future<Output = Result<Vec<T>, DataError>> + '_ {
         std::future::poll_fn(move |cx| {
+            if let Err(e) = self.refuse_doomed(h) {
+                return std::task::Poll::Ready(Err(e));
+            }
             if self.flow.datum_pending(h.id, Some(cx.waker())) {
                 return std::task::Poll::Pending;
             }
@@ -879,14 +883,21 @@ impl Runtime {
         })
     }
 
-    /// Runs `op` on datum `h` once the submitted work that uses it has ended; again if work
-    /// submitted meanwhile by another thread took it first.
-    fn after_pending<T, R>(&self, h: Data<T>, mut op: impl FnMut() -> Result<R, DataError>) -> Result<R, DataError> {
+    /// A datum freed without waiting ([`Runtime::free_when_done`]) is freed to the program
+    /// already, though its submitted work still runs on it.
+    fn refuse_doomed<T>(&self, h: Data<T>) -> Result<(), DataError> {
         if self.flow.is_doomed(h.id) {
             if let Some(cell) = self.engine.store.cell(h.rt, h.id) {
                 return Err(DataError::Freed(cell.name.clone()));
             }
         }
+        Ok(())
+    }
+
+    /// Runs `op` on datum `h` once the submitted work that uses it has ended; again if work
+    /// submitted meanwhile by another thread took it first.
+    fn after_pending<T, R>(&self, h: Data<T>, mut op: impl FnMut() -> Result<R, DataError>) -> Result<R, DataError> {
+        self.refuse_doomed(h)?;
         loop {
             self.flow.wait_for_datum(h.id);
             match op() {
