@@ -121,50 +121,40 @@ impl<'rt, T: Scalar> Cholesky<'rt, T> {
             x.wrote(i, j, h);
             Ok::<(), ArrayError>(())
         };
-        // Forward: Y_i = L_ii⁻¹·(B_i − Σ_{j<i} L_ij·Y_j).
-        for i in 0..nt {
-            for c in 0..ct {
-                for j in 0..i {
-                    let g = TileGemm {
-                        a: l.tile(i, j).expect("the factor's lower tiles"),
-                        b: x.tile(j, c).expect("a copy has every tile"),
-                        c: x.tile(i, c).expect("a copy has every tile"),
-                        mnk: (x.tile_rows_of(i), x.tile_cols_of(c), l.tile_cols_of(j)),
-                        alpha: -1.0,
-                        beta: 1.0,
-                        trans_a: false,
-                        trans_b: false,
-                    };
-                    let h = g.submit(
-                        l.rt,
-                        format!("forward {}[{i},{c}] -= {}[{i},{j}]·y[{j}]", x.name, l.name),
-                    )?;
-                    x.wrote(i, c, h);
+        // Forward: Y_i = L_ii⁻¹·(B_i − Σ_{j<i} L_ij·Y_j), then backward:
+        // X_i = L_ii⁻ᵀ·(Y_i − Σ_{j>i} L_jiᵀ·X_j). The same sweep, mirrored.
+        for forward in [true, false] {
+            let (label, which) = if forward {
+                ("forward", TriangularSolve::LeftLower)
+            } else {
+                ("backward", TriangularSolve::LeftLowerTransposed)
+            };
+            for k in 0..nt {
+                let i = if forward { k } else { nt - 1 - k };
+                let done = if forward { 0..i } else { i + 1..nt };
+                for c in 0..ct {
+                    for j in done.clone() {
+                        // L_ij, or L_jiᵀ backward: both j's rows of X by i's.
+                        let (a, name) = if forward {
+                            (l.tile(i, j), format!("{}[{i},{j}]", l.name))
+                        } else {
+                            (l.tile(j, i), format!("{}[{j},{i}]ᵀ", l.name))
+                        };
+                        let g = TileGemm {
+                            a: a.expect("the factor's lower tiles"),
+                            b: x.tile(j, c).expect("a copy has every tile"),
+                            c: x.tile(i, c).expect("a copy has every tile"),
+                            mnk: (x.tile_rows_of(i), x.tile_cols_of(c), l.tile_rows_of(j)),
+                            alpha: -1.0,
+                            beta: 1.0,
+                            trans_a: !forward,
+                            trans_b: false,
+                        };
+                        let h = g.submit(l.rt, format!("{label} {}[{i},{c}] -= {name}·[{j},{c}]", x.name))?;
+                        x.wrote(i, c, h);
+                    }
+                    trsm(&mut x, i, c, which, label)?;
                 }
-                trsm(&mut x, i, c, TriangularSolve::LeftLower, "forward")?;
-            }
-        }
-        // Backward: X_i = L_ii⁻ᵀ·(Y_i − Σ_{j>i} L_jiᵀ·X_j).
-        for i in (0..nt).rev() {
-            for c in 0..ct {
-                for j in i + 1..nt {
-                    let g = TileGemm {
-                        a: l.tile(j, i).expect("the factor's lower tiles"),
-                        b: x.tile(j, c).expect("a copy has every tile"),
-                        c: x.tile(i, c).expect("a copy has every tile"),
-                        mnk: (x.tile_rows_of(i), x.tile_cols_of(c), l.tile_rows_of(j)),
-                        alpha: -1.0,
-                        beta: 1.0,
-                        trans_a: true,
-                        trans_b: false,
-                    };
-                    let h = g.submit(
-                        l.rt,
-                        format!("backward {}[{i},{c}] -= {}[{j},{i}]ᵀ·x[{j}]", x.name, l.name),
-                    )?;
-                    x.wrote(i, c, h);
-                }
-                trsm(&mut x, i, c, TriangularSolve::LeftLowerTransposed, "backward")?;
             }
         }
         Ok(x)
