@@ -262,9 +262,19 @@ fn wide_expressions_zero_tiles_and_bad_shapes() {
     for m in &ms[1..] {
         sum = sum + m;
     }
-    let got = sum.eval().unwrap().to_vec().unwrap();
-    let want: Vec<f64> = (0..20).map(|x| (9 * x + 36) as f64).collect();
-    assert_eq!(got, want);
+    let got = (sum.clone() * 2.0).eval().unwrap().to_vec().unwrap();
+    let want: Vec<f64> = (0..20).map(|x| (2 * (9 * x + 36)) as f64).collect();
+    assert_eq!(got, want, "a constant beside a part too wide for one kernel");
+    let got = sum.eval_with(false).unwrap().to_vec().unwrap();
+    assert_eq!(got, want.iter().map(|v| v / 2.0).collect::<Vec<_>>());
+    // Expressions that read no element: constants of the matrix's shape, fused or not.
+    for fuse in [true, false] {
+        let ones = ms[0]
+            .map(|_| hexec::kernels::expr::Expr::constant(4.0).sqrt())
+            .eval_with(fuse)
+            .unwrap();
+        assert_eq!(ones.to_vec().unwrap(), vec![2.0; 20], "fuse {fuse}");
+    }
     // A Cholesky factor's zero tiles read as zeros.
     let n = 6;
     let a = Matrix::<f64>::from_fn(&rt, "A", n, n, 4, spd(n)).unwrap();

@@ -188,14 +188,11 @@ impl<'a, 'rt, T: Scalar> Lazy<'a, 'rt, T> {
                 message: message.clone(),
             });
         }
-        let _together = self.first()?.runtime().hold_submissions();
-        if fuse {
-            self.eval_fused()
-        } else {
-            match self.eval_unfused(&self.expr.clone())? {
-                Input::Owned(m) => Ok(Rc::try_unwrap(m).unwrap_or_else(|_| unreachable!("the result is held once"))),
-                Input::Borrowed(m) => m.copy(),
-            }
+        let shape = self.first()?;
+        let _together = shape.runtime().hold_submissions();
+        match self.eval_node(&self.expr, fuse)? {
+            Input::Owned(m) => Ok(Rc::try_unwrap(m).unwrap_or_else(|_| unreachable!("the result is held once"))),
+            Input::Borrowed(m) => m.copy(),
         }
     }
 
@@ -206,99 +203,50 @@ impl<'a, 'rt, T: Scalar> Lazy<'a, 'rt, T> {
         })
     }
 
-    /// One task per tile computing the whole expression; expressions over more inputs than a
-    /// kernel takes are cut: their first operands are evaluated first.
-    fn eval_fused(self) -> Result<Matrix<'rt, T>, ArrayError> {
-        if self.inputs.len() > MAX_INPUTS {
-            return self.eval_in_parts();
-        }
-        let names: Vec<&str> = self.inputs.iter().map(|i| i.matrix().name()).collect();
-        let name = Matrix::<T>::result_name("map", &names);
-        submit_expr(&self.inputs, &self.expr, name)
-    }
-
-    /// Too many inputs for one kernel: evaluates the largest subtrees that fit, then the rest.
-    fn eval_in_parts(self) -> Result<Matrix<'rt, T>, ArrayError> {
-        // Unfused at the top until the pieces fit: each binary node's children are fused.
-        let m = self.eval_unfused_where_too_wide(&self.expr.clone())?;
-        Ok(match m {
-            Input::Owned(m) => Rc::try_unwrap(m).unwrap_or_else(|_| unreachable!("the result is held once")),
-            Input::Borrowed(_) => unreachable!("an expression with more inputs than a kernel is not a bare input"),
-        })
-    }
-
-    fn eval_unfused_where_too_wide(&self, e: &Expr) -> Result<Input<'a, 'rt, T>, ArrayError> {
+    /// Evaluates `e`: with `fuse`, as one task per tile when the matrices it reads fit one
+    /// kernel ([`MAX_INPUTS`]); else (or when they do not fit) one task per operation, its
+    /// operands evaluated first. Constant subexpressions stay inside their parent's task; a
+    /// bare input is the input itself, no task.
+    fn eval_node(&self, e: &Expr, fuse: bool) -> Result<Input<'a, 'rt, T>, ArrayError> {
         let used = used_inputs(e);
-        if used.len() <= MAX_INPUTS {
-            return self.fused_part(e, &used);
-        }
-        match e {
-            Expr::Unary(f, a) => {
-                let a = self.eval_unfused_where_too_wide(a)?;
-                let expr = Expr::Unary(*f, Box::new(Expr::input(0)));
-                let name = Matrix::<T>::result_name("map", &[a.matrix().name()]);
-                Ok(Input::Owned(Rc::new(submit_expr(&[a], &expr, name)?)))
-            }
-            Expr::Binary(f, a, b) => {
-                let (a, b) = (
-                    self.eval_unfused_where_too_wide(a)?,
-                    self.eval_unfused_where_too_wide(b)?,
-                );
-                let expr = Expr::Binary(*f, Box::new(Expr::input(0)), Box::new(Expr::input(1)));
-                let name = Matrix::<T>::result_name("map", &[a.matrix().name(), b.matrix().name()]);
-                Ok(Input::Owned(Rc::new(submit_expr(&[a, b], &expr, name)?)))
-            }
-            Expr::Input(_) | Expr::Const(_) => unreachable!("a leaf reads at most one input"),
-        }
-    }
-
-    /// `e` (over this expression's inputs `used`) as one task per tile.
-    fn fused_part(&self, e: &Expr, used: &[usize]) -> Result<Input<'a, 'rt, T>, ArrayError> {
         if let Expr::Input(i) = e {
             return Ok(self.inputs[*i as usize].clone());
         }
-        let mut renumber = vec![Expr::constant(0.0); self.inputs.len()];
-        for (k, &i) in used.iter().enumerate() {
-            renumber[i] = Expr::input(k as u8);
+        if used.is_empty() || (fuse && used.len() <= MAX_INPUTS) {
+            // The whole subtree in one task, over the inputs it reads renumbered (none for a
+            // constant expression, which takes the shape of the expression's matrices).
+            let mut renumber = vec![Expr::constant(0.0); self.inputs.len()];
+            for (k, &i) in used.iter().enumerate() {
+                renumber[i] = Expr::input(k as u8);
+            }
+            let inputs: Vec<Input<'a, 'rt, T>> = used.iter().map(|&i| self.inputs[i].clone()).collect();
+            return self.submit(&inputs, &e.substitute(&renumber));
         }
-        let inputs: Vec<Input<'a, 'rt, T>> = used.iter().map(|&i| self.inputs[i].clone()).collect();
-        let names: Vec<&str> = inputs.iter().map(|i| i.matrix().name()).collect();
-        let name = Matrix::<T>::result_name("map", &names);
-        Ok(Input::Owned(Rc::new(submit_expr(
-            &inputs,
-            &e.substitute(&renumber),
-            name,
-        )?)))
+        let mut inputs = Vec::new();
+        let mut operand = |x: &Expr| -> Result<Expr, ArrayError> {
+            if used_inputs(x).is_empty() {
+                return Ok(x.clone());
+            }
+            inputs.push(self.eval_node(x, fuse)?);
+            Ok(Expr::input(inputs.len() as u8 - 1))
+        };
+        let expr = match e {
+            Expr::Unary(f, a) => Expr::Unary(*f, Box::new(operand(a)?)),
+            Expr::Binary(f, a, b) => {
+                let (a, b) = (operand(a)?, operand(b)?);
+                Expr::Binary(*f, Box::new(a), Box::new(b))
+            }
+            Expr::Input(_) | Expr::Const(_) => unreachable!("leaves are handled above"),
+        };
+        self.submit(&inputs, &expr)
     }
 
-    /// `e` one operation at a time: each node with inputs below it is a task and an array.
-    fn eval_unfused(&self, e: &Expr) -> Result<Input<'a, 'rt, T>, ArrayError> {
-        match e {
-            Expr::Input(i) => Ok(self.inputs[*i as usize].clone()),
-            Expr::Const(_) => unreachable!("constant subtrees stay inside their parent's task"),
-            Expr::Unary(f, a) => {
-                let a = self.eval_unfused(a)?;
-                let name = Matrix::<T>::result_name("map", &[a.matrix().name()]);
-                let expr = Expr::Unary(*f, Box::new(Expr::input(0)));
-                Ok(Input::Owned(Rc::new(submit_expr(&[a], &expr, name)?)))
-            }
-            Expr::Binary(f, a, b) => {
-                let mut inputs = Vec::new();
-                let mut operand = |x: &Expr| -> Result<Expr, ArrayError> {
-                    if used_inputs(x).is_empty() {
-                        // A constant (sub)expression: inside this task.
-                        return Ok(x.clone());
-                    }
-                    inputs.push(self.eval_unfused(x)?);
-                    Ok(Expr::input(inputs.len() as u8 - 1))
-                };
-                let (ea, eb) = (operand(a)?, operand(b)?);
-                let names: Vec<&str> = inputs.iter().map(|i| i.matrix().name()).collect();
-                let name = Matrix::<T>::result_name("map", &names);
-                let expr = Expr::Binary(*f, Box::new(ea), Box::new(eb));
-                Ok(Input::Owned(Rc::new(submit_expr(&inputs, &expr, name)?)))
-            }
-        }
+    /// `expr` over `inputs` into a new matrix of the expression's shape.
+    fn submit(&self, inputs: &[Input<'a, 'rt, T>], expr: &Expr) -> Result<Input<'a, 'rt, T>, ArrayError> {
+        let shape = self.first()?;
+        let names: Vec<&str> = inputs.iter().map(|i| i.matrix().name()).collect();
+        let name = Matrix::<T>::result_name("map", &names);
+        Ok(Input::Owned(Rc::new(submit_expr(shape, inputs, expr, name)?)))
     }
 }
 
@@ -345,14 +293,16 @@ fn shape_mismatch<T: Scalar>(a: &Matrix<'_, T>, b: &Matrix<'_, T>) -> Option<Str
     })
 }
 
-/// Submits `expr` over `inputs` (same shape and tiles), one task per tile, into a new matrix
-/// named `name`. A zero tile (no datum) of an input is a constant 0 in that tile's task.
+/// Submits `expr` over `inputs` (of `shape`'s shape and tiles; none for a constant
+/// expression), one task per tile, into a new matrix named `name`. A zero tile (no datum) of
+/// an input is a constant 0 in that tile's task.
 fn submit_expr<'rt, T: Scalar>(
+    shape: &Matrix<'rt, T>,
     inputs: &[Input<'_, 'rt, T>],
     expr: &Expr,
     name: String,
 ) -> Result<Matrix<'rt, T>, ArrayError> {
-    let first = inputs[0].matrix();
+    let first = shape;
     let (tr, tc) = first.tile_shape();
     let mut out = first.like(name, first.rows(), first.cols(), tr, tc);
     let rt = first.runtime();
