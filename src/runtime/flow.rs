@@ -327,8 +327,9 @@ struct State {
     /// (consecutive tasks usually share it: no hashing then).
     runnable: HashSet<EligibilityKey>,
     last_runnable: Option<EligibilityKey>,
-    /// Kernels (by the `Arc`'s address) whose GPU code compiled on every GPU.
-    gpu_code_checked: HashSet<usize>,
+    /// Kernels (by the `Arc`'s address, the `Arc` kept) whose GPU code compiled on every GPU
+    /// not retired.
+    gpu_code_checked: HashMap<usize, Arc<hexec_kernels::Kernel>>,
     /// The runtime's retired workers, as of the last retire or restore.
     retired: Vec<crate::topology::WorkerId>,
     /// The graph of the batch the dispatcher runs, if any.
@@ -507,10 +508,11 @@ impl Flow {
         let kernel_id = Arc::as_ptr(&spec.kernel) as usize;
         if spec.kernel.gpu_impl().is_some()
             && spec.restriction.device != Some(crate::DeviceKind::Cpu)
-            && !st.gpu_code_checked.contains(&kernel_id)
+            && !st.gpu_code_checked.contains_key(&kernel_id)
         {
             engine.check_kernel_gpu_code(&spec.kernel, &task_name)?;
-            st.gpu_code_checked.insert(kernel_id);
+            // The kernel is kept, so that its address names no other kernel while cached.
+            st.gpu_code_checked.insert(kernel_id, spec.kernel.clone());
         }
         self.ensure_dispatcher(engine, st)?;
         // The back batch has not started while it is in the queue (the dispatcher takes a
@@ -902,18 +904,22 @@ impl Flow {
         if !names.is_empty() && !force {
             return Err(names);
         }
-        st.runnable.clear();
-        st.last_runnable = None;
-        st.retired = excluded;
+        Self::take_retired(&mut st, excluded);
         Ok(names)
     }
 
     /// Forgets which tasks were found runnable (after a retire or restore) and takes the
     /// runtime's retired workers.
     pub fn forget_eligibility(&self, retired: Vec<crate::topology::WorkerId>) {
-        let mut st = self.state.locked();
+        Self::take_retired(&mut self.state.locked(), retired);
+    }
+
+    /// A new set of retired workers: what was found runnable, and the kernels whose GPU code
+    /// was checked on the GPUs then in use (a restored GPU has not seen it), are forgotten.
+    fn take_retired(st: &mut State, retired: Vec<crate::topology::WorkerId>) {
         st.runnable.clear();
         st.last_runnable = None;
+        st.gpu_code_checked.clear();
         st.retired = retired;
     }
 
