@@ -7,7 +7,9 @@
 //!
 //! Module map (see ARCHITECTURE.md for the invariants that span modules):
 //! - [`graph`]: tasks, data handles, dependency inference, file formats;
-//! - [`linalg`]: tiled dense linear algebra on the runtime (the tiled Cholesky);
+//! - [`array`](mod@array): tiled f32/f64 matrices on the live runtime (products, Cholesky, solves,
+//!   reductions, fused elementwise expressions);
+//! - [`linalg`]: the tiled Cholesky as one graph (the test matrix, its residual);
 //! - [`topology`]: the machine (hwloc discovery, or the OS's without the `hwloc` feature;
 //!   workers, classes, victim order);
 //! - [`sched`]: the policies, pure and deterministic, and the submit-time validation of a

@@ -71,9 +71,9 @@ pub enum ArrayError {
 
 /// A tile side for `T` that suits the CPU tile kernels: about 288 KiB per tile (256 for
 /// `f32`, 192 for `f64`), so that the three tiles of a product stay near the core's L2 cache.
-/// Measured on a 2-core EPYC (`hexec bench linalg --tile N`): GEMM reached 0.89 of faer's
-/// dense routine at these sides against 0.80 at 512; a large Cholesky (n ≥ 10,000) prefers
-/// 512, where its trailing updates dominate.
+/// Measured on a 2-core EPYC (`hexec bench linalg --tile N`, n = 4096): GEMM reached 0.89 of
+/// faer's dense routine at these sides against 0.77–0.84 at 512; a large Cholesky
+/// (n ≥ 10,000) prefers 512, where its trailing updates dominate.
 pub fn default_tile<T: Scalar>() -> usize {
     let side = ((288 * 1024 / std::mem::size_of::<T>()) as f64).sqrt();
     ((side / 32.0).round() as usize * 32).max(32)

@@ -4,7 +4,8 @@
 //! Rows: Cholesky (`A = L·Lᵀ`, `n³/3` flops) and GEMM (`C = A·B`, `2n³` flops), in `f32` and
 //! `f64`, for each size. Columns, each the median of `reps` timed runs taken in turns (so that
 //! a noisy neighbour hurts them alike):
-//! - hexec: [`crate::array`] on a runtime over every core (no GPU unless asked), the matrix
+//! - hexec: [`crate::array`] on a runtime over every core and the GPUs `--gpus` asks for
+//!   (all by default; `scripts/bench-linalg.sh` passes `--gpus none` for the CPU table), the matrix
 //!   already in tiles, timed from the call to the last tile's completion
 //!   ([`Matrix::into_cholesky`], [`Matrix::matmul`]);
 //! - faer: its dense routine on a column-major matrix, parallel over the same cores (rayon);

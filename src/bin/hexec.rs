@@ -52,7 +52,8 @@ enum Command {
         #[command(flatten)]
         machine: MachineArgs,
     },
-    /// Run the demo job: a blockwise array computation on every core and GPU, checked.
+    /// Run the demo job: solve A·x = b for a random SPD matrix by tiled Cholesky on every
+    /// core and GPU, with its residuals (--blockwise: the old blockwise array graph).
     Demo {
         /// The matrix's side (the default takes about 5 to 20 s on two cores).
         #[arg(long, default_value_t = 14336)]
@@ -260,7 +261,7 @@ enum BenchCommand {
         #[arg(long)]
         python: Option<PathBuf>,
     },
-    /// Elementwise chains of 1 to 8 operations on a tiled matrix, fused into one task per
+    /// Elementwise chains of 1 to --ops operations on a tiled matrix, fused into one task per
     /// tile and unfused (one task and one array per operation): time, tasks, memory, bytes
     /// moved.
     Fusion {
@@ -1167,13 +1168,12 @@ fn info(json: bool, m: &DeviceArgs) -> Result<(), Failure> {
                 g.max_buffer_size >> 20,
                 g.features.join(", ")
             );
-            // The array module's f64 tiles have CPU kernels only: say where they run.
-            let f64_here = if g.features.iter().any(|f| f == "f64") {
-                "the adapter has SHADER_F64, but hexec's GPU tile kernels are f32"
+            // Where the array module's f64 tiles may run here.
+            if g.features.iter().any(|f| f == "f64") {
+                println!("         f64 arrays: elementwise expressions here (SHADER_F64); GEMM, Cholesky and solve tiles on CPUs");
             } else {
-                "the adapter has no SHADER_F64"
-            };
-            println!("         f64 array tiles run on CPUs: {f64_here}");
+                println!("         f64 arrays: every f64 tile on CPUs (the adapter has no SHADER_F64)");
+            }
         }
     }
     Ok(())

@@ -4,8 +4,8 @@
 //! through here, which sets the flags and wakes the parked workers in that order, so a
 //! worker never parks past the end.
 //!
-//! Invariants: `done` goes false → true once; `stopped` implies `done`; both are set before
-//! the wake-up (`SeqCst`, paired with the sleep protocol's announcement, see `sleep.rs`).
+//! Invariants: `done` goes false → true once; once `stop` returns, `stopped` implies `done`
+//! (it is set just before); both are set before the wake-up (`SeqCst`, paired with the sleep protocol's announcement, see `sleep.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 

@@ -11,7 +11,8 @@
 //! graph infers dependencies from access order as usual; across batches their order keeps
 //! every dependency. The dispatcher starts a batch as soon as the previous one ends, so a
 //! lone task runs at once and a fast producer's tasks gather into large batches while the
-//! previous one runs.
+//! previous one runs; only while an operation holds the open batch ([`Flow::hold`]) does it
+//! wait for the operation's last task.
 //!
 //! Invariants:
 //! - a batch starts only after every earlier batch has ended (`running` is held by at most

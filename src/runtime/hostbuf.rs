@@ -173,7 +173,8 @@ fn dangling(align: usize) -> NonNull<u8> {
 /// A datum's host buffer as its cell holds it, with everything that says who may touch its
 /// bytes: the owner (swapped under a lock), the address of its bytes mirrored for lock-free
 /// readers (kernels' operands), the claim a run or a user access holds on the datum, and the
-/// count of host pins. The one place where bytes of a datum's buffer become slices.
+/// count of host pins. The one place in the store where bytes of a datum's buffer become
+/// slices (a kernel's operands are bound from the mirrored address in `worker/operands.rs`).
 ///
 /// Invariants:
 /// - the mirror is the address of the owned buffer's bytes, or null while there is none; both

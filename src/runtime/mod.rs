@@ -422,7 +422,8 @@ impl RuntimeBuilder {
     /// Fuses the linear chains of every graph and task batch (on by default): where a task's
     /// only successor has it as its only predecessor and may run on the same workers, the
     /// worker that finishes the one runs the other next, with no placement, queueing or
-    /// transfer in between, whatever the policy. `false` turns it off (to measure it).
+    /// transfer in between, under every policy but `heft` (whose plan orders each worker); only
+    /// where those workers are all of one device class. `false` turns it off (to measure it).
     pub fn fusion(mut self, on: bool) -> Self {
         self.no_fusion = !on;
         self

@@ -95,8 +95,10 @@ pub struct Step {
 
 /// The tasks of the tiled Cholesky of an `n`×`n` grid, in an order that respects their
 /// dependencies: for each `k`, `potrf` on `A[k][k]`, `trsm` below it, then `syrk` on the
-/// trailing diagonal and `gemm_nt` on the rest. The one description of the DAG, for the
-/// generator here and for the runtime's [`crate::linalg::TiledCholesky`].
+/// trailing diagonal and `gemm_nt` on the rest. The one description of the square-tile DAG,
+/// for the generator here and for the runtime's [`crate::linalg::TiledCholesky`]; the array
+/// module's factorisation (`array/linalg.rs`) is the same order over tiles of any shape,
+/// with kernels chosen per tile shape and type.
 pub fn steps(n: usize) -> impl Iterator<Item = Step> {
     let step = |name: String, kernel, reads: Vec<(usize, usize)>, updates| Step {
         name,
