@@ -71,15 +71,7 @@ pub fn gemm<T: Real>(a: &[T], b: &[T], c: &mut [T], m: usize, n: usize, k: usize
 
 /// `C ← C − A·Bᵀ` on `b`×`b` row-major tiles (the trailing update of a tiled Cholesky).
 pub fn gemm_nt_sub<T: Real>(a: &[T], b_: &[T], c: &mut [T], b: usize) {
-    // Cᵀ ← Cᵀ − B·Aᵀ; the transposed view of B is B.
-    faer::linalg::matmul::matmul(
-        t_mut(c, b, b),
-        Accum::Add,
-        t(b_, b, b).transpose(),
-        t(a, b, b),
-        T::MINUS_ONE,
-        Par::Seq,
-    );
+    gemm_ex(a, b_, c, (b, b, b), T::MINUS_ONE, T::ONE, false, true);
 }
 
 /// In-place lower Cholesky factor of a symmetric positive definite `b`×`b` row-major tile
@@ -141,8 +133,7 @@ fn mirror<T: Real>(a: &mut [T], b: usize, down_to_up: bool) {
 /// `X ← X·L⁻ᵀ` on `b`×`b` row-major tiles, `L` lower triangular (its upper triangle is not
 /// read).
 pub fn trsm_right_lower_t<T: Real>(l: &[T], x: &mut [T], b: usize) {
-    // X·Lᵀ = B ⇔ L·Xᵀ = Bᵀ, and Xᵀ is X's column-major view.
-    faer::linalg::triangular_solve::solve_lower_triangular_in_place(t(l, b, b).transpose(), t_mut(x, b, b), Par::Seq);
+    trsm_ex(l, x, b, b, TriangularSolve::RightLowerTransposed);
 }
 
 /// `C ← alpha·op(A)·op(B) + beta·C`, row-major: `op(A)` is `m`×`k` (`A` stored `k`×`m` when

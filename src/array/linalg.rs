@@ -327,8 +327,6 @@ impl<'rt, T: Scalar> Matrix<'rt, T> {
         let nt = l.grid_rows();
         let kernels = T::tile_kernels();
         let b = l.tile_rows;
-        let (rows, grid) = (l.rows, nt);
-        let full = |i: usize| i + 1 < grid || rows % b == 0;
         let f32_tiles = T::ELEM == ElemType::F32;
         for k in 0..nt {
             let mk = l.tile_rows_of(k);
@@ -343,7 +341,7 @@ impl<'rt, T: Scalar> Matrix<'rt, T> {
             for i in k + 1..nt {
                 let lik = l.tile(i, k).expect("made above");
                 let name = format!("trsm {}[{i},{k}]", l.name);
-                let h = if f32_tiles && full(i) && full(k) {
+                let h = if f32_tiles && l.tile_rows_of(i) == b && mk == b {
                     rt.task(&linalg::trsm()).name(name).read(lkk).read_write(lik).submit()?
                 } else {
                     let p = trsm_params(l.tile_rows_of(i), mk, TriangularSolve::RightLowerTransposed);

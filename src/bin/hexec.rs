@@ -280,7 +280,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 8)]
         ops: usize,
         /// Timed repetitions per figure (the median is reported).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         reps: usize,
     },
     /// Cost per empty task in standard shapes, hexec against rayon.
