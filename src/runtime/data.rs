@@ -210,21 +210,33 @@ impl DataCell {
         let mut c = self.coherence.locked();
         debug_assert_eq!(self.host.pins(), 0, "discarding a pinned datum");
         // No pin is held, so no one uses the buffer it frees.
-        if self.set_host(None).is_some() {
-            self.budgets.release_host(self.bytes() as u64, self.host_numa());
+        drop(self.drop_copies_locked(&mut c));
+        self.host_valid.store(true, Ordering::Release);
+    }
+
+    /// Drops every copy (coherence locked, no pin held, no run using the datum): the host
+    /// buffer, handed back, the spill file, the GPU replicas, each one's room in its budget.
+    /// Coherence is reset to the host alone; `host_valid` is the caller's to set.
+    fn drop_copies_locked(&self, c: &mut Coherence) -> Option<HostBuf> {
+        let bytes = self.bytes() as u64;
+        let host = self.set_host(None);
+        if host.is_some() {
+            self.budgets.release_host(bytes, self.host_numa());
         }
         if let Some(file) = self.spilled.locked().take() {
             file.remove();
         }
         let mut replicas = self.gpu.slots();
         for (g, r) in replicas.iter_mut().enumerate() {
+            // Dropping the buffer releases it: no submission in flight uses a datum no run
+            // holds.
             if r.take().is_some() {
-                self.budgets.node(Node::Gpu(g as u16)).release(self.bytes() as u64);
+                self.budgets.node(Node::Gpu(g as u16)).release(bytes);
             }
         }
         *c = Coherence::host_only(replicas.len());
-        self.host_valid.store(true, Ordering::Release);
         self.on_gpu.store(false, Ordering::Release);
+        host
     }
 
     /// A datum of `len` elements whose host buffer is `buf` (at least `len` elements long,
@@ -965,27 +977,10 @@ impl DataCell {
         let mut c = self.coherence.locked();
         self.freed.store(true, Ordering::Release);
         debug_assert_eq!(self.host.pins(), 0, "freeing a pinned datum");
-        let bytes = self.bytes() as u64;
-        let host = self.set_host(None);
-        if host.is_some() {
-            self.budgets.release_host(bytes, self.host_numa());
-        }
-        if let Some(file) = self.spilled.locked().take() {
-            file.remove();
-        }
-        let mut replicas = self.gpu.slots();
-        for (g, r) in replicas.iter_mut().enumerate() {
-            // Dropping the buffer releases it: no submission in flight uses a datum no run
-            // holds.
-            if r.take().is_some() {
-                self.budgets.node(Node::Gpu(g as u16)).release(bytes);
-            }
-        }
+        let host = self.drop_copies_locked(&mut c);
         // No run holds the datum, so no straggler uses its retired buffers.
         self.retired.locked().clear();
-        *c = Coherence::host_only(replicas.len());
         self.host_valid.store(false, Ordering::Release);
-        self.on_gpu.store(false, Ordering::Release);
         host
     }
 }
