@@ -69,10 +69,31 @@ fn heft_places_identically_in_the_runtime_and_the_simulator() {
     let mut sm = SimMachine::parse("cpus:3").unwrap();
     sm.model = model;
     let sg = spec.build_virtual(&|k| sm.kernel(k), &BuildOptions::default()).unwrap();
-    let sim = simulate(&sg, &sm, PolicyKind::Heft, &SimOptions::default()).unwrap();
+    let opts = SimOptions {
+        record_trace: true,
+        ..SimOptions::default()
+    };
+    let sim = simulate(&sg, &sm, PolicyKind::Heft, &opts).unwrap();
     let simulated: Vec<usize> = sim.placement.iter().map(|w| w.index()).collect();
 
     assert_eq!(real, simulated, "runtime and simulator placed tasks differently");
+    // Each worker runs its tasks in the planned order in both drivers, whatever the real
+    // durations (the runtime's spins are not the model's costs).
+    let orders = |per_worker: &[Vec<hexec::trace::TraceEvent>]| -> Vec<Vec<u32>> {
+        per_worker
+            .iter()
+            .map(|events| {
+                let mut e: Vec<(u64, u32)> = events.iter().map(|e| (e.start_ns, e.task)).collect();
+                e.sort_unstable();
+                e.into_iter().map(|(_, t)| t).collect()
+            })
+            .collect()
+    };
+    assert_eq!(
+        orders(&report.trace.as_ref().unwrap().per_worker),
+        orders(&sim.run.trace.as_ref().unwrap().per_worker),
+        "runtime and simulator ran a worker's tasks in different orders"
+    );
     // And the plan is not trivial: it uses more than one worker.
     let mut used = simulated.clone();
     used.sort_unstable();

@@ -1784,12 +1784,13 @@ impl Engine {
                 .temp_uses()
                 .map_or_else(Vec::new, |u| u.into_iter().map(AtomicU32::new).collect()),
             roots: (self.backpressure && self.budgets.any_limited()).then(|| {
-                let held: Vec<u32> = compiled
+                let mut held: Vec<u32> = compiled
                     .roots
                     .iter()
                     .copied()
                     .filter(|&r| graph.only_produces(r))
                     .collect();
+                policy.order_held_roots(&mut held);
                 RootGate::new(held, n, RootGate::slots(self.machine.num_workers(), self.gpus.len()))
             }),
             counted_pins: self.budgets.spillable() || graph.data.iter().any(GraphDatum::is_temp),

@@ -2,11 +2,14 @@
 //! worker (owner LIFO, thieves FIFO), and crossbeam injectors for mailboxes and shared
 //! queues. Every push wakes a sleeping worker that could take the task.
 
+use std::cmp::Reverse;
+
 use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 
 use super::costs::CostView;
 use super::sleep::Sleep;
-use crate::sched::{Plan, ReadyQueues};
+use crate::sched::{pop_planned_from, Plan, PlannedQueue, ReadyQueues};
+use crate::sync::MutexExt;
 use crate::topology::WorkerId;
 
 /// Queues shared by all workers of a run.
@@ -16,6 +19,9 @@ pub(crate) struct SharedQueues {
     mailbox: Vec<Vec<Injector<u32>>>,
     /// `[set][band]`
     shared: Vec<Vec<Injector<u32>>>,
+    /// Per worker: its planned queue (`heft`), `(position, task)` least position first. A
+    /// lock per worker: only `heft` uses it, and its placers and taker rarely meet.
+    planned: Vec<std::sync::Mutex<PlannedQueue>>,
     /// Per worker: its mailbox holds a task tried again after a failed attempt, which it takes
     /// before its own deque (else a retry would wait for the whole deque under `ws`). Set
     /// after the push; cleared by the owner once its mailbox is found empty.
@@ -50,6 +56,7 @@ impl SharedQueues {
             shared: (0..plan.sets().len())
                 .map(|_| (0..bands).map(|_| Injector::new()).collect())
                 .collect(),
+            planned: (0..n).map(|_| Default::default()).collect(),
             retried: (0..n).map(|_| Default::default()).collect(),
             sleep: Sleep::new(n),
         };
@@ -170,6 +177,20 @@ impl ReadyQueues for LocalQueues<'_> {
             return None;
         }
         retry(|| q.steal())
+    }
+
+    fn push_planned(&mut self, worker: WorkerId, position: u32, task: u32) {
+        self.shared.planned[worker.index()]
+            .locked()
+            .push(Reverse((position, task)));
+        self.shared.sleep.wake_one(std::slice::from_ref(&worker));
+        if let Some(prefetch) = self.prefetch {
+            prefetch(task, worker);
+        }
+    }
+
+    fn pop_planned(&mut self, worker: WorkerId, upto: u32) -> Option<u32> {
+        pop_planned_from(&mut self.shared.planned[worker.index()].locked(), upto)
     }
 
     fn now(&self) -> f64 {

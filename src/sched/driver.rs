@@ -98,6 +98,10 @@ impl Policy for AnyPolicy {
     fn follows_fused_chains(&self) -> bool {
         each!(self, p => p.follows_fused_chains())
     }
+
+    fn order_held_roots(&self, held: &mut [u32]) {
+        each!(self, p => p.order_held_roots(held))
+    }
 }
 
 #[cfg(test)]

@@ -1,16 +1,18 @@
 //! `heft`: static list scheduling by upward rank (Topcuoglu et al.), the classic baseline for
 //! graphs known in advance, and `random`, the floor.
 //!
-//! HEFT assigns every task before the run: tasks in decreasing upward rank go to the worker
-//! with the earliest finish given its predecessors' finishes and the transfers their outputs
-//! need. At run time a task goes to its assigned worker's mailbox, which is served in rank
-//! order; nothing is stolen. Without costs for every task, HEFT behaves as `eager`.
-//! Planning takes O(log n) per task for the choice of the next task (a heap of the ready
-//! tasks by rank) plus its eligible workers times its predecessors for the choice of worker.
+//! HEFT plans every task before the run, as the textbook does (Topcuoglu, Hariri and Wu,
+//! 2002): tasks in decreasing upward rank go to the worker with the earliest finish given
+//! their predecessors' finishes and the transfers their outputs need, into the earliest gap
+//! of that worker's timeline they fit in (insertion). At run time a ready task waits in its
+//! worker's planned-order queue, and the worker runs its tasks in the planned order; nothing
+//! is stolen. Without costs for every task, HEFT behaves as `eager`. Planning takes
+//! O(log n) per task for the choice of the next task (a heap of the ready tasks by rank)
+//! plus its eligible workers times its predecessors and the gaps looked at.
 
 use std::cmp::Ordering as Cmp;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::{place_unpreferred, take_queued, Pick, Plan, Policy, ReadyQueues};
 use crate::sched::compile::Successors;
@@ -70,16 +72,75 @@ thread_local! {
     pub(super) static COMPARISONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-/// The HEFT policy: a precomputed worker per task.
-#[derive(Clone, Debug)]
+/// Gaps of a worker's planned timeline HEFT looks into for a task, from the first that ends
+/// after the task's inputs are ready; past them it appends. Textbook insertion looks at every
+/// gap, which is quadratic on a long timeline of small gaps; the first 64 hold nearly every
+/// gap a task fits in.
+pub const INSERTION_WINDOW: usize = 64;
+
+/// One planned interval of a worker's timeline.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    start: f64,
+    finish: f64,
+    task: u32,
+}
+
+/// The earliest start of a task of duration `cost` on a timeline (sorted, non-overlapping),
+/// no earlier than `ready`: in the first gap that fits among the [`INSERTION_WINDOW`] after
+/// `ready`, else after the last interval. Returns the start and the index to insert at.
+fn earliest_slot(timeline: &[Slot], ready: f64, cost: f64) -> (f64, usize) {
+    let first = timeline.partition_point(|s| s.finish <= ready);
+    let mut start = ready;
+    for (i, slot) in timeline.iter().enumerate().skip(first).take(INSERTION_WINDOW) {
+        if start + cost <= slot.start {
+            return (start, i);
+        }
+        start = start.max(slot.finish);
+    }
+    let after = timeline.last().map_or(ready, |s| s.finish.max(ready));
+    (start.max(after), timeline.len())
+}
+
+/// HEFT's schedule: each task's worker and place in that worker's order, and, per worker, how
+/// far its order has been followed.
+#[derive(Debug)]
+struct Schedule {
+    worker: Vec<WorkerId>,
+    /// Per task: its index in its worker's order.
+    position: Vec<u32>,
+    /// Per worker: its tasks in planned order.
+    order: Vec<Vec<u32>>,
+    /// Per task: its planned start, seconds.
+    start: Vec<f64>,
+    /// Per worker: the first position of its order not yet taken. Only the worker itself
+    /// moves it (in `next`), so relaxed atomics suffice.
+    cursor: Vec<AtomicU32>,
+    /// Per task: taken by its worker (or by `next` of any worker after a retry).
+    taken: Vec<AtomicBool>,
+}
+
+/// The HEFT policy: a worker and a place in its order per task, planned before the run.
+///
+/// Each worker runs its planned tasks in planned order: it takes a task when every task
+/// planned before it on that worker has been taken, and waits otherwise, as the plan assumed.
+/// Tasks that reach it outside the plan (retries, tasks passed on by a lost worker) come
+/// first, from its mailbox.
+///
+/// Liveness: every planned task reaches its worker (failed predecessors poison, not drop,
+/// their successors), and a planned order is consistent with the dependencies, so the task of
+/// least planned start not yet taken is always at its worker's cursor once its predecessors
+/// (planned earlier) have run. Held roots (memory backpressure) are released in planned-start
+/// order ([`Policy::order_held_roots`]), which keeps this true under a memory limit.
+#[derive(Debug)]
 pub struct Heft {
-    assignment: Option<Vec<WorkerId>>,
+    schedule: Option<Schedule>,
 }
 
 impl Heft {
     /// No assignment: behaves as `eager`.
     pub fn uncalibrated() -> Self {
-        Heft { assignment: None }
+        Heft { schedule: None }
     }
 
     /// Plans the whole graph. `cost(t, w)` is the compute time of `t` on `w` (`None` if
@@ -89,8 +150,11 @@ impl Heft {
     /// Tasks are taken in decreasing rank among those whose predecessors are planned. With
     /// positive costs that is exactly HEFT's decreasing-rank order (a predecessor always
     /// outranks its successors); with zero-cost tasks, whose ranks can tie out of order, it
-    /// stays a valid topological order. The ready tasks are a heap keyed by rank, so each
-    /// decision costs O(log n) plus the task's eligible workers times its predecessors.
+    /// stays a valid topological order. Each goes to the worker where it finishes first, put
+    /// into the earliest gap of that worker's timeline it fits in (insertion-based HEFT,
+    /// Topcuoglu et al.). The ready tasks are a heap keyed by rank, so each decision costs
+    /// O(log n) plus the task's eligible workers times its predecessors and the gaps looked
+    /// at ([`INSERTION_WINDOW`]).
     pub fn plan(
         plan: &Plan,
         edges: &Successors,
@@ -125,11 +189,12 @@ impl Heft {
                 task: t,
             })
             .collect();
-        let mut avail = vec![0.0f64; plan.num_workers()];
+        let mut timeline: Vec<Vec<Slot>> = vec![Vec::new(); plan.num_workers()];
         let mut finish = vec![0.0f64; n];
-        let mut assignment = vec![WorkerId(0); n];
+        let mut start = vec![0.0f64; n];
+        let mut worker = vec![WorkerId(0); n];
         while let Some(ByRank { task: t, .. }) = ready.pop() {
-            let mut best: Option<(f64, WorkerId)> = None;
+            let mut best: Option<(f64, f64, usize, WorkerId)> = None;
             for &w in &plan.set(plan.task_set(t)).workers {
                 let Some(c) = cost(t, w) else {
                     return Heft::uncalibrated();
@@ -138,24 +203,32 @@ impl Heft {
                     .iter()
                     .map(|&p| {
                         finish[p as usize]
-                            + if assignment[p as usize] == w {
+                            + if worker[p as usize] == w {
                                 0.0
                             } else {
-                                comm(p, t, assignment[p as usize], w)
+                                comm(p, t, worker[p as usize], w)
                             }
                     })
                     .fold(0.0, f64::max);
-                let eft = avail[w.index()].max(data_ready) + c;
-                if best.is_none_or(|(b, _)| eft < b) {
-                    best = Some((eft, w));
+                let (s, at) = earliest_slot(&timeline[w.index()], data_ready, c);
+                if best.is_none_or(|(b, ..)| s + c < b) {
+                    best = Some((s + c, s, at, w));
                 }
             }
-            let Some((eft, w)) = best else {
+            let Some((eft, s, at, w)) = best else {
                 return Heft::uncalibrated();
             };
-            assignment[t as usize] = w;
+            worker[t as usize] = w;
             finish[t as usize] = eft;
-            avail[w.index()] = eft;
+            start[t as usize] = s;
+            timeline[w.index()].insert(
+                at,
+                Slot {
+                    start: s,
+                    finish: eft,
+                    task: t,
+                },
+            );
             for &s in edges.of_task(t) {
                 remaining[s as usize] -= 1;
                 if remaining[s as usize] == 0 {
@@ -166,14 +239,56 @@ impl Heft {
                 }
             }
         }
+        let mut position = vec![0u32; n];
+        let order: Vec<Vec<u32>> = timeline
+            .into_iter()
+            .map(|slots| {
+                slots
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        position[s.task as usize] = i as u32;
+                        s.task
+                    })
+                    .collect()
+            })
+            .collect();
         Heft {
-            assignment: Some(assignment),
+            schedule: Some(Schedule {
+                worker,
+                position,
+                cursor: order.iter().map(|_| AtomicU32::new(0)).collect(),
+                order,
+                start,
+                taken: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            }),
         }
     }
 
     /// The planned worker of a task.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn assigned(&self, task: u32) -> Option<WorkerId> {
-        self.assignment.as_ref().map(|a| a[task as usize])
+        self.schedule.as_ref().map(|s| s.worker[task as usize])
+    }
+
+    /// The planned start of a task, seconds from the run's start.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn planned_start(&self, task: u32) -> Option<f64> {
+        self.schedule.as_ref().map(|s| s.start[task as usize])
+    }
+}
+
+impl Schedule {
+    /// `worker` takes `task`: marks it and moves the worker's cursor past every taken task.
+    fn take(&self, worker: WorkerId, task: u32) {
+        self.taken[task as usize].store(true, Ordering::Relaxed);
+        let order = &self.order[worker.index()];
+        let cursor = &self.cursor[worker.index()];
+        let mut c = cursor.load(Ordering::Relaxed) as usize;
+        while c < order.len() && self.taken[order[c] as usize].load(Ordering::Relaxed) {
+            c += 1;
+        }
+        cursor.store(c as u32, Ordering::Relaxed);
     }
 }
 
@@ -191,17 +306,37 @@ impl Policy for Heft {
     }
 
     fn place<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, task: u32, _releasing: Option<WorkerId>) {
-        match self.assigned(task) {
-            Some(w) => q.push_mailbox(w, plan.band(task), task),
+        match &self.schedule {
+            Some(s) => q.push_planned(s.worker[task as usize], s.position[task as usize], task),
             None => place_unpreferred(plan, q, task),
         }
     }
 
     fn next<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, worker: WorkerId) -> Option<Pick> {
-        take_queued(plan, q, worker, false).map(|task| Pick {
+        // Retries and tasks passed on by a lost worker, then the planned order.
+        let task = take_queued(plan, q, worker, false).or_else(|| {
+            let s = self.schedule.as_ref()?;
+            let task = q.pop_planned(worker, s.cursor[worker.index()].load(Ordering::Relaxed))?;
+            if s.worker[task as usize] == worker {
+                s.take(worker, task);
+            }
+            Some(task)
+        })?;
+        Some(Pick {
             task,
             stolen_from: None,
         })
+    }
+
+    fn order_held_roots(&self, held: &mut [u32]) {
+        if let Some(s) = &self.schedule {
+            held.sort_by(|&a, &b| {
+                s.start[a as usize]
+                    .total_cmp(&s.start[b as usize])
+                    .then(s.worker[a as usize].cmp(&s.worker[b as usize]))
+                    .then(s.position[a as usize].cmp(&s.position[b as usize]))
+            });
+        }
     }
 }
 

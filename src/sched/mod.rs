@@ -37,7 +37,7 @@ pub(crate) use eager::Eager;
 pub(crate) use heft::{Heft, RandomPolicy};
 pub(crate) use locality::Locality;
 pub(crate) use plan::{EligibleSet, Plan, WorkerMask, MAX_BANDS};
-pub(crate) use queues::{ReadyQueues, SimQueues};
+pub(crate) use queues::{pop_planned_from, PlannedQueue, ReadyQueues, SimQueues};
 pub(crate) use roots::RootGate;
 pub(crate) use ws::WorkStealing;
 
@@ -77,6 +77,12 @@ pub(crate) trait Policy: Send + Sync {
     fn follows_fused_chains(&self) -> bool {
         true
     }
+
+    /// Puts the roots a memory limit holds back ([`RootGate`]) in the order they are to be
+    /// released. Policies that plan each worker's order (`heft`) release them in planned
+    /// order, so that no worker waits for a root the gate still holds while the gate waits for
+    /// that worker.
+    fn order_held_roots(&self, _held: &mut [u32]) {}
 
     /// Of `ready` (the tasks `worker`'s completion of `finished` just made ready, in release
     /// order), the index of the one it runs at once, without placing it: the next link of

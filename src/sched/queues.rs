@@ -3,9 +3,11 @@
 //!
 //! Queue kinds: a *local* deque per worker (the owner pushes and pops at one end, thieves
 //! take from the other), a *mailbox* per (worker, band) for tasks placed on that worker by
-//! someone else, and a *shared* queue per (eligibility set, band).
+//! someone else, a *shared* queue per (eligibility set, band), and a *planned* queue per
+//! worker, ordered by the position each task has in that worker's plan (`heft`).
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 
 use crate::topology::WorkerId;
 
@@ -28,6 +30,12 @@ pub trait ReadyQueues {
     fn steal(&mut self, thief: WorkerId, victim: WorkerId) -> Option<u32>;
     /// Takes the oldest task of `victim`'s mailbox band for `thief`.
     fn steal_mailbox(&mut self, thief: WorkerId, victim: WorkerId, band: u8) -> Option<u32>;
+    /// Puts a task in `worker`'s planned queue at `position` (its place in that worker's
+    /// plan). Like a mailbox push, it starts the task's input copies to that worker.
+    fn push_planned(&mut self, worker: WorkerId, position: u32, task: u32);
+    /// Pops the task of least position from `worker`'s planned queue, if that position is at
+    /// most `upto`.
+    fn pop_planned(&mut self, worker: WorkerId, upto: u32) -> Option<u32>;
 
     // What the executor knows, for policies that plan in time (`locality`, `heft`). The
     // defaults say "nothing known", under which those policies behave like `eager`.
@@ -47,12 +55,17 @@ pub trait ReadyQueues {
     }
 }
 
+/// A planned queue: `(position, task)`, least position first.
+pub(crate) type PlannedQueue = BinaryHeap<Reverse<(u32, u32)>>;
+
 /// Plain queues: deterministic, single-threaded.
 #[derive(Clone, Debug)]
 pub struct SimQueues {
     local: Vec<VecDeque<u32>>,
     mailbox: Vec<Vec<VecDeque<u32>>>,
     shared: Vec<Vec<VecDeque<u32>>>,
+    /// Per worker: `(position, task)`, least position first.
+    planned: Vec<PlannedQueue>,
 }
 
 /// Most tasks a batched shared pop moves at once (as crossbeam's injector does).
@@ -66,6 +79,7 @@ impl SimQueues {
             local: vec![VecDeque::new(); workers],
             mailbox: vec![vec![VecDeque::new(); bands]; workers],
             shared: vec![vec![VecDeque::new(); bands]; sets],
+            planned: vec![BinaryHeap::new(); workers],
         }
     }
 
@@ -76,6 +90,7 @@ impl SimQueues {
         self.local.iter().map(VecDeque::len).sum::<usize>()
             + self.mailbox.iter().flatten().map(VecDeque::len).sum::<usize>()
             + self.shared.iter().flatten().map(VecDeque::len).sum::<usize>()
+            + self.planned.iter().map(BinaryHeap::len).sum::<usize>()
     }
 
     /// Whether nothing is queued.
@@ -124,5 +139,20 @@ impl ReadyQueues for SimQueues {
     }
     fn steal_mailbox(&mut self, _thief: WorkerId, victim: WorkerId, band: u8) -> Option<u32> {
         self.mailbox[victim.index()][band as usize].pop_front()
+    }
+    fn push_planned(&mut self, worker: WorkerId, position: u32, task: u32) {
+        self.planned[worker.index()].push(Reverse((position, task)));
+    }
+    fn pop_planned(&mut self, worker: WorkerId, upto: u32) -> Option<u32> {
+        pop_planned_from(&mut self.planned[worker.index()], upto)
+    }
+}
+
+/// Pops the least-position task of a planned queue if its position is at most `upto`: the
+/// one rule both drivers' planned queues follow.
+pub(crate) fn pop_planned_from(heap: &mut PlannedQueue, upto: u32) -> Option<u32> {
+    match heap.peek() {
+        Some(Reverse((position, _))) if *position <= upto => heap.pop().map(|Reverse((_, t))| t),
+        _ => None,
     }
 }

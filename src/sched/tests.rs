@@ -235,6 +235,14 @@ impl ReadyQueues for Counting {
         self.ops += 1;
         self.q.steal_mailbox(thief, victim, b)
     }
+    fn push_planned(&mut self, w: WorkerId, position: u32, t: u32) {
+        self.ops += 1;
+        self.q.push_planned(w, position, t)
+    }
+    fn pop_planned(&mut self, w: WorkerId, upto: u32) -> Option<u32> {
+        self.ops += 1;
+        self.q.pop_planned(w, upto)
+    }
     fn compute_time(&self, _: u32, _: WorkerId) -> Option<f64> {
         self.cost
     }
@@ -301,4 +309,41 @@ fn policies_decide_in_queue_work_independent_of_tasks() {
     check(&Locality::new(3), Some(1e-3));
     check(&Heft::uncalibrated(), None);
     check(&RandomPolicy::new(7), None);
+}
+
+/// Insertion: a short task planned last goes into a gap of a worker's timeline before a task
+/// planned earlier, and the worker then runs its tasks in that planned order, waiting for the
+/// task planned first rather than running the later one.
+#[test]
+fn heft_inserts_into_gaps_and_a_worker_follows_its_planned_order() {
+    // 0 (only on worker 2, 1 s) → 1 (10 s); 2 is a short root (0.5 s) planned last, by rank.
+    // Worker 0 gets 1 at [1, 11], leaving [0, 1] free: 2 goes there.
+    let edges = crate::sched::compile::Successors {
+        off: vec![0, 1, 1, 1],
+        succ: vec![1],
+        indegree: vec![0, 1, 0],
+    };
+    let p = plan(vec![1, 0, 0], vec![0; 3], 1);
+    let cost = |t: u32| [1.0, 10.0, 0.5][t as usize];
+    let rank = super::heft::upward_ranks(&edges, cost, |_, _| 0.0);
+    let h = Heft::plan(&p, &edges, &rank, |t, _| Some(cost(t)), |_, _, _, _| 0.0);
+    assert_eq!(h.assigned(1), Some(WorkerId(0)));
+    assert_eq!(h.planned_start(1), Some(1.0));
+    assert_eq!(h.assigned(2), Some(WorkerId(0)));
+    assert_eq!(h.planned_start(2), Some(0.0), "inserted into the gap before task 1");
+    // At run time task 1 is ready first; worker 0 waits for 2, planned before it.
+    let mut q = SimQueues::new(3, 2, 1);
+    h.place(&p, &mut q, 1, None);
+    assert_eq!(
+        h.next(&p, &mut q, WorkerId(0)),
+        None,
+        "task 2 is planned first: wait for it"
+    );
+    h.place(&p, &mut q, 2, None);
+    let order: Vec<u32> = std::iter::from_fn(|| h.next(&p, &mut q, WorkerId(0)).map(|pk| pk.task)).collect();
+    assert_eq!(order, vec![2, 1]);
+    // Held roots are released in planned-start order (both start at 0: by worker).
+    let mut held = vec![0, 2];
+    h.order_held_roots(&mut held);
+    assert_eq!(held, vec![2, 0]);
 }

@@ -314,6 +314,14 @@ impl ReadyQueues for View<'_, '_, '_> {
     fn steal_mailbox(&mut self, thief: WorkerId, victim: WorkerId, band: u8) -> Option<u32> {
         self.q.steal_mailbox(thief, victim, band)
     }
+    fn push_planned(&mut self, worker: WorkerId, position: u32, task: u32) {
+        self.q.push_planned(worker, position, task);
+        let node = self.st.node_of[worker.index()];
+        self.st.fetch_inputs(task, node);
+    }
+    fn pop_planned(&mut self, worker: WorkerId, upto: u32) -> Option<u32> {
+        self.q.pop_planned(worker, upto)
+    }
     fn now(&self) -> f64 {
         self.st.now
     }
@@ -657,7 +665,8 @@ impl<'a> State<'a> {
         let n = self.graph.len();
         let mut q = SimQueues::new(nw, plan.sets().len(), plan.num_bands());
         let gate = self.backpressure.then(|| {
-            let held = roots.iter().copied().filter(|&r| self.graph.only_produces(r)).collect();
+            let mut held: Vec<u32> = roots.iter().copied().filter(|&r| self.graph.only_produces(r)).collect();
+            policy.order_held_roots(&mut held);
             let gpus = self.kind_of.iter().filter(|&&k| k == DeviceKind::Gpu).count();
             RootGate::new(held, n, RootGate::slots(nw, gpus))
         });

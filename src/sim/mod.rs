@@ -4,7 +4,8 @@
 //!
 //! Machines come from StarPU's performance-model directories (`starpu:DIR:NAME`, e.g. the
 //! 24-core, 4-GPU sirocco), from short specs (`cpus:64`, `cpus:16,gpus:4,gpu-speedup:20`),
-//! or from a TOML file with the same keys. A StarPU machine reads the models of the kernels a
+//! from a per-kernel summary table (`kernel-summary:PATH:cpus=32,gpus=1,tile=1024`, see
+//! `summary`), or from a TOML file with the same keys. A StarPU machine reads the models of the kernels a
 //! graph uses only, when asked ([`SimMachine::load_models`], before building the graph).
 //!
 //! Every number a machine comes with is checked where it enters, with the spec field or file
@@ -27,6 +28,7 @@ pub(crate) use crate::sched::bound;
 pub(crate) mod engine;
 pub(crate) mod predict;
 pub(crate) mod starpu;
+pub(crate) mod summary;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -113,6 +115,9 @@ pub struct MachineSpec {
 impl SimMachine {
     /// Parses `starpu:DIR:NAME`, a path to a `.toml` file, or `cpus:N[,gpus:M][,gpu-speedup:S][,bw:GBPS][,lat:US][,gflops:G]`.
     pub fn parse(spec: &str) -> Result<SimMachine, String> {
+        if let Some(rest) = spec.strip_prefix("kernel-summary:") {
+            return SimMachine::from_kernel_summary(&summary::SummarySpec::parse(rest)?);
+        }
         if let Some(rest) = spec.strip_prefix("starpu:") {
             let (dir, name) = rest.rsplit_once(':').ok_or("a StarPU machine is starpu:DIR:NAME")?;
             return SimMachine::from_starpu(Path::new(dir), name);
