@@ -109,16 +109,18 @@ mod tests {
             graphs: 1,
             tasks: 3,
             ratio: vec![("eager".to_string(), 1.25), ("ws".to_string(), 1.5)],
+            over_best: vec![("eager".to_string(), 1.0), ("ws".to_string(), 1.2)],
+            best_over_bound: 1.25,
         };
         assert_eq!(
             schedule::markdown(&[row]),
-            "| workload | machine | graphs | tasks | eager | ws |\n\
-             |---|---|---:|---:|---:|---:|\n\
-             | STG | cpus:4 | 1 | 3 | 1.250 | 1.500 |\n"
+            "| workload | machine | graphs | tasks | eager | ws | best / bound |\n\
+             |---|---|---:|---:|---:|---:|---:|\n\
+             | STG | cpus:4 | 1 | 3 | 1.000 | 1.200 | 1.250 |\n"
         );
         assert_eq!(
             schedule::markdown(&[]),
-            "| workload | machine | graphs | tasks |\n|---|---|---:|---:|\n"
+            "| workload | machine | graphs | tasks | best / bound |\n|---|---|---:|---:|---:|\n"
         );
     }
 }

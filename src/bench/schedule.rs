@@ -1,5 +1,7 @@
-//! Schedule quality: makespan divided by the lower bound, per policy, in the simulator, on
-//! tiled Cholesky over StarPU's measured machines, the STG random graphs on 4 and 16 cores,
+//! Schedule quality: each policy's makespan over the best of all policies' and over the
+//! lower bound, in the simulator, on tiled Cholesky over StarPU's measured machines and over
+//! machines built from McSweeney's Skylake + V100 kernel timings (32 cores and 1 or 4 GPUs,
+//! tiles of 128 and 1024, links free or measured), the STG random graphs on 4 and 16 cores,
 //! and the WfCommons workflows on 16 and 64 cores.
 //!
 //! Each row reads its inputs from the shared workloads directory; a row whose input is
@@ -25,6 +27,10 @@ pub struct QualityRow {
     pub tasks: usize,
     /// `(policy, mean makespan / lower bound)`.
     pub ratio: Vec<(String, f64)>,
+    /// `(policy, mean makespan / the best policy's makespan on the same graph)`.
+    pub over_best: Vec<(String, f64)>,
+    /// Mean of the best policy's makespan over the lower bound.
+    pub best_over_bound: f64,
 }
 
 /// The measured rows and the rows skipped for want of their input.
@@ -52,6 +58,10 @@ impl Sources {
         self.workloads.join("stg").join(set)
     }
 
+    fn skylake_v100(&self) -> PathBuf {
+        self.workloads.join("heterogeneous/cholesky_skylake_v100")
+    }
+
     fn wfcommons(&self) -> PathBuf {
         self.workloads.join("wfcommons")
     }
@@ -60,6 +70,7 @@ impl Sources {
     pub fn looked_in(&self) -> Vec<PathBuf> {
         vec![
             self.starpu(),
+            self.skylake_v100(),
             self.stg("rand100"),
             self.stg("rand1000"),
             self.wfcommons(),
@@ -115,22 +126,40 @@ pub fn row(
         })
         .collect::<Result<_, _>>()?;
     let tasks = graphs.iter().map(|g| g.len()).sum();
-    let mut ratio = Vec::new();
-    for &p in policies {
-        let mut sum = 0.0;
-        for g in &graphs {
-            sum += simulate(g, sm, p, &SimOptions::default())
-                .map_err(|e| e.to_string())?
-                .makespan_over_bound;
+    // `[graph][policy]` makespans, and each graph's bound.
+    let mut makespan = vec![vec![0.0f64; policies.len()]; graphs.len()];
+    let mut bound = vec![0.0f64; graphs.len()];
+    for (gi, g) in graphs.iter().enumerate() {
+        for (pi, &p) in policies.iter().enumerate() {
+            let r = simulate(g, sm, p, &SimOptions::default()).map_err(|e| e.to_string())?;
+            makespan[gi][pi] = r.run.makespan_s;
+            bound[gi] = r.lower_bound_s;
         }
-        ratio.push((p.name().to_string(), sum / graphs.len().max(1) as f64));
     }
+    let count = graphs.len().max(1) as f64;
+    let best: Vec<f64> = makespan
+        .iter()
+        .map(|m| m.iter().copied().fold(f64::INFINITY, f64::min))
+        .collect();
+    // A zero makespan (a graph of empty tasks) is as good as it gets: its ratio is 1.
+    let over = |m: f64, by: f64| if by > 0.0 { m / by } else { 1.0 };
+    let mean_over =
+        |pi: usize, by: &[f64]| (0..graphs.len()).map(|gi| over(makespan[gi][pi], by[gi])).sum::<f64>() / count;
+    let named = |by: &[f64]| -> Vec<(String, f64)> {
+        policies
+            .iter()
+            .enumerate()
+            .map(|(pi, p)| (p.name().to_string(), mean_over(pi, by)))
+            .collect()
+    };
     Ok(QualityRow {
         workload: workload.into(),
         machine: sm.name.clone(),
         graphs: graphs.len(),
         tasks,
-        ratio,
+        ratio: named(&bound),
+        over_best: named(&best),
+        best_over_bound: (0..graphs.len()).map(|gi| over(best[gi], bound[gi])).sum::<f64>() / count,
     })
 }
 
@@ -176,6 +205,7 @@ pub fn measure(src: &Sources, quick: bool) -> Result<Table, String> {
             )?);
         }
     }
+    skylake_v100_rows(src, quick, &policies, &mut table)?;
     let stg100 = graphs(&src.stg("rand100"), ".stg", if quick { 5 } else { 90 })?;
     let stg1000 = graphs(&src.stg("rand1000"), ".stg", if quick { 1 } else { 5 })?;
     for cpus in [4, 16] {
@@ -207,11 +237,48 @@ pub fn measure(src: &Sources, quick: bool) -> Result<Table, String> {
     Ok(table)
 }
 
-/// The table in Markdown.
+/// Tiled Cholesky on the machines of McSweeney's Skylake + V100 timings: 32 cores with 1
+/// and 4 GPUs, tiles of 1024 and 128, N = 5, 10 and 20 tiles, links free (the policy alone)
+/// and measured (a tile's copy costs the mean measured transfer).
+fn skylake_v100_rows(src: &Sources, quick: bool, policies: &[PolicyKind], table: &mut Table) -> Result<(), String> {
+    let dir = src.skylake_v100();
+    let tiles: &[u64] = if quick { &[1024] } else { &[1024, 128] };
+    let sizes: &[usize] = if quick { &[10] } else { &[5, 10, 20] };
+    let summary = dir.join("kernel_summary.tsv");
+    for &b in tiles {
+        for &n in sizes {
+            let label = format!("cholesky {n}x{n} (b={b})");
+            for gpus in [1, 4] {
+                for links in ["free", "measured"] {
+                    if !summary.is_file() {
+                        table.skipped.push(Skipped {
+                            row: format!("{label} on 32 Skylake + {gpus} V100 ({links} links)"),
+                            why: format!("{} not found", summary.display()),
+                        });
+                        continue;
+                    }
+                    let spec = format!(
+                        "kernel-summary:{}:cpus=32,gpus={gpus},tile={b},links={links}",
+                        dir.display()
+                    );
+                    let mut sm = SimMachine::parse(&spec)?;
+                    table
+                        .rows
+                        .push(row(&label, &mut sm, &[cholesky::generate(n, b as usize)], policies)?);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The table in Markdown: per policy, its makespan over the best policy's on the same graph
+/// (1.000: the best), then the best policy's makespan over the lower bound. A policy's
+/// makespan over the bound is the product of its cell and the last column.
 pub fn markdown(rows: &[QualityRow]) -> String {
     let policies: Vec<String> = rows
         .first()
-        .map(|r| r.ratio.iter().map(|(p, _)| p.clone()).collect())
+        .map(|r| r.over_best.iter().map(|(p, _)| p.clone()).collect())
         .unwrap_or_default();
     let mut s = super::policy_table_header(
         &[
@@ -221,17 +288,17 @@ pub fn markdown(rows: &[QualityRow]) -> String {
             ("tasks", "---:"),
         ],
         &policies,
-        &[],
+        &[("best / bound", "---:")],
     );
     for r in rows {
         s.push_str(&format!(
             "| {} | {} | {} | {} |",
             r.workload, r.machine, r.graphs, r.tasks
         ));
-        for (_, v) in &r.ratio {
+        for (_, v) in &r.over_best {
             s.push_str(&format!(" {v:.3} |"));
         }
-        s.push('\n');
+        s.push_str(&format!(" {:.3} |\n", r.best_over_bound));
     }
     s
 }

@@ -171,14 +171,6 @@ impl ReadyQueues for LocalQueues<'_> {
         }
     }
 
-    fn steal_mailbox(&mut self, _thief: WorkerId, victim: WorkerId, band: u8) -> Option<u32> {
-        let q = &self.shared.mailbox[victim.index()][band as usize];
-        if q.is_empty() {
-            return None;
-        }
-        retry(|| q.steal())
-    }
-
     fn push_planned(&mut self, worker: WorkerId, position: u32, task: u32) {
         self.shared.planned[worker.index()]
             .locked()

@@ -264,7 +264,7 @@ pub fn compile_with_priorities(
         Some(rank) => rank(&edges),
         None => graph.tasks.iter().map(|t| t.priority).collect(),
     };
-    let (task_band, num_bands) = priority_bands(&prios);
+    let (task_band, num_bands, keys) = priority_bands(&prios);
 
     let mut roots: Vec<u32> = (0..n as u32).filter(|&t| edges.indegree[t as usize] == 0).collect();
     roots.sort_by_key(|&t| std::cmp::Reverse(prios[t as usize]));
@@ -276,6 +276,7 @@ pub fn compile_with_priorities(
         eligibility.sets,
         machine.victims.clone(),
     );
+    plan.set_priority_keys(keys);
     // On by default; a driver turns it off with `Plan::unfuse`.
     plan.fuse_chains(&edges, |w| machine.workers[w.index()].kind);
     let max_cores = graph.tasks.iter().map(|t| t.cores).max().unwrap_or(1);
@@ -416,22 +417,31 @@ fn check_accesses(
 }
 
 /// Maps priorities to bands: each distinct priority its own band when there are at most
-/// [`MAX_BANDS`], else folded by rank. Band 0 is the highest priority.
-fn priority_bands(prios: &[i32]) -> (Vec<u8>, u8) {
+/// [`MAX_BANDS`], else folded by rank. Band 0 is the highest priority. Also gives each task
+/// its priority's exact rank ([`Plan::priority_key`]) when bands fold several priorities
+/// (else the band is that rank, and the keys are left empty: nothing to allocate per batch).
+fn priority_bands(prios: &[i32]) -> (Vec<u8>, u8, Vec<u32>) {
     let first = prios.first().copied().unwrap_or(0);
     if prios.iter().all(|&p| p == first) {
-        return (vec![0; prios.len()], 1);
+        return (vec![0; prios.len()], 1, Vec::new());
     }
     let mut distinct: Vec<i32> = prios.to_vec();
     distinct.sort_unstable_by(|a, b| b.cmp(a));
     distinct.dedup();
     let k = distinct.len();
     let bands = k.min(MAX_BANDS as usize);
-    let band_of = |p: i32| {
-        let rank = distinct.binary_search_by(|x| p.cmp(x)).unwrap_or(0);
-        (rank * bands / k) as u8
+    let rank_of = |p: i32| distinct.binary_search_by(|x| p.cmp(x)).unwrap_or(0);
+    let ranks: Vec<usize> = prios.iter().map(|&p| rank_of(p)).collect();
+    let keys = if k > bands {
+        ranks.iter().map(|&r| r as u32).collect()
+    } else {
+        Vec::new()
     };
-    (prios.iter().map(|&p| band_of(p)).collect(), bands as u8)
+    (
+        ranks.iter().map(|&r| (r * bands / k) as u8).collect(),
+        bands as u8,
+        keys,
+    )
 }
 
 /// Computes and deduplicates eligibility sets.

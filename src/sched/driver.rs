@@ -4,7 +4,6 @@
 //! loop shape (place the roots, `next` for an idle worker, [`Policy::pick_immediate`] then
 //! `place` for what a completion made ready).
 
-use super::bound::{gpu_advantage_threshold, lower_bound};
 use super::compile::Successors;
 use super::{
     allowed_costs, heft_plan, Eager, Heft, Locality, Pick, Plan, Policy, PolicyKind, RandomPolicy, ReadyQueues,
@@ -40,9 +39,9 @@ pub enum AnyPolicy {
 
 /// Builds the policy `kind` for a run (the runtime) or a simulation.
 ///
-/// `locality` gets the area-optimal device split ([`Locality::with_split`]) when the work,
-/// not the critical path, bounds the schedule (otherwise the split would slow the critical
-/// path down); costs count only where the task may run at all.
+/// On a machine with CPUs and GPUs and with costs for every task, `locality` gets a
+/// look-ahead from HEFT's plan of the whole graph ([`Locality::with_look_ahead`]); costs
+/// count only where the task may run at all.
 pub fn build_policy(kind: PolicyKind, i: &PolicyInputs<'_>) -> AnyPolicy {
     let kinds: Vec<DeviceKind> = i.machine.workers.iter().map(|w| w.kind).collect();
     match kind {
@@ -50,14 +49,22 @@ pub fn build_policy(kind: PolicyKind, i: &PolicyInputs<'_>) -> AnyPolicy {
         PolicyKind::Ws => AnyPolicy::Ws(WorkStealing),
         PolicyKind::Random => AnyPolicy::Random(RandomPolicy::new(RANDOM_SEED)),
         PolicyKind::Locality => {
-            let (cpus, gpus) = (i.machine.count(DeviceKind::Cpu), i.machine.count(DeviceKind::Gpu));
             let mut policy = Locality::new(i.machine.num_workers());
-            if gpus > 0 && !i.costs.is_empty() {
+            let mixed = kinds.contains(&DeviceKind::Cpu) && kinds.contains(&DeviceKind::Gpu);
+            if mixed && !i.costs.is_empty() {
                 let allowed = allowed_costs(i.plan, &kinds, i.costs);
-                let bound = lower_bound(i.edges, &allowed, cpus, gpus);
-                if bound.area_s > 2.0 * bound.critical_path_s {
-                    let threshold = gpu_advantage_threshold(&allowed, cpus, gpus, bound.bound_s);
-                    policy = policy.with_split(threshold, kinds);
+                let heft = heft_plan(i.plan, i.edges, &allowed, &kinds, i.comm, i.mean_comm);
+                let n = allowed.len() as u32;
+                let planned: Option<(Vec<f64>, Vec<bool>)> = (0..n)
+                    .map(|t| {
+                        Some((
+                            heft.planned_start(t)?,
+                            kinds[heft.assigned(t)?.index()] == DeviceKind::Cpu,
+                        ))
+                    })
+                    .collect();
+                if let Some((start, on_cpu)) = planned {
+                    policy = policy.with_look_ahead(&start, &on_cpu, kinds);
                 }
             }
             AnyPolicy::Locality(policy)
@@ -122,11 +129,11 @@ mod tests {
         (m, plan)
     }
 
-    /// Independent tasks (the work, not the critical path, bounds the schedule) with GPU
-    /// advantages from 1 to 16: `locality` gets the device split in every driver, the
-    /// runtime included (it used to get none; the simulator always did).
+    /// Independent tasks with GPU advantages from 1 to 16 (the work, not the critical path,
+    /// bounds the schedule): `locality` keeps on CPUs the tasks HEFT's plan gives them, which
+    /// are those the GPU gains least on, in every driver (both build the policy here).
     #[test]
-    fn locality_gets_the_device_split_when_the_work_bounds_the_schedule() {
+    fn locality_keeps_on_cpus_what_the_look_ahead_runs_there() {
         let n = 40;
         let (m, plan) = machine_and_plan(n);
         let edges = Successors {
@@ -134,7 +141,8 @@ mod tests {
             succ: Vec::new(),
             indegree: vec![0; n],
         };
-        let costs: Vec<TaskCost> = (0..n).map(|t| [Some(1.0), Some(1.0 / (1 + t % 16) as f64)]).collect();
+        let advantage = |t: usize| (1 + t % 16) as f64;
+        let costs: Vec<TaskCost> = (0..n).map(|t| [Some(1.0), Some(1.0 / advantage(t))]).collect();
         let inputs = PolicyInputs {
             machine: &m,
             plan: &plan,
@@ -146,12 +154,21 @@ mod tests {
         let AnyPolicy::Locality(l) = build_policy(PolicyKind::Locality, &inputs) else {
             panic!("not locality");
         };
+        assert!(l.has_look_ahead());
+        let on_cpus = l.kept_on_cpus();
+        assert!(!on_cpus.is_empty(), "the CPUs are used");
+        let mean = |ts: &mut dyn Iterator<Item = usize>| {
+            let v: Vec<f64> = ts.map(advantage).collect();
+            v.iter().sum::<f64>() / v.len() as f64
+        };
+        let cpu_mean = mean(&mut on_cpus.iter().map(|&t| t as usize));
+        let gpu_mean = mean(&mut (0..n).filter(|t| !on_cpus.contains(&(*t as u32))));
         assert!(
-            l.split_threshold().is_some_and(|t| t > 1.0),
-            "{:?}",
-            l.split_threshold()
+            cpu_mean < gpu_mean,
+            "CPUs get the tasks the GPU gains least on: {cpu_mean} vs {gpu_mean}"
         );
-        // A chain is bounded by its critical path: no split.
+        // A chain whose tasks all run faster on the GPU: the critical path stays there.
+        let faster_on_gpu: Vec<TaskCost> = (0..n).map(|t| [Some(1.0), Some(0.5 / advantage(t))]).collect();
         let chain = Successors {
             off: (0..=n as u32).map(|i| i.min(n as u32 - 1)).collect(),
             succ: (1..n as u32).collect(),
@@ -159,11 +176,18 @@ mod tests {
         };
         let inputs = PolicyInputs {
             edges: &chain,
+            costs: &faster_on_gpu,
             ..inputs
         };
         let AnyPolicy::Locality(l) = build_policy(PolicyKind::Locality, &inputs) else {
             panic!("not locality");
         };
-        assert_eq!(l.split_threshold(), None);
+        assert_eq!(l.kept_on_cpus(), Vec::<u32>::new());
+        // Without costs, no look-ahead: the queues follow priorities.
+        let inputs = PolicyInputs { costs: &[], ..inputs };
+        let AnyPolicy::Locality(l) = build_policy(PolicyKind::Locality, &inputs) else {
+            panic!("not locality");
+        };
+        assert!(!l.has_look_ahead());
     }
 }

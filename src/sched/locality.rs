@@ -4,8 +4,28 @@
 //! worker could start it (after its running task and the planned work queued in the same or
 //! higher priority bands), or when its inputs can be there if later (copies start at
 //! placement), plus the expected compute time. Ties go to the worker holding the most input
-//! bytes. An idle worker steals from workers of its own class only when it would finish the
-//! stolen task sooner, transfer included, than its owner could.
+//! bytes. A worker runs the tasks placed on it in exact priority order: by band from its
+//! lock-free mailbox when each band holds one priority, else from its planned queue, keyed by
+//! [`Plan::priority_key`] or the look-ahead's order (bands then only estimate start times).
+//! Before those, it runs what it released itself and kept (its deque, newest first: depth
+//! first, so that consumers free their inputs early; not with a look-ahead). An idle worker steals from workers of its own class only when
+//! it would finish the stolen task sooner, transfer included, than its owner could.
+//!
+//! On a machine with CPUs and GPUs, with costs for every task, a look-ahead sets what a
+//! greedy rule cannot see ([`Locality::with_look_ahead`]), from HEFT's plan of the whole
+//! graph (insertion-based):
+//! - the order: a worker runs its tasks in the order of their planned starts, which weighs
+//!   the critical path against what keeps every device fed (otherwise, and on machines of
+//!   one class, where it measured 1% worse on the STG and WfCommons rows, by priority:
+//!   [`Plan::priority_key`]);
+//! - the device class: a task the plan runs on a CPU is kept on CPUs. An earliest-finish rule alone sees only the ready tasks: while the GPU's queue
+//!   is short it keeps everything there, and the CPUs idle while the GPUs work through what
+//!   follows. The other tasks are placed among all eligible workers, so the critical path
+//!   keeps the fastest device, and transfers the plan did not foresee (links busy with other
+//!   copies) are still weighed.
+//!
+//! The plan is a guide, not a schedule: placement is decided when a task is ready, from
+//! what the workers and links are doing then, and idle workers steal.
 //!
 //! Until the performance model knows a task's cost on every eligible worker, the task is
 //! placed as `eager` places it (a shared queue), so an uncalibrated run is sensible.
@@ -23,9 +43,19 @@ pub struct Locality {
     running_end: Vec<AtomicU64>,
     /// `[worker][band]`: expected seconds of work queued there.
     queued: Vec<Vec<AtomicU64>>,
-    /// With the device split of the area-optimal schedule: the CPU/GPU time ratio below
-    /// which a task goes to CPUs, and each worker's kind.
-    split: Option<(f64, Vec<DeviceKind>)>,
+    /// The order and device classes from a whole-graph plan.
+    look_ahead: Option<LookAhead>,
+}
+
+/// What a whole-graph plan tells `locality` (see the module's documentation).
+#[derive(Debug)]
+struct LookAhead {
+    /// Per task, its rank by planned start: the key of the planned queues.
+    order: Vec<u32>,
+    /// Per task, whether it is kept on CPUs; empty when no task is (one device class).
+    to_cpu: Vec<bool>,
+    /// Each worker's kind.
+    kinds: Vec<DeviceKind>,
 }
 
 fn load(a: &AtomicU64) -> f64 {
@@ -51,39 +81,78 @@ impl Locality {
             queued: (0..workers)
                 .map(|_| (0..super::MAX_BANDS).map(|_| zero()).collect())
                 .collect(),
-            split: None,
+            look_ahead: None,
         }
     }
 
-    /// Adds the device split of the area-optimal schedule: tasks whose CPU/GPU time ratio is
-    /// below `threshold` run on CPUs. A greedy earliest-finish rule does not see this split
-    /// (while the fast device's queue is short it keeps everything there, and the slow
-    /// devices idle); the lower bound's linear program does.
-    pub fn with_split(mut self, threshold: f64, kinds: Vec<DeviceKind>) -> Self {
-        self.split = (threshold > 0.0).then_some((threshold, kinds));
+    /// Adds a look-ahead from a whole-graph plan: `start[t]`, task `t`'s planned start, and
+    /// `on_cpu[t]`, whether the plan runs it on a CPU; `kinds`, each worker's kind.
+    pub fn with_look_ahead(mut self, start: &[f64], on_cpu: &[bool], kinds: Vec<DeviceKind>) -> Self {
+        let mut by_start: Vec<u32> = (0..start.len() as u32).collect();
+        by_start.sort_by(|&a, &b| start[a as usize].total_cmp(&start[b as usize]).then(a.cmp(&b)));
+        let mut order = vec![0u32; start.len()];
+        for (rank, &t) in by_start.iter().enumerate() {
+            order[t as usize] = rank as u32;
+        }
+        let mixed = kinds.contains(&DeviceKind::Cpu) && kinds.contains(&DeviceKind::Gpu);
+        let to_cpu = if mixed && on_cpu.iter().any(|&c| c) {
+            on_cpu.to_vec()
+        } else {
+            Vec::new()
+        };
+        self.look_ahead = Some(LookAhead { order, to_cpu, kinds });
         self
     }
 
-    /// Whether the split sends `task` to CPUs. Tasks in the highest priority band (those
-    /// on or near the critical path) stay free to take the fastest device.
-    fn cpu_preferred<Q: ReadyQueues>(&self, plan: &Plan, q: &Q, task: u32) -> bool {
-        let Some((threshold, kinds)) = &self.split else {
-            return false;
-        };
-        if plan.band(task) == 0 {
-            return false;
+    /// Whether the tasks placed on a worker wait in its planned queue, in exact order (with a
+    /// look-ahead, or when bands fold several priorities), rather than in its mailbox, whose
+    /// bands then hold one priority each and are lock-free.
+    #[inline]
+    fn ordered(&self, plan: &Plan) -> bool {
+        self.look_ahead.is_some() || plan.bands_fold()
+    }
+
+    /// Queues `task`, placed on `w`, where `w` takes placed tasks from.
+    #[inline]
+    fn push_placed<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, w: WorkerId, task: u32) {
+        if self.ordered(plan) {
+            q.push_planned(w, self.key(plan, task), task);
+        } else {
+            q.push_mailbox(w, plan.band(task), task);
         }
-        let workers = &plan.set(plan.task_set(task)).workers;
-        let cost_on = |k: DeviceKind| {
-            workers
+    }
+
+    /// The next task placed on `w`, first in its order.
+    #[inline]
+    fn pop_placed<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, w: WorkerId) -> Option<u32> {
+        if self.ordered(plan) {
+            q.pop_planned(w, u32::MAX)
+        } else {
+            (0..plan.num_bands()).find_map(|b| q.pop_mailbox(w, b))
+        }
+    }
+
+    /// The key `task` is queued by on a worker: its planned-start rank with a look-ahead, else
+    /// its priority.
+    #[inline]
+    fn key(&self, plan: &Plan, task: u32) -> u32 {
+        match &self.look_ahead {
+            Some(l) => l.order[task as usize],
+            None => plan.priority_key(task),
+        }
+    }
+
+    /// Whether `w` is left out of `task`'s candidates: the task is kept on CPUs and `w` is
+    /// not one, while some eligible worker is.
+    fn left_out(&self, plan: &Plan, task: u32, w: WorkerId) -> bool {
+        let Some(o) = &self.look_ahead else { return false };
+        o.to_cpu.get(task as usize).is_some_and(|&c| c)
+            && o.kinds[w.index()] != DeviceKind::Cpu
+            && plan
+                .set(plan.task_set(task))
+                .workers
                 .iter()
-                .find(|w| kinds[w.index()] == k)
-                .and_then(|&w| q.compute_time(task, w))
-        };
-        match (cost_on(DeviceKind::Cpu), cost_on(DeviceKind::Gpu)) {
-            (Some(c), Some(g)) if g > 0.0 => c / g < *threshold,
-            _ => false,
-        }
+                .any(|v| o.kinds[v.index()] == DeviceKind::Cpu)
     }
 
     /// When `w` could start a task of band `band`: after its running task and the work
@@ -141,14 +210,8 @@ impl Policy for Locality {
     fn place<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, task: u32, releasing: Option<WorkerId>) {
         let now = q.now();
         let mut best: Option<(f64, u64, WorkerId)> = None;
-        let cpu_only = self.cpu_preferred(plan, q, task);
         for &w in &plan.set(plan.task_set(task)).workers {
-            if cpu_only
-                && self
-                    .split
-                    .as_ref()
-                    .is_some_and(|(_, k)| k[w.index()] != DeviceKind::Cpu)
-            {
+            if self.left_out(plan, task, w) {
                 continue;
             }
             let Some((finish, resident)) = self.finish_on(plan, q, task, w, now) else {
@@ -170,19 +233,20 @@ impl Policy for Locality {
         if let Some(c) = q.compute_time(task, w) {
             add(&self.queued[w.index()][plan.band(task) as usize], c);
         }
-        if releasing == Some(w) {
+        if releasing == Some(w) && self.look_ahead.is_none() {
+            // Without a plan, the releasing worker runs what it released next (its deque is
+            // LIFO): depth first, so a consumer frees its inputs before more are produced.
             q.push_local(w, task);
         } else {
-            q.push_mailbox(w, plan.band(task), task);
+            self.push_placed(plan, q, w, task);
         }
     }
 
     fn next<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, worker: WorkerId) -> Option<Pick> {
         let now = q.now();
-        // Planned work first (own deque, then mailbox by band), then shared (unplanned) work.
-        let planned = q
-            .pop_local(worker)
-            .or_else(|| (0..plan.num_bands()).find_map(|b| q.pop_mailbox(worker, b)));
+        // Planned work first (own deque, then the planned queue in priority order), then
+        // retries and shared (unplanned) work.
+        let planned = q.pop_local(worker).or_else(|| self.pop_placed(plan, q, worker));
         if let Some(task) = planned {
             self.started(plan, q, task, worker, Some(worker), now);
             return Some(Pick {
@@ -201,33 +265,25 @@ impl Policy for Locality {
         store(&self.running_end[worker.index()], now);
         self.queued[worker.index()].iter().for_each(|b| store(b, 0.0));
         for &victim in plan.victims(worker) {
-            for band in 0..plan.num_bands() {
-                let stolen = q
-                    .steal_mailbox(worker, victim, band)
-                    .or_else(|| q.steal(worker, victim));
-                let Some(task) = stolen else { continue };
-                if !plan.eligible(task, worker) {
-                    place_unpreferred(plan, q, task);
-                    continue;
+            // The victim's next planned task, else the oldest of its deque: one look each.
+            let stolen = self.pop_placed(plan, q, victim).or_else(|| q.steal(worker, victim));
+            let Some(task) = stolen else { continue };
+            let mine = (plan.eligible(task, worker) && !self.left_out(plan, task, worker))
+                .then(|| self.finish_on(plan, q, task, worker, now).map(|(f, _)| f))
+                .flatten();
+            let theirs = q
+                .compute_time(task, victim)
+                .map(|c| self.start_on(victim, plan.band(task), now) + c);
+            match (mine, theirs) {
+                (Some(m), Some(t)) if m < t => {
+                    self.started(plan, q, task, worker, Some(victim), now);
+                    return Some(Pick {
+                        task,
+                        stolen_from: Some(victim),
+                    });
                 }
-                let mine = self.finish_on(plan, q, task, worker, now).map(|(f, _)| f);
-                let theirs = q
-                    .compute_time(task, victim)
-                    .map(|c| self.start_on(victim, plan.band(task), now) + c);
-                match (mine, theirs) {
-                    (Some(m), Some(t)) if m < t => {
-                        self.started(plan, q, task, worker, Some(victim), now);
-                        return Some(Pick {
-                            task,
-                            stolen_from: Some(victim),
-                        });
-                    }
-                    // Not worth moving: give it back to its owner.
-                    _ => {
-                        q.push_mailbox(victim, plan.band(task), task);
-                        break;
-                    }
-                }
+                // Not allowed here, or not worth moving: give it back to its owner.
+                _ => self.push_placed(plan, q, victim, task),
             }
         }
         None
@@ -236,8 +292,15 @@ impl Policy for Locality {
 
 #[cfg(test)]
 impl Locality {
-    /// The split's threshold, for tests of how a driver builds the policy.
-    pub(crate) fn split_threshold(&self) -> Option<f64> {
-        self.split.as_ref().map(|(t, _)| *t)
+    /// The tasks kept on CPUs, for tests of how a driver builds the policy.
+    pub(crate) fn kept_on_cpus(&self) -> Vec<u32> {
+        self.look_ahead.as_ref().map_or_else(Vec::new, |o| {
+            (0..o.to_cpu.len() as u32).filter(|&t| o.to_cpu[t as usize]).collect()
+        })
+    }
+
+    /// Whether a look-ahead orders the queues.
+    pub(crate) fn has_look_ahead(&self) -> bool {
+        self.look_ahead.is_some()
     }
 }

@@ -50,6 +50,11 @@ pub struct Plan {
     task_set: Vec<u16>,
     task_band: Vec<u8>,
     num_bands: u8,
+    /// Per task, its priority's rank among the graph's distinct priorities (0: the highest);
+    /// empty: the band stands in.
+    priority_key: Vec<u32>,
+    /// See [`Plan::bands_fold`].
+    bands_fold: bool,
     sets: Vec<EligibleSet>,
     worker_sets: Vec<Vec<u16>>,
     victims: Vec<Vec<WorkerId>>,
@@ -83,6 +88,8 @@ impl Plan {
             task_set,
             task_band,
             num_bands: num_bands.max(1),
+            priority_key: Vec::new(),
+            bands_fold: false,
             sets,
             worker_sets,
             victims,
@@ -154,6 +161,32 @@ impl Plan {
     #[inline]
     pub fn band(&self, task: u32) -> u8 {
         self.task_band[task as usize]
+    }
+
+    /// Sets each task's priority key (see [`Plan::priority_key`]; none: the bands are the
+    /// keys). Keys must order tasks as their bands do: a higher band never has a smaller key.
+    pub fn set_priority_keys(&mut self, keys: Vec<u32>) {
+        debug_assert!(keys.is_empty() || keys.len() == self.task_band.len());
+        self.bands_fold = keys.iter().any(|&k| k >= u32::from(self.num_bands));
+        self.priority_key = keys;
+    }
+
+    /// Whether some band holds more than one priority (more distinct priorities than
+    /// [`MAX_BANDS`]): serving a band in arrival order then loses the priorities' order.
+    #[inline]
+    pub fn bands_fold(&self) -> bool {
+        self.bands_fold
+    }
+
+    /// A task's priority as an exact rank (0 is the highest; equal priorities, equal keys):
+    /// what queues that serve tasks in priority order sort by, where bands fold many
+    /// priorities into [`MAX_BANDS`].
+    #[inline]
+    pub fn priority_key(&self, task: u32) -> u32 {
+        match self.priority_key.get(task as usize) {
+            Some(&k) => k,
+            None => u32::from(self.task_band[task as usize]),
+        }
     }
 
     /// Number of bands.

@@ -28,8 +28,6 @@ pub trait ReadyQueues {
     fn pop_shared(&mut self, worker: WorkerId, set: u16, band: u8, batch: bool) -> Option<u32>;
     /// Takes the oldest task of `victim`'s deque for `thief`.
     fn steal(&mut self, thief: WorkerId, victim: WorkerId) -> Option<u32>;
-    /// Takes the oldest task of `victim`'s mailbox band for `thief`.
-    fn steal_mailbox(&mut self, thief: WorkerId, victim: WorkerId, band: u8) -> Option<u32>;
     /// Puts a task in `worker`'s planned queue at `position` (its place in that worker's
     /// plan). Like a mailbox push, it starts the task's input copies to that worker.
     fn push_planned(&mut self, worker: WorkerId, position: u32, task: u32);
@@ -136,9 +134,6 @@ impl ReadyQueues for SimQueues {
     }
     fn steal(&mut self, _thief: WorkerId, victim: WorkerId) -> Option<u32> {
         self.local[victim.index()].pop_front()
-    }
-    fn steal_mailbox(&mut self, _thief: WorkerId, victim: WorkerId, band: u8) -> Option<u32> {
-        self.mailbox[victim.index()][band as usize].pop_front()
     }
     fn push_planned(&mut self, worker: WorkerId, position: u32, task: u32) {
         self.planned[worker.index()].push(Reverse((position, task)));

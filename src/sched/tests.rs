@@ -231,10 +231,6 @@ impl ReadyQueues for Counting {
         self.ops += 1;
         self.q.steal(thief, victim)
     }
-    fn steal_mailbox(&mut self, thief: WorkerId, victim: WorkerId, b: u8) -> Option<u32> {
-        self.ops += 1;
-        self.q.steal_mailbox(thief, victim, b)
-    }
     fn push_planned(&mut self, w: WorkerId, position: u32, t: u32) {
         self.ops += 1;
         self.q.push_planned(w, position, t)

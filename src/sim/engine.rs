@@ -311,9 +311,6 @@ impl ReadyQueues for View<'_, '_, '_> {
     fn steal(&mut self, thief: WorkerId, victim: WorkerId) -> Option<u32> {
         self.q.steal(thief, victim)
     }
-    fn steal_mailbox(&mut self, thief: WorkerId, victim: WorkerId, band: u8) -> Option<u32> {
-        self.q.steal_mailbox(thief, victim, band)
-    }
     fn push_planned(&mut self, worker: WorkerId, position: u32, task: u32) {
         self.q.push_planned(worker, position, task);
         let node = self.st.node_of[worker.index()];
