@@ -90,7 +90,7 @@ enum Command {
         /// `starpu:DIR:NAME`, a `.toml` file, or `cpus:N[,gpus:M,gpu-speedup:S,bw:GBPS,lat:US,gflops:G]`.
         #[arg(long)]
         machine: String,
-        /// eager, ws, locality, heft or random.
+        /// eager, ws, locality, heft, heteroprio or random.
         #[arg(long, default_value = "locality")]
         policy: PolicyKind,
         /// Memory limits, e.g. `host=2GiB,gpu=256MiB` (GPUs evict, the host spills to a disk
@@ -238,7 +238,7 @@ enum BenchCommand {
         json: bool,
         #[command(flatten)]
         devices: DeviceArgs,
-        /// Scheduling policy: locality, ws, eager, heft or random.
+        /// Scheduling policy: locality, ws, eager, heft, heteroprio or random.
         #[arg(long, default_value = "locality")]
         policy: PolicyKind,
         /// Matrix sizes, comma-separated.
@@ -393,7 +393,7 @@ impl DeviceArgs {
 struct MachineArgs {
     #[command(flatten)]
     devices: DeviceArgs,
-    /// Scheduling policy: locality, ws, eager, heft or random.
+    /// Scheduling policy: locality, ws, eager, heft, heteroprio or random.
     #[arg(long, default_value = "locality")]
     policy: PolicyKind,
     /// Memory limits, e.g. `gpu=256MiB,host=2GiB,disk=20GiB`: past a GPU's limit, data copies

@@ -1369,7 +1369,7 @@ impl Engine {
             })
             .collect();
         let data_bytes: Vec<u64> = infos.iter().map(|i| i.bytes).collect();
-        let planning = matches!(self.policy, PolicyKind::Locality | PolicyKind::Heft);
+        let planning = self.policy.uses_costs();
         let deadline = opts.deadline.or(graph.deadline);
         // Expected costs from the model, computed once for whoever needs them: planning
         // policies (and priorities from the critical path unless the graph sets its own), the
@@ -1730,7 +1730,7 @@ impl Engine {
             costs: task_costs,
             deadline,
         } = data;
-        let planning = matches!(self.policy, PolicyKind::Locality | PolicyKind::Heft);
+        let planning = self.policy.uses_costs();
         let calibrate = self.calibrate || planning;
         let n = graph.len();
         let speculation = (opts.speculate || deadline.is_some())

@@ -53,8 +53,13 @@ impl SharedQueues {
         let shared = SharedQueues {
             stealers: deques.iter().map(Worker::stealer).collect(),
             mailbox: (0..n).map(|_| (0..bands).map(|_| Injector::new()).collect()).collect(),
+            // Every band a policy may use (`heteroprio`'s buckets are not priority bands).
             shared: (0..plan.sets().len())
-                .map(|_| (0..bands).map(|_| Injector::new()).collect())
+                .map(|_| {
+                    (0..usize::from(crate::sched::MAX_BANDS))
+                        .map(|_| Injector::new())
+                        .collect()
+                })
                 .collect(),
             planned: (0..n).map(|_| Default::default()).collect(),
             retried: (0..n).map(|_| Default::default()).collect(),

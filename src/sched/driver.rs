@@ -6,7 +6,8 @@
 
 use super::compile::Successors;
 use super::{
-    allowed_costs, heft_plan, Eager, Heft, Locality, Pick, Plan, Policy, PolicyKind, RandomPolicy, ReadyQueues,
+    allowed_costs, heft_plan, Eager, Heft, HeteroPrio, Locality, Pick, Plan, Policy, PolicyKind, RandomPolicy,
+    ReadyQueues,
 };
 use super::{TaskCost, WorkStealing};
 use crate::topology::{DeviceKind, Machine, WorkerId};
@@ -34,6 +35,7 @@ pub enum AnyPolicy {
     Ws(WorkStealing),
     Locality(Locality),
     Heft(Heft),
+    HeteroPrio(HeteroPrio),
     Random(RandomPolicy),
 }
 
@@ -51,6 +53,9 @@ pub fn build_policy(kind: PolicyKind, i: &PolicyInputs<'_>) -> AnyPolicy {
         PolicyKind::Locality => {
             let mut policy = Locality::new(i.machine.num_workers());
             let mixed = kinds.contains(&DeviceKind::Cpu) && kinds.contains(&DeviceKind::Gpu);
+            if mixed {
+                policy = policy.on_mixed_machine();
+            }
             if mixed && !i.costs.is_empty() {
                 let allowed = allowed_costs(i.plan, &kinds, i.costs);
                 let heft = heft_plan(i.plan, i.edges, &allowed, &kinds, i.comm, i.mean_comm);
@@ -69,6 +74,9 @@ pub fn build_policy(kind: PolicyKind, i: &PolicyInputs<'_>) -> AnyPolicy {
             }
             AnyPolicy::Locality(policy)
         }
+        PolicyKind::HeteroPrio => {
+            AnyPolicy::HeteroPrio(HeteroPrio::new(&allowed_costs(i.plan, &kinds, i.costs), &kinds))
+        }
         PolicyKind::Heft => AnyPolicy::Heft(heft_plan(i.plan, i.edges, i.costs, &kinds, i.comm, i.mean_comm)),
     }
 }
@@ -80,6 +88,7 @@ macro_rules! each {
             AnyPolicy::Ws($p) => $e,
             AnyPolicy::Locality($p) => $e,
             AnyPolicy::Heft($p) => $e,
+            AnyPolicy::HeteroPrio($p) => $e,
             AnyPolicy::Random($p) => $e,
         }
     };

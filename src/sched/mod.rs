@@ -19,6 +19,7 @@ mod costs;
 pub(crate) mod driver;
 mod eager;
 mod heft;
+mod heteroprio;
 mod locality;
 pub mod perfmodel;
 mod plan;
@@ -35,6 +36,7 @@ pub(crate) use costs::{
 pub(crate) use driver::{build_policy, PolicyInputs};
 pub(crate) use eager::Eager;
 pub(crate) use heft::{Heft, RandomPolicy};
+pub(crate) use heteroprio::HeteroPrio;
 pub(crate) use locality::Locality;
 pub(crate) use plan::{EligibleSet, Plan, WorkerMask, MAX_BANDS};
 pub(crate) use queues::{pop_planned_from, PlannedQueue, ReadyQueues, SimQueues};
@@ -133,19 +135,25 @@ pub enum PolicyKind {
     /// without a performance model it places like `eager`, and it measures one as it runs.
     #[default]
     Locality,
-    /// Static list scheduling by upward rank.
+    /// Static list scheduling by upward rank, insertion-based; each worker follows its
+    /// planned order.
     Heft,
+    /// StarPU's HeteroPrio: shared buckets by acceleration factor, GPUs take the most
+    /// accelerated tasks, CPUs the least (no spoliation).
+    #[serde(rename = "heteroprio")]
+    HeteroPrio,
     /// A uniformly random eligible worker: the floor.
     Random,
 }
 
 impl PolicyKind {
     /// Every policy, for help texts and benches.
-    pub const ALL: [PolicyKind; 5] = [
+    pub const ALL: [PolicyKind; 6] = [
         PolicyKind::Eager,
         PolicyKind::Ws,
         PolicyKind::Locality,
         PolicyKind::Heft,
+        PolicyKind::HeteroPrio,
         PolicyKind::Random,
     ];
 
@@ -156,9 +164,17 @@ impl PolicyKind {
             "ws" => Some(PolicyKind::Ws),
             "locality" => Some(PolicyKind::Locality),
             "heft" => Some(PolicyKind::Heft),
+            "heteroprio" => Some(PolicyKind::HeteroPrio),
             "random" => Some(PolicyKind::Random),
             _ => None,
         }
+    }
+
+    /// Whether the policy decides from expected task costs: the drivers compute them from
+    /// the model (which the runtime calibrates as it runs) and rank priorities by the
+    /// critical path unless the graph sets its own.
+    pub fn uses_costs(self) -> bool {
+        matches!(self, PolicyKind::Locality | PolicyKind::Heft | PolicyKind::HeteroPrio)
     }
 
     /// The name.
@@ -168,6 +184,7 @@ impl PolicyKind {
             PolicyKind::Ws => "ws",
             PolicyKind::Locality => "locality",
             PolicyKind::Heft => "heft",
+            PolicyKind::HeteroPrio => "heteroprio",
             PolicyKind::Random => "random",
         }
     }
@@ -182,7 +199,8 @@ impl fmt::Display for PolicyKind {
 impl std::str::FromStr for PolicyKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        PolicyKind::parse(s).ok_or_else(|| format!("unknown policy '{s}' (known: eager, ws, locality, heft, random)"))
+        PolicyKind::parse(s)
+            .ok_or_else(|| format!("unknown policy '{s}' (known: eager, ws, locality, heft, heteroprio, random)"))
     }
 }
 

@@ -76,7 +76,8 @@ impl SimQueues {
         SimQueues {
             local: vec![VecDeque::new(); workers],
             mailbox: vec![vec![VecDeque::new(); bands]; workers],
-            shared: vec![vec![VecDeque::new(); bands]; sets],
+            // Every band a policy may use (`heteroprio`'s buckets are not priority bands).
+            shared: vec![vec![VecDeque::new(); usize::from(super::MAX_BANDS).max(bands)]; sets],
             planned: vec![BinaryHeap::new(); workers],
         }
     }

@@ -147,7 +147,7 @@ pub(crate) fn simulate_sized(
         .collect();
     let costs = task_costs(graph, sm, &data_bytes)?;
     let mut g = graph.clone();
-    if matches!(policy, PolicyKind::Locality | PolicyKind::Heft) && graph.tasks.iter().all(|t| t.priority == 0) {
+    if policy.uses_costs() && graph.tasks.iter().all(|t| t.priority == 0) {
         for (t, p) in rank_priorities(&edges, &costs).into_iter().enumerate() {
             g.tasks[t].priority = p;
         }
