@@ -106,6 +106,7 @@ pub fn measure_host(
                 gpu_memory: None,
                 host_memory: limit,
                 no_backpressure: !backpressure,
+                lp_bound: false,
             },
         )?;
         rows.push(HostMemoryRow {
@@ -337,6 +338,7 @@ pub fn measure(tiles: usize, len: usize, reps: usize) -> Result<Vec<MemoryRow>, 
                 gpu_memory: limit,
                 host_memory: None,
                 no_backpressure: !backpressure,
+                lp_bound: false,
             },
         )?;
         let sim_peak = sim
@@ -486,6 +488,7 @@ pub fn measure_cholesky(n: usize, b: usize, cpus: usize, reps: usize, gpu: bool)
             gpu_memory: if gpu { limit } else { None },
             host_memory: if gpu { None } else { limit },
             no_backpressure: !backpressure,
+            lp_bound: false,
         };
         let sim = simulated(
             &rt,

@@ -696,6 +696,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                     gpu_memory: mem.and_then(|m| m.gpu),
                     host_memory: mem.and_then(|m| m.host),
                     no_backpressure,
+                    lp_bound: true,
                 },
             )?;
             let took = t.elapsed();
@@ -706,7 +707,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!(
-                    "{} tasks on {} ({} cpu, {} gpu workers), policy {}: makespan {:.6} s, lower bound {:.6} s (critical path {:.6}, area {:.6}), ratio {:.3}; {} bytes transferred, {} steals; simulated in {:.3} s",
+                    "{} tasks on {} ({} cpu, {} gpu workers), policy {}: makespan {:.6} s, lower bound {:.6} s (critical path {:.6}, area {:.6}{}), ratio {:.3}; {} bytes transferred, {} steals; simulated in {:.3} s",
                     r.run.tasks,
                     terminal_safe(&r.machine),
                     sm.machine.count(hexec::DeviceKind::Cpu),
@@ -716,6 +717,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                     r.lower_bound_s,
                     r.critical_path_s,
                     r.area_bound_s,
+                    r.mixed_bound_s.map(|m| format!(", LP {m:.6}")).unwrap_or_default(),
                     r.makespan_over_bound,
                     r.run.bytes_transferred,
                     r.run.steals,

@@ -20,8 +20,21 @@ pub struct LowerBound {
     pub critical_path_s: f64,
     /// The area bound (total work over the workers), seconds.
     pub area_s: f64,
-    /// The larger of the two.
+    /// The mixed (LP) bound, when solved ([`mixed_bound`]), seconds.
+    pub mixed_s: Option<f64>,
+    /// The largest of them.
     pub bound_s: f64,
+}
+
+impl LowerBound {
+    /// With the mixed bound, when it was solved: the bound is the largest of the three.
+    pub fn with_mixed(mut self, mixed: Option<f64>) -> Self {
+        self.mixed_s = mixed;
+        if let Some(m) = mixed {
+            self.bound_s = self.bound_s.max(m);
+        }
+        self
+    }
 }
 
 /// Doublings of the area bound's upper end before giving up: from the smallest positive
@@ -58,6 +71,7 @@ pub fn lower_bound(edges: &Successors, costs: &[[Option<f64>; 2]], cpus: usize, 
     LowerBound {
         critical_path_s: cp,
         area_s: area,
+        mixed_s: None,
         bound_s: cp.max(area),
     }
 }
@@ -147,6 +161,104 @@ fn area_bound(costs: &[[Option<f64>; 2]], cpus: usize, gpus: usize) -> f64 {
     hi
 }
 
+/// Largest graph whose LP bound is solved ([`mixed_bound`]): past it the LP (two variables
+/// and about three constraints per task) takes seconds.
+pub const MIXED_BOUND_MAX_TASKS: usize = 4000;
+
+/// How long the LP may take before [`mixed_bound`] gives up.
+#[cfg(feature = "lp-bound")]
+const MIXED_BOUND_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The mixed bound: the least makespan when each task may be split between a CPU and a GPU
+/// (a fraction `x` of it on the GPU, taking `x·gpu + (1−x)·cpu`), its dependencies hold as in
+/// the critical path, and the CPUs and the GPUs each do their share of the work within it
+/// (the area constraints). A linear program; at least the critical path on the fastest class
+/// and the area bound, usually above both, since no schedule reaches both at once. Transfers
+/// cost nothing, as in the other bounds.
+///
+/// `None` when it does not apply (one device class: it equals the other bounds), the graph
+/// has more than [`MIXED_BOUND_MAX_TASKS`] tasks, the solver gives no proven optimum within
+/// its time limit, or hexec was built without the `lp-bound` feature.
+pub fn mixed_bound(edges: &Successors, costs: &[[Option<f64>; 2]], cpus: usize, gpus: usize) -> Option<f64> {
+    if cpus == 0 || gpus == 0 || costs.len() > MIXED_BOUND_MAX_TASKS || costs.is_empty() {
+        return None;
+    }
+    #[cfg(feature = "lp-bound")]
+    {
+        solve_mixed(edges, costs, cpus, gpus)
+    }
+    #[cfg(not(feature = "lp-bound"))]
+    {
+        let _ = edges;
+        None
+    }
+}
+
+#[cfg(feature = "lp-bound")]
+fn solve_mixed(edges: &Successors, costs: &[[Option<f64>; 2]], cpus: usize, gpus: usize) -> Option<f64> {
+    use microlp::{ComparisonOp, OptimizationDirection, Problem, SolutionStatus, SolveOutcome};
+    let mut lp = Problem::new(OptimizationDirection::Minimize);
+    lp.set_time_limit(MIXED_BOUND_TIME_LIMIT);
+    let makespan = lp.add_var(1.0, (0.0, f64::INFINITY));
+    // Per task: its start, and for a task either class may run, the fraction on the GPU.
+    // Its duration is `base + slope·x`.
+    let (mut forced_cpu, mut forced_gpu, mut flexible_cpu) = (0.0, 0.0, 0.0);
+    let mut cpu_area = Vec::new();
+    let mut gpu_area = Vec::new();
+    let mut tasks = Vec::with_capacity(costs.len());
+    for c in costs {
+        let start = lp.add_var(0.0, (0.0, f64::INFINITY));
+        let (base, on_gpu) = match (c[0].map(sane), c[1].map(sane)) {
+            (Some(cpu), Some(gpu)) => {
+                let x = lp.add_var(0.0, (0.0, 1.0));
+                flexible_cpu += cpu;
+                cpu_area.push((x, -cpu));
+                gpu_area.push((x, gpu));
+                (cpu, Some((x, gpu - cpu)))
+            }
+            (Some(cpu), None) => {
+                forced_cpu += cpu;
+                (cpu, None)
+            }
+            (None, Some(gpu)) => {
+                forced_gpu += gpu;
+                (gpu, None)
+            }
+            (None, None) => (0.0, None),
+        };
+        tasks.push((start, base, on_gpu));
+    }
+    // `start[s] ≥ start[t] + duration[t]` for every edge, `makespan ≥ finish` for every sink.
+    for (t, &(start, base, on_gpu)) in tasks.iter().enumerate() {
+        let after: Vec<microlp::Variable> = edges.of_task(t as u32).iter().map(|&s| tasks[s as usize].0).collect();
+        let ends = if after.is_empty() { vec![makespan] } else { after };
+        for later in ends {
+            let mut row = vec![(later, 1.0), (start, -1.0)];
+            if let Some((x, slope)) = on_gpu {
+                row.push((x, -slope));
+            }
+            lp.add_constraint(row.as_slice(), ComparisonOp::Ge, base);
+        }
+    }
+    // CPU work `forced + Σ cpu·(1−x) ≤ cpus·T`, GPU work `forced + Σ gpu·x ≤ gpus·T`.
+    cpu_area.push((makespan, -(cpus as f64)));
+    lp.add_constraint(cpu_area.as_slice(), ComparisonOp::Le, -(forced_cpu + flexible_cpu));
+    gpu_area.push((makespan, -(gpus as f64)));
+    lp.add_constraint(gpu_area.as_slice(), ComparisonOp::Le, -forced_gpu);
+    match lp.solve() {
+        Ok(SolveOutcome::Solution(s)) if s.status() == SolutionStatus::Optimal => {
+            // Shaved by the solver's relative tolerance, so that rounding never makes it
+            // exceed a schedule that meets it.
+            Some(s.objective() * (1.0 - 1e-7))
+        }
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!("the LP lower bound was not solved: {e}");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +324,36 @@ mod tests {
         let b = lower_bound(&Successors::of(&g), &[[Some(1.0), None]; 5], 4, 0);
         assert_eq!(b.bound_s, 5.0);
         assert!((b.area_s - 1.25).abs() < 1e-9);
+    }
+
+    /// A chain of tasks the GPU runs 3 times faster, beside independent tasks it runs 10
+    /// times faster, on 1 CPU and 1 GPU. The area bound gives the GPU the independent tasks
+    /// and 1.25 s of the chain (5.25 s), but then the chain alone takes 6.5 s; the LP sees
+    /// both at once.
+    #[cfg(feature = "lp-bound")]
+    #[test]
+    fn the_mixed_bound_sees_the_critical_path_and_the_area_at_once() {
+        let mut g = Graph::new();
+        let mut prev = g.task(&builtin::noop()).add();
+        for _ in 0..2 {
+            prev = g.task(&builtin::noop()).after(prev).add();
+        }
+        for _ in 0..4 {
+            g.task(&builtin::noop()).add();
+        }
+        let e = Successors::of(&g);
+        let mut costs = vec![[Some(3.0), Some(1.0)]; 3];
+        costs.extend([[Some(10.0), Some(1.0)]; 4]);
+        let b = lower_bound(&e, &costs, 1, 1);
+        assert!((b.area_s - 5.25).abs() < 1e-6, "{b:?}");
+        assert!((b.critical_path_s - 3.0).abs() < 1e-12);
+        let mixed = mixed_bound(&e, &costs, 1, 1).expect("solved");
+        assert!(mixed > b.area_s + 0.1, "{mixed} vs {b:?}");
+        // Every task on the GPU, one after another, takes 7 s: a schedule that exists.
+        assert!(mixed <= 7.0, "{mixed}");
+        let b = b.with_mixed(Some(mixed));
+        assert_eq!(b.bound_s, mixed);
+        // One class: no LP.
+        assert_eq!(mixed_bound(&e, &costs, 2, 0), None);
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BinaryHeap;
 
 use serde::Serialize;
 
-use super::bound::{lower_bound, LowerBound};
+use super::bound::{lower_bound, mixed_bound, LowerBound};
 use super::SimMachine;
 use crate::graph::{Graph, GraphDatum};
 use crate::kernels::ElemType;
@@ -36,6 +36,9 @@ pub struct SimOptions {
     /// Turns off memory backpressure (root tasks held back under a limit), as
     /// `RuntimeBuilder::no_backpressure` does.
     pub no_backpressure: bool,
+    /// Also solves the mixed (LP) lower bound ([`crate::sim::bound::mixed_bound`]): tighter
+    /// on machines of CPUs and GPUs, but it takes up to seconds, so it is asked for.
+    pub lp_bound: bool,
 }
 
 /// Why a simulation could not run.
@@ -94,6 +97,8 @@ pub struct SimReport {
     pub critical_path_s: f64,
     /// The area bound, seconds.
     pub area_bound_s: f64,
+    /// The mixed (LP) bound, seconds, when asked for and solved.
+    pub mixed_bound_s: Option<f64>,
     /// Makespan divided by the lower bound (1 is optimal).
     pub makespan_over_bound: f64,
     /// The worker each task ran on.
@@ -162,12 +167,11 @@ pub(crate) fn simulate_sized(
     // Costs where the task may run at all.
     let kinds: Vec<DeviceKind> = sm.machine.workers.iter().map(|w| w.kind).collect();
     let allowed = allowed_costs(plan, &kinds, &costs);
-    let bound = lower_bound(
-        &edges,
-        &allowed,
-        sm.machine.count(DeviceKind::Cpu),
-        sm.machine.count(DeviceKind::Gpu),
-    );
+    let (cpus, gpus) = (sm.machine.count(DeviceKind::Cpu), sm.machine.count(DeviceKind::Gpu));
+    let mut bound = lower_bound(&edges, &allowed, cpus, gpus);
+    if opts.lp_bound {
+        bound = bound.with_mixed(mixed_bound(&edges, &allowed, cpus, gpus));
+    }
     let mut st = State::new(&g, sm, &data_bytes, allowed, opts);
     st.admit_host_data();
     let placed = {
@@ -879,6 +883,7 @@ impl<'a> State<'a> {
             lower_bound_s: bound.bound_s,
             critical_path_s: bound.critical_path_s,
             area_bound_s: bound.area_s,
+            mixed_bound_s: bound.mixed_s,
             makespan_over_bound: if bound.bound_s > 0.0 {
                 makespan / bound.bound_s
             } else {

@@ -34,6 +34,7 @@ pub fn predict(input: &PredictInput<'_>) -> f64 {
         gpu_memory: input.gpu_memory,
         host_memory: input.host_memory,
         no_backpressure: !input.backpressure,
+        lp_bound: false,
     };
     match super::engine::simulate_sized(input.graph, &sm, input.policy, &opts, Some(input.data_bytes)) {
         Ok(r) => r.run.makespan_s.max(bound.bound_s),
