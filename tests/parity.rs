@@ -186,3 +186,15 @@ fn locality_runs_tasks_in_the_same_order_in_the_runtime_and_the_simulator() {
     let (real, simulated) = one_worker_orders(PolicyKind::Locality);
     assert_eq!(real, simulated);
 }
+
+#[test]
+fn heteroprio_runs_tasks_in_the_same_order_in_the_runtime_and_the_simulator() {
+    let (real, simulated) = one_worker_orders(PolicyKind::HeteroPrio);
+    assert_eq!(real, simulated);
+}
+
+#[test]
+fn heft_runs_tasks_in_the_same_order_in_the_runtime_and_the_simulator() {
+    let (real, simulated) = one_worker_orders(PolicyKind::Heft);
+    assert_eq!(real, simulated);
+}

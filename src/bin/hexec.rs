@@ -87,7 +87,8 @@ enum Command {
     Sim {
         #[command(flatten)]
         io: GraphArgs,
-        /// `starpu:DIR:NAME`, a `.toml` file, or `cpus:N[,gpus:M,gpu-speedup:S,bw:GBPS,lat:US,gflops:G]`.
+        /// `starpu:DIR:NAME`, `kernel-summary:PATH:cpus=N,gpus=M,tile=B[,links=free]`, a `.toml`
+        /// file, or `cpus:N[,gpus:M,gpu-speedup:S,bw:GBPS,lat:US,gflops:G]`.
         #[arg(long)]
         machine: String,
         /// eager, ws, locality, heft, heteroprio or random.
@@ -185,7 +186,8 @@ enum BenchCommand {
         #[arg(long, default_value = "200ms", value_parser = parse_duration_arg)]
         loss_after: std::time::Duration,
     },
-    /// Schedule quality in the simulator: makespan / lower bound per policy.
+    /// Schedule quality in the simulator: each policy's makespan over the best policy's and the
+    /// best over the lower bound (the LP bound on CPU+GPU machines).
     Schedule {
         /// Print the rows as JSON.
         #[arg(long)]
@@ -887,7 +889,7 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&table.rows)?);
             } else {
-                println!("makespan / lower bound in the simulator (1.000 is optimal)\n");
+                println!("in the simulator: each policy's makespan over the best policy's on the same graph (1.000: the best), and the best over the lower bound (1.000: optimal)\n");
                 print!("{}", hexec::bench::schedule::markdown(&table.rows));
             }
             print_skipped(&table.skipped, json);
