@@ -20,7 +20,7 @@ pub struct LowerBound {
     pub critical_path_s: f64,
     /// The area bound (total work over the workers), seconds.
     pub area_s: f64,
-    /// The mixed (LP) bound, when solved ([`mixed_bound`]), seconds.
+    /// The mixed (LP) bound, when solved ([`crate::sim::mixed_bound`]), seconds.
     pub mixed_s: Option<f64>,
     /// The largest of them.
     pub bound_s: f64,
@@ -177,7 +177,7 @@ const MIXED_BOUND_TIME_LIMIT: std::time::Duration = std::time::Duration::from_se
 /// cost nothing, as in the other bounds.
 ///
 /// `None` when it does not apply (one device class: it equals the other bounds), the graph
-/// has more than [`MIXED_BOUND_MAX_TASKS`] tasks, the solver gives no proven optimum within
+/// has more than `MIXED_BOUND_MAX_TASKS` (4,000) tasks, the solver gives no proven optimum within
 /// its time limit, or hexec was built without the `lp-bound` feature.
 pub fn mixed_bound(edges: &Successors, costs: &[[Option<f64>; 2]], cpus: usize, gpus: usize) -> Option<f64> {
     if cpus == 0 || gpus == 0 || costs.len() > MIXED_BOUND_MAX_TASKS || costs.is_empty() {

@@ -36,7 +36,7 @@ pub struct SimOptions {
     /// Turns off memory backpressure (root tasks held back under a limit), as
     /// `RuntimeBuilder::no_backpressure` does.
     pub no_backpressure: bool,
-    /// Also solves the mixed (LP) lower bound ([`crate::sim::bound::mixed_bound`]): tighter
+    /// Also solves the mixed (LP) lower bound ([`crate::sim::mixed_bound`]): tighter
     /// on machines of CPUs and GPUs, but it takes up to seconds, so it is asked for.
     pub lp_bound: bool,
 }
