@@ -1749,3 +1749,73 @@ fn f64_expressions_run_on_a_gpu_with_shader_f64() {
         assert!((g - c).abs() <= 1e-12 * c.abs().max(1.0), "gpu {g} vs cpu {c}");
     }
 }
+
+/// On a machine of a CPU and a GPU with a model of both, `locality` plans with its look-ahead
+/// (HEFT's plan of the graph) and `heft` with its plan, in the runtime as in the simulator:
+/// each task runs on the same device class in both, and the run completes. `scale` is
+/// modelled ten times faster on the CPU, `fill` ten times faster on the GPU.
+#[test]
+fn planned_policies_choose_the_same_device_class_in_the_runtime_and_the_simulator() {
+    use hexec::graph::formats::{BuildOptions, DataSpec, GraphSpec, TaskSpec};
+    use hexec::sched::perfmodel::PerfModel;
+    use hexec::sim::{simulate, SimMachine, SimOptions};
+    let len = 256u64;
+    let mut model = PerfModel::new();
+    for _ in 0..5 {
+        model.record("scale", "cpu", len * 4, 1e-3);
+        model.record("scale", "gpu", len * 4, 1e-2);
+        model.record("fill", "cpu", len * 4, 1e-2);
+        model.record("fill", "gpu", len * 4, 1e-3);
+    }
+    let mut spec = GraphSpec::new(Some("classes".into()));
+    for i in 0..8 {
+        spec.data.push(DataSpec {
+            name: format!("t{i}"),
+            elem: Some("f32".into()),
+            len: Some(len),
+            bytes: None,
+            init: None,
+            read_only: false,
+            temp: false,
+        });
+        let mut t = TaskSpec::replay(format!("task{i}"), 0.0);
+        (t.kernel, t.params, t.access) = if i % 2 == 0 {
+            ("scale".into(), vec![2.0], vec![(format!("t{i}"), "rw".into())])
+        } else {
+            ("fill".into(), vec![7.0], vec![(format!("t{i}"), "w".into())])
+        };
+        spec.tasks.push(t);
+    }
+    let expected: Vec<DeviceKind> = (0..8)
+        .map(|i| if i % 2 == 0 { DeviceKind::Cpu } else { DeviceKind::Gpu })
+        .collect();
+    for policy in [PolicyKind::Locality, PolicyKind::Heft] {
+        let Some(rt) = with_one_gpu(Runtime::builder().policy(policy).perf_model(model.clone())) else {
+            eprintln!("SKIPPED: no GPU adapter");
+            return;
+        };
+        let g = spec.build(&rt, &BuildOptions::default()).unwrap();
+        let report = rt.run_with(&g, RunOptions::traced()).unwrap();
+        assert_eq!(report.completed, g.len());
+        let mut real = vec![DeviceKind::Cpu; g.len()];
+        for (w, events) in report.trace.as_ref().unwrap().per_worker.iter().enumerate() {
+            for e in events {
+                real[e.task as usize] = rt.machine().workers[w].kind;
+            }
+        }
+        let mut sm = SimMachine::parse("cpus:1,gpus:1,gpu-speedup:1").unwrap();
+        sm.model = model.clone();
+        let sg = spec.build_virtual(&|k| sm.kernel(k), &BuildOptions::default()).unwrap();
+        let sim = simulate(&sg, &sm, policy, &SimOptions::default()).unwrap();
+        let simulated: Vec<DeviceKind> = sim
+            .placement
+            .iter()
+            .map(|w| sm.machine.workers[w.index()].kind)
+            .collect();
+        assert_eq!(
+            real, simulated,
+            "{policy}: the runtime and the simulator chose different classes"
+        );
+        assert_eq!(real, expected, "{policy}: each kernel on the class it is fast on");
+    }
+}
