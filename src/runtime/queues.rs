@@ -19,8 +19,9 @@ pub(crate) struct SharedQueues {
     mailbox: Vec<Vec<Injector<u32>>>,
     /// `[set][band]`
     shared: Vec<Vec<Injector<u32>>>,
-    /// Per worker: its planned queue (`heft`), `(position, task)` least position first. A
-    /// lock per worker: only `heft` uses it, and its placers and taker rarely meet.
+    /// Per worker: its planned queue (`heft`'s plan; `locality`'s exact order), `(key, task)`
+    /// least key first. A lock per worker: a heap has no lock-free form here, and `locality`
+    /// uses it only when its lock-free mailbox bands cannot keep the order.
     planned: Vec<std::sync::Mutex<PlannedQueue>>,
     /// Per worker: its mailbox holds a task tried again after a failed attempt, which it takes
     /// before its own deque (else a retry would wait for the whole deque under `ws`). Set

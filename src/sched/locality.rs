@@ -4,25 +4,28 @@
 //! worker could start it (after its running task and the planned work queued in the same or
 //! higher priority bands), or when its inputs can be there if later (copies start at
 //! placement), plus the expected compute time. Ties go to the worker holding the most input
-//! bytes. A worker runs the tasks placed on it in exact priority order: by band from its
-//! lock-free mailbox when each band holds one priority, else from its planned queue, keyed by
+//! bytes. An idle worker steals from workers of its own class only when it would finish the
+//! stolen task sooner, transfer included, than its owner could.
+//!
+//! A worker runs the tasks placed on it in exact priority order: by band from its lock-free
+//! mailbox when each band holds one priority, else from its planned queue, keyed by
 //! [`Plan::priority_key`] or the look-ahead's order (bands then only estimate start times).
-//! Before those, it runs what it released itself and kept (its deque, newest first: depth
-//! first, so that consumers free their inputs early; not with a look-ahead). An idle worker steals from workers of its own class only when
-//! it would finish the stolen task sooner, transfer included, than its owner could.
+//! On a machine of one class it first runs what it released itself and kept (its deque,
+//! newest first: depth first, so that consumers free their inputs early).
 //!
 //! On a machine with CPUs and GPUs, with costs for every task, a look-ahead sets what a
 //! greedy rule cannot see ([`Locality::with_look_ahead`]), from HEFT's plan of the whole
 //! graph (insertion-based):
+//! - the device class: a task the plan runs on a CPU is kept on CPUs. An earliest-finish
+//!   rule alone sees only the ready tasks: while the GPU's queue is short it keeps
+//!   everything there, and the CPUs idle while the GPUs work through what follows. The other
+//!   tasks are placed among all eligible workers, so the critical path keeps the fastest
+//!   device, and transfers the plan did not foresee (links busy with other copies) are
+//!   still weighed;
 //! - the order: a worker runs its tasks in the order of their planned starts, which weighs
-//!   the critical path against what keeps every device fed (otherwise, and on machines of
-//!   one class, where it measured 1% worse on the STG and WfCommons rows, by priority:
-//!   [`Plan::priority_key`]);
-//! - the device class: a task the plan runs on a CPU is kept on CPUs. An earliest-finish rule alone sees only the ready tasks: while the GPU's queue
-//!   is short it keeps everything there, and the CPUs idle while the GPUs work through what
-//!   follows. The other tasks are placed among all eligible workers, so the critical path
-//!   keeps the fastest device, and transfers the plan did not foresee (links busy with other
-//!   copies) are still weighed.
+//!   the critical path against what keeps every device fed. (On machines of one class the
+//!   planned order measured 1% worse than priorities on the STG and WfCommons rows, and a
+//!   plan that keeps nothing on CPUs adds nothing to them: priorities then.)
 //!
 //! The plan is a guide, not a schedule: placement is decided when a task is ready, from
 //! what the workers and links are doing then, and idle workers steal.
@@ -260,8 +263,8 @@ impl Policy for Locality {
 
     fn next<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, worker: WorkerId) -> Option<Pick> {
         let now = q.now();
-        // Planned work first (own deque, then the planned queue in priority order), then
-        // retries and shared (unplanned) work.
+        // Planned work first (own deque, then what was placed here, in order), then retries
+        // and shared (unplanned) work.
         let planned = q.pop_local(worker).or_else(|| self.pop_placed(plan, q, worker));
         if let Some(task) = planned {
             self.started(plan, q, task, worker, Some(worker), now);

@@ -4,7 +4,8 @@
 //! Queue kinds: a *local* deque per worker (the owner pushes and pops at one end, thieves
 //! take from the other), a *mailbox* per (worker, band) for tasks placed on that worker by
 //! someone else, a *shared* queue per (eligibility set, band), and a *planned* queue per
-//! worker, ordered by the position each task has in that worker's plan (`heft`).
+//! worker, ordered by a key: each task's position in that worker's plan (`heft`), or its
+//! place in an exact order (`locality`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
