@@ -167,7 +167,7 @@ pub const MIXED_BOUND_MAX_TASKS: usize = 4000;
 
 /// How long the LP may take before [`mixed_bound`] gives up.
 #[cfg(feature = "lp-bound")]
-const MIXED_BOUND_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+const MIXED_BOUND_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The mixed bound: the least makespan when each task may be split between a CPU and a GPU
 /// (a fraction `x` of it on the GPU, taking `x·gpu + (1−x)·cpu`), its dependencies hold as in

@@ -6,8 +6,8 @@
 
 use super::compile::Successors;
 use super::{
-    allowed_costs, heft_plan, Eager, Heft, HeteroPrio, Locality, Pick, Plan, Policy, PolicyKind, RandomPolicy,
-    ReadyQueues,
+    allowed_costs, best_heft_plan, heft_plan, Eager, Heft, HeteroPrio, Locality, Pick, Plan, Policy, PolicyKind,
+    RandomPolicy, ReadyQueues,
 };
 use super::{TaskCost, WorkStealing};
 use crate::topology::{DeviceKind, Machine, WorkerId};
@@ -42,8 +42,9 @@ pub enum AnyPolicy {
 /// Builds the policy `kind` for a run (the runtime) or a simulation.
 ///
 /// On a machine with CPUs and GPUs and with costs for every task, `locality` gets a
-/// look-ahead from HEFT's plan of the whole graph ([`Locality::with_look_ahead`]); costs
-/// count only where the task may run at all.
+/// look-ahead from the shortest of HEFT's plans of the whole graph
+/// ([`super::best_heft_plan`], [`Locality::with_look_ahead`]); costs count only where the
+/// task may run at all.
 pub fn build_policy(kind: PolicyKind, i: &PolicyInputs<'_>) -> AnyPolicy {
     let kinds: Vec<DeviceKind> = i.machine.workers.iter().map(|w| w.kind).collect();
     match kind {
@@ -58,7 +59,7 @@ pub fn build_policy(kind: PolicyKind, i: &PolicyInputs<'_>) -> AnyPolicy {
             }
             if mixed && !i.costs.is_empty() {
                 let allowed = allowed_costs(i.plan, &kinds, i.costs);
-                let heft = heft_plan(i.plan, i.edges, &allowed, &kinds, i.comm, i.mean_comm);
+                let heft = best_heft_plan(i.plan, i.edges, &allowed, &kinds, i.comm, i.mean_comm);
                 let n = allowed.len() as u32;
                 let planned: Option<(Vec<f64>, Vec<bool>)> = (0..n)
                     .map(|t| {

@@ -106,6 +106,8 @@ fn earliest_slot(timeline: &[Slot], ready: f64, cost: f64) -> (f64, usize) {
 /// far its order has been followed.
 #[derive(Debug)]
 struct Schedule {
+    /// The planned makespan, seconds.
+    makespan: f64,
     worker: Vec<WorkerId>,
     /// Per task: its index in its worker's order.
     position: Vec<u32>,
@@ -255,6 +257,7 @@ impl Heft {
             .collect();
         Heft {
             schedule: Some(Schedule {
+                makespan: finish.iter().copied().fold(0.0, f64::max),
                 worker,
                 position,
                 cursor: order.iter().map(|_| AtomicU32::new(0)).collect(),
@@ -269,6 +272,11 @@ impl Heft {
     #[cfg_attr(not(test), allow(dead_code))]
     pub fn assigned(&self, task: u32) -> Option<WorkerId> {
         self.schedule.as_ref().map(|s| s.worker[task as usize])
+    }
+
+    /// The planned makespan (`None` when uncalibrated), seconds.
+    pub fn planned_makespan(&self) -> Option<f64> {
+        self.schedule.as_ref().map(|s| s.makespan)
     }
 
     /// The planned start of a task, seconds from the run's start.

@@ -1,6 +1,7 @@
 //! Deterministic tests of the policies over [`SimQueues`].
 
 use super::*;
+use crate::topology::DeviceKind;
 
 fn mask(n: usize, ws: &[u32]) -> EligibleSet {
     let mut m = WorkerMask::empty(n);
@@ -342,4 +343,61 @@ fn heft_inserts_into_gaps_and_a_worker_follows_its_planned_order() {
     let mut held = vec![0, 2];
     h.order_held_roots(&mut held);
     assert_eq!(held, vec![2, 0]);
+}
+
+/// The look-ahead's plan is never longer than the textbook's (it is one of the three it
+/// compares) and replaces it only when shorter by more than the margin.
+#[test]
+fn the_best_of_three_plans_is_never_longer_than_the_textbook_one() {
+    // A random DAG over 3 workers of two kinds: 0 and 1 CPUs, 2 a GPU.
+    let n = 200usize;
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut succ: Vec<Vec<u32>> = vec![Vec::new(); n];
+    for (t, out) in succ.iter_mut().enumerate() {
+        for _ in 0..2 {
+            let span = (n - t - 1) as u64;
+            if span > 0 {
+                let s = t + 1 + (next() % span.min(20)) as usize;
+                if !out.contains(&(s as u32)) {
+                    out.push(s as u32);
+                }
+            }
+        }
+    }
+    let mut off = vec![0u32];
+    let mut flat = Vec::new();
+    let mut indegree = vec![0u32; n];
+    for s in &succ {
+        let mut s = s.clone();
+        s.sort_unstable();
+        for &x in &s {
+            indegree[x as usize] += 1;
+        }
+        flat.extend(s);
+        off.push(flat.len() as u32);
+    }
+    let edges = crate::sched::compile::Successors {
+        off,
+        succ: flat,
+        indegree,
+    };
+    let p = plan(vec![0; n], vec![0; n], 1);
+    let kinds = [DeviceKind::Cpu, DeviceKind::Cpu, DeviceKind::Gpu];
+    let costs: Vec<TaskCost> = (0..n)
+        .map(|_| {
+            let cpu = 1.0 + (next() % 100) as f64 / 10.0;
+            [Some(cpu), Some(cpu / (1.0 + (next() % 30) as f64))]
+        })
+        .collect();
+    let textbook = heft_plan(&p, &edges, &costs, &kinds, |_, _, _, _| 0.0, |_, _| 0.0);
+    let best = best_heft_plan(&p, &edges, &costs, &kinds, |_, _, _, _| 0.0, |_, _| 0.0);
+    let (t, b) = (textbook.planned_makespan().unwrap(), best.planned_makespan().unwrap());
+    assert!(b <= t, "{b} > {t}");
+    assert!(b == t || b < t * (1.0 - crate::sched::costs::PLAN_MARGIN), "{b} vs {t}");
 }
