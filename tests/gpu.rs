@@ -1766,6 +1766,8 @@ fn planned_policies_choose_the_same_device_class_in_the_runtime_and_the_simulato
         model.record("scale", "gpu", len * 4, 1e-2);
         model.record("fill", "cpu", len * 4, 1e-2);
         model.record("fill", "gpu", len * 4, 1e-3);
+        model.record("axpy", "cpu", len * 8, 1e-2);
+        model.record("axpy", "gpu", len * 8, 1e-3);
     }
     let mut spec = GraphSpec::new(Some("classes".into()));
     for i in 0..8 {
@@ -1786,15 +1788,45 @@ fn planned_policies_choose_the_same_device_class_in_the_runtime_and_the_simulato
         };
         spec.tasks.push(t);
     }
-    let expected: Vec<DeviceKind> = (0..8)
-        .map(|i| if i % 2 == 0 { DeviceKind::Cpu } else { DeviceKind::Gpu })
+    // `t[i+1] += 0.5·t[i]` after both: on the GPU, its CPU-made input copied there as soon as
+    // it exists under `heft` (an early prefetch; the task is not ready until the other one).
+    for i in (0..8).step_by(2) {
+        let mut t = TaskSpec::replay(format!("axpy{i}"), 0.0);
+        (t.kernel, t.params) = ("axpy".into(), vec![0.5]);
+        t.access = vec![(format!("t{i}"), "r".into()), (format!("t{}", i + 1), "rw".into())];
+        spec.tasks.push(t);
+    }
+    let expected: Vec<DeviceKind> = (0..12)
+        .map(|i| {
+            if i < 8 && i % 2 == 0 {
+                DeviceKind::Cpu
+            } else {
+                DeviceKind::Gpu
+            }
+        })
         .collect();
     for policy in [PolicyKind::Locality, PolicyKind::Heft] {
         let Some(rt) = with_one_gpu(Runtime::builder().policy(policy).perf_model(model.clone())) else {
             eprintln!("SKIPPED: no GPU adapter");
             return;
         };
-        let g = spec.build(&rt, &BuildOptions::default()).unwrap();
+        // The same graph through the API, so that its data can be read back.
+        let tiles: Vec<Data<f32>> = (0..8).map(|i| rt.data(vec![(i + 1) as f32; len as usize])).collect();
+        let mut g = rt.graph();
+        for (i, t) in tiles.iter().enumerate() {
+            if i % 2 == 0 {
+                g.task(&builtin::scale()).read_write(*t).param(2.0).add();
+            } else {
+                g.task(&builtin::fill()).write(*t).param(7.0).add();
+            }
+        }
+        for i in (0..8).step_by(2) {
+            g.task(&builtin::axpy())
+                .read(tiles[i])
+                .read_write(tiles[i + 1])
+                .param(0.5)
+                .add();
+        }
         let report = rt.run_with(&g, RunOptions::traced()).unwrap();
         assert_eq!(report.completed, g.len());
         let mut real = vec![DeviceKind::Cpu; g.len()];
@@ -1817,5 +1849,11 @@ fn planned_policies_choose_the_same_device_class_in_the_runtime_and_the_simulato
             "{policy}: the runtime and the simulator chose different classes"
         );
         assert_eq!(real, expected, "{policy}: each kernel on the class it is fast on");
+        // t[i] starts at i + 1; scale doubles it, fill sets 7, axpy adds half the scaled
+        // value: 8 + i (a copy of t[i] taken before scale would give 7.5 + i / 2).
+        for i in (0..8).step_by(2) {
+            let want = vec![(8 + i) as f32; len as usize];
+            assert_eq!(rt.read(tiles[i + 1]).unwrap(), want, "{policy}: t{}", i + 1);
+        }
     }
 }

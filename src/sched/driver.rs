@@ -119,6 +119,10 @@ impl Policy for AnyPolicy {
     fn order_held_roots(&self, held: &mut [u32]) {
         each!(self, p => p.order_held_roots(held))
     }
+
+    fn expected_worker(&self, task: u32) -> Option<WorkerId> {
+        each!(self, p => p.expected_worker(task))
+    }
 }
 
 #[cfg(test)]

@@ -336,6 +336,10 @@ impl Policy for Heft {
         })
     }
 
+    fn expected_worker(&self, task: u32) -> Option<WorkerId> {
+        self.assigned(task)
+    }
+
     fn order_held_roots(&self, held: &mut [u32]) {
         if let Some(s) = &self.schedule {
             held.sort_by(|&a, &b| {

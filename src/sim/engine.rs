@@ -602,6 +602,21 @@ impl<'a> State<'a> {
         ready
     }
 
+    /// Copies what `producer` wrote that `consumer` reads to `node`, ahead of `consumer`'s
+    /// placement (its other inputs may not exist yet).
+    fn prefetch_output(&mut self, producer: u32, consumer: u32, node: Node) {
+        if node == Node::Host {
+            return;
+        }
+        let graph = self.graph;
+        let acc = |x: u32| &graph.accesses[graph.tasks[x as usize].accesses.range()];
+        for &(d, a) in acc(consumer) {
+            if a.reads() && acc(producer).iter().any(|&(e, b)| e == d && b.writes()) {
+                self.fetch(d, node);
+            }
+        }
+    }
+
     /// When `task`'s inputs could all be at `node` (copies in flight or planned now), and the
     /// input bytes already there.
     fn inputs_ready(&self, task: u32, node: Node) -> (f64, u64) {
@@ -770,6 +785,8 @@ impl<'a> State<'a> {
                 deps[s as usize] -= 1;
                 if deps[s as usize] == 0 {
                     ready.push(s);
+                } else if let Some(e) = policy.expected_worker(s) {
+                    self.prefetch_output(task, s, self.node_of[e.index()]);
                 }
             }
             let me = WorkerId(w as u32);

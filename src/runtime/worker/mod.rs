@@ -200,6 +200,31 @@ impl RunState<'_> {
         })
     }
 
+    /// Copies what `producer` (finished) wrote that `consumer` (not ready yet) reads to the
+    /// memory of `w`, where `consumer` will run: an early prefetch. Sound while `consumer`'s
+    /// other inputs are still being written: only `producer`'s outputs are copied, and none of
+    /// them is written again before `consumer` has read it (a later writer depends on
+    /// `consumer`). Never to a CPU, nor to a GPU being retired; free room only.
+    pub fn prefetch_output(&self, producer: u32, consumer: u32, w: WorkerId) {
+        let (Some(g), false) = (self.gpu_of_worker[w.index()], self.retire_requested(w)) else {
+            return;
+        };
+        let rec = &self.graph.tasks[consumer as usize];
+        if !self.graph.kernels[rec.kernel as usize].has_gpu() || self.task_cancelled(consumer) {
+            return;
+        }
+        let written = &self.graph.accesses[self.graph.tasks[producer as usize].accesses.range()];
+        for &(d, access) in &self.graph.accesses[rec.accesses.range()] {
+            let produced = written.iter().any(|&(e, a)| e == d && a.writes());
+            if let (true, true, Some(cell)) = (access.reads(), produced, &self.cells[d as usize]) {
+                if let Err(e) = cell.ensure_gpu(g, true, false, self.gpus, &self.transfers) {
+                    tracing::debug!(consumer, error = %e, "early prefetch failed");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Copies the inputs of `task` to GPU `g` ahead of time. Failures are ignored here: the
     /// task meets them again, and reports them, when it runs.
     pub fn prefetch_inputs(&self, task: u32, g: usize) {
@@ -316,6 +341,10 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
             if run.deps[s as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
                 run.phases.set(s, READY);
                 ready.push(s);
+            } else if ok {
+                if let Some(w) = policy.expected_worker(s) {
+                    run.prefetch_output(task, s, w);
+                }
             }
         }
         if !ready.is_empty() {
