@@ -101,15 +101,15 @@ pub const PLAN_MARGIN: f64 = 0.03;
 
 /// Graphs past this many tasks get the textbook plan alone from [`best_heft_plan`]: a plan
 /// costs about 3 µs per task on a 24-worker machine, paid before the run starts.
-pub const BEST_OF_THREE_MAX_TASKS: usize = 20_000;
+pub const SEVERAL_PLANS_MAX_TASKS: usize = 20_000;
 
-/// The best of HEFT's plans under three task weights for the upward ranks, by planned
+/// The best of HEFT's plans under five task weights for the upward ranks, by planned
 /// makespan: the mean over the workers (the textbook's), the fastest class's (the critical
-/// path as the fast device sees it), and the machine's combined rate (`n / Σ 1/cost`, what a
-/// task costs when every worker shares it). Which ranks order a heterogeneous machine best
-/// depends on the graph and the machine (on the simulated Cholesky rows each of the three
-/// wins somewhere, by up to 15%); a plan predicts its own makespan, so the look-ahead takes
-/// the shortest.
+/// path as the fast device sees it), the machine's combined rate (`n / Σ 1/cost`, what a task
+/// costs when every worker shares it), the slowest class's, and the geometric mean of the
+/// two classes'. Which ranks order a heterogeneous machine best depends on the graph and the
+/// machine (on the simulated Cholesky rows each wins somewhere, by up to 15%); a plan
+/// predicts its own makespan, so the look-ahead takes the shortest.
 pub fn best_heft_plan(
     plan: &Plan,
     edges: &Successors,
@@ -128,8 +128,23 @@ pub fn best_heft_plan(
             0.0
         }
     };
-    let weights: [&dyn Fn(&TaskCost) -> f64; 3] = [&|c| average(c, cpus, gpus), &|c| fastest(c), &combined];
-    let tried = if costs.len() > BEST_OF_THREE_MAX_TASKS { 1 } else { 3 };
+    let slowest = |c: &TaskCost| c.iter().flatten().copied().fold(0.0, f64::max);
+    let geometric = |c: &TaskCost| match (c[0], c[1]) {
+        (Some(a), Some(b)) => (a * b).sqrt(),
+        _ => fastest(c),
+    };
+    let weights: [&dyn Fn(&TaskCost) -> f64; 5] = [
+        &|c| average(c, cpus, gpus),
+        &|c| fastest(c),
+        &combined,
+        &slowest,
+        &geometric,
+    ];
+    let tried = if costs.len() > SEVERAL_PLANS_MAX_TASKS {
+        1
+    } else {
+        weights.len()
+    };
     let mut best: Option<Heft> = None;
     for weight in weights.into_iter().take(tried) {
         let rank = upward_ranks(edges, |t| weight(&costs[t as usize]), &mean_comm);

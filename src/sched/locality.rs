@@ -15,7 +15,7 @@
 //!
 //! On a machine with CPUs and GPUs, with costs for every task, a look-ahead sets what a
 //! greedy rule cannot see ([`Locality::with_look_ahead`]), from HEFT's plan of the whole
-//! graph (insertion-based; the shortest of three rank weights, `best_heft_plan`):
+//! graph (insertion-based; the shortest over five rank weights, `best_heft_plan`):
 //! - the device class: a task the plan runs on a CPU is kept on CPUs. An earliest-finish
 //!   rule alone sees only the ready tasks: while the GPU's queue is short it keeps
 //!   everything there, and the CPUs idle while the GPUs work through what follows. The other

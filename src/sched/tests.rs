@@ -345,10 +345,10 @@ fn heft_inserts_into_gaps_and_a_worker_follows_its_planned_order() {
     assert_eq!(held, vec![2, 0]);
 }
 
-/// The look-ahead's plan is never longer than the textbook's (it is one of the three it
+/// The look-ahead's plan is never longer than the textbook's (it is one of those it
 /// compares) and replaces it only when shorter by more than the margin.
 #[test]
-fn the_best_of_three_plans_is_never_longer_than_the_textbook_one() {
+fn the_shortest_of_several_plans_is_never_longer_than_the_textbook_one() {
     // A random DAG over 3 workers of two kinds: 0 and 1 CPUs, 2 a GPU.
     let n = 200usize;
     let mut rng = 0x2545_f491_4f6c_dd1du64;
