@@ -118,8 +118,7 @@ pub fn best_heft_plan(
     comm: impl Fn(u32, u32, WorkerId, WorkerId) -> f64,
     mean_comm: impl Fn(u32, u32) -> f64,
 ) -> Heft {
-    let cpus = kind_of.iter().filter(|k| **k == DeviceKind::Cpu).count();
-    let gpus = kind_of.len() - cpus;
+    let (cpus, gpus) = classes(kind_of);
     let combined = |c: &TaskCost| {
         let rate = c[0].map_or(0.0, |x| cpus as f64 / x.max(1e-12)) + c[1].map_or(0.0, |x| gpus as f64 / x.max(1e-12));
         if rate > 0.0 {
@@ -147,14 +146,7 @@ pub fn best_heft_plan(
     };
     let mut best: Option<Heft> = None;
     for weight in weights.into_iter().take(tried) {
-        let rank = upward_ranks(edges, |t| weight(&costs[t as usize]), &mean_comm);
-        let h = Heft::plan(
-            plan,
-            edges,
-            &rank,
-            |t, w| costs[t as usize][kind_index(kind_of[w.index()])],
-            &comm,
-        );
+        let h = plan_ranked_by(plan, edges, costs, kind_of, &comm, &mean_comm, weight);
         let Some(m) = h.planned_makespan() else {
             return h; // uncalibrated: every weight gives the same answer
         };
@@ -174,7 +166,8 @@ pub fn best_heft_plan(
 }
 
 /// HEFT's plan from per-task costs: `kind_of[w]` gives each worker's kind, `comm(p, t, from,
-/// to)` the time to move `p`'s outputs read by `t` between two workers' memories.
+/// to)` the time to move `p`'s outputs read by `t` between two workers' memories. Ranks
+/// weigh each task by its mean cost over the workers, as the textbook does.
 pub fn heft_plan(
     plan: &Plan,
     edges: &Successors,
@@ -183,9 +176,29 @@ pub fn heft_plan(
     comm: impl Fn(u32, u32, WorkerId, WorkerId) -> f64,
     mean_comm: impl Fn(u32, u32) -> f64,
 ) -> Heft {
+    let (cpus, gpus) = classes(kind_of);
+    plan_ranked_by(plan, edges, costs, kind_of, &comm, &mean_comm, &|c| {
+        average(c, cpus, gpus)
+    })
+}
+
+/// CPU and GPU workers.
+fn classes(kind_of: &[DeviceKind]) -> (usize, usize) {
     let cpus = kind_of.iter().filter(|k| **k == DeviceKind::Cpu).count();
-    let gpus = kind_of.len() - cpus;
-    let rank = upward_ranks(edges, |t| average(&costs[t as usize], cpus, gpus), mean_comm);
+    (cpus, kind_of.len() - cpus)
+}
+
+/// HEFT's plan with upward ranks that weigh each task by `weight` of its costs.
+fn plan_ranked_by(
+    plan: &Plan,
+    edges: &Successors,
+    costs: &[TaskCost],
+    kind_of: &[DeviceKind],
+    comm: &dyn Fn(u32, u32, WorkerId, WorkerId) -> f64,
+    mean_comm: &dyn Fn(u32, u32) -> f64,
+    weight: &dyn Fn(&TaskCost) -> f64,
+) -> Heft {
+    let rank = upward_ranks(edges, |t| weight(&costs[t as usize]), mean_comm);
     Heft::plan(
         plan,
         edges,
