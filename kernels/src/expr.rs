@@ -335,13 +335,14 @@ impl Expr {
     /// reads one operand per input, writes the last; all of one length. The same for the same
     /// expression and type (cached).
     pub fn kernel<T: Scalar>(&self) -> Result<Arc<Kernel>, String> {
-        self.check()?;
         static CACHE: OnceLock<Mutex<KernelCache>> = OnceLock::new();
         let key = (self.to_string(), T::ELEM);
         let cache = CACHE.get_or_init(Mutex::default);
         if let Some(k) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            // Only expressions that passed the check below are cached.
             return Ok(k.clone());
         }
+        self.check()?;
         let n = self.inputs();
         let mut operands = vec![(Access::Read, T::ELEM); n];
         operands.push((Access::Write, T::ELEM));

@@ -302,10 +302,9 @@ fn submit_expr<'rt, T: Scalar>(
     expr: &Expr,
     name: String,
 ) -> Result<Matrix<'rt, T>, ArrayError> {
-    let first = shape;
-    let (tr, tc) = first.tile_shape();
-    let mut out = first.like(name, first.rows(), first.cols(), tr, tc);
-    let rt = first.runtime();
+    let (tr, tc) = shape.tile_shape();
+    let mut out = shape.like(name, shape.rows(), shape.cols(), tr, tc);
+    let rt = shape.runtime();
     for ti in 0..out.grid_rows() {
         for tj in 0..out.grid_cols() {
             // This tile's inputs: those with a datum, renumbered; the others are zeros.
@@ -325,9 +324,7 @@ fn submit_expr<'rt, T: Scalar>(
                 op: "elementwise",
                 message,
             })?;
-            let len = out.tile_rows_of(ti) * out.tile_cols_of(tj);
-            out.set_tile(ti, tj, vec![T::ZERO; len]);
-            let dst = out.tile(ti, tj).expect("just set");
+            let dst = out.tile_or_zeros(ti, tj);
             let mut task = rt.task(&kernel).name(format!("map {}[{ti},{tj}]", out.name()));
             for d in data {
                 task = task.read(d);

@@ -7,7 +7,8 @@
 //! a program mixes them with its own tasks, and nothing waits until a result is read
 //! ([`Matrix::to_vec`], [`Matrix::wait`]). Dependencies between operations follow from the
 //! tiles they read and write, as for any submitted task. The task graphs of the operations are
-//! in [`linalg`] (matrix product, Cholesky factorisation, triangular solves).
+//! in [`linalg`] (matrix product, Cholesky factorisation, triangular solves), [`elementwise`]
+//! (expressions, fused or one operation at a time) and [`reduce`] (sums).
 //!
 //! ```
 //! use hexec::array::Matrix;

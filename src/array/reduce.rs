@@ -2,7 +2,7 @@
 //!
 //! Tile by tile: each tile's sums are added into the output tile of its row (or column) of
 //! tiles, one task after the other; they form a chain on that output tile, which fusion runs
-//! on one worker. The total is the column sum of the row sums.
+//! on one worker (under every policy but `heft`, whose plan places each task). The total is the column sum of the row sums.
 
 use super::{ArrayError, Matrix};
 use crate::kernels::Scalar;

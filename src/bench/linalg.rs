@@ -296,13 +296,7 @@ pub fn measure(cfg: &LinalgConfig, rt: &Runtime) -> Result<LinalgReport, String>
     if let Some(t) = cfg.types.iter().find(|t| !["f32", "f64"].contains(&t.as_str())) {
         return Err(format!("unknown element type '{t}' (f32, f64)"));
     }
-    let cpus = rt
-        .machine()
-        .workers
-        .iter()
-        .filter(|w| w.kind == DeviceKind::Cpu)
-        .count()
-        .max(1);
+    let cpus = rt.machine().count(DeviceKind::Cpu).max(1);
     let mut report = LinalgReport {
         cpus,
         rows: Vec::new(),

@@ -775,11 +775,9 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             if with_gpus.with_gpus {
                 rows.push(with_gpus);
             }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
+            print_json_or(json, &rows, || {
                 print!("{}", hexec::bench::soak::markdown(&rows));
-            }
+            })?;
             if rows.iter().any(|r| !r.results_identical) {
                 return Err(Failure {
                     code: 1,
@@ -812,11 +810,9 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 python,
             };
             let report = hexec::bench::linalg::measure(&cfg, &rt)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
+            print_json_or(json, &report, || {
                 println!("{}", hexec::bench::linalg::markdown(&report));
-            }
+            })?;
             Ok(())
         }
         Command::Bench {
@@ -838,27 +834,23 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             }
             let rt = devices.builder().build()?;
             let rows = hexec::bench::linalg::fusion(&rt, n, tile, ops, reps)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
+            print_json_or(json, &rows, || {
                 println!(
                     "elementwise chains on a {n}×{n} f32 matrix in tiles of {tile}, median of {} runs\n",
                     reps.max(1)
                 );
                 print!("{}", hexec::bench::linalg::fusion_markdown(&rows));
-            }
+            })?;
             Ok(())
         }
         Command::Bench {
             which: BenchCommand::Kernels { json, tiles, reps },
         } => {
             let report = hexec::bench::kernels::measure(&tiles, reps)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
+            print_json_or(json, &report, || {
                 println!("CPU tile kernels, f32, one thread, median of {} runs\n", reps.max(1));
                 print!("{}", hexec::bench::kernels::markdown(&report));
-            }
+            })?;
             Ok(())
         }
         Command::Bench {
@@ -886,12 +878,10 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                     ),
                 });
             }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&table.rows)?);
-            } else {
+            print_json_or(json, &table.rows, || {
                 println!("in the simulator: each policy's makespan over the best policy's on the same graph (1.000: the best), and the best over the lower bound (1.000: optimal)\n");
                 print!("{}", hexec::bench::schedule::markdown(&table.rows));
-            }
+            })?;
             print_skipped(&table.skipped, json);
             Ok(())
         }
@@ -909,11 +899,9 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
         } => {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
             let rows = hexec::bench::memory::measure_cholesky(grid.max(1), tile_side.max(1), cpus, reps, !host)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
+            print_json_or(json, &rows, || {
                 print!("{}", hexec::bench::memory::cholesky_markdown(&rows));
-            }
+            })?;
             Ok(())
         }
         Command::Bench {
@@ -931,11 +919,9 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
         } => {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
             let rows = hexec::bench::memory::measure_host(tiles.max(2), tile_len.max(1), cpus, reps, temps, policy)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
+            print_json_or(json, &rows, || {
                 print!("{}", hexec::bench::memory::host_markdown(&rows));
-            }
+            })?;
             Ok(())
         }
         Command::Bench {
@@ -949,11 +935,9 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
                 },
         } => {
             let rows = hexec::bench::memory::measure(tiles.max(2), tile_len.max(1), reps)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
+            print_json_or(json, &rows, || {
                 print!("{}", hexec::bench::memory::markdown(&rows));
-            }
+            })?;
             Ok(())
         }
         Command::Bench {
@@ -977,11 +961,9 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
             for dev in rt.gpus() {
                 figures.extend(hexec::bench::gpu::measure(dev, quick, reps.max(1))?);
             }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&figures)?);
-            } else {
+            print_json_or(json, &figures, || {
                 print!("{}", hexec::bench::gpu::markdown(&figures));
-            }
+            })?;
             if let Some(path) = model {
                 let mut m = if path.exists() {
                     hexec::sched::perfmodel::PerfModel::load(&path)?
@@ -1097,12 +1079,10 @@ fn dispatch(cmd: Command) -> Result<(), Failure> {
 
 fn bench_stream(json: bool, cfg: &hexec::bench::stream::StreamConfig) -> Result<(), Failure> {
     let table = hexec::bench::stream::measure(cfg)?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&table)?);
-    } else {
+    print_json_or(json, &table, || {
         println!("submission while running, median of {} runs\n", cfg.reps);
         print!("{}", hexec::bench::stream::markdown(&table));
-    }
+    })?;
     Ok(())
 }
 
@@ -1251,9 +1231,7 @@ fn solve_demo(
             message: format!("stopped by {signal}: the factorisation's remaining tasks were cancelled"),
         });
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
+    print_json_or(json, &report, || {
         let w = &report.work;
         println!(
             "factor: {:.3} s, {:.1} GFLOP/s; solve: {:.3} s; {} tasks in {} runs",
@@ -1267,7 +1245,7 @@ fn solve_demo(
             "relative residuals: factor ‖L·Lᵀ·v − A·v‖/‖A·v‖ = {:.2e}, solution ‖A·x − b‖/‖b‖ = {:.2e} (limit {:.0e})",
             report.factor_residual, report.solution_residual, report.tolerance
         );
-    }
+    })?;
     if !report.ok {
         return Err(Failure {
             code: 1,
@@ -1327,6 +1305,16 @@ fn trace_written(path: &std::path::Path, json: bool) {
     } else {
         println!("{line}");
     }
+}
+
+/// Prints `value` as pretty JSON when `json`, else runs `text` (the human-readable form).
+fn print_json_or<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce()) -> serde_json::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        text();
+    }
+    Ok(())
 }
 
 /// Prints a table's skipped rows after it: on standard error when standard output is JSON

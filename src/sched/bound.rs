@@ -1,7 +1,8 @@
 //! Lower bounds no schedule can beat: the critical path with every task on its fastest
 //! device class, and the area bound — the least time in which CPUs and GPUs together could
 //! do all the work if tasks could be split between them (the linear-programming bound, exact
-//! for two classes by a greedy fill in order of GPU advantage).
+//! for two classes by a greedy fill in order of GPU advantage) — and the mixed bound, both at
+//! once ([`mixed_bound`], a linear program solved with microlp).
 //!
 //! Costs are expected finite and non-negative (inputs are checked where they enter, see
 //! [`crate::limits`]). Others never make these functions hang: a negative or NaN cost counts
@@ -74,31 +75,6 @@ pub fn lower_bound(edges: &Successors, costs: &[[Option<f64>; 2]], cpus: usize, 
         mixed_s: None,
         bound_s: cp.max(area),
     }
-}
-
-/// The CPU/GPU cost ratio at which the area-optimal split in time `t` changes device:
-/// tasks whose GPU advantage (cpu cost / gpu cost) is below it belong on CPUs. 0 when every
-/// flexible task fits on the GPUs.
-pub fn gpu_advantage_threshold(costs: &[[Option<f64>; 2]], cpus: usize, gpus: usize, t: f64) -> f64 {
-    if cpus == 0 || gpus == 0 {
-        return 0.0;
-    }
-    let forced_gpu: f64 = costs
-        .iter()
-        .filter(|c| c[0].is_none())
-        .filter_map(|c| c[1])
-        .map(sane)
-        .sum();
-    let mut flexible: Vec<(f64, f64)> = costs.iter().filter_map(|c| Some((sane(c[0]?), sane(c[1]?)))).collect();
-    flexible.sort_by(|x, y| (y.0 / y.1.max(1e-300)).total_cmp(&(x.0 / x.1.max(1e-300))));
-    let mut room = gpus as f64 * t - forced_gpu;
-    for &(a, b) in &flexible {
-        if room < b {
-            return a / b.max(1e-300);
-        }
-        room -= b;
-    }
-    0.0
 }
 
 fn area_bound(costs: &[[Option<f64>; 2]], cpus: usize, gpus: usize) -> f64 {
@@ -298,8 +274,6 @@ mod tests {
             1,
         );
         assert_eq!(b.bound_s, f64::INFINITY);
-        let t = gpu_advantage_threshold(&[[Some(-1.0), Some(-1.0)]; 3], 2, 1, 1.0);
-        assert!(t.is_finite());
     }
 
     #[test]

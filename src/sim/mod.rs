@@ -39,7 +39,7 @@ use crate::kernels::{GpuImpl, Kernel, Signature};
 use crate::sched::perfmodel::PerfModel;
 use crate::topology::{DeviceKind, GpuDesc, Machine};
 
-pub use crate::sched::bound::{gpu_advantage_threshold, mixed_bound, LowerBound};
+pub use crate::sched::bound::{mixed_bound, LowerBound};
 pub use engine::{simulate, SimError, SimOptions, SimReport};
 
 /// How a spec's fields are named in errors: `gpu-speedup` in a `key:value` spec,
