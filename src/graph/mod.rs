@@ -278,6 +278,16 @@ impl Graph {
         v
     }
 
+    /// The data `consumer` reads that `producer` writes: what one hands the other (the
+    /// drivers' copy times between them, and the early copies of planned consumers).
+    pub(crate) fn handed_over(&self, producer: u32, consumer: u32) -> impl Iterator<Item = u32> + '_ {
+        let acc = |x: u32| &self.accesses[self.tasks[x as usize].accesses.range()];
+        acc(consumer)
+            .iter()
+            .filter(move |(d, a)| a.reads() && acc(producer).iter().any(|(e, b)| e == d && b.writes()))
+            .map(|&(d, _)| d)
+    }
+
     /// Whether a task only writes data (reads nothing): a producer.
     pub(crate) fn only_produces(&self, task: u32) -> bool {
         let acc = &self.accesses[self.tasks[task as usize].accesses.range()];

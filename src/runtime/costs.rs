@@ -95,12 +95,7 @@ pub(crate) fn task_sizes(graph: &Graph, data_bytes: &[u64]) -> Vec<u64> {
 
 /// Bytes that task `t` reads of what task `p` writes.
 pub(crate) fn shared_bytes(graph: &Graph, data_bytes: &[u64], p: u32, t: u32) -> u64 {
-    let acc = |x: u32| &graph.accesses[graph.tasks[x as usize].accesses.range()];
-    acc(t)
-        .iter()
-        .filter(|(d, a)| a.reads() && acc(p).iter().any(|(e, b)| e == d && b.writes()))
-        .map(|&(d, _)| data_bytes[d as usize])
-        .sum()
+    graph.handed_over(p, t).map(|d| data_bytes[d as usize]).sum()
 }
 
 /// Expected costs of every task from the model, where the kernel can run.

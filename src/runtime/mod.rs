@@ -1843,8 +1843,7 @@ impl Engine {
         // A task placed in a GPU's mailbox has its inputs copied there right away, while that
         // GPU may still be busy with earlier work.
         let prefetch = |task: u32, w: WorkerId| {
-            // Not to a GPU being retired: its copies are being brought home.
-            if let (Some(g), false) = (run.gpu_of_worker[w.index()], run.retire_requested(w)) {
+            if let Some(g) = run.prefetch_target(w) {
                 run.prefetch_inputs(task, g);
             }
         };

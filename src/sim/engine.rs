@@ -609,11 +609,8 @@ impl<'a> State<'a> {
             return;
         }
         let graph = self.graph;
-        let acc = |x: u32| &graph.accesses[graph.tasks[x as usize].accesses.range()];
-        for &(d, a) in acc(consumer) {
-            if a.reads() && acc(producer).iter().any(|&(e, b)| e == d && b.writes()) {
-                self.fetch(d, node);
-            }
+        for d in graph.handed_over(producer, consumer) {
+            self.fetch(d, node);
         }
     }
 
@@ -656,12 +653,7 @@ impl<'a> State<'a> {
 
     /// Bytes task `t` reads that `p` writes.
     fn shared_bytes(&self, p: u32, t: u32) -> u64 {
-        let acc = |x: u32| &self.graph.accesses[self.graph.tasks[x as usize].accesses.range()];
-        acc(t)
-            .iter()
-            .filter(|(d, a)| a.reads() && acc(p).iter().any(|(e, b)| e == d && b.writes()))
-            .map(|&(d, _)| self.data_bytes[d as usize])
-            .sum()
+        self.graph.handed_over(p, t).map(|d| self.data_bytes[d as usize]).sum()
     }
 
     fn comm(&self, p: u32, t: u32, from: Node, to: Node) -> f64 {
@@ -785,8 +777,6 @@ impl<'a> State<'a> {
                 deps[s as usize] -= 1;
                 if deps[s as usize] == 0 {
                     ready.push(s);
-                } else if let Some(e) = policy.expected_worker(s) {
-                    self.prefetch_output(task, s, self.node_of[e.index()]);
                 }
             }
             let me = WorkerId(w as u32);
@@ -796,6 +786,12 @@ impl<'a> State<'a> {
             }
             for &s in &ready {
                 policy.place(plan, &mut View { q: &mut q, st: self }, s, Some(me));
+            }
+            // Early copies after the ready successors' own, as in the runtime.
+            for &s in edges.of_task(task) {
+                if let (true, Some(e)) = (deps[s as usize] > 0, policy.expected_worker(s)) {
+                    self.prefetch_output(task, s, self.node_of[e.index()]);
+                }
             }
             self.free_dead_temps(task);
             if let Some(gate) = &gate {

@@ -206,22 +206,8 @@ impl RunState<'_> {
     /// them is written again before `consumer` has read it (a later writer depends on
     /// `consumer`). Never to a CPU, nor to a GPU being retired; free room only.
     pub fn prefetch_output(&self, producer: u32, consumer: u32, w: WorkerId) {
-        let (Some(g), false) = (self.gpu_of_worker[w.index()], self.retire_requested(w)) else {
-            return;
-        };
-        let rec = &self.graph.tasks[consumer as usize];
-        if !self.graph.kernels[rec.kernel as usize].has_gpu() || self.task_cancelled(consumer) {
-            return;
-        }
-        let written = &self.graph.accesses[self.graph.tasks[producer as usize].accesses.range()];
-        for &(d, access) in &self.graph.accesses[rec.accesses.range()] {
-            let produced = written.iter().any(|&(e, a)| e == d && a.writes());
-            if let (true, true, Some(cell)) = (access.reads(), produced, &self.cells[d as usize]) {
-                if let Err(e) = cell.ensure_gpu(g, true, false, self.gpus, &self.transfers) {
-                    tracing::debug!(consumer, error = %e, "early prefetch failed");
-                    return;
-                }
-            }
+        if let Some(g) = self.prefetch_target(w) {
+            self.copy_to_gpu(consumer, g, self.graph.handed_over(producer, consumer));
         }
     }
 
@@ -229,20 +215,39 @@ impl RunState<'_> {
     /// task meets them again, and reports them, when it runs.
     pub fn prefetch_inputs(&self, task: u32, g: usize) {
         let rec = &self.graph.tasks[task as usize];
+        let reads = self.graph.accesses[rec.accesses.range()]
+            .iter()
+            .filter(|(_, a)| a.reads())
+            .map(|&(d, _)| d);
+        if self.copy_to_gpu(task, g, reads) {
+            self.prefetched.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The GPU a copy ahead of `w`'s task goes to: `w`'s, unless `w` is a CPU or a GPU being
+    /// retired (its copies are being brought home).
+    pub fn prefetch_target(&self, w: WorkerId) -> Option<usize> {
+        self.gpu_of_worker[w.index()].filter(|_| !self.retire_requested(w))
+    }
+
+    /// Copies `data` (read by `task`) to GPU `g` when `task` may run there and will run:
+    /// whether every copy was made. A prefetch uses free room only, never evicts ("no room"
+    /// is one of the failures ignored).
+    fn copy_to_gpu(&self, task: u32, g: usize, data: impl Iterator<Item = u32>) -> bool {
+        let rec = &self.graph.tasks[task as usize];
         let kernel = &self.graph.kernels[rec.kernel as usize];
         if !kernel.has_gpu() || self.poisoned[task as usize].load(Ordering::Relaxed) || self.task_cancelled(task) {
-            return;
+            return false;
         }
-        for &(d, access) in &self.graph.accesses[rec.accesses.range()] {
-            if let (true, Some(cell)) = (access.reads(), &self.cells[d as usize]) {
+        for d in data {
+            if let Some(cell) = &self.cells[d as usize] {
                 if let Err(e) = cell.ensure_gpu(g, true, false, self.gpus, &self.transfers) {
-                    // Includes "no room": a prefetch uses free room only, never evicts.
                     tracing::debug!(task, error = %e, "prefetch failed");
-                    return;
+                    return false;
                 }
             }
         }
-        self.prefetched.fetch_add(1, Ordering::Relaxed);
+        true
     }
 }
 
@@ -341,10 +346,6 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
             if run.deps[s as usize].fetch_sub(1, Ordering::AcqRel) == 1 {
                 run.phases.set(s, READY);
                 ready.push(s);
-            } else if ok {
-                if let Some(w) = policy.expected_worker(s) {
-                    run.prefetch_output(task, s, w);
-                }
             }
         }
         if !ready.is_empty() {
@@ -358,6 +359,18 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
             }
             for &s in ready.iter() {
                 policy.place(plan, q, s, Some(me));
+            }
+        }
+        if ok {
+            // Early copies after the ready successors are placed, so that those wait for no
+            // copy; only to successors still waiting for other inputs (a ready one had its
+            // inputs copied when it was placed).
+            for &s in run.compiled.successors(task) {
+                if let Some(w) = policy.expected_worker(s) {
+                    if run.deps[s as usize].load(Ordering::Acquire) > 0 {
+                        run.prefetch_output(task, s, w);
+                    }
+                }
             }
         }
         // After the successors, so that consumers are queued before the producers let in now.
