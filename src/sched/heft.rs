@@ -269,7 +269,6 @@ impl Heft {
     }
 
     /// The planned worker of a task.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn assigned(&self, task: u32) -> Option<WorkerId> {
         self.schedule.as_ref().map(|s| s.worker[task as usize])
     }
@@ -280,7 +279,6 @@ impl Heft {
     }
 
     /// The planned start of a task, seconds from the run's start.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn planned_start(&self, task: u32) -> Option<f64> {
         self.schedule.as_ref().map(|s| s.start[task as usize])
     }

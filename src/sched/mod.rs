@@ -2,7 +2,7 @@
 //!
 //! A policy decides *where* a ready task goes (`Policy::place`) and *what* an idle worker
 //! takes next (`Policy::next`). It does so through a `ReadyQueues` implementation: the
-//! real runtime supplies lock-free deques and injectors (`runtime::queues`), a simulator
+//! real runtime supplies deques, injectors and planned queues (`runtime::queues`), a simulator
 //! supplies plain `VecDeque`s (`SimQueues`). Given the same sequence of calls, a policy
 //! makes the same decisions on both.
 //!
