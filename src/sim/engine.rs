@@ -66,6 +66,16 @@ pub enum SimError {
         /// The node's name.
         node: String,
     },
+    /// A task cannot be priced on this machine: its model knows the kernel at another size.
+    #[error("task '{task}' (kernel '{kernel}'): {why}")]
+    Unpriced {
+        /// The task's name.
+        task: String,
+        /// The kernel's name.
+        kernel: String,
+        /// Why.
+        why: String,
+    },
     /// A task's modelled cost is not a usable duration (a machine whose speeds make a
     /// finite input absurd, e.g. `gflops:1e-300`, or a model that slipped past its checks).
     #[error("task '{task}' (kernel '{kernel}'), modelled on a {class} worker of this machine: {why}")]
@@ -207,6 +217,13 @@ fn task_costs(graph: &Graph, sm: &SimMachine, data_bytes: &[u64]) -> Result<Vec<
                 .map(|&(d, _)| data_bytes[d as usize])
                 .sum();
             let recorded = crate::sched::recorded_seconds(graph, t);
+            if let Some(why) = sm.size_mismatch(kernel.name(), size) {
+                return Err(SimError::Unpriced {
+                    task: graph.task_name(t),
+                    kernel: kernel.name().to_string(),
+                    why,
+                });
+            }
             let mut c = [None, None];
             for (k, kind) in KINDS.iter().enumerate() {
                 let has = match kind {
@@ -217,9 +234,9 @@ fn task_costs(graph: &Graph, sm: &SimMachine, data_bytes: &[u64]) -> Result<Vec<
                     c[k] = sm.cost(kernel.name(), *kind, size, recorded);
                 }
             }
-            c
+            Ok(c)
         })
-        .collect();
+        .collect::<Result<_, SimError>>()?;
     for (t, c) in costs.iter().enumerate() {
         for (k, kind) in KINDS.iter().enumerate() {
             let Some(seconds) = c[k] else { continue };

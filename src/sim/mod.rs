@@ -88,6 +88,10 @@ pub struct SimMachine {
     pub cpu_gflops: f64,
     /// A StarPU machine's codelet models, read into `model` by [`SimMachine::load_models`].
     pub starpu: Option<starpu::Codelets>,
+    /// A model measured at one size per kernel (a kernel summary at one tile size): each
+    /// kernel's operand bytes, which a task of it must match (another size would be priced
+    /// by extrapolating from one point).
+    pub exact_sizes: Option<Vec<(String, u64)>>,
 }
 
 /// Largest TOML machine file read (a handful of keys).
@@ -254,6 +258,7 @@ impl SimMachine {
             gpu_speedup: speedup,
             cpu_gflops: gflops,
             starpu: None,
+            exact_sizes: None,
         })
     }
 
@@ -271,6 +276,7 @@ impl SimMachine {
             gpu_speedup: None,
             cpu_gflops: 10.0,
             starpu: Some(m.codelets),
+            exact_sizes: None,
         })
     }
 
@@ -351,6 +357,19 @@ impl SimMachine {
             return Some(r / speed);
         }
         cholesky_flops(kernel, size).map(|f| f / (self.cpu_gflops * 1e9 * speed))
+    }
+
+    /// Why a task of `kernel` on `size` operand bytes cannot be priced here: the machine's
+    /// model knows that kernel at another size only ([`SimMachine::exact_sizes`]).
+    pub fn size_mismatch(&self, kernel: &str, size: u64) -> Option<String> {
+        let sizes = self.exact_sizes.as_ref()?;
+        let &(_, expected) = sizes.iter().find(|(k, _)| k == kernel)?;
+        (size != expected).then(|| {
+            format!(
+                "its operands hold {size} bytes, but machine '{}' models {kernel} on {expected} bytes only (generate the graph with the machine's tile size)",
+                self.name
+            )
+        })
     }
 
     /// Whether tasks of `kernel` can run on `kind` here (some cost source applies).

@@ -28,6 +28,7 @@ pub fn predict(input: &PredictInput<'_>) -> f64 {
         gpu_speedup: None,
         cpu_gflops: 10.0,
         starpu: None,
+        exact_sizes: None,
     };
     let opts = super::SimOptions {
         record_trace: false,

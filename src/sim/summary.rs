@@ -87,7 +87,7 @@ impl SummarySpec {
             ));
         }
         if spec.tile == 0 {
-            return Err("no tile size (tile=B, one of the file's sizes)".into());
+            return Err("no tile size, or 0 (tile=B, one of the file's sizes)".into());
         }
         Ok(spec)
     }
@@ -232,6 +232,11 @@ impl SimMachine {
             gpu_speedup: None,
             cpu_gflops: 10.0,
             starpu: None,
+            exact_sizes: Some(
+                rows.iter()
+                    .map(|&(k, tiles, _)| (k.to_string(), tiles * tile_bytes))
+                    .collect(),
+            ),
         })
     }
 }
@@ -269,6 +274,28 @@ mod tests {
         assert!((copy - mean).abs() < 1e-12, "{copy} vs {mean}");
         let free = machine("cpus=4,gpus=4,tile=128,links=free").unwrap();
         assert_eq!(free.bandwidth[0][1], f64::INFINITY);
+    }
+
+    /// A graph of other tiles than the machine's is refused, naming the task and both sizes
+    /// (its cost would be extrapolated from one point).
+    #[test]
+    fn a_graph_of_other_tiles_is_refused_naming_the_sizes() {
+        use crate::graph::formats::{cholesky, BuildOptions};
+        use crate::sim::{simulate, SimError, SimOptions};
+        let sm = machine("cpus=2,gpus=1,tile=128").unwrap();
+        let build = |b: usize| {
+            cholesky::generate(2, b)
+                .build_virtual(&|k| sm.kernel(k), &BuildOptions::default())
+                .unwrap()
+        };
+        let e = simulate(&build(64), &sm, crate::PolicyKind::Locality, &SimOptions::default()).unwrap_err();
+        assert!(matches!(e, SimError::Unpriced { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("potrf(0)") && text.contains("16384") && text.contains("65536"),
+            "{text}"
+        );
+        assert!(simulate(&build(128), &sm, crate::PolicyKind::Locality, &SimOptions::default()).is_ok());
     }
 
     #[test]
