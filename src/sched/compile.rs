@@ -169,6 +169,40 @@ impl Successors {
     }
 }
 
+/// Predecessor lists as one CSR array (a `Vec` per task would cost an allocation and 24
+/// bytes each), for the planners that walk a graph backwards.
+#[derive(Debug)]
+pub struct Predecessors {
+    off: Vec<usize>,
+    pred: Vec<u32>,
+}
+
+impl Predecessors {
+    /// Inverts successor lists; each task's predecessors come in increasing task order.
+    pub fn of(edges: &Successors) -> Self {
+        let n = edges.indegree.len();
+        let mut off = vec![0usize; n + 1];
+        for t in 0..n {
+            off[t + 1] = off[t] + edges.indegree[t] as usize;
+        }
+        let mut pred = vec![0u32; off[n]];
+        let mut fill = off.clone();
+        for t in 0..n as u32 {
+            for &s in edges.of_task(t) {
+                pred[fill[s as usize]] = t;
+                fill[s as usize] += 1;
+            }
+        }
+        Predecessors { off, pred }
+    }
+
+    /// The tasks `t` waits for.
+    #[inline]
+    pub fn of_task(&self, t: u32) -> &[u32] {
+        &self.pred[self.off[t as usize]..self.off[t as usize + 1]]
+    }
+}
+
 /// A graph ready to execute on one machine.
 #[derive(Debug)]
 pub struct CompiledGraph {

@@ -15,7 +15,7 @@ use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::{place_unpreferred, take_queued, Pick, Plan, Policy, ReadyQueues};
-use crate::sched::compile::Successors;
+use crate::sched::compile::{Predecessors, Successors};
 use crate::topology::WorkerId;
 
 /// Upward ranks: `rank(t) = cost(t) + max over successors s of (comm(t, s) + rank(s))`.
@@ -115,6 +115,8 @@ struct Schedule {
     order: Vec<Vec<u32>>,
     /// Per task: its planned start, seconds.
     start: Vec<f64>,
+    /// Per task: its planned finish, seconds.
+    finish: Vec<f64>,
     /// Per worker: the first position of its order not yet taken. Only the worker itself
     /// moves it (in `next`), so relaxed atomics suffice.
     cursor: Vec<AtomicU32>,
@@ -165,22 +167,8 @@ impl Heft {
         comm: impl Fn(u32, u32, WorkerId, WorkerId) -> f64,
     ) -> Self {
         let n = edges.indegree.len();
-        // Predecessor lists as one CSR array (a `Vec` per task would cost an allocation and
-        // 24 bytes each); filled in increasing task order, as the successor lists give them.
-        let mut pred_off = vec![0usize; n + 1];
-        for t in 0..n {
-            pred_off[t + 1] = pred_off[t] + edges.indegree[t] as usize;
-        }
-        let mut pred = vec![0u32; pred_off[n]];
-        let mut fill = pred_off.clone();
-        for t in 0..n as u32 {
-            for &s in edges.of_task(t) {
-                pred[fill[s as usize]] = t;
-                fill[s as usize] += 1;
-            }
-        }
-        drop(fill);
-        let preds = |t: u32| &pred[pred_off[t as usize]..pred_off[t as usize + 1]];
+        let pred = Predecessors::of(edges);
+        let preds = |t: u32| pred.of_task(t);
         let mut remaining: Vec<u32> = edges.indegree.clone();
         // The ready tasks in a heap keyed by rank: O(log n) per decision where a scan of the
         // ready list made planning quadratic (a fan-out of 200k tasks took 21 s).
@@ -263,6 +251,7 @@ impl Heft {
                 cursor: order.iter().map(|_| AtomicU32::new(0)).collect(),
                 order,
                 start,
+                finish,
                 taken: (0..n).map(|_| AtomicBool::new(false)).collect(),
             }),
         }
@@ -281,6 +270,18 @@ impl Heft {
     /// The planned start of a task, seconds from the run's start.
     pub fn planned_start(&self, task: u32) -> Option<f64> {
         self.schedule.as_ref().map(|s| s.start[task as usize])
+    }
+
+    /// The planned finish of a task, seconds from the run's start.
+    pub fn planned_finish(&self, task: u32) -> Option<f64> {
+        self.schedule.as_ref().map(|s| s.finish[task as usize])
+    }
+
+    /// The task planned just before `task` on its worker, if any.
+    pub fn planned_before(&self, task: u32) -> Option<u32> {
+        let s = self.schedule.as_ref()?;
+        let pos = s.position[task as usize] as usize;
+        pos.checked_sub(1).map(|p| s.order[s.worker[task as usize].index()][p])
     }
 }
 

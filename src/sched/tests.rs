@@ -401,3 +401,57 @@ fn the_shortest_of_several_plans_is_never_longer_than_the_textbook_one() {
     assert!(b <= t, "{b} > {t}");
     assert!(b == t || b < t * (1.0 - crate::sched::costs::PLAN_MARGIN), "{b} vs {t}");
 }
+
+/// With free copies, the look-ahead's search over device classes shortens HEFT's plan where
+/// one fast GPU takes nearly everything (a tiled Cholesky of 10×10 tiles on 32 slow cores and one GPU, with
+/// the per-kernel means McSweeney measured on Skylake and a V100 for tiles of 1024), and
+/// only the critical chain's tasks change class. With copies that cost time, it does not run.
+#[test]
+fn the_search_over_classes_shortens_a_plan_that_saturates_the_gpu() {
+    use crate::graph::formats::{cholesky, BuildOptions};
+    let spec = cholesky::generate(10, 4);
+    let graph = spec
+        .build_virtual(&|_| crate::kernels::builtin::noop(), &BuildOptions::default())
+        .unwrap();
+    let edges = crate::sched::compile::Successors::of(&graph);
+    let n = graph.len();
+    // [cpu, gpu] ms per kernel.
+    let costs: Vec<TaskCost> = (0..n)
+        .map(|t| match spec.tasks[t].kernel.as_str() {
+            "potrf" => [Some(16.2), Some(1.18)],
+            "trsm" => [Some(22.2), Some(0.92)],
+            "syrk" => [Some(23.4), Some(0.42)],
+            _ => [Some(41.4), Some(0.45)],
+        })
+        .collect();
+    let workers = 33usize;
+    let mut kinds = vec![DeviceKind::Cpu; workers - 1];
+    kinds.push(DeviceKind::Gpu);
+    let all: Vec<u32> = (0..workers as u32).collect();
+    let victims = (0..workers).map(|_| Vec::new()).collect();
+    let p = Plan::new(vec![0; n], vec![0; n], 1, vec![mask(workers, &all)], victims);
+    let free = |_, _, _, _| 0.0;
+    let textbook = heft_plan(&p, &edges, &costs, &kinds, free, |_, _| 0.0);
+    let searched = best_heft_plan(&p, &edges, &costs, &kinds, free, |_, _| 0.0);
+    let (t, s) = (
+        textbook.planned_makespan().unwrap(),
+        searched.planned_makespan().unwrap(),
+    );
+    assert!(
+        s < t * (1.0 - crate::sched::costs::PLAN_MARGIN),
+        "searched {s} vs textbook {t}"
+    );
+    // The same search with copies that cost anything leaves the plans as they were.
+    let costly = |_, _, from: WorkerId, to: WorkerId| if from == to { 0.0 } else { 0.01 };
+    let with_copies = best_heft_plan(&p, &edges, &costs, &kinds, costly, |_, _| 0.01);
+    let inputs = crate::sched::costs::Planning {
+        plan: &p,
+        edges: &edges,
+        costs: &costs,
+        kind_of: &kinds,
+        comm: &costly,
+        mean_comm: &|_, _| 0.01,
+    };
+    let (unsearched, ..) = crate::sched::costs::shortest_ranked_plan(&inputs);
+    assert_eq!(with_copies.planned_makespan(), unsearched.planned_makespan());
+}
