@@ -6,8 +6,8 @@
 
 use super::compile::Successors;
 use super::{
-    allowed_costs, best_heft_plan, heft_plan, Eager, Heft, HeteroPrio, Locality, Pick, Plan, Policy, PolicyKind,
-    RandomPolicy, ReadyQueues,
+    allowed_costs, best_heft_plan, heft_plan, plan_is_trusted, Eager, Heft, HeteroPrio, Locality, Pick, Plan, Policy,
+    PolicyKind, RandomPolicy, ReadyQueues,
 };
 use super::{TaskCost, WorkStealing};
 use crate::topology::{DeviceKind, Machine, WorkerId};
@@ -60,18 +60,8 @@ pub fn build_policy(kind: PolicyKind, i: &PolicyInputs<'_>) -> AnyPolicy {
             if mixed && !i.costs.is_empty() {
                 let allowed = allowed_costs(i.plan, &kinds, i.costs);
                 let heft = best_heft_plan(i.plan, i.edges, &allowed, &kinds, i.comm, i.mean_comm);
-                let n = allowed.len() as u32;
-                let planned: Option<(Vec<f64>, Vec<bool>)> = (0..n)
-                    .map(|t| {
-                        Some((
-                            heft.planned_start(t)?,
-                            kinds[heft.assigned(t)?.index()] == DeviceKind::Cpu,
-                        ))
-                    })
-                    .collect();
-                if let Some((start, on_cpu)) = planned {
-                    policy = policy.with_look_ahead(&start, &on_cpu, kinds);
-                }
+                let follow = plan_is_trusted(&heft, i.edges, &kinds, i.comm);
+                policy = policy.with_look_ahead(heft, kinds, follow);
             }
             AnyPolicy::Locality(policy)
         }
@@ -181,6 +171,12 @@ mod tests {
             cpu_mean < gpu_mean,
             "CPUs get the tasks the GPU gains least on: {cpu_mean} vs {gpu_mean}"
         );
+        // Copies are free, so the plan's times hold: locality follows it, and copies go
+        // ahead to each task's planned worker.
+        for t in 0..n as u32 {
+            let w = l.expected_worker(t).expect("a followed plan names each task's worker");
+            assert_eq!(m.workers[w.index()].kind == DeviceKind::Cpu, on_cpus.contains(&t));
+        }
         // A chain whose tasks all run faster on the GPU: the critical path stays there.
         let faster_on_gpu: Vec<TaskCost> = (0..n).map(|t| [Some(1.0), Some(0.5 / advantage(t))]).collect();
         let chain = Successors {

@@ -262,6 +262,11 @@ impl Heft {
         self.schedule.as_ref().map(|s| s.worker[task as usize])
     }
 
+    /// The number of tasks planned (0 when uncalibrated).
+    pub fn tasks(&self) -> usize {
+        self.schedule.as_ref().map_or(0, |s| s.worker.len())
+    }
+
     /// The planned makespan (`None` when uncalibrated), seconds.
     pub fn planned_makespan(&self) -> Option<f64> {
         self.schedule.as_ref().map(|s| s.makespan)

@@ -31,7 +31,8 @@ mod ws;
 use std::fmt;
 
 pub(crate) use costs::{
-    allowed_costs, best_heft_plan, heft_plan, is_replayed, kind_index, rank_priorities, recorded_seconds, TaskCost,
+    allowed_costs, best_heft_plan, heft_plan, is_replayed, kind_index, plan_is_trusted, rank_priorities,
+    recorded_seconds, TaskCost,
 };
 pub(crate) use driver::{build_policy, PolicyInputs};
 pub(crate) use eager::Eager;

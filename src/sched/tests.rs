@@ -455,3 +455,36 @@ fn the_search_over_classes_shortens_a_plan_that_saturates_the_gpu() {
     let (unsearched, ..) = crate::sched::costs::shortest_ranked_plan(&inputs);
     assert_eq!(with_copies.planned_makespan(), unsearched.planned_makespan());
 }
+
+/// A plan is trusted when its busiest GPU link is busy for at most `TRUSTED_LINK_SHARE` of its
+/// makespan: a CPU task feeding a GPU task over a link that costs 1 s (of a 3 s plan) is;
+/// over one that costs 4 s (of 6 s), it is not.
+#[test]
+fn a_plan_is_trusted_while_its_links_are_lightly_used() {
+    use crate::sched::costs::{plan_is_trusted, TRUSTED_LINK_SHARE};
+    let edges = crate::sched::compile::Successors {
+        off: vec![0, 1, 1],
+        succ: vec![1],
+        indegree: vec![0, 1],
+    };
+    // Task 0 may run anywhere but is 100 times faster on CPUs; task 1 runs on the GPU only.
+    let p = plan(vec![0, 1], vec![0; 2], 1);
+    let kinds = [DeviceKind::Cpu, DeviceKind::Cpu, DeviceKind::Gpu];
+    let costs: Vec<TaskCost> = vec![[Some(1.0), Some(100.0)], [Some(100.0), Some(1.0)]];
+    let with_copy = |copy: f64| {
+        let comm = move |_, _, from: WorkerId, to: WorkerId| {
+            if kinds[from.index()] == kinds[to.index()] {
+                0.0
+            } else {
+                copy
+            }
+        };
+        let h = heft_plan(&p, &edges, &costs, &kinds, comm, move |_, _| copy);
+        assert_eq!(h.planned_makespan(), Some(2.0 + copy));
+        plan_is_trusted(&h, &edges, &kinds, &comm)
+    };
+    assert!(1.0 / 3.0 <= TRUSTED_LINK_SHARE && TRUSTED_LINK_SHARE < 4.0 / 6.0);
+    assert!(with_copy(1.0));
+    assert!(!with_copy(4.0));
+    assert!(with_copy(0.0));
+}
