@@ -194,16 +194,11 @@ impl Locality {
     }
 
     /// Whether `w` is left out of `task`'s candidates: the task is kept on CPUs and `w` is
-    /// not one, while some eligible worker is.
-    fn left_out(&self, plan: &Plan, task: u32, w: WorkerId) -> bool {
+    /// not one. (The plan ran the task on an eligible CPU, so the task always keeps some
+    /// candidate.)
+    fn left_out(&self, task: u32, w: WorkerId) -> bool {
         let Some(o) = &self.look_ahead else { return false };
-        o.to_cpu[task as usize]
-            && o.kinds[w.index()] != DeviceKind::Cpu
-            && plan
-                .set(plan.task_set(task))
-                .workers
-                .iter()
-                .any(|v| o.kinds[v.index()] == DeviceKind::Cpu)
+        o.to_cpu[task as usize] && o.kinds[w.index()] != DeviceKind::Cpu
     }
 
     /// The candidate worker where `task` finishes first (ties: the one holding the most input
@@ -211,7 +206,7 @@ impl Locality {
     fn earliest_finish<Q: ReadyQueues>(&self, plan: &Plan, q: &Q, task: u32, now: f64) -> Option<WorkerId> {
         let mut best: Option<(f64, u64, WorkerId)> = None;
         for &w in &plan.set(plan.task_set(task)).workers {
-            if self.left_out(plan, task, w) {
+            if self.left_out(task, w) {
                 continue;
             }
             // Not calibrated for this worker: the caller shares the task as eager would.
@@ -339,7 +334,7 @@ impl Policy for Locality {
             // The victim's next planned task, else the oldest of its deque: one look each.
             let stolen = self.pop_placed(plan, q, victim).or_else(|| q.steal(worker, victim));
             let Some(task) = stolen else { continue };
-            let mine = (plan.eligible(task, worker) && !self.left_out(plan, task, worker))
+            let mine = (plan.eligible(task, worker) && !self.left_out(task, worker))
                 .then(|| self.finish_on(plan, q, task, worker, now).map(|(f, _)| f))
                 .flatten();
             let theirs = q
