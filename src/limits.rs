@@ -5,7 +5,7 @@
 //! functions here, and refused with a message that the caller prefixes with where it came
 //! from (file and line, spec field). Past that point the simulator, the lower bounds and the
 //! deadline prediction may assume finite, non-negative values; they still never panic or
-//! loop for ever on others (see [`duration`] and `sched::bound`), so that a value that slips
+//! loop for ever on others (see [`duration`] and `sim::bound`), so that a value that slips
 //! past a check costs a wrong number, not a hang.
 
 use std::borrow::Cow;

@@ -13,7 +13,6 @@
 //! - every task given to `place` is returned by exactly one later `next` (none is lost or
 //!   duplicated), provided some eligible worker keeps calling `next`.
 
-pub(crate) mod bound;
 pub(crate) mod compile;
 mod costs;
 pub(crate) mod driver;

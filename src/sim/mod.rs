@@ -24,7 +24,7 @@
 //! disk modelled at `crate::memory::SPILL_BANDWIDTH`, and data-producing roots are held
 //! back as in the runtime (`RootGate`). The host is one memory node (no NUMA shares).
 
-pub(crate) use crate::sched::bound;
+pub(crate) mod bound;
 pub(crate) mod engine;
 pub(crate) mod predict;
 pub(crate) mod starpu;
@@ -39,7 +39,7 @@ use crate::kernels::{GpuImpl, Kernel, Signature};
 use crate::sched::perfmodel::PerfModel;
 use crate::topology::{DeviceKind, GpuDesc, Machine};
 
-pub use crate::sched::bound::{mixed_bound, LowerBound};
+pub use bound::{mixed_bound, LowerBound};
 pub use engine::{simulate, SimError, SimOptions, SimReport};
 
 /// How a spec's fields are named in errors: `gpu-speedup` in a `key:value` spec,
