@@ -170,11 +170,12 @@ impl Planning<'_> {
 
 /// A plan whose busiest GPU link is planned busy for at most this share of its makespan is
 /// trusted ([`plan_is_trusted`]). A plan sees each copy as if its link were free, so the
-/// fuller a link, the later copies come than planned: on the schedule bench, following plans
-/// whose busiest link was at most 0.33 busy (StarPU's machines at N = 10, every row of free
-/// links) matched or beat earliest finish, and at 0.48 and above (Skylake + V100 with copies
-/// of 3.1 ms) it was up to 1.8 times slower. Between lies sirocco at N = 20 and 40 (0.53,
-/// 0.58), where following did 0.3–0.5% worse.
+/// fuller a link, the later copies come than planned. On the schedule bench, following plans
+/// whose busiest link was busy at most 0.37 of the makespan (every row of mirage and attila,
+/// sirocco 10×10, Skylake + 1 V100 10×10 of 128 with measured copies, every row of free
+/// links) matched or beat earliest finish; from 0.48 up it did anything from 2% better to
+/// 1.8 times slower (Skylake + V100 with copies of 3.1 ms); sirocco 20×20 and 40×40 (0.53,
+/// 0.58) did 0.3–0.5% worse.
 pub const TRUSTED_LINK_SHARE: f64 = 0.45;
 
 /// Whether a plan's links are free enough for its times to hold (see

@@ -15,7 +15,8 @@
 //!
 //! On a machine with CPUs and GPUs, with costs for every task, a look-ahead sets what a
 //! greedy rule cannot see ([`Locality::with_look_ahead`]), from HEFT's plan of the whole
-//! graph (insertion-based; the shortest over five rank weights, `best_heft_plan`):
+//! graph (insertion-based; the shortest over five rank weights, improved by a search over
+//! device classes when copies are free: `best_heft_plan`):
 //! - the device class: a task the plan runs on a CPU is kept on CPUs. An earliest-finish
 //!   rule alone sees only the ready tasks: while the GPU's queue is short it keeps
 //!   everything there, and the CPUs idle while the GPUs work through what follows. The other
@@ -27,8 +28,15 @@
 //!   planned order measured 1% worse than priorities on the STG and WfCommons rows, and a
 //!   plan that keeps nothing on CPUs adds nothing to them: priorities then.)
 //!
-//! The plan is a guide, not a schedule: placement is decided when a task is ready, from
-//! what the workers and links are doing then, and idle workers steal.
+//! - the workers, when the plan can be trusted (its links lightly used,
+//!   [`super::costs::plan_is_trusted`]): a ready task goes to its planned worker while that
+//!   worker can finish it by its planned finish stretched by [`FOLLOW_SLACK`], and a
+//!   finished task's outputs are copied ahead to the GPU a consumer is planned on. A plan
+//!   assumes each copy has its link to itself; where links are busy its times do not hold,
+//!   and following it made runs up to 1.8 times longer.
+//!
+//! Otherwise the plan is a guide, not a schedule: placement is decided when a task is ready,
+//! from what the workers and links are doing then. Idle workers steal either way.
 //!
 //! Until the performance model knows a task's cost on every eligible worker, the task is
 //! placed as `eager` places it (a shared queue), so an uncalibrated run is sensible.

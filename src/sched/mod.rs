@@ -86,10 +86,11 @@ pub(crate) trait Policy: Send + Sync {
     /// that worker.
     fn order_held_roots(&self, _held: &mut [u32]) {}
 
-    /// The worker a task not yet ready will run on, when the policy's plan fixes it (`heft`):
-    /// the drivers copy each of its inputs to that worker's memory as soon as the input's
-    /// producer finishes, not when the task is placed. (`locality`'s plan is a guide: on the
-    /// simulated rows with measured links, copying ahead to where its plan put a task made
+    /// The worker a task not yet ready is expected to run on, when the policy's plan says
+    /// (`heft`; `locality` while it follows a trusted plan): the drivers copy each of its
+    /// inputs to that worker's memory as soon as the input's producer finishes, not when the
+    /// task is placed. (With a plan it does not trust, `locality` says nothing: on the
+    /// simulated rows with measured links, copying ahead to where such a plan put a task made
     /// the runs up to 1.5 times longer, since the task often went elsewhere.)
     fn expected_worker(&self, _task: u32) -> Option<WorkerId> {
         None
