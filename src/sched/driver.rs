@@ -113,6 +113,10 @@ impl Policy for AnyPolicy {
     fn expected_worker(&self, task: u32) -> Option<WorkerId> {
         each!(self, p => p.expected_worker(task))
     }
+
+    fn copies_ahead(&self) -> bool {
+        each!(self, p => p.copies_ahead())
+    }
 }
 
 #[cfg(test)]

@@ -344,6 +344,10 @@ impl Policy for Heft {
         self.assigned(task)
     }
 
+    fn copies_ahead(&self) -> bool {
+        self.schedule.is_some()
+    }
+
     fn order_held_roots(&self, held: &mut [u32]) {
         if let Some(s) = &self.schedule {
             held.sort_by(|&a, &b| {

@@ -153,6 +153,7 @@ impl Locality {
 
     /// The planned worker of `task` when the look-ahead follows its plan and that worker can
     /// finish it on time ([`FOLLOW_SLACK`]).
+    #[inline]
     fn on_plan<Q: ReadyQueues>(&self, plan: &Plan, q: &Q, task: u32, now: f64) -> Option<WorkerId> {
         let o = self.look_ahead.as_ref().filter(|o| o.follow)?;
         let w = o.heft.assigned(task)?;
@@ -211,6 +212,7 @@ impl Locality {
 
     /// The candidate worker where `task` finishes first (ties: the one holding the most input
     /// bytes); `None` when some candidate is not calibrated for it.
+    #[inline]
     fn earliest_finish<Q: ReadyQueues>(&self, plan: &Plan, q: &Q, task: u32, now: f64) -> Option<WorkerId> {
         let mut best: Option<(f64, u64, WorkerId)> = None;
         for &w in &plan.set(plan.task_set(task)).workers {
@@ -293,6 +295,10 @@ impl Policy for Locality {
     fn expected_worker(&self, task: u32) -> Option<WorkerId> {
         let o = self.look_ahead.as_ref().filter(|o| o.follow)?;
         o.heft.assigned(task)
+    }
+
+    fn copies_ahead(&self) -> bool {
+        self.look_ahead.as_ref().is_some_and(|o| o.follow)
     }
 
     fn place<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, task: u32, releasing: Option<WorkerId>) {

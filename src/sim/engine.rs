@@ -805,9 +805,11 @@ impl<'a> State<'a> {
                 policy.place(plan, &mut View { q: &mut q, st: self }, s, Some(me));
             }
             // Early copies after the ready successors' own, as in the runtime.
-            for &s in edges.of_task(task) {
-                if let (true, Some(e)) = (deps[s as usize] > 0, policy.expected_worker(s)) {
-                    self.prefetch_output(task, s, self.node_of[e.index()]);
+            if policy.copies_ahead() {
+                for &s in edges.of_task(task) {
+                    if let (true, Some(e)) = (deps[s as usize] > 0, policy.expected_worker(s)) {
+                        self.prefetch_output(task, s, self.node_of[e.index()]);
+                    }
                 }
             }
             self.free_dead_temps(task);

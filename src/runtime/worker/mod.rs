@@ -361,7 +361,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
                 policy.place(plan, q, s, Some(me));
             }
         }
-        if ok {
+        if ok && policy.copies_ahead() {
             // Early copies after the ready successors are placed, so that those wait for no
             // copy; only to successors still waiting for other inputs (a ready one had its
             // inputs copied when it was placed).
