@@ -117,14 +117,31 @@ pub struct MachineSpec {
 }
 
 impl SimMachine {
-    /// Parses `starpu:DIR:NAME`, a path to a `.toml` file, or `cpus:N[,gpus:M][,gpu-speedup:S][,bw:GBPS][,lat:US][,gflops:G]`.
+    /// Parses `starpu:DIR:NAME[,links=free]`, a path to a `.toml` file, or `cpus:N[,gpus:M][,gpu-speedup:S][,bw:GBPS][,lat:US][,gflops:G]`.
+    /// (`links=free`: copies cost nothing, to see a policy's quality apart from its links.)
     pub fn parse(spec: &str) -> Result<SimMachine, String> {
         if let Some(rest) = spec.strip_prefix("kernel-summary:") {
             return SimMachine::from_kernel_summary(&summary::SummarySpec::parse(rest)?);
         }
         if let Some(rest) = spec.strip_prefix("starpu:") {
-            let (dir, name) = rest.rsplit_once(':').ok_or("a StarPU machine is starpu:DIR:NAME")?;
-            return SimMachine::from_starpu(Path::new(dir), name);
+            let (dir, name) = rest
+                .rsplit_once(':')
+                .ok_or("a StarPU machine is starpu:DIR:NAME[,links=free]")?;
+            let (name, free) = match name.split_once(',') {
+                None => (name, false),
+                Some((name, "links=free")) => (name, true),
+                Some((name, "links=measured")) => (name, false),
+                Some((_, other)) => {
+                    return Err(format!(
+                        "unknown option '{other}' of StarPU machine '{spec}' (known: links=free, links=measured)"
+                    ))
+                }
+            };
+            let mut sm = SimMachine::from_starpu(Path::new(dir), name)?;
+            if free {
+                sm.free_links();
+            }
+            return Ok(sm);
         }
         if spec.ends_with(".toml") {
             let text = crate::limits::read_regular_file(Path::new(spec), MAX_SPEC_FILE_BYTES)
@@ -260,6 +277,13 @@ impl SimMachine {
             starpu: None,
             exact_sizes: None,
         })
+    }
+
+    /// Makes every copy free: infinite bandwidth, no latency.
+    pub fn free_links(&mut self) {
+        self.bandwidth.iter_mut().flatten().for_each(|b| *b = f64::INFINITY);
+        self.latency.iter_mut().flatten().for_each(|l| *l = 0.0);
+        self.name.push_str(" (free links)");
     }
 
     /// A machine from StarPU's performance models. StarPU dedicates one CPU core to driving
@@ -442,6 +466,20 @@ fn modelled_machine(cpus: usize, gpus: usize, gpu_name: &str) -> Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `links=free` on a StarPU machine: an unknown option is named before any file is read,
+    /// and free links cost nothing between any two memories.
+    #[test]
+    fn free_links_cost_nothing() {
+        let e = SimMachine::parse("starpu:/nowhere:sirocco,links=fast").unwrap_err();
+        assert!(e.contains("'links=fast'") && e.contains("links=free"), "{e}");
+        let mut m = SimMachine::parse("cpus:2,gpus:2,gpu-speedup:5,bw:10,lat:5").unwrap();
+        assert!(m.bandwidth[0][1].is_finite() && m.latency[1][0] > 0.0);
+        m.free_links();
+        assert!(m.bandwidth.iter().flatten().all(|b| b.is_infinite()));
+        assert!(m.latency.iter().flatten().all(|&l| l == 0.0));
+        assert!(m.name.ends_with("(free links)"), "{}", m.name);
+    }
 
     #[test]
     fn specs_parse_and_explain_mistakes() {
