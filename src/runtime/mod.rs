@@ -1457,6 +1457,7 @@ impl Engine {
                     }
                 },
                 mean_comm: &|p, t| if self.gpus.is_empty() { 0.0 } else { comm(p, t) },
+                host_memory_limited: self.budgets.spillable(),
             },
         );
         self.execute(&policy, graph, data, opts, &turn, control)

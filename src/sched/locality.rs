@@ -13,7 +13,8 @@
 //! On a machine of one class it first runs what it released itself and kept (its deque,
 //! newest first: depth first, so that consumers free their inputs early).
 //!
-//! On a machine with CPUs and GPUs, with costs for every task, a look-ahead sets what a
+//! On a machine with CPUs and GPUs, with costs for every task and no host memory limit (under
+//! one, memory comes first: depth first, no plan; see `build_policy`), a look-ahead sets what a
 //! greedy rule cannot see ([`Locality::with_look_ahead`]), from HEFT's plan of the whole
 //! graph (insertion-based; the shortest over five rank weights, improved by a search over
 //! device classes when copies are free: `best_heft_plan`):
