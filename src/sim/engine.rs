@@ -218,7 +218,10 @@ fn task_costs(graph: &Graph, sm: &SimMachine, data_bytes: &[u64]) -> Result<Vec<
                 .map(|&(d, _)| data_bytes[d as usize])
                 .sum();
             let recorded = crate::sched::recorded_seconds(graph, t);
-            if let Some(why) = sm.size_mismatch(kernel.name(), size) {
+            if let Some(why) = sm
+                .models_unread(kernel.name())
+                .or_else(|| sm.size_mismatch(kernel.name(), size))
+            {
                 return Err(SimError::Unpriced {
                     task: graph.task_name(t),
                     kernel: kernel.name().to_string(),

@@ -41,6 +41,8 @@ use crate::topology::{DeviceKind, GpuDesc, Machine};
 
 pub use bound::{mixed_bound, LowerBound};
 pub use engine::{simulate, SimError, SimOptions, SimReport};
+/// What `SimMachine::load_models` left out of a StarPU model, and why.
+pub use starpu::Skipped;
 
 /// How a spec's fields are named in errors: `gpu-speedup` in a `key:value` spec,
 /// `gpu_speedup` in a TOML file.
@@ -159,9 +161,13 @@ impl SimMachine {
         }
         let mut s = MachineSpec::default();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once(':')
-                .ok_or_else(|| format!("'{part}' is not key:value"))?;
+            let (k, v) = part.split_once(':').ok_or_else(|| {
+                format!(
+                    "machine '{spec}': '{part}' is not key:value (a machine is starpu:DIR:NAME[,links=free], \
+                         kernel-summary:PATH:cpus=N,gpus=N,tile=B[,links=free], a .toml file, or \
+                         cpus:N[,gpus:M,gpu-speedup:S,bw:GBPS,lat:US,gflops:G])"
+                )
+            })?;
             let num = |v: &str| {
                 v.trim_end_matches("GB/s")
                     .trim_end_matches("us")
@@ -383,6 +389,20 @@ impl SimMachine {
         cholesky_flops(kernel, size).map(|f| f / (self.cpu_gflops * 1e9 * speed))
     }
 
+    /// Why tasks of `kernel` cannot be priced here because a caller skipped a step: a StarPU
+    /// machine whose models of that kernel were never read ([`SimMachine::load_models`])
+    /// would price it by flops on CPUs only, silently.
+    pub fn models_unread(&self, kernel: &str) -> Option<String> {
+        let c = self.starpu.as_ref()?;
+        (!c.was_considered(kernel)).then(|| {
+            format!(
+                "the models of '{kernel}' on {} were never read: call SimMachine::load_models \
+                 (or load_models_for) with the graph's kernels before building the graph",
+                self.name
+            )
+        })
+    }
+
     /// Why a task of `kernel` on `size` operand bytes cannot be priced here: the machine's
     /// model knows that kernel at another size only ([`SimMachine::exact_sizes`]).
     pub fn size_mismatch(&self, kernel: &str, size: u64) -> Option<String> {
@@ -466,6 +486,40 @@ fn modelled_machine(cpus: usize, gpus: usize, gpu_name: &str) -> Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A StarPU machine whose models of a graph's kernel were never read refuses to price
+    /// it (it would price it by flops on CPUs only, silently), naming the step missed.
+    #[test]
+    fn a_starpu_machine_without_its_models_read_refuses_to_simulate() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = dir.path().join("sampling/bus");
+        std::fs::create_dir_all(&bus).unwrap();
+        let models = dir.path().join("sampling/codelets/45");
+        std::fs::create_dir_all(&models).unwrap();
+        // A valid codelet model: one CPU and one GPU combination, a 4 KiB and a 16 KiB row.
+        let codelet = "45\n2\n1\n0\n0\n1\n1\n2\n0 0 0 0 nan nan 0 0 0\nnan nan nan\n0\n\
+            0000abcd 12288 1 100 10 1 1 10\n0000abce 49152 1 800 10 1 1 10\n\
+            1\n1\n0\n1\n1\n2\n0 0 0 0 nan nan 0 0 0\nnan nan nan\n0\n\
+            0000abcd 12288 1 10 1 1 1 10\n0000abce 49152 1 80 1 1 1 10\n";
+        std::fs::write(models.join("chol_model_potrf.m"), codelet).unwrap();
+        std::fs::write(
+            bus.join("m.config"),
+            "# cfg\n4 # Number of CPUs\n1 # Number of CUDA devices\n",
+        )
+        .unwrap();
+        std::fs::write(bus.join("m.bandwidth"), "0 1000\n1000 0\n").unwrap();
+        std::fs::write(bus.join("m.latency"), "0 10\n10 0\n").unwrap();
+        let sm = SimMachine::from_starpu(dir.path(), "m").unwrap();
+        let spec = crate::graph::formats::cholesky::generate(2, 4);
+        // Kernels declared by hand: `sm.kernel` would stop a debug build at once.
+        let declare = |k: &str| Arc::new(Kernel::declare(k, Signature::any(0, usize::MAX)).with_cpu(|_| Ok(())));
+        let g = spec
+            .build_virtual(&declare, &crate::graph::formats::BuildOptions::default())
+            .unwrap();
+        let e = simulate(&g, &sm, crate::PolicyKind::Locality, &SimOptions::default()).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("potrf") && text.contains("load_models"), "{text}");
+    }
 
     /// `links=free` on a StarPU machine: an unknown option is named before any file is read,
     /// and free links cost nothing between any two memories.

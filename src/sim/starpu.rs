@@ -44,8 +44,11 @@ pub struct StarpuError {
 /// Something of a needed model that was left out, and why (also logged as a warning).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Skipped {
+    /// The model file.
     pub path: PathBuf,
+    /// The line in it, when one entry was left out.
     pub line: Option<usize>,
+    /// What was left out and why.
     pub what: String,
 }
 
