@@ -123,7 +123,8 @@ impl SimMachine {
     /// (`links=free`: copies cost nothing, to see a policy's quality apart from its links.)
     pub fn parse(spec: &str) -> Result<SimMachine, String> {
         if let Some(rest) = spec.strip_prefix("kernel-summary:") {
-            return SimMachine::from_kernel_summary(&summary::SummarySpec::parse(rest)?);
+            let parsed = summary::SummarySpec::parse(rest).map_err(|e| format!("machine '{spec}': {e}"))?;
+            return SimMachine::from_kernel_summary(&parsed);
         }
         if let Some(rest) = spec.strip_prefix("starpu:") {
             let (dir, name) = rest
