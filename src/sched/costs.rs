@@ -106,32 +106,18 @@ pub const SEVERAL_PLANS_MAX_TASKS: usize = 20_000;
 /// The look-ahead's plan: the shortest of HEFT's plans under several rank weights
 /// ([`shortest_ranked_plan`]), improved, when copies cost nothing, by a local search over
 /// device classes ([`search_classes`]).
-pub fn best_heft_plan(
-    plan: &Plan,
-    edges: &Successors,
-    costs: &[TaskCost],
-    kind_of: &[DeviceKind],
-    comm: impl Fn(u32, u32, WorkerId, WorkerId) -> f64,
-    mean_comm: impl Fn(u32, u32) -> f64,
-) -> Heft {
-    let inputs = Planning {
-        plan,
-        edges,
-        costs,
-        kind_of,
-        comm: &comm,
-        mean_comm: &mean_comm,
-    };
-    let (best, weight, tried) = shortest_ranked_plan(&inputs);
+pub fn best_heft_plan(inputs: &Planning<'_>) -> Heft {
+    let (best, weight, tried) = shortest_ranked_plan(inputs);
     // The search trusts the plan's makespan to the last percent, which holds only when copies
     // cost nothing: a plan does not see links busy with other copies, and with copies the
     // plans it found shorter did not run shorter on the schedule bench.
-    let free_copies = (0..costs.len() as u32).all(|t| edges.of_task(t).iter().all(|&s| mean_comm(t, s) == 0.0));
+    let n = inputs.costs.len();
+    let free_copies = (0..n as u32).all(|t| inputs.edges.of_task(t).iter().all(|&s| (inputs.mean_comm)(t, s) == 0.0));
     if !free_copies {
         return best;
     }
-    let budget = PLANNING_BUDGET_TASKS.saturating_sub(tried * costs.len());
-    search_classes(&inputs, best, weight, budget)
+    let budget = PLANNING_BUDGET_TASKS.saturating_sub(tried * n);
+    search_classes(inputs, best, weight, budget)
 }
 
 /// What HEFT plans from: the compiled graph's eligibility and edges, per-task costs, each
@@ -180,13 +166,9 @@ pub const TRUSTED_LINK_SHARE: f64 = 0.45;
 
 /// Whether a plan's links are free enough for its times to hold (see
 /// [`TRUSTED_LINK_SHARE`]): the copies it plans into and out of each GPU, one per datum and
-/// memory, take at most that share of its makespan. `comm` as for [`best_heft_plan`].
-pub fn plan_is_trusted(
-    heft: &Heft,
-    edges: &Successors,
-    kind_of: &[DeviceKind],
-    comm: &dyn Fn(u32, u32, WorkerId, WorkerId) -> f64,
-) -> bool {
+/// memory, take at most that share of its makespan, by `inputs`' copy times.
+pub fn plan_is_trusted(heft: &Heft, inputs: &Planning<'_>) -> bool {
+    let (edges, kind_of, comm) = (inputs.edges, inputs.kind_of, inputs.comm);
     let Some(makespan) = heft.planned_makespan() else {
         return false;
     };
@@ -389,25 +371,9 @@ fn critical_chain(h: &Heft, preds: &Predecessors, tasks: usize) -> Vec<u32> {
     chain
 }
 
-/// HEFT's plan from per-task costs: `kind_of[w]` gives each worker's kind, `comm(p, t, from,
-/// to)` the time to move `p`'s outputs read by `t` between two workers' memories. Ranks
-/// weigh each task by its mean cost over the workers, as the textbook does.
-pub fn heft_plan(
-    plan: &Plan,
-    edges: &Successors,
-    costs: &[TaskCost],
-    kind_of: &[DeviceKind],
-    comm: impl Fn(u32, u32, WorkerId, WorkerId) -> f64,
-    mean_comm: impl Fn(u32, u32) -> f64,
-) -> Heft {
-    let inputs = Planning {
-        plan,
-        edges,
-        costs,
-        kind_of,
-        comm: &comm,
-        mean_comm: &mean_comm,
-    };
+/// HEFT's plan, as the textbook makes it: ranks weigh each task by its mean cost over the
+/// workers.
+pub fn heft_plan(inputs: &Planning<'_>) -> Heft {
     inputs.ranked_by(0, &[])
 }
 

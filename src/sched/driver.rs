@@ -6,8 +6,8 @@
 
 use super::compile::Successors;
 use super::{
-    allowed_costs, best_heft_plan, heft_plan, plan_is_trusted, Eager, Heft, HeteroPrio, Locality, Pick, Plan, Policy,
-    PolicyKind, RandomPolicy, ReadyQueues,
+    allowed_costs, best_heft_plan, heft_plan, plan_is_trusted, Eager, Heft, HeteroPrio, Locality, Pick, Plan, Planning,
+    Policy, PolicyKind, RandomPolicy, ReadyQueues,
 };
 use super::{TaskCost, WorkStealing};
 use crate::topology::{DeviceKind, Machine, WorkerId};
@@ -28,6 +28,20 @@ pub struct PolicyInputs<'a> {
     pub mean_comm: &'a dyn Fn(u32, u32) -> f64,
     /// Whether the host's memory is limited (what does not fit spills to disk).
     pub host_memory_limited: bool,
+}
+
+impl<'a> PolicyInputs<'a> {
+    /// What HEFT plans from, with these costs (`kinds`: each worker's kind).
+    fn planning<'b>(&'b self, costs: &'b [TaskCost], kinds: &'b [DeviceKind]) -> Planning<'b> {
+        Planning {
+            plan: self.plan,
+            edges: self.edges,
+            costs,
+            kind_of: kinds,
+            comm: self.comm,
+            mean_comm: self.mean_comm,
+        }
+    }
 }
 
 /// Any policy hexec ships, behind one type: one `match` per call instead of one copy of
@@ -67,8 +81,9 @@ pub fn build_policy(kind: PolicyKind, i: &PolicyInputs<'_>) -> AnyPolicy {
             }
             if mixed && !memory_first && !i.costs.is_empty() {
                 let allowed = allowed_costs(i.plan, &kinds, i.costs);
-                let heft = best_heft_plan(i.plan, i.edges, &allowed, &kinds, i.comm, i.mean_comm);
-                let follow = plan_is_trusted(&heft, i.edges, &kinds, i.comm);
+                let planning = i.planning(&allowed, &kinds);
+                let heft = best_heft_plan(&planning);
+                let follow = plan_is_trusted(&heft, &planning);
                 policy = policy.with_look_ahead(heft, kinds, follow);
             }
             AnyPolicy::Locality(policy)
@@ -76,7 +91,7 @@ pub fn build_policy(kind: PolicyKind, i: &PolicyInputs<'_>) -> AnyPolicy {
         PolicyKind::HeteroPrio => {
             AnyPolicy::HeteroPrio(HeteroPrio::new(&allowed_costs(i.plan, &kinds, i.costs), &kinds))
         }
-        PolicyKind::Heft => AnyPolicy::Heft(heft_plan(i.plan, i.edges, i.costs, &kinds, i.comm, i.mean_comm)),
+        PolicyKind::Heft => AnyPolicy::Heft(heft_plan(&i.planning(i.costs, &kinds))),
     }
 }
 

@@ -31,7 +31,7 @@ use std::fmt;
 
 pub(crate) use costs::{
     allowed_costs, best_heft_plan, heft_plan, is_replayed, kind_index, plan_is_trusted, rank_priorities,
-    recorded_seconds, TaskCost,
+    recorded_seconds, Planning, TaskCost,
 };
 pub(crate) use driver::{build_policy, PolicyInputs};
 pub(crate) use eager::Eager;

@@ -14,6 +14,25 @@ fn mask(n: usize, ws: &[u32]) -> EligibleSet {
     }
 }
 
+/// What HEFT plans from, for the planner tests.
+fn planning<'a>(
+    plan: &'a Plan,
+    edges: &'a crate::sched::compile::Successors,
+    costs: &'a [TaskCost],
+    kind_of: &'a [DeviceKind],
+    comm: &'a dyn Fn(u32, u32, WorkerId, WorkerId) -> f64,
+    mean_comm: &'a dyn Fn(u32, u32) -> f64,
+) -> Planning<'a> {
+    Planning {
+        plan,
+        edges,
+        costs,
+        kind_of,
+        comm,
+        mean_comm,
+    }
+}
+
 /// 3 workers in one class; set 0 = all, set 1 = only worker 2.
 fn plan(task_set: Vec<u16>, task_band: Vec<u8>, bands: u8) -> Plan {
     let victims = vec![
@@ -395,8 +414,9 @@ fn the_shortest_of_several_plans_is_never_longer_than_the_textbook_one() {
             [Some(cpu), Some(cpu / (1.0 + (next() % 30) as f64))]
         })
         .collect();
-    let textbook = heft_plan(&p, &edges, &costs, &kinds, |_, _, _, _| 0.0, |_, _| 0.0);
-    let best = best_heft_plan(&p, &edges, &costs, &kinds, |_, _, _, _| 0.0, |_, _| 0.0);
+    let inputs = planning(&p, &edges, &costs, &kinds, &|_, _, _, _| 0.0, &|_, _| 0.0);
+    let textbook = heft_plan(&inputs);
+    let best = best_heft_plan(&inputs);
     let (t, b) = (textbook.planned_makespan().unwrap(), best.planned_makespan().unwrap());
     assert!(b <= t, "{b} > {t}");
     assert!(b == t || b < t * (1.0 - crate::sched::costs::PLAN_MARGIN), "{b} vs {t}");
@@ -430,9 +450,9 @@ fn the_search_over_classes_shortens_a_plan_that_saturates_the_gpu() {
     let all: Vec<u32> = (0..workers as u32).collect();
     let victims = (0..workers).map(|_| Vec::new()).collect();
     let p = Plan::new(vec![0; n], vec![0; n], 1, vec![mask(workers, &all)], victims);
-    let free = |_, _, _, _| 0.0;
-    let textbook = heft_plan(&p, &edges, &costs, &kinds, free, |_, _| 0.0);
-    let searched = best_heft_plan(&p, &edges, &costs, &kinds, free, |_, _| 0.0);
+    let free = planning(&p, &edges, &costs, &kinds, &|_, _, _, _| 0.0, &|_, _| 0.0);
+    let textbook = heft_plan(&free);
+    let searched = best_heft_plan(&free);
     let (t, s) = (
         textbook.planned_makespan().unwrap(),
         searched.planned_makespan().unwrap(),
@@ -443,15 +463,8 @@ fn the_search_over_classes_shortens_a_plan_that_saturates_the_gpu() {
     );
     // The same search with copies that cost anything leaves the plans as they were.
     let costly = |_, _, from: WorkerId, to: WorkerId| if from == to { 0.0 } else { 0.01 };
-    let with_copies = best_heft_plan(&p, &edges, &costs, &kinds, costly, |_, _| 0.01);
-    let inputs = crate::sched::costs::Planning {
-        plan: &p,
-        edges: &edges,
-        costs: &costs,
-        kind_of: &kinds,
-        comm: &costly,
-        mean_comm: &|_, _| 0.01,
-    };
+    let inputs = planning(&p, &edges, &costs, &kinds, &costly, &|_, _| 0.01);
+    let with_copies = best_heft_plan(&inputs);
     let (unsearched, ..) = crate::sched::costs::shortest_ranked_plan(&inputs);
     assert_eq!(with_copies.planned_makespan(), unsearched.planned_makespan());
 }
@@ -479,9 +492,11 @@ fn a_plan_is_trusted_while_its_links_are_lightly_used() {
                 copy
             }
         };
-        let h = heft_plan(&p, &edges, &costs, &kinds, comm, move |_, _| copy);
+        let mean = move |_, _| copy;
+        let inputs = planning(&p, &edges, &costs, &kinds, &comm, &mean);
+        let h = heft_plan(&inputs);
         assert_eq!(h.planned_makespan(), Some(2.0 + copy));
-        plan_is_trusted(&h, &edges, &kinds, &comm)
+        plan_is_trusted(&h, &inputs)
     };
     const { assert!(1.0 / 3.0 <= TRUSTED_LINK_SHARE && TRUSTED_LINK_SHARE < 4.0 / 6.0) };
     assert!(with_copy(1.0));
