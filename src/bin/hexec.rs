@@ -87,7 +87,7 @@ enum Command {
     Sim {
         #[command(flatten)]
         io: GraphArgs,
-        /// `starpu:DIR:NAME`, `kernel-summary:PATH:cpus=N,gpus=M,tile=B[,links=free]`, a `.toml`
+        /// `starpu:DIR:NAME[,links=free]`, `kernel-summary:PATH:cpus=N,gpus=M,tile=B[,links=free]`, a `.toml`
         /// file, or `cpus:N[,gpus:M,gpu-speedup:S,bw:GBPS,lat:US,gflops:G]`.
         #[arg(long)]
         machine: String,

@@ -161,7 +161,8 @@ impl Planning<'_> {
 /// sirocco 10×10, Skylake + 1 V100 10×10 of 128 with measured copies, every row of free
 /// links) matched or beat earliest finish; from 0.48 up it did anything from 2% better to
 /// 1.8 times slower (Skylake + V100 with copies of 3.1 ms); sirocco 20×20 and 40×40 (0.53,
-/// 0.58) did 0.3–0.5% worse.
+/// 0.58) did 0.3–0.5% worse. (Measured once, following every plan by hand; no bench sweeps
+/// the threshold.)
 pub const TRUSTED_LINK_SHARE: f64 = 0.45;
 
 /// Whether a plan's links are free enough for its times to hold (see

@@ -119,7 +119,8 @@ pub struct MachineSpec {
 }
 
 impl SimMachine {
-    /// Parses `starpu:DIR:NAME[,links=free]`, a path to a `.toml` file, or `cpus:N[,gpus:M][,gpu-speedup:S][,bw:GBPS][,lat:US][,gflops:G]`.
+    /// Parses `starpu:DIR:NAME[,links=free]`, `kernel-summary:PATH:cpus=N,gpus=M,tile=B[,links=free]`,
+    /// a path to a `.toml` file, or `cpus:N[,gpus:M][,gpu-speedup:S][,bw:GBPS][,lat:US][,gflops:G]`.
     /// (`links=free`: copies cost nothing, to see a policy's quality apart from its links.)
     pub fn parse(spec: &str) -> Result<SimMachine, String> {
         if let Some(rest) = spec.strip_prefix("kernel-summary:") {
