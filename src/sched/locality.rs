@@ -67,8 +67,6 @@ pub struct Locality {
 struct LookAhead {
     /// Per task, its rank by planned start: the key of the planned queues.
     order: Vec<u32>,
-    /// Per task, whether it is kept on CPUs (some are: else there is no look-ahead).
-    to_cpu: Vec<bool>,
     /// Each worker's kind.
     kinds: Vec<DeviceKind>,
     /// Whether placement follows the plan's workers while the run keeps to it, and copies
@@ -76,6 +74,16 @@ struct LookAhead {
     follow: bool,
     /// The plan: each task's worker, start and finish.
     heft: super::Heft,
+}
+
+impl LookAhead {
+    /// Whether the plan runs `task` on a CPU (it is then kept on CPUs).
+    #[inline]
+    fn on_cpu(&self, task: u32) -> bool {
+        self.heft
+            .assigned(task)
+            .is_some_and(|w| self.kinds[w.index()] == DeviceKind::Cpu)
+    }
 }
 
 fn load(a: &AtomicU64) -> f64 {
@@ -136,14 +144,12 @@ impl Locality {
         for (rank, &t) in by_start.iter().enumerate() {
             order[t as usize] = rank as u32;
         }
-        let to_cpu: Vec<bool> = planned.iter().map(|p| kinds[p.1.index()] == DeviceKind::Cpu).collect();
         let mixed = kinds.contains(&DeviceKind::Cpu) && kinds.contains(&DeviceKind::Gpu);
         // A plan that keeps nothing on CPUs says nothing a priority order does not (and on
         // the small Skylake + 4 V100 row, priorities did 19% better).
-        if mixed && to_cpu.iter().any(|&c| c) {
+        if mixed && planned.iter().any(|p| kinds[p.1.index()] == DeviceKind::Cpu) {
             self.look_ahead = Some(LookAhead {
                 order,
-                to_cpu,
                 kinds,
                 follow,
                 heft,
@@ -208,7 +214,7 @@ impl Locality {
     /// candidate.)
     fn left_out(&self, task: u32, w: WorkerId) -> bool {
         let Some(o) = &self.look_ahead else { return false };
-        o.to_cpu[task as usize] && o.kinds[w.index()] != DeviceKind::Cpu
+        o.kinds[w.index()] != DeviceKind::Cpu && o.on_cpu(task)
     }
 
     /// The candidate worker where `task` finishes first (ties: the one holding the most input
@@ -377,7 +383,7 @@ impl Locality {
     /// The tasks kept on CPUs, for tests of how a driver builds the policy.
     pub(crate) fn kept_on_cpus(&self) -> Vec<u32> {
         self.look_ahead.as_ref().map_or_else(Vec::new, |o| {
-            (0..o.to_cpu.len() as u32).filter(|&t| o.to_cpu[t as usize]).collect()
+            (0..o.order.len() as u32).filter(|&t| o.on_cpu(t)).collect()
         })
     }
 
