@@ -1,21 +1,99 @@
 #!/usr/bin/env bash
-# The device check for a session that has a machine with a real GPU: what Vulkan sees, then
-# hexec's topology, the per-device bench and the GPU tests. Writes everything to $OUT (or
-# ./gpu-check-out) so that it can be recorded in docs/gpu-runs.md.
+# The device check for a session that has a machine with a real GPU: what Vulkan sees, hexec's
+# topology, the GPU tests, the per-device bench beside PyTorch's cuBLAS/cuSOLVER anchors, the
+# Cholesky demo on the GPU and on the CPUs, the CPU linear algebra bench and the per-task
+# overhead. Writes one file per step to ./gpu-check-out (or $CHECK_DIR) for docs/gpu-runs.md, and
+# when $OUT is set (the device tool brings back at most 8 files), keeps $OUT/gpu-check.tar.gz
+# up to date with them after every step, so that a run stopped part way still brings them back.
+#
+# Two ways to run it:
+# - where cargo is installed: it builds hexec and the GPU test binary itself;
+# - where it is not (the lent GPU machine has no Rust): `scripts/gpu-pack.sh` here first puts a
+#   stripped release `hexec`, the GPU test binary and the shared libraries they need in .gpu/,
+#   and this script uses them (carry .gpu and .gl, the Vulkan loader's .deb, with the call).
+#
+# Every step has its own time limit, so that one stuck step cannot use up the lease.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out="${OUT:-gpu-check-out}"
+out="${CHECK_DIR:-gpu-check-out}"
 mkdir -p "$out"
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
+
+# The Vulkan loader and libglvnd (the NVIDIA ICD loads through it), when .gl holds them
+# (Debian's libvulkan1, libglvnd0, libegl1, libgl1, libglx0, libgles2, libopengl0).
+if ls .gl/*.deb > /dev/null 2>&1; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+fi
+# The NVIDIA driver's ICD where the loader does not look by itself.
+if ! ls /usr/share/vulkan/icd.d/*nvidia* > /dev/null 2>&1 && ! ls /etc/vulkan/icd.d/*nvidia* > /dev/null 2>&1 &&
+  [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
+  export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+fi
+
 {
+  echo "== date"; date -u
+  echo "== cpu"; lscpu | grep -E "Model name|^CPU\(s\)|Thread|NUMA node\(s\)"
   echo "== nvidia-smi"; nvidia-smi 2>&1 | head -20
-  echo "== vulkan ICDs"; ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>&1
+  echo "== vulkan ICDs"; ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/nvidia/share/vulkan/icd.d 2>&1
+  echo "VK_DRIVER_FILES=${VK_DRIVER_FILES:-}"
   echo "== libvulkan"; ldconfig -p | grep -i vulkan
   echo "== vulkaninfo"; vulkaninfo --summary 2>&1 | grep -E "deviceName|driverName|apiVersion|deviceType" | head -20
 } > "$out/env.txt" 2>&1
-export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
-cargo build --release --locked > "$out/build.txt" 2>&1 || { echo "build failed"; tail -30 "$out/build.txt"; exit 1; }
-"${CARGO_TARGET_DIR:-target}/release/hexec" info > "$out/info.txt" 2>&1
-"${CARGO_TARGET_DIR:-target}/release/hexec" bench gpu --reps 5 > "$out/bench-gpu.md" 2>&1
-"${CARGO_TARGET_DIR:-target}/release/hexec" bench gpu --reps 5 --json > "$out/bench-gpu.json" 2>&1
-cargo test --release --locked --test gpu > "$out/tests-gpu.txt" 2>&1
-cat "$out/env.txt" "$out/info.txt" "$out/bench-gpu.md"; tail -5 "$out/tests-gpu.txt"
+
+if [ -x .gpu/hexec ]; then
+  hexec=.gpu/hexec
+  export DASK_DIR="${DASK_DIR:-.gpu/dask}"
+  gpu_tests=.gpu/gpu-tests
+  export LD_LIBRARY_PATH=".gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+else
+  target="${CARGO_TARGET_DIR:-target}"
+  cargo build --release --locked > "$out/build.txt" 2>&1 || { echo "build failed"; tail -30 "$out/build.txt"; exit 1; }
+  hexec="$target/release/hexec"
+  gpu_tests="$(cargo test --release --locked --test gpu --no-run --message-format=json 2> /dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("executable") and m.get("target", {}).get("name") == "gpu": print(m["executable"])')"
+fi
+
+# What the Vulkan loader finds and refuses (the NVIDIA ICD needs libglvnd's libraries too).
+VK_LOADER_DEBUG=error,warn,driver "$hexec" info > "$out/loader.txt" 2>&1
+
+# step NAME SECONDS COMMAND...: runs COMMAND under a time limit into $out/NAME, says how it ended.
+step() {
+  local name="$1" limit="$2"
+  shift 2
+  local t0=$SECONDS
+  timeout --kill-after=5 "$limit" "$@" > "$out/$name" 2>&1
+  local rc=$?
+  echo "step $name: exit $rc in $((SECONDS - t0)) s" | tee -a "$out/steps.txt"
+  if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu-check.tar.gz" -C "$out" .; fi
+}
+
+step info.txt 30 "$hexec" info
+if [ -n "${GPU_REQUIRED:-}" ] && grep -q "gpus: none found" "$out/info.txt"; then
+  echo "no GPU found (GPU_REQUIRED is set): what the Vulkan loader said:"
+  grep -i -E "error|warn|driver|icd" "$out/loader.txt" | head -40
+  exit 1
+fi
+step tests-gpu.txt 120 "$gpu_tests" --test-threads 4
+step bench-gpu.md 90 "$hexec" bench gpu --reps 5
+step anchors.md 90 python3 scripts/gpu-anchors.py
+step demo-all.txt 60 "$hexec" demo
+step demo-cpus.txt 60 "$hexec" demo --gpus none
+step demo-gpu-large.txt 90 "$hexec" demo --n 24576 --tile 1024
+step linalg.md 120 "$hexec" bench linalg --sizes 4096,8192 --ops cholesky --python python3
+step demo-heft.txt 45 "$hexec" demo --policy heft
+step demo-heteroprio.txt 45 "$hexec" demo --policy heteroprio
+step overhead.md 60 "$hexec" bench overhead --no-large --dask-dir "${DASK_DIR:-../shared/workloads/dask}"
+
+echo "== summary"
+cat "$out/steps.txt"
+grep -E "^test result|FAILED|panicked" "$out/tests-gpu.txt" | head -20
+cat "$out/info.txt" | head -30
+cat "$out/bench-gpu.md" "$out/anchors.md"
+for f in demo-all demo-cpus demo-gpu-large demo-heft demo-heteroprio; do echo "== $f"; grep -E "^machine|^factor|^  (cpu|gpu)|result" "$out/$f.txt" | head -8; done
+cat "$out/linalg.md"
+tail -15 "$out/overhead.md"

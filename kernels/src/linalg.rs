@@ -83,8 +83,9 @@ fn gemm_nt_gpu(bindings: [usize; 3]) -> GpuImpl {
                 Binding::Operand(bindings[2]),
             ],
             grid: Arc::new(|d| {
+                // One workgroup per 64 x 64 block of C (see gemm_nt.wgsl).
                 let b = tile_side(d.lens).unwrap_or(1) as u64;
-                let g = b.div_ceil(16).max(1) as u32;
+                let g = b.div_ceil(64).max(1) as u32;
                 [g, g, 1]
             }),
         }],

@@ -1,5 +1,6 @@
-//! Per-device GPU figures: GEMM GFLOP/s at several sizes, elementwise and reduction GB/s,
-//! host-to-device and device-to-host bandwidth and latency.
+//! Per-device GPU figures: GEMM GFLOP/s at several sizes, the tiled Cholesky's GPU tile kernels
+//! (the `C ← C − A·Bᵀ` update and the triangular solve) at tile sizes, elementwise and reduction
+//! GB/s, host-to-device and device-to-host bandwidth and latency.
 //!
 //! Kernel figures use GPU timestamp queries when the device has them (kernel time only) and
 //! also report wall time (submission to completion seen by the host). Each figure is the
@@ -37,6 +38,8 @@ fn time_kernel(
 ) -> Result<(Option<f64>, f64), String> {
     let k = match kernel {
         "gemm" => builtin::gemm(),
+        "gemm_nt" => crate::kernels::linalg::gemm_nt(),
+        "trsm" => crate::kernels::linalg::trsm(),
         "axpy" => builtin::axpy(),
         "sum" => builtin::sum(),
         other => return Err(format!("no benchmark for kernel '{other}'")),
@@ -116,6 +119,41 @@ pub fn measure(dev: &GpuDevice, quick: bool, reps: usize) -> Result<Vec<GpuFigur
         let (gpu, wall) = time_kernel(dev, "gemm", &ops, &params, reps)?;
         let (t, how) = pick(gpu, wall);
         push("gemm f32", n, 2.0 * (n as f64).powi(3) / t / 1e9, "GFLOP/s", how);
+    }
+    // The Cholesky's tile kernels on a GPU, at the tile sides the demo and the bench use.
+    let tiles: &[u64] = if quick { &[128] } else { &[256, 512, 1024] };
+    for &b in tiles {
+        let (x, y, z) = (
+            buffer(dev, b * b, 0.25)?,
+            buffer(dev, b * b, 0.5)?,
+            buffer(dev, b * b, 0.0)?,
+        );
+        let ops = [
+            (x.clone(), b * b, Access::Read),
+            (y, b * b, Access::Read),
+            (z.clone(), b * b, Access::ReadWrite),
+        ];
+        let (gpu, wall) = time_kernel(dev, "gemm_nt", &ops, &[], reps)?;
+        let (t, how) = pick(gpu, wall);
+        push(
+            "tile update C−A·Bᵀ f32",
+            b,
+            2.0 * (b as f64).powi(3) / t / 1e9,
+            "GFLOP/s",
+            how,
+        );
+        // L = the identity (only its diagonal and lower triangle are read), so that the
+        // repeated solves stay finite.
+        let mut l = vec![0f32; (b * b) as usize];
+        for i in 0..b as usize {
+            l[i * b as usize + i] = 1.0;
+        }
+        dev.upload(&x, bytemuck::cast_slice(&l))?;
+        dev.wait_idle()?;
+        let ops = [(x, b * b, Access::Read), (z, b * b, Access::ReadWrite)];
+        let (gpu, wall) = time_kernel(dev, "trsm", &ops, &[], reps)?;
+        let (t, how) = pick(gpu, wall);
+        push("tile solve X·L⁻ᵀ f32", b, (b as f64).powi(3) / t / 1e9, "GFLOP/s", how);
     }
     let elems = (if quick { 1u64 << 20 } else { 1u64 << 24 }).min(max_floats);
     let (x, y) = (buffer(dev, elems, 1.0)?, buffer(dev, elems, 2.0)?);

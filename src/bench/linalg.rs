@@ -67,6 +67,8 @@ pub struct LinalgRow {
 #[derive(Clone, Debug, Serialize)]
 pub struct LinalgReport {
     pub cpus: usize,
+    /// The GPUs the hexec column also ran on (names); the other columns run on CPUs only.
+    pub gpus: Vec<String>,
     pub rows: Vec<LinalgRow>,
     pub skipped: Vec<Skipped>,
 }
@@ -299,6 +301,7 @@ pub fn measure(cfg: &LinalgConfig, rt: &Runtime) -> Result<LinalgReport, String>
     let cpus = rt.machine().count(DeviceKind::Cpu).max(1);
     let mut report = LinalgReport {
         cpus,
+        gpus: rt.gpus().iter().map(|g| g.desc.name.clone()).collect(),
         rows: Vec::new(),
         skipped: Vec::new(),
     };
@@ -332,9 +335,18 @@ pub fn measure(cfg: &LinalgConfig, rt: &Runtime) -> Result<LinalgReport, String>
 /// The report as a Markdown table (the README's), then the skipped lines.
 pub fn markdown(r: &LinalgReport) -> String {
     let opt = |v: Option<f64>| v.map_or("—".to_string(), |g| format!("{g:.1}"));
+    let on = if r.gpus.is_empty() {
+        format!("{} CPU cores", r.cpus)
+    } else {
+        format!(
+            "{} CPU cores (the hexec column also on {} GPU(s): {})",
+            r.cpus,
+            r.gpus.len(),
+            r.gpus.join(", ")
+        )
+    };
     let mut s = format!(
-        "GFLOP/s on {} CPU cores (median of the runs; each column in turns, same run)\n\n| operation | type | n | tile | tasks | hexec | faer (dense) | SciPy/OpenBLAS | StarPU dmdas | hexec / faer | hexec / StarPU |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-        r.cpus
+        "GFLOP/s on {on} (median of the runs; each column in turns, same run)\n\n| operation | type | n | tile | tasks | hexec | faer (dense) | SciPy/OpenBLAS | StarPU dmdas | hexec / faer | hexec / StarPU |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for row in &r.rows {
         s.push_str(&format!(

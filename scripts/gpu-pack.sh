@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Packs what scripts/gpu-check.sh needs on a GPU machine without Rust into .gpu/ (ignored by
+# git through .git/info/exclude): a stripped release hexec, the GPU test binary and the shared
+# libraries both load that such an image may lack (hwloc, udev), and the overhead bench's Dask
+# graphs. Also puts Debian's Vulkan
+# loader package in .gl/. Both folders travel with the device call (carry: .gpu, .gl).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-target}"
+for d in /.gpu/ /.gl/; do
+  grep -qx "$d" .git/info/exclude 2> /dev/null || echo "$d" >> .git/info/exclude
+done
+rm -rf .gpu && mkdir -p .gpu/lib
+cargo build --release --locked
+strip -o .gpu/hexec "$target/release/hexec"
+tests="$(cargo test --release --locked --test gpu --no-run --message-format=json 2> /dev/null |
+  python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("executable") and m.get("target", {}).get("name") == "gpu": print(m["executable"])')"
+strip -o .gpu/gpu-tests "$tests"
+for lib in libhwloc.so.15 libudev.so.1; do
+  cp -L "$(ldconfig -p | awk -v l="$lib" '$1 == l && /x86-64/ {print $NF; exit}')" .gpu/lib/
+done
+if ! ls .gl/libvulkan1_*.deb > /dev/null 2>&1; then
+  mkdir -p .gl /tmp/apt-amd64/partial
+  o='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/apt-amd64'
+  apt-get $o update -qq
+  (cd .gl && apt-get $o download libvulkan1)
+fi
+# The Dask graphs of the overhead bench.
+mkdir -p .gpu/dask
+cp ../shared/workloads/dask/tree-15.json.gz ../shared/workloads/dask/merge-10000.json.gz .gpu/dask/
+du -sh .gpu .gl
