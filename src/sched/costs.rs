@@ -112,8 +112,7 @@ pub fn best_heft_plan(inputs: &Planning<'_>) -> Heft {
     // cost nothing: a plan does not see links busy with other copies, and with copies the
     // plans it found shorter did not run shorter on the schedule bench.
     let n = inputs.costs.len();
-    let free_copies = (0..n as u32).all(|t| inputs.edges.of_task(t).iter().all(|&s| (inputs.mean_comm)(t, s) == 0.0));
-    if !free_copies {
+    if !inputs.copies_free() {
         return best;
     }
     let budget = PLANNING_BUDGET_TASKS.saturating_sub(tried * n);
@@ -133,6 +132,12 @@ pub(crate) struct Planning<'a> {
 }
 
 impl Planning<'_> {
+    /// Whether no copy costs anything (a simulated machine with `links=free`): then a plan's
+    /// times are what the run will see, with nothing the plan leaves out to make a task late.
+    pub fn copies_free(&self) -> bool {
+        (0..self.costs.len() as u32).all(|t| self.edges.of_task(t).iter().all(|&s| (self.mean_comm)(t, s) == 0.0))
+    }
+
     /// HEFT's plan with upward ranks that weigh each task by rank weight `weight`
     /// ([`rank_weight`]); a task `t` with `forced[t]` runs on that kind only.
     fn ranked_by(&self, weight: usize, forced: &[Option<DeviceKind>]) -> Heft {
@@ -155,7 +160,7 @@ impl Planning<'_> {
 }
 
 /// A plan whose busiest GPU link is planned busy for at most this share of its makespan is
-/// trusted ([`plan_is_trusted`]). A plan sees each copy as if its link were free, so the
+/// trusted ([`plan_trust`]). A plan sees each copy as if its link were free, so the
 /// fuller a link, the later copies come than planned. On the schedule bench, following plans
 /// whose busiest link was busy at most 0.37 of the makespan (every row of mirage and attila,
 /// sirocco 10×10, Skylake + 1 V100 10×10 of 128 with measured copies, every row of free
@@ -165,10 +170,36 @@ impl Planning<'_> {
 /// the threshold.)
 pub const TRUSTED_LINK_SHARE: f64 = 0.45;
 
-/// Whether a plan's links are free enough for its times to hold (see
-/// [`TRUSTED_LINK_SHARE`]): the copies it plans into and out of each GPU, one per datum and
-/// memory, take at most that share of its makespan, by `inputs`' copy times.
-pub fn plan_is_trusted(heft: &Heft, inputs: &Planning<'_>) -> bool {
+/// How far `locality` may go by a plan ([`plan_trust`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanTrust {
+    /// A guide only: its links are too busy for its times to hold.
+    Guide,
+    /// Its times roughly hold: its links are lightly used ([`TRUSTED_LINK_SHARE`]).
+    Trusted,
+    /// Its times hold exactly: copies cost nothing, and the plan's costs are the run's.
+    Exact,
+}
+
+/// How far a plan's times can be trusted: `Exact` when copies cost nothing
+/// ([`Planning::copies_free`]); `Trusted` when the copies it plans into and out of each GPU,
+/// one per datum and memory, take at most [`TRUSTED_LINK_SHARE`] of its makespan, by
+/// `inputs`' copy times; else `Guide`.
+pub fn plan_trust(heft: &Heft, inputs: &Planning<'_>) -> PlanTrust {
+    if heft.planned_makespan().is_none() {
+        PlanTrust::Guide
+    } else if inputs.copies_free() {
+        PlanTrust::Exact
+    } else if links_lightly_used(heft, inputs) {
+        PlanTrust::Trusted
+    } else {
+        PlanTrust::Guide
+    }
+}
+
+/// Whether the copies `heft` plans into and out of each GPU take at most
+/// [`TRUSTED_LINK_SHARE`] of its makespan.
+fn links_lightly_used(heft: &Heft, inputs: &Planning<'_>) -> bool {
     let (edges, kind_of, comm) = (inputs.edges, inputs.kind_of, inputs.comm);
     let Some(makespan) = heft.planned_makespan() else {
         return false;

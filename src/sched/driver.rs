@@ -6,7 +6,7 @@
 
 use super::compile::Successors;
 use super::{
-    allowed_costs, best_heft_plan, heft_plan, plan_is_trusted, Eager, Heft, HeteroPrio, Locality, Pick, Plan, Planning,
+    allowed_costs, best_heft_plan, heft_plan, plan_trust, Eager, Heft, HeteroPrio, Locality, Pick, Plan, Planning,
     Policy, PolicyKind, RandomPolicy, ReadyQueues,
 };
 use super::{TaskCost, WorkStealing};
@@ -83,8 +83,8 @@ pub fn build_policy(kind: PolicyKind, i: &PolicyInputs<'_>) -> AnyPolicy {
                 let allowed = allowed_costs(i.plan, &kinds, i.costs);
                 let planning = i.planning(&allowed, &kinds);
                 let heft = best_heft_plan(&planning);
-                let follow = plan_is_trusted(&heft, &planning);
-                policy = policy.with_look_ahead(heft, kinds, follow);
+                let trust = plan_trust(&heft, &planning);
+                policy = policy.with_look_ahead(heft, kinds, trust);
             }
             AnyPolicy::Locality(policy)
         }

@@ -30,21 +30,27 @@
 //!   plan that keeps nothing on CPUs adds nothing to them: priorities then.)
 //!
 //! - the workers, when the plan can be trusted (its links lightly used,
-//!   [`super::costs::plan_is_trusted`]): a ready task goes to its planned worker while that
-//!   worker can finish it by its planned finish stretched by [`FOLLOW_SLACK`], and a
-//!   finished task's outputs are copied ahead to the GPU a consumer is planned on. A plan
-//!   assumes each copy has its link to itself; where links are busy its times do not hold,
-//!   and following it made runs up to 1.8 times longer.
+//!   [`PlanTrust::Trusted`]): a ready task goes to its planned worker while that worker can
+//!   finish it by its planned finish stretched by [`FOLLOW_SLACK`], and a finished task's
+//!   outputs are copied ahead to the GPU a consumer is planned on. A plan assumes each copy
+//!   has its link to itself; where links are busy its times do not hold, and following it
+//!   made runs up to 1.8 times longer.
 //!
 //! Otherwise the plan is a guide, not a schedule: placement is decided when a task is ready,
 //! from what the workers and links are doing then. Idle workers steal either way.
+//!
+//! When copies cost nothing ([`PlanTrust::Exact`]: a simulated machine with free links, where
+//! the run's costs are the plan's), nothing the plan leaves out can make a task late, and the
+//! plan is run as planned: each worker takes its tasks in planned order, as `heft` runs its
+//! own. Placing by earliest finish there drifted from the plan and lost to it: sirocco, 20×20
+//! Cholesky, 336.5 ms against the plan's 322.6.
 //!
 //! Until the performance model knows a task's cost on every eligible worker, the task is
 //! placed as `eager` places it (a shared queue), so an uncalibrated run is sensible.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{place_unpreferred, take_queued, Pick, Plan, Policy, ReadyQueues};
+use super::{place_unpreferred, take_queued, Pick, Plan, PlanTrust, Policy, ReadyQueues};
 use crate::topology::{DeviceKind, WorkerId};
 
 /// The locality policy. Per worker, it keeps when the running task should end and how much
@@ -69,9 +75,8 @@ struct LookAhead {
     order: Vec<u32>,
     /// Each worker's kind.
     kinds: Vec<DeviceKind>,
-    /// Whether placement follows the plan's workers while the run keeps to it, and copies
-    /// go ahead to them (see [`Locality::with_look_ahead`]).
-    follow: bool,
+    /// How far placement follows the plan (see [`Locality::with_look_ahead`]).
+    trust: PlanTrust,
     /// The plan: each task's worker, start and finish.
     heft: super::Heft,
 }
@@ -125,12 +130,13 @@ impl Locality {
     /// Adds a look-ahead from a whole-graph plan `heft` (`kinds`: each worker's kind). Only
     /// on a machine of CPUs and GPUs, and only when the plan keeps some task on CPUs.
     ///
-    /// With `follow` (a plan the driver trusts: see [`super::costs::plan_is_trusted`]), a
-    /// ready task goes to its planned worker whenever that worker can finish it by its
-    /// planned finish stretched by [`FOLLOW_SLACK`], and a finished task's outputs are copied
-    /// ahead to the GPUs its consumers are planned on ([`Policy::expected_worker`]). A run
-    /// that falls further behind its plan is placed by earliest finish again.
-    pub fn with_look_ahead(mut self, heft: super::Heft, kinds: Vec<DeviceKind>, follow: bool) -> Self {
+    /// With a [`PlanTrust::Trusted`] plan, a ready task goes to its planned worker whenever
+    /// that worker can finish it by its planned finish stretched by [`FOLLOW_SLACK`], and a
+    /// finished task's outputs are copied ahead to the GPUs its consumers are planned on
+    /// ([`Policy::expected_worker`]). A run that falls further behind its plan is placed by
+    /// earliest finish again. An [`PlanTrust::Exact`] plan is run as planned, as `heft` runs
+    /// its own (its liveness argument holds unchanged).
+    pub fn with_look_ahead(mut self, heft: super::Heft, kinds: Vec<DeviceKind>, trust: PlanTrust) -> Self {
         let n = heft.tasks();
         let planned: Option<Vec<(f64, WorkerId)>> = (0..n as u32)
             .map(|t| Some((heft.planned_start(t)?, heft.assigned(t)?)))
@@ -151,7 +157,7 @@ impl Locality {
             self.look_ahead = Some(LookAhead {
                 order,
                 kinds,
-                follow,
+                trust,
                 heft,
             });
         }
@@ -162,13 +168,22 @@ impl Locality {
     /// finish it on time ([`FOLLOW_SLACK`]).
     #[inline]
     fn on_plan<Q: ReadyQueues>(&self, plan: &Plan, q: &Q, task: u32, now: f64) -> Option<WorkerId> {
-        let o = self.look_ahead.as_ref().filter(|o| o.follow)?;
+        let o = self.look_ahead.as_ref().filter(|o| o.trust == PlanTrust::Trusted)?;
         let w = o.heft.assigned(task)?;
         if !plan.eligible(task, w) {
             return None;
         }
         let (finish, _) = self.finish_on(plan, q, task, w, now)?;
         (finish <= o.heft.planned_finish(task)? * (1.0 + FOLLOW_SLACK)).then_some(w)
+    }
+
+    /// The plan, when it is run as planned ([`PlanTrust::Exact`]).
+    #[inline]
+    fn run_as_planned(&self) -> Option<&super::Heft> {
+        self.look_ahead
+            .as_ref()
+            .filter(|o| o.trust == PlanTrust::Exact)
+            .map(|o| &o.heft)
     }
 
     /// Whether the tasks placed on a worker wait in its planned queue, in exact order (with a
@@ -301,15 +316,24 @@ impl Policy for Locality {
     }
 
     fn expected_worker(&self, task: u32) -> Option<WorkerId> {
-        let o = self.look_ahead.as_ref().filter(|o| o.follow)?;
+        let o = self.look_ahead.as_ref().filter(|o| o.trust != PlanTrust::Guide)?;
         o.heft.assigned(task)
     }
 
     fn copies_ahead(&self) -> bool {
-        self.look_ahead.as_ref().is_some_and(|o| o.follow)
+        self.look_ahead.as_ref().is_some_and(|o| o.trust != PlanTrust::Guide)
+    }
+
+    fn order_held_roots(&self, held: &mut [u32]) {
+        if let Some(h) = self.run_as_planned() {
+            h.order_held_roots(held);
+        }
     }
 
     fn place<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, task: u32, releasing: Option<WorkerId>) {
+        if let Some(h) = self.run_as_planned() {
+            return h.place(plan, q, task, releasing);
+        }
         let now = q.now();
         let w = match self.on_plan(plan, q, task, now) {
             Some(w) => w,
@@ -331,6 +355,9 @@ impl Policy for Locality {
     }
 
     fn next<Q: ReadyQueues>(&self, plan: &Plan, q: &mut Q, worker: WorkerId) -> Option<Pick> {
+        if let Some(h) = self.run_as_planned() {
+            return h.next(plan, q, worker);
+        }
         let now = q.now();
         // Planned work first (own deque, then what was placed here, in order), then retries
         // and shared (unplanned) work.

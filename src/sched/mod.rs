@@ -30,8 +30,8 @@ mod ws;
 use std::fmt;
 
 pub(crate) use costs::{
-    allowed_costs, best_heft_plan, heft_plan, is_replayed, kind_index, plan_is_trusted, rank_priorities,
-    recorded_seconds, Planning, TaskCost,
+    allowed_costs, best_heft_plan, heft_plan, is_replayed, kind_index, plan_trust, rank_priorities, recorded_seconds,
+    PlanTrust, Planning, TaskCost,
 };
 pub(crate) use driver::{build_policy, PolicyInputs};
 pub(crate) use eager::Eager;

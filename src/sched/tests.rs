@@ -471,10 +471,10 @@ fn the_search_over_classes_shortens_a_plan_that_saturates_the_gpu() {
 
 /// A plan is trusted when its busiest GPU link is busy for at most `TRUSTED_LINK_SHARE` of its
 /// makespan: a CPU task feeding a GPU task over a link that costs 1 s (of a 3 s plan) is;
-/// over one that costs 4 s (of 6 s), it is not.
+/// over one that costs 4 s (of 6 s), it is not; with free copies its times are exact.
 #[test]
 fn a_plan_is_trusted_while_its_links_are_lightly_used() {
-    use crate::sched::costs::{plan_is_trusted, TRUSTED_LINK_SHARE};
+    use crate::sched::costs::{plan_trust, PlanTrust, TRUSTED_LINK_SHARE};
     let edges = crate::sched::compile::Successors {
         off: vec![0, 1, 1],
         succ: vec![1],
@@ -496,10 +496,10 @@ fn a_plan_is_trusted_while_its_links_are_lightly_used() {
         let inputs = planning(&p, &edges, &costs, &kinds, &comm, &mean);
         let h = heft_plan(&inputs);
         assert_eq!(h.planned_makespan(), Some(2.0 + copy));
-        plan_is_trusted(&h, &inputs)
+        plan_trust(&h, &inputs)
     };
     const { assert!(1.0 / 3.0 <= TRUSTED_LINK_SHARE && TRUSTED_LINK_SHARE < 4.0 / 6.0) };
-    assert!(with_copy(1.0));
-    assert!(!with_copy(4.0));
-    assert!(with_copy(0.0));
+    assert_eq!(with_copy(1.0), PlanTrust::Trusted);
+    assert_eq!(with_copy(4.0), PlanTrust::Guide);
+    assert_eq!(with_copy(0.0), PlanTrust::Exact);
 }
