@@ -22,8 +22,9 @@ export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"
 
 # The Vulkan loader and libglvnd (the NVIDIA ICD loads through it), when .gl holds them
 # (Debian's libvulkan1, libglvnd0, libegl1, libgl1, libglx0, libgles2, libopengl0).
+# Unpacked into / as the device machine's notes advise for these packages (needs root there).
 if ls .gl/*.deb > /dev/null 2>&1; then
-  for f in .gl/*.deb; do dpkg -x "$f" /; done
+  for f in .gl/*.deb; do dpkg -x "$f" / || echo "could not unpack $f (root?)"; done
   ldconfig
 fi
 # The NVIDIA driver's ICD where the loader does not look by itself.
@@ -35,18 +36,18 @@ fi
 {
   echo "== date"; date -u
   echo "== cpu"; lscpu | grep -E "Model name|^CPU\(s\)|Thread|NUMA node\(s\)"
-  echo "== nvidia-smi"; nvidia-smi 2>&1 | head -20
+  echo "== nvidia-smi"; timeout 30 nvidia-smi 2>&1 | head -20
   echo "== vulkan ICDs"; ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/nvidia/share/vulkan/icd.d 2>&1
   echo "VK_DRIVER_FILES=${VK_DRIVER_FILES:-}"
   echo "== libvulkan"; ldconfig -p | grep -i vulkan
-  echo "== vulkaninfo"; vulkaninfo --summary 2>&1 | grep -E "deviceName|driverName|apiVersion|deviceType" | head -20
+  echo "== vulkaninfo"; timeout 30 vulkaninfo --summary 2>&1 | grep -E "deviceName|driverName|apiVersion|deviceType" | head -20
 } > "$out/env.txt" 2>&1
 
 if [ -x .gpu/hexec ]; then
   hexec=.gpu/hexec
   export DASK_DIR="${DASK_DIR:-.gpu/dask}"
   gpu_tests=.gpu/gpu-tests
-  export LD_LIBRARY_PATH=".gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export LD_LIBRARY_PATH="$PWD/.gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 else
   target="${CARGO_TARGET_DIR:-target}"
   cargo build --release --locked > "$out/build.txt" 2>&1 || { echo "build failed"; tail -30 "$out/build.txt"; exit 1; }
@@ -59,7 +60,7 @@ for l in sys.stdin:
 fi
 
 # What the Vulkan loader finds and refuses (the NVIDIA ICD needs libglvnd's libraries too).
-VK_LOADER_DEBUG=error,warn,driver "$hexec" info > "$out/loader.txt" 2>&1
+VK_LOADER_DEBUG=error,warn,driver timeout 30 "$hexec" info > "$out/loader.txt" 2>&1
 
 # step NAME SECONDS COMMAND...: runs COMMAND under a time limit into $out/NAME, says how it ended.
 step() {
@@ -69,7 +70,10 @@ step() {
   timeout --kill-after=5 "$limit" "$@" > "$out/$name" 2>&1
   local rc=$?
   echo "step $name: exit $rc in $((SECONDS - t0)) s" | tee -a "$out/steps.txt"
-  if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu-check.tar.gz" -C "$out" .; fi
+  # Written aside, then renamed: a run stopped mid-write still brings the last whole archive.
+  if [ -n "${OUT:-}" ]; then
+    tar czf "$OUT/.gpu-check.tar.gz.part" -C "$out" . && mv -f "$OUT/.gpu-check.tar.gz.part" "$OUT/gpu-check.tar.gz"
+  fi
 }
 
 step info.txt 30 "$hexec" info

@@ -53,6 +53,37 @@ fn cpu_only_and_gpu_only_kernels_land_where_they_can() {
     }
 }
 
+/// `locality` on a machine whose links cost nothing runs its plan as planned, each worker
+/// taking its tasks in planned order. A chain of CPU-only tasks would be handed link by link to
+/// the worker that finished the last one (a fused chain), which the plan may not have planned
+/// there: its planned worker would wait for it for ever. Run as planned, chains are not
+/// followed, and the run completes.
+#[test]
+fn a_plan_run_as_planned_completes_with_fused_chains() {
+    const CHAIN: usize = 12;
+    let mut sm = SimMachine::parse("cpus:2,gpus:1,gpu-speedup:2").unwrap();
+    sm.free_links();
+    let mut spec = cholesky::generate(6, 256);
+    for i in 0..CHAIN {
+        let mut t = TaskSpec::replay(format!("chain{i}"), 0.0005);
+        t.device = Some("cpu".into());
+        if i > 0 {
+            t.after = vec![format!("chain{}", i - 1)];
+        }
+        spec.tasks.push(t);
+    }
+    let g = build(&spec, &sm);
+    let r = simulate(&g, &sm, PolicyKind::Locality, &SimOptions::default()).unwrap();
+    assert!(
+        r.run.fused_links >= CHAIN as u64 - 1,
+        "the chain is fused: {}",
+        r.run.fused_links
+    );
+    assert_eq!(r.run.steals, 0, "run as planned: nothing is stolen");
+    let heft = simulate(&g, &sm, PolicyKind::Heft, &SimOptions::default()).unwrap();
+    assert!(r.run.makespan_s <= heft.run.makespan_s * (1.0 + 1e-9));
+}
+
 #[test]
 fn data_stays_on_the_gpu_that_holds_it() {
     // A chain of updates to one tile: after the first lands on a GPU, the rest stay there.

@@ -1458,6 +1458,8 @@ impl Engine {
                 },
                 mean_comm: &|p, t| if self.gpus.is_empty() { 0.0 } else { comm(p, t) },
                 host_memory_limited: self.budgets.spillable(),
+                // A real copy always takes time.
+                links_free: false,
             },
         );
         self.execute(&policy, graph, data, opts, &turn, control)

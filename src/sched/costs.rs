@@ -132,8 +132,8 @@ pub(crate) struct Planning<'a> {
 }
 
 impl Planning<'_> {
-    /// Whether no copy costs anything (a simulated machine with `links=free`): then a plan's
-    /// times are what the run will see, with nothing the plan leaves out to make a task late.
+    /// Whether no copy between two tasks costs anything (free links, or tasks that hand
+    /// each other no bytes): a plan's makespan then leaves out no copy.
     pub fn copies_free(&self) -> bool {
         (0..self.costs.len() as u32).all(|t| self.edges.of_task(t).iter().all(|&s| (self.mean_comm)(t, s) == 0.0))
     }
@@ -177,18 +177,19 @@ pub enum PlanTrust {
     Guide,
     /// Its times roughly hold: its links are lightly used ([`TRUSTED_LINK_SHARE`]).
     Trusted,
-    /// Its times hold exactly: copies cost nothing, and the plan's costs are the run's.
+    /// Its times hold exactly: the machine's links cost nothing (a simulated machine with
+    /// free links), and the plan's costs are the run's.
     Exact,
 }
 
-/// How far a plan's times can be trusted: `Exact` when copies cost nothing
-/// ([`Planning::copies_free`]); `Trusted` when the copies it plans into and out of each GPU,
-/// one per datum and memory, take at most [`TRUSTED_LINK_SHARE`] of its makespan, by
-/// `inputs`' copy times; else `Guide`.
-pub fn plan_trust(heft: &Heft, inputs: &Planning<'_>) -> PlanTrust {
+/// How far a plan's times can be trusted: `Exact` on a machine whose links cost nothing
+/// (`links_free`: the simulator's free links; never the runtime); `Trusted` when the copies
+/// it plans into and out of each GPU, one per datum and memory, take at most
+/// [`TRUSTED_LINK_SHARE`] of its makespan, by `inputs`' copy times; else `Guide`.
+pub fn plan_trust(heft: &Heft, inputs: &Planning<'_>, links_free: bool) -> PlanTrust {
     if heft.planned_makespan().is_none() {
         PlanTrust::Guide
-    } else if inputs.copies_free() {
+    } else if links_free {
         PlanTrust::Exact
     } else if links_lightly_used(heft, inputs) {
         PlanTrust::Trusted

@@ -28,6 +28,9 @@ pub struct PolicyInputs<'a> {
     pub mean_comm: &'a dyn Fn(u32, u32) -> f64,
     /// Whether the host's memory is limited (what does not fit spills to disk).
     pub host_memory_limited: bool,
+    /// Whether every copy between memories costs nothing: a simulated machine with free
+    /// links, whose runs cost what a plan says. Never in the runtime, where copies take time.
+    pub links_free: bool,
 }
 
 impl<'a> PolicyInputs<'a> {
@@ -83,7 +86,7 @@ pub fn build_policy(kind: PolicyKind, i: &PolicyInputs<'_>) -> AnyPolicy {
                 let allowed = allowed_costs(i.plan, &kinds, i.costs);
                 let planning = i.planning(&allowed, &kinds);
                 let heft = best_heft_plan(&planning);
-                let trust = plan_trust(&heft, &planning);
+                let trust = plan_trust(&heft, &planning, i.links_free);
                 policy = policy.with_look_ahead(heft, kinds, trust);
             }
             AnyPolicy::Locality(policy)
@@ -182,6 +185,7 @@ mod tests {
             comm: &|_, _, _, _| 0.0,
             mean_comm: &|_, _| 0.0,
             host_memory_limited: false,
+            links_free: false,
         };
         let AnyPolicy::Locality(l) = build_policy(PolicyKind::Locality, &inputs) else {
             panic!("not locality");

@@ -39,10 +39,11 @@
 //! Otherwise the plan is a guide, not a schedule: placement is decided when a task is ready,
 //! from what the workers and links are doing then. Idle workers steal either way.
 //!
-//! When copies cost nothing ([`PlanTrust::Exact`]: a simulated machine with free links, where
-//! the run's costs are the plan's), nothing the plan leaves out can make a task late, and the
-//! plan is run as planned: each worker takes its tasks in planned order, as `heft` runs its
-//! own. Placing by earliest finish there drifted from the plan and lost to it: sirocco, 20×20
+//! When the machine's links cost nothing ([`PlanTrust::Exact`]: a simulated machine with free
+//! links, where the run's costs are the plan's; never the runtime), nothing the plan leaves
+//! out can make a task late, and the plan is run as planned: each worker takes its tasks in
+//! planned order, as `heft` runs its own (no fused chains either: a link handed to the
+//! worker that finished its predecessor would leave its planned worker waiting for it). Placing by earliest finish there drifted from the plan and lost to it: sirocco, 20×20
 //! Cholesky, 336.5 ms against the plan's 322.6.
 //!
 //! Until the performance model knows a task's cost on every eligible worker, the task is
@@ -322,6 +323,11 @@ impl Policy for Locality {
 
     fn copies_ahead(&self) -> bool {
         self.look_ahead.as_ref().is_some_and(|o| o.trust != PlanTrust::Guide)
+    }
+
+    fn follows_fused_chains(&self) -> bool {
+        // Run as planned, each task is taken from its planned worker's order (see `heft`).
+        self.run_as_planned().is_none()
     }
 
     fn order_held_roots(&self, held: &mut [u32]) {

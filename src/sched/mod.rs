@@ -87,7 +87,7 @@ pub(crate) trait Policy: Send + Sync {
     fn order_held_roots(&self, _held: &mut [u32]) {}
 
     /// The worker a task not yet ready is expected to run on, when the policy's plan says
-    /// (`heft`; `locality` while it follows a trusted plan): the drivers copy each of its
+    /// (`heft`; `locality` while it follows a trusted or exact plan): the drivers copy each of its
     /// inputs to that worker's memory as soon as the input's producer finishes, not when the
     /// task is placed. (With a plan it does not trust, `locality` says nothing: on the
     /// simulated rows with measured links, copying ahead to where such a plan put a task made

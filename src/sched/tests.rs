@@ -496,7 +496,7 @@ fn a_plan_is_trusted_while_its_links_are_lightly_used() {
         let inputs = planning(&p, &edges, &costs, &kinds, &comm, &mean);
         let h = heft_plan(&inputs);
         assert_eq!(h.planned_makespan(), Some(2.0 + copy));
-        plan_trust(&h, &inputs)
+        plan_trust(&h, &inputs, copy == 0.0)
     };
     const { assert!(1.0 / 3.0 <= TRUSTED_LINK_SHARE && TRUSTED_LINK_SHARE < 4.0 / 6.0) };
     assert_eq!(with_copy(1.0), PlanTrust::Trusted);

@@ -195,6 +195,7 @@ pub(crate) fn simulate_sized(
                 comm: &|p, t, from, to| st.comm(p, t, st.node_of[from.index()], st.node_of[to.index()]),
                 mean_comm: &|p, t| st.mean_comm(p, t),
                 host_memory_limited: opts.host_memory.is_some(),
+                links_free: sm.links_free(),
             },
         );
         st.run(&built, &compiled.edges, &compiled.roots, plan)

@@ -287,6 +287,11 @@ impl SimMachine {
         })
     }
 
+    /// Whether every copy between two memories costs nothing (see [`SimMachine::free_links`]).
+    pub fn links_free(&self) -> bool {
+        self.bandwidth.iter().flatten().all(|b| b.is_infinite()) && self.latency.iter().flatten().all(|&l| l == 0.0)
+    }
+
     /// Makes every copy free: infinite bandwidth, no latency.
     pub fn free_links(&mut self) {
         self.bandwidth.iter_mut().flatten().for_each(|b| *b = f64::INFINITY);
@@ -531,7 +536,9 @@ mod tests {
         assert!(e.contains("'links=fast'") && e.contains("links=free"), "{e}");
         let mut m = SimMachine::parse("cpus:2,gpus:2,gpu-speedup:5,bw:10,lat:5").unwrap();
         assert!(m.bandwidth[0][1].is_finite() && m.latency[1][0] > 0.0);
+        assert!(!m.links_free());
         m.free_links();
+        assert!(m.links_free());
         assert!(m.bandwidth.iter().flatten().all(|b| b.is_infinite()));
         assert!(m.latency.iter().flatten().all(|&l| l == 0.0));
         assert!(m.name.ends_with("(free links)"), "{}", m.name);
