@@ -433,6 +433,48 @@ fn gpu_tasks_are_batched_timed_and_traced() {
     }
 }
 
+/// Under a planning policy, while the model has no GPU time for a task a CPU may also run,
+/// the GPU takes such tasks one batch at a time (a GPU slower than the cores must not take
+/// sixteen at once); tasks only a GPU may run are batched from the start.
+#[test]
+fn a_gpu_of_unknown_speed_takes_tasks_a_cpu_could_run_one_at_a_time() {
+    let Some(rt) = with_one_gpu(Runtime::builder().policy(PolicyKind::Locality)) else {
+        return;
+    };
+    let gpu_worker = rt
+        .machine()
+        .workers
+        .iter()
+        .position(|w| w.kind == DeviceKind::Gpu)
+        .unwrap();
+    // Anywhere: one task per submission on the GPU, however many it took.
+    let tiles: Vec<Data<f32>> = (0..32).map(|i| rt.data(vec![i as f32; 1 << 18])).collect();
+    let mut g = rt.graph();
+    for t in &tiles {
+        g.task(&builtin::scale()).read_write(*t).param(2.0).add();
+    }
+    let before = rt.gpus()[0].kernel_submits();
+    let report = rt.run(&g).unwrap();
+    let submits = rt.gpus()[0].kernel_submits() - before;
+    let on_gpu = report.workers[gpu_worker].tasks;
+    assert_eq!(
+        submits, on_gpu,
+        "{on_gpu} unpriced tasks on the GPU in {submits} submissions"
+    );
+    for (i, t) in tiles.iter().enumerate() {
+        assert_eq!(rt.read(*t).unwrap()[0], 2.0 * i as f32);
+    }
+    // On the GPU only (a kernel the model has not seen on it yet): batched.
+    let mut g = rt.graph();
+    for t in &tiles {
+        g.task(&builtin::fill()).on(DeviceKind::Gpu).write(*t).param(7.5).add();
+    }
+    let before = rt.gpus()[0].kernel_submits();
+    rt.run(&g).unwrap();
+    let submits = rt.gpus()[0].kernel_submits() - before;
+    assert!(submits < 32, "32 GPU-only tasks took {submits} submissions");
+}
+
 /// A traced batch of GPU tasks of different sizes: each task's slice is its own kernel's span
 /// (from timestamp queries) dated on the run's clock, inside its batch, not overlapping the
 /// others; without timestamp queries, even shares of the batch marked estimated. Each copy

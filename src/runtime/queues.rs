@@ -93,6 +93,13 @@ impl<'a> LocalQueues<'a> {
 }
 
 impl LocalQueues<'_> {
+    /// Whether a planning policy's costs have no time for `task` on `worker` (its kernel was
+    /// never measured on that worker's class). Never under `eager` and `ws`, which have no
+    /// costs.
+    pub fn unpriced(&self, task: u32, worker: WorkerId) -> bool {
+        self.costs.is_some_and(|c| c.compute_time(task, worker).is_none())
+    }
+
     /// Puts a task tried again after a failed attempt in `worker`'s mailbox, to be taken
     /// before the work already in its deque.
     pub fn push_retry(&mut self, worker: WorkerId, band: u8, task: u32) {
