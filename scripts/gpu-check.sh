@@ -91,6 +91,13 @@ step demo-gpu-large.txt 90 "$hexec" demo --n 24576 --tile 1024
 step linalg.md 120 "$hexec" bench linalg --sizes 4096,8192 --ops cholesky --python python3
 step demo-heft.txt 45 "$hexec" demo --policy heft
 step demo-heteroprio.txt 45 "$hexec" demo --policy heteroprio
+# The same factorisation as a graph file, run cold (no model: the first run of a process),
+# then warm (the model the first run measured), both traced, then on the CPUs alone.
+graph="$(mktemp -d)/cholesky-16x512.json"
+"$hexec" gen cholesky --tiles 16 --tile-size 512 -o "$graph"
+step run-cold.txt 60 "$hexec" run "$graph" --model "$out/model.json" --trace "$out/trace-cold.json"
+step run-warm.txt 60 "$hexec" run "$graph" --model "$out/model.json" --trace "$out/trace-warm.json"
+step run-cpus.txt 60 "$hexec" run "$graph" --gpus none
 step overhead.md 60 "$hexec" bench overhead --no-large --dask-dir "${DASK_DIR:-../shared/workloads/dask}"
 
 echo "== summary"
@@ -98,6 +105,7 @@ cat "$out/steps.txt"
 grep -E "^test result|FAILED|panicked" "$out/tests-gpu.txt" | head -20
 cat "$out/info.txt" | head -30
 cat "$out/bench-gpu.md" "$out/anchors.md"
+for f in run-cold run-warm run-cpus; do echo "== $f"; grep -E "tasks:|gpu0|check" "$out/$f.txt" | head -4; done
 for f in demo-all demo-cpus demo-gpu-large demo-heft demo-heteroprio; do echo "== $f"; grep -E "^machine|^factor|^  (cpu|gpu)|result" "$out/$f.txt" | head -8; done
 cat "$out/linalg.md"
 tail -15 "$out/overhead.md"
