@@ -43,7 +43,8 @@
 //! links, where the run's costs are the plan's; never the runtime), nothing the plan leaves
 //! out can make a task late, and the plan is run as planned: each worker takes its tasks in
 //! planned order, as `heft` runs its own (no fused chains either: a link handed to the
-//! worker that finished its predecessor would leave its planned worker waiting for it). Placing by earliest finish there drifted from the plan and lost to it: sirocco, 20×20
+//! worker that finished its predecessor would leave its planned worker waiting for it).
+//! Placing by earliest finish there drifted from the plan and lost to it: sirocco, 20×20
 //! Cholesky, 336.5 ms against the plan's 322.6.
 //!
 //! Until the performance model knows a task's cost on every eligible worker, the task is
