@@ -435,7 +435,9 @@ fn gpu_tasks_are_batched_timed_and_traced() {
 
 /// Under a planning policy, while the model has no GPU time for a task a CPU may also run,
 /// the GPU takes such tasks one batch at a time (a GPU slower than the cores must not take
-/// sixteen at once); tasks only a GPU may run are batched from the start.
+/// sixteen at once); tasks only a GPU may run are batched from the start. (Each task below has
+/// its own operand size, so none is timed by another's run: what one task of a kernel and
+/// size measures prices the others for the rest of the run, `LearnedCosts`.)
 #[test]
 fn a_gpu_of_unknown_speed_takes_tasks_a_cpu_could_run_one_at_a_time() {
     let Some(rt) = with_one_gpu(Runtime::builder().policy(PolicyKind::Locality)) else {
@@ -448,7 +450,7 @@ fn a_gpu_of_unknown_speed_takes_tasks_a_cpu_could_run_one_at_a_time() {
         .position(|w| w.kind == DeviceKind::Gpu)
         .unwrap();
     // Anywhere: one task per submission on the GPU, however many it took.
-    let tiles: Vec<Data<f32>> = (0..32).map(|i| rt.data(vec![i as f32; 1 << 18])).collect();
+    let tiles: Vec<Data<f32>> = (0..32).map(|i| rt.data(vec![i as f32; (1 << 18) + i])).collect();
     let mut g = rt.graph();
     for t in &tiles {
         g.task(&builtin::scale()).read_write(*t).param(2.0).add();

@@ -1,8 +1,11 @@
 //! What the runtime tells planning policies: the time since the run began, expected compute
-//! times from the runtime's performance model, and the time to copy a task's missing inputs
-//! to a worker's memory (from the coherence state of each input and the link model), plus,
-//! on a memory node that is full, the time to make room (evicted copies written back).
+//! times from the runtime's performance model (and, for kernels the model had no time for,
+//! what this run has measured of them so far: [`LearnedCosts`]), and the time to copy a
+//! task's missing inputs to a worker's memory (from the coherence state of each input and the
+//! link model), plus, on a memory node that is full, the time to make room (evicted copies
+//! written back).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,6 +26,8 @@ pub const DEFAULT_LATENCY: f64 = 10e-6;
 pub(crate) struct CostView<'a> {
     pub start: Instant,
     pub costs: Vec<TaskCost>,
+    /// What this run measured where `costs` has no time (on machines with GPUs).
+    pub learned: Option<&'a LearnedCosts>,
     pub kind_of: Vec<DeviceKind>,
     pub node_of: Vec<Node>,
     pub graph: &'a Graph,
@@ -39,7 +44,13 @@ impl CostView<'_> {
     }
 
     pub fn compute_time(&self, task: u32, w: WorkerId) -> Option<f64> {
-        self.costs[task as usize][kind_index(self.kind_of[w.index()])]
+        self.time_on(task, self.kind_of[w.index()])
+    }
+
+    /// The expected time of `task` on a worker of `kind`: the model's, else what this run
+    /// measured.
+    pub fn time_on(&self, task: u32, kind: DeviceKind) -> Option<f64> {
+        self.costs[task as usize][kind_index(kind)].or_else(|| self.learned?.get(task, kind))
     }
 
     pub fn transfer(&self, task: u32, w: WorkerId) -> (f64, u64) {
@@ -98,16 +109,18 @@ pub(crate) fn shared_bytes(graph: &Graph, data_bytes: &[u64], p: u32, t: u32) ->
     graph.handed_over(p, t).map(|d| data_bytes[d as usize]).sum()
 }
 
-/// Expected costs of every task from the model, where the kernel can run.
+/// Expected costs of every task from the model, where the kernel can run, and each task's
+/// cost group (one per kernel and operand size), for [`LearnedCosts`].
 /// Lookups are memoised per (kernel, size): graphs repeat a few shapes many times.
-pub(crate) fn model_costs(graph: &Graph, model: &PerfModel, sizes: &[u64]) -> Vec<TaskCost> {
-    let mut memo: std::collections::HashMap<(u32, u64), TaskCost> = std::collections::HashMap::new();
+pub(crate) fn model_costs(graph: &Graph, model: &PerfModel, sizes: &[u64]) -> (Vec<TaskCost>, Vec<u32>) {
+    let mut memo: std::collections::HashMap<(u32, u64), (u32, TaskCost)> = std::collections::HashMap::new();
     graph
         .tasks
         .iter()
         .zip(sizes)
         .map(|(t, &size)| {
-            *memo.entry((t.kernel, size)).or_insert_with(|| {
+            let groups = memo.len() as u32;
+            let (group, cost) = *memo.entry((t.kernel, size)).or_insert_with(|| {
                 let k = &graph.kernels[t.kernel as usize];
                 let on = |kind: DeviceKind, has: bool| {
                     if has {
@@ -116,8 +129,97 @@ pub(crate) fn model_costs(graph: &Graph, model: &PerfModel, sizes: &[u64]) -> Ve
                         None
                     }
                 };
-                [on(DeviceKind::Cpu, k.has_cpu()), on(DeviceKind::Gpu, k.has_gpu())]
-            })
+                (
+                    groups,
+                    [on(DeviceKind::Cpu, k.has_cpu()), on(DeviceKind::Gpu, k.has_gpu())],
+                )
+            });
+            (cost, group)
         })
-        .collect()
+        .unzip()
+}
+
+/// A task whose model costs are all known: no slot.
+const NOTHING_TO_LEARN: u32 = u32::MAX;
+
+/// Times measured during a run for kernels the model had no time for, per cost group (a
+/// kernel and an operand size, [`model_costs`]) and device kind, so that once one task of a
+/// group has run on a kind, the rest of the group is placed by cost rather than as `eager`
+/// places it. A fresh runtime's first graph (a demo's, a benchmark's first repetition) is
+/// otherwise placed blind from start to end: the model learns only when a run ends.
+///
+/// Each entry keeps the least time measured: a first run of a GPU kernel can include
+/// compiling its pipeline, and a time too high would keep that kernel off the GPU for the
+/// rest of the run. Relaxed atomics: a placement that reads a time a moment late is still a
+/// placement.
+pub(crate) struct LearnedCosts {
+    group_of: Vec<u32>,
+    /// `[group][kind]`: seconds as f64 bits; 0 until measured.
+    seconds: Vec<[AtomicU64; 2]>,
+}
+
+impl LearnedCosts {
+    /// For tasks of these cost groups, whose model costs are `costs` (empty: nothing is
+    /// learned). Tasks with a time for every kind learn nothing.
+    pub fn new(mut group_of: Vec<u32>, costs: &[TaskCost]) -> Self {
+        let groups = group_of.iter().map(|&g| g as usize + 1).max().unwrap_or(0);
+        for (g, c) in group_of.iter_mut().zip(costs) {
+            if c.iter().all(Option::is_some) {
+                *g = NOTHING_TO_LEARN;
+            }
+        }
+        LearnedCosts {
+            group_of,
+            seconds: (0..groups).map(|_| [AtomicU64::new(0), AtomicU64::new(0)]).collect(),
+        }
+    }
+
+    /// The least time measured in this run for `task`'s group on `kind`, if any.
+    pub fn get(&self, task: u32, kind: DeviceKind) -> Option<f64> {
+        let g = *self.group_of.get(task as usize)? as usize;
+        let s = f64::from_bits(self.seconds.get(g)?[kind_index(kind)].load(Ordering::Relaxed));
+        (s > 0.0).then_some(s)
+    }
+
+    /// Records that `task` took `seconds` on `kind`.
+    pub fn record(&self, task: u32, kind: DeviceKind, seconds: f64) {
+        let Some(slot) = self
+            .group_of
+            .get(task as usize)
+            .and_then(|&g| self.seconds.get(g as usize))
+        else {
+            return;
+        };
+        if !(seconds > 0.0 && seconds.is_finite()) {
+            return;
+        }
+        let _ = slot[kind_index(kind)].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+            let o = f64::from_bits(old);
+            (o == 0.0 || seconds < o).then_some(seconds.to_bits())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tasks of one group share what any of them measured, per kind, keeping the least.
+    #[test]
+    fn learned_costs_are_shared_by_a_group_and_keep_the_least() {
+        let unknown: TaskCost = [None, None];
+        let l = LearnedCosts::new(vec![0, 1, 0, 1], &[unknown, unknown, unknown, [Some(1.0), Some(2.0)]]);
+        assert_eq!(l.get(2, DeviceKind::Gpu), None);
+        l.record(0, DeviceKind::Gpu, 0.5);
+        l.record(2, DeviceKind::Gpu, 0.2);
+        l.record(0, DeviceKind::Gpu, 0.3);
+        l.record(0, DeviceKind::Gpu, f64::NAN);
+        assert_eq!(l.get(2, DeviceKind::Gpu), Some(0.2));
+        assert_eq!(l.get(0, DeviceKind::Cpu), None);
+        assert_eq!(l.get(1, DeviceKind::Gpu), None);
+        // Task 3 (group 1) has every time from the model: what it measures is not kept.
+        l.record(3, DeviceKind::Cpu, 0.1);
+        assert_eq!(l.get(1, DeviceKind::Cpu), None);
+        assert_eq!(LearnedCosts::new(Vec::new(), &[]).get(0, DeviceKind::Cpu), None);
+    }
 }

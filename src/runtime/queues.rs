@@ -12,7 +12,7 @@ use super::costs::CostView;
 use super::sleep::Sleep;
 use crate::sched::{pop_planned_from, Plan, PlannedQueue, ReadyQueues};
 use crate::sync::MutexExt;
-use crate::topology::WorkerId;
+use crate::topology::{DeviceKind, WorkerId};
 
 /// Queues shared by all workers of a run.
 pub(crate) struct SharedQueues {
@@ -93,11 +93,17 @@ impl<'a> LocalQueues<'a> {
 }
 
 impl LocalQueues<'_> {
-    /// Whether a planning policy's costs have no time for `task` on `worker` (its kernel was
-    /// never measured on that worker's class). Never under `eager` and `ws`, which have no
-    /// costs.
-    pub fn unpriced(&self, task: u32, worker: WorkerId) -> bool {
-        self.costs.is_some_and(|c| c.compute_time(task, worker).is_none())
+    /// Whether a GPU should take `task` alone in its batch, by a planning policy's costs: the
+    /// GPU's time for it is unknown, or longer than a CPU's. Never under `eager` and `ws`,
+    /// which have no costs.
+    pub fn alone_on_gpu(&self, task: u32) -> bool {
+        self.costs.is_some_and(
+            |c| match (c.time_on(task, DeviceKind::Gpu), c.time_on(task, DeviceKind::Cpu)) {
+                (None, _) => true,
+                (Some(gpu), Some(cpu)) => gpu > cpu,
+                (Some(_), None) => false,
+            },
+        )
     }
 
     /// Puts a task tried again after a failed attempt in `worker`'s mailbox, to be taken

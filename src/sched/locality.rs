@@ -68,6 +68,9 @@ pub struct Locality {
     /// Whether a worker runs what it released itself next (its LIFO deque): on machines of
     /// one class (see the module's documentation).
     depth_first: bool,
+    /// Whether fused chains are followed: not when a plan is run as planned (kept apart from
+    /// the look-ahead so that the check, made once per finished task, is one load).
+    fused_chains: bool,
 }
 
 /// What a whole-graph plan tells `locality` (see the module's documentation).
@@ -118,6 +121,7 @@ impl Locality {
                 .collect(),
             look_ahead: None,
             depth_first: true,
+            fused_chains: true,
         }
     }
 
@@ -156,6 +160,8 @@ impl Locality {
         // A plan that keeps nothing on CPUs says nothing a priority order does not (and on
         // the small Skylake + 4 V100 row, priorities did 19% better).
         if mixed && planned.iter().any(|p| kinds[p.1.index()] == DeviceKind::Cpu) {
+            // Run as planned, each task is taken from its planned worker's order (see `heft`).
+            self.fused_chains = trust != PlanTrust::Exact;
             self.look_ahead = Some(LookAhead {
                 order,
                 kinds,
@@ -327,8 +333,7 @@ impl Policy for Locality {
     }
 
     fn follows_fused_chains(&self) -> bool {
-        // Run as planned, each task is taken from its planned worker's order (see `heft`).
-        self.run_as_planned().is_none()
+        self.fused_chains
     }
 
     fn order_held_roots(&self, held: &mut [u32]) {

@@ -693,6 +693,7 @@ impl<'a> State<'a> {
     fn run<P: Policy>(&mut self, policy: &P, edges: &Successors, roots: &[u32], plan: &Plan) -> Result<(), SimError> {
         let nw = plan.num_workers();
         let n = self.graph.len();
+        let follows_chains = policy.follows_fused_chains();
         let mut q = SimQueues::new(nw, plan.sets().len(), plan.num_bands());
         let gate = self.backpressure.then(|| {
             let mut held: Vec<u32> = roots.iter().copied().filter(|&r| self.graph.only_produces(r)).collect();
@@ -802,7 +803,9 @@ impl<'a> State<'a> {
                 }
             }
             let me = WorkerId(w as u32);
-            let best = policy.pick_immediate(plan, task, &ready, me, |s| self.graph.tasks[s as usize].priority);
+            let best = policy.pick_immediate(plan, task, &ready, me, follows_chains, |s| {
+                self.graph.tasks[s as usize].priority
+            });
             if let Some(i) = best {
                 slot[w] = Some(ready.swap_remove(i));
             }

@@ -130,7 +130,11 @@ pub(super) fn execute<'a>(
         }
     }
     if let (true, Some(s), Ok(true)) = (run.calibrate, started, &outcome) {
-        stats.samples.push((task, (run.start.elapsed() - s).as_secs_f64()));
+        let secs = (run.start.elapsed() - s).as_secs_f64();
+        stats.samples.push((task, secs));
+        if let Some(l) = run.learned {
+            l.record(task, crate::DeviceKind::Cpu, secs);
+        }
     }
     if let (true, Some(s)) = (run.record_trace, started) {
         let end = run.start.elapsed();

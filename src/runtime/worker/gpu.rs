@@ -83,13 +83,13 @@ pub(crate) fn run_gpu_worker<P: Policy>(
                 Some(Pick { task, stolen_from }) => {
                     w.stats.steals += u64::from(stolen_from.is_some());
                     batch.push(task);
-                    // A task the model has no time for on this GPU, which a CPU may run too,
-                    // ends the batch: while the GPU's speed at it is unknown, the GPU takes
-                    // such tasks one batch at a time rather than MAX_BATCH at once, and the
-                    // cores take the rest. (A GPU slower than the cores, lavapipe on two: the
-                    // demo's first factorisation of 3072² took 5.5 s with the GPU taking 225
-                    // of its 610 tasks in batches; 0.6–1.2 s so; 0.07 s without the GPU.)
-                    if w.q.unpriced(task, me) && may_run_off_gpus(run, task) {
+                    // A task a CPU may run too, whose GPU time is unknown or longer than a
+                    // CPU's, ends the batch: the GPU takes such tasks one batch at a time
+                    // rather than MAX_BATCH at once, and the cores take the rest. (A GPU
+                    // slower than the cores, lavapipe on two: the demo's first factorisation
+                    // of 3072² took 5.5 s with the GPU taking 225 of its 610 tasks in
+                    // batches; 0.40–0.45 s so, with `LearnedCosts`; 0.07 s without the GPU.)
+                    if w.q.alone_on_gpu(task) && may_run_off_gpus(run, task) {
                         break;
                     }
                 }
@@ -377,7 +377,11 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
                     if run.calibrate {
                         // GPU time from timestamps, else this task's share of the batch.
                         let share = (ended - staged.started).as_secs_f64() / batch_len as f64;
-                        self.stats.samples.push((task, kernel_s.unwrap_or(share)));
+                        let secs = kernel_s.unwrap_or(share);
+                        self.stats.samples.push((task, secs));
+                        if let Some(l) = run.learned {
+                            l.record(task, crate::DeviceKind::Gpu, secs);
+                        }
                     }
                     if let (Some((batch, window)), Some(i)) = (traced, item) {
                         // Measured spans are dated when the worker ends (`GpuTimeline`);

@@ -73,6 +73,9 @@ pub(crate) struct RunState<'a> {
     pub gpus: &'a [std::sync::Arc<GpuDevice>],
     /// Per worker: the index of its GPU, for GPU workers.
     pub gpu_of_worker: &'a [Option<usize>],
+    /// Times measured in this run for kernels the model had no time for (planning policies
+    /// on machines with GPUs).
+    pub learned: Option<&'a super::costs::LearnedCosts>,
     pub transfers: Transfers,
     pub queues: &'a SharedQueues,
     /// Present when some task requests more than one core.
@@ -291,6 +294,8 @@ struct WorkerLoop<'w, 'r, 'q, P> {
     slot: Option<u32>,
     /// When this worker's loop started.
     began: Instant,
+    /// The policy's [`Policy::follows_fused_chains`], read once.
+    follows_chains: bool,
 }
 
 impl<'w, 'r, 'q, P: Policy> WorkerLoop<'w, 'r, 'q, P> {
@@ -302,6 +307,7 @@ impl<'w, 'r, 'q, P: Policy> WorkerLoop<'w, 'r, 'q, P> {
             q,
             me,
             began: Instant::now(),
+            follows_chains: policy.follows_fused_chains(),
             stats: WorkerStats::default(),
             ready: Vec::new(),
             slot: None,
@@ -322,7 +328,7 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
     /// highest-priority one this worker may run as its next task (`slot`), places the others,
     /// and ends the run when this was the last task.
     fn complete(&mut self, task: u32, ok: bool) {
-        let (policy, run, me) = (self.policy, self.run, self.me);
+        let (policy, run, me, follows_chains) = (self.policy, self.run, self.me, self.follows_chains);
         let (q, ready, slot) = (&mut self.q, &mut self.ready, &mut self.slot);
         let plan = &run.compiled.plan;
         run.phases.set(task, DONE);
@@ -350,7 +356,9 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
         }
         if !ready.is_empty() {
             let best = if slot.is_none() {
-                policy.pick_immediate(plan, task, ready, me, |s| run.graph.tasks[s as usize].priority)
+                policy.pick_immediate(plan, task, ready, me, follows_chains, |s| {
+                    run.graph.tasks[s as usize].priority
+                })
             } else {
                 None
             };
