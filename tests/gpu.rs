@@ -53,6 +53,15 @@ fn with_one_gpu(b: hexec::RuntimeBuilder) -> Option<Runtime> {
         .filter(|rt| !rt.gpus().is_empty())
 }
 
+/// The index of `rt`'s first GPU worker (in its machine's workers and a report's).
+fn first_gpu_worker(rt: &Runtime) -> usize {
+    rt.machine()
+        .workers
+        .iter()
+        .position(|w| w.kind == DeviceKind::Gpu)
+        .expect("a GPU worker")
+}
+
 /// A CPU kernel that loses `rt`'s first GPU (as a driver reset would) when it runs.
 fn destroy_gpu0(rt: &Arc<Runtime>) -> Arc<Kernel> {
     let weak = Arc::downgrade(rt);
@@ -413,12 +422,7 @@ fn gpu_tasks_are_batched_timed_and_traced() {
     assert_eq!(report.prefetched_tasks, 32);
     let log = report.trace.as_ref().unwrap();
     assert_eq!(log.transfers.len(), 32);
-    let gpu_worker = rt
-        .machine()
-        .workers
-        .iter()
-        .position(|w| w.kind == DeviceKind::Gpu)
-        .unwrap();
+    let gpu_worker = first_gpu_worker(&rt);
     if rt.gpus()[0].desc.features.iter().any(|f| f == "timestamp") {
         assert!(report.workers[gpu_worker].kernel_s.is_some_and(|s| s > 0.0));
         assert!(log.per_worker[gpu_worker].iter().all(|e| e.gpu_ns.is_some()));
@@ -443,12 +447,7 @@ fn a_gpu_of_unknown_speed_takes_tasks_a_cpu_could_run_one_at_a_time() {
     let Some(rt) = with_one_gpu(Runtime::builder().policy(PolicyKind::Locality)) else {
         return;
     };
-    let gpu_worker = rt
-        .machine()
-        .workers
-        .iter()
-        .position(|w| w.kind == DeviceKind::Gpu)
-        .unwrap();
+    let gpu_worker = first_gpu_worker(&rt);
     // Anywhere: one task per submission on the GPU, however many it took.
     let tiles: Vec<Data<f32>> = (0..32).map(|i| rt.data(vec![i as f32; (1 << 18) + i])).collect();
     let mut g = rt.graph();
