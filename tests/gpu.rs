@@ -437,37 +437,41 @@ fn gpu_tasks_are_batched_timed_and_traced() {
     }
 }
 
-/// Under a planning policy, while the model has no GPU time for a task a CPU may also run,
-/// the GPU takes such tasks one batch at a time (a GPU slower than the cores must not take
-/// sixteen at once); tasks only a GPU may run are batched from the start. (Each task below has
-/// its own operand size, so none is timed by another's run: what one task of a kernel and
-/// size measures prices the others for the rest of the run, `LearnedCosts`.)
+/// Under a planning policy, until a task of a kernel has been timed on the GPU, the GPU takes
+/// tasks of that kernel a CPU may also run one batch at a time (a GPU slower than the cores
+/// must not take sixteen at once): on a fresh runtime, the GPU's first batch of them holds
+/// one task. Tasks only a GPU may run are batched from the start.
 #[test]
 fn a_gpu_of_unknown_speed_takes_tasks_a_cpu_could_run_one_at_a_time() {
     let Some(rt) = with_one_gpu(Runtime::builder().policy(PolicyKind::Locality)) else {
         return;
     };
     let gpu_worker = first_gpu_worker(&rt);
-    // Anywhere: one task per submission on the GPU, however many it took.
-    let tiles: Vec<Data<f32>> = (0..32).map(|i| rt.data(vec![i as f32; (1 << 18) + i])).collect();
+    let tiles: Vec<Data<f32>> = (0..48).map(|i| rt.data(vec![i as f32; 1 << 18])).collect();
     let mut g = rt.graph();
     for t in &tiles {
         g.task(&builtin::scale()).read_write(*t).param(2.0).add();
     }
-    let before = rt.gpus()[0].kernel_submits();
-    let report = rt.run(&g).unwrap();
-    let submits = rt.gpus()[0].kernel_submits() - before;
-    let on_gpu = report.workers[gpu_worker].tasks;
-    assert_eq!(
-        submits, on_gpu,
-        "{on_gpu} unpriced tasks on the GPU in {submits} submissions"
-    );
+    let report = rt.run_with(&g, RunOptions::traced()).unwrap();
+    let log = report.trace.as_ref().unwrap();
+    let mut batches: Vec<u32> = log.per_worker[gpu_worker]
+        .iter()
+        .filter_map(|e| e.batch.as_ref().map(|b| b.seq))
+        .collect();
+    batches.sort_unstable();
+    if let Some(&first) = batches.first() {
+        let size = batches.iter().filter(|&&s| s == first).count();
+        assert_eq!(
+            size, 1,
+            "the GPU's first batch of a kernel it was never timed on: {batches:?}"
+        );
+    }
     for (i, t) in tiles.iter().enumerate() {
         assert_eq!(rt.read(*t).unwrap()[0], 2.0 * i as f32);
     }
     // On the GPU only (a kernel the model has not seen on it yet): batched.
     let mut g = rt.graph();
-    for t in &tiles {
+    for t in &tiles[..32] {
         g.task(&builtin::fill()).on(DeviceKind::Gpu).write(*t).param(7.5).add();
     }
     let before = rt.gpus()[0].kernel_submits();

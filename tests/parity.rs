@@ -1,5 +1,7 @@
 //! One scheduling core, two drivers: given the same graph and the same performance model, a
-//! policy makes the same placement decisions in the real runtime and in the simulator.
+//! policy makes the same placement decisions in the real runtime and in the simulator. (The
+//! model here prices every task: with an incomplete one, the runtime on a machine with GPUs
+//! also prices tasks by what the run has measured so far, which the simulator never needs.)
 
 use hexec::graph::formats::{BuildOptions, DataSpec, GraphSpec, TaskSpec};
 use hexec::sched::perfmodel::PerfModel;

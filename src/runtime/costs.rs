@@ -5,7 +5,7 @@
 //! link model), plus, on a memory node that is full, the time to make room (evicted copies
 //! written back).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -139,64 +139,81 @@ pub(crate) fn model_costs(graph: &Graph, model: &PerfModel, sizes: &[u64]) -> (V
         .unzip()
 }
 
-/// A task whose model costs are all known: no slot.
-const NOTHING_TO_LEARN: u32 = u32::MAX;
-
 /// Times measured during a run for kernels the model had no time for, per cost group (a
 /// kernel and an operand size, [`model_costs`]) and device kind, so that once one task of a
 /// group has run on a kind, the rest of the group is placed by cost rather than as `eager`
 /// places it. A fresh runtime's first graph (a demo's, a benchmark's first repetition) is
 /// otherwise placed blind from start to end: the model learns only when a run ends.
 ///
-/// Each entry keeps the least time measured: a first run of a GPU kernel can include
-/// compiling its pipeline, and a time too high would keep that kernel off the GPU for the
-/// rest of the run. Relaxed atomics: a placement that reads a time a moment late is still a
-/// placement.
+/// The first time measured stays: a time that later went down would leave `locality`'s
+/// per-worker queued work charged with the higher one. (GPU times are recorded only from
+/// timestamp queries or a batch of one task, never a share of a mixed batch.) Relaxed
+/// atomics: a placement that reads a time a moment late is still a placement.
 pub(crate) struct LearnedCosts {
     group_of: Vec<u32>,
+    /// Per group: whether the model has every time already (nothing to learn).
+    known: Vec<bool>,
     /// `[group][kind]`: seconds as f64 bits; 0 until measured.
     seconds: Vec<[AtomicU64; 2]>,
+    /// Per group, its kernel; per kernel, whether any of its tasks was timed on a GPU in
+    /// this run (at any size).
+    kernel_of_group: Vec<u32>,
+    timed_on_gpu: Vec<AtomicBool>,
 }
 
 impl LearnedCosts {
-    /// For tasks of these cost groups, whose model costs are `costs` (empty: nothing is
-    /// learned). Tasks with a time for every kind learn nothing.
-    pub fn new(mut group_of: Vec<u32>, costs: &[TaskCost]) -> Self {
+    /// For tasks of these cost groups and kernels (`kernel_of(task)`), whose model costs
+    /// are `costs`, on a graph of `kernels` kernels.
+    pub fn new(group_of: Vec<u32>, costs: &[TaskCost], kernel_of: impl Fn(u32) -> u32, kernels: usize) -> Self {
         let groups = group_of.iter().map(|&g| g as usize + 1).max().unwrap_or(0);
-        for (g, c) in group_of.iter_mut().zip(costs) {
-            if c.iter().all(Option::is_some) {
-                *g = NOTHING_TO_LEARN;
-            }
+        let mut known = vec![false; groups];
+        let mut kernel_of_group = vec![0; groups];
+        for (t, (&g, c)) in group_of.iter().zip(costs).enumerate() {
+            known[g as usize] = c.iter().all(Option::is_some);
+            kernel_of_group[g as usize] = kernel_of(t as u32);
         }
         LearnedCosts {
             group_of,
+            known,
             seconds: (0..groups).map(|_| [AtomicU64::new(0), AtomicU64::new(0)]).collect(),
+            kernel_of_group,
+            timed_on_gpu: (0..kernels).map(|_| AtomicBool::new(false)).collect(),
         }
     }
 
-    /// The least time measured in this run for `task`'s group on `kind`, if any.
+    /// The time measured in this run for `task`'s group on `kind`, if any.
     pub fn get(&self, task: u32, kind: DeviceKind) -> Option<f64> {
         let g = *self.group_of.get(task as usize)? as usize;
         let s = f64::from_bits(self.seconds.get(g)?[kind_index(kind)].load(Ordering::Relaxed));
         (s > 0.0).then_some(s)
     }
 
-    /// Records that `task` took `seconds` on `kind`.
-    pub fn record(&self, task: u32, kind: DeviceKind, seconds: f64) {
-        let Some(slot) = self
-            .group_of
+    /// Whether a task of `task`'s kernel, of any size, was timed on a GPU in this run.
+    pub fn kernel_timed_on_gpu(&self, task: u32) -> bool {
+        self.group_of
             .get(task as usize)
-            .and_then(|&g| self.seconds.get(g as usize))
-        else {
+            .and_then(|&g| self.kernel_of_group.get(g as usize))
+            .is_some_and(|&k| self.timed_on_gpu[k as usize].load(Ordering::Relaxed))
+    }
+
+    /// Records that `task` took `seconds` on `kind` (kept if its group had no time there).
+    pub fn record(&self, task: u32, kind: DeviceKind, seconds: f64) {
+        let Some(&g) = self.group_of.get(task as usize) else {
             return;
         };
-        if !(seconds > 0.0 && seconds.is_finite()) {
+        let g = g as usize;
+        if self.known[g] || !(seconds > 0.0 && seconds.is_finite()) {
             return;
         }
-        let _ = slot[kind_index(kind)].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-            let o = f64::from_bits(old);
-            (o == 0.0 || seconds < o).then_some(seconds.to_bits())
-        });
+        if kind == DeviceKind::Gpu {
+            self.timed_on_gpu[self.kernel_of_group[g] as usize].store(true, Ordering::Relaxed);
+        }
+        let _ = self.seconds[g][kind_index(kind)].compare_exchange(
+            0,
+            seconds.to_bits(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -204,22 +221,32 @@ impl LearnedCosts {
 mod tests {
     use super::*;
 
-    /// Tasks of one group share what any of them measured, per kind, keeping the least.
+    /// Tasks of one group share what the first of them measured, per kind; a kernel timed on
+    /// a GPU at one size counts as timed there at every size; groups the model knows learn
+    /// nothing.
     #[test]
-    fn learned_costs_are_shared_by_a_group_and_keep_the_least() {
+    fn learned_costs_are_shared_by_a_group_and_keep_the_first() {
         let unknown: TaskCost = [None, None];
-        let l = LearnedCosts::new(vec![0, 1, 0, 1], &[unknown, unknown, unknown, [Some(1.0), Some(2.0)]]);
+        // Tasks 0 and 2: group 0 (kernel 0); task 1: group 1 (kernel 0, another size);
+        // task 3: group 2 (kernel 1), which the model knows.
+        let costs = [unknown, unknown, unknown, [Some(1.0), Some(2.0)]];
+        let l = LearnedCosts::new(vec![0, 1, 0, 2], &costs, |t| u32::from(t == 3), 2);
+        assert_eq!(l.get(2, DeviceKind::Gpu), None);
+        assert!(!l.kernel_timed_on_gpu(1));
+        l.record(0, DeviceKind::Gpu, f64::NAN);
         assert_eq!(l.get(2, DeviceKind::Gpu), None);
         l.record(0, DeviceKind::Gpu, 0.5);
         l.record(2, DeviceKind::Gpu, 0.2);
-        l.record(0, DeviceKind::Gpu, 0.3);
-        l.record(0, DeviceKind::Gpu, f64::NAN);
-        assert_eq!(l.get(2, DeviceKind::Gpu), Some(0.2));
+        assert_eq!(l.get(2, DeviceKind::Gpu), Some(0.5));
         assert_eq!(l.get(0, DeviceKind::Cpu), None);
         assert_eq!(l.get(1, DeviceKind::Gpu), None);
-        // Task 3 (group 1) has every time from the model: what it measures is not kept.
+        assert!(l.kernel_timed_on_gpu(1), "same kernel, another size");
+        assert!(!l.kernel_timed_on_gpu(3));
         l.record(3, DeviceKind::Cpu, 0.1);
-        assert_eq!(l.get(1, DeviceKind::Cpu), None);
-        assert_eq!(LearnedCosts::new(Vec::new(), &[]).get(0, DeviceKind::Cpu), None);
+        assert_eq!(l.get(3, DeviceKind::Cpu), None);
+        assert_eq!(
+            LearnedCosts::new(Vec::new(), &[], |_| 0, 0).get(0, DeviceKind::Cpu),
+            None
+        );
     }
 }

@@ -1742,7 +1742,14 @@ impl Engine {
         // policies only (the others place nothing by cost), on machines with GPUs, where
         // placement weighs one class against the other (on CPUs alone, learning cost 48
         // instructions per task on the 20,000-task chain, 6%, and decided nothing).
-        let learned = (planning && !self.gpus.is_empty()).then(|| costs::LearnedCosts::new(cost_groups, &task_costs));
+        let learned = (planning && !self.gpus.is_empty()).then(|| {
+            costs::LearnedCosts::new(
+                cost_groups,
+                &task_costs,
+                |t| graph.tasks[t as usize].kernel,
+                graph.kernels.len(),
+            )
+        });
         let calibrate = self.calibrate || planning;
         let n = graph.len();
         let speculation = (opts.speculate || deadline.is_some())

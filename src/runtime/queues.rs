@@ -93,13 +93,13 @@ impl<'a> LocalQueues<'a> {
 }
 
 impl LocalQueues<'_> {
-    /// Whether a GPU should take `task` alone in its batch, by a planning policy's costs: the
-    /// GPU's time for it is unknown, or longer than a CPU's. Never under `eager` and `ws`,
-    /// which have no costs.
+    /// Whether a GPU should take `task` alone in its batch, by a planning policy's costs: no
+    /// task of its kernel has been timed on a GPU yet, or its GPU time is longer than a
+    /// CPU's. Never under `eager` and `ws`, which have no costs.
     pub fn alone_on_gpu(&self, task: u32) -> bool {
         self.costs.is_some_and(
             |c| match (c.time_on(task, DeviceKind::Gpu), c.time_on(task, DeviceKind::Cpu)) {
-                (None, _) => true,
+                (None, _) => !c.learned.is_some_and(|l| l.kernel_timed_on_gpu(task)),
                 (Some(gpu), Some(cpu)) => gpu > cpu,
                 (Some(_), None) => false,
             },

@@ -47,8 +47,10 @@
 //! Placing by earliest finish there drifted from the plan and lost to it: sirocco, 20×20
 //! Cholesky, 336.5 ms against the plan's 322.6.
 //!
-//! Until the performance model knows a task's cost on every eligible worker, the task is
-//! placed as `eager` places it (a shared queue), so an uncalibrated run is sensible.
+//! Until the costs know a task's time on every eligible worker, the task is placed as `eager`
+//! places it (a shared queue), so an uncalibrated run is sensible. (The runtime's costs are
+//! the performance model's and, on machines with GPUs, what the run has measured of the same
+//! kernel and size so far: `runtime::costs::LearnedCosts`.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

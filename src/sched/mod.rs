@@ -120,6 +120,7 @@ pub(crate) trait Policy: Send + Sync {
         follows_chains: bool,
         priority: impl Fn(u32) -> i32,
     ) -> Option<usize> {
+        debug_assert_eq!(follows_chains, self.follows_fused_chains());
         if let Some(next) = plan.fused_next(finished).filter(|_| follows_chains) {
             // Its only predecessor just finished: it is in `ready`, and eligible here.
             if let Some(i) = ready.iter().position(|&s| s == next) {

@@ -77,21 +77,23 @@ pub(crate) fn run_gpu_worker<P: Policy>(
         }
         let mut batch: Vec<u32> = std::mem::take(&mut carry);
         let carried = batch.len();
-        batch.extend(w.slot.take());
-        while batch.len() < carried + MAX_BATCH {
+        let kept = w.slot.take();
+        batch.extend(kept);
+        // The fused successor kept for this worker counts as a task taken (see below).
+        let mut full = kept.is_some_and(|t| w.q.alone_on_gpu(t) && may_run_off_gpus(run, t));
+        while !full && batch.len() < carried + MAX_BATCH {
             match policy.next(plan, &mut w.q, me) {
                 Some(Pick { task, stolen_from }) => {
                     w.stats.steals += u64::from(stolen_from.is_some());
                     batch.push(task);
-                    // A task a CPU may run too, whose GPU time is unknown or longer than a
-                    // CPU's, ends the batch: the GPU takes such tasks one batch at a time
-                    // rather than MAX_BATCH at once, and the cores take the rest. (A GPU
-                    // slower than the cores, lavapipe on two: the demo's first factorisation
-                    // of 3072² took 5.5 s with the GPU taking 225 of its 610 tasks in
-                    // batches; 0.40–0.45 s so, with `LearnedCosts`; 0.07 s without the GPU.)
-                    if w.q.alone_on_gpu(task) && may_run_off_gpus(run, task) {
-                        break;
-                    }
+                    // A task a CPU may run too ends the batch while no task of its kernel has
+                    // been timed on a GPU, or when its GPU time is longer than a CPU's: the
+                    // GPU takes such tasks one batch at a time rather than MAX_BATCH at once,
+                    // and the cores take the rest. (A GPU slower than the cores, lavapipe on
+                    // two: the demo's first factorisation of 3072² took 5.5 s with the GPU
+                    // taking 225 of its 610 tasks in batches; 0.28–0.31 s so, with
+                    // `LearnedCosts`; 0.07 s without the GPU.)
+                    full = w.q.alone_on_gpu(task) && may_run_off_gpus(run, task);
                 }
                 None => break,
             }
@@ -379,7 +381,9 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
                         let share = (ended - staged.started).as_secs_f64() / batch_len as f64;
                         let secs = kernel_s.unwrap_or(share);
                         self.stats.samples.push((task, secs));
-                        if let Some(l) = run.learned {
+                        // Not a share of a mixed batch: it would price a large task like its
+                        // small neighbours for the rest of the run.
+                        if let (Some(l), true) = (run.learned, kernel_s.is_some() || batch_len == 1) {
                             l.record(task, crate::DeviceKind::Gpu, secs);
                         }
                     }
