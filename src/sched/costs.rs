@@ -134,7 +134,7 @@ pub(crate) struct Planning<'a> {
 impl Planning<'_> {
     /// Whether no copy between two tasks costs anything (free links, or tasks that hand
     /// each other no bytes): a plan's makespan then leaves out no copy.
-    pub fn copies_free(&self) -> bool {
+    fn copies_free(&self) -> bool {
         (0..self.costs.len() as u32).all(|t| self.edges.of_task(t).iter().all(|&s| (self.mean_comm)(t, s) == 0.0))
     }
 

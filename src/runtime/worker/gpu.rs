@@ -79,21 +79,14 @@ pub(crate) fn run_gpu_worker<P: Policy>(
         let carried = batch.len();
         let kept = w.slot.take();
         batch.extend(kept);
-        // The fused successor kept for this worker counts as a task taken (see below).
-        let mut full = kept.is_some_and(|t| w.q.alone_on_gpu(t) && may_run_off_gpus(run, t));
+        // The fused successor kept for this worker counts as a task taken.
+        let mut full = kept.is_some_and(|t| ends_batch(&w.q, run, t));
         while !full && batch.len() < carried + MAX_BATCH {
             match policy.next(plan, &mut w.q, me) {
                 Some(Pick { task, stolen_from }) => {
                     w.stats.steals += u64::from(stolen_from.is_some());
                     batch.push(task);
-                    // A task a CPU may run too ends the batch while no task of its kernel has
-                    // been timed on a GPU, or when its GPU time is longer than a CPU's: the
-                    // GPU takes such tasks one batch at a time rather than MAX_BATCH at once,
-                    // and the cores take the rest. (A GPU slower than the cores, lavapipe on
-                    // two: the demo's first factorisation of 3072² took 5.5 s with the GPU
-                    // taking 225 of its 610 tasks in batches; 0.28–0.31 s so, with
-                    // `LearnedCosts`; 0.07 s without the GPU.)
-                    full = w.q.alone_on_gpu(task) && may_run_off_gpus(run, task);
+                    full = ends_batch(&w.q, run, task);
                 }
                 None => break,
             }
@@ -429,6 +422,17 @@ impl<P: Policy> WorkerLoop<'_, '_, '_, P> {
             self.complete(task, ok);
         }
     }
+}
+
+/// Whether `task`, taken by a GPU worker, ends its batch: a CPU may run it too, and no task
+/// of its kernel has been timed on a GPU yet, or its GPU time is longer than a CPU's
+/// (`LocalQueues::alone_on_gpu`). The GPU then takes such tasks one batch at a time rather
+/// than `MAX_BATCH` at once, and the cores take the rest. (A GPU slower than the cores,
+/// lavapipe on two: the demo's first factorisation of 3072² took 5.5 s with the GPU taking
+/// 225 of its 610 tasks in batches; 0.28–0.31 s so, with `LearnedCosts`; 0.07 s without the
+/// GPU.)
+fn ends_batch(q: &LocalQueues<'_>, run: &RunState<'_>, task: u32) -> bool {
+    q.alone_on_gpu(task) && may_run_off_gpus(run, task)
 }
 
 /// Whether a worker that is not a GPU may run `task`.
